@@ -1,0 +1,299 @@
+"""Archive-reading stage: stream the members of one tar / zip / folder chunk.
+
+Tars (plain or compressed) are read in ``r|*`` stream mode, one header at a time, so nothing
+is indexed up front and nothing is extracted to disk; zips are read through their central
+directory. Members are grouped into webdataset samples by key (``a/b/000123.jpg`` and
+``a/b/000123.txt`` share the key ``a/b/000123``), consecutive members of one key forming one
+sample, as webdataset does.
+"""
+
+from __future__ import annotations
+
+import lzma
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from .sources import ArchiveSource
+
+__all__ = ["Member", "ArchiveReadError", "iter_members", "group_samples", "split_key", "clean_name"]
+
+
+# Exceptions that mean "the bytes are bad", as opposed to "the storage failed".
+_DATA_ERRORS = (tarfile.TarError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
+
+
+class ArchiveReadError(Exception):
+    """The archive itself is broken (truncated, bad header, not an archive).
+
+    Members read before the error keep their outcomes; the archive is marked partial.
+    """
+
+
+@dataclass
+class Member:
+    """One archive member as read from the stream.
+
+    Attributes
+    ----------
+    name : str
+        Member path inside the archive (non-UTF-8 bytes shown as ``\\xNN`` escapes).
+    kind : str
+        ``file``, ``dir``, ``symlink``, ``hardlink``, ``device``, ``fifo`` or ``other``.
+    size : int
+        Size in bytes as recorded in the archive header.
+    data : bytes or None
+        The content for regular files that were read; None otherwise.
+    error : str or None
+        Why a regular file could not be read (too large, bad CRC...).
+    """
+
+    name: str
+    kind: str
+    size: int
+    data: bytes | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+def clean_name(name: str) -> str:
+    """Make a member name printable and UTF-8 safe without making two names equal.
+
+    Undecodable bytes (surrogate escapes) become ``\\xNN`` and control characters ``\\uNNNN``.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        name = "".join(c if 32 <= ord(c) != 127 else f"\\u{ord(c):04x}" for c in name)
+    return name
+
+
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """Split a member name into webdataset ``(key, extension)``; extension lower-cased.
+
+    Examples
+    --------
+    >>> split_key("shard/000123.seg.jpg")
+    ('shard/000123', 'seg.jpg')
+    >>> split_key("README")
+    ('README', '')
+    """
+    m = _KEY_RE.match(name)
+    if not m:
+        return name, ""
+    return m.group(1), m.group(2).lower()
+
+
+def _tar_kind(ti: tarfile.TarInfo) -> str:
+    if ti.isreg():
+        return "file"
+    if ti.isdir():
+        return "dir"
+    if ti.issym():
+        return "symlink"
+    if ti.islnk():
+        return "hardlink"
+    if ti.isdev():
+        return "device"
+    if ti.isfifo():
+        return "fifo"
+    return "other"
+
+
+def _iter_tar(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape")
+    except (*_DATA_ERRORS, OSError) as e:
+        if isinstance(e, OSError) and not _is_data_error(e):
+            raise
+        raise ArchiveReadError(f"not a readable tar archive: {e}") from e
+    with tf:
+        while True:
+            try:
+                ti = tf.next()
+            except (*_DATA_ERRORS, OSError) as e:
+                if isinstance(e, OSError) and not _is_data_error(e):
+                    raise
+                raise ArchiveReadError(f"tar stream broken after {tf.offset} bytes: {e}") from e
+            if ti is None:
+                return
+            kind = _tar_kind(ti)
+            m = Member(name=clean_name(ti.name), kind=kind, size=int(ti.size))
+            if kind == "file":
+                if ti.size > max_member_bytes:
+                    m.error = f"member of {ti.size} bytes exceeds max_member_bytes={max_member_bytes}"
+                    m.error_code = "ERROR_MEMBER_TOO_LARGE"
+                else:
+                    try:
+                        f = tf.extractfile(ti)
+                        m.data = f.read() if f is not None else b""
+                    except (*_DATA_ERRORS, OSError) as e:
+                        if isinstance(e, OSError) and not _is_data_error(e):
+                            raise
+                        raise ArchiveReadError(f"tar stream broken inside member {m.name!r}: {e}") from e
+                    if len(m.data) != ti.size:
+                        raise ArchiveReadError(
+                            f"tar truncated inside member {m.name!r} "
+                            f"({len(m.data)} of {ti.size} bytes)"
+                        )
+            yield m
+
+
+def _is_data_error(e: OSError) -> bool:
+    """gzip/bz2/lzma raise OSError subclasses for corrupt data; network errors have errno."""
+    import gzip
+
+    if isinstance(e, gzip.BadGzipFile):
+        return True
+    return e.errno is None and type(e) is OSError  # zlib/lzma data errors: plain OSError, no errno
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    if info.is_dir():
+        return "dir"
+    mode = info.external_attr >> 16
+    if mode and stat.S_ISLNK(mode):
+        return "symlink"
+    if mode and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        return "device"
+    if mode and stat.S_ISFIFO(mode):
+        return "fifo"
+    return "file"
+
+
+def _iter_zip(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
+    try:
+        zf = zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
+        raise ArchiveReadError(f"not a readable zip archive: {e}") from e
+    with zf:
+        for info in zf.infolist():
+            kind = _zip_kind(info)
+            m = Member(name=clean_name(info.filename), kind=kind, size=int(info.file_size))
+            if kind == "file":
+                if info.file_size > max_member_bytes:
+                    m.error = f"member of {info.file_size} bytes exceeds max_member_bytes={max_member_bytes}"
+                    m.error_code = "ERROR_MEMBER_TOO_LARGE"
+                else:
+                    try:
+                        with zf.open(info) as f:
+                            m.data = f.read(max_member_bytes + 1)
+                    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError, RuntimeError) as e:
+                        m.data = None
+                        m.error = f"cannot read zip member: {e}"
+                        m.error_code = "ERROR_READ_MEMBER"
+                    except OSError as e:
+                        if not _is_data_error(e):
+                            raise
+                        m.data = None
+                        m.error = f"cannot read zip member: {e}"
+                        m.error_code = "ERROR_READ_MEMBER"
+            yield m
+
+
+def _iter_folder(source: ArchiveSource, storage_options: dict[str, Any], max_member_bytes: int) -> Iterator[Member]:
+    fs, _ = fsspec.core.url_to_fs(source.url, **storage_options)
+    root = source.url.rstrip("/") + "/"
+    for url in source.members:
+        name = clean_name(url[len(root):] if url.startswith(root) else url.rsplit("/", 1)[-1])
+        try:
+            size = int(fs.size(url))
+        except FileNotFoundError:
+            yield Member(name=name, kind="file", size=0, error="file vanished before it was read",
+                         error_code="ERROR_MISSING_FILE")
+            continue
+        m = Member(name=name, kind="file", size=size)
+        if size > max_member_bytes:
+            m.error = f"file of {size} bytes exceeds max_member_bytes={max_member_bytes}"
+            m.error_code = "ERROR_MEMBER_TOO_LARGE"
+        else:
+            try:
+                with fs.open(url, "rb") as f:
+                    m.data = f.read(max_member_bytes + 1)
+            except FileNotFoundError:
+                m.error, m.error_code = "file vanished before it was read", "ERROR_MISSING_FILE"
+        yield m
+
+
+def iter_members(
+    source: ArchiveSource,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    max_member_bytes: int = 256 * 2**20,
+    local_path: str | None = None,
+) -> Iterator[Member]:
+    """Stream the members of one archive, in archive order.
+
+    Parameters
+    ----------
+    source : ArchiveSource
+        What to read.
+    storage_options : dict, optional
+        fsspec options for ``source.url``.
+    max_member_bytes : int
+        Members declared larger than this are not read (``error_code`` is set instead).
+    local_path : str, optional
+        Read this local copy instead of ``source.url`` (``keep_archives``).
+
+    Yields
+    ------
+    Member
+
+    Raises
+    ------
+    ArchiveReadError
+        When the archive's structure is broken; members yielded so far stay valid.
+    OSError
+        When the archive cannot be opened or read (missing, permission, network).
+    """
+    storage_options = dict(storage_options or {})
+    if source.kind == "folder":
+        yield from _iter_folder(source, storage_options, max_member_bytes)
+        return
+    if local_path is not None:
+        of = fsspec.open(local_path, "rb")
+    else:
+        of = fsspec.open(source.url, "rb", **storage_options)
+    with of as f:
+        if source.kind == "zip":
+            yield from _iter_zip(f, max_member_bytes)
+        else:
+            yield from _iter_tar(f, max_member_bytes)
+
+
+def group_samples(members: Iterable[Member]) -> Iterator[tuple[str, list[Member]]]:
+    """Group consecutive members that share a webdataset key.
+
+    Yields
+    ------
+    (key, members)
+        Non-file members (directories, links...) each form a group of their own.
+    """
+    key: str | None = None
+    group: list[Member] = []
+    try:
+        for m in members:
+            k = split_key(m.name)[0] if m.kind == "file" else f"\0{m.name}"
+            if group and k != key:
+                yield key, group  # type: ignore[misc]
+                group = []
+            key = k
+            group.append(m)
+    except ArchiveReadError:
+        if group:  # the members read before the break keep their outcomes
+            yield key, group  # type: ignore[misc]
+        raise
+    if group:
+        yield key, group  # type: ignore[misc]

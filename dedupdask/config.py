@@ -1,0 +1,194 @@
+"""Configuration stage: every option of a run, validated once into a frozen object.
+
+``ddk.run``/``ddk.extract`` and the CLI all build a :class:`RunConfig`; nothing downstream
+re-validates user input. fastdup names are kept where fastdup has one (``min_offset``,
+``nearest_neighbors_k``, ``ccthreshold``, ``turi_param``...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunConfig", "parse_turi_param", "OPTION_HELP"]
+
+# One line of help per option; the CLI builds its flags from this table and RunConfig's fields.
+OPTION_HELP: dict[str, str] = {
+    "run_mode": "0 = extract + analyse, 1 = extract features only, 2 = analyse work_dir only",
+    "min_offset": "first archive (inclusive) of the sorted archive list to process",
+    "max_offset": "last archive (exclusive) of the sorted archive list; 0 = to the end",
+    "model_path": "'effnet-lite0' (default), 'dct', or a path to an ONNX image model",
+    "model_mean": "per-channel mean for a float user model, e.g. 0.485,0.456,0.406",
+    "model_std": "per-channel std for a float user model, e.g. 0.229,0.224,0.225",
+    "batch_size": "images per onnxruntime call",
+    "num_threads": "onnxruntime threads per archive task (0 = 1 per task: a worker with T threads runs T tasks)",
+    "nearest_neighbors_k": "neighbours per image in the kNN graph",
+    "distance": "similarity metric of the kNN graph (cosine)",
+    "threshold": "minimum cosine similarity of a similar pair (default: the model's)",
+    "lower_threshold": "fraction of images reported as outliers",
+    "ccthreshold": "minimum similarity of an edge in connected components (default: the model's)",
+    "keep_archives": "copy each archive to work_dir/tmp/ once and read it there",
+    "keep_images": "also write every image member under work_dir/tmp/<archive>/",
+    "turi_param": "fastdup-style 'delete_tar=0,delete_img=0,ccthreshold=0.96'",
+    "resume": "skip archives whose done.json exists",
+    "max_image_pixels": "images with more pixels are ERROR_IMAGE_TOO_LARGE (decompression bombs)",
+    "max_member_bytes": "members larger than this are ERROR_MEMBER_TOO_LARGE and not read",
+    "min_image_size": "images narrower or shorter than this are ERROR_IMAGE_TOO_SMALL",
+    "progress": "show a progress bar",
+}
+
+_TURI_KEYS = {"delete_tar", "delete_img", "ccthreshold", "threshold", "lower_threshold"}
+
+
+def parse_turi_param(turi_param: str | None) -> dict[str, Any]:
+    """Translate a fastdup ``turi_param`` string into dedupdask options.
+
+    Parameters
+    ----------
+    turi_param : str or None
+        Comma-separated ``key=value`` pairs, e.g. ``"delete_tar=0,delete_img=0"``.
+
+    Returns
+    -------
+    dict
+        Options keyed by their dedupdask names (``keep_archives``, ``keep_images``, ...).
+
+    Examples
+    --------
+    >>> parse_turi_param("delete_tar=0,delete_img=0")
+    {'keep_archives': True, 'keep_images': True}
+    """
+    out: dict[str, Any] = {}
+    if not turi_param:
+        return out
+    for item in turi_param.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in _TURI_KEYS:
+            raise ValueError(
+                f"turi_param: unsupported item {item!r}; supported keys: {sorted(_TURI_KEYS)}"
+            )
+        if key in ("delete_tar", "delete_img"):
+            if value not in ("0", "1"):
+                raise ValueError(f"turi_param: {key} must be 0 or 1, got {value!r}")
+            out["keep_archives" if key == "delete_tar" else "keep_images"] = value == "0"
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"turi_param: {key} must be a number, got {value!r}") from None
+    return out
+
+
+def _triple(value: Any, name: str) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be three numbers, got {value!r}") from None
+    if len(vals) != 3:
+        raise ValueError(f"{name} must be three numbers, got {value!r}")
+    return vals  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated options of a dedupdask run (see ``ddk.run`` for their meaning)."""
+
+    run_mode: int = 0
+    min_offset: int = 0
+    max_offset: int = 0
+    model_path: str | None = None
+    model_mean: tuple[float, float, float] | None = None
+    model_std: tuple[float, float, float] | None = None
+    batch_size: int = 16
+    num_threads: int = 0
+    nearest_neighbors_k: int = 2
+    distance: str = "cosine"
+    threshold: float | None = None
+    lower_threshold: float = 0.05
+    ccthreshold: float | None = None
+    keep_archives: bool = False
+    keep_images: bool = False
+    turi_param: str | None = None
+    resume: bool = True
+    max_image_pixels: int = 100_000_000
+    max_member_bytes: int = 256 * 2**20
+    min_image_size: int = 10
+    progress: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        check(self.run_mode in (0, 1, 2), f"run_mode must be 0, 1 or 2, got {self.run_mode!r}")
+        check(
+            isinstance(self.min_offset, int) and self.min_offset >= 0,
+            f"min_offset must be an integer >= 0, got {self.min_offset!r}",
+        )
+        check(
+            isinstance(self.max_offset, int) and self.max_offset >= 0,
+            f"max_offset must be an integer >= 0, got {self.max_offset!r}",
+        )
+        check(
+            self.max_offset == 0 or self.max_offset > self.min_offset,
+            f"max_offset ({self.max_offset}) must be 0 or greater than min_offset ({self.min_offset})",
+        )
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads!r}")
+        check(
+            self.nearest_neighbors_k >= 1,
+            f"nearest_neighbors_k must be >= 1, got {self.nearest_neighbors_k!r}",
+        )
+        check(self.distance == "cosine", f"distance must be 'cosine', got {self.distance!r}")
+        for name in ("threshold", "ccthreshold"):
+            v = getattr(self, name)
+            check(v is None or -1.0 <= v <= 1.0, f"{name} must be in [-1, 1], got {v!r}")
+        check(
+            0.0 <= self.lower_threshold <= 1.0,
+            f"lower_threshold must be a fraction in [0, 1], got {self.lower_threshold!r}",
+        )
+        check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
+        check(self.max_member_bytes > 0, "max_member_bytes must be > 0")
+        check(self.min_image_size >= 1, "min_image_size must be >= 1")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> RunConfig:
+        """Build a config from ``ddk.run`` keywords, applying ``turi_param`` and env defaults.
+
+        Explicit keywords win over ``turi_param`` values, which win over defaults.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("model_path",)}
+        turi = parse_turi_param(kwargs.get("turi_param"))
+        for key, value in turi.items():
+            kwargs.setdefault(key, value)
+        if kwargs.get("storage_options") is None:
+            kwargs["storage_options"] = {}
+        kwargs["model_mean"] = _triple(kwargs.get("model_mean"), "model_mean")
+        kwargs["model_std"] = _triple(kwargs.get("model_std"), "model_std")
+        for key in ("min_offset", "max_offset", "batch_size", "num_threads", "run_mode"):
+            if key in kwargs and isinstance(kwargs[key], float) and kwargs[key].is_integer():
+                kwargs[key] = int(kwargs[key])
+        return cls(**kwargs)
+
+    def worker_threads(self) -> int:
+        """onnxruntime intra-op threads for one task.
+
+        A Dask worker with T threads runs T archive tasks at once, so one onnxruntime thread
+        per task keeps the worker at T busy cores; more would oversubscribe the machine
+        (research/perf.md: spinning ORT threads halve throughput on busy cores).
+        """
+        return self.num_threads or 1

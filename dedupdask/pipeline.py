@@ -1,0 +1,294 @@
+"""Pipeline stage: ``ddk.run`` / ``ddk.extract`` — sources -> one Dask partition per archive.
+
+run_mode=1 lists the archives, slices ``[min_offset, max_offset)``, drops those already done
+(``resume``), and computes ``dd.from_map(process_archive, tasks, meta=...)`` on the chosen
+scheduler. run_mode=2 analyses work_dir; run_mode=0 does both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+
+from .config import RunConfig
+from .partition import SUMMARY_META, ArchiveTask, process_archive
+from .sources import list_sources, select_offsets
+from .store import WorkDir
+
+__all__ = ["run", "extract", "ExtractReport"]
+
+_LOCAL_SCHEDULERS = {"sync", "synchronous", "single-threaded", "threads", "threading", "processes"}
+
+
+class ExtractReport(pd.DataFrame):
+    """The per-archive summary of an extraction: one row per archive of the slice.
+
+    Columns: name, url, status (``done``, ``partial``, ``failed``, ``already_done``), members,
+    images, valid, invalid, sidecars, skipped, error, t_read, t_decode, t_embed, t_write,
+    t_total. ``report.failed`` lists archives that did not finish.
+    """
+
+    _metadata = ["wall_time"]
+
+    @property
+    def _constructor(self) -> type[ExtractReport]:
+        return ExtractReport
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """Archives whose status is ``failed`` or ``partial``."""
+        return pd.DataFrame(self[self["status"].isin(["failed", "partial"])])
+
+    def summary_text(self) -> str:
+        """A few lines for people: archives, images, invalid, failures, images/s, stage times."""
+        wall = getattr(self, "wall_time", None) or float("nan")
+        new = self[self["status"] != "already_done"]
+        imgs = int(new["images"].sum())
+        lines = [
+            f"archives: {len(self)} in slice, {int((self['status'] == 'done').sum())} done now, "
+            f"{int((self['status'] == 'already_done').sum())} already done, "
+            f"{int((self['status'] == 'partial').sum())} partial, "
+            f"{int((self['status'] == 'failed').sum())} failed",
+            f"images: {imgs} ({int(new['valid'].sum())} valid, {int(new['invalid'].sum())} invalid); "
+            f"members: {int(new['members'].sum())} ({int(new['sidecars'].sum())} sidecars joined, "
+            f"{int(new['skipped'].sum())} skipped)",
+            f"wall time: {wall:.1f} s, {imgs / wall if wall > 0 else 0:.1f} images/s; "
+            f"task time: read {new['t_read'].sum():.1f} s, decode {new['t_decode'].sum():.1f} s, "
+            f"embed {new['t_embed'].sum():.1f} s, write {new['t_write'].sum():.1f} s",
+        ]
+        for _, r in self.failed.iterrows():
+            lines.append(f"  {r['status'].upper()}: {r['url']}: {r['error']}")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _scheduler(client: Any, n_tasks: int) -> Iterator[tuple[str, Any]]:
+    """Yield ``(kind, obj)``: ``("client", Client)`` or ``("local", scheduler name)``."""
+    if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
+        yield "local", client
+        return
+    from distributed import Client, LocalCluster, get_client
+
+    if isinstance(client, Client):
+        yield "client", client
+        return
+    if isinstance(client, str):
+        with Client(client) as c:
+            yield "client", c
+        return
+    if client is not None:
+        raise TypeError(f"client must be a distributed.Client, an address or a scheduler name, got {client!r}")
+    try:
+        yield "client", get_client()
+        return
+    except ValueError:
+        pass
+    import os
+
+    n = max(1, min(os.cpu_count() or 1, n_tasks))
+    with (
+        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        yield "client", c
+
+
+def _compute(ddf: dd.DataFrame, client: Any, progress: bool, n_tasks: int) -> pd.DataFrame:
+    with _scheduler(client, n_tasks) as (kind, obj):
+        if kind == "local":
+            kwargs: dict[str, Any] = {"scheduler": obj}
+            if obj == "processes":
+                kwargs["chunksize"] = 1  # one archive per submit: balanced workers
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar():
+                    return ddf.compute(**kwargs)
+            return ddf.compute(**kwargs)
+        future = obj.compute(ddf)
+        if progress:
+            from distributed import progress as dprogress
+
+            dprogress(future)
+        return future.result()
+
+
+def _extract(
+    input_dir: str | Sequence[str], work_dir: str, config: RunConfig, client: Any
+) -> ExtractReport:
+    t0 = time.perf_counter()
+    so = config.storage_options
+    sources = select_offsets(list_sources(input_dir, so), config.min_offset, config.max_offset)
+    wd = WorkDir(work_dir, so)
+    wd.makedirs()
+    from .models import resolve_model
+
+    resolve_model(config.model_path, mean=config.model_mean, std=config.model_std)  # fail early
+    done = wd.done_names() if config.resume else set()
+    todo = [s for s in sources if s.name not in done]
+    rows = [
+        {"name": s.name, "url": s.url, "status": "already_done"} for s in sources if s.name in done
+    ]
+    parts = [pd.DataFrame(rows, columns=SUMMARY_META.columns).astype(SUMMARY_META.dtypes.to_dict())]
+    if todo:
+        tasks = [ArchiveTask(s, wd.url, config, so) for s in todo]
+        ddf = dd.from_map(
+            process_archive, tasks, meta=SUMMARY_META, enforce_metadata=False, label="dedupdask-extract"
+        )
+        parts.append(_compute(ddf, client, config.progress, len(tasks)))
+    summary = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+    for col in ("members", "images", "valid", "invalid", "sidecars", "skipped"):
+        summary[col] = summary[col].fillna(0).astype("int64")
+    for col in [c for c in summary.columns if c.startswith("t_")]:
+        summary[col] = summary[col].fillna(0.0)
+    order = {s.name: i for i, s in enumerate(sources)}
+    summary = summary.sort_values("name", key=lambda s: s.map(order)).reset_index(drop=True)
+    report = ExtractReport(summary)
+    report.wall_time = time.perf_counter() - t0
+    return report
+
+
+def extract(
+    input_dir: str | Sequence[str],
+    work_dir: str,
+    *,
+    client: Any = None,
+    **options: Any,
+) -> ExtractReport:
+    """Extract features (run_mode=1): one Dask partition per archive into ``work_dir``.
+
+    Takes the keywords of :func:`run`. Returns the per-archive :class:`ExtractReport`.
+
+    Examples
+    --------
+    >>> report = extract("shards/", "work/", model_path="dct")  # doctest: +SKIP
+    >>> report[["name", "status", "valid", "invalid"]]  # doctest: +SKIP
+    """
+    options.pop("run_mode", None)
+    config = RunConfig.from_kwargs(run_mode=1, **options)
+    return _extract(input_dir, work_dir, config, client)
+
+
+def run(
+    input_dir: str | Sequence[str] | None,
+    work_dir: str,
+    *,
+    run_mode: int = 0,
+    min_offset: int = 0,
+    max_offset: int = 0,
+    model_path: str | None = None,
+    model_mean: Any = None,
+    model_std: Any = None,
+    batch_size: int = 16,
+    num_threads: int = 0,
+    nearest_neighbors_k: int = 2,
+    distance: str = "cosine",
+    threshold: float | None = None,
+    lower_threshold: float = 0.05,
+    ccthreshold: float | None = None,
+    keep_archives: bool = False,
+    keep_images: bool = False,
+    turi_param: str | None = None,
+    resume: bool = True,
+    max_image_pixels: int = 100_000_000,
+    max_member_bytes: int = 256 * 2**20,
+    min_image_size: int = 10,
+    storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+    progress: bool = True,
+) -> Any:
+    """Find duplicates, outliers, clusters and broken images in webdataset archives.
+
+    Parameters
+    ----------
+    input_dir : str, list of str or None
+        Folder (recursive), glob, ``s3://`` prefix, archive, list of those, or a text file of
+        paths. May be None for ``run_mode=2``.
+    work_dir : str
+        Local folder or ``s3://`` URL for every output.
+    run_mode : {0, 1, 2}
+        1 extracts features, 2 analyses work_dir, 0 does both (fastdup's meaning).
+    min_offset, max_offset : int
+        Half-open slice ``[min_offset, max_offset)`` of the sorted archive list; 0/0 = all.
+    model_path : str, optional
+        ``"effnet-lite0"`` (default, pretrained, Apache-2.0), ``"dct"`` (weight-free, exact and
+        near-exact copies only) or a path to an ONNX image model.
+    model_mean, model_std : three floats, optional
+        Normalisation of a float user model when the graph does not say.
+    batch_size : int
+        Images per onnxruntime call.
+    num_threads : int
+        onnxruntime threads per archive task (0 = one; a worker with T threads runs T tasks).
+    nearest_neighbors_k, distance, threshold, lower_threshold, ccthreshold
+        Analysis options, fastdup's names and meaning (``threshold``/``ccthreshold`` default
+        to the model's measured recommendation).
+    keep_archives, keep_images : bool
+        Keep a copy of each archive / each image member under ``work_dir/tmp/``.
+    turi_param : str, optional
+        fastdup's ``"delete_tar=0,delete_img=0"`` is accepted.
+    resume : bool
+        Skip archives whose ``done.json`` exists.
+    max_image_pixels, max_member_bytes, min_image_size : int
+        Limits against decompression bombs, huge members and tiny images.
+    storage_options : dict, optional
+        fsspec options for input and work_dir (S3 endpoint, keys...).
+    client : distributed.Client, str or None
+        A Client, a scheduler address, or ``"sync"``/``"threads"``/``"processes"``; None uses
+        the current Client if there is one, else starts a local cluster.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ExtractReport or DedupResult
+        run_mode=1 returns the per-archive report; 0 and 2 return the analysis result (whose
+        ``extract_report`` attribute holds the report for run_mode=0).
+
+    Examples
+    --------
+    >>> import dedupdask as ddk
+    >>> res = ddk.run("shards/", "work/")  # doctest: +SKIP
+    >>> res.similarity.query("similarity > 0.95")  # doctest: +SKIP
+    """
+    opts = dict(
+        run_mode=run_mode, min_offset=min_offset, max_offset=max_offset, model_path=model_path,
+        model_mean=model_mean, model_std=model_std, batch_size=batch_size, num_threads=num_threads,
+        nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
+        lower_threshold=lower_threshold, ccthreshold=ccthreshold, keep_archives=keep_archives,
+        keep_images=keep_images, turi_param=turi_param, resume=resume,
+        max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
+        min_image_size=min_image_size, storage_options=storage_options, progress=progress,
+    )
+    config = RunConfig.from_kwargs(**opts)
+    report = None
+    if config.run_mode in (0, 1):
+        if input_dir is None:
+            raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
+        report = _extract(input_dir, work_dir, config, client)
+        if config.run_mode == 1:
+            return report
+    from .results import build
+
+    with _analysis_scheduler(client):
+        result = build(work_dir, config=config)
+    result.extract_report = report
+    return result
+
+
+@contextlib.contextmanager
+def _analysis_scheduler(client: Any) -> Iterator[None]:
+    """Make ``client`` the scheduler of the analysis' dask computations."""
+    if client is None:
+        yield
+    elif isinstance(client, str) and client in _LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=client):
+            yield
+    else:
+        with _scheduler(client, 1) as (_, c), dask.config.set(scheduler=c):
+            yield

@@ -1,0 +1,342 @@
+"""Persistence stage: the per-archive files in ``work_dir`` and how to read them back.
+
+For an archive named ``<name>`` (its path relative to the input root, ``/`` -> ``__``):
+
+=============================  ===========================================================
+``<name>features.dat``         raw little-endian float32, row-major N x d (fastdup format)
+``<name>features.dat.csv``     ``index,filename``: row order of the .dat, index 0..N-1
+``<name>features.parquet``     one row per image member (valid or not), columns ``FILE_COLUMNS``
+``<name>features.bad.csv``     ``index,filename,error_code,filesize`` (fastdup's columns)
+``<name>skipped.csv``          ``filename,member,reason,filesize``: members that are not images
+``<name>done.json``            written last: counts, d, model id + sha256, version, timings
+``<name>failed.json``          an archive that could not be read (storage error); no done.json
+=============================  ===========================================================
+
+Every file is written under a temporary name and renamed (local disks) or uploaded as one
+object (object stores, where a PUT is atomic), and ``done.json`` goes last, so a crash never
+leaves an archive that looks done.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+__all__ = [
+    "FILE_COLUMNS",
+    "SUFFIXES",
+    "WorkDir",
+    "empty_files_frame",
+    "load_binary_feature",
+    "save_binary_feature",
+]
+
+SUFFIXES = {
+    "dat": "features.dat",
+    "csv": "features.dat.csv",
+    "parquet": "features.parquet",
+    "bad": "features.bad.csv",
+    "skipped": "skipped.csv",
+    "done": "done.json",
+    "failed": "failed.json",
+}
+
+# The Parquet schema of <name>features.parquet, defined once.
+FILE_SCHEMA = pa.schema(
+    [
+        ("filename", pa.string()),
+        ("archive", pa.string()),
+        ("member", pa.string()),
+        ("key", pa.string()),
+        ("caption", pa.string()),
+        ("json", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("file_size", pa.int64()),
+        ("md5", pa.string()),
+        ("pixel_md5", pa.string()),
+        ("mean", pa.float32()),
+        ("min", pa.float32()),
+        ("max", pa.float32()),
+        ("stdv", pa.float32()),
+        ("blur", pa.float32()),
+        ("unique", pa.int32()),
+        ("contrast", pa.float32()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("index", pa.int64()),
+    ]
+)
+FILE_COLUMNS = tuple(FILE_SCHEMA.names)
+SKIPPED_COLUMNS = ("filename", "member", "reason", "filesize")
+
+
+def empty_files_frame() -> pd.DataFrame:
+    """An empty DataFrame with the dtypes of the per-archive Parquet files (Dask meta)."""
+    return FILE_SCHEMA.empty_table().to_pandas(types_mapper=_types_mapper)
+
+
+def _types_mapper(t: pa.DataType) -> Any:
+    if pa.types.is_string(t):
+        return pd.StringDtype()
+    if pa.types.is_integer(t):
+        return pd.Int64Dtype() if t == pa.int64() else pd.Int32Dtype()
+    if pa.types.is_floating(t):
+        return pd.Float32Dtype()
+    return None
+
+
+class WorkDir:
+    """A ``work_dir`` on any fsspec file system.
+
+    Parameters
+    ----------
+    url : str
+        Local path or URL (``s3://bucket/run1``).
+    storage_options : dict, optional
+        fsspec options.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.storage_options = dict(storage_options or {})
+        self.fs, path = url_to_fs(str(url), **self.storage_options)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocol or "local" in protocol
+        if self.local:
+            import os
+
+            path = os.path.abspath(os.path.expanduser(path))
+        self.path = path.rstrip("/") or "/"
+        self.url = self.path if self.local else self.fs.unstrip_protocol(self.path)
+
+    def __repr__(self) -> str:
+        return f"WorkDir({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WorkDir, (self.url, self.storage_options))
+
+    # -- paths -------------------------------------------------------------------------------
+    def join(self, *parts: str) -> str:
+        """Path (file-system form, no protocol) of ``parts`` under work_dir."""
+        return posixpath.join(self.path, *parts)
+
+    def file(self, name: str, which: str) -> str:
+        """Path of one per-archive file, ``which`` in :data:`SUFFIXES`."""
+        return self.join(name + SUFFIXES[which])
+
+    def makedirs(self, *parts: str) -> None:
+        self.fs.makedirs(self.join(*parts), exist_ok=True)
+
+    # -- atomic writes -------------------------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` so that readers see all of it or nothing."""
+        if self.local:
+            import os
+
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            # An object store PUT (or multipart upload) becomes visible only when complete.
+            self.fs.pipe_file(path, data)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+    def remove(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open(path, "rb") as f:
+            return json.loads(f.read())
+
+    # -- per-archive outputs ---------------------------------------------------------------------
+    def write_archive(
+        self,
+        name: str,
+        features: np.ndarray,
+        files: pd.DataFrame,
+        skipped: pd.DataFrame,
+        done: dict[str, Any],
+    ) -> None:
+        """Write every file of one archive, ``done.json`` last.
+
+        Parameters
+        ----------
+        name : str
+            Archive name (file prefix).
+        features : ndarray
+            float32 ``[N, d]`` in the order of ``files[files.index >= 0]``.
+        files : DataFrame
+            One row per image member, columns :data:`FILE_COLUMNS`.
+        skipped : DataFrame
+            Columns ``filename, member, reason, filesize``.
+        done : dict
+            The contents of ``done.json``.
+        """
+        valid = files[files["index"].notna()]
+        if len(valid) != features.shape[0]:
+            raise ValueError(f"{name}: {len(valid)} valid rows but {features.shape[0]} vectors")
+        self.write_bytes(self.file(name, "dat"), np.ascontiguousarray(features, dtype="<f4").tobytes())
+        dat_csv = pd.DataFrame({"index": valid["index"].astype("int64"), "filename": valid["filename"]})
+        self.write_bytes(self.file(name, "csv"), dat_csv.to_csv(index=False).encode())
+        bad = files[files["index"].isna()]
+        bad_csv = pd.DataFrame(
+            {
+                "index": bad.index.astype("int64"),  # row of the image in the archive's parquet
+                "filename": bad["filename"],
+                "error_code": bad["error_code"],
+                "filesize": bad["file_size"],
+            }
+        )
+        self.write_bytes(self.file(name, "bad"), bad_csv.to_csv(index=False).encode())
+        self.write_bytes(
+            self.file(name, "skipped"), skipped.loc[:, list(SKIPPED_COLUMNS)].to_csv(index=False).encode()
+        )
+        table = pa.Table.from_pandas(files.reset_index(drop=True), schema=FILE_SCHEMA, preserve_index=False)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", use_dictionary=["archive", "error_code"])
+        self.write_bytes(self.file(name, "parquet"), buf.getvalue())
+        self.remove(self.file(name, "failed"))
+        self.write_json(self.file(name, "done"), done)
+
+    def write_failed(self, name: str, info: dict[str, Any]) -> None:
+        """Record an archive that could not be processed (it stays not-done)."""
+        self.write_json(self.file(name, "failed"), info)
+
+    def listing(self) -> list[str]:
+        """Base names of the files directly in work_dir (one listing call)."""
+        if not self.fs.exists(self.path):
+            return []
+        names = self.fs.ls(self.path, detail=False, refresh=True)
+        return sorted(posixpath.basename(p.rstrip("/")) for p in names)
+
+    def done_names(self) -> set[str]:
+        """Names of the archives whose ``done.json`` exists."""
+        suffix = SUFFIXES["done"]
+        return {n[: -len(suffix)] for n in self.listing() if n.endswith(suffix)}
+
+    def failed_names(self) -> set[str]:
+        suffix = SUFFIXES["failed"]
+        return {n[: -len(suffix)] for n in self.listing() if n.endswith(suffix)}
+
+    def read_done(self, name: str) -> dict[str, Any]:
+        return self.read_json(self.file(name, "done"))
+
+    def read_files(self, name: str) -> pd.DataFrame:
+        """The archive's Parquet file as pandas, with the schema's dtypes."""
+        with self.fs.open(self.file(name, "parquet"), "rb") as f:
+            table = pq.read_table(f)
+        return table.to_pandas(types_mapper=_types_mapper)
+
+    def open_features(self, name: str, d: int) -> np.ndarray:
+        """The archive's vectors, memory-mapped when work_dir is local."""
+        path = self.file(name, "dat")
+        if self.local:
+            import os
+
+            n = os.path.getsize(path) // (4 * d) if d else 0
+            if n == 0:
+                return np.zeros((0, d), dtype="<f4")
+            return np.memmap(path, dtype="<f4", mode="r", shape=(n, d))
+        with self.fs.open(path, "rb") as f:
+            return np.frombuffer(f.read(), dtype="<f4").reshape(-1, d)
+
+
+def save_binary_feature(
+    save_path: str,
+    filenames: list[str],
+    np_array: np.ndarray,
+    save_prefix: str = "",
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write vectors in fastdup's format: ``<prefix>features.dat`` + ``.dat.csv``.
+
+    Parameters
+    ----------
+    save_path : str
+        Folder (local or URL) to write into.
+    filenames : list of str
+        One name per row.
+    np_array : ndarray
+        float32 ``[N, d]``.
+    save_prefix : str
+        Prefix of the file names (fastdup's ``atrain_`` style).
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    str
+        Path of the ``.dat`` file.
+
+    Examples
+    --------
+    >>> import tempfile; d = tempfile.mkdtemp()
+    >>> p = save_binary_feature(d, ["a.jpg", "b.jpg"], np.eye(2, 4, dtype=np.float32))
+    >>> load_binary_feature(p, d=4)[0]
+    ['a.jpg', 'b.jpg']
+    """
+    arr = np.asarray(np_array)
+    if arr.dtype != np.float32 or arr.ndim != 2:
+        raise ValueError(f"np_array must be a 2-D float32 array, got {arr.dtype} {arr.shape}")
+    if len(filenames) != arr.shape[0]:
+        raise ValueError(f"{len(filenames)} filenames for {arr.shape[0]} rows")
+    wd = WorkDir(save_path, storage_options)
+    wd.makedirs()
+    dat = wd.join(f"{save_prefix}features.dat")
+    wd.write_bytes(dat, np.ascontiguousarray(arr, dtype="<f4").tobytes())
+    csv = pd.DataFrame({"index": np.arange(len(filenames)), "filename": list(filenames)})
+    wd.write_bytes(dat + ".csv", csv.to_csv(index=False).encode())
+    return dat if wd.local else wd.fs.unstrip_protocol(dat)
+
+
+def load_binary_feature(
+    filename: str, d: int = 576, *, storage_options: dict[str, Any] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Read a fastdup-format ``features.dat`` and its ``.dat.csv``.
+
+    Parameters
+    ----------
+    filename : str
+        Path or URL of the ``.dat`` file.
+    d : int
+        Vector width (fastdup's default model: 576; dedupdask's default: 1280).
+
+    Returns
+    -------
+    (list of str, ndarray)
+        File names and the float32 ``[N, d]`` array.
+    """
+    so = dict(storage_options or {})
+    with fsspec.open(filename, "rb", **so) as f:
+        raw = f.read()
+    if len(raw) % (4 * d):
+        raise ValueError(f"{filename}: {len(raw)} bytes is not a whole number of {d}-d float32 rows")
+    arr = np.frombuffer(raw, dtype="<f4").reshape(-1, d).astype(np.float32)
+    with fsspec.open(filename + ".csv", "rt", **so) as f:
+        names = pd.read_csv(f, dtype={"filename": str}, keep_default_na=False)["filename"].tolist()
+    if len(names) != arr.shape[0]:
+        raise ValueError(f"{filename}: {arr.shape[0]} rows but {len(names)} names in the .csv")
+    return names, arr
