@@ -28,7 +28,7 @@ OPTION_HELP: dict[str, str] = {
     "threshold": "minimum cosine similarity of a similar pair (default: the model's)",
     "lower_threshold": "fraction of images reported as outliers",
     "ccthreshold": "minimum similarity of an edge in connected components (default: the model's)",
-    "keep_archives": "copy each archive to work_dir/tmp/ once and read it there",
+    "keep_archives": "copy each archive to work_dir/tmp/archives/ once and read it there",
     "keep_images": "also write every image member under work_dir/tmp/<archive>/",
     "turi_param": "fastdup-style 'delete_tar=0,delete_img=0,ccthreshold=0.96'",
     "resume": "skip archives whose done.json exists",

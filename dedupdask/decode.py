@@ -146,7 +146,9 @@ def decode_image(
     h, w = size
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own max_image_pixels guard below replaces Pillow's warning; Pillow's hard
+            # limit (2 x Image.MAX_IMAGE_PIXELS) still raises DecompressionBombError.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             width, height = im.size
             if width * height > max_image_pixels:
@@ -165,8 +167,10 @@ def decode_image(
             if im.size != (w, h):
                 im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
             px = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        return Decoded("ERROR_CORRUPT_IMAGE", message=str(e) or type(e).__name__)
+    except Image.DecompressionBombError as e:
+        return Decoded("ERROR_IMAGE_TOO_LARGE", message=str(e))
+    except UnidentifiedImageError:
+        return Decoded("ERROR_CORRUPT_IMAGE", message="cannot identify image file")
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError,
             struct.error, ZeroDivisionError, MemoryError, RuntimeError) as e:
         w0, h0 = (locals().get("width", 0), locals().get("height", 0))

@@ -227,13 +227,17 @@ class _Archive:
 
 
 def _keep_archive(task: ArchiveTask) -> str:
-    """Copy the archive to ``work_dir/tmp/<name>`` once; return the local copy's path."""
+    """Copy the archive to ``work_dir/tmp/archives/<name>`` once; return the local copy's path.
+
+    (Images kept with ``keep_images`` go to ``work_dir/tmp/<name>/``, as fastdup extracts them,
+    so the archive copy cannot also be ``tmp/<name>``.)
+    """
     wd = WorkDir(task.work_dir, task.storage_options)
     if not wd.local:
         raise ValueError("keep_archives needs a local work_dir to read the copy from")
     import fsspec
 
-    dest = wd.join("tmp", task.source.name)
+    dest = wd.join("tmp", "archives", task.source.name)
     src_fs, src_path = fsspec.core.url_to_fs(task.source.url, **task.storage_options)
     size = src_fs.size(src_path)
     import os

@@ -19,7 +19,7 @@ import pandas as pd
 from .config import RunConfig
 from .partition import SUMMARY_META, ArchiveTask, process_archive
 from .sources import list_sources, select_offsets
-from .store import WorkDir
+from .store import SUFFIXES, WorkDir
 
 __all__ = ["run", "extract", "ExtractReport"]
 
@@ -130,10 +130,19 @@ def _extract(
     from .models import resolve_model
 
     resolve_model(config.model_path, mean=config.model_mean, std=config.model_std)  # fail early
-    done = wd.done_names() if config.resume else set()
+    listing = wd.listing()
+    suffix = SUFFIXES["done"]
+    done = {n[: -len(suffix)] for n in listing if n.endswith(suffix)} if config.resume else set()
     todo = [s for s in sources if s.name not in done]
+    todo_names = {s.name for s in todo}
+    for stale in (n for n in listing if ".tmp-" in n):  # left by a killed run
+        if any(stale.startswith(name) for name in todo_names):
+            wd.remove(wd.join(stale))
+    zero = {c: (0.0 if c.startswith("t_") else 0) for c in SUMMARY_META.columns if c not in ("name", "url", "status", "error")}
     rows = [
-        {"name": s.name, "url": s.url, "status": "already_done"} for s in sources if s.name in done
+        {"name": s.name, "url": s.url, "status": "already_done", "error": None, **zero}
+        for s in sources
+        if s.name in done
     ]
     parts = [pd.DataFrame(rows, columns=SUMMARY_META.columns).astype(SUMMARY_META.dtypes.to_dict())]
     if todo:
@@ -142,11 +151,8 @@ def _extract(
             process_archive, tasks, meta=SUMMARY_META, enforce_metadata=False, label="dedupdask-extract"
         )
         parts.append(_compute(ddf, client, config.progress, len(tasks)))
-    summary = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
-    for col in ("members", "images", "valid", "invalid", "sidecars", "skipped"):
-        summary[col] = summary[col].fillna(0).astype("int64")
-    for col in [c for c in summary.columns if c.startswith("t_")]:
-        summary[col] = summary[col].fillna(0.0)
+    nonempty = [p for p in parts if len(p)]
+    summary = pd.concat(nonempty, ignore_index=True) if nonempty else parts[0]
     order = {s.name: i for i, s in enumerate(sources)}
     summary = summary.sort_values("name", key=lambda s: s.map(order)).reset_index(drop=True)
     report = ExtractReport(summary)

@@ -1,0 +1,202 @@
+"""Command-line stage: ``dedupdask run|extract|build|demo`` mirroring ``ddk.run``.
+
+Every keyword of :func:`dedupdask.run` is a ``--kebab-case`` flag (booleans also as
+``--no-...``). The exit code is 0 when every archive finished, 1 when any archive failed or
+was only partly readable (unless ``--allow-failures``), 2 for bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from .config import OPTION_HELP, RunConfig
+
+__all__ = ["main", "build_parser"]
+
+_ANALYSIS_ONLY = {"nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold"}
+_EXTRACT_ONLY = {
+    "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
+    "num_threads", "keep_archives", "keep_images", "resume", "max_image_pixels",
+    "max_member_bytes", "min_image_size",
+}
+
+
+def _base_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if args else str
+    if origin is tuple:
+        return str  # "a,b,c"
+    return tp
+
+
+def _add_options(p: argparse.ArgumentParser, names: set[str]) -> None:
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = _base_type(hints[f.name])
+        help_ = OPTION_HELP.get(f.name, "")
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_} (default: {f.default})")
+        else:
+            default = None if f.default is dataclasses.MISSING else f.default
+            p.add_argument(flag, type=tp, default=None, metavar=f.name.upper(),
+                           help=f"{help_} (default: {default})")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help='fsspec options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'')
+    p.add_argument("--client", default=None,
+                   help="scheduler address (tcp://host:8786) or sync|threads|processes; default: a local cluster")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when some archives failed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dedupdask`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dedupdask",
+        description="Find duplicates, near-duplicates, outliers and broken images in webdataset archives.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    all_opts = {f.name for f in dataclasses.fields(RunConfig)} - {"run_mode", "storage_options"}
+    p = sub.add_parser("run", help="extract features and analyse (run_mode=0)")
+    p.add_argument("input", nargs="+", help="folder, glob, s3:// prefix, archives, or a text file of paths")
+    p.add_argument("work_dir")
+    _add_options(p, all_opts)
+    _add_common(p)
+    p = sub.add_parser("extract", help="extract features only (run_mode=1)")
+    p.add_argument("input", nargs="+", help="folder, glob, s3:// prefix, archives, or a text file of paths")
+    p.add_argument("work_dir")
+    _add_options(p, all_opts - _ANALYSIS_ONLY)
+    _add_common(p)
+    p = sub.add_parser("build", help="analyse the features in WORK_DIR (run_mode=2)")
+    p.add_argument("work_dir")
+    _add_options(p, all_opts - _EXTRACT_ONLY)
+    _add_common(p)
+    p = sub.add_parser("demo", help="generate sample shards with planted duplicates and run on them")
+    p.add_argument("--out", default="demo", help="folder for the shards and the work_dir (default: ./demo)")
+    p.add_argument("--shards", type=int, default=6)
+    p.add_argument("--images-per-shard", type=int, default=100)
+    p.add_argument("--model-path", default=None)
+    p.add_argument("--client", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def _options(ns: argparse.Namespace) -> dict[str, Any]:
+    skip = {"command", "input", "work_dir", "client", "allow_failures"}
+    return {k: v for k, v in vars(ns).items() if k not in skip and v is not None}
+
+
+def _print_result(result: Any) -> None:
+    report = getattr(result, "extract_report", None)
+    if report is not None:
+        print(report.summary_text())
+    summary = result.summary() if hasattr(result, "summary") else None
+    if summary:
+        print(
+            "analysis: "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items() if not isinstance(v, (list, dict)))
+        )
+    wd = getattr(result, "work_dir", None)
+    if wd:
+        print(f"files: {wd}/similarity.csv, outliers.csv, connected_components.csv, results/*.parquet")
+
+
+def _failed(report: Any) -> bool:
+    return report is not None and len(report.failed) > 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    from . import pipeline
+
+    try:
+        if ns.command == "demo":
+            return _demo(ns)
+        opts = _options(ns)
+        if ns.command == "extract":
+            report = pipeline.extract(_inputs(ns.input), ns.work_dir, client=ns.client, **opts)
+            print(report.summary_text())
+            print(f"files: {report.attrs.get('work_dir', ns.work_dir)}/<archive>features.dat, .dat.csv, .parquet")
+            return 1 if _failed(report) and not ns.allow_failures else 0
+        if ns.command == "run":
+            result = pipeline.run(_inputs(ns.input), ns.work_dir, run_mode=0, client=ns.client, **opts)
+        else:
+            result = pipeline.run(None, ns.work_dir, run_mode=2, client=ns.client, **opts)
+        _print_result(result)
+        return 1 if _failed(getattr(result, "extract_report", None)) and not ns.allow_failures else 0
+    except (ValueError, FileNotFoundError, TypeError, PermissionError) as e:
+        print(f"dedupdask: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dedupdask: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+def _inputs(items: list[str]) -> str | list[str]:
+    return items[0] if len(items) == 1 else items
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from .datasets import make_sample_shards
+
+    shards_dir = os.path.join(ns.out, "shards")
+    work_dir = os.path.join(ns.out, "work_dir")
+    t0 = time.perf_counter()
+    s = make_sample_shards(shards_dir, n_shards=ns.shards, images_per_shard=ns.images_per_shard,
+                           n_near=max(6, ns.shards * 4), n_exact=max(2, ns.shards))
+    print(f"sample shards: {len(s.shards)} archives (tar, tgz, zip), {s.n_images} images, "
+          f"{len(s.truth)} planted duplicate pairs, {len(s.broken)} broken members "
+          f"-> {shards_dir} ({time.perf_counter() - t0:.1f} s)")
+    from . import pipeline
+
+    try:
+        from . import results  # noqa: F401
+
+        run_mode = 0
+    except ImportError:  # analysis not installed in this build
+        run_mode = 1
+    out = pipeline.run(shards_dir, work_dir, run_mode=run_mode, model_path=ns.model_path,
+                       client=ns.client, progress=ns.progress, resume=False)
+    if run_mode == 1:
+        print(out.summary_text())
+        return 0
+    _print_result(out)
+    _demo_scores(out, s)
+    return 0
+
+
+def _demo_scores(result: Any, s: Any) -> None:
+    """Print how many planted pairs the run found."""
+    sim = getattr(result, "similarity", None)
+    if sim is None or not len(s.truth):
+        return
+    found = set(zip(sim["filename_from"], sim["filename_to"], strict=False))
+    found |= {(b, a) for a, b in found}
+    hits = [(a, b) in found for a, b in zip(s.truth["filename_a"], s.truth["filename_b"], strict=False)]
+    print(f"planted duplicate pairs found: {sum(hits)} of {len(hits)}")
+    by_edit = s.truth.assign(found=hits).groupby("edit")["found"].agg(["sum", "count"])
+    print("  " + ", ".join(f"{e}: {int(r['sum'])}/{int(r['count'])}" for e, r in by_edit.iterrows()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
