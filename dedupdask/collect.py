@@ -1,0 +1,365 @@
+"""Loading stage: every done archive of a ``work_dir`` as one dask array and one dask DataFrame.
+
+The per-archive files written by extraction (see :mod:`dedupdask.store`) are stacked in the
+**sorted archive order** -- by the ``url`` recorded in each ``done.json``, then by name -- and
+the valid images get one global ``index`` 0..N-1 in that order; this is the order of
+``atrain_features.dat.csv``. Nothing is read to guess shapes: row counts come from
+``done.json`` and are checked against the ``.dat`` sizes of one directory listing.
+
+Archives without ``done.json`` are reported, not used: ``failed`` (a ``failed.json`` says the
+archive could not be read) and ``missing`` (stray per-archive files only, e.g. an extraction
+that is still running or crashed). Features of different models are never mixed.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from dask.base import tokenize
+
+from .store import SUFFIXES, WorkDir, empty_files_frame
+
+__all__ = ["ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archive_vectors"]
+
+# Names that run-level outputs produce when matched against per-archive suffixes
+# (``atrain_features.dat.csv`` looks like the ``.dat.csv`` of an archive named ``atrain_``).
+_RUN_LEVEL_NAMES = frozenset({"atrain_"})
+_MODEL_KEYS = ("model_id", "model_sha256", "d")
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """One done archive and where its rows sit in the global index.
+
+    Attributes
+    ----------
+    name : str
+        Archive name (the per-archive file prefix in work_dir).
+    url : str
+        The archive's URL as recorded in ``done.json``.
+    offset : int
+        Global index of the archive's first valid image.
+    n_valid : int
+        Rows in the archive's ``.dat`` (valid images).
+    n_images : int
+        Image members, valid or not (rows of its Parquet file).
+    status : str
+        ``"done"`` or ``"partial"`` (the archive ended early; ``archive_error`` says why).
+    archive_error : str or None
+        Why a partial archive ended early.
+    """
+
+    name: str
+    url: str
+    offset: int
+    n_valid: int
+    n_images: int
+    status: str = "done"
+    archive_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "offset": self.offset,
+            "n_valid": self.n_valid,
+            "n_images": self.n_images,
+            "status": self.status,
+            "archive_error": self.archive_error,
+        }
+
+
+@dataclass
+class Collection:
+    """The done archives of a work_dir, ready to be read lazily.
+
+    Attributes
+    ----------
+    work_dir : WorkDir
+        Where the per-archive files are.
+    archives : tuple of ArchiveInfo
+        Done archives in sorted order, with their global offsets.
+    d : int
+        Vector width.
+    model : dict
+        ``model_id``, ``model_sha256``, ``model_threshold``, ``model_ccthreshold`` of the run.
+    failed : list of str
+        Archives with ``failed.json`` and no ``done.json``.
+    missing : list of str
+        Archives with per-archive files but neither ``done.json`` nor ``failed.json``.
+    """
+
+    work_dir: WorkDir
+    archives: tuple[ArchiveInfo, ...]
+    d: int
+    model: dict[str, Any] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        """Number of valid images (rows of the global index)."""
+        return sum(a.n_valid for a in self.archives)
+
+    @property
+    def n_images(self) -> int:
+        """Number of image members, valid or not."""
+        return sum(a.n_images for a in self.archives)
+
+    def embeddings(self) -> da.Array:
+        """All vectors as a float32 ``[N, d]`` dask array, one block per archive (memmapped).
+
+        Examples
+        --------
+        >>> col.embeddings()  # doctest: +SKIP
+        dask.array<concatenate, shape=(3000, 1280), dtype=float32, chunksize=(1000, 1280), ...>
+        """
+        blocks = [
+            da.from_delayed(
+                dask.delayed(read_archive_vectors, pure=True)(
+                    self.work_dir, a.name, self.d, a.n_valid
+                ),
+                shape=(a.n_valid, self.d),
+                dtype=np.float32,
+                name="dedupdask-vectors-" + tokenize(self.work_dir.url, a.name, a.n_valid, self.d),
+            )
+            for a in self.archives
+            if a.n_valid
+        ]
+        if not blocks:
+            return da.zeros((0, self.d), dtype=np.float32, chunks=((0,), (self.d,)))
+        return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+
+    def files(self) -> dd.DataFrame:
+        """One row per image member (valid or not), one partition per archive.
+
+        Columns are :data:`dedupdask.store.FILE_COLUMNS`; ``index`` is the global index
+        (null for invalid images).
+
+        Examples
+        --------
+        >>> col.files().npartitions == len(col.archives)  # doctest: +SKIP
+        True
+        """
+        meta = empty_files_frame()
+        if not self.archives:
+            return dd.from_pandas(meta, npartitions=1)
+        specs = [(self.work_dir, a.name, a.offset, a.n_valid) for a in self.archives]
+        return dd.from_map(
+            read_archive_files, specs, meta=meta, label="dedupdask-files", enforce_metadata=False
+        )
+
+    def archive_frame(self) -> pd.DataFrame:
+        """The archives as a table (name, url, offset, n_valid, n_images, status, archive_error)."""
+        cols = ["name", "url", "offset", "n_valid", "n_images", "status", "archive_error"]
+        return pd.DataFrame([a.to_dict() for a in self.archives], columns=cols)
+
+
+def read_archive_vectors(wd: WorkDir, name: str, d: int, n: int) -> np.ndarray:
+    """The ``[n, d]`` vectors of one archive (memory-mapped when work_dir is local).
+
+    Parameters
+    ----------
+    wd : WorkDir
+        The work_dir.
+    name : str
+        Archive name.
+    d, n : int
+        Width and the row count from ``done.json``.
+
+    Returns
+    -------
+    ndarray
+        float32 ``[n, d]``.
+
+    Examples
+    --------
+    >>> read_archive_vectors(WorkDir(work_dir), "00000.tar", 1280, 1000).shape  # doctest: +SKIP
+    (1000, 1280)
+    """
+    arr = wd.open_features(name, d)
+    if arr.shape != (n, d):
+        raise ValueError(
+            f"{wd.url}: {name}{SUFFIXES['dat']} holds {arr.shape[0]} rows of {d} floats "
+            f"but {name}{SUFFIXES['done']} counts {n} valid images"
+        )
+    return arr
+
+
+def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
+    """One archive's Parquet rows with the global ``index`` (a ``dd.from_map`` partition).
+
+    Parameters
+    ----------
+    spec : (WorkDir, str, int, int)
+        work_dir, archive name, global offset of its first valid image, valid count.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`dedupdask.store.FILE_COLUMNS`.
+
+    Examples
+    --------
+    >>> read_archive_files((WorkDir(work_dir), "00000.tar", 0, 1000))  # doctest: +SKIP
+    """
+    wd, name, offset, n_valid = spec
+    df = wd.read_files(name)
+    meta = empty_files_frame()
+    local = df["index"]
+    n_found = int(local.notna().sum())
+    if n_found != n_valid:
+        raise ValueError(
+            f"{wd.url}: {name}{SUFFIXES['parquet']} has {n_found} valid rows "
+            f"but {name}{SUFFIXES['done']} counts {n_valid}"
+        )
+    df["index"] = (local + offset).astype(meta["index"].dtype)
+    return df.loc[:, list(meta.columns)].astype(meta.dtypes.to_dict())
+
+
+def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:
+    """One listing of work_dir: done, failed, other per-archive names and file sizes."""
+    if not wd.fs.exists(wd.path):
+        raise FileNotFoundError(f"work_dir {wd.url} does not exist")
+    entries = wd.fs.ls(wd.path, detail=True, refresh=True)
+    sizes = {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0) for e in entries}
+    done, failed, other = set(), set(), set()
+    for base in sizes:
+        for which, suffix in SUFFIXES.items():
+            if base.endswith(suffix):
+                name = base[: -len(suffix)]
+                {"done": done, "failed": failed}.get(which, other).add(name)
+                break
+    return done, failed, other, sizes
+
+
+def collect(
+    work_dir: str | WorkDir,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    warn: bool = True,
+) -> Collection:
+    """Find the done archives of ``work_dir`` and describe them for lazy reading.
+
+    Parameters
+    ----------
+    work_dir : str or WorkDir
+        Local path or URL of the work_dir.
+    storage_options : dict, optional
+        fsspec options (ignored when ``work_dir`` is already a :class:`WorkDir`).
+    names : sequence of str, optional
+        Use exactly these archives (``load`` passes the archives of a finished run); each
+        must be done. By default every done archive is used.
+    warn : bool
+        Emit a ``UserWarning`` listing failed and missing archives.
+
+    Returns
+    -------
+    Collection
+
+    Raises
+    ------
+    ValueError
+        If archives were extracted with different models (id, file hash or width differ), or
+        a ``.dat`` file's size does not match its ``done.json``.
+
+    Examples
+    --------
+    >>> col = collect("work")  # doctest: +SKIP
+    >>> col.embeddings().shape, col.files().npartitions  # doctest: +SKIP
+    ((3000, 1280), 3)
+    """
+    wd = work_dir if isinstance(work_dir, WorkDir) else WorkDir(work_dir, storage_options)
+    done, failed_set, other, sizes = _scan(wd)
+    if names is not None:
+        absent = [n for n in names if n not in done]
+        if absent:
+            raise FileNotFoundError(
+                f"work_dir {wd.url}: archive(s) {absent[:5]} of the run are no longer done "
+                f"(no {SUFFIXES['done']})"
+            )
+        done = set(names)
+    failed = sorted(failed_set - done)
+    missing = sorted(other - done - failed_set - _RUN_LEVEL_NAMES) if names is None else []
+    dones = {name: wd.read_done(name) for name in sorted(done)}
+    order = sorted(dones, key=lambda n: (str(dones[n].get("url", "")), n))
+
+    models: dict[tuple[Any, ...], str] = {}
+    for name in order:
+        models.setdefault(tuple(dones[name].get(k) for k in _MODEL_KEYS), name)
+    if len(models) > 1:
+        (m1, ex1), (m2, ex2) = list(models.items())[:2]
+
+        def describe(m: tuple[Any, ...]) -> str:
+            return f"{m[0]} (sha256 {str(m[1])[:12]}, d={m[2]})"
+
+        raise ValueError(
+            f"work_dir {wd.url} mixes features of different models: {describe(m1)} e.g. in "
+            f"archive {ex1!r}, and {describe(m2)} e.g. in archive {ex2!r}"
+            + (f" ({len(models)} models in all)" if len(models) > 2 else "")
+            + "; extract every archive with one model or use separate work_dirs"
+        )
+
+    archives: list[ArchiveInfo] = []
+    offset = 0
+    d = 0
+    for name in order:
+        info = dones[name]
+        d = int(info.get("d") or 0)
+        counts = info.get("counts") or {}
+        n_valid = int(counts.get("valid", 0))
+        expected = n_valid * d * 4
+        got = sizes.get(name + SUFFIXES["dat"])
+        if got is None and n_valid:
+            raise ValueError(
+                f"work_dir {wd.url}: {name} is done but {name}{SUFFIXES['dat']} is missing"
+            )
+        if got is not None and got != expected:
+            raise ValueError(
+                f"work_dir {wd.url}: {name}{SUFFIXES['dat']} is {got} bytes but "
+                f"{name}{SUFFIXES['done']} says {n_valid} rows x d={d} float32 ({expected} bytes)"
+            )
+        archives.append(
+            ArchiveInfo(
+                name=name,
+                url=str(info.get("url", name)),
+                offset=offset,
+                n_valid=n_valid,
+                n_images=int(counts.get("images", n_valid)),
+                status=str(info.get("status", "done")),
+                archive_error=info.get("archive_error"),
+            )
+        )
+        offset += n_valid
+    model: dict[str, Any] = {}
+    if order:
+        first = dones[order[0]]
+        model = {
+            k: first.get(k)
+            for k in ("model_id", "model_sha256", "model_threshold", "model_ccthreshold", "d")
+        }
+    if warn and (failed or missing):
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} failed archive(s) (failed.json): {_preview(failed)}")
+        if missing:
+            parts.append(f"{len(missing)} archive(s) without done.json: {_preview(missing)}")
+        warnings.warn(
+            f"work_dir {wd.url}: not used: " + "; ".join(parts), UserWarning, stacklevel=2
+        )
+    return Collection(wd, tuple(archives), d, model, failed, missing)
+
+
+def _preview(names: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
