@@ -1,0 +1,39 @@
+"""Analysis stage: exact groups, similar pairs, outliers, components, stats and invalid images.
+
+Every function here works on plain numpy/pandas data in the global index space (0..N-1 =
+the rows of ``atrain_features.dat.csv``) and returns one tidy table whose columns are defined
+once, in the module that makes it.
+"""
+
+from .components import COMPONENT_COLUMNS, REMOVE_COLUMNS, components_table, duplicates_to_remove
+from .exact import ExactGroups, exact_groups
+from .outliers import OUTLIER_COLUMNS, nearest_neighbours, outliers_table
+from .similarity import SIMILARITY_COLUMNS, similarity_table
+from .stats import (
+    BAD_CSV_COLUMNS,
+    INVALID_COLUMNS,
+    STATS_COLUMNS,
+    STATS_CSV_COLUMNS,
+    invalid_table,
+    stats_frame,
+)
+
+__all__ = [
+    "BAD_CSV_COLUMNS",
+    "COMPONENT_COLUMNS",
+    "ExactGroups",
+    "INVALID_COLUMNS",
+    "OUTLIER_COLUMNS",
+    "REMOVE_COLUMNS",
+    "SIMILARITY_COLUMNS",
+    "STATS_COLUMNS",
+    "STATS_CSV_COLUMNS",
+    "components_table",
+    "duplicates_to_remove",
+    "exact_groups",
+    "invalid_table",
+    "nearest_neighbours",
+    "outliers_table",
+    "similarity_table",
+    "stats_frame",
+]
