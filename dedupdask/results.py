@@ -1,0 +1,559 @@
+"""Results stage: run the analyses over a work_dir, write fastdup-named files, load them back.
+
+:func:`build` is run_mode=2: it loads every done archive (:mod:`dedupdask.collect`), groups
+exact duplicates, builds the kNN graph of one representative per group
+(:mod:`dedupdask.knn`), derives the tables (:mod:`dedupdask.analyses`) and writes
+
+===============================  ==============================================================
+``atrain_features.dat.csv``      ``index,filename``: the global index 0..N-1 (sorted archives)
+``similarity.csv``               ``from,to,distance`` (distance = cosine similarity), both
+                                 directions, similarity >= threshold, sorted descending
+``outliers.csv``                 ``from,to,distance``: image, nearest image, similarity; the
+                                 strongest outliers last (fastdup's order)
+``connected_components.csv``     ``__id,component_id,component_size`` (sizes count images)
+``atrain_stats.csv``             fastdup's stats columns, properly quoted
+``atrain_features.bad.csv``      ``index,filename,error_code,filesize`` of every invalid image
+``results/*.parquet``            every table (similarity, outliers, components, stats, invalid)
+``results/run.json``             parameters, model, archives with offsets, counts, timings
+===============================  ==============================================================
+
+all through :class:`~dedupdask.store.WorkDir` (atomic writes), ``run.json`` last.
+:func:`load` rebuilds the :class:`DedupResult` from those files without recomputing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from .analyses import (
+    BAD_CSV_COLUMNS,
+    COMPONENT_COLUMNS,
+    INVALID_COLUMNS,
+    OUTLIER_COLUMNS,
+    SIMILARITY_COLUMNS,
+    STATS_COLUMNS,
+    STATS_CSV_COLUMNS,
+    components_table,
+    duplicates_to_remove,
+    exact_groups,
+    invalid_table,
+    nearest_neighbours,
+    outliers_table,
+    similarity_table,
+    stats_frame,
+)
+from .collect import ArchiveInfo, Collection, collect
+from .config import RunConfig
+from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
+from .store import WorkDir
+
+__all__ = [
+    "DedupResult",
+    "build",
+    "load",
+    "RESULTS_DIR",
+    "RUN_JSON",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_CCTHRESHOLD",
+]
+
+RESULTS_DIR = "results"
+RUN_JSON = "run.json"
+DEFAULT_THRESHOLD = 0.9  # used only when neither the config nor done.json gives one
+DEFAULT_CCTHRESHOLD = 0.96
+TABLES = ("similarity", "outliers", "components", "stats", "invalid")
+_FILE_COLS = [
+    "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
+    "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
+    "index",
+]  # fmt: skip
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dedupdask")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+class DedupResult:
+    """Everything run_mode=2 found in one work_dir.
+
+    Attributes
+    ----------
+    similarity : DataFrame
+        ``from, to, similarity, filename_from, filename_to``; each unordered pair once with
+        ``from < to``; sorted by similarity descending.
+    outliers : DataFrame
+        ``index, nearest, similarity, filename, filename_nearest``, least similar first.
+    components : DataFrame
+        ``index, component_id, component_size`` for every valid image (singletons: size 1).
+    invalid : DataFrame
+        ``filename, archive, member, error_code, error_message, file_size``.
+    params : dict
+        The parameters used (thresholds resolved, kNN method).
+    run : dict
+        The contents of ``results/run.json``.
+    archives : list of str
+        Done archives used, in global-index order.
+    failed, missing : list of str
+        Archives not used: ``failed.json`` present / no ``done.json``.
+
+    Examples
+    --------
+    >>> res = build("work", config=RunConfig(run_mode=2))  # doctest: +SKIP
+    >>> res.summary()["duplicate_groups"]  # doctest: +SKIP
+    12
+    """
+
+    def __init__(
+        self,
+        collection: Collection,
+        *,
+        similarity: pd.DataFrame,
+        outliers: pd.DataFrame,
+        components: pd.DataFrame,
+        invalid: pd.DataFrame,
+        images: pd.DataFrame,
+        run: dict[str, Any],
+    ) -> None:
+        self._collection = collection
+        self.similarity = similarity
+        self.outliers = outliers
+        self.components = components
+        self.invalid = invalid
+        self._images = images
+        self.run = run
+        self.params = dict(run.get("parameters", {}))
+        self._files: dd.DataFrame | None = None
+
+    # -- lazy views of the per-archive files --------------------------------------------------
+    @property
+    def work_dir(self) -> str:
+        return self._collection.work_dir.url
+
+    @property
+    def archives(self) -> list[str]:
+        return [a.name for a in self._collection.archives]
+
+    @property
+    def failed(self) -> list[str]:
+        return list(self.run.get("failed", self._collection.failed))
+
+    @property
+    def missing(self) -> list[str]:
+        return list(self.run.get("missing", self._collection.missing))
+
+    @property
+    def files(self) -> dd.DataFrame:
+        """Every image member (valid or not), one partition per archive, global ``index``."""
+        if self._files is None:
+            self._files = self._collection.files()
+        return self._files
+
+    @property
+    def stats(self) -> dd.DataFrame:
+        """Statistics of the valid images (``STATS_COLUMNS``), one partition per archive."""
+        return stats_frame(self.files)
+
+    @property
+    def embeddings(self) -> da.Array:
+        """float32 ``[N, d]`` vectors in global-index order (memmapped ``.dat`` files)."""
+        return self._collection.embeddings()
+
+    # -- derived tables --------------------------------------------------------------------------
+    def duplicates_to_remove(
+        self, keep: Literal["largest_resolution", "largest_file", "first"] = "largest_resolution"
+    ) -> pd.DataFrame:
+        """Images to delete so one image per component remains.
+
+        Parameters
+        ----------
+        keep : {"largest_resolution", "largest_file", "first"}
+            Which image of each component is kept (ties: smallest index).
+
+        Returns
+        -------
+        DataFrame
+            ``index, filename, component_id, keeper_index, keeper_filename``.
+
+        Examples
+        --------
+        >>> res.duplicates_to_remove(keep="first").head()  # doctest: +SKIP
+        """
+        return duplicates_to_remove(self.components, self._images, keep)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline counts.
+
+        Examples
+        --------
+        >>> res.summary()  # doctest: +SKIP
+        {'images': 3000, 'invalid': 4, 'duplicate_groups': 25, 'removable': 31, ...}
+        """
+        sizes = self.components.drop_duplicates("component_id")["component_size"]
+        multi = sizes[sizes > 1]
+        return {
+            "images": int(len(self.components)),
+            "invalid": int(len(self.invalid)),
+            "similar_pairs": int(len(self.similarity)),
+            "exact_duplicate_groups": int(self.run.get("counts", {}).get("exact_groups", 0)),
+            "duplicate_groups": int(len(multi)),
+            "removable": int((multi - 1).sum()),
+            "outliers": int(len(self.outliers)),
+            "archives_done": len(self.archives),
+            "archives_failed": len(self.failed),
+            "archives_missing": len(self.missing),
+        }
+
+    def galleries(self, save_path: str) -> None:
+        """HTML galleries of duplicates, outliers, components and stats (not yet)."""
+        raise NotImplementedError("comes with the galleries issue")
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"DedupResult({self.work_dir!r}: {s['images']} images, {s['invalid']} invalid, "
+            f"{s['duplicate_groups']} duplicate groups ({s['removable']} removable), "
+            f"{s['similar_pairs']} similar pairs, {s['outliers']} outliers; archives "
+            f"{s['archives_done']} done, {s['archives_failed']} failed, {s['archives_missing']} missing)"
+        )
+
+
+@contextlib.contextmanager
+def _scheduler(client: Any) -> Iterator[None]:
+    if client is None:
+        yield
+        return
+    if isinstance(client, str):
+        from distributed import Client
+
+        with Client(client) as c, c.as_current():
+            yield
+        return
+    with client.as_current():
+        yield
+
+
+class _Stages:
+    """Client-side progress over the build stages (silent unless asked) and their timings."""
+
+    NAMES = ("collect", "read_files", "exact_groups", "knn", "analyses", "write")
+
+    def __init__(self, progress: bool) -> None:
+        self.timings: dict[str, float] = {}
+        self._t = time.perf_counter()
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(self.NAMES), desc="dedupdask build", unit="stage")
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._t, 3)
+        self._t = now
+        if self._bar is not None:
+            self._bar.set_postfix_str(name)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def build(
+    work_dir: str,
+    *,
+    config: RunConfig,
+    client: Any = None,
+    method: Literal["auto", "exact", "pynndescent"] = "auto",
+    random_state: int = DEFAULT_RANDOM_STATE,
+    write: bool = True,
+) -> DedupResult:
+    """Analyse every done archive of ``work_dir`` (run_mode=2) and write the result files.
+
+    Parameters
+    ----------
+    work_dir : str
+        Local path or URL holding the per-archive outputs of extraction.
+    config : RunConfig
+        Uses ``threshold``, ``ccthreshold`` (None = the model's values from ``done.json``),
+        ``lower_threshold``, ``nearest_neighbors_k``, ``distance``, ``storage_options``,
+        ``progress``.
+    client : distributed.Client or str, optional
+        Scheduler to use; default: whatever is current (a distributed Client, else local).
+    method : {"auto", "exact", "pynndescent"}
+        kNN method; ``"auto"`` picks by ``N**2 * d`` (see :mod:`dedupdask.knn`).
+    random_state : int
+        pynndescent seed (reruns give the same graph).
+    write : bool
+        Write the CSV/Parquet files and ``results/run.json``.
+
+    Returns
+    -------
+    DedupResult
+
+    Raises
+    ------
+    FileNotFoundError
+        If work_dir has no done archive.
+    ValueError
+        If archives of different models are mixed.
+
+    Examples
+    --------
+    >>> from dedupdask.config import RunConfig
+    >>> res = build("work", config=RunConfig(run_mode=2, progress=False))  # doctest: +SKIP
+    >>> res.similarity.head()  # doctest: +SKIP
+    """
+    stages = _Stages(config.progress)
+    try:
+        with _scheduler(client):
+            return _build(work_dir, config, method, random_state, write, stages)
+    finally:
+        stages.close()
+
+
+def _build(
+    work_dir: str,
+    config: RunConfig,
+    method: str,
+    random_state: int,
+    write: bool,
+    stages: _Stages,
+) -> DedupResult:
+    col = collect(work_dir, config.storage_options)
+    wd = col.work_dir
+    if not col.archives:
+        raise FileNotFoundError(
+            f"work_dir {wd.url}: no archive is done (no *done.json); "
+            f"failed: {col.failed[:5]}, without done.json: {col.missing[:5]}"
+        )
+    threshold = _resolve(config.threshold, col.model.get("model_threshold"), DEFAULT_THRESHOLD)
+    ccthreshold = _resolve(
+        config.ccthreshold, col.model.get("model_ccthreshold"), DEFAULT_CCTHRESHOLD
+    )
+    stages.done("collect")
+
+    files = col.files()[_FILE_COLS].compute()
+    valid = files[files["index"].notna()].sort_values("index", kind="stable").reset_index(drop=True)
+    n = len(valid)
+    if n != col.n or not np.array_equal(valid["index"].to_numpy(dtype=np.int64), np.arange(n)):
+        raise ValueError(f"work_dir {wd.url}: the Parquet files do not match the done.json counts")
+    filenames = valid["filename"].to_numpy(dtype=object)
+    stages.done("read_files")
+
+    groups = exact_groups(valid["md5"], valid["pixel_md5"])
+    reps = groups.reps
+    stages.done("exact_groups")
+
+    k = config.nearest_neighbors_k
+    emb = col.embeddings()
+    x = emb if reps.size == n else emb[reps]
+    if reps.size:
+        nbr_idx, nbr_sim, used = knn_graph_dask(
+            x,
+            int(reps.size),
+            col.d,
+            k,
+            method=method,
+            random_state=random_state,  # type: ignore[arg-type]
+        )
+    else:
+        nbr_idx = np.empty((0, k), np.int64)
+        nbr_sim = np.empty((0, k), np.float32)
+        used = "none"
+    stages.done("knn")
+
+    similarity = similarity_table(groups, reps, nbr_idx, nbr_sim, threshold, filenames)
+    nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
+    outliers = outliers_table(nearest, nearest_sim, config.lower_threshold, filenames)
+    components = components_table(groups, reps, nbr_idx, nbr_sim, ccthreshold)
+    invalid = invalid_table(files)
+    stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
+    stages.done("analyses")
+
+    run = {
+        "dedupdask_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "work_dir": wd.url,
+        "parameters": {
+            "threshold": threshold,
+            "ccthreshold": ccthreshold,
+            "lower_threshold": config.lower_threshold,
+            "nearest_neighbors_k": k,
+            "distance": config.distance,
+            "knn_method": used,
+            "random_state": random_state,
+        },
+        "model": col.model,
+        "archives": [a.to_dict() for a in col.archives],
+        "failed": col.failed,
+        "missing": col.missing,
+        "counts": {
+            "images": n,
+            "invalid": len(invalid),
+            "exact_groups": groups.n_groups(2),
+            "representatives": int(reps.size),
+            "similar_pairs": len(similarity),
+            "outliers": len(outliers),
+            "components": int(components["component_id"].nunique()),
+            "duplicate_components": int(
+                components.loc[components["component_size"] > 1, "component_id"].nunique()
+            ),
+        },
+        "timings": stages.timings,
+    }
+    result = DedupResult(
+        col,
+        similarity=similarity,
+        outliers=outliers,
+        components=components,
+        invalid=invalid,
+        images=stats,
+        run=run,
+    )
+    if write:
+        _write(wd, result, valid, stats, stages)
+    return result
+
+
+def _resolve(value: float | None, model_value: Any, default: float) -> float:
+    if value is not None:
+        return float(value)
+    return float(model_value) if model_value is not None else default
+
+
+# -- files ------------------------------------------------------------------------------------
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False, compression="zstd")
+    return buf.getvalue()
+
+
+def _write(
+    wd: WorkDir, res: DedupResult, valid: pd.DataFrame, stats: pd.DataFrame, stages: _Stages
+) -> None:
+    wd.makedirs(RESULTS_DIR)
+    put = wd.write_bytes
+    put(wd.join("atrain_features.dat.csv"), _csv(valid.loc[:, ["index", "filename"]]))
+
+    sim = res.similarity
+    both = pd.concat(
+        [
+            pd.DataFrame({"from": sim["from"], "to": sim["to"], "distance": sim["similarity"]}),
+            pd.DataFrame({"from": sim["to"], "to": sim["from"], "distance": sim["similarity"]}),
+        ],
+        ignore_index=True,
+    ).sort_values(["distance", "from", "to"], ascending=[False, True, True], kind="stable")
+    put(wd.join("similarity.csv"), _csv(both))
+
+    out = res.outliers.iloc[::-1]
+    put(
+        wd.join("outliers.csv"),
+        _csv(
+            pd.DataFrame(
+                {"from": out["index"], "to": out["nearest"], "distance": out["similarity"]}
+            )
+        ),
+    )
+    put(
+        wd.join("connected_components.csv"),
+        _csv(res.components.rename(columns={"index": "__id"})),
+    )
+    put(wd.join("atrain_stats.csv"), _csv(stats.loc[:, list(STATS_CSV_COLUMNS)]))
+    inv = res.invalid
+    bad = pd.DataFrame(
+        {
+            "index": np.arange(len(inv), dtype=np.int64),
+            "filename": inv["filename"],
+            "error_code": inv["error_code"],
+            "filesize": inv["file_size"],
+        }
+    )
+    put(wd.join("atrain_features.bad.csv"), _csv(bad.loc[:, list(BAD_CSV_COLUMNS)]))
+
+    tables = {
+        "similarity": res.similarity,
+        "outliers": res.outliers,
+        "components": res.components,
+        "stats": stats,
+        "invalid": res.invalid,
+    }
+    for name, df in tables.items():
+        put(wd.join(RESULTS_DIR, f"{name}.parquet"), _parquet(df))
+    stages.done("write")
+    res.run["timings"] = dict(stages.timings)
+    wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), res.run)
+
+
+def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupResult:
+    """Read a finished run back from ``work_dir/results/`` without recomputing.
+
+    Parameters
+    ----------
+    work_dir : str
+        Local path or URL of a work_dir that :func:`build` has written.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    DedupResult
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``results/run.json`` is missing, or an archive of the run is no longer done.
+
+    Examples
+    --------
+    >>> res = load("work")  # doctest: +SKIP
+    >>> res.summary()["images"]  # doctest: +SKIP
+    3000
+    """
+    wd = WorkDir(work_dir, storage_options)
+    path = wd.join(RESULTS_DIR, RUN_JSON)
+    if not wd.fs.exists(path):
+        raise FileNotFoundError(
+            f"{wd.url}: no {RESULTS_DIR}/{RUN_JSON}; run the analysis (run_mode=2) first"
+        )
+    run = wd.read_json(path)
+    recorded = [ArchiveInfo(**a) for a in run.get("archives", [])]
+    col = collect(wd, names=[a.name for a in recorded], warn=False)
+    if tuple(col.archives) != tuple(recorded):
+        changed = [a.name for a, b in zip(col.archives, recorded, strict=False) if a != b]
+        raise ValueError(
+            f"{wd.url}: archives changed since the run was built (e.g. {changed[:3]}); rebuild it"
+        )
+    col.failed = list(run.get("failed", []))
+    col.missing = list(run.get("missing", []))
+    tables = {}
+    for name in TABLES:
+        with wd.fs.open(wd.join(RESULTS_DIR, f"{name}.parquet"), "rb") as f:
+            tables[name] = pd.read_parquet(f)
+    return DedupResult(
+        col,
+        similarity=tables["similarity"].loc[:, list(SIMILARITY_COLUMNS)],
+        outliers=tables["outliers"].loc[:, list(OUTLIER_COLUMNS)],
+        components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],
+        invalid=tables["invalid"].loc[:, list(INVALID_COLUMNS)],
+        images=tables["stats"],
+        run=run,
+    )

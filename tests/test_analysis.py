@@ -1,0 +1,544 @@
+"""Analysis stage (run_mode=2): loading, exact groups, kNN, tables, files, load() round trip.
+
+Work_dirs are synthetic: vectors with planted exact duplicates (same md5), pixel duplicates
+(same pixel_md5, different md5), near duplicates, outliers and invalid images, written with
+``WorkDir.write_archive`` exactly as extraction writes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass, field
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+
+from dedupdask.collect import collect
+from dedupdask.config import RunConfig
+from dedupdask.knn import exact_knn, knn_graph, nndescent_knn, normalize_rows
+from dedupdask.results import build, load
+from dedupdask.store import WorkDir, empty_files_frame
+
+D = 64
+MODEL = {
+    "d": D,
+    "model_id": "test-model",
+    "model_sha256": "ab" * 32,
+    "model_threshold": 0.91,
+    "model_ccthreshold": 0.955,
+}
+CFG = RunConfig(run_mode=2, progress=False, nearest_neighbors_k=2, lower_threshold=0.01)
+
+
+@dataclass
+class Planted:
+    """A synthetic dataset: per-image rows in archive order plus what was planted."""
+
+    rows: list[dict] = field(default_factory=list)  # one per image (valid or invalid)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # filename -> vector
+    groups: list[set[str]] = field(default_factory=list)  # sets that must be mutually similar
+    exact_groups: list[set[str]] = field(default_factory=list)
+    outliers: set[str] = field(default_factory=set)
+    n_archives: int = 0
+
+    def pairs(self) -> set[tuple[str, str]]:
+        out = set()
+        for g in self.groups:
+            out |= {tuple(sorted(p)) for p in itertools.combinations(g, 2)}
+        return out
+
+
+def _url(a: int) -> str:
+    return f"s3://bucket/shards/{a:05d}.tar"
+
+
+def make_dataset(
+    n: int = 3000,
+    n_archives: int = 6,
+    seed: int = 0,
+    n_near: int = 40,
+    n_exact: int = 25,
+    n_pixel: int = 10,
+    n_outliers: int = 10,
+    n_invalid: int = 12,
+) -> Planted:
+    """Clustered background + planted structure, spread over archives at random positions."""
+    rng = np.random.default_rng(seed)
+    centres = normalize_rows(rng.standard_normal((30, D)))
+    base = centres[rng.integers(0, 30, n)] + 0.7 * rng.standard_normal((n, D)).astype(
+        np.float32
+    ) / np.sqrt(D)
+    base = normalize_rows(base)
+    vecs: list[np.ndarray] = list(base)
+    md5 = [f"m{i}" for i in range(n)]
+    pix = [f"p{i}" for i in range(n)]
+    groups: list[list[int]] = []
+    exact: list[list[int]] = []
+    free = iter(rng.permutation(n))
+
+    def add(vec: np.ndarray, m: str, p: str) -> int:
+        vecs.append(vec)
+        md5.append(m)
+        pix.append(p)
+        return len(vecs) - 1
+
+    def near(i: int) -> np.ndarray:
+        t = rng.uniform(0.05, 0.2)
+        return normalize_rows(
+            (vecs[i] + t * rng.standard_normal(D).astype(np.float32) / np.sqrt(D))[None]
+        )[0]
+
+    for _ in range(n_near):
+        i = int(next(free))
+        groups.append([i, add(near(i), f"near{len(vecs)}", f"nearp{len(vecs)}")])
+    for g in range(n_exact):  # exact copies (same bytes), groups of 2..5
+        i = int(next(free))
+        members = [i] + [
+            add(vecs[i].copy(), md5[i], f"x{g}-{c}") for c in range(rng.integers(1, 5))
+        ]
+        groups.append(members)
+        exact.append(members)
+    for g in range(n_pixel):  # same decoded pixels, different bytes
+        i = int(next(free))
+        j = add(vecs[i].copy(), f"pixel-md5-{g}", pix[i])
+        groups.append([i, j])
+        exact.append([i, j])
+    for _ in range(5):  # an exact group that also has a near duplicate
+        i = int(next(free))
+        j = add(vecs[i].copy(), md5[i], f"y{i}")
+        k = add(near(i), f"z{i}", f"zp{i}")
+        groups.append([i, j, k])
+        exact.append([i, j])
+    outl = [
+        add(normalize_rows(rng.standard_normal((1, D)))[0], f"o{c}", f"op{c}")
+        for c in range(n_outliers)
+    ]
+
+    total = len(vecs)
+    order = rng.permutation(total)
+    archive_of = np.sort(rng.integers(0, n_archives, total))
+    invalid_archive = rng.integers(0, n_archives, n_invalid)
+    out = Planted(n_archives=n_archives)
+    names = {}
+    for pos, img in enumerate(order):
+        a = int(archive_of[pos])
+        member = f"{pos:06d}.jpg" if pos % 97 else f"{pos:06d},with comma.jpg"
+        fname = f"{_url(a)}/{member}"
+        names[int(img)] = fname
+        out.vectors[fname] = vecs[img]
+        out.rows.append(
+            {
+                "archive_no": a,
+                "filename": fname,
+                "member": member,
+                "md5": md5[img],
+                "pixel_md5": pix[img],
+                "valid": True,
+                "width": int(100 + img % 50),
+                "height": 80,
+                "file_size": int(1000 + img),
+            }
+        )
+    for c, a in enumerate(invalid_archive):
+        member = f"broken{c}.jpg"
+        row = {
+            "archive_no": int(a),
+            "filename": f"{_url(int(a))}/{member}",
+            "member": member,
+            "md5": f"bad{c}",
+            "pixel_md5": None,
+            "valid": False,
+            "width": None,
+            "height": None,
+            "file_size": 10 + c,
+        }
+        # insert among the archive's rows so invalid rows sit between valid ones
+        idxs = [i for i, r in enumerate(out.rows) if r["archive_no"] == a]
+        out.rows.insert(idxs[len(idxs) // 2] if idxs else len(out.rows), row)
+    out.groups = [{names[i] for i in g} for g in groups]
+    out.exact_groups = [{names[i] for i in g} for g in exact]
+    out.outliers = {names[i] for i in outl}
+    return out
+
+
+def write_dataset(
+    wd_url: str, ds: Planted, archives: list[int] | None = None, model: dict | None = None
+) -> WorkDir:
+    """Write the dataset's archives (all, or the given ones) into a work_dir."""
+    wd = WorkDir(wd_url)
+    wd.makedirs()
+    meta = empty_files_frame()
+    for a in archives if archives is not None else range(ds.n_archives):
+        rows = [r for r in ds.rows if r["archive_no"] == a]
+        local = 0
+        recs, feats = [], []
+        for r in rows:
+            idx = None
+            if r["valid"]:
+                idx = local
+                local += 1
+                feats.append(ds.vectors[r["filename"]])
+            recs.append(
+                {
+                    "filename": r["filename"],
+                    "archive": _url(a),
+                    "member": r["member"],
+                    "key": r["member"].rsplit(".", 1)[0],
+                    "caption": None,
+                    "json": None,
+                    "width": r["width"],
+                    "height": r["height"],
+                    "file_size": r["file_size"],
+                    "md5": r["md5"],
+                    "pixel_md5": r["pixel_md5"],
+                    "mean": 100.0,
+                    "min": 0.0,
+                    "max": 255.0,
+                    "stdv": 50.0,
+                    "blur": 500.0,
+                    "unique": 256,
+                    "contrast": 1.0,
+                    "error_code": "VALID" if r["valid"] else "ERROR_CORRUPT_IMAGE",
+                    "error_message": None if r["valid"] else "cannot identify image file",
+                    "index": idx,
+                }
+            )
+        files = pd.DataFrame(recs, columns=list(meta.columns)).astype(meta.dtypes.to_dict())
+        features = np.asarray(feats, dtype=np.float32).reshape(-1, D)
+        n_valid = int(features.shape[0])
+        done = {
+            "name": f"{a:05d}.tar",
+            "url": _url(a),
+            "kind": "tar",
+            "status": "done",
+            "archive_error": None,
+            "counts": {
+                "members": len(rows),
+                "images": len(rows),
+                "valid": n_valid,
+                "invalid": len(rows) - n_valid,
+                "sidecars": 0,
+                "skipped": 0,
+            },
+            **(model or MODEL),
+            "dedupdask_version": "test",
+            "timings": {},
+        }
+        skipped = pd.DataFrame(columns=["filename", "member", "reason", "filesize"])
+        wd.write_archive(f"{a:05d}.tar", features, files, skipped, done)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Planted:
+    return make_dataset()
+
+
+@pytest.fixture(scope="module")
+def built(dataset, tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("analysis_wd"))
+    write_dataset(wd, dataset)
+    with dask.config.set(scheduler="sync"):
+        res = build(wd, config=CFG)
+    return wd, res
+
+
+def _index_of(wd: str) -> dict[str, int]:
+    csv = pd.read_csv(f"{wd}/atrain_features.dat.csv", keep_default_na=False)
+    assert csv["index"].tolist() == list(range(len(csv)))
+    return dict(zip(csv["filename"], csv["index"], strict=True))
+
+
+def _tables(res) -> dict[str, pd.DataFrame]:
+    return {
+        "similarity": res.similarity,
+        "outliers": res.outliers,
+        "components": res.components,
+        "invalid": res.invalid,
+        "remove": res.duplicates_to_remove(),
+    }
+
+
+# -- kNN ---------------------------------------------------------------------------------------
+def test_exact_knn_matches_brute_force():
+    rng = np.random.default_rng(1)
+    x = normalize_rows(rng.standard_normal((500, 16)))
+    idx, sim = exact_knn(x, 3, block_rows=64)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    want = np.argsort(-s, axis=1, kind="stable")[:, :3]
+    assert (idx == want).all()
+    assert np.allclose(sim, np.take_along_axis(s, want, axis=1), atol=1e-6)
+    # fewer points than k: padded
+    idx, sim = knn_graph(x[:2], 3, method="exact")
+    assert idx[:, 0].tolist() == [1, 0] and (idx[:, 1:] == -1).all() and np.isnan(sim[:, 1:]).all()
+
+
+def test_pynndescent_recall_and_determinism():
+    """The one test that pays pynndescent's numba JIT."""
+    rng = np.random.default_rng(2)
+    centres = normalize_rows(rng.standard_normal((40, 32)))
+    x = normalize_rows(
+        centres[rng.integers(0, 40, 4000)] + 0.5 * rng.standard_normal((4000, 32)) / np.sqrt(32)
+    )
+    dup = normalize_rows(x[:200] + 0.05 * rng.standard_normal((200, 32)) / np.sqrt(32))
+    x = np.concatenate([x, dup])
+    a_idx, a_sim = nndescent_knn(x, 3, random_state=7)
+    b_idx, b_sim = nndescent_knn(x, 3, random_state=7)
+    assert np.array_equal(a_idx, b_idx) and np.array_equal(a_sim, b_sim)
+    e_idx, _ = exact_knn(x, 3)
+    recall = np.mean([len(set(a_idx[i]) & set(e_idx[i])) / 3 for i in range(len(x))])
+    assert recall >= 0.99, recall
+    found = {(i, int(j)) for i in range(200) for j in a_idx[i]}
+    assert sum((i, 4000 + i) in found for i in range(200)) / 200 >= 0.99
+
+
+# -- loading -------------------------------------------------------------------------------------
+def test_collect_is_lazy_and_ordered(dataset, built):
+    wd, res = built
+    col = collect(wd)
+    assert [a.url for a in col.archives] == sorted(a.url for a in col.archives)
+    emb = col.embeddings()
+    assert emb.shape == (col.n, D) and emb.dtype == np.float32
+    assert emb.numblocks[0] == len([a for a in col.archives if a.n_valid])
+    files = col.files()
+    assert files.npartitions == dataset.n_archives
+    index = _index_of(wd)
+    x = emb.compute()
+    for name, i in itertools.islice(index.items(), 0, None, 37):
+        assert np.array_equal(x[i], dataset.vectors[name])
+    f = files.compute()
+    valid = f[f["index"].notna()]
+    assert dict(zip(valid["filename"], valid["index"].astype(int), strict=True)) == index
+    assert res.embeddings.shape == emb.shape and res.stats.npartitions == dataset.n_archives
+
+
+def test_mixing_models_raises(dataset, tmp_path):
+    write_dataset(str(tmp_path), dataset, archives=[0, 1])
+    other = dict(MODEL, model_id="other-model", model_sha256="cd" * 32)
+    write_dataset(str(tmp_path), dataset, archives=[2], model=other)
+    with pytest.raises(ValueError, match=r"test-model.*00000\.tar.*other-model.*00002\.tar"):
+        build(str(tmp_path), config=CFG)
+
+
+def test_failed_and_missing_archives_reported(dataset, tmp_path):
+    wd = write_dataset(str(tmp_path), dataset, archives=[0, 1])
+    wd.write_failed("broken.tar", {"url": "s3://bucket/shards/broken.tar", "error": "403"})
+    wd.write_bytes(wd.file("halfway.tar", "dat"), b"\0" * 4 * D)  # crashed extraction
+    with pytest.warns(UserWarning, match=r"failed.*broken\.tar.*halfway\.tar"):
+        res = build(str(tmp_path), config=CFG)
+    assert res.failed == ["broken.tar"] and res.missing == ["halfway.tar"]
+    assert res.archives == ["00000.tar", "00001.tar"]
+    s = res.summary()
+    assert (s["archives_done"], s["archives_failed"], s["archives_missing"]) == (2, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load(str(tmp_path))
+    assert again.failed == ["broken.tar"] and again.missing == ["halfway.tar"]
+
+
+def test_dat_size_mismatch_is_an_error(dataset, tmp_path):
+    wd = write_dataset(str(tmp_path), dataset, archives=[0])
+    wd.write_bytes(wd.file("00000.tar", "dat"), b"\0" * 4 * D * 3)
+    with pytest.raises(ValueError, match="00000.tar.*bytes"):
+        collect(str(tmp_path))
+
+
+# -- the analyses ------------------------------------------------------------------------------
+def test_planted_duplicates_precision_recall(dataset, built):
+    wd, res = built
+    index = _index_of(wd)
+    name = {i: f for f, i in index.items()}
+    found = {
+        tuple(sorted((name[a], name[b])))
+        for a, b in zip(res.similarity["from"], res.similarity["to"], strict=True)
+    }
+    planted = dataset.pairs()
+    tp = len(found & planted)
+    precision, recall = tp / max(1, len(found)), tp / len(planted)
+    print(
+        f"similarity: {len(planted)} planted pairs, precision {precision:.4f}, recall {recall:.4f}"
+    )
+    assert precision >= 0.99 and recall >= 0.99
+    assert (res.similarity["from"] < res.similarity["to"]).all()
+    assert not res.similarity.duplicated(["from", "to"]).any()
+    assert res.similarity["similarity"].is_monotonic_decreasing
+    # exact groups are pairs with similarity exactly 1.0
+    sim = {
+        (a, b): s
+        for a, b, s in zip(
+            res.similarity["from"], res.similarity["to"], res.similarity["similarity"], strict=True
+        )
+    }
+    for g in dataset.exact_groups:
+        for a, b in itertools.combinations(sorted(index[f] for f in g), 2):
+            assert sim[(a, b)] == 1.0
+    assert res.run["counts"]["exact_groups"] == len(dataset.exact_groups)
+    assert res.run["counts"]["representatives"] == len(index) - sum(
+        len(g) - 1 for g in dataset.exact_groups
+    )
+    assert set(res.similarity["filename_from"]) <= set(index)
+
+
+def test_components_line_up_with_dat_csv(dataset, built):
+    """fastdup #324: ids must index atrain_features.dat.csv even with invalid images."""
+    wd, res = built
+    index = _index_of(wd)
+    assert len(res.invalid) == 12 and len(res.components) == len(index)
+    cc = pd.read_csv(f"{wd}/connected_components.csv")
+    assert list(cc.columns) == ["__id", "component_id", "component_size"]
+    assert cc["__id"].tolist() == list(range(len(index)))
+    comp = dict(zip(cc["__id"], cc["component_id"], strict=True))
+    size = dict(zip(cc["__id"], cc["component_size"], strict=True))
+    for g in dataset.groups:
+        ids = {comp[index[f]] for f in g}
+        assert len(ids) == 1 and ids == {min(index[f] for f in g)}
+        assert all(size[index[f]] == len(g) for f in g)  # images, not edges (#74/#306)
+    in_groups = {index[f] for g in dataset.groups for f in g}
+    assert all(size[i] == 1 and comp[i] == i for i in range(len(index)) if i not in in_groups)
+    n_multi = cc.loc[cc["component_size"] > 1, "component_id"].nunique()
+    assert n_multi == len(dataset.groups) == res.summary()["duplicate_groups"]
+
+
+def test_outliers_rank_on_top(dataset, built):
+    wd, res = built
+    index = _index_of(wd)
+    n_out = len(res.outliers)
+    assert n_out == int(np.ceil(0.01 * len(index)))
+    top = set(res.outliers["filename"].head(len(dataset.outliers)))
+    assert top == dataset.outliers
+    assert res.outliers["similarity"].is_monotonic_increasing
+    csv = pd.read_csv(f"{wd}/outliers.csv")
+    assert (
+        list(csv.columns) == ["from", "to", "distance"]
+        and csv["distance"].is_monotonic_increasing is False
+    )
+    assert csv["from"].iloc[-1] == res.outliers["index"].iloc[0]
+
+
+def test_duplicates_to_remove_keeps_one_per_component(dataset, built):
+    wd, res = built
+    for keep in ("largest_resolution", "largest_file", "first"):
+        rm = res.duplicates_to_remove(keep=keep)
+        assert list(rm.columns) == [
+            "index",
+            "filename",
+            "component_id",
+            "keeper_index",
+            "keeper_filename",
+        ]
+        assert len(rm) == res.summary()["removable"] == sum(len(g) - 1 for g in dataset.groups)
+        assert not set(rm["index"]) & set(rm["keeper_index"])
+    first = res.duplicates_to_remove(keep="first")
+    assert (first["keeper_index"] == first["component_id"]).all()
+    big = res.duplicates_to_remove(keep="largest_file")
+    stats = res.stats.compute().set_index("index")
+    for kp, grp in big.groupby("keeper_index"):
+        assert stats.loc[kp, "file_size"] >= stats.loc[grp["index"], "file_size"].max()
+    with pytest.raises(ValueError, match="keep"):
+        res.duplicates_to_remove(keep="newest")
+
+
+def test_csv_files(dataset, built):
+    wd, res = built
+    sim = pd.read_csv(f"{wd}/similarity.csv")
+    assert list(sim.columns) == ["from", "to", "distance"] and len(sim) == 2 * len(res.similarity)
+    assert sim["distance"].is_monotonic_decreasing
+    assert set(zip(sim["from"], sim["to"], strict=True)) >= set(
+        zip(res.similarity["to"], res.similarity["from"], strict=True)
+    )
+    stats = pd.read_csv(f"{wd}/atrain_stats.csv")
+    assert list(stats.columns) == [
+        "index",
+        "filename",
+        "width",
+        "height",
+        "unique",
+        "blur",
+        "mean",
+        "min",
+        "max",
+        "stdv",
+        "file_size",
+        "contrast",
+    ]
+    assert stats["filename"].str.contains(",").any()  # quoted properly, not one big field
+    assert len(stats) == len(res.components)
+    bad = pd.read_csv(f"{wd}/atrain_features.bad.csv")
+    assert list(bad.columns) == ["index", "filename", "error_code", "filesize"] and len(bad) == 12
+    assert (bad["error_code"] == "ERROR_CORRUPT_IMAGE").all()
+    assert set(bad["filename"]) == {r["filename"] for r in dataset.rows if not r["valid"]}
+    assert "DedupResult(" in repr(res) and "12 invalid" in repr(res)
+    with pytest.raises(NotImplementedError):
+        res.galleries(wd)
+
+
+def test_model_thresholds_and_config(dataset, built, tmp_path):
+    wd, res = built
+    assert res.params["threshold"] == 0.91 and res.params["ccthreshold"] == 0.955  # the model's
+    assert res.params["knn_method"] == "exact"
+    strict = build(
+        wd,
+        config=RunConfig(run_mode=2, progress=False, threshold=0.999, ccthreshold=0.999),
+        write=False,
+    )
+    assert strict.params["threshold"] == 0.999
+    assert (strict.similarity["similarity"] >= 0.999).all() and len(strict.similarity) < len(
+        res.similarity
+    )
+
+
+# -- reproducibility ----------------------------------------------------------------------------
+def _files_of(wd: str) -> dict[str, bytes]:
+    names = [
+        "atrain_features.dat.csv",
+        "similarity.csv",
+        "outliers.csv",
+        "connected_components.csv",
+        "atrain_stats.csv",
+        "atrain_features.bad.csv",
+    ]
+    return {n: open(f"{wd}/{n}", "rb").read() for n in names}
+
+
+def test_two_jobs_into_one_work_dir_equal_one_job(dataset, built, tmp_path):
+    wd, res = built
+    # two "jobs" with disjoint archive slices, the second one finishing first
+    write_dataset(str(tmp_path), dataset, archives=[3, 4, 5])
+    write_dataset(str(tmp_path), dataset, archives=[0, 1, 2])
+    with dask.config.set(scheduler="sync"):
+        other = build(str(tmp_path), config=CFG)
+    for key, table in _tables(res).items():
+        pd.testing.assert_frame_equal(table, _tables(other)[key], obj=key)
+    assert _files_of(wd) == _files_of(str(tmp_path))
+
+
+def test_sync_and_local_cluster_agree(built):
+    from distributed import Client, LocalCluster
+
+    wd, res = built
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        dist = build(wd, config=CFG, client=client, write=False)
+    for key, table in _tables(res).items():
+        pd.testing.assert_frame_equal(table, _tables(dist)[key], obj=key)
+
+
+def test_load_round_trips(built):
+    wd, res = built
+    back = load(wd)
+    for key, table in _tables(res).items():
+        pd.testing.assert_frame_equal(table, _tables(back)[key], obj=key, check_dtype=False)
+    assert back.summary() == res.summary()
+    assert back.params == res.params and back.archives == res.archives
+    assert back.embeddings.shape == res.embeddings.shape
+    pd.testing.assert_frame_equal(back.stats.compute(), res.stats.compute())
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        load(wd + "/results")
