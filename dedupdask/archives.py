@@ -37,6 +37,29 @@ class ArchiveReadError(Exception):
     """
 
 
+class _Budget:
+    """Bytes an archive may still have read into memory (``max_archive_bytes``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.exhausted = False
+
+    def take(self, m: Member, size: int) -> bool:
+        """Reserve ``size`` bytes for member ``m``; mark it and return False when over budget."""
+        if size > self.left:
+            m.error = f"archive read more than max_archive_bytes={self.limit}; reading stopped"
+            m.error_code = "ERROR_ARCHIVE_TOO_LARGE"
+            self.exhausted = True
+            return False
+        self.left -= size
+        return True
+
+    def check(self) -> None:
+        if self.exhausted:
+            raise ArchiveReadError(f"archive exceeds max_archive_bytes={self.limit}; the rest was not read")
+
+
 @dataclass
 class Member:
     """One archive member as read from the stream.
@@ -105,14 +128,14 @@ def _tar_kind(ti: tarfile.TarInfo) -> str:
         return "symlink"
     if ti.islnk():
         return "hardlink"
+    if ti.isfifo():  # before isdev(), which counts FIFOs as devices
+        return "fifo"
     if ti.isdev():
         return "device"
-    if ti.isfifo():
-        return "fifo"
     return "other"
 
 
-def _iter_tar(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
+def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[Member]:
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape")
     except (*_DATA_ERRORS, OSError) as e:
@@ -135,7 +158,7 @@ def _iter_tar(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
                 if ti.size > max_member_bytes:
                     m.error = f"member of {ti.size} bytes exceeds max_member_bytes={max_member_bytes}"
                     m.error_code = "ERROR_MEMBER_TOO_LARGE"
-                else:
+                elif budget.take(m, ti.size):
                     try:
                         f = tf.extractfile(ti)
                         m.data = f.read() if f is not None else b""
@@ -149,6 +172,7 @@ def _iter_tar(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
                             f"({len(m.data)} of {ti.size} bytes)"
                         )
             yield m
+            budget.check()
 
 
 def _is_data_error(e: OSError) -> bool:
@@ -173,7 +197,7 @@ def _zip_kind(info: zipfile.ZipInfo) -> str:
     return "file"
 
 
-def _iter_zip(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
+def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[Member]:
     try:
         zf = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
@@ -186,7 +210,7 @@ def _iter_zip(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
                 if info.file_size > max_member_bytes:
                     m.error = f"member of {info.file_size} bytes exceeds max_member_bytes={max_member_bytes}"
                     m.error_code = "ERROR_MEMBER_TOO_LARGE"
-                else:
+                elif budget.take(m, info.file_size):
                     try:
                         with zf.open(info) as f:
                             m.data = f.read(max_member_bytes + 1)
@@ -201,9 +225,12 @@ def _iter_zip(fileobj: Any, max_member_bytes: int) -> Iterator[Member]:
                         m.error = f"cannot read zip member: {e}"
                         m.error_code = "ERROR_READ_MEMBER"
             yield m
+            budget.check()
 
 
-def _iter_folder(source: ArchiveSource, storage_options: dict[str, Any], max_member_bytes: int) -> Iterator[Member]:
+def _iter_folder(
+    source: ArchiveSource, storage_options: dict[str, Any], max_member_bytes: int, budget: _Budget
+) -> Iterator[Member]:
     fs, _ = fsspec.core.url_to_fs(source.url, **storage_options)
     root = source.url.rstrip("/") + "/"
     for url in source.members:
@@ -218,13 +245,14 @@ def _iter_folder(source: ArchiveSource, storage_options: dict[str, Any], max_mem
         if size > max_member_bytes:
             m.error = f"file of {size} bytes exceeds max_member_bytes={max_member_bytes}"
             m.error_code = "ERROR_MEMBER_TOO_LARGE"
-        else:
+        elif budget.take(m, size):
             try:
                 with fs.open(url, "rb") as f:
                     m.data = f.read(max_member_bytes + 1)
             except FileNotFoundError:
                 m.error, m.error_code = "file vanished before it was read", "ERROR_MISSING_FILE"
         yield m
+        budget.check()
 
 
 def iter_members(
@@ -232,6 +260,7 @@ def iter_members(
     storage_options: dict[str, Any] | None = None,
     *,
     max_member_bytes: int = 256 * 2**20,
+    max_archive_bytes: int = 64 * 2**30,
     local_path: str | None = None,
 ) -> Iterator[Member]:
     """Stream the members of one archive, in archive order.
@@ -244,6 +273,9 @@ def iter_members(
         fsspec options for ``source.url``.
     max_member_bytes : int
         Members declared larger than this are not read (``error_code`` is set instead).
+    max_archive_bytes : int
+        Total member bytes one archive may read (against zip/gzip bombs made of many members);
+        the member that would pass it is recorded unread and the archive stops as broken.
     local_path : str, optional
         Read this local copy instead of ``source.url`` (``keep_archives``).
 
@@ -259,8 +291,9 @@ def iter_members(
         When the archive cannot be opened or read (missing, permission, network).
     """
     storage_options = dict(storage_options or {})
+    budget = _Budget(max_archive_bytes)
     if source.kind == "folder":
-        yield from _iter_folder(source, storage_options, max_member_bytes)
+        yield from _iter_folder(source, storage_options, max_member_bytes, budget)
         return
     if local_path is not None:
         of = fsspec.open(local_path, "rb")
@@ -268,9 +301,9 @@ def iter_members(
         of = fsspec.open(source.url, "rb", **storage_options)
     with of as f:
         if source.kind == "zip":
-            yield from _iter_zip(f, max_member_bytes)
+            yield from _iter_zip(f, max_member_bytes, budget)
         else:
-            yield from _iter_tar(f, max_member_bytes)
+            yield from _iter_tar(f, max_member_bytes, budget)
 
 
 def group_samples(members: Iterable[Member]) -> Iterator[tuple[str, list[Member]]]:

@@ -24,7 +24,7 @@ _ANALYSIS_ONLY = {"nearest_neighbors_k", "distance", "threshold", "lower_thresho
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
     "num_threads", "keep_archives", "keep_images", "resume", "max_image_pixels",
-    "max_member_bytes", "min_image_size",
+    "max_member_bytes", "max_archive_bytes", "min_image_size",
 }
 
 

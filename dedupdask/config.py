@@ -34,6 +34,7 @@ OPTION_HELP: dict[str, str] = {
     "resume": "skip archives whose done.json exists",
     "max_image_pixels": "images with more pixels are ERROR_IMAGE_TOO_LARGE (decompression bombs)",
     "max_member_bytes": "members larger than this are ERROR_MEMBER_TOO_LARGE and not read",
+    "max_archive_bytes": "total member bytes one archive may read (many-member bombs); the rest is not read",
     "min_image_size": "images narrower or shorter than this are ERROR_IMAGE_TOO_SMALL",
     "progress": "show a progress bar",
 }
@@ -121,6 +122,7 @@ class RunConfig:
     resume: bool = True
     max_image_pixels: int = 100_000_000
     max_member_bytes: int = 256 * 2**20
+    max_archive_bytes: int = 64 * 2**30
     min_image_size: int = 10
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -159,6 +161,7 @@ class RunConfig:
         )
         check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
         check(self.max_member_bytes > 0, "max_member_bytes must be > 0")
+        check(self.max_archive_bytes > 0, "max_archive_bytes must be > 0")
         check(self.min_image_size >= 1, "min_image_size must be >= 1")
 
     @classmethod

@@ -93,7 +93,7 @@ def random_picture(rng: np.random.Generator, size: tuple[int, int] = (512, 384))
         kind = rng.integers(0, 4)
         col = _palette(rng, 1)[0]
         x0, y0 = rng.integers(-w // 4, w), rng.integers(-h // 4, h)
-        x1, y1 = x0 + rng.integers(20, w // 2), y0 + rng.integers(20, h // 2)
+        x1, y1 = x0 + rng.integers(2, max(3, w // 2)), y0 + rng.integers(2, max(3, h // 2))
         if kind == 0:
             draw.ellipse((x0, y0, x1, y1), fill=col)
         elif kind == 1:

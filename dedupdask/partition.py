@@ -277,7 +277,11 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         state = _Archive(task, spec)
         local_path = _keep_archive(task) if cfg.keep_archives and src.kind != "folder" else None
         members = iter_members(
-            src, task.storage_options, max_member_bytes=cfg.max_member_bytes, local_path=local_path
+            src,
+            task.storage_options,
+            max_member_bytes=cfg.max_member_bytes,
+            max_archive_bytes=cfg.max_archive_bytes,
+            local_path=local_path,
         )
         try:
             for key, group in state.timer.timed_iter(group_samples(members), "read"):

@@ -204,6 +204,7 @@ def run(
     resume: bool = True,
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
+    max_archive_bytes: int = 64 * 2**30,
     min_image_size: int = 10,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
@@ -240,8 +241,9 @@ def run(
         fastdup's ``"delete_tar=0,delete_img=0"`` is accepted.
     resume : bool
         Skip archives whose ``done.json`` exists.
-    max_image_pixels, max_member_bytes, min_image_size : int
-        Limits against decompression bombs, huge members and tiny images.
+    max_image_pixels, max_member_bytes, max_archive_bytes, min_image_size : int
+        Limits: pixels per image (decompression bombs, checked on the header), bytes per
+        member, total bytes read from one archive (bombs of many members), smallest side.
     storage_options : dict, optional
         fsspec options for input and work_dir (S3 endpoint, keys...).
     client : distributed.Client, str or None
@@ -269,7 +271,7 @@ def run(
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
-        min_image_size=min_image_size, storage_options=storage_options, progress=progress,
+        max_archive_bytes=max_archive_bytes, min_image_size=min_image_size, storage_options=storage_options, progress=progress,
     )
     config = RunConfig.from_kwargs(**opts)
     report = None
