@@ -111,12 +111,37 @@ def _compute(ddf: dd.DataFrame, client: Any, progress: bool, n_tasks: int) -> pd
                 with ProgressBar():
                     return ddf.compute(**kwargs)
             return ddf.compute(**kwargs)
-        future = obj.compute(ddf)
-        if progress:
-            from distributed import progress as dprogress
+        if not progress:
+            return obj.compute(ddf).result()
+        return _compute_with_progress(ddf, obj, n_tasks)
 
-            dprogress(future)
-        return future.result()
+
+def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int) -> pd.DataFrame:
+    """Run the partitions as futures and show archives, images and images/s as they finish.
+
+    The bar is ``tqdm.auto``: a text bar in terminals, a widget in notebooks.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    link = getattr(client, "dashboard_link", None)
+    if link:
+        print(f"dedupdask: {n_tasks} archives on {len(client.scheduler_info()['workers'])} "
+              f"Dask workers; dashboard: {link}", flush=True)
+    futures = client.compute(ddf.to_delayed())
+    parts: list[pd.DataFrame] = []
+    t0 = time.perf_counter()
+    images = failed = 0
+    with tqdm(total=n_tasks, unit="archive", desc="extract", dynamic_ncols=True) as bar:
+        for fut in as_completed(futures):
+            part = fut.result()
+            parts.append(part)
+            images += int(part["images"].sum())
+            failed += int(part["status"].isin(["failed", "partial"]).sum())
+            rate = images / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{images} images, {rate:.0f} img/s" + (f", {failed} failed" if failed else ""))
+            bar.update(1)
+    return pd.concat(parts, ignore_index=True) if parts else SUMMARY_META.copy()
 
 
 def _extract(
