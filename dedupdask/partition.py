@@ -91,6 +91,23 @@ def _resolve(config: RunConfig) -> Any:
     return resolve_model(config.model_path, mean=config.model_mean, std=config.model_std)
 
 
+def _dct_spec() -> Any:
+    from .models import resolve_model
+
+    return resolve_model("dct")
+
+
+def _resize_batch(batch: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Model-size uint8 images -> the perceptual descriptor's input size (no second decode)."""
+    if batch.shape[1:3] == (height, width):
+        return batch
+    from PIL import Image
+
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((width, height), Image.Resampling.BILINEAR)) for im in batch]
+    )
+
+
 class _Archive:
     """Mutable state of one archive being processed."""
 
@@ -103,6 +120,8 @@ class _Archive:
         self.skipped: list[tuple[str, str, str, int]] = []
         self.vectors: list[np.ndarray] = []
         self.pending: list[np.ndarray] = []
+        self.dct = _dct_spec()
+        self.dct_vectors: list[np.ndarray] = []
         self.n_members = 0
         self.n_sidecars = 0
         self.n_valid = 0
@@ -122,7 +141,11 @@ class _Archive:
         if not self.pending:
             return
         t0 = time.perf_counter()
-        self.vectors.append(embed_batch(self.spec, np.stack(self.pending), self.threads))
+        batch = np.stack(self.pending)
+        self.vectors.append(embed_batch(self.spec, batch, self.threads))
+        self.dct_vectors.append(
+            embed_batch(self.dct, _resize_batch(batch, self.dct.height, self.dct.width), self.threads)
+        )
         self.timer.t["embed"] += time.perf_counter() - t0
         self.pending = []
 
@@ -292,6 +315,10 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         files = state.files_frame()
         d = spec.dim
         vectors = np.concatenate(state.vectors) if state.vectors else np.zeros((0, d), "<f4")
+        dct = state.dct
+        perceptual = (
+            np.concatenate(state.dct_vectors) if state.dct_vectors else np.zeros((0, dct.dim), "<f4")
+        )
         n_images, n_valid = len(files), state.n_valid
         counts = {
             "members": state.n_members,
@@ -319,10 +346,11 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             "model_sha256": spec.sha256,
             "model_threshold": spec.threshold,
             "model_ccthreshold": spec.ccthreshold,
+            "perceptual": {"model_id": dct.model_id, "sha256": dct.sha256, "d": dct.dim},
             "dedupdask_version": __version__,
             "timings": timings,
         }
-        wd.write_archive(src.name, vectors, files, skipped, done)
+        wd.write_archive(src.name, vectors, files, skipped, done, perceptual=perceptual)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, status, counts, archive_error, timings)
