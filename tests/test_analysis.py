@@ -472,8 +472,6 @@ def test_csv_files(dataset, built):
     assert (bad["error_code"] == "ERROR_CORRUPT_IMAGE").all()
     assert set(bad["filename"]) == {r["filename"] for r in dataset.rows if not r["valid"]}
     assert "DedupResult(" in repr(res) and "12 invalid" in repr(res)
-    with pytest.raises(NotImplementedError):
-        res.galleries(wd)
 
 
 def test_model_thresholds_and_config(dataset, built, tmp_path):
