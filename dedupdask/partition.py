@@ -24,7 +24,7 @@ from . import __version__
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
 from .decode import decode_image, sniff_image
-from .embed import embed_batch
+from .embed import embed_batch, perceptual_batch
 from .sources import IMAGE_EXTENSIONS, ArchiveSource
 from .store import FILE_COLUMNS, SKIPPED_COLUMNS, WorkDir, empty_files_frame
 
@@ -97,17 +97,6 @@ def _dct_spec() -> Any:
     return resolve_model("dct")
 
 
-def _resize_batch(batch: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Model-size uint8 images -> the perceptual descriptor's input size (no second decode)."""
-    if batch.shape[1:3] == (height, width):
-        return batch
-    from PIL import Image
-
-    return np.stack(
-        [np.asarray(Image.fromarray(im).resize((width, height), Image.Resampling.BILINEAR)) for im in batch]
-    )
-
-
 class _Archive:
     """Mutable state of one archive being processed."""
 
@@ -143,9 +132,7 @@ class _Archive:
         t0 = time.perf_counter()
         batch = np.stack(self.pending)
         self.vectors.append(embed_batch(self.spec, batch, self.threads))
-        self.dct_vectors.append(
-            embed_batch(self.dct, _resize_batch(batch, self.dct.height, self.dct.width), self.threads)
-        )
+        self.dct_vectors.append(perceptual_batch(batch))
         self.timer.t["embed"] += time.perf_counter() - t0
         self.pending = []
 
@@ -346,7 +333,12 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             "model_sha256": spec.sha256,
             "model_threshold": spec.threshold,
             "model_ccthreshold": spec.ccthreshold,
-            "perceptual": {"model_id": dct.model_id, "sha256": dct.sha256, "d": dct.dim},
+            "perceptual": {
+                "model_id": dct.model_id,
+                "sha256": dct.sha256,
+                "d": dct.dim,
+                "input": f"{spec.height}x{spec.width}",
+            },
             "dedupdask_version": __version__,
             "timings": timings,
         }
