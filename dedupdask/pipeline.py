@@ -308,15 +308,36 @@ def run(
             return report
     from .results import build
 
-    with _analysis_scheduler(client):
+    with _analysis_scheduler(client, work_dir, config):
         result = build(work_dir, config=config)
     result.extract_report = report
     return result
 
 
+#: Below this many bytes of vectors the analysis runs on local threads even when a cluster is
+#: given: shipping a few MB to fresh workers (which first import dask, pyarrow and dedupdask)
+#: costs seconds, reading them from the memory-mapped files here costs milliseconds.
+LOCAL_ANALYSIS_BYTES = 2**30
+
+
+def _vector_bytes(work_dir: str, config: RunConfig) -> int:
+    """Total size of the ``features.dat`` files in work_dir (one listing call)."""
+    wd = WorkDir(work_dir, config.storage_options)
+    try:
+        entries = wd.fs.ls(wd.path, detail=True)
+    except FileNotFoundError:
+        return 0
+    return sum(int(e.get("size") or 0) for e in entries if str(e["name"]).endswith(SUFFIXES["dat"]))
+
+
 @contextlib.contextmanager
-def _analysis_scheduler(client: Any) -> Iterator[None]:
-    """Make ``client`` the scheduler of the analysis' dask computations."""
+def _analysis_scheduler(client: Any, work_dir: str, config: RunConfig) -> Iterator[None]:
+    """Make ``client`` the scheduler of the analysis' dask computations, when it pays.
+
+    Small work_dirs (< ``LOCAL_ANALYSIS_BYTES`` of vectors) are analysed on local threads.
+    """
+    if client is not None and _vector_bytes(work_dir, config) < LOCAL_ANALYSIS_BYTES:
+        client = "threads"
     if client is None:
         yield
     elif isinstance(client, str) and client in _LOCAL_SCHEDULERS:

@@ -38,7 +38,15 @@ def slow(tmp_path_factory):
     return shards, model, ref
 
 
-def test_run_through_shell_cluster_equals_sync(cluster, sample_shards, tmp_path):
+@pytest.fixture
+def analysis_on_cluster(monkeypatch):
+    """Send the analysis to the cluster even for these small work_dirs."""
+    import dedupdask.pipeline
+
+    monkeypatch.setattr(dedupdask.pipeline, "LOCAL_ANALYSIS_BYTES", 0)
+
+
+def test_run_through_shell_cluster_equals_sync(cluster, sample_shards, tmp_path, analysis_on_cluster):
     res = ddk.run(sample_shards.root, str(tmp_path / "c"), model_path="dct", client=cluster, progress=False)
     ref = ddk.run(sample_shards.root, str(tmp_path / "s"), model_path="dct", client="sync", progress=False)
     assert (res.extract_report["status"] == "done").all()
@@ -100,7 +108,7 @@ def test_job_killed_then_resumed(cluster, slow, tmp_path):
     assert snapshot(wd) == snapshot(ref)
 
 
-def test_offset_jobs_then_build_equal_one_job(cluster, sample_shards, tmp_path):
+def test_offset_jobs_then_build_equal_one_job(cluster, sample_shards, tmp_path, analysis_on_cluster):
     shared, whole = tmp_path / "shared", tmp_path / "whole"
     jobs = [
         subprocess.Popen([sys.executable, "-c",
