@@ -28,6 +28,10 @@ OPTION_HELP: dict[str, str] = {
     "threshold": "minimum cosine similarity of a similar pair (default: the model's)",
     "lower_threshold": "fraction of images reported as outliers",
     "ccthreshold": "minimum similarity of an edge in connected components (default: the model's)",
+    "copy_threshold": "minimum DCT-descriptor cosine of a 'copy' candidate pair (resize, JPEG, brightness, flip)",
+    "verify_threshold": "minimum embedding cosine of a candidate pair that is verified (default: the model's; crops)",
+    "verify_score": "pixel-alignment score that confirms a verified candidate pair (0..1)",
+    "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
     "keep_archives": "copy each archive to work_dir/tmp/archives/ once and read it there",
     "keep_images": "also write every image member under work_dir/tmp/<archive>/",
     "turi_param": "fastdup-style 'delete_tar=0,delete_img=0,ccthreshold=0.96'",
@@ -116,6 +120,10 @@ class RunConfig:
     threshold: float | None = None
     lower_threshold: float = 0.05
     ccthreshold: float | None = None
+    copy_threshold: float | None = None
+    verify_threshold: float | None = None
+    verify_score: float | None = None
+    verify: bool = True
     keep_archives: bool = False
     keep_images: bool = False
     turi_param: str | None = None
@@ -152,7 +160,7 @@ class RunConfig:
             f"nearest_neighbors_k must be >= 1, got {self.nearest_neighbors_k!r}",
         )
         check(self.distance == "cosine", f"distance must be 'cosine', got {self.distance!r}")
-        for name in ("threshold", "ccthreshold"):
+        for name in ("threshold", "ccthreshold", "copy_threshold", "verify_threshold", "verify_score"):
             v = getattr(self, name)
             check(v is None or -1.0 <= v <= 1.0, f"{name} must be in [-1, 1], got {v!r}")
         check(

@@ -24,7 +24,7 @@ import posixpath
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ __all__ = [
     "create_outliers_gallery",
     "create_stats_gallery",
     "make_thumbnail",
+    "read_archive_members",
     "read_thumbnails",
     "write_galleries",
 ]
@@ -228,9 +229,9 @@ def _read_tar(
                 continue
             left.discard(k)
             if m.data is None:
-                out[k] = Thumbnail(reason=m.error or "member could not be read")
+                out[k] = opts["fail"](m.error or "member could not be read")
             else:
-                out[k] = make_thumbnail(m.data, **opts["thumb"])
+                out[k] = opts["handle"](m.data)
             if not left:
                 break
     except ArchiveReadError as e:
@@ -240,7 +241,7 @@ def _read_tar(
     finally:
         gen.close()
     for k in left:
-        out[k] = Thumbnail(reason=failure or "member not found in the archive")
+        out[k] = opts["fail"](failure or "member not found in the archive")
     return out
 
 
@@ -264,20 +265,20 @@ def _read_zip(
                 if k not in wanted:
                     continue
                 if info.file_size > limit:
-                    out[k] = Thumbnail(reason=f"member of {info.file_size} bytes exceeds {limit}")
+                    out[k] = opts["fail"](f"member of {info.file_size} bytes exceeds {limit}")
                     continue
                 try:
                     with zf.open(info) as mf:
                         data = mf.read(limit + 1)
                 except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError,
                         RuntimeError, OSError) as e:  # fmt: skip
-                    out[k] = Thumbnail(reason=f"cannot read zip member: {e}")
+                    out[k] = opts["fail"](f"cannot read zip member: {e}")
                     continue
-                out[k] = make_thumbnail(data, **opts["thumb"])
+                out[k] = opts["handle"](data)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
         reason = f"cannot read archive: {type(e).__name__}: {e}"
-        return {k: out.get(k, Thumbnail(reason=reason)) for k in wanted}
-    return {k: out.get(k, Thumbnail(reason="member not found in the archive")) for k in wanted}
+        return {k: out.get(k, opts["fail"](reason)) for k in wanted}
+    return {k: out.get(k, opts["fail"]("member not found in the archive")) for k in wanted}
 
 
 def _read_folder(
@@ -289,19 +290,19 @@ def _read_folder(
     try:
         fs, root = fsspec.core.url_to_fs(url, **so)
     except Exception as e:  # noqa: BLE001 - bad URL / options: placeholders, not a crash
-        return {k: Thumbnail(reason=f"cannot open {url}: {e}") for k in wanted}
+        return {k: opts["fail"](f"cannot open {url}: {e}") for k in wanted}
     for k in wanted:
         path = posixpath.join(root.rstrip("/"), k[0])
         try:
             with fs.open(path, "rb") as f:
                 data = f.read(limit + 1)
         except OSError as e:
-            out[k] = Thumbnail(reason=f"cannot read file: {type(e).__name__}: {e}")
+            out[k] = opts["fail"](f"cannot read file: {type(e).__name__}: {e}")
             continue
         if len(data) > limit:
-            out[k] = Thumbnail(reason=f"file exceeds {limit} bytes")
+            out[k] = opts["fail"](f"file exceeds {limit} bytes")
             continue
-        out[k] = make_thumbnail(data, **opts["thumb"])
+        out[k] = opts["handle"](data)
     return out
 
 
@@ -313,8 +314,51 @@ def _read_one_archive(
     try:
         got = reader(url, wanted, so, opts)
     except Exception as e:  # noqa: BLE001 - whatever breaks, the page is still written
-        got = {k: Thumbnail(reason=f"cannot read archive: {type(e).__name__}: {e}") for k in wanted}
+        got = {k: opts["fail"](f"cannot read archive: {type(e).__name__}: {e}") for k in wanted}
     return {(url, name, occ): t for (name, occ), t in got.items()}
+
+
+def read_archive_members(
+    url: str,
+    wanted: Iterable[tuple[str, int]],
+    handle: Callable[[bytes], Any],
+    fail: Callable[[str], Any],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    max_member_bytes: int = 256 * 2**20,
+) -> dict[tuple[str, int], Any]:
+    """``handle(bytes)`` of the wanted members of one archive, read once; ``fail(reason)`` else.
+
+    The same readers as the thumbnails (a tar in one streaming pass that stops when every
+    wanted member was seen, a zip through its index, loose files one by one); nothing raises.
+
+    Parameters
+    ----------
+    url : str
+        Archive URL (or folder URL for loose images).
+    wanted : iterable of (member name, occurrence)
+    handle : callable
+        Called with the bytes of each wanted member.
+    fail : callable
+        Called with the reason when a member cannot be read.
+    storage_options : dict, optional
+        fsspec options.
+    max_member_bytes : int
+        Larger members are not read (``fail``).
+
+    Returns
+    -------
+    dict
+        One value per wanted key.
+
+    Examples
+    --------
+    >>> read_archive_members("shards/00000.tar", [("a.jpg", 0)], len, str)  # doctest: +SKIP
+    {('a.jpg', 0): 5120}
+    """
+    opts = {"max_member_bytes": max_member_bytes, "handle": handle, "fail": fail}
+    got = _read_one_archive(url, {(n, int(o)) for n, o in wanted}, dict(storage_options or {}), opts)
+    return {(name, occ): v for (_, name, occ), v in got.items()}
 
 
 def read_thumbnails(
@@ -356,9 +400,11 @@ def read_thumbnails(
     by_archive: dict[str, set[tuple[str, int]]] = {}
     for url, name, occ in wanted:
         by_archive.setdefault(url, set()).add((name, int(occ)))
+    thumb = {"max_side": max_side, "quality": quality, "max_image_pixels": max_image_pixels}
     opts = {
         "max_member_bytes": max_member_bytes,
-        "thumb": {"max_side": max_side, "quality": quality, "max_image_pixels": max_image_pixels},
+        "handle": lambda data: make_thumbnail(data, **thumb),
+        "fail": lambda reason: Thumbnail(reason=reason),
     }
     out: dict[Key, Thumbnail] = {}
     if not by_archive:

@@ -223,6 +223,10 @@ def run(
     threshold: float | None = None,
     lower_threshold: float = 0.05,
     ccthreshold: float | None = None,
+    copy_threshold: float | None = None,
+    verify_threshold: float | None = None,
+    verify_score: float | None = None,
+    verify: bool = True,
     keep_archives: bool = False,
     keep_images: bool = False,
     turi_param: str | None = None,
@@ -260,6 +264,11 @@ def run(
     nearest_neighbors_k, distance, threshold, lower_threshold, ccthreshold
         Analysis options, fastdup's names and meaning (``threshold``/``ccthreshold`` default
         to the model's measured recommendation).
+    copy_threshold, verify_threshold, verify_score, verify
+        Duplicate tiers (:mod:`dedupdask.analyses.tiers`): DCT-descriptor cosine of a
+        ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
+        candidate for verification; pixel-alignment score that confirms a candidate; whether
+        to verify at all. None = the measured defaults of the model.
     keep_archives, keep_images : bool
         Keep a copy of each archive / each image member under ``work_dir/tmp/``.
     turi_param : str, optional
@@ -293,7 +302,9 @@ def run(
         run_mode=run_mode, min_offset=min_offset, max_offset=max_offset, model_path=model_path,
         model_mean=model_mean, model_std=model_std, batch_size=batch_size, num_threads=num_threads,
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
-        lower_threshold=lower_threshold, ccthreshold=ccthreshold, keep_archives=keep_archives,
+        lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
+        verify_threshold=verify_threshold, verify_score=verify_score, verify=verify,
+        keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size, storage_options=storage_options, progress=progress,

@@ -48,11 +48,12 @@ from .analyses import (
     invalid_table,
     nearest_neighbours,
     outliers_table,
-    similarity_table,
     stats_frame,
 )
+from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
+from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
 from .store import WorkDir
 
@@ -204,10 +205,18 @@ class DedupResult:
         """
         sizes = self.components.drop_duplicates("component_id")["component_size"]
         multi = sizes[sizes > 1]
+        kinds = self.similarity["kind"].value_counts() if "kind" in self.similarity else {}
+        ver = self.run.get("verification") or {}
         return {
             "images": int(len(self.components)),
             "invalid": int(len(self.invalid)),
             "similar_pairs": int(len(self.similarity)),
+            "exact_pairs": int(kinds.get("exact", 0)),
+            "copy_pairs": int(kinds.get("copy", 0)),
+            "near_pairs": int(kinds.get("near", 0)),
+            "verify_candidates": int(ver.get("candidates", 0)),
+            "verify_accepted": int(ver.get("accepted", 0)),
+            "verify_seconds_per_pair": float(ver.get("seconds_per_pair", 0.0)),
             "exact_duplicate_groups": int(self.run.get("counts", {}).get("exact_groups", 0)),
             "duplicate_groups": int(len(multi)),
             "removable": int((multi - 1).sum()),
@@ -286,7 +295,7 @@ def _scheduler(client: Any) -> Iterator[None]:
 class _Stages:
     """Client-side progress over the build stages (silent unless asked) and their timings."""
 
-    NAMES = ("collect", "read_files", "exact_groups", "knn", "analyses", "write")
+    NAMES = ("collect", "read_files", "exact_groups", "knn", "tiers", "analyses", "write")
 
     def __init__(self, progress: bool) -> None:
         self.timings: dict[str, float] = {}
@@ -378,10 +387,6 @@ def _build(
             f"work_dir {wd.url}: no archive is done (no *done.json); "
             f"failed: {col.failed[:5]}, without done.json: {col.missing[:5]}"
         )
-    threshold = _resolve(config.threshold, col.model.get("model_threshold"), DEFAULT_THRESHOLD)
-    ccthreshold = _resolve(
-        config.ccthreshold, col.model.get("model_ccthreshold"), DEFAULT_CCTHRESHOLD
-    )
     stages.done("collect")
 
     files = col.files()[_FILE_COLS].compute()
@@ -394,9 +399,11 @@ def _build(
 
     groups = exact_groups(valid["md5"], valid["pixel_md5"])
     reps = groups.reps
+    params = resolve_params(config, col.model, has_dct=has_dct(col))
+    threshold, ccthreshold = params.threshold, params.ccthreshold
     stages.done("exact_groups")
 
-    k = config.nearest_neighbors_k
+    k = params.k
     emb = col.embeddings()
     x = emb if reps.size == n else emb[reps]
     if reps.size:
@@ -414,10 +421,28 @@ def _build(
         used = "none"
     stages.done("knn")
 
-    similarity = similarity_table(groups, reps, nbr_idx, nbr_sim, threshold, filenames)
+    tiers = run_tiers(
+        col,
+        groups,
+        reps,
+        (nbr_idx, nbr_sim),
+        params,
+        files,
+        embeddings=emb,
+        method=method,
+        random_state=random_state,
+        storage_options=config.storage_options,
+        max_image_pixels=config.max_image_pixels,
+        max_member_bytes=config.max_member_bytes,
+    )
+    stages.done("tiers")
+
+    similarity = expand_pairs(groups, tiers.accepted, filenames)
     nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
     outliers = outliers_table(nearest, nearest_sim, config.lower_threshold, filenames)
-    components = components_table(groups, reps, nbr_idx, nbr_sim, ccthreshold)
+    components = components_table(
+        groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
+    )
     invalid = invalid_table(files)
     stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     stages.done("analyses")
@@ -429,8 +454,13 @@ def _build(
         "parameters": {
             "threshold": threshold,
             "ccthreshold": ccthreshold,
+            "copy_threshold": params.copy_threshold,
+            "verify_threshold": params.verify_threshold,
+            "verify_score": params.verify_score,
+            "verify": params.verify,
             "lower_threshold": config.lower_threshold,
-            "nearest_neighbors_k": k,
+            "nearest_neighbors_k": config.nearest_neighbors_k,
+            "knn_k": k,
             "distance": config.distance,
             "knn_method": used,
             "random_state": random_state,
@@ -445,12 +475,18 @@ def _build(
             "exact_groups": groups.n_groups(2),
             "representatives": int(reps.size),
             "similar_pairs": len(similarity),
+            **{
+                f"{kind}_pairs": int((similarity["kind"] == kind).sum())
+                for kind in ("exact", "copy", "near")
+            },
+            **tiers.counts,
             "outliers": len(outliers),
             "components": int(components["component_id"].nunique()),
             "duplicate_components": int(
                 components.loc[components["component_size"] > 1, "component_id"].nunique()
             ),
         },
+        "verification": tiers.verification,
         "timings": stages.timings,
     }
     result = DedupResult(
@@ -465,12 +501,6 @@ def _build(
     if write:
         _write(wd, result, valid, stats, stages)
     return result
-
-
-def _resolve(value: float | None, model_value: Any, default: float) -> float:
-    if value is not None:
-        return float(value)
-    return float(model_value) if model_value is not None else default
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -587,7 +617,7 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
             tables[name] = pd.read_parquet(f)
     return DedupResult(
         col,
-        similarity=tables["similarity"].loc[:, list(SIMILARITY_COLUMNS)],
+        similarity=tables["similarity"].reindex(columns=list(SIMILARITY_COLUMNS)),
         outliers=tables["outliers"].loc[:, list(OUTLIER_COLUMNS)],
         components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],
         invalid=tables["invalid"].loc[:, list(INVALID_COLUMNS)],

@@ -36,8 +36,14 @@ def components_table(
     nbr_idx: np.ndarray,
     nbr_sim: np.ndarray,
     ccthreshold: float,
+    *,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per image: its component and the component's size in images.
+
+    ``edges`` (global indices), when given, replace the kNN edges at or above
+    ``ccthreshold`` (the duplicate tiers pass their fused, verified pairs); exact groups are
+    always linked.
 
     Examples
     --------
@@ -49,10 +55,14 @@ def components_table(
     [[0, 0, 3], [1, 0, 3], [2, 0, 3], [3, 3, 1]]
     """
     n = groups.n
-    ok = (nbr_idx >= 0) & (nbr_sim >= np.float32(ccthreshold))
-    rows, cols = np.nonzero(ok)
-    a = np.concatenate([reps[rows], np.arange(n)])
-    b = np.concatenate([reps[nbr_idx[rows, cols]], groups.rep])
+    if edges is None:
+        ok = (nbr_idx >= 0) & (nbr_sim >= np.float32(ccthreshold))
+        rows, cols = np.nonzero(ok)
+        ea, eb = reps[rows], reps[nbr_idx[rows, cols]]
+    else:
+        ea, eb = (np.asarray(e, dtype=np.int64) for e in edges)
+    a = np.concatenate([ea, np.arange(n)])
+    b = np.concatenate([eb, groups.rep])
     if n:
         graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
         _, labels = connected_components(graph, directed=False)

@@ -15,13 +15,33 @@ import pandas as pd
 
 from .exact import ExactGroups
 
-__all__ = ["SIMILARITY_COLUMNS", "MAX_GROUP_PAIRS", "similarity_table", "pair_frame"]
+__all__ = [
+    "SIMILARITY_COLUMNS",
+    "MAX_GROUP_PAIRS",
+    "across_group_pairs",
+    "pair_frame",
+    "similarity_table",
+    "within_group_pairs",
+]
 
-SIMILARITY_COLUMNS = ("from", "to", "similarity", "filename_from", "filename_to")
+SIMILARITY_COLUMNS = (
+    "from",
+    "to",
+    "similarity",
+    "copy_similarity",
+    "kind",
+    "verify_score",
+    "filename_from",
+    "filename_to",
+)
+"""``similarity``: embedding cosine; ``copy_similarity``: DCT cosine (NaN when not known);
+``kind``: ``exact``, ``copy`` or ``near`` (:mod:`dedupdask.analyses.tiers`); ``verify_score``:
+pixel-alignment score when the pair was verified, else NaN."""
 MAX_GROUP_PAIRS = 10_000
 
 
-def _within_groups(groups: ExactGroups, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def within_group_pairs(groups: ExactGroups, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of members of each exact group (a star around the representative past ``cap``)."""
     size, order, start = groups.size, groups.order, groups.start
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
@@ -40,27 +60,43 @@ def _within_groups(groups: ExactGroups, cap: int) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _across_groups(
-    a: np.ndarray, b: np.ndarray, sim: np.ndarray, groups: ExactGroups, cap: int
+def across_group_pairs(
+    a: np.ndarray, b: np.ndarray, groups: ExactGroups, cap: int = MAX_GROUP_PAIRS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expand representative edges ``(a, b)`` to their groups' members.
+
+    Returns ``(x, y, edge)``: member pairs and, for each, the position of its edge in
+    ``a``/``b``; expansions over ``cap`` pairs become stars (see the module docstring).
+    """
     size, order, start = groups.size, groups.order, groups.start
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
     sa, sb = size[a], size[b]
     p = sa * sb
     small = p <= cap
+    eid_s = np.flatnonzero(small)
     a_s, b_s, p_s = a[small], b[small], p[small]
     pid = np.repeat(np.arange(a_s.size), p_s)
     t = np.arange(int(p_s.sum()), dtype=np.int64) - np.repeat(np.cumsum(p_s) - p_s, p_s)
     sbp = sb[small][pid]
     xs = [order[start[a_s][pid] + t // sbp]]
     ys = [order[start[b_s][pid] + t % sbp]]
-    ss = [sim[small][pid]]
-    for ra, rb, s in zip(a[~small], b[~small], sim[~small], strict=True):
+    es = [eid_s[pid]]
+    for e in np.flatnonzero(~small):
+        ra, rb = a[e], b[e]
         ma = order[start[ra] : start[ra] + size[ra]]
         mb = order[start[rb] : start[rb] + size[rb]]
         xs += [ma, np.full(mb.size, ra)]
         ys += [np.full(ma.size, rb), mb]
-        ss += [np.full(ma.size + mb.size, s, dtype=np.float32)]
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ss)
+        es += [np.full(ma.size + mb.size, e, dtype=np.int64)]
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(es)
+
+
+def _across_groups(
+    a: np.ndarray, b: np.ndarray, sim: np.ndarray, groups: ExactGroups, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y, e = across_group_pairs(a, b, groups, cap)
+    return x, y, np.asarray(sim, dtype=np.float32)[e]
 
 
 def pair_frame(
@@ -143,9 +179,16 @@ def similarity_table(
         groups,
         max_group_pairs,
     )
-    x2, y2 = _within_groups(groups, max_group_pairs)
+    x2, y2 = within_group_pairs(groups, max_group_pairs)
     x = np.concatenate([x1, x2])
     y = np.concatenate([y1, y2])
     sim = np.concatenate([s1, np.ones(x2.size, dtype=np.float32)])
+    exact = np.concatenate([np.zeros(x1.size, dtype=bool), np.ones(x2.size, dtype=bool)])
     out = pair_frame(x, y, sim, filenames)
+    lo, hi = np.minimum(x, y), np.maximum(x, y)
+    exact_pairs = set(zip(lo[exact].tolist(), hi[exact].tolist(), strict=True))
+    is_exact = [(a, b) in exact_pairs for a, b in zip(out["from"], out["to"], strict=True)]
+    out["copy_similarity"] = np.where(is_exact, 1.0, np.nan).astype(np.float32)
+    out["kind"] = pd.array(np.where(is_exact, "exact", "near"), dtype="string")
+    out["verify_score"] = np.full(len(out), np.nan, dtype=np.float32)
     return out.loc[:, list(SIMILARITY_COLUMNS)]

@@ -1,0 +1,376 @@
+"""Analysis stage, duplicate tiers: exact, copy and near pairs, fused and verified.
+
+No single descriptor finds every kind of duplicate (``research/quality.md``): the perceptual
+DCT descriptor is near-perfect on resized, recompressed, brightened and flipped copies and
+blind to crops; the CNN embedding sees crops and edits but also calls look-alikes
+duplicates. So pairs are found in tiers and each pair is labelled with the strongest:
+
+``exact``
+    Same encoded bytes (``md5``) or same decoded pixels (``pixel_md5``).
+``copy``
+    DCT cosine >= ``copy_threshold`` (a kNN graph over the 63-d ``dct.dat`` vectors).
+``near``
+    Embedding cosine >= ``threshold`` (the model's kNN graph), or a *candidate* with
+    embedding cosine >= ``verify_threshold`` that :mod:`dedupdask.verify` confirms.
+
+Verification (pixel alignment, ~10 ms per pair) decides every pair that is not certain:
+candidates of the looser embedding band ``[verify_threshold, threshold)`` and every copy
+candidate, because on clip art the DCT also matches colour variants and near-identical
+drawings (measured in ``benchmarks/results/quality_tiers.txt``). Pairs at or above
+``threshold`` are accepted without it. With ``verify=False``, or when an archive cannot be
+read, a pair stands on its tier's threshold alone (copy candidates are then accepted).
+
+Connected components link exact groups, accepted copy pairs, verified pairs, and kNN edges
+at or above ``ccthreshold`` that verification did not reject (the single-tier semantics
+when nothing is verified).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exact import ExactGroups
+from .similarity import (
+    MAX_GROUP_PAIRS,
+    SIMILARITY_COLUMNS,
+    across_group_pairs,
+    within_group_pairs,
+)
+
+__all__ = [
+    "KINDS",
+    "TIER_DEFAULTS",
+    "TIER_K",
+    "TierParams",
+    "candidate_pairs",
+    "decide",
+    "expand_pairs",
+    "component_edges",
+    "resolve_params",
+]
+
+KINDS = ("exact", "copy", "near")
+TIER_K = 5
+"""Neighbours per image searched for candidates (at least ``nearest_neighbors_k``)."""
+
+COPY_THRESHOLD = 0.99
+"""DCT cosine of a copy candidate, for every model (the DCT descriptor is always the same)."""
+
+# Measured with benchmarks/quality.py --tiers (tuned on half of the originals, see
+# benchmarks/results/quality_tiers.txt). Models not listed keep their done.json thresholds
+# and verify only copy candidates.
+TIER_DEFAULTS: dict[str, dict[str, float]] = {
+    "effnet-lite0": {
+        "threshold": 0.99,
+        "ccthreshold": 0.99,
+        "copy_threshold": 0.995,
+        "verify_threshold": 0.75,
+        "verify_score": 0.9,
+    },
+}
+
+
+@dataclass(frozen=True)
+class TierParams:
+    """Resolved thresholds of one analysis run.
+
+    Attributes
+    ----------
+    threshold : float
+        Embedding cosine of a near pair accepted without verification.
+    ccthreshold : float
+        Embedding cosine of a kNN edge in connected components.
+    copy_threshold : float or None
+        DCT cosine of a copy candidate; None when the work_dir has no ``dct.dat``.
+    verify_threshold : float or None
+        Embedding cosine of a verification candidate; None = no embedding candidates.
+    verify_score : float
+        Verification score that confirms a pair.
+    verify : bool
+        Whether candidates are verified at all.
+    k : int
+        Neighbours searched per image in each kNN graph.
+    """
+
+    threshold: float
+    ccthreshold: float
+    copy_threshold: float | None
+    verify_threshold: float | None
+    verify_score: float
+    verify: bool
+    k: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_params(config: Any, model: dict[str, Any], *, has_dct: bool) -> TierParams:
+    """Thresholds from the config, else the model's tier defaults, else its ``done.json``.
+
+    Parameters
+    ----------
+    config : RunConfig
+        ``threshold``, ``ccthreshold``, ``copy_threshold``, ``verify_threshold``,
+        ``verify_score``, ``verify``, ``nearest_neighbors_k`` (None = default).
+    model : dict
+        ``model_id``, ``model_threshold``, ``model_ccthreshold`` from ``done.json``.
+    has_dct : bool
+        Whether every archive has its ``dct.dat``.
+
+    Examples
+    --------
+    >>> from dedupdask.config import RunConfig
+    >>> p = resolve_params(RunConfig(), {"model_id": "effnet-lite0"}, has_dct=True)
+    >>> p.threshold > p.verify_threshold
+    True
+    """
+    tier = TIER_DEFAULTS.get(str(model.get("model_id")), {})
+
+    def pick(name: str, model_key: str | None, fallback: float | None) -> float | None:
+        v = getattr(config, name, None)
+        if v is not None:
+            return float(v)
+        if name in tier:
+            return float(tier[name])
+        if model_key and model.get(model_key) is not None:
+            return float(model[model_key])
+        return fallback
+
+    threshold = pick("threshold", "model_threshold", 0.9)
+    ccthreshold = pick("ccthreshold", "model_ccthreshold", 0.96)
+    copy_threshold = pick("copy_threshold", None, COPY_THRESHOLD) if has_dct else None
+    verify_threshold = pick("verify_threshold", None, None)
+    verify_score = pick("verify_score", None, None)
+    if verify_score is None:
+        from ..verify import DEFAULT_VERIFY_SCORE
+
+        verify_score = DEFAULT_VERIFY_SCORE
+    verify = bool(getattr(config, "verify", True))
+    k = int(config.nearest_neighbors_k)
+    if copy_threshold is not None or (verify and verify_threshold is not None):
+        k = max(k, TIER_K)
+    return TierParams(
+        float(threshold),  # type: ignore[arg-type]
+        float(ccthreshold),  # type: ignore[arg-type]
+        copy_threshold,
+        verify_threshold if verify else None,
+        float(verify_score),
+        verify,
+        k,
+    )
+
+
+def _edges(
+    reps: np.ndarray, idx: np.ndarray, sim: np.ndarray, cut: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique rep-level pairs ``lo < hi`` of a kNN graph with similarity >= ``cut``."""
+    ok = (idx >= 0) & (sim >= np.float32(cut))
+    rows, cols = np.nonzero(ok)
+    a, b = reps[rows], reps[idx[rows, cols]]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    s = sim[rows, cols].astype(np.float32)
+    keep = lo != hi
+    df = pd.DataFrame({"a": lo[keep], "b": hi[keep], "s": s[keep]})
+    df = df.sort_values(["a", "b", "s"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
+    return df["a"].to_numpy(np.int64), df["b"].to_numpy(np.int64), df["s"].to_numpy(np.float32)
+
+
+def candidate_pairs(
+    reps: np.ndarray,
+    emb_graph: tuple[np.ndarray, np.ndarray],
+    dct_graph: tuple[np.ndarray, np.ndarray] | None,
+    params: TierParams,
+) -> pd.DataFrame:
+    """Representative pairs that some tier proposes, with what each graph says.
+
+    Returns
+    -------
+    DataFrame
+        ``from, to`` (global indices, ``from < to``), ``similarity`` (embedding cosine from
+        the graph, NaN when only the DCT graph has the pair), ``copy_similarity`` (likewise
+        from the DCT graph).
+
+    Examples
+    --------
+    >>> p = TierParams(0.9, 0.95, 0.99, 0.7, 0.85, True, 1)
+    >>> reps = np.array([0, 1, 2])
+    >>> emb = (np.array([[1], [0], [0]]), np.array([[0.8], [0.8], [0.1]], np.float32))
+    >>> dct = (np.array([[2], [2], [0]]), np.array([[0.995], [0.5], [0.995]], np.float32))
+    >>> candidate_pairs(reps, emb, dct, p)[["from", "to"]].values.tolist()
+    [[0, 1], [0, 2]]
+    """
+    cut = params.threshold
+    if params.verify_threshold is not None:
+        cut = min(cut, params.verify_threshold)
+    a, b, s = _edges(reps, emb_graph[0], emb_graph[1], cut)
+    emb = pd.DataFrame({"from": a, "to": b, "similarity": s})
+    if dct_graph is not None and params.copy_threshold is not None:
+        a, b, s = _edges(reps, dct_graph[0], dct_graph[1], params.copy_threshold)
+        dct = pd.DataFrame({"from": a, "to": b, "copy_similarity": s})
+        out = emb.merge(dct, on=["from", "to"], how="outer")
+    else:
+        out = emb.assign(copy_similarity=np.float32(np.nan))
+    out = out.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
+    return out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32"})
+
+
+def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
+    """Kind, need for verification and (once ``verify_score`` is filled) acceptance per pair.
+
+    Parameters
+    ----------
+    cands : DataFrame
+        :func:`candidate_pairs` output with both similarities filled in, and optionally
+        ``verify_score`` / ``verify_error`` from :func:`dedupdask.verify.verify_pairs`.
+    params : TierParams
+
+    Returns
+    -------
+    DataFrame
+        ``cands`` plus ``kind`` (``copy`` or ``near``), ``direct`` (accepted without
+        verification), ``to_verify`` and ``accepted`` (bool).
+
+    Examples
+    --------
+    >>> p = TierParams(0.95, 0.95, 0.99, 0.7, 0.85, True, 5)
+    >>> c = pd.DataFrame({"from": [0, 0, 1], "to": [1, 2, 2], "similarity": [0.97, 0.8, 0.5],
+    ...                   "copy_similarity": [0.5, 0.5, 0.995], "verify_score": [np.nan, 0.9, 0.2]})
+    >>> decide(c, p)[["kind", "to_verify", "accepted"]].values.tolist()
+    [['near', False, True], ['near', True, True], ['copy', True, False]]
+    """
+    out = cands.copy()
+    emb = out["similarity"].to_numpy(np.float32)
+    dct = out["copy_similarity"].to_numpy(np.float32)
+    with np.errstate(invalid="ignore"):
+        copy = (dct >= np.float32(params.copy_threshold)) if params.copy_threshold is not None else np.zeros(len(out), bool)
+        direct = emb >= np.float32(params.threshold)
+        band = (
+            emb >= np.float32(params.verify_threshold)
+            if params.verify_threshold is not None
+            else np.zeros(len(out), bool)
+        )
+    verify = np.full(len(out), bool(params.verify))
+    to_verify = verify & ~direct & (copy | band)
+    if "verify_score" in out:
+        score = out["verify_score"].to_numpy(np.float64)
+    else:
+        score = np.full(len(out), np.nan)
+    err = out["verify_error"].notna().to_numpy() if "verify_error" in out else np.zeros(len(out), bool)
+    with np.errstate(invalid="ignore"):
+        confirmed = score >= params.verify_score
+    # an unreadable image leaves the pair to its tier: a copy candidate stands, a band one does not
+    accepted = direct | (to_verify & confirmed) | (to_verify & err & copy) | (~verify & copy)
+    out["kind"] = pd.array(np.where(copy, "copy", "near"), dtype="string")
+    out["direct"] = direct
+    out["to_verify"] = to_verify
+    out["accepted"] = accepted
+    return out
+
+
+def expand_pairs(
+    groups: ExactGroups,
+    pairs: pd.DataFrame,
+    filenames: np.ndarray | pd.Series,
+    *,
+    max_group_pairs: int = MAX_GROUP_PAIRS,
+) -> pd.DataFrame:
+    """The similarity table: accepted representative pairs expanded to exact-group members.
+
+    Parameters
+    ----------
+    groups : ExactGroups
+    pairs : DataFrame
+        Accepted representative pairs: ``from, to, similarity, copy_similarity, kind,
+        verify_score``.
+    filenames : array-like
+        File name of each global index.
+    max_group_pairs : int
+        Largest group expansion written in full (see :mod:`dedupdask.analyses.similarity`).
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`SIMILARITY_COLUMNS`, one row per pair (strongest kind), sorted by
+        similarity descending, then ``from``, ``to``.
+
+    Examples
+    --------
+    >>> from dedupdask.analyses import exact_groups
+    >>> g = exact_groups(["a", "a", "b"])
+    >>> p = pd.DataFrame({"from": [0], "to": [2], "similarity": [0.9], "copy_similarity": [0.995],
+    ...                   "kind": ["copy"], "verify_score": [0.97]})
+    >>> expand_pairs(g, p, ["x", "y", "z"])[["from", "to", "kind"]].values.tolist()
+    [[0, 1, 'exact'], [0, 2, 'copy'], [1, 2, 'copy']]
+    """
+    x1, y1, e = across_group_pairs(
+        pairs["from"].to_numpy(np.int64), pairs["to"].to_numpy(np.int64), groups, max_group_pairs
+    )
+    x2, y2 = within_group_pairs(groups, max_group_pairs)
+    cols = {
+        "similarity": np.concatenate(
+            [pairs["similarity"].to_numpy(np.float32)[e], np.ones(x2.size, np.float32)]
+        ),
+        "copy_similarity": np.concatenate(
+            [pairs["copy_similarity"].to_numpy(np.float32)[e], np.ones(x2.size, np.float32)]
+        ),
+        "kind": np.concatenate(
+            [pairs["kind"].to_numpy(dtype=object)[e], np.full(x2.size, "exact", dtype=object)]
+        ),
+        "verify_score": np.concatenate(
+            [pairs["verify_score"].to_numpy(np.float32)[e], np.full(x2.size, np.nan, np.float32)]
+        ),
+    }
+    x = np.concatenate([x1, x2]).astype(np.int64)
+    y = np.concatenate([y1, y2]).astype(np.int64)
+    df = pd.DataFrame({"from": np.minimum(x, y), "to": np.maximum(x, y), **cols})
+    df = df[df["from"] != df["to"]]
+    rank = df["kind"].map({k: i for i, k in enumerate(KINDS)}).to_numpy()
+    df = (
+        df.assign(_rank=rank)
+        .sort_values(["from", "to", "_rank", "similarity"], ascending=[True, True, True, False], kind="stable")
+        .drop_duplicates(["from", "to"], keep="first")
+        .drop(columns="_rank")
+        .sort_values(["similarity", "from", "to"], ascending=[False, True, True], kind="stable")
+        .reset_index(drop=True)
+    )
+    names = np.asarray(filenames, dtype=object)
+    df["kind"] = pd.array(df["kind"].to_numpy(dtype=object), dtype="string")
+    df["filename_from"] = pd.array(names[df["from"].to_numpy()], dtype="string")
+    df["filename_to"] = pd.array(names[df["to"].to_numpy()], dtype="string")
+    return df.loc[:, list(SIMILARITY_COLUMNS)]
+
+
+def component_edges(
+    reps: np.ndarray,
+    emb_graph: tuple[np.ndarray, np.ndarray],
+    decided: pd.DataFrame,
+    ccthreshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Representative edges of connected components (exact groups are added by the caller).
+
+    kNN edges >= ``ccthreshold`` that verification did not reject, plus accepted copy pairs
+    and accepted verified pairs.
+
+    Examples
+    --------
+    >>> reps = np.array([0, 1, 2])
+    >>> g = (np.array([[1], [0], [0]]), np.array([[0.99], [0.99], [0.1]], np.float32))
+    >>> d = pd.DataFrame({"from": [0], "to": [2], "kind": ["copy"], "to_verify": [True],
+    ...                   "accepted": [True]})
+    >>> [e.tolist() for e in component_edges(reps, g, d, 0.95)]
+    [[0, 0], [1, 2]]
+    """
+    a, b, _ = _edges(reps, emb_graph[0], emb_graph[1], ccthreshold)
+    rejected = decided[decided["to_verify"] & ~decided["accepted"]]
+    if len(rejected) and len(a):
+        bad = pd.MultiIndex.from_arrays([rejected["from"].to_numpy(), rejected["to"].to_numpy()])
+        keep = ~pd.MultiIndex.from_arrays([a, b]).isin(bad)
+        a, b = a[keep], b[keep]
+    extra = decided[decided["accepted"] & ((decided["kind"] == "copy") | decided["to_verify"])]
+    a = np.concatenate([a, extra["from"].to_numpy(np.int64)])
+    b = np.concatenate([b, extra["to"].to_numpy(np.int64)])
+    return a, b

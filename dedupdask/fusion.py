@@ -1,0 +1,245 @@
+"""Fusion stage: the duplicate tiers of one analysis run, from kNN graphs to accepted pairs.
+
+Given the exact groups and the embedding kNN graph that :func:`dedupdask.results.build`
+computed, :func:`run_tiers` builds the DCT kNN graph (63-d ``dct.dat`` vectors, stacked like
+the embeddings, one block per archive), collects the candidate pairs of every tier
+(:func:`dedupdask.analyses.tiers.candidate_pairs`), fills in the similarity a graph did not
+give (exact cosines of the two vectors), verifies the uncertain pairs on the cluster
+(:func:`dedupdask.verify.verify_pairs`) and decides
+(:func:`dedupdask.analyses.tiers.decide`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+from dask.base import tokenize
+
+from .analyses.exact import ExactGroups
+from .analyses.tiers import TierParams, candidate_pairs, component_edges, decide
+from .collect import Collection
+from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
+from .store import SUFFIXES, WorkDir
+from .verify import verify_pairs
+
+__all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
+
+DCT_DIM = 63
+
+
+def has_dct(col: Collection) -> bool:
+    """Whether every archive with valid images has its ``dct.dat`` (one listing).
+
+    Examples
+    --------
+    >>> has_dct(collect("work"))  # doctest: +SKIP
+    True
+    """
+    wd = col.work_dir
+    if not any(a.n_valid for a in col.archives):
+        return False
+    try:
+        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in wd.fs.ls(wd.path, detail=False)}
+    except FileNotFoundError:
+        return False
+    return all(a.name + SUFFIXES["dct"] in names for a in col.archives if a.n_valid)
+
+
+def _read_dct(wd: WorkDir, name: str, n: int) -> np.ndarray:
+    arr = wd.open_features(name, DCT_DIM, which="dct")
+    if arr.shape != (n, DCT_DIM):
+        raise ValueError(
+            f"{wd.url}: {name}{SUFFIXES['dct']} holds {arr.shape[0]} rows, done.json counts {n}"
+        )
+    return arr
+
+
+def dct_vectors(col: Collection) -> da.Array:
+    """All DCT descriptors as a float32 ``[N, 63]`` dask array, one block per archive.
+
+    Examples
+    --------
+    >>> dct_vectors(collect("work")).shape  # doctest: +SKIP
+    (3000, 63)
+    """
+    blocks = [
+        da.from_delayed(
+            dask.delayed(_read_dct, pure=True)(col.work_dir, a.name, a.n_valid),
+            shape=(a.n_valid, DCT_DIM),
+            dtype=np.float32,
+            name="dedupdask-dct-" + tokenize(col.work_dir.url, a.name, a.n_valid),
+        )
+        for a in col.archives
+        if a.n_valid
+    ]
+    if not blocks:
+        return da.zeros((0, DCT_DIM), dtype=np.float32, chunks=((0,), (DCT_DIM,)))
+    return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+
+
+def pair_cosines(x: da.Array, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of rows ``a[i]`` and ``b[i]`` of ``x`` (only those rows are read).
+
+    Examples
+    --------
+    >>> x = da.from_array(np.array([[1, 0], [0.6, 0.8], [0, 1]], np.float32), chunks=2)
+    >>> pair_cosines(x, np.array([0]), np.array([1])).round(2).tolist()
+    [0.6]
+    """
+    if not len(a):
+        return np.empty(0, np.float32)
+    rows, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    v = np.asarray(x[rows].compute(), dtype=np.float32)
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    np.divide(v, n, out=v, where=n > 0)
+    ia, ib = inv[: len(a)], inv[len(a) :]
+    return np.clip(np.einsum("ij,ij->i", v[ia], v[ib]), -1.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class TierOutcome:
+    """What the tiers found.
+
+    Attributes
+    ----------
+    decided : DataFrame
+        Every candidate representative pair with both similarities, ``verify_score``,
+        ``kind``, ``direct``, ``to_verify``, ``accepted``.
+    edges : (ndarray, ndarray)
+        Representative edges of connected components.
+    counts : dict
+        Candidates and accepted pairs per tier.
+    verification : dict
+        Cost of verification (see :func:`dedupdask.verify.verify_pairs`) plus ``seconds``
+        (wall time) and ``accepted`` / ``rejected``.
+    """
+
+    decided: pd.DataFrame
+    edges: tuple[np.ndarray, np.ndarray]
+    counts: dict[str, int] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> pd.DataFrame:
+        return self.decided[self.decided["accepted"]].reset_index(drop=True)
+
+
+def _image_info(files: pd.DataFrame) -> pd.DataFrame:
+    """``archive, member, occ, width, height`` of every valid image, indexed by global index."""
+    f = files.reset_index(drop=True)
+    occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount()
+    f = f.assign(occ=occ)
+    f = f[f["index"].notna()]
+    out = f.loc[:, ["archive", "member", "occ", "width", "height"]]
+    out.index = f["index"].astype("int64").to_numpy()
+    return out
+
+
+def run_tiers(
+    col: Collection,
+    groups: ExactGroups,
+    reps: np.ndarray,
+    emb_graph: tuple[np.ndarray, np.ndarray],
+    params: TierParams,
+    files: pd.DataFrame,
+    *,
+    embeddings: da.Array | None = None,
+    method: str = "auto",
+    random_state: int = DEFAULT_RANDOM_STATE,
+    storage_options: dict[str, Any] | None = None,
+    max_image_pixels: int = 100_000_000,
+    max_member_bytes: int = 256 * 2**20,
+) -> TierOutcome:
+    """Find, verify and decide the tiered pairs of one run (on the current Dask scheduler).
+
+    Parameters
+    ----------
+    col : Collection
+        The done archives.
+    groups : ExactGroups
+        Exact-duplicate groups over 0..N-1.
+    reps : ndarray
+        Global index of each row of ``emb_graph``.
+    emb_graph : (ndarray, ndarray)
+        Embedding kNN graph over ``reps`` (positions, similarities), ``params.k`` wide.
+    params : TierParams
+        Resolved thresholds.
+    files : DataFrame
+        Every image row of the archives in archive order (``archive, member, width, height,
+        index``), to find the images to verify.
+    embeddings : dask array, optional
+        The ``[N, d]`` vectors (default: ``col.embeddings()``).
+    method, random_state
+        kNN method and seed for the DCT graph.
+    storage_options : dict, optional
+        fsspec options for reading the archives.
+    max_image_pixels, max_member_bytes : int
+        Limits when reading images back.
+
+    Returns
+    -------
+    TierOutcome
+    """
+    dct_graph = None
+    dct = None
+    if params.copy_threshold is not None and reps.size > 1:
+        dct = dct_vectors(col)
+        x = dct if reps.size == dct.shape[0] else dct[reps]
+        di, ds, _ = knn_graph_dask(
+            x, int(reps.size), DCT_DIM, params.k, method=method, random_state=random_state  # type: ignore[arg-type]
+        )
+        dct_graph = (di, ds)
+    cands = candidate_pairs(reps, emb_graph, dct_graph, params)
+    a, b = cands["from"].to_numpy(np.int64), cands["to"].to_numpy(np.int64)
+    miss = cands["similarity"].isna().to_numpy()
+    if miss.any():
+        emb = embeddings if embeddings is not None else col.embeddings()
+        sims = cands["similarity"].to_numpy(np.float32).copy()
+        sims[miss] = pair_cosines(emb, a[miss], b[miss])
+        cands["similarity"] = sims
+    miss = cands["copy_similarity"].isna().to_numpy()
+    if miss.any() and (dct is not None or params.copy_threshold is not None):
+        dct = dct if dct is not None else dct_vectors(col)
+        sims = cands["copy_similarity"].to_numpy(np.float32).copy()
+        sims[miss] = pair_cosines(dct, a[miss], b[miss])
+        cands["copy_similarity"] = sims
+    decided = decide(cands, params)
+    todo = decided[decided["to_verify"]]
+    cost: dict[str, Any] = {}
+    if len(todo):
+        t0 = time.perf_counter()
+        res, cost = verify_pairs(
+            todo.loc[:, ["from", "to"]],
+            _image_info(files),
+            storage_options=storage_options,
+            max_image_pixels=max_image_pixels,
+            max_member_bytes=max_member_bytes,
+        )
+        cost["seconds"] = round(time.perf_counter() - t0, 3)
+        cands = cands.merge(res, on=["from", "to"], how="left")
+        decided = decide(cands, params)
+    else:
+        decided["verify_score"] = np.nan
+        decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
+    decided["verify_score"] = decided["verify_score"].astype("float32")
+    ver = decided[decided["to_verify"]]
+    cost.setdefault("candidates", 0)
+    cost["accepted"] = int(ver["accepted"].sum())
+    cost["rejected"] = int((~ver["accepted"]).sum())
+    cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
+    acc = decided[decided["accepted"]]
+    counts = {
+        "candidate_pairs": int(len(decided)),
+        "copy_candidates": int((decided["kind"] == "copy").sum()),
+        "near_direct": int(decided["direct"].sum()),
+        "accepted_copy": int((acc["kind"] == "copy").sum()),
+        "accepted_near": int((acc["kind"] == "near").sum()),
+    }
+    edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
+    return TierOutcome(decided, edges, counts, cost)

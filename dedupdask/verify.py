@@ -1,0 +1,496 @@
+"""Verification stage: confirm or reject candidate duplicate pairs by aligning their pixels.
+
+A candidate pair (two images whose descriptors are close but not close enough to be sure) is
+a duplicate when one image is the other after a resize, a recompression, a brightness
+change, a horizontal flip and/or a crop, i.e. when, after the right alignment, their pixels
+agree everywhere. Look-alikes (two clocks showing different times, the same arrow in two
+colours, two different wood textures) do not: they differ somewhere.
+
+The check, per pair, on images decoded with aspect kept to 128 px on the long side:
+
+1. **Alignment search** on 48 px grey images: for each direction (B inside A, A inside B),
+   each scale ``s`` in 0.70..1.00 (the inner image covers ``s`` of the outer one's width, its
+   height following its own aspect ratio) and each flip, the normalised cross-correlation of
+   the inner image with every position in the outer one (one FFT). The best
+   :data:`TOP` hypotheses are refined at 128 px (scale +-1.25 %).
+2. **Residual** of each refined alignment, on the colour images blurred by 1 px (which
+   forgives sub-pixel misalignment and JPEG noise): one gain and one offset shared by the
+   three channels are fitted (brightness, not colour, may change), and the residual energy
+   is divided by the outer image's variance -- over the whole overlap (``residual``) and in
+   the worst cell of a 4 x 4 grid (``cell``, which catches a small local difference).
+
+``score = 1 - max(residual, cell / 2)`` of the best hypothesis; the pair is a duplicate when
+``score >= verify_score``. Measured on real photos and clip art (``benchmarks/quality.py
+--tiers``): about 10 ms per pair on one core, decoding included.
+
+Work is split for Dask as the rest of the analysis: one task per archive reads the images it
+holds that take part in a candidate pair (each archive read once, through
+:func:`dedupdask.galleries.read_archive_members`), and one task per pair of archives scores
+the pairs between them. No model is used, so no ONNX session is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_VERIFY_SCORE",
+    "VERIFY_COLUMNS",
+    "Prepared",
+    "load_archive_images",
+    "match_score",
+    "prepare_image",
+    "score_pairs",
+    "verify_pairs",
+]
+
+FINE = 128
+COARSE = 48
+SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
+SIGMA = 1.0
+GRID = 4
+TOP = 4
+EARLY_ACCEPT = 0.98
+DEFAULT_VERIFY_SCORE = 0.9
+"""A pair is confirmed when its score reaches this (see ``benchmarks/results/quality_tiers.txt``)."""
+
+VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One decoded image, ready for matching.
+
+    Attributes
+    ----------
+    width, height : int
+        Size of the original image (its aspect ratio drives the alignment).
+    rgb : ndarray
+        uint8 ``[h, w, 3]``, the image with its long side at 128 px.
+    """
+
+    width: int
+    height: int
+    rgb: np.ndarray
+
+
+def _fine_size(width: int, height: int) -> tuple[int, int]:
+    s = FINE / max(width, height, 1)
+    return max(8, round(height * s)), max(8, round(width * s))
+
+
+def prepare_image(
+    data: bytes, width: int, height: int, *, max_image_pixels: int = 100_000_000
+) -> Prepared | str:
+    """Decode one image for :func:`match_score`, or return why it cannot be.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded image.
+    width, height : int
+        Its size as recorded by extraction.
+    max_image_pixels : int
+        Larger images are not decoded.
+
+    Returns
+    -------
+    Prepared or str
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (256, 64), "red").save(buf, "PNG")
+    >>> prepare_image(buf.getvalue(), 256, 64).rgb.shape
+    (32, 128, 3)
+    """
+    from .decode import decode_image
+
+    d = decode_image(data, _fine_size(width, height), max_image_pixels=max_image_pixels, min_image_size=1)
+    if d.error_code != "VALID" or d.pixels is None:
+        return f"{d.error_code}: {d.message}"
+    return Prepared(int(d.width), int(d.height), d.pixels)
+
+
+# -- matching ------------------------------------------------------------------------------------
+def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    if arr.ndim == 3:
+        return np.stack([_resize(arr[..., c], w, h) for c in range(arr.shape[2])], axis=-1)
+    if arr.shape == (h, w):
+        return arr
+    return np.asarray(
+        Image.fromarray(arr, "F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32
+    )
+
+
+def _integral(x: np.ndarray) -> np.ndarray:
+    s = np.zeros((x.shape[0] + 1, x.shape[1] + 1), np.float64)
+    s[1:, 1:] = x.cumsum(0).cumsum(1)
+    return s
+
+
+def _box(s: np.ndarray, h: int, w: int) -> np.ndarray:
+    return s[h:, w:] - s[:-h, w:] - s[h:, :-w] + s[:-h, :-w]
+
+
+class _Plan:
+    """FFT and integral images of one image, shared by every template matched inside it."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        self.img = img
+        self.spec = np.fft.rfft2(img)
+        self.s1 = _integral(img)
+        self.s2 = _integral(img * img)
+
+
+def _ncc(plan: _Plan, tpl: np.ndarray) -> np.ndarray | None:
+    """Normalised cross-correlation of ``tpl`` at every position inside the plan's image (FFT)."""
+    H, W = plan.img.shape
+    h, w = tpl.shape
+    if h > H or w > W or h < 4 or w < 4:
+        return None
+    t0 = tpl - tpl.mean()
+    energy = float((t0 * t0).sum())
+    if energy < 1e-8:
+        return None
+    spec = plan.spec * np.fft.rfft2(t0[::-1, ::-1], s=(H, W))
+    corr = np.fft.irfft2(spec, s=(H, W))[h - 1 :, w - 1 :]
+    s1 = _box(plan.s1, h, w)
+    var = _box(plan.s2, h, w) - s1 * s1 / (h * w)
+    ok = var > max(0.01 * energy, 1e-8)  # windows much flatter than the template never match
+    out = np.where(ok, corr / np.sqrt(np.maximum(var, 1e-12) * energy), 0.0)
+    return np.clip(out, -1.0, 1.0)
+
+
+class _View:
+    """Grey fine and coarse versions of a prepared image (computed once per task)."""
+
+    def __init__(self, p: Prepared) -> None:
+        rgb = p.rgb.astype(np.float32) / 255.0
+        self.rgb = rgb
+        self.aspect = p.width / max(p.height, 1)
+        self.grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+        h, w = self.grey.shape
+        s = COARSE / max(h, w)
+        self.coarse = _resize(self.grey, max(4, round(w * s)), max(4, round(h * s)))
+        self.coarse_plan = _Plan(self.coarse)
+        self.fine_plan = _Plan(self.grey)
+
+
+def _inner_size(outer_hw: tuple[int, int], scale: float, aspect: float) -> tuple[int, int]:
+    H, W = outer_hw
+    tw = round(scale * W)
+    th = round(tw / aspect)
+    if abs(th - H) <= 1:
+        th = H
+    return th, tw
+
+
+def _hypotheses(a: _View, b: _View) -> list[tuple[float, int, float, bool]]:
+    out = []
+    for direction, (outer, inner) in enumerate(((a, b), (b, a))):
+        H, W = outer.coarse.shape
+        for s in SCALES:
+            th, tw = _inner_size((H, W), s, inner.aspect)
+            if th > H or th < 4 or tw < 4:
+                continue
+            tpl = _resize(inner.coarse, tw, th)
+            for flip in (False, True):
+                m = _ncc(outer.coarse_plan, tpl[:, ::-1] if flip else tpl)
+                if m is not None:
+                    out.append((float(m.max()), direction, s, flip))
+    out.sort(key=lambda t: (-round(t[0], 4), -t[2]))
+    return out[:TOP]
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, sigma=(SIGMA, SIGMA, 0), mode="nearest")
+
+
+def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(whole-overlap, worst-cell) residual of ``a ~ g * b + o``, relative to a's variance."""
+    a, b = _blur(a), _blur(b)
+    x, y = b.ravel(), a.ravel()
+    xm, ym = float(x.mean()), float(y.mean())
+    vx = float(((x - xm) ** 2).mean())
+    g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
+    r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
+    var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
+    h, w = r.shape[:2]
+    r2 = (r * r).mean(axis=2)
+    cells = [
+        float(r2[i * h // GRID : (i + 1) * h // GRID, j * w // GRID : (j + 1) * w // GRID].mean())
+        for i in range(GRID)
+        for j in range(GRID)
+        if (i + 1) * h // GRID > i * h // GRID and (j + 1) * w // GRID > j * w // GRID
+    ]
+    return float(r2.mean()) / var, max(cells, default=0.0) / var
+
+
+def _refine(outer: _View, inner: _View, scale: float, flip: bool) -> tuple[float, float] | None:
+    H, W = outer.grey.shape
+    best: tuple[float, tuple[int, int, int, int]] | None = None
+    for s in (scale, scale - 0.0125, scale + 0.0125):
+        th, tw = _inner_size((H, W), s, inner.aspect)
+        if th > H or tw > W or th < 4 or tw < 4:
+            continue
+        tpl = _resize(inner.grey, tw, th)
+        m = _ncc(outer.fine_plan, tpl[:, ::-1] if flip else tpl)
+        if m is None:
+            continue
+        k = int(np.argmax(m))
+        if best is None or m.flat[k] > best[0]:
+            dy, dx = divmod(k, m.shape[1])
+            best = (float(m.flat[k]), (dy, dx, th, tw))
+    if best is None:
+        return None
+    dy, dx, th, tw = best[1]
+    b = _resize(inner.rgb, tw, th)
+    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b)
+
+
+def match_score(a: Prepared, b: Prepared) -> float:
+    """How well ``b`` is a resized/recompressed/brightened/flipped/cropped ``a``, or vice versa.
+
+    Returns
+    -------
+    float
+        ``1 - max(residual, cell / 2)`` of the best alignment (1 = same pixels; <= 0 = no
+        alignment explains the pair); see the module docstring.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+    >>> round(match_score(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1])), 3)
+    1.0
+    """
+    return _score(_View(a), _View(b))
+
+
+def _score(va: _View, vb: _View) -> float:
+    best = -1.0
+    for _, direction, scale, flip in _hypotheses(va, vb):
+        outer, inner = (va, vb) if direction == 0 else (vb, va)
+        r = _refine(outer, inner, scale, flip)
+        if r is not None:
+            best = max(best, 1.0 - max(r[0], r[1] / 2.0))
+        if best >= EARLY_ACCEPT:
+            break  # a clear duplicate: the other hypotheses cannot change the decision
+    return float(max(best, -1.0))
+
+
+# -- Dask tasks ----------------------------------------------------------------------------------
+def load_archive_images(
+    url: str,
+    wanted: Iterable[tuple[str, int, int, int, int]],
+    storage_options: dict[str, Any] | None = None,
+    max_image_pixels: int = 100_000_000,
+    max_member_bytes: int = 256 * 2**20,
+) -> dict[int, Prepared | str]:
+    """Read and prepare the wanted images of one archive, reading it once (one Dask task).
+
+    Parameters
+    ----------
+    url : str
+        The archive (or loose-image folder) URL.
+    wanted : iterable of (member, occurrence, global index, width, height)
+    storage_options : dict, optional
+        fsspec options.
+    max_image_pixels, max_member_bytes : int
+        Limits, as in extraction.
+
+    Returns
+    -------
+    dict
+        Global index -> :class:`Prepared`, or the reason it could not be read.
+    """
+    from .galleries import read_archive_members
+
+    items = list(wanted)
+    done = read_archive_members(
+        url,
+        {(m, int(o)) for m, o, _, _, _ in items},
+        handle=lambda data: data,
+        fail=lambda reason: reason,
+        storage_options=storage_options,
+        max_member_bytes=max_member_bytes,
+    )
+    out: dict[int, Prepared | str] = {}
+    for m, o, idx, w, h in items:
+        v = done.get((m, int(o)), "member not read")
+        if isinstance(v, bytes | bytearray):
+            v = prepare_image(bytes(v), int(w), int(h), max_image_pixels=max_image_pixels)
+        out[int(idx)] = v
+    return out
+
+
+def score_pairs(
+    pairs: np.ndarray, *loaded: Mapping[int, Prepared | str]
+) -> tuple[pd.DataFrame, float]:
+    """Score candidate pairs whose images are in ``loaded`` (one Dask task).
+
+    Returns
+    -------
+    (DataFrame, float)
+        Columns :data:`VERIFY_COLUMNS` (``verify_score`` NaN and ``verify_error`` set when an
+        image could not be read), and the seconds spent.
+    """
+    t0 = time.perf_counter()
+    images: dict[int, Prepared | str] = {}
+    for d in loaded:
+        images.update(d)
+    views: dict[int, _View] = {}
+    scores = np.full(len(pairs), np.nan, dtype=np.float64)
+    errors: list[str | None] = [None] * len(pairs)
+    for k, (a, b) in enumerate(np.asarray(pairs, dtype=np.int64).reshape(-1, 2)):
+        pa, pb = images.get(int(a), "not loaded"), images.get(int(b), "not loaded")
+        if not isinstance(pa, Prepared) or not isinstance(pb, Prepared):
+            errors[k] = str(pa if not isinstance(pa, Prepared) else pb)
+            continue
+        va = views.get(int(a)) or views.setdefault(int(a), _View(pa))
+        vb = views.get(int(b)) or views.setdefault(int(b), _View(pb))
+        scores[k] = _score(va, vb)
+    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    df = pd.DataFrame(
+        {
+            "from": p[:, 0],
+            "to": p[:, 1],
+            "verify_score": scores,
+            "verify_error": pd.array(errors, dtype="string"),
+        }
+    )
+    return df, time.perf_counter() - t0
+
+
+def _timed_load(*args: Any) -> tuple[dict[int, Prepared | str], float]:
+    t0 = time.perf_counter()
+    out = load_archive_images(*args)
+    return out, time.perf_counter() - t0
+
+
+def _first(x: tuple[Any, float]) -> Any:
+    return x[0]
+
+
+def _load_cost(x: tuple[dict[int, Any], float]) -> tuple[int, float]:
+    return len(x[0]), x[1]
+
+
+def verify_pairs(
+    pairs: pd.DataFrame,
+    images: pd.DataFrame,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    max_image_pixels: int = 100_000_000,
+    max_member_bytes: int = 256 * 2**20,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score candidate pairs on the current Dask scheduler.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        ``from, to``: global indices.
+    images : DataFrame
+        Indexed by global index: ``archive`` (URL), ``member``, ``occ`` (occurrence of the
+        member name in its archive), ``width``, ``height``; at least every index in ``pairs``.
+    storage_options : dict, optional
+        fsspec options for the archives.
+    max_image_pixels, max_member_bytes : int
+        Limits, as in extraction.
+
+    Returns
+    -------
+    (DataFrame, dict)
+        One row per pair (:data:`VERIFY_COLUMNS`, input order) and the cost: ``candidates``,
+        ``images_read``, ``archives_read``, ``tasks``, ``read_seconds`` and
+        ``score_seconds`` (summed over tasks), ``seconds_per_pair``, ``errors``.
+
+    Examples
+    --------
+    >>> out, cost = verify_pairs(pd.DataFrame({"from": [0], "to": [7]}), info)  # doctest: +SKIP
+    >>> cost["seconds_per_pair"]  # doctest: +SKIP
+    0.011
+    """
+    p = pairs.loc[:, ["from", "to"]].to_numpy(dtype=np.int64).reshape(-1, 2)
+    cost: dict[str, Any] = {
+        "candidates": int(len(p)),
+        "images_read": 0,
+        "archives_read": 0,
+        "tasks": 0,
+        "read_seconds": 0.0,
+        "score_seconds": 0.0,
+        "seconds_per_pair": 0.0,
+        "errors": 0,
+    }
+    empty = pd.DataFrame(
+        {
+            "from": pd.Series(dtype="int64"),
+            "to": pd.Series(dtype="int64"),
+            "verify_score": pd.Series(dtype="float64"),
+            "verify_error": pd.Series(dtype="string"),
+        }
+    )
+    if not len(p):
+        return empty, cost
+    need = np.unique(p)
+    info = images.loc[need, ["archive", "member", "occ", "width", "height"]]
+    archive_of = info["archive"].astype(str)
+    urls = sorted(archive_of.unique())
+    aid = {u: i for i, u in enumerate(urls)}
+    so = dict(storage_options or {})
+    loads = []
+    for u in urls:
+        sub = info[archive_of == u]
+        wanted = tuple(
+            (str(m), int(o), int(i), int(w) if pd.notna(w) else 0, int(h) if pd.notna(h) else 0)
+            for i, m, o, w, h in zip(
+                sub.index, sub["member"], sub["occ"], sub["width"], sub["height"], strict=True
+            )
+        )
+        loads.append(
+            dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes)
+        )
+    arch = archive_of.map(aid)
+    ga = arch.loc[p[:, 0]].to_numpy()
+    gb = arch.loc[p[:, 1]].to_numpy()
+    key = np.minimum(ga, gb) * len(urls) + np.maximum(ga, gb)
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    groups = np.split(order, bounds)
+    tasks = []
+    for g in groups:
+        a, b = int(ga[g[0]]), int(gb[g[0]])
+        deps = [dask.delayed(_first, pure=True)(loads[a])]
+        if b != a:
+            deps.append(dask.delayed(_first, pure=True)(loads[b]))
+        tasks.append(dask.delayed(score_pairs, pure=True)(p[g], *deps))
+    load_out, score_out = dask.compute(
+        [dask.delayed(_load_cost, pure=True)(x) for x in loads], tasks
+    )
+    parts = []
+    for g, (df, secs) in zip(groups, score_out, strict=True):
+        df.index = g
+        parts.append(df)
+        cost["score_seconds"] += secs
+    out = pd.concat(parts).sort_index().reset_index(drop=True)
+    cost["read_seconds"] = float(sum(s for _, s in load_out))
+    cost["score_seconds"] = float(cost["score_seconds"])
+    cost["images_read"] = int(sum(n for n, _ in load_out))
+    cost["archives_read"] = len(urls)
+    cost["tasks"] = len(loads) + len(tasks)
+    cost["errors"] = int(out["verify_error"].notna().sum())
+    cost["seconds_per_pair"] = (cost["read_seconds"] + cost["score_seconds"]) / len(p)
+    return out.astype(empty.dtypes.to_dict()), cost

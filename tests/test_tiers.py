@@ -1,0 +1,213 @@
+"""Duplicate tiers: exact / copy / near labels, verification of candidates, fused results."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from dedupdask.analyses.tiers import TierParams, decide, expand_pairs
+from dedupdask.config import RunConfig
+from dedupdask.datasets import make_sample_shards, random_picture
+from dedupdask.results import build, load
+from dedupdask.verify import DEFAULT_VERIFY_SCORE, Prepared, match_score, prepare_image
+
+
+def _jpeg(im: Image.Image, q: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q)
+    return buf.getvalue()
+
+
+def _prep(im: Image.Image, q: int = 90) -> Prepared:
+    p = prepare_image(_jpeg(im, q), *im.size)
+    assert isinstance(p, Prepared)
+    return p
+
+
+def _lookalike(im: Image.Image, seed: int) -> Image.Image:
+    """The same picture with one region redrawn (a clock showing another time)."""
+    rng = np.random.default_rng(seed)
+    out = im.copy()
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    x, y = int(w * 0.55), int(h * 0.1)
+    draw.ellipse((x, y, x + w // 4, y + h // 3), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return out
+
+
+def _recolour(im: Image.Image) -> Image.Image:
+    """The same drawing in other colours (channels swapped)."""
+    r, g, b = im.split()
+    return Image.merge("RGB", (b, r, g))
+
+
+def _crop_resize(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    c = im.crop((int(w * 0.04), int(h * 0.07), int(w * 0.95), int(h * 0.94)))
+    return c.resize((int(c.width * 0.6), int(c.height * 0.6)), Image.Resampling.BICUBIC)
+
+
+# -- the check itself --------------------------------------------------------------------------
+def test_verification_accepts_edits_and_rejects_lookalikes():
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        im = random_picture(rng, (320, 240))
+        a = _prep(im)
+        assert match_score(a, _prep(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))) > 0.95
+        assert match_score(a, _prep(_crop_resize(im), q=30)) >= DEFAULT_VERIFY_SCORE
+        assert match_score(_prep(_crop_resize(im)), a) >= DEFAULT_VERIFY_SCORE  # either order
+        assert match_score(a, _prep(_lookalike(im, 1))) < DEFAULT_VERIFY_SCORE
+        assert match_score(a, _prep(_recolour(im))) < DEFAULT_VERIFY_SCORE
+        other = random_picture(rng, (320, 240))
+        assert match_score(a, _prep(other)) < DEFAULT_VERIFY_SCORE
+
+
+def test_decide_and_expand_label_each_pair_once():
+    from dedupdask.analyses import exact_groups
+
+    p = TierParams(0.97, 0.97, 0.985, 0.7, 0.85, True, 5)
+    cands = pd.DataFrame(
+        {
+            "from": [0, 0, 2, 3],
+            "to": [2, 3, 4, 4],
+            "similarity": np.array([0.99, 0.8, 0.75, 0.6], np.float32),  # 0-2 near AND copy
+            "copy_similarity": np.array([0.995, 0.5, 0.99, 0.2], np.float32),
+            "verify_score": [np.nan, 0.95, 0.3, np.nan],
+        }
+    )
+    d = decide(cands, p)
+    assert d["to_verify"].tolist() == [False, True, True, False]
+    assert d["accepted"].tolist() == [True, True, False, False]
+    groups = exact_groups(["a", "b", "c", "d", "e", "a"])  # 5 is an exact copy of 0
+    sim = expand_pairs(groups, d[d["accepted"]], [f"f{i}" for i in range(6)])
+    assert not sim.duplicated(["from", "to"]).any()
+    kinds = {(a, b): k for a, b, k in zip(sim["from"], sim["to"], sim["kind"], strict=True)}
+    assert kinds == {(0, 5): "exact", (0, 2): "copy", (2, 5): "copy", (0, 3): "near", (3, 5): "near"}
+    row = sim[(sim["from"] == 0) & (sim["to"] == 2)].iloc[0]
+    assert row["similarity"] == pytest.approx(0.99) and row["copy_similarity"] == pytest.approx(0.995)
+
+
+# -- end to end on shards ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tier_run(tmp_path_factory):
+    """Sample shards (default model) plus a shard of look-alikes and crop+resize+JPEG copies."""
+    from dedupdask.pipeline import extract
+
+    root = tmp_path_factory.mktemp("tiers")
+    shards = make_sample_shards(
+        str(root / "shards"), n_shards=2, images_per_shard=24, n_near=15, n_exact=3,
+        formats=("tar",), broken=False, seed=5,
+    )  # fmt: skip
+    rng = np.random.default_rng(11)
+    extra, pairs = [], []
+    for i in range(6):
+        im = random_picture(rng, (512, 384))
+        orig, look = f"x{i:03d}.jpg", f"y{i:03d}.jpg"
+        extra += [(orig, _jpeg(im)), (look, _jpeg(_lookalike(im, i)))]
+        pairs.append((orig, look, "lookalike"))
+        if i % 2 == 0:
+            extra.append((f"z{i:03d}.jpg", _jpeg(_crop_resize(im), 35)))
+            pairs.append((orig, f"z{i:03d}.jpg", "combo"))
+    path = root / "shards" / "00009.tar"
+    with tarfile.open(path, "w") as tf:
+        for name, data in extra:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    extract(shards.root, str(root / "work"), client="sync", progress=False)
+    wd = str(root / "work")
+    with dask.config.set(scheduler="sync"):
+        res = build(wd, config=RunConfig(run_mode=2, progress=False))
+    url = str(path)
+    more = pd.DataFrame(
+        [(f"{url}/{a}", f"{url}/{b}", e) for a, b, e in pairs],
+        columns=["filename_a", "filename_b", "edit"],
+    )
+    return wd, res, pd.concat([shards.truth, more], ignore_index=True)
+
+
+def _kinds(res) -> dict[tuple[str, str], str]:
+    s = res.similarity
+    return {
+        tuple(sorted((a, b))): k
+        for a, b, k in zip(s["filename_from"], s["filename_to"], s["kind"], strict=True)
+    }
+
+
+def test_each_kind_is_labelled_right(tier_run):
+    wd, res, truth = tier_run
+    kinds = _kinds(res)
+    expected = {"exact": {"exact"}, "resize": {"copy"}, "jpeg": {"copy"}, "flip": {"copy"},
+                "bright": {"copy", "near"}, "crop": {"near"}, "combo": {"near"}}  # fmt: skip
+    for a, b, edit in truth.itertuples(index=False):
+        got = kinds.get(tuple(sorted((a, b))))
+        if edit == "lookalike":
+            assert got is None, f"look-alike {a} {b} reported as {got}"
+        else:
+            assert got in expected[edit], f"{edit}: {a} {b} -> {got}"
+    sim = res.similarity
+    assert not sim.duplicated(["from", "to"]).any()
+    assert set(sim["kind"]) <= {"exact", "copy", "near"}
+    near = sim[sim["kind"] == "near"]
+    assert (near["verify_score"].notna() | (near["similarity"] >= res.params["threshold"])).all()
+    assert sim["similarity"].is_monotonic_decreasing
+
+
+def test_lookalikes_were_candidates_and_rejected(tier_run):
+    wd, res, truth = tier_run
+    ver = res.run["verification"]
+    assert ver["candidates"] >= 1 and ver["rejected"] >= 1
+    emb = res.embeddings.compute()
+    index = {f: i for i, f in enumerate(pd.read_csv(f"{wd}/atrain_features.dat.csv")["filename"])}
+    looks = truth[truth["edit"] == "lookalike"]
+    sims = [float(emb[index[a]] @ emb[index[b]]) for a, b in zip(looks["filename_a"], looks["filename_b"], strict=True)]
+    assert max(sims) >= res.params["verify_threshold"]  # they were candidates...
+    assert sum(s < res.params["threshold"] for s in sims) >= 1  # ...that needed verification
+
+
+def test_run_json_reports_candidates_and_cost(tier_run):
+    wd, res, _ = tier_run
+    run = json.load(open(f"{wd}/results/run.json"))
+    ver = run["verification"]
+    assert ver["candidates"] == ver["accepted"] + ver["rejected"] > 0
+    assert ver["seconds_per_pair"] > 0 and ver["images_read"] >= 2 and ver["archives_read"] >= 1
+    s = res.summary()
+    assert s["verify_candidates"] == ver["candidates"] and s["verify_seconds_per_pair"] > 0
+    assert s["exact_pairs"] + s["copy_pairs"] + s["near_pairs"] == s["similar_pairs"]
+    assert run["parameters"]["copy_threshold"] is not None
+    csv = pd.read_csv(f"{wd}/similarity.csv")
+    assert list(csv.columns) == ["from", "to", "distance"] and len(csv) == 2 * len(res.similarity)
+    back = load(wd)
+    pd.testing.assert_frame_equal(back.similarity, res.similarity, check_dtype=False)
+
+
+def test_components_use_fused_pairs(tier_run):
+    wd, res, truth = tier_run
+    comp = dict(zip(res.components["index"], res.components["component_id"], strict=True))
+    index = {f: i for i, f in enumerate(pd.read_csv(f"{wd}/atrain_features.dat.csv")["filename"])}
+    for a, b, edit in truth.itertuples(index=False):
+        same = comp[index[a]] == comp[index[b]]
+        assert same == (edit != "lookalike"), (a, b, edit)
+    rm = res.duplicates_to_remove()
+    assert len(rm) == res.summary()["removable"] >= len(truth) - (truth["edit"] == "lookalike").sum()
+
+
+def test_local_cluster_gives_the_same_result(tier_run):
+    from distributed import Client, LocalCluster
+
+    wd, res, _ = tier_run
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        dist = build(wd, config=RunConfig(run_mode=2, progress=False), client=client, write=False)
+        assert dist.run["verification"]["tasks"] >= 2
+    pd.testing.assert_frame_equal(dist.similarity, res.similarity)
+    pd.testing.assert_frame_equal(dist.components, res.components)
