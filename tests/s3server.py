@@ -68,7 +68,7 @@ def s3_cluster(s3_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, local_directory=str(tmp_path_factory.mktemp("dask")),
+            dashboard_address=":0", local_directory=str(tmp_path_factory.mktemp("dask")),
         ) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip

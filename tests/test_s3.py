@@ -10,6 +10,7 @@ server blip that bounded retries ride out.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,7 +175,8 @@ def test_missing_bucket_and_object(s3_env, tmp_path):  # noqa: F811
 
 
 def test_object_missing_at_read_is_failed_then_resumed(s3_input, s3_server, bucket, nested, monkeypatch):  # noqa: F811
-    """An object deleted after listing: failed.json, not retried, others done; resume completes."""
+    """An object deleted after listing: failed.json, not retried, the others done, CLI exit 1;
+    a rerun (resume) after it is back completes it."""
     fs = s3_server.filesystem()
     real = ddk.pipeline.list_sources
 
@@ -185,14 +187,15 @@ def test_object_missing_at_read_is_failed_then_resumed(s3_input, s3_server, buck
 
     monkeypatch.setattr(ddk.pipeline, "list_sources", list_then_delete)
     wd = f"s3://{bucket}/work"
-    report = extract(s3_input, wd)
-    st = dict(zip(report["name"], report["status"], strict=True))
-    assert st == {"a__00000.tar": "done", "a__00001.tgz": "failed", "b__00002.zip": "done"}
-    err = report.set_index("name").loc["a__00001.tgz", "error"]
-    assert f"s3://{bucket}/in/a/00001.tgz" in err and "not found" in err
+    from dedupdask.cli import main as cli_main
+
+    rc = cli_main(["extract", s3_input, wd, "--model-path", "dct", "--client", "sync", "--no-progress"])
+    assert rc == 1  # an archive failed
     w = WorkDir(wd)
+    assert w.done_names() == {"a__00000.tar", "b__00002.zip"} and w.failed_names() == {"a__00001.tgz"}
     failed = w.read_json(w.file("a__00001.tgz", "failed"))
-    assert failed["error_kind"] == "missing" and "a__00001.tgz" not in w.done_names()
+    assert failed["error_kind"] == "missing"
+    assert re.search(f"cannot (open|read) s3://{bucket}/in/a/00001.tgz: not found", failed["error"])
     monkeypatch.setattr(ddk.pipeline, "list_sources", real)
     upload(s3_server, {os.path.join(nested["root"], "a/00001.tgz"): "a/00001.tgz"}, f"{bucket}/in")
     again = extract(s3_input, wd)
@@ -295,6 +298,55 @@ def test_server_blip_is_retried_at_the_offset(flaky, monkeypatch, tmp_path):
     assert (report["status"] == "done").all(), report[["name", "status", "error"]]
     assert sleeps and any(pos > 0 for pos in reopened_at), (sleeps, reopened_at)
     assert outputs(wd) == outputs(ref)
+
+
+@pytest.mark.slow
+def test_server_killed_during_local_cluster_run(s3_cluster, tmp_path):  # noqa: F811
+    """Two worker processes stream shards; the server is killed when the first archive is
+    done. The archives cut off fail (failed.json), the run returns, a rerun after the
+    restart completes them with the same bytes as a clean run."""
+    import time
+
+    from dedupdask.datasets import make_sample_shards
+
+    shards = make_sample_shards(str(tmp_path / "shards"), n_shards=6, images_per_shard=60,
+                                formats=("tar",), n_near=6, n_exact=2, seed=5)
+    server = new_server(str(tmp_path))
+    try:
+        server.make_bucket("input")
+        upload(server, {p: os.path.basename(p) for p in shards.shards}, "input/shards")
+        so = server.storage_options(fail_fast=True, default_block_size=256 * 2**10)
+        ref, wd = str(tmp_path / "ref"), str(tmp_path / "wd")
+        extract(shards.root, ref)
+        w = WorkDir(wd)
+        stop = {"at": None}
+
+        def kill_after_first_done():
+            while not stop["at"]:
+                if os.path.isdir(wd) and w.done_names():
+                    server.stop(kill=True)
+                    stop["at"] = time.monotonic()
+                time.sleep(0.02)
+
+        import threading
+
+        watcher = threading.Thread(target=kill_after_first_done, daemon=True)
+        watcher.start()
+        report = extract("s3://input/shards/", wd, storage_options=so, client=s3_cluster, storage_attempts=2)
+        stop["at"] = stop["at"] or -1.0
+        watcher.join()
+        st = report.set_index("name")["status"]
+        failed = set(st.index[st == "failed"])
+        assert failed and (st == "done").sum() >= 1 and set(st) <= {"done", "failed"}
+        assert w.failed_names() == failed
+        for url, error in report.loc[report["status"] == "failed", ["url", "error"]].itertuples(index=False):
+            assert url in error and "unreachable" in error
+        server.start()
+        again = extract("s3://input/shards/", wd, storage_options=so, client=s3_cluster)
+        assert set(again.loc[again["name"].isin(failed), "status"]) == {"done"}
+        assert w.failed_names() == set() and outputs(wd) == outputs(ref)
+    finally:
+        server.close()
 
 
 # -- command line ----------------------------------------------------------------------------------

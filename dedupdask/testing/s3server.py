@@ -7,18 +7,21 @@ so a stopped server restarted on the same ports serves the same objects again. U
 
 Flags follow ``research/s3.md``: bind to loopback only, every port chosen at runtime (each
 gRPC port is the HTTP port + 10000, so both must be free), no iceberg/lance/webdav/admin UI,
-logs to a file, Unix sockets in a private temp dir, a fresh data dir per server.
+no telemetry, logs to a file, a fresh data dir per server. ``weed`` also creates Unix sockets
+``/tmp/seaweedfs-*-<port>.sock`` (always under /tmp) and leaves them behind when killed; they
+are removed when the server stops. A server still running at interpreter exit is stopped.
 """
 
 from __future__ import annotations
 
+import atexit
+import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -90,9 +93,8 @@ class SeaweedFS:
         taken: set[int] = set()
         self.ports = {n: free_port(taken) for n in ("s3", "master", "volume", "filer", "admin")}
         self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
-        # Unix socket paths must stay short: a private dir under the system temp dir
-        self._sockdir = tempfile.mkdtemp(prefix="ddk-weed-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._fs: Any = None
 
     # -- process -----------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -103,6 +105,7 @@ class SeaweedFS:
             f"-s3.port={p['s3']}", f"-master.port={p['master']}", f"-volume.port={p['volume']}",
             f"-filer.port={p['filer']}", f"-admin.port={p['admin']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+            "-master.telemetry=false",
         ]  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> SeaweedFS:
@@ -111,7 +114,7 @@ class SeaweedFS:
         if self.running:
             return self
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
-        env.update(AWS_ACCESS_KEY_ID=self.key, AWS_SECRET_ACCESS_KEY=self.secret, TMPDIR=self._sockdir)
+        env.update(AWS_ACCESS_KEY_ID=self.key, AWS_SECRET_ACCESS_KEY=self.secret)
         log = open(self.log_path, "ab")
         try:
             self.proc = proc = subprocess.Popen(
@@ -120,6 +123,7 @@ class SeaweedFS:
             )  # fmt: skip
         finally:
             log.close()
+        atexit.register(self.stop)
         client = self.client(read_timeout=2)
         deadline = time.monotonic() + timeout
         while True:
@@ -150,18 +154,28 @@ class SeaweedFS:
     def stop(self, timeout: float = 15.0, kill: bool = False) -> None:
         """Stop the server (SIGTERM, or SIGKILL with ``kill=True``: a crash); data stays on disk."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        sig = signal.SIGKILL if kill else signal.SIGTERM
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        atexit.unregister(self.stop)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                proc.wait(timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        for port in self.ports.values():
+            for p in (port, port + _GRPC_OFFSET):
+                for path in glob.glob(f"/tmp/seaweedfs-*-{p}.sock"):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
 
     def restart(self, timeout: float = 60.0) -> SeaweedFS:
         """Stop and start again on the same ports and data."""
@@ -173,9 +187,8 @@ class SeaweedFS:
         return self.proc is not None and self.proc.poll() is None
 
     def close(self) -> None:
-        """Stop the server and remove its socket dir (the data dir is the caller's)."""
+        """Stop the server (the data dir is the caller's)."""
         self.stop()
-        shutil.rmtree(self._sockdir, ignore_errors=True)
 
     def __enter__(self) -> SeaweedFS:
         return self.start()
@@ -219,10 +232,19 @@ class SeaweedFS:
         )  # fmt: skip
 
     def filesystem(self, **extra: Any) -> Any:
-        """A fresh (not instance-cached) ``s3fs.S3FileSystem`` for this server."""
+        """An ``s3fs.S3FileSystem`` for this server, not shared with fsspec's instance cache.
+
+        Without ``extra`` options it is created once and kept for the server's life: a
+        garbage-collected S3FileSystem closes its session on whatever asyncio loop runs in
+        that thread (a Dask client's, say) and logs "attached to a different loop".
+        """
         import s3fs
 
-        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options(**extra))
+        if extra:
+            return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options(**extra))
+        if self._fs is None:
+            self._fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options())
+        return self._fs
 
     def make_bucket(self, name: str) -> str:
         """Create a bucket (no error if it exists); returns ``s3://name``."""
