@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("work_dir")
     _add_options(p, all_opts - _EXTRACT_ONLY)
     _add_common(p)
+    p = sub.add_parser("gallery", help="write HTML galleries of an analysed WORK_DIR into OUT")
+    p.add_argument("work_dir")
+    p.add_argument("out", help="folder for the pages (duplicates.html, outliers.html, ...)")
+    p.add_argument("--kind", choices=["all", "duplicates", "outliers", "components", "stats"],
+                   default="all", help="which gallery (default: all, plus index.html)")
+    p.add_argument("--metric", action="append", default=None,
+                   help="stats page(s): blur, dark, bright, size, mean, ... (repeatable; "
+                        "default: blur, dark, bright, size)")
+    p.add_argument("--num-images", type=int, default=20, help="rows per page (default: 20)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="duplicates: similarity >= T; outliers: <= T; stats: the metric's cut-off")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help="fsspec options as JSON (default: none)")
     p = sub.add_parser("demo", help="generate sample shards with planted duplicates and run on them")
     p.add_argument("--out", default="demo", help="folder for the shards and the work_dir (default: ./demo)")
     p.add_argument("--shards", type=int, default=6)
@@ -131,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "demo":
             return _demo(ns)
+        if ns.command == "gallery":
+            return _gallery(ns)
         opts = _options(ns)
         if ns.command == "extract":
             report = pipeline.extract(_inputs(ns.input), ns.work_dir, client=ns.client, **opts)
@@ -149,6 +164,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dedupdask: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+
+
+def _gallery(ns: argparse.Namespace) -> int:
+    from . import galleries as g
+
+    common = {"num_images": ns.num_images, "storage_options": ns.storage_options}
+    metrics = [m for item in (ns.metric or []) for m in item.split(",") if m] or list(g.DEFAULT_METRICS)
+    if ns.kind == "all":
+        if ns.threshold is not None:
+            raise ValueError("--threshold needs one --kind")
+        pages = list(g.write_galleries(ns.work_dir, ns.out, metrics=metrics, **common).values())
+    elif ns.kind == "stats":
+        from .results import load
+
+        res = load(ns.work_dir, ns.storage_options)
+        pages = [g.create_stats_gallery(res, ns.out, metric=m, threshold=ns.threshold, **common)
+                 for m in metrics]
+    else:
+        make = {"duplicates": g.create_duplicates_gallery, "outliers": g.create_outliers_gallery,
+                "components": g.create_components_gallery}[ns.kind]
+        kw = {} if ns.kind == "components" else {"threshold": ns.threshold}
+        pages = [make(ns.work_dir, ns.out, **kw, **common)]
+    for page in pages:
+        missing = f", {page.n_missing} thumbnails missing" if page.n_missing else ""
+        print(f"{page.path}: {page.n_rows} rows{missing}")
+    return 0
 
 
 def _inputs(items: list[str]) -> str | list[str]:

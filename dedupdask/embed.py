@@ -7,6 +7,7 @@ build it once per process and never pickle it.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,11 @@ if TYPE_CHECKING:
 
     from .models import ModelSpec
 
-__all__ = ["get_session", "embed_batch"]
+__all__ = ["get_session", "embed_batch", "perceptual_batch", "BUILTIN_NORMALISED"]
+
+#: Built-in graphs L2-normalise inside the graph; the DCT graph maps a flat image to a
+#: (nearly) zero vector on purpose, which must not be re-normalised into noise.
+BUILTIN_NORMALISED = frozenset({"effnet-lite0", "dct"})
 
 _SESSIONS: dict[tuple[str, str, int], ort.InferenceSession] = {}
 _LOCK = threading.Lock()
@@ -78,6 +83,53 @@ def embed_batch(spec: ModelSpec, batch: np.ndarray, threads: int = 1) -> np.ndar
     out = np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
     if out.shape[1] != spec.dim:
         raise ValueError(f"model {spec.model_id} returned width {out.shape[1]}, expected {spec.dim}")
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
+    if spec.model_id not in BUILTIN_NORMALISED:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
     return np.ascontiguousarray(out, dtype="<f4")
+
+
+@functools.lru_cache(maxsize=8)
+def _dct_projections(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    from .models.build_dct import _projection
+
+    return (
+        _projection(height, 32, 8).astype(np.float32),
+        np.ascontiguousarray(_projection(width, 32, 8).T.astype(np.float32)),
+    )
+
+
+def perceptual_batch(batch: np.ndarray) -> np.ndarray:
+    """The ``dct`` model's 63-d descriptor, computed in numpy from any input size.
+
+    The DCT graph is linear up to its last steps (luma, antialiased resize to 32x32 and the
+    8x8 low DCT block fold into ``C = P_h @ Y @ P_w.T``), so it can be applied straight to the
+    main model's input pixels: no second decode, no second resize, no ONNX call. Same maths as
+    ``dedupdask/models/dct.onnx`` (flip-invariant, DC dropped, L2 with its norm floor).
+
+    Parameters
+    ----------
+    batch : ndarray
+        uint8 ``[B, H, W, 3]`` RGB.
+
+    Returns
+    -------
+    ndarray
+        float32 ``[B, 63]``.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).integers(0, 256, (2, 160, 160, 3), dtype=np.uint8)
+    >>> perceptual_batch(x).shape
+    (2, 63)
+    """
+    from .models.build_dct import LUMA, NORM_FLOOR
+
+    ph, pw = _dct_projections(batch.shape[1], batch.shape[2])
+    lw = LUMA.astype(np.float32)
+    y = batch[..., 0] * lw[0] + batch[..., 1] * lw[1] + batch[..., 2] * lw[2]
+    coef = ph @ y.astype(np.float32) @ pw  # [B, 8, 8]
+    coef[:, :, 1::2] = np.abs(coef[:, :, 1::2])
+    flat = coef.reshape(len(batch), -1)[:, 1:]
+    norm = np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), NORM_FLOOR)
+    return np.ascontiguousarray(flat / norm, dtype="<f4")

@@ -24,7 +24,7 @@ from . import __version__, remote
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
 from .decode import decode_image, sniff_image
-from .embed import embed_batch
+from .embed import embed_batch, perceptual_batch
 from .sources import IMAGE_EXTENSIONS, ArchiveSource
 from .store import FILE_COLUMNS, SKIPPED_COLUMNS, WorkDir, empty_files_frame
 
@@ -91,6 +91,12 @@ def _resolve(config: RunConfig) -> Any:
     return resolve_model(config.model_path, mean=config.model_mean, std=config.model_std)
 
 
+def _dct_spec() -> Any:
+    from .models import resolve_model
+
+    return resolve_model("dct")
+
+
 class _Archive:
     """Mutable state of one archive being processed."""
 
@@ -103,6 +109,8 @@ class _Archive:
         self.skipped: list[tuple[str, str, str, int]] = []
         self.vectors: list[np.ndarray] = []
         self.pending: list[np.ndarray] = []
+        self.dct = _dct_spec()
+        self.dct_vectors: list[np.ndarray] = []
         self.n_members = 0
         self.n_sidecars = 0
         self.n_valid = 0
@@ -122,7 +130,9 @@ class _Archive:
         if not self.pending:
             return
         t0 = time.perf_counter()
-        self.vectors.append(embed_batch(self.spec, np.stack(self.pending), self.threads))
+        batch = np.stack(self.pending)
+        self.vectors.append(embed_batch(self.spec, batch, self.threads))
+        self.dct_vectors.append(perceptual_batch(batch))
         self.timer.t["embed"] += time.perf_counter() - t0
         self.pending = []
 
@@ -279,6 +289,10 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         files = state.files_frame()
         d = spec.dim
         vectors = np.concatenate(state.vectors) if state.vectors else np.zeros((0, d), "<f4")
+        dct = state.dct
+        perceptual = (
+            np.concatenate(state.dct_vectors) if state.dct_vectors else np.zeros((0, dct.dim), "<f4")
+        )
         n_images, n_valid = len(files), state.n_valid
         counts = {
             "members": state.n_members,
@@ -306,10 +320,16 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             "model_sha256": spec.sha256,
             "model_threshold": spec.threshold,
             "model_ccthreshold": spec.ccthreshold,
+            "perceptual": {
+                "model_id": dct.model_id,
+                "sha256": dct.sha256,
+                "d": dct.dim,
+                "input": f"{spec.height}x{spec.width}",
+            },
             "dedupdask_version": __version__,
             "timings": timings,
         }
-        wd.write_archive(src.name, vectors, files, skipped, done)
+        wd.write_archive(src.name, vectors, files, skipped, done, perceptual=perceptual)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, status, counts, archive_error, timings)

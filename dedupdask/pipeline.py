@@ -111,12 +111,37 @@ def _compute(ddf: dd.DataFrame, client: Any, progress: bool, n_tasks: int) -> pd
                 with ProgressBar():
                     return ddf.compute(**kwargs)
             return ddf.compute(**kwargs)
-        future = obj.compute(ddf)
-        if progress:
-            from distributed import progress as dprogress
+        if not progress:
+            return obj.compute(ddf).result()
+        return _compute_with_progress(ddf, obj, n_tasks)
 
-            dprogress(future)
-        return future.result()
+
+def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int) -> pd.DataFrame:
+    """Run the partitions as futures and show archives, images and images/s as they finish.
+
+    The bar is ``tqdm.auto``: a text bar in terminals, a widget in notebooks.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    link = getattr(client, "dashboard_link", None)
+    if link:
+        print(f"dedupdask: {n_tasks} archives on {len(client.scheduler_info()['workers'])} "
+              f"Dask workers; dashboard: {link}", flush=True)
+    futures = client.compute(ddf.to_delayed())
+    parts: list[pd.DataFrame] = []
+    t0 = time.perf_counter()
+    images = failed = 0
+    with tqdm(total=n_tasks, unit="archive", desc="extract", dynamic_ncols=True) as bar:
+        for fut in as_completed(futures):
+            part = fut.result()
+            parts.append(part)
+            images += int(part["images"].sum())
+            failed += int(part["status"].isin(["failed", "partial"]).sum())
+            rate = images / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{images} images, {rate:.0f} img/s" + (f", {failed} failed" if failed else ""))
+            bar.update(1)
+    return pd.concat(parts, ignore_index=True) if parts else SUMMARY_META.copy()
 
 
 def _extract(
@@ -293,15 +318,36 @@ def run(
             return report
     from .results import build
 
-    with _analysis_scheduler(client):
+    with _analysis_scheduler(client, work_dir, config):
         result = build(work_dir, config=config)
     result.extract_report = report
     return result
 
 
+#: Below this many bytes of vectors the analysis runs on local threads even when a cluster is
+#: given: shipping a few MB to fresh workers (which first import dask, pyarrow and dedupdask)
+#: costs seconds, reading them from the memory-mapped files here costs milliseconds.
+LOCAL_ANALYSIS_BYTES = 2**30
+
+
+def _vector_bytes(work_dir: str, config: RunConfig) -> int:
+    """Total size of the ``features.dat`` files in work_dir (one listing call)."""
+    wd = WorkDir(work_dir, config.storage_options)
+    try:
+        entries = wd.fs.ls(wd.path, detail=True)
+    except FileNotFoundError:
+        return 0
+    return sum(int(e.get("size") or 0) for e in entries if str(e["name"]).endswith(SUFFIXES["dat"]))
+
+
 @contextlib.contextmanager
-def _analysis_scheduler(client: Any) -> Iterator[None]:
-    """Make ``client`` the scheduler of the analysis' dask computations."""
+def _analysis_scheduler(client: Any, work_dir: str, config: RunConfig) -> Iterator[None]:
+    """Make ``client`` the scheduler of the analysis' dask computations, when it pays.
+
+    Small work_dirs (< ``LOCAL_ANALYSIS_BYTES`` of vectors) are analysed on local threads.
+    """
+    if client is not None and _vector_bytes(work_dir, config) < LOCAL_ANALYSIS_BYTES:
+        client = "threads"
     if client is None:
         yield
     elif isinstance(client, str) and client in _LOCAL_SCHEDULERS:

@@ -217,9 +217,46 @@ class DedupResult:
             "archives_missing": len(self.missing),
         }
 
-    def galleries(self, save_path: str) -> None:
-        """HTML galleries of duplicates, outliers, components and stats (not yet)."""
-        raise NotImplementedError("comes with the galleries issue")
+    def galleries(
+        self,
+        save_path: str,
+        *,
+        num_images: int = 20,
+        metrics: tuple[str, ...] | list[str] = ("blur", "dark", "bright", "size"),
+        storage_options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write the HTML galleries (duplicates, outliers, components, stats) and an index.
+
+        Thumbnails are read straight from the archives, each archive once; every page is one
+        self-contained HTML file (see :mod:`dedupdask.galleries`).
+
+        Parameters
+        ----------
+        save_path : str
+            Folder to write into (local or URL).
+        num_images : int
+            Rows per page.
+        metrics : sequence of str
+            Stats pages (``blur``, ``dark``, ``bright``, ``size``, ``mean``, ...).
+        storage_options : dict, optional
+            fsspec options for the archives and save_path; default: the run's.
+
+        Returns
+        -------
+        dict of str to Gallery
+            ``duplicates``, ``outliers``, ``components``, one per metric, and ``index``;
+            ``str(gallery)`` is the page's path, and it renders inline in notebooks.
+
+        Examples
+        --------
+        >>> pages = res.galleries("galleries")  # doctest: +SKIP
+        >>> pages["duplicates"]  # doctest: +SKIP
+        """
+        from .galleries import write_galleries
+
+        return write_galleries(
+            self, save_path, num_images=num_images, metrics=metrics, storage_options=storage_options
+        )
 
     def __repr__(self) -> str:
         s = self.summary()

@@ -5,6 +5,7 @@ For an archive named ``<name>`` (its path relative to the input root, ``/`` -> `
 =============================  ===========================================================
 ``<name>features.dat``         raw little-endian float32, row-major N x d (fastdup format)
 ``<name>features.dat.csv``     ``index,filename``: row order of the .dat, index 0..N-1
+``<name>dct.dat``              float32 N x 63 weight-free DCT descriptors, rows as in .dat
 ``<name>features.parquet``     one row per image member (valid or not), columns ``FILE_COLUMNS``
 ``<name>features.bad.csv``     ``index,filename,error_code,filesize`` (fastdup's columns)
 ``<name>skipped.csv``          ``filename,member,reason,filesize``: members that are not images
@@ -45,6 +46,7 @@ __all__ = [
 
 SUFFIXES = {
     "dat": "features.dat",
+    "dct": "dct.dat",
     "csv": "features.dat.csv",
     "parquet": "features.parquet",
     "bad": "features.bad.csv",
@@ -197,6 +199,7 @@ class WorkDir:
         files: pd.DataFrame,
         skipped: pd.DataFrame,
         done: dict[str, Any],
+        perceptual: np.ndarray | None = None,
     ) -> None:
         """Write every file of one archive, ``done.json`` last.
 
@@ -212,11 +215,17 @@ class WorkDir:
             Columns ``filename, member, reason, filesize``.
         done : dict
             The contents of ``done.json``.
+        perceptual : ndarray, optional
+            float32 ``[N, 63]`` DCT descriptors, rows as in ``features``.
         """
         valid = files[files["index"].notna()]
         if len(valid) != features.shape[0]:
             raise ValueError(f"{name}: {len(valid)} valid rows but {features.shape[0]} vectors")
         self.write_bytes(self.file(name, "dat"), np.ascontiguousarray(features, dtype="<f4").tobytes())
+        if perceptual is not None:
+            if perceptual.shape[0] != features.shape[0]:
+                raise ValueError(f"{name}: {perceptual.shape[0]} descriptors for {features.shape[0]} vectors")
+            self.write_bytes(self.file(name, "dct"), np.ascontiguousarray(perceptual, dtype="<f4").tobytes())
         dat_csv = pd.DataFrame({"index": valid["index"].astype("int64"), "filename": valid["filename"]})
         self.write_bytes(self.file(name, "csv"), dat_csv.to_csv(index=False).encode())
         bad = files[files["index"].isna()]
@@ -269,9 +278,9 @@ class WorkDir:
         table = pq.read_table(io.BytesIO(self.read_bytes(self.file(name, "parquet"))))
         return table.to_pandas(types_mapper=_types_mapper)
 
-    def open_features(self, name: str, d: int) -> np.ndarray:
-        """The archive's vectors, memory-mapped when work_dir is local."""
-        path = self.file(name, "dat")
+    def open_features(self, name: str, d: int, which: str = "dat") -> np.ndarray:
+        """The archive's vectors (``which="dct"``: its DCT descriptors), memory-mapped locally."""
+        path = self.file(name, which)
         if self.local:
             import os
 

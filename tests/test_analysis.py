@@ -472,8 +472,6 @@ def test_csv_files(dataset, built):
     assert (bad["error_code"] == "ERROR_CORRUPT_IMAGE").all()
     assert set(bad["filename"]) == {r["filename"] for r in dataset.rows if not r["valid"]}
     assert "DedupResult(" in repr(res) and "12 invalid" in repr(res)
-    with pytest.raises(NotImplementedError):
-        res.galleries(wd)
 
 
 def test_model_thresholds_and_config(dataset, built, tmp_path):
@@ -542,3 +540,57 @@ def test_load_round_trips(built):
     pd.testing.assert_frame_equal(back.stats.compute(), res.stats.compute())
     with pytest.raises(FileNotFoundError, match="run.json"):
         load(wd + "/results")
+
+
+# -- end to end on real extracted images -------------------------------------------------------
+def test_end_to_end_on_sample_shards(tmp_path):
+    from dedupdask.datasets import make_sample_shards
+    from dedupdask.pipeline import extract
+
+    shards = make_sample_shards(str(tmp_path / "shards"))
+    wd = str(tmp_path / "work")
+    extract(shards.root, wd, model_path="dct", client="sync", progress=False)
+    with dask.config.set(scheduler="sync"):
+        res = build(wd, config=RunConfig(run_mode=2, progress=False))
+    index = _index_of(wd)
+    assert len(index) == len(res.components) == res.embeddings.shape[0]
+    pairs = {(a, b) for a, b in zip(res.similarity["from"], res.similarity["to"], strict=True)}
+    comp = res.components.set_index("index")["component_id"]
+    planted = set()
+    for a, b, edit in shards.truth.itertuples(index=False):
+        i, j = sorted((index[a], index[b]))
+        planted.add((i, j))
+        if edit == "exact":
+            assert (i, j) in pairs and comp[i] == comp[j]
+    tp = len(pairs & planted)
+    precision, recall = tp / max(1, len(pairs)), tp / len(planted)
+    print(f"sample shards (dct): precision {precision:.3f}, recall {recall:.3f}")
+    assert precision >= 0.9 and recall >= 0.75
+    bad = set(zip(res.invalid["filename"], res.invalid["error_code"], strict=True))
+    expected = {(f, e) for f, e in shards.broken.itertuples(index=False) if e != "skipped"}
+    assert bad == expected
+    back = load(wd)
+    pd.testing.assert_frame_equal(back.components, res.components)
+
+
+def test_large_exact_groups_stay_bounded():
+    """Groups too large to list every pair become stars; components still hold them whole."""
+    from dedupdask.analyses import components_table, exact_groups, similarity_table
+
+    md5 = ["same"] * 6 + ["x", "y"]
+    groups = exact_groups(md5)
+    reps = groups.reps  # [0, 6, 7]
+    nbr_idx = np.array([[1], [0], [1]])
+    nbr_sim = np.array([[0.95], [0.95], [0.2]], np.float32)
+    names = [f"f{i}" for i in range(8)]
+    full = similarity_table(groups, reps, nbr_idx, nbr_sim, 0.9, names)
+    assert len(full) == 15 + 6  # C(6,2) exact pairs + 6 x 1 expanded near pairs
+    star = similarity_table(groups, reps, nbr_idx, nbr_sim, 0.9, names, max_group_pairs=4)
+    assert len(star) == 5 + 6 and set(star.loc[star["similarity"] == 1.0, "from"]) == {0}
+    comps = components_table(groups, reps, nbr_idx, nbr_sim, 0.9)
+    assert comps["component_size"].tolist() == [7] * 7 + [1]
+
+
+def test_empty_work_dir_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no archive is done"):
+        build(str(tmp_path), config=CFG)

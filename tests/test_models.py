@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +67,7 @@ def test_available_models_and_default():
     assert "dct" in available_models()
 
 
-_EFFNET_MISSING = pytest.mark.skipif(
-    not (Path(__file__).parents[1] / "dedupdask/models/effnet_lite0.onnx").is_file(),
-    reason="effnet_lite0.onnx not exported yet",
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(None, marks=_EFFNET_MISSING),
-        pytest.param("effnet-lite0", marks=_EFFNET_MISSING),
-        "dct",
-    ],
-)
+@pytest.mark.parametrize("name", [None, "effnet-lite0", "dct"])
 def test_resolve_builtin(name):
     spec = resolve_model(name)
     assert spec.model_id == (name or DEFAULT_MODEL)
@@ -179,6 +167,45 @@ def test_dct_committed_file_is_reproducible(tmp_path):
     out = tmp_path / "dct.onnx"
     onnx.save(build_dct_model(), str(out))
     assert file_sha256(out) == resolve_model("dct").sha256
+
+
+# -- EfficientNet-Lite0 ----------------------------------------------------------------------
+
+
+def test_effnet_provenance_matches_file():
+    spec = resolve_model("effnet-lite0")
+    prov = json.loads(Path(spec.path).with_name("effnet_lite0.json").read_text())
+    assert prov["sha256"] == spec.sha256
+    assert prov["input"]["shape"][1:] == [spec.height, spec.width, 3]
+    assert Path(spec.path).with_name("LICENSE-effnet-lite0").is_file()
+    assert "effnet_lite0.onnx" in Path(spec.path).with_name("NOTICE").read_text()
+
+
+def test_effnet_embeddings_normalised():
+    spec = resolve_model("effnet-lite0")
+    x = _batch([_photo(s) for s in range(4)], (spec.height, spec.width))
+    emb = _embed(spec, x)
+    assert emb.shape == (4, 1280) and emb.dtype == np.float32
+    assert np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    # deterministic and batch-independent
+    np.testing.assert_allclose(_embed(spec, x[1:2]), emb[1:2], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["effnet-lite0", "dct"])
+def test_edited_copies_more_similar_than_unrelated(name):
+    spec = resolve_model(name)
+    size = (spec.height, spec.width)
+    originals = [_photo(s, size=320) for s in range(10, 16)]
+    flipped = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in originals]
+    halved = [im.resize((160, 160), Image.BICUBIC) for im in originals]
+    emb = _embed(spec, _batch(originals + flipped + halved, size))
+    n = len(originals)
+    o, f, h = emb[:n], emb[n : 2 * n], emb[2 * n :]
+    near = np.concatenate([(o * f).sum(1), (o * h).sum(1)])
+    sims = o @ o.T
+    unrelated = sims[~np.eye(n, dtype=bool)]
+    assert near.min() > unrelated.max(), (near.min(), unrelated.max())
 
 
 # -- user ONNX files -----------------------------------------------------------------------

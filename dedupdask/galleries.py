@@ -1,0 +1,1022 @@
+"""Gallery stage: self-contained HTML pages of duplicates, outliers, components and stats.
+
+Thumbnails are read straight from the archives (local or ``s3://``, through the run's
+``storage_options``): the wanted members are grouped by archive and each archive is read once
+-- a tar in one streaming pass (:func:`dedupdask.archives.iter_members`) that stops as soon as
+every wanted member was seen, a zip through its central directory, a folder chunk file by
+file -- so nothing has to be extracted to disk first. Each page is one HTML file with the
+thumbnails as ``data:`` URIs (JPEG, longest side 200 px by default), inline CSS, a
+Content-Security-Policy that forbids every external resource and every script, and all text
+escaped: open it from disk, mail it, copy it anywhere. In a notebook the returned
+:class:`Gallery` renders inline.
+
+Page names follow fastdup: ``duplicates.html``, ``outliers.html``, ``components.html`` and
+``<metric>.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import posixpath
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from .archives import ArchiveReadError, clean_name, iter_members
+from .sources import ArchiveSource, archive_kind
+from .store import WorkDir
+
+if TYPE_CHECKING:
+    from .results import DedupResult
+
+__all__ = [
+    "Gallery",
+    "STATS_METRICS",
+    "Thumbnail",
+    "create_components_gallery",
+    "create_duplicates_gallery",
+    "create_outliers_gallery",
+    "create_stats_gallery",
+    "make_thumbnail",
+    "read_thumbnails",
+    "write_galleries",
+]
+
+THUMB_SIDE = 200
+THUMB_QUALITY = 80
+MAX_TEXT = 300  # characters of a caption / name shown (the full text is in the tooltip)
+MAX_TITLE = 2000
+# metric -> (column of the stats table, natural order is descending, description)
+STATS_METRICS: dict[str, tuple[str, bool, str]] = {
+    "blur": ("blur", False, "variance of the Laplacian, low = blurry"),
+    "dark": ("mean", False, "mean grey level"),
+    "bright": ("mean", True, "mean grey level"),
+    "mean": ("mean", False, "mean grey level"),
+    "min": ("min", False, "minimum grey level"),
+    "max": ("max", False, "maximum grey level"),
+    "stdv": ("stdv", False, "standard deviation of the grey levels"),
+    "unique": ("unique", False, "distinct grey levels"),
+    "contrast": ("contrast", False, "Michelson contrast"),
+    "size": ("size", False, "width x height in pixels"),
+    "width": ("width", False, "width in pixels"),
+    "height": ("height", False, "height in pixels"),
+    "file_size": ("file_size", False, "encoded size in bytes"),
+}
+DEFAULT_METRICS = ("blur", "dark", "bright", "size")
+_INFO_COLS = ["filename", "archive", "member", "caption", "width", "height", "file_size", "index"]
+Key = tuple[str, str, int]  # (archive url, member name, occurrence of that name in the archive)
+
+
+# -- the returned object ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gallery:
+    """One written gallery page.
+
+    ``str(g)`` and ``os.fspath(g)`` give the path of the HTML file; in a notebook the gallery
+    renders inline (``_repr_html_``).
+
+    Attributes
+    ----------
+    path : str
+        Where the page was written (local path or URL).
+    html : str
+        The page's body: a ``<div class="ddk-gallery">`` with its own scoped ``<style>``.
+    title : str
+        Page title.
+    n_rows : int
+        Rows shown (pairs, outliers, components or images).
+    n_thumbnails, n_missing : int
+        Thumbnails shown, and placeholders shown instead of a thumbnail.
+
+    Examples
+    --------
+    >>> g = create_duplicates_gallery("work", "galleries")  # doctest: +SKIP
+    >>> str(g)  # doctest: +SKIP
+    'galleries/duplicates.html'
+    """
+
+    path: str
+    html: str
+    title: str = ""
+    n_rows: int = 0
+    n_thumbnails: int = 0
+    n_missing: int = 0
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return (
+            f"Gallery({self.path!r}: {self.n_rows} rows, {self.n_thumbnails} thumbnails, "
+            f"{self.n_missing} missing)"
+        )
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A thumbnail as a ``data:`` URI, or the reason there is none."""
+
+    uri: str | None = None
+    width: int = 0
+    height: int = 0
+    reason: str | None = None
+
+
+# -- thumbnails -------------------------------------------------------------------------------------
+def make_thumbnail(
+    data: bytes,
+    *,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+    max_image_pixels: int = 100_000_000,
+) -> Thumbnail:
+    """Decode an encoded image and return a JPEG thumbnail as a ``data:`` URI.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded image (any format Pillow reads).
+    max_side : int
+        Longest side of the thumbnail in pixels.
+    quality : int
+        JPEG quality.
+    max_image_pixels : int
+        Larger images are not decoded (a placeholder says why).
+
+    Returns
+    -------
+    Thumbnail
+        ``uri`` set, or ``reason`` set when the bytes cannot be shown.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (640, 320)).save(buf, "PNG")
+    >>> t = make_thumbnail(buf.getvalue())
+    >>> (t.width, t.height, t.uri[:23])
+    (200, 100, 'data:image/jpeg;base64,')
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_image_pixels:
+                return Thumbnail(reason=f"{w}x{h} image is larger than {max_image_pixels} pixels")
+            if im.format == "JPEG":
+                im.draft("RGB", (2 * max_side, 2 * max_side))  # decode at a reduced scale
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                im = Image.new("RGB", rgba.size, (255, 255, 255))
+                im.paste(rgba, mask=rgba.getchannel("A"))
+            elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+                im = Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+            elif im.mode != "RGB":
+                im = im.convert("RGB")
+            im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=quality)
+    except Exception as e:  # noqa: BLE001 - any undecodable image becomes a placeholder
+        return Thumbnail(reason=f"cannot decode image: {type(e).__name__}: {e}")
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return Thumbnail(uri=uri, width=im.width, height=im.height)
+
+
+def _source_for(url: str) -> ArchiveSource:
+    return ArchiveSource(url=url, name="", kind=archive_kind(url) or "folder")
+
+
+def _read_tar(
+    url: str, wanted: set[tuple[str, int]], so: dict[str, Any], opts: dict[str, Any]
+) -> dict[tuple[str, int], Thumbnail]:
+    """One streaming pass over a tar, stopped as soon as every wanted member was seen."""
+    out: dict[tuple[str, int], Thumbnail] = {}
+    left = set(wanted)
+    seen: Counter[str] = Counter()
+    failure = None
+    gen = iter_members(_source_for(url), so, max_member_bytes=opts["max_member_bytes"])
+    try:
+        for m in gen:
+            if m.kind != "file":
+                continue
+            k = (m.name, seen[m.name])
+            seen[m.name] += 1
+            if k not in left:
+                continue
+            left.discard(k)
+            if m.data is None:
+                out[k] = Thumbnail(reason=m.error or "member could not be read")
+            else:
+                out[k] = make_thumbnail(m.data, **opts["thumb"])
+            if not left:
+                break
+    except ArchiveReadError as e:
+        failure = f"archive broken before this member: {e}"
+    except OSError as e:
+        failure = f"cannot read archive: {type(e).__name__}: {e}"
+    finally:
+        gen.close()
+    for k in left:
+        out[k] = Thumbnail(reason=failure or "member not found in the archive")
+    return out
+
+
+def _read_zip(
+    url: str, wanted: set[tuple[str, int]], so: dict[str, Any], opts: dict[str, Any]
+) -> dict[tuple[str, int], Thumbnail]:
+    """Random access through the zip's central directory: only the wanted members are read."""
+    import zipfile
+
+    out: dict[tuple[str, int], Thumbnail] = {}
+    limit = opts["max_member_bytes"]
+    try:
+        with fsspec.open(url, "rb", **so) as f, zipfile.ZipFile(f) as zf:
+            seen: Counter[str] = Counter()
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                name = clean_name(info.filename)
+                k = (name, seen[name])
+                seen[name] += 1
+                if k not in wanted:
+                    continue
+                if info.file_size > limit:
+                    out[k] = Thumbnail(reason=f"member of {info.file_size} bytes exceeds {limit}")
+                    continue
+                try:
+                    with zf.open(info) as mf:
+                        data = mf.read(limit + 1)
+                except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError,
+                        RuntimeError, OSError) as e:  # fmt: skip
+                    out[k] = Thumbnail(reason=f"cannot read zip member: {e}")
+                    continue
+                out[k] = make_thumbnail(data, **opts["thumb"])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
+        reason = f"cannot read archive: {type(e).__name__}: {e}"
+        return {k: out.get(k, Thumbnail(reason=reason)) for k in wanted}
+    return {k: out.get(k, Thumbnail(reason="member not found in the archive")) for k in wanted}
+
+
+def _read_folder(
+    url: str, wanted: set[tuple[str, int]], so: dict[str, Any], opts: dict[str, Any]
+) -> dict[tuple[str, int], Thumbnail]:
+    """Loose images: read each wanted file."""
+    out: dict[tuple[str, int], Thumbnail] = {}
+    limit = opts["max_member_bytes"]
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **so)
+    except Exception as e:  # noqa: BLE001 - bad URL / options: placeholders, not a crash
+        return {k: Thumbnail(reason=f"cannot open {url}: {e}") for k in wanted}
+    for k in wanted:
+        path = posixpath.join(root.rstrip("/"), k[0])
+        try:
+            with fs.open(path, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError as e:
+            out[k] = Thumbnail(reason=f"cannot read file: {type(e).__name__}: {e}")
+            continue
+        if len(data) > limit:
+            out[k] = Thumbnail(reason=f"file exceeds {limit} bytes")
+            continue
+        out[k] = make_thumbnail(data, **opts["thumb"])
+    return out
+
+
+def _read_one_archive(
+    url: str, wanted: set[tuple[str, int]], so: dict[str, Any], opts: dict[str, Any]
+) -> dict[Key, Thumbnail]:
+    kind = archive_kind(url)
+    reader = _read_tar if kind == "tar" else _read_zip if kind == "zip" else _read_folder
+    try:
+        got = reader(url, wanted, so, opts)
+    except Exception as e:  # noqa: BLE001 - whatever breaks, the page is still written
+        got = {k: Thumbnail(reason=f"cannot read archive: {type(e).__name__}: {e}") for k in wanted}
+    return {(url, name, occ): t for (name, occ), t in got.items()}
+
+
+def read_thumbnails(
+    wanted: Iterable[Key],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+    max_member_bytes: int = 256 * 2**20,
+    max_image_pixels: int = 100_000_000,
+    max_workers: int = 8,
+) -> dict[Key, Thumbnail]:
+    """Thumbnails of archive members, each archive read once (archives in parallel threads).
+
+    Parameters
+    ----------
+    wanted : iterable of (archive url, member name, occurrence)
+        ``occurrence`` tells apart members of one archive that share a name (0 = the first).
+        For a folder chunk the "archive" is the folder URL and the member the relative path.
+    storage_options : dict, optional
+        fsspec options (the run's).
+    max_side, quality : int
+        Thumbnail size and JPEG quality.
+    max_member_bytes, max_image_pixels : int
+        Larger members / images get a placeholder.
+    max_workers : int
+        Archives read at the same time.
+
+    Returns
+    -------
+    dict
+        One :class:`Thumbnail` per wanted key; failures have ``reason`` set, nothing raises.
+
+    Examples
+    --------
+    >>> t = read_thumbnails([("shards/00000.tar", "000000000.jpg", 0)])  # doctest: +SKIP
+    """
+    so = dict(storage_options or {})
+    by_archive: dict[str, set[tuple[str, int]]] = {}
+    for url, name, occ in wanted:
+        by_archive.setdefault(url, set()).add((name, int(occ)))
+    opts = {
+        "max_member_bytes": max_member_bytes,
+        "thumb": {"max_side": max_side, "quality": quality, "max_image_pixels": max_image_pixels},
+    }
+    out: dict[Key, Thumbnail] = {}
+    if not by_archive:
+        return out
+    n = max(1, min(max_workers, len(by_archive)))
+    if n == 1:
+        for url, w in by_archive.items():
+            out.update(_read_one_archive(url, w, so, opts))
+        return out
+    with ThreadPoolExecutor(n, thread_name_prefix="dedupdask-thumbs") as ex:
+        for part in ex.map(lambda kv: _read_one_archive(kv[0], kv[1], so, opts), by_archive.items()):
+            out.update(part)
+    return out
+
+
+# -- which images: global index -> archive, member, caption... ---------------------------------------
+def _image_info(res: DedupResult, indices: Iterable[int]) -> pd.DataFrame:
+    """Rows of the per-archive Parquet files for global ``indices`` (only their archives read).
+
+    Returns a frame indexed by global index with ``_INFO_COLS`` plus ``occ`` (occurrence of the
+    member name in its archive).
+    """
+    idx = np.unique(np.asarray(list(indices), dtype=np.int64))
+    cols = [*_INFO_COLS, "occ"]
+    if idx.size == 0:
+        return pd.DataFrame(columns=cols).set_index("index")
+    archives = res.run.get("archives") or []
+    offsets = np.array([int(a["offset"]) for a in archives], dtype=np.int64)
+    pos = np.searchsorted(offsets, idx, side="right") - 1
+    need = sorted({int(p) for p in pos if p >= 0})
+    import dask
+
+    files = res.files
+    parts = dask.compute(*[files.partitions[p] for p in need], scheduler="threads")
+    frames = []
+    for df in parts:
+        df = df.reset_index(drop=True)
+        df["occ"] = df.groupby("member", sort=False, dropna=False).cumcount()
+        df = df[df["index"].notna()]
+        frames.append(df.loc[df["index"].isin(idx), cols])
+    info = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    info["index"] = info["index"].astype("int64")
+    return info.set_index("index")
+
+
+# -- HTML ---------------------------------------------------------------------------------------------
+_CSS = """
+.ddk-gallery{font:13px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
+ background:#f6f7f9;padding:12px 16px;box-sizing:border-box}
+.ddk-gallery *{box-sizing:border-box}
+.ddk-gallery h1{font-size:20px;margin:4px 0 2px}
+.ddk-gallery .meta{color:#5b6570;margin:0 0 12px}
+.ddk-gallery .row{background:#fff;border:1px solid #dde1e6;border-radius:6px;margin:0 0 10px;
+ padding:8px 10px;content-visibility:auto;contain-intrinsic-size:auto 300px}
+.ddk-gallery .label{font-weight:600;margin:0 0 6px}
+.ddk-gallery .label .sim{color:#0b62c4}
+.ddk-gallery .cards{display:flex;flex-wrap:wrap;gap:10px}
+.ddk-gallery .card{margin:0;width:212px}
+.ddk-gallery .thumb{width:212px;height:212px;display:flex;align-items:center;justify-content:center;
+ background:#eef0f3;border-radius:4px;overflow:hidden}
+.ddk-gallery .thumb img{max-width:200px;max-height:200px;display:block}
+.ddk-gallery .ph{color:#a0321e;font-size:12px;padding:8px;text-align:center;word-break:break-word}
+.ddk-gallery figcaption{margin-top:4px;font-size:12px;word-break:break-all}
+.ddk-gallery figcaption div{margin:1px 0}
+.ddk-gallery .name{font-weight:600}
+.ddk-gallery .note{color:#a0321e;font-size:11px;text-transform:uppercase;letter-spacing:.03em}
+.ddk-gallery .arc,.ddk-gallery .size{color:#5b6570}
+.ddk-gallery .cap{font-style:italic;word-break:break-word}
+.ddk-gallery .more{align-self:center;color:#5b6570}
+.ddk-gallery .rows.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(236px,1fr));gap:10px}
+.ddk-gallery .rows.pairs{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:10px}
+.ddk-gallery .rows.grid .row,.ddk-gallery .rows.pairs .row{margin:0}
+.ddk-gallery .empty{color:#5b6570;font-style:italic}
+.ddk-gallery a{color:#0b62c4}
+"""
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(text: Any, limit: int = MAX_TEXT) -> str:
+    s = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    if len(s) > limit:
+        s = s[: limit - 1] + "\u2026"
+    return html.escape(s, quote=True)
+
+
+def _human_bytes(n: Any) -> str:
+    try:
+        v = float(n)
+    except (TypeError, ValueError):
+        return ""
+    if np.isnan(v):
+        return ""
+    for unit in ("B", "kB", "MB", "GB"):
+        if v < 1000 or unit == "GB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1000
+    return ""  # pragma: no cover
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+@dataclass
+class _Card:
+    index: int
+    note: str = ""  # e.g. "blur 12.3" or "nearest"
+
+
+@dataclass
+class _Row:
+    label: str  # already HTML (escaped pieces)
+    cards: list[_Card]
+    more: int = 0
+
+
+@dataclass
+class _Plan:
+    """A page before thumbnails are read: its rows and the text above them."""
+
+    name: str  # file stem
+    title: str
+    meta: str
+    rows: list[_Row]
+    layout: str = ""  # "", "grid" (one image per row) or "pairs" (two images per row)
+    empty: str = "nothing to show"
+    indices: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.indices = {c.index for r in self.rows for c in r.cards}
+
+
+def _card_html(card: _Card, info: pd.DataFrame, thumbs: Mapping[Key, Thumbnail]) -> tuple[str, bool]:
+    if card.index in info.index:
+        r = info.loc[card.index]
+        key = (str(r["archive"]), str(r["member"]), int(r["occ"]))
+        t = thumbs.get(key, Thumbnail(reason="thumbnail not read"))
+        member, archive, filename = r["member"], r["archive"], r["filename"]
+        caption = None if _is_missing(r["caption"]) else r["caption"]
+        w, h, fsize = r["width"], r["height"], r["file_size"]
+    else:
+        t = Thumbnail(reason=f"image {card.index} is not in the work_dir's files")
+        member = archive = filename = caption = None
+        w = h = fsize = None
+    alt = _e(member or card.index)
+    if t.uri:
+        img = (f'<img src="{t.uri}" width="{t.width}" height="{t.height}" alt="{alt}" '
+               f'decoding="async">')  # fmt: skip
+    else:
+        img = f'<div class="ph">no thumbnail: {_e(t.reason)}</div>'
+    lines = []
+    if card.note:
+        lines.append(f'<div class="note">{card.note}</div>')
+    lines.append(f'<div class="name" title="{_e(filename, MAX_TITLE)}">{_e(member)}</div>')
+    if archive is not None:
+        base = posixpath.basename(str(archive).rstrip("/")) or str(archive)
+        lines.append(f'<div class="arc" title="{_e(archive, MAX_TITLE)}">{_e(base)} '
+                     f"&middot; #{card.index}</div>")  # fmt: skip
+    if caption:
+        lines.append(f'<div class="cap" title="{_e(caption, MAX_TITLE)}">{_e(caption)}</div>')
+    size = []
+    if not _is_missing(w) and not _is_missing(h):
+        size.append(f"{int(w)}\u00d7{int(h)}")
+    if not _is_missing(fsize):
+        size.append(_human_bytes(fsize))
+    if size:
+        lines.append(f'<div class="size">{_e(" · ".join(size))}</div>')
+    body = "".join(lines)
+    return (f'<figure class="card" data-index="{card.index}"><div class="thumb">{img}</div>'
+            f"<figcaption>{body}</figcaption></figure>"), t.uri is not None  # fmt: skip
+
+
+def _render(plan: _Plan, info: pd.DataFrame, thumbs: Mapping[Key, Thumbnail]) -> tuple[str, int, int]:
+    parts = [f'<div class="ddk-gallery"><style>{_CSS}</style>',
+             f"<h1>{_e(plan.title)}</h1>", f'<p class="meta">{plan.meta}</p>']  # fmt: skip
+    shown = missing = 0
+    if not plan.rows:
+        parts.append(f'<p class="empty">{_e(plan.empty)}</p>')
+    parts.append(f'<div class="rows {plan.layout}">' if plan.layout else '<div class="rows">')
+    for i, row in enumerate(plan.rows):
+        cards = []
+        for c in row.cards:
+            s, ok = _card_html(c, info, thumbs)
+            cards.append(s)
+            shown += ok
+            missing += not ok
+        more = f'<div class="more">+{row.more} more</div>' if row.more else ""
+        parts.append(f'<div class="row" data-row="{i}"><div class="label">{row.label}</div>'
+                     f'<div class="cards">{"".join(cards)}{more}</div></div>')  # fmt: skip
+    parts.append("</div></div>")
+    return "".join(parts), shown, missing
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="dedupdask"><title>{_e(title)}</title>'
+        "<style>body{margin:0;background:#f6f7f9}</style></head>\n<body>\n"
+        f"{body}\n</body></html>\n"
+    )
+
+
+# -- output ----------------------------------------------------------------------------------------
+def _out_dir(save_path: str | os.PathLike[str], so: dict[str, Any]) -> tuple[WorkDir, str | None]:
+    """(folder, explicit file name or None): a ``save_path`` ending in ``.html`` is the file."""
+    p = os.fspath(save_path)
+    if p.lower().endswith((".html", ".htm")):
+        folder, fname = posixpath.split(p.replace(os.sep, "/")) if "://" in p else os.path.split(p)
+        return WorkDir(folder or ".", so), fname
+    return WorkDir(p, so), None
+
+
+def _write(out: WorkDir, fname: str, text: str) -> str:
+    out.makedirs()
+    path = out.join(fname)
+    out.write_bytes(path, text.encode("utf-8"))
+    return path if out.local else out.fs.unstrip_protocol(path)
+
+
+def _resolve(
+    result_or_work_dir: Any, storage_options: dict[str, Any] | None
+) -> tuple[DedupResult, dict[str, Any]]:
+    from .results import DedupResult, load
+
+    if isinstance(result_or_work_dir, DedupResult):
+        res = result_or_work_dir
+        if storage_options is None:
+            storage_options = res._collection.work_dir.storage_options
+    elif isinstance(result_or_work_dir, (str, os.PathLike)):
+        res = load(os.fspath(result_or_work_dir), storage_options)
+    else:
+        raise TypeError(
+            "result_or_work_dir must be a DedupResult or a work_dir path, "
+            f"got {type(result_or_work_dir).__name__}"
+        )
+    return res, dict(storage_options or {})
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _meta(res: DedupResult, text: str) -> str:
+    return (f"{_e(text, MAX_TITLE)} &middot; work_dir <code>{_e(res.work_dir, MAX_TITLE)}</code> "
+            f"&middot; {time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
+
+
+def _materialise(
+    plans: Sequence[_Plan],
+    res: DedupResult,
+    so: dict[str, Any],
+    save_path: str | os.PathLike[str],
+    thumb_opts: dict[str, Any],
+) -> list[Gallery]:
+    """Read the thumbnails of all plans in one pass per archive, render and write the pages."""
+    indices = set().union(*(p.indices for p in plans)) if plans else set()
+    info = _image_info(res, indices)
+    keys = {(str(r.archive), str(r.member), int(r.occ)) for r in info.itertuples()}
+    thumbs = read_thumbnails(keys, so, **thumb_opts)
+    out, fname = _out_dir(save_path, so)
+    galleries = []
+    for plan in plans:
+        body, shown, missing = _render(plan, info, thumbs)
+        name = fname if (fname and len(plans) == 1) else f"{plan.name}.html"
+        path = _write(out, name, _page(plan.title, body))
+        galleries.append(Gallery(path, body, plan.title, len(plan.rows), shown, missing))
+    return galleries
+
+
+def _thumb_opts(max_side: int, quality: int) -> dict[str, Any]:
+    if not 8 <= int(max_side) <= 2048:
+        raise ValueError(f"max_side must be in [8, 2048], got {max_side!r}")
+    if not 1 <= int(quality) <= 95:
+        raise ValueError(f"quality must be in [1, 95], got {quality!r}")
+    return {"max_side": int(max_side), "quality": int(quality)}
+
+
+# -- plans -----------------------------------------------------------------------------------------
+def _sim(v: float) -> str:
+    return f'<span class="sim">similarity {v:.4f}</span>'
+
+
+def _plan_duplicates(
+    res: DedupResult, num_images: int, descending: bool, threshold: float | None
+) -> _Plan:
+    sim = res.similarity
+    if threshold is not None:
+        sim = sim[sim["similarity"] >= float(threshold)]
+    total = len(sim)
+    sim = sim.sort_values(["similarity", "from", "to"], ascending=[not descending, True, True],
+                          kind="stable").head(num_images)  # fmt: skip
+    rows = [
+        _Row(f"#{i + 1} &middot; {_sim(float(s))}", [_Card(int(a)), _Card(int(b))])
+        for i, (a, b, s) in enumerate(zip(sim["from"], sim["to"], sim["similarity"], strict=True))
+    ]
+    cond = f"similarity \u2265 {threshold}" if threshold is not None else (
+        f"similarity \u2265 {res.params.get('threshold', '?')} (the run's threshold)")
+    meta = _meta(res, f"{len(rows)} of {total} similar pairs, {cond}, "
+                      f"{'most' if descending else 'least'} similar first")  # fmt: skip
+    return _Plan("duplicates", "Duplicates and near-duplicates", meta, rows, layout="pairs",
+                 empty="no pair of images is above the threshold")  # fmt: skip
+
+
+def _plan_outliers(
+    res: DedupResult, num_images: int, descending: bool, threshold: float | None
+) -> _Plan:
+    out = res.outliers
+    if threshold is not None:
+        out = out[out["similarity"] <= float(threshold)]
+    total = len(out)
+    out = out.sort_values(["similarity", "index"], ascending=[not descending, True],
+                          kind="stable").head(num_images)  # fmt: skip
+    rows = [
+        _Row(f"#{i + 1} &middot; nearest neighbour {_sim(float(s))}",
+             [_Card(int(a), "outlier"), _Card(int(b), "its nearest neighbour")])  # fmt: skip
+        for i, (a, b, s) in enumerate(zip(out["index"], out["nearest"], out["similarity"], strict=True))
+    ]
+    cond = f", similarity \u2264 {threshold}" if threshold is not None else ""
+    meta = _meta(res, f"{len(rows)} of {total} outliers{cond}, "
+                      f"{'least' if not descending else 'most'} similar to their nearest neighbour first")  # fmt: skip
+    return _Plan("outliers", "Outliers", meta, rows, layout="pairs", empty="no outlier")
+
+
+def _plan_components(
+    res: DedupResult, num_images: int, descending: bool, min_items: int, max_items: int
+) -> _Plan:
+    comp = res.components
+    comp = comp[comp["component_size"] >= max(1, min_items)]
+    sizes = comp.groupby("component_id", sort=False)["component_size"].first()
+    total = len(sizes)
+    order = sizes.reset_index().sort_values(
+        ["component_size", "component_id"], ascending=[not descending, True], kind="stable"
+    ).head(num_images)
+    members = comp[comp["component_id"].isin(order["component_id"])].sort_values("index")
+    groups = {cid: g["index"].to_numpy() for cid, g in members.groupby("component_id", sort=False)}
+    # similarity range of the pairs (above the run's threshold) inside each shown component
+    cid_of = pd.Series(members["component_id"].to_numpy(), index=members["index"].to_numpy())
+    sim = res.similarity
+    sim = sim[sim["from"].isin(cid_of.index) & sim["to"].isin(cid_of.index)]
+    ca = cid_of.reindex(sim["from"].to_numpy()).to_numpy()
+    cb = cid_of.reindex(sim["to"].to_numpy()).to_numpy()
+    inside = sim.loc[ca == cb].assign(cid=ca[ca == cb])
+    rng = inside.groupby("cid")["similarity"].agg(["min", "max"])
+    rows = []
+    for i, (cid, size) in enumerate(zip(order["component_id"], order["component_size"], strict=True)):
+        idx = groups.get(cid, np.empty(0, np.int64))
+        label = f"#{i + 1} &middot; component {_e(cid)} &middot; {int(size)} images"
+        if cid in rng.index:
+            lo, hi = float(rng.loc[cid, "min"]), float(rng.loc[cid, "max"])
+            text = f"similarity {lo:.4f}" if abs(hi - lo) < 5e-5 else f"similarity {lo:.4f}\u2013{hi:.4f}"
+            label += f' &middot; <span class="sim">{text}</span>'
+        rows.append(_Row(label, [_Card(int(x)) for x in idx[:max_items]], max(0, len(idx) - max_items)))
+    meta = _meta(res, f"{len(rows)} of {total} components with at least {min_items} images, "
+                      f"{'largest' if descending else 'smallest'} first; ccthreshold "
+                      f"{res.params.get('ccthreshold', '?')}")  # fmt: skip
+    return _Plan("components", "Components (clusters of near-duplicates)", meta, rows,
+                 empty=f"no component with at least {min_items} images")  # fmt: skip
+
+
+def _stats_table(res: DedupResult) -> pd.DataFrame:
+    st = getattr(res, "_images", None)
+    if st is None:  # pragma: no cover - a DedupResult always has it
+        st = res.stats.compute()
+    return st
+
+
+def _plan_stats(
+    res: DedupResult, metric: str, num_images: int, descending: bool | None, threshold: float | None
+) -> _Plan:
+    if metric not in STATS_METRICS:
+        raise ValueError(f"metric must be one of {sorted(STATS_METRICS)}, got {metric!r}")
+    col, natural_desc, what = STATS_METRICS[metric]
+    desc = natural_desc if descending is None else bool(descending)
+    st = _stats_table(res)
+    values = (st["width"].astype("float64") * st["height"].astype("float64")) if col == "size" \
+        else st[col].astype("float64")  # fmt: skip
+    df = pd.DataFrame({"index": st["index"].astype("int64").to_numpy(), "value": values.to_numpy()})
+    df = df[~np.isnan(df["value"].to_numpy(dtype="float64", na_value=np.nan))]
+    if threshold is not None:
+        df = df[df["value"] >= float(threshold)] if desc else df[df["value"] <= float(threshold)]
+    total = len(df)
+    df = df.sort_values(["value", "index"], ascending=[not desc, True], kind="stable").head(num_images)
+    shown_name = "mean" if metric in ("dark", "bright") else metric
+
+    def fmt(v: float) -> str:
+        return f"{v:.0f}" if col in ("size", "width", "height", "file_size", "unique") else f"{v:.3f}"
+
+    rows = [
+        _Row(f'#{i + 1} &middot; <span class="sim">{_e(shown_name)} {fmt(v)}</span>', [_Card(int(x))])
+        for i, (x, v) in enumerate(zip(df["index"], df["value"], strict=True))
+    ]
+    cond = ""
+    if threshold is not None:
+        op = "\u2265" if desc else "\u2264"
+        cond = f", {shown_name} {op} {threshold}"
+    meta = _meta(res, f"{len(rows)} of {total} images by {shown_name} ({what}){cond}, "
+                      f"{'highest' if desc else 'lowest'} first")  # fmt: skip
+    return _Plan(metric, f"Images by {metric}", meta, rows, layout="grid", empty="no image")
+
+
+# -- public functions ------------------------------------------------------------------------------
+def create_duplicates_gallery(
+    result_or_work_dir: DedupResult | str | os.PathLike[str],
+    save_path: str | os.PathLike[str],
+    *,
+    num_images: int = 20,
+    descending: bool = True,
+    threshold: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+) -> Gallery:
+    """Write ``duplicates.html``: the most similar pairs, side by side.
+
+    Parameters
+    ----------
+    result_or_work_dir : DedupResult or str
+        A result, or a work_dir that run_mode=2 has analysed (read with :func:`dedupdask.load`).
+    save_path : str
+        Folder to write into (created; local or URL), or a file name ending in ``.html``.
+    num_images : int
+        Pairs shown (fastdup's name).
+    descending : bool
+        Most similar pairs first.
+    threshold : float, optional
+        Only pairs with similarity >= threshold (default: all pairs of the run, which are
+        above the run's ``threshold``).
+    storage_options : dict, optional
+        fsspec options for the archives and save_path; default: the result's.
+    max_side, quality : int
+        Thumbnail size in pixels and JPEG quality.
+
+    Returns
+    -------
+    Gallery
+        ``str()`` is the path of the page; renders inline in notebooks.
+
+    Examples
+    --------
+    >>> import dedupdask as ddk
+    >>> g = ddk.create_duplicates_gallery("work", "galleries", num_images=50)  # doctest: +SKIP
+    >>> g  # in a notebook: the gallery itself  # doctest: +SKIP
+    """
+    res, so = _resolve(result_or_work_dir, storage_options)
+    plan = _plan_duplicates(res, _check_count("num_images", num_images), descending, threshold)
+    return _materialise([plan], res, so, save_path, _thumb_opts(max_side, quality))[0]
+
+
+def create_outliers_gallery(
+    result_or_work_dir: DedupResult | str | os.PathLike[str],
+    save_path: str | os.PathLike[str],
+    *,
+    num_images: int = 20,
+    descending: bool = False,
+    threshold: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+) -> Gallery:
+    """Write ``outliers.html``: each outlier next to its nearest neighbour.
+
+    Parameters
+    ----------
+    result_or_work_dir : DedupResult or str
+        A result, or an analysed work_dir.
+    save_path : str
+        Folder (or ``.html`` file) to write.
+    num_images : int
+        Outliers shown.
+    descending : bool
+        False (default): the strongest outliers (least similar to anything) first.
+    threshold : float, optional
+        Only outliers whose nearest-neighbour similarity is <= threshold.
+    storage_options : dict, optional
+        fsspec options; default: the result's.
+    max_side, quality : int
+        Thumbnail size and JPEG quality.
+
+    Returns
+    -------
+    Gallery
+
+    Examples
+    --------
+    >>> g = create_outliers_gallery(res, "galleries")  # doctest: +SKIP
+    """
+    res, so = _resolve(result_or_work_dir, storage_options)
+    plan = _plan_outliers(res, _check_count("num_images", num_images), descending, threshold)
+    return _materialise([plan], res, so, save_path, _thumb_opts(max_side, quality))[0]
+
+
+def create_components_gallery(
+    result_or_work_dir: DedupResult | str | os.PathLike[str],
+    save_path: str | os.PathLike[str],
+    *,
+    num_images: int = 20,
+    descending: bool = True,
+    min_items: int = 2,
+    max_items: int = 12,
+    storage_options: dict[str, Any] | None = None,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+) -> Gallery:
+    """Write ``components.html``: clusters of near-duplicates, one row per component.
+
+    Parameters
+    ----------
+    result_or_work_dir : DedupResult or str
+        A result, or an analysed work_dir.
+    save_path : str
+        Folder (or ``.html`` file) to write.
+    num_images : int
+        Components shown.
+    descending : bool
+        Largest components first.
+    min_items : int
+        Smallest component shown (fastdup's name); 2 hides singletons.
+    max_items : int
+        Images shown per component (the rest is counted).
+    storage_options : dict, optional
+        fsspec options; default: the result's.
+    max_side, quality : int
+        Thumbnail size and JPEG quality.
+
+    Returns
+    -------
+    Gallery
+
+    Examples
+    --------
+    >>> g = create_components_gallery(res, "galleries", min_items=3)  # doctest: +SKIP
+    """
+    res, so = _resolve(result_or_work_dir, storage_options)
+    plan = _plan_components(res, _check_count("num_images", num_images), descending,
+                            _check_count("min_items", min_items), _check_count("max_items", max_items))  # fmt: skip
+    return _materialise([plan], res, so, save_path, _thumb_opts(max_side, quality))[0]
+
+
+def create_stats_gallery(
+    result_or_work_dir: DedupResult | str | os.PathLike[str],
+    save_path: str | os.PathLike[str],
+    *,
+    metric: str = "blur",
+    num_images: int = 20,
+    descending: bool | None = None,
+    threshold: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+) -> Gallery:
+    """Write ``<metric>.html``: the images at one end of an image statistic.
+
+    Parameters
+    ----------
+    result_or_work_dir : DedupResult or str
+        A result, or an analysed work_dir.
+    save_path : str
+        Folder (or ``.html`` file) to write.
+    metric : str
+        One of :data:`STATS_METRICS`: ``blur``, ``dark`` / ``bright`` (the ``mean`` grey level,
+        lowest / highest first), ``size`` (width x height), ``mean``, ``min``, ``max``,
+        ``stdv``, ``unique``, ``contrast``, ``width``, ``height``, ``file_size``.
+    num_images : int
+        Images shown.
+    descending : bool, optional
+        Highest values first; default: the metric's natural order (ascending, except
+        ``bright``).
+    threshold : float, optional
+        Only images with value <= threshold (ascending) or >= threshold (descending), e.g.
+        ``metric="blur", threshold=50``.
+    storage_options : dict, optional
+        fsspec options; default: the result's.
+    max_side, quality : int
+        Thumbnail size and JPEG quality.
+
+    Returns
+    -------
+    Gallery
+
+    Examples
+    --------
+    >>> g = create_stats_gallery(res, "galleries", metric="dark")  # doctest: +SKIP
+    >>> str(g)  # doctest: +SKIP
+    'galleries/dark.html'
+    """
+    res, so = _resolve(result_or_work_dir, storage_options)
+    plan = _plan_stats(res, metric, _check_count("num_images", num_images), descending, threshold)
+    return _materialise([plan], res, so, save_path, _thumb_opts(max_side, quality))[0]
+
+
+def write_galleries(
+    result_or_work_dir: DedupResult | str | os.PathLike[str],
+    save_path: str | os.PathLike[str],
+    *,
+    num_images: int = 20,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    storage_options: dict[str, Any] | None = None,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+) -> dict[str, Gallery]:
+    """Write every gallery plus an ``index.html`` linking them, reading each archive once.
+
+    Parameters
+    ----------
+    result_or_work_dir : DedupResult or str
+        A result, or an analysed work_dir.
+    save_path : str
+        Folder to write into.
+    num_images : int
+        Rows per page.
+    metrics : sequence of str
+        Stats pages to write (:data:`STATS_METRICS`).
+    storage_options : dict, optional
+        fsspec options; default: the result's.
+    max_side, quality : int
+        Thumbnail size and JPEG quality.
+
+    Returns
+    -------
+    dict of str to Gallery
+        ``duplicates``, ``outliers``, ``components``, one per metric, and ``index``.
+
+    Examples
+    --------
+    >>> pages = write_galleries("work", "galleries")  # doctest: +SKIP
+    >>> str(pages["index"])  # doctest: +SKIP
+    'galleries/index.html'
+    """
+    p = os.fspath(save_path)
+    if p.lower().endswith((".html", ".htm")):
+        raise ValueError(f"save_path must be a folder for several galleries, got {p!r}")
+    res, so = _resolve(result_or_work_dir, storage_options)
+    n = _check_count("num_images", num_images)
+    for m in metrics:
+        if m not in STATS_METRICS:
+            raise ValueError(f"metric must be one of {sorted(STATS_METRICS)}, got {m!r}")
+    plans = [
+        _plan_duplicates(res, n, True, None),
+        _plan_outliers(res, n, False, None),
+        _plan_components(res, n, True, 2, 12),
+        *(_plan_stats(res, m, n, None, None) for m in dict.fromkeys(metrics)),
+    ]
+    pages = _materialise(plans, res, so, p, _thumb_opts(max_side, quality))
+    out = {plan.name: g for plan, g in zip(plans, pages, strict=True)}
+    items = "".join(
+        f'<li><a href="{_e(plan.name)}.html">{_e(plan.title)}</a> &middot; {g.n_rows} rows'
+        f"{f', {g.n_missing} thumbnails missing' if g.n_missing else ''}</li>"
+        for plan, g in zip(plans, pages, strict=True)
+    )
+    s = res.summary()
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items())
+    body = (f'<div class="ddk-gallery"><style>{_CSS}</style><h1>dedupdask galleries</h1>'
+            f'<p class="meta">{_meta(res, counts)}</p><ul>{items}</ul></div>')  # fmt: skip
+    wd, _ = _out_dir(p, so)
+    path = _write(wd, "index.html", _page("dedupdask galleries", body))
+    out["index"] = Gallery(path, body, "dedupdask galleries", len(plans), 0, 0)
+    return out
