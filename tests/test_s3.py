@@ -134,7 +134,7 @@ def test_list_file_offsets_and_top_level_endpoint(s3_server, s3_env, bucket, nes
     assert r3["status"].tolist() == ["done"]
 
 
-def test_keep_archives_from_s3(s3_input, bucket, tmp_path):  # noqa: F811
+def test_keep_archives_from_s3(s3_input, bucket, nested, tmp_path):  # noqa: F811
     """keep_archives copies each archive once into work_dir/tmp/archives/ (s3 or local)."""
     from s3fs import S3FileSystem
 
@@ -148,6 +148,10 @@ def test_keep_archives_from_s3(s3_input, bucket, tmp_path):  # noqa: F811
     mtime = fs.info(f"{bucket}/kept/tmp/archives/a__00000.tar", refresh=True)["LastModified"]
     extract(s3_input, wd, keep_archives=True, resume=False)  # the copy is not made twice
     assert fs.info(f"{bucket}/kept/tmp/archives/a__00000.tar", refresh=True)["LastModified"] == mtime
+    # a local input kept into an s3 work_dir: streamed up as one multipart upload
+    report = extract(nested["root"], f"s3://{bucket}/kept2", keep_archives=True)
+    assert (report["status"] == "done").all()
+    assert fs.cat_file(f"{bucket}/kept2/tmp/archives/a__00001.tgz") == fs.cat_file(f"{bucket}/in/a/00001.tgz")
     local = tmp_path / "wd"
     report = extract(s3_input, str(local), keep_archives=True)
     assert (report["status"] == "done").all()
