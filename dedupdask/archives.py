@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 
+from . import remote
 from .sources import ArchiveSource
 
 __all__ = ["Member", "ArchiveReadError", "iter_members", "group_samples", "split_key", "clean_name"]
@@ -229,14 +230,20 @@ def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
 
 
 def _iter_folder(
-    source: ArchiveSource, storage_options: dict[str, Any], max_member_bytes: int, budget: _Budget
+    source: ArchiveSource, storage_options: dict[str, Any], max_member_bytes: int, budget: _Budget,
+    attempts: int = remote.DEFAULT_ATTEMPTS,
 ) -> Iterator[Member]:
     fs, _ = fsspec.core.url_to_fs(source.url, **storage_options)
     root = source.url.rstrip("/") + "/"
+
+    def read(url: str) -> bytes:
+        with fs.open(url, "rb") as f:
+            return f.read(max_member_bytes + 1)
+
     for url in source.members:
         name = clean_name(url[len(root):] if url.startswith(root) else url.rsplit("/", 1)[-1])
         try:
-            size = int(fs.size(url))
+            size = int(remote.call(fs.size, url, url=url, attempts=attempts))
         except FileNotFoundError:
             yield Member(name=name, kind="file", size=0, error="file vanished before it was read",
                          error_code="ERROR_MISSING_FILE")
@@ -247,8 +254,7 @@ def _iter_folder(
             m.error_code = "ERROR_MEMBER_TOO_LARGE"
         elif budget.take(m, size):
             try:
-                with fs.open(url, "rb") as f:
-                    m.data = f.read(max_member_bytes + 1)
+                m.data = remote.call(read, url, url=url, attempts=attempts)
             except FileNotFoundError:
                 m.error, m.error_code = "file vanished before it was read", "ERROR_MISSING_FILE"
         yield m
@@ -262,6 +268,7 @@ def iter_members(
     max_member_bytes: int = 256 * 2**20,
     max_archive_bytes: int = 64 * 2**30,
     local_path: str | None = None,
+    attempts: int = remote.DEFAULT_ATTEMPTS,
 ) -> Iterator[Member]:
     """Stream the members of one archive, in archive order.
 
@@ -277,7 +284,12 @@ def iter_members(
         Total member bytes one archive may read (against zip/gzip bombs made of many members);
         the member that would pass it is recorded unread and the archive stops as broken.
     local_path : str, optional
-        Read this local copy instead of ``source.url`` (``keep_archives``).
+        Read this copy (a path or URL, opened with ``storage_options``) instead of
+        ``source.url`` (``keep_archives``).
+    attempts : int
+        Attempts per open/read on network or server errors: a remote archive is re-opened at
+        the offset reached, so a dropped connection does not restart it
+        (:class:`dedupdask.remote.RetryingReader`).
 
     Yields
     ------
@@ -287,19 +299,16 @@ def iter_members(
     ------
     ArchiveReadError
         When the archive's structure is broken; members yielded so far stay valid.
-    OSError
-        When the archive cannot be opened or read (missing, permission, network).
+    dedupdask.remote.StorageError
+        An ``OSError`` naming the URL, when the archive cannot be opened or read (missing,
+        permission, network) after ``attempts``.
     """
     storage_options = dict(storage_options or {})
     budget = _Budget(max_archive_bytes)
     if source.kind == "folder":
-        yield from _iter_folder(source, storage_options, max_member_bytes, budget)
+        yield from _iter_folder(source, storage_options, max_member_bytes, budget, attempts)
         return
-    if local_path is not None:
-        of = fsspec.open(local_path, "rb")
-    else:
-        of = fsspec.open(source.url, "rb", **storage_options)
-    with of as f:
+    with remote.open_input(local_path or source.url, storage_options, attempts=attempts) as f:
         if source.kind == "zip":
             yield from _iter_zip(f, max_member_bytes, budget)
         else:

@@ -2,7 +2,8 @@
 
 Every keyword of :func:`dedupdask.run` is a ``--kebab-case`` flag (booleans also as
 ``--no-...``). The exit code is 0 when every archive finished, 1 when any archive failed or
-was only partly readable (unless ``--allow-failures``), 2 for bad arguments or input.
+was only partly readable (unless ``--allow-failures``), 2 for bad arguments or input, or
+when the input or work_dir cannot be listed (wrong credentials, unreachable server).
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     from . import pipeline
+    from .remote import StorageError
 
     try:
         if ns.command == "demo":
@@ -156,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = pipeline.run(None, ns.work_dir, run_mode=2, client=ns.client, **opts)
         _print_result(result)
         return 1 if _failed(getattr(result, "extract_report", None)) and not ns.allow_failures else 0
-    except (ValueError, FileNotFoundError, TypeError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, TypeError, PermissionError, StorageError) as e:
         print(f"dedupdask: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

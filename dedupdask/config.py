@@ -40,6 +40,7 @@ OPTION_HELP: dict[str, str] = {
     "max_member_bytes": "members larger than this are ERROR_MEMBER_TOO_LARGE and not read",
     "max_archive_bytes": "total member bytes one archive may read (many-member bombs); the rest is not read",
     "min_image_size": "images narrower or shorter than this are ERROR_IMAGE_TOO_SMALL",
+    "storage_attempts": "attempts per storage operation on a network/server error (auth errors and missing objects fail at once)",
     "progress": "show a progress bar",
 }
 
@@ -132,6 +133,7 @@ class RunConfig:
     max_member_bytes: int = 256 * 2**20
     max_archive_bytes: int = 64 * 2**30
     min_image_size: int = 10
+    storage_attempts: int = 3
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -171,6 +173,10 @@ class RunConfig:
         check(self.max_member_bytes > 0, "max_member_bytes must be > 0")
         check(self.max_archive_bytes > 0, "max_archive_bytes must be > 0")
         check(self.min_image_size >= 1, "min_image_size must be >= 1")
+        check(
+            isinstance(self.storage_attempts, int) and self.storage_attempts >= 1,
+            f"storage_attempts must be an integer >= 1, got {self.storage_attempts!r}",
+        )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:
@@ -190,7 +196,7 @@ class RunConfig:
             kwargs["storage_options"] = {}
         kwargs["model_mean"] = _triple(kwargs.get("model_mean"), "model_mean")
         kwargs["model_std"] = _triple(kwargs.get("model_std"), "model_std")
-        for key in ("min_offset", "max_offset", "batch_size", "num_threads", "run_mode"):
+        for key in ("min_offset", "max_offset", "batch_size", "num_threads", "run_mode", "storage_attempts"):
             if key in kwargs and isinstance(kwargs[key], float) and kwargs[key].is_integer():
                 kwargs[key] = int(kwargs[key])
         return cls(**kwargs)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from . import __version__, remote
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
 from .decode import decode_image, sniff_image
@@ -214,7 +214,7 @@ class _Archive:
         self.rows.append(row)
 
     def keep_image(self, m: Member) -> None:
-        wd = WorkDir(self.task.work_dir, self.task.storage_options)
+        wd = WorkDir(self.task.work_dir, self.task.storage_options, self.cfg.storage_attempts)
         rel = safe_member_path(m.name)
         base, n = rel, 1
         while rel in self.kept_names:  # duplicate member names keep every copy
@@ -237,29 +237,15 @@ class _Archive:
 
 
 def _keep_archive(task: ArchiveTask) -> str:
-    """Copy the archive to ``work_dir/tmp/archives/<name>`` once; return the local copy's path.
+    """Copy the archive to ``work_dir/tmp/archives/<name>`` once; return the copy's path or URL.
 
-    (Images kept with ``keep_images`` go to ``work_dir/tmp/<name>/``, as fastdup extracts them,
-    so the archive copy cannot also be ``tmp/<name>``.)
+    Works for a local or an object-store work_dir (on the source's own store the copy is
+    server-side). (Images kept with ``keep_images`` go to ``work_dir/tmp/<name>/``, as fastdup
+    extracts them, so the archive copy cannot also be ``tmp/<name>``.)
     """
-    wd = WorkDir(task.work_dir, task.storage_options)
-    if not wd.local:
-        raise ValueError("keep_archives needs a local work_dir to read the copy from")
-    import fsspec
-
-    dest = wd.join("tmp", "archives", task.source.name)
-    src_fs, src_path = fsspec.core.url_to_fs(task.source.url, **task.storage_options)
-    size = src_fs.size(src_path)
-    import os
-
-    if os.path.exists(dest) and os.path.getsize(dest) == size:
-        return dest
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    with src_fs.open(src_path, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(8 * 2**20):
-            fout.write(chunk)
-    os.replace(tmp, dest)
+    wd = WorkDir(task.work_dir, task.storage_options, task.config.storage_attempts)
+    dest = wd.url_of(wd.join("tmp", "archives", task.source.name))
+    remote.copy_once(task.source.url, dest, task.storage_options, attempts=task.config.storage_attempts)
     return dest
 
 
@@ -279,7 +265,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
     """
     t_start = time.perf_counter()
     src, cfg = task.source, task.config
-    wd = WorkDir(task.work_dir, task.storage_options)
+    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts)
     state: _Archive | None = None
     archive_error: str | None = None
     try:
@@ -292,6 +278,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             max_member_bytes=cfg.max_member_bytes,
             max_archive_bytes=cfg.max_archive_bytes,
             local_path=local_path,
+            attempts=cfg.storage_attempts,
         )
         try:
             for key, group in state.timer.timed_iter(group_samples(members), "read"):
@@ -352,6 +339,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             "name": src.name,
             "url": src.url,
             "error": message,
+            "error_kind": remote.classify(e) or "error",
             "traceback": traceback.format_exc(limit=6),
             "dedupdask_version": __version__,
         }

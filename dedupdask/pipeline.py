@@ -149,8 +149,9 @@ def _extract(
 ) -> ExtractReport:
     t0 = time.perf_counter()
     so = config.storage_options
-    sources = select_offsets(list_sources(input_dir, so), config.min_offset, config.max_offset)
-    wd = WorkDir(work_dir, so)
+    sources = list_sources(input_dir, so, attempts=config.storage_attempts)
+    sources = select_offsets(sources, config.min_offset, config.max_offset)
+    wd = WorkDir(work_dir, so, config.storage_attempts)
     wd.makedirs()
     from .models import resolve_model
 
@@ -235,6 +236,7 @@ def run(
     max_member_bytes: int = 256 * 2**20,
     max_archive_bytes: int = 64 * 2**30,
     min_image_size: int = 10,
+    storage_attempts: int = 3,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
     progress: bool = True,
@@ -278,8 +280,15 @@ def run(
     max_image_pixels, max_member_bytes, max_archive_bytes, min_image_size : int
         Limits: pixels per image (decompression bombs, checked on the header), bytes per
         member, total bytes read from one archive (bombs of many members), smallest side.
+    storage_attempts : int
+        Attempts per storage operation (open, read, list, write) when the network or the
+        server fails, waiting 0.5 s, 1 s, 2 s... in between; wrong credentials and missing
+        objects fail at once. An archive that still fails gets ``<name>failed.json``.
     storage_options : dict, optional
-        fsspec options for input and work_dir (S3 endpoint, keys...).
+        fsspec options for input and work_dir (S3 endpoint, keys...): e.g.
+        ``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": "http://host:9000"}}``
+        (``"endpoint_url"`` at top level works too); the standard ``AWS_ENDPOINT_URL``,
+        ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``FSSPEC_S3_*`` variables also do.
     client : distributed.Client, str or None
         A Client, a scheduler address, or ``"sync"``/``"threads"``/``"processes"``; None uses
         the current Client if there is one, else starts a local cluster.
@@ -307,7 +316,8 @@ def run(
         keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
-        max_archive_bytes=max_archive_bytes, min_image_size=min_image_size, storage_options=storage_options, progress=progress,
+        max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,
+        storage_attempts=storage_attempts, storage_options=storage_options, progress=progress,
     )
     config = RunConfig.from_kwargs(**opts)
     report = None

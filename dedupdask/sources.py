@@ -16,6 +16,8 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from . import remote
+
 __all__ = [
     "ArchiveSource",
     "IMAGE_EXTENSIONS",
@@ -93,30 +95,36 @@ def _read_list_file(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 
 def _expand(
-    item: str, storage_options: dict[str, Any], allow_list_file: bool
+    item: str, storage_options: dict[str, Any], allow_list_file: bool, attempts: int = remote.DEFAULT_ATTEMPTS
 ) -> tuple[list[tuple[str, str]], str]:
     """Expand one input into ``(url, kind_or_image)`` pairs and its root (a URL prefix)."""
     fs, path = url_to_fs(item, **storage_options)
     local = _is_local(fs)
+
+    def tried(fn: Any, *args: Any) -> Any:  # storage errors name the input, transient ones retried
+        return remote.call(fn, *args, url=item, action="list", attempts=attempts)
+
     if local:
         import os
 
         path = os.path.abspath(os.path.expanduser(path))
-    if fs.isdir(path):
+    else:
+        fs.invalidate_cache(path)  # a long-lived process must see objects uploaded since
+    if tried(fs.isdir, path):
         root = path
-        found = sorted(fs.find(path))
+        found = sorted(tried(fs.find, path))
     elif any(c in item for c in "*?["):
-        found = sorted(fs.glob(path))
+        found = sorted(tried(fs.glob, path))
         prefix = path.split("*")[0].split("?")[0].split("[")[0]
         root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
-    elif fs.isfile(path):
+    elif tried(fs.isfile, path):
         kind = archive_kind(path)
         if kind is None and not _is_image_path(path):
             if allow_list_file:
-                listed = _read_list_file(fs, path)
+                listed = tried(_read_list_file, fs, path)
                 if not listed:
                     raise ValueError(f"input list file {item!r} lists no paths")
-                return _expand_many(listed, storage_options, allow_list_file=False)
+                return _expand_many(listed, storage_options, allow_list_file=False, attempts=attempts)
             raise ValueError(f"input {item!r} is neither an archive, an image nor a folder")
         return [(_unstrip(fs, path), kind or "image")], posixpath.dirname(path)
     else:
@@ -132,12 +140,13 @@ def _expand(
 
 
 def _expand_many(
-    items: Sequence[str], storage_options: dict[str, Any], allow_list_file: bool
+    items: Sequence[str], storage_options: dict[str, Any], allow_list_file: bool,
+    attempts: int = remote.DEFAULT_ATTEMPTS,
 ) -> tuple[list[tuple[str, str]], str]:
     pairs: list[tuple[str, str]] = []
     roots: list[str] = []
     for it in items:
-        p, r = _expand(str(it), storage_options, allow_list_file)
+        p, r = _expand(str(it), storage_options, allow_list_file, attempts)
         pairs.extend(p)
         roots.append(r)
     root = _common_root(roots)
@@ -168,7 +177,10 @@ def _rel_name(url: str, root: str) -> str:
 
 
 def list_sources(
-    input_dir: str | Sequence[str], storage_options: dict[str, Any] | None = None
+    input_dir: str | Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    attempts: int = remote.DEFAULT_ATTEMPTS,
 ) -> list[ArchiveSource]:
     """List every archive (and chunk of loose images) of an input, sorted.
 
@@ -179,6 +191,8 @@ def list_sources(
         or a text file with one path or URL per line.
     storage_options : dict, optional
         Passed to fsspec for every file system touched.
+    attempts : int
+        Attempts per listing call on network/server errors.
 
     Returns
     -------
@@ -189,6 +203,8 @@ def list_sources(
     ------
     FileNotFoundError
         If a path does not exist.
+    dedupdask.remote.StorageError
+        If a listing fails (wrong credentials, unreachable server...); names the input URL.
     ValueError
         If the input matches no archive and no image.
 
@@ -204,7 +220,7 @@ def list_sources(
         items = [str(x) for x in input_dir]
         if not items:
             raise ValueError("input_dir is an empty list")
-    pairs, root = _expand_many(items, storage_options, allow_list_file=True)
+    pairs, root = _expand_many(items, storage_options, allow_list_file=True, attempts=attempts)
     seen: set[str] = set()
     archives: list[ArchiveSource] = []
     loose: dict[str, list[str]] = {}

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from . import remote
+
 __all__ = [
     "FILE_COLUMNS",
     "SUFFIXES",
@@ -107,10 +109,15 @@ class WorkDir:
         Local path or URL (``s3://bucket/run1``).
     storage_options : dict, optional
         fsspec options.
+    attempts : int
+        Attempts per storage operation on network/server errors (:mod:`dedupdask.remote`).
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, attempts: int = remote.DEFAULT_ATTEMPTS
+    ) -> None:
         self.storage_options = dict(storage_options or {})
+        self.attempts = attempts
         self.fs, path = url_to_fs(str(url), **self.storage_options)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocol or "local" in protocol
@@ -125,7 +132,7 @@ class WorkDir:
         return f"WorkDir({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WorkDir, (self.url, self.storage_options))
+        return (WorkDir, (self.url, self.storage_options, self.attempts))
 
     # -- paths -------------------------------------------------------------------------------
     def join(self, *parts: str) -> str:
@@ -136,8 +143,17 @@ class WorkDir:
         """Path of one per-archive file, ``which`` in :data:`SUFFIXES`."""
         return self.join(name + SUFFIXES[which])
 
+    def url_of(self, path: str) -> str:
+        """Full URL (``s3://...``) or local path of a file-system path, for messages."""
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def _call(self, fn: Any, *args: Any, path: str, action: str) -> Any:
+        """``fn(*args)`` with bounded retries; storage errors name the file's URL."""
+        return remote.call(fn, *args, url=self.url_of(path), action=action, attempts=self.attempts)
+
     def makedirs(self, *parts: str) -> None:
-        self.fs.makedirs(self.join(*parts), exist_ok=True)
+        path = self.join(*parts)
+        self._call(self.fs.makedirs, path, True, path=path, action="create")
 
     # -- atomic writes -------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -157,20 +173,23 @@ class WorkDir:
                     os.unlink(tmp)
         else:
             # An object store PUT (or multipart upload) becomes visible only when complete.
-            self.fs.pipe_file(path, data)
+            self._call(self.fs.pipe_file, path, data, path=path, action="write")
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
     def remove(self, path: str) -> None:
         try:
-            self.fs.rm_file(path)
+            self._call(self.fs.rm_file, path, path=path, action="remove")
         except FileNotFoundError:
             pass
 
+    def read_bytes(self, path: str) -> bytes:
+        """The whole file (bounded retries on remote stores)."""
+        return self._call(self.fs.cat_file, path, path=path, action="read")
+
     def read_json(self, path: str) -> Any:
-        with self.fs.open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(self.read_bytes(path))
 
     # -- per-archive outputs ---------------------------------------------------------------------
     def write_archive(
@@ -235,9 +254,11 @@ class WorkDir:
 
     def listing(self) -> list[str]:
         """Base names of the files directly in work_dir (one listing call)."""
-        if not self.fs.exists(self.path):
+        if not self._call(self.fs.exists, self.path, path=self.path, action="list"):
             return []
-        names = self.fs.ls(self.path, detail=False, refresh=True)
+        names = remote.call(
+            self.fs.ls, self.path, detail=False, refresh=True, url=self.url, action="list", attempts=self.attempts
+        )
         return sorted(posixpath.basename(p.rstrip("/")) for p in names)
 
     def done_names(self) -> set[str]:
@@ -254,8 +275,7 @@ class WorkDir:
 
     def read_files(self, name: str) -> pd.DataFrame:
         """The archive's Parquet file as pandas, with the schema's dtypes."""
-        with self.fs.open(self.file(name, "parquet"), "rb") as f:
-            table = pq.read_table(f)
+        table = pq.read_table(io.BytesIO(self.read_bytes(self.file(name, "parquet"))))
         return table.to_pandas(types_mapper=_types_mapper)
 
     def open_features(self, name: str, d: int, which: str = "dat") -> np.ndarray:
@@ -268,8 +288,7 @@ class WorkDir:
             if n == 0:
                 return np.zeros((0, d), dtype="<f4")
             return np.memmap(path, dtype="<f4", mode="r", shape=(n, d))
-        with self.fs.open(path, "rb") as f:
-            return np.frombuffer(f.read(), dtype="<f4").reshape(-1, d)
+        return np.frombuffer(self.read_bytes(path), dtype="<f4").reshape(-1, d)
 
 
 def save_binary_feature(
