@@ -68,7 +68,7 @@ TIER_DEFAULTS: dict[str, dict[str, float]] = {
         "threshold": 0.99,
         "ccthreshold": 0.99,
         "copy_threshold": 0.995,
-        "verify_threshold": 0.75,
+        "verify_threshold": 0.65,
         "verify_score": 0.9,
     },
 }
