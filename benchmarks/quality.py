@@ -36,6 +36,10 @@ pair precision >= 0.97 were 0.92-0.94 (EfficientNet-Lite0) and 0.99 (DCT). Re-ch
 real shards.
 
 Run ``python benchmarks/quality.py [--model PATH ...] > benchmarks/results/quality.txt``.
+
+``python benchmarks/quality.py --tiers > benchmarks/results/quality_tiers.txt`` instead
+measures the duplicate tiers (exact, copy, near + verification) end to end with ``ddk.run`` on
+tar shards of about 3,200 packaged images with planted copies (``quality_tiers.py``).
 """
 
 from __future__ import annotations
@@ -550,10 +554,31 @@ def main(argv: list[str] | None = None) -> int:
         / "quality",
     )
     parser.add_argument("--json", type=Path, help="also write all numbers as JSON")
+    parser.add_argument(
+        "--tiers",
+        action="store_true",
+        help="instead: duplicate tiers end to end on tar shards of real images (quality_tiers.py)",
+    )
+    parser.add_argument("--work-root", type=Path, help="with --tiers: folder for shards + work_dir")
+    parser.add_argument(
+        "--fastdup-work-dir",
+        type=Path,
+        help="with --tiers: a fastdup work_dir of the same shards (vs_fastdup.py --keep) to score",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="with --tiers: seed of the shards")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
+
+    if args.tiers:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from quality_tiers import main_tiers
+
+        return main_tiers(
+            args.cache_dir, args.work_root, sys.stdout, log, seed=args.seed,
+            fastdup_work_dir=args.fastdup_work_dir,
+        )  # fmt: skip
 
     photos = load_photos(args.cache_dir, log)
     if len(photos) < 10:
