@@ -6,8 +6,8 @@ exact duplicates, builds the kNN graph of one representative per group
 
 ===============================  ==============================================================
 ``atrain_features.dat.csv``      ``index,filename``: the global index 0..N-1 (sorted archives)
-``similarity.csv``               ``from,to,distance`` (distance = cosine similarity), both
-                                 directions, similarity >= threshold, sorted descending
+``similarity.csv``               ``from,to,distance`` (distance = embedding cosine), both
+                                 directions, the fused pairs of every tier, sorted descending
 ``outliers.csv``                 ``from,to,distance``: image, nearest image, similarity; the
                                  strongest outliers last (fastdup's order)
 ``connected_components.csv``     ``__id,component_id,component_size`` (sizes count images)
@@ -94,8 +94,10 @@ class DedupResult:
     Attributes
     ----------
     similarity : DataFrame
-        ``from, to, similarity, filename_from, filename_to``; each unordered pair once with
-        ``from < to``; sorted by similarity descending.
+        ``from, to, similarity, copy_similarity, kind, verify_score, filename_from,
+        filename_to``; each unordered pair once with ``from < to`` and its strongest ``kind``
+        (``exact``, ``copy``, ``near``: :mod:`dedupdask.analyses.tiers`); sorted by (embedding)
+        similarity descending.
     outliers : DataFrame
         ``index, nearest, similarity, filename, filename_nearest``, least similar first.
     components : DataFrame
