@@ -223,6 +223,9 @@ def run(
     threshold: float | None = None,
     lower_threshold: float = 0.05,
     ccthreshold: float | None = None,
+    max_memory_per_task: str | int | None = None,
+    d_reduce: int = 0,
+    knn_dtype: str = "float32",
     keep_archives: bool = False,
     keep_images: bool = False,
     turi_param: str | None = None,
@@ -260,6 +263,18 @@ def run(
     nearest_neighbors_k, distance, threshold, lower_threshold, ccthreshold
         Analysis options, fastdup's names and meaning (``threshold``/``ccthreshold`` default
         to the model's measured recommendation).
+    max_memory_per_task : str or int, optional
+        Memory one kNN task may use (``"2GB"``, bytes). When the kNN of all vectors would need
+        more, it runs partitioned on the Dask cluster: vectors are bucketed by a coarse
+        k-means (boundary points in two buckets), each bucket searched by one task, the lists
+        merged (:mod:`dedupdask.knn_partitioned`). Default: half of the smallest worker's
+        memory limit per thread (half this machine's memory without a distributed client).
+    d_reduce : int
+        Search neighbours on a PCA projection to this many dimensions (e.g. 256; 0 = off);
+        similarities are recomputed on the original float32 vectors.
+    knn_dtype : {"float32", "float16"}
+        Storage of the vectors in a kNN bucket; float16 halves it (similarities recomputed in
+        float32).
     keep_archives, keep_images : bool
         Keep a copy of each archive / each image member under ``work_dir/tmp/``.
     turi_param : str, optional
@@ -293,7 +308,9 @@ def run(
         run_mode=run_mode, min_offset=min_offset, max_offset=max_offset, model_path=model_path,
         model_mean=model_mean, model_std=model_std, batch_size=batch_size, num_threads=num_threads,
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
-        lower_threshold=lower_threshold, ccthreshold=ccthreshold, keep_archives=keep_archives,
+        lower_threshold=lower_threshold, ccthreshold=ccthreshold,
+        max_memory_per_task=max_memory_per_task, d_reduce=d_reduce, knn_dtype=knn_dtype,
+        keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size, storage_options=storage_options, progress=progress,
