@@ -44,6 +44,8 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -77,14 +79,17 @@ __all__ = [
 DEFAULT_M = 2
 """Buckets per vector: its ``m`` most similar centroids."""
 
-BOUNDARY_FRACTION = 0.25
-"""Default margin: the fraction of sampled vectors nearest to a further boundary get extra buckets.
+BOUNDARY_FRACTION = 0.15
+"""Default margin: this fraction of the sampled vectors, the nearest to a further boundary, get
+extra buckets.
 
 Besides its ``m`` best centroids, a vector goes to up to ``m`` more whose similarity is within
 ``margin`` of its best one; by default ``margin`` is the ``BOUNDARY_FRACTION`` quantile, over
-the k-means sample, of (best similarity - (m+1)-th best). Measured on 200k x 1280 clustered
-vectors (benchmarks): pairs >= 0.79 sharing a bucket 0.988 with m=2 alone, 0.9995 with the
-margin, for 2.25 instead of 2.0 buckets per vector (m=3: 0.999 for 3.0).
+sampled vectors held out of the k-means fit, of (best similarity - (m+1)-th best). Measured on
+200k x 1280 clustered vectors with 12 buckets (benchmarks/knn.py data): planted pairs >= 0.79
+that share a bucket: 0.982 with m=2 alone (2.0 buckets per vector), 0.997 with this default
+(margin 0.016, 2.19 buckets per vector), 0.9995 with margin 0.02 (2.24); m=3 alone: 0.999 for
+3.0 buckets per vector.
 """
 
 FILL = 0.5
@@ -676,8 +681,12 @@ def _fit_centroids(
     x = np.concatenate(list(parts)) if len(parts) > 1 else parts[0]
     if projection is not None:
         x = _unit(x @ projection)
-    centroids = spherical_kmeans(x, n_clusters, seed=seed)
-    return centroids, (_auto_margin(x, centroids, m) if margin is None else float(margin))
+    if margin is not None:
+        return spherical_kmeans(x, n_clusters, seed=seed), float(margin)
+    # the margin is measured on held-out rows: the fitted rows sit closer to their centroids
+    held = np.random.default_rng(seed).random(x.shape[0]) < 0.2
+    centroids = spherical_kmeans(x[~held], n_clusters, seed=seed)
+    return centroids, _auto_margin(x[held], centroids, m)
 
 
 def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
@@ -1090,6 +1099,14 @@ def knn_graph_partitioned(
     if n == 0:
         return idx, sim, {**info, "buckets": 0}
 
+    clock = [time.perf_counter()]
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 2)
+        clock[0] = now
+
     # 1. sample, PCA, k-means
     sample_cap = max(1000, budget // (4 * 4 * d))
     sample_size = int(min(n, sample_cap, max(20_000, 200 * n_clusters, 4 * d_search)))
@@ -1110,6 +1127,7 @@ def knn_graph_partitioned(
         m,
         k,
     )
+    token = f"{token[:16]}-{uuid.uuid4().hex[:8]}"  # concurrent runs never share scratch/keys
     if n_clusters > 1:
         sample = _sample_array(source, positions)
         parts = [dask.delayed(p) for p in sample.to_delayed().ravel()]
@@ -1118,6 +1136,7 @@ def knn_graph_partitioned(
         ).compute()
     else:
         centroids, margin = np.zeros((1, d_search), dtype=np.float32), 0.0
+    lap("fit")
     wd = source.blocks[0].wd
     scratch = wd.join(_SCRATCH, f"knn-{token}") if rerank else None
     plan = KnnPlan(
@@ -1152,6 +1171,7 @@ def knn_graph_partitioned(
         ]
         (labels,) = dask.compute(tasks)
         labels = np.concatenate(labels) if labels else np.empty((0, 1), np.int32)
+        lap("assign")
 
         # 3. plan the buckets
         search_src = _search_source(source, plan)
@@ -1190,6 +1210,7 @@ def knn_graph_partitioned(
                 buckets.remove(b)
                 buckets += [b[s : s + capacity] for s in range(0, b.size, capacity)]
         sizes = np.array([b.size for b in buckets], dtype=np.int64)
+        lap("plan")
 
         # 4. search, 5. merge
         per_row = m * k * 12 * 4
@@ -1222,6 +1243,7 @@ def knn_graph_partitioned(
         (results,) = dask.compute(merged)
         for s, e, (ri, rs) in zip(starts, stops, results, strict=True):
             idx[s:e], sim[s:e] = ri, rs
+        lap("search_merge")
     finally:
         if scratch is not None and wd.fs.exists(scratch):
             wd.fs.rm(scratch, recursive=True)
@@ -1235,6 +1257,7 @@ def knn_graph_partitioned(
         replication=round(float(sizes.sum() / max(1, n)), 3),
         row_ranges=int(starts.size),
         sample=int(sample_size),
+        timings=timings,
     )
     return idx, sim, info
 
