@@ -79,17 +79,26 @@ __all__ = [
 DEFAULT_M = 2
 """Buckets per vector: its ``m`` most similar centroids."""
 
-BOUNDARY_FRACTION = 0.15
-"""Default margin: this fraction of the sampled vectors, the nearest to a further boundary, get
+BOUNDARY_FRACTION = 0.5
+"""Default margin: this fraction of the vectors -- the nearest to a further boundary -- get
 extra buckets.
 
 Besides its ``m`` best centroids, a vector goes to up to ``m`` more whose similarity is within
 ``margin`` of its best one; by default ``margin`` is the ``BOUNDARY_FRACTION`` quantile, over
-sampled vectors held out of the k-means fit, of (best similarity - (m+1)-th best). Measured on
-200k x 1280 clustered vectors with 12 buckets (benchmarks/knn.py data): planted pairs >= 0.79
-that share a bucket: 0.982 with m=2 alone (2.0 buckets per vector), 0.997 with this default
-(margin 0.016, 2.19 buckets per vector), 0.9995 with margin 0.02 (2.24); m=3 alone: 0.999 for
-3.0 buckets per vector.
+sampled vectors held out of the k-means fit, of (best similarity - (m+1)-th best). Measured
+on the benchmark data (1M x 1280, 10k random cluster centres -- no coarse structure, the hard
+case for bucketing), 25 buckets, planted pairs >= 0.79 that share a bucket / buckets per
+vector: m=2 alone 0.945 / 2.0; fraction 0.15: 0.973 / 2.21; 0.3: 0.986 / 2.45; **0.5: 0.995 /
+2.82**; m=3 alone 0.992 / 3.0; m=3 with 0.3: 0.999 / 3.6. Pairs >= 0.9 are split less often
+(0.9996 at the default). At 200k (12 buckets) m=2 alone already shared 0.982.
+"""
+
+BUCKET_NEIGHBORS = 24
+"""pynndescent's graph degree inside a bucket (at least ``k + 1``).
+
+On a 90k x 1280 bucket of the benchmark data (1 thread): planted pairs >= 0.79 found 0.988 /
+0.9945 / 1.0 with 16 / 24 / 32 neighbours, in 11.5 / 17.8 / 26.2 s. The single-task path keeps
+:data:`dedupdask.knn.PYNNDESCENT_MIN_NEIGHBORS`.
 """
 
 FILL = 0.5
@@ -114,7 +123,7 @@ _SCRATCH = "tmp"
 # one more copy of the data (its random-projection trees keep a d-wide hyperplane per node)
 # plus ~650 B; the model below adds a margin.
 _PYNND_PER_DIM = 4 * 1.15  # bytes per vector per dimension beyond the float32 data
-_PYNND_PER_VEC = 800
+_PYNND_PER_VEC = 1000
 _PYNND_FIXED = 64 * 2**20
 
 Method = Literal["auto", "exact", "pynndescent"]
@@ -779,15 +788,49 @@ def _label_width(m: int, margin: float, n_centroids: int) -> int:
     return min(n_centroids, 2 * m if margin > 0 else m)
 
 
-def _group(positions: np.ndarray, labels: np.ndarray, n_groups: int) -> list[np.ndarray]:
-    """Members of each group (sorted positions) from per-position group labels."""
-    flat = labels.ravel()
-    pos = np.repeat(positions, labels.shape[1])
-    used = flat >= 0
-    flat, pos = flat[used], pos[used]
-    order = np.argsort(flat, kind="stable")
-    bounds = np.searchsorted(flat[order], np.arange(n_groups + 1))
-    return [np.unique(pos[order[bounds[g] : bounds[g + 1]]]) for g in range(n_groups)]
+def _group(
+    positions: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[np.ndarray],
+    n_groups: int,
+    chunk_rows: int = 4_000_000,
+) -> list[np.ndarray]:
+    """Members of each group (increasing positions) from per-position group labels (-1 = none).
+
+    ``positions``/``labels`` may be lists of per-archive arrays; they are grouped a few million
+    rows at a time, and positions are int32 when they fit, so the client holds little more
+    than the member lists themselves (4 bytes per vector per bucket it is in).
+    """
+    if isinstance(positions, np.ndarray):
+        positions, labels = [positions], [labels]
+    top = max((int(p.max()) for p in positions if p.size), default=0)
+    dtype = np.int32 if top < 2**31 - 1 else np.int64
+    parts: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
+
+    def flush(pos: list[np.ndarray], lab: list[np.ndarray]) -> None:
+        lab_ = np.concatenate(lab)
+        flat = lab_.ravel()
+        p = np.repeat(np.concatenate(pos).astype(dtype), lab_.shape[1])
+        used = flat >= 0
+        flat, p = flat[used], p[used]
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(n_groups + 1))
+        for g in np.flatnonzero(np.diff(bounds)).tolist():
+            parts[g].append(p[order[bounds[g] : bounds[g + 1]]])
+
+    pos_buf: list[np.ndarray] = []
+    lab_buf: list[np.ndarray] = []
+    rows = 0
+    for p, lab in zip(positions, labels, strict=True):
+        for s in range(0, p.size, chunk_rows):
+            pos_buf.append(p[s : s + chunk_rows])
+            lab_buf.append(lab[s : s + chunk_rows])
+            rows += pos_buf[-1].size
+            if rows >= chunk_rows:
+                flush(pos_buf, lab_buf)
+                pos_buf, lab_buf, rows = [], [], 0
+    if pos_buf:
+        flush(pos_buf, lab_buf)
+    return [np.concatenate(pp) if pp else np.empty(0, dtype) for pp in parts]
 
 
 # -- stage 4: search one bucket --------------------------------------------------------------------
@@ -871,7 +914,10 @@ def _search_bucket(
     else:
         v32 = v if v.dtype == np.float32 else v.astype(np.float32)
         del v
-        idx, sim = nndescent_knn(v32, k, random_state=plan.random_state, n_jobs=n_jobs)
+        nn = max(k + 1, BUCKET_NEIGHBORS)
+        idx, sim = nndescent_knn(
+            v32, k, random_state=plan.random_state, n_jobs=n_jobs, n_neighbors=nn
+        )
         del v32
     if plan.rerank:
         sim = _rescore_bucket(source, members, idx, plan.budget)
@@ -1170,15 +1216,18 @@ def knn_graph_partitioned(
             for i, b in enumerate(source.blocks)
         ]
         (labels,) = dask.compute(tasks)
-        labels = np.concatenate(labels) if labels else np.empty((0, 1), np.int32)
         lap("assign")
 
         # 3. plan the buckets
         search_src = _search_source(source, plan)
         search_key = dask.delayed(search_src, name=f"dedupdask-knn-search-source-{token}")
         source_key = dask.delayed(source, name=f"dedupdask-knn-source-{token}")
-        buckets = _group(np.arange(n, dtype=np.int64), labels, centroids.shape[0])
-        del labels
+        block_positions = [
+            np.arange(source.offsets[i], source.offsets[i + 1], dtype=np.int64)
+            for i in range(len(source.blocks))
+        ]
+        buckets = _group(block_positions, labels, centroids.shape[0])
+        del labels, block_positions
         buckets = [b for b in buckets if b.size]
         splits = 0
         for level in range(8):
