@@ -15,10 +15,21 @@ exact-search crossover) and reports:
   similarity table needs);
 * the time of exact search on the sample, extrapolated to all N rows.
 
+With ``--partitioned`` it measures :func:`dedupdask.knn_partitioned.knn_graph_partitioned`
+instead, on a ``LocalCluster`` (``--workers`` processes of one thread, ``--worker-memory``
+each): the data are generated straight into per-archive ``.dat`` files plus ``done.json``
+(``--archive-rows`` rows each, two processes, no process ever holds all of it) and read back
+by the tasks; it prints wall time, the peak RSS of every worker (sampled from the client
+with psutil every 50 ms), the client's peak RSS, and recall: planted pairs with cosine >=
+``--threshold`` found, and recall@k plus recall of the pairs >= threshold for ``--queries``
+rows against exact search (a Dask pass over the archives).
+
 Usage::
 
     python benchmarks/knn.py                 # N = 100k and 1M, d = 1280
     python benchmarks/knn.py --n 20000 --d 256
+    python benchmarks/knn.py --partitioned --n 1000000 --variant full --variant d256
+    python benchmarks/knn.py --partitioned --n 5000000 --variant d256 --data-dir /data/knn
 """
 
 from __future__ import annotations
@@ -140,6 +151,294 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
+# -- partitioned ---------------------------------------------------------------------------------
+VARIANTS = {
+    # name: (d_reduce, dtype, method inside the buckets)
+    "full": (0, "float32", "pynndescent"),
+    "d256": (256, "float32", "pynndescent"),
+    "exact": (0, "float32", "exact"),
+    "exact-f16": (0, "float16", "exact"),
+    "exact-d256": (256, "float32", "exact"),
+    "exact-d256-f16": (256, "float16", "exact"),
+}
+
+
+def _archive_block(seed: int, a: int, half: int, rows: int, centres: np.ndarray, sigma: float):
+    """Rows of one half (0: first, 1: second) of archive ``a``: deterministic on their own."""
+    rng = np.random.default_rng([seed, a, half])
+    d = centres.shape[1]
+    x = centres[rng.integers(0, centres.shape[0], rows)]
+    x += (sigma / np.sqrt(d)) * rng.standard_normal((rows, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _centres(seed: int, n_clusters: int, d: int) -> np.ndarray:
+    c = np.random.default_rng([seed, 2**31]).standard_normal((n_clusters, d), dtype=np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def write_archive(spec: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generate archive ``a`` into ``<root>/<a>features.dat`` + done.json; return its planted pairs.
+
+    The archive is clustered unit vectors; 2 % of its second-half rows are replaced by near
+    duplicates (noise t in [0.05, 0.75], cosine ~0.8-0.999) of first-half rows of the
+    previous archive (regenerated here), so pairs cross archives and no row is both.
+    """
+    root, a, n_arch, rows, d, sigma, clusters_per, n_total, seed = spec
+    from dedupdask.store import WorkDir
+
+    centres = _centres(seed, max(1, n_total // clusters_per), d)
+    h = rows // 2
+    x = np.concatenate(
+        [
+            _archive_block(seed, a, 0, h, centres, sigma),
+            _archive_block(seed, a, 1, rows - h, centres, sigma),
+        ]
+    )
+    prev = (a - 1) % n_arch
+    rng = np.random.default_rng([seed, a, 7])
+    n_dup = rows // 50 if n_arch > 1 else 0
+    src = np.sort(rng.choice(h, n_dup, replace=False))
+    dst = np.sort(h + rng.choice(rows - h, n_dup, replace=False))
+    if n_dup:
+        base = _archive_block(seed, prev, 0, h, centres, sigma)[src]
+        t = rng.uniform(0.05, 0.75, (n_dup, 1)).astype(np.float32)
+        dup = base + t * rng.standard_normal((n_dup, d), dtype=np.float32) / np.sqrt(d)
+        x[dst] = dup / np.linalg.norm(dup, axis=1, keepdims=True)
+        cos = np.einsum("ij,ij->i", base, x[dst])
+    else:
+        cos = np.empty(0, np.float32)
+    wd = WorkDir(root)
+    name = f"{a:06d}.tar"
+    x.astype("<f4").tofile(wd.file(name, "dat"))
+    done = {
+        "url": f"synthetic://{name}",
+        "status": "done",
+        "d": d,
+        "model_id": "synthetic",
+        "model_sha256": "0" * 64,
+        "counts": {"valid": rows, "images": rows},
+    }
+    wd.write_json(wd.file(name, "done"), done)
+    return prev * rows + src, a * rows + dst, cos
+
+
+def generate(
+    root: str,
+    n: int,
+    d: int,
+    rows: int,
+    sigma: float,
+    clusters_per: int,
+    seed: int = 0,
+    processes: int = 2,
+) -> dict:
+    """Write ``n`` vectors as ``n // rows`` archives under ``root`` (reused when complete)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.makedirs(root, exist_ok=True)
+    meta_path = os.path.join(root, "truth.npz")
+    key = dict(n=n, d=d, rows=rows, sigma=sigma, clusters_per=clusters_per, seed=seed)
+    if os.path.exists(meta_path):
+        z = np.load(meta_path, allow_pickle=False)
+        if json.loads(str(z["key"])) == key:
+            return {"src": z["src"], "dst": z["dst"], "cos": z["cos"], "generate_s": 0.0}
+    n_arch = n // rows
+    specs = [(root, a, n_arch, rows, d, sigma, clusters_per, n, seed) for a in range(n_arch)]
+    t = time.perf_counter()
+    with ProcessPoolExecutor(processes) as pool:
+        parts = list(pool.map(write_archive, specs))
+    src = np.concatenate([p[0] for p in parts])
+    dst = np.concatenate([p[1] for p in parts])
+    cos = np.concatenate([p[2] for p in parts])
+    np.savez(meta_path, src=src, dst=dst, cos=cos, key=json.dumps(key))
+    return {"src": src, "dst": dst, "cos": cos, "generate_s": time.perf_counter() - t}
+
+
+def _query_block(block, queries: np.ndarray, k: int, threshold: float, offset: int):
+    x = block.read()
+    s = x @ queries.T  # [rows, Q]
+    top = np.argsort(-s, axis=0, kind="stable")[:k]  # per query, best rows of this block
+    hit_r, hit_q = np.nonzero(s >= threshold)
+    return (
+        top.T + offset,
+        np.take_along_axis(s, top, axis=0).T,
+        np.stack([hit_q, hit_r + offset]),
+        s[hit_r, hit_q],
+    )
+
+
+def exact_queries(source, qpos: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, set]:
+    """Exact top-k (self excluded) and all pairs >= threshold of the query rows (a Dask pass)."""
+    import dask
+
+    queries = source.read(qpos)
+    qd = dask.delayed(queries)
+    parts = dask.compute(
+        [
+            dask.delayed(_query_block)(b, qd, k + 1, threshold, int(source.offsets[i]))
+            for i, b in enumerate(source.blocks)
+        ]
+    )[0]
+    idx = np.concatenate([p[0] for p in parts], axis=1)
+    sim = np.concatenate([p[1] for p in parts], axis=1)
+    sim = np.where(idx == qpos[:, None], -np.inf, sim)
+    order = np.lexsort((idx, -sim), axis=1)[:, :k]
+    top = np.take_along_axis(idx, order, axis=1)
+    pairs = set()
+    for p in parts:
+        for q, r in p[2].T.tolist():
+            if r != qpos[q]:
+                pairs.add((int(qpos[q]), int(r)))
+    return top, pairs
+
+
+class _WorkerRSS:
+    """Peak RSS of given processes (the Dask workers, this client), sampled every 50 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in pids]
+        self.peak = [p.memory_info().rss for p in self.procs]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for i, p in enumerate(self.procs):
+                try:
+                    self.peak[i] = max(self.peak[i], p.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return [p / 2**20 for p in self.peak]
+
+
+def run_partitioned(args: argparse.Namespace) -> None:
+    from distributed import Client, LocalCluster
+
+    from dedupdask.collect import collect
+    from dedupdask.knn import warm_up
+    from dedupdask.knn_partitioned import (
+        VectorSource,
+        knn_graph_partitioned,
+        single_task_bytes,
+        task_budget,
+    )
+
+    print(
+        f"# dedupdask partitioned kNN benchmark: knn_graph_partitioned, d={args.d}, k={args.k}, "
+        f"sigma={args.sigma}, {args.workers} worker processes x 1 thread, worker memory limit "
+        f"{args.worker_memory}, memory per task {args.memory_per_task or 'auto (from the workers)'}, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
+    for n in args.n:
+        need = single_task_bytes(n, args.d, args.k, "pynndescent")
+        print(
+            f"N={n:,} d={args.d}: the single-task pynndescent graph would need ~{need / 2**30:.1f} "
+            f"GiB in one process (gathered vectors + normalised copy + index, "
+            f"dedupdask.knn_partitioned.single_task_bytes); this machine has "
+            f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+            flush=True,
+        )
+        root = os.path.join(args.data_dir, f"n{n}-d{args.d}")
+        t = time.perf_counter()
+        truth = generate(root, n, args.d, args.archive_rows, args.sigma, args.clusters_per)
+        print(
+            f"N={n:,} d={args.d}: data {n * args.d * 4 / 2**30:.1f} GiB in {n // args.archive_rows} "
+            f"archives under {root} ({time.perf_counter() - t:.0f} s to generate or reuse)",
+            flush=True,
+        )
+        keep = truth["cos"] >= args.threshold
+        src, dst = truth["src"][keep], truth["dst"][keep]
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=args.worker_memory,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            col = collect(root, warn=False)
+            source = VectorSource.from_collection(col)
+            t = time.perf_counter()
+            client.run(warm_up)
+            jit = time.perf_counter() - t
+            rng = np.random.default_rng(1)
+            qpos = np.sort(rng.choice(n, size=min(args.queries, n), replace=False))
+            t = time.perf_counter()
+            exact_top, exact_pairs = exact_queries(source, qpos, args.k, args.threshold)
+            t_exact = time.perf_counter() - t
+            budget = task_budget(args.memory_per_task)
+            for variant in args.variant:
+                d_reduce, dtype, method = VARIANTS[variant]
+                pids = list(client.run(os.getpid).values()) + [os.getpid()]
+                rss = _WorkerRSS(pids)
+                t = time.perf_counter()
+                idx, sim, info = knn_graph_partitioned(
+                    source,
+                    args.k,
+                    max_memory_per_task=args.memory_per_task,
+                    d_reduce=d_reduce,
+                    dtype=dtype,
+                    method=method,
+                )
+                wall = time.perf_counter() - t
+                peaks = rss.stop()
+                found = (idx[dst] == src[:, None]).any(axis=1) | (idx[src] == dst[:, None]).any(
+                    axis=1
+                )
+                rec_k = float(
+                    np.mean(
+                        [len(set(idx[q]) & set(exact_top[i])) / args.k for i, q in enumerate(qpos)]
+                    )
+                )
+                # a pair (q, r) >= threshold is found when r is in q's list or q in r's
+                q_pairs = exact_pairs
+                found_q = sum(1 for q, r in q_pairs if r in idx[q] or q in idx[r])
+                print(
+                    f"  {variant:>15}: wall {wall:7.1f} s (+ JIT {jit:.0f} s once per worker) | "
+                    f"peak RSS per worker {', '.join(f'{p:,.0f}' for p in peaks[:-1])} MB "
+                    f"(memory per task {budget / 2**20:,.0f} MB) | client {peaks[-1]:,.0f} MB | "
+                    f"planted pairs >= {args.threshold}: {found.mean():.4f} of {found.size:,} | "
+                    f"queries: recall@{args.k} {rec_k:.4f}, pairs >= {args.threshold} "
+                    f"{found_q / max(1, len(q_pairs)):.4f} of {len(q_pairs)} | "
+                    f"{info['buckets']} buckets (max {info['bucket_size_max']:,}, "
+                    f"{info['replication']} per vector), {info['method']}, "
+                    f"stages {info['timings']}",
+                    flush=True,
+                )
+                print(
+                    "    "
+                    + json.dumps(
+                        {
+                            "variant": variant,
+                            "n": n,
+                            "d": args.d,
+                            "wall_s": round(wall, 1),
+                            "jit_s": round(jit, 1),
+                            "exact_queries_s": round(t_exact, 1),
+                            "peak_rss_workers_mb": [round(p) for p in peaks[:-1]],
+                            "peak_rss_client_mb": round(peaks[-1]),
+                            "planted_recall": round(float(found.mean()), 4),
+                            "planted_pairs": int(found.size),
+                            f"recall@{args.k}": round(rec_k, 4),
+                            "query_pairs_recall": round(found_q / max(1, len(q_pairs)), 4),
+                            "query_pairs": len(q_pairs),
+                            **info,
+                        }
+                    ),
+                    flush=True,
+                )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,7 +450,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clusters-per", type=int, default=100, help="points per cluster")
     p.add_argument("--queries", type=int, default=1000, help="rows with exact ground truth")
     p.add_argument("--single", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--partitioned", action="store_true", help="measure the partitioned kNN")
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=sorted(VARIANTS),
+        help="partitioned: full, d256, exact, exact-f16, ... (repeatable; default full)",
+    )
+    p.add_argument("--memory-per-task", default=None, help="partitioned: e.g. 2GB (default: auto)")
+    p.add_argument("--workers", type=int, default=2, help="partitioned: worker processes")
+    p.add_argument("--worker-memory", default="4GiB", help="partitioned: memory limit per worker")
+    p.add_argument("--archive-rows", type=int, default=10_000, help="partitioned: rows per archive")
+    p.add_argument("--threshold", type=float, default=0.79, help="partitioned: pair threshold")
+    p.add_argument("--data-dir", default="/tmp/dedupdask-knn-bench", help="partitioned: data")
     args = p.parse_args(argv)
+    if args.partitioned:
+        args.variant = args.variant or ["full"]
+        run_partitioned(args)
+        return
     if args.single:
         print(json.dumps(run_one(args)), flush=True)
         return

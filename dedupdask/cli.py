@@ -21,7 +21,10 @@ from .config import OPTION_HELP, RunConfig
 
 __all__ = ["main", "build_parser"]
 
-_ANALYSIS_ONLY = {"nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold"}
+_ANALYSIS_ONLY = {
+    "nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold",
+    "max_memory_per_task", "d_reduce", "knn_dtype",
+}
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
     "num_threads", "keep_archives", "keep_images", "resume", "max_image_pixels",

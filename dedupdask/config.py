@@ -32,6 +32,9 @@ OPTION_HELP: dict[str, str] = {
     "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops); None = the model's measured default",
     "verify_score": "pixel-alignment score (0..1) that confirms a verified pair; None = measured default",
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
+    "max_memory_per_task": "memory one kNN task may use, e.g. 2GB; the kNN is partitioned into buckets when the vectors need more (default: half a Dask worker's memory limit per thread)",
+    "d_reduce": "search neighbours on a PCA projection to this many dimensions (0 = off); similarities are recomputed on the original vectors",
+    "knn_dtype": "storage of the vectors during the partitioned kNN search: float32 or float16 (similarities recomputed in float32)",
     "keep_archives": "copy each archive to work_dir/tmp/archives/ once and read it there",
     "keep_images": "also write every image member under work_dir/tmp/<archive>/",
     "turi_param": "fastdup-style 'delete_tar=0,delete_img=0,ccthreshold=0.96'",
@@ -125,6 +128,9 @@ class RunConfig:
     verify_threshold: float | None = None
     verify_score: float | None = None
     verify: bool = True
+    max_memory_per_task: str | int | None = None
+    d_reduce: int = 0
+    knn_dtype: str = "float32"
     keep_archives: bool = False
     keep_images: bool = False
     turi_param: str | None = None
@@ -169,6 +175,18 @@ class RunConfig:
             0.0 <= self.lower_threshold <= 1.0,
             f"lower_threshold must be a fraction in [0, 1], got {self.lower_threshold!r}",
         )
+        if self.max_memory_per_task is not None:
+            from .knn_partitioned import parse_memory
+
+            parse_memory(self.max_memory_per_task)  # raises ValueError naming the option
+        check(
+            isinstance(self.d_reduce, int) and self.d_reduce >= 0,
+            f"d_reduce must be an integer >= 0 (0 = no reduction), got {self.d_reduce!r}",
+        )
+        check(
+            self.knn_dtype in ("float32", "float16"),
+            f"knn_dtype must be 'float32' or 'float16', got {self.knn_dtype!r}",
+        )
         check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
         check(self.max_member_bytes > 0, "max_member_bytes must be > 0")
         check(self.max_archive_bytes > 0, "max_archive_bytes must be > 0")
@@ -196,7 +214,7 @@ class RunConfig:
             kwargs["storage_options"] = {}
         kwargs["model_mean"] = _triple(kwargs.get("model_mean"), "model_mean")
         kwargs["model_std"] = _triple(kwargs.get("model_std"), "model_std")
-        for key in ("min_offset", "max_offset", "batch_size", "num_threads", "run_mode", "storage_attempts"):
+        for key in ("min_offset", "max_offset", "batch_size", "num_threads", "run_mode", "storage_attempts", "d_reduce"):
             if key in kwargs and isinstance(kwargs[key], float) and kwargs[key].is_integer():
                 kwargs[key] = int(kwargs[key])
         return cls(**kwargs)

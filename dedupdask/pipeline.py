@@ -228,6 +228,9 @@ def run(
     verify_threshold: float | None = None,
     verify_score: float | None = None,
     verify: bool = True,
+    max_memory_per_task: str | int | None = None,
+    d_reduce: int = 0,
+    knn_dtype: str = "float32",
     keep_archives: bool = False,
     keep_images: bool = False,
     turi_param: str | None = None,
@@ -271,6 +274,18 @@ def run(
         ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
         candidate for verification; pixel-alignment score that confirms a candidate; whether
         to verify at all. None = the measured defaults of the model.
+    max_memory_per_task : str or int, optional
+        Memory one kNN task may use (``"2GB"``, bytes). When the kNN of all vectors would need
+        more, it runs partitioned on the Dask cluster: vectors are bucketed by a coarse
+        k-means (boundary points in two buckets), each bucket searched by one task, the lists
+        merged (:mod:`dedupdask.knn_partitioned`). Default: half of the smallest worker's
+        memory limit per thread (half this machine's memory without a distributed client).
+    d_reduce : int
+        Search neighbours on a PCA projection to this many dimensions (e.g. 256; 0 = off);
+        similarities are recomputed on the original float32 vectors.
+    knn_dtype : {"float32", "float16"}
+        Storage of the vectors in a kNN bucket; float16 halves it (similarities recomputed in
+        float32).
     keep_archives, keep_images : bool
         Keep a copy of each archive / each image member under ``work_dir/tmp/``.
     turi_param : str, optional
@@ -313,6 +328,7 @@ def run(
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
         verify_threshold=verify_threshold, verify_score=verify_score, verify=verify,
+        max_memory_per_task=max_memory_per_task, d_reduce=d_reduce, knn_dtype=knn_dtype,
         keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,

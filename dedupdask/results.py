@@ -54,7 +54,8 @@ from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
 from .fusion import has_dct, run_tiers
-from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
+from .knn import DEFAULT_RANDOM_STATE
+from .knn_partitioned import knn_graph_work_dir
 from .store import WorkDir
 
 __all__ = [
@@ -407,15 +408,10 @@ def _build(
 
     k = params.k
     emb = col.embeddings()
-    x = emb if reps.size == n else emb[reps]
-    if reps.size:
-        nbr_idx, nbr_sim, used = knn_graph_dask(
-            x,
-            int(reps.size),
-            col.d,
-            k,
-            method=method,
-            random_state=random_state,  # type: ignore[arg-type]
+    knn_info: dict[str, Any] = {}
+    if reps.size:  # one task, or partitioned past max_memory_per_task (knn_partitioned)
+        nbr_idx, nbr_sim, used, knn_info = knn_graph_work_dir(
+            col, reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
         )
     else:
         nbr_idx = np.empty((0, k), np.int64)
@@ -466,7 +462,11 @@ def _build(
             "distance": config.distance,
             "knn_method": used,
             "random_state": random_state,
+            "max_memory_per_task": config.max_memory_per_task,
+            "d_reduce": config.d_reduce,
+            "knn_dtype": config.knn_dtype,
         },
+        "knn": knn_info,
         "model": col.model,
         "archives": [a.to_dict() for a in col.archives],
         "failed": col.failed,
