@@ -362,7 +362,7 @@ def run_partitioned(args: argparse.Namespace) -> None:
                 threads_per_worker=1,
                 processes=True,
                 memory_limit=args.worker_memory,
-                dashboard_address=None,
+                dashboard_address=":0",
             ) as cluster,
             Client(cluster) as client,
         ):
@@ -516,8 +516,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--variant",
         action="append",
-        choices=sorted(VARIANTS),
-        help="partitioned: full, d256, exact, exact-f16, ... (repeatable; default full)",
+        choices=[*sorted(VARIANTS), "single"],
+        help="partitioned: full, d256, exact, exact-f16, ..., or single (the single-task "
+        "pynndescent graph in a fresh process, for comparison); repeatable; default full",
     )
     p.add_argument("--memory-per-task", default=None, help="partitioned: e.g. 2GB (default: auto)")
     p.add_argument("--workers", type=int, default=2, help="partitioned: worker processes")
