@@ -46,6 +46,7 @@ import os
 import posixpath
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -101,8 +102,15 @@ On a 90k x 1280 bucket of the benchmark data (1 thread): planted pairs >= 0.79 f
 :data:`dedupdask.knn.PYNNDESCENT_MIN_NEIGHBORS`.
 """
 
-FILL = 0.5
-"""Centroids are chosen so that buckets average this fraction of a task's capacity."""
+FILL = 0.8
+"""Centroids are chosen so that buckets average this fraction of a task's capacity.
+
+k-means buckets were balanced on the benchmark data (largest / mean size 1.02-1.04 at 1M
+and 5M); a bucket that is larger than a task may hold is split anyway.
+"""
+
+MERGE_FANIN = 8
+"""Neighbour lists of this many buckets are merged at once (a tree over all buckets)."""
 
 SPLIT_FILL = 0.5
 """An oversized bucket is split into parts that average this fraction of the capacity."""
@@ -251,9 +259,11 @@ def bucket_bytes(
         search = read + lists + store + as_f32 + index
     if not rerank_budget:
         return int(search)
-    pairs = size * k_search * (12 + 6 * 8)  # lists, ends, sort keys and order of every pair
-    tiles = min(2 * size * d_read * 4, rerank_budget // 2) + _gather_bytes(rerank_budget)
-    return int(max(search, pairs + tiles))
+    pairs = size * k_search * (12 + 7 * 8)  # lists, ends, sort keys and order of every pair
+    tiles = min(2 * size * d_read * 4, rerank_budget // 4) + _gather_bytes(rerank_budget)
+    # summed, not the max of the two phases: memory freed after the search is not always
+    # returned to the OS before the re-scoring allocates (measured peak RSS)
+    return int(search + pairs + tiles)
 
 
 def bucket_capacity(
@@ -947,23 +957,28 @@ def _rescore_bucket(
     """Cosine similarities of every (member, candidate) pair on the original float32 rows.
 
     Both ends of a pair are members of the bucket. The members' original rows are read in
-    ``T`` tiles (contiguous runs of members) small enough that two fit in half the budget;
-    each unordered pair is scored once, with the tiles of its two ends in memory.
+    tiles (contiguous runs of members) of at most an eighth of the budget; each unordered pair
+    is scored once, with the tiles of its two ends in memory.
     """
     n, kk = idx.shape
     out = np.full(idx.size, np.nan, dtype=np.float32)
     flat = idx.ravel()
-    rows = np.repeat(np.arange(n, dtype=np.int64), kk)
     ok = np.flatnonzero(flat >= 0)
     if ok.size == 0:
         return out.reshape(idx.shape)
-    a, b = np.minimum(rows[ok], flat[ok]), np.maximum(rows[ok], flat[ok])
+    rows = ok // kk
+    pair = np.minimum(rows, flat[ok]) * n + np.maximum(rows, flat[ok])
+    del rows
+    pair, inv = np.unique(pair, return_inverse=True)  # i->j and j->i are one pair
+    a, b = pair // n, pair % n
+    del pair
     row_bytes = 4 * source.d
-    tile = max(1, min(n, int(budget // 4 // row_bytes)))
+    tile = max(1, min(n, int(budget // 8 // row_bytes)))
     n_tiles = math.ceil(n / tile)
     key = (a // tile) * n_tiles + b // tile
-    order = np.lexsort((b, a, key))
-    key, a, b, ok = key[order], a[order], b[order], ok[order]
+    order = np.argsort(key, kind="stable")  # a, b already ascending within a key
+    key, a, b = key[order], a[order], b[order]
+    sims = np.empty(a.size, dtype=np.float32)
     bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
     step = max(1, _gather_bytes(budget) // (2 * row_bytes))
     loaded: dict[int, np.ndarray] = {}
@@ -974,11 +989,17 @@ def _rescore_bucket(
                 del loaded[t]
         for t in (ta, tb):
             if t not in loaded:
-                loaded[t] = _unit(source.read(members[t * tile : (t + 1) * tile]))
+                x = source.read(members[t * tile : (t + 1) * tile]).astype(np.float32, copy=False)
+                norms = np.linalg.norm(x, axis=1, keepdims=True)
+                np.divide(x, norms, out=x, where=norms > 0)
+                loaded[t] = x
         xa, xb = loaded[ta], loaded[tb]
         for s in range(g0, g1, step):
             e = min(g1, s + step)
-            out[ok[s:e]] = np.einsum("ij,ij->i", xa[a[s:e] - ta * tile], xb[b[s:e] - tb * tile])
+            sims[s:e] = np.einsum("ij,ij->i", xa[a[s:e] - ta * tile], xb[b[s:e] - tb * tile])
+    unsorted = np.empty_like(sims)
+    unsorted[order] = sims
+    out[ok] = unsorted[inv.ravel()]
     return np.clip(out, -1.0, 1.0).reshape(idx.shape)
 
 
@@ -1030,6 +1051,29 @@ def _best(
     rows, cand, sim = rows[order], cand[order], sim[order]
     keep = _rank_within(rows) < k
     return rows[keep], cand[keep], sim[keep]
+
+
+def _merge_pieces(
+    k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Several buckets' pieces of one row range -> one piece with the best ``k`` per row.
+
+    Partial merges run as soon as their buckets are done, so a worker never stores the
+    neighbour lists of every bucket at once.
+    """
+    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
+    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
+    sim = np.concatenate([p[2].ravel() for p in pieces])
+    dt = pieces[0][1].dtype
+    del pieces
+    rows, cand, sim = _best(rows, cand, sim, k)
+    uq = np.unique(rows)
+    out_idx = np.full((uq.size, k), -1, dtype=dt)
+    out_sim = np.full((uq.size, k), np.nan, dtype=np.float32)
+    at = np.searchsorted(uq, rows)
+    rank = _rank_within(rows)
+    out_idx[at, rank], out_sim[at, rank] = cand, sim
+    return uq, out_idx, out_sim
 
 
 def _merge_range(
@@ -1130,7 +1174,10 @@ def knn_graph_partitioned(
         size = min(cap, max(1, int(n * m / max(1, math.ceil(n * m / (cap * FILL))))))
         method = "exact" if float(n) * m * size * d_search <= _exact_max_work() else "pynndescent"
     capacity = bucket_capacity(budget, d_search, itemsize, k_search, method, d, rerank)
-    n_clusters = 1 if n <= capacity else max(2, math.ceil(n * m / (capacity * FILL)))
+    # expected buckets per vector: m, plus up to m more for BOUNDARY_FRACTION of the vectors
+    # (2.8 measured for m=2 and 0.5)
+    per_vector = m * (1 + 0.8 * BOUNDARY_FRACTION) if margin is None or margin > 0 else m
+    n_clusters = 1 if n <= capacity else max(2, math.ceil(n * per_vector / (capacity * FILL)))
     info: dict[str, Any] = {
         "method": f"partitioned-{method}",
         "memory_per_task": budget,
@@ -1215,7 +1262,7 @@ def knn_graph_partitioned(
             )
             for i, b in enumerate(source.blocks)
         ]
-        (labels,) = dask.compute(tasks)
+        (labels,) = _compute(tasks)
         lap("assign")
 
         # 3. plan the buckets
@@ -1246,7 +1293,7 @@ def knn_graph_partitioned(
                 )
                 for j, b in enumerate(big)
             ]
-            (parts_out,) = dask.compute(todo)
+            (parts_out,) = _compute(todo)
             new = []
             for b, sub in zip(big, parts_out, strict=True):
                 sub = [s for s in sub if s.size]
@@ -1279,17 +1326,25 @@ def knn_graph_partitioned(
             )
             for j, b in enumerate(buckets)
         ]
-        merged = [
-            dask.delayed(_merge_range, pure=True)(
-                int(s),
-                int(e),
-                k,
-                *[p[r] for p in pieces],
-                dask_key_name=f"dedupdask-knn-merge-{token}-{r}",
+        merged = []
+        for r, (s, e) in enumerate(zip(starts, stops, strict=True)):
+            level, parts_r = 0, [p[r] for p in pieces]
+            while len(parts_r) > MERGE_FANIN:  # a tree of partial merges
+                parts_r = [
+                    dask.delayed(_merge_pieces, pure=True)(
+                        k,
+                        *parts_r[g : g + MERGE_FANIN],
+                        dask_key_name=f"dedupdask-knn-merge-{token}-{r}-{level}-{g}",
+                    )
+                    for g in range(0, len(parts_r), MERGE_FANIN)
+                ]
+                level += 1
+            merged.append(
+                dask.delayed(_merge_range, pure=True)(
+                    int(s), int(e), k, *parts_r, dask_key_name=f"dedupdask-knn-merge-{token}-{r}"
+                )
             )
-            for r, (s, e) in enumerate(zip(starts, stops, strict=True))
-        ]
-        (results,) = dask.compute(merged)
+        (results,) = _compute(merged)
         for s, e, (ri, rs) in zip(starts, stops, results, strict=True):
             idx[s:e], sim[s:e] = ri, rs
         lap("search_merge")
@@ -1309,6 +1364,13 @@ def knn_graph_partitioned(
         timings=timings,
     )
     return idx, sim, info
+
+
+def _compute(*args: Any) -> Any:
+    """``dask.compute``, without distributed's warning about graphs that carry member lists."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        return dask.compute(*args)
 
 
 def _exact_max_work() -> float:
