@@ -156,6 +156,8 @@ VARIANTS = {
     # name: (d_reduce, dtype, method inside the buckets)
     "full": (0, "float32", "pynndescent"),
     "d256": (256, "float32", "pynndescent"),
+    "f16": (0, "float16", "pynndescent"),
+    "d256-f16": (256, "float16", "pynndescent"),
     "exact": (0, "float32", "exact"),
     "exact-f16": (0, "float16", "exact"),
     "exact-d256": (256, "float32", "exact"),
