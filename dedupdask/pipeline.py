@@ -371,10 +371,18 @@ def _vector_bytes(work_dir: str, config: RunConfig) -> int:
 def _analysis_scheduler(client: Any, work_dir: str, config: RunConfig) -> Iterator[None]:
     """Make ``client`` the scheduler of the analysis' dask computations, when it pays.
 
-    Small work_dirs (< ``LOCAL_ANALYSIS_BYTES`` of vectors) are analysed on local threads.
+    Small work_dirs (< ``LOCAL_ANALYSIS_BYTES`` of vectors) are analysed on local threads,
+    except the pixel verification of candidate pairs, which runs on the cluster.
     """
     if client is not None and _vector_bytes(work_dir, config) < LOCAL_ANALYSIS_BYTES:
-        client = "threads"
+        if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
+            pass
+        else:  # the vectors stay here; pixel verification (CPU-bound, GIL-bound) goes to the cluster
+            from .verify import verify_on
+
+            with _scheduler(client, 1) as (_, c), verify_on(c), dask.config.set(scheduler="threads"):
+                yield
+            return
     if client is None:
         yield
     elif isinstance(client, str) and client in _LOCAL_SCHEDULERS:

@@ -36,14 +36,18 @@ the pairs between them. No model is used, so no ONNX session is needed.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
+import scipy.fft as _fft
 
 __all__ = [
     "DEFAULT_VERIFY_SCORE",
@@ -53,6 +57,7 @@ __all__ = [
     "match_score",
     "prepare_image",
     "score_pairs",
+    "verify_on",
     "verify_pairs",
 ]
 
@@ -73,6 +78,59 @@ DEFAULT_VERIFY_SCORE = 0.9
 """A pair is confirmed when its score reaches this (see ``benchmarks/results/quality_tiers.txt``)."""
 
 VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
+
+PAIRS_PER_TASK = 1000
+"""Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
+PROCESS_MIN_PAIRS = 3000
+"""Without a distributed scheduler, at least this many pairs (~3 s of one core) are scored on
+a LocalCluster of this machine's cores started for the purpose: scoring holds the GIL, so
+local threads would run it on one core."""
+
+_SCHEDULER: contextvars.ContextVar[Any] = contextvars.ContextVar("dedupdask_verify_on", default=None)
+
+
+@contextlib.contextmanager
+def verify_on(scheduler: Any) -> Iterator[None]:
+    """Run verification on ``scheduler`` (a distributed Client) inside this block.
+
+    :func:`dedupdask.run` uses it when it analyses a small work_dir on local threads but was
+    given a cluster: the vectors stay here, the pixel work goes to the workers.
+    """
+    token = _SCHEDULER.set(scheduler)
+    try:
+        yield
+    finally:
+        _SCHEDULER.reset(token)
+
+
+@contextlib.contextmanager
+def _scheduler_for(n_pairs: int) -> Iterator[Any]:
+    """The scheduler to score ``n_pairs`` on (None: dask's current one)."""
+    chosen = _SCHEDULER.get()
+    if chosen is not None:
+        yield chosen
+        return
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    current = get_scheduler()
+    cores = os.cpu_count() or 1
+    if n_pairs < PROCESS_MIN_PAIRS or cores < 2 or current not in (None, dask.threaded.get):
+        yield None  # few pairs, one core, a distributed client or a scheduler chosen on purpose
+        return
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=cores,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
 
 
 @dataclass(frozen=True)
@@ -159,9 +217,20 @@ class _Plan:
 
     def __init__(self, img: np.ndarray) -> None:
         self.img = img
-        self.spec = np.fft.rfft2(img)
+        self.spec = _fft.rfft2(img)
         self.s1 = _integral(img)
         self.s2 = _integral(img * img)
+        self._windows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def windows(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Variance and inverse standard deviation of every ``h x w`` window (cached)."""
+        got = self._windows.get((h, w))
+        if got is None:
+            s1 = _box(self.s1, h, w)
+            var = _box(self.s2, h, w) - s1 * s1 / (h * w)
+            got = (var, 1.0 / np.sqrt(np.maximum(var, 1e-12)))
+            self._windows[(h, w)] = got
+        return got
 
 
 def _ncc(plan: _Plan, tpl: np.ndarray) -> np.ndarray | None:
@@ -174,17 +243,21 @@ def _ncc(plan: _Plan, tpl: np.ndarray) -> np.ndarray | None:
     energy = float((t0 * t0).sum())
     if energy < 1e-8:
         return None
-    spec = plan.spec * np.fft.rfft2(t0[::-1, ::-1], s=(H, W))
-    corr = np.fft.irfft2(spec, s=(H, W))[h - 1 :, w - 1 :]
-    s1 = _box(plan.s1, h, w)
-    var = _box(plan.s2, h, w) - s1 * s1 / (h * w)
+    spec = plan.spec * _fft.rfft2(t0[::-1, ::-1], s=(H, W))
+    corr = _fft.irfft2(spec, s=(H, W))[h - 1 :, w - 1 :]
+    var, inv = plan.windows(h, w)
     ok = var > max(0.01 * energy, 1e-8)  # windows much flatter than the template never match
-    out = np.where(ok, corr / np.sqrt(np.maximum(var, 1e-12) * energy), 0.0)
+    out = np.where(ok, corr * inv, 0.0) / np.sqrt(energy)
     return np.clip(out, -1.0, 1.0)
 
 
 class _View:
-    """Grey fine and coarse versions of a prepared image (computed once per task)."""
+    """Grey fine and coarse versions of a prepared image (computed once per task).
+
+    The templates this image becomes inside outer images of a given coarse shape (every scale
+    and flip, their FFTs and energies) are cached too: in a dataset most images share a few
+    shapes, so a template stack is built once per image and shape, not once per pair.
+    """
 
     def __init__(self, p: Prepared) -> None:
         rgb = p.rgb.astype(np.float32) / 255.0
@@ -195,7 +268,56 @@ class _View:
         s = COARSE / max(h, w)
         self.coarse = _resize(self.grey, max(4, round(w * s)), max(4, round(h * s)))
         self.coarse_plan = _Plan(self.coarse)
-        self.fine_plan = _Plan(self.grey)
+        self._fine_plan: _Plan | None = None
+        self._stacks: dict[tuple[int, int], _Stack | None] = {}
+
+    @property
+    def fine_plan(self) -> _Plan:
+        if self._fine_plan is None:  # only pairs that pass the coarse search need it
+            self._fine_plan = _Plan(self.grey)
+        return self._fine_plan
+
+    def stack(self, outer_hw: tuple[int, int]) -> _Stack | None:
+        """This image as templates inside an outer coarse image of shape ``outer_hw``."""
+        if outer_hw not in self._stacks:
+            self._stacks[outer_hw] = _Stack.build(self, outer_hw)
+        return self._stacks[outer_hw]
+
+
+@dataclass
+class _Stack:
+    """Templates of one inner image for one outer shape: one entry per scale, both flips."""
+
+    scales: list[float]
+    shapes: list[tuple[int, int]]
+    root_energy: np.ndarray
+    spec: np.ndarray  # rfft2 of [2 * len(scales), H, W]: scale i unflipped at 2i, flipped at 2i+1
+
+    @staticmethod
+    def build(inner: _View, outer_hw: tuple[int, int]) -> _Stack | None:
+        H, W = outer_hw
+        scales, shapes, energies, tpls = [], [], [], []
+        for s in SCALES:
+            th, tw = _inner_size((H, W), s, inner.aspect)
+            if th > H or tw > W or th < 4 or tw < 4:
+                continue
+            t0 = _resize(inner.coarse, tw, th)
+            t0 = t0 - t0.mean()
+            energy = float((t0 * t0).sum())
+            if energy < 1e-8:
+                continue  # a flat template matches nothing (and its flip is as flat)
+            scales.append(s)
+            shapes.append((th, tw))
+            energies.append(energy)
+            tpls.append(t0)
+        if not tpls:
+            return None
+        stack = np.zeros((2 * len(tpls), H, W), np.float32)
+        for i, t0 in enumerate(tpls):
+            h, w = t0.shape
+            stack[2 * i, :h, :w] = t0[::-1, ::-1]
+            stack[2 * i + 1, :h, :w] = t0[::-1, :]  # the flipped template, reversed
+        return _Stack(scales, shapes, np.sqrt(np.asarray(energies)), _fft.rfft2(stack))
 
 
 def _inner_size(outer_hw: tuple[int, int], scale: float, aspect: float) -> tuple[int, int]:
@@ -207,48 +329,30 @@ def _inner_size(outer_hw: tuple[int, int], scale: float, aspect: float) -> tuple
     return th, tw
 
 
-def _best_ncc_many(plan: _Plan, tpls: list[np.ndarray]) -> list[float | None]:
-    """Best :func:`_ncc` value of each template inside the plan's image, in one batched FFT."""
+def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
+    """Best normalised correlation of every template of ``st`` inside the plan's image."""
     H, W = plan.img.shape
-    stack = np.zeros((len(tpls), H, W), np.float32)
-    energies = []
-    for i, t in enumerate(tpls):
-        t0 = t - t.mean()
-        energies.append(float((t0 * t0).sum()))
-        stack[i, : t.shape[0], : t.shape[1]] = t0[::-1, ::-1]
-    corr = np.fft.irfft2(np.fft.rfft2(stack) * plan.spec, s=(H, W))
-    out: list[float | None] = []
-    for i, t in enumerate(tpls):
-        h, w = t.shape
-        if energies[i] < 1e-8:
-            out.append(None)
-            continue
-        s1 = _box(plan.s1, h, w)
-        var = _box(plan.s2, h, w) - s1 * s1 / (h * w)
-        c = corr[i, h - 1 :, w - 1 :]
-        ok = var > max(0.01 * energies[i], 1e-8)
-        m = np.where(ok, c / np.sqrt(np.maximum(var, 1e-12) * energies[i]), 0.0)
-        out.append(float(np.clip(m, -1.0, 1.0).max()))
-    return out
+    corr = _fft.irfft2(st.spec * plan.spec, s=(H, W))
+    best = np.empty(corr.shape[0])
+    for i, (h, w) in enumerate(st.shapes):
+        var, inv = plan.windows(h, w)
+        scale = np.where(var > max(0.01 * float(st.root_energy[i]) ** 2, 1e-8), inv, 0.0)
+        scale /= st.root_energy[i]
+        best[2 * i] = (corr[2 * i, h - 1 :, w - 1 :] * scale).max()
+        best[2 * i + 1] = (corr[2 * i + 1, h - 1 :, w - 1 :] * scale).max()
+    return np.clip(best, -1.0, 1.0)
 
 
 def _hypotheses(a: _View, b: _View) -> list[tuple[float, int, float, bool]]:
     out = []
     for direction, (outer, inner) in enumerate(((a, b), (b, a))):
-        H, W = outer.coarse.shape
-        keys, tpls = [], []
-        for s in SCALES:
-            th, tw = _inner_size((H, W), s, inner.aspect)
-            if th > H or tw > W or th < 4 or tw < 4:
-                continue
-            tpl = _resize(inner.coarse, tw, th)
-            for flip in (False, True):
-                keys.append((s, flip))
-                tpls.append(tpl[:, ::-1] if flip else tpl)
-        if tpls:
-            for (s, flip), best in zip(keys, _best_ncc_many(outer.coarse_plan, tpls), strict=True):
-                if best is not None:
-                    out.append((best, direction, s, flip))
+        st = inner.stack(outer.coarse.shape)
+        if st is None:
+            continue
+        best = _stack_best(outer.coarse_plan, st)
+        for i, s in enumerate(st.scales):
+            out.append((float(best[2 * i]), direction, s, False))
+            out.append((float(best[2 * i + 1]), direction, s, True))
     out.sort(key=lambda t: (-round(t[0], 4), -t[2]))
     return out[:TOP]
 
@@ -527,7 +631,11 @@ def verify_pairs(
     key = np.minimum(ga, gb) * len(urls) + np.maximum(ga, gb)
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
-    groups = np.split(order, bounds)
+    groups = [
+        part
+        for g in np.split(order, bounds)
+        for part in np.array_split(g, -(-len(g) // PAIRS_PER_TASK))
+    ]
     tasks = []
     for g in groups:
         a, b = int(ga[g[0]]), int(gb[g[0]])
@@ -535,9 +643,10 @@ def verify_pairs(
         if b != a:
             deps.append(dask.delayed(_first, pure=True)(loads[b]))
         tasks.append(dask.delayed(score_pairs, pure=True)(p[g], *deps))
-    load_out, score_out = dask.compute(
-        [dask.delayed(_load_cost, pure=True)(x) for x in loads], tasks
-    )
+    with _scheduler_for(len(p)) as scheduler:
+        load_out, score_out = dask.compute(
+            [dask.delayed(_load_cost, pure=True)(x) for x in loads], tasks, scheduler=scheduler
+        )
     parts = []
     for g, (df, secs) in zip(groups, score_out, strict=True):
         df.index = g

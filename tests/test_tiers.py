@@ -211,3 +211,61 @@ def test_local_cluster_gives_the_same_result(tier_run):
         assert dist.run["verification"]["tasks"] >= 2
     pd.testing.assert_frame_equal(dist.similarity, res.similarity)
     pd.testing.assert_frame_equal(dist.components, res.components)
+
+
+def test_template_stacks_match_the_direct_correlation():
+    """The cached template stacks give the same coarse scores as correlating each template."""
+    from dedupdask.verify import SCALES, _inner_size, _ncc, _resize, _stack_best, _View
+
+    rng = np.random.default_rng(5)
+    im = random_picture(rng, (320, 240))
+    outer, inner = _View(_prep(im)), _View(_prep(_crop_resize(im)))
+    st = inner.stack(outer.coarse.shape)
+    assert st is not None and len(st.scales) == len(SCALES)
+    got = _stack_best(outer.coarse_plan, st)
+    assert inner.stack(outer.coarse.shape) is st  # built once per image and outer shape
+    for i, s in enumerate(st.scales):
+        th, tw = _inner_size(outer.coarse.shape, s, inner.aspect)
+        tpl = _resize(inner.coarse, tw, th)
+        for j, t in enumerate((tpl, tpl[:, ::-1])):
+            assert got[2 * i + j] == pytest.approx(float(_ncc(outer.coarse_plan, t).max()), abs=1e-5)
+
+
+def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run):
+    """ddk.run keeps a small work_dir's vectors local but scores the pixels on the cluster."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    import dedupdask as ddk
+
+    wd, res, _ = tier_run
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as ts,
+    ):
+        out = ddk.run(None, wd, run_mode=2, client=client, progress=False)
+    names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
+    assert any(str(n).startswith("score_pairs") for n in names), sorted(names)[:10]
+    assert not any(str(n).startswith("dedupdask-vectors") for n in names)
+    pd.testing.assert_frame_equal(out.similarity, res.similarity)
+
+
+def test_many_pairs_without_a_cluster_are_scored_on_local_processes(tier_run, monkeypatch):
+    """Past PROCESS_MIN_PAIRS, local-threads analysis scores on a LocalCluster of its own."""
+    import dedupdask.verify as verify
+
+    started = []
+    real = verify._scheduler_for
+
+    def spy(n):
+        cm = real(n)
+        started.append(n)
+        return cm
+
+    monkeypatch.setattr(verify, "PROCESS_MIN_PAIRS", 1)
+    monkeypatch.setattr(verify, "_scheduler_for", spy)
+    wd, res, _ = tier_run
+    with dask.config.set(scheduler="threads"):
+        out = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
+    assert started and out.run["verification"]["tasks"] >= 2
+    pd.testing.assert_frame_equal(out.similarity, res.similarity)
