@@ -591,7 +591,14 @@ def ddk_child(a: dict[str, Any]) -> None:
             seconds = time.perf_counter() - t0
             res.similarity.to_parquet(a["out"] + ".similarity.parquet")
             res.outliers.to_parquet(a["out"] + ".outliers.parquet")
-            info = {"params": res.params, "invalid": [str(f) for f in res.invalid["filename"]]}
+            ver = res.run.get("verification", {})
+            info = {"params": res.params, "invalid": [str(f) for f in res.invalid["filename"]],
+                    "timings": res.run.get("timings", {}), "verify_pairs": int(ver.get("candidates", 0)),
+                    "verify_s": float(ver.get("seconds", 0.0))}  # fmt: skip
+            if a.get("no_verify_too"):  # what fastdup's run_mode=2 does: kNN, components, outliers
+                t0 = time.perf_counter()
+                ddk.run(None, a["work_dir"], run_mode=2, verify=False, **kw)
+                info["seconds_no_verify"] = time.perf_counter() - t0
     with open(a["out"], "w") as f:
         json.dump({"seconds": seconds, "cluster_s": cluster_s, **info}, f, default=str)
 
@@ -796,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in (1, 2):
             out = work_root / f"r{rnd}-dedupdask.mode{mode}.json"
             a = {"input_dir": str(root), "work_dir": str(wd), "run_mode": mode, "cores": args.cores,
-                 "k": args.nearest_neighbors_k, "model": args.model, "out": str(out)}  # fmt: skip
+                 "k": args.nearest_neighbors_k, "model": args.model, "out": str(out),
+                 "no_verify_too": True}  # fmt: skip
             r[f"rss{mode}"] = run_step([sys.executable, __file__, "--_child", json.dumps(a)],
                                        out.with_suffix(".log"), work_root, env)  # fmt: skip
             info = json.loads(out.read_text())
@@ -807,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["threshold"] = float(info["params"].get("threshold", float("nan")))
                 r["bad_keys"] = {archive_key(f) for f in info["invalid"]}
                 r["pairs"], r["outliers"] = ddk_tables(str(out))
+                r["s2_no_verify"] = info.get("seconds_no_verify", float("nan"))
+                r["verify_pairs"], r["verify_s"] = info["verify_pairs"], info["verify_s"]
+                r["timings"] = info["timings"]
         runs["dedupdask"].append(r)
         last["dedupdask"] = wd
 
@@ -822,6 +833,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {rnd + 1} {tool:<9}: run_mode=1 {r['s1']:7.2f} s{extra}, peak mem "
                   f"{r['rss1']:6.0f} MB; run_mode=2 {r['s2']:6.2f} s, peak mem {r['rss2']:6.0f} MB; "
                   f"{r['embedded']} embedded, {r['bad']} flagged invalid, {len(r['pairs'])} pairs", flush=True)  # fmt: skip
+            if tool == "dedupdask":
+                print(f"  dedupdask run_mode=2 stages (s): {r['timings']}; verify=False: {r['s2_no_verify']:.2f} s",
+                      flush=True)  # fmt: skip
             if tool == "fastdup" and r["unmapped"]:
                 print(f"  WARNING: {r['unmapped']} fastdup names could not be mapped to shard members")
         if not args.keep:
@@ -867,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
         n_images / col(dk, "s1"), ".1f", ratio=True)  # fmt: skip
     row("run_mode=1 seconds", col(fd, "s1"), col(dk, "s1"), ".2f", ratio=True)
     row("run_mode=2 seconds", col(fd, "s2"), col(dk, "s2"), ".2f", ratio=True)
+    row(f"  of which pixel verification of {dk[-1]['verify_pairs']} candidate pairs (fastdup: none)",
+        "-", col(dk, "verify_s"), ".2f")  # fmt: skip
+    row("run_mode=2 seconds without verification (verify=False: kNN, components, outliers)",
+        col(fd, "s2"), col(dk, "s2_no_verify"), ".2f", ratio=True)  # fmt: skip
     row("peak memory run_mode=1, MB (PSS of process tree)", max(r["rss1"] for r in fd), max(r["rss1"] for r in dk), ".0f", ratio=True)
     row("peak memory run_mode=2, MB (PSS of process tree)", max(r["rss2"] for r in fd), max(r["rss2"] for r in dk), ".0f", ratio=True)
     row("images embedded / flagged invalid", f"{fd[-1]['embedded']} / {fd[-1]['bad']}",

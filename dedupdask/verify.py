@@ -81,6 +81,9 @@ VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
+CLUSTER_MIN_PAIRS = 1000
+"""Fewer pairs than this (about a second of work) are scored here on local threads even when
+:func:`verify_on` names a cluster: shipping images to workers costs more than it saves."""
 PROCESS_MIN_PAIRS = 3000
 """Without a distributed scheduler, at least this many pairs (~3 s of one core) are scored on
 a LocalCluster of this machine's cores started for the purpose: scoring holds the GIL, so
@@ -108,7 +111,7 @@ def _scheduler_for(n_pairs: int) -> Iterator[Any]:
     """The scheduler to score ``n_pairs`` on (None: dask's current one)."""
     chosen = _SCHEDULER.get()
     if chosen is not None:
-        yield chosen
+        yield chosen if n_pairs >= CLUSTER_MIN_PAIRS else "threads"
         return
     import dask.threaded
     from dask.base import get_scheduler

@@ -231,12 +231,14 @@ def test_template_stacks_match_the_direct_correlation():
             assert got[2 * i + j] == pytest.approx(float(_ncc(outer.coarse_plan, t).max()), abs=1e-5)
 
 
-def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run):
+def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, monkeypatch):
     """ddk.run keeps a small work_dir's vectors local but scores the pixels on the cluster."""
     from distributed import Client, LocalCluster, get_task_stream
 
     import dedupdask as ddk
+    import dedupdask.verify as verify
 
+    monkeypatch.setattr(verify, "CLUSTER_MIN_PAIRS", 1)
     wd, res, _ = tier_run
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
