@@ -158,6 +158,27 @@ class Collection:
             read_archive_files, specs, meta=meta, label="dedupdask-files", enforce_metadata=False
         )
 
+    def files_frame(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """:meth:`files` as one pandas DataFrame, in archive order.
+
+        On a distributed scheduler the archives' Parquet files are read by the workers; on
+        local threads they are read here in a loop (dask's graph set-up would cost more than
+        the reads for a work_dir small enough to be analysed locally).
+        """
+        from dask.base import get_scheduler
+
+        sched = get_scheduler()
+        if "Client" in type(getattr(sched, "__self__", None)).__name__:
+            df = self.files().compute()
+        else:
+            parts = [
+                read_archive_files((self.work_dir, a.name, a.offset, a.n_valid))
+                for a in self.archives
+            ]
+            df = pd.concat(parts, ignore_index=True) if parts else empty_files_frame()
+        df = df.reset_index(drop=True)
+        return df if columns is None else df.loc[:, columns]
+
     def archive_frame(self) -> pd.DataFrame:
         """The archives as a table (name, url, offset, n_valid, n_images, status, archive_error)."""
         cols = ["name", "url", "offset", "n_valid", "n_images", "status", "archive_error"]

@@ -392,7 +392,7 @@ def _build(
         )
     stages.done("collect")
 
-    files = col.files()[_FILE_COLS].compute()
+    files = col.files_frame(_FILE_COLS)
     valid = files[files["index"].notna()].sort_values("index", kind="stable").reset_index(drop=True)
     n = len(valid)
     if n != col.n or not np.array_equal(valid["index"].to_numpy(dtype=np.int64), np.arange(n)):
