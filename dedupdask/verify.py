@@ -30,7 +30,7 @@ decoding included, on two busy cores.
 
 Work is split for Dask as the rest of the analysis: one task per archive reads the images it
 holds that take part in a candidate pair (each archive read once, through
-:func:`dedupdask.galleries.read_archive_members`), and one task per pair of archives scores
+:func:`dedupdask.readback.read_archive_members`), and one task per pair of archives scores
 the pairs between them. No model is used, so no ONNX session is needed.
 """
 
@@ -482,7 +482,7 @@ def load_archive_images(
     dict
         Global index -> :class:`Prepared`, or the reason it could not be read.
     """
-    from .galleries import read_archive_members
+    from .readback import read_archive_members
 
     items = list(wanted)
     done = read_archive_members(

@@ -97,7 +97,9 @@ def test_tar_read_once_stops_early_and_tells_duplicate_names(tmp_path, monkeypat
     path = str(tmp_path / "a.tar")
     _tar(path, members)
     calls, yielded = [], []
-    real = gal.iter_members
+    import dedupdask.readback as readback
+
+    real = readback.iter_members
 
     def spy(source, storage_options=None, **kw):
         calls.append((source.url, storage_options))
@@ -105,7 +107,7 @@ def test_tar_read_once_stops_early_and_tells_duplicate_names(tmp_path, monkeypat
             yielded.append(m.name)
             yield m
 
-    monkeypatch.setattr(gal, "iter_members", spy)
+    monkeypatch.setattr(readback, "iter_members", spy)
     wanted = [(path, "k001.jpg", 0), (path, "same.jpg", 1), (path, "k003.jpg", 0)]
     out = gal.read_thumbnails(wanted, {"anon": True})
     assert calls == [(path, {"anon": True})]  # one pass, the run's storage_options
