@@ -885,6 +885,10 @@ def main(argv: list[str] | None = None) -> int:
         "-", col(dk, "verify_s"), ".2f")  # fmt: skip
     row("run_mode=2 seconds without verification (verify=False: kNN, components, outliers)",
         col(fd, "s2"), col(dk, "s2_no_verify"), ".2f", ratio=True)  # fmt: skip
+    for r in fd + dk:
+        r["s12"] = r["s1"] + r["s2"]
+    row("end to end (run_mode=1 + run_mode=2) images/s", n_images / col(fd, "s12"),
+        n_images / col(dk, "s12"), ".1f", ratio=True)  # fmt: skip
     row("peak memory run_mode=1, MB (PSS of process tree)", max(r["rss1"] for r in fd), max(r["rss1"] for r in dk), ".0f", ratio=True)
     row("peak memory run_mode=2, MB (PSS of process tree)", max(r["rss2"] for r in fd), max(r["rss2"] for r in dk), ".0f", ratio=True)
     row("images embedded / flagged invalid", f"{fd[-1]['embedded']} / {fd[-1]['bad']}",
