@@ -569,6 +569,9 @@ def ddk_child(a: dict[str, Any]) -> None:
     from distributed import Client, LocalCluster
 
     import dedupdask as ddk
+    import dedupdask.fusion
+    import dedupdask.pipeline
+    import dedupdask.results  # noqa: F401  (imports stay outside the timed calls)
 
     t0 = time.perf_counter()
     with LocalCluster(n_workers=a["cores"], threads_per_worker=1, processes=True,

@@ -116,10 +116,14 @@ def _scheduler_for(n_pairs: int) -> Iterator[Any]:
     import dask.threaded
     from dask.base import get_scheduler
 
-    current = get_scheduler()
+    from .collect import on_distributed
+
     cores = os.cpu_count() or 1
-    if n_pairs < PROCESS_MIN_PAIRS or cores < 2 or current not in (None, dask.threaded.get):
-        yield None  # few pairs, one core, a distributed client or a scheduler chosen on purpose
+    if n_pairs < PROCESS_MIN_PAIRS or cores < 2 or on_distributed():
+        yield None  # few pairs, one core, or a distributed client
+        return
+    if get_scheduler() not in (None, dask.threaded.get):
+        yield None  # a local scheduler chosen on purpose (sync, processes)
         return
     from distributed import Client, LocalCluster
 
