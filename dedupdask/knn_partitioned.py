@@ -164,6 +164,10 @@ def parse_memory(value: str | int | float | None) -> int | None:
 
 def _cluster_workers() -> list[tuple[int, int]] | None:
     """``(memory_limit, nthreads)`` of every worker of the current distributed client."""
+    import sys
+
+    if "distributed" not in sys.modules:  # no client can exist; importing it costs 0.3 s
+        return None
     try:
         from distributed import get_client
 
