@@ -77,6 +77,9 @@ class Member:
         The content for regular files that were read; None otherwise.
     error : str or None
         Why a regular file could not be read (too large, bad CRC...).
+    offset : int or None
+        Where the member's bytes start in the archive file, for an uncompressed tar: reading
+        ``size`` bytes from there gives the member back without streaming the archive.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Member:
     data: bytes | None = None
     error: str | None = None
     error_code: str | None = None
+    offset: int | None = None
 
 
 def clean_name(name: str) -> str:
@@ -143,6 +147,7 @@ def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
         if isinstance(e, OSError) and not _is_data_error(e):
             raise
         raise ArchiveReadError(f"not a readable tar archive: {e}") from e
+    plain = getattr(tf.fileobj, "comptype", None) == "tar"  # offsets are file offsets
     with tf:
         while True:
             try:
@@ -155,6 +160,8 @@ def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
                 return
             kind = _tar_kind(ti)
             m = Member(name=clean_name(ti.name), kind=kind, size=int(ti.size))
+            if plain:
+                m.offset = int(ti.offset_data)
             if kind == "file":
                 if ti.size > max_member_bytes:
                     m.error = f"member of {ti.size} bytes exceeds max_member_bytes={max_member_bytes}"

@@ -252,7 +252,8 @@ def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
             f"but {name}{SUFFIXES['done']} counts {n_valid}"
         )
     df["index"] = (local + offset).astype(meta["index"].dtype)
-    return df.loc[:, list(meta.columns)].astype(meta.dtypes.to_dict())
+    # reindex: work_dirs written before a column existed (member_offset) read as null there
+    return df.reindex(columns=list(meta.columns)).astype(meta.dtypes.to_dict())
 
 
 def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:

@@ -131,12 +131,14 @@ class TierOutcome:
 
 
 def _image_info(files: pd.DataFrame) -> pd.DataFrame:
-    """``archive, member, occ, width, height`` of every valid image, indexed by global index."""
+    """``archive, member, occ, width, height, member_offset, file_size`` of every valid image,
+    indexed by global index (``member_offset`` null where a member cannot be read by range)."""
     f = files.reset_index(drop=True)
     occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount()
     f = f.assign(occ=occ)
     f = f[f["index"].notna()]
-    out = f.loc[:, ["archive", "member", "occ", "width", "height"]]
+    cols = ["archive", "member", "occ", "width", "height", "member_offset", "file_size"]
+    out = f.reindex(columns=cols)
     out.index = f["index"].astype("int64").to_numpy()
     return out
 

@@ -187,6 +187,7 @@ class _Archive:
             "json": json_text,
             "file_size": int(m.size if m.data is None else len(m.data)),
             "index": None,
+            "member_offset": m.offset,
         }
         if m.data is None:
             row["error_code"] = m.error_code or "ERROR_READ_MEMBER"

@@ -76,7 +76,7 @@ TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
     "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
-    "index",
+    "index", "member_offset",
 ]  # fmt: skip
 
 

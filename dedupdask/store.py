@@ -79,6 +79,7 @@ FILE_SCHEMA = pa.schema(
         ("error_code", pa.string()),
         ("error_message", pa.string()),
         ("index", pa.int64()),
+        ("member_offset", pa.int64()),  # where the bytes start in an uncompressed tar, else null
     ]
 )
 FILE_COLUMNS = tuple(FILE_SCHEMA.names)

@@ -28,10 +28,15 @@ duplicate when ``score >= verify_score`` (0.9: residual <= 0.1, cell <= 0.2, no 
 --tiers``, ``benchmarks/results/quality_tiers.txt``): about 20 ms of task time per pair,
 decoding included, on two busy cores.
 
-Work is split for Dask as the rest of the analysis: one task per archive reads the images it
-holds that take part in a candidate pair (each archive read once, through
-:func:`dedupdask.readback.read_archive_members`), and one task per pair of archives scores
-the pairs between them. No model is used, so no ONNX session is needed.
+Work is split for Dask as the rest of the analysis. Pairs whose two images lie in
+uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
+of :data:`PAIRS_PER_TASK` pairs, each task reading just its images by byte range
+(``cat_ranges``: concurrent ranged GETs on S3, ``pread`` locally) -- the task count and the
+memory per task stay bounded however many archives the pairs span. Other pairs (gzip tars,
+zips, folders, work_dirs extracted before offsets were recorded) are scored as before: one
+task per archive reads the images it holds that take part in a candidate pair (each archive
+streamed once, through :func:`dedupdask.readback.read_archive_members`), and tasks per pair
+of archives score the pairs between them. No model is used, so no ONNX session is needed.
 """
 
 from __future__ import annotations
@@ -89,7 +94,9 @@ PROCESS_MIN_PAIRS = 3000
 a LocalCluster of this machine's cores started for the purpose: scoring holds the GIL, so
 local threads would run it on one core."""
 
-_SCHEDULER: contextvars.ContextVar[Any] = contextvars.ContextVar("dedupdask_verify_on", default=None)
+_SCHEDULER: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "dedupdask_verify_on", default=None
+)
 
 
 @contextlib.contextmanager
@@ -190,7 +197,9 @@ def prepare_image(
     """
     from .decode import decode_image
 
-    d = decode_image(data, _fine_size(width, height), max_image_pixels=max_image_pixels, min_image_size=1)
+    d = decode_image(
+        data, _fine_size(width, height), max_image_pixels=max_image_pixels, min_image_size=1
+    )
     if d.error_code != "VALID" or d.pixels is None:
         return f"{d.error_code}: {d.message}"
     return Prepared(int(d.width), int(d.height), d.pixels)
@@ -544,6 +553,83 @@ def score_pairs(
     return df, time.perf_counter() - t0
 
 
+def load_ranged_images(
+    items: Iterable[tuple[int, str, int, int, int, int]],
+    storage_options: dict[str, Any] | None = None,
+    max_image_pixels: int = 100_000_000,
+    max_member_bytes: int = 256 * 2**20,
+) -> dict[int, Prepared | str]:
+    """Read images by byte range and prepare them, without streaming their archives.
+
+    For members of uncompressed tars, whose offsets extraction recorded (``member_offset``):
+    one ``cat_ranges`` call per archive (concurrent ranged GETs on S3, ``pread`` locally).
+
+    Parameters
+    ----------
+    items : iterable of (global index, archive URL, offset, size, width, height)
+    storage_options : dict, optional
+        fsspec options.
+    max_image_pixels, max_member_bytes : int
+        Limits, as in extraction.
+
+    Returns
+    -------
+    dict
+        Global index -> :class:`Prepared`, or the reason it could not be read.
+    """
+    import fsspec
+
+    from .remote import call
+
+    so = dict(storage_options or {})
+    out: dict[int, Prepared | str] = {}
+    by_url: dict[str, list[tuple[int, str, int, int, int, int]]] = {}
+    for it in items:
+        if it[3] > max_member_bytes:
+            out[int(it[0])] = f"member of {it[3]} bytes exceeds max_member_bytes={max_member_bytes}"
+        else:
+            by_url.setdefault(it[1], []).append(it)
+    for url, group in by_url.items():
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **so)
+            datas = call(
+                fs.cat_ranges,
+                [path] * len(group),
+                [int(g[2]) for g in group],
+                [int(g[2]) + int(g[3]) for g in group],
+                on_error="return",
+                url=url,
+            )
+        except Exception as e:  # noqa: BLE001 - every image of the archive gets the reason
+            for g in group:
+                out[int(g[0])] = f"archive not read: {type(e).__name__}: {e}"
+            continue
+        for (idx, _, _, size, w, h), data in zip(group, datas, strict=True):
+            if isinstance(data, BaseException) or len(data) != size:
+                why = data if isinstance(data, BaseException) else f"{len(data)} of {size} bytes"
+                out[int(idx)] = f"member not read: {why}"
+            else:
+                out[int(idx)] = prepare_image(
+                    bytes(data), int(w), int(h), max_image_pixels=max_image_pixels
+                )
+    return out
+
+
+def _score_ranged(
+    pairs: np.ndarray,
+    items: tuple[tuple[int, str, int, int, int, int], ...],
+    storage_options: dict[str, Any],
+    max_image_pixels: int,
+    max_member_bytes: int,
+) -> tuple[pd.DataFrame, float, float, int]:
+    """Read this chunk's images by byte range and score its pairs (one Dask task)."""
+    t0 = time.perf_counter()
+    loaded = load_ranged_images(items, storage_options, max_image_pixels, max_member_bytes)
+    read_s = time.perf_counter() - t0
+    df, score_s = score_pairs(pairs, loaded)
+    return df, read_s, score_s, len(items)
+
+
 def _timed_load(*args: Any) -> tuple[dict[int, Prepared | str], float]:
     t0 = time.perf_counter()
     out = load_archive_images(*args)
@@ -574,7 +660,12 @@ def verify_pairs(
         ``from, to``: global indices.
     images : DataFrame
         Indexed by global index: ``archive`` (URL), ``member``, ``occ`` (occurrence of the
-        member name in its archive), ``width``, ``height``; at least every index in ``pairs``.
+        member name in its archive), ``width``, ``height``, optionally ``member_offset`` and
+        ``file_size``; at least every index in ``pairs``. Pairs whose two images have a
+        ``member_offset`` (uncompressed tars) are scored in chunks of :data:`PAIRS_PER_TASK`
+        that read just their images by byte range; the others by archive, each archive
+        streamed once (gzip tars, zips, folders, work_dirs extracted before offsets were
+        recorded).
     storage_options : dict, optional
         fsspec options for the archives.
     max_image_pixels, max_member_bytes : int
@@ -585,7 +676,8 @@ def verify_pairs(
     (DataFrame, dict)
         One row per pair (:data:`VERIFY_COLUMNS`, input order) and the cost: ``candidates``,
         ``images_read``, ``archives_read``, ``tasks``, ``read_seconds`` and
-        ``score_seconds`` (summed over tasks), ``seconds_per_pair``, ``errors``.
+        ``score_seconds`` (summed over tasks), ``seconds_per_pair``, ``errors``,
+        ``ranged_pairs`` (pairs read by byte range).
 
     Examples
     --------
@@ -603,6 +695,7 @@ def verify_pairs(
         "score_seconds": 0.0,
         "seconds_per_pair": 0.0,
         "errors": 0,
+        "ranged_pairs": 0,
     }
     empty = pd.DataFrame(
         {
@@ -614,12 +707,119 @@ def verify_pairs(
     )
     if not len(p):
         return empty, cost
-    need = np.unique(p)
+    so = dict(storage_options or {})
+    ranged = _ranged_mask(images, p)
+    out_parts: list[pd.DataFrame] = []
+    tasks_r: list[Any] = []
+    chunks_r: list[np.ndarray] = []
+    if ranged.any():
+        tasks_r, chunks_r = _ranged_tasks(
+            p, np.flatnonzero(ranged), images, so, max_image_pixels, max_member_bytes
+        )
+    streamed = np.flatnonzero(~ranged)
+    loads, tasks_s, chunks_s, urls = _streamed_tasks(
+        p, streamed, images, so, max_image_pixels, max_member_bytes
+    )
+    with _scheduler_for(len(p)) as scheduler:
+        load_out, score_s, score_r = dask.compute(
+            [dask.delayed(_load_cost, pure=True)(x) for x in loads],
+            tasks_s,
+            tasks_r,
+            scheduler=scheduler,
+        )
+    archives_read = set(urls)
+    for g, (df, secs) in zip(chunks_s, score_s, strict=True):
+        df.index = g
+        out_parts.append(df)
+        cost["score_seconds"] += secs
+    for g, (df, read_s, secs, n_img) in zip(chunks_r, score_r, strict=True):
+        df.index = g
+        out_parts.append(df)
+        cost["score_seconds"] += secs
+        cost["read_seconds"] += read_s
+        cost["images_read"] += n_img
+    if chunks_r:
+        archives_read |= set(images.loc[np.unique(p[ranged]), "archive"].astype(str))
+    out = pd.concat(out_parts).sort_index().reset_index(drop=True)
+    cost["read_seconds"] = float(cost["read_seconds"] + sum(s for _, s in load_out))
+    cost["score_seconds"] = float(cost["score_seconds"])
+    cost["images_read"] = int(cost["images_read"] + sum(n for n, _ in load_out))
+    cost["archives_read"] = len(archives_read)
+    cost["ranged_pairs"] = int(ranged.sum())
+    cost["tasks"] = len(loads) + len(tasks_s) + len(tasks_r)
+    cost["errors"] = int(out["verify_error"].notna().sum())
+    cost["seconds_per_pair"] = (cost["read_seconds"] + cost["score_seconds"]) / len(p)
+    return out.astype(empty.dtypes.to_dict()), cost
+
+
+def _ranged_mask(images: pd.DataFrame, p: np.ndarray) -> np.ndarray:
+    """Pairs whose two images can be read by byte range."""
+    if "member_offset" not in images.columns or "file_size" not in images.columns:
+        return np.zeros(len(p), dtype=bool)
+    ok = images["member_offset"].notna() & images["file_size"].notna()
+    return ok.loc[p[:, 0]].to_numpy(dtype=bool) & ok.loc[p[:, 1]].to_numpy(dtype=bool)
+
+
+def _archive_pair_order(
+    images: pd.DataFrame, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    archive_of = images["archive"].astype(str)
+    urls = sorted(set(archive_of.loc[np.unique(p)]))
+    aid = {u: i for i, u in enumerate(urls)}
+    ga = archive_of.loc[p[:, 0]].map(aid).to_numpy()
+    gb = archive_of.loc[p[:, 1]].map(aid).to_numpy()
+    key = np.minimum(ga, gb) * max(1, len(urls)) + np.maximum(ga, gb)
+    return key, ga, gb, urls
+
+
+def _ranged_tasks(
+    p: np.ndarray,
+    rows: np.ndarray,
+    images: pd.DataFrame,
+    so: dict[str, Any],
+    max_image_pixels: int,
+    max_member_bytes: int,
+) -> tuple[list[Any], list[np.ndarray]]:
+    """Chunks of at most PAIRS_PER_TASK pairs (archive pairs kept together) read by range."""
+    key, _, _, _ = _archive_pair_order(images, p[rows])
+    order = rows[np.argsort(key, kind="stable")]
+    tasks, chunks = [], []
+    for g in np.array_split(order, -(-len(order) // PAIRS_PER_TASK)):
+        need = np.unique(p[g])
+        sub = images.loc[need]
+        items = tuple(
+            (int(i), str(u), int(o), int(sz), int(w) if pd.notna(w) else 0, int(h) if pd.notna(h) else 0)
+            for i, u, o, sz, w, h in zip(
+                sub.index, sub["archive"], sub["member_offset"], sub["file_size"],
+                sub["width"], sub["height"], strict=True,
+            )
+        )  # fmt: skip
+        tasks.append(
+            dask.delayed(_score_ranged, pure=True)(
+                p[g], items, so, max_image_pixels, max_member_bytes
+            )
+        )
+        chunks.append(g)
+    return tasks, chunks
+
+
+def _streamed_tasks(
+    p: np.ndarray,
+    rows: np.ndarray,
+    images: pd.DataFrame,
+    so: dict[str, Any],
+    max_image_pixels: int,
+    max_member_bytes: int,
+) -> tuple[list[Any], list[Any], list[np.ndarray], list[str]]:
+    """One load task per archive (streamed once) and score tasks per pair of archives."""
+    if not len(rows):
+        return [], [], [], []
+    sub_p = p[rows]
+    need = np.unique(sub_p)
     info = images.loc[need, ["archive", "member", "occ", "width", "height"]]
     archive_of = info["archive"].astype(str)
     urls = sorted(archive_of.unique())
     aid = {u: i for i, u in enumerate(urls)}
-    so = dict(storage_options or {})
     loads = []
     for u in urls:
         sub = info[archive_of == u]
@@ -633,8 +833,8 @@ def verify_pairs(
             dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes)
         )
     arch = archive_of.map(aid)
-    ga = arch.loc[p[:, 0]].to_numpy()
-    gb = arch.loc[p[:, 1]].to_numpy()
+    ga = arch.loc[sub_p[:, 0]].to_numpy()
+    gb = arch.loc[sub_p[:, 1]].to_numpy()
     key = np.minimum(ga, gb) * len(urls) + np.maximum(ga, gb)
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
@@ -649,22 +849,5 @@ def verify_pairs(
         deps = [dask.delayed(_first, pure=True)(loads[a])]
         if b != a:
             deps.append(dask.delayed(_first, pure=True)(loads[b]))
-        tasks.append(dask.delayed(score_pairs, pure=True)(p[g], *deps))
-    with _scheduler_for(len(p)) as scheduler:
-        load_out, score_out = dask.compute(
-            [dask.delayed(_load_cost, pure=True)(x) for x in loads], tasks, scheduler=scheduler
-        )
-    parts = []
-    for g, (df, secs) in zip(groups, score_out, strict=True):
-        df.index = g
-        parts.append(df)
-        cost["score_seconds"] += secs
-    out = pd.concat(parts).sort_index().reset_index(drop=True)
-    cost["read_seconds"] = float(sum(s for _, s in load_out))
-    cost["score_seconds"] = float(cost["score_seconds"])
-    cost["images_read"] = int(sum(n for n, _ in load_out))
-    cost["archives_read"] = len(urls)
-    cost["tasks"] = len(loads) + len(tasks)
-    cost["errors"] = int(out["verify_error"].notna().sum())
-    cost["seconds_per_pair"] = (cost["read_seconds"] + cost["score_seconds"]) / len(p)
-    return out.astype(empty.dtypes.to_dict()), cost
+        tasks.append(dask.delayed(score_pairs, pure=True)(sub_p[g], *deps))
+    return loads, tasks, [rows[g] for g in groups], urls

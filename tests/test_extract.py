@@ -212,3 +212,21 @@ def test_perceptual_descriptor_stored_without_second_decode(sample_shards, tmp_p
         # derived from the 160 px model input instead of a direct 64 px decode: nearly equal
         cos = np.sum(np.asarray(stored) * np.asarray(direct), axis=1)
         assert cos.min() > 0.99, cos.min()
+
+
+@pytest.mark.parametrize("archive", ["a.tar", "b.TGZ", "c.zip"])
+def test_member_offsets_point_at_the_bytes_of_uncompressed_tars(hostile_dir, tmp_path, archive):
+    """member_offset lets run_mode=2 read an image back by byte range (plain tars only)."""
+    import hashlib
+
+    wd = tmp_path / "wd"
+    extract(str(hostile_dir / archive), wd)
+    files = WorkDir(str(wd)).read_files(archive)
+    if archive != "a.tar":  # compressed or zipped: no file offsets
+        assert files["member_offset"].isna().all()
+        return
+    data = (hostile_dir / archive).read_bytes()
+    read = files[files["md5"].notna()]
+    assert len(read) >= 5 and read["member_offset"].notna().all()
+    for off, size, md5 in zip(read["member_offset"], read["file_size"], read["md5"], strict=True):
+        assert hashlib.md5(data[int(off) : int(off) + int(size)]).hexdigest() == md5

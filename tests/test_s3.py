@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from s3server import bucket, new_server, s3_cluster, s3_env, s3_server, scrub_env  # noqa: F401
 
@@ -374,3 +375,36 @@ def test_cli_fsspec_env_and_wrong_secret(s3_input, s3_server, bucket):  # noqa: 
     bad = _cli(args, {**env, "FSSPEC_S3_SECRET": "wrong"})
     assert bad.returncode == 2
     assert s3_input in bad.stderr and "access denied" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_verification_reads_tar_members_by_range_from_s3(s3_server, s3_env, bucket, tmp_path):  # noqa: F811
+    """Candidate images come back from an s3 tar by byte range, equal to streaming it."""
+    import io
+    import tarfile
+
+    from conftest import jpeg_bytes
+
+    from dedupdask.verify import Prepared, load_archive_images, load_ranged_images
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(5):
+            data = jpeg_bytes(i, (120, 90))
+            ti = tarfile.TarInfo(f"{i:04d}.jpg")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    raw = buf.getvalue()
+    fs = s3_server.filesystem()
+    fs.pipe_file(f"{bucket}/t/00000.tar", raw)
+    url = f"s3://{bucket}/t/00000.tar"
+    so = s3_server.storage_options()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        infos = [ti for ti in tf.getmembers() if ti.name in ("0001.jpg", "0003.jpg")]
+    ranged = load_ranged_images(
+        [(k, url, ti.offset_data, ti.size, 120, 90) for k, ti in enumerate(infos)], so
+    )
+    streamed = load_archive_images(url, [(ti.name, 0, k, 120, 90) for k, ti in enumerate(infos)], so)
+    assert set(ranged) == set(streamed) == {0, 1}
+    for k in (0, 1):
+        assert isinstance(ranged[k], Prepared)
+        np.testing.assert_array_equal(ranged[k].rgb, streamed[k].rgb)

@@ -208,7 +208,8 @@ def test_local_cluster_gives_the_same_result(tier_run):
         Client(cluster) as client,
     ):
         dist = build(wd, config=RunConfig(run_mode=2, progress=False), client=client, write=False)
-        assert dist.run["verification"]["tasks"] >= 2
+        ver = dist.run["verification"]
+        assert ver["tasks"] >= 1 and ver["ranged_pairs"] == ver["candidates"] > 0
     pd.testing.assert_frame_equal(dist.similarity, res.similarity)
     pd.testing.assert_frame_equal(dist.components, res.components)
 
@@ -247,7 +248,7 @@ def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, mo
     ):
         out = ddk.run(None, wd, run_mode=2, client=client, progress=False)
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
-    assert any(str(n).startswith("score_pairs") for n in names), sorted(names)[:10]
+    assert any(str(n).startswith(("score_pairs", "_score_ranged")) for n in names), sorted(names)[:10]
     assert not any(str(n).startswith("dedupdask-vectors") for n in names)
     pd.testing.assert_frame_equal(out.similarity, res.similarity)
 
@@ -269,5 +270,35 @@ def test_many_pairs_without_a_cluster_are_scored_on_local_processes(tier_run, mo
     wd, res, _ = tier_run
     with dask.config.set(scheduler="threads"):
         out = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
-    assert started and out.run["verification"]["tasks"] >= 2
+    assert started and out.run["verification"]["tasks"] >= 1
     pd.testing.assert_frame_equal(out.similarity, res.similarity)
+
+
+def test_ranged_reads_score_like_streamed_archives(tier_run, monkeypatch):
+    """Reading candidates by byte range gives the scores of streaming their archives, and a
+    work_dir without offsets (older, or gzip tars) still verifies by streaming."""
+    import dedupdask.verify as verify
+
+    wd, res, _ = tier_run
+    assert res.run["verification"]["ranged_pairs"] == res.run["verification"]["candidates"] > 0
+    monkeypatch.setattr(verify, "_ranged_mask", lambda images, p: np.zeros(len(p), dtype=bool))
+    streamed = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
+    assert streamed.run["verification"]["ranged_pairs"] == 0
+    assert streamed.run["verification"]["archives_read"] == res.run["verification"]["archives_read"]
+    pd.testing.assert_frame_equal(streamed.similarity, res.similarity)
+    pd.testing.assert_frame_equal(streamed.components, res.components)
+
+
+def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
+    from dedupdask.verify import load_ranged_images
+
+    path = tmp_path / "x.tar"
+    path.write_bytes(b"\0" * 1024)
+    got = load_ranged_images(
+        [(0, str(path), 512, 4096, 10, 10), (1, str(tmp_path / "missing.tar"), 0, 10, 10, 10),
+         (2, str(path), 0, 10**9, 10, 10)],
+        max_member_bytes=2**20,
+    )  # fmt: skip
+    assert got[0].startswith("member not read")  # short read past the end
+    assert "No such file" in got[1]
+    assert "max_member_bytes" in got[2]
