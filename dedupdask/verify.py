@@ -28,12 +28,12 @@ duplicate when ``score >= verify_score`` (0.9: residual <= 0.1, cell <= 0.2, no 
 --tiers``, ``benchmarks/results/quality_tiers.txt``): about 20 ms of task time per pair,
 decoding included, on two busy cores.
 
-Work is split for Dask as the rest of the analysis. Pairs whose two images lie in
-uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
+Work is split for Dask as the rest of the analysis. Past :data:`STREAM_MAX_ARCHIVES`
+archives, pairs whose two images lie in uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
 of :data:`PAIRS_PER_TASK` pairs, each task reading just its images by byte range
 (``cat_ranges``: concurrent ranged GETs on S3, ``pread`` locally) -- the task count and the
-memory per task stay bounded however many archives the pairs span. Other pairs (gzip tars,
-zips, folders, work_dirs extracted before offsets were recorded) are scored as before: one
+memory per task stay bounded however many archives the pairs span. Other pairs (fewer
+archives, gzip tars, zips, folders, work_dirs extracted before offsets were recorded): one
 task per archive reads the images it holds that take part in a candidate pair (each archive
 streamed once, through :func:`dedupdask.readback.read_archive_members`), and tasks per pair
 of archives score the pairs between them. No model is used, so no ONNX session is needed.
@@ -86,6 +86,11 @@ VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
+STREAM_MAX_ARCHIVES = 64
+"""Up to this many archives, candidates are read by streaming each archive once (each image
+decoded once; tasks per pair of archives stay few). Past it, pairs are read by byte range in
+chunks (tasks and memory bounded however many archives there are, but an image taking part
+in pairs of several chunks is read and decoded once per chunk)."""
 CLUSTER_MIN_PAIRS = 1000
 """Fewer pairs than this (about a second of work) are scored here on local threads even when
 :func:`verify_on` names a cluster: shipping images to workers costs more than it saves."""
@@ -755,6 +760,8 @@ def verify_pairs(
 def _ranged_mask(images: pd.DataFrame, p: np.ndarray) -> np.ndarray:
     """Pairs whose two images can be read by byte range."""
     if "member_offset" not in images.columns or "file_size" not in images.columns:
+        return np.zeros(len(p), dtype=bool)
+    if images["archive"].loc[np.unique(p)].nunique() <= STREAM_MAX_ARCHIVES:
         return np.zeros(len(p), dtype=bool)
     ok = images["member_offset"].notna() & images["file_size"].notna()
     return ok.loc[p[:, 0]].to_numpy(dtype=bool) & ok.loc[p[:, 1]].to_numpy(dtype=bool)
