@@ -97,18 +97,27 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
     ``blur`` is the variance of the 4-neighbour Laplacian (low = blurry), ``unique`` the number
     of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min).
     """
+    hist = np.bincount(gray.ravel(), minlength=256)  # one pass gives all but blur
+    levels = np.flatnonzero(hist)
+    n = max(int(gray.size), 1)
+    mean = float(hist @ _LEVELS) / n
+    var = max(float(hist @ _LEVELS_SQ) / n - mean * mean, 0.0)
+    mn, mx = (float(levels[0]), float(levels[-1])) if levels.size else (0.0, 0.0)
     g = gray.astype(np.float32)
     lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
-    mn, mx = float(g.min()), float(g.max())
     return {
-        "mean": float(g.mean()),
+        "mean": mean,
         "min": mn,
         "max": mx,
-        "stdv": float(g.std()),
+        "stdv": var**0.5,
         "blur": float(lap.var()) if lap.size else 0.0,
-        "unique": float(np.count_nonzero(np.bincount(gray.ravel(), minlength=256))),
+        "unique": float(levels.size),
         "contrast": (mx - mn) / (mx + mn) if mx + mn > 0 else 0.0,
     }
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS_SQ = _LEVELS * _LEVELS
 
 
 def decode_image(
