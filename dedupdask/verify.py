@@ -281,8 +281,8 @@ class _View:
     """
 
     def __init__(self, p: Prepared) -> None:
+        self._rgb8 = p.rgb  # uint8; the float copy is made only for pairs that get refined
         rgb = p.rgb.astype(np.float32) / 255.0
-        self.rgb = rgb
         self.aspect = p.width / max(p.height, 1)
         self.grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
         h, w = self.grey.shape
@@ -291,6 +291,10 @@ class _View:
         self.coarse_plan = _Plan(self.coarse)
         self._fine_plan: _Plan | None = None
         self._stacks: dict[tuple[int, int], _Stack | None] = {}
+
+    @property
+    def rgb(self) -> np.ndarray:
+        return self._rgb8.astype(np.float32) / 255.0
 
     @property
     def fine_plan(self) -> _Plan:
@@ -535,18 +539,24 @@ def score_pairs(
     images: dict[int, Prepared | str] = {}
     for d in loaded:
         images.update(d)
+    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    last = {
+        int(i): k for k, row in enumerate(p) for i in row
+    }  # a view is dropped after its last pair
     views: dict[int, _View] = {}
     scores = np.full(len(pairs), np.nan, dtype=np.float64)
     errors: list[str | None] = [None] * len(pairs)
-    for k, (a, b) in enumerate(np.asarray(pairs, dtype=np.int64).reshape(-1, 2)):
-        pa, pb = images.get(int(a), "not loaded"), images.get(int(b), "not loaded")
+    for k, (a, b) in enumerate(p.tolist()):
+        pa, pb = images.get(a, "not loaded"), images.get(b, "not loaded")
         if not isinstance(pa, Prepared) or not isinstance(pb, Prepared):
             errors[k] = str(pa if not isinstance(pa, Prepared) else pb)
-            continue
-        va = views.get(int(a)) or views.setdefault(int(a), _View(pa))
-        vb = views.get(int(b)) or views.setdefault(int(b), _View(pb))
-        scores[k] = _score(va, vb)
-    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        else:
+            va = views.get(a) or views.setdefault(a, _View(pa))
+            vb = views.get(b) or views.setdefault(b, _View(pb))
+            scores[k] = _score(va, vb)
+        for i in (a, b):
+            if last[i] == k:
+                views.pop(i, None)
     df = pd.DataFrame(
         {
             "from": p[:, 0],
