@@ -123,8 +123,8 @@ def exact_knn_block(x: np.ndarray, start: int, stop: int, k: int) -> tuple[np.nd
     s = x[start:stop] @ x.T
     rows = np.arange(stop - start)
     s[rows, rows + start] = -np.inf
-    if kk < n - 1:
-        cand = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+    if kk < n - 1:  # the kk largest, without a negated copy of the block
+        cand = np.argpartition(s, n - kk, axis=1)[:, n - kk :]
     else:
         cand = np.broadcast_to(np.arange(n), s.shape)
     csim = np.take_along_axis(s, cand, axis=1)
