@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, remote
+from .allocator import tune as tune_allocator
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
 from .decode import decode_image, sniff_image
@@ -264,6 +265,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         (archive structure broken part-way; members before the break are kept) or ``failed``
         (nothing written but ``failed.json``).
     """
+    tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t_start = time.perf_counter()
     src, cfg = task.source, task.config
     wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts)

@@ -54,6 +54,8 @@ import numpy as np
 import pandas as pd
 import scipy.fft as _fft
 
+from .allocator import tune as tune_allocator
+
 __all__ = [
     "DEFAULT_VERIFY_SCORE",
     "VERIFY_COLUMNS",
@@ -506,6 +508,7 @@ def load_archive_images(
     """
     from .readback import read_archive_members
 
+    tune_allocator()
     items = list(wanted)
     done = read_archive_members(
         url,
@@ -535,6 +538,7 @@ def score_pairs(
         Columns :data:`VERIFY_COLUMNS` (``verify_score`` NaN and ``verify_error`` set when an
         image could not be read), and the seconds spent.
     """
+    tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t0 = time.perf_counter()
     images: dict[int, Prepared | str] = {}
     for d in loaded:
@@ -596,6 +600,7 @@ def load_ranged_images(
 
     from .remote import call
 
+    tune_allocator()
     so = dict(storage_options or {})
     out: dict[int, Prepared | str] = {}
     by_url: dict[str, list[tuple[int, str, int, int, int, int]]] = {}
