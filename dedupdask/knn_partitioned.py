@@ -55,6 +55,7 @@ import dask
 import numpy as np
 from dask.base import tokenize
 
+from .allocator import tune as tune_allocator
 from .knn import (
     DEFAULT_RANDOM_STATE,
     PYNNDESCENT_MIN_NEIGHBORS,
@@ -749,6 +750,7 @@ def _top_m(x: np.ndarray, centroids: np.ndarray, m: int, margin: float = 0.0) ->
 
 def _assign_block(block: VectorBlock, plan: KnnPlan, scratch_path: str | None) -> np.ndarray:
     """Top-``m`` centroids of every row of one archive; writes its projected rows if asked."""
+    tune_allocator()
     n = block.size
     out = np.empty((n, _label_width(plan.m, plan.margin, plan.centroids.shape[0])), dtype=np.int32)
     store = np.empty((n, plan.d_search), dtype=plan.dtype) if scratch_path else None
@@ -1023,6 +1025,7 @@ def _worker_jobs() -> int | None:
 
 
 def _search_bucket_task(*args: Any) -> Any:
+    tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     search_src, source, plan, members, range_starts = args
     return _search_bucket(search_src, source, plan, members, range_starts, _worker_jobs())
 
