@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     by_d: dict[int, dict] = {}
     for r in runs:
         r.setdefault("workers", 2)
-        if r["d"] not in by_d or r["n"] > by_d[r["d"]]["n"]:
+        if r["d"] not in by_d or r["n"] >= by_d[r["d"]]["n"]:  # the latest of equal size
             by_d[r["d"]] = r
     for d, r in sorted(by_d.items(), reverse=True):
         print(f"\nreference: measured N = {r['n']:,}, d = {d}: wall {r['wall_s']} s on "
