@@ -88,6 +88,11 @@ VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
+FEW_IMAGES = 10_000
+"""Up to this many images to verify (~370 MB of decoded thumbnails), the pairs are split into
+one task per worker that each see every image, instead of tasks per pair of archives: an
+image's view (grey image, FFT plans, template stacks) is then built about once per task, not
+once per archive it has pairs with."""
 STREAM_MAX_ARCHIVES = 64
 """Up to this many archives, candidates are read by streaming each archive once (each image
 decoded once; tasks per pair of archives stay few). Past it, pairs are read by byte range in
@@ -854,6 +859,15 @@ def _streamed_tasks(
         loads.append(
             dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes)
         )
+    if len(need) <= FEW_IMAGES:  # every task sees every image: each view built once per task
+        from .knn_partitioned import _n_workers
+
+        n_chunks = max(1, min(-(-len(sub_p) // 200), _n_workers()))
+        order = np.lexsort((sub_p[:, 1], sub_p[:, 0]))
+        deps = [dask.delayed(_first, pure=True)(x) for x in loads]
+        groups = np.array_split(order, n_chunks)
+        tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps) for g in groups]
+        return loads, tasks, [rows[g] for g in groups], urls
     arch = archive_of.map(aid)
     ga = arch.loc[sub_p[:, 0]].to_numpy()
     gb = arch.loc[sub_p[:, 1]].to_numpy()
