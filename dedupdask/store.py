@@ -144,6 +144,29 @@ class WorkDir:
         """Path of one per-archive file, ``which`` in :data:`SUFFIXES`."""
         return self.join(name + SUFFIXES[which])
 
+    def remove_stale_tmp(self, name: str) -> int:
+        """Remove the temporary files a killed writer left for archive ``name`` (local only).
+
+        :meth:`write_bytes` writes ``<file>.tmp-<id>`` and renames it; a process killed in
+        between leaves the temporary behind. The task that (re)processes the archive owns its
+        files, so it clears them first. Object stores have no temporaries (a PUT is atomic).
+        Returns how many were removed.
+        """
+        if not self.local:
+            return 0
+        import glob
+        import os
+
+        removed = 0
+        for which in SUFFIXES:
+            for tmp in glob.glob(glob.escape(self.file(name, which)) + ".tmp-*"):
+                try:
+                    os.unlink(tmp)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
     def url_of(self, path: str) -> str:
         """Full URL (``s3://...``) or local path of a file-system path, for messages."""
         return path if self.local else self.fs.unstrip_protocol(path)

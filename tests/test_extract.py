@@ -230,3 +230,22 @@ def test_member_offsets_point_at_the_bytes_of_uncompressed_tars(hostile_dir, tmp
     assert len(read) >= 5 and read["member_offset"].notna().all()
     for off, size, md5 in zip(read["member_offset"], read["file_size"], read["md5"], strict=True):
         assert hashlib.md5(data[int(off) : int(off) + int(size)]).hexdigest() == md5
+
+
+def test_archive_task_clears_temporaries_a_killed_worker_left(sample_shards, tmp_path):
+    """A worker killed mid-write leaves <file>.tmp-<id>; the task that redoes the archive
+    (Dask reruns it within the same job, after the job-start cleanup) removes them."""
+    from dedupdask.config import RunConfig
+    from dedupdask.partition import ArchiveTask, process_archive
+    from dedupdask.sources import list_sources
+
+    src = list_sources(sample_shards.root)[0]
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    stale = wd / f"{src.name}features.dat.tmp-deadbeef"
+    stale.write_bytes(b"half a file")
+    other = wd / "someone-else.dat.tmp-1"
+    other.write_bytes(b"not ours")
+    cfg = RunConfig(run_mode=1, model_path="dct", progress=False)
+    assert process_archive(ArchiveTask(src, str(wd), cfg))["status"].iloc[0] == "done"
+    assert not stale.exists() and other.exists()
