@@ -790,6 +790,8 @@ def _ranged_mask(images: pd.DataFrame, p: np.ndarray) -> np.ndarray:
 def _archive_pair_order(
     images: pd.DataFrame, p: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Per pair: a key of its (unordered) pair of archives, each end's archive number, and
+    the sorted archive URLs those numbers index."""
     archive_of = images["archive"].astype(str)
     urls = sorted(set(archive_of.loc[np.unique(p)]))
     aid = {u: i for i, u in enumerate(urls)}
@@ -845,8 +847,7 @@ def _streamed_tasks(
     need = np.unique(sub_p)
     info = images.loc[need, ["archive", "member", "occ", "width", "height"]]
     archive_of = info["archive"].astype(str)
-    urls = sorted(archive_of.unique())
-    aid = {u: i for i, u in enumerate(urls)}
+    key, ga, gb, urls = _archive_pair_order(images, sub_p)
     loads = []
     for u in urls:
         sub = info[archive_of == u]
@@ -868,10 +869,6 @@ def _streamed_tasks(
         groups = np.array_split(order, n_chunks)
         tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps) for g in groups]
         return loads, tasks, [rows[g] for g in groups], urls
-    arch = archive_of.map(aid)
-    ga = arch.loc[sub_p[:, 0]].to_numpy()
-    gb = arch.loc[sub_p[:, 1]].to_numpy()
-    key = np.minimum(ga, gb) * len(urls) + np.maximum(ga, gb)
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
     groups = [

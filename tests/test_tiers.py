@@ -303,3 +303,18 @@ def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
     assert got[0].startswith("member not read")  # short read past the end
     assert "No such file" in got[1]
     assert "max_member_bytes" in got[2]
+
+
+def test_archive_pair_tasks_score_like_one_task_per_worker(tier_run, monkeypatch):
+    """Past FEW_IMAGES, streamed pairs go to tasks per pair of archives (split at
+    PAIRS_PER_TASK); the scores are those of the few-images grouping."""
+    import dedupdask.verify as verify
+
+    wd, res, _ = tier_run
+    monkeypatch.setattr(verify, "FEW_IMAGES", 0)
+    monkeypatch.setattr(verify, "PAIRS_PER_TASK", 7)
+    split = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
+    ver = split.run["verification"]
+    assert ver["ranged_pairs"] == 0 and ver["tasks"] > ver["archives_read"] + 1
+    pd.testing.assert_frame_equal(split.similarity, res.similarity)
+    pd.testing.assert_frame_equal(split.components, res.components)
