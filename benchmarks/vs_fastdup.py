@@ -203,24 +203,10 @@ def _jpeg(im: Any, quality: int = 90) -> bytes:
 
 
 def edit_bytes(im: Any, original: bytes, edit: str) -> bytes:
-    """The planted copy: the same edits as ``dedupdask.datasets`` (JPEG q90 unless said)."""
-    from PIL import Image, ImageEnhance, ImageOps
+    """The planted copy: ``original`` for ``exact``, else :func:`dedupdask.datasets.edit_image`."""
+    from dedupdask.datasets import edit_image
 
-    w, h = im.size
-    if edit == "exact":
-        return original
-    if edit == "resize":
-        return _jpeg(im.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS))
-    if edit == "jpeg":
-        return _jpeg(im, quality=30)
-    if edit == "crop":
-        dx, dy = int(w * 0.05), int(h * 0.05)
-        return _jpeg(im.crop((dx, dy, w - dx, h - dy)))
-    if edit == "flip":
-        return _jpeg(ImageOps.mirror(im))
-    if edit == "bright":
-        return _jpeg(ImageEnhance.Brightness(im).enhance(1.2))
-    raise ValueError(edit)
+    return original if edit == "exact" else edit_image(im, edit)
 
 
 def _to_rgb(img: Any) -> Any:

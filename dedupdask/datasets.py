@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-__all__ = ["make_sample_shards", "random_picture", "SampleShards", "EDITS"]
+__all__ = ["make_sample_shards", "random_picture", "edit_image", "SampleShards", "EDITS"]
 
 EDITS = ("exact", "resize", "jpeg", "crop", "flip", "bright")
 
@@ -116,10 +116,21 @@ def _jpeg(im: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _edit(im: Image.Image, edit: str) -> bytes:
+def edit_image(im: Image.Image, edit: str) -> bytes:
+    """A planted near-duplicate of ``im`` as JPEG bytes (q90 unless the edit says).
+
+    ``edit`` is one of ``resize`` (half size), ``jpeg`` (q30), ``crop`` (5 % off each side),
+    ``flip`` (horizontal) or ``bright`` (x1.2); the sample shards and
+    ``benchmarks/vs_fastdup.py --real-photos`` plant the same edits.
+
+    Examples
+    --------
+    >>> len(edit_image(Image.new("RGB", (64, 48)), "flip")) > 0
+    True
+    """
     w, h = im.size
     if edit == "resize":
-        return _jpeg(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS))
+        return _jpeg(im.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS))
     if edit == "jpeg":
         return _jpeg(im, quality=30)
     if edit == "crop":
@@ -228,7 +239,7 @@ def make_sample_shards(
             truth.append((fn, copy, "exact"))
         else:
             edit = EDITS[1 + (j - n_exact) % (len(EDITS) - 1)]
-            copy = add(target, _edit(im, edit), f"an edited copy ({edit})", {"planted": edit})
+            copy = add(target, edit_image(im, edit), f"an edited copy ({edit})", {"planted": edit})
             truth.append((fn, copy, edit))
     bad = []
     if broken:
