@@ -30,6 +30,7 @@ import dask
 import numpy as np
 
 __all__ = [
+    "ARGMAX_MAX_K",
     "EXACT_MAX_WORK",
     "PYNNDESCENT_MIN_NEIGHBORS",
     "choose_method",
@@ -47,6 +48,9 @@ EXACT_MAX_WORK = 30_000**2 * 1280
 
 PYNNDESCENT_MIN_NEIGHBORS = 16
 """NN-descent builds with at least this many neighbours (15 real ones: enough for dup recall 1.0)."""
+
+ARGMAX_MAX_K = 8
+"""Up to this many neighbours, exact search picks them by repeated argmax, not argpartition."""
 
 _BLOCK_BYTES = 64 * 2**20  # similarity block per task: rows * N * 4 bytes
 DEFAULT_RANDOM_STATE = 42
@@ -123,11 +127,23 @@ def exact_knn_block(x: np.ndarray, start: int, stop: int, k: int) -> tuple[np.nd
     s = x[start:stop] @ x.T
     rows = np.arange(stop - start)
     s[rows, rows + start] = -np.inf
-    if kk < n - 1:  # the kk largest, without a negated copy of the block
-        cand = np.argpartition(s, n - kk, axis=1)[:, n - kk :]
+    if kk <= ARGMAX_MAX_K and kk < n - 1:
+        # k passes of argmax (a vectorised scan, ~1 ns per entry) beat argpartition (~10 ns
+        # per entry, plus an int64 copy of the block) while k is small; argmax returns the
+        # lowest index among ties, which the ordering below keeps
+        cand = np.empty((stop - start, kk), dtype=np.int64)
+        csim = np.empty((stop - start, kk), dtype=np.float32)
+        for j in range(kk):
+            c = s.argmax(axis=1)
+            cand[:, j] = c
+            csim[:, j] = s[rows, c]
+            s[rows, c] = -np.inf
     else:
-        cand = np.broadcast_to(np.arange(n), s.shape)
-    csim = np.take_along_axis(s, cand, axis=1)
+        if kk < n - 1:  # the kk largest, without a negated copy of the block
+            cand = np.argpartition(s, n - kk, axis=1)[:, n - kk :]
+        else:
+            cand = np.broadcast_to(np.arange(n), s.shape)
+        csim = np.take_along_axis(s, cand, axis=1)
     order = np.lexsort((cand, -csim), axis=1)[:, :kk]
     out_idx[:, :kk] = np.take_along_axis(cand, order, axis=1)
     out_sim[:, :kk] = np.clip(np.take_along_axis(csim, order, axis=1), -1.0, 1.0)

@@ -18,7 +18,7 @@ import pytest
 
 from dedupdask.collect import collect
 from dedupdask.config import RunConfig
-from dedupdask.knn import exact_knn, knn_graph, nndescent_knn, normalize_rows
+from dedupdask.knn import ARGMAX_MAX_K, exact_knn, knn_graph, nndescent_knn, normalize_rows
 from dedupdask.results import build, load
 from dedupdask.store import WorkDir, empty_files_frame
 
@@ -275,6 +275,24 @@ def test_exact_knn_matches_brute_force():
     # fewer points than k: padded
     idx, sim = knn_graph(x[:2], 3, method="exact")
     assert idx[:, 0].tolist() == [1, 0] and (idx[:, 1:] == -1).all() and np.isnan(sim[:, 1:]).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, ARGMAX_MAX_K, ARGMAX_MAX_K + 1])
+def test_exact_knn_small_and_large_k_agree_and_break_ties_by_index(k):
+    """Small k picks by repeated argmax, larger k by argpartition: the same similarities, and
+    ties (here everywhere: entries +-1/4 make every dot product exact) lowest index first
+    where argmax is used."""
+    rng = np.random.default_rng(2)
+    x = (rng.integers(0, 2, (300, 16)) * 0.5 - 0.25).astype(np.float32)  # unit rows, exactly
+    x[[5, 9, 40]] = x[7]
+    idx, sim = exact_knn(x, k, block_rows=128)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    want = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(sim, np.take_along_axis(s, want, axis=1))
+    if k <= ARGMAX_MAX_K:
+        assert (idx == want).all()
+        assert idx[7].tolist() == [5, 9, 40][:k] + want[7, 3:].tolist()
 
 
 def test_pynndescent_recall_and_determinism():
