@@ -13,7 +13,8 @@ The check, per pair, on images decoded with aspect kept to 128 px on the long si
    height following its own aspect ratio) and each flip, the normalised cross-correlation of
    the inner image with every position in the outer one (one FFT). The best
    :data:`TOP` hypotheses are refined at 128 px (scale +-1.25 %); a pair whose best coarse
-   correlation is under :data:`COARSE_REJECT` is rejected without refining.
+   correlation is under :data:`COARSE_REJECT` is rejected without refining, and a refined
+   alignment whose fine correlation is under :data:`FINE_REJECT` gets no residuals.
 2. **Residual** of each refined alignment, on the colour images blurred by 1 px (which
    forgives sub-pixel misalignment and JPEG noise): one gain and one offset shared by the
    three channels are fitted (brightness, not colour, may change), and the residual energy
@@ -25,8 +26,9 @@ The check, per pair, on images decoded with aspect kept to 128 px on the long si
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
 duplicate when ``score >= verify_score`` (0.9: residual <= 0.1, cell <= 0.2, no blob over
 0.13 % of the image). Measured on real photos and clip art (``benchmarks/quality.py
---tiers``, ``benchmarks/results/quality_tiers.txt``): about 20 ms of task time per pair,
-decoding included, on two busy cores.
+--tiers``, ``benchmarks/results/quality_tiers.txt``); cost on the real-photo shards of
+``benchmarks/vs_fastdup.py``: about 3.3 ms of one core per pair, plus 0.6 ms per image read
+back and decoded.
 
 Work is split for Dask as the rest of the analysis. Past :data:`STREAM_MAX_ARCHIVES`
 archives, pairs whose two images lie in uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
@@ -81,6 +83,10 @@ COARSE_REJECT = 0.7
 """Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
 of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
 below 0.7, and none of them scored above 0.25 when refined."""
+FINE_REJECT = 0.75
+"""Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
+computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
+refinements were under 0.75 and none of them scored above 0.79 with residuals computed."""
 DEFAULT_VERIFY_SCORE = 0.9
 """A pair is confirmed when its score reaches this (see ``benchmarks/results/quality_tiers.txt``)."""
 
@@ -218,16 +224,24 @@ def prepare_image(
 
 
 # -- matching ------------------------------------------------------------------------------------
-def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
+def _pil_image(arr: np.ndarray) -> Any:
     from PIL import Image
 
+    return Image.fromarray(arr, "F")
+
+
+def _pil_resize(im: Any, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     if arr.ndim == 3:
         return np.stack([_resize(arr[..., c], w, h) for c in range(arr.shape[2])], axis=-1)
     if arr.shape == (h, w):
         return arr
-    return np.asarray(
-        Image.fromarray(arr, "F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32
-    )
+    return _pil_resize(_pil_image(arr), w, h)
 
 
 def _integral(x: np.ndarray) -> np.ndarray:
@@ -298,10 +312,27 @@ class _View:
         self.coarse_plan = _Plan(self.coarse)
         self._fine_plan: _Plan | None = None
         self._stacks: dict[tuple[int, int], _Stack | None] = {}
+        self._rgb: np.ndarray | None = None
+        self._pil: dict[str, Any] = {}
 
     @property
     def rgb(self) -> np.ndarray:
-        return self._rgb8.astype(np.float32) / 255.0
+        """float32 colour image in 0..1 (made on first use, kept while the view lives)."""
+        if self._rgb is None:
+            self._rgb = self._rgb8.astype(np.float32) / 255.0
+        return self._rgb
+
+    def resized(self, what: str, w: int, h: int) -> np.ndarray:
+        """``grey``, ``coarse`` or ``rgb`` resized to ``w x h`` (the PIL images are kept)."""
+        ims = self._pil.get(what)
+        if ims is None:
+            arr = getattr(self, what)
+            chans = [arr[..., c] for c in range(arr.shape[2])] if arr.ndim == 3 else [arr]
+            ims = self._pil[what] = [_pil_image(np.ascontiguousarray(c)) for c in chans]
+        if ims[0].size == (w, h):
+            return getattr(self, what)
+        out = [_pil_resize(im, w, h) for im in ims]
+        return np.stack(out, axis=-1) if len(out) > 1 else out[0]
 
     @property
     def fine_plan(self) -> _Plan:
@@ -333,7 +364,7 @@ class _Stack:
             th, tw = _inner_size((H, W), s, inner.aspect)
             if th > H or tw > W or th < 4 or tw < 4:
                 continue
-            t0 = _resize(inner.coarse, tw, th)
+            t0 = inner.resized("coarse", tw, th)
             t0 = t0 - t0.mean()
             energy = float((t0 * t0).sum())
             if energy < 1e-8:
@@ -389,10 +420,12 @@ def _hypotheses(a: _View, b: _View) -> list[tuple[float, int, float, bool]]:
     return out[:TOP]
 
 
-def _blur(x: np.ndarray) -> np.ndarray:
+def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both images (same shape) blurred by :data:`SIGMA` px, in one filter call."""
     from scipy.ndimage import gaussian_filter
 
-    return gaussian_filter(x, sigma=(SIGMA, SIGMA, 0), mode="nearest")
+    both = gaussian_filter(np.stack([a, b]), sigma=(0, SIGMA, SIGMA, 0), mode="nearest")
+    return both[0], both[1]
 
 
 def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -405,51 +438,75 @@ def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     """
     from scipy.ndimage import binary_opening, label
 
-    a, b = _blur(a), _blur(b)
+    a, b = _blur_pair(a, b)
     x, y = b.ravel(), a.ravel()
     xm, ym = float(x.mean()), float(y.mean())
     vx = float(((x - xm) ** 2).mean())
     g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
     r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
     var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
-    h, w = r.shape[:2]
-    r2 = (r * r).mean(axis=2)
+    h, w, c = r.shape
+    # per-pixel mean square and largest |r| over the channels, as slices (a reduction over
+    # the 3-long last axis is several times slower, with the same result)
+    r2 = r[..., 0] * r[..., 0]
+    worst = np.abs(r[..., 0])
+    for i in range(1, c):
+        r2 += r[..., i] * r[..., i]
+        np.maximum(worst, np.abs(r[..., i]), out=worst)
+    r2 /= c
     cells = [
         float(r2[i * h // GRID : (i + 1) * h // GRID, j * w // GRID : (j + 1) * w // GRID].mean())
         for i in range(GRID)
         for j in range(GRID)
         if (i + 1) * h // GRID > i * h // GRID and (j + 1) * w // GRID > j * w // GRID
     ]
-    off = binary_opening(np.abs(r).max(axis=2) > BLOB_LEVEL, structure=np.ones((3, 3), bool))
+    off = worst > BLOB_LEVEL
     blob = 0.0
     if off.any():
-        lab, n = label(off)
-        blob = float(np.bincount(lab.ravel())[1:].max()) / off.size
+        off = binary_opening(off, structure=np.ones((3, 3), bool))
+        if off.any():
+            lab, _ = label(off)
+            blob = float(np.bincount(lab.ravel())[1:].max()) / off.size
     return float(r2.mean()) / var, max(cells, default=0.0) / var, blob
 
 
 def _refine(
-    outer: _View, inner: _View, scale: float, flip: bool
+    outer: _View, inner: _View, scale: float, flip: bool, memo: dict[tuple, Any] | None = None
 ) -> tuple[float, float, float] | None:
+    """Residuals of the best fine alignment near ``scale``, or None when there is none or its
+    normalised correlation is under :data:`FINE_REJECT`. ``memo`` (one per pair) keeps the
+    correlations and residuals already computed: neighbouring hypotheses share scales."""
+    memo = {} if memo is None else memo
     H, W = outer.grey.shape
     best: tuple[float, tuple[int, int, int, int]] | None = None
     for s in (scale, scale - 0.0125, scale + 0.0125):
         th, tw = _inner_size((H, W), s, inner.aspect)
         if th > H or tw > W or th < 4 or tw < 4:
             continue
-        tpl = _resize(inner.grey, tw, th)
-        m = _ncc(outer.fine_plan, tpl[:, ::-1] if flip else tpl)
-        if m is None:
+        key = ("ncc", id(outer), flip, th, tw)
+        got = memo.get(key, False)
+        if got is False:
+            tpl = inner.resized("grey", tw, th)
+            m = _ncc(outer.fine_plan, tpl[:, ::-1] if flip else tpl)
+            if m is None:
+                got = None
+            else:
+                k = int(np.argmax(m))
+                got = (float(m.flat[k]), divmod(k, m.shape[1]))
+            memo[key] = got
+        if got is None:
             continue
-        k = int(np.argmax(m))
-        if best is None or m.flat[k] > best[0]:
-            dy, dx = divmod(k, m.shape[1])
-            best = (float(m.flat[k]), (dy, dx, th, tw))
-    if best is None:
+        if best is None or got[0] > best[0]:
+            dy, dx = got[1]
+            best = (got[0], (dy, dx, th, tw))
+    if best is None or best[0] < FINE_REJECT:
         return None
     dy, dx, th, tw = best[1]
-    b = _resize(inner.rgb, tw, th)
-    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b)
+    key = ("res", id(outer), flip, dy, dx, th, tw)
+    if key not in memo:
+        b = inner.resized("rgb", tw, th)
+        memo[key] = _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b)
+    return memo[key]
 
 
 def match_score(a: Prepared, b: Prepared) -> float:
@@ -476,9 +533,10 @@ def _score(va: _View, vb: _View) -> float:
     hyps = _hypotheses(va, vb)
     if not hyps or hyps[0][0] < COARSE_REJECT:
         return best  # nothing aligns even coarsely: not worth refining
+    memo: dict[tuple, Any] = {}
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
-        r = _refine(outer, inner, scale, flip)
+        r = _refine(outer, inner, scale, flip, memo)
         if r is not None:
             best = max(best, 1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT))
         if best >= EARLY_ACCEPT:
