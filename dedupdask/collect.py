@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
-from .store import SUFFIXES, WorkDir, empty_files_frame
+from .store import SUFFIXES, WorkDir, empty_files_frame, file_dtypes
 
 __all__ = ["ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archive_vectors"]
 
@@ -139,6 +139,55 @@ class Collection:
             return da.zeros((0, self.d), dtype=np.float32, chunks=((0,), (self.d,)))
         return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
 
+    def vector_rows(
+        self, rows: np.ndarray | None = None, *, which: str = "dat", d: int | None = None
+    ) -> np.ndarray:
+        """Rows ``rows`` (global indices; None = all) of the vectors, read here (no Dask).
+
+        For small local work_dirs, where building and running a Dask graph costs more than
+        slicing the memory-mapped files; ``which="dct"`` (with ``d=63``) reads the DCT
+        descriptors.
+
+        Returns
+        -------
+        ndarray
+            float32 ``[len(rows), d]`` in the order of ``rows``.
+        """
+        d = self.d if d is None else int(d)
+        parts, where = [], []
+        sel = None if rows is None else np.asarray(rows, dtype=np.int64)
+        for a in self.archives:
+            if not a.n_valid:
+                continue
+            arr = self.work_dir.open_features(a.name, d, which=which)
+            if arr.shape != (a.n_valid, d):
+                raise ValueError(
+                    f"{self.work_dir.url}: {a.name}{SUFFIXES[which]} holds {arr.shape[0]} rows "
+                    f"of {d} floats but {a.name}{SUFFIXES['done']} counts {a.n_valid}"
+                )
+            if sel is None:
+                parts.append(np.asarray(arr, dtype=np.float32))
+                continue
+            hit = np.flatnonzero((sel >= a.offset) & (sel < a.offset + a.n_valid))
+            if hit.size:
+                parts.append(np.asarray(arr[sel[hit] - a.offset], dtype=np.float32))
+                where.append(hit)
+        if not parts:
+            return np.zeros((0 if sel is None else sel.size, d), np.float32)
+        out = np.concatenate(parts)
+        if sel is None:
+            return out
+        at = np.concatenate(where)
+        if at.size != sel.size:
+            raise IndexError(f"rows outside 0..{self.n - 1} asked of {self.work_dir.url}")
+        res = np.empty((sel.size, d), np.float32)
+        res[at] = out
+        return res
+
+    def reads_locally(self) -> bool:
+        """Whether :meth:`vector_rows` is the cheap way here: a local work_dir, local threads."""
+        return bool(self.work_dir.local) and not on_distributed()
+
     def files(self) -> dd.DataFrame:
         """One row per image member (valid or not), one partition per archive.
 
@@ -243,7 +292,7 @@ def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
     """
     wd, name, offset, n_valid = spec
     df = wd.read_files(name)
-    meta = empty_files_frame()
+    dtypes = file_dtypes()
     local = df["index"]
     n_found = int(local.notna().sum())
     if n_found != n_valid:
@@ -251,9 +300,11 @@ def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
             f"{wd.url}: {name}{SUFFIXES['parquet']} has {n_found} valid rows "
             f"but {name}{SUFFIXES['done']} counts {n_valid}"
         )
-    df["index"] = (local + offset).astype(meta["index"].dtype)
+    df["index"] = (local + offset).astype(dtypes["index"])
     # reindex: work_dirs written before a column existed (member_offset) read as null there
-    return df.reindex(columns=list(meta.columns)).astype(meta.dtypes.to_dict())
+    df = df.reindex(columns=list(dtypes))
+    wrong = {c: t for c, t in dtypes.items() if df[c].dtype != t}
+    return df.astype(wrong) if wrong else df
 
 
 def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:

@@ -11,7 +11,9 @@ give (exact cosines of the two vectors), verifies the uncertain pairs on the clu
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,14 @@ from dask.base import tokenize
 from .analyses.exact import ExactGroups
 from .analyses.tiers import TierParams, candidate_pairs, component_edges, decide
 from .collect import Collection
-from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
+from .knn import (
+    DEFAULT_RANDOM_STATE,
+    choose_method,
+    exact_knn_block,
+    fits_one_block,
+    knn_graph_dask,
+    normalize_rows,
+)
 from .store import SUFFIXES, WorkDir
 from .verify import verify_pairs
 
@@ -83,8 +92,13 @@ def dct_vectors(col: Collection) -> da.Array:
     return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
 
 
-def pair_cosines(x: da.Array, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pair_cosines(
+    x: da.Array | Callable[[np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
     """Cosine similarity of rows ``a[i]`` and ``b[i]`` of ``x`` (only those rows are read).
+
+    ``x`` is a dask array, or a function returning the given rows (e.g.
+    :meth:`Collection.vector_rows`).
 
     Examples
     --------
@@ -95,7 +109,7 @@ def pair_cosines(x: da.Array, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if not len(a):
         return np.empty(0, np.float32)
     rows, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    v = np.asarray(x[rows].compute(), dtype=np.float32)
+    v = np.asarray(x(rows) if callable(x) else x[rows].compute(), dtype=np.float32)
     n = np.linalg.norm(v, axis=1, keepdims=True)
     np.divide(v, n, out=v, where=n > 0)
     ia, ib = inv[: len(a)], inv[len(a) :]
@@ -190,26 +204,43 @@ def run_tiers(
     """
     dct_graph = None
     dct = None
+    local = col.reads_locally()
     if params.copy_threshold is not None and reps.size > 1:
-        dct = dct_vectors(col)
-        x = dct if reps.size == dct.shape[0] else dct[reps]
-        di, ds, _ = knn_graph_dask(
-            x, int(reps.size), DCT_DIM, params.k, method=method, random_state=random_state  # type: ignore[arg-type]
-        )
-        dct_graph = (di, ds)
+        n = int(reps.size)
+        single = method if method != "auto" else choose_method(n, DCT_DIM, params.k)
+        if local and single == "exact" and fits_one_block(n):
+            x = normalize_rows(
+                col.vector_rows(None if n == col.n else reps, which="dct", d=DCT_DIM)
+            )
+            dct_graph = exact_knn_block(x, 0, n, params.k)
+        else:
+            dct = dct_vectors(col)
+            x = dct if reps.size == dct.shape[0] else dct[reps]
+            di, ds, _ = knn_graph_dask(
+                x,
+                n,
+                DCT_DIM,
+                params.k,
+                method=method,
+                random_state=random_state,  # type: ignore[arg-type]
+            )
+            dct_graph = (di, ds)
     cands = candidate_pairs(reps, emb_graph, dct_graph, params)
     a, b = cands["from"].to_numpy(np.int64), cands["to"].to_numpy(np.int64)
     miss = cands["similarity"].isna().to_numpy()
     if miss.any():
         emb = embeddings if embeddings is not None else col.embeddings()
         sims = cands["similarity"].to_numpy(np.float32).copy()
-        sims[miss] = pair_cosines(emb, a[miss], b[miss])
+        sims[miss] = pair_cosines(col.vector_rows if local else emb, a[miss], b[miss])
         cands["similarity"] = sims
     miss = cands["copy_similarity"].isna().to_numpy()
     if miss.any() and (dct is not None or params.copy_threshold is not None):
-        dct = dct if dct is not None else dct_vectors(col)
+        if local:
+            rows = functools.partial(col.vector_rows, which="dct", d=DCT_DIM)
+        else:
+            dct = dct if dct is not None else dct_vectors(col)
         sims = cands["copy_similarity"].to_numpy(np.float32).copy()
-        sims[miss] = pair_cosines(dct, a[miss], b[miss])
+        sims[miss] = pair_cosines(rows if local else dct, a[miss], b[miss])
         cands["copy_similarity"] = sims
     decided = decide(cands, params)
     todo = decided[decided["to_verify"]]

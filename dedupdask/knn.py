@@ -36,6 +36,7 @@ __all__ = [
     "choose_method",
     "exact_knn",
     "exact_knn_block",
+    "fits_one_block",
     "knn_graph",
     "knn_graph_dask",
     "nndescent_knn",
@@ -51,6 +52,9 @@ PYNNDESCENT_MIN_NEIGHBORS = 16
 
 ARGMAX_MAX_K = 8
 """Up to this many neighbours, exact search picks them by repeated argmax, not argpartition."""
+SYRK_MIN_D = 256
+"""From this width, a whole-matrix block is one ``x @ x.T`` (syrk) rather than row slices."""
+_TOPK_ROWS = 512
 
 _BLOCK_BYTES = 64 * 2**20  # similarity block per task: rows * N * 4 bytes
 DEFAULT_RANDOM_STATE = 42
@@ -96,6 +100,17 @@ def _block_rows(n: int) -> int:
     return int(max(64, min(8192, _BLOCK_BYTES // max(1, 4 * n))))
 
 
+def fits_one_block(n: int) -> bool:
+    """Whether exact search of ``n`` vectors is a single block (one task).
+
+    Examples
+    --------
+    >>> fits_one_block(4000), fits_one_block(100_000)
+    (True, False)
+    """
+    return n <= _block_rows(n)
+
+
 def exact_knn_block(x: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact neighbours of rows ``start:stop`` of ``x`` among all rows (one Dask task).
 
@@ -124,21 +139,31 @@ def exact_knn_block(x: np.ndarray, start: int, stop: int, k: int) -> tuple[np.nd
     kk = min(k, n - 1)
     if kk <= 0 or stop <= start:
         return out_idx, out_sim
-    s = x[start:stop] @ x.T
-    rows = np.arange(stop - start)
-    s[rows, rows + start] = -np.inf
     if kk <= ARGMAX_MAX_K and kk < n - 1:
         # k passes of argmax (a vectorised scan, ~1 ns per entry) beat argpartition (~10 ns
         # per entry, plus an int64 copy of the block) while k is small; argmax returns the
-        # lowest index among ties, which the ordering below keeps
+        # lowest index among ties, which the ordering below keeps. Rows go in slices of
+        # _TOPK_ROWS (a few MB of similarities, reused by the allocator instead of page-faulted
+        # in), except a whole block of wide vectors: x @ x.T is then one syrk, half the work.
         cand = np.empty((stop - start, kk), dtype=np.int64)
         csim = np.empty((stop - start, kk), dtype=np.float32)
-        for j in range(kk):
-            c = s.argmax(axis=1)
-            cand[:, j] = c
-            csim[:, j] = s[rows, c]
-            s[rows, c] = -np.inf
+        whole = start == 0 and stop == n and x.shape[1] >= SYRK_MIN_D
+        step = n if whole else _TOPK_ROWS
+        for s0 in range(start, stop, step):
+            s1 = min(stop, s0 + step)
+            s = x[s0:s1] @ x.T
+            rows = np.arange(s1 - s0)
+            s[rows, rows + s0] = -np.inf
+            for j in range(kk):
+                c = s.argmax(axis=1)
+                cand[s0 - start : s1 - start, j] = c
+                csim[s0 - start : s1 - start, j] = s[rows, c]
+                s[rows, c] = -np.inf
+            del s
     else:
+        s = x[start:stop] @ x.T
+        rows = np.arange(stop - start)
+        s[rows, rows + start] = -np.inf
         if kk < n - 1:  # the kk largest, without a negated copy of the block
             cand = np.argpartition(s, n - kk, axis=1)[:, n - kk :]
         else:

@@ -60,8 +60,11 @@ from .knn import (
     DEFAULT_RANDOM_STATE,
     PYNNDESCENT_MIN_NEIGHBORS,
     choose_method,
+    exact_knn_block,
+    fits_one_block,
     knn_graph_dask,
     nndescent_knn,
+    normalize_rows,
 )
 from .store import WorkDir
 
@@ -1420,6 +1423,12 @@ def knn_graph_work_dir(
     need = single_task_bytes(n, d, k, single)
     reduced = (0 < d_reduce < d) or dtype == "float16"
     if not reduced and need <= budget:
+        if single == "exact" and fits_one_block(n) and col.reads_locally():
+            # one block on local threads: slicing the memory-mapped files beats a Dask graph
+            x = normalize_rows(col.vector_rows(None if n == col.n else reps))
+            idx, sim = exact_knn_block(x, 0, n, k)
+            info = {"method": "exact", "memory_per_task": budget, "single_task_bytes": need}
+            return idx, sim, "exact", info
         emb = col.embeddings()
         x = emb if n == col.n else emb[reps]
         idx, sim, used = knn_graph_dask(x, n, d, k, method=method, random_state=random_state)

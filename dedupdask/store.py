@@ -91,6 +91,17 @@ def empty_files_frame() -> pd.DataFrame:
     return FILE_SCHEMA.empty_table().to_pandas(types_mapper=_types_mapper)
 
 
+def file_dtypes() -> dict[str, Any]:
+    """Column -> pandas dtype of the per-archive Parquet files (computed once)."""
+    global _FILE_DTYPES
+    if _FILE_DTYPES is None:
+        _FILE_DTYPES = empty_files_frame().dtypes.to_dict()
+    return dict(_FILE_DTYPES)
+
+
+_FILE_DTYPES: dict[str, Any] | None = None
+
+
 def _types_mapper(t: pa.DataType) -> Any:
     if pa.types.is_string(t):
         return pd.StringDtype()

@@ -334,6 +334,19 @@ def test_collect_is_lazy_and_ordered(dataset, built):
     assert res.embeddings.shape == emb.shape and res.stats.npartitions == dataset.n_archives
 
 
+def test_vector_rows_reads_any_rows_in_order(built):
+    wd, _ = built
+    col = collect(wd)
+    x = col.embeddings().compute()
+    assert np.array_equal(col.vector_rows(), x)
+    rows = np.array([5, 0, col.n - 1, 17, 5, col.archives[1].offset])
+    assert np.array_equal(col.vector_rows(rows), x[rows])
+    assert col.vector_rows(np.array([], np.int64)).shape == (0, D)
+    with pytest.raises(IndexError, match="rows outside"):
+        col.vector_rows(np.array([0, col.n]))
+    assert col.reads_locally()
+
+
 def test_mixing_models_raises(dataset, tmp_path):
     write_dataset(str(tmp_path), dataset, archives=[0, 1])
     other = dict(MODEL, model_id="other-model", model_sha256="cd" * 32)
