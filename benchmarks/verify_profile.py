@@ -1,0 +1,137 @@
+"""Profile pixel verification: where a candidate pair's time goes, on one core.
+
+Usage::
+
+    python benchmarks/verify_profile.py --work-dir WORK            # a run_mode=1 work_dir
+    python benchmarks/verify_profile.py --shards SHARDS --work-dir WORK   # extract first
+    python benchmarks/verify_profile.py --work-dir WORK --max-pairs 2000 --top 25
+
+The candidate pairs are the ones ``ddk.run(run_mode=2)`` sends to verification with the
+default thresholds (captured from :func:`dedupdask.verify.verify_pairs`). Their images are
+read back and decoded once (timed), then every pair is scored in this process under
+``cProfile``; the table gives each stage's share of the scoring time (cumulative time of the
+stage's function, so nested stages overlap their parents) and the figures a note needs:
+ms per pair, ms per image read, accepted pairs. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from typing import Any
+
+import numpy as np
+
+# (label, attribute path in dedupdask.verify) -- the stages of dedupdask.verify._score
+STAGES = [
+    ("views: grey, coarse image, FFT plan (per image)", "_View.__init__"),
+    ("coarse search: all hypotheses at 48 px", "_hypotheses"),
+    ("  template stacks (per image and outer shape)", "_Stack.build"),
+    ("  correlations of the stacks", "_stack_best"),
+    ("refinement of the best hypotheses at 128 px", "_refine"),
+    ("  fine FFT plans (per image)", "_Plan.__init__"),
+    ("  fine correlations", "_ncc"),
+    ("  resizes of the inner image", "_View.resized"),
+    ("  residuals (blur, fit, cells, blob)", "_residuals"),
+    ("    blur", "_blur_pair"),
+]
+
+
+def _code_key(path: str) -> tuple[str, int, str]:
+    from dedupdask import verify
+
+    obj: Any = verify
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    code = obj.__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def capture_candidates(work_dir: str) -> tuple[np.ndarray, Any]:
+    """The (from, to) pairs run_mode=2 verifies, and the image table it passes along."""
+    import dedupdask as ddk
+    import dedupdask.fusion as fusion
+
+    got: dict[str, Any] = {}
+    real = fusion.verify_pairs
+
+    def spy(pairs: Any, images: Any, **kw: Any) -> Any:
+        got["pairs"], got["images"] = pairs.copy(), images.copy()
+        return real(pairs, images, **kw)
+
+    fusion.verify_pairs = spy
+    try:
+        ddk.run(None, work_dir, run_mode=2, client="sync", progress=False)
+    finally:
+        fusion.verify_pairs = real
+    if "pairs" not in got:
+        return np.empty((0, 2), np.int64), None
+    return got["pairs"].loc[:, ["from", "to"]].to_numpy(np.int64), got["images"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work-dir", required=True)
+    ap.add_argument("--shards", help="extract these shards into --work-dir first (run_mode=1)")
+    ap.add_argument("--max-pairs", type=int, default=0, help="profile the first N pairs (0: all)")
+    ap.add_argument("--top", type=int, default=0, help="also print cProfile's top N functions")
+    args = ap.parse_args(argv)
+
+    import dedupdask as ddk
+    from dedupdask import verify
+
+    if args.shards:
+        ddk.run(args.shards, args.work_dir, run_mode=1, client="sync", progress=False)
+    pairs, images = capture_candidates(args.work_dir)
+    if args.max_pairs:
+        pairs = pairs[: args.max_pairs]
+    print(f"# verification profile of {args.work_dir} (dedupdask {ddk.__version__})")
+    print(f"candidate pairs: {len(pairs)}")
+    if not len(pairs):
+        return 0
+    need = images.loc[np.unique(pairs)]
+    t0 = time.perf_counter()
+    loaded: dict[int, Any] = {}
+    for url, sub in need.groupby("archive", sort=True):
+        wanted = [
+            (m, int(o), int(i), int(w), int(h))
+            for i, m, o, w, h in zip(sub.index, sub["member"], sub["occ"], sub["width"], sub["height"], strict=True)
+        ]  # fmt: skip
+        loaded.update(verify.load_archive_images(str(url), wanted))
+    read_s = time.perf_counter() - t0
+    print(f"images read back and decoded: {len(loaded)} in {read_s:.2f} s "
+          f"({1000 * read_s / max(1, len(loaded)):.2f} ms per image)")  # fmt: skip
+
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    df, _ = verify.score_pairs(pairs, loaded)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    score = df["verify_score"].to_numpy()
+    print(f"scoring: {wall:.2f} s under cProfile, {1000 * wall / len(pairs):.2f} ms per pair; "
+          f"accepted (score >= {verify.DEFAULT_VERIFY_SCORE}): {int((score >= verify.DEFAULT_VERIFY_SCORE).sum())}, "
+          f"score -1 (no alignment passed the coarse or fine gate): {int((score == -1).sum())}")  # fmt: skip
+    t0 = time.perf_counter()
+    verify.score_pairs(pairs, loaded)
+    plain = time.perf_counter() - t0
+    print(f"scoring without the profiler: {plain:.2f} s, {1000 * plain / len(pairs):.2f} ms per pair")
+    st = pstats.Stats(prof)
+    stats = st.stats  # type: ignore[attr-defined]
+    total = stats[_code_key("score_pairs")][3]
+    print()
+    print("| stage | s | share of scoring |\n|---|---|---|")
+    for label, fn in STAGES:
+        row = stats.get(_code_key(fn))
+        if row is not None:
+            print(f"| {label} | {row[3]:.2f} | {100 * row[3] / total:.0f} % |")
+    if args.top:
+        print()
+        st.sort_stats("tottime").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
