@@ -41,7 +41,9 @@ process tree (Dask's worker processes included), sampled from outside every 50 m
 (``ru_maxrss`` is wrong for spawned children on Linux; summed RSS double-counts forks). Times are measured around the
 ``run()`` call inside the subprocess: interpreter start, imports (for dedupdask also in its
 worker processes) and the ``LocalCluster`` start are excluded; model loading is included for
-both.
+both. dedupdask's run_mode=2 runs twice, each time in a fresh subprocess: with its defaults
+(pixel verification of the uncertain pairs included) and with ``verify=False``, the same work
+as fastdup's run_mode=2 (kNN, components, outliers).
 
 Quality, against the planted pairs, with each tool at its default threshold: a reported pair
 is true when both images come from the same original (a planted pair, or two copies of one
@@ -592,6 +594,7 @@ def ddk_child(a: dict[str, Any]) -> None:
         else:
             if a.get("threshold") is not None:
                 kw["threshold"] = a["threshold"]
+            kw["verify"] = bool(a.get("verify", True))
             t0 = time.perf_counter()
             res = ddk.run(None, a["work_dir"], run_mode=2, **kw)
             seconds = time.perf_counter() - t0
@@ -601,10 +604,6 @@ def ddk_child(a: dict[str, Any]) -> None:
             info = {"params": res.params, "invalid": [str(f) for f in res.invalid["filename"]],
                     "timings": res.run.get("timings", {}), "verify_pairs": int(ver.get("candidates", 0)),
                     "verify_s": float(ver.get("seconds", 0.0))}  # fmt: skip
-            if a.get("no_verify_too"):  # what fastdup's run_mode=2 does: kNN, components, outliers
-                t0 = time.perf_counter()
-                ddk.run(None, a["work_dir"], run_mode=2, verify=False, **kw)
-                info["seconds_no_verify"] = time.perf_counter() - t0
     with open(a["out"], "w") as f:
         json.dump({"seconds": seconds, "cluster_s": cluster_s, **info}, f, default=str)
 
@@ -806,14 +805,21 @@ def main(argv: list[str] | None = None) -> int:
         wd = work_root / f"r{rnd}-dedupdask"
         shutil.rmtree(wd, ignore_errors=True)
         r: dict[str, Any] = {}
-        for mode in (1, 2):
-            out = work_root / f"r{rnd}-dedupdask.mode{mode}.json"
+        # run_mode=2 twice, each in a fresh child as fastdup's: the default (with verification),
+        # then verify=False, what fastdup's run_mode=2 does (kNN, components, outliers)
+        for mode, verify in ((1, True), (2, True), (2, False)):
+            step = f"mode{mode}" + ("" if verify else "-noverify")
+            out = work_root / f"r{rnd}-dedupdask.{step}.json"
             a = {"input_dir": str(root), "work_dir": str(wd), "run_mode": mode, "cores": args.cores,
                  "k": args.nearest_neighbors_k, "model": args.model, "out": str(out),
-                 "no_verify_too": True}  # fmt: skip
-            r[f"rss{mode}"] = run_step([sys.executable, __file__, "--_child", json.dumps(a)],
-                                       out.with_suffix(".log"), work_root, env)  # fmt: skip
+                 "verify": verify}  # fmt: skip
+            rss = run_step([sys.executable, __file__, "--_child", json.dumps(a)],
+                           out.with_suffix(".log"), work_root, env)  # fmt: skip
             info = json.loads(out.read_text())
+            if not verify:
+                r["s2_no_verify"], r["rss2_no_verify"] = info["seconds"], rss
+                continue
+            r[f"rss{mode}"] = rss
             r[f"s{mode}"], r[f"cluster{mode}"] = info["seconds"], info["cluster_s"]
             if mode == 1:
                 r["images"], r["embedded"], r["bad"] = info["images"], info["valid"], info["invalid"]
@@ -821,7 +827,6 @@ def main(argv: list[str] | None = None) -> int:
                 r["threshold"] = float(info["params"].get("threshold", float("nan")))
                 r["bad_keys"] = {archive_key(f) for f in info["invalid"]}
                 r["pairs"], r["outliers"] = ddk_tables(str(out))
-                r["s2_no_verify"] = info.get("seconds_no_verify", float("nan"))
                 r["verify_pairs"], r["verify_s"] = info["verify_pairs"], info["verify_s"]
                 r["timings"] = info["timings"]
         runs["dedupdask"].append(r)
@@ -897,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         n_images / col(dk, "s12"), ".1f", ratio=True)  # fmt: skip
     row("peak memory run_mode=1, MB (PSS of process tree)", max(r["rss1"] for r in fd), max(r["rss1"] for r in dk), ".0f", ratio=True)
     row("peak memory run_mode=2, MB (PSS of process tree)", max(r["rss2"] for r in fd), max(r["rss2"] for r in dk), ".0f", ratio=True)
+    row("peak memory run_mode=2 verify=False, MB", max(r["rss2"] for r in fd), max(r["rss2_no_verify"] for r in dk), ".0f", ratio=True)
     row("images embedded / flagged invalid", f"{fd[-1]['embedded']} / {fd[-1]['bad']}",
         f"{dk[-1]['embedded']} / {dk[-1]['bad']}")  # fmt: skip
     fd_top, dk_top = fd[-1]["outliers"][: args.top_outliers], dk[-1]["outliers"][: args.top_outliers]

@@ -154,8 +154,9 @@ class Collection:
             float32 ``[len(rows), d]`` in the order of ``rows``.
         """
         d = self.d if d is None else int(d)
-        parts, where = [], []
         sel = None if rows is None else np.asarray(rows, dtype=np.int64)
+        res = np.empty((self.n if sel is None else sel.size, d), np.float32)
+        filled = 0
         for a in self.archives:
             if not a.n_valid:
                 continue
@@ -166,22 +167,15 @@ class Collection:
                     f"of {d} floats but {a.name}{SUFFIXES['done']} counts {a.n_valid}"
                 )
             if sel is None:
-                parts.append(np.asarray(arr, dtype=np.float32))
+                res[a.offset : a.offset + a.n_valid] = arr
+                filled += a.n_valid
                 continue
             hit = np.flatnonzero((sel >= a.offset) & (sel < a.offset + a.n_valid))
             if hit.size:
-                parts.append(np.asarray(arr[sel[hit] - a.offset], dtype=np.float32))
-                where.append(hit)
-        if not parts:
-            return np.zeros((0 if sel is None else sel.size, d), np.float32)
-        out = np.concatenate(parts)
-        if sel is None:
-            return out
-        at = np.concatenate(where)
-        if at.size != sel.size:
+                res[hit] = arr[sel[hit] - a.offset]
+                filled += hit.size
+        if filled != res.shape[0]:
             raise IndexError(f"rows outside 0..{self.n - 1} asked of {self.work_dir.url}")
-        res = np.empty((sel.size, d), np.float32)
-        res[at] = out
         return res
 
     def reads_locally(self) -> bool:

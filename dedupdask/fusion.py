@@ -210,7 +210,7 @@ def run_tiers(
         single = method if method != "auto" else choose_method(n, DCT_DIM, params.k)
         if local and single == "exact" and fits_one_block(n):
             x = normalize_rows(
-                col.vector_rows(None if n == col.n else reps, which="dct", d=DCT_DIM)
+                col.vector_rows(None if n == col.n else reps, which="dct", d=DCT_DIM), copy=False
             )
             dct_graph = exact_knn_block(x, 0, n, params.k)
         else:

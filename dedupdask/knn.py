@@ -75,8 +75,11 @@ def choose_method(n: int, d: int, k: int = 1) -> str:
     return "exact" if float(n) * n * d <= EXACT_MAX_WORK else "pynndescent"
 
 
-def normalize_rows(x: Any) -> np.ndarray:
+def normalize_rows(x: Any, *, copy: bool = True) -> np.ndarray:
     """float32 C-order copy of ``x`` with unit-norm rows (zero rows stay zero).
+
+    ``copy=False`` normalises in place when ``x`` already is a writable float32 C-order
+    array (one the caller owns).
 
     Examples
     --------
@@ -84,7 +87,9 @@ def normalize_rows(x: Any) -> np.ndarray:
     array([[0.6, 0.8],
            [0. , 0. ]], dtype=float32)
     """
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    x = np.array(x, dtype=np.float32, order="C", copy=True if copy else None)
+    if not x.flags.writeable:
+        x = x.copy()
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of vectors, got shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)

@@ -1425,7 +1425,7 @@ def knn_graph_work_dir(
     if not reduced and need <= budget:
         if single == "exact" and fits_one_block(n) and col.reads_locally():
             # one block on local threads: slicing the memory-mapped files beats a Dask graph
-            x = normalize_rows(col.vector_rows(None if n == col.n else reps))
+            x = normalize_rows(col.vector_rows(None if n == col.n else reps), copy=False)
             idx, sim = exact_knn_block(x, 0, n, k)
             info = {"method": "exact", "memory_per_task": budget, "single_task_bytes": need}
             return idx, sim, "exact", info
