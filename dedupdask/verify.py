@@ -401,8 +401,7 @@ def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
         var, inv = plan.windows(h, w)
         scale = np.where(var > max(0.01 * float(st.root_energy[i]) ** 2, 1e-8), inv, 0.0)
         scale /= st.root_energy[i]
-        best[2 * i] = (corr[2 * i, h - 1 :, w - 1 :] * scale).max()
-        best[2 * i + 1] = (corr[2 * i + 1, h - 1 :, w - 1 :] * scale).max()
+        best[2 * i : 2 * i + 2] = (corr[2 * i : 2 * i + 2, h - 1 :, w - 1 :] * scale).max(axis=(1, 2))
     return np.clip(best, -1.0, 1.0)
 
 
