@@ -27,7 +27,7 @@ The check, per pair, on images decoded with aspect kept to 128 px on the long si
 duplicate when ``score >= verify_score`` (0.9: residual <= 0.1, cell <= 0.2, no blob over
 0.13 % of the image). Measured on real photos and clip art (``benchmarks/quality.py
 --tiers``, ``benchmarks/results/quality_tiers.txt``); cost on the real-photo shards of
-``benchmarks/vs_fastdup.py``: about 3.3 ms of one core per pair, plus 0.6 ms per image read
+``benchmarks/vs_fastdup.py``: about 2.8 ms of one core per pair, plus 0.6 ms per image read
 back and decoded.
 
 Work is split for Dask as the rest of the analysis. Past :data:`STREAM_MAX_ARCHIVES`

@@ -13,7 +13,7 @@ duplicates. So pairs are found in tiers and each pair is labelled with the stron
     Embedding cosine >= ``threshold`` (the model's kNN graph), or a *candidate* with
     embedding cosine >= ``verify_threshold`` that :mod:`dedupdask.verify` confirms.
 
-Verification (pixel alignment, ~10 ms per pair) decides every pair that is not certain:
+Verification (pixel alignment, ~1-3 ms of a core per pair) decides every pair that is not certain:
 candidates of the looser embedding band ``[verify_threshold, threshold)`` and every copy
 candidate, because on clip art the DCT also matches colour variants and near-identical
 drawings (measured in ``benchmarks/results/quality_tiers.txt``). Pairs at or above
