@@ -231,6 +231,27 @@ def test_template_stacks_match_the_direct_correlation():
             assert got[2 * i + j] == pytest.approx(float(_ncc(outer.coarse_plan, t).max()), abs=1e-5)
 
 
+def test_refinement_gate_and_memo():
+    """A hypothesis whose fine correlation is under FINE_REJECT gets no residuals; hypotheses
+    of one pair share the correlations and residuals already computed."""
+    from dedupdask import verify
+    from dedupdask.verify import FINE_REJECT, _View
+
+    rng = np.random.default_rng(8)
+    im = random_picture(rng, (320, 240))
+    a, copy, other = (_View(_prep(x)) for x in (im, _crop_resize(im), random_picture(rng, (320, 240))))
+    _, direction, scale, flip = verify._hypotheses(a, copy)[0]
+    outer, inner = (a, copy) if direction == 0 else (copy, a)
+    memo: dict = {}
+    r = verify._refine(outer, inner, scale, flip, memo)
+    assert r is not None and 1 - max(r[0], r[1] / 2, r[2] * verify.BLOB_WEIGHT) >= DEFAULT_VERIFY_SCORE
+    n = len(memo)
+    assert verify._refine(outer, inner, scale, flip, memo) == r and len(memo) == n  # memo only
+    tpl = other.resized("grey", *reversed(verify._inner_size(a.grey.shape, 0.9, other.aspect)))
+    assert float(verify._ncc(a.fine_plan, tpl).max()) < FINE_REJECT  # an unrelated picture
+    assert verify._refine(a, other, 0.9, False) is None
+
+
 def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, monkeypatch):
     """ddk.run keeps a small work_dir's vectors local but scores the pixels on the cluster."""
     from distributed import Client, LocalCluster, get_task_stream
