@@ -9,6 +9,7 @@ sample, as webdataset does.
 
 from __future__ import annotations
 
+import errno
 import lzma
 import re
 import stat
@@ -210,6 +211,10 @@ def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
         zf = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
         raise ArchiveReadError(f"not a readable zip archive: {e}") from e
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # a corrupt offset: seek before the file's start
+            raise
+        raise ArchiveReadError(f"not a readable zip archive: {e}") from e
     with zf:
         for info in zf.infolist():
             kind = _zip_kind(info)
@@ -227,7 +232,8 @@ def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
                         m.error = f"cannot read zip member: {e}"
                         m.error_code = "ERROR_READ_MEMBER"
                     except OSError as e:
-                        if not _is_data_error(e):
+                        # EINVAL: a corrupt offset made zipfile seek before the file's start
+                        if not (_is_data_error(e) or e.errno == errno.EINVAL):
                             raise
                         m.data = None
                         m.error = f"cannot read zip member: {e}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -128,3 +129,23 @@ def test_member_names_survive(tmp_path, fmt):
     row, w, name = run(tmp_path, fmt, build(fmt, members))
     files = w.read_files(name)
     assert files["member"].tolist() == ["日本/é x.jpg"] and files["caption"].tolist() == ["a caption"]
+
+
+@pytest.mark.parametrize("where", ["members", "directory"])
+def test_zip_offsets_pointing_before_the_file_are_recorded_not_raised(tmp_path, where):
+    """Corrupt offsets in a zip's end record make zipfile seek before byte 0 (EINVAL on a
+    local file; found by the corruption property above): each member gets ERROR_READ_MEMBER,
+    or the archive is recorded as unreadable, instead of the task failing."""
+    raw = bytearray(build("zip", [("file", "a", "jpg"), ("file", "b", "txt")]))
+    eocd = raw.rfind(b"PK\x05\x06")
+    size_cd, offset_cd = struct.unpack_from("<II", raw, eocd + 12)
+    if where == "members":  # the central directory still reads; local headers land before 0
+        struct.pack_into("<I", raw, eocd + 16, offset_cd + 10_000)
+    else:  # the central directory itself lands before 0
+        struct.pack_into("<I", raw, eocd + 12, size_cd + 10_000)
+    row, w, name = run(tmp_path, "zip", bytes(raw))
+    assert row["status"] in ("done", "partial"), row["error"]
+    accounted(w, name)
+    if where == "members":
+        bad = w.read_files(name)
+        assert set(bad["error_code"]) == {"ERROR_READ_MEMBER"} or int(row["skipped"]) > 0
