@@ -160,12 +160,7 @@ class Collection:
         for a in self.archives:
             if not a.n_valid:
                 continue
-            arr = self.work_dir.open_features(a.name, d, which=which)
-            if arr.shape != (a.n_valid, d):
-                raise ValueError(
-                    f"{self.work_dir.url}: {a.name}{SUFFIXES[which]} holds {arr.shape[0]} rows "
-                    f"of {d} floats but {a.name}{SUFFIXES['done']} counts {a.n_valid}"
-                )
+            arr = read_archive_vectors(self.work_dir, a.name, d, a.n_valid, which=which)
             if sel is None:
                 res[a.offset : a.offset + a.n_valid] = arr
                 filled += a.n_valid
@@ -236,7 +231,9 @@ def on_distributed() -> bool:
     return "Client" in type(getattr(get_scheduler(), "__self__", None)).__name__
 
 
-def read_archive_vectors(wd: WorkDir, name: str, d: int, n: int) -> np.ndarray:
+def read_archive_vectors(
+    wd: WorkDir, name: str, d: int, n: int, *, which: str = "dat"
+) -> np.ndarray:
     """The ``[n, d]`` vectors of one archive (memory-mapped when work_dir is local).
 
     Parameters
@@ -247,6 +244,8 @@ def read_archive_vectors(wd: WorkDir, name: str, d: int, n: int) -> np.ndarray:
         Archive name.
     d, n : int
         Width and the row count from ``done.json``.
+    which : {"dat", "dct"}
+        The embeddings or the DCT descriptors.
 
     Returns
     -------
@@ -258,10 +257,10 @@ def read_archive_vectors(wd: WorkDir, name: str, d: int, n: int) -> np.ndarray:
     >>> read_archive_vectors(WorkDir(work_dir), "00000.tar", 1280, 1000).shape  # doctest: +SKIP
     (1000, 1280)
     """
-    arr = wd.open_features(name, d)
+    arr = wd.open_features(name, d, which=which)
     if arr.shape != (n, d):
         raise ValueError(
-            f"{wd.url}: {name}{SUFFIXES['dat']} holds {arr.shape[0]} rows of {d} floats "
+            f"{wd.url}: {name}{SUFFIXES[which]} holds {arr.shape[0]} rows of {d} floats "
             f"but {name}{SUFFIXES['done']} counts {n} valid images"
         )
     return arr

@@ -25,16 +25,10 @@ from dask.base import tokenize
 
 from .analyses.exact import ExactGroups
 from .analyses.tiers import TierParams, candidate_pairs, component_edges, decide
-from .collect import Collection
-from .knn import (
-    DEFAULT_RANDOM_STATE,
-    choose_method,
-    exact_knn_block,
-    fits_one_block,
-    knn_graph_dask,
-    normalize_rows,
-)
-from .store import SUFFIXES, WorkDir
+from .collect import Collection, read_archive_vectors
+from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
+from .knn_partitioned import local_exact_knn
+from .store import SUFFIXES
 from .verify import verify_pairs
 
 __all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
@@ -60,15 +54,6 @@ def has_dct(col: Collection) -> bool:
     return all(a.name + SUFFIXES["dct"] in names for a in col.archives if a.n_valid)
 
 
-def _read_dct(wd: WorkDir, name: str, n: int) -> np.ndarray:
-    arr = wd.open_features(name, DCT_DIM, which="dct")
-    if arr.shape != (n, DCT_DIM):
-        raise ValueError(
-            f"{wd.url}: {name}{SUFFIXES['dct']} holds {arr.shape[0]} rows, done.json counts {n}"
-        )
-    return arr
-
-
 def dct_vectors(col: Collection) -> da.Array:
     """All DCT descriptors as a float32 ``[N, 63]`` dask array, one block per archive.
 
@@ -79,7 +64,9 @@ def dct_vectors(col: Collection) -> da.Array:
     """
     blocks = [
         da.from_delayed(
-            dask.delayed(_read_dct, pure=True)(col.work_dir, a.name, a.n_valid),
+            dask.delayed(read_archive_vectors, pure=True)(
+                col.work_dir, a.name, DCT_DIM, a.n_valid, which="dct"
+            ),
             shape=(a.n_valid, DCT_DIM),
             dtype=np.float32,
             name="dedupdask-dct-" + tokenize(col.work_dir.url, a.name, a.n_valid),
@@ -206,19 +193,13 @@ def run_tiers(
     dct = None
     local = col.reads_locally()
     if params.copy_threshold is not None and reps.size > 1:
-        n = int(reps.size)
-        single = method if method != "auto" else choose_method(n, DCT_DIM, params.k)
-        if local and single == "exact" and fits_one_block(n):
-            x = normalize_rows(
-                col.vector_rows(None if n == col.n else reps, which="dct", d=DCT_DIM), copy=False
-            )
-            dct_graph = exact_knn_block(x, 0, n, params.k)
-        else:
+        dct_graph = local_exact_knn(col, reps, params.k, method, which="dct", d=DCT_DIM)  # type: ignore[arg-type]
+        if dct_graph is None:
             dct = dct_vectors(col)
             x = dct if reps.size == dct.shape[0] else dct[reps]
             di, ds, _ = knn_graph_dask(
                 x,
-                n,
+                int(reps.size),
                 DCT_DIM,
                 params.k,
                 method=method,
@@ -228,19 +209,22 @@ def run_tiers(
     cands = candidate_pairs(reps, emb_graph, dct_graph, params)
     a, b = cands["from"].to_numpy(np.int64), cands["to"].to_numpy(np.int64)
     miss = cands["similarity"].isna().to_numpy()
-    if miss.any():
-        emb = embeddings if embeddings is not None else col.embeddings()
+    if miss.any():  # on the local path rows are sliced from the files, not from a Dask graph
+        if local:
+            src: Any = col.vector_rows
+        else:
+            src = embeddings if embeddings is not None else col.embeddings()
         sims = cands["similarity"].to_numpy(np.float32).copy()
-        sims[miss] = pair_cosines(col.vector_rows if local else emb, a[miss], b[miss])
+        sims[miss] = pair_cosines(src, a[miss], b[miss])
         cands["similarity"] = sims
     miss = cands["copy_similarity"].isna().to_numpy()
     if miss.any() and (dct is not None or params.copy_threshold is not None):
         if local:
-            rows = functools.partial(col.vector_rows, which="dct", d=DCT_DIM)
+            src = functools.partial(col.vector_rows, which="dct", d=DCT_DIM)
         else:
-            dct = dct if dct is not None else dct_vectors(col)
+            src = dct if dct is not None else dct_vectors(col)
         sims = cands["copy_similarity"].to_numpy(np.float32).copy()
-        sims[miss] = pair_cosines(rows if local else dct, a[miss], b[miss])
+        sims[miss] = pair_cosines(src, a[miss], b[miss])
         cands["copy_similarity"] = sims
     decided = decide(cands, params)
     todo = decided[decided["to_verify"]]

@@ -1389,6 +1389,30 @@ def _exact_max_work() -> float:
     return float(EXACT_MAX_WORK)
 
 
+def local_exact_knn(
+    col: Any,
+    reps: np.ndarray,
+    k: int,
+    method: Method = "auto",
+    *,
+    which: str = "dat",
+    d: int | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact kNN graph of rows ``reps``, computed here when that is the cheap way, else None.
+
+    The cheap way: exact search of one block, on local threads, from a local work_dir --
+    slicing the memory-mapped files then beats building and running a Dask graph.
+    ``which="dct"`` (with ``d``) searches the DCT descriptors.
+    """
+    d = int(col.d if d is None else d)
+    n = int(reps.size)
+    single = method if method != "auto" else choose_method(n, d, k)
+    if single != "exact" or not fits_one_block(n) or not col.reads_locally():
+        return None
+    x = normalize_rows(col.vector_rows(None if n == col.n else reps, which=which, d=d), copy=False)
+    return exact_knn_block(x, 0, n, k)
+
+
 def knn_graph_work_dir(
     col: Any,
     reps: np.ndarray,
@@ -1423,12 +1447,10 @@ def knn_graph_work_dir(
     need = single_task_bytes(n, d, k, single)
     reduced = (0 < d_reduce < d) or dtype == "float16"
     if not reduced and need <= budget:
-        if single == "exact" and fits_one_block(n) and col.reads_locally():
-            # one block on local threads: slicing the memory-mapped files beats a Dask graph
-            x = normalize_rows(col.vector_rows(None if n == col.n else reps), copy=False)
-            idx, sim = exact_knn_block(x, 0, n, k)
+        got = local_exact_knn(col, reps, k, method)
+        if got is not None:
             info = {"method": "exact", "memory_per_task": budget, "single_task_bytes": need}
-            return idx, sim, "exact", info
+            return got[0], got[1], "exact", info
         emb = col.embeddings()
         x = emb if n == col.n else emb[reps]
         idx, sim, used = knn_graph_dask(x, n, d, k, method=method, random_state=random_state)

@@ -20,6 +20,7 @@ leaves an archive that looks done.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import posixpath
@@ -93,13 +94,12 @@ def empty_files_frame() -> pd.DataFrame:
 
 def file_dtypes() -> dict[str, Any]:
     """Column -> pandas dtype of the per-archive Parquet files (computed once)."""
-    global _FILE_DTYPES
-    if _FILE_DTYPES is None:
-        _FILE_DTYPES = empty_files_frame().dtypes.to_dict()
-    return dict(_FILE_DTYPES)
+    return dict(_file_dtypes())
 
 
-_FILE_DTYPES: dict[str, Any] | None = None
+@functools.cache
+def _file_dtypes() -> dict[str, Any]:
+    return empty_files_frame().dtypes.to_dict()
 
 
 def _types_mapper(t: pa.DataType) -> Any:
