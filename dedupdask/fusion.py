@@ -90,7 +90,7 @@ def pair_cosines(
     Examples
     --------
     >>> x = da.from_array(np.array([[1, 0], [0.6, 0.8], [0, 1]], np.float32), chunks=2)
-    >>> pair_cosines(x, np.array([0]), np.array([1])).round(2).tolist()
+    >>> [round(float(c), 2) for c in pair_cosines(x, np.array([0]), np.array([1]))]
     [0.6]
     """
     if not len(a):

@@ -288,7 +288,7 @@ def bucket_capacity(
     Examples
     --------
     >>> bucket_capacity(2 * 10**9, 1280, 4, 10, "exact")
-    363013
+    321703
     """
 
     def fits(size: int) -> bool:
