@@ -71,12 +71,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,17 +315,6 @@ def load_photos(folder: Path) -> list[tuple[str, Any]]:
     return out
 
 
-def _write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mtime = 1_700_000_000
-            tf.addfile(ti, io.BytesIO(data))
-    os.replace(tmp, path)
-
-
 def build_real_shards(photos: list[tuple[str, Any]], out: Path, n_shards: int,
                       copies: int, seed: int) -> None:  # fmt: skip
     """LAION-style tar shards: each photo once, ``copies`` edited copies in other shards."""
@@ -360,8 +348,10 @@ def build_real_shards(photos: list[tuple[str, Any]], out: Path, n_shards: int,
     for target, img, data, edit, fn, name in planted:
         copy = add(target, edit_bytes(img, data, edit), f"{name} ({edit})", {"planted": edit})
         truth.append((fn, copy, edit))
+    from dedupdask.datasets import write_shard
+
     for p, m in zip(paths, members, strict=True):
-        _write_tar(p, m)
+        write_shard(str(p), m, "tar")
     with open(out / "ground_truth.csv", "w") as f:
         f.write("filename_a,filename_b,edit\n")
         f.writelines(f"{a},{b},{e}\n" for a, b, e in truth)

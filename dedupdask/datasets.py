@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-__all__ = ["make_sample_shards", "random_picture", "edit_image", "SampleShards", "EDITS"]
+__all__ = ["make_sample_shards", "random_picture", "edit_image", "write_shard", "SampleShards", "EDITS"]
 
 EDITS = ("exact", "resize", "jpeg", "crop", "flip", "bright")
 
@@ -143,7 +143,9 @@ def edit_image(im: Image.Image, edit: str) -> bytes:
     raise ValueError(edit)
 
 
-def _write_shard(path: str, members: Sequence[tuple[str, bytes]], fmt: str) -> None:
+def write_shard(path: str, members: Sequence[tuple[str, bytes]], fmt: str = "tar") -> None:
+    """Write ``(name, bytes)`` members as a ``tar``, ``tgz`` or ``zip`` archive, reproducibly
+    (fixed mtime, PAX tars) and atomically (a temporary file renamed at the end)."""
     tmp = path + ".tmp"
     if fmt == "zip":
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -255,7 +257,7 @@ def make_sample_shards(
     n_images = 0
     for s in range(n_shards):
         n_images += sum(1 for name, _ in members[s] if name.rsplit(".", 1)[-1] in ("jpg", "png"))
-        _write_shard(shard_paths[s], members[s], formats[s % len(formats)])
+        write_shard(shard_paths[s], members[s], formats[s % len(formats)])
     truth_df = pd.DataFrame(truth, columns=["filename_a", "filename_b", "edit"])
     broken_df = pd.DataFrame(bad, columns=["filename", "expected"])
     truth_df.to_csv(os.path.join(out_dir, "ground_truth.csv"), index=False)
