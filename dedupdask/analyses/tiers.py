@@ -23,6 +23,9 @@ read, a pair stands on its tier's threshold alone (copy candidates are then acce
 Connected components link exact groups, accepted copy pairs, verified pairs, and kNN edges
 at or above ``ccthreshold`` that verification did not reject (the single-tier semantics
 when nothing is verified).
+
+Every threshold comes from the model's row of :data:`dedupdask.thresholds.TABLE`;
+:func:`resolve_params` applies the run's mode to it.
 """
 
 from __future__ import annotations
