@@ -36,9 +36,6 @@ PACKAGE = ROOT / "dedupdask"
 # ``test`` extra (``onnx`` rebuilds dct.onnx; see the module's docstring).
 BUILD_TOOLS = {"dedupdask/models/build_dct.py"}
 
-tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
-
-
 def _canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -50,6 +47,7 @@ def _req_name(req: str) -> str:
 
 
 def _project() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
