@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import importlib.metadata as md
 import inspect
 import json
@@ -100,8 +101,13 @@ def _third_party(files: dict[str, str], local: set[str]) -> dict[str, set[str]]:
     return found
 
 
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return md.packages_distributions()
+
+
 def _undeclared(found: dict[str, set[str]], allowed: set[str]) -> list[str]:
-    dists = md.packages_distributions()
+    dists = _distributions()
     bad = []
     for mod, where in sorted(found.items()):
         provided = {_canon(d) for d in dists.get(mod, [])}
