@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import OPTION_HELP, RunConfig
+from .thresholds import FIELDS, TABLE, USER_MODEL
 
 __all__ = ["main", "build_parser"]
 
@@ -42,6 +43,12 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def _table_defaults(name: str) -> str:
+    """``"effnet-lite0 0.99, dct 0.98, user models 0.9"``: a threshold's row values."""
+    rows = [*TABLE.items(), ("user models", USER_MODEL)]
+    return ", ".join(f"{model} {getattr(row, name) or 'none'}" for model, row in rows)
+
+
 def _add_options(p: argparse.ArgumentParser, names: set[str]) -> None:
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
@@ -53,6 +60,9 @@ def _add_options(p: argparse.ArgumentParser, names: set[str]) -> None:
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_} (default: {f.default})")
+        elif f.name in FIELDS:
+            p.add_argument(flag, type=tp, default=None, metavar=f.name.upper(),
+                           help=f"{help_} (default: the model's: {_table_defaults(f.name)})")
         else:
             default = None if f.default is dataclasses.MISSING else f.default
             p.add_argument(flag, type=tp, default=None, metavar=f.name.upper(),

@@ -27,12 +27,12 @@ OPTION_HELP: dict[str, str] = {
     "num_threads": "onnxruntime threads per archive task (0 = 1 per task: a worker with T threads runs T tasks)",
     "nearest_neighbors_k": "neighbours per image in the kNN graph",
     "distance": "similarity metric of the kNN graph (cosine)",
-    "threshold": "minimum cosine similarity of a similar pair (default: the model's)",
+    "threshold": "minimum embedding cosine of a near pair accepted without verification",
     "lower_threshold": "fraction of images reported as outliers",
-    "ccthreshold": "minimum similarity of an edge in connected components (default: the model's)",
-    "copy_threshold": "minimum DCT-descriptor cosine of a 'copy' candidate pair (resize, JPEG, brightness, flip); None = measured default",
-    "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops); None = the model's measured default",
-    "verify_score": "pixel-alignment score (0..1) that confirms a verified pair; None = measured default",
+    "ccthreshold": "minimum similarity of an edge in connected components",
+    "copy_threshold": "minimum DCT-descriptor cosine of a 'copy' candidate pair (resize, JPEG, brightness, flip)",
+    "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops)",
+    "verify_score": "pixel-alignment score (0..1) that confirms a verified pair",
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
     "max_memory_per_task": "memory one kNN task may use, e.g. 2GB; the kNN is partitioned into buckets when the vectors need more (default: half a Dask worker's memory limit per thread)",
     "d_reduce": "search neighbours on a PCA projection to this many dimensions (0 = off); similarities are recomputed on the original vectors",
@@ -131,7 +131,17 @@ def _dashboard_address(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Validated options of a dedupdask run (see ``ddk.run`` for their meaning)."""
+    """Validated options of a dedupdask run (see ``ddk.run`` for their meaning).
+
+    The thresholds (``threshold``, ``ccthreshold``, ``copy_threshold``, ``verify_threshold``,
+    ``verify_score``, ``lower_threshold``) default to None: the model's row of
+    :data:`dedupdask.thresholds.TABLE`, resolved once by :func:`dedupdask.thresholds.resolve`.
+
+    Examples
+    --------
+    >>> RunConfig(threshold=0.95).threshold, RunConfig().lower_threshold
+    (0.95, None)
+    """
 
     run_mode: int = 0
     min_offset: int = 0
@@ -144,7 +154,7 @@ class RunConfig:
     nearest_neighbors_k: int = 2
     distance: str = "cosine"
     threshold: float | None = None
-    lower_threshold: float = 0.05
+    lower_threshold: float | None = None
     ccthreshold: float | None = None
     copy_threshold: float | None = None
     verify_threshold: float | None = None
@@ -195,7 +205,7 @@ class RunConfig:
             v = getattr(self, name)
             check(v is None or -1.0 <= v <= 1.0, f"{name} must be in [-1, 1], got {v!r}")
         check(
-            0.0 <= self.lower_threshold <= 1.0,
+            self.lower_threshold is None or 0.0 <= self.lower_threshold <= 1.0,
             f"lower_threshold must be a fraction in [0, 1], got {self.lower_threshold!r}",
         )
         if self.max_memory_per_task is not None:

@@ -227,7 +227,7 @@ def run(
     nearest_neighbors_k: int = 2,
     distance: str = "cosine",
     threshold: float | None = None,
-    lower_threshold: float = 0.05,
+    lower_threshold: float | None = None,
     ccthreshold: float | None = None,
     copy_threshold: float | None = None,
     verify_threshold: float | None = None,
@@ -273,8 +273,9 @@ def run(
     num_threads : int
         onnxruntime threads per archive task (0 = one; a worker with T threads runs T tasks).
     nearest_neighbors_k, distance, threshold, lower_threshold, ccthreshold
-        Analysis options, fastdup's names and meaning (``threshold``/``ccthreshold`` default
-        to the model's measured recommendation).
+        Analysis options, fastdup's names and meaning. The thresholds default to None: the
+        model's row of :data:`dedupdask.thresholds.TABLE` (where each value was measured),
+        recorded with the values used in ``results/run.json`` (``"thresholds"``).
     copy_threshold, verify_threshold, verify_score, verify
         Duplicate tiers (:mod:`dedupdask.analyses.tiers`): DCT-descriptor cosine of a
         ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
