@@ -29,7 +29,7 @@ _ANALYSIS_ONLY = {
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
     "num_threads", "keep_archives", "keep_images", "resume", "max_image_pixels",
-    "max_member_bytes", "max_archive_bytes", "min_image_size",
+    "max_member_bytes", "max_archive_bytes", "min_image_size", "dashboard_address",
 }
 
 
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-shard", type=int, default=100)
     p.add_argument("--model-path", default=None)
     p.add_argument("--client", default=None)
+    p.add_argument("--dashboard-address", default=None, metavar="DASHBOARD_ADDRESS",
+                   help=f"{OPTION_HELP['dashboard_address']} (default: {RunConfig.dashboard_address})")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
@@ -231,8 +233,9 @@ def _demo(ns: argparse.Namespace) -> int:
         run_mode = 0
     except ImportError:  # analysis not installed in this build
         run_mode = 1
+    extra = {} if ns.dashboard_address is None else {"dashboard_address": ns.dashboard_address}
     out = pipeline.run(shards_dir, work_dir, run_mode=run_mode, model_path=ns.model_path,
-                       client=ns.client, progress=ns.progress, resume=False)
+                       client=ns.client, progress=ns.progress, resume=False, **extra)
     if run_mode == 1:
         print(out.summary_text())
         return 0

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .localcluster import DEFAULT_DASHBOARD
+
 __all__ = ["RunConfig", "parse_turi_param", "OPTION_HELP"]
 
 # One line of help per option; the CLI builds its flags from this table and RunConfig's fields.
@@ -44,6 +46,7 @@ OPTION_HELP: dict[str, str] = {
     "max_archive_bytes": "total member bytes one archive may read (many-member bombs); the rest is not read",
     "min_image_size": "images narrower or shorter than this are ERROR_IMAGE_TOO_SMALL",
     "storage_attempts": "attempts per storage operation on a network/server error (auth errors and missing objects fail at once)",
+    "dashboard_address": "HOST:PORT of the dashboard of the local Dask cluster a run starts (127.0.0.1 = this machine only, 0.0.0.0 = every network interface, port 0 = a free one); '' = no dashboard",
     "progress": "show a progress bar",
 }
 
@@ -107,6 +110,25 @@ def _triple(value: Any, name: str) -> tuple[float, float, float] | None:
     return vals  # type: ignore[return-value]
 
 
+def _dashboard_address(value: Any) -> str | None:
+    """``"host:port"`` (port 0..65535, host may be empty: every interface, as in Dask), or None.
+
+    Examples
+    --------
+    >>> _dashboard_address("127.0.0.1:8787"), _dashboard_address("[::1]:0"), _dashboard_address("")
+    ('127.0.0.1:8787', '[::1]:0', None)
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    host, sep, port = value.strip().rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not port.isdigit() or int(port) > 65535 or any(c.isspace() for c in host):
+        raise ValueError(
+            f"dashboard_address must be HOST:PORT (127.0.0.1:0 = this machine, a free port; "
+            f"0.0.0.0:8787 = every interface) or '' for none, got {value!r}"
+        )
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Validated options of a dedupdask run (see ``ddk.run`` for their meaning).
@@ -150,6 +172,7 @@ class RunConfig:
     max_archive_bytes: int = 64 * 2**30
     min_image_size: int = 10
     storage_attempts: int = 3
+    dashboard_address: str | None = DEFAULT_DASHBOARD
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -205,6 +228,7 @@ class RunConfig:
             isinstance(self.storage_attempts, int) and self.storage_attempts >= 1,
             f"storage_attempts must be an integer >= 1, got {self.storage_attempts!r}",
         )
+        object.__setattr__(self, "dashboard_address", _dashboard_address(self.dashboard_address))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:
@@ -216,7 +240,7 @@ class RunConfig:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(unknown)}")
-        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("model_path",)}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("model_path", "dashboard_address")}
         turi = parse_turi_param(kwargs.get("turi_param"))
         for key, value in turi.items():
             kwargs.setdefault(key, value)

@@ -147,18 +147,9 @@ def _scheduler_for(n_pairs: int) -> Iterator[Any]:
     if get_scheduler() not in (None, dask.threaded.get):
         yield None  # a local scheduler chosen on purpose (sync, processes)
         return
-    from distributed import Client, LocalCluster
+    from .localcluster import local_cluster
 
-    with (
-        LocalCluster(
-            n_workers=cores,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(cores, dashboard_address=None, silence_logs=40) as client:
         yield client
 
 

@@ -250,7 +250,7 @@ def test_run_forwards_every_keyword_to_the_config(monkeypatch, tmp_path):
         "keep_archives": True, "keep_images": True, "turi_param": "delete_tar=0",
         "resume": False, "max_image_pixels": 5, "max_member_bytes": 6, "max_archive_bytes": 7,
         "min_image_size": 2, "storage_attempts": 4, "progress": False,
-        "storage_options": {"anon": True},
+        "storage_options": {"anon": True}, "dashboard_address": "0.0.0.0:8787",
     }  # fmt: skip
     assert set(changed) == set(_config_defaults()), "give the new option a non-default value here"
     assert dedupdask.run("in/", str(tmp_path), **changed) == "report"
