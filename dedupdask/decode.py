@@ -16,12 +16,20 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-__all__ = ["Decoded", "decode_image", "sniff_image", "STAT_COLUMNS", "ERROR_CODES"]
+__all__ = ["Decoded", "decode_image", "sniff_image", "STAT_COLUMNS", "STATS_VERSION", "ERROR_CODES"]
 
 # Truncated images are errors, not half-grey pictures.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-STAT_COLUMNS = ("mean", "min", "max", "stdv", "blur", "unique", "contrast")
+STAT_COLUMNS = ("mean", "min", "max", "stdv", "blur", "unique", "contrast", "p01", "p99", "chroma")
+
+STATS_VERSION = 2
+"""Version of the per-image stats, recorded as ``stats_version`` in every ``done.json``.
+
+1 (no ``stats_version`` in done.json): mean, min, max, stdv, blur, unique, contrast.
+2: also ``p01``/``p99`` (grey levels of the 1st/99th percentile) and ``chroma``; archives
+extracted before read as null there, so the issue types that need them are not reported.
+"""
 
 ERROR_CODES = (
     "VALID",
@@ -95,7 +103,8 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
     """fastdup-style stats on the grey model-size image.
 
     ``blur`` is the variance of the 4-neighbour Laplacian (low = blurry), ``unique`` the number
-    of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min).
+    of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min), ``p01`` /
+    ``p99`` the grey levels below which 1 % / 99 % of the pixels lie.
     """
     hist = np.bincount(gray.ravel(), minlength=256)  # one pass gives all but blur
     levels = np.flatnonzero(hist)
@@ -105,6 +114,7 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
     mn, mx = (float(levels[0]), float(levels[-1])) if levels.size else (0.0, 0.0)
     g = gray.astype(np.float32)
     lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    cum = np.cumsum(hist)
     return {
         "mean": mean,
         "min": mn,
@@ -113,7 +123,17 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
         "blur": float(lap.var()) if lap.size else 0.0,
         "unique": float(levels.size),
         "contrast": (mx - mn) / (mx + mn) if mx + mn > 0 else 0.0,
+        "p01": float(np.searchsorted(cum, 0.01 * n)),
+        "p99": float(np.searchsorted(cum, 0.99 * n)),
     }
+
+
+def _chroma(px: np.ndarray) -> float:
+    """99th percentile of the per-pixel spread max(R, G, B) - min(R, G, B): 0 = grey image."""
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    cum = np.cumsum(np.bincount(spread.ravel(), minlength=256))
+    return float(np.searchsorted(cum, 0.99 * max(int(spread.size), 1)))
 
 
 _LEVELS = np.arange(256, dtype=np.float64)
@@ -191,5 +211,5 @@ def decode_image(
     p32 = px.astype(np.uint32)
     gray = ((p32[..., 0] * 299 + p32[..., 1] * 587 + p32[..., 2] * 114 + 500) // 1000).astype(np.uint8)
     pixel_md5 = hashlib.md5(px.tobytes() + f"{width}x{height}".encode()).hexdigest()
-    return Decoded("VALID", width, height, px, _stats(gray), pixel_md5)
+    return Decoded("VALID", width, height, px, {**_stats(gray), "chroma": _chroma(px)}, pixel_md5)
 

@@ -78,6 +78,9 @@ FILE_SCHEMA = pa.schema(
         ("blur", pa.float32()),
         ("unique", pa.int32()),
         ("contrast", pa.float32()),
+        ("p01", pa.float32()),  # stats_version 2 (decode.STATS_VERSION): null in older work_dirs
+        ("p99", pa.float32()),
+        ("chroma", pa.float32()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
         ("index", pa.int64()),
