@@ -44,6 +44,7 @@ _LAZY = {
     "Gallery": "galleries",
     "create_components_gallery": "galleries",
     "create_duplicates_gallery": "galleries",
+    "create_issues_gallery": "galleries",
     "create_outliers_gallery": "galleries",
     "create_stats_gallery": "galleries",
     "ExtractReport": "pipeline",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Gallery,
         create_components_gallery,
         create_duplicates_gallery,
+        create_issues_gallery,
         create_outliers_gallery,
         create_stats_gallery,
     )
@@ -97,6 +99,7 @@ __all__ = [
     "Gallery",
     "create_components_gallery",
     "create_duplicates_gallery",
+    "create_issues_gallery",
     "create_outliers_gallery",
     "create_stats_gallery",
     "load",
