@@ -324,6 +324,14 @@ def test_outlier_groups_match_brute_force(k):
     big = og.size > k
     assert (og.searched > 0) == bool(big.any()) and sum(calls) == og.searched
     assert og.searched <= QUERIES_PER_GROUP * len(centres)
+    # searching only what could fall below a cut-off decides every image the same way
+    for cut in (0.2, 0.4):
+        fast = outlier_groups(groups, np.arange(n), nbr_idx, nbr_sim, link=0.9, max_size=100,
+                              search=search, below=cut)  # fmt: skip
+        assert fast.searched <= og.searched
+        np.testing.assert_array_equal(fast.similarity < cut, og.similarity < cut)
+        flagged = og.similarity < cut
+        np.testing.assert_allclose(fast.similarity[flagged], og.similarity[flagged])
 
 
 def test_outlier_groups_respect_max_size_and_exact_groups():
@@ -353,14 +361,16 @@ def test_outlier_groups_respect_max_size_and_exact_groups():
 
 def test_scores_are_documented_values():
     f = pd.DataFrame({"index": [0, 1], "width": [100, 1000], "height": [100, 10], "p01": [0.0, 250.0],
-                      "p99": [255.0, 252.0], "blur": [500.0, 0.0], "chroma": [120.0, 0.0]})  # fmt: skip
-    s = image_scores(f, 100.0)
+                      "p99": [255.0, 252.0], "blur": [500.0, 0.0], "stdv": [120.0, 0.0],
+                      "chroma": [120.0, 0.0]})  # fmt: skip
+    s = image_scores(f, 100.0).set_index("index").astype("float64").round(6)  # scores have 6 decimals
     assert s.loc[0, "odd_size"] == pytest.approx(1.0) and s.loc[1, "odd_size"] == pytest.approx(1.0)
     assert s.loc[1, "odd_aspect_ratio"] == pytest.approx(0.01)
     assert s.loc[0, "blurry"] == pytest.approx(1 - np.exp(-5), rel=1e-5) and s.loc[1, "blurry"] == 0
-    assert s.loc[1, "low_information"] == pytest.approx(2 / 255) and s.loc[0, "low_information"] == 1
-    assert s.loc[1, "light"] == pytest.approx(5 / 255, rel=1e-5) and s.loc[0, "dark"] == 1
-    assert s.loc[0, "grayscale"] == pytest.approx(120 / 255) and s.loc[1, "grayscale"] == 0
+    assert s.loc[1, "low_information"] == round(2 / 255, 6) and s.loc[0, "low_information"] == 1
+    assert s.loc[1, "light"] == round(5 / 255, 6) and s.loc[0, "dark"] == 1
+    assert s.loc[0, "grayscale"] == round(120 / 255, 6) and s.loc[1, "grayscale"] == 0
+    assert s.loc[0, "noisy"] == round(1 - 500 / (20 * 120.0**2), 6) and s.loc[1, "noisy"] == 1  # stdv 0: no noise
     assert set(ISSUE_TYPES) == {*STAT_ISSUES, "outlier"}
 
 

@@ -1,6 +1,7 @@
 """Analysis stage, issue labels: which images are dark, blank, tiny, odd, outlying or duplicated.
 
-Like cleanvision, every image gets a **score per issue type** in [0, 1], lower = worse, and an
+Like cleanvision, every image gets a **score per issue type** in [0, 1] (rounded to 6
+decimals, so runs on different schedulers write the same bytes), lower = worse, and an
 image *has* the issue when its score is below the type's cut-off
 (:data:`dedupdask.thresholds.ISSUE_TABLE`, measured on real packaged images by
 ``benchmarks/issues.py``; ``issue_thresholds=`` overrides single types). Scores come from the
@@ -115,6 +116,13 @@ QUERIES_PER_GROUP = 8  # members of a closed group compared with every image out
 _BINS_PER_OCTAVE = 64  # resolution of the median image side for odd_size (about 1 %)
 _OCTAVES = 17  # sides up to 2**17 px
 _INFO = ("filename", "archive", "member", "key")
+_DECIMALS = 6  # scores are rounded: a kNN similarity's last float32 bit depends on the BLAS blocking
+
+
+def _score(v: np.ndarray) -> np.ndarray:
+    """Clip to [0, 1] and round (NaN stays NaN)."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.where(np.isfinite(v), np.round(np.clip(v, 0.0, 1.0), _DECIMALS), np.nan).astype(np.float32)
 
 
 # -- statistics types, per archive --------------------------------------------------------------
@@ -166,8 +174,7 @@ def image_scores(files: pd.DataFrame, size_reference: float) -> pd.DataFrame:
         }
     out = pd.DataFrame({"index": valid["index"].to_numpy(dtype=np.int64)})
     for t in STAT_ISSUES:
-        v = scores[t]
-        out[t] = np.where(np.isfinite(v), np.clip(v, 0.0, 1.0), np.nan).astype(np.float32)
+        out[t] = _score(scores[t])
     return out
 
 
@@ -354,15 +361,16 @@ def outlier_groups(
     link: float,
     max_size: int,
     search: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    below: float | None = None,
 ) -> OutlierGroups:
     """Group look-alike images and measure each group's similarity to the rest.
 
     Every kNN edge between two groups is a candidate for both groups' nearest image outside.
     When a member's whole list is inside its group (a group larger than the list is wide),
     the list only bounds that member's similarity to the rest by its last entry; if the bound
-    could beat what the edges gave, up to :data:`QUERIES_PER_GROUP` such members (highest
-    bound first) of each group of at most ``max_size`` distinct pictures are compared with
-    every image by ``search``.
+    could beat what the edges gave (and, with ``below``, what they gave is below it), up to
+    :data:`QUERIES_PER_GROUP` such members (highest bound first) of each group of at most
+    ``max_size`` distinct pictures are compared with every image by ``search``.
 
     Parameters
     ----------
@@ -379,6 +387,10 @@ def outlier_groups(
     search : callable, optional
         ``search(queries, labels) -> (similarity, index)``: for each query (global index),
         the most similar image whose ``labels`` entry differs from the query's.
+    below : float, optional
+        Only search groups whose edges gave nothing at or above this (the outlier cut-off:
+        the others cannot be outliers, whatever the search finds), so the cost stays with the
+        few isolated groups.
 
     Returns
     -------
@@ -433,7 +445,10 @@ def outlier_groups(
     bound = np.where(full & ~has, nbr_sim[:, -1] if k else np.nan, np.nan)
     g_best = best[rep_label] if m else np.empty(0, np.float32)
     small = pictures[rep_label] <= max_size if m else np.empty(0, bool)
-    need = np.flatnonzero(small & np.isfinite(bound) & ~(g_best >= bound))
+    need = small & np.isfinite(bound) & ~(g_best >= bound)
+    if below is not None:
+        need &= ~(g_best >= np.float32(below))
+    need = np.flatnonzero(need)
     searched = 0
     if need.size and search is not None:
         order = need[np.lexsort((need, -bound[need], rep_label[need]))]
@@ -543,16 +558,16 @@ def outlier_issues(og: OutlierGroups, cutoff: float | None, max_size: int) -> pd
     >>> outlier_issues(og, 0.5, 10)[["index", "other", "group"]].values.tolist()
     [[0, 2, 0], [1, 2, 0]]
     """
+    score = _score(og.similarity)
     if cutoff is None:
         hit = np.empty(0, np.int64)
     else:
-        score = np.clip(og.similarity, 0.0, 1.0)
         hit = np.flatnonzero((score < np.float32(cutoff)) & (og.pictures <= max_size))
     return pd.DataFrame(
         {
             "index": hit.astype(np.int64),
             "issue": "outlier",
-            "score": np.clip(og.similarity[hit], 0.0, 1.0).astype(np.float32),
+            "score": score[hit],
             "other": pd.array(og.nearest[hit], dtype="Int64"),
             "group": pd.array(og.group[hit], dtype="Int64"),
         }
@@ -591,7 +606,7 @@ def duplicate_issues(similarity: pd.DataFrame) -> pd.DataFrame:
         {
             "index": both["index"].to_numpy(np.int64),
             "issue": (both["kind"].astype(str) + "_duplicate").to_numpy(),
-            "score": np.clip(1.0 - both["sim"].to_numpy(), 0.0, 1.0).astype(np.float32),
+            "score": _score(1.0 - both["sim"].to_numpy()),
             "other": pd.array(both["other"].to_numpy(), dtype="Int64"),
             "group": pd.array([None] * len(both), dtype="Int64"),
         }
@@ -720,7 +735,8 @@ def find_issues(
     og = outlier_groups(
         groups, reps, nbr_idx, nbr_sim,
         link=thresholds.outlier_link, max_size=thresholds.outlier_group_size,
-        search=lambda q, lab: search_outside(col, q, lab),
+        search=None if thresholds.outlier is None else (lambda q, lab: search_outside(col, q, lab)),
+        below=thresholds.outlier,
     )  # fmt: skip
     table = issues_table(
         stat_rows,
