@@ -246,7 +246,7 @@ def grey_truth(photos: dict[str, Image.Image], names: list[str]) -> set[str]:
 def outlier_links(wd: str, images: pd.DataFrame, links: tuple[float, ...], cutoff: float) -> list[str]:
     """The outlier score of every image at several ``outlier_link`` values (from the kNN graph)."""
     from dedupdask.analyses import exact_groups
-    from dedupdask.analyses.issues import outlier_groups, search_outside
+    from dedupdask.analyses.groups import outlier_groups, search_outside
     from dedupdask.analyses.tiers import TIER_K
     from dedupdask.collect import collect
     from dedupdask.config import RunConfig

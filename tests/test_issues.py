@@ -15,16 +15,14 @@ from PIL import Image, ImageFilter
 
 import dedupdask as ddk
 from dedupdask.analyses import exact_groups
+from dedupdask.analyses.groups import QUERIES_PER_GROUP, best_outside, outlier_groups
 from dedupdask.analyses.issues import (
     ISSUE_COLUMNS,
-    QUERIES_PER_GROUP,
     STAT_ISSUES,
-    best_outside,
     find_issues,
     image_scores,
     issues_frame,
     issues_partition,
-    outlier_groups,
     size_histogram,
     size_reference,
 )

@@ -5,8 +5,9 @@ decimals, so runs on different schedulers write the same bytes), lower = worse, 
 image *has* the issue when its score is below the type's cut-off
 (:data:`dedupdask.thresholds.ISSUE_TABLE`, measured on real packaged images by
 ``benchmarks/issues.py``; ``issue_thresholds=`` overrides single types). Scores come from the
-statistics extraction stored for each image (the 224 x 224-or-model-size grey image; no second
-decode), so they are computed per archive, on the workers, from the archives' Parquet files:
+statistics extraction stored for each image (on the grey image at the model's input size; no
+second decode), so they are computed per archive, on the workers, from the archives' Parquet
+files:
 
 ``dark``
     ``p99 / 255``: even the brightest 1 % of the pixels is dark (grey level ``p99``).
@@ -35,11 +36,12 @@ decode), so they are computed per archive, on the workers, from the archives' Pa
     The cosine similarity of the image's **group** to the nearest image outside the group,
     clipped to [0, 1]. Groups are the connected components of the kNN edges with similarity
     >= ``outlier_link`` (plus exact duplicates); a lone image is a group of one, whose score is
-    its nearest neighbour's similarity. Junk comes in groups -- six blank pages are each
-    other's nearest neighbours, so fastdup's ``outliers.csv`` (which ranks images by their
-    nearest neighbour and keeps that meaning here) never lists them -- while the group as a
-    whole is far from everything else. Only groups of at most ``outlier_group_size`` images
-    are labelled (in distinct pictures: exact copies count once). Needs the kNN graph.
+    its nearest neighbour's similarity (:mod:`dedupdask.analyses.groups`). Junk comes in
+    groups -- six blank pages are each other's nearest neighbours, so fastdup's
+    ``outliers.csv`` (which ranks images by their nearest neighbour and keeps that meaning
+    here) never lists them -- while the group as a whole is far from everything else. Only
+    groups of at most ``outlier_group_size`` distinct pictures (exact copies count once) are
+    labelled.
 ``<kind>_duplicate`` (``exact_duplicate``, ``copy_duplicate``, ``near_duplicate``...)
     Every image of a pair the duplicate tiers accepted, one row per image and kind, pointing
     at its most similar partner of that kind (``other``); score ``1 - similarity``.
@@ -51,17 +53,15 @@ no score there (they are counted as not scored, never flagged).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..store import empty_files_frame
 from .exact import ExactGroups
+from .groups import OutlierGroups, outlier_groups, search_outside
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -74,8 +74,6 @@ __all__ = [
     "SCORE_COLUMNS",
     "STAT_ISSUES",
     "NEEDS",
-    "OutlierGroups",
-    "best_outside",
     "duplicate_issues",
     "empty_issues",
     "find_issues",
@@ -83,10 +81,8 @@ __all__ = [
     "issues_frame",
     "issues_partition",
     "issues_table",
-    "outlier_groups",
     "outlier_issues",
     "scores_frame",
-    "search_outside",
     "size_histogram",
     "size_reference",
     "summary_counts",
@@ -112,7 +108,6 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 BLUR_SCALE = 100.0  # blurry = 1 - exp(-blur / BLUR_SCALE)
 NOISE_GAIN = 20.0  # Laplacian variance / variance of independent pixel noise (4**2 + 4 * 1)
-QUERIES_PER_GROUP = 8  # members of a closed group compared with every image outside it
 _BINS_PER_OCTAVE = 64  # resolution of the median image side for odd_size (about 1 %)
 _OCTAVES = 17  # sides up to 2**17 px
 _INFO = ("filename", "archive", "member", "key")
@@ -320,231 +315,6 @@ def issues_frame(
     >>> issues_frame(res.files, {"dark": 0.15}, 384.0).compute()  # doctest: +SKIP
     """
     return files.map_partitions(issues_partition, dict(cutoffs), size_reference, meta=empty_issues())
-
-
-# -- outliers that come in groups -----------------------------------------------------------------
-@dataclass(frozen=True)
-class OutlierGroups:
-    """Every image's look-alike group and how far the group is from everything else.
-
-    Attributes
-    ----------
-    group : ndarray
-        int64 ``[N]``: the smallest global index of the image's group.
-    size : ndarray
-        int64 ``[N]``: images in the group.
-    pictures : ndarray
-        int64 ``[N]``: distinct pictures in the group (exact copies count once).
-    similarity : ndarray
-        float32 ``[N]``: cosine of the group to the nearest image outside it (NaN: no other
-        image).
-    nearest : ndarray
-        int64 ``[N]``: that image (-1: none).
-    searched : int
-        Members compared with every image because their neighbour lists held only their group.
-    """
-
-    group: np.ndarray
-    size: np.ndarray
-    pictures: np.ndarray
-    similarity: np.ndarray
-    nearest: np.ndarray
-    searched: int = 0
-
-
-def outlier_groups(
-    groups: ExactGroups,
-    reps: np.ndarray,
-    nbr_idx: np.ndarray,
-    nbr_sim: np.ndarray,
-    *,
-    link: float,
-    max_size: int,
-    search: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-    below: float | None = None,
-) -> OutlierGroups:
-    """Group look-alike images and measure each group's similarity to the rest.
-
-    Every kNN edge between two groups is a candidate for both groups' nearest image outside.
-    When a member's whole list is inside its group (a group larger than the list is wide),
-    the list only bounds that member's similarity to the rest by its last entry; if the bound
-    could beat what the edges gave (and, with ``below``, what they gave is below it), up to
-    :data:`QUERIES_PER_GROUP` such members (highest bound first) of each group of at most
-    ``max_size`` distinct pictures are compared with every image by ``search``.
-
-    Parameters
-    ----------
-    groups : ExactGroups
-        Exact-duplicate groups (always inside one group).
-    reps : ndarray
-        Sorted global index of each row of the kNN graph.
-    nbr_idx, nbr_sim : ndarray
-        kNN graph over ``reps`` (positions into ``reps``, -1 = none; similarities).
-    link : float
-        Similarity at which two images are in one group.
-    max_size : int
-        Groups of more distinct pictures are not searched (they cannot be outlier groups).
-    search : callable, optional
-        ``search(queries, labels) -> (similarity, index)``: for each query (global index),
-        the most similar image whose ``labels`` entry differs from the query's.
-    below : float, optional
-        Only search groups whose edges gave nothing at or above this (the outlier cut-off:
-        the others cannot be outliers, whatever the search finds), so the cost stays with the
-        few isolated groups.
-
-    Returns
-    -------
-    OutlierGroups
-
-    Examples
-    --------
-    >>> from dedupdask.analyses import exact_groups
-    >>> g = exact_groups(["a", "b", "c", "d"])
-    >>> idx = np.array([[1, 2], [0, 2], [1, 0], [2, 1]])
-    >>> sim = np.array([[.95, .2], [.95, .3], [.3, .2], [.6, .3]], np.float32)
-    >>> og = outlier_groups(g, np.arange(4), idx, sim, link=0.9, max_size=10)
-    >>> og.group.tolist(), [round(float(v), 2) for v in og.similarity], og.nearest.tolist()
-    ([0, 0, 2, 3], [0.3, 0.3, 0.6, 0.6], [2, 2, 3, 2])
-    """
-    n, m = groups.n, int(reps.size)
-    k = nbr_idx.shape[1] if nbr_idx.ndim == 2 else 0
-    valid_nb = nbr_idx >= 0
-    safe = np.where(valid_nb, nbr_idx, 0)
-    rows, cols = np.nonzero(valid_nb & (nbr_sim >= np.float32(link)))
-    if m:
-        a = np.concatenate([rows, np.arange(m)])
-        b = np.concatenate([safe[rows, cols], np.arange(m)])
-        _, rep_label = connected_components(
-            coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(m, m)), directed=False
-        )
-    else:
-        rep_label = np.empty(0, np.int64)
-    label = rep_label[np.searchsorted(reps, groups.rep)] if n else np.empty(0, np.int64)
-    n_labels = int(label.max()) + 1 if n else 0
-    size = np.bincount(label, minlength=n_labels).astype(np.int64)
-    pictures = np.bincount(rep_label, minlength=n_labels).astype(np.int64)
-    first = np.full(n_labels, n, np.int64)
-    np.minimum.at(first, label, np.arange(n, dtype=np.int64))
-
-    # every kNN edge between two groups bounds both groups' similarity to the rest from below
-    cross = valid_nb & (rep_label[safe] != rep_label[:, None]) if m else np.zeros((0, k), bool)
-    has = cross.any(axis=1)
-    rr, cc = np.nonzero(cross)
-    ss = safe[rr, cc]
-    best = np.full(n_labels, np.nan, np.float32)
-    near = np.full(n_labels, -1, np.int64)
-    _take_best(
-        best, near,
-        np.concatenate([rep_label[rr], rep_label[ss]]),
-        np.concatenate([nbr_sim[rr, cc], nbr_sim[rr, cc]]).astype(np.float32),
-        np.concatenate([reps[ss], reps[rr]]),
-    )  # fmt: skip
-
-    # members whose list is all inside: their bound could beat the group's best
-    full = valid_nb.all(axis=1) & (k > 0)
-    bound = np.where(full & ~has, nbr_sim[:, -1] if k else np.nan, np.nan)
-    g_best = best[rep_label] if m else np.empty(0, np.float32)
-    small = pictures[rep_label] <= max_size if m else np.empty(0, bool)
-    need = small & np.isfinite(bound) & ~(g_best >= bound)
-    if below is not None:
-        need &= ~(g_best >= np.float32(below))
-    need = np.flatnonzero(need)
-    searched = 0
-    if need.size and search is not None:
-        order = need[np.lexsort((need, -bound[need], rep_label[need]))]
-        rank = np.arange(order.size) - np.searchsorted(rep_label[order], rep_label[order])
-        chosen = np.sort(order[rank < QUERIES_PER_GROUP])
-        q_sim, q_idx = search(reps[chosen], label)
-        _take_best(best, near, rep_label[chosen], np.asarray(q_sim, np.float32), np.asarray(q_idx, np.int64))
-        searched = int(chosen.size)
-    return OutlierGroups(first[label], size[label], pictures[label], best[label], near[label], searched)
-
-
-def _take_best(
-    best: np.ndarray, near: np.ndarray, lab: np.ndarray, sim: np.ndarray, idx: np.ndarray
-) -> None:
-    """``best[l] = max(best[l], sim)`` per label ``l``, ``near`` following (ties: smallest index)."""
-    ok = np.isfinite(sim) & (idx >= 0)
-    lab, sim, idx = lab[ok], sim[ok], idx[ok]
-    if not lab.size:
-        return
-    order = np.lexsort((idx, -sim, lab))
-    lab_o = lab[order]
-    top = order[np.concatenate([[True], lab_o[1:] != lab_o[:-1]])]
-    lt, st, it = lab[top], sim[top], idx[top]
-    cur, cur_i = best[lt], near[lt]
-    better = np.isnan(cur) | (st > cur) | ((st == cur) & (it < cur_i))
-    best[lt[better]] = st[better]
-    near[lt[better]] = it[better]
-
-
-def best_outside(
-    queries: np.ndarray, query_labels: np.ndarray, block: np.ndarray, block_labels: np.ndarray, offset: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Most similar row of ``block`` with another label than each query (one archive's rows).
-
-    Returns ``(similarity, global index)`` per query (-inf / -1 when there is none).
-
-    Examples
-    --------
-    >>> q = np.array([[1.0, 0.0]], np.float32)
-    >>> blk = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
-    >>> s, i = best_outside(q, np.array([7]), blk, np.array([7, 3]), 10)
-    >>> round(float(s[0]), 2), int(i[0])
-    (0.6, 11)
-    """
-    nq = queries.shape[0]
-    if block.shape[0] == 0 or nq == 0:
-        return np.full(nq, -np.inf, np.float32), np.full(nq, -1, np.int64)
-    b = np.asarray(block, dtype=np.float32)
-    norm = np.linalg.norm(b, axis=1, keepdims=True)
-    b = b / np.where(norm > 0, norm, 1.0)
-    s = queries @ b.T
-    s[query_labels[:, None] == np.asarray(block_labels)[None, :]] = -np.inf
-    j = s.argmax(axis=1)
-    sim = s[np.arange(nq), j].astype(np.float32)
-    return sim, np.where(np.isfinite(sim), j + int(offset), -1).astype(np.int64)
-
-
-def search_outside(col: Collection, queries: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each query (global index), the most similar image with another label, over every
-    archive's vectors: read here from the memory-mapped files when the work_dir is local and
-    the scheduler is local threads, else one Dask task per archive.
-
-    Examples
-    --------
-    >>> search_outside(collect("work"), np.array([3]), labels)  # doctest: +SKIP
-    (array([0.41], dtype=float32), array([1207]))
-    """
-    from ..collect import read_archive_vectors
-
-    queries = np.asarray(queries, dtype=np.int64)
-    q_lab = labels[queries]
-    rows = np.asarray(col.vector_rows(queries) if col.reads_locally() else col.embeddings()[queries].compute())
-    norm = np.linalg.norm(rows, axis=1, keepdims=True)
-    q = (rows / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-    archives = [a for a in col.archives if a.n_valid]
-    if col.reads_locally():
-        parts = [
-            best_outside(q, q_lab, read_archive_vectors(col.work_dir, a.name, col.d, a.n_valid),
-                         labels[a.offset : a.offset + a.n_valid], a.offset)
-            for a in archives
-        ]  # fmt: skip
-    else:
-        import dask
-
-        qd, qld = dask.delayed(q), dask.delayed(q_lab)
-        tasks = [
-            dask.delayed(best_outside)(qd, qld, blk, labels[a.offset : a.offset + a.n_valid], a.offset)
-            for a, blk in zip(archives, col.embeddings().to_delayed().ravel(), strict=True)
-        ]
-        parts = list(dask.compute(*tasks))
-    sim = np.full(q.shape[0], -np.inf, np.float32)
-    idx = np.full(q.shape[0], -1, np.int64)
-    for s, i in parts:
-        take = (s > sim) | ((s == sim) & (i >= 0) & ((idx < 0) | (i < idx)))
-        sim[take], idx[take] = s[take], i[take]
-    return np.where(idx >= 0, sim, np.nan).astype(np.float32), idx
 
 
 def outlier_issues(og: OutlierGroups, cutoff: float | None, max_size: int) -> pd.DataFrame:
