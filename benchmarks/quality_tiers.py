@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance, ImageOps
 
+from dedupdask.decode import to_rgb
+
 MAX_SIDE = 512
 MIN_SIDE = 128
 BLANK_STD = 2.0
@@ -58,11 +60,7 @@ OPENCLIPART_MAX = 2600  # a fixed, hash-chosen subset keeps the run under ~10 mi
 
 
 def _flatten(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    img = img.convert("RGB")
+    img = to_rgb(img)  # dedupdask's one conversion: EXIF orientation, white under transparency
     if max(img.size) > MAX_SIDE:
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return img
@@ -150,7 +148,7 @@ def load_extra_photos(cache: Path, log: Callable[[str], None]) -> dict[str, Imag
         marker.touch()
     photos = {}
     for p in sorted(out_root.rglob("*.png")):
-        photos[p.relative_to(out_root).with_suffix("").as_posix()] = Image.open(p).convert("RGB")
+        photos[p.relative_to(out_root).with_suffix("").as_posix()] = to_rgb(Image.open(p))
     return photos
 
 
@@ -174,7 +172,7 @@ def _jpeg_bytes(im: Image.Image, q: int = 90) -> bytes:
 
 
 def _reload(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return to_rgb(Image.open(io.BytesIO(data)))
 
 
 def _crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -26,7 +26,7 @@ def _jpeg(im: Image.Image, q: int = 90) -> bytes:
 
 
 def _prep(im: Image.Image, q: int = 90) -> Prepared:
-    p = prepare_image(_jpeg(im, q), *im.size)
+    p = prepare_image(_jpeg(im, q))
     assert isinstance(p, Prepared)
     return p
 
@@ -317,8 +317,8 @@ def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
     path = tmp_path / "x.tar"
     path.write_bytes(b"\0" * 1024)
     got = load_ranged_images(
-        [(0, str(path), 512, 4096, 10, 10), (1, str(tmp_path / "missing.tar"), 0, 10, 10, 10),
-         (2, str(path), 0, 10**9, 10, 10)],
+        [(0, str(path), 512, 4096), (1, str(tmp_path / "missing.tar"), 0, 10),
+         (2, str(path), 0, 10**9)],
         max_member_bytes=2**20,
     )  # fmt: skip
     assert got[0].startswith("member not read")  # short read past the end
