@@ -96,8 +96,9 @@ class Decoded:
     (EXIF orientation applied, so a portrait photo stored sideways is taller than wide); for
     an image refused on its header (too large, too small) the size as stored; 0 if unknown.
     ``pixel_md5`` is the md5 of the full-resolution RGB pixels (see :func:`pixel_hash`), None
-    when the decoder worked at a reduced scale (JPEG draft mode); ``input_md5`` the same hash
-    of ``pixels``.
+    when the decoder worked at a reduced scale (JPEG draft mode) or the conversion to 8-bit
+    RGB dropped something (see :func:`decode_image`); ``input_md5`` the same hash of
+    ``pixels`` with the full size.
     """
 
     error_code: str
@@ -301,6 +302,19 @@ def load_rgb(
         return to_rgb(im, orientation), width, height
 
 
+def _rgb_is_lossless(im: Image.Image) -> bool:
+    """Whether :func:`to_rgb` keeps everything that tells two decoded images apart.
+
+    Not so for transparency (composited away), more than 8 bits per channel, CMYK, or frames
+    after the first: equal RGB pixels would not make such files the same image.
+    """
+    return (
+        im.mode in ("RGB", "L", "1", "P")
+        and im.info.get("transparency") is None
+        and getattr(im, "n_frames", 1) == 1
+    )
+
+
 def pixel_hash(pixels: Image.Image | np.ndarray, width: int, height: int) -> str:
     """md5 of 8-bit RGB pixels' raw bytes (row-major, 3 per pixel) followed by ``b"WxH"``.
 
@@ -381,8 +395,10 @@ def decode_image(
     -------
     Decoded
         Never raises for bad bytes. ``pixel_md5`` is set when the file was decoded at full
-        resolution anyway (every format but JPEG, and JPEGs under twice the model size);
-        hashing a JPEG at full size would cost a full decode that draft mode avoids.
+        resolution anyway (every format but JPEG, and JPEGs under twice the model size;
+        hashing a JPEG at full size would cost the full decode that draft mode avoids) and its
+        8-bit RGB pixels are all there is to it (no transparency, no 16-bit or CMYK samples,
+        one frame): equal ``pixel_md5`` then means the same image.
 
     Examples
     --------
@@ -398,9 +414,10 @@ def decode_image(
     try:
         opened = open_image(data, max_image_pixels=max_image_pixels, min_image_size=min_image_size)
         width, height = opened.size  # as stored, until decoded
+        exact_rgb = _rgb_is_lossless(opened)  # before decoding changes the mode
         im, width, height = load_rgb(opened, draft=lambda w_, h_: fit(w_, h_)[::-1])
         h, w = fit(width, height)
-        full = pixel_hash(im, width, height) if im.size == (width, height) else None
+        full = pixel_hash(im, width, height) if exact_rgb and im.size == (width, height) else None
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
         px = np.asarray(im, dtype=np.uint8)

@@ -183,6 +183,17 @@ def test_pixel_md5_hashes_full_resolution_input_md5_the_model_input():
     small = decode_image(small_jpeg, (64, 64))
     full = Image.open(io.BytesIO(small_jpeg)).convert("RGB")
     assert small.pixel_md5 == hashlib.md5(full.tobytes() + b"100x75").hexdigest()
+    # files whose 8-bit RGB is not all there is to them get no pixel_md5: two animations
+    # with the same first frame, pictures that differ under transparent pixels
+    frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    gifs = [_enc(frames[0], "GIF", save_all=True, append_images=[f]) for f in frames[1:]]
+    g1, g2 = (decode_image(g, (16, 16)) for g in gifs)
+    assert g1.input_md5 == g2.input_md5 and g1.pixel_md5 is None and g2.pixel_md5 is None
+    under = [Image.new("RGBA", (30, 30), (v, 0, 0, 0)) for v in (0, 200)]
+    r1, r2 = (decode_image(_enc(u, "PNG"), (16, 16)) for u in under)
+    assert r1.input_md5 == r2.input_md5 and r1.pixel_md5 is None and r2.pixel_md5 is None
+    i16 = decode_image(_enc(Image.new("I;16", (30, 30), 40000), "PNG"), (16, 16))
+    assert i16.error_code == "VALID" and i16.pixel_md5 is None
 
 
 def test_transparency_composited_on_white_everywhere():
