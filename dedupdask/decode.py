@@ -258,6 +258,14 @@ def open_image(
 
     Raises :class:`ImageRefused` past ``max_image_pixels`` or under ``min_image_size`` (a
     decompression bomb costs nothing), or what Pillow raises for bytes it cannot identify.
+
+    Examples
+    --------
+    >>> buf = io.BytesIO(); Image.new("L", (640, 480)).save(buf, "PNG")
+    >>> open_image(buf.getvalue(), max_image_pixels=1000)
+    Traceback (most recent call last):
+    ...
+    dedupdask.decode.ImageRefused: 640x480 image is larger than 1000 pixels (max_image_pixels)
     """
     with warnings.catch_warnings():
         # Our own max_image_pixels guard replaces Pillow's DecompressionBombWarning (its hard
@@ -282,7 +290,16 @@ def load_rgb(
     *,
     draft: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
 ) -> tuple[Image.Image, int, int]:
-    """Decode an image from :func:`open_image` through :func:`to_rgb` (see :func:`open_rgb`)."""
+    """Decode an image from :func:`open_image` through :func:`to_rgb` (see :func:`open_rgb`).
+
+    Examples
+    --------
+    >>> exif = Image.Exif(); exif[0x0112] = 6  # stored sideways
+    >>> buf = io.BytesIO(); Image.new("RGB", (640, 480)).save(buf, "JPEG", exif=exif.tobytes())
+    >>> im, w, h = load_rgb(open_image(buf.getvalue()), draft=(100, 100))
+    >>> im.size, (w, h)  # decoded at 1/4 scale, turned as displayed
+    ((120, 160), (480, 640))
+    """
     sw, sh = im.size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # see open_image
