@@ -80,7 +80,8 @@ def deb_members(cache: Path, pkg: str, want: Callable[[str], bool]) -> dict[str,
 
 def render_emoji(font_path: str, text: str, side: int = 160) -> Image.Image:
     """One emoji (skin-tone sequences need Pillow's raqm layout) as RGBA, transparent around."""
-    font = ImageFont.truetype(font_path, 109, layout_engine=ImageFont.Layout.RAQM)  # CBDT: 109 px only
+    layout = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+    font = ImageFont.truetype(font_path, 109, layout_engine=layout)  # a CBDT font: 109 px only
     im = Image.new("RGBA", (160, 160), (255, 255, 255, 0))
     ImageDraw.Draw(im).text((10, 10), text, font=font, embedded_color=True)
     im = im.crop(im.getbbox())

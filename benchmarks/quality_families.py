@@ -35,6 +35,11 @@ What it does:
    family`` (each family in turn). Tuning maximises near recall with pp >= 0.97 and no more
    look-alike pairs than fastdup reports, on the tuning families.
 
+When changing dedupdask's duplicate decision, look only at the tuning families (and
+``planted_pairs.csv`` rows of tuning families) while developing; the held-out families, and
+``--seed 1`` (other copies, other strengths drawn), are the exam. Adding a family to the
+tuning side moves it out of the exam: say so when reporting.
+
 Figures are printed, not asserted. The shards, the work_dirs and the loose analysis are
 cached under ``--work-root`` (default ``<cache-dir>/families``) and reused when the code that
 makes them has not changed; ``--fresh`` rebuilds.
@@ -56,6 +61,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,7 +135,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, dict[str, Any
         os.replace(tmp, root)
     images = pd.read_csv(root / "images.csv", keep_default_na=False)
     by = lambda names: pd.Series([n.split("/")[0] for n in names]).value_counts().to_dict()  # noqa: E731
-    desc = {"sources": by(sources), "distractors": by(distractors), "dropped": dropped,
+    notes = [] if features.check("raqm") else ["Pillow has no raqm layout: no skin-tone look-alikes"]
+    desc = {"sources": by(sources), "distractors": by(distractors), "dropped": dropped, "notes": notes,
             "reserved": len(reserved), "lookalike_groups": groups}  # fmt: skip
     return root, images, desc
 
@@ -596,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
       f"{n.get('distractor', 0)} distractors ({', '.join(f'{k} {v}' for k, v in desc['distractors'].items())}), "
       f"{n.get('lookalike', 0)} look-alikes in {desc['lookalike_groups']['group'].nunique()} labelled groups; "
       f"{desc['reserved']} pictures kept out as stickers / insets; {len(desc['dropped'])} repeated pictures dropped.")  # fmt: skip
+    for note in desc["notes"]:
+        p(f"NOTE: {note}")
     p(f"dedupdask {ddkmod.__version__}: ddk.run(run_mode=0) defaults {json.dumps({k: ddk['params'][k] for k in ('threshold', 'ccthreshold', 'copy_threshold', 'verify_threshold', 'verify_score', 'knn_k') if k in ddk['params']})}; "
       f"{len(ddk['similarity'])} pairs, {ddk['invalid']} invalid, {ddk['seconds']:.0f} s wall; verification: "
       f"{ddk['verification'].get('candidates', 0)} candidates, {ddk['verification'].get('accepted', 0)} accepted.")  # fmt: skip
