@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_images import flatten as _flatten
 from PIL import Image, ImageEnhance, ImageOps
 
-MAX_SIDE = 512
 MIN_SIDE = 128
 BLANK_STD = 2.0
 EDITS = ("exact", "resize", "jpeg", "crop", "flip", "bright", "combo")
@@ -55,17 +55,6 @@ EXTRA_DEB_PACKAGES = (
     "plasma-workspace-wallpapers",
 )
 OPENCLIPART_MAX = 2600  # a fixed, hash-chosen subset keeps the run under ~10 minutes
-
-
-def _flatten(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    img = img.convert("RGB")
-    if max(img.size) > MAX_SIDE:
-        img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    return img
 
 
 def _h(text: str) -> int:
