@@ -87,7 +87,7 @@ def run_one(data: str, model: str, workers: int, batch_size: int) -> dict[str, f
     warm = tempfile.mkdtemp(prefix="ddk-warm-")
     try:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             # warm-up: one archive per worker builds the ONNX session in every process
             ddk.extract(data, warm, model_path=model, client=client, progress=False,
                         max_offset=workers, batch_size=batch_size)

@@ -364,7 +364,7 @@ def run_partitioned(args: argparse.Namespace) -> None:
                 threads_per_worker=1,
                 processes=True,
                 memory_limit=args.worker_memory,
-                dashboard_address=":0",
+                dashboard_address="127.0.0.1:0",
             ) as cluster,
             Client(cluster) as client,
         ):

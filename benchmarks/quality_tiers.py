@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_images import flatten as _flatten
 from PIL import Image, ImageEnhance, ImageOps
 
 from dedupdask.decode import to_rgb
 
-MAX_SIDE = 512
 MIN_SIDE = 128
 BLANK_STD = 2.0
 EDITS = ("exact", "resize", "jpeg", "crop", "flip", "bright", "combo")
@@ -57,13 +57,6 @@ EXTRA_DEB_PACKAGES = (
     "plasma-workspace-wallpapers",
 )
 OPENCLIPART_MAX = 2600  # a fixed, hash-chosen subset keeps the run under ~10 minutes
-
-
-def _flatten(img: Image.Image) -> Image.Image:
-    img = to_rgb(img)  # dedupdask's one conversion: EXIF orientation, white under transparency
-    if max(img.size) > MAX_SIDE:
-        img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    return img
 
 
 def _h(text: str) -> int:
@@ -351,12 +344,13 @@ def simulate(table: pd.DataFrame, t: float, vt: float, ct: float, vs: float) -> 
     similarities and its verify score; the decision is :func:`dedupdask.analyses.tiers.decide`.
     """
     from dedupdask.analyses.tiers import TierParams, decide
+    from dedupdask.thresholds import row_for
 
     exact = table[table["kind"] == "exact"]
     rest = table[table["kind"] != "exact"]
     with np.errstate(invalid="ignore"):
         cand = rest[(rest["similarity"] >= min(t, vt)) | (rest["copy_similarity"] >= ct)]
-    d = decide(cand, TierParams(t, t, ct, vt, vs, True, 5))
+    d = decide(cand, TierParams(t, t, ct, vt, vs, True, 5, row_for("effnet-lite0").early_accept))
     return pd.concat([exact, d[d["accepted"]]], ignore_index=True)
 
 
@@ -427,9 +421,9 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
     import quality  # noqa: PLC0415 - same folder
 
     import dedupdask as ddk
-    from dedupdask.analyses.tiers import TIER_DEFAULTS
     from dedupdask.config import RunConfig
     from dedupdask.results import build
+    from dedupdask.thresholds import row_for
 
     p = lambda *a: print(*a, file=out)  # noqa: E731
     photos = {k: v for k, v in quality.load_photos(cache, log).items() if k != quality.STEREO[0]}
@@ -514,7 +508,7 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
         p(f"  pp >= {mp} on A: {sel}: A near recall {r['near_recall']:.3f}, pp {r['pp']:.3f}, "
           f"look-alikes {r['lookalike']}; B near recall {mb['near_recall']:.3f}, pp {mb['pp']:.3f}, "
           f"look-alikes {mb['lookalike']}")  # fmt: skip
-    p(f"library defaults for effnet-lite0 (dedupdask.analyses.tiers.TIER_DEFAULTS): {TIER_DEFAULTS['effnet-lite0']}")
+    p(f"library defaults for effnet-lite0 (dedupdask.thresholds.TABLE): {row_for('effnet-lite0').to_dict()}")
     p(f"the top settings on half A with pp >= {MIN_PP}:")
     for r in grid[:5]:
         p(f"  {({k: r[k] for k in chosen})}: near recall {r['near_recall']:.3f}, pp {r['pp']:.3f}, "

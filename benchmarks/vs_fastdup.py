@@ -568,7 +568,7 @@ def ddk_child(a: dict[str, Any]) -> None:
 
     t0 = time.perf_counter()
     with LocalCluster(n_workers=a["cores"], threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:  # fmt: skip
         client.run(_warm_worker)  # the workers' imports, like this process's, stay untimed
         cluster_s = time.perf_counter() - t0
         kw: dict[str, Any] = dict(client=client, progress=False, nearest_neighbors_k=a["k"])

@@ -10,8 +10,32 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import contextlib
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+# No telemetry. onnxruntime's Linux/macOS wheels (>= 1.29) record telemetry events for upload
+# in a local store (``~/.cache/Microsoft/DeveloperTools/.onnxruntime/``: ``onnxruntime.db`` and a
+# ``deviceid``) and a ``$TMPDIR/.ses`` file from the moment onnxruntime is imported, so its
+# ``disable_telemetry_events()`` comes too late. What stops all of it is this variable, read once
+# per process when onnxruntime is first imported. It is set here, before any dedupdask code
+# imports onnxruntime: in this process, in the worker processes a run starts (they inherit it)
+# and on any Dask worker (which imports dedupdask to unpickle a task before the task builds an
+# onnxruntime session). If onnxruntime was imported first, only the events can still be stopped.
+if "onnxruntime" in sys.modules and os.environ.get("ORT_DISABLE_TELEMETRY", "").strip().lower() not in ("1", "true"):
+    import warnings
+
+    with contextlib.suppress(Exception):
+        sys.modules["onnxruntime"].disable_telemetry_events()
+    warnings.warn(
+        "onnxruntime was imported before dedupdask, so its telemetry store was already created in "
+        "this process; import dedupdask first or set ORT_DISABLE_TELEMETRY=1 in the environment",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 # Imported on first use: ``import dedupdask`` stays fast (a CLI's --help, a Dask worker that
 # only scores pixels), and dask.dataframe / pyarrow load only when a run needs them.

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import OPTION_HELP, RunConfig
+from .thresholds import FIELDS, TABLE, USER_MODEL
 
 __all__ = ["main", "build_parser"]
 
@@ -28,7 +29,7 @@ _ANALYSIS_ONLY = {
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
     "num_threads", "keep_archives", "keep_images", "resume", "max_image_pixels",
-    "max_member_bytes", "max_archive_bytes", "min_image_size",
+    "max_member_bytes", "max_archive_bytes", "min_image_size", "dashboard_address",
 }
 
 
@@ -42,6 +43,12 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def _table_defaults(name: str) -> str:
+    """``"effnet-lite0 0.99, dct 0.98, user models 0.9"``: a threshold's row values."""
+    rows = [*TABLE.items(), ("user models", USER_MODEL)]
+    return ", ".join(f"{model} {getattr(row, name) or 'none'}" for model, row in rows)
+
+
 def _add_options(p: argparse.ArgumentParser, names: set[str]) -> None:
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
@@ -53,6 +60,9 @@ def _add_options(p: argparse.ArgumentParser, names: set[str]) -> None:
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_} (default: {f.default})")
+        elif f.name in FIELDS:
+            p.add_argument(flag, type=tp, default=None, metavar=f.name.upper(),
+                           help=f"{help_} (default: the model's: {_table_defaults(f.name)})")
         else:
             default = None if f.default is dataclasses.MISSING else f.default
             p.add_argument(flag, type=tp, default=None, metavar=f.name.upper(),
@@ -109,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-shard", type=int, default=100)
     p.add_argument("--model-path", default=None)
     p.add_argument("--client", default=None)
+    p.add_argument("--dashboard-address", default=None, metavar="DASHBOARD_ADDRESS",
+                   help=f"{OPTION_HELP['dashboard_address']} (default: {RunConfig.dashboard_address})")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
@@ -221,8 +233,9 @@ def _demo(ns: argparse.Namespace) -> int:
         run_mode = 0
     except ImportError:  # analysis not installed in this build
         run_mode = 1
+    extra = {} if ns.dashboard_address is None else {"dashboard_address": ns.dashboard_address}
     out = pipeline.run(shards_dir, work_dir, run_mode=run_mode, model_path=ns.model_path,
-                       client=ns.client, progress=ns.progress, resume=False)
+                       client=ns.client, progress=ns.progress, resume=False, **extra)
     if run_mode == 1:
         print(out.summary_text())
         return 0

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .localcluster import DEFAULT_DASHBOARD
+
 __all__ = ["RunConfig", "parse_turi_param", "OPTION_HELP"]
 
 # One line of help per option; the CLI builds its flags from this table and RunConfig's fields.
@@ -25,12 +27,12 @@ OPTION_HELP: dict[str, str] = {
     "num_threads": "onnxruntime threads per archive task (0 = 1 per task: a worker with T threads runs T tasks)",
     "nearest_neighbors_k": "neighbours per image in the kNN graph",
     "distance": "similarity metric of the kNN graph (cosine)",
-    "threshold": "minimum cosine similarity of a similar pair (default: the model's)",
+    "threshold": "minimum embedding cosine of a near pair accepted without verification",
     "lower_threshold": "fraction of images reported as outliers",
-    "ccthreshold": "minimum similarity of an edge in connected components (default: the model's)",
-    "copy_threshold": "minimum DCT-descriptor cosine of a 'copy' candidate pair (resize, JPEG, brightness, flip); None = measured default",
-    "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops); None = the model's measured default",
-    "verify_score": "pixel-alignment score (0..1) that confirms a verified pair; None = measured default",
+    "ccthreshold": "minimum similarity of an edge in connected components",
+    "copy_threshold": "minimum DCT-descriptor cosine of a 'copy' candidate pair (resize, JPEG, brightness, flip)",
+    "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops)",
+    "verify_score": "pixel-alignment score (0..1) that confirms a verified pair",
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
     "max_memory_per_task": "memory one kNN task may use, e.g. 2GB; the kNN is partitioned into buckets when the vectors need more (default: half a Dask worker's memory limit per thread)",
     "d_reduce": "search neighbours on a PCA projection to this many dimensions (0 = off); similarities are recomputed on the original vectors",
@@ -44,6 +46,7 @@ OPTION_HELP: dict[str, str] = {
     "max_archive_bytes": "total member bytes one archive may read (many-member bombs); the rest is not read",
     "min_image_size": "images narrower or shorter than this are ERROR_IMAGE_TOO_SMALL",
     "storage_attempts": "attempts per storage operation on a network/server error (auth errors and missing objects fail at once)",
+    "dashboard_address": "HOST:PORT of the dashboard of the local Dask cluster a run starts (127.0.0.1 = this machine only, 0.0.0.0 = every network interface, port 0 = a free one); '' = no dashboard",
     "progress": "show a progress bar",
 }
 
@@ -107,9 +110,38 @@ def _triple(value: Any, name: str) -> tuple[float, float, float] | None:
     return vals  # type: ignore[return-value]
 
 
+def _dashboard_address(value: Any) -> str | None:
+    """``"host:port"`` (port 0..65535, host may be empty: every interface, as in Dask), or None.
+
+    Examples
+    --------
+    >>> _dashboard_address("127.0.0.1:8787"), _dashboard_address("[::1]:0"), _dashboard_address("")
+    ('127.0.0.1:8787', '[::1]:0', None)
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    host, sep, port = value.strip().rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not port.isdigit() or int(port) > 65535 or any(c.isspace() for c in host):
+        raise ValueError(
+            f"dashboard_address must be HOST:PORT (127.0.0.1:0 = this machine, a free port; "
+            f"0.0.0.0:8787 = every interface) or '' for none, got {value!r}"
+        )
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Validated options of a dedupdask run (see ``ddk.run`` for their meaning)."""
+    """Validated options of a dedupdask run (see ``ddk.run`` for their meaning).
+
+    The thresholds (``threshold``, ``ccthreshold``, ``copy_threshold``, ``verify_threshold``,
+    ``verify_score``, ``lower_threshold``) default to None: the model's row of
+    :data:`dedupdask.thresholds.TABLE`, resolved once by :func:`dedupdask.thresholds.resolve`.
+
+    Examples
+    --------
+    >>> RunConfig(threshold=0.95).threshold, RunConfig().lower_threshold
+    (0.95, None)
+    """
 
     run_mode: int = 0
     min_offset: int = 0
@@ -122,7 +154,7 @@ class RunConfig:
     nearest_neighbors_k: int = 2
     distance: str = "cosine"
     threshold: float | None = None
-    lower_threshold: float = 0.05
+    lower_threshold: float | None = None
     ccthreshold: float | None = None
     copy_threshold: float | None = None
     verify_threshold: float | None = None
@@ -140,6 +172,7 @@ class RunConfig:
     max_archive_bytes: int = 64 * 2**30
     min_image_size: int = 10
     storage_attempts: int = 3
+    dashboard_address: str | None = DEFAULT_DASHBOARD
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -172,7 +205,7 @@ class RunConfig:
             v = getattr(self, name)
             check(v is None or -1.0 <= v <= 1.0, f"{name} must be in [-1, 1], got {v!r}")
         check(
-            0.0 <= self.lower_threshold <= 1.0,
+            self.lower_threshold is None or 0.0 <= self.lower_threshold <= 1.0,
             f"lower_threshold must be a fraction in [0, 1], got {self.lower_threshold!r}",
         )
         if self.max_memory_per_task is not None:
@@ -195,6 +228,7 @@ class RunConfig:
             isinstance(self.storage_attempts, int) and self.storage_attempts >= 1,
             f"storage_attempts must be an integer >= 1, got {self.storage_attempts!r}",
         )
+        object.__setattr__(self, "dashboard_address", _dashboard_address(self.dashboard_address))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:
@@ -206,7 +240,7 @@ class RunConfig:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(unknown)}")
-        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("model_path",)}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("model_path", "dashboard_address")}
         turi = parse_turi_param(kwargs.get("turi_param"))
         for key, value in turi.items():
             kwargs.setdefault(key, value)

@@ -244,6 +244,7 @@ def run_tiers(
             storage_options=storage_options,
             max_image_pixels=max_image_pixels,
             max_member_bytes=max_member_bytes,
+            early_accept=params.early_accept,
         )
         cost["seconds"] = round(time.perf_counter() - t0, 3)
         cands = cands.merge(res, on=["from", "to"], how="left")

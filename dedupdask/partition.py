@@ -309,7 +309,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             raise AssertionError(f"member accounting broken: {counts}")
         skipped = pd.DataFrame(state.skipped, columns=list(SKIPPED_COLUMNS))
         status = "partial" if archive_error else "done"
-        t0 = time.perf_counter()
+        t_write = time.perf_counter()
         timings = dict(state.timer.t)
         done = {
             "name": src.name,
@@ -331,11 +331,16 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             },
             "decode_version": DECODE_VERSION,
             "dedupdask_version": __version__,
-            "timings": timings,
         }
+
+        def finish() -> dict[str, Any]:  # called when every file but done.json is written
+            timings["write"] = time.perf_counter() - t_write
+            timings["total"] = time.perf_counter() - t_start
+            return {**done, "timings": dict(timings)}
+
         wd.remove_stale_tmp(src.name)  # a writer killed mid-file left <file>.tmp-<id> behind
-        wd.write_archive(src.name, vectors, files, skipped, done, perceptual=perceptual)
-        timings["write"] = time.perf_counter() - t0
+        wd.write_archive(src.name, vectors, files, skipped, finish, perceptual=perceptual)
+        timings["write"] = time.perf_counter() - t_write  # done.json included
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, status, counts, archive_error, timings)
     except Exception as e:  # storage, network, botocore...: the archive stays not-done

@@ -17,6 +17,7 @@ import dask.dataframe as dd
 import pandas as pd
 
 from .config import RunConfig
+from .localcluster import DEFAULT_DASHBOARD, local_cluster
 from .partition import SUMMARY_META, ArchiveTask, process_archive
 from .sources import list_sources, select_offsets
 from .store import SUFFIXES, WorkDir
@@ -68,12 +69,15 @@ class ExtractReport(pd.DataFrame):
 
 
 @contextlib.contextmanager
-def _scheduler(client: Any, n_tasks: int) -> Iterator[tuple[str, Any]]:
-    """Yield ``(kind, obj)``: ``("client", Client)`` or ``("local", scheduler name)``."""
+def _scheduler(
+    client: Any, n_tasks: int, dashboard_address: str | None = DEFAULT_DASHBOARD
+) -> Iterator[tuple[str, Any]]:
+    """Yield ``(kind, obj)``: ``("client", Client)``, ``("cluster", Client)`` of a LocalCluster
+    started here (on 127.0.0.1, see :mod:`dedupdask.localcluster`), or ``("local", scheduler name)``."""
     if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
         yield "local", client
         return
-    from distributed import Client, LocalCluster, get_client
+    from distributed import Client, get_client
 
     if isinstance(client, Client):
         yield "client", client
@@ -85,22 +89,22 @@ def _scheduler(client: Any, n_tasks: int) -> Iterator[tuple[str, Any]]:
     if client is not None:
         raise TypeError(f"client must be a distributed.Client, an address or a scheduler name, got {client!r}")
     try:
-        yield "client", get_client()
+        current = get_client()
+    except ValueError:  # no current Client (not around the yield: errors of the body pass)
+        current = None
+    if current is not None:
+        yield "client", current
         return
-    except ValueError:
-        pass
     import os
 
     n = max(1, min(os.cpu_count() or 1, n_tasks))
-    with (
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-        Client(cluster) as c,
-    ):
-        yield "client", c
+    with local_cluster(n, dashboard_address=dashboard_address) as c:
+        yield "cluster", c
 
 
-def _compute(ddf: dd.DataFrame, client: Any, progress: bool, n_tasks: int) -> pd.DataFrame:
-    with _scheduler(client, n_tasks) as (kind, obj):
+def _compute(ddf: dd.DataFrame, client: Any, config: RunConfig, n_tasks: int) -> pd.DataFrame:
+    progress = config.progress
+    with _scheduler(client, n_tasks, config.dashboard_address) as (kind, obj):
         if kind == "local":
             kwargs: dict[str, Any] = {"scheduler": obj}
             if obj == "processes":
@@ -113,10 +117,11 @@ def _compute(ddf: dd.DataFrame, client: Any, progress: bool, n_tasks: int) -> pd
             return ddf.compute(**kwargs)
         if not progress:
             return obj.compute(ddf).result()
-        return _compute_with_progress(ddf, obj, n_tasks)
+        show_link = kind == "client" or bool(config.dashboard_address)
+        return _compute_with_progress(ddf, obj, n_tasks, show_link)
 
 
-def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int) -> pd.DataFrame:
+def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int, show_link: bool = True) -> pd.DataFrame:
     """Run the partitions as futures and show archives, images and images/s as they finish.
 
     The bar is ``tqdm.auto``: a text bar in terminals, a widget in notebooks.
@@ -124,7 +129,7 @@ def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int) -> pd.D
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    link = getattr(client, "dashboard_link", None)
+    link = getattr(client, "dashboard_link", None) if show_link else None
     if link:
         print(f"dedupdask: {n_tasks} archives on {len(client.scheduler_info()['workers'])} "
               f"Dask workers; dashboard: {link}", flush=True)
@@ -176,7 +181,7 @@ def _extract(
         ddf = dd.from_map(
             process_archive, tasks, meta=SUMMARY_META, enforce_metadata=False, label="dedupdask-extract"
         )
-        parts.append(_compute(ddf, client, config.progress, len(tasks)))
+        parts.append(_compute(ddf, client, config, len(tasks)))
     nonempty = [p for p in parts if len(p)]
     summary = pd.concat(nonempty, ignore_index=True) if nonempty else parts[0]
     order = {s.name: i for i, s in enumerate(sources)}
@@ -222,7 +227,7 @@ def run(
     nearest_neighbors_k: int = 2,
     distance: str = "cosine",
     threshold: float | None = None,
-    lower_threshold: float = 0.05,
+    lower_threshold: float | None = None,
     ccthreshold: float | None = None,
     copy_threshold: float | None = None,
     verify_threshold: float | None = None,
@@ -242,6 +247,7 @@ def run(
     storage_attempts: int = 3,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
     progress: bool = True,
 ) -> Any:
     """Find duplicates, outliers, clusters and broken images in webdataset archives.
@@ -267,8 +273,9 @@ def run(
     num_threads : int
         onnxruntime threads per archive task (0 = one; a worker with T threads runs T tasks).
     nearest_neighbors_k, distance, threshold, lower_threshold, ccthreshold
-        Analysis options, fastdup's names and meaning (``threshold``/``ccthreshold`` default
-        to the model's measured recommendation).
+        Analysis options, fastdup's names and meaning. The thresholds default to None: the
+        model's row of :data:`dedupdask.thresholds.TABLE` (where each value was measured),
+        recorded with the values used in ``results/run.json`` (``"thresholds"``).
     copy_threshold, verify_threshold, verify_score, verify
         Duplicate tiers (:mod:`dedupdask.analyses.tiers`): DCT-descriptor cosine of a
         ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
@@ -306,7 +313,14 @@ def run(
         ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``FSSPEC_S3_*`` variables also do.
     client : distributed.Client, str or None
         A Client, a scheduler address, or ``"sync"``/``"threads"``/``"processes"``; None uses
-        the current Client if there is one, else starts a local cluster.
+        the current Client if there is one, else starts a local cluster (one worker process
+        per core, everything listening on 127.0.0.1 only). A script that lets dedupdask start
+        that cluster must call it under ``if __name__ == "__main__":``: the worker processes
+        re-import the script.
+    dashboard_address : str or None
+        ``host:port`` of that local cluster's dashboard: ``"127.0.0.1:0"`` (this machine, a
+        free port) by default; ``"0.0.0.0:8787"`` shows it (task names hold archive URLs,
+        worker logs, call stacks) to the network. None or ``""``: no dashboard.
     progress : bool
         Show a progress bar.
 
@@ -333,7 +347,8 @@ def run(
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,
-        storage_attempts=storage_attempts, storage_options=storage_options, progress=progress,
+        storage_attempts=storage_attempts, storage_options=storage_options,
+        dashboard_address=dashboard_address, progress=progress,
     )
     config = RunConfig.from_kwargs(**opts)
     report = None

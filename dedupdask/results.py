@@ -58,6 +58,7 @@ from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import WorkDir
+from .thresholds import overrides, resolve, row_for
 
 __all__ = [
     "DedupResult",
@@ -65,14 +66,10 @@ __all__ = [
     "load",
     "RESULTS_DIR",
     "RUN_JSON",
-    "DEFAULT_THRESHOLD",
-    "DEFAULT_CCTHRESHOLD",
 ]
 
 RESULTS_DIR = "results"
 RUN_JSON = "run.json"
-DEFAULT_THRESHOLD = 0.9  # used only when neither the config nor done.json gives one
-DEFAULT_CCTHRESHOLD = 0.96
 TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
@@ -339,8 +336,8 @@ def build(
     work_dir : str
         Local path or URL holding the per-archive outputs of extraction.
     config : RunConfig
-        Uses ``threshold``, ``ccthreshold`` (None = the model's values from ``done.json``),
-        ``lower_threshold``, ``nearest_neighbors_k``, ``distance``, ``storage_options``,
+        Uses the thresholds (None = the model's row of :data:`dedupdask.thresholds.TABLE`),
+        ``nearest_neighbors_k``, ``distance``, ``storage_options``,
         ``progress``.
     client : distributed.Client or str, optional
         Scheduler to use; default: whatever is current (a distributed Client, else local).
@@ -404,7 +401,13 @@ def _build(
     groups = exact_groups(valid["md5"], valid["pixel_md5"])
     inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     reps = groups.reps
-    params = resolve_params(config, col.model, has_dct=has_dct(col))
+    table = resolve(config, col.model)  # the model's thresholds with the user's overrides
+    params = resolve_params(
+        table,
+        has_dct=has_dct(col),
+        verify=config.verify,
+        nearest_neighbors_k=config.nearest_neighbors_k,
+    )
     threshold, ccthreshold = params.threshold, params.ccthreshold
     stages.done("exact_groups")
 
@@ -441,7 +444,7 @@ def _build(
 
     similarity = expand_pairs(groups, tiers.accepted, filenames)
     nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
-    outliers = outliers_table(nearest, nearest_sim, config.lower_threshold, filenames)
+    outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
     components = components_table(
         groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
     )
@@ -460,7 +463,8 @@ def _build(
             "verify_threshold": params.verify_threshold,
             "verify_score": params.verify_score,
             "verify": params.verify,
-            "lower_threshold": config.lower_threshold,
+            "early_accept": params.early_accept,
+            "lower_threshold": table.lower_threshold,
             "nearest_neighbors_k": config.nearest_neighbors_k,
             "knn_k": k,
             "distance": config.distance,
@@ -469,6 +473,13 @@ def _build(
             "max_memory_per_task": config.max_memory_per_task,
             "d_reduce": config.d_reduce,
             "knn_dtype": config.knn_dtype,
+        },
+        "thresholds": {  # the table every stage read: the model's row, what the user set, the result
+            "model_id": col.model.get("model_id"),
+            "table": row_for(col.model.get("model_id"), col.model).to_dict(),
+            "set_by_user": overrides(config),
+            "resolved": table.to_dict(),
+            "mode": {"copy_tier": params.copy_threshold is not None, "verify": params.verify},
         },
         "knn": knn_info,
         "model": col.model,

@@ -25,6 +25,7 @@ import io
 import json
 import posixpath
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -234,7 +235,7 @@ class WorkDir:
         features: np.ndarray,
         files: pd.DataFrame,
         skipped: pd.DataFrame,
-        done: dict[str, Any],
+        done: dict[str, Any] | Callable[[], dict[str, Any]],
         perceptual: np.ndarray | None = None,
     ) -> None:
         """Write every file of one archive, ``done.json`` last.
@@ -249,8 +250,9 @@ class WorkDir:
             One row per image member, columns :data:`FILE_COLUMNS`.
         skipped : DataFrame
             Columns ``filename, member, reason, filesize``.
-        done : dict
-            The contents of ``done.json``.
+        done : dict or callable
+            The contents of ``done.json``, or a function called once the other files are
+            written that returns them (so they can say how long the writing took).
         perceptual : ndarray, optional
             float32 ``[N, 63]`` DCT descriptors, rows as in ``features``.
         """
@@ -282,7 +284,7 @@ class WorkDir:
         pq.write_table(table, buf, compression="zstd", use_dictionary=["archive", "error_code"])
         self.write_bytes(self.file(name, "parquet"), buf.getvalue())
         self.remove(self.file(name, "failed"))
-        self.write_json(self.file(name, "done"), done)
+        self.write_json(self.file(name, "done"), done() if callable(done) else done)
 
     def write_failed(self, name: str, info: dict[str, Any]) -> None:
         """Record an archive that could not be processed (it stays not-done)."""

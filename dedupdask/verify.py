@@ -25,9 +25,10 @@ The check, per pair, on images decoded (as displayed: EXIF orientation applied, 
    a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
 
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
-duplicate when ``score >= verify_score`` (0.9: residual <= 0.1, cell <= 0.2, no blob over
-0.13 % of the image). Measured on real photos and clip art (``benchmarks/quality.py
---tiers``, ``benchmarks/results/quality_tiers.txt``); cost on the real-photo shards of
+duplicate when ``score >= verify_score`` (default 0.9, :mod:`dedupdask.thresholds`: residual
+<= 0.1, cell <= 0.2, no blob over 0.13 % of the image); the search stops at the first
+alignment scoring ``early_accept`` or more. Measured on real photos and clip art
+(``benchmarks/quality.py --tiers``, ``benchmarks/results/quality_tiers.txt``); cost on the real-photo shards of
 ``benchmarks/vs_fastdup.py``: about 2.8 ms of one core per pair, plus 0.6 ms per image read
 back and decoded.
 
@@ -60,7 +61,6 @@ import scipy.fft as _fft
 from .allocator import tune as tune_allocator
 
 __all__ = [
-    "DEFAULT_VERIFY_SCORE",
     "VERIFY_COLUMNS",
     "Prepared",
     "load_archive_images",
@@ -79,7 +79,6 @@ GRID = 4
 TOP = 4
 BLOB_LEVEL = 0.2
 BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
-EARLY_ACCEPT = 0.98
 COARSE_REJECT = 0.7
 """Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
 of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
@@ -88,8 +87,6 @@ FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
 refinements were under 0.75 and none of them scored above 0.79 with residuals computed."""
-DEFAULT_VERIFY_SCORE = 0.9
-"""A pair is confirmed when its score reaches this (see ``benchmarks/results/quality_tiers.txt``)."""
 
 VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 
@@ -151,18 +148,9 @@ def _scheduler_for(n_pairs: int) -> Iterator[Any]:
     if get_scheduler() not in (None, dask.threaded.get):
         yield None  # a local scheduler chosen on purpose (sync, processes)
         return
-    from distributed import Client, LocalCluster
+    from .localcluster import local_cluster
 
-    with (
-        LocalCluster(
-            n_workers=cores,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(cores, dashboard_address=None, silence_logs=40) as client:
         yield client
 
 
@@ -505,8 +493,16 @@ def _refine(
     return memo[key]
 
 
-def match_score(a: Prepared, b: Prepared) -> float:
+def match_score(a: Prepared, b: Prepared, *, early_accept: float | None = None) -> float:
     """How well ``b`` is a resized/recompressed/brightened/flipped/cropped ``a``, or vice versa.
+
+    Parameters
+    ----------
+    a, b : Prepared
+        The two images (:func:`prepare_image`).
+    early_accept : float, optional
+        Stop at the first alignment scoring this much (the run's
+        :attr:`dedupdask.thresholds.Thresholds.early_accept`); None tries every one.
 
     Returns
     -------
@@ -521,10 +517,10 @@ def match_score(a: Prepared, b: Prepared) -> float:
     >>> round(match_score(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1])), 3)
     1.0
     """
-    return _score(_View(a), _View(b))
+    return _score(_View(a), _View(b), early_accept)
 
 
-def _score(va: _View, vb: _View) -> float:
+def _score(va: _View, vb: _View, early_accept: float | None) -> float:
     best = -1.0
     hyps = _hypotheses(va, vb)
     if not hyps or hyps[0][0] < COARSE_REJECT:
@@ -535,7 +531,7 @@ def _score(va: _View, vb: _View) -> float:
         r = _refine(outer, inner, scale, flip, memo)
         if r is not None:
             best = max(best, 1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT))
-        if best >= EARLY_ACCEPT:
+        if early_accept is not None and best >= early_accept:
             break  # a clear duplicate: the other hypotheses cannot change the decision
     return float(max(best, -1.0))
 
@@ -587,9 +583,11 @@ def load_archive_images(
 
 
 def score_pairs(
-    pairs: np.ndarray, *loaded: Mapping[int, Prepared | str]
+    pairs: np.ndarray, *loaded: Mapping[int, Prepared | str], early_accept: float | None = None
 ) -> tuple[pd.DataFrame, float]:
     """Score candidate pairs whose images are in ``loaded`` (one Dask task).
+
+    ``early_accept`` is passed to :func:`match_score`.
 
     Returns
     -------
@@ -616,7 +614,7 @@ def score_pairs(
         else:
             va = views.get(a) or views.setdefault(a, _View(pa))
             vb = views.get(b) or views.setdefault(b, _View(pb))
-            scores[k] = _score(va, vb)
+            scores[k] = _score(va, vb, early_accept)
         for i in (a, b):
             if last[i] == k:
                 views.pop(i, None)
@@ -698,12 +696,13 @@ def _score_ranged(
     storage_options: dict[str, Any],
     max_image_pixels: int,
     max_member_bytes: int,
+    early_accept: float | None,
 ) -> tuple[pd.DataFrame, float, float, int]:
     """Read this chunk's images by byte range and score its pairs (one Dask task)."""
     t0 = time.perf_counter()
     loaded = load_ranged_images(items, storage_options, max_image_pixels, max_member_bytes)
     read_s = time.perf_counter() - t0
-    df, score_s = score_pairs(pairs, loaded)
+    df, score_s = score_pairs(pairs, loaded, early_accept=early_accept)
     return df, read_s, score_s, len(items)
 
 
@@ -728,6 +727,7 @@ def verify_pairs(
     storage_options: dict[str, Any] | None = None,
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
+    early_accept: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Score candidate pairs on the current Dask scheduler.
 
@@ -747,6 +747,8 @@ def verify_pairs(
         fsspec options for the archives.
     max_image_pixels, max_member_bytes : int
         Limits, as in extraction.
+    early_accept : float, optional
+        Passed to :func:`match_score`.
 
     Returns
     -------
@@ -791,11 +793,11 @@ def verify_pairs(
     chunks_r: list[np.ndarray] = []
     if ranged.any():
         tasks_r, chunks_r = _ranged_tasks(
-            p, np.flatnonzero(ranged), images, so, max_image_pixels, max_member_bytes
+            p, np.flatnonzero(ranged), images, so, max_image_pixels, max_member_bytes, early_accept
         )
     streamed = np.flatnonzero(~ranged)
     loads, tasks_s, chunks_s, urls = _streamed_tasks(
-        p, streamed, images, so, max_image_pixels, max_member_bytes
+        p, streamed, images, so, max_image_pixels, max_member_bytes, early_accept
     )
     with _scheduler_for(len(p)) as scheduler:
         load_out, score_s, score_r = dask.compute(
@@ -860,6 +862,7 @@ def _ranged_tasks(
     so: dict[str, Any],
     max_image_pixels: int,
     max_member_bytes: int,
+    early_accept: float | None,
 ) -> tuple[list[Any], list[np.ndarray]]:
     """Chunks of at most PAIRS_PER_TASK pairs (archive pairs kept together) read by range."""
     key, _, _, _ = _archive_pair_order(images, p[rows])
@@ -876,7 +879,7 @@ def _ranged_tasks(
         )
         tasks.append(
             dask.delayed(_score_ranged, pure=True)(
-                p[g], items, so, max_image_pixels, max_member_bytes
+                p[g], items, so, max_image_pixels, max_member_bytes, early_accept
             )
         )
         chunks.append(g)
@@ -890,6 +893,7 @@ def _streamed_tasks(
     so: dict[str, Any],
     max_image_pixels: int,
     max_member_bytes: int,
+    early_accept: float | None,
 ) -> tuple[list[Any], list[Any], list[np.ndarray], list[str]]:
     """One load task per archive (streamed once) and score tasks per pair of archives."""
     if not len(rows):
@@ -916,7 +920,7 @@ def _streamed_tasks(
         order = np.lexsort((sub_p[:, 1], sub_p[:, 0]))
         deps = [dask.delayed(_first, pure=True)(x) for x in loads]
         groups = np.array_split(order, n_chunks)
-        tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps) for g in groups]
+        tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept) for g in groups]
         return loads, tasks, [rows[g] for g in groups], urls
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
@@ -931,5 +935,5 @@ def _streamed_tasks(
         deps = [dask.delayed(_first, pure=True)(loads[a])]
         if b != a:
             deps.append(dask.delayed(_first, pure=True)(loads[b]))
-        tasks.append(dask.delayed(score_pairs, pure=True)(sub_p[g], *deps))
+        tasks.append(dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept))
     return loads, tasks, [rows[g] for g in groups], urls

@@ -20,11 +20,14 @@ def _dask_cmd() -> list[str]:
 
 
 @contextlib.contextmanager
-def shell_cluster(tmp: Path, n_workers: int = 2, nthreads: int = 1) -> Iterator[tuple[str, list]]:
+def shell_cluster(
+    tmp: Path, n_workers: int = 2, nthreads: int = 1, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, list]]:
     """Start ``dask scheduler`` and ``n_workers`` ``dask worker`` processes; yield (address, procs).
 
     The commands are the ones a user types (dask 2026.x); each worker runs under its nanny, so a
-    killed worker process is restarted as on a real cluster.
+    killed worker process is restarted as on a real cluster. ``env``: their environment
+    (default: this process's).
     """
     tmp.mkdir(parents=True, exist_ok=True)
     sched_file = tmp / "scheduler.json"
@@ -35,7 +38,7 @@ def shell_cluster(tmp: Path, n_workers: int = 2, nthreads: int = 1) -> Iterator[
         log = open(tmp / f"{name}.log", "wb")
         logs.append(log)
         p = subprocess.Popen(_dask_cmd() + args, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
         procs.append(p)
         return p
 

@@ -621,6 +621,14 @@ def test_model_thresholds_and_config(dataset, built, tmp_path):
     wd, res = built
     assert res.params["threshold"] == 0.91 and res.params["ccthreshold"] == 0.955  # the model's
     assert res.params["knn_method"] == "exact"
+    # run.json prints the table the stages read: the model's row, what was set, what was used
+    th = res.run["thresholds"]
+    assert th["model_id"] == "test-model" and th["set_by_user"] == {"lower_threshold": 0.01}
+    assert th["table"]["threshold"] == 0.91 and th["table"]["lower_threshold"] == 0.05
+    assert th["resolved"] == {**th["table"], "lower_threshold": 0.01}
+    assert res.params["lower_threshold"] == 0.01
+    assert len(res.outliers) == -(-len(res.components) // 100)  # 1 % of the valid images
+    assert load(wd).run["thresholds"] == th
     strict = build(
         wd,
         config=RunConfig(run_mode=2, progress=False, threshold=0.999, ccthreshold=0.999),

@@ -249,3 +249,17 @@ def test_archive_task_clears_temporaries_a_killed_worker_left(sample_shards, tmp
     cfg = RunConfig(run_mode=1, model_path="dct", progress=False)
     assert process_archive(ArchiveTask(src, str(wd), cfg))["status"].iloc[0] == "done"
     assert not stale.exists() and other.exists()
+
+
+def test_done_json_timings_are_measured(sample_shards, tmp_path):
+    """done.json's write and total times are measured, not 0.0, and add up."""
+    shard = sample_shards.shards[0]
+    report = extract(shard, tmp_path)
+    done = WorkDir(str(tmp_path)).read_done(os.path.basename(shard))
+    t = done["timings"]
+    assert set(t) == {"read", "decode", "embed", "write", "total"}
+    assert t["write"] > 0 and t["total"] > 0 and t["decode"] > 0
+    assert t["total"] >= t["read"] + t["decode"] + t["embed"] + t["write"]
+    # the report's row also counts writing done.json itself
+    row = report.iloc[0]
+    assert row["t_write"] >= t["write"] and row["t_total"] >= t["total"]

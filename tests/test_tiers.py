@@ -16,7 +16,10 @@ from dedupdask.analyses.tiers import TierParams, decide, expand_pairs
 from dedupdask.config import RunConfig
 from dedupdask.datasets import make_sample_shards, random_picture
 from dedupdask.results import build, load
-from dedupdask.verify import DEFAULT_VERIFY_SCORE, Prepared, match_score, prepare_image
+from dedupdask.thresholds import row_for
+from dedupdask.verify import Prepared, match_score, prepare_image
+
+DEFAULT_VERIFY_SCORE = row_for("effnet-lite0").verify_score
 
 
 def _jpeg(im: Image.Image, q: int = 90) -> bytes:
@@ -72,7 +75,7 @@ def test_verification_accepts_edits_and_rejects_lookalikes():
 def test_decide_and_expand_label_each_pair_once():
     from dedupdask.analyses import exact_groups
 
-    p = TierParams(0.97, 0.97, 0.985, 0.7, 0.85, True, 5)
+    p = TierParams(0.97, 0.97, 0.985, 0.7, 0.85, True, 5, 0.98)
     cands = pd.DataFrame(
         {
             "from": [0, 0, 2, 3],
@@ -97,7 +100,7 @@ def test_decide_and_expand_label_each_pair_once():
 def test_equal_model_inputs_are_verified_never_direct():
     """A pair equal only at model size has embedding cosine 1.0, which says nothing: it is
     verified (and stands on its own when it cannot be: verify off, image unreadable)."""
-    p = TierParams(0.97, 0.97, 0.985, 0.7, 0.85, True, 5)
+    p = TierParams(0.97, 0.97, 0.985, 0.7, 0.85, True, 5, 0.98)
     cands = pd.DataFrame(
         {
             "from": [0, 1, 2, 3],
@@ -114,7 +117,7 @@ def test_equal_model_inputs_are_verified_never_direct():
     assert d["to_verify"].tolist() == [True, True, True, False]
     assert d["accepted"].tolist() == [True, False, True, True]
     assert d["kind"].tolist() == ["copy", "copy", "near", "copy"]
-    off = decide(cands.drop(columns=["verify_score", "verify_error"]), TierParams(0.97, 0.97, 0.985, None, 0.85, False, 5))
+    off = decide(cands.drop(columns=["verify_score", "verify_error"]), TierParams(0.97, 0.97, 0.985, None, 0.85, False, 5, 0.98))
     assert off["accepted"].all() and not off["to_verify"].any()
 
 

@@ -26,6 +26,9 @@ candidates and equal-input pairs are then accepted).
 Connected components link exact groups, accepted copy pairs, verified pairs, and kNN edges
 at or above ``ccthreshold`` that verification did not reject (the single-tier semantics
 when nothing is verified).
+
+Every threshold comes from the model's row of :data:`dedupdask.thresholds.TABLE`;
+:func:`resolve_params` applies the run's mode to it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..thresholds import Thresholds
 from .exact import ExactGroups
 from .similarity import (
     MAX_GROUP_PAIRS,
@@ -46,7 +50,6 @@ from .similarity import (
 
 __all__ = [
     "KINDS",
-    "TIER_DEFAULTS",
     "TIER_K",
     "TierParams",
     "candidate_pairs",
@@ -60,26 +63,10 @@ KINDS = ("exact", "copy", "near")
 TIER_K = 5
 """Neighbours per image searched for candidates (at least ``nearest_neighbors_k``)."""
 
-COPY_THRESHOLD = 0.99
-"""DCT cosine of a copy candidate, for every model (the DCT descriptor is always the same)."""
-
-# Measured with benchmarks/quality.py --tiers (tuned on half of the originals, see
-# benchmarks/results/quality_tiers.txt). Models not listed keep their done.json thresholds
-# and verify only copy candidates.
-TIER_DEFAULTS: dict[str, dict[str, float]] = {
-    "effnet-lite0": {
-        "threshold": 0.99,
-        "ccthreshold": 0.99,
-        "copy_threshold": 0.995,
-        "verify_threshold": 0.65,
-        "verify_score": 0.9,
-    },
-}
-
 
 @dataclass(frozen=True)
 class TierParams:
-    """Resolved thresholds of one analysis run.
+    """Resolved thresholds of one analysis run, as its mode applies them.
 
     Attributes
     ----------
@@ -97,6 +84,8 @@ class TierParams:
         Whether candidates are verified at all.
     k : int
         Neighbours searched per image in each kNN graph.
+    early_accept : float
+        Verification score at which the search for a better alignment stops.
     """
 
     threshold: float
@@ -106,64 +95,51 @@ class TierParams:
     verify_score: float
     verify: bool
     k: int
+    early_accept: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def resolve_params(config: Any, model: dict[str, Any], *, has_dct: bool) -> TierParams:
-    """Thresholds from the config, else the model's tier defaults, else its ``done.json``.
+def resolve_params(
+    thresholds: Thresholds, *, has_dct: bool, verify: bool, nearest_neighbors_k: int
+) -> TierParams:
+    """Apply a run's mode to its resolved thresholds (:func:`dedupdask.thresholds.resolve`).
 
     Parameters
     ----------
-    config : RunConfig
-        ``threshold``, ``ccthreshold``, ``copy_threshold``, ``verify_threshold``,
-        ``verify_score``, ``verify``, ``nearest_neighbors_k`` (None = default).
-    model : dict
-        ``model_id``, ``model_threshold``, ``model_ccthreshold`` from ``done.json``.
+    thresholds : Thresholds
+        The model's row with the user's overrides.
     has_dct : bool
-        Whether every archive has its ``dct.dat``.
+        Whether every archive has its ``dct.dat`` (else there is no copy tier).
+    verify : bool
+        Whether candidates are verified (else there are no embedding candidates).
+    nearest_neighbors_k : int
+        The user's k; the tiers search at least :data:`TIER_K` neighbours.
 
     Examples
     --------
-    >>> from dedupdask.config import RunConfig
-    >>> p = resolve_params(RunConfig(), {"model_id": "effnet-lite0"}, has_dct=True)
-    >>> p.threshold > p.verify_threshold
-    True
+    >>> from dedupdask.thresholds import row_for
+    >>> p = resolve_params(row_for("effnet-lite0"), has_dct=True, verify=True, nearest_neighbors_k=2)
+    >>> p.threshold, p.copy_threshold, p.verify_threshold, p.k
+    (0.99, 0.995, 0.65, 5)
+    >>> resolve_params(row_for("effnet-lite0"), has_dct=False, verify=False, nearest_neighbors_k=2).k
+    2
     """
-    tier = TIER_DEFAULTS.get(str(model.get("model_id")), {})
-
-    def pick(name: str, model_key: str | None, fallback: float | None) -> float | None:
-        v = getattr(config, name, None)
-        if v is not None:
-            return float(v)
-        if name in tier:
-            return float(tier[name])
-        if model_key and model.get(model_key) is not None:
-            return float(model[model_key])
-        return fallback
-
-    threshold = pick("threshold", "model_threshold", 0.9)
-    ccthreshold = pick("ccthreshold", "model_ccthreshold", 0.96)
-    copy_threshold = pick("copy_threshold", None, COPY_THRESHOLD) if has_dct else None
-    verify_threshold = pick("verify_threshold", None, None)
-    verify_score = pick("verify_score", None, None)
-    if verify_score is None:
-        from ..verify import DEFAULT_VERIFY_SCORE
-
-        verify_score = DEFAULT_VERIFY_SCORE
-    verify = bool(getattr(config, "verify", True))
-    k = int(config.nearest_neighbors_k)
-    if copy_threshold is not None or (verify and verify_threshold is not None):
+    copy_threshold = thresholds.copy_threshold if has_dct else None
+    verify_threshold = thresholds.verify_threshold if verify else None
+    k = int(nearest_neighbors_k)
+    if copy_threshold is not None or verify_threshold is not None:
         k = max(k, TIER_K)
     return TierParams(
-        float(threshold),  # type: ignore[arg-type]
-        float(ccthreshold),  # type: ignore[arg-type]
-        copy_threshold,
-        verify_threshold if verify else None,
-        float(verify_score),
-        verify,
-        k,
+        threshold=thresholds.threshold,
+        ccthreshold=thresholds.ccthreshold,
+        copy_threshold=copy_threshold,
+        verify_threshold=verify_threshold,
+        verify_score=thresholds.verify_score,
+        verify=bool(verify),
+        k=k,
+        early_accept=thresholds.early_accept,
     )
 
 
@@ -207,7 +183,7 @@ def candidate_pairs(
 
     Examples
     --------
-    >>> p = TierParams(0.9, 0.95, 0.99, 0.7, 0.85, True, 1)
+    >>> p = TierParams(0.9, 0.95, 0.99, 0.7, 0.85, True, 1, 0.98)
     >>> reps = np.array([0, 1, 2])
     >>> emb = (np.array([[1], [0], [0]]), np.array([[0.8], [0.8], [0.1]], np.float32))
     >>> dct = (np.array([[2], [2], [0]]), np.array([[0.995], [0.5], [0.995]], np.float32))
@@ -254,7 +230,7 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
 
     Examples
     --------
-    >>> p = TierParams(0.95, 0.95, 0.99, 0.7, 0.85, True, 5)
+    >>> p = TierParams(0.95, 0.95, 0.99, 0.7, 0.85, True, 5, 0.98)
     >>> c = pd.DataFrame({"from": [0, 0, 1], "to": [1, 2, 2], "similarity": [0.97, 0.8, 0.5],
     ...                   "copy_similarity": [0.5, 0.5, 0.995], "verify_score": [np.nan, 0.9, 0.2]})
     >>> decide(c, p)[["kind", "to_verify", "accepted"]].values.tolist()

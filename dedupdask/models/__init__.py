@@ -24,18 +24,11 @@ input metadata; float inputs are fed ``(x / 255 - mean) / std`` (ImageNet statis
 
 Thresholds
 ----------
-``ModelSpec.threshold`` and ``ModelSpec.ccthreshold`` are cosine-similarity cut-offs measured
-by ``benchmarks/quality.py`` (output kept in ``benchmarks/results/quality.txt``) on
-near-duplicate pairs made from real photos and on all pairs of unrelated photos:
-
-* ``threshold`` (pairs listed in ``similarity.csv``) is the highest similarity of any unrelated
-  pair, rounded up to 0.01: zero false pairs on that set (about 190k unrelated pairs).
-* ``ccthreshold`` (edges of duplicate components, where one false edge merges two groups)
-  halves the remaining gap to 1, ``ceil((1 + max_unrelated) / 2, 0.01)``, as a margin for
-  collections much larger than the benchmark set, whose unrelated tail reaches higher.
-
-User models get ``threshold = 0.9`` and ``ccthreshold = 0.95``: measure your own with
-``python benchmarks/quality.py --model PATH``.
+``ModelSpec.threshold`` and ``ModelSpec.ccthreshold`` (recorded in every ``done.json``) are the
+model's row of :data:`dedupdask.thresholds.TABLE`, the one table of thresholds every stage
+reads; its comments say where each value was measured. User models get
+:data:`dedupdask.thresholds.USER_MODEL`'s (not measured): measure your own with
+``python benchmarks/quality.py --model PATH`` and pass them as ``threshold=``/``ccthreshold=``.
 """
 
 from __future__ import annotations
@@ -46,6 +39,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..thresholds import USER_MODEL, row_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,10 +62,6 @@ DEFAULT_MODEL = "effnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: Cut-offs for user models; see the module docstring.
-USER_THRESHOLD = 0.9
-USER_CCTHRESHOLD = 0.95
-
 _HERE = Path(__file__).resolve().parent
 
 
@@ -80,14 +71,12 @@ class _Builtin:
     height: int
     width: int
     dim: int
-    threshold: float
-    ccthreshold: float
 
 
-# Thresholds from benchmarks/results/quality.txt (see the module docstring).
+# Thresholds: dedupdask.thresholds.TABLE (see the module docstring).
 _BUILTINS: dict[str, _Builtin] = {
-    "effnet-lite0": _Builtin("effnet_lite0.onnx", 160, 160, 1280, 0.79, 0.90),
-    "dct": _Builtin("dct.onnx", 64, 64, 63, 0.98, 0.99),
+    "effnet-lite0": _Builtin("effnet_lite0.onnx", 160, 160, 1280),
+    "dct": _Builtin("dct.onnx", 64, 64, 63),
 }
 
 
@@ -116,9 +105,9 @@ class ModelSpec:
     dim : int
         Embedding width.
     threshold : float
-        Recommended cosine-similarity threshold for near-duplicate pairs.
+        The model's default ``threshold`` (:func:`dedupdask.thresholds.row_for`).
     ccthreshold : float
-        Recommended threshold for connected components of duplicates.
+        The model's default ``ccthreshold``.
 
     Examples
     --------
@@ -316,6 +305,7 @@ def resolve_model(
         path = _HERE / builtin.filename
         if not path.is_file():
             raise FileNotFoundError(f"built-in model file {path} is missing (broken install?)")
+        row = row_for(name)
         return ModelSpec(
             model_id=name,
             path=str(path),
@@ -329,8 +319,8 @@ def resolve_model(
             mean=None,
             std=None,
             dim=builtin.dim,
-            threshold=builtin.threshold,
-            ccthreshold=builtin.ccthreshold,
+            threshold=row.threshold,
+            ccthreshold=row.ccthreshold,
         )
     path = Path(name).expanduser()
     if not path.is_file():
@@ -460,6 +450,6 @@ def _user_spec(
         mean=mean,
         std=std,
         dim=info.output_dim,
-        threshold=USER_THRESHOLD,
-        ccthreshold=USER_CCTHRESHOLD,
+        threshold=USER_MODEL.threshold,
+        ccthreshold=USER_MODEL.ccthreshold,
     )
