@@ -217,12 +217,15 @@ def _sleep(attempt: int) -> None:
     time.sleep(_backoff(attempt))
 
 
+_clock = time.monotonic  # what the deadline is measured with (tests replace it)
+
+
 def _give_up(kind: str | None, attempt: int, attempts: int, t0: float, deadline: float) -> bool:
     """The one retry rule: only transient errors, at most ``attempts`` tries, and no attempt
     that would start after ``deadline`` seconds."""
     if kind != "transient" or attempt >= attempts:
         return True
-    return time.monotonic() - t0 + _backoff(attempt) >= deadline
+    return _clock() - t0 + _backoff(attempt) >= deadline
 
 
 def call(
@@ -265,7 +268,7 @@ def call(
     42
     """
     attempts = max(1, int(attempts))
-    t0 = time.monotonic()
+    t0 = _clock()
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)
@@ -274,7 +277,7 @@ def call(
             if kind is None:
                 raise
             if isinstance(e, StorageError) or _give_up(kind, attempt, attempts, t0, deadline):
-                raise storage_error(e, url, action, attempt, time.monotonic() - t0) from e
+                raise storage_error(e, url, action, attempt, _clock() - t0) from e
             _sleep(attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -364,7 +367,7 @@ class RetryingReader(io.RawIOBase):
                 pass
 
     def _retry(self, op: Callable[[], T], action: str) -> T:
-        t0 = time.monotonic()
+        t0 = _clock()
         for attempt in range(1, self.attempts + 1):
             try:
                 if self._f is None:
@@ -377,7 +380,7 @@ class RetryingReader(io.RawIOBase):
                     raise
                 if _give_up(kind, attempt, self.attempts, t0, self.deadline):
                     self._drop()  # a later read starts from a fresh connection
-                    self.failure = storage_error(e, self.url, action, attempt, time.monotonic() - t0)
+                    self.failure = storage_error(e, self.url, action, attempt, _clock() - t0)
                     raise self.failure from e
                 self._drop()
                 _sleep(attempt)

@@ -244,6 +244,22 @@ def test_blip_on_a_zip_member_is_retried_at_its_offset(s3_input, so, proxy, shar
     assert outputs(wd) == {base: outputs(shards[1])[base]}
 
 
+@pytest.mark.parametrize("nth", [1, 4])
+def test_reading_members_back_names_the_outage(nth, s3_input, so, proxy, shards):
+    """Galleries and verification read zip members back: an outage there is reported as a
+    storage error for every member, not as "File is not a zip file" or as one bad member."""
+    from dedupdask.readback import read_archive_members
+
+    with zipfile.ZipFile(shards[0]["00002.zip"]) as zf:
+        names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    proxy.fail_on(rf"^GET /{s3_input}/in/00002[.]zip$", nth=nth, mode="reset")
+    got = read_archive_members(f"s3://{s3_input}/in/00002.zip", [(n, 0) for n in names], len, str, so)
+    assert proxy.fired.is_set() and len(got) == len(names)
+    for reason in got.values():
+        assert isinstance(reason, str) and "StorageError: cannot read s3://" in reason, reason
+        assert "unreachable" in reason and "zip file" not in reason, reason
+
+
 # -- outages while outputs are written to an S3 work_dir ------------------------------------------
 
 
