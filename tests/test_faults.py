@@ -300,19 +300,33 @@ def test_blip_while_writing_is_retried(s3_input, so, proxy, shards, tmp_path):
 # -- listing, and a dead endpoint -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("what", ["input", "work_dir"])
+@pytest.mark.parametrize("what", ["input", "archive", "work_dir"])
 def test_outage_while_listing_is_one_line_and_exit_2(what, s3_input, so, proxy, shards, tmp_path, capsys):
+    """Input prefix, input archive (its HEAD fails: fs.isfile would answer "no such file")
+    and work_dir: one line naming the URL, exit 2, before any work."""
     files, _ = shards
-    inp = f"s3://{s3_input}/in/" if what == "input" else files["00000.tar"]
-    wd = str(tmp_path / "wd") if what == "input" else f"s3://{s3_input}/work-list"
-    shown = inp if what == "input" else wd
-    proxy.fail("reset")
+    inp = {"input": f"s3://{s3_input}/in/", "archive": f"s3://{s3_input}/in/00000.tar",
+           "work_dir": files["00000.tar"]}[what]  # fmt: skip
+    wd = f"s3://{s3_input}/work-list" if what == "work_dir" else str(tmp_path / "wd")
+    shown = wd if what == "work_dir" else inp
+    if what == "archive":
+        proxy.fail_on(rf"^HEAD /{s3_input}/in/00000[.]tar$", mode="reset")
+    else:
+        proxy.fail("reset")
     rc = cli_main(["extract", inp, wd, "--model-path", "dct", "--client", "sync", "--no-progress",
                    "--storage-attempts", "2", "--storage-options", json.dumps(so)])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert re.match(rf"dedupdask: error: cannot (list|create) {shown}: storage unreachable or failing "
                     r"after 2 attempts", err), err
+
+
+def test_work_dir_listing_at_a_bucket_root_does_not_look_empty(s3_input, so, proxy):
+    """s3fs's exists() answers False for a bucket it cannot reach: every archive would look
+    not done."""
+    proxy.fail("reset")
+    with pytest.raises(remote.StorageError, match=rf"cannot list s3://{s3_input}: storage unreachable"):
+        WorkDir(f"s3://{s3_input}", so, attempts=2).done_names()
 
 
 @pytest.fixture
