@@ -216,7 +216,8 @@ class _Archive:
         self.rows.append(row)
 
     def keep_image(self, m: Member) -> None:
-        wd = WorkDir(self.task.work_dir, self.task.storage_options, self.cfg.storage_attempts)
+        wd = WorkDir(self.task.work_dir, self.task.storage_options, self.cfg.storage_attempts,
+                     self.cfg.storage_deadline)
         rel = safe_member_path(m.name)
         base, n = rel, 1
         while rel in self.kept_names:  # duplicate member names keep every copy
@@ -245,9 +246,11 @@ def _keep_archive(task: ArchiveTask) -> str:
     server-side). (Images kept with ``keep_images`` go to ``work_dir/tmp/<name>/``, as fastdup
     extracts them, so the archive copy cannot also be ``tmp/<name>``.)
     """
-    wd = WorkDir(task.work_dir, task.storage_options, task.config.storage_attempts)
+    cfg = task.config
+    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts, cfg.storage_deadline)
     dest = wd.url_of(wd.join("tmp", "archives", task.source.name))
-    remote.copy_once(task.source.url, dest, task.storage_options, attempts=task.config.storage_attempts)
+    remote.copy_once(task.source.url, dest, task.storage_options, attempts=cfg.storage_attempts,
+                     deadline=cfg.storage_deadline)
     return dest
 
 
@@ -268,7 +271,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t_start = time.perf_counter()
     src, cfg = task.source, task.config
-    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts)
+    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts, cfg.storage_deadline)
     state: _Archive | None = None
     archive_error: str | None = None
     try:
@@ -282,6 +285,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             max_archive_bytes=cfg.max_archive_bytes,
             local_path=local_path,
             attempts=cfg.storage_attempts,
+            deadline=cfg.storage_deadline,
         )
         try:
             for key, group in state.timer.timed_iter(group_samples(members), "read"):

@@ -20,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
+from . import remote
 from .archives import ArchiveReadError, clean_name, iter_members
 from .sources import ArchiveSource, archive_kind
 
@@ -152,8 +151,10 @@ def _read_zip(
 
     out: dict[tuple[str, int], Thumbnail] = {}
     limit = opts["max_member_bytes"]
+    f = None
     try:
-        with fsspec.open(url, "rb", **so) as f, zipfile.ZipFile(f) as zf:
+        f = remote.open_input(url, so)
+        with f, zipfile.ZipFile(f) as zf:
             seen: Counter[str] = Counter()
             for info in zf.infolist():
                 if info.is_dir():
@@ -171,11 +172,14 @@ def _read_zip(
                         data = mf.read(limit + 1)
                 except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError,
                         RuntimeError, OSError) as e:  # fmt: skip
+                    if f.failure:  # storage failed, not this member: the whole archive says so
+                        raise f.failure from e
                     out[k] = opts["fail"](f"cannot read zip member: {e}")
                     continue
                 out[k] = opts["handle"](data)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
-        reason = f"cannot read archive: {type(e).__name__}: {e}"
+        cause = f.failure if f is not None and f.failure else e  # zipfile hides storage errors
+        reason = f"cannot read archive: {type(cause).__name__}: {cause}"
         return {k: out.get(k, opts["fail"](reason)) for k in wanted}
     return {k: out.get(k, opts["fail"]("member not found in the archive")) for k in wanted}
 
@@ -187,7 +191,7 @@ def _read_folder(
     out: dict[tuple[str, int], Thumbnail] = {}
     limit = opts["max_member_bytes"]
     try:
-        fs, root = fsspec.core.url_to_fs(url, **so)
+        fs, root = remote.filesystem(url, so)
     except Exception as e:  # noqa: BLE001 - bad URL / options: placeholders, not a crash
         return {k: opts["fail"](f"cannot open {url}: {e}") for k in wanted}
     for k in wanted:

@@ -28,12 +28,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from . import remote
 
@@ -125,14 +123,17 @@ class WorkDir:
         fsspec options.
     attempts : int
         Attempts per storage operation on network/server errors (:mod:`dedupdask.remote`).
+    deadline : float
+        Seconds one failing storage operation may spend retrying.
     """
 
     def __init__(
-        self, url: str, storage_options: dict[str, Any] | None = None, attempts: int = remote.DEFAULT_ATTEMPTS
-    ) -> None:
+        self, url: str, storage_options: dict[str, Any] | None = None, attempts: int = remote.DEFAULT_ATTEMPTS,
+        deadline: float = remote.DEFAULT_DEADLINE,
+    ) -> None:  # fmt: skip
         self.storage_options = dict(storage_options or {})
-        self.attempts = attempts
-        self.fs, path = url_to_fs(str(url), **self.storage_options)
+        self.attempts, self.deadline = attempts, deadline
+        self.fs, path = remote.filesystem(str(url), self.storage_options)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocol or "local" in protocol
         if self.local:
@@ -146,7 +147,7 @@ class WorkDir:
         return f"WorkDir({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WorkDir, (self.url, self.storage_options, self.attempts))
+        return (WorkDir, (self.url, self.storage_options, self.attempts, self.deadline))
 
     # -- paths -------------------------------------------------------------------------------
     def join(self, *parts: str) -> str:
@@ -186,7 +187,9 @@ class WorkDir:
 
     def _call(self, fn: Any, *args: Any, path: str, action: str) -> Any:
         """``fn(*args)`` with bounded retries; storage errors name the file's URL."""
-        return remote.call(fn, *args, url=self.url_of(path), action=action, attempts=self.attempts)
+        return remote.call(
+            fn, *args, url=self.url_of(path), action=action, attempts=self.attempts, deadline=self.deadline
+        )
 
     def makedirs(self, *parts: str) -> None:
         path = self.join(*parts)
@@ -291,12 +294,16 @@ class WorkDir:
         self.write_json(self.file(name, "failed"), info)
 
     def listing(self) -> list[str]:
-        """Base names of the files directly in work_dir (one listing call)."""
-        if not self._call(self.fs.exists, self.path, path=self.path, action="list"):
+        """Base names of the files directly in work_dir (one listing call; none if it does not exist).
+
+        Not ``fs.exists`` first: s3fs answers False for a bucket it cannot reach, and an
+        outage must not look like an empty work_dir.
+        """
+        try:
+            names = remote.call(self.fs.ls, self.path, detail=False, refresh=True, url=self.url,
+                                action="list", attempts=self.attempts, deadline=self.deadline)
+        except FileNotFoundError:
             return []
-        names = remote.call(
-            self.fs.ls, self.path, detail=False, refresh=True, url=self.url, action="list", attempts=self.attempts
-        )
         return sorted(posixpath.basename(p.rstrip("/")) for p in names)
 
     def done_names(self) -> set[str]:
@@ -395,13 +402,13 @@ def load_binary_feature(
     (list of str, ndarray)
         File names and the float32 ``[N, d]`` array.
     """
-    so = dict(storage_options or {})
-    with fsspec.open(filename, "rb", **so) as f:
+    fs, path = remote.filesystem(filename, storage_options)
+    with fs.open(path, "rb") as f:
         raw = f.read()
     if len(raw) % (4 * d):
         raise ValueError(f"{filename}: {len(raw)} bytes is not a whole number of {d}-d float32 rows")
     arr = np.frombuffer(raw, dtype="<f4").reshape(-1, d).astype(np.float32)
-    with fsspec.open(filename + ".csv", "rt", **so) as f:
+    with fs.open(path + ".csv", "rt") as f:
         names = pd.read_csv(f, dtype={"filename": str}, keep_default_na=False)["filename"].tolist()
     if len(names) != arr.shape[0]:
         raise ValueError(f"{filename}: {arr.shape[0]} rows but {len(names)} names in the .csv")

@@ -653,9 +653,7 @@ def load_ranged_images(
     dict
         Global index -> :class:`Prepared`, or the reason it could not be read.
     """
-    import fsspec
-
-    from .remote import call
+    from .remote import call, filesystem
 
     tune_allocator()
     so = dict(storage_options or {})
@@ -668,7 +666,7 @@ def load_ranged_images(
             by_url.setdefault(it[1], []).append(it)
     for url, group in by_url.items():
         try:
-            fs, path = fsspec.core.url_to_fs(url, **so)
+            fs, path = filesystem(url, so)
             datas = call(
                 fs.cat_ranges,
                 [path] * len(group),
