@@ -7,22 +7,21 @@ from __future__ import annotations
 
 from PIL import Image
 
+from dedupdask.decode import to_rgb
+
 MAX_SIDE = 512
 
 
 def flatten(img: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
-    """RGB, transparency composited on white, shrunk (Lanczos) to at most ``max_side`` px.
+    """dedupdask's one RGB conversion (:func:`dedupdask.decode.to_rgb`: EXIF orientation applied,
+    transparency composited on white), shrunk (Lanczos) to at most ``max_side`` px.
 
     Examples
     --------
     >>> flatten(Image.new("RGBA", (1024, 256), (0, 0, 0, 0))).getpixel((0, 0)), flatten(Image.new("L", (600, 60))).size
     ((255, 255, 255), (512, 51))
     """
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    img = img.convert("RGB")
+    img = to_rgb(img)
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return img

@@ -34,6 +34,8 @@ from bench_images import flatten
 from edit_families import FAMILIES, Assets, cells, make_copy
 from PIL import Image, ImageDraw, ImageFont, features
 
+from dedupdask.decode import to_rgb
+
 EMOJI_FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 SKIN_TONES = ("", "\U0001f3fb", "\U0001f3fc", "\U0001f3fd", "\U0001f3fe", "\U0001f3ff")
 TONED_EMOJI = ("\U0001f44d", "\U0001f44b", "\U0001f9d1", "\U0001f64b", "\U0001f476", "\U0001f44c")
@@ -307,7 +309,7 @@ def build_shards(
     j = 0
     for name, cells_ in zip(sources, plan, strict=True):
         pos, shard, data = orig_rows[name]
-        img = Image.open(io.BytesIO(data)).convert("RGB")
+        img = to_rgb(Image.open(io.BytesIO(data)))
         for family, level in cells_:
             copy, desc = make_copy(img, family, level, rng, assets)
             target = (shard + 1 + int(rng.integers(0, n_shards - 1))) % n_shards

@@ -43,6 +43,8 @@ import pandas as pd
 from bench_images import flatten as _flatten
 from PIL import Image, ImageEnhance, ImageOps
 
+from dedupdask.decode import to_rgb
+
 MIN_SIDE = 128
 BLANK_STD = 2.0
 EDITS = ("exact", "resize", "jpeg", "crop", "flip", "bright", "combo")
@@ -139,7 +141,7 @@ def load_extra_photos(cache: Path, log: Callable[[str], None]) -> dict[str, Imag
         marker.touch()
     photos = {}
     for p in sorted(out_root.rglob("*.png")):
-        photos[p.relative_to(out_root).with_suffix("").as_posix()] = Image.open(p).convert("RGB")
+        photos[p.relative_to(out_root).with_suffix("").as_posix()] = to_rgb(Image.open(p))
     return photos
 
 
@@ -163,7 +165,7 @@ def _jpeg_bytes(im: Image.Image, q: int = 90) -> bytes:
 
 
 def _reload(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return to_rgb(Image.open(io.BytesIO(data)))
 
 
 def _crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -8,7 +8,10 @@ the valid images get one global ``index`` 0..N-1 in that order; this is the orde
 
 Archives without ``done.json`` are reported, not used: ``failed`` (a ``failed.json`` says the
 archive could not be read) and ``missing`` (stray per-archive files only, e.g. an extraction
-that is still running or crashed). Features of different models are never mixed.
+that is still running or crashed). Features of different models, or of different decode
+versions (:data:`dedupdask.decode.DECODE_VERSION`), are never mixed; archives extracted before
+``done.json`` recorded a decode version (version 1) read with their old meaning: their
+``pixel_md5`` hashed the model-input pixels, so it becomes ``input_md5``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
+from .decode import DECODE_VERSION
 from .store import SUFFIXES, WorkDir, empty_files_frame, file_dtypes
 
 __all__ = ["ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archive_vectors"]
@@ -96,6 +100,8 @@ class Collection:
         Archives with ``failed.json`` and no ``done.json``.
     missing : list of str
         Archives with per-archive files but neither ``done.json`` nor ``failed.json``.
+    decode_version : int
+        How every archive's images were decoded (``done.json``; 1 when it does not say).
     """
 
     work_dir: WorkDir
@@ -104,6 +110,7 @@ class Collection:
     model: dict[str, Any] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    decode_version: int = DECODE_VERSION
 
     @property
     def n(self) -> int:
@@ -191,7 +198,9 @@ class Collection:
         meta = empty_files_frame()
         if not self.archives:
             return dd.from_pandas(meta, npartitions=1)
-        specs = [(self.work_dir, a.name, a.offset, a.n_valid) for a in self.archives]
+        specs = [
+            (self.work_dir, a.name, a.offset, a.n_valid, self.decode_version) for a in self.archives
+        ]
         return dd.from_map(
             read_archive_files, specs, meta=meta, label="dedupdask-files", enforce_metadata=False
         )
@@ -207,7 +216,7 @@ class Collection:
             df = self.files().compute()
         else:
             parts = [
-                read_archive_files((self.work_dir, a.name, a.offset, a.n_valid))
+                read_archive_files((self.work_dir, a.name, a.offset, a.n_valid, self.decode_version))
                 for a in self.archives
             ]
             df = pd.concat(parts, ignore_index=True) if parts else empty_files_frame()
@@ -266,13 +275,15 @@ def read_archive_vectors(
     return arr
 
 
-def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
+def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
     """One archive's Parquet rows with the global ``index`` (a ``dd.from_map`` partition).
 
     Parameters
     ----------
-    spec : (WorkDir, str, int, int)
-        work_dir, archive name, global offset of its first valid image, valid count.
+    spec : (WorkDir, str, int, int[, int])
+        work_dir, archive name, global offset of its first valid image, valid count, and its
+        decode version (default: the current one); for version 1 the ``pixel_md5`` column is
+        read as ``input_md5`` (that is what it hashed) and ``pixel_md5`` is null.
 
     Returns
     -------
@@ -283,7 +294,8 @@ def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
     --------
     >>> read_archive_files((WorkDir(work_dir), "00000.tar", 0, 1000))  # doctest: +SKIP
     """
-    wd, name, offset, n_valid = spec
+    wd, name, offset, n_valid = spec[:4]
+    version = spec[4] if len(spec) > 4 else DECODE_VERSION
     df = wd.read_files(name)
     dtypes = file_dtypes()
     local = df["index"]
@@ -296,6 +308,9 @@ def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
     df["index"] = (local + offset).astype(dtypes["index"])
     # reindex: work_dirs written before a column existed (member_offset) read as null there
     df = df.reindex(columns=list(dtypes))
+    if version < 2:  # decode version 1 hashed the model-input pixels under this name
+        df["input_md5"] = df["pixel_md5"]
+        df["pixel_md5"] = pd.NA
     wrong = {c: t for c, t in dtypes.items() if df[c].dtype != t}
     return df.astype(wrong) if wrong else df
 
@@ -384,6 +399,24 @@ def collect(
             + "; extract every archive with one model or use separate work_dirs"
         )
 
+    versions: dict[Any, str] = {}
+    for name in order:
+        versions.setdefault(dones[name].get("decode_version", 1), name)
+    if len(versions) > 1:
+        (v1, ex1), (v2, ex2) = list(versions.items())[:2]
+        raise ValueError(
+            f"work_dir {wd.url} mixes images decoded two ways: decode_version {v1} e.g. in "
+            f"archive {ex1!r}, and {v2} e.g. in archive {ex2!r} (version 1 = extracted before "
+            "EXIF orientation was applied); extract every archive again with resume=False "
+            "(--no-resume) or use separate work_dirs"
+        )
+    version = next(iter(versions), DECODE_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= DECODE_VERSION:
+        raise ValueError(
+            f"work_dir {wd.url}: {order[0]}{SUFFIXES['done']} has decode_version {version!r}; "
+            f"this dedupdask reads 1 to {DECODE_VERSION} (a newer dedupdask wrote it?)"
+        )
+
     archives: list[ArchiveInfo] = []
     offset = 0
     d = 0
@@ -431,7 +464,7 @@ def collect(
         warnings.warn(
             f"work_dir {wd.url}: not used: " + "; ".join(parts), UserWarning, stacklevel=2
         )
-    return Collection(wd, tuple(archives), d, model, failed, missing)
+    return Collection(wd, tuple(archives), d, model, failed, missing, version)
 
 
 def _preview(names: Sequence[str], n: int = 5) -> str:

@@ -24,7 +24,7 @@ from . import __version__, remote
 from .allocator import tune as tune_allocator
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
-from .decode import decode_image, sniff_image
+from .decode import DECODE_VERSION, decode_image, sniff_image
 from .embed import embed_batch, perceptual_batch
 from .sources import IMAGE_EXTENSIONS, ArchiveSource
 from .store import FILE_COLUMNS, SKIPPED_COLUMNS, WorkDir, empty_files_frame
@@ -208,7 +208,7 @@ class _Archive:
         self.timer.t["decode"] += time.perf_counter() - t0
         row.update(width=d.width, height=d.height, error_code=d.error_code, error_message=d.message)
         if d.error_code == "VALID":
-            row.update(d.stats or {}, pixel_md5=d.pixel_md5, index=self.n_valid)
+            row.update(d.stats or {}, pixel_md5=d.pixel_md5, input_md5=d.input_md5, index=self.n_valid)
             self.n_valid += 1
             self.pending.append(d.pixels)
             if len(self.pending) >= self.cfg.batch_size:
@@ -333,6 +333,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
                 "d": dct.dim,
                 "input": f"{spec.height}x{spec.width}",
             },
+            "decode_version": DECODE_VERSION,
             "dedupdask_version": __version__,
         }
 

@@ -1,8 +1,8 @@
 """Results stage: run the analyses over a work_dir, write fastdup-named files, load them back.
 
 :func:`build` is run_mode=2: it loads every done archive (:mod:`dedupdask.collect`), groups
-exact duplicates, builds the kNN graph of one representative per group
-(:mod:`dedupdask.knn`), derives the tables (:mod:`dedupdask.analyses`) and writes
+exact duplicates, builds the kNN graph of one representative per group of equal model
+inputs (:mod:`dedupdask.knn`, :func:`dedupdask.analyses.exact.expand_graph`), derives the tables (:mod:`dedupdask.analyses`) and writes
 
 ===============================  ==============================================================
 ``atrain_features.dat.csv``      ``index,filename``: the global index 0..N-1 (sorted archives)
@@ -45,6 +45,7 @@ from .analyses import (
     components_table,
     duplicates_to_remove,
     exact_groups,
+    expand_graph,
     invalid_table,
     nearest_neighbours,
     outliers_table,
@@ -72,7 +73,7 @@ RUN_JSON = "run.json"
 TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
-    "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
+    "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
     "index", "member_offset",
 ]  # fmt: skip
 
@@ -398,6 +399,7 @@ def _build(
     stages.done("read_files")
 
     groups = exact_groups(valid["md5"], valid["pixel_md5"])
+    inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     reps = groups.reps
     table = resolve(config, col.model)  # the model's thresholds with the user's overrides
     params = resolve_params(
@@ -414,8 +416,9 @@ def _build(
     knn_info: dict[str, Any] = {}
     if reps.size:  # one task, or partitioned past max_memory_per_task (knn_partitioned)
         nbr_idx, nbr_sim, used, knn_info = knn_graph_work_dir(
-            col, reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
+            col, inputs.reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
         )
+        nbr_idx, nbr_sim = expand_graph(groups, inputs, nbr_idx, nbr_sim)
     else:
         nbr_idx = np.empty((0, k), np.int64)
         nbr_sim = np.empty((0, k), np.float32)
@@ -430,6 +433,7 @@ def _build(
         params,
         files,
         embeddings=emb,
+        input_groups=inputs,
         method=method,
         random_state=random_state,
         storage_options=config.storage_options,
@@ -479,6 +483,7 @@ def _build(
         },
         "knn": knn_info,
         "model": col.model,
+        "decode_version": col.decode_version,
         "archives": [a.to_dict() for a in col.archives],
         "failed": col.failed,
         "missing": col.missing,
@@ -487,6 +492,7 @@ def _build(
             "invalid": len(invalid),
             "exact_groups": groups.n_groups(2),
             "representatives": int(reps.size),
+            "knn_representatives": int(inputs.reps.size),
             "similar_pairs": len(similarity),
             **{
                 f"{kind}_pairs": int((similarity["kind"] == kind).sum())

@@ -9,7 +9,7 @@ For an archive named ``<name>`` (its path relative to the input root, ``/`` -> `
 ``<name>features.parquet``     one row per image member (valid or not), columns ``FILE_COLUMNS``
 ``<name>features.bad.csv``     ``index,filename,error_code,filesize`` (fastdup's columns)
 ``<name>skipped.csv``          ``filename,member,reason,filesize``: members that are not images
-``<name>done.json``            written last: counts, d, model id + sha256, version, timings
+``<name>done.json``            written last: counts, d, model id + sha256, decode_version, timings
 ``<name>failed.json``          an archive that could not be read (storage error); no done.json
 =============================  ===========================================================
 
@@ -68,7 +68,8 @@ FILE_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("file_size", pa.int64()),
         ("md5", pa.string()),
-        ("pixel_md5", pa.string()),
+        ("pixel_md5", pa.string()),  # full-resolution pixels, when decoded at full size
+        ("input_md5", pa.string()),  # the model-input pixels (decode_version >= 2)
         ("mean", pa.float32()),
         ("min", pa.float32()),
         ("max", pa.float32()),
