@@ -27,7 +27,7 @@ from .config import RunConfig
 from .decode import DECODE_VERSION, decode_image, sniff_image
 from .embed import embed_batch, perceptual_batch
 from .sources import IMAGE_EXTENSIONS, ArchiveSource
-from .store import FILE_COLUMNS, SKIPPED_COLUMNS, WorkDir, empty_files_frame
+from .store import FILE_COLUMNS, SkippedRows, WorkDir, empty_files_frame
 
 __all__ = ["ArchiveTask", "process_archive", "SUMMARY_META", "safe_member_path"]
 
@@ -107,7 +107,7 @@ class _Archive:
         self.cfg = task.config
         self.spec = spec
         self.rows: list[dict[str, Any]] = []
-        self.skipped: list[tuple[str, str, str, int]] = []
+        self.skipped = SkippedRows()  # encoded as they come: O(1) memory per skipped member
         self.vectors: list[np.ndarray] = []
         self.pending: list[np.ndarray] = []
         self.dct = _dct_spec()
@@ -125,7 +125,7 @@ class _Archive:
         return f"{self.src.url}/{member}"
 
     def skip(self, m: Member, reason: str) -> None:
-        self.skipped.append((self.filename(m.name), m.name, reason, int(m.size)))
+        self.skipped.append(self.filename(m.name), m.name, reason, int(m.size))
 
     def flush(self) -> None:
         if not self.pending:
@@ -311,7 +311,6 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         }
         if counts["members"] != n_images + counts["sidecars"] + counts["skipped"]:
             raise AssertionError(f"member accounting broken: {counts}")
-        skipped = pd.DataFrame(state.skipped, columns=list(SKIPPED_COLUMNS))
         status = "partial" if archive_error else "done"
         t_write = time.perf_counter()
         timings = dict(state.timer.t)
@@ -343,7 +342,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             return {**done, "timings": dict(timings)}
 
         wd.remove_stale_tmp(src.name)  # a writer killed mid-file left <file>.tmp-<id> behind
-        wd.write_archive(src.name, vectors, files, skipped, finish, perceptual=perceptual)
+        wd.write_archive(src.name, vectors, files, state.skipped, finish, perceptual=perceptual)
         timings["write"] = time.perf_counter() - t_write  # done.json included
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, status, counts, archive_error, timings)
@@ -364,6 +363,9 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         timings = dict.fromkeys(_TIMINGS, 0.0)
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, "failed", dict.fromkeys(_COUNTS, 0), message, timings)
+    finally:
+        if state is not None:
+            state.skipped.close()
 
 
 def _summary(

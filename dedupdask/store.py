@@ -14,19 +14,23 @@ For an archive named ``<name>`` (its path relative to the input root, ``/`` -> `
 =============================  ===========================================================
 
 Every file is written under a temporary name and renamed (local disks) or uploaded as one
-object (object stores, where a PUT is atomic), and ``done.json`` goes last, so a crash never
-leaves an archive that looks done.
+object (object stores, where a PUT or a completed multipart upload is atomic), and
+``done.json`` goes last, so a crash never leaves an archive that looks done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
 import io
 import json
 import posixpath
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +41,9 @@ from . import remote
 
 __all__ = [
     "FILE_COLUMNS",
+    "SKIPPED_COLUMNS",
     "SUFFIXES",
+    "SkippedRows",
     "WorkDir",
     "empty_files_frame",
     "load_binary_feature",
@@ -85,6 +91,68 @@ FILE_SCHEMA = pa.schema(
 )
 FILE_COLUMNS = tuple(FILE_SCHEMA.names)
 SKIPPED_COLUMNS = ("filename", "member", "reason", "filesize")
+SPOOL_MEMORY = 2**20
+"""Bytes of encoded skipped rows kept in memory before they go to a temporary file."""
+
+
+class SkippedRows:
+    r"""The rows of one archive's ``<name>skipped.csv``, encoded as they come.
+
+    A tar of a million tiny non-image members must not cost a worker a Python tuple per
+    member: each row is encoded at once as CSV -- the dialect of ``DataFrame.to_csv``, so the
+    file is byte for byte what ``pd.DataFrame(rows, columns=SKIPPED_COLUMNS).to_csv(index=False)``
+    gives -- into a temporary file that stays in memory up to ``max_memory`` bytes.
+    :meth:`WorkDir.write_archive` copies it to the work_dir in blocks.
+
+    Examples
+    --------
+    >>> rows = SkippedRows()
+    >>> rows.append("s3://b/a.tar/x.cls", "x.cls", "not_image", 1)
+    >>> len(rows), rows.open().read().decode()
+    (1, 'filename,member,reason,filesize\ns3://b/a.tar/x.cls,x.cls,not_image,1\n')
+    >>> rows.close()
+    """
+
+    _FLUSH = 64 * 2**10  # characters buffered before they are encoded into the spool
+
+    def __init__(self, max_memory: int = SPOOL_MEMORY) -> None:
+        self._spool = tempfile.SpooledTemporaryFile(max_size=max_memory)
+        self._buf = io.StringIO()
+        # pandas' to_csv: csv.writer, QUOTE_MINIMAL, '"' doubled, "\n" (os.linesep) line ends
+        self._writer = csv.writer(self._buf, lineterminator="\n")
+        self._writer.writerow(SKIPPED_COLUMNS)
+        self._n = 0
+
+    def append(self, filename: str, member: str, reason: str, filesize: int) -> None:
+        """Add one skipped member."""
+        self._writer.writerow((filename, member, reason, int(filesize)))
+        self._n += 1
+        if self._buf.tell() >= self._FLUSH:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._spool.write(self._buf.getvalue().encode("utf-8"))
+        self._buf.seek(0)
+        self._buf.truncate()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def open(self) -> IO[bytes]:
+        """The encoded file (header included), positioned at its start."""
+        self._drain()
+        self._spool.seek(0)
+        return self._spool  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Free the buffer and the temporary file."""
+        self._spool.close()
+
+    def __enter__(self) -> SkippedRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def empty_files_frame() -> pd.DataFrame:
@@ -196,15 +264,20 @@ class WorkDir:
         self._call(self.fs.makedirs, path, True, path=path, action="create")
 
     # -- atomic writes -------------------------------------------------------------------------
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` so that readers see all of it or nothing."""
+    def write_bytes(self, path: str, data: bytes | IO[bytes]) -> None:
+        """Write ``data`` to ``path`` so that readers see all of it or nothing.
+
+        ``data`` is bytes, or a binary file that is copied from its start in blocks (a large
+        file is never held in memory whole; on an object store, one past ``_PIPE_MAX`` is
+        streamed as a multipart upload).
+        """
         if self.local:
             import os
 
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             try:
                 with open(tmp, "wb") as f:
-                    f.write(data)
+                    _copy_into(f, data)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
@@ -212,8 +285,34 @@ class WorkDir:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
-            # An object store PUT (or multipart upload) becomes visible only when complete.
-            self._call(self.fs.pipe_file, path, data, path=path, action="write")
+            if not isinstance(data, bytes | bytearray | memoryview) and _size(data) <= _PIPE_MAX:
+                data.seek(0)
+                data = data.read()
+            if isinstance(data, bytes | bytearray | memoryview):
+                # An object store PUT (or multipart upload) becomes visible only when complete.
+                self._call(self.fs.pipe_file, path, data, path=path, action="write")
+            else:
+                self._call(self._upload, path, data, path=path, action="write")
+
+    def _upload(self, path: str, src: IO[bytes]) -> None:
+        """Stream ``src`` (from its start) to ``path``; a failed upload leaves no object.
+
+        fsspec's transactional protocol: the file is opened with ``autocommit=False``, so
+        ``close()`` uploads the parts and only ``commit()`` makes the object appear (s3fs:
+        completes the multipart upload); on an error it is closed and discarded instead
+        (s3fs: aborts the upload). File systems without transactions commit on close.
+        """
+        src.seek(0)
+        out = self.fs.open(path, "wb", autocommit=False)
+        try:
+            shutil.copyfileobj(src, out, _COPY_BLOCK)
+            out.close()
+        except BaseException:
+            for step in (out.close, out.discard):  # the copy's error is the one to report
+                with contextlib.suppress(Exception):
+                    step()
+            raise
+        out.commit()
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
@@ -237,7 +336,7 @@ class WorkDir:
         name: str,
         features: np.ndarray,
         files: pd.DataFrame,
-        skipped: pd.DataFrame,
+        skipped: pd.DataFrame | SkippedRows,
         done: dict[str, Any] | Callable[[], dict[str, Any]],
         perceptual: np.ndarray | None = None,
     ) -> None:
@@ -251,8 +350,9 @@ class WorkDir:
             float32 ``[N, d]`` in the order of ``files[files.index >= 0]``.
         files : DataFrame
             One row per image member, columns :data:`FILE_COLUMNS`.
-        skipped : DataFrame
-            Columns ``filename, member, reason, filesize``.
+        skipped : DataFrame or SkippedRows
+            Columns ``filename, member, reason, filesize`` (extraction streams them into a
+            :class:`SkippedRows`).
         done : dict or callable
             The contents of ``done.json``, or a function called once the other files are
             written that returns them (so they can say how long the writing took).
@@ -279,9 +379,12 @@ class WorkDir:
             }
         )
         self.write_bytes(self.file(name, "bad"), bad_csv.to_csv(index=False).encode())
-        self.write_bytes(
-            self.file(name, "skipped"), skipped.loc[:, list(SKIPPED_COLUMNS)].to_csv(index=False).encode()
-        )
+        if isinstance(skipped, SkippedRows):
+            self.write_bytes(self.file(name, "skipped"), skipped.open())
+        else:
+            self.write_bytes(
+                self.file(name, "skipped"), skipped.loc[:, list(SKIPPED_COLUMNS)].to_csv(index=False).encode()
+            )
         table = pa.Table.from_pandas(files.reset_index(drop=True), schema=FILE_SCHEMA, preserve_index=False)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd", use_dictionary=["archive", "error_code"])
@@ -334,6 +437,22 @@ class WorkDir:
                 return np.zeros((0, d), dtype="<f4")
             return np.memmap(path, dtype="<f4", mode="r", shape=(n, d))
         return np.frombuffer(self.read_bytes(path), dtype="<f4").reshape(-1, d)
+
+
+_COPY_BLOCK = 2**20
+_PIPE_MAX = 8 * 2**20  # a file up to this size goes to an object store in one PUT
+
+
+def _size(f: IO[bytes]) -> int:
+    return f.seek(0, io.SEEK_END)
+
+
+def _copy_into(f: IO[bytes], data: bytes | IO[bytes]) -> None:
+    if isinstance(data, bytes | bytearray | memoryview):
+        f.write(data)
+    else:
+        data.seek(0)
+        shutil.copyfileobj(data, f, _COPY_BLOCK)
 
 
 def save_binary_feature(

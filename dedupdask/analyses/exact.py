@@ -61,7 +61,7 @@ class ExactGroups:
     def start(self) -> np.ndarray:
         """int64 ``[N]``: where each representative's run begins in :attr:`order`."""
         size = self.size
-        return np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+        return (np.cumsum(size) - size).astype(np.int64)  # [N] also when N = 0
 
     def n_groups(self, min_size: int = 2) -> int:
         """Number of groups with at least ``min_size`` images."""
