@@ -284,7 +284,7 @@ def test_analyses_of_empty_and_single_inputs():
         images = pd.DataFrame({"index": np.arange(n), "filename": names, "width": 1, "height": 1,
                                "file_size": 1})  # fmt: skip
         assert len(duplicates_to_remove(comps, images)) == 0
-        params = TierParams(0.9, 0.9, 0.99, 0.5, 0.9, True, k)
+        params = TierParams(0.9, 0.9, 0.99, 0.5, 0.9, True, k, early_accept=0.98)
         cands = candidate_pairs(reps, (idx, sim), (idx, sim), params)
         decided = decide(cands, params)
         assert len(decided) == 0 and list(decided.columns)[-4:] == ["kind", "direct", "to_verify", "accepted"]
