@@ -332,7 +332,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             "dedupdask_version": __version__,
             "timings": timings,
         }
-        wd.remove_stale_tmp(src.name)  # a writer killed mid-file left <file>.tmp-<id> behind
+        wd.remove_stale_tmp([src.name])  # a writer killed mid-file left <file>.tmp-<owner>
         wd.write_archive(src.name, vectors, files, skipped, done, perceptual=perceptual)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start

@@ -16,15 +16,29 @@ For an archive named ``<name>`` (its path relative to the input root, ``/`` -> `
 Every file is written under a temporary name and renamed (local disks) or uploaded as one
 object (object stores, where a PUT is atomic), and ``done.json`` goes last, so a crash never
 leaves an archive that looks done.
+
+Temporaries are named ``<file>.tmp-<machine>-<pid>-<random>`` (:func:`tmp_path`): ``machine``
+is a short hash of the host name and PID namespace, ``pid`` the writing process. Several jobs
+may share one work_dir (e.g. two ``--no-resume`` runs), so a job removes only temporaries
+whose writer is dead (:func:`tmp_is_stale`): on this machine, when the process no longer
+exists; elsewhere, or for names without an owner, when the file has not changed for
+:data:`STALE_TMP_AGE` seconds (liveness cannot be checked there, and writing one file never
+takes that long). A live writer's temporary is never removed.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
+import os
 import posixpath
+import re
+import socket
+import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import fsspec
@@ -38,8 +52,11 @@ from . import remote
 
 __all__ = [
     "FILE_COLUMNS",
+    "STALE_TMP_AGE",
     "SUFFIXES",
     "WorkDir",
+    "tmp_is_stale",
+    "tmp_path",
     "empty_files_frame",
     "load_binary_feature",
     "save_binary_feature",
@@ -85,6 +102,88 @@ FILE_SCHEMA = pa.schema(
 )
 FILE_COLUMNS = tuple(FILE_SCHEMA.names)
 SKIPPED_COLUMNS = ("filename", "member", "reason", "filesize")
+
+#: Seconds after its last change when a temporary whose writer's liveness cannot be checked
+#: (another machine, an object store, a name without an owner) is taken as abandoned.
+STALE_TMP_AGE = 3600.0
+#: Seconds after which a temporary is abandoned even if a process with its writer's pid runs
+#: on this machine (the pid was reused: the writer itself renames its file within seconds).
+REUSED_PID_AGE = 24 * 3600.0
+_TMP_MARK = ".tmp-"
+_TMP_OWNER = re.compile(r"^(?P<machine>[0-9a-f]{12})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8,32}$")
+
+
+@functools.cache
+def _machine() -> str:
+    """12 hex digits naming this machine and PID namespace (the scope in which a pid means
+    one process): containers that share a host name but not their processes differ."""
+    ident = socket.gethostname()
+    try:
+        ident += "|" + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pass
+    return hashlib.sha1(ident.encode(errors="replace")).hexdigest()[:12]
+
+
+def tmp_path(path: str, pid: int | None = None) -> str:
+    """The temporary name under which ``path`` is written before it is renamed.
+
+    ``<path>.tmp-<machine>-<pid>-<random>``: the owner (this machine, this process, or
+    ``pid``) is part of the name, so :func:`tmp_is_stale` can tell a live writer's file from
+    an abandoned one.
+
+    Examples
+    --------
+    >>> tmp_path("/w/a.tarfeatures.dat", pid=42).startswith("/w/a.tarfeatures.dat.tmp-")
+    True
+    >>> tmp_is_stale(tmp_path("/w/a.tarfeatures.dat"), age=0.0)  # this process is alive
+    False
+    """
+    return f"{path}{_TMP_MARK}{_machine()}-{os.getpid() if pid is None else int(pid)}-{uuid.uuid4().hex[:16]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or os.name != "posix":  # Windows' os.kill would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def tmp_is_stale(name: str, age: float) -> bool:
+    """Whether the temporary file ``name`` was abandoned by its writer (safe to remove).
+
+    Parameters
+    ----------
+    name : str
+        The temporary's name or path (``<file>.tmp-<owner>``, see :func:`tmp_path`).
+    age : float
+        Seconds since it last changed.
+
+    Returns
+    -------
+    bool
+        True when its writer is a process of this machine that no longer exists, or when
+        the writer cannot be checked (another machine, no owner in the name) and the file
+        has not changed for :data:`STALE_TMP_AGE` seconds. A live writer's file: False.
+
+    Examples
+    --------
+    >>> tmp_is_stale("a.tarfeatures.dat.tmp-0123456789abcdef", age=60.0)  # no owner, fresh
+    False
+    >>> tmp_is_stale("a.tarfeatures.dat.tmp-0123456789abcdef", age=2 * STALE_TMP_AGE)
+    True
+    """
+    owner = _TMP_OWNER.match(name.rpartition(_TMP_MARK)[2])
+    if owner is None or owner["machine"] != _machine():
+        return age > STALE_TMP_AGE
+    if not _pid_alive(int(owner["pid"])):
+        return True
+    return age > REUSED_PID_AGE
 
 
 def empty_files_frame() -> pd.DataFrame:
@@ -134,8 +233,6 @@ class WorkDir:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocol or "local" in protocol
         if self.local:
-            import os
-
             path = os.path.abspath(os.path.expanduser(path))
         self.path = path.rstrip("/") or "/"
         self.url = self.path if self.local else self.fs.unstrip_protocol(self.path)
@@ -155,28 +252,65 @@ class WorkDir:
         """Path of one per-archive file, ``which`` in :data:`SUFFIXES`."""
         return self.join(name + SUFFIXES[which])
 
-    def remove_stale_tmp(self, name: str) -> int:
-        """Remove the temporary files a killed writer left for archive ``name`` (local only).
+    def remove_stale_tmp(self, names: Iterable[str], listing: Iterable[str] | None = None) -> list[str]:
+        """Remove the temporaries of archives ``names`` that a dead writer left behind.
 
-        :meth:`write_bytes` writes ``<file>.tmp-<id>`` and renames it; a process killed in
-        between leaves the temporary behind. The task that (re)processes the archive owns its
-        files, so it clears them first. Object stores have no temporaries (a PUT is atomic).
-        Returns how many were removed.
+        :meth:`write_bytes` writes ``<file>.tmp-<owner>`` and renames it; a process killed in
+        between leaves the temporary behind. Another job writing the same archive into this
+        work_dir (``resume=False`` twice at once) has live temporaries: only those
+        :func:`tmp_is_stale` calls abandoned are removed.
+
+        Parameters
+        ----------
+        names : iterable of str
+            Archive names whose per-archive files' temporaries are considered.
+        listing : iterable of str, optional
+            Base names of the files in work_dir (one listing the caller already has). Without
+            it, a local work_dir is searched per name; an object store is left alone (nothing
+            there is written under a temporary name, and a listing per archive would be costly).
+
+        Returns
+        -------
+        list of str
+            Paths removed.
         """
-        if not self.local:
-            return 0
-        import glob
-        import os
+        names = set(names)
+        if listing is None:
+            if not self.local:
+                return []
+            import glob
 
-        removed = 0
-        for which in SUFFIXES:
-            for tmp in glob.glob(glob.escape(self.file(name, which)) + ".tmp-*"):
-                try:
-                    os.unlink(tmp)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+            listing = [
+                posixpath.basename(p)
+                for name in names
+                for p in glob.glob(glob.escape(self.join(name)) + "*" + _TMP_MARK + "*")
+            ]
+        suffixes = tuple(SUFFIXES.values())
+        removed = []
+        for base in listing:
+            target, mark, _ = base.rpartition(_TMP_MARK)
+            if not mark or not any(
+                target.endswith(sfx) and target[: -len(sfx)] in names for sfx in suffixes
+            ):
+                continue
+            path = self.join(base)
+            try:
+                age = time.time() - self._mtime(path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+            if tmp_is_stale(base, age):
+                self.remove(path)
+                removed.append(path)
         return removed
+
+    def _mtime(self, path: str) -> float:
+        """When ``path`` last changed (epoch seconds); now when the file system cannot say."""
+        if self.local:
+            return os.stat(path).st_mtime
+        try:
+            return self._call(self.fs.modified, path, path=path, action="stat").timestamp()
+        except NotImplementedError:
+            return time.time()  # unknown age: a live writer's file is never taken as stale
 
     def url_of(self, path: str) -> str:
         """Full URL (``s3://...``) or local path of a file-system path, for messages."""
@@ -194,9 +328,7 @@ class WorkDir:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` so that readers see all of it or nothing."""
         if self.local:
-            import os
-
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            tmp = tmp_path(path)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -317,8 +449,6 @@ class WorkDir:
         """The archive's vectors (``which="dct"``: its DCT descriptors), memory-mapped locally."""
         path = self.file(name, which)
         if self.local:
-            import os
-
             n = os.path.getsize(path) // (4 * d) if d else 0
             if n == 0:
                 return np.zeros((0, d), dtype="<f4")
