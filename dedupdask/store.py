@@ -24,6 +24,11 @@ whose writer is dead (:func:`tmp_is_stale`): on this machine, when the process n
 exists; elsewhere, or for names without an owner, when the file has not changed for
 :data:`STALE_TMP_AGE` seconds (liveness cannot be checked there, and writing one file never
 takes that long). A live writer's temporary is never removed.
+
+Reading back, a file that is not what extraction writes (a ``done.json`` that is not a JSON
+object or lacks a count, a Parquet file that cannot be parsed or lacks columns, a ``.dat``
+whose size disagrees with its count) raises :class:`WorkDirError`, whose one-line message
+names the file, what is wrong and how to redo the archive.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import re
@@ -55,9 +61,12 @@ __all__ = [
     "STALE_TMP_AGE",
     "SUFFIXES",
     "WorkDir",
+    "WorkDirError",
+    "check_done",
     "tmp_is_stale",
     "tmp_path",
     "empty_files_frame",
+    "parquet_table",
     "load_binary_feature",
     "save_binary_feature",
 ]
@@ -102,6 +111,8 @@ FILE_SCHEMA = pa.schema(
 )
 FILE_COLUMNS = tuple(FILE_SCHEMA.names)
 SKIPPED_COLUMNS = ("filename", "member", "reason", "filesize")
+# Parquet columns that work_dirs written by older versions may lack (read back as null).
+OPTIONAL_FILE_COLUMNS = frozenset({"member_offset"})
 
 #: Seconds after its last change when a temporary whose writer's liveness cannot be checked
 #: (another machine, an object store, a name without an owner) is taken as abandoned.
@@ -111,6 +122,32 @@ STALE_TMP_AGE = 3600.0
 REUSED_PID_AGE = 24 * 3600.0
 _TMP_MARK = ".tmp-"
 _TMP_OWNER = re.compile(r"^(?P<machine>[0-9a-f]{12})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8,32}$")
+
+
+class WorkDirError(ValueError):
+    """A work_dir file is damaged or is not what dedupdask writes; the message names it.
+
+    The command line prints the message as one line and exits with code 2.
+
+    Attributes
+    ----------
+    url : str
+        The file (local path or full URL).
+    problem : str
+        What is wrong with it, and how to recover.
+
+    Examples
+    --------
+    >>> print(WorkDirError("/w/a.tardone.json", "holds an array, not a JSON object"))
+    /w/a.tardone.json: holds an array, not a JSON object
+    """
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(url, problem)
+        self.url, self.problem = url, problem
+
+    def __str__(self) -> str:
+        return re.sub(r"\s*[\r\n]+\s*", " ", f"{self.url}: {self.problem}")
 
 
 @functools.cache
@@ -184,6 +221,94 @@ def tmp_is_stale(name: str, age: float) -> bool:
     if not _pid_alive(int(owner["pid"])):
         return True
     return age > REUSED_PID_AGE
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return {dict: "a JSON object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
+    )
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def check_done(done: Any) -> str | None:
+    """What is wrong with the contents of a ``done.json`` (None: nothing).
+
+    Checks what reading an archive back relies on: a JSON object with ``url``, ``status``
+    (``done``/``partial``), ``model_id``, ``model_sha256``, a positive integer ``d``, and
+    ``counts`` whose ``valid`` and ``images`` are integers with ``0 <= valid <= images``.
+
+    Examples
+    --------
+    >>> check_done([])
+    'holds an array, not a JSON object'
+    >>> check_done({"url": "a.tar", "status": "done", "model_id": "dct", "model_sha256": "0",
+    ...             "d": 63, "counts": {"valid": "3", "images": 3}})
+    "counts.valid is '3' (a string), not a non-negative integer"
+    """
+    if not isinstance(done, dict):
+        return f"holds {_json_type(done)}, not a JSON object"
+    for key in ("url", "status", "model_id", "model_sha256", "d", "counts"):
+        if key not in done:
+            return f"has no {key!r}"
+    for key in ("url", "status", "model_id", "model_sha256"):
+        if not isinstance(done[key], str):
+            return f"{key} is {done[key]!r} ({_json_type(done[key])}), not a string"
+    if done["status"] not in ("done", "partial"):
+        return f"status is {done['status']!r}, not 'done' or 'partial'"
+    if not _count(done["d"]) or done["d"] == 0:
+        return f"d is {done['d']!r} ({_json_type(done['d'])}), not a positive integer"
+    counts = done["counts"]
+    if not isinstance(counts, dict):
+        return f"counts is {_json_type(counts)}, not a JSON object"
+    for key in ("valid", "images"):
+        if key not in counts:
+            return f"counts has no {key!r}"
+        if not _count(counts[key]):
+            v = counts[key]
+            return f"counts.{key} is {v!r} ({_json_type(v)}), not a non-negative integer"
+    if counts["valid"] > counts["images"]:
+        return f"counts.valid ({counts['valid']}) exceeds counts.images ({counts['images']})"
+    error = done.get("archive_error")
+    if error is not None and not isinstance(error, str):
+        return f"archive_error is {_json_type(error)}, not a string or null"
+    for key in ("model_threshold", "model_ccthreshold"):
+        if not _number_or_null(done.get(key)):
+            return f"{key} is {done[key]!r}, not a number or null"
+    perceptual = done.get("perceptual")
+    if perceptual is not None and not (
+        isinstance(perceptual, dict) and _count(perceptual.get("d")) and perceptual["d"] > 0
+    ):
+        return "perceptual is not a JSON object with a positive integer 'd'"
+    return None
+
+
+def parquet_table(data: bytes) -> pa.Table:
+    """The Parquet file ``data`` as an Arrow table.
+
+    The bytes are copied into Arrow's own memory first. Parquet's reader hands slices of its
+    input to background threads that may drop them after this returns; were the input a
+    Python object (``bytes``, ``io.BytesIO``), such a thread would need Python to release it
+    and, if the interpreter is exiting (a command that fails right after the read), abort
+    it: "terminate called without an active exception" (apache/arrow#33975, #34314).
+
+    Examples
+    --------
+    >>> buf = io.BytesIO(); pq.write_table(pa.table({"a": [1, 2]}), buf)
+    >>> parquet_table(buf.getvalue()).num_rows
+    2
+    """
+    out = pa.BufferOutputStream()
+    out.write(data)
+    return pq.read_table(pa.BufferReader(out.getvalue()))
 
 
 def empty_files_frame() -> pd.DataFrame:
@@ -356,7 +481,22 @@ class WorkDir:
         return self._call(self.fs.cat_file, path, path=path, action="read")
 
     def read_json(self, path: str) -> Any:
-        return json.loads(self.read_bytes(path))
+        """The JSON value in ``path``; :class:`WorkDirError` when it is not valid JSON."""
+        data = self.read_bytes(path)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise WorkDirError(self.url_of(path), f"not valid JSON ({e})") from e
+
+    def damaged(self, name: str, which: str, problem: str) -> WorkDirError:
+        """The error for archive ``name``'s file ``which`` (a :data:`SUFFIXES` key), with the
+        way out: extraction redoes an archive once its ``done.json`` is gone."""
+        done = self.url_of(self.file(name, "done"))
+        fix = "remove it" if which == "done" else f"remove {done}"
+        return WorkDirError(
+            self.url_of(self.file(name, which)),
+            f"{problem}; {fix} and rerun the extraction (run_mode=1) to redo archive {name!r}",
+        )
 
     # -- per-archive outputs ---------------------------------------------------------------------
     def write_archive(
@@ -438,11 +578,53 @@ class WorkDir:
         return {n[: -len(suffix)] for n in self.listing() if n.endswith(suffix)}
 
     def read_done(self, name: str) -> dict[str, Any]:
-        return self.read_json(self.file(name, "done"))
+        """The archive's ``done.json``, checked (:func:`check_done`).
+
+        Raises
+        ------
+        WorkDirError
+            If it is not valid JSON or not what extraction writes.
+        """
+        path = self.file(name, "done")
+        try:
+            done = self.read_json(path)
+        except WorkDirError as e:
+            raise self.damaged(name, "done", e.problem) from e
+        problem = check_done(done)
+        if problem:
+            raise self.damaged(name, "done", problem)
+        return done
 
     def read_files(self, name: str) -> pd.DataFrame:
-        """The archive's Parquet file as pandas, with the schema's dtypes."""
-        table = pq.read_table(io.BytesIO(self.read_bytes(self.file(name, "parquet"))))
+        """The archive's Parquet file as pandas, with the schema's columns and dtypes.
+
+        Raises
+        ------
+        WorkDirError
+            If it is not a Parquet file, lacks a column, or a column cannot be read as the
+            schema's type.
+        """
+        data = self.read_bytes(self.file(name, "parquet"))
+        try:
+            table = parquet_table(data)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise self.damaged(name, "parquet", f"not a readable Parquet file ({e})") from e
+        present = set(table.column_names)
+        missing = [c for c in FILE_COLUMNS if c not in present and c not in OPTIONAL_FILE_COLUMNS]
+        if missing:
+            raise self.damaged(name, "parquet", f"has no column(s) {', '.join(missing)}")
+        columns = []
+        for f in FILE_SCHEMA:
+            if f.name not in present:
+                columns.append(pa.nulls(table.num_rows, f.type))
+                continue
+            try:
+                col = table.column(f.name)
+                columns.append(col if col.type == f.type else col.cast(f.type))
+            except (pa.ArrowException, KeyError) as e:
+                problem = f"column {f.name!r} cannot be read as {f.type} ({e})"
+                raise self.damaged(name, "parquet", problem) from e
+        table = pa.Table.from_arrays(columns, schema=FILE_SCHEMA)
         return table.to_pandas(types_mapper=_types_mapper)
 
     def open_features(self, name: str, d: int, which: str = "dat") -> np.ndarray:
@@ -453,7 +635,9 @@ class WorkDir:
             if n == 0:
                 return np.zeros((0, d), dtype="<f4")
             return np.memmap(path, dtype="<f4", mode="r", shape=(n, d))
-        return np.frombuffer(self.read_bytes(path), dtype="<f4").reshape(-1, d)
+        raw = self.read_bytes(path)
+        n = len(raw) // (4 * d) if d else 0  # a damaged size shows as a row count to check
+        return np.frombuffer(raw, dtype="<f4", count=n * d).reshape(n, d)
 
 
 def save_binary_feature(
