@@ -12,6 +12,27 @@ that is still running or crashed). Features of different models, or of different
 versions (:data:`dedupdask.decode.DECODE_VERSION`), are never mixed; archives extracted before
 ``done.json`` recorded a decode version (version 1) read with their old meaning: their
 ``pixel_md5`` hashed the model-input pixels, so it becomes ``input_md5``.
+
+A done archive whose files are damaged is never skipped silently (its images would vanish
+from the results): reading it raises :class:`~dedupdask.store.WorkDirError`, one line naming
+the file, what is wrong and the way out (remove the archive's ``done.json``; extraction then
+redoes it). The command line prints it and exits with code 2. What is read, and checked:
+
+=========================  =================================================================
+``done.json``              valid JSON; an object with ``url``, ``status``, model id and
+                           hash, a positive integer ``d``, integer counts
+                           ``0 <= valid <= images`` (:func:`dedupdask.store.check_done`)
+``features.dat``           present when ``valid > 0``; size ``valid * d * 4`` bytes
+``dct.dat``                when present: size ``valid * perceptual.d * 4`` bytes
+``features.parquet``       a Parquet file with every column of ``FILE_COLUMNS``
+                           (``member_offset``, ``input_md5`` may be absent: older work_dirs), each readable
+                           as its type; ``index`` numbers the valid rows ``0..valid-1``
+=========================  =================================================================
+
+Only the presence of ``failed.json`` counts (its contents are for people). The per-archive
+``.dat.csv``, ``bad.csv`` and ``skipped.csv`` are for fastdup-style tools and are not read
+here. The run-level files that :func:`dedupdask.results.load` reads (``results/run.json``,
+``results/*.parquet``) are checked the same way there.
 """
 
 from __future__ import annotations
@@ -268,11 +289,20 @@ def read_archive_vectors(
     """
     arr = wd.open_features(name, d, which=which)
     if arr.shape != (n, d):
-        raise ValueError(
-            f"{wd.url}: {name}{SUFFIXES[which]} holds {arr.shape[0]} rows of {d} floats "
-            f"but {name}{SUFFIXES['done']} counts {n} valid images"
-        )
+        try:
+            got = int(wd.fs.size(wd.file(name, which)))
+        except Exception:  # noqa: BLE001 - the disagreement matters, not this lookup
+            got = arr.shape[0] * d * 4
+        raise wd.damaged(name, which, _size_problem(name, n, d, got))
     return arr
+
+
+def _size_problem(name: str, n: int, d: int, got: int) -> str:
+    """Why a vector file cannot be read: its size disagrees with the count in done.json."""
+    return (
+        f"is {got} bytes, but {name}{SUFFIXES['done']} counts {n} valid images x d={d} "
+        f"float32 ({n * d * 4} bytes)"
+    )
 
 
 def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
@@ -296,23 +326,22 @@ def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
     """
     wd, name, offset, n_valid = spec[:4]
     version = spec[4] if len(spec) > 4 else DECODE_VERSION
-    df = wd.read_files(name)
-    dtypes = file_dtypes()
+    df = wd.read_files(name)  # the schema's columns and dtypes, or WorkDirError
     local = df["index"]
-    n_found = int(local.notna().sum())
-    if n_found != n_valid:
-        raise ValueError(
-            f"{wd.url}: {name}{SUFFIXES['parquet']} has {n_found} valid rows "
-            f"but {name}{SUFFIXES['done']} counts {n_valid}"
+    found = local.dropna().to_numpy(dtype=np.int64)
+    if found.size != n_valid:
+        raise wd.damaged(
+            name, "parquet",
+            f"has {found.size} valid rows but {name}{SUFFIXES['done']} counts {n_valid}",
         )
-    df["index"] = (local + offset).astype(dtypes["index"])
-    # reindex: work_dirs written before a column existed (member_offset) read as null there
-    df = df.reindex(columns=list(dtypes))
+    if not np.array_equal(found, np.arange(n_valid)):
+        raise wd.damaged(name, "parquet", f"its index column does not number the valid rows 0..{n_valid - 1}")
+    df["index"] = (local + offset).astype(file_dtypes()["index"])
     if version < 2:  # decode version 1 hashed the model-input pixels under this name
         df["input_md5"] = df["pixel_md5"]
         df["pixel_md5"] = pd.NA
-    wrong = {c: t for c, t in dtypes.items() if df[c].dtype != t}
-    return df.astype(wrong) if wrong else df
+        df = df.astype({"pixel_md5": file_dtypes()["pixel_md5"]})
+    return df
 
 
 def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:
@@ -358,9 +387,11 @@ def collect(
 
     Raises
     ------
+    WorkDirError
+        If a ``done.json`` is damaged or a ``.dat`` file's size does not match it (the
+        message names the file).
     ValueError
-        If archives were extracted with different models (id, file hash or width differ), or
-        a ``.dat`` file's size does not match its ``done.json``.
+        If archives were extracted with different models (id, file hash or width differ).
 
     Examples
     --------
@@ -380,8 +411,8 @@ def collect(
         done = set(names)
     failed = sorted(failed_set - done)
     missing = sorted(other - done - failed_set - _RUN_LEVEL_NAMES) if names is None else []
-    dones = {name: wd.read_done(name) for name in sorted(done)}
-    order = sorted(dones, key=lambda n: (str(dones[n].get("url", "")), n))
+    dones = {name: wd.read_done(name) for name in sorted(done)}  # checked, or WorkDirError
+    order = sorted(dones, key=lambda n: (dones[n]["url"], n))
 
     models: dict[tuple[Any, ...], str] = {}
     for name in order:
@@ -422,28 +453,16 @@ def collect(
     d = 0
     for name in order:
         info = dones[name]
-        d = int(info.get("d") or 0)
-        counts = info.get("counts") or {}
-        n_valid = int(counts.get("valid", 0))
-        expected = n_valid * d * 4
-        got = sizes.get(name + SUFFIXES["dat"])
-        if got is None and n_valid:
-            raise ValueError(
-                f"work_dir {wd.url}: {name} is done but {name}{SUFFIXES['dat']} is missing"
-            )
-        if got is not None and got != expected:
-            raise ValueError(
-                f"work_dir {wd.url}: {name}{SUFFIXES['dat']} is {got} bytes but "
-                f"{name}{SUFFIXES['done']} says {n_valid} rows x d={d} float32 ({expected} bytes)"
-            )
+        d, n_valid = info["d"], info["counts"]["valid"]
+        _check_sizes(wd, name, sizes, n_valid, d, (info.get("perceptual") or {}).get("d"))
         archives.append(
             ArchiveInfo(
                 name=name,
-                url=str(info.get("url", name)),
+                url=info["url"],
                 offset=offset,
                 n_valid=n_valid,
-                n_images=int(counts.get("images", n_valid)),
-                status=str(info.get("status", "done")),
+                n_images=info["counts"]["images"],
+                status=info["status"],
                 archive_error=info.get("archive_error"),
             )
         )
@@ -465,6 +484,20 @@ def collect(
             f"work_dir {wd.url}: not used: " + "; ".join(parts), UserWarning, stacklevel=2
         )
     return Collection(wd, tuple(archives), d, model, failed, missing, version)
+
+
+def _check_sizes(
+    wd: WorkDir, name: str, sizes: dict[str, int], n_valid: int, d: int, d_dct: int | None
+) -> None:
+    """The archive's vector files hold ``n_valid`` rows (sizes from the one listing)."""
+    got = sizes.get(name + SUFFIXES["dat"])
+    if got is None and n_valid:
+        raise wd.damaged(name, "dat", f"is missing, but {name}{SUFFIXES['done']} counts {n_valid} valid images")
+    if got is not None and got != n_valid * d * 4:
+        raise wd.damaged(name, "dat", _size_problem(name, n_valid, d, got))
+    got = sizes.get(name + SUFFIXES["dct"])
+    if got is not None and d_dct and got != n_valid * d_dct * 4:
+        raise wd.damaged(name, "dct", _size_problem(name, n_valid, d_dct, got))
 
 
 def _preview(names: Sequence[str], n: int = 5) -> str:

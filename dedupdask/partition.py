@@ -341,7 +341,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             timings["total"] = time.perf_counter() - t_start
             return {**done, "timings": dict(timings)}
 
-        wd.remove_stale_tmp(src.name)  # a writer killed mid-file left <file>.tmp-<id> behind
+        wd.remove_stale_tmp([src.name])  # a writer killed mid-file left <file>.tmp-<owner>
         wd.write_archive(src.name, vectors, files, state.skipped, finish, perceptual=perceptual)
         timings["write"] = time.perf_counter() - t_write  # done.json included
         timings["total"] = time.perf_counter() - t_start

@@ -165,10 +165,7 @@ def _extract(
     suffix = SUFFIXES["done"]
     done = {n[: -len(suffix)] for n in listing if n.endswith(suffix)} if config.resume else set()
     todo = [s for s in sources if s.name not in done]
-    todo_names = {s.name for s in todo}
-    for stale in (n for n in listing if ".tmp-" in n):  # left by a killed run
-        if any(stale.startswith(name) for name in todo_names):
-            wd.remove(wd.join(stale))
+    wd.remove_stale_tmp({s.name for s in todo}, listing)  # left by killed writers, not live ones
     zero = {c: (0.0 if c.startswith("t_") else 0) for c in SUMMARY_META.columns if c not in ("name", "url", "status", "error")}
     rows = [
         {"name": s.name, "url": s.url, "status": "already_done", "error": None, **zero}

@@ -33,6 +33,7 @@ import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .analyses import (
     BAD_CSV_COLUMNS,
@@ -57,7 +58,7 @@ from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
-from .store import WorkDir
+from .store import WorkDir, WorkDirError, parquet_table
 from .thresholds import overrides, resolve, row_for
 
 __all__ = [
@@ -315,8 +316,10 @@ class _Stages:
             self._bar.set_postfix_str(name)
             self._bar.update(1)
 
-    def close(self) -> None:
+    def close(self, clear: bool = False) -> None:
         if self._bar is not None:
+            if clear:
+                self._bar.leave = False
             self._bar.close()
 
 
@@ -368,9 +371,12 @@ def build(
     stages = _Stages(config.progress)
     try:
         with _scheduler(client):
-            return _build(work_dir, config, method, random_state, write, stages)
-    finally:
-        stages.close()
+            result = _build(work_dir, config, method, random_state, write, stages)
+    except BaseException:
+        stages.close(clear=True)  # the error is what the user reads, not a half bar
+        raise
+    stages.close()
+    return result
 
 
 def _build(
@@ -589,6 +595,47 @@ def _write(
     wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), res.run)
 
 
+# Columns each results/<table>.parquet must have (the first version's; later ones are optional).
+_LOAD_REQUIRED = {
+    "similarity": ("from", "to", "similarity", "filename_from", "filename_to"),
+    "outliers": OUTLIER_COLUMNS,
+    "components": COMPONENT_COLUMNS,
+    "stats": ("index", "filename", "width", "height", "file_size"),
+    "invalid": INVALID_COLUMNS,
+}
+_REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
+
+
+def _recorded_archives(url: str, run: Any) -> list[ArchiveInfo]:
+    """The archives listed in ``run.json``, or :class:`WorkDirError` naming it."""
+    if not isinstance(run, dict):
+        raise WorkDirError(url, f"does not hold a JSON object{_REBUILD}")
+    for key in ("failed", "missing"):
+        if not isinstance(run.get(key, []), list):
+            raise WorkDirError(url, f"{key!r} is not a list{_REBUILD}")
+    archives = run.get("archives", [])
+    if not isinstance(archives, list):
+        raise WorkDirError(url, f"'archives' is not a list{_REBUILD}")
+    try:
+        return [ArchiveInfo(**a) for a in archives]
+    except TypeError as e:  # not a dict, a key missing or unknown
+        raise WorkDirError(url, f"an entry of 'archives' is not an archive ({e}){_REBUILD}") from e
+
+
+def _read_table(wd: WorkDir, name: str) -> pd.DataFrame:
+    """``results/<name>.parquet``, or :class:`WorkDirError` naming it."""
+    path = wd.join(RESULTS_DIR, f"{name}.parquet")
+    data = wd.read_bytes(path)
+    try:
+        df = parquet_table(data).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise WorkDirError(wd.url_of(path), f"not a readable Parquet file ({e}){_REBUILD}") from e
+    missing = [c for c in _LOAD_REQUIRED[name] if c not in df.columns]
+    if missing:
+        raise WorkDirError(wd.url_of(path), f"has no column(s) {', '.join(missing)}{_REBUILD}")
+    return df
+
+
 def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupResult:
     """Read a finished run back from ``work_dir/results/`` without recomputing.
 
@@ -607,6 +654,9 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     ------
     FileNotFoundError
         If ``results/run.json`` is missing, or an archive of the run is no longer done.
+    WorkDirError
+        If ``run.json``, a results table or a per-archive file is damaged (the message names
+        the file).
 
     Examples
     --------
@@ -620,8 +670,8 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         raise FileNotFoundError(
             f"{wd.url}: no {RESULTS_DIR}/{RUN_JSON}; run the analysis (run_mode=2) first"
         )
-    run = wd.read_json(path)
-    recorded = [ArchiveInfo(**a) for a in run.get("archives", [])]
+    run = wd.read_json(path)  # WorkDirError when not JSON
+    recorded = _recorded_archives(wd.url_of(path), run)
     col = collect(wd, names=[a.name for a in recorded], warn=False)
     if tuple(col.archives) != tuple(recorded):
         changed = [a.name for a, b in zip(col.archives, recorded, strict=False) if a != b]
@@ -630,10 +680,7 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         )
     col.failed = list(run.get("failed", []))
     col.missing = list(run.get("missing", []))
-    tables = {}
-    for name in TABLES:
-        with wd.fs.open(wd.join(RESULTS_DIR, f"{name}.parquet"), "rb") as f:
-            tables[name] = pd.read_parquet(f)
+    tables = {name: _read_table(wd, name) for name in TABLES}
     return DedupResult(
         col,
         similarity=tables["similarity"].reindex(columns=list(SIMILARITY_COLUMNS)),
