@@ -63,6 +63,7 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dedupdask.decode import to_rgb  # noqa: E402
 from dedupdask.models import ModelSpec, available_models, resolve_model  # noqa: E402
 
 MAX_SIDE = 512
@@ -137,7 +138,7 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return to_rgb(Image.open(buf))
 
 
 def _scale(img: Image.Image, f: float) -> Image.Image:
@@ -171,11 +172,7 @@ EDITS = {
 
 
 def _shrink(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    img = img.convert("RGB")
+    img = to_rgb(img)  # dedupdask's one conversion: EXIF orientation, white under transparency
     if max(img.size) > MAX_SIDE:
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
     return img
@@ -274,7 +271,7 @@ def load_photos(cache: Path, log) -> dict[str, Image.Image]:
     photos = {}
     for p in sorted((cache / "photos").rglob("*.png")):
         key = p.relative_to(cache / "photos").with_suffix("").as_posix()
-        photos[key] = Image.open(p).convert("RGB")
+        photos[key] = to_rgb(Image.open(p))
     return photos
 
 

@@ -40,9 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_images import flatten as _flatten
 from PIL import Image, ImageEnhance, ImageOps
 
-MAX_SIDE = 512
+from dedupdask.decode import to_rgb
+
 MIN_SIDE = 128
 BLANK_STD = 2.0
 EDITS = ("exact", "resize", "jpeg", "crop", "flip", "bright", "combo")
@@ -55,17 +57,6 @@ EXTRA_DEB_PACKAGES = (
     "plasma-workspace-wallpapers",
 )
 OPENCLIPART_MAX = 2600  # a fixed, hash-chosen subset keeps the run under ~10 minutes
-
-
-def _flatten(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    img = img.convert("RGB")
-    if max(img.size) > MAX_SIDE:
-        img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    return img
 
 
 def _h(text: str) -> int:
@@ -150,7 +141,7 @@ def load_extra_photos(cache: Path, log: Callable[[str], None]) -> dict[str, Imag
         marker.touch()
     photos = {}
     for p in sorted(out_root.rglob("*.png")):
-        photos[p.relative_to(out_root).with_suffix("").as_posix()] = Image.open(p).convert("RGB")
+        photos[p.relative_to(out_root).with_suffix("").as_posix()] = to_rgb(Image.open(p))
     return photos
 
 
@@ -174,7 +165,7 @@ def _jpeg_bytes(im: Image.Image, q: int = 90) -> bytes:
 
 
 def _reload(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return to_rgb(Image.open(io.BytesIO(data)))
 
 
 def _crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:

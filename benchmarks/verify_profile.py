@@ -97,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded: dict[int, Any] = {}
     for url, sub in need.groupby("archive", sort=True):
         wanted = [
-            (m, int(o), int(i), int(w), int(h))
-            for i, m, o, w, h in zip(sub.index, sub["member"], sub["occ"], sub["width"], sub["height"], strict=True)
-        ]  # fmt: skip
+            (m, int(o), int(i)) for i, m, o in zip(sub.index, sub["member"], sub["occ"], strict=True)
+        ]
         loaded.update(verify.load_archive_images(str(url), wanted))
     read_s = time.perf_counter() - t0
     print(f"images read back and decoded: {len(loaded)} in {read_s:.2f} s "

@@ -211,13 +211,12 @@ def edit_bytes(im: Any, original: bytes, edit: str) -> bytes:
 
 
 def _to_rgb(img: Any) -> Any:
+    """dedupdask's one RGB conversion (EXIF orientation, white under transparency), <= MAX_SIDE."""
     from PIL import Image
 
-    if img.mode in ("RGBA", "LA", "P", "PA"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    img = img.convert("RGB")
+    from dedupdask.decode import to_rgb
+
+    img = to_rgb(img)
     if max(img.size) > MAX_SIDE:
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return img

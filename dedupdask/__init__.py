@@ -55,6 +55,7 @@ _LAZY = {
     "list_sources": "sources",
     "load_binary_feature": "store",
     "save_binary_feature": "store",
+    "WorkDirError": "store",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,7 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import ExtractReport, extract, run
     from .results import DedupResult, load
     from .sources import list_sources
-    from .store import load_binary_feature, save_binary_feature
+    from .store import WorkDirError, load_binary_feature, save_binary_feature
 
 
 def __getattr__(name: str) -> Any:
@@ -103,4 +104,5 @@ __all__ = [
     "create_outliers_gallery",
     "create_stats_gallery",
     "load",
+    "WorkDirError",
 ]

@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
 from . import remote
 from .sources import ArchiveSource
 
@@ -36,7 +34,19 @@ class ArchiveReadError(Exception):
     """The archive itself is broken (truncated, bad header, not an archive).
 
     Members read before the error keep their outcomes; the archive is marked partial.
+    Never raised for a storage failure, even one a parser swallowed (see :func:`_storage_failure`).
     """
+
+
+def _storage_failure(fileobj: Any) -> remote.StorageError | None:
+    """The storage error the reader under a parser raised, if any.
+
+    ``zipfile`` catches the ``OSError`` of a failed read while it looks for the central
+    directory and raises ``BadZipFile("File is not a zip file")``; other parsers may do the
+    same. The :class:`~dedupdask.remote.RetryingReader` keeps what it raised, so the archive
+    is reported as a storage failure (not done, retried by the next run), not as broken.
+    """
+    return getattr(fileobj, "failure", None)
 
 
 class _Budget:
@@ -157,6 +167,10 @@ def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
                 if isinstance(e, OSError) and not _is_data_error(e):
                     raise
                 raise ArchiveReadError(f"tar stream broken after {tf.offset} bytes: {e}") from e
+            # TarFile keeps every header it has read (``members``, for getmembers() and link
+            # targets); a stream needs none of them, and a tar of many small members would
+            # otherwise hold ~0.5 kB per member until the end (webdataset clears it too)
+            tf.members.clear()
             if ti is None:
                 return
             kind = _tar_kind(ti)
@@ -210,11 +224,16 @@ def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
     try:
         zf = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
+        if failure := _storage_failure(fileobj):
+            raise failure from e
         raise ArchiveReadError(f"not a readable zip archive: {e}") from e
     except OSError as e:
         if e.errno != errno.EINVAL:  # a corrupt offset: seek before the file's start
             raise
         raise ArchiveReadError(f"not a readable zip archive: {e}") from e
+    if failure := _storage_failure(fileobj):  # swallowed, yet the directory was read
+        zf.close()
+        raise failure
     with zf:
         for info in zf.infolist():
             kind = _zip_kind(info)
@@ -228,6 +247,8 @@ def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
                         with zf.open(info) as f:
                             m.data = f.read(max_member_bytes + 1)
                     except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError, RuntimeError) as e:
+                        if failure := _storage_failure(fileobj):
+                            raise failure from e
                         m.data = None
                         m.error = f"cannot read zip member: {e}"
                         m.error_code = "ERROR_READ_MEMBER"
@@ -244,9 +265,9 @@ def _iter_zip(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
 
 def _iter_folder(
     source: ArchiveSource, storage_options: dict[str, Any], max_member_bytes: int, budget: _Budget,
-    attempts: int = remote.DEFAULT_ATTEMPTS,
+    attempts: int = remote.DEFAULT_ATTEMPTS, deadline: float = remote.DEFAULT_DEADLINE,
 ) -> Iterator[Member]:
-    fs, _ = fsspec.core.url_to_fs(source.url, **storage_options)
+    fs, _ = remote.filesystem(source.url, storage_options)
     root = source.url.rstrip("/") + "/"
 
     def read(url: str) -> bytes:
@@ -256,7 +277,7 @@ def _iter_folder(
     for url in source.members:
         name = clean_name(url[len(root):] if url.startswith(root) else url.rsplit("/", 1)[-1])
         try:
-            size = int(remote.call(fs.size, url, url=url, attempts=attempts))
+            size = int(remote.call(fs.size, url, url=url, attempts=attempts, deadline=deadline))
         except FileNotFoundError:
             yield Member(name=name, kind="file", size=0, error="file vanished before it was read",
                          error_code="ERROR_MISSING_FILE")
@@ -267,7 +288,7 @@ def _iter_folder(
             m.error_code = "ERROR_MEMBER_TOO_LARGE"
         elif budget.take(m, size):
             try:
-                m.data = remote.call(read, url, url=url, attempts=attempts)
+                m.data = remote.call(read, url, url=url, attempts=attempts, deadline=deadline)
             except FileNotFoundError:
                 m.error, m.error_code = "file vanished before it was read", "ERROR_MISSING_FILE"
         yield m
@@ -282,6 +303,7 @@ def iter_members(
     max_archive_bytes: int = 64 * 2**30,
     local_path: str | None = None,
     attempts: int = remote.DEFAULT_ATTEMPTS,
+    deadline: float = remote.DEFAULT_DEADLINE,
 ) -> Iterator[Member]:
     """Stream the members of one archive, in archive order.
 
@@ -303,6 +325,8 @@ def iter_members(
         Attempts per open/read on network or server errors: a remote archive is re-opened at
         the offset reached, so a dropped connection does not restart it
         (:class:`dedupdask.remote.RetryingReader`).
+    deadline : float
+        Seconds one failing open/read may spend retrying.
 
     Yields
     ------
@@ -314,18 +338,27 @@ def iter_members(
         When the archive's structure is broken; members yielded so far stay valid.
     dedupdask.remote.StorageError
         An ``OSError`` naming the URL, when the archive cannot be opened or read (missing,
-        permission, network) after ``attempts``.
+        permission, network) after ``attempts``, whatever a parser made of it. Members
+        yielded before it must not be recorded as the archive's outcome.
     """
     storage_options = dict(storage_options or {})
     budget = _Budget(max_archive_bytes)
     if source.kind == "folder":
-        yield from _iter_folder(source, storage_options, max_member_bytes, budget, attempts)
+        yield from _iter_folder(source, storage_options, max_member_bytes, budget, attempts, deadline)
         return
-    with remote.open_input(local_path or source.url, storage_options, attempts=attempts) as f:
-        if source.kind == "zip":
-            yield from _iter_zip(f, max_member_bytes, budget)
-        else:
-            yield from _iter_tar(f, max_member_bytes, budget)
+    url = local_path or source.url
+    with remote.open_input(url, storage_options, attempts=attempts, deadline=deadline) as f:
+        try:
+            if source.kind == "zip":
+                yield from _iter_zip(f, max_member_bytes, budget)
+            else:
+                yield from _iter_tar(f, max_member_bytes, budget)
+        except ArchiveReadError as e:  # whatever the parser said, storage failed first
+            if failure := _storage_failure(f):
+                raise failure from e
+            raise
+        if failure := _storage_failure(f):  # swallowed by a parser that then went on
+            raise failure
 
 
 def group_samples(members: Iterable[Member]) -> Iterator[tuple[str, list[Member]]]:

@@ -2,8 +2,9 @@
 
 Every keyword of :func:`dedupdask.run` is a ``--kebab-case`` flag (booleans also as
 ``--no-...``). The exit code is 0 when every archive finished, 1 when any archive failed or
-was only partly readable (unless ``--allow-failures``), 2 for bad arguments or input, or
-when the input or work_dir cannot be listed (wrong credentials, unreachable server).
+was only partly readable (unless ``--allow-failures``), 2 for bad arguments or input, a
+damaged work_dir file (:class:`~dedupdask.store.WorkDirError`), or when the input or work_dir
+cannot be listed (wrong credentials, unreachable server); each error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     from . import pipeline
     from .remote import StorageError
+    from .store import WorkDirError
 
     try:
         if ns.command == "demo":
@@ -181,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = pipeline.run(None, ns.work_dir, run_mode=2, client=ns.client, **opts)
         _print_result(result)
         return 1 if _failed(getattr(result, "extract_report", None)) and not ns.allow_failures else 0
-    except (ValueError, FileNotFoundError, TypeError, PermissionError, StorageError) as e:
+    except (WorkDirError, ValueError, FileNotFoundError, TypeError, PermissionError, StorageError) as e:
         print(f"dedupdask: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

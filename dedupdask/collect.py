@@ -8,7 +8,31 @@ the valid images get one global ``index`` 0..N-1 in that order; this is the orde
 
 Archives without ``done.json`` are reported, not used: ``failed`` (a ``failed.json`` says the
 archive could not be read) and ``missing`` (stray per-archive files only, e.g. an extraction
-that is still running or crashed). Features of different models are never mixed.
+that is still running or crashed). Features of different models, or of different decode
+versions (:data:`dedupdask.decode.DECODE_VERSION`), are never mixed; archives extracted before
+``done.json`` recorded a decode version (version 1) read with their old meaning: their
+``pixel_md5`` hashed the model-input pixels, so it becomes ``input_md5``.
+
+A done archive whose files are damaged is never skipped silently (its images would vanish
+from the results): reading it raises :class:`~dedupdask.store.WorkDirError`, one line naming
+the file, what is wrong and the way out (remove the archive's ``done.json``; extraction then
+redoes it). The command line prints it and exits with code 2. What is read, and checked:
+
+=========================  =================================================================
+``done.json``              valid JSON; an object with ``url``, ``status``, model id and
+                           hash, a positive integer ``d``, integer counts
+                           ``0 <= valid <= images`` (:func:`dedupdask.store.check_done`)
+``features.dat``           present when ``valid > 0``; size ``valid * d * 4`` bytes
+``dct.dat``                when present: size ``valid * perceptual.d * 4`` bytes
+``features.parquet``       a Parquet file with every column of ``FILE_COLUMNS``
+                           (``member_offset``, ``input_md5`` may be absent: older work_dirs), each readable
+                           as its type; ``index`` numbers the valid rows ``0..valid-1``
+=========================  =================================================================
+
+Only the presence of ``failed.json`` counts (its contents are for people). The per-archive
+``.dat.csv``, ``bad.csv`` and ``skipped.csv`` are for fastdup-style tools and are not read
+here. The run-level files that :func:`dedupdask.results.load` reads (``results/run.json``,
+``results/*.parquet``) are checked the same way there.
 """
 
 from __future__ import annotations
@@ -26,6 +50,7 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
+from .decode import DECODE_VERSION
 from .store import SUFFIXES, WorkDir, empty_files_frame, file_dtypes
 
 __all__ = ["ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archive_vectors"]
@@ -96,6 +121,8 @@ class Collection:
         Archives with ``failed.json`` and no ``done.json``.
     missing : list of str
         Archives with per-archive files but neither ``done.json`` nor ``failed.json``.
+    decode_version : int
+        How every archive's images were decoded (``done.json``; 1 when it does not say).
     """
 
     work_dir: WorkDir
@@ -104,6 +131,7 @@ class Collection:
     model: dict[str, Any] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    decode_version: int = DECODE_VERSION
 
     @property
     def n(self) -> int:
@@ -191,7 +219,9 @@ class Collection:
         meta = empty_files_frame()
         if not self.archives:
             return dd.from_pandas(meta, npartitions=1)
-        specs = [(self.work_dir, a.name, a.offset, a.n_valid) for a in self.archives]
+        specs = [
+            (self.work_dir, a.name, a.offset, a.n_valid, self.decode_version) for a in self.archives
+        ]
         return dd.from_map(
             read_archive_files, specs, meta=meta, label="dedupdask-files", enforce_metadata=False
         )
@@ -207,7 +237,7 @@ class Collection:
             df = self.files().compute()
         else:
             parts = [
-                read_archive_files((self.work_dir, a.name, a.offset, a.n_valid))
+                read_archive_files((self.work_dir, a.name, a.offset, a.n_valid, self.decode_version))
                 for a in self.archives
             ]
             df = pd.concat(parts, ignore_index=True) if parts else empty_files_frame()
@@ -259,20 +289,31 @@ def read_archive_vectors(
     """
     arr = wd.open_features(name, d, which=which)
     if arr.shape != (n, d):
-        raise ValueError(
-            f"{wd.url}: {name}{SUFFIXES[which]} holds {arr.shape[0]} rows of {d} floats "
-            f"but {name}{SUFFIXES['done']} counts {n} valid images"
-        )
+        try:
+            got = int(wd.fs.size(wd.file(name, which)))
+        except Exception:  # noqa: BLE001 - the disagreement matters, not this lookup
+            got = arr.shape[0] * d * 4
+        raise wd.damaged(name, which, _size_problem(name, n, d, got))
     return arr
 
 
-def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
+def _size_problem(name: str, n: int, d: int, got: int) -> str:
+    """Why a vector file cannot be read: its size disagrees with the count in done.json."""
+    return (
+        f"is {got} bytes, but {name}{SUFFIXES['done']} counts {n} valid images x d={d} "
+        f"float32 ({n * d * 4} bytes)"
+    )
+
+
+def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
     """One archive's Parquet rows with the global ``index`` (a ``dd.from_map`` partition).
 
     Parameters
     ----------
-    spec : (WorkDir, str, int, int)
-        work_dir, archive name, global offset of its first valid image, valid count.
+    spec : (WorkDir, str, int, int[, int])
+        work_dir, archive name, global offset of its first valid image, valid count, and its
+        decode version (default: the current one); for version 1 the ``pixel_md5`` column is
+        read as ``input_md5`` (that is what it hashed) and ``pixel_md5`` is null.
 
     Returns
     -------
@@ -283,21 +324,24 @@ def read_archive_files(spec: tuple[WorkDir, str, int, int]) -> pd.DataFrame:
     --------
     >>> read_archive_files((WorkDir(work_dir), "00000.tar", 0, 1000))  # doctest: +SKIP
     """
-    wd, name, offset, n_valid = spec
-    df = wd.read_files(name)
-    dtypes = file_dtypes()
+    wd, name, offset, n_valid = spec[:4]
+    version = spec[4] if len(spec) > 4 else DECODE_VERSION
+    df = wd.read_files(name)  # the schema's columns and dtypes, or WorkDirError
     local = df["index"]
-    n_found = int(local.notna().sum())
-    if n_found != n_valid:
-        raise ValueError(
-            f"{wd.url}: {name}{SUFFIXES['parquet']} has {n_found} valid rows "
-            f"but {name}{SUFFIXES['done']} counts {n_valid}"
+    found = local.dropna().to_numpy(dtype=np.int64)
+    if found.size != n_valid:
+        raise wd.damaged(
+            name, "parquet",
+            f"has {found.size} valid rows but {name}{SUFFIXES['done']} counts {n_valid}",
         )
-    df["index"] = (local + offset).astype(dtypes["index"])
-    # reindex: work_dirs written before a column existed (member_offset) read as null there
-    df = df.reindex(columns=list(dtypes))
-    wrong = {c: t for c, t in dtypes.items() if df[c].dtype != t}
-    return df.astype(wrong) if wrong else df
+    if not np.array_equal(found, np.arange(n_valid)):
+        raise wd.damaged(name, "parquet", f"its index column does not number the valid rows 0..{n_valid - 1}")
+    df["index"] = (local + offset).astype(file_dtypes()["index"])
+    if version < 2:  # decode version 1 hashed the model-input pixels under this name
+        df["input_md5"] = df["pixel_md5"]
+        df["pixel_md5"] = pd.NA
+        df = df.astype({"pixel_md5": file_dtypes()["pixel_md5"]})
+    return df
 
 
 def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:
@@ -343,9 +387,11 @@ def collect(
 
     Raises
     ------
+    WorkDirError
+        If a ``done.json`` is damaged or a ``.dat`` file's size does not match it (the
+        message names the file).
     ValueError
-        If archives were extracted with different models (id, file hash or width differ), or
-        a ``.dat`` file's size does not match its ``done.json``.
+        If archives were extracted with different models (id, file hash or width differ).
 
     Examples
     --------
@@ -365,8 +411,8 @@ def collect(
         done = set(names)
     failed = sorted(failed_set - done)
     missing = sorted(other - done - failed_set - _RUN_LEVEL_NAMES) if names is None else []
-    dones = {name: wd.read_done(name) for name in sorted(done)}
-    order = sorted(dones, key=lambda n: (str(dones[n].get("url", "")), n))
+    dones = {name: wd.read_done(name) for name in sorted(done)}  # checked, or WorkDirError
+    order = sorted(dones, key=lambda n: (dones[n]["url"], n))
 
     models: dict[tuple[Any, ...], str] = {}
     for name in order:
@@ -384,33 +430,39 @@ def collect(
             + "; extract every archive with one model or use separate work_dirs"
         )
 
+    versions: dict[Any, str] = {}
+    for name in order:
+        versions.setdefault(dones[name].get("decode_version", 1), name)
+    if len(versions) > 1:
+        (v1, ex1), (v2, ex2) = list(versions.items())[:2]
+        raise ValueError(
+            f"work_dir {wd.url} mixes images decoded two ways: decode_version {v1} e.g. in "
+            f"archive {ex1!r}, and {v2} e.g. in archive {ex2!r} (version 1 = extracted before "
+            "EXIF orientation was applied); extract every archive again with resume=False "
+            "(--no-resume) or use separate work_dirs"
+        )
+    version = next(iter(versions), DECODE_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= DECODE_VERSION:
+        raise ValueError(
+            f"work_dir {wd.url}: {order[0]}{SUFFIXES['done']} has decode_version {version!r}; "
+            f"this dedupdask reads 1 to {DECODE_VERSION} (a newer dedupdask wrote it?)"
+        )
+
     archives: list[ArchiveInfo] = []
     offset = 0
     d = 0
     for name in order:
         info = dones[name]
-        d = int(info.get("d") or 0)
-        counts = info.get("counts") or {}
-        n_valid = int(counts.get("valid", 0))
-        expected = n_valid * d * 4
-        got = sizes.get(name + SUFFIXES["dat"])
-        if got is None and n_valid:
-            raise ValueError(
-                f"work_dir {wd.url}: {name} is done but {name}{SUFFIXES['dat']} is missing"
-            )
-        if got is not None and got != expected:
-            raise ValueError(
-                f"work_dir {wd.url}: {name}{SUFFIXES['dat']} is {got} bytes but "
-                f"{name}{SUFFIXES['done']} says {n_valid} rows x d={d} float32 ({expected} bytes)"
-            )
+        d, n_valid = info["d"], info["counts"]["valid"]
+        _check_sizes(wd, name, sizes, n_valid, d, (info.get("perceptual") or {}).get("d"))
         archives.append(
             ArchiveInfo(
                 name=name,
-                url=str(info.get("url", name)),
+                url=info["url"],
                 offset=offset,
                 n_valid=n_valid,
-                n_images=int(counts.get("images", n_valid)),
-                status=str(info.get("status", "done")),
+                n_images=info["counts"]["images"],
+                status=info["status"],
                 archive_error=info.get("archive_error"),
             )
         )
@@ -431,7 +483,21 @@ def collect(
         warnings.warn(
             f"work_dir {wd.url}: not used: " + "; ".join(parts), UserWarning, stacklevel=2
         )
-    return Collection(wd, tuple(archives), d, model, failed, missing)
+    return Collection(wd, tuple(archives), d, model, failed, missing, version)
+
+
+def _check_sizes(
+    wd: WorkDir, name: str, sizes: dict[str, int], n_valid: int, d: int, d_dct: int | None
+) -> None:
+    """The archive's vector files hold ``n_valid`` rows (sizes from the one listing)."""
+    got = sizes.get(name + SUFFIXES["dat"])
+    if got is None and n_valid:
+        raise wd.damaged(name, "dat", f"is missing, but {name}{SUFFIXES['done']} counts {n_valid} valid images")
+    if got is not None and got != n_valid * d * 4:
+        raise wd.damaged(name, "dat", _size_problem(name, n_valid, d, got))
+    got = sizes.get(name + SUFFIXES["dct"])
+    if got is not None and d_dct and got != n_valid * d_dct * 4:
+        raise wd.damaged(name, "dct", _size_problem(name, n_valid, d_dct, got))
 
 
 def _preview(names: Sequence[str], n: int = 5) -> str:

@@ -48,6 +48,7 @@ OPTION_HELP: dict[str, str] = {
     "max_archive_bytes": "total member bytes one archive may read (many-member bombs); the rest is not read",
     "min_image_size": "images narrower or shorter than this are ERROR_IMAGE_TOO_SMALL",
     "storage_attempts": "attempts per storage operation on a network/server error (auth errors and missing objects fail at once)",
+    "storage_deadline": "seconds after which a failing storage operation starts no new attempt (the one retry policy: botocore's and s3fs's retries are off)",
     "dashboard_address": "HOST:PORT of the dashboard of the local Dask cluster a run starts (127.0.0.1 = this machine only, 0.0.0.0 = every network interface, port 0 = a free one); '' = no dashboard",
     "progress": "show a progress bar",
 }
@@ -218,7 +219,8 @@ class RunConfig:
     max_member_bytes: int = 256 * 2**20
     max_archive_bytes: int = 64 * 2**30
     min_image_size: int = 10
-    storage_attempts: int = 3
+    storage_attempts: int = 5
+    storage_deadline: float = 30.0
     dashboard_address: str | None = DEFAULT_DASHBOARD
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -276,6 +278,11 @@ class RunConfig:
             f"storage_attempts must be an integer >= 1, got {self.storage_attempts!r}",
         )
         object.__setattr__(self, "dashboard_address", _dashboard_address(self.dashboard_address))
+        check(
+            isinstance(self.storage_deadline, (int, float)) and not isinstance(self.storage_deadline, bool)
+            and 0 < self.storage_deadline < float("inf"),
+            f"storage_deadline must be a number of seconds > 0, got {self.storage_deadline!r}",
+        )
         object.__setattr__(self, "issue_thresholds", _issue_thresholds(self.issue_thresholds))
 
     @classmethod

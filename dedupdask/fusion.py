@@ -132,13 +132,13 @@ class TierOutcome:
 
 
 def _image_info(files: pd.DataFrame) -> pd.DataFrame:
-    """``archive, member, occ, width, height, member_offset, file_size`` of every valid image,
+    """``archive, member, occ, member_offset, file_size`` of every valid image,
     indexed by global index (``member_offset`` null where a member cannot be read by range)."""
     f = files.reset_index(drop=True)
     occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount()
     f = f.assign(occ=occ)
     f = f[f["index"].notna()]
-    cols = ["archive", "member", "occ", "width", "height", "member_offset", "file_size"]
+    cols = ["archive", "member", "occ", "member_offset", "file_size"]
     out = f.reindex(columns=cols)
     out.index = f["index"].astype("int64").to_numpy()
     return out
@@ -153,6 +153,7 @@ def run_tiers(
     files: pd.DataFrame,
     *,
     embeddings: da.Array | None = None,
+    input_groups: ExactGroups | None = None,
     method: str = "auto",
     random_state: int = DEFAULT_RANDOM_STATE,
     storage_options: dict[str, Any] | None = None,
@@ -174,10 +175,13 @@ def run_tiers(
     params : TierParams
         Resolved thresholds.
     files : DataFrame
-        Every image row of the archives in archive order (``archive, member, width, height,
-        index``), to find the images to verify.
+        Every image row of the archives in archive order (``archive, member, index``, and
+        ``member_offset``, ``file_size`` when known), to find the images to verify.
     embeddings : dask array, optional
         The ``[N, d]`` vectors (default: ``col.embeddings()``).
+    input_groups : ExactGroups, optional
+        Images with equal model inputs (:func:`dedupdask.analyses.exact.expand_graph`):
+        pairs inside one are verified whatever their similarity.
     method, random_state
         kNN method and seed for the DCT graph.
     storage_options : dict, optional
@@ -206,7 +210,10 @@ def run_tiers(
                 random_state=random_state,  # type: ignore[arg-type]
             )
             dct_graph = (di, ds)
-    cands = candidate_pairs(reps, emb_graph, dct_graph, params)
+    cands = candidate_pairs(
+        reps, emb_graph, dct_graph, params,
+        input_rep=None if input_groups is None else input_groups.rep,
+    )  # fmt: skip
     a, b = cands["from"].to_numpy(np.int64), cands["to"].to_numpy(np.int64)
     miss = cands["similarity"].isna().to_numpy()
     if miss.any():  # on the local path rows are sliced from the files, not from a Dask graph
@@ -258,6 +265,7 @@ def run_tiers(
         "near_direct": int(decided["direct"].sum()),
         "accepted_copy": int((acc["kind"] == "copy").sum()),
         "accepted_near": int((acc["kind"] == "near").sum()),
+        "same_input_candidates": int(decided["same_input"].sum()),
     }
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
     return TierOutcome(decided, edges, counts, cost)

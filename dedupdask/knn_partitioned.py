@@ -663,6 +663,8 @@ def spherical_kmeans(
     [0, 1, 2]
     """
     n = x.shape[0]
+    if n == 0:
+        raise ValueError("spherical_kmeans: no rows to cluster")
     n_clusters = max(1, min(n_clusters, n))
     rng = np.random.default_rng(seed)
     chosen = [int(rng.integers(n))]
@@ -712,12 +714,25 @@ def _fit_centroids(
         return spherical_kmeans(x, n_clusters, seed=seed), float(margin)
     # the margin is measured on held-out rows: the fitted rows sit closer to their centroids
     held = np.random.default_rng(seed).random(x.shape[0]) < 0.2
+    if not held.any() or held.all():  # a sample of a few rows: no held-out set on one side
+        centroids = spherical_kmeans(x, n_clusters, seed=seed)
+        return centroids, _auto_margin(x, centroids, m)
     centroids = spherical_kmeans(x[~held], n_clusters, seed=seed)
     return centroids, _auto_margin(x[held], centroids, m)
 
 
 def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
-    if centroids.shape[0] <= m:
+    """The :data:`BOUNDARY_FRACTION` quantile of (best - (m+1)-th best centroid similarity).
+
+    0 when there are at most ``m`` centroids (nothing further to add) or no rows.
+
+    Examples
+    --------
+    >>> c = np.eye(3, dtype=np.float32)
+    >>> _auto_margin(np.empty((0, 3), np.float32), c, 1), _auto_margin(c, c, 3)
+    (0.0, 0.0)
+    """
+    if centroids.shape[0] <= m or x.shape[0] == 0:
         return 0.0
     gaps = []
     step = max(1, _SIM_BLOCK_BYTES // (4 * centroids.shape[0]))
@@ -801,6 +816,24 @@ def _split_bucket(
         v = _read_search(search_src, plan, members[s : s + step])
         labels[s : s + step] = _top_m(v, centroids, plan.m, margin)
     return _group(members, labels, centroids.shape[0])
+
+
+def _cut(members: np.ndarray, capacity: int) -> list[np.ndarray]:
+    """An oversized bucket cut in order into parts of ``capacity`` members.
+
+    The last part is the last ``capacity`` members, overlapping the part before it, never a
+    short remainder: a remainder of one member would have no neighbour at all (identical
+    vectors, which k-means cannot split, are cut the same way in each of their buckets).
+
+    Examples
+    --------
+    >>> [p.tolist() for p in _cut(np.arange(13), 6)]
+    [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [7, 8, 9, 10, 11, 12]]
+    """
+    parts = [members[s : s + capacity] for s in range(0, members.size, capacity)]
+    if len(parts) > 1:
+        parts[-1] = members[-capacity:]
+    return parts
 
 
 def _label_width(m: int, margin: float, n_centroids: int) -> int:
@@ -1050,12 +1083,26 @@ def _best(
     k: int,
     ties: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Per row: drop self/-1/repeats, keep the ``k`` most similar (ties by ``ties[cand]``)."""
+    """Per row: drop self/-1/repeats, keep the ``k`` most similar (ties by ``ties[cand]``).
+
+    Any of the arrays may be empty, or become empty once self and -1 are dropped (a row range
+    that none of a group of buckets holds, a bucket of one member): the result is then empty.
+
+    Examples
+    --------
+    >>> r, c, s = _best(np.array([0, 0, 0, 1]), np.array([0, 2, 2, -1]),
+    ...                 np.array([1.0, 0.5, 0.7, np.nan], np.float32), 2)
+    >>> r.tolist(), c.tolist(), s.tolist()
+    ([0], [2], [0.699999988079071])
+    >>> [a.size for a in _best(np.array([3]), np.array([3]), np.array([1.0], np.float32), 2)]
+    [0, 0, 0]
+    """
     ok = (cand >= 0) & (cand != rows) & np.isfinite(sim)
     rows, cand, sim = rows[ok], cand[ok], sim[ok]
     order = np.lexsort((-sim, cand, rows))  # repeats of a pair: the highest similarity first
     rows, cand, sim = rows[order], cand[order], sim[order]
-    first = np.r_[True, (rows[1:] != rows[:-1]) | (cand[1:] != cand[:-1])]
+    first = np.ones(rows.size, dtype=bool)  # not np.r_[True, ...]: that is 1 long when empty
+    first[1:] = (rows[1:] != rows[:-1]) | (cand[1:] != cand[:-1])
     rows, cand, sim = rows[first], cand[first], sim[first]
     order = np.lexsort((cand if ties is None else ties[cand], -sim, rows))
     rows, cand, sim = rows[order], cand[order], sim[order]
@@ -1074,7 +1121,7 @@ def _merge_pieces(
     rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
     cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
     sim = np.concatenate([p[2].ravel() for p in pieces])
-    dt = pieces[0][1].dtype
+    dt = np.result_type(*(p[1].dtype for p in pieces))  # int32 ids unless some piece needs int64
     del pieces
     rows, cand, sim = _best(rows, cand, sim, k)
     uq = np.unique(rows)
@@ -1308,13 +1355,13 @@ def knn_graph_partitioned(
             for b, sub in zip(big, parts_out, strict=True):
                 sub = [s for s in sub if s.size]
                 if max(s.size for s in sub) >= 0.9 * b.size:  # no progress: cut in order
-                    sub = [b[s : s + capacity] for s in range(0, b.size, capacity)]
+                    sub = _cut(b, capacity)
                 new += sub
             buckets = [b for b in buckets if b.size <= capacity] + new
         for b in list(buckets):
             if b.size > capacity:  # still too big after 8 levels: cut in order
                 buckets.remove(b)
-                buckets += [b[s : s + capacity] for s in range(0, b.size, capacity)]
+                buckets += _cut(b, capacity)
         sizes = np.array([b.size for b in buckets], dtype=np.int64)
         lap("plan")
 

@@ -24,10 +24,10 @@ from . import __version__, remote
 from .allocator import tune as tune_allocator
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
-from .decode import STATS_VERSION, decode_image, sniff_image
+from .decode import DECODE_VERSION, STATS_VERSION, decode_image, sniff_image
 from .embed import embed_batch, perceptual_batch
 from .sources import IMAGE_EXTENSIONS, ArchiveSource
-from .store import FILE_COLUMNS, SKIPPED_COLUMNS, WorkDir, empty_files_frame
+from .store import FILE_COLUMNS, SkippedRows, WorkDir, empty_files_frame
 
 __all__ = ["ArchiveTask", "process_archive", "SUMMARY_META", "safe_member_path"]
 
@@ -107,7 +107,7 @@ class _Archive:
         self.cfg = task.config
         self.spec = spec
         self.rows: list[dict[str, Any]] = []
-        self.skipped: list[tuple[str, str, str, int]] = []
+        self.skipped = SkippedRows()  # encoded as they come: O(1) memory per skipped member
         self.vectors: list[np.ndarray] = []
         self.pending: list[np.ndarray] = []
         self.dct = _dct_spec()
@@ -125,7 +125,7 @@ class _Archive:
         return f"{self.src.url}/{member}"
 
     def skip(self, m: Member, reason: str) -> None:
-        self.skipped.append((self.filename(m.name), m.name, reason, int(m.size)))
+        self.skipped.append(self.filename(m.name), m.name, reason, int(m.size))
 
     def flush(self) -> None:
         if not self.pending:
@@ -208,7 +208,7 @@ class _Archive:
         self.timer.t["decode"] += time.perf_counter() - t0
         row.update(width=d.width, height=d.height, error_code=d.error_code, error_message=d.message)
         if d.error_code == "VALID":
-            row.update(d.stats or {}, pixel_md5=d.pixel_md5, index=self.n_valid)
+            row.update(d.stats or {}, pixel_md5=d.pixel_md5, input_md5=d.input_md5, index=self.n_valid)
             self.n_valid += 1
             self.pending.append(d.pixels)
             if len(self.pending) >= self.cfg.batch_size:
@@ -216,7 +216,8 @@ class _Archive:
         self.rows.append(row)
 
     def keep_image(self, m: Member) -> None:
-        wd = WorkDir(self.task.work_dir, self.task.storage_options, self.cfg.storage_attempts)
+        wd = WorkDir(self.task.work_dir, self.task.storage_options, self.cfg.storage_attempts,
+                     self.cfg.storage_deadline)
         rel = safe_member_path(m.name)
         base, n = rel, 1
         while rel in self.kept_names:  # duplicate member names keep every copy
@@ -245,9 +246,11 @@ def _keep_archive(task: ArchiveTask) -> str:
     server-side). (Images kept with ``keep_images`` go to ``work_dir/tmp/<name>/``, as fastdup
     extracts them, so the archive copy cannot also be ``tmp/<name>``.)
     """
-    wd = WorkDir(task.work_dir, task.storage_options, task.config.storage_attempts)
+    cfg = task.config
+    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts, cfg.storage_deadline)
     dest = wd.url_of(wd.join("tmp", "archives", task.source.name))
-    remote.copy_once(task.source.url, dest, task.storage_options, attempts=task.config.storage_attempts)
+    remote.copy_once(task.source.url, dest, task.storage_options, attempts=cfg.storage_attempts,
+                     deadline=cfg.storage_deadline)
     return dest
 
 
@@ -268,7 +271,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t_start = time.perf_counter()
     src, cfg = task.source, task.config
-    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts)
+    wd = WorkDir(task.work_dir, task.storage_options, cfg.storage_attempts, cfg.storage_deadline)
     state: _Archive | None = None
     archive_error: str | None = None
     try:
@@ -282,6 +285,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             max_archive_bytes=cfg.max_archive_bytes,
             local_path=local_path,
             attempts=cfg.storage_attempts,
+            deadline=cfg.storage_deadline,
         )
         try:
             for key, group in state.timer.timed_iter(group_samples(members), "read"):
@@ -307,7 +311,6 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         }
         if counts["members"] != n_images + counts["sidecars"] + counts["skipped"]:
             raise AssertionError(f"member accounting broken: {counts}")
-        skipped = pd.DataFrame(state.skipped, columns=list(SKIPPED_COLUMNS))
         status = "partial" if archive_error else "done"
         t_write = time.perf_counter()
         timings = dict(state.timer.t)
@@ -329,6 +332,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
                 "d": dct.dim,
                 "input": f"{spec.height}x{spec.width}",
             },
+            "decode_version": DECODE_VERSION,
             "dedupdask_version": __version__,
             "stats_version": STATS_VERSION,  # which per-image stats the Parquet file holds
         }
@@ -338,8 +342,8 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             timings["total"] = time.perf_counter() - t_start
             return {**done, "timings": dict(timings)}
 
-        wd.remove_stale_tmp(src.name)  # a writer killed mid-file left <file>.tmp-<id> behind
-        wd.write_archive(src.name, vectors, files, skipped, finish, perceptual=perceptual)
+        wd.remove_stale_tmp([src.name])  # a writer killed mid-file left <file>.tmp-<owner>
+        wd.write_archive(src.name, vectors, files, state.skipped, finish, perceptual=perceptual)
         timings["write"] = time.perf_counter() - t_write  # done.json included
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, status, counts, archive_error, timings)
@@ -360,6 +364,9 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
         timings = dict.fromkeys(_TIMINGS, 0.0)
         timings["total"] = time.perf_counter() - t_start
         return _summary(src, "failed", dict.fromkeys(_COUNTS, 0), message, timings)
+    finally:
+        if state is not None:
+            state.skipped.close()
 
 
 def _summary(

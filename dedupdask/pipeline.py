@@ -154,9 +154,9 @@ def _extract(
 ) -> ExtractReport:
     t0 = time.perf_counter()
     so = config.storage_options
-    sources = list_sources(input_dir, so, attempts=config.storage_attempts)
+    sources = list_sources(input_dir, so, attempts=config.storage_attempts, deadline=config.storage_deadline)
     sources = select_offsets(sources, config.min_offset, config.max_offset)
-    wd = WorkDir(work_dir, so, config.storage_attempts)
+    wd = WorkDir(work_dir, so, config.storage_attempts, config.storage_deadline)
     wd.makedirs()
     from .models import resolve_model
 
@@ -165,10 +165,7 @@ def _extract(
     suffix = SUFFIXES["done"]
     done = {n[: -len(suffix)] for n in listing if n.endswith(suffix)} if config.resume else set()
     todo = [s for s in sources if s.name not in done]
-    todo_names = {s.name for s in todo}
-    for stale in (n for n in listing if ".tmp-" in n):  # left by a killed run
-        if any(stale.startswith(name) for name in todo_names):
-            wd.remove(wd.join(stale))
+    wd.remove_stale_tmp({s.name for s in todo}, listing)  # left by killed writers, not live ones
     zero = {c: (0.0 if c.startswith("t_") else 0) for c in SUMMARY_META.columns if c not in ("name", "url", "status", "error")}
     rows = [
         {"name": s.name, "url": s.url, "status": "already_done", "error": None, **zero}
@@ -245,7 +242,8 @@ def run(
     max_member_bytes: int = 256 * 2**20,
     max_archive_bytes: int = 64 * 2**30,
     min_image_size: int = 10,
-    storage_attempts: int = 3,
+    storage_attempts: int = 5,
+    storage_deadline: float = 30.0,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
@@ -309,10 +307,14 @@ def run(
     max_image_pixels, max_member_bytes, max_archive_bytes, min_image_size : int
         Limits: pixels per image (decompression bombs, checked on the header), bytes per
         member, total bytes read from one archive (bombs of many members), smallest side.
-    storage_attempts : int
-        Attempts per storage operation (open, read, list, write) when the network or the
-        server fails, waiting 0.5 s, 1 s, 2 s... in between; wrong credentials and missing
-        objects fail at once. An archive that still fails gets ``<name>failed.json``.
+    storage_attempts, storage_deadline : int, float
+        The one retry policy of storage operations (open, read, list, write) when the network
+        or the server fails: up to ``storage_attempts`` attempts, waiting 0.5 s, 1 s, 2 s...
+        in between, and none started after ``storage_deadline`` seconds; wrong credentials and
+        missing objects fail at once. botocore's and s3fs's own retries are turned off
+        (:func:`dedupdask.remote.filesystem`), so a dead endpoint fails within the deadline
+        plus one request's timeout. An archive that still fails gets ``<name>failed.json``
+        and stays not done, so the next run retries it.
     storage_options : dict, optional
         fsspec options for input and work_dir (S3 endpoint, keys...): e.g.
         ``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": "http://host:9000"}}``
@@ -354,8 +356,8 @@ def run(
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,
-        storage_attempts=storage_attempts, storage_options=storage_options,
-        dashboard_address=dashboard_address, progress=progress,
+        storage_attempts=storage_attempts, storage_deadline=storage_deadline,
+        storage_options=storage_options, dashboard_address=dashboard_address, progress=progress,
     )
     config = RunConfig.from_kwargs(**opts)
     report = None

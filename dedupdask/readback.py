@@ -14,16 +14,13 @@ from __future__ import annotations
 import base64
 import io
 import posixpath
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-import numpy as np
-
+from . import remote
 from .archives import ArchiveReadError, clean_name, iter_members
 from .sources import ArchiveSource, archive_kind
 
@@ -62,6 +59,9 @@ def make_thumbnail(
 ) -> Thumbnail:
     """Decode an encoded image and return a JPEG thumbnail as a ``data:`` URI.
 
+    The image goes through :func:`dedupdask.decode.to_rgb`, the conversion the model's input
+    went through: EXIF orientation applied, transparency on white.
+
     Parameters
     ----------
     data : bytes
@@ -86,32 +86,18 @@ def make_thumbnail(
     >>> (t.width, t.height, t.uri[:23])
     (200, 100, 'data:image/jpeg;base64,')
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from .decode import ImageRefused, open_rgb
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > max_image_pixels:
-                return Thumbnail(reason=f"{w}x{h} image is larger than {max_image_pixels} pixels")
-            if im.format == "JPEG":
-                im.draft("RGB", (2 * max_side, 2 * max_side))  # decode at a reduced scale
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                im = Image.new("RGB", rgba.size, (255, 255, 255))
-                im.paste(rgba, mask=rgba.getchannel("A"))
-            elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-                im = Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-            elif im.mode != "RGB":
-                im = im.convert("RGB")
-            im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=quality)
+        # decoded at a reduced scale when the format allows, shown as the model saw it
+        im, _, _ = open_rgb(data, draft=(2 * max_side, 2 * max_side), max_image_pixels=max_image_pixels)
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+    except ImageRefused as e:
+        return Thumbnail(reason=str(e))
     except Exception as e:  # noqa: BLE001 - any undecodable image becomes a placeholder
         return Thumbnail(reason=f"cannot decode image: {type(e).__name__}: {e}")
     uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -165,8 +151,10 @@ def _read_zip(
 
     out: dict[tuple[str, int], Thumbnail] = {}
     limit = opts["max_member_bytes"]
+    f = None
     try:
-        with fsspec.open(url, "rb", **so) as f, zipfile.ZipFile(f) as zf:
+        f = remote.open_input(url, so)
+        with f, zipfile.ZipFile(f) as zf:
             seen: Counter[str] = Counter()
             for info in zf.infolist():
                 if info.is_dir():
@@ -184,11 +172,14 @@ def _read_zip(
                         data = mf.read(limit + 1)
                 except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError,
                         RuntimeError, OSError) as e:  # fmt: skip
+                    if f.failure:  # storage failed, not this member: the whole archive says so
+                        raise f.failure from e
                     out[k] = opts["fail"](f"cannot read zip member: {e}")
                     continue
                 out[k] = opts["handle"](data)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
-        reason = f"cannot read archive: {type(e).__name__}: {e}"
+        cause = f.failure if f is not None and f.failure else e  # zipfile hides storage errors
+        reason = f"cannot read archive: {type(cause).__name__}: {cause}"
         return {k: out.get(k, opts["fail"](reason)) for k in wanted}
     return {k: out.get(k, opts["fail"]("member not found in the archive")) for k in wanted}
 
@@ -200,7 +191,7 @@ def _read_folder(
     out: dict[tuple[str, int], Thumbnail] = {}
     limit = opts["max_member_bytes"]
     try:
-        fs, root = fsspec.core.url_to_fs(url, **so)
+        fs, root = remote.filesystem(url, so)
     except Exception as e:  # noqa: BLE001 - bad URL / options: placeholders, not a crash
         return {k: opts["fail"](f"cannot open {url}: {e}") for k in wanted}
     for k in wanted:

@@ -17,7 +17,17 @@ kind           examples                                               retried
 Every storage failure surfaces as a :class:`StorageError` (an ``OSError``; its subclasses
 are also ``PermissionError`` / ``FileNotFoundError``) whose message names the URL, so callers
 catch one type and users read one clear line. :class:`RetryingReader` re-opens a remote file
-at the offset reached when a read fails, so a long streamed archive survives a server blip.
+at the offset reached when a read fails, so a long streamed archive survives a server blip,
+and remembers a failure it raised (:attr:`RetryingReader.failure`) even when a parser such
+as ``zipfile`` swallows it, so a storage failure is never taken for a broken archive.
+
+There is one retry policy, here: ``attempts`` tries per operation with a 0.5 s, 1 s, 2 s...
+backoff, and no new attempt once ``deadline`` seconds have passed since the first. The
+layers below are told not to retry on their own (:func:`filesystem`: botocore gets
+``retries={"total_max_attempts": 1}``, s3fs ``retries = 1``); stacked, their retries
+multiplied ours and a dead endpoint took minutes to fail. A dead endpoint now fails after
+at most ``deadline`` plus one request's timeout (botocore's ``connect_timeout`` 5 s and
+``read_timeout`` 15 s, s3fs's defaults, unless ``config_kwargs`` sets them).
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .config import RunConfig
+
 __all__ = [
     "DEFAULT_ATTEMPTS",
+    "DEFAULT_DEADLINE",
     "StorageError",
     "StorageAuthError",
     "StorageNotFoundError",
@@ -37,13 +50,17 @@ __all__ = [
     "classify",
     "call",
     "copy_once",
+    "filesystem",
     "open_input",
     "storage_error",
 ]
 
-DEFAULT_ATTEMPTS = 3
+# the defaults of the run options storage_attempts / storage_deadline, defined once there
+DEFAULT_ATTEMPTS: int = RunConfig.storage_attempts
+DEFAULT_DEADLINE: float = RunConfig.storage_deadline  # seconds; no new attempt after it
 BACKOFF = 0.5  # seconds before the 2nd attempt; doubled each time, capped at BACKOFF_MAX
 BACKOFF_MAX = 8.0
+_S3_PROTOCOLS = ("s3", "s3a")
 T = TypeVar("T")
 
 _TRANSIENT_ERRNOS = {
@@ -167,7 +184,9 @@ def classify(exc: BaseException) -> str | None:
     return None
 
 
-def storage_error(exc: BaseException, url: str, action: str = "read", attempts: int = 1) -> StorageError:
+def storage_error(
+    exc: BaseException, url: str, action: str = "read", attempts: int = 1, elapsed: float | None = None
+) -> StorageError:
     """Turn ``exc`` into a :class:`StorageError` whose message names ``url``.
 
     Examples
@@ -179,7 +198,9 @@ def storage_error(exc: BaseException, url: str, action: str = "read", attempts: 
         return exc
     kind = classify(exc) or "fatal"
     tries = f" after {attempts} attempts" if attempts > 1 else ""
-    detail = str(exc).strip() or type(exc).__name__
+    if tries and elapsed is not None:
+        tries += f" in {elapsed:.1f} s"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
     msg = f"cannot {action} {url}: {_HINTS[kind]}{tries} ({type(exc).__name__}: {detail})"
     cls = {"auth": StorageAuthError, "missing": StorageNotFoundError}.get(kind, StorageError)
     err = cls(msg, url, kind, attempts)
@@ -187,8 +208,24 @@ def storage_error(exc: BaseException, url: str, action: str = "read", attempts: 
     return err
 
 
+def _backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    return min(BACKOFF * 2 ** (attempt - 1), BACKOFF_MAX)
+
+
 def _sleep(attempt: int) -> None:
-    time.sleep(min(BACKOFF * 2 ** (attempt - 1), BACKOFF_MAX))
+    time.sleep(_backoff(attempt))
+
+
+_clock = time.monotonic  # what the deadline is measured with (tests replace it)
+
+
+def _give_up(kind: str | None, attempt: int, attempts: int, t0: float, deadline: float) -> bool:
+    """The one retry rule: only transient errors, at most ``attempts`` tries, and no attempt
+    that would start after ``deadline`` seconds."""
+    if kind != "transient" or attempt >= attempts:
+        return True
+    return _clock() - t0 + _backoff(attempt) >= deadline
 
 
 def call(
@@ -197,6 +234,7 @@ def call(
     url: str,
     action: str = "read",
     attempts: int = DEFAULT_ATTEMPTS,
+    deadline: float = DEFAULT_DEADLINE,
     **kwargs: Any,
 ) -> T:
     """Call ``fn(*args, **kwargs)``, retrying transient storage errors.
@@ -211,6 +249,8 @@ def call(
         Verb for the message: ``"read"``, ``"write"``, ``"list"``...
     attempts : int
         Attempts in all (>= 1); waits 0.5 s, 1 s, 2 s... between them.
+    deadline : float
+        Seconds after the first attempt when no further attempt starts.
 
     Returns
     -------
@@ -228,6 +268,7 @@ def call(
     42
     """
     attempts = max(1, int(attempts))
+    t0 = _clock()
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)
@@ -235,10 +276,46 @@ def call(
             kind = classify(e)
             if kind is None:
                 raise
-            if kind != "transient" or attempt == attempts or isinstance(e, StorageError):
-                raise storage_error(e, url, action, attempt) from e
+            if isinstance(e, StorageError) or _give_up(kind, attempt, attempts, t0, deadline):
+                raise storage_error(e, url, action, attempt, _clock() - t0) from e
             _sleep(attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """``fsspec.core.url_to_fs(url, **storage_options)`` with dedupdask's retry policy.
+
+    On S3 (s3fs over botocore) the client's own retries are turned off, so that
+    :func:`call` and :class:`RetryingReader` are the only retry layer: botocore gets
+    ``config_kwargs={"retries": {"total_max_attempts": 1}}`` and the file system
+    ``retries = 1`` (s3fs retries each call 5 times otherwise, with no way to say so in
+    ``storage_options``). A ``retries`` entry the caller put in ``config_kwargs`` is kept.
+    Creating the file system does no I/O.
+
+    Returns
+    -------
+    (fs, path)
+
+    Examples
+    --------
+    >>> fs, path = filesystem("s3://bucket/shards/", {"anon": True})
+    >>> fs.retries, fs.config_kwargs["retries"]
+    (1, {'total_max_attempts': 1})
+    """
+    import fsspec
+    from fsspec.core import split_protocol, url_to_fs
+
+    so = dict(storage_options or {})
+    s3 = (split_protocol(url)[0] or "file") in _S3_PROTOCOLS
+    if s3:
+        env = (fsspec.config.conf.get("s3") or {}).get("config_kwargs") or {}  # FSSPEC_S3_CONFIG_KWARGS
+        ck = {**env, **(so.get("config_kwargs") or {})}
+        ck.setdefault("retries", {"total_max_attempts": 1})
+        so["config_kwargs"] = ck
+    fs, path = url_to_fs(url, **so)
+    if s3 and hasattr(fs, "retries"):
+        fs.retries = 1
+    return fs, path
 
 
 class RetryingReader(io.RawIOBase):
@@ -246,8 +323,11 @@ class RetryingReader(io.RawIOBase):
 
     Streaming a multi-GB tar from an object store takes minutes; one dropped connection
     should cost a retry, not the archive. Each read failure is retried up to ``attempts``
-    times in a row (a successful read resets the count); auth errors and missing objects
-    fail at once. Errors are raised as :class:`StorageError` naming the URL.
+    times in a row within ``deadline`` seconds (a successful read resets both); auth errors
+    and missing objects fail at once. Errors are raised as :class:`StorageError` naming the
+    URL, and the last one is kept in :attr:`failure`: ``zipfile`` turns any ``OSError`` met
+    while it reads the central directory into ``BadZipFile``, and the reader's owner must
+    still know that storage, not the archive, failed.
 
     Parameters
     ----------
@@ -257,13 +337,25 @@ class RetryingReader(io.RawIOBase):
         For error messages.
     attempts : int
         Attempts per failing read (and for the first open).
+    deadline : float
+        Seconds one failing read (or the first open) may spend retrying.
+
+    Attributes
+    ----------
+    failure : StorageError or None
+        The storage error this reader raised last, if any.
     """
 
-    def __init__(self, opener: Callable[[], Any], url: str, attempts: int = DEFAULT_ATTEMPTS) -> None:
+    def __init__(
+        self, opener: Callable[[], Any], url: str, attempts: int = DEFAULT_ATTEMPTS,
+        deadline: float = DEFAULT_DEADLINE,
+    ) -> None:  # fmt: skip
         super().__init__()
         self._opener, self.url, self.attempts = opener, url, max(1, int(attempts))
+        self.deadline = float(deadline)
+        self.failure: StorageError | None = None
         self._pos = 0
-        self._f: Any = call(opener, url=url, action="open", attempts=self.attempts)
+        self._f: Any = call(opener, url=url, action="open", attempts=self.attempts, deadline=self.deadline)
 
     def _drop(self) -> None:
         """Forget the handle after a failure; the next attempt re-opens at ``tell()``."""
@@ -275,6 +367,7 @@ class RetryingReader(io.RawIOBase):
                 pass
 
     def _retry(self, op: Callable[[], T], action: str) -> T:
+        t0 = _clock()
         for attempt in range(1, self.attempts + 1):
             try:
                 if self._f is None:
@@ -285,8 +378,10 @@ class RetryingReader(io.RawIOBase):
                 kind = classify(e)
                 if kind is None:
                     raise
-                if kind != "transient" or attempt == self.attempts:
-                    raise storage_error(e, self.url, action, attempt) from e
+                if _give_up(kind, attempt, self.attempts, t0, self.deadline):
+                    self._drop()  # a later read starts from a fresh connection
+                    self.failure = storage_error(e, self.url, action, attempt, _clock() - t0)
+                    raise self.failure from e
                 self._drop()
                 _sleep(attempt)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -303,17 +398,17 @@ class RetryingReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_END:
-            pos = self._retry(lambda: self._f.seek(offset, io.SEEK_END), "read")
+            pos = self._retry(lambda: self._f.seek(0, io.SEEK_END), "read") + offset
         elif whence == io.SEEK_CUR:
             pos = self._pos + offset
         else:
             pos = offset
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
+        if pos < 0:  # what a real file says (zipfile expects an OSError here)
+            raise OSError(errno.EINVAL, f"negative seek position {pos}")
         self._pos = pos  # the next read seeks the handle there
         return pos
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         def op() -> bytes:
             if self._f.tell() != self._pos:
                 self._f.seek(self._pos)
@@ -344,9 +439,10 @@ def open_input(
     storage_options: dict[str, Any] | None = None,
     *,
     attempts: int = DEFAULT_ATTEMPTS,
+    deadline: float = DEFAULT_DEADLINE,
     block_size: int | None = None,
-) -> Any:
-    """Open ``url`` for a forward streaming read, with bounded retries on remote stores.
+) -> RetryingReader:
+    """Open ``url`` for reading, with the retry policy of this module.
 
     Parameters
     ----------
@@ -354,7 +450,7 @@ def open_input(
         Local path or URL.
     storage_options : dict, optional
         fsspec options.
-    attempts : int
+    attempts, deadline
         See :class:`RetryingReader`.
     block_size : int, optional
         Bytes fetched per request from an object store. None: ``storage_options``'s
@@ -363,8 +459,8 @@ def open_input(
 
     Returns
     -------
-    file object
-        A plain local file, or a :class:`RetryingReader` over the remote file.
+    RetryingReader
+        Over a local file too, so every reader knows its :attr:`RetryingReader.failure`.
 
     Examples
     --------
@@ -373,28 +469,25 @@ def open_input(
     >>> with open_input(p) as f: f.read()
     b'abc'
     """
-    from fsspec.core import url_to_fs
-
     so = dict(storage_options or {})
-    fs, path = call(url_to_fs, url, url=url, action="open", attempts=attempts, **so)
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocol or "local" in protocol:
-        try:
-            return fs.open(path, "rb")
-        except OSError as e:
-            raise storage_error(e, url, "open") from e
+    fs, path = call(filesystem, url, so, url=url, action="open", attempts=attempts, deadline=deadline)
     kwargs: dict[str, Any] = {}
-    if "s3" in protocol or "s3a" in protocol:
+    if _is_local(fs):
+        pass
+    elif _protocols(fs) & set(_S3_PROTOCOLS):
         kwargs["block_size"] = block_size or so.get("default_block_size") or 8 * 2**20
         kwargs["cache_type"] = so.get("default_cache_type", "readahead")
     elif block_size:
         kwargs["block_size"] = block_size
-    return RetryingReader(lambda: fs.open(path, "rb", **kwargs), url, attempts)
+    return RetryingReader(lambda: fs.open(path, "rb", **kwargs), url, attempts, deadline)
+
+
+def _protocols(fs: Any) -> set[str]:
+    return set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
+    return bool(_protocols(fs) & {"file", "local"})
 
 
 def copy_once(
@@ -403,6 +496,7 @@ def copy_once(
     storage_options: dict[str, Any] | None = None,
     *,
     attempts: int = DEFAULT_ATTEMPTS,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> bool:
     """Copy ``src_url`` to ``dest_url`` unless a copy of the same size is already there.
 
@@ -416,8 +510,8 @@ def copy_once(
         Local paths or URLs (``s3://...``); ``storage_options`` are used for both.
     storage_options : dict, optional
         fsspec options.
-    attempts : int
-        Attempts per storage operation (reads resume at their offset).
+    attempts, deadline
+        Retry policy per storage operation (see :func:`call`; reads resume at their offset).
 
     Returns
     -------
@@ -440,14 +534,13 @@ def copy_once(
     import shutil
     import uuid
 
-    from fsspec.core import url_to_fs
-
     so = dict(storage_options or {})
-    sfs, spath = url_to_fs(src_url, **so)
-    dfs, dpath = url_to_fs(dest_url, **so)
-    size = call(sfs.size, spath, url=src_url, action="read", attempts=attempts)
+    policy = {"attempts": attempts, "deadline": deadline}
+    sfs, spath = filesystem(src_url, so)
+    dfs, dpath = filesystem(dest_url, so)
+    size = call(sfs.size, spath, url=src_url, action="read", **policy)
     try:
-        if call(dfs.size, dpath, url=dest_url, action="read", attempts=attempts) == size:
+        if call(dfs.size, dpath, url=dest_url, action="read", **policy) == size:
             return False
     except FileNotFoundError:
         pass
@@ -456,9 +549,11 @@ def copy_once(
         os.makedirs(os.path.dirname(dpath), exist_ok=True)
         tmp = f"{dpath}.tmp-{uuid.uuid4().hex}"
         try:
-            with open_input(src_url, so, attempts=attempts) as fin, open(tmp, "wb") as fout:
+            with open_input(src_url, so, **policy) as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout, chunk)
             os.replace(tmp, dpath)
+        except StorageError:
+            raise
         except OSError as e:
             raise storage_error(e, dest_url, "write") from e
         finally:
@@ -466,11 +561,11 @@ def copy_once(
                 os.unlink(tmp)
     elif dfs is sfs:
         dfs.invalidate_cache(dpath)
-        call(dfs.copy, spath, dpath, url=dest_url, action="copy to", attempts=attempts)
+        call(dfs.copy, spath, dpath, url=dest_url, action="copy to", **policy)
     else:
-        fout = call(dfs.open, dpath, "wb", url=dest_url, action="write", attempts=attempts)
+        fout = call(dfs.open, dpath, "wb", url=dest_url, action="write", **policy)
         try:
-            with open_input(src_url, so, attempts=attempts) as fin:
+            with open_input(src_url, so, **policy) as fin:
                 while data := fin.read(chunk):
                     call(fout.write, data, url=dest_url, action="write", attempts=1)
         except BaseException:

@@ -1,8 +1,8 @@
 """Results stage: run the analyses over a work_dir, write fastdup-named files, load them back.
 
 :func:`build` is run_mode=2: it loads every done archive (:mod:`dedupdask.collect`), groups
-exact duplicates, builds the kNN graph of one representative per group
-(:mod:`dedupdask.knn`), derives the tables (:mod:`dedupdask.analyses`) and writes
+exact duplicates, builds the kNN graph of one representative per group of equal model
+inputs (:mod:`dedupdask.knn`, :func:`dedupdask.analyses.exact.expand_graph`), derives the tables (:mod:`dedupdask.analyses`) and writes
 
 ===============================  ==============================================================
 ``atrain_features.dat.csv``      ``index,filename``: the global index 0..N-1 (sorted archives)
@@ -36,6 +36,7 @@ import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .analyses import (
     BAD_CSV_COLUMNS,
@@ -49,6 +50,7 @@ from .analyses import (
     components_table,
     duplicates_to_remove,
     exact_groups,
+    expand_graph,
     find_issues,
     invalid_table,
     nearest_neighbours,
@@ -62,7 +64,7 @@ from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
-from .store import WorkDir
+from .store import WorkDir, WorkDirError, parquet_table
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = [
@@ -79,7 +81,7 @@ ISSUES_CSV = "image_issues.csv"
 TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
-    "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
+    "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
     "index", "member_offset", "key", "p01", "p99", "chroma",
 ]  # fmt: skip
 
@@ -353,8 +355,10 @@ class _Stages:
             self._bar.set_postfix_str(name)
             self._bar.update(1)
 
-    def close(self) -> None:
+    def close(self, clear: bool = False) -> None:
         if self._bar is not None:
+            if clear:
+                self._bar.leave = False
             self._bar.close()
 
 
@@ -406,9 +410,12 @@ def build(
     stages = _Stages(config.progress)
     try:
         with _scheduler(client):
-            return _build(work_dir, config, method, random_state, write, stages)
-    finally:
-        stages.close()
+            result = _build(work_dir, config, method, random_state, write, stages)
+    except BaseException:
+        stages.close(clear=True)  # the error is what the user reads, not a half bar
+        raise
+    stages.close()
+    return result
 
 
 def _build(
@@ -437,6 +444,7 @@ def _build(
     stages.done("read_files")
 
     groups = exact_groups(valid["md5"], valid["pixel_md5"])
+    inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     reps = groups.reps
     table = resolve(config, col.model)  # the model's thresholds with the user's overrides
     params = resolve_params(
@@ -453,8 +461,9 @@ def _build(
     knn_info: dict[str, Any] = {}
     if reps.size:  # one task, or partitioned past max_memory_per_task (knn_partitioned)
         nbr_idx, nbr_sim, used, knn_info = knn_graph_work_dir(
-            col, reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
+            col, inputs.reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
         )
+        nbr_idx, nbr_sim = expand_graph(groups, inputs, nbr_idx, nbr_sim)
     else:
         nbr_idx = np.empty((0, k), np.int64)
         nbr_sim = np.empty((0, k), np.float32)
@@ -469,6 +478,7 @@ def _build(
         params,
         files,
         embeddings=emb,
+        input_groups=inputs,
         method=method,
         random_state=random_state,
         storage_options=config.storage_options,
@@ -529,6 +539,7 @@ def _build(
         },
         "knn": knn_info,
         "model": col.model,
+        "decode_version": col.decode_version,
         "archives": [a.to_dict() for a in col.archives],
         "failed": col.failed,
         "missing": col.missing,
@@ -537,6 +548,7 @@ def _build(
             "invalid": len(invalid),
             "exact_groups": groups.n_groups(2),
             "representatives": int(reps.size),
+            "knn_representatives": int(inputs.reps.size),
             "similar_pairs": len(similarity),
             **{
                 f"{kind}_pairs": int((similarity["kind"] == kind).sum())
@@ -637,6 +649,48 @@ def _write(
     wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), res.run)
 
 
+# Columns each results/<table>.parquet must have (the first version's; later ones are optional).
+_LOAD_REQUIRED = {
+    "similarity": ("from", "to", "similarity", "filename_from", "filename_to"),
+    "outliers": OUTLIER_COLUMNS,
+    "components": COMPONENT_COLUMNS,
+    "stats": ("index", "filename", "width", "height", "file_size"),
+    "invalid": INVALID_COLUMNS,
+    "issues": ISSUE_COLUMNS,
+}
+_REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
+
+
+def _recorded_archives(url: str, run: Any) -> list[ArchiveInfo]:
+    """The archives listed in ``run.json``, or :class:`WorkDirError` naming it."""
+    if not isinstance(run, dict):
+        raise WorkDirError(url, f"does not hold a JSON object{_REBUILD}")
+    for key in ("failed", "missing"):
+        if not isinstance(run.get(key, []), list):
+            raise WorkDirError(url, f"{key!r} is not a list{_REBUILD}")
+    archives = run.get("archives", [])
+    if not isinstance(archives, list):
+        raise WorkDirError(url, f"'archives' is not a list{_REBUILD}")
+    try:
+        return [ArchiveInfo(**a) for a in archives]
+    except TypeError as e:  # not a dict, a key missing or unknown
+        raise WorkDirError(url, f"an entry of 'archives' is not an archive ({e}){_REBUILD}") from e
+
+
+def _read_table(wd: WorkDir, name: str) -> pd.DataFrame:
+    """``results/<name>.parquet``, or :class:`WorkDirError` naming it."""
+    path = wd.join(RESULTS_DIR, f"{name}.parquet")
+    data = wd.read_bytes(path)
+    try:
+        df = parquet_table(data).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise WorkDirError(wd.url_of(path), f"not a readable Parquet file ({e}){_REBUILD}") from e
+    missing = [c for c in _LOAD_REQUIRED[name] if c not in df.columns]
+    if missing:
+        raise WorkDirError(wd.url_of(path), f"has no column(s) {', '.join(missing)}{_REBUILD}")
+    return df
+
+
 def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupResult:
     """Read a finished run back from ``work_dir/results/`` without recomputing.
 
@@ -655,6 +709,9 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     ------
     FileNotFoundError
         If ``results/run.json`` is missing, or an archive of the run is no longer done.
+    WorkDirError
+        If ``run.json``, a results table or a per-archive file is damaged (the message names
+        the file).
 
     Examples
     --------
@@ -668,8 +725,8 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         raise FileNotFoundError(
             f"{wd.url}: no {RESULTS_DIR}/{RUN_JSON}; run the analysis (run_mode=2) first"
         )
-    run = wd.read_json(path)
-    recorded = [ArchiveInfo(**a) for a in run.get("archives", [])]
+    run = wd.read_json(path)  # WorkDirError when not JSON
+    recorded = _recorded_archives(wd.url_of(path), run)
     col = collect(wd, names=[a.name for a in recorded], warn=False)
     if tuple(col.archives) != tuple(recorded):
         changed = [a.name for a, b in zip(col.archives, recorded, strict=False) if a != b]
@@ -678,15 +735,9 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         )
     col.failed = list(run.get("failed", []))
     col.missing = list(run.get("missing", []))
-    tables = {}
-    for name in TABLES:
-        with wd.fs.open(wd.join(RESULTS_DIR, f"{name}.parquet"), "rb") as f:
-            tables[name] = pd.read_parquet(f)
-    issues_path = wd.join(RESULTS_DIR, "issues.parquet")
-    issues = None  # a run built before issue labels existed has none
-    if wd.fs.exists(issues_path):
-        with wd.fs.open(issues_path, "rb") as f:
-            issues = pd.read_parquet(f).loc[:, list(ISSUE_COLUMNS)]
+    tables = {name: _read_table(wd, name) for name in TABLES}
+    # a run built before issue labels existed has none (its run.json has no "issues")
+    issues = _read_table(wd, "issues").loc[:, list(ISSUE_COLUMNS)] if "issues" in run else None
     return DedupResult(
         col,
         issues=issues,

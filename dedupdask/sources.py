@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-from fsspec.core import url_to_fs
 
 from . import remote
 
@@ -95,14 +94,21 @@ def _read_list_file(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 
 def _expand(
-    item: str, storage_options: dict[str, Any], allow_list_file: bool, attempts: int = remote.DEFAULT_ATTEMPTS
+    item: str, storage_options: dict[str, Any], allow_list_file: bool, attempts: int = remote.DEFAULT_ATTEMPTS,
+    deadline: float = remote.DEFAULT_DEADLINE,
 ) -> tuple[list[tuple[str, str]], str]:
     """Expand one input into ``(url, kind_or_image)`` pairs and its root (a URL prefix)."""
-    fs, path = url_to_fs(item, **storage_options)
+    fs, path = remote.filesystem(item, storage_options)
     local = _is_local(fs)
 
     def tried(fn: Any, *args: Any) -> Any:  # storage errors name the input, transient ones retried
-        return remote.call(fn, *args, url=item, action="list", attempts=attempts)
+        return remote.call(fn, *args, url=item, action="list", attempts=attempts, deadline=deadline)
+
+    def is_file(p: str) -> bool:  # fs.isfile answers False for any error, an outage included
+        try:
+            return tried(fs.info, p).get("type") == "file"
+        except FileNotFoundError:
+            return False
 
     if local:
         import os
@@ -117,14 +123,15 @@ def _expand(
         found = sorted(tried(fs.glob, path))
         prefix = path.split("*")[0].split("?")[0].split("[")[0]
         root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
-    elif tried(fs.isfile, path):
+    elif is_file(path):
         kind = archive_kind(path)
         if kind is None and not _is_image_path(path):
             if allow_list_file:
                 listed = tried(_read_list_file, fs, path)
                 if not listed:
                     raise ValueError(f"input list file {item!r} lists no paths")
-                return _expand_many(listed, storage_options, allow_list_file=False, attempts=attempts)
+                return _expand_many(listed, storage_options, allow_list_file=False, attempts=attempts,
+                                    deadline=deadline)
             raise ValueError(f"input {item!r} is neither an archive, an image nor a folder")
         return [(_unstrip(fs, path), kind or "image")], posixpath.dirname(path)
     else:
@@ -141,12 +148,12 @@ def _expand(
 
 def _expand_many(
     items: Sequence[str], storage_options: dict[str, Any], allow_list_file: bool,
-    attempts: int = remote.DEFAULT_ATTEMPTS,
+    attempts: int = remote.DEFAULT_ATTEMPTS, deadline: float = remote.DEFAULT_DEADLINE,
 ) -> tuple[list[tuple[str, str]], str]:
     pairs: list[tuple[str, str]] = []
     roots: list[str] = []
     for it in items:
-        p, r = _expand(str(it), storage_options, allow_list_file, attempts)
+        p, r = _expand(str(it), storage_options, allow_list_file, attempts, deadline)
         pairs.extend(p)
         roots.append(r)
     root = _common_root(roots)
@@ -181,6 +188,7 @@ def list_sources(
     storage_options: dict[str, Any] | None = None,
     *,
     attempts: int = remote.DEFAULT_ATTEMPTS,
+    deadline: float = remote.DEFAULT_DEADLINE,
 ) -> list[ArchiveSource]:
     """List every archive (and chunk of loose images) of an input, sorted.
 
@@ -193,6 +201,8 @@ def list_sources(
         Passed to fsspec for every file system touched.
     attempts : int
         Attempts per listing call on network/server errors.
+    deadline : float
+        Seconds one failing listing call may spend retrying.
 
     Returns
     -------
@@ -220,7 +230,7 @@ def list_sources(
         items = [str(x) for x in input_dir]
         if not items:
             raise ValueError("input_dir is an empty list")
-    pairs, root = _expand_many(items, storage_options, allow_list_file=True, attempts=attempts)
+    pairs, root = _expand_many(items, storage_options, allow_list_file=True, attempts=attempts, deadline=deadline)
     seen: set[str] = set()
     archives: list[ArchiveSource] = []
     loose: dict[str, list[str]] = {}

@@ -9,39 +9,68 @@ For an archive named ``<name>`` (its path relative to the input root, ``/`` -> `
 ``<name>features.parquet``     one row per image member (valid or not), columns ``FILE_COLUMNS``
 ``<name>features.bad.csv``     ``index,filename,error_code,filesize`` (fastdup's columns)
 ``<name>skipped.csv``          ``filename,member,reason,filesize``: members that are not images
-``<name>done.json``            written last: counts, d, model id + sha256, version, timings
+``<name>done.json``            written last: counts, d, model id + sha256, decode_version, timings
 ``<name>failed.json``          an archive that could not be read (storage error); no done.json
 =============================  ===========================================================
 
 Every file is written under a temporary name and renamed (local disks) or uploaded as one
-object (object stores, where a PUT is atomic), and ``done.json`` goes last, so a crash never
-leaves an archive that looks done.
+object (object stores, where a PUT or a completed multipart upload is atomic), and
+``done.json`` goes last, so a crash never leaves an archive that looks done.
+
+Temporaries are named ``<file>.tmp-<machine>-<pid>-<random>`` (:func:`tmp_path`): ``machine``
+is a short hash of the host name and PID namespace, ``pid`` the writing process. Several jobs
+may share one work_dir (e.g. two ``--no-resume`` runs), so a job removes only temporaries
+whose writer is dead (:func:`tmp_is_stale`): on this machine, when the process no longer
+exists; elsewhere, or for names without an owner, when the file has not changed for
+:data:`STALE_TMP_AGE` seconds (liveness cannot be checked there, and writing one file never
+takes that long). A live writer's temporary is never removed.
+
+Reading back, a file that is not what extraction writes (a ``done.json`` that is not a JSON
+object or lacks a count, a Parquet file that cannot be parsed or lacks columns, a ``.dat``
+whose size disagrees with its count) raises :class:`WorkDirError`, whose one-line message
+names the file, what is wrong and how to redo the archive.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
+import hashlib
 import io
 import json
+import math
+import os
 import posixpath
+import re
+import shutil
+import socket
+import tempfile
+import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import IO, Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from . import remote
 
 __all__ = [
     "FILE_COLUMNS",
+    "SKIPPED_COLUMNS",
+    "STALE_TMP_AGE",
     "SUFFIXES",
+    "SkippedRows",
     "WorkDir",
+    "WorkDirError",
+    "check_done",
+    "tmp_is_stale",
+    "tmp_path",
     "empty_files_frame",
+    "parquet_table",
     "load_binary_feature",
     "save_binary_feature",
 ]
@@ -70,7 +99,8 @@ FILE_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("file_size", pa.int64()),
         ("md5", pa.string()),
-        ("pixel_md5", pa.string()),
+        ("pixel_md5", pa.string()),  # full-resolution pixels, when decoded at full size
+        ("input_md5", pa.string()),  # the model-input pixels (decode_version >= 2)
         ("mean", pa.float32()),
         ("min", pa.float32()),
         ("max", pa.float32()),
@@ -89,6 +119,270 @@ FILE_SCHEMA = pa.schema(
 )
 FILE_COLUMNS = tuple(FILE_SCHEMA.names)
 SKIPPED_COLUMNS = ("filename", "member", "reason", "filesize")
+SPOOL_MEMORY = 2**20
+"""Bytes of encoded skipped rows kept in memory before they go to a temporary file."""
+
+
+class SkippedRows:
+    r"""The rows of one archive's ``<name>skipped.csv``, encoded as they come.
+
+    A tar of a million tiny non-image members must not cost a worker a Python tuple per
+    member: each row is encoded at once as CSV -- the dialect of ``DataFrame.to_csv``, so the
+    file is byte for byte what ``pd.DataFrame(rows, columns=SKIPPED_COLUMNS).to_csv(index=False)``
+    gives -- into a temporary file that stays in memory up to ``max_memory`` bytes.
+    :meth:`WorkDir.write_archive` copies it to the work_dir in blocks.
+
+    Examples
+    --------
+    >>> rows = SkippedRows()
+    >>> rows.append("s3://b/a.tar/x.cls", "x.cls", "not_image", 1)
+    >>> len(rows), rows.open().read().decode()
+    (1, 'filename,member,reason,filesize\ns3://b/a.tar/x.cls,x.cls,not_image,1\n')
+    >>> rows.close()
+    """
+
+    _FLUSH = 64 * 2**10  # characters buffered before they are encoded into the spool
+
+    def __init__(self, max_memory: int = SPOOL_MEMORY) -> None:
+        self._spool = tempfile.SpooledTemporaryFile(max_size=max_memory)
+        self._buf = io.StringIO()
+        # pandas' to_csv: csv.writer, QUOTE_MINIMAL, '"' doubled, "\n" (os.linesep) line ends
+        self._writer = csv.writer(self._buf, lineterminator="\n")
+        self._writer.writerow(SKIPPED_COLUMNS)
+        self._n = 0
+
+    def append(self, filename: str, member: str, reason: str, filesize: int) -> None:
+        """Add one skipped member."""
+        self._writer.writerow((filename, member, reason, int(filesize)))
+        self._n += 1
+        if self._buf.tell() >= self._FLUSH:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._spool.write(self._buf.getvalue().encode("utf-8"))
+        self._buf.seek(0)
+        self._buf.truncate()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def open(self) -> IO[bytes]:
+        """The encoded file (header included), positioned at its start."""
+        self._drain()
+        self._spool.seek(0)
+        return self._spool  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Free the buffer and the temporary file."""
+        self._spool.close()
+
+    def __enter__(self) -> SkippedRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Parquet columns that work_dirs written by older versions may lack (read back as null):
+# member_offset (added after the first release), input_md5 (decode version 2), p01/p99/chroma
+# (stats version 2).
+OPTIONAL_FILE_COLUMNS = frozenset({"member_offset", "input_md5", "p01", "p99", "chroma"})
+
+#: Seconds after its last change when a temporary whose writer's liveness cannot be checked
+#: (another machine, an object store, a name without an owner) is taken as abandoned.
+STALE_TMP_AGE = 3600.0
+#: Seconds after which a temporary is abandoned even if a process with its writer's pid runs
+#: on this machine (the pid was reused: the writer itself renames its file within seconds).
+REUSED_PID_AGE = 24 * 3600.0
+_TMP_MARK = ".tmp-"
+_TMP_OWNER = re.compile(r"^(?P<machine>[0-9a-f]{12})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8,32}$")
+
+
+class WorkDirError(ValueError):
+    """A work_dir file is damaged or is not what dedupdask writes; the message names it.
+
+    The command line prints the message as one line and exits with code 2.
+
+    Attributes
+    ----------
+    url : str
+        The file (local path or full URL).
+    problem : str
+        What is wrong with it, and how to recover.
+
+    Examples
+    --------
+    >>> print(WorkDirError("/w/a.tardone.json", "holds an array, not a JSON object"))
+    /w/a.tardone.json: holds an array, not a JSON object
+    """
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(url, problem)
+        self.url, self.problem = url, problem
+
+    def __str__(self) -> str:
+        return re.sub(r"\s*[\r\n]+\s*", " ", f"{self.url}: {self.problem}")
+
+
+@functools.cache
+def _machine() -> str:
+    """12 hex digits naming this machine and PID namespace (the scope in which a pid means
+    one process): containers that share a host name but not their processes differ."""
+    ident = socket.gethostname()
+    try:
+        ident += "|" + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pass
+    return hashlib.sha1(ident.encode(errors="replace")).hexdigest()[:12]
+
+
+def tmp_path(path: str, pid: int | None = None) -> str:
+    """The temporary name under which ``path`` is written before it is renamed.
+
+    ``<path>.tmp-<machine>-<pid>-<random>``: the owner (this machine, this process, or
+    ``pid``) is part of the name, so :func:`tmp_is_stale` can tell a live writer's file from
+    an abandoned one.
+
+    Examples
+    --------
+    >>> tmp_path("/w/a.tarfeatures.dat", pid=42).startswith("/w/a.tarfeatures.dat.tmp-")
+    True
+    >>> tmp_is_stale(tmp_path("/w/a.tarfeatures.dat"), age=0.0)  # this process is alive
+    False
+    """
+    return f"{path}{_TMP_MARK}{_machine()}-{os.getpid() if pid is None else int(pid)}-{uuid.uuid4().hex[:16]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or os.name != "posix":  # Windows' os.kill would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def tmp_is_stale(name: str, age: float) -> bool:
+    """Whether the temporary file ``name`` was abandoned by its writer (safe to remove).
+
+    Parameters
+    ----------
+    name : str
+        The temporary's name or path (``<file>.tmp-<owner>``, see :func:`tmp_path`).
+    age : float
+        Seconds since it last changed.
+
+    Returns
+    -------
+    bool
+        True when its writer is a process of this machine that no longer exists, or when
+        the writer cannot be checked (another machine, no owner in the name) and the file
+        has not changed for :data:`STALE_TMP_AGE` seconds. A live writer's file: False.
+
+    Examples
+    --------
+    >>> tmp_is_stale("a.tarfeatures.dat.tmp-0123456789abcdef", age=60.0)  # no owner, fresh
+    False
+    >>> tmp_is_stale("a.tarfeatures.dat.tmp-0123456789abcdef", age=2 * STALE_TMP_AGE)
+    True
+    """
+    owner = _TMP_OWNER.match(name.rpartition(_TMP_MARK)[2])
+    if owner is None or owner["machine"] != _machine():
+        return age > STALE_TMP_AGE
+    if not _pid_alive(int(owner["pid"])):
+        return True
+    return age > REUSED_PID_AGE
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return {dict: "a JSON object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
+    )
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def check_done(done: Any) -> str | None:
+    """What is wrong with the contents of a ``done.json`` (None: nothing).
+
+    Checks what reading an archive back relies on: a JSON object with ``url``, ``status``
+    (``done``/``partial``), ``model_id``, ``model_sha256``, a positive integer ``d``, and
+    ``counts`` whose ``valid`` and ``images`` are integers with ``0 <= valid <= images``.
+
+    Examples
+    --------
+    >>> check_done([])
+    'holds an array, not a JSON object'
+    >>> check_done({"url": "a.tar", "status": "done", "model_id": "dct", "model_sha256": "0",
+    ...             "d": 63, "counts": {"valid": "3", "images": 3}})
+    "counts.valid is '3' (a string), not a non-negative integer"
+    """
+    if not isinstance(done, dict):
+        return f"holds {_json_type(done)}, not a JSON object"
+    for key in ("url", "status", "model_id", "model_sha256", "d", "counts"):
+        if key not in done:
+            return f"has no {key!r}"
+    for key in ("url", "status", "model_id", "model_sha256"):
+        if not isinstance(done[key], str):
+            return f"{key} is {done[key]!r} ({_json_type(done[key])}), not a string"
+    if done["status"] not in ("done", "partial"):
+        return f"status is {done['status']!r}, not 'done' or 'partial'"
+    if not _count(done["d"]) or done["d"] == 0:
+        return f"d is {done['d']!r} ({_json_type(done['d'])}), not a positive integer"
+    counts = done["counts"]
+    if not isinstance(counts, dict):
+        return f"counts is {_json_type(counts)}, not a JSON object"
+    for key in ("valid", "images"):
+        if key not in counts:
+            return f"counts has no {key!r}"
+        if not _count(counts[key]):
+            v = counts[key]
+            return f"counts.{key} is {v!r} ({_json_type(v)}), not a non-negative integer"
+    if counts["valid"] > counts["images"]:
+        return f"counts.valid ({counts['valid']}) exceeds counts.images ({counts['images']})"
+    error = done.get("archive_error")
+    if error is not None and not isinstance(error, str):
+        return f"archive_error is {_json_type(error)}, not a string or null"
+    for key in ("model_threshold", "model_ccthreshold"):
+        if not _number_or_null(done.get(key)):
+            return f"{key} is {done[key]!r}, not a number or null"
+    perceptual = done.get("perceptual")
+    if perceptual is not None and not (
+        isinstance(perceptual, dict) and _count(perceptual.get("d")) and perceptual["d"] > 0
+    ):
+        return "perceptual is not a JSON object with a positive integer 'd'"
+    return None
+
+
+def parquet_table(data: bytes) -> pa.Table:
+    """The Parquet file ``data`` as an Arrow table.
+
+    The bytes are copied into Arrow's own memory first. Parquet's reader hands slices of its
+    input to background threads that may drop them after this returns; were the input a
+    Python object (``bytes``, ``io.BytesIO``), such a thread would need Python to release it
+    and, if the interpreter is exiting (a command that fails right after the read), abort
+    it: "terminate called without an active exception" (apache/arrow#33975, #34314).
+
+    Examples
+    --------
+    >>> buf = io.BytesIO(); pq.write_table(pa.table({"a": [1, 2]}), buf)
+    >>> parquet_table(buf.getvalue()).num_rows
+    2
+    """
+    out = pa.BufferOutputStream()
+    out.write(data)
+    return pq.read_table(pa.BufferReader(out.getvalue()))
 
 
 def empty_files_frame() -> pd.DataFrame:
@@ -127,19 +421,20 @@ class WorkDir:
         fsspec options.
     attempts : int
         Attempts per storage operation on network/server errors (:mod:`dedupdask.remote`).
+    deadline : float
+        Seconds one failing storage operation may spend retrying.
     """
 
     def __init__(
-        self, url: str, storage_options: dict[str, Any] | None = None, attempts: int = remote.DEFAULT_ATTEMPTS
-    ) -> None:
+        self, url: str, storage_options: dict[str, Any] | None = None, attempts: int = remote.DEFAULT_ATTEMPTS,
+        deadline: float = remote.DEFAULT_DEADLINE,
+    ) -> None:  # fmt: skip
         self.storage_options = dict(storage_options or {})
-        self.attempts = attempts
-        self.fs, path = url_to_fs(str(url), **self.storage_options)
+        self.attempts, self.deadline = attempts, deadline
+        self.fs, path = remote.filesystem(str(url), self.storage_options)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocol or "local" in protocol
         if self.local:
-            import os
-
             path = os.path.abspath(os.path.expanduser(path))
         self.path = path.rstrip("/") or "/"
         self.url = self.path if self.local else self.fs.unstrip_protocol(self.path)
@@ -148,7 +443,7 @@ class WorkDir:
         return f"WorkDir({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WorkDir, (self.url, self.storage_options, self.attempts))
+        return (WorkDir, (self.url, self.storage_options, self.attempts, self.deadline))
 
     # -- paths -------------------------------------------------------------------------------
     def join(self, *parts: str) -> str:
@@ -159,28 +454,65 @@ class WorkDir:
         """Path of one per-archive file, ``which`` in :data:`SUFFIXES`."""
         return self.join(name + SUFFIXES[which])
 
-    def remove_stale_tmp(self, name: str) -> int:
-        """Remove the temporary files a killed writer left for archive ``name`` (local only).
+    def remove_stale_tmp(self, names: Iterable[str], listing: Iterable[str] | None = None) -> list[str]:
+        """Remove the temporaries of archives ``names`` that a dead writer left behind.
 
-        :meth:`write_bytes` writes ``<file>.tmp-<id>`` and renames it; a process killed in
-        between leaves the temporary behind. The task that (re)processes the archive owns its
-        files, so it clears them first. Object stores have no temporaries (a PUT is atomic).
-        Returns how many were removed.
+        :meth:`write_bytes` writes ``<file>.tmp-<owner>`` and renames it; a process killed in
+        between leaves the temporary behind. Another job writing the same archive into this
+        work_dir (``resume=False`` twice at once) has live temporaries: only those
+        :func:`tmp_is_stale` calls abandoned are removed.
+
+        Parameters
+        ----------
+        names : iterable of str
+            Archive names whose per-archive files' temporaries are considered.
+        listing : iterable of str, optional
+            Base names of the files in work_dir (one listing the caller already has). Without
+            it, a local work_dir is searched per name; an object store is left alone (nothing
+            there is written under a temporary name, and a listing per archive would be costly).
+
+        Returns
+        -------
+        list of str
+            Paths removed.
         """
-        if not self.local:
-            return 0
-        import glob
-        import os
+        names = set(names)
+        if listing is None:
+            if not self.local:
+                return []
+            import glob
 
-        removed = 0
-        for which in SUFFIXES:
-            for tmp in glob.glob(glob.escape(self.file(name, which)) + ".tmp-*"):
-                try:
-                    os.unlink(tmp)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+            listing = [
+                posixpath.basename(p)
+                for name in names
+                for p in glob.glob(glob.escape(self.join(name)) + "*" + _TMP_MARK + "*")
+            ]
+        suffixes = tuple(SUFFIXES.values())
+        removed = []
+        for base in listing:
+            target, mark, _ = base.rpartition(_TMP_MARK)
+            if not mark or not any(
+                target.endswith(sfx) and target[: -len(sfx)] in names for sfx in suffixes
+            ):
+                continue
+            path = self.join(base)
+            try:
+                age = time.time() - self._mtime(path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+            if tmp_is_stale(base, age):
+                self.remove(path)
+                removed.append(path)
         return removed
+
+    def _mtime(self, path: str) -> float:
+        """When ``path`` last changed (epoch seconds); now when the file system cannot say."""
+        if self.local:
+            return os.stat(path).st_mtime
+        try:
+            return self._call(self.fs.modified, path, path=path, action="stat").timestamp()
+        except NotImplementedError:
+            return time.time()  # unknown age: a live writer's file is never taken as stale
 
     def url_of(self, path: str) -> str:
         """Full URL (``s3://...``) or local path of a file-system path, for messages."""
@@ -188,22 +520,27 @@ class WorkDir:
 
     def _call(self, fn: Any, *args: Any, path: str, action: str) -> Any:
         """``fn(*args)`` with bounded retries; storage errors name the file's URL."""
-        return remote.call(fn, *args, url=self.url_of(path), action=action, attempts=self.attempts)
+        return remote.call(
+            fn, *args, url=self.url_of(path), action=action, attempts=self.attempts, deadline=self.deadline
+        )
 
     def makedirs(self, *parts: str) -> None:
         path = self.join(*parts)
         self._call(self.fs.makedirs, path, True, path=path, action="create")
 
     # -- atomic writes -------------------------------------------------------------------------
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` so that readers see all of it or nothing."""
-        if self.local:
-            import os
+    def write_bytes(self, path: str, data: bytes | IO[bytes]) -> None:
+        """Write ``data`` to ``path`` so that readers see all of it or nothing.
 
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        ``data`` is bytes, or a binary file that is copied from its start in blocks (a large
+        file is never held in memory whole; on an object store, one past ``_PIPE_MAX`` is
+        streamed as a multipart upload).
+        """
+        if self.local:
+            tmp = tmp_path(path)
             try:
                 with open(tmp, "wb") as f:
-                    f.write(data)
+                    _copy_into(f, data)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
@@ -211,8 +548,34 @@ class WorkDir:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
-            # An object store PUT (or multipart upload) becomes visible only when complete.
-            self._call(self.fs.pipe_file, path, data, path=path, action="write")
+            if not isinstance(data, bytes | bytearray | memoryview) and _size(data) <= _PIPE_MAX:
+                data.seek(0)
+                data = data.read()
+            if isinstance(data, bytes | bytearray | memoryview):
+                # An object store PUT (or multipart upload) becomes visible only when complete.
+                self._call(self.fs.pipe_file, path, data, path=path, action="write")
+            else:
+                self._call(self._upload, path, data, path=path, action="write")
+
+    def _upload(self, path: str, src: IO[bytes]) -> None:
+        """Stream ``src`` (from its start) to ``path``; a failed upload leaves no object.
+
+        fsspec's transactional protocol: the file is opened with ``autocommit=False``, so
+        ``close()`` uploads the parts and only ``commit()`` makes the object appear (s3fs:
+        completes the multipart upload); on an error it is closed and discarded instead
+        (s3fs: aborts the upload). File systems without transactions commit on close.
+        """
+        src.seek(0)
+        out = self.fs.open(path, "wb", autocommit=False)
+        try:
+            shutil.copyfileobj(src, out, _COPY_BLOCK)
+            out.close()
+        except BaseException:
+            for step in (out.close, out.discard):  # the copy's error is the one to report
+                with contextlib.suppress(Exception):
+                    step()
+            raise
+        out.commit()
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
@@ -228,7 +591,22 @@ class WorkDir:
         return self._call(self.fs.cat_file, path, path=path, action="read")
 
     def read_json(self, path: str) -> Any:
-        return json.loads(self.read_bytes(path))
+        """The JSON value in ``path``; :class:`WorkDirError` when it is not valid JSON."""
+        data = self.read_bytes(path)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise WorkDirError(self.url_of(path), f"not valid JSON ({e})") from e
+
+    def damaged(self, name: str, which: str, problem: str) -> WorkDirError:
+        """The error for archive ``name``'s file ``which`` (a :data:`SUFFIXES` key), with the
+        way out: extraction redoes an archive once its ``done.json`` is gone."""
+        done = self.url_of(self.file(name, "done"))
+        fix = "remove it" if which == "done" else f"remove {done}"
+        return WorkDirError(
+            self.url_of(self.file(name, which)),
+            f"{problem}; {fix} and rerun the extraction (run_mode=1) to redo archive {name!r}",
+        )
 
     # -- per-archive outputs ---------------------------------------------------------------------
     def write_archive(
@@ -236,7 +614,7 @@ class WorkDir:
         name: str,
         features: np.ndarray,
         files: pd.DataFrame,
-        skipped: pd.DataFrame,
+        skipped: pd.DataFrame | SkippedRows,
         done: dict[str, Any] | Callable[[], dict[str, Any]],
         perceptual: np.ndarray | None = None,
     ) -> None:
@@ -250,8 +628,9 @@ class WorkDir:
             float32 ``[N, d]`` in the order of ``files[files.index >= 0]``.
         files : DataFrame
             One row per image member, columns :data:`FILE_COLUMNS`.
-        skipped : DataFrame
-            Columns ``filename, member, reason, filesize``.
+        skipped : DataFrame or SkippedRows
+            Columns ``filename, member, reason, filesize`` (extraction streams them into a
+            :class:`SkippedRows`).
         done : dict or callable
             The contents of ``done.json``, or a function called once the other files are
             written that returns them (so they can say how long the writing took).
@@ -278,9 +657,12 @@ class WorkDir:
             }
         )
         self.write_bytes(self.file(name, "bad"), bad_csv.to_csv(index=False).encode())
-        self.write_bytes(
-            self.file(name, "skipped"), skipped.loc[:, list(SKIPPED_COLUMNS)].to_csv(index=False).encode()
-        )
+        if isinstance(skipped, SkippedRows):
+            self.write_bytes(self.file(name, "skipped"), skipped.open())
+        else:
+            self.write_bytes(
+                self.file(name, "skipped"), skipped.loc[:, list(SKIPPED_COLUMNS)].to_csv(index=False).encode()
+            )
         table = pa.Table.from_pandas(files.reset_index(drop=True), schema=FILE_SCHEMA, preserve_index=False)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd", use_dictionary=["archive", "error_code"])
@@ -293,12 +675,16 @@ class WorkDir:
         self.write_json(self.file(name, "failed"), info)
 
     def listing(self) -> list[str]:
-        """Base names of the files directly in work_dir (one listing call)."""
-        if not self._call(self.fs.exists, self.path, path=self.path, action="list"):
+        """Base names of the files directly in work_dir (one listing call; none if it does not exist).
+
+        Not ``fs.exists`` first: s3fs answers False for a bucket it cannot reach, and an
+        outage must not look like an empty work_dir.
+        """
+        try:
+            names = remote.call(self.fs.ls, self.path, detail=False, refresh=True, url=self.url,
+                                action="list", attempts=self.attempts, deadline=self.deadline)
+        except FileNotFoundError:
             return []
-        names = remote.call(
-            self.fs.ls, self.path, detail=False, refresh=True, url=self.url, action="list", attempts=self.attempts
-        )
         return sorted(posixpath.basename(p.rstrip("/")) for p in names)
 
     def done_names(self) -> set[str]:
@@ -311,24 +697,82 @@ class WorkDir:
         return {n[: -len(suffix)] for n in self.listing() if n.endswith(suffix)}
 
     def read_done(self, name: str) -> dict[str, Any]:
-        return self.read_json(self.file(name, "done"))
+        """The archive's ``done.json``, checked (:func:`check_done`).
+
+        Raises
+        ------
+        WorkDirError
+            If it is not valid JSON or not what extraction writes.
+        """
+        path = self.file(name, "done")
+        try:
+            done = self.read_json(path)
+        except WorkDirError as e:
+            raise self.damaged(name, "done", e.problem) from e
+        problem = check_done(done)
+        if problem:
+            raise self.damaged(name, "done", problem)
+        return done
 
     def read_files(self, name: str) -> pd.DataFrame:
-        """The archive's Parquet file as pandas, with the schema's dtypes."""
-        table = pq.read_table(io.BytesIO(self.read_bytes(self.file(name, "parquet"))))
+        """The archive's Parquet file as pandas, with the schema's columns and dtypes.
+
+        Raises
+        ------
+        WorkDirError
+            If it is not a Parquet file, lacks a column, or a column cannot be read as the
+            schema's type.
+        """
+        data = self.read_bytes(self.file(name, "parquet"))
+        try:
+            table = parquet_table(data)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise self.damaged(name, "parquet", f"not a readable Parquet file ({e})") from e
+        present = set(table.column_names)
+        missing = [c for c in FILE_COLUMNS if c not in present and c not in OPTIONAL_FILE_COLUMNS]
+        if missing:
+            raise self.damaged(name, "parquet", f"has no column(s) {', '.join(missing)}")
+        columns = []
+        for f in FILE_SCHEMA:
+            if f.name not in present:
+                columns.append(pa.nulls(table.num_rows, f.type))
+                continue
+            try:
+                col = table.column(f.name)
+                columns.append(col if col.type == f.type else col.cast(f.type))
+            except (pa.ArrowException, KeyError) as e:
+                problem = f"column {f.name!r} cannot be read as {f.type} ({e})"
+                raise self.damaged(name, "parquet", problem) from e
+        table = pa.Table.from_arrays(columns, schema=FILE_SCHEMA)
         return table.to_pandas(types_mapper=_types_mapper)
 
     def open_features(self, name: str, d: int, which: str = "dat") -> np.ndarray:
         """The archive's vectors (``which="dct"``: its DCT descriptors), memory-mapped locally."""
         path = self.file(name, which)
         if self.local:
-            import os
-
             n = os.path.getsize(path) // (4 * d) if d else 0
             if n == 0:
                 return np.zeros((0, d), dtype="<f4")
             return np.memmap(path, dtype="<f4", mode="r", shape=(n, d))
-        return np.frombuffer(self.read_bytes(path), dtype="<f4").reshape(-1, d)
+        raw = self.read_bytes(path)
+        n = len(raw) // (4 * d) if d else 0  # a damaged size shows as a row count to check
+        return np.frombuffer(raw, dtype="<f4", count=n * d).reshape(n, d)
+
+
+_COPY_BLOCK = 2**20
+_PIPE_MAX = 8 * 2**20  # a file up to this size goes to an object store in one PUT
+
+
+def _size(f: IO[bytes]) -> int:
+    return f.seek(0, io.SEEK_END)
+
+
+def _copy_into(f: IO[bytes], data: bytes | IO[bytes]) -> None:
+    if isinstance(data, bytes | bytearray | memoryview):
+        f.write(data)
+    else:
+        data.seek(0)
+        shutil.copyfileobj(data, f, _COPY_BLOCK)
 
 
 def save_binary_feature(
@@ -397,13 +841,13 @@ def load_binary_feature(
     (list of str, ndarray)
         File names and the float32 ``[N, d]`` array.
     """
-    so = dict(storage_options or {})
-    with fsspec.open(filename, "rb", **so) as f:
+    fs, path = remote.filesystem(filename, storage_options)
+    with fs.open(path, "rb") as f:
         raw = f.read()
     if len(raw) % (4 * d):
         raise ValueError(f"{filename}: {len(raw)} bytes is not a whole number of {d}-d float32 rows")
     arr = np.frombuffer(raw, dtype="<f4").reshape(-1, d).astype(np.float32)
-    with fsspec.open(filename + ".csv", "rt", **so) as f:
+    with fs.open(path + ".csv", "rt") as f:
         names = pd.read_csv(f, dtype={"filename": str}, keep_default_na=False)["filename"].tolist()
     if len(names) != arr.shape[0]:
         raise ValueError(f"{filename}: {arr.shape[0]} rows but {len(names)} names in the .csv")

@@ -6,7 +6,8 @@ change, a horizontal flip and/or a crop, i.e. when, after the right alignment, t
 agree everywhere. Look-alikes (two clocks showing different times, the same arrow in two
 colours, two different wood textures) do not: they differ somewhere.
 
-The check, per pair, on images decoded with aspect kept to 128 px on the long side:
+The check, per pair, on images decoded (as displayed: EXIF orientation applied, through
+:func:`dedupdask.decode.to_rgb`) with aspect kept to 128 px on the long side:
 
 1. **Alignment search** on 48 px grey images: for each direction (B inside A, A inside B),
    each scale ``s`` in 0.70..1.00 (the inner image covers ``s`` of the outer one's width, its
@@ -160,7 +161,7 @@ class Prepared:
     Attributes
     ----------
     width, height : int
-        Size of the original image (its aspect ratio drives the alignment).
+        Size of the original image as displayed (its aspect ratio drives the alignment).
     rgb : ndarray
         uint8 ``[h, w, 3]``, the image with its long side at 128 px.
     """
@@ -175,17 +176,16 @@ def _fine_size(width: int, height: int) -> tuple[int, int]:
     return max(8, round(height * s)), max(8, round(width * s))
 
 
-def prepare_image(
-    data: bytes, width: int, height: int, *, max_image_pixels: int = 100_000_000
-) -> Prepared | str:
+def prepare_image(data: bytes, *, max_image_pixels: int = 100_000_000) -> Prepared | str:
     """Decode one image for :func:`match_score`, or return why it cannot be.
+
+    The size comes from the file itself (as displayed), not from what extraction recorded:
+    work_dirs of decode version 1 recorded rotated photos' sizes as stored.
 
     Parameters
     ----------
     data : bytes
         The encoded image.
-    width, height : int
-        Its size as recorded by extraction.
     max_image_pixels : int
         Larger images are not decoded.
 
@@ -198,14 +198,12 @@ def prepare_image(
     >>> import io
     >>> from PIL import Image
     >>> buf = io.BytesIO(); Image.new("RGB", (256, 64), "red").save(buf, "PNG")
-    >>> prepare_image(buf.getvalue(), 256, 64).rgb.shape
+    >>> prepare_image(buf.getvalue()).rgb.shape
     (32, 128, 3)
     """
     from .decode import decode_image
 
-    d = decode_image(
-        data, _fine_size(width, height), max_image_pixels=max_image_pixels, min_image_size=1
-    )
+    d = decode_image(data, _fine_size, max_image_pixels=max_image_pixels, min_image_size=1)
     if d.error_code != "VALID" or d.pixels is None:
         return f"{d.error_code}: {d.message}"
     return Prepared(int(d.width), int(d.height), d.pixels)
@@ -541,7 +539,7 @@ def _score(va: _View, vb: _View, early_accept: float | None) -> float:
 # -- Dask tasks ----------------------------------------------------------------------------------
 def load_archive_images(
     url: str,
-    wanted: Iterable[tuple[str, int, int, int, int]],
+    wanted: Iterable[tuple[str, int, int]],
     storage_options: dict[str, Any] | None = None,
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
@@ -552,7 +550,7 @@ def load_archive_images(
     ----------
     url : str
         The archive (or loose-image folder) URL.
-    wanted : iterable of (member, occurrence, global index, width, height)
+    wanted : iterable of (member, occurrence, global index)
     storage_options : dict, optional
         fsspec options.
     max_image_pixels, max_member_bytes : int
@@ -569,17 +567,17 @@ def load_archive_images(
     items = list(wanted)
     done = read_archive_members(
         url,
-        {(m, int(o)) for m, o, _, _, _ in items},
+        {(m, int(o)) for m, o, _ in items},
         handle=lambda data: data,
         fail=lambda reason: reason,
         storage_options=storage_options,
         max_member_bytes=max_member_bytes,
     )
     out: dict[int, Prepared | str] = {}
-    for m, o, idx, w, h in items:
+    for m, o, idx in items:
         v = done.get((m, int(o)), "member not read")
         if isinstance(v, bytes | bytearray):
-            v = prepare_image(bytes(v), int(w), int(h), max_image_pixels=max_image_pixels)
+            v = prepare_image(bytes(v), max_image_pixels=max_image_pixels)
         out[int(idx)] = v
     return out
 
@@ -632,7 +630,7 @@ def score_pairs(
 
 
 def load_ranged_images(
-    items: Iterable[tuple[int, str, int, int, int, int]],
+    items: Iterable[tuple[int, str, int, int]],
     storage_options: dict[str, Any] | None = None,
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
@@ -644,7 +642,7 @@ def load_ranged_images(
 
     Parameters
     ----------
-    items : iterable of (global index, archive URL, offset, size, width, height)
+    items : iterable of (global index, archive URL, offset, size)
     storage_options : dict, optional
         fsspec options.
     max_image_pixels, max_member_bytes : int
@@ -655,14 +653,12 @@ def load_ranged_images(
     dict
         Global index -> :class:`Prepared`, or the reason it could not be read.
     """
-    import fsspec
-
-    from .remote import call
+    from .remote import call, filesystem
 
     tune_allocator()
     so = dict(storage_options or {})
     out: dict[int, Prepared | str] = {}
-    by_url: dict[str, list[tuple[int, str, int, int, int, int]]] = {}
+    by_url: dict[str, list[tuple[int, str, int, int]]] = {}
     for it in items:
         if it[3] > max_member_bytes:
             out[int(it[0])] = f"member of {it[3]} bytes exceeds max_member_bytes={max_member_bytes}"
@@ -670,7 +666,7 @@ def load_ranged_images(
             by_url.setdefault(it[1], []).append(it)
     for url, group in by_url.items():
         try:
-            fs, path = fsspec.core.url_to_fs(url, **so)
+            fs, path = filesystem(url, so)
             datas = call(
                 fs.cat_ranges,
                 [path] * len(group),
@@ -683,20 +679,18 @@ def load_ranged_images(
             for g in group:
                 out[int(g[0])] = f"archive not read: {type(e).__name__}: {e}"
             continue
-        for (idx, _, _, size, w, h), data in zip(group, datas, strict=True):
+        for (idx, _, _, size), data in zip(group, datas, strict=True):
             if isinstance(data, BaseException) or len(data) != size:
                 why = data if isinstance(data, BaseException) else f"{len(data)} of {size} bytes"
                 out[int(idx)] = f"member not read: {why}"
             else:
-                out[int(idx)] = prepare_image(
-                    bytes(data), int(w), int(h), max_image_pixels=max_image_pixels
-                )
+                out[int(idx)] = prepare_image(bytes(data), max_image_pixels=max_image_pixels)
     return out
 
 
 def _score_ranged(
     pairs: np.ndarray,
-    items: tuple[tuple[int, str, int, int, int, int], ...],
+    items: tuple[tuple[int, str, int, int], ...],
     storage_options: dict[str, Any],
     max_image_pixels: int,
     max_member_bytes: int,
@@ -741,7 +735,7 @@ def verify_pairs(
         ``from, to``: global indices.
     images : DataFrame
         Indexed by global index: ``archive`` (URL), ``member``, ``occ`` (occurrence of the
-        member name in its archive), ``width``, ``height``, optionally ``member_offset`` and
+        member name in its archive), optionally ``member_offset`` and
         ``file_size``; at least every index in ``pairs``. Pairs whose two images have a
         ``member_offset`` (uncompressed tars) are scored in chunks of :data:`PAIRS_PER_TASK`
         that read just their images by byte range; the others by archive, each archive
@@ -876,12 +870,11 @@ def _ranged_tasks(
         need = np.unique(p[g])
         sub = images.loc[need]
         items = tuple(
-            (int(i), str(u), int(o), int(sz), int(w) if pd.notna(w) else 0, int(h) if pd.notna(h) else 0)
-            for i, u, o, sz, w, h in zip(
-                sub.index, sub["archive"], sub["member_offset"], sub["file_size"],
-                sub["width"], sub["height"], strict=True,
+            (int(i), str(u), int(o), int(sz))
+            for i, u, o, sz in zip(
+                sub.index, sub["archive"], sub["member_offset"], sub["file_size"], strict=True
             )
-        )  # fmt: skip
+        )
         tasks.append(
             dask.delayed(_score_ranged, pure=True)(
                 p[g], items, so, max_image_pixels, max_member_bytes, early_accept
@@ -905,17 +898,15 @@ def _streamed_tasks(
         return [], [], [], []
     sub_p = p[rows]
     need = np.unique(sub_p)
-    info = images.loc[need, ["archive", "member", "occ", "width", "height"]]
+    info = images.loc[need, ["archive", "member", "occ"]]
     archive_of = info["archive"].astype(str)
     key, ga, gb, urls = _archive_pair_order(images, sub_p)
     loads = []
     for u in urls:
         sub = info[archive_of == u]
         wanted = tuple(
-            (str(m), int(o), int(i), int(w) if pd.notna(w) else 0, int(h) if pd.notna(h) else 0)
-            for i, m, o, w, h in zip(
-                sub.index, sub["member"], sub["occ"], sub["width"], sub["height"], strict=True
-            )
+            (str(m), int(o), int(i))
+            for i, m, o in zip(sub.index, sub["member"], sub["occ"], strict=True)
         )
         loads.append(
             dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes)

@@ -1,12 +1,14 @@
 """Analysis stage (run_mode=2): loading, exact groups, kNN, tables, files, load() round trip.
 
 Work_dirs are synthetic: vectors with planted exact duplicates (same md5), pixel duplicates
-(same pixel_md5, different md5), near duplicates, outliers and invalid images, written with
-``WorkDir.write_archive`` exactly as extraction writes them.
+(same pixel_md5, different md5), optionally images equal only at model size (same input_md5),
+near duplicates, outliers and invalid images, written with ``WorkDir.write_archive`` exactly as
+extraction writes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 from dataclasses import dataclass, field
@@ -14,10 +16,12 @@ from dataclasses import dataclass, field
 import dask
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from dedupdask.collect import collect
 from dedupdask.config import RunConfig
+from dedupdask.decode import DECODE_VERSION
 from dedupdask.knn import ARGMAX_MAX_K, exact_knn, knn_graph, nndescent_knn, normalize_rows
 from dedupdask.results import build, load
 from dedupdask.store import WorkDir, empty_files_frame
@@ -41,6 +45,7 @@ class Planted:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # filename -> vector
     groups: list[set[str]] = field(default_factory=list)  # sets that must be mutually similar
     exact_groups: list[set[str]] = field(default_factory=list)
+    input_pairs: list[set[str]] = field(default_factory=list)  # equal model inputs only
     outliers: set[str] = field(default_factory=set)
     n_archives: int = 0
 
@@ -62,6 +67,7 @@ def make_dataset(
     n_near: int = 40,
     n_exact: int = 25,
     n_pixel: int = 10,
+    n_input: int = 0,
     n_outliers: int = 10,
     n_invalid: int = 12,
 ) -> Planted:
@@ -74,15 +80,18 @@ def make_dataset(
     base = normalize_rows(base)
     vecs: list[np.ndarray] = list(base)
     md5 = [f"m{i}" for i in range(n)]
-    pix = [f"p{i}" for i in range(n)]
+    pix: list[str | None] = [f"p{i}" for i in range(n)]
+    inp: list[str | None] = [None] * n
     groups: list[list[int]] = []
     exact: list[list[int]] = []
+    same_input: list[list[int]] = []
     free = iter(rng.permutation(n))
 
-    def add(vec: np.ndarray, m: str, p: str) -> int:
+    def add(vec: np.ndarray, m: str, p: str | None, i: str | None = None) -> int:
         vecs.append(vec)
         md5.append(m)
         pix.append(p)
+        inp.append(i)
         return len(vecs) - 1
 
     def near(i: int) -> np.ndarray:
@@ -106,6 +115,12 @@ def make_dataset(
         j = add(vecs[i].copy(), f"pixel-md5-{g}", pix[i])
         groups.append([i, j])
         exact.append([i, j])
+    for g in range(n_input):  # same model input, different bytes and full pixels
+        i = int(next(free))
+        inp[i] = f"in{g}"
+        j = add(vecs[i].copy(), f"input-md5-{g}", None, inp[i])
+        groups.append([i, j])
+        same_input.append([i, j])
     for _ in range(5):  # an exact group that also has a near duplicate
         i = int(next(free))
         j = add(vecs[i].copy(), md5[i], f"y{i}")
@@ -136,6 +151,7 @@ def make_dataset(
                 "member": member,
                 "md5": md5[img],
                 "pixel_md5": pix[img],
+                "input_md5": inp[img],
                 "valid": True,
                 "width": int(100 + img % 50),
                 "height": 80,
@@ -150,6 +166,7 @@ def make_dataset(
             "member": member,
             "md5": f"bad{c}",
             "pixel_md5": None,
+            "input_md5": None,
             "valid": False,
             "width": None,
             "height": None,
@@ -160,14 +177,24 @@ def make_dataset(
         out.rows.insert(idxs[len(idxs) // 2] if idxs else len(out.rows), row)
     out.groups = [{names[i] for i in g} for g in groups]
     out.exact_groups = [{names[i] for i in g} for g in exact]
+    out.input_pairs = [{names[i] for i in g} for g in same_input]
     out.outliers = {names[i] for i in outl}
     return out
 
 
 def write_dataset(
-    wd_url: str, ds: Planted, archives: list[int] | None = None, model: dict | None = None
+    wd_url: str,
+    ds: Planted,
+    archives: list[int] | None = None,
+    model: dict | None = None,
+    decode_version: int | None = DECODE_VERSION,
 ) -> WorkDir:
-    """Write the dataset's archives (all, or the given ones) into a work_dir."""
+    """Write the dataset's archives (all, or the given ones) into a work_dir.
+
+    ``decode_version=None`` writes them as dedupdask did before it recorded one: no
+    ``decode_version`` in ``done.json``, no ``input_md5`` column, and the model-input hash
+    (the planted ``input_md5``, else ``pixel_md5``) in ``pixel_md5``.
+    """
     wd = WorkDir(wd_url)
     wd.makedirs()
     meta = empty_files_frame()
@@ -194,6 +221,7 @@ def write_dataset(
                     "file_size": r["file_size"],
                     "md5": r["md5"],
                     "pixel_md5": r["pixel_md5"],
+                    "input_md5": r["input_md5"],
                     "mean": 100.0,
                     "min": 0.0,
                     "max": 255.0,
@@ -227,9 +255,28 @@ def write_dataset(
             "dedupdask_version": "test",
             "timings": {},
         }
+        if decode_version is not None:
+            done["decode_version"] = decode_version
         skipped = pd.DataFrame(columns=["filename", "member", "reason", "filesize"])
         wd.write_archive(f"{a:05d}.tar", features, files, skipped, done)
+        if decode_version is None:
+            downgrade_parquet(wd, f"{a:05d}.tar")
     return wd
+
+
+def downgrade_parquet(wd: WorkDir, name: str) -> None:
+    """Rewrite an archive's Parquet file as decode version 1 wrote it: the model-input hash
+    in ``pixel_md5``, no ``input_md5`` column."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    df = wd.read_files(name)
+    df["pixel_md5"] = df["input_md5"].fillna(df["pixel_md5"])
+    table = pa.Table.from_pandas(df.drop(columns="input_md5"), preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    wd.write_bytes(wd.file(name, "parquet"), buf.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +400,71 @@ def test_mixing_models_raises(dataset, tmp_path):
     write_dataset(str(tmp_path), dataset, archives=[2], model=other)
     with pytest.raises(ValueError, match=r"test-model.*00000\.tar.*other-model.*00002\.tar"):
         build(str(tmp_path), config=CFG)
+
+
+def _kinds(res) -> dict[tuple[int, int], str]:
+    s = res.similarity
+    return dict(zip(zip(s["from"], s["to"], strict=True), s["kind"], strict=True))
+
+
+def test_equal_model_inputs_are_not_exact(tmp_path):
+    """Images equal only at model size (same input_md5, no common pixel_md5) share the kNN row
+    of their input group but are decided like any pair (here unverified: near), never exact."""
+    ds = make_dataset(n=600, n_archives=3, seed=3, n_exact=5, n_pixel=4, n_input=6)
+    write_dataset(str(tmp_path), ds)
+    res = build(str(tmp_path), config=dataclasses.replace(CFG, verify=False))
+    index = _index_of(str(tmp_path))
+    kinds = _kinds(res)
+    s = res.similarity
+    sims = dict(zip(zip(s["from"], s["to"], strict=True), s["similarity"], strict=True))
+    comp = res.components.set_index("index")["component_id"]
+    nearest = dict(zip(res.outliers["index"], res.outliers["nearest"], strict=True))
+    for g in ds.input_pairs:
+        a, b = sorted(index[f] for f in g)
+        assert kinds[(a, b)] == "near" and sims[(a, b)] == 1.0
+        assert comp[a] == comp[b]
+        assert nearest.get(a, b) == b and nearest.get(b, a) == a
+    for g in ds.exact_groups:
+        for a, b in itertools.combinations(sorted(index[f] for f in g), 2):
+            assert kinds[(a, b)] == "exact"
+    counts = res.run["counts"]
+    assert counts["exact_groups"] == len(ds.exact_groups)
+    assert counts["knn_representatives"] == counts["representatives"] - len(ds.input_pairs)
+    assert counts["same_input_candidates"] == len(ds.input_pairs)
+    assert res.run["decode_version"] == DECODE_VERSION
+
+
+def test_work_dir_without_decode_version_reads_its_pixel_md5_as_input_md5(tmp_path):
+    """Before done.json recorded a decode version, pixel_md5 hashed the model-input pixels:
+    such work_dirs still load, and their pixel duplicates are no longer called exact."""
+    ds = make_dataset(n=600, n_archives=3, seed=4, n_exact=5, n_pixel=4, n_input=0)
+    write_dataset(str(tmp_path), ds, decode_version=None)
+    assert "decode_version" not in WorkDir(str(tmp_path)).read_done("00000.tar")
+    res = build(str(tmp_path), config=dataclasses.replace(CFG, verify=False))
+    assert res.run["decode_version"] == 1
+    files = res.files.compute()
+    assert files["pixel_md5"].isna().all() and files["input_md5"].notna().any()
+    index = _index_of(str(tmp_path))
+    md5 = {r["filename"]: r["md5"] for r in ds.rows}
+    kinds = _kinds(res)
+    for g in ds.exact_groups:
+        same_bytes = len({md5[f] for f in g}) == 1
+        for a, b in itertools.combinations(sorted(index[f] for f in g), 2):
+            assert kinds[(a, b)] == ("exact" if same_bytes else "near")
+    again = load(str(tmp_path))
+    pd.testing.assert_frame_equal(again.similarity, res.similarity)
+
+
+def test_mixing_decode_versions_raises(dataset, tmp_path, capsys):
+    write_dataset(str(tmp_path), dataset, archives=[0, 1], decode_version=None)
+    write_dataset(str(tmp_path), dataset, archives=[2])
+    with pytest.raises(ValueError, match=r"decode_version 1 .*00000\.tar.*2 .*00002\.tar"):
+        build(str(tmp_path), config=CFG)
+    from dedupdask.cli import main
+
+    assert main(["build", str(tmp_path), "--no-progress", "--client", "sync"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "00000.tar" in err and "00002.tar" in err, err
 
 
 def test_failed_and_missing_archives_reported(dataset, tmp_path):

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dedupdask.decode import decode_image, sniff_image
 
@@ -94,3 +94,119 @@ def test_sniff():
     assert sniff_image(_enc(Image.new("RGB", (4, 4)), "WEBP"))
     assert not sniff_image(b"hello world")
     assert not sniff_image(b"")
+
+
+# -- what the model sees is what a viewer shows (issue 22, point 6) ----------------------------
+def _picture(size=(800, 400), seed=3) -> Image.Image:
+    from dedupdask.datasets import random_picture
+
+    return random_picture(np.random.default_rng(seed), size)
+
+
+def _with_orientation(im: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _enc(im, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def _shown(im: Image.Image, orientation: int) -> Image.Image:
+    """What a viewer shows for ``im`` stored with ``orientation``: Pillow's own
+    ``ImageOps.exif_transpose`` (the oracle), applied to a lossless copy carrying the tag."""
+    with Image.open(io.BytesIO(_with_orientation(im, orientation, "PNG"))) as stored:
+        return ImageOps.exif_transpose(stored).convert("RGB")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt,size", [("JPEG", (160, 160)), ("JPEG", (64, 64)), ("PNG", (160, 160))])
+def test_exif_orientation_applied_even_in_draft_mode(orientation, fmt, size):
+    """A file stored sideways with an EXIF Orientation decodes like its turned twin; draft
+    mode (JPEG scaled in the DCT domain first) still applies it; sizes are as displayed."""
+    im = _picture()
+    stored = _with_orientation(im, orientation, fmt)
+    twin_im = _shown(im, orientation)
+    twin = _enc(twin_im, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    a, b = decode_image(stored, size), decode_image(twin, size)
+    assert a.error_code == b.error_code == "VALID"
+    assert (a.width, a.height) == (b.width, b.height) == twin_im.size
+    diff = np.abs(a.pixels.astype(np.int16) - b.pixels).mean()
+    assert diff < 2.0, diff
+    if orientation in (5, 6, 7, 8):  # and not what the unturned picture gives
+        assert np.abs(a.pixels.astype(np.int16) - decode_image(_enc(im, fmt), size).pixels).mean() > 20
+    if fmt == "PNG":  # the full-resolution pixels of a lossless file are the twin's exactly
+        assert a.pixel_md5 == b.pixel_md5 is not None
+    # verification keeps the aspect ratio: of the image as displayed
+    from dedupdask.verify import prepare_image
+
+    pa_, pb_ = prepare_image(stored), prepare_image(twin)
+    portrait = orientation in (5, 6, 7, 8)
+    assert pa_.rgb.shape == pb_.rgb.shape == ((128, 64, 3) if portrait else (64, 128, 3))
+
+
+def test_broken_exif_is_ignored_not_an_error():
+    im = _picture((300, 200))
+    for exif in (b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff", b"Exif\x00\x00garbage"):
+        d = decode_image(_enc(im, "JPEG", exif=exif), (64, 64))
+        assert d.error_code == "VALID" and (d.width, d.height) == (300, 200)
+    odd = Image.Exif()
+    odd[0x0112] = 9  # not an orientation
+    assert decode_image(_enc(im, "JPEG", exif=odd.tobytes()), (64, 64)).width == 300
+
+
+def test_pixel_md5_hashes_full_resolution_input_md5_the_model_input():
+    """pixel_md5 is what its name says: equal only for equal full-resolution pixels (any
+    encoding); input_md5 is the hash of the model input. Pixels changed only at full
+    resolution keep the input_md5 and change the pixel_md5."""
+    import hashlib
+
+    im = _picture((400, 300), seed=5)
+    png = decode_image(_enc(im, "PNG"), (160, 160))
+    bmp = decode_image(_enc(im, "BMP"), (160, 160))
+    assert png.pixel_md5 == bmp.pixel_md5 == hashlib.md5(im.tobytes() + b"400x300").hexdigest()
+    arr = np.asarray(im).copy()
+    for y, x in ((150, 200), (10, 10), (77, 301), (299, 399), (123, 45)):
+        arr2 = arr.copy()
+        arr2[y, x, 0] ^= 1
+        other = decode_image(_enc(Image.fromarray(arr2), "PNG"), (160, 160))
+        if other.input_md5 == png.input_md5:
+            break
+    else:
+        pytest.fail("no one-pixel change was invisible at 160 px")
+    assert np.array_equal(other.pixels, png.pixels) and other.pixel_md5 != png.pixel_md5
+    # a JPEG decoded at a reduced scale (draft mode) has no full-resolution hash; a small one has
+    big = decode_image(_enc(im, "JPEG"), (64, 64))
+    assert big.pixel_md5 is None and big.input_md5 is not None
+    small_jpeg = _enc(im.resize((100, 75)), "JPEG")
+    small = decode_image(small_jpeg, (64, 64))
+    full = Image.open(io.BytesIO(small_jpeg)).convert("RGB")
+    assert small.pixel_md5 == hashlib.md5(full.tobytes() + b"100x75").hexdigest()
+    # files whose 8-bit RGB is not all there is to them get no pixel_md5: two animations
+    # with the same first frame, pictures that differ under transparent pixels
+    frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    gifs = [_enc(frames[0], "GIF", save_all=True, append_images=[f]) for f in frames[1:]]
+    g1, g2 = (decode_image(g, (16, 16)) for g in gifs)
+    assert g1.input_md5 == g2.input_md5 and g1.pixel_md5 is None and g2.pixel_md5 is None
+    under = [Image.new("RGBA", (30, 30), (v, 0, 0, 0)) for v in (0, 200)]
+    r1, r2 = (decode_image(_enc(u, "PNG"), (16, 16)) for u in under)
+    assert r1.input_md5 == r2.input_md5 and r1.pixel_md5 is None and r2.pixel_md5 is None
+    i16 = decode_image(_enc(Image.new("I;16", (30, 30), 40000), "PNG"), (16, 16))
+    assert i16.error_code == "VALID" and i16.pixel_md5 is None
+
+
+def test_transparency_composited_on_white_everywhere():
+    """One conversion: colour-keyed, palette and alpha transparency all become white, in the
+    model input and in the thumbnail alike."""
+    from dedupdask.decode import to_rgb
+    from dedupdask.readback import make_thumbnail
+
+    rgb_key = Image.new("RGB", (40, 40), (0, 0, 0))
+    grey_key = Image.new("L", (40, 40), 0)
+    alpha = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    for im, kw in ((rgb_key, {"transparency": (0, 0, 0)}), (grey_key, {"transparency": 0}), (alpha, {})):
+        data = _enc(im, "PNG", **kw)
+        assert decode_image(data, (16, 16)).pixels.min() == 255
+        assert to_rgb(Image.open(io.BytesIO(data))).getpixel((5, 5)) == (255, 255, 255)
+        t = make_thumbnail(data, max_side=20)
+        import base64
+
+        shown = Image.open(io.BytesIO(base64.b64decode(t.uri.split(",", 1)[1])))
+        assert np.asarray(shown.convert("L")).min() > 245

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from conftest import HOSTILE_MEMBERS
 
 import dedupdask as ddk
 from dedupdask.store import WorkDir
+from dedupdask.store import tmp_path as tmp_path_of
 
 
 def extract(inp, wd, **kw):
@@ -129,8 +131,8 @@ else:
     def write_bytes(self, path, data):
         calls[0] += 1
         if calls[0] > after:
-            with open(path + ".tmp-crash", "wb") as f:
-                f.write(data[: len(data) // 2])  # a half-written temporary file
+            with open(store.tmp_path(path), "wb") as f:
+                f.write(data[: len(data) // 2])  # a half-written temporary file, then death
             os._exit(17)
         return real(self, path, data)
     store.WorkDir.write_bytes = write_bytes
@@ -233,7 +235,7 @@ def test_member_offsets_point_at_the_bytes_of_uncompressed_tars(hostile_dir, tmp
 
 
 def test_archive_task_clears_temporaries_a_killed_worker_left(sample_shards, tmp_path):
-    """A worker killed mid-write leaves <file>.tmp-<id>; the task that redoes the archive
+    """A worker killed mid-write leaves <file>.tmp-<owner>; the task that redoes the archive
     (Dask reruns it within the same job, after the job-start cleanup) removes them."""
     from dedupdask.config import RunConfig
     from dedupdask.partition import ArchiveTask, process_archive
@@ -242,7 +244,9 @@ def test_archive_task_clears_temporaries_a_killed_worker_left(sample_shards, tmp
     src = list_sources(sample_shards.root)[0]
     wd = tmp_path / "wd"
     wd.mkdir()
-    stale = wd / f"{src.name}features.dat.tmp-deadbeef"
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    stale = Path(tmp_path_of(str(wd / f"{src.name}features.dat"), pid=killed.pid))
     stale.write_bytes(b"half a file")
     other = wd / "someone-else.dat.tmp-1"
     other.write_bytes(b"not ours")

@@ -60,6 +60,15 @@ def edges(idx: np.ndarray, sim: np.ndarray, threshold: float) -> set[tuple[int, 
     return set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist(), strict=True))
 
 
+@pytest.fixture(autouse=True)
+def fixed_local_workers(monkeypatch):
+    """Without a cluster the row ranges follow ``os.cpu_count()``: pin it, so the merges are
+    the same on every machine (the bucket assignment still follows the BLAS kernel's
+    rounding; tests/test_empties.py fixes it to cover empty pieces everywhere)."""
+    real = kp._n_workers
+    monkeypatch.setattr(kp, "_n_workers", lambda: real() if kp._cluster_workers() else 2)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     x, _ = planted(6000, 48)

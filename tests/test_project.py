@@ -140,17 +140,20 @@ def test_every_import_of_the_package_is_a_declared_dependency():
 
 
 def test_tests_benchmarks_and_notebooks_imports_are_in_the_test_extra():
+    """Tests and notebooks need only the ``test`` extra; benchmarks may also use ``bench``."""
     core, extras = _declared()
-    files: dict[str, str] = {}
     local = {"dedupdask"}
-    for folder in ("tests", "benchmarks"):
+    files: dict[str, dict[str, str]] = {"tests": {}, "benchmarks": {}}
+    for folder in files:
         for p in sorted((ROOT / folder).glob("*.py")):
-            files[str(p.relative_to(ROOT))] = p.read_text()
+            files[folder][str(p.relative_to(ROOT))] = p.read_text()
             local.add(p.stem)  # tests import conftest, s3server, cluster... from their folder
     for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        files[str(p.relative_to(ROOT))] = _notebook_source(p)
-    bad = _undeclared(_third_party(files, local), core | extras["test"])
-    assert not bad, "imported by tests/benchmarks/notebooks but not declared: " + "; ".join(bad)
+        files["tests"][str(p.relative_to(ROOT))] = _notebook_source(p)
+    bad = _undeclared(_third_party(files["tests"], local), core | extras["test"])
+    assert not bad, "imported by tests/notebooks but not in the test extra: " + "; ".join(bad)
+    bad = _undeclared(_third_party(files["benchmarks"], local), core | extras["test"] | extras["bench"])
+    assert not bad, "imported by benchmarks but not in the test or bench extra: " + "; ".join(bad)
 
 
 def test_every_declared_dependency_is_pinned_in_constraints():
@@ -250,7 +253,7 @@ def test_run_forwards_every_keyword_to_the_config(monkeypatch, tmp_path):
         "max_memory_per_task": "1GB", "d_reduce": 8, "knn_dtype": "float16",
         "keep_archives": True, "keep_images": True, "turi_param": "delete_tar=0",
         "resume": False, "max_image_pixels": 5, "max_member_bytes": 6, "max_archive_bytes": 7,
-        "min_image_size": 2, "storage_attempts": 4, "progress": False,
+        "min_image_size": 2, "storage_attempts": 4, "storage_deadline": 12.5, "progress": False,
         "storage_options": {"anon": True}, "dashboard_address": "0.0.0.0:8787",
     }  # fmt: skip
     assert set(changed) == set(_config_defaults()), "give the new option a non-default value here"

@@ -170,3 +170,67 @@ def test_retrying_reader_reads_a_zip_and_gives_up_after_attempts():
     always = remote.RetryingReader(lambda: FlakyFile(data, set(range(100, 200)), []), "s3://b/y.zip", attempts=3)
     with pytest.raises(remote.StorageError, match=r"cannot read s3://b/y.zip: .*after 3 attempts"):
         always.read(1000)
+
+
+class FakeClock:
+    """Time that passes only when an attempt or a backoff says so."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.now = 0.0
+        monkeypatch.setattr(remote, "_clock", lambda: self.now)
+        monkeypatch.setattr(remote, "_sleep", lambda attempt: self.advance(remote._backoff(attempt)))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_no_attempt_starts_after_the_deadline(monkeypatch):
+    """Attempts that each time out after 10 s: with a 30 s deadline the 3rd is the last,
+    however many attempts are allowed."""
+    clock, calls = FakeClock(monkeypatch), []
+
+    def times_out():
+        calls.append(clock.now)
+        clock.advance(10)
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+
+    with pytest.raises(remote.StorageError, match=r"after 3 attempts in 30.0 s \(ReadTimeoutError"):
+        remote.call(times_out, url="s3://b/k", attempts=10, deadline=30)
+    assert calls == [0, 10, 20]
+    calls.clear()
+    with pytest.raises(remote.StorageError, match=r"after 2 attempts in 20.0 s"):  # attempts first
+        remote.call(times_out, url="s3://b/k", attempts=2, deadline=300)
+
+
+def test_reader_deadline_is_per_failing_read(monkeypatch):
+    """A read that keeps failing stops at the deadline and is remembered as the reader's
+    failure; the deadline counts from that read's first failure, not from the open."""
+    clock = FakeClock(monkeypatch)
+    state = {"dead": False}
+
+    class File(io.BytesIO):
+        def read(self, size=-1):
+            if state["dead"]:
+                clock.advance(4)
+                raise ConnectionResetError(errno.ECONNRESET, "reset")
+            return super().read(size)
+
+    r = remote.RetryingReader(lambda: File(b"abcdef"), "s3://b/k", attempts=100, deadline=10)
+    assert r.read(2) == b"ab" and r.failure is None
+    clock.advance(1000)  # a long healthy stream does not use up the deadline
+    state["dead"] = True
+    with pytest.raises(remote.StorageError, match=r"cannot read s3://b/k: .* after 3 attempts in 12.0 s") as ei:
+        r.read(2)
+    assert r.failure is ei.value and r.failure.kind == "transient"
+
+
+def test_filesystem_turns_the_lower_retry_layers_off():
+    fs, path = remote.filesystem("s3://bucket/key", {"anon": True})
+    assert path == "bucket/key" and fs.retries == 1
+    assert fs.config_kwargs["retries"] == {"total_max_attempts": 1}
+    mine = {"anon": True, "config_kwargs": {"retries": {"mode": "standard"}, "read_timeout": 3}}
+    fs, _ = remote.filesystem("s3://bucket/key", mine)
+    assert fs.config_kwargs == {"retries": {"mode": "standard"}, "read_timeout": 3} and fs.retries == 1
+    assert mine == {"anon": True, "config_kwargs": {"retries": {"mode": "standard"}, "read_timeout": 3}}
+    local, _ = remote.filesystem("/tmp/x", {})
+    assert "config_kwargs" not in local.storage_options

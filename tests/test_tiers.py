@@ -29,7 +29,7 @@ def _jpeg(im: Image.Image, q: int = 90) -> bytes:
 
 
 def _prep(im: Image.Image, q: int = 90) -> Prepared:
-    p = prepare_image(_jpeg(im, q), *im.size)
+    p = prepare_image(_jpeg(im, q))
     assert isinstance(p, Prepared)
     return p
 
@@ -95,6 +95,59 @@ def test_decide_and_expand_label_each_pair_once():
     assert kinds == {(0, 5): "exact", (0, 2): "copy", (2, 5): "copy", (0, 3): "near", (3, 5): "near"}
     row = sim[(sim["from"] == 0) & (sim["to"] == 2)].iloc[0]
     assert row["similarity"] == pytest.approx(0.99) and row["copy_similarity"] == pytest.approx(0.995)
+
+
+def test_equal_model_inputs_are_verified_never_direct():
+    """A pair equal only at model size has embedding cosine 1.0, which says nothing: it is
+    verified (and stands on its own when it cannot be: verify off, image unreadable)."""
+    p = TierParams(0.97, 0.97, 0.985, 0.7, 0.85, True, 5, 0.98)
+    cands = pd.DataFrame(
+        {
+            "from": [0, 1, 2, 3],
+            "to": [5, 6, 7, 8],
+            "similarity": np.ones(4, np.float32),
+            "copy_similarity": np.array([1.0, 1.0, 0.5, 1.0], np.float32),
+            "same_input": [True, True, True, False],
+            "verify_score": [0.95, 0.2, np.nan, np.nan],
+            "verify_error": pd.array([None, None, "archive not read", None], dtype="string"),
+        }
+    )
+    d = decide(cands, p)
+    assert d["direct"].tolist() == [False, False, False, True]
+    assert d["to_verify"].tolist() == [True, True, True, False]
+    assert d["accepted"].tolist() == [True, False, True, True]
+    assert d["kind"].tolist() == ["copy", "copy", "near", "copy"]
+    off = decide(cands.drop(columns=["verify_score", "verify_error"]), TierParams(0.97, 0.97, 0.985, None, 0.85, False, 5, 0.98))
+    assert off["accepted"].all() and not off["to_verify"].any()
+
+
+def test_expand_graph_gives_every_exact_group_its_row():
+    from dedupdask.analyses import exact_groups, expand_graph
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 4
+    md5 = [f"m{i}" for i in rng.integers(0, 300, n)]
+    inp = [f"i{i}" for i in rng.integers(0, 120, n)]
+    groups, inputs = exact_groups(md5), exact_groups(md5, inp)
+    fine, coarse = groups.reps, inputs.reps
+    idx = rng.integers(-1, coarse.size, (coarse.size, k))
+    idx[idx == np.arange(coarse.size)[:, None]] = -1
+    sim = np.where(idx >= 0, rng.uniform(0, 0.9, idx.shape), np.nan).astype(np.float32)
+    out_idx, out_sim = expand_graph(groups, inputs, idx, sim)
+    assert out_idx.shape == out_sim.shape == (fine.size, k)
+    for r, rep in enumerate(fine):
+        siblings = set(fine[inputs.rep[fine] == inputs.rep[rep]]) - {rep}
+        ns = min(len(siblings), k)
+        got = fine[out_idx[r, :ns]]
+        assert set(got) <= siblings and len(set(got)) == ns and (out_sim[r, :ns] == 1.0).all()
+        base = idx[np.searchsorted(coarse, inputs.rep[rep])][: k - ns]
+        mapped = [fine[j] if j >= 0 else -1 for j in out_idx[r, ns:]]
+        assert mapped == [coarse[j] if j >= 0 else -1 for j in base]
+    # without images equal only at model size, the graph is the given one
+    g_idx = rng.integers(-1, fine.size, (fine.size, k))
+    g_sim = rng.uniform(0, 1, g_idx.shape).astype(np.float32)
+    same_idx, same_sim = expand_graph(groups, exact_groups(md5, md5), g_idx, g_sim)
+    assert same_idx is g_idx and same_sim is g_sim
 
 
 # -- end to end on shards ------------------------------------------------------------------------
@@ -320,8 +373,8 @@ def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
     path = tmp_path / "x.tar"
     path.write_bytes(b"\0" * 1024)
     got = load_ranged_images(
-        [(0, str(path), 512, 4096, 10, 10), (1, str(tmp_path / "missing.tar"), 0, 10, 10, 10),
-         (2, str(path), 0, 10**9, 10, 10)],
+        [(0, str(path), 512, 4096), (1, str(tmp_path / "missing.tar"), 0, 10),
+         (2, str(path), 0, 10**9)],
         max_member_bytes=2**20,
     )  # fmt: skip
     assert got[0].startswith("member not read")  # short read past the end

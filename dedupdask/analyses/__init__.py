@@ -6,7 +6,7 @@ once, in the module that makes it.
 """
 
 from .components import COMPONENT_COLUMNS, REMOVE_COLUMNS, components_table, duplicates_to_remove
-from .exact import ExactGroups, exact_groups
+from .exact import ExactGroups, exact_groups, expand_graph
 from .issues import ISSUE_COLUMNS, find_issues
 from .outliers import OUTLIER_COLUMNS, nearest_neighbours, outliers_table
 from .similarity import SIMILARITY_COLUMNS, similarity_table
@@ -33,6 +33,7 @@ __all__ = [
     "components_table",
     "duplicates_to_remove",
     "exact_groups",
+    "expand_graph",
     "find_issues",
     "invalid_table",
     "nearest_neighbours",

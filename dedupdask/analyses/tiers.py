@@ -6,7 +6,7 @@ blind to crops; the CNN embedding sees crops and edits but also calls look-alike
 duplicates. So pairs are found in tiers and each pair is labelled with the strongest:
 
 ``exact``
-    Same encoded bytes (``md5``) or same decoded pixels (``pixel_md5``).
+    Same encoded bytes (``md5``) or same decoded full-resolution pixels (``pixel_md5``).
 ``copy``
     DCT cosine >= ``copy_threshold`` (a kNN graph over the 63-d ``dct.dat`` vectors).
 ``near``
@@ -17,8 +17,11 @@ Verification (pixel alignment, ~1-3 ms of a core per pair) decides every pair th
 candidates of the looser embedding band ``[verify_threshold, threshold)`` and every copy
 candidate, because on clip art the DCT also matches colour variants and near-identical
 drawings (measured in ``benchmarks/results/quality_tiers.txt``). Pairs at or above
-``threshold`` are accepted without it. With ``verify=False``, or when an archive cannot be
-read, a pair stands on its tier's threshold alone (copy candidates are then accepted).
+``threshold`` are accepted without it, except pairs whose model inputs are equal
+(``input_md5``) but that are not known to be exact: their embedding cosine (1.0) says
+nothing, so they are verified too and labelled ``copy`` or ``near``. With ``verify=False``,
+or when an archive cannot be read, a pair stands on its tier's threshold alone (copy
+candidates and equal-input pairs are then accepted).
 
 Connected components link exact groups, accepted copy pairs, verified pairs, and kNN edges
 at or above ``ccthreshold`` that verification did not reject (the single-tier semantics
@@ -160,15 +163,23 @@ def candidate_pairs(
     emb_graph: tuple[np.ndarray, np.ndarray],
     dct_graph: tuple[np.ndarray, np.ndarray] | None,
     params: TierParams,
+    *,
+    input_rep: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Representative pairs that some tier proposes, with what each graph says.
+
+    Parameters
+    ----------
+    input_rep : ndarray, optional
+        int64 ``[N]``: each image's input group (see
+        :func:`dedupdask.analyses.exact.expand_graph`); pairs inside one are ``same_input``.
 
     Returns
     -------
     DataFrame
         ``from, to`` (global indices, ``from < to``), ``similarity`` (embedding cosine from
         the graph, NaN when only the DCT graph has the pair), ``copy_similarity`` (likewise
-        from the DCT graph).
+        from the DCT graph), ``same_input`` (equal model inputs, not exact duplicates).
 
     Examples
     --------
@@ -191,7 +202,13 @@ def candidate_pairs(
     else:
         out = emb.assign(copy_similarity=np.float32(np.nan))
     out = out.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
-    return out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32"})
+    out = out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32"})
+    if input_rep is None:
+        out["same_input"] = False
+    else:
+        rep = np.asarray(input_rep, dtype=np.int64)
+        out["same_input"] = rep[out["from"].to_numpy()] == rep[out["to"].to_numpy()]
+    return out
 
 
 def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
@@ -208,7 +225,8 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
     -------
     DataFrame
         ``cands`` plus ``kind`` (``copy`` or ``near``), ``direct`` (accepted without
-        verification), ``to_verify`` and ``accepted`` (bool).
+        verification), ``to_verify`` and ``accepted`` (bool). A ``same_input`` pair (when
+        ``cands`` has that column) is never direct: it is verified like a copy candidate.
 
     Examples
     --------
@@ -229,8 +247,11 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
             if params.verify_threshold is not None
             else np.zeros(len(out), bool)
         )
+    same = out["same_input"].to_numpy(bool) if "same_input" in out else np.zeros(len(out), bool)
+    direct &= ~same
+    stands = copy | same  # what an unverifiable pair is accepted on
     verify = np.full(len(out), bool(params.verify))
-    to_verify = verify & ~direct & (copy | band)
+    to_verify = verify & ~direct & (stands | band)
     if "verify_score" in out:
         score = out["verify_score"].to_numpy(np.float64)
     else:
@@ -239,7 +260,7 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         confirmed = score >= params.verify_score
     # an unreadable image leaves the pair to its tier: a copy candidate stands, a band one does not
-    accepted = direct | (to_verify & confirmed) | (to_verify & err & copy) | (~verify & copy)
+    accepted = direct | (to_verify & confirmed) | (to_verify & err & stands) | (~verify & stands)
     out["kind"] = pd.array(np.where(copy, "copy", "near"), dtype="string")
     out["direct"] = direct
     out["to_verify"] = to_verify
