@@ -44,6 +44,7 @@ _LAZY = {
     "Gallery": "galleries",
     "create_components_gallery": "galleries",
     "create_duplicates_gallery": "galleries",
+    "create_issues_gallery": "galleries",
     "create_outliers_gallery": "galleries",
     "create_stats_gallery": "galleries",
     "ExtractReport": "pipeline",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Gallery,
         create_components_gallery,
         create_duplicates_gallery,
+        create_issues_gallery,
         create_outliers_gallery,
         create_stats_gallery,
     )
@@ -98,6 +100,7 @@ __all__ = [
     "Gallery",
     "create_components_gallery",
     "create_duplicates_gallery",
+    "create_issues_gallery",
     "create_outliers_gallery",
     "create_stats_gallery",
     "load",

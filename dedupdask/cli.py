@@ -25,7 +25,7 @@ __all__ = ["main", "build_parser"]
 
 _ANALYSIS_ONLY = {
     "nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold",
-    "max_memory_per_task", "d_reduce", "knn_dtype",
+    "max_memory_per_task", "d_reduce", "knn_dtype", "issue_thresholds",
 }
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
@@ -104,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gallery", help="write HTML galleries of an analysed WORK_DIR into OUT")
     p.add_argument("work_dir")
     p.add_argument("out", help="folder for the pages (duplicates.html, outliers.html, ...)")
-    p.add_argument("--kind", choices=["all", "duplicates", "outliers", "components", "stats"],
+    p.add_argument("--kind", choices=["all", "duplicates", "outliers", "components", "stats", "issues"],
                    default="all", help="which gallery (default: all, plus index.html)")
+    p.add_argument("--issue", action="append", default=None,
+                   help="issue page(s): dark, light, blurry, low_information, odd_aspect_ratio, odd_size, "
+                        "grayscale, outlier, exact_duplicate, ... (repeatable; default: every type "
+                        "with a cut-off)")
     p.add_argument("--metric", action="append", default=None,
                    help="stats page(s): blur, dark, bright, size, mean, ... (repeatable; "
                         "default: blur, dark, bright, size)")
@@ -141,9 +145,13 @@ def _print_result(result: Any) -> None:
             "analysis: "
             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items() if not isinstance(v, (list, dict)))
         )
+        counts = summary.get("issues") or {}
+        print("issues: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
+        for kind, why in (summary.get("issues_not_reported") or {}).items():
+            print(f"  {kind} not reported: {why}")
     wd = getattr(result, "work_dir", None)
     if wd:
-        print(f"files: {wd}/similarity.csv, outliers.csv, connected_components.csv, results/*.parquet")
+        print(f"files: {wd}/similarity.csv, outliers.csv, connected_components.csv, image_issues.csv, results/*.parquet")
 
 
 def _failed(report: Any) -> bool:
@@ -188,10 +196,20 @@ def _gallery(ns: argparse.Namespace) -> int:
 
     common = {"num_images": ns.num_images, "storage_options": ns.storage_options}
     metrics = [m for item in (ns.metric or []) for m in item.split(",") if m] or list(g.DEFAULT_METRICS)
+    issues = [t for item in (ns.issue or []) for t in item.split(",") if t] or None
     if ns.kind == "all":
         if ns.threshold is not None:
             raise ValueError("--threshold needs one --kind")
-        pages = list(g.write_galleries(ns.work_dir, ns.out, metrics=metrics, **common).values())
+        pages = list(g.write_galleries(ns.work_dir, ns.out, metrics=metrics, issues=issues, **common).values())
+    elif ns.kind == "issues":
+        from .results import load
+        from .thresholds import ISSUE_TYPES
+
+        if ns.threshold is not None:
+            raise ValueError("--threshold does not apply to issue pages (set the cut-offs with "
+                             "--issue-thresholds when building)")
+        res = load(ns.work_dir, ns.storage_options)
+        pages = [g.create_issues_gallery(res, ns.out, issue=t, **common) for t in issues or ISSUE_TYPES]
     elif ns.kind == "stats":
         from .results import load
 

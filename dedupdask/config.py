@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .localcluster import DEFAULT_DASHBOARD
+from .thresholds import ISSUE_FIELDS
 
 __all__ = ["RunConfig", "parse_turi_param", "OPTION_HELP"]
 
@@ -34,6 +35,7 @@ OPTION_HELP: dict[str, str] = {
     "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops)",
     "verify_score": "pixel-alignment score (0..1) that confirms a verified pair",
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
+    "issue_thresholds": "cut-offs of the per-image issue types that replace the model's, e.g. dark=0.1,blurry=0.05,outlier=0 (0 = type off)",
     "max_memory_per_task": "memory one kNN task may use, e.g. 2GB; the kNN is partitioned into buckets when the vectors need more (default: half a Dask worker's memory limit per thread)",
     "d_reduce": "search neighbours on a PCA projection to this many dimensions (0 = off); similarities are recomputed on the original vectors",
     "knn_dtype": "storage of the vectors during the partitioned kNN search: float32 or float16 (similarities recomputed in float32)",
@@ -111,6 +113,48 @@ def _triple(value: Any, name: str) -> tuple[float, float, float] | None:
     return vals  # type: ignore[return-value]
 
 
+def _issue_thresholds(value: Any) -> tuple[tuple[str, float], ...] | None:
+    """``{"dark": 0.1}``, ``"dark=0.1,blurry=0.05"`` or pairs -> sorted ``(name, value)`` pairs.
+
+    Examples
+    --------
+    >>> _issue_thresholds("dark=0.1, blurry=0.05")
+    (('blurry', 0.05), ('dark', 0.1))
+    >>> _issue_thresholds({"outlier_group_size": 20})
+    (('outlier_group_size', 20.0),)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        pairs = []
+        for item in (v.strip() for v in value.split(",")):
+            if item:
+                key, sep, val = item.partition("=")
+                if not sep:
+                    raise ValueError(f"issue_thresholds: {item!r} is not NAME=VALUE")
+                pairs.append((key.strip(), val.strip()))
+    else:
+        pairs = list(value.items()) if isinstance(value, dict) else list(value)
+    out = {}
+    for key, val in pairs:
+        if key not in ISSUE_FIELDS:
+            raise ValueError(f"issue_thresholds: unknown name {key!r}; known: {', '.join(ISSUE_FIELDS)}")
+        try:
+            v = float(val)
+        except (TypeError, ValueError):
+            raise ValueError(f"issue_thresholds: {key} must be a number, got {val!r}") from None
+        if key == "outlier_group_size":
+            if v < 1 or not v.is_integer():
+                raise ValueError(f"issue_thresholds: outlier_group_size must be an integer >= 1, got {val!r}")
+        elif key == "outlier_link":
+            if not -1.0 <= v <= 1.0:
+                raise ValueError(f"issue_thresholds: outlier_link is a cosine in [-1, 1], got {val!r}")
+        elif not 0.0 <= v <= 1.0:
+            raise ValueError(f"issue_thresholds: {key} is a cut-off on a score in [0, 1], got {val!r}")
+        out[key] = v
+    return tuple(sorted(out.items()))
+
+
 def _dashboard_address(value: Any) -> str | None:
     """``"host:port"`` (port 0..65535, host may be empty: every interface, as in Dask), or None.
 
@@ -136,7 +180,9 @@ class RunConfig:
 
     The thresholds (``threshold``, ``ccthreshold``, ``copy_threshold``, ``verify_threshold``,
     ``verify_score``, ``lower_threshold``) default to None: the model's row of
-    :data:`dedupdask.thresholds.TABLE`, resolved once by :func:`dedupdask.thresholds.resolve`.
+    :data:`dedupdask.thresholds.TABLE`, resolved once by :func:`dedupdask.thresholds.resolve`;
+    ``issue_thresholds`` (a dict, ``"dark=0.1,blurry=0.05"`` or pairs, kept as sorted pairs)
+    replaces single values of :data:`dedupdask.thresholds.ISSUE_TABLE`.
 
     Examples
     --------
@@ -161,6 +207,7 @@ class RunConfig:
     verify_threshold: float | None = None
     verify_score: float | None = None
     verify: bool = True
+    issue_thresholds: tuple[tuple[str, float], ...] | None = None
     max_memory_per_task: str | int | None = None
     d_reduce: int = 0
     knn_dtype: str = "float32"
@@ -236,6 +283,7 @@ class RunConfig:
             and 0 < self.storage_deadline < float("inf"),
             f"storage_deadline must be a number of seconds > 0, got {self.storage_deadline!r}",
         )
+        object.__setattr__(self, "issue_thresholds", _issue_thresholds(self.issue_thresholds))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:

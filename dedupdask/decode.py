@@ -26,6 +26,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 __all__ = [
     "DECODE_VERSION",
     "ERROR_CODES",
+    "STATS_VERSION",
     "STAT_COLUMNS",
     "Decoded",
     "ImageRefused",
@@ -53,7 +54,15 @@ reduced scale) and ``input_md5`` the md5 of the model-input pixels.
 Features of different decode versions are never analysed together (a rotated photo would be
 embedded one way in one archive and the other way in the next)."""
 
-STAT_COLUMNS = ("mean", "min", "max", "stdv", "blur", "unique", "contrast")
+STAT_COLUMNS = ("mean", "min", "max", "stdv", "blur", "unique", "contrast", "p01", "p99", "chroma")
+
+STATS_VERSION = 2
+"""Version of the per-image stats, recorded as ``stats_version`` in every ``done.json``.
+
+1 (no ``stats_version`` in done.json): mean, min, max, stdv, blur, unique, contrast.
+2: also ``p01``/``p99`` (grey levels of the 1st/99th percentile) and ``chroma``; archives
+extracted before read as null there, so the issue types that need them are not reported.
+"""
 
 ERROR_CODES = (
     "VALID",
@@ -361,7 +370,8 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
     """fastdup-style stats on the grey model-size image.
 
     ``blur`` is the variance of the 4-neighbour Laplacian (low = blurry), ``unique`` the number
-    of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min).
+    of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min), ``p01`` /
+    ``p99`` the grey levels below which 1 % / 99 % of the pixels lie.
     """
     hist = np.bincount(gray.ravel(), minlength=256)  # one pass gives all but blur
     levels = np.flatnonzero(hist)
@@ -371,6 +381,7 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
     mn, mx = (float(levels[0]), float(levels[-1])) if levels.size else (0.0, 0.0)
     g = gray.astype(np.float32)
     lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    cum = np.cumsum(hist)
     return {
         "mean": mean,
         "min": mn,
@@ -379,7 +390,17 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
         "blur": float(lap.var()) if lap.size else 0.0,
         "unique": float(levels.size),
         "contrast": (mx - mn) / (mx + mn) if mx + mn > 0 else 0.0,
+        "p01": float(np.searchsorted(cum, 0.01 * n)),
+        "p99": float(np.searchsorted(cum, 0.99 * n)),
     }
+
+
+def _chroma(px: np.ndarray) -> float:
+    """99th percentile of the per-pixel spread max(R, G, B) - min(R, G, B): 0 = grey image."""
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    cum = np.cumsum(np.bincount(spread.ravel(), minlength=256))
+    return float(np.searchsorted(cum, 0.99 * max(int(spread.size), 1)))
 
 
 _LEVELS = np.arange(256, dtype=np.float64)
@@ -453,5 +474,6 @@ def decode_image(
     p32 = px.astype(np.uint32)
     gray = ((p32[..., 0] * 299 + p32[..., 1] * 587 + p32[..., 2] * 114 + 500) // 1000).astype(np.uint8)
     return Decoded(
-        "VALID", width, height, px, _stats(gray), full, input_md5=pixel_hash(px, width, height)
+        "VALID", width, height, px, {**_stats(gray), "chroma": _chroma(px)}, full,
+        input_md5=pixel_hash(px, width, height),
     )

@@ -11,7 +11,8 @@ escaped: open it from disk, mail it, copy it anywhere. In a notebook the returne
 :class:`Gallery` renders inline.
 
 Page names follow fastdup: ``duplicates.html``, ``outliers.html``, ``components.html`` and
-``<metric>.html``.
+``<metric>.html``; the per-image issue labels (:mod:`dedupdask.analyses.issues`) get one page
+per type, ``issue_<type>.html``, worst score first, as cleanvision's report shows them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "Thumbnail",
     "create_components_gallery",
     "create_duplicates_gallery",
+    "create_issues_gallery",
     "create_outliers_gallery",
     "create_stats_gallery",
     "make_thumbnail",
@@ -545,6 +547,75 @@ def _plan_stats(
     return _Plan(metric, f"Images by {metric}", meta, rows, layout="grid", empty="no image")
 
 
+_ISSUE_TEXT = {
+    "dark": "even the brightest 1 % of the pixels is dark: score p99 / 255",
+    "light": "even the darkest 1 % of the pixels is light: score 1 - p01 / 255",
+    "blurry": "little detail: score 1 - exp(-blur / 100), blur = variance of the Laplacian",
+    "noisy": "pixel-to-pixel noise: score 1 - blur / (20 stdv²)",
+    "low_information": "98 % of the pixels in a narrow band of grey levels: score (p99 - p01) / 255",
+    "odd_aspect_ratio": "score min(width, height) / max(width, height)",
+    "odd_size": "far smaller or larger than the run's median image: score min(s, m) / max(s, m)",
+    "grayscale": "no colour: score chroma / 255",
+    "outlier": "a group of look-alike images (or one image) far from everything else: "
+               "score = the group's similarity to the nearest image outside it",
+}
+
+
+def _plan_issue(res: DedupResult, issue: str, num_images: int, max_items: int) -> _Plan:
+    """``issue_<type>.html``: images (statistics types), groups (outlier) or pairs (duplicates)."""
+    rows_of = res.issues[res.issues["issue"] == issue].sort_values(["score", "index"], kind="stable")
+    about = res.run.get("issues") or {}
+    cut = (about.get("resolved") or {}).get(issue)
+    why = (about.get("not_reported") or {}).get(issue)
+    empty = f"no image has this issue ({why})" if why else (
+        f"no image has this issue (cut-off {cut})" if cut is not None else "no image has this issue")
+    what = _ISSUE_TEXT.get(issue, "pairs the duplicate tiers accepted: score 1 - similarity")
+    cond = f", score < {cut}" if cut is not None else ""
+    name, title = f"issue_{issue}", f"Issue: {issue.replace('_', ' ')}"
+    if issue == "outlier":
+        heads = rows_of.drop_duplicates("group")
+        total = len(heads)
+        rows = []
+        for i, r in enumerate(heads.head(num_images).itertuples()):
+            members = rows_of.loc[rows_of["group"] == r.group, "index"].astype("int64").to_numpy()
+            cards = [_Card(int(x), "outlier") for x in members[:max_items]]
+            if not _is_missing(r.other):
+                cards.append(_Card(int(r.other), "nearest other image"))
+            label = (f"#{i + 1} &middot; {'group of ' + str(len(members)) + ' images' if len(members) > 1 else 'one image'}"
+                     f" &middot; <span class=\"sim\">similarity to the rest {float(r.score):.4f}</span>")  # fmt: skip
+            rows.append(_Row(label, cards, max(0, len(members) - max_items)))
+        meta = _meta(res, f"{len(rows)} of {total} outlier groups ({len(rows_of)} images) by "
+                          f"score, worst first ({what}){cond}")  # fmt: skip
+        return _Plan(name, title, meta, rows, empty=empty)
+    total = len(rows_of)
+    shown = rows_of.head(num_images)
+    if issue.endswith("_duplicate"):
+        rows = [
+            _Row(f"#{i + 1} &middot; <span class=\"sim\">score {float(r.score):.4f}</span>",
+                 [_Card(int(r.index)), *([] if _is_missing(r.other) else [_Card(int(r.other), "its pair")])])
+            for i, r in enumerate(shown.itertuples())
+        ]  # fmt: skip
+        meta = _meta(res, f"{len(rows)} of {total} images, most similar pair first ({what})")
+        return _Plan(name, title, meta, rows, layout="pairs", empty=empty)
+    rows = [
+        _Row(f'#{i + 1} &middot; <span class="sim">{_e(issue)} {float(r.score):.3f}</span>', [_Card(int(r.index))])
+        for i, r in enumerate(shown.itertuples())
+    ]  # fmt: skip
+    meta = _meta(res, f"{len(rows)} of {total} images by score, worst first ({what}){cond}")
+    return _Plan(name, title, meta, rows, layout="grid", empty=empty)
+
+
+def _issue_pages(res: DedupResult, issues: Sequence[str] | None) -> list[str]:
+    from .thresholds import ISSUE_TYPES
+
+    known = set(ISSUE_TYPES) | set(res.issues["issue"].astype(str))
+    wanted = list(ISSUE_TYPES) if issues is None else list(dict.fromkeys(issues))
+    for t in wanted:
+        if t not in known and not str(t).endswith("_duplicate"):
+            raise ValueError(f"issue must be one of {sorted(known)}, got {t!r}")
+    return wanted
+
+
 # -- public functions ------------------------------------------------------------------------------
 def create_duplicates_gallery(
     result_or_work_dir: DedupResult | str | os.PathLike[str],
@@ -735,12 +806,61 @@ def create_stats_gallery(
     return _materialise([plan], res, so, save_path, _thumb_opts(max_side, quality))[0]
 
 
+def create_issues_gallery(
+    result_or_work_dir: DedupResult | str | os.PathLike[str],
+    save_path: str | os.PathLike[str],
+    *,
+    issue: str = "low_information",
+    num_images: int = 20,
+    max_items: int = 12,
+    storage_options: dict[str, Any] | None = None,
+    max_side: int = THUMB_SIDE,
+    quality: int = THUMB_QUALITY,
+) -> Gallery:
+    """Write ``issue_<issue>.html``: the images with one issue label, worst score first.
+
+    Parameters
+    ----------
+    result_or_work_dir : DedupResult or str
+        A result, or an analysed work_dir.
+    save_path : str
+        Folder (or ``.html`` file) to write.
+    issue : str
+        An issue type of ``res.issues``: ``dark``, ``light``, ``blurry``, ``low_information``,
+        ``odd_aspect_ratio``, ``odd_size``, ``grayscale``, ``outlier`` (one row per group, with
+        the nearest image outside it) or a ``<kind>_duplicate`` (pairs).
+    num_images : int
+        Images (outlier: groups) shown.
+    max_items : int
+        Images shown per outlier group (the rest is counted).
+    storage_options : dict, optional
+        fsspec options; default: the result's.
+    max_side, quality : int
+        Thumbnail size and JPEG quality.
+
+    Returns
+    -------
+    Gallery
+
+    Examples
+    --------
+    >>> g = create_issues_gallery(res, "galleries", issue="outlier")  # doctest: +SKIP
+    >>> str(g)  # doctest: +SKIP
+    'galleries/issue_outlier.html'
+    """
+    res, so = _resolve(result_or_work_dir, storage_options)
+    (issue,) = _issue_pages(res, [issue])
+    plan = _plan_issue(res, issue, _check_count("num_images", num_images), _check_count("max_items", max_items))
+    return _materialise([plan], res, so, save_path, _thumb_opts(max_side, quality))[0]
+
+
 def write_galleries(
     result_or_work_dir: DedupResult | str | os.PathLike[str],
     save_path: str | os.PathLike[str],
     *,
     num_images: int = 20,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    issues: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     max_side: int = THUMB_SIDE,
     quality: int = THUMB_QUALITY,
@@ -757,6 +877,9 @@ def write_galleries(
         Rows per page.
     metrics : sequence of str
         Stats pages to write (:data:`STATS_METRICS`).
+    issues : sequence of str, optional
+        Issue pages to write (:func:`create_issues_gallery`); default: every issue type with a
+        cut-off (the duplicate kinds are on ``duplicates.html``).
     storage_options : dict, optional
         fsspec options; default: the result's.
     max_side, quality : int
@@ -765,7 +888,8 @@ def write_galleries(
     Returns
     -------
     dict of str to Gallery
-        ``duplicates``, ``outliers``, ``components``, one per metric, and ``index``.
+        ``duplicates``, ``outliers``, ``components``, one per metric, ``issue_<type>`` per
+        issue type, and ``index``.
 
     Examples
     --------
@@ -786,6 +910,7 @@ def write_galleries(
         _plan_outliers(res, n, False, None),
         _plan_components(res, n, True, 2, 12),
         *(_plan_stats(res, m, n, None, None) for m in dict.fromkeys(metrics)),
+        *(_plan_issue(res, t, n, 12) for t in _issue_pages(res, issues)),
     ]
     pages = _materialise(plans, res, so, p, _thumb_opts(max_side, quality))
     out = {plan.name: g for plan, g in zip(plans, pages, strict=True)}
@@ -795,7 +920,8 @@ def write_galleries(
         for plan, g in zip(plans, pages, strict=True)
     )
     s = res.summary()
-    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items())
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items() if not isinstance(v, dict))
+    counts += "; issues: " + (", ".join(f"{k} {v}" for k, v in s["issues"].items()) or "none")
     body = (f'<div class="ddk-gallery"><style>{_CSS}</style><h1>dedupdask galleries</h1>'
             f'<p class="meta">{_meta(res, counts)}</p><ul>{items}</ul></div>')  # fmt: skip
     wd, _ = _out_dir(p, so)

@@ -24,7 +24,7 @@ from . import __version__, remote
 from .allocator import tune as tune_allocator
 from .archives import ArchiveReadError, Member, group_samples, iter_members, split_key
 from .config import RunConfig
-from .decode import DECODE_VERSION, decode_image, sniff_image
+from .decode import DECODE_VERSION, STATS_VERSION, decode_image, sniff_image
 from .embed import embed_batch, perceptual_batch
 from .sources import IMAGE_EXTENSIONS, ArchiveSource
 from .store import FILE_COLUMNS, SkippedRows, WorkDir, empty_files_frame
@@ -334,6 +334,7 @@ def process_archive(task: ArchiveTask) -> pd.DataFrame:
             },
             "decode_version": DECODE_VERSION,
             "dedupdask_version": __version__,
+            "stats_version": STATS_VERSION,  # which per-image stats the Parquet file holds
         }
 
         def finish() -> dict[str, Any]:  # called when every file but done.json is written

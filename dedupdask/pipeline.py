@@ -230,6 +230,7 @@ def run(
     verify_threshold: float | None = None,
     verify_score: float | None = None,
     verify: bool = True,
+    issue_thresholds: dict[str, float] | str | None = None,
     max_memory_per_task: str | int | None = None,
     d_reduce: int = 0,
     knn_dtype: str = "float32",
@@ -279,6 +280,12 @@ def run(
         ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
         candidate for verification; pixel-alignment score that confirms a candidate; whether
         to verify at all. None = the measured defaults of the model.
+    issue_thresholds : dict or str, optional
+        Cut-offs of the per-image issue types (``res.issues``, ``image_issues.csv``;
+        :mod:`dedupdask.analyses.issues`) that replace the model's row of
+        :data:`dedupdask.thresholds.ISSUE_TABLE`: ``{"dark": 0.1, "outlier": 0.4}`` or
+        ``"dark=0.1,outlier=0.4"``; an image has an issue when the type's score (0..1, lower =
+        worse) is below its cut-off, so 0 turns a type off.
     max_memory_per_task : str or int, optional
         Memory one kNN task may use (``"2GB"``, bytes). When the kNN of all vectors would need
         more, it runs partitioned on the Dask cluster: vectors are bucketed by a coarse
@@ -344,7 +351,7 @@ def run(
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
         verify_threshold=verify_threshold, verify_score=verify_score, verify=verify,
-        max_memory_per_task=max_memory_per_task, d_reduce=d_reduce, knn_dtype=knn_dtype,
+        issue_thresholds=issue_thresholds, max_memory_per_task=max_memory_per_task, d_reduce=d_reduce, knn_dtype=knn_dtype,
         keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,

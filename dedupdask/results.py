@@ -13,7 +13,10 @@ inputs (:mod:`dedupdask.knn`, :func:`dedupdask.analyses.exact.expand_graph`), de
 ``connected_components.csv``     ``__id,component_id,component_size`` (sizes count images)
 ``atrain_stats.csv``             fastdup's stats columns, properly quoted
 ``atrain_features.bad.csv``      ``index,filename,error_code,filesize`` of every invalid image
-``results/*.parquet``            every table (similarity, outliers, components, stats, invalid)
+``image_issues.csv``             ``index,filename,archive,member,key,issue,score,other,group``:
+                                 one row per image and issue (:mod:`dedupdask.analyses.issues`)
+``results/*.parquet``            every table (similarity, outliers, components, stats, invalid,
+                                 issues)
 ``results/run.json``             parameters, model, archives with offsets, counts, timings
 ===============================  ==============================================================
 
@@ -39,6 +42,7 @@ from .analyses import (
     BAD_CSV_COLUMNS,
     COMPONENT_COLUMNS,
     INVALID_COLUMNS,
+    ISSUE_COLUMNS,
     OUTLIER_COLUMNS,
     SIMILARITY_COLUMNS,
     STATS_COLUMNS,
@@ -47,11 +51,13 @@ from .analyses import (
     duplicates_to_remove,
     exact_groups,
     expand_graph,
+    find_issues,
     invalid_table,
     nearest_neighbours,
     outliers_table,
     stats_frame,
 )
+from .analyses.issues import empty_issues, scores_frame, summary_counts
 from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
@@ -59,7 +65,7 @@ from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import WorkDir, WorkDirError, parquet_table
-from .thresholds import overrides, resolve, row_for
+from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = [
     "DedupResult",
@@ -71,11 +77,12 @@ __all__ = [
 
 RESULTS_DIR = "results"
 RUN_JSON = "run.json"
+ISSUES_CSV = "image_issues.csv"
 TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
     "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
-    "index", "member_offset",
+    "index", "member_offset", "key", "p01", "p99", "chroma",
 ]  # fmt: skip
 
 
@@ -104,6 +111,13 @@ class DedupResult:
         ``index, component_id, component_size`` for every valid image (singletons: size 1).
     invalid : DataFrame
         ``filename, archive, member, error_code, error_message, file_size``.
+    issues : DataFrame
+        ``index, filename, archive, member, key, issue, score, other, group``: one row per
+        image and issue type (``dark``, ``light``, ``blurry``, ``low_information``,
+        ``odd_aspect_ratio``, ``odd_size``, ``grayscale``, ``outlier``, ``<kind>_duplicate``),
+        score in [0, 1] (lower = worse), ``other`` = the pair's other image (duplicates) or the
+        nearest image outside the group (outliers), ``group`` = the outlier group's smallest
+        index (:mod:`dedupdask.analyses.issues`).
     params : dict
         The parameters used (thresholds resolved, kNN method).
     run : dict
@@ -130,12 +144,14 @@ class DedupResult:
         invalid: pd.DataFrame,
         images: pd.DataFrame,
         run: dict[str, Any],
+        issues: pd.DataFrame | None = None,
     ) -> None:
         self._collection = collection
         self.similarity = similarity
         self.outliers = outliers
         self.components = components
         self.invalid = invalid
+        self.issues = issues if issues is not None else empty_issues()
         self._images = images
         self.run = run
         self.params = dict(run.get("parameters", {}))
@@ -169,6 +185,21 @@ class DedupResult:
     def stats(self) -> dd.DataFrame:
         """Statistics of the valid images (``STATS_COLUMNS``), one partition per archive."""
         return stats_frame(self.files)
+
+    @property
+    def issue_scores(self) -> dd.DataFrame:
+        """Every valid image's score per statistics issue type, one partition per archive.
+
+        Columns ``index, dark, light, blurry, low_information, odd_aspect_ratio, odd_size,
+        grayscale`` (NaN where a work_dir predates a statistic); ``res.issues`` holds the rows
+        below the cut-offs. Nothing is computed until asked.
+
+        Examples
+        --------
+        >>> res.issue_scores.nsmallest(10, "low_information").compute()  # doctest: +SKIP
+        """
+        ref = (self.run.get("issues") or {}).get("size_reference")
+        return scores_frame(self.files, float("nan") if ref is None else float(ref))
 
     @property
     def embeddings(self) -> da.Array:
@@ -223,6 +254,9 @@ class DedupResult:
             "duplicate_groups": int(len(multi)),
             "removable": int((multi - 1).sum()),
             "outliers": int(len(self.outliers)),
+            "issue_images": int(self.issues.loc[~self.issues["issue"].str.endswith("_duplicate"), "index"].nunique()),
+            "issues": summary_counts(self.issues),
+            "issues_not_reported": dict((self.run.get("issues") or {}).get("not_reported", {})),
             "archives_done": len(self.archives),
             "archives_failed": len(self.failed),
             "archives_missing": len(self.missing),
@@ -234,6 +268,7 @@ class DedupResult:
         *,
         num_images: int = 20,
         metrics: tuple[str, ...] | list[str] = ("blur", "dark", "bright", "size"),
+        issues: tuple[str, ...] | list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write the HTML galleries (duplicates, outliers, components, stats) and an index.
@@ -249,13 +284,16 @@ class DedupResult:
             Rows per page.
         metrics : sequence of str
             Stats pages (``blur``, ``dark``, ``bright``, ``size``, ``mean``, ...).
+        issues : sequence of str, optional
+            Issue pages (``issue_<type>.html``); default: every issue type with a cut-off.
         storage_options : dict, optional
             fsspec options for the archives and save_path; default: the run's.
 
         Returns
         -------
         dict of str to Gallery
-            ``duplicates``, ``outliers``, ``components``, one per metric, and ``index``;
+            ``duplicates``, ``outliers``, ``components``, one per metric, ``issue_<type>``
+            per issue type, and ``index``;
             ``str(gallery)`` is the page's path, and it renders inline in notebooks.
 
         Examples
@@ -266,7 +304,8 @@ class DedupResult:
         from .galleries import write_galleries
 
         return write_galleries(
-            self, save_path, num_images=num_images, metrics=metrics, storage_options=storage_options
+            self, save_path, num_images=num_images, metrics=metrics, issues=issues,
+            storage_options=storage_options,
         )
 
     def __repr__(self) -> str:
@@ -456,6 +495,11 @@ def _build(
     )
     invalid = invalid_table(files)
     stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
+    issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
+    issues, issues_about = find_issues(
+        col, files, groups, reps, (nbr_idx, nbr_sim), similarity, issue_t,
+        valid.set_index(valid["index"].astype("int64")).loc[:, ["filename", "archive", "member", "key"]],
+    )  # fmt: skip
     stages.done("analyses")
 
     run = {
@@ -487,6 +531,12 @@ def _build(
             "resolved": table.to_dict(),
             "mode": {"copy_tier": params.copy_threshold is not None, "verify": params.verify},
         },
+        "issues": {  # the issue cut-offs: the model's row, what the user set, the result; counts
+            "table": issue_row_for(col.model.get("model_id")).to_dict(),
+            "set_by_user": issue_overrides(config),
+            "resolved": issue_t.to_dict(),
+            **issues_about,
+        },
         "knn": knn_info,
         "model": col.model,
         "decode_version": col.decode_version,
@@ -506,6 +556,7 @@ def _build(
             },
             **tiers.counts,
             "outliers": len(outliers),
+            "issues": len(issues),
             "components": int(components["component_id"].nunique()),
             "duplicate_components": int(
                 components.loc[components["component_size"] > 1, "component_id"].nunique()
@@ -522,6 +573,7 @@ def _build(
         invalid=invalid,
         images=stats,
         run=run,
+        issues=issues,
     )
     if write:
         _write(wd, result, valid, stats, stages)
@@ -580,6 +632,7 @@ def _write(
         }
     )
     put(wd.join("atrain_features.bad.csv"), _csv(bad.loc[:, list(BAD_CSV_COLUMNS)]))
+    put(wd.join(ISSUES_CSV), _csv(res.issues.loc[:, list(ISSUE_COLUMNS)]))
 
     tables = {
         "similarity": res.similarity,
@@ -587,6 +640,7 @@ def _write(
         "components": res.components,
         "stats": stats,
         "invalid": res.invalid,
+        "issues": res.issues,
     }
     for name, df in tables.items():
         put(wd.join(RESULTS_DIR, f"{name}.parquet"), _parquet(df))
@@ -602,6 +656,7 @@ _LOAD_REQUIRED = {
     "components": COMPONENT_COLUMNS,
     "stats": ("index", "filename", "width", "height", "file_size"),
     "invalid": INVALID_COLUMNS,
+    "issues": ISSUE_COLUMNS,
 }
 _REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
 
@@ -681,8 +736,11 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     col.failed = list(run.get("failed", []))
     col.missing = list(run.get("missing", []))
     tables = {name: _read_table(wd, name) for name in TABLES}
+    # a run built before issue labels existed has none (its run.json has no "issues")
+    issues = _read_table(wd, "issues").loc[:, list(ISSUE_COLUMNS)] if "issues" in run else None
     return DedupResult(
         col,
+        issues=issues,
         similarity=tables["similarity"].reindex(columns=list(SIMILARITY_COLUMNS)),
         outliers=tables["outliers"].loc[:, list(OUTLIER_COLUMNS)],
         components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],

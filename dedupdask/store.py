@@ -108,6 +108,9 @@ FILE_SCHEMA = pa.schema(
         ("blur", pa.float32()),
         ("unique", pa.int32()),
         ("contrast", pa.float32()),
+        ("p01", pa.float32()),  # stats_version 2 (decode.STATS_VERSION): null in older work_dirs
+        ("p99", pa.float32()),
+        ("chroma", pa.float32()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
         ("index", pa.int64()),
@@ -181,8 +184,9 @@ class SkippedRows:
 
 
 # Parquet columns that work_dirs written by older versions may lack (read back as null):
-# member_offset (added after the first release), input_md5 (decode version 2).
-OPTIONAL_FILE_COLUMNS = frozenset({"member_offset", "input_md5"})
+# member_offset (added after the first release), input_md5 (decode version 2), p01/p99/chroma
+# (stats version 2).
+OPTIONAL_FILE_COLUMNS = frozenset({"member_offset", "input_md5", "p01", "p99", "chroma"})
 
 #: Seconds after its last change when a temporary whose writer's liveness cannot be checked
 #: (another machine, an object store, a name without an owner) is taken as abandoned.

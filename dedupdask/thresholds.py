@@ -33,7 +33,24 @@ The numbers (each field's comment in :data:`TABLE` says where it was measured):
 ``lower_threshold``
     Fraction of images reported as outliers (fastdup's name and default).
 
-Regenerate the README's table with ``python -m dedupdask.thresholds``.
+Per-image issue labels (:mod:`dedupdask.analyses.issues`) have a second table,
+:data:`ISSUE_TABLE`, one :class:`IssueThresholds` row per model: an image gets an issue when
+that type's score (in [0, 1], lower = worse) is below the cut-off; ``issue_thresholds=``
+overrides single types. Only the outlier values depend on the model (they are embedding
+cosines); the others are cut-offs on image statistics and the same in every row.
+
+``dark``, ``light``, ``blurry``, ``noisy``, ``low_information``, ``odd_aspect_ratio``, ``odd_size``, ``grayscale``
+    Cut-offs on the scores of those types (their definitions: :mod:`dedupdask.analyses.issues`).
+``outlier``
+    Cut-off on the similarity of an image's group to the nearest image outside it (a lone
+    image is a group of one). None: not reported unless the user gives one.
+``outlier_link``
+    Embedding cosine that links two images into one group of look-alike images (a grouped
+    outlier is a whole group far from everything else).
+``outlier_group_size``
+    The largest group (in distinct pictures) that can be an outlier group.
+
+Regenerate the README's tables with ``python -m dedupdask.thresholds``.
 """
 
 from __future__ import annotations
@@ -45,12 +62,21 @@ from typing import Any
 
 __all__ = [
     "FIELDS",
+    "ISSUE_FIELDS",
+    "ISSUE_TABLE",
+    "ISSUE_TYPES",
+    "IssueThresholds",
     "TABLE",
     "USER_MODEL",
+    "USER_MODEL_ISSUES",
     "Thresholds",
+    "issue_markdown_table",
+    "issue_overrides",
+    "issue_row_for",
     "markdown_table",
     "overrides",
     "resolve",
+    "resolve_issues",
     "row_for",
 ]
 
@@ -256,5 +282,156 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+# -- per-image issue labels ----------------------------------------------------------------------
+#: Issue types that have a cut-off (the duplicate kinds come from the duplicate tiers).
+ISSUE_TYPES = (
+    "dark", "light", "blurry", "noisy", "low_information", "odd_aspect_ratio", "odd_size", "grayscale",
+    "outlier",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IssueThresholds:
+    """Cut-offs of the issue types of one model (see the module docstring).
+
+    An image has an issue when the type's score is below the cut-off (0 turns a type off).
+
+    Examples
+    --------
+    >>> issue_row_for("effnet-lite0").odd_aspect_ratio
+    0.1
+    """
+
+    dark: float
+    light: float
+    blurry: float
+    noisy: float
+    low_information: float
+    odd_aspect_ratio: float
+    odd_size: float
+    grayscale: float
+    outlier: float | None
+    outlier_link: float
+    outlier_group_size: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """The row as a plain dict (for ``run.json``)."""
+        return dataclasses.asdict(self)
+
+    def cutoffs(self) -> dict[str, float]:
+        """Issue type -> cut-off, for the types that have one (an unset outlier has none)."""
+        out = {t: getattr(self, t) for t in ISSUE_TYPES}
+        return {t: float(v) for t, v in out.items() if v is not None}
+
+
+#: Names of the values an issue row holds, in table order.
+ISSUE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(IssueThresholds))
+
+_IMAGE_CUTOFFS = IssueThresholds(
+    # The cut-offs on image statistics, the same for every model. Measured by
+    # `python benchmarks/issues.py` on 3,165 real packaged images (101 photos and wallpapers,
+    # 144 game textures, 332 Tux Paint stamps, 2,588 openclipart drawings) with 72 planted junk
+    # images (benchmarks/results/issues.txt, "Cut-offs"): the share of the real images each
+    # flags, and the planted junk it catches.
+    dark=0.15,  # real 0.03 % (a near-black game texture); catches every near-black picture
+    light=0.08,  # real 0.66 % (drawings whose ink covers < 1 % of a white page); near-white, blank
+    blurry=0.05,  # real 0.28 %; every heavily blurred picture (Gaussian radius 10-16)
+    noisy=0.5,  # real 0.03 % (a dithered game texture); every pure-noise picture
+    low_information=0.06,  # real 0.73 % (near-blank drawings, solid textures); blank, solid, near-black/white
+    odd_aspect_ratio=0.1,  # real 0 % (the most elongated real image is 512 x 68, 0.13); 512 x 16 strips
+    odd_size=0.1,  # real 0 % (the set holds 100-512 px images: the lowest real score is 0.34); 16 px thumbnails
+    grayscale=0.02,  # 706 of the 717 grey real images; 0.63 % of the real images are colour and flagged
+    # The outlier values are the model's (see ISSUE_TABLE); a user model has none measured.
+    outlier=None,
+    outlier_link=0.9,
+    outlier_group_size=50,
+)
+
+ISSUE_TABLE: dict[str, IssueThresholds] = {
+    "effnet-lite0": dataclasses.replace(
+        _IMAGE_CUTOFFS,
+        # benchmarks/results/issues.txt, "Outlier groups": 1 % of the real images have a group
+        # similarity to the rest below 0.44, 2 % below 0.48; 0.45 flags 1.2 % (mostly the
+        # photos among 2,588 drawings, which are the outliers of that set).
+        outlier=0.45,
+        # the same file at links 0.8-0.95: from 0.9 up, the planted junk kinds form groups of
+        # their own (noise 8, blank 8, text 5) and the largest real group is 24 pictures;
+        # looser links merge blank, near-black and near-white pages into one group of 15.
+        outlier_link=0.9,
+        # Not measured: bounds the groups searched; the largest real group at 0.9 has 24.
+        outlier_group_size=50,
+    ),
+    # Not measured for the DCT descriptor (its unrelated pairs reach 0.98, quality.txt): no
+    # outlier cut-off; the link and size are effnet-lite0's.
+    "dct": dataclasses.replace(_IMAGE_CUTOFFS),
+}
+"""One issue row per built-in model."""
+
+USER_MODEL_ISSUES = dataclasses.replace(_IMAGE_CUTOFFS)
+"""The issue row of every user ONNX model: no outlier cut-off was measured for it."""
+
+
+def issue_row_for(model_id: str | None) -> IssueThresholds:
+    """The issue row of a model, before the user's overrides.
+
+    Examples
+    --------
+    >>> issue_row_for("onnx:mine.onnx").outlier is None
+    True
+    """
+    row = ISSUE_TABLE.get(str(model_id)) if model_id is not None else None
+    return row if row is not None else USER_MODEL_ISSUES
+
+
+def issue_overrides(config: Any) -> dict[str, float]:
+    """The issue values that ``config.issue_thresholds`` sets.
+
+    Examples
+    --------
+    >>> from dedupdask.config import RunConfig
+    >>> issue_overrides(RunConfig(issue_thresholds={"dark": 0.2}))
+    {'dark': 0.2}
+    """
+    return {k: float(v) for k, v in (getattr(config, "issue_thresholds", None) or ())}
+
+
+def resolve_issues(config: Any, model: Mapping[str, Any] | None = None) -> IssueThresholds:
+    """The issue cut-offs of one run: the model's issue row with the user's overrides.
+
+    Examples
+    --------
+    >>> from dedupdask.config import RunConfig
+    >>> t = resolve_issues(RunConfig(issue_thresholds={"blurry": 0.1}), {"model_id": "dct"})
+    >>> t.blurry, t.dark
+    (0.1, 0.15)
+    """
+    row = issue_row_for((model or {}).get("model_id"))
+    got: dict[str, Any] = issue_overrides(config)
+    if "outlier_group_size" in got:
+        got["outlier_group_size"] = int(got["outlier_group_size"])
+    return dataclasses.replace(row, **got)
+
+
+def issue_markdown_table() -> str:
+    """The README's table of issue cut-offs (one row per model), generated from :data:`ISSUE_TABLE`.
+
+    Examples
+    --------
+    >>> print(issue_markdown_table().splitlines()[2])
+    | `effnet-lite0` | 0.15 | 0.08 | 0.05 | 0.5 | 0.06 | 0.1 | 0.1 | 0.02 | 0.45 | 0.9 | 50 |
+    """
+    rows = [(f"`{name}`", row) for name, row in ISSUE_TABLE.items()]
+    rows.append(("a path (user model)", USER_MODEL_ISSUES))
+    lines = [
+        "| `model_path` | " + " | ".join(f"`{f}`" for f in ISSUE_FIELDS) + " |",
+        "|---" * (len(ISSUE_FIELDS) + 1) + "|",
+    ]
+    for label, row in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt(getattr(row, f)) for f in ISSUE_FIELDS) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(markdown_table())
+    print()
+    print(issue_markdown_table())

@@ -47,13 +47,18 @@ def analysis_on_cluster(monkeypatch):
 
 
 def test_run_through_shell_cluster_equals_sync(cluster, sample_shards, tmp_path, analysis_on_cluster):
-    res = ddk.run(sample_shards.root, str(tmp_path / "c"), model_path="dct", client=cluster, progress=False)
-    ref = ddk.run(sample_shards.root, str(tmp_path / "s"), model_path="dct", client="sync", progress=False)
+    # outlier groups loose enough that a group's lists are full: its members are searched on the cluster
+    kw = {"model_path": "dct", "progress": False, "issue_thresholds": {"outlier": 0.9, "outlier_link": 0.7}}
+    res = ddk.run(sample_shards.root, str(tmp_path / "c"), client=cluster, **kw)
+    ref = ddk.run(sample_shards.root, str(tmp_path / "s"), client="sync", **kw)
     assert (res.extract_report["status"] == "done").all()
     assert snapshot(tmp_path / "c") == snapshot(tmp_path / "s")
     pd.testing.assert_frame_equal(res.similarity, ref.similarity)
     pd.testing.assert_frame_equal(res.components, ref.components)
     pd.testing.assert_frame_equal(res.outliers, ref.outliers)
+    pd.testing.assert_frame_equal(res.issues, ref.issues)  # per archive on the workers vs in process
+    assert res.run["issues"]["outlier_groups"] == ref.run["issues"]["outlier_groups"]
+    assert res.run["issues"]["outlier_groups"]["searched_members"] > 0
 
 
 def test_worker_killed_mid_archive(cluster, slow, tmp_path):

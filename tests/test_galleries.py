@@ -22,6 +22,7 @@ import dedupdask as ddk
 from dedupdask import galleries as gal
 from dedupdask.cli import main as cli_main
 from dedupdask.datasets import make_sample_shards
+from dedupdask.thresholds import ISSUE_TYPES
 
 HOSTILE_NAME = '<script>alert("name")</script>&x.jpg'
 HOSTILE_CAPTION = "<img src=x onerror=alert('caption')> \"quoted\" & </div>"
@@ -170,7 +171,8 @@ def _labels(html: str) -> list[float]:
 
 def test_galleries_pages_rows_and_protocols(run_dir, pages):
     res, _, _ = run_dir
-    names = ["duplicates", "outliers", "components", "blur", "dark", "bright", "size", "index"]
+    issue_pages = [f"issue_{t}" for t in ISSUE_TYPES]
+    names = ["duplicates", "outliers", "components", "blur", "dark", "bright", "size", *issue_pages, "index"]
     assert list(pages) == names
     for name, g in pages.items():
         assert os.path.basename(str(g)) == f"{name}.html" and os.fspath(g) == g.path

@@ -12,7 +12,19 @@ import pytest
 from dedupdask.analyses.tiers import resolve_params
 from dedupdask.config import RunConfig
 from dedupdask.models import available_models, resolve_model
-from dedupdask.thresholds import FIELDS, TABLE, USER_MODEL, markdown_table, resolve, row_for
+from dedupdask.thresholds import (
+    FIELDS,
+    ISSUE_FIELDS,
+    ISSUE_TABLE,
+    ISSUE_TYPES,
+    TABLE,
+    USER_MODEL,
+    USER_MODEL_ISSUES,
+    issue_markdown_table,
+    markdown_table,
+    resolve,
+    row_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_MODULE = "dedupdask/thresholds.py"
@@ -77,7 +89,7 @@ def test_every_row_is_complete_and_in_range():
 
 # -- no threshold anywhere else ------------------------------------------------------------------
 _NAME = re.compile(r"THRESHOLD|SCORE|ACCEPT")
-_KEYS = set(FIELDS) | {"model_threshold", "model_ccthreshold"}
+_KEYS = set(FIELDS) | set(ISSUE_FIELDS) | {"model_threshold", "model_ccthreshold"}
 
 
 def _is_float(node: ast.AST | None) -> bool:
@@ -138,6 +150,8 @@ def resolve(config):
 '''
     found = _stray_thresholds(old)
     assert len(found) == 8, found
+    # the issue cut-offs too: a per-type table of its own elsewhere is caught
+    assert len(_stray_thresholds('CUTS = {"dark": 0.2, "blurry": 0.1}\ndef f(*, outlier=0.5): ...\n')) == 3
     assert _stray_thresholds("M_TRIM_THRESHOLD = -1\nBLOB_LEVEL = 0.2\nx = f(scale=0.5)\n") == []
 
 
@@ -214,3 +228,33 @@ def test_every_field_is_documented(name):
 
     assert f"``{name}``" in thresholds.__doc__
     assert name in {f.name for f in dataclasses.fields(RunConfig)} or name == "early_accept"
+
+
+# -- the issue cut-offs ----------------------------------------------------------------------------
+def test_issue_rows_are_complete_and_in_range():
+    assert set(ISSUE_TABLE) == set(available_models())
+    for row in [*ISSUE_TABLE.values(), USER_MODEL_ISSUES]:
+        for name in ISSUE_TYPES:
+            v = getattr(row, name)
+            assert v is None and name == "outlier" or 0.0 <= v <= 1.0, (row, name)
+        assert 0.0 < row.outlier_link <= 1.0 and row.outlier_group_size >= 1
+        if row.outlier is not None:
+            assert row.outlier < row.outlier_link  # a group's members are closer than its rest
+    assert ISSUE_TABLE["effnet-lite0"].outlier is not None  # measured for the default model
+
+
+def test_readme_states_the_issue_cut_offs():
+    assert issue_markdown_table() in _readme(), (
+        "the README's issue cut-off table differs from dedupdask/thresholds.py; paste the output "
+        "of `python -m dedupdask.thresholds`"
+    )
+
+
+@pytest.mark.parametrize("name", ISSUE_FIELDS)
+def test_every_issue_field_is_documented(name):
+    from dedupdask import thresholds
+    from dedupdask.analyses import issues
+
+    assert f"``{name}``" in thresholds.__doc__
+    if name in ISSUE_TYPES:
+        assert f"``{name}``" in issues.__doc__

@@ -1,4 +1,4 @@
-"""Analysis stage: exact groups, similar pairs, outliers, components, stats and invalid images.
+"""Analysis stage: exact groups, similar pairs, outliers, components, stats, issues, invalid images.
 
 Every function here works on plain numpy/pandas data in the global index space (0..N-1 =
 the rows of ``atrain_features.dat.csv``) and returns one tidy table whose columns are defined
@@ -7,6 +7,7 @@ once, in the module that makes it.
 
 from .components import COMPONENT_COLUMNS, REMOVE_COLUMNS, components_table, duplicates_to_remove
 from .exact import ExactGroups, exact_groups, expand_graph
+from .issues import ISSUE_COLUMNS, find_issues
 from .outliers import OUTLIER_COLUMNS, nearest_neighbours, outliers_table
 from .similarity import SIMILARITY_COLUMNS, similarity_table
 from .stats import (
@@ -23,6 +24,7 @@ __all__ = [
     "COMPONENT_COLUMNS",
     "ExactGroups",
     "INVALID_COLUMNS",
+    "ISSUE_COLUMNS",
     "OUTLIER_COLUMNS",
     "REMOVE_COLUMNS",
     "SIMILARITY_COLUMNS",
@@ -32,6 +34,7 @@ __all__ = [
     "duplicates_to_remove",
     "exact_groups",
     "expand_graph",
+    "find_issues",
     "invalid_table",
     "nearest_neighbours",
     "outliers_table",

@@ -1,0 +1,255 @@
+"""Analysis stage, outliers that come in groups: look-alike images linked into groups, each
+scored by its similarity to the nearest image outside it.
+
+Junk comes in groups: six blank pages are each other's nearest neighbours, so "the nearest
+neighbour is least similar" (fastdup's ``outliers.csv``, :mod:`dedupdask.analyses.outliers`)
+never fires, while the group as a whole is far from everything else. :func:`outlier_groups`
+links the kNN edges at or above a similarity (and exact copies) into groups and finds each
+group's most similar image outside it, from the kNN graph where it can and by comparing a
+few members with every image (:func:`search_outside`, one Dask task per archive) where the
+group fills its members' neighbour lists. A lone image is a group of one. The ``outlier``
+issue label (:mod:`dedupdask.analyses.issues`) is built on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .exact import ExactGroups
+
+if TYPE_CHECKING:
+    from ..collect import Collection
+
+__all__ = ["QUERIES_PER_GROUP", "OutlierGroups", "best_outside", "outlier_groups", "search_outside"]
+
+QUERIES_PER_GROUP = 8  # members of a closed group compared with every image outside it
+
+
+@dataclass(frozen=True)
+class OutlierGroups:
+    """Every image's look-alike group and how far the group is from everything else.
+
+    Attributes
+    ----------
+    group : ndarray
+        int64 ``[N]``: the smallest global index of the image's group.
+    size : ndarray
+        int64 ``[N]``: images in the group.
+    pictures : ndarray
+        int64 ``[N]``: distinct pictures in the group (exact copies count once).
+    similarity : ndarray
+        float32 ``[N]``: cosine of the group to the nearest image outside it (NaN: no other
+        image).
+    nearest : ndarray
+        int64 ``[N]``: that image (-1: none).
+    searched : int
+        Members compared with every image because their neighbour lists held only their group.
+    """
+
+    group: np.ndarray
+    size: np.ndarray
+    pictures: np.ndarray
+    similarity: np.ndarray
+    nearest: np.ndarray
+    searched: int = 0
+
+
+def outlier_groups(
+    groups: ExactGroups,
+    reps: np.ndarray,
+    nbr_idx: np.ndarray,
+    nbr_sim: np.ndarray,
+    *,
+    link: float,
+    max_size: int,
+    search: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    below: float | None = None,
+) -> OutlierGroups:
+    """Group look-alike images and measure each group's similarity to the rest.
+
+    Every kNN edge between two groups is a candidate for both groups' nearest image outside.
+    When a member's whole list is inside its group (a group larger than the list is wide),
+    the list only bounds that member's similarity to the rest by its last entry; if the bound
+    could beat what the edges gave (and, with ``below``, what they gave is below it), up to
+    :data:`QUERIES_PER_GROUP` such members (highest bound first) of each group of at most
+    ``max_size`` distinct pictures are compared with every image by ``search``.
+
+    Parameters
+    ----------
+    groups : ExactGroups
+        Exact-duplicate groups (always inside one group).
+    reps : ndarray
+        Sorted global index of each row of the kNN graph.
+    nbr_idx, nbr_sim : ndarray
+        kNN graph over ``reps`` (positions into ``reps``, -1 = none; similarities).
+    link : float
+        Similarity at which two images are in one group.
+    max_size : int
+        Groups of more distinct pictures are not searched (they cannot be outlier groups).
+    search : callable, optional
+        ``search(queries, labels) -> (similarity, index)``: for each query (global index),
+        the most similar image whose ``labels`` entry differs from the query's.
+    below : float, optional
+        Only search groups whose edges gave nothing at or above this (the outlier cut-off:
+        the others cannot be outliers, whatever the search finds), so the cost stays with the
+        few isolated groups.
+
+    Returns
+    -------
+    OutlierGroups
+
+    Examples
+    --------
+    >>> from dedupdask.analyses import exact_groups
+    >>> g = exact_groups(["a", "b", "c", "d"])
+    >>> idx = np.array([[1, 2], [0, 2], [1, 0], [2, 1]])
+    >>> sim = np.array([[.95, .2], [.95, .3], [.3, .2], [.6, .3]], np.float32)
+    >>> og = outlier_groups(g, np.arange(4), idx, sim, link=0.9, max_size=10)
+    >>> og.group.tolist(), [round(float(v), 2) for v in og.similarity], og.nearest.tolist()
+    ([0, 0, 2, 3], [0.3, 0.3, 0.6, 0.6], [2, 2, 3, 2])
+    """
+    n, m = groups.n, int(reps.size)
+    k = nbr_idx.shape[1] if nbr_idx.ndim == 2 else 0
+    valid_nb = nbr_idx >= 0
+    safe = np.where(valid_nb, nbr_idx, 0)
+    rows, cols = np.nonzero(valid_nb & (nbr_sim >= np.float32(link)))
+    if m:
+        a = np.concatenate([rows, np.arange(m)])
+        b = np.concatenate([safe[rows, cols], np.arange(m)])
+        _, rep_label = connected_components(
+            coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(m, m)), directed=False
+        )
+    else:
+        rep_label = np.empty(0, np.int64)
+    label = rep_label[np.searchsorted(reps, groups.rep)] if n else np.empty(0, np.int64)
+    n_labels = int(label.max()) + 1 if n else 0
+    size = np.bincount(label, minlength=n_labels).astype(np.int64)
+    pictures = np.bincount(rep_label, minlength=n_labels).astype(np.int64)
+    first = np.full(n_labels, n, np.int64)
+    np.minimum.at(first, label, np.arange(n, dtype=np.int64))
+
+    # every kNN edge between two groups bounds both groups' similarity to the rest from below
+    cross = valid_nb & (rep_label[safe] != rep_label[:, None]) if m else np.zeros((0, k), bool)
+    has = cross.any(axis=1)
+    rr, cc = np.nonzero(cross)
+    ss = safe[rr, cc]
+    best = np.full(n_labels, np.nan, np.float32)
+    near = np.full(n_labels, -1, np.int64)
+    _take_best(
+        best, near,
+        np.concatenate([rep_label[rr], rep_label[ss]]),
+        np.concatenate([nbr_sim[rr, cc], nbr_sim[rr, cc]]).astype(np.float32),
+        np.concatenate([reps[ss], reps[rr]]),
+    )  # fmt: skip
+
+    # members whose list is all inside: their bound could beat the group's best
+    full = valid_nb.all(axis=1) & (k > 0)
+    bound = np.where(full & ~has, nbr_sim[:, -1] if k else np.nan, np.nan)
+    g_best = best[rep_label] if m else np.empty(0, np.float32)
+    small = pictures[rep_label] <= max_size if m else np.empty(0, bool)
+    need = small & np.isfinite(bound) & ~(g_best >= bound)
+    if below is not None:
+        need &= ~(g_best >= np.float32(below))
+    need = np.flatnonzero(need)
+    searched = 0
+    if need.size and search is not None:
+        order = need[np.lexsort((need, -bound[need], rep_label[need]))]
+        rank = np.arange(order.size) - np.searchsorted(rep_label[order], rep_label[order])
+        chosen = np.sort(order[rank < QUERIES_PER_GROUP])
+        q_sim, q_idx = search(reps[chosen], label)
+        _take_best(best, near, rep_label[chosen], np.asarray(q_sim, np.float32), np.asarray(q_idx, np.int64))
+        searched = int(chosen.size)
+    return OutlierGroups(first[label], size[label], pictures[label], best[label], near[label], searched)
+
+
+def _take_best(
+    best: np.ndarray, near: np.ndarray, lab: np.ndarray, sim: np.ndarray, idx: np.ndarray
+) -> None:
+    """``best[l] = max(best[l], sim)`` per label ``l``, ``near`` following (ties: smallest index)."""
+    ok = np.isfinite(sim) & (idx >= 0)
+    lab, sim, idx = lab[ok], sim[ok], idx[ok]
+    if not lab.size:
+        return
+    order = np.lexsort((idx, -sim, lab))
+    lab_o = lab[order]
+    top = order[np.concatenate([[True], lab_o[1:] != lab_o[:-1]])]
+    lt, st, it = lab[top], sim[top], idx[top]
+    cur, cur_i = best[lt], near[lt]
+    better = np.isnan(cur) | (st > cur) | ((st == cur) & (it < cur_i))
+    best[lt[better]] = st[better]
+    near[lt[better]] = it[better]
+
+
+def best_outside(
+    queries: np.ndarray, query_labels: np.ndarray, block: np.ndarray, block_labels: np.ndarray, offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Most similar row of ``block`` with another label than each query (one archive's rows).
+
+    Returns ``(similarity, global index)`` per query (-inf / -1 when there is none).
+
+    Examples
+    --------
+    >>> q = np.array([[1.0, 0.0]], np.float32)
+    >>> blk = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    >>> s, i = best_outside(q, np.array([7]), blk, np.array([7, 3]), 10)
+    >>> round(float(s[0]), 2), int(i[0])
+    (0.6, 11)
+    """
+    nq = queries.shape[0]
+    if block.shape[0] == 0 or nq == 0:
+        return np.full(nq, -np.inf, np.float32), np.full(nq, -1, np.int64)
+    b = np.asarray(block, dtype=np.float32)
+    norm = np.linalg.norm(b, axis=1, keepdims=True)
+    b = b / np.where(norm > 0, norm, 1.0)
+    s = queries @ b.T
+    s[query_labels[:, None] == np.asarray(block_labels)[None, :]] = -np.inf
+    j = s.argmax(axis=1)
+    sim = s[np.arange(nq), j].astype(np.float32)
+    return sim, np.where(np.isfinite(sim), j + int(offset), -1).astype(np.int64)
+
+
+def search_outside(col: Collection, queries: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each query (global index), the most similar image with another label, over every
+    archive's vectors: read here from the memory-mapped files when the work_dir is local and
+    the scheduler is local threads, else one Dask task per archive.
+
+    Examples
+    --------
+    >>> search_outside(collect("work"), np.array([3]), labels)  # doctest: +SKIP
+    (array([0.41], dtype=float32), array([1207]))
+    """
+    from ..collect import read_archive_vectors
+
+    queries = np.asarray(queries, dtype=np.int64)
+    q_lab = labels[queries]
+    rows = np.asarray(col.vector_rows(queries) if col.reads_locally() else col.embeddings()[queries].compute())
+    norm = np.linalg.norm(rows, axis=1, keepdims=True)
+    q = (rows / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    archives = [a for a in col.archives if a.n_valid]
+    if col.reads_locally():
+        parts = [
+            best_outside(q, q_lab, read_archive_vectors(col.work_dir, a.name, col.d, a.n_valid),
+                         labels[a.offset : a.offset + a.n_valid], a.offset)
+            for a in archives
+        ]  # fmt: skip
+    else:
+        import dask
+
+        qd, qld = dask.delayed(q), dask.delayed(q_lab)
+        tasks = [
+            dask.delayed(best_outside)(qd, qld, blk, labels[a.offset : a.offset + a.n_valid], a.offset)
+            for a, blk in zip(archives, col.embeddings().to_delayed().ravel(), strict=True)
+        ]
+        parts = list(dask.compute(*tasks))
+    sim = np.full(q.shape[0], -np.inf, np.float32)
+    idx = np.full(q.shape[0], -1, np.int64)
+    for s, i in parts:
+        take = (s > sim) | ((s == sim) & (i >= 0) & ((idx < 0) | (i < idx)))
+        sim[take], idx[take] = s[take], i[take]
+    return np.where(idx >= 0, sim, np.nan).astype(np.float32), idx
