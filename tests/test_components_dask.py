@@ -116,9 +116,9 @@ graphs = st.lists(
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graphs=graphs, npartitions=st.integers(1, 3), partition_rows=st.integers(1, 40),
+@given(graphs=graphs, npartitions=st.integers(1, 3), node_partitions=st.integers(1, 4),
        seed=st.integers(0, 2**32 - 1))
-def test_random_graphs_match_scipy(graphs, npartitions, partition_rows, seed):
+def test_random_graphs_match_scipy(graphs, npartitions, node_partitions, seed):
     """Disjoint unions of small random graphs (self-loops, duplicates, isolated nodes), ids
     shuffled so components interleave, any partitioning: the same table as scipy's."""
     perm = np.random.default_rng(seed).permutation(sum(k for k, _ in graphs))
@@ -131,7 +131,8 @@ def test_random_graphs_match_scipy(graphs, npartitions, partition_rows, seed):
     order = np.random.default_rng(seed + 1).permutation(len(a))
     a, b = np.asarray(a, np.int64)[order], np.asarray(b, np.int64)[order]
     with dask.config.set(scheduler="sync"):
-        _, got = run(offset, a, b, npartitions=npartitions, partition_rows=partition_rows)
+        rows = max(1, math.ceil(offset / node_partitions))
+        _, got = run(offset, a, b, npartitions=npartitions, partition_rows=rows)
     assert_same(got, offset, a, b)
 
 

@@ -44,7 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .components import COMPONENT_COLUMNS
-from .routing import NODE, find, lookup, route
+from .routing import NODE, find, locate, lookup, route
 
 __all__ = ["COMPONENT_COLUMNS", "DaskComponents", "PARTITION_ROWS", "components_dask"]
 
@@ -290,10 +290,8 @@ def _parents(state: pd.DataFrame, routes: pd.DataFrame) -> tuple[np.ndarray, ...
     part = routes["_part"].to_numpy(dtype=_I64)
     p = f[find(ids, x, "edge endpoint")]
     grand = np.full(p.size, -1, dtype=_I64)
-    if ids.size:
-        at = np.searchsorted(ids, p).clip(max=ids.size - 1)
-        own = ids[at] == p
-        grand[own] = f[at[own]]
+    at, own = locate(ids, p)
+    grand[own] = f[at[own]]
     return x, part, p, grand
 
 
@@ -301,17 +299,15 @@ def _asks(state: pd.DataFrame, routes: pd.DataFrame) -> pd.DataFrame:
     """One request per distinct (parent owned elsewhere, edge partition)."""
     _, part, p, grand = _parents(state, routes)
     remote = grand < 0
-    pairs = np.unique(np.stack([p[remote], part[remote]], axis=1), axis=0)
-    return pd.DataFrame({NODE: pairs[:, 0], "_part": pairs[:, 1]})
+    return pd.DataFrame({NODE: p[remote], "_part": part[remote]}).drop_duplicates(ignore_index=True)
 
 
 def _answers(state: pd.DataFrame, asked: pd.DataFrame) -> pd.DataFrame:
     """The owner's reply: a parent's own parent, to each edge partition that asked."""
-    pairs = np.unique(
-        np.stack([asked.index.to_numpy(dtype=_I64), asked["_part"].to_numpy(dtype=_I64)], axis=1),
-        axis=0,
-    )
-    p, part = pairs[:, 0], pairs[:, 1]
+    pairs = pd.DataFrame(
+        {"p": asked.index.to_numpy(dtype=_I64), "part": asked["_part"].to_numpy(dtype=_I64)}
+    ).drop_duplicates()
+    p, part = pairs["p"].to_numpy(dtype=_I64), pairs["part"].to_numpy(dtype=_I64)
     fp = state["parent"].to_numpy(dtype=_I64)[find(state.index.to_numpy(dtype=_I64), p, "node")]
     return pd.DataFrame(
         {"_part": part, "kind": np.ones(p.size, np.int8), NODE: p, "parent": fp, "grand": fp}
@@ -338,8 +334,10 @@ def _hook(local: pd.DataFrame, arrived: pd.DataFrame) -> pd.DataFrame:
     node = arrived[NODE].to_numpy(dtype=_I64)
     mine, known = kind == 0, kind == 1
     got = node[mine]
-    order = np.argsort(got, kind="stable")
-    pos = np.flatnonzero(mine)[order[find(got[order], members, "node")]]
+    order = np.argsort(got)
+    if not np.array_equal(got[order], members):  # one message per member, by construction
+        raise RuntimeError("components_dask: an edge partition got messages for other nodes")
+    pos = np.flatnonzero(mine)[order]
     parent = arrived["parent"].to_numpy(dtype=_I64)[pos]
     grand = arrived["grand"].to_numpy(dtype=_I64)[pos]
     ask = grand < 0
@@ -359,11 +357,12 @@ def _hook(local: pd.DataFrame, arrived: pd.DataFrame) -> pd.DataFrame:
 
 
 def _min_by_target(target: np.ndarray, value: np.ndarray) -> pd.DataFrame:
-    order = np.lexsort((value, target))
+    """One update per target: the smallest value."""
+    order = np.argsort(target)
     target, value = target[order], value[order]
-    first = np.ones(target.size, dtype=bool)
-    first[1:] = target[1:] != target[:-1]
-    return pd.DataFrame({NODE: target[first], "value": value[first]})
+    first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]]) if target.size else order[:0]
+    low = np.minimum.reduceat(value, first) if target.size else value[:0]
+    return pd.DataFrame({NODE: target[first], "value": low})
 
 
 def _apply(state: pd.DataFrame, received: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["NODE", "REPLY", "find", "lookup", "numbered", "route", "shuffle_method"]
+__all__ = ["NODE", "REPLY", "find", "locate", "lookup", "numbered", "route", "shuffle_method"]
 
 NODE = "node"
 """Name of the key index of node-owning partitions and of a message's destination column."""
@@ -111,6 +111,27 @@ def _tag_partition(df: pd.DataFrame, partition_info: dict | None = None) -> pd.D
     return df.assign(_part=np.int64(partition_info["number"] if partition_info else 0))
 
 
+def locate(ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``keys`` in the sorted unique array ``ids``, and which keys are there.
+
+    A contiguous ``ids`` (the dense node partitions) is indexed by subtraction.
+
+    Examples
+    --------
+    >>> pos, ok = locate(np.array([2, 5, 7]), np.array([7, 3]))
+    >>> pos[ok].tolist(), ok.tolist()
+    ([2], [True, False])
+    """
+    if ids.size == 0:
+        return np.zeros(keys.size, dtype=np.int64), np.zeros(keys.size, dtype=bool)
+    if int(ids[-1]) - int(ids[0]) == ids.size - 1:
+        pos = keys - ids[0]
+        ok = (pos >= 0) & (pos < ids.size)
+        return np.where(ok, pos, 0), ok
+    pos = np.searchsorted(ids, keys).clip(max=ids.size - 1)
+    return pos, ids[pos] == keys
+
+
 def find(ids: np.ndarray, keys: np.ndarray, what: str) -> np.ndarray:
     """Positions of ``keys`` in the sorted unique array ``ids``; ValueError names a missing key.
 
@@ -123,11 +144,9 @@ def find(ids: np.ndarray, keys: np.ndarray, what: str) -> np.ndarray:
     ...
     ValueError: node 3 is not among the nodes
     """
-    pos = np.searchsorted(ids, keys)
-    bad = pos >= ids.size
-    bad[~bad] = ids[pos[~bad]] != keys[~bad]
-    if bad.any():
-        raise ValueError(f"{what} {int(keys[np.flatnonzero(bad)[0]])} is not among the nodes")
+    pos, ok = locate(ids, keys)
+    if not ok.all():
+        raise ValueError(f"{what} {int(keys[np.flatnonzero(~ok)[0]])} is not among the nodes")
     return pos
 
 
@@ -161,9 +180,7 @@ def lookup(frame: Any, key: str, value: str, out: str) -> Any:
 
 def _requests(df: pd.DataFrame, key: str, partition_info: dict | None = None) -> pd.DataFrame:
     keys = np.unique(df[key].to_numpy(dtype=np.int64))
-    ids = df.index.to_numpy(dtype=np.int64)
-    pos = np.searchsorted(ids, keys).clip(max=max(ids.size - 1, 0))
-    remote = keys[(ids[pos] != keys)] if ids.size else keys
+    remote = keys[~locate(df.index.to_numpy(dtype=np.int64), keys)[1]]
     reply = partition_info["division"] if partition_info else 0
     return pd.DataFrame({NODE: remote, REPLY: np.full(remote.size, reply, dtype=np.int64)})
 
@@ -184,12 +201,8 @@ def _attach(df: pd.DataFrame, back: pd.DataFrame, key: str, value: str, out: str
     ids = df.index.to_numpy(dtype=np.int64)
     keys = df[key].to_numpy(dtype=np.int64)
     res = np.empty(keys.size, dtype=np.int64)
-    if ids.size:
-        pos = np.searchsorted(ids, keys).clip(max=ids.size - 1)
-        local = ids[pos] == keys
-        res[local] = df[value].to_numpy(dtype=np.int64)[pos[local]]
-    else:
-        local = np.zeros(keys.size, dtype=bool)
+    pos, local = locate(ids, keys)
+    res[local] = df[value].to_numpy(dtype=np.int64)[pos[local]]
     if not local.all():
         order = np.argsort(back["_key"].to_numpy(dtype=np.int64), kind="stable")
         got = back["_key"].to_numpy(dtype=np.int64)[order]

@@ -1,0 +1,224 @@
+"""Benchmark: connected components on the workers (``components_dask``) as N grows.
+
+Usage::
+
+    python benchmarks/scale_components.py                       # N = 1M and 5M
+    python benchmarks/scale_components.py --n 1000000 5000000 10000000 --check-max 1000000
+    python benchmarks/scale_components.py --n 200000 --workers 2 --memory-limit 2GiB
+
+For each N a fresh process starts a ``LocalCluster`` of ``--workers`` one-thread worker
+processes on 127.0.0.1 (``--memory-limit`` each; the scheduler runs in the client process,
+as with every LocalCluster), generates a synthetic kNN-like edge list **on the workers**
+(``dd.from_map``, ``--edge-rows`` source nodes per partition, nothing on the client) and runs
+:func:`dedupdask.analyses.components_dask.components_dask` on it. A thread samples the
+resident memory of the client and of every worker process with psutil every 50 ms, from
+outside the tasks. Printed per N: edges, partitions, iterations, wall time, the client's RSS
+after start-up (imports + cluster) and its peak, and each worker's peak.
+
+The graph (about 1.8 edges per node): nodes ``x, x+G, x+2G, ...`` (``G = N/8``, so members
+lie far apart in id order and in different partitions) form planted groups of eight, each
+linked to its successor and predecessor as a kNN graph lists both directions (5 % of the
+links dropped, so some groups split); 8 % of nodes get one random long-range edge, in both
+directions (groups then join into components of every size up to one of a few hundred
+thousand nodes per million: the skewed case); every 1000th node is chained to the next one
+(a path of N/1000 nodes: the long-diameter case); a few self-loops. For N <= ``--check-max`` the table is then gathered (outside the measured window)
+and compared with scipy's ``connected_components`` on the same edges, relabelled to the
+smallest index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+
+GROUP = 8
+RANDOM_EDGE = 0.08
+DROP = 0.05
+CHAIN = 1000
+
+
+def make_edges(bounds: tuple[int, int, int, int]) -> pd.DataFrame:
+    """The edges whose source is in ``[lo, hi)`` (runs on a worker)."""
+    lo, hi, n, seed = bounds
+    rng = np.random.default_rng([seed, lo])
+    x = np.arange(lo, hi, dtype=np.int64)
+    g = max(n // GROUP, 1)
+    parts_a, parts_b = [], []
+    for step in (g, -g):  # successor and predecessor in the planted group
+        y = x + step
+        ok = (y >= 0) & (y < n) & (rng.random(x.size) >= DROP)
+        parts_a.append(x[ok])
+        parts_b.append(y[ok])
+    far = rng.random(x.size) < RANDOM_EDGE
+    other = rng.integers(0, n, int(far.sum()), dtype=np.int64)
+    parts_a += [x[far], other]  # listed in both directions, as in a kNN graph
+    parts_b += [other, x[far]]
+    chain = x[(x % CHAIN == 0) & (x + CHAIN < n)]
+    parts_a.append(chain)
+    parts_b.append(chain + CHAIN)
+    loops = x[rng.random(x.size) < 0.001]
+    parts_a.append(loops)
+    parts_b.append(loops)
+    return pd.DataFrame({"from": np.concatenate(parts_a), "to": np.concatenate(parts_b)})
+
+
+def _specs(n: int, edge_rows: int, seed: int) -> list[tuple[int, int, int, int]]:
+    return [(lo, min(lo + edge_rows, n), n, seed) for lo in range(0, n, edge_rows)]
+
+
+class Sampler:
+    """Peak RSS per pid, polled every 50 ms from a thread (psutil, not ru_maxrss)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.peak = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for name, p in self.procs.items():
+                try:
+                    self.peak[name] = max(self.peak[name], p.memory_info().rss)
+                except Exception:  # noqa: BLE001 - a worker that went away
+                    pass
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def scipy_reference(n: int, specs: list) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = pd.concat([make_edges(s) for s in specs], ignore_index=True)
+    a, b = e["from"].to_numpy(), e["to"].to_numpy()
+    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(n, dtype=np.int64))
+    return first[labels], np.bincount(labels)[labels]
+
+
+def one(args: argparse.Namespace) -> dict:
+    """Measure one N in this (fresh) process."""
+    import dask.dataframe as dd
+    import psutil
+    from distributed import wait
+
+    from dedupdask.analyses.components_dask import components_dask
+    from dedupdask.localcluster import local_cluster
+
+    n = args.one
+    specs = _specs(n, args.edge_rows, args.seed)
+    meta = pd.DataFrame({"from": np.int64(0), "to": np.int64(0)}, index=[])
+    out: dict = {"n": n, "workers": args.workers, "memory_limit": args.memory_limit}
+    with local_cluster(
+        args.workers, dashboard_address=None, memory_limit=args.memory_limit,
+        silence_logs=logging.ERROR,
+    ) as client:
+        pids = {"client": os.getpid()}
+        for i, pid in enumerate(sorted(client.run(os.getpid).values())):
+            pids[f"worker{i}"] = pid
+        edges = dd.from_map(make_edges, specs, meta=meta, label="bench-edges", enforce_metadata=False)
+        out["client_start_mb"] = psutil.Process().memory_info().rss / 2**20
+        t0 = time.perf_counter()
+        with Sampler(pids) as s:
+            res = components_dask(edges, n, partition_rows=args.partition_rows)
+            wait(res.table)
+            t1 = time.perf_counter()
+            stats = res.table.map_partitions(
+                lambda t: pd.DataFrame(
+                    {"components": [int((t["component_id"] == t["index"]).sum())],
+                     "largest": [int(t["component_size"].max()) if len(t) else 0]}
+                ),
+                meta=pd.DataFrame({"components": np.int64(0), "largest": np.int64(0)}, index=[]),
+            ).compute()
+            n_edges = int(edges.map_partitions(len).sum().compute())
+        out.update(
+            edges=n_edges,
+            edge_partitions=len(specs),
+            node_partitions=res.table.npartitions,
+            iterations=res.iterations,
+            wall_s=round(t1 - t0, 1),
+            components=int(stats["components"].sum()),
+            largest_component=int(stats["largest"].max()),
+            peak_mb={k: round(v / 2**20) for k, v in s.peak.items()},
+        )
+        if n <= args.check_max:
+            got = res.table.compute()
+            comp, size = scipy_reference(n, specs)
+            out["equals_scipy"] = bool(
+                np.array_equal(got["index"].to_numpy(), np.arange(n))
+                and np.array_equal(got["component_id"].to_numpy(), comp)
+                and np.array_equal(got["component_size"].to_numpy(), size)
+            )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--memory-limit", default="4GiB")
+    p.add_argument("--edge-rows", type=int, default=250_000, help="source nodes per edge partition")
+    p.add_argument("--partition-rows", type=int, default=250_000, help="nodes per node partition")
+    p.add_argument("--check-max", type=int, default=1_000_000, help="compare with scipy up to this N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args)), flush=True)
+        return
+    print(
+        f"# components_dask on a LocalCluster: {args.workers} worker processes x 1 thread, "
+        f"memory limit {args.memory_limit}, {os.cpu_count()} cores; edge partitions of "
+        f"{args.edge_rows:,} source nodes, node partitions of {args.partition_rows:,}; "
+        "RSS sampled every 50 ms from outside (client = benchmark process incl. the scheduler)",
+        flush=True,
+    )
+    for n in args.n:
+        cmd = [
+            sys.executable, __file__, "--one", str(n), "--workers", str(args.workers),
+            "--memory-limit", args.memory_limit, "--edge-rows", str(args.edge_rows),
+            "--partition-rows", str(args.partition_rows), "--check-max", str(args.check_max),
+            "--seed", str(args.seed),
+        ]
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+        r = json.loads(line.splitlines()[-1])
+        peaks = r["peak_mb"]
+        workers = ", ".join(f"{v:,}" for k, v in peaks.items() if k.startswith("worker"))
+        check = {True: "equals scipy", False: "DIFFERS FROM SCIPY", None: "not checked"}[
+            r.get("equals_scipy")
+        ]
+        print(
+            f"N={n:>12,}: {r['edges']:,} edges in {r['edge_partitions']} partitions, "
+            f"{r['node_partitions']} node partitions | {r['iterations']} iterations, "
+            f"{r['wall_s']:.1f} s ({r['wall_s'] / max(r['iterations'], 1):.1f} s/iteration) | "
+            f"client {r['client_start_mb']:,.0f} MB after start, peak {peaks['client']:,} MB | "
+            f"worker peaks {workers} MB | {r['components']:,} components, largest "
+            f"{r['largest_component']:,} | {check}",
+            flush=True,
+        )
+        print("    " + json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()
