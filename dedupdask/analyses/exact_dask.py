@@ -145,10 +145,8 @@ def _key_edges(rows: pd.DataFrame, back: pd.DataFrame, keys: list[str]) -> pd.Da
         moved = rep != idx
         src.append(idx[moved])
         dst.append(rep[moved])
-    a = np.concatenate(src) if src else np.empty(0, _I64)
-    b = np.concatenate(dst) if dst else np.empty(0, _I64)
-    pairs = np.unique(np.stack([a, b], axis=1), axis=0) if a.size else np.empty((0, 2), _I64)
-    return pd.DataFrame({"from": pairs[:, 0].astype(_I64), "to": pairs[:, 1].astype(_I64)})
+    edges = pd.DataFrame({"from": np.concatenate(src), "to": np.concatenate(dst)}, dtype=_I64)
+    return edges.drop_duplicates(ignore_index=True)  # same target by md5 and by pixel_md5
 
 
 def exact_groups_dask(
