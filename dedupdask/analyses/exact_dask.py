@@ -100,7 +100,8 @@ def _valid_keys(rows: pd.DataFrame, keys: list[str]) -> list[tuple[int, np.ndarr
     for i, col in enumerate(keys):
         key = rows[col].astype("string")
         ok = has_index & (key.notna() & (key != "")).to_numpy(dtype=bool)
-        out.append((i, rows["index"].to_numpy()[ok].astype(_I64), key[ok].reset_index(drop=True)))
+        index = rows["index"].to_numpy(dtype=_I64, na_value=-1)[ok]
+        out.append((i, index, key[ok].reset_index(drop=True)))
     return out
 
 
@@ -133,15 +134,16 @@ def _global_minima(minima: pd.DataFrame) -> pd.DataFrame:
 
 
 def _key_edges(rows: pd.DataFrame, back: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Edges of one partition: each image to its key's smallest index here or, if sent, anywhere."""
     src, dst = [], []
     for i, idx, key in _valid_keys(rows, keys):
         rep = np.array(pd.Series(idx).groupby(key.to_numpy(), sort=False).transform("min"), dtype=_I64)
         mine = back[back["col"].to_numpy() == i]
         if len(mine):
             glob = pd.Series(mine["low"].to_numpy(dtype=_I64), index=pd.Index(mine["key"]))
-            far = key.map(glob).to_numpy(dtype="float64", na_value=np.nan)
-            hit = ~np.isnan(far)
-            rep[hit] = far[hit].astype(_I64)
+            far = key.map(glob).astype("Int64").to_numpy(dtype=_I64, na_value=-1)
+            hit = far >= 0
+            rep[hit] = far[hit]
         moved = rep != idx
         src.append(idx[moved])
         dst.append(rep[moved])
