@@ -1,4 +1,4 @@
-"""Benchmark: connected components on the workers (``components_dask``) as N grows.
+"""Benchmark: connected components on the workers (``components_table_dask``) as N grows.
 
 Usage::
 
@@ -174,7 +174,7 @@ def one(args: argparse.Namespace) -> dict:
     import psutil
     from distributed import wait
 
-    from dedupdask.analyses.components_dask import components_dask
+    from dedupdask.analyses.components_dask import components_table_dask
     from dedupdask.analyses.exact_dask import exact_groups_dask
     from dedupdask.localcluster import local_cluster
 
@@ -182,7 +182,7 @@ def one(args: argparse.Namespace) -> dict:
     specs = _specs(n, args.edge_rows, args.seed)
     meta = pd.DataFrame({"from": np.int64(0), "to": np.int64(0)}, index=[])
     out: dict = {"n": n, "workers": args.workers, "memory_limit": args.memory_limit,
-                 "what": "exact_groups_dask" if args.exact else "components_dask"}
+                 "what": "exact_groups_dask" if args.exact else "components_table_dask"}
     with local_cluster(
         args.workers, dashboard_address=None, memory_limit=args.memory_limit,
         silence_logs=logging.ERROR,
@@ -204,7 +204,7 @@ def one(args: argparse.Namespace) -> dict:
                 res = exact_groups_dask(edges, n, partition_rows=args.partition_rows)
                 table = res.table.rename(columns={"rep": "component_id", "group_size": "component_size"})
             else:
-                res = components_dask(edges, n, partition_rows=args.partition_rows)
+                res = components_table_dask(edges, n, partition_rows=args.partition_rows)
                 table = res.table
             wait(res.table)
             t1 = time.perf_counter()
@@ -254,7 +254,7 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one(args)), flush=True)
         return
-    what = "exact_groups_dask (md5/pixel_md5 rows)" if args.exact else "components_dask"
+    what = "exact_groups_dask (md5/pixel_md5 rows)" if args.exact else "components_table_dask"
     print(
         f"# {what} on a LocalCluster: {args.workers} worker processes x 1 thread, "
         f"memory limit {args.memory_limit}, {os.cpu_count()} cores; edge partitions of "

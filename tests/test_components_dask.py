@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dedupdask.analyses.components import COMPONENT_COLUMNS, components_table
-from dedupdask.analyses.components_dask import components_dask
+from dedupdask.analyses.components_dask import components_table_dask
 from dedupdask.analyses.exact import ExactGroups, exact_groups
 from dedupdask.analyses.exact_dask import EXACT_COLUMNS, exact_edges, exact_groups_dask
 from dedupdask.analyses.routing import shuffle_method
@@ -50,7 +50,7 @@ def edge_frame(a, b, npartitions: int) -> dd.DataFrame:
 
 
 def run(n: int, a, b, *, npartitions: int = 2, partition_rows: int = 1000):
-    res = components_dask(edge_frame(a, b, npartitions), n, partition_rows=partition_rows)
+    res = components_table_dask(edge_frame(a, b, npartitions), n, partition_rows=partition_rows)
     return res, res.table.compute()
 
 
@@ -96,7 +96,7 @@ def test_star_no_task_holds_the_whole_component(sync, center):
     a, b = np.full(n - 1, hub)[order], leaves[order]
     edges = edge_frame(a, b, parts)
     with _Rows() as seen:  # every task of the computation (the table is persisted)
-        res = components_dask(edges, n, partition_rows=rows)
+        res = components_table_dask(edges, n, partition_rows=rows)
     got = res.table.compute()
     assert_same(got, n, a, b)
     assert got["component_size"].eq(n).all()
@@ -159,7 +159,7 @@ def test_edge_cases(sync):
     res, got = run(0, [], [])
     assert len(got) == 0 and list(got.columns) == list(COMPONENT_COLUMNS)
     # a pandas DataFrame is accepted as it is
-    res = components_dask(pd.DataFrame({"from": [2], "to": [1]}), 3)
+    res = components_table_dask(pd.DataFrame({"from": [2], "to": [1]}), 3)
     assert res.table.compute()["component_id"].tolist() == [0, 1, 1]
 
 
@@ -169,7 +169,7 @@ def test_node_ids_from_a_series(sync):
     rng = np.random.default_rng(3)
     a, b = rng.choice(ids, 400), rng.choice(ids, 400)
     nodes = dd.from_pandas(pd.Series(np.concatenate([ids, ids[:50]])), npartitions=3)
-    res = components_dask(edge_frame(a, b, 2), nodes=nodes, partition_rows=300)
+    res = components_table_dask(edge_frame(a, b, 2), nodes=nodes, partition_rows=300)
     got = res.table.compute()
     pos = {int(v): i for i, v in enumerate(ids)}
     exp = reference(ids.size, [pos[int(v)] for v in a], [pos[int(v)] for v in b])
@@ -180,21 +180,21 @@ def test_node_ids_from_a_series(sync):
 
 def test_bad_input_is_a_clear_error(sync):
     with pytest.raises(ValueError, match="exactly one of n and nodes"):
-        components_dask(edge_frame([0], [1], 1))
+        components_table_dask(edge_frame([0], [1], 1))
     with pytest.raises(ValueError, match="outside the nodes 0..2"):
-        components_dask(edge_frame([0, 1], [1, 3], 1), 3)
+        components_table_dask(edge_frame([0, 1], [1, 3], 1), 3)
     with pytest.raises(ValueError, match="outside the nodes"):
-        components_dask(edge_frame([-1], [1], 1), 3)
+        components_table_dask(edge_frame([-1], [1], 1), 3)
     with pytest.raises(ValueError, match="must be integer"):
-        components_dask(dd.from_pandas(pd.DataFrame({"from": [0.0], "to": [1.0]}), npartitions=1), 2)
+        components_table_dask(dd.from_pandas(pd.DataFrame({"from": [0.0], "to": [1.0]}), npartitions=1), 2)
     with pytest.raises(ValueError, match="missing 'to'"):
-        components_dask(dd.from_pandas(pd.DataFrame({"from": [0]}), npartitions=1), 2)
+        components_table_dask(dd.from_pandas(pd.DataFrame({"from": [0]}), npartitions=1), 2)
     nulls = pd.DataFrame({"from": pd.array([0, None], "Int64"), "to": pd.array([1, 1], "Int64")})
     with pytest.raises(ValueError, match="has nulls"):
-        components_dask(dd.from_pandas(nulls, npartitions=1), 2)
+        components_table_dask(dd.from_pandas(nulls, npartitions=1), 2)
     nodes = dd.from_pandas(pd.Series([10, 20, 30]), npartitions=1)
     with pytest.raises(ValueError, match="edge endpoint 25 is not among the nodes"):
-        components_dask(edge_frame([10, 25], [20, 30], 1), nodes=nodes)
+        components_table_dask(edge_frame([10, 25], [20, 30], 1), nodes=nodes)
 
 
 def planted_files(n: int, seed: int, archives: int) -> pd.DataFrame:
@@ -276,7 +276,7 @@ def test_on_a_local_cluster():
         rng = np.random.default_rng(11)
         n = 6_000  # p2p costs ~0.5 s per shuffle whatever the size: few iterations here
         a, b = rng.integers(0, n, 9_000), rng.integers(0, n, 9_000)
-        res = components_dask(edge_frame(a, b, 3), n, partition_rows=2_000)
+        res = components_table_dask(edge_frame(a, b, 3), n, partition_rows=2_000)
         wait(res.table)  # persisted: it is being computed on the workers, and stays there
         held = client.who_has(res.table)
         assert len(held) == res.table.npartitions == 3 and all(held.values())

@@ -7,7 +7,7 @@ DataFrames on the workers, without gathering them (``routing`` moves their messa
 """
 
 from .components import COMPONENT_COLUMNS, REMOVE_COLUMNS, components_table, duplicates_to_remove
-from .components_dask import DaskComponents, components_dask
+from .components_dask import DaskComponents, components_table_dask
 from .exact import ExactGroups, exact_groups
 from .exact_dask import EXACT_COLUMNS, exact_edges, exact_groups_dask
 from .outliers import OUTLIER_COLUMNS, nearest_neighbours, outliers_table
@@ -33,7 +33,7 @@ __all__ = [
     "SIMILARITY_COLUMNS",
     "STATS_COLUMNS",
     "STATS_CSV_COLUMNS",
-    "components_dask",
+    "components_table_dask",
     "components_table",
     "duplicates_to_remove",
     "exact_edges",

@@ -48,7 +48,7 @@ from scipy.sparse.csgraph import connected_components
 from .components import COMPONENT_COLUMNS
 from .routing import NODE, find, locate, lookup, route
 
-__all__ = ["COMPONENT_COLUMNS", "DaskComponents", "PARTITION_ROWS", "components_dask"]
+__all__ = ["COMPONENT_COLUMNS", "DaskComponents", "PARTITION_ROWS", "components_table_dask"]
 
 PARTITION_ROWS = 1_000_000
 """Default number of nodes per node partition (16 MB of state; messages a few times that)."""
@@ -58,15 +58,16 @@ _I64 = np.int64
 
 @dataclass(frozen=True)
 class DaskComponents:
-    """The result of :func:`components_dask`.
+    """The result of :func:`components_table_dask` (and of ``exact_groups_dask``).
 
     Attributes
     ----------
     table : dask.dataframe.DataFrame
-        Columns :data:`COMPONENT_COLUMNS` (``index, component_id, component_size``), one row
-        per node in increasing ``index`` order, indexed by the node id as well (known
-        divisions: partition ``i`` holds a contiguous range of ids). Persisted: its partitions
-        live on the workers (or in this process under a local scheduler).
+        Columns :data:`COMPONENT_COLUMNS` (``index, component_id, component_size``; the exact
+        groups name the last two ``rep, group_size``), one row per node in increasing
+        ``index`` order, indexed by the node id as well (known divisions: partition ``i``
+        holds a contiguous range of ids). Persisted: its partitions live on the workers (or
+        in this process under a local scheduler).
     iterations : int
         FastSV iterations until no parent changed.
     """
@@ -75,7 +76,7 @@ class DaskComponents:
     iterations: int
 
 
-def components_dask(
+def components_table_dask(
     edges: Any,
     n: int | None = None,
     *,
@@ -115,7 +116,7 @@ def components_dask(
     >>> import dask, dask.dataframe as dd
     >>> e = dd.from_pandas(pd.DataFrame({"from": [3, 1, 4], "to": [1, 0, 5]}), npartitions=2)
     >>> with dask.config.set(scheduler="sync"):
-    ...     res = components_dask(e, 7)
+    ...     res = components_table_dask(e, 7)
     ...     res.table.compute().values.tolist()
     [[0, 0, 3], [1, 0, 3], [2, 2, 1], [3, 0, 3], [4, 4, 2], [5, 4, 2], [6, 6, 1]]
     """
@@ -123,7 +124,7 @@ def components_dask(
     import dask.dataframe as dd
 
     if (n is None) == (nodes is None):
-        raise ValueError("components_dask needs exactly one of n and nodes")
+        raise ValueError("components_table_dask needs exactly one of n and nodes")
     if not isinstance(partition_rows, int | np.integer) or partition_rows < 1:
         raise ValueError(f"partition_rows must be a positive integer, got {partition_rows!r}")
     if isinstance(edges, pd.DataFrame):
@@ -337,7 +338,7 @@ def _hook(local: pd.DataFrame, arrived: pd.DataFrame) -> pd.DataFrame:
     got = node[mine]
     order = np.argsort(got)
     if not np.array_equal(got[order], members):  # one message per member, by construction
-        raise RuntimeError("components_dask: an edge partition got messages for other nodes")
+        raise RuntimeError("components_table_dask: an edge partition got messages for other nodes")
     pos = np.flatnonzero(mine)[order]
     parent = arrived["parent"].to_numpy(dtype=_I64)[pos]
     grand = arrived["grand"].to_numpy(dtype=_I64)[pos]

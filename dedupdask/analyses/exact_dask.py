@@ -10,7 +10,7 @@ and the key columns, one partition per archive) without gathering them:
    global minimum is found, and it goes back only to the partitions that do not hold it.
    Each image then gets the edge image -> smallest index with the same key.
 2. :func:`exact_groups_dask`: the components of those edges
-   (:func:`dedupdask.analyses.components_dask.components_dask`) give every image its
+   (:func:`dedupdask.analyses.components_dask.components_table_dask`) give every image its
    representative, linking ``md5`` and ``pixel_md5`` chains (A~B by bytes, B~C by pixels).
 
 A key shared by a million images (a placeholder picture) costs one row per partition in
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .components_dask import PARTITION_ROWS, DaskComponents, components_dask
+from .components_dask import PARTITION_ROWS, DaskComponents, components_table_dask
 from .routing import numbered, route, shuffle_method
 
 __all__ = ["EDGE_COLUMNS", "EXACT_COLUMNS", "EXACT_KEYS", "exact_edges", "exact_groups_dask"]
@@ -192,8 +192,8 @@ def exact_groups_dask(
     edges = exact_edges(files, keys=keys)
     if n is None:
         nodes = files["index"].dropna().astype(_I64)
-        res = components_dask(edges, nodes=nodes, partition_rows=partition_rows)
+        res = components_table_dask(edges, nodes=nodes, partition_rows=partition_rows)
     else:
-        res = components_dask(edges, n, partition_rows=partition_rows)
+        res = components_table_dask(edges, n, partition_rows=partition_rows)
     table = res.table.rename(columns={"component_id": "rep", "component_size": "group_size"})
     return DaskComponents(table=table, iterations=res.iterations)
