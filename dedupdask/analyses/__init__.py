@@ -2,11 +2,14 @@
 
 Every function here works on plain numpy/pandas data in the global index space (0..N-1 =
 the rows of ``atrain_features.dat.csv``) and returns one tidy table whose columns are defined
-once, in the module that makes it.
+once, in the module that makes it. The ``*_dask`` modules compute the same tables from Dask
+DataFrames on the workers, without gathering them (``routing`` moves their messages).
 """
 
 from .components import COMPONENT_COLUMNS, REMOVE_COLUMNS, components_table, duplicates_to_remove
+from .components_dask import DaskComponents, components_table_dask
 from .exact import ExactGroups, exact_groups, expand_graph
+from .exact_dask import EXACT_COLUMNS, exact_edges, exact_groups_dask
 from .issues import ISSUE_COLUMNS, find_issues
 from .outliers import OUTLIER_COLUMNS, nearest_neighbours, outliers_table
 from .similarity import SIMILARITY_COLUMNS, similarity_table
@@ -22,6 +25,8 @@ from .stats import (
 __all__ = [
     "BAD_CSV_COLUMNS",
     "COMPONENT_COLUMNS",
+    "DaskComponents",
+    "EXACT_COLUMNS",
     "ExactGroups",
     "INVALID_COLUMNS",
     "ISSUE_COLUMNS",
@@ -30,9 +35,12 @@ __all__ = [
     "SIMILARITY_COLUMNS",
     "STATS_COLUMNS",
     "STATS_CSV_COLUMNS",
+    "components_table_dask",
     "components_table",
     "duplicates_to_remove",
+    "exact_edges",
     "exact_groups",
+    "exact_groups_dask",
     "expand_graph",
     "find_issues",
     "invalid_table",
