@@ -14,7 +14,6 @@ import io
 import itertools
 import json
 import shutil
-import tarfile
 
 import dask
 import numpy as np
@@ -25,7 +24,7 @@ from PIL import Image
 
 import dedupdask as ddk
 from dedupdask.config import RunConfig
-from dedupdask.datasets import random_picture
+from dedupdask.datasets import random_picture, write_shard
 from dedupdask.decode import DECODE_VERSION, decode_image
 from dedupdask.readback import make_thumbnail
 from dedupdask.results import build
@@ -39,12 +38,7 @@ def _enc(im: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _tar(path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mtime = 1_700_000_000
-            tf.addfile(ti, io.BytesIO(data))
+    write_shard(str(path), members)
 
 
 def _one_pixel_twin(im: Image.Image) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,7 @@ from dedupdask.analyses.issues import (
 from dedupdask.cli import main as cli_main
 from dedupdask.collect import collect
 from dedupdask.config import RunConfig
-from dedupdask.datasets import random_picture
+from dedupdask.datasets import random_picture, write_shard
 from dedupdask.decode import STATS_VERSION, decode_image
 from dedupdask.thresholds import ISSUE_TYPES, issue_row_for, resolve_issues
 
@@ -68,12 +67,7 @@ def _junk() -> dict[str, tuple[bytes, set[str]]]:
 
 
 def _tar(path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mtime = 1_700_000_000
-            tf.addfile(ti, io.BytesIO(data))
+    write_shard(str(path), members)
 
 
 def _shards(root, members: list[tuple[str, bytes]]):
