@@ -221,6 +221,7 @@ def one(args: argparse.Namespace) -> dict:
             edge_partitions=len(specs),
             node_partitions=res.table.npartitions,
             iterations=res.iterations,
+            changed_per_iteration=list(res.changed),
             wall_s=round(t1 - t0, 1),
             components=int(stats["components"].sum()),
             largest_component=int(stats["largest"].max()),

@@ -68,12 +68,18 @@ class DaskComponents:
         ``index`` order, indexed by the node id as well (known divisions: partition ``i``
         holds a contiguous range of ids). Persisted: its partitions live on the workers (or
         in this process under a local scheduler).
-    iterations : int
-        FastSV iterations until no parent changed.
+    changed : tuple of int
+        Parents changed in each FastSV iteration (the last one is 0): how fast the work
+        shrinks.
     """
 
     table: Any
-    iterations: int
+    changed: tuple[int, ...]
+
+    @property
+    def iterations(self) -> int:
+        """FastSV iterations until no parent changed."""
+        return len(self.changed)
 
 
 def components_table_dask(
@@ -103,7 +109,8 @@ def components_table_dask(
     Returns
     -------
     DaskComponents
-        ``table`` with ``index, component_id, component_size`` and the iteration count.
+        ``table`` with ``index, component_id, component_size``, and the parents changed per
+        iteration.
 
     Raises
     ------
@@ -146,22 +153,20 @@ def components_table_dask(
     if state is None:  # no nodes: the edges must be empty (checked on the workers)
         if int(raw.shape[0].compute()):
             raise ValueError("edges has endpoints but there are no nodes")
-        return DaskComponents(table=dd.from_pandas(_table_meta(), npartitions=1), iterations=0)
+        return DaskComponents(table=dd.from_pandas(_table_meta(), npartitions=1), changed=())
     node_divs = tuple(int(d) for d in state.divisions)
     edge_divs = tuple(range(edges.npartitions + 1))
     local = raw.set_index("_part", sorted=True, divisions=edge_divs)
     routes = route(raw[[NODE, "_part"]], NODE, node_divs)
     state, local, routes = dask.persist(state, local, routes)
 
-    iterations = 0
-    while True:
-        iterations += 1
+    changes: list[int] = []
+    while not changes or changes[-1]:
         state, changed = dask.persist(*_iteration(state, local, routes, edge_divs, node_divs))
-        if int(changed.compute()) == 0:
-            break
+        changes.append(int(changed.compute()))
     del local, routes
     (table,) = dask.persist(_finish(state))
-    return DaskComponents(table=table, iterations=iterations)
+    return DaskComponents(table=table, changed=tuple(changes))
 
 
 def _check_edge_columns(meta: pd.DataFrame) -> None:

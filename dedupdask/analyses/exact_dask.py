@@ -177,7 +177,8 @@ def exact_groups_dask(
     DaskComponents
         ``table`` with columns :data:`EXACT_COLUMNS` -- ``rep`` the smallest index of the
         image's group (equal to :attr:`ExactGroups.rep`), ``group_size`` its number of
-        images -- one row per valid image in index order; and the iteration count.
+        images -- one row per valid image in index order; and the parents changed per
+        iteration.
 
     Examples
     --------
@@ -196,4 +197,4 @@ def exact_groups_dask(
     else:
         res = components_table_dask(edges, n, partition_rows=partition_rows)
     table = res.table.rename(columns={"component_id": "rep", "component_size": "group_size"})
-    return DaskComponents(table=table, iterations=res.iterations)
+    return DaskComponents(table=table, changed=res.changed)

@@ -128,7 +128,10 @@ def locate(ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pos = keys - ids[0]
         ok = (pos >= 0) & (pos < ids.size)
         return np.where(ok, pos, 0), ok
-    pos = np.searchsorted(ids, keys).clip(max=ids.size - 1)
+    order = np.argsort(keys)  # sorted queries: several times faster than random ones
+    pos = np.empty(keys.size, dtype=np.int64)
+    pos[order] = np.searchsorted(ids, keys[order])
+    pos = pos.clip(max=ids.size - 1)
     return pos, ids[pos] == keys
 
 
