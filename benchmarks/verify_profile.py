@@ -24,25 +24,25 @@ from typing import Any
 
 import numpy as np
 
-# (label, attribute path in dedupdask.verify) -- the stages of dedupdask.verify._score
+# (label, attribute path in dedupdask.match) -- the stages of dedupdask.match.score_views
 STAGES = [
-    ("views: grey, coarse image, FFT plan (per image)", "_View.__init__"),
+    ("views: grey, coarse image, FFT plan (per image)", "View.__init__"),
     ("coarse search: all hypotheses at 48 px", "_hypotheses"),
     ("  template stacks (per image and outer shape)", "_Stack.build"),
     ("  correlations of the stacks", "_stack_best"),
     ("refinement of the best hypotheses at 128 px", "_refine"),
     ("  fine FFT plans (per image)", "_Plan.__init__"),
     ("  fine correlations", "_ncc"),
-    ("  resizes of the inner image", "_View.resized"),
+    ("  resizes of the inner image", "View.resized"),
     ("  residuals (blur, fit, cells, blob)", "_residuals"),
     ("    blur", "_blur_pair"),
 ]
 
 
 def _code_key(path: str) -> tuple[str, int, str]:
-    from dedupdask import verify
+    from dedupdask import match
 
-    obj: Any = verify
+    obj: Any = match
     for part in path.split("."):
         obj = getattr(obj, part)
     code = obj.__code__

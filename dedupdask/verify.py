@@ -1,36 +1,7 @@
-"""Verification stage: confirm or reject candidate duplicate pairs by aligning their pixels.
+"""Verification stage: score candidate duplicate pairs on Dask with :mod:`dedupdask.match`.
 
-A candidate pair (two images whose descriptors are close but not close enough to be sure) is
-a duplicate when one image is the other after a resize, a recompression, a brightness
-change, a horizontal flip and/or a crop, i.e. when, after the right alignment, their pixels
-agree everywhere. Look-alikes (two clocks showing different times, the same arrow in two
-colours, two different wood textures) do not: they differ somewhere.
-
-The check, per pair, on images decoded (as displayed: EXIF orientation applied, through
-:func:`dedupdask.decode.to_rgb`) with aspect kept to 128 px on the long side:
-
-1. **Alignment search** on 48 px grey images: for each direction (B inside A, A inside B),
-   each scale ``s`` in 0.70..1.00 (the inner image covers ``s`` of the outer one's width, its
-   height following its own aspect ratio) and each flip, the normalised cross-correlation of
-   the inner image with every position in the outer one (one FFT). The best
-   :data:`TOP` hypotheses are refined at 128 px (scale +-1.25 %); a pair whose best coarse
-   correlation is under :data:`COARSE_REJECT` is rejected without refining, and a refined
-   alignment whose fine correlation is under :data:`FINE_REJECT` gets no residuals.
-2. **Residual** of each refined alignment, on the colour images blurred by 1 px (which
-   forgives sub-pixel misalignment and JPEG noise): one gain and one offset shared by the
-   three channels are fitted (brightness, not colour, may change), and the residual energy
-   is divided by the outer image's variance -- over the whole overlap (``residual``) and in
-   the worst cell of a 4 x 4 grid (``cell``) -- and the largest blob of pixels off by more
-   than 0.2 that survives a 3 x 3 opening is measured (``blob``, a fraction of the overlap:
-   a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
-
-``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
-duplicate when ``score >= verify_score`` (default 0.9, :mod:`dedupdask.thresholds`: residual
-<= 0.1, cell <= 0.2, no blob over 0.13 % of the image); the search stops at the first
-alignment scoring ``early_accept`` or more. Measured on real photos and clip art
-(``benchmarks/quality.py --tiers``, ``benchmarks/results/quality_tiers.txt``); cost on the real-photo shards of
-``benchmarks/vs_fastdup.py``: about 2.8 ms of one core per pair, plus 0.6 ms per image read
-back and decoded.
+This module plans the work (which images to read, which pairs each task scores, on which
+scheduler); the decision for one pair is :func:`dedupdask.match.match_score`'s.
 
 Work is split for Dask as the rest of the analysis. Past :data:`STREAM_MAX_ARCHIVES`
 archives, pairs whose two images lie in uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
@@ -50,15 +21,14 @@ import contextvars
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
-import scipy.fft as _fft
 
 from .allocator import tune as tune_allocator
+from .match import Prepared, View, match_score, prepare_image, score_views
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -70,23 +40,6 @@ __all__ = [
     "verify_on",
     "verify_pairs",
 ]
-
-FINE = 128
-COARSE = 48
-SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
-SIGMA = 1.0
-GRID = 4
-TOP = 4
-BLOB_LEVEL = 0.2
-BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
-COARSE_REJECT = 0.7
-"""Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
-of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
-below 0.7, and none of them scored above 0.25 when refined."""
-FINE_REJECT = 0.75
-"""Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
-computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
-refinements were under 0.75 and none of them scored above 0.79 with residuals computed."""
 
 VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 
@@ -152,388 +105,6 @@ def _scheduler_for(n_pairs: int) -> Iterator[Any]:
 
     with local_cluster(cores, dashboard_address=None, silence_logs=40) as client:
         yield client
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One decoded image, ready for matching.
-
-    Attributes
-    ----------
-    width, height : int
-        Size of the original image as displayed (its aspect ratio drives the alignment).
-    rgb : ndarray
-        uint8 ``[h, w, 3]``, the image with its long side at 128 px.
-    """
-
-    width: int
-    height: int
-    rgb: np.ndarray
-
-
-def _fine_size(width: int, height: int) -> tuple[int, int]:
-    s = FINE / max(width, height, 1)
-    return max(8, round(height * s)), max(8, round(width * s))
-
-
-def prepare_image(data: bytes, *, max_image_pixels: int = 100_000_000) -> Prepared | str:
-    """Decode one image for :func:`match_score`, or return why it cannot be.
-
-    The size comes from the file itself (as displayed), not from what extraction recorded:
-    work_dirs of decode version 1 recorded rotated photos' sizes as stored.
-
-    Parameters
-    ----------
-    data : bytes
-        The encoded image.
-    max_image_pixels : int
-        Larger images are not decoded.
-
-    Returns
-    -------
-    Prepared or str
-
-    Examples
-    --------
-    >>> import io
-    >>> from PIL import Image
-    >>> buf = io.BytesIO(); Image.new("RGB", (256, 64), "red").save(buf, "PNG")
-    >>> prepare_image(buf.getvalue()).rgb.shape
-    (32, 128, 3)
-    """
-    from .decode import decode_image
-
-    d = decode_image(data, _fine_size, max_image_pixels=max_image_pixels, min_image_size=1)
-    if d.error_code != "VALID" or d.pixels is None:
-        return f"{d.error_code}: {d.message}"
-    return Prepared(int(d.width), int(d.height), d.pixels)
-
-
-# -- matching ------------------------------------------------------------------------------------
-def _pil_image(arr: np.ndarray) -> Any:
-    from PIL import Image
-
-    return Image.fromarray(arr, "F")
-
-
-def _pil_resize(im: Any, w: int, h: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
-    if arr.ndim == 3:
-        return np.stack([_resize(arr[..., c], w, h) for c in range(arr.shape[2])], axis=-1)
-    if arr.shape == (h, w):
-        return arr
-    return _pil_resize(_pil_image(arr), w, h)
-
-
-def _integral(x: np.ndarray) -> np.ndarray:
-    s = np.zeros((x.shape[0] + 1, x.shape[1] + 1), np.float64)
-    s[1:, 1:] = x.cumsum(0).cumsum(1)
-    return s
-
-
-def _box(s: np.ndarray, h: int, w: int) -> np.ndarray:
-    return s[h:, w:] - s[:-h, w:] - s[h:, :-w] + s[:-h, :-w]
-
-
-class _Plan:
-    """FFT and integral images of one image, shared by every template matched inside it."""
-
-    def __init__(self, img: np.ndarray) -> None:
-        self.img = img
-        self.spec = _fft.rfft2(img)
-        self.s1 = _integral(img)
-        self.s2 = _integral(img * img)
-        self._windows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-    def windows(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """Variance and inverse standard deviation of every ``h x w`` window (cached)."""
-        got = self._windows.get((h, w))
-        if got is None:
-            s1 = _box(self.s1, h, w)
-            var = _box(self.s2, h, w) - s1 * s1 / (h * w)
-            got = (var, 1.0 / np.sqrt(np.maximum(var, 1e-12)))
-            self._windows[(h, w)] = got
-        return got
-
-
-def _ncc(plan: _Plan, tpl: np.ndarray) -> np.ndarray | None:
-    """Normalised cross-correlation of ``tpl`` at every position inside the plan's image (FFT)."""
-    H, W = plan.img.shape
-    h, w = tpl.shape
-    if h > H or w > W or h < 4 or w < 4:
-        return None
-    t0 = tpl - tpl.mean()
-    energy = float((t0 * t0).sum())
-    if energy < 1e-8:
-        return None
-    spec = plan.spec * _fft.rfft2(t0[::-1, ::-1], s=(H, W))
-    corr = _fft.irfft2(spec, s=(H, W))[h - 1 :, w - 1 :]
-    var, inv = plan.windows(h, w)
-    ok = var > max(0.01 * energy, 1e-8)  # windows much flatter than the template never match
-    out = np.where(ok, corr * inv, 0.0) / np.sqrt(energy)
-    return np.clip(out, -1.0, 1.0)
-
-
-class _View:
-    """Grey fine and coarse versions of a prepared image (computed once per task).
-
-    The templates this image becomes inside outer images of a given coarse shape (every scale
-    and flip, their FFTs and energies) are cached too: in a dataset most images share a few
-    shapes, so a template stack is built once per image and shape, not once per pair.
-    """
-
-    def __init__(self, p: Prepared) -> None:
-        self._rgb8 = p.rgb  # uint8; the float copy is made only for pairs that get refined
-        rgb = p.rgb.astype(np.float32) / 255.0
-        self.aspect = p.width / max(p.height, 1)
-        self.grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-        h, w = self.grey.shape
-        s = COARSE / max(h, w)
-        self.coarse = _resize(self.grey, max(4, round(w * s)), max(4, round(h * s)))
-        self.coarse_plan = _Plan(self.coarse)
-        self._fine_plan: _Plan | None = None
-        self._stacks: dict[tuple[int, int], _Stack | None] = {}
-        self._rgb: np.ndarray | None = None
-        self._pil: dict[str, Any] = {}
-
-    @property
-    def rgb(self) -> np.ndarray:
-        """float32 colour image in 0..1 (made on first use, kept while the view lives)."""
-        if self._rgb is None:
-            self._rgb = self._rgb8.astype(np.float32) / 255.0
-        return self._rgb
-
-    def resized(self, what: str, w: int, h: int) -> np.ndarray:
-        """``grey``, ``coarse`` or ``rgb`` resized to ``w x h`` (the PIL images are kept)."""
-        ims = self._pil.get(what)
-        if ims is None:
-            arr = getattr(self, what)
-            chans = [arr[..., c] for c in range(arr.shape[2])] if arr.ndim == 3 else [arr]
-            ims = self._pil[what] = [_pil_image(np.ascontiguousarray(c)) for c in chans]
-        if ims[0].size == (w, h):
-            return getattr(self, what)
-        out = [_pil_resize(im, w, h) for im in ims]
-        return np.stack(out, axis=-1) if len(out) > 1 else out[0]
-
-    @property
-    def fine_plan(self) -> _Plan:
-        if self._fine_plan is None:  # only pairs that pass the coarse search need it
-            self._fine_plan = _Plan(self.grey)
-        return self._fine_plan
-
-    def stack(self, outer_hw: tuple[int, int]) -> _Stack | None:
-        """This image as templates inside an outer coarse image of shape ``outer_hw``."""
-        if outer_hw not in self._stacks:
-            self._stacks[outer_hw] = _Stack.build(self, outer_hw)
-        return self._stacks[outer_hw]
-
-
-@dataclass
-class _Stack:
-    """Templates of one inner image for one outer shape: one entry per scale, both flips."""
-
-    scales: list[float]
-    shapes: list[tuple[int, int]]
-    root_energy: np.ndarray
-    spec: np.ndarray  # rfft2 of [2 * len(scales), H, W]: scale i unflipped at 2i, flipped at 2i+1
-
-    @staticmethod
-    def build(inner: _View, outer_hw: tuple[int, int]) -> _Stack | None:
-        H, W = outer_hw
-        scales, shapes, energies, tpls = [], [], [], []
-        for s in SCALES:
-            th, tw = _inner_size((H, W), s, inner.aspect)
-            if th > H or tw > W or th < 4 or tw < 4:
-                continue
-            t0 = inner.resized("coarse", tw, th)
-            t0 = t0 - t0.mean()
-            energy = float((t0 * t0).sum())
-            if energy < 1e-8:
-                continue  # a flat template matches nothing (and its flip is as flat)
-            scales.append(s)
-            shapes.append((th, tw))
-            energies.append(energy)
-            tpls.append(t0)
-        if not tpls:
-            return None
-        stack = np.zeros((2 * len(tpls), H, W), np.float32)
-        for i, t0 in enumerate(tpls):
-            h, w = t0.shape
-            stack[2 * i, :h, :w] = t0[::-1, ::-1]
-            stack[2 * i + 1, :h, :w] = t0[::-1, :]  # the flipped template, reversed
-        return _Stack(scales, shapes, np.sqrt(np.asarray(energies)), _fft.rfft2(stack))
-
-
-def _inner_size(outer_hw: tuple[int, int], scale: float, aspect: float) -> tuple[int, int]:
-    H, W = outer_hw
-    tw = round(scale * W)
-    th = round(tw / aspect)
-    if abs(th - H) <= 1:
-        th = H
-    return th, tw
-
-
-def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
-    """Best normalised correlation of every template of ``st`` inside the plan's image."""
-    H, W = plan.img.shape
-    corr = _fft.irfft2(st.spec * plan.spec, s=(H, W))
-    best = np.empty(corr.shape[0])
-    for i, (h, w) in enumerate(st.shapes):
-        var, inv = plan.windows(h, w)
-        scale = np.where(var > max(0.01 * float(st.root_energy[i]) ** 2, 1e-8), inv, 0.0)
-        scale /= st.root_energy[i]
-        best[2 * i : 2 * i + 2] = (corr[2 * i : 2 * i + 2, h - 1 :, w - 1 :] * scale).max(axis=(1, 2))
-    return np.clip(best, -1.0, 1.0)
-
-
-def _hypotheses(a: _View, b: _View) -> list[tuple[float, int, float, bool]]:
-    out = []
-    for direction, (outer, inner) in enumerate(((a, b), (b, a))):
-        st = inner.stack(outer.coarse.shape)
-        if st is None:
-            continue
-        best = _stack_best(outer.coarse_plan, st)
-        for i, s in enumerate(st.scales):
-            out.append((float(best[2 * i]), direction, s, False))
-            out.append((float(best[2 * i + 1]), direction, s, True))
-    out.sort(key=lambda t: (-round(t[0], 4), -t[2]))
-    return out[:TOP]
-
-
-def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both images (same shape) blurred by :data:`SIGMA` px, in one filter call."""
-    from scipy.ndimage import gaussian_filter
-
-    both = gaussian_filter(np.stack([a, b]), sigma=(0, SIGMA, SIGMA, 0), mode="nearest")
-    return both[0], both[1]
-
-
-def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
-
-    The first two are residual energies relative to a's variance; the third is the area
-    (fraction of the overlap) of the largest blob of pixels off by more than
-    :data:`BLOB_LEVEL` that survives a 3 x 3 opening (JPEG ringing and 1-px edge misalignment
-    are thin and vanish; a redrawn detail does not).
-    """
-    from scipy.ndimage import binary_opening, label
-
-    a, b = _blur_pair(a, b)
-    x, y = b.ravel(), a.ravel()
-    xm, ym = float(x.mean()), float(y.mean())
-    vx = float(((x - xm) ** 2).mean())
-    g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
-    r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
-    var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
-    h, w, c = r.shape
-    # per-pixel mean square and largest |r| over the channels, as slices (a reduction over
-    # the 3-long last axis is several times slower, with the same result)
-    r2 = r[..., 0] * r[..., 0]
-    worst = np.abs(r[..., 0])
-    for i in range(1, c):
-        r2 += r[..., i] * r[..., i]
-        np.maximum(worst, np.abs(r[..., i]), out=worst)
-    r2 /= c
-    # mean of each cell of the GRID x GRID grid (empty cells of tiny images skipped), in float64
-    ys = np.unique([i * h // GRID for i in range(GRID)] + [h])
-    xs = np.unique([j * w // GRID for j in range(GRID)] + [w])
-    sums = np.add.reduceat(np.add.reduceat(r2.astype(np.float64), ys[:-1], axis=0), xs[:-1], axis=1)
-    cells = (sums / np.outer(np.diff(ys), np.diff(xs))).ravel().tolist()
-    off = worst > BLOB_LEVEL
-    blob = 0.0
-    if off.any():
-        off = binary_opening(off, structure=np.ones((3, 3), bool))
-        if off.any():
-            lab, _ = label(off)
-            blob = float(np.bincount(lab.ravel())[1:].max()) / off.size
-    return float(r2.mean()) / var, max(cells, default=0.0) / var, blob
-
-
-def _refine(
-    outer: _View, inner: _View, scale: float, flip: bool, memo: dict[tuple, Any] | None = None
-) -> tuple[float, float, float] | None:
-    """Residuals of the best fine alignment near ``scale``, or None when there is none or its
-    normalised correlation is under :data:`FINE_REJECT`. ``memo`` (one per pair) keeps the
-    correlations and residuals already computed: neighbouring hypotheses share scales."""
-    memo = {} if memo is None else memo
-    H, W = outer.grey.shape
-    best: tuple[float, tuple[int, int, int, int]] | None = None
-    for s in (scale, scale - 0.0125, scale + 0.0125):
-        th, tw = _inner_size((H, W), s, inner.aspect)
-        if th > H or tw > W or th < 4 or tw < 4:
-            continue
-        key = ("ncc", id(outer), flip, th, tw)
-        got = memo.get(key, False)
-        if got is False:
-            tpl = inner.resized("grey", tw, th)
-            m = _ncc(outer.fine_plan, tpl[:, ::-1] if flip else tpl)
-            if m is None:
-                got = None
-            else:
-                k = int(np.argmax(m))
-                got = (float(m.flat[k]), divmod(k, m.shape[1]))
-            memo[key] = got
-        if got is None:
-            continue
-        if best is None or got[0] > best[0]:
-            dy, dx = got[1]
-            best = (got[0], (dy, dx, th, tw))
-    if best is None or best[0] < FINE_REJECT:
-        return None
-    dy, dx, th, tw = best[1]
-    key = ("res", id(outer), flip, dy, dx, th, tw)
-    if key not in memo:
-        b = inner.resized("rgb", tw, th)
-        memo[key] = _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b)
-    return memo[key]
-
-
-def match_score(a: Prepared, b: Prepared, *, early_accept: float | None = None) -> float:
-    """How well ``b`` is a resized/recompressed/brightened/flipped/cropped ``a``, or vice versa.
-
-    Parameters
-    ----------
-    a, b : Prepared
-        The two images (:func:`prepare_image`).
-    early_accept : float, optional
-        Stop at the first alignment scoring this much (the run's
-        :attr:`dedupdask.thresholds.Thresholds.early_accept`); None tries every one.
-
-    Returns
-    -------
-    float
-        ``1 - max(residual, cell / 2, 75 * blob)`` of the best alignment (1 = same pixels; <= 0 = no
-        alignment explains the pair); see the module docstring.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> img = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
-    >>> round(match_score(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1])), 3)
-    1.0
-    """
-    return _score(_View(a), _View(b), early_accept)
-
-
-def _score(va: _View, vb: _View, early_accept: float | None) -> float:
-    best = -1.0
-    hyps = _hypotheses(va, vb)
-    if not hyps or hyps[0][0] < COARSE_REJECT:
-        return best  # nothing aligns even coarsely: not worth refining
-    memo: dict[tuple, Any] = {}
-    for _, direction, scale, flip in hyps:
-        outer, inner = (va, vb) if direction == 0 else (vb, va)
-        r = _refine(outer, inner, scale, flip, memo)
-        if r is not None:
-            best = max(best, 1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT))
-        if early_accept is not None and best >= early_accept:
-            break  # a clear duplicate: the other hypotheses cannot change the decision
-    return float(max(best, -1.0))
 
 
 # -- Dask tasks ----------------------------------------------------------------------------------
@@ -604,7 +175,7 @@ def score_pairs(
     last = {
         int(i): k for k, row in enumerate(p) for i in row
     }  # a view is dropped after its last pair
-    views: dict[int, _View] = {}
+    views: dict[int, View] = {}
     scores = np.full(len(pairs), np.nan, dtype=np.float64)
     errors: list[str | None] = [None] * len(pairs)
     for k, (a, b) in enumerate(p.tolist()):
@@ -612,9 +183,9 @@ def score_pairs(
         if not isinstance(pa, Prepared) or not isinstance(pb, Prepared):
             errors[k] = str(pa if not isinstance(pa, Prepared) else pb)
         else:
-            va = views.get(a) or views.setdefault(a, _View(pa))
-            vb = views.get(b) or views.setdefault(b, _View(pb))
-            scores[k] = _score(va, vb, early_accept)
+            va = views.get(a) or views.setdefault(a, View(pa))
+            vb = views.get(b) or views.setdefault(b, View(pb))
+            scores[k] = score_views(va, vb, early_accept)
         for i in (a, b):
             if last[i] == k:
                 views.pop(i, None)

@@ -135,7 +135,7 @@ def test_exif_orientation_applied_even_in_draft_mode(orientation, fmt, size):
     if fmt == "PNG":  # the full-resolution pixels of a lossless file are the twin's exactly
         assert a.pixel_md5 == b.pixel_md5 is not None
     # verification keeps the aspect ratio: of the image as displayed
-    from dedupdask.verify import prepare_image
+    from dedupdask.match import prepare_image
 
     pa_, pb_ = prepare_image(stored), prepare_image(twin)
     portrait = orientation in (5, 6, 7, 8)

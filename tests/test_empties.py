@@ -50,9 +50,10 @@ from dedupdask.knn_partitioned import (
     knn_graph_partitioned,
     spherical_kmeans,
 )
+from dedupdask.match import Prepared, match_score
 from dedupdask.results import build, load
 from dedupdask.store import WorkDir, empty_files_frame
-from dedupdask.verify import Prepared, match_score, score_pairs, verify_pairs
+from dedupdask.verify import score_pairs, verify_pairs
 
 
 def _empty_piece(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

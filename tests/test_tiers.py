@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 from dedupdask.analyses.tiers import TierParams, decide, expand_pairs
 from dedupdask.config import RunConfig
 from dedupdask.datasets import make_sample_shards, random_picture
+from dedupdask.match import Prepared, match_score, prepare_image
 from dedupdask.results import build, load
 from dedupdask.thresholds import row_for
-from dedupdask.verify import Prepared, match_score, prepare_image
 
 DEFAULT_VERIFY_SCORE = row_for("effnet-lite0").verify_score
 
@@ -271,11 +271,11 @@ def test_local_cluster_gives_the_same_result(tier_run):
 
 def test_template_stacks_match_the_direct_correlation():
     """The cached template stacks give the same coarse scores as correlating each template."""
-    from dedupdask.verify import SCALES, _inner_size, _ncc, _resize, _stack_best, _View
+    from dedupdask.match import SCALES, View, _inner_size, _ncc, _resize, _stack_best
 
     rng = np.random.default_rng(5)
     im = random_picture(rng, (320, 240))
-    outer, inner = _View(_prep(im)), _View(_prep(_crop_resize(im)))
+    outer, inner = View(_prep(im)), View(_prep(_crop_resize(im)))
     st = inner.stack(outer.coarse.shape)
     assert st is not None and len(st.scales) == len(SCALES)
     got = _stack_best(outer.coarse_plan, st)
@@ -290,22 +290,22 @@ def test_template_stacks_match_the_direct_correlation():
 def test_refinement_gate_and_memo():
     """A hypothesis whose fine correlation is under FINE_REJECT gets no residuals; hypotheses
     of one pair share the correlations and residuals already computed."""
-    from dedupdask import verify
-    from dedupdask.verify import FINE_REJECT, _View
+    from dedupdask import match
+    from dedupdask.match import FINE_REJECT, View
 
     rng = np.random.default_rng(8)
     im = random_picture(rng, (320, 240))
-    a, copy, other = (_View(_prep(x)) for x in (im, _crop_resize(im), random_picture(rng, (320, 240))))
-    _, direction, scale, flip = verify._hypotheses(a, copy)[0]
+    a, copy, other = (View(_prep(x)) for x in (im, _crop_resize(im), random_picture(rng, (320, 240))))
+    _, direction, scale, flip = match._hypotheses(a, copy)[0]
     outer, inner = (a, copy) if direction == 0 else (copy, a)
     memo: dict = {}
-    r = verify._refine(outer, inner, scale, flip, memo)
-    assert r is not None and 1 - max(r[0], r[1] / 2, r[2] * verify.BLOB_WEIGHT) >= DEFAULT_VERIFY_SCORE
+    r = match._refine(outer, inner, scale, flip, memo)
+    assert r is not None and 1 - max(r[0], r[1] / 2, r[2] * match.BLOB_WEIGHT) >= DEFAULT_VERIFY_SCORE
     n = len(memo)
-    assert verify._refine(outer, inner, scale, flip, memo) == r and len(memo) == n  # memo only
-    tpl = other.resized("grey", *reversed(verify._inner_size(a.grey.shape, 0.9, other.aspect)))
-    assert float(verify._ncc(a.fine_plan, tpl).max()) < FINE_REJECT  # an unrelated picture
-    assert verify._refine(a, other, 0.9, False) is None
+    assert match._refine(outer, inner, scale, flip, memo) == r and len(memo) == n  # memo only
+    tpl = other.resized("grey", *reversed(match._inner_size(a.grey.shape, 0.9, other.aspect)))
+    assert float(match._ncc(a.fine_plan, tpl).max()) < FINE_REJECT  # an unrelated picture
+    assert match._refine(a, other, 0.9, False) is None
 
 
 def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, monkeypatch):
