@@ -48,7 +48,6 @@ from .analyses import (
     STATS_COLUMNS,
     STATS_CSV_COLUMNS,
     components_table,
-    duplicates_to_remove,
     exact_groups,
     expand_graph,
     find_issues,
@@ -207,26 +206,57 @@ class DedupResult:
         return self._collection.embeddings()
 
     # -- derived tables --------------------------------------------------------------------------
-    def duplicates_to_remove(
-        self, keep: Literal["largest_resolution", "largest_file", "first"] = "largest_resolution"
-    ) -> pd.DataFrame:
+    def duplicates_to_remove(self, keep: Any = "largest_resolution") -> pd.DataFrame:
         """Images to delete so one image per component remains.
 
         Parameters
         ----------
-        keep : {"largest_resolution", "largest_file", "first"}
-            Which image of each component is kept (ties: smallest index).
+        keep : str or callable
+            Which image of each component is kept: ``"largest_resolution"``,
+            ``"largest_file"``, ``"first"``, ``"longest_caption"`` or ``keep(row) -> number``
+            (:mod:`dedupdask.analyses.keep`; ties: smallest index). The rule of
+            :meth:`removals`.
 
         Returns
         -------
         DataFrame
-            ``index, filename, component_id, keeper_index, keeper_filename``.
+            ``index, filename, archive, member, key, component_id, keeper_index,
+            keeper_filename``.
 
         Examples
         --------
         >>> res.duplicates_to_remove(keep="first").head()  # doctest: +SKIP
         """
-        return duplicates_to_remove(self.components, self._images, keep)
+        from .removals import duplicates_table
+
+        return duplicates_table(self, keep)
+
+    def removals(self, keep: Any = "largest_resolution", **options: Any) -> dd.DataFrame:
+        """The webdataset samples to remove, one partition per source archive (lazy).
+
+        See :func:`dedupdask.removals.removals` for ``keep`` and the options
+        (``duplicates``, ``invalid``, ``outliers``, ``remove_issues``).
+
+        Examples
+        --------
+        >>> res.removals(keep="longest_caption", remove_issues="odd_size").partitions[0].compute()  # doctest: +SKIP
+        """
+        from .removals import removals
+
+        return removals(self, keep, **options)
+
+    def write_removals(self, out_dir: str, keep: Any = "largest_resolution", **options: Any) -> pd.DataFrame:
+        """Write :meth:`removals` as ``<out_dir>/<archive name>.parquet``, one task per archive.
+
+        See :func:`dedupdask.removals.write_removals`.
+
+        Examples
+        --------
+        >>> res.write_removals("removals/", keep="first")  # doctest: +SKIP
+        """
+        from .removals import write_removals
+
+        return write_removals(self, out_dir, keep, **options)
 
     def summary(self) -> dict[str, Any]:
         """Headline counts.
