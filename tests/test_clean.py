@@ -1,0 +1,186 @@
+"""Clean shards (#18 points 2 and 3): same names and formats, kept samples byte for byte in
+order, counts that add up, resume, a rerun on the clean shards, S3, the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+import zipfile
+
+import pandas as pd
+import pytest
+from cleandata import NAMES, make_clean_shards
+from s3server import bucket, s3_env, s3_server  # noqa: F401
+
+import dedupdask as ddk
+from dedupdask.archives import split_key
+from dedupdask.cli import main
+
+
+def read_members(path: str | bytes, fmt: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every regular member, in order."""
+    raw = path if isinstance(path, bytes) else open(path, "rb").read()
+    if fmt == "zip":
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            return [(i.filename, zf.read(i)) for i in zf.infolist() if not i.is_dir()]
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isreg()]
+
+
+FMT = {"a": "tar", "b": "zip", "c": "tgz"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    shards = make_clean_shards(str(root / "shards"))
+    wd = str(root / "wd")
+    ddk.run(shards.root, wd, model_path="dct", client="sync", progress=False)
+    return shards, wd, root
+
+
+def check_output(shards, wd, out: str, keep="largest_resolution", **opts) -> pd.DataFrame:
+    """The clean shards hold exactly the source members whose key was not removed, same
+    order and bytes, same format; the stats add up."""
+    res = ddk.load(wd)
+    rm = res.removals(keep=keep, **opts).compute()
+    report = ddk.write_clean_shards(wd, out, keep=keep, client="sync", **opts)
+    assert (report["status"].isin(["done", "already_done"])).all()
+    for shard, rel in NAMES.items():
+        src = shards.members[shard]
+        removed = set(rm.loc[rm["archive"] == shards.paths[shard], "key"])
+        want = [(n, d) for n, d in src if split_key(n)[0] not in removed]
+        path = os.path.join(out, rel)
+        with open(path, "rb") as f:
+            head = f.read(4)
+        assert (head[:2] == b"\x1f\x8b") == (FMT[shard] == "tgz")
+        assert (head == b"PK\x03\x04") == (FMT[shard] == "zip")
+        assert read_members(path, FMT[shard]) == want
+        if FMT[shard] == "tgz":
+            assert gzip.open(path).read()  # a gzip stream holding a tar
+        stats = json.load(open(os.path.join(out, "_dedupdask", rel.replace("/", "__") + ".stats.json")))
+        s, m = stats["samples"], stats["members"]
+        assert s["in"] == s["kept"] + s["removed"] and m["in"] == m["kept"] + m["removed"]
+        assert m["in"] == len(src) and m["kept"] == len(want)
+        assert s["removed"] == len(removed) == sum(stats["removed_by_reason"].values())
+        assert stats["n_removals_not_found"] == 0
+        assert stats["bytes"]["kept"] == sum(len(d) for _, d in want)
+    total = json.load(open(os.path.join(out, "_dedupdask", "summary.json")))
+    assert total["samples_in"] == total["samples_kept"] + total["samples_removed"]
+    assert total["samples_removed"] == len(rm)
+    return report
+
+
+def test_clean_shards_hold_the_kept_samples(run, tmp_path):
+    shards, wd, _ = run
+    report = check_output(shards, wd, str(tmp_path / "out"))
+    assert int(report["removed_duplicate"].sum()) == 4 and int(report["removed_invalid"].sum()) == 1
+    # a00x.cls of a removed sample goes with it, that of a kept sample stays
+    names_b = [n for n, _ in read_members(str(tmp_path / "out" / NAMES["b"]), "zip")]
+    assert "b_copy0.cls" not in names_b and "b_copy0.txt" not in names_b
+    assert "a005.cls" in [n for n, _ in read_members(str(tmp_path / "out" / NAMES["a"]), "tar")]
+
+
+def test_issue_types_and_the_keep_rule_reach_the_shards(run, tmp_path):
+    shards, wd, _ = run
+    check_output(shards, wd, str(tmp_path / "out"), keep="longest_caption", remove_issues="low_information")
+    names_a = [n for n, _ in read_members(str(tmp_path / "out" / NAMES["a"]), "tar")]
+    assert "a_blank.jpg" not in names_a and "a000.jpg" not in names_a  # b_copy0 has the longer caption
+
+
+def test_resume_skips_done_shards_and_redoes_changed_ones(run, tmp_path):
+    shards, wd, _ = run
+    out = str(tmp_path / "out")
+    ddk.write_clean_shards(wd, out, client="sync")
+    mtimes = {r: os.stat(os.path.join(out, r)).st_mtime_ns for r in NAMES.values()}
+    again = ddk.write_clean_shards(wd, out, client="sync")
+    assert (again["status"] == "already_done").all()
+    assert mtimes == {r: os.stat(os.path.join(out, r)).st_mtime_ns for r in NAMES.values()}
+    # a killed writer's temporary (a pid that does not exist) and no marker: redone, tidied
+    os.remove(os.path.join(out, "_dedupdask", "00001.zip.stats.json"))
+    stale = os.path.join(out, NAMES["b"]) + ".tmp-" + "0" * 12 + "-999999999-" + "ab" * 8
+    open(stale, "wb").write(b"half a shard")
+    third = ddk.write_clean_shards(wd, out, client="sync", keep="first")  # another rule: redo all
+    assert (third["status"] == "done").all()
+    check_output(shards, wd, out, keep="first")
+    leftovers = [n for n in os.listdir(out) if ".tmp-" in n]
+    assert leftovers == [os.path.basename(stale)]  # another machine's: too fresh to remove
+    os.utime(stale, (1, 1))
+    os.remove(os.path.join(out, "_dedupdask", "00001.zip.stats.json"))
+    ddk.write_clean_shards(wd, out, client="sync", keep="first")
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_a_run_on_the_clean_shards_finds_no_duplicates(run, tmp_path):
+    shards, wd, root = run
+    res = ddk.load(wd)
+    last = lambda row: row["index"]  # noqa: E731 - keeps a_multi, so a003 (its copy) goes
+    rm = res.removals(keep=last).compute()
+    out = str(tmp_path / "out")
+    ddk.write_clean_shards(res, out, keep=last, client="sync")
+    again = ddk.run(out, str(tmp_path / "wd2"), model_path="dct", client="sync", progress=False)
+    assert len(again.similarity) == 0 and len(again.invalid) == 0
+    keys = set(again.files.compute()["key"])
+    assert not keys & set(rm["key"])
+    assert len(again.components) == len(res.components) - int((rm["reason"] == "duplicate").sum())
+    # the default rule keeps a003 and the two-image sample a_multi: their exact pair remains
+    out2 = str(tmp_path / "out2")
+    ddk.write_clean_shards(res, out2, client="sync")
+    again2 = ddk.run(out2, str(tmp_path / "wd3"), model_path="dct", client="sync", progress=False)
+    pairs = {(a.rsplit("/", 1)[1], b.rsplit("/", 1)[1]) for a, b in
+             zip(again2.similarity["filename_from"], again2.similarity["filename_to"], strict=True)}
+    assert pairs == {("a003.jpg", "a_multi.jpg")}
+
+
+def test_cli_clean(run, tmp_path, capsys):
+    shards, wd, _ = run
+    out = str(tmp_path / "cli")
+    assert main(["clean", wd, out, "--keep", "first", "--remove-issues", "low_information", "--client", "sync"]) == 0
+    text = capsys.readouterr().out
+    assert "clean shards: 3 archives (done 3)" in text and "low_information 1" in text
+    names_a = [n for n, _ in read_members(os.path.join(out, NAMES["a"]), "tar")]
+    assert "a_blank.jpg" not in names_a
+
+
+def test_broken_source_gives_a_partial_shard(run, tmp_path):
+    shards, wd, root = run
+    import shutil
+
+    src = shards.paths["a"]
+    saved = open(src, "rb").read()
+    try:  # the archive broke after extraction: what was readable is written, status partial
+        open(src, "wb").write(saved[: len(saved) // 2])
+        out = str(tmp_path / "out")
+        report = ddk.write_clean_shards(wd, out, client="sync").set_index("name")
+        assert report.loc["00000.tar", "status"] == "partial"
+        assert "archive broken" in report.loc["00000.tar", "error"]
+        got = read_members(os.path.join(out, NAMES["a"]), "tar")
+        assert 0 < len(got) < len(shards.members["a"])
+        assert all(dict(shards.members["a"])[n] == d for n, d in got)
+        assert main(["clean", wd, str(tmp_path / "cli"), "--client", "sync"]) == 1
+    finally:
+        open(src, "wb").write(saved)
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_clean_on_s3(run, s3_server, s3_env, bucket, tmp_path):  # noqa: F811
+    shards, _, _ = run
+    fs = s3_server.filesystem()
+    for shard, rel in NAMES.items():
+        fs.put_file(shards.paths[shard], f"{bucket}/in/{rel}")
+    wd = f"s3://{bucket}/wd"
+    ddk.run(f"s3://{bucket}/in", wd, model_path="dct", client="sync", progress=False)
+    out = f"s3://{bucket}/clean"
+    report = ddk.write_clean_shards(wd, out, client="threads")
+    assert (report["status"] == "done").all()
+    local = str(tmp_path / "local")
+    ddk.write_clean_shards(run[1], local, client="sync")
+    for rel in NAMES.values():  # the same bytes as a local run of the same shards
+        assert fs.cat_file(f"{bucket}/clean/{rel}") == open(os.path.join(local, rel), "rb").read()
+        assert fs.exists(f"{bucket}/clean/_dedupdask/{rel.replace('/', '__')}.stats.json")
+    assert not [p for p in fs.find(f"{bucket}/clean") if ".tmp-" in p]
+    again = ddk.write_clean_shards(wd, out, client="sync")
+    assert (again["status"] == "already_done").all()
