@@ -184,3 +184,81 @@ def test_clean_on_s3(run, s3_server, s3_env, bucket, tmp_path):  # noqa: F811
     assert not [p for p in fs.find(f"{bucket}/clean") if ".tmp-" in p]
     again = ddk.write_clean_shards(wd, out, client="sync")
     assert (again["status"] == "already_done").all()
+
+
+# -- a real `dask scheduler` cluster, a worker killed in the middle of a shard -------------------
+def _big_shards(root) -> dict[str, list[tuple[str, bytes]]]:
+    """A small tar and a ~100 MB tgz of samples with large random members (slow to gzip) whose
+    images repeat some of the tar's, so the tgz loses samples."""
+    import numpy as np
+
+    from dedupdask.datasets import random_picture, write_shard
+
+    rng = np.random.default_rng(3)
+    jpgs = []
+    for _ in range(6):
+        buf = io.BytesIO()
+        random_picture(rng, (96, 72)).save(buf, "JPEG", quality=90)
+        jpgs.append(buf.getvalue())
+    small = [(f"s{i}.jpg", j) for i, j in enumerate(jpgs)]
+    big = []
+    for i in range(24):
+        if i % 4 == 0:
+            img = jpgs[i // 4]  # an exact copy of s<i/4>.jpg: the sample goes
+        else:
+            b = io.BytesIO()
+            random_picture(rng, (96, 72)).save(b, "JPEG", quality=90)
+            img = b.getvalue()
+        big += [(f"k{i:03d}.jpg", img), (f"k{i:03d}.bin", rng.bytes(4 * 2**20))]
+    os.makedirs(root, exist_ok=True)
+    write_shard(os.path.join(root, "00000.tar"), small, "tar")
+    write_shard(os.path.join(root, "00001.tgz"), big, "tgz")
+    return {"00000.tar": small, "00001.tgz": big}
+
+
+@pytest.mark.slow  # ~30 s: a cluster, a 100 MB tgz written twice
+def test_worker_killed_mid_shard_gives_the_undisturbed_output(tmp_path):
+    import signal
+    import threading
+    import time
+
+    from cluster import shell_cluster
+
+    from dedupdask.store import _TMP_OWNER
+
+    members = _big_shards(str(tmp_path / "in"))
+    wd = str(tmp_path / "wd")
+    ddk.run(str(tmp_path / "in"), wd, model_path="dct", client="sync", progress=False)
+    quiet = str(tmp_path / "quiet")
+    ref = ddk.write_clean_shards(wd, quiet, keep="first", client="sync")
+    assert list(ref["samples_removed"]) == [0, 6]
+    out = str(tmp_path / "out")
+    killed: list[int] = []
+
+    def killer() -> None:  # kill the worker process that writes the tgz once it is under way
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for n in os.listdir(out) if os.path.isdir(out) else []:
+                if n.startswith("00001.tgz.tmp-") and os.path.getsize(os.path.join(out, n)) > 2**20:
+                    pid = int(_TMP_OWNER.match(n.rpartition(".tmp-")[2])["pid"])
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.02)
+
+    with shell_cluster(tmp_path / "cluster", n_workers=2) as (address, _):
+        t = threading.Thread(target=killer)
+        t.start()
+        report = ddk.write_clean_shards(wd, out, keep="first", client=address)
+        t.join()
+    assert killed, "the tgz was written too fast to be interrupted"
+    assert (report["status"] == "done").all()
+    for name in members:
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
+        a = json.load(open(os.path.join(out, "_dedupdask", f"{name}.stats.json")))
+        b = json.load(open(os.path.join(quiet, "_dedupdask", f"{name}.stats.json")))
+        for key in ("samples", "members", "bytes", "removed_by_reason", "removals_sha256", "status"):
+            assert a[key] == b[key]
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]  # the dead writer's temporary went
+    kept = read_members(os.path.join(out, "00001.tgz"), "tgz")
+    assert kept == [(n, d) for n, d in members["00001.tgz"] if int(n[1:4]) % 4]
