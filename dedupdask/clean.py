@@ -4,9 +4,11 @@
 (:func:`clean_archive`) that streams the archive once -- a tar one header at a time, a zip
 through its central directory -- and copies every member of each kept sample to a new
 archive with the same relative name under ``out_dir``: same container (``.tar``; ``.tgz`` /
-``.tar.gz`` gzip level 6; ``.zip`` with each member's compression method; other tar
-compressions become ``.tar.gz``), same member names, headers and payload bytes, in the
-original order. A member goes when its webdataset key is a removed sample's key
+``.tar.gz`` gzip level 6; ``.zip``; other tar compressions become ``.tar.gz``), same member
+names, headers and payload bytes, in the original order. An uncompressed tar's member
+records and a zip's local records (compressed data included) are copied byte for byte, so
+with nothing removed the output is the source file; a compressed tar is decompressed, its
+members written again with their headers, and compressed at gzip level 6. A member goes when its webdataset key is a removed sample's key
 (:mod:`dedupdask.removals`), whatever its extension; directories and links are kept. A task
 holds its archive's removal set and one member block at a time, never a shard.
 
@@ -33,7 +35,6 @@ import hashlib
 import json
 import os
 import posixpath
-import shutil
 import tarfile
 import tempfile
 import time
@@ -128,18 +129,15 @@ class _Counts:
         self.bytes_in = self.bytes_kept = 0
         self.by_reason: dict[str, int] = {}
         self.found: set[str] = set()
-        self.unreadable: list[str] = []
         self._last: str | None = None
 
-    def member(self, key: str | None, size: int, kept: bool, reason: str | None = None) -> None:
+    def member(self, key: str | None, size: int, kept: bool) -> None:
         """Count one member; consecutive regular members of one key are one sample."""
         self.members_in += 1
         self.bytes_in += size
         if kept:
             self.members_kept += 1
             self.bytes_kept += size
-        if reason is not None:  # a member of a kept sample that could not be read
-            return
         if key is None or key == self._last:
             return
         self._last = key
@@ -192,6 +190,77 @@ def _copy_tar(src: IO[bytes], out: IO[bytes], fmt: str, removed: dict[str, str],
             gz.close()
 
 
+def _plain_tar(src: IO[bytes]) -> bool:
+    """Whether ``src`` (at 0, seekable) starts with a tar header: an uncompressed tar, whose
+    records can be copied raw (compressed data has no header checksum there)."""
+    head = src.read(tarfile.BLOCKSIZE)
+    src.seek(0)
+    if len(head) < tarfile.BLOCKSIZE or head.count(0) == tarfile.BLOCKSIZE:
+        return False
+    try:
+        return tarfile.nti(head[148:156]) in tarfile.calc_chksums(head)
+    except tarfile.TarError:
+        return False
+
+
+def _copy_tar_raw(src: IO[bytes], out: IO[bytes], removed: dict[str, str], counts: _Counts) -> None:
+    """Uncompressed tar to uncompressed tar: the kept members' records (their extended
+    headers, header and padded payload) are copied byte for byte, consecutive ones in one go;
+    only the end-of-archive blocks are new. Headers are read with ``tarfile`` (which seeks
+    past the payloads); payloads are read once, when their run of records is copied."""
+    tin = tarfile.open(fileobj=src, mode="r:", encoding="utf-8", errors="surrogateescape")
+    run: list[tuple[int, int]] = []  # kept records not yet copied: (start, end)
+
+    def flush() -> None:
+        if not run:
+            return
+        start, end = run[0][0], run[-1][1]
+        src.seek(start)
+        done = 0
+        while done < end - start:
+            block = src.read(min(_BLOCK, end - start - done))
+            if not block:  # truncated: keep the whole records only
+                whole = max([e - start for _, e in run if e - start <= done], default=0)
+                out.seek(out.tell() - done + whole)
+                out.truncate()
+                run.clear()
+                raise tarfile.ReadError(f"unexpected end of data at byte {start + done}")
+            out.write(block)
+            done += len(block)
+        run.clear()
+
+    try:
+        while True:
+            try:
+                ti = tin.next()
+            except (*_DATA_ERRORS, OSError):
+                if getattr(src, "failure", None) is None:  # broken, not unreachable: keep
+                    with contextlib.suppress(*_DATA_ERRORS, OSError):  # the whole records
+                        flush()
+                raise
+            tin.members.clear()
+            if ti is None:
+                break
+            start, end = ti.offset, tin.offset
+            key = _member_key(ti.name) if ti.isreg() else None
+            kept = key not in removed if key is not None else True
+            counts.member(key, ti.size if ti.isreg() else 0, kept)
+            if not kept:
+                flush()
+                continue
+            if run and run[-1][1] != start:
+                flush()
+            run.append((start, end))
+            if end - run[0][0] >= 64 * _BLOCK:
+                flush()
+        flush()
+    finally:
+        run.clear()  # a break: what was copied ends there
+        out.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        pad = (-out.tell()) % tarfile.RECORDSIZE
+        out.write(b"\0" * pad)
+
+
 def _copy_counted(src: IO[bytes], dst: IO[bytes]) -> int:
     n = 0
     while block := src.read(_BLOCK):
@@ -200,30 +269,59 @@ def _copy_counted(src: IO[bytes], dst: IO[bytes]) -> int:
     return n
 
 
-def _copy_zip(src: IO[bytes], out: IO[bytes], removed: dict[str, str], counts: _Counts) -> None:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", allowZip64=True) as zout:
-        for info in zin.infolist():
-            if info.is_dir():
-                zout.writestr(_zipinfo(info), b"")
-                counts.member(None, 0, True)
-                continue
-            key = _member_key(info.filename)
-            if key in removed:
-                counts.member(key, info.file_size, False)
-                continue
-            zi = _zipinfo(info)
-            with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
-                try:  # whole (and CRC-checked) before anything is written
-                    with zin.open(info) as fi:
-                        _copy_counted(fi, spool)
-                except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError, RuntimeError) as e:
-                    counts.unreadable.append(f"{info.filename}: {e}")
-                    counts.member(key, info.file_size, False, reason="unreadable")
+def _copy_zip_raw(src: IO[bytes], out: IO[bytes], removed: dict[str, str], counts: _Counts) -> None:
+    """Zip to zip: each kept member's local record (local header, compressed data, data
+    descriptor) is copied byte for byte -- no decompression, no recompression -- and a new
+    central directory lists them at their new offsets, in the source's order."""
+    with zipfile.ZipFile(src) as zin:
+        infos = zin.infolist()
+        order = sorted(infos, key=lambda i: i.header_offset)
+        ends = {id(a): b.header_offset for a, b in zip(order, order[1:], strict=False)}
+        if order:
+            ends[id(order[-1])] = zin.start_dir  # where the central directory starts
+        zout = zipfile.ZipFile(out, "w", allowZip64=True)
+        try:
+            for info in infos:
+                key = None if info.is_dir() else _member_key(info.filename)
+                kept = key not in removed if key is not None else True
+                counts.member(key, info.file_size, kept)
+                if not kept:
                     continue
-                spool.seek(0)
-                with zout.open(zi, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as fo:
-                    shutil.copyfileobj(spool, fo, _BLOCK)
-            counts.member(key, info.file_size, True)
+                start, end = info.header_offset, ends[id(info)]
+                src.seek(start)
+                if src.read(4) != b"PK\x03\x04":
+                    raise zipfile.BadZipFile(f"no local header for {info.filename!r} at byte {start}")
+                src.seek(start)
+                zi = _zipinfo(info)
+                zi.compress_size, zi.CRC, zi.flag_bits = info.compress_size, info.CRC, info.flag_bits
+                zi.extract_version, zi.create_version = info.extract_version, info.create_version
+                zi.extra = _strip_zip64(info.extra)
+                zi.header_offset = out.tell()
+                left = end - start
+                while left:
+                    block = src.read(min(_BLOCK, left))
+                    if not block:
+                        raise zipfile.BadZipFile(f"{info.filename!r} truncated at byte {end - left}")
+                    out.write(block)
+                    left -= len(block)
+                zout.filelist.append(zi)
+                zout.NameToInfo[zi.filename] = zi
+        finally:  # the central directory of what was copied (also after a break)
+            zout.start_dir = out.tell()
+            zout._didModify = True
+            zout.close()
+
+
+def _strip_zip64(extra: bytes) -> bytes:
+    """``extra`` without its ZIP64 field (its offsets are the source's; the writer adds one
+    when the new offsets need it)."""
+    out, i = b"", 0
+    while i + 4 <= len(extra):
+        xid, n = int.from_bytes(extra[i : i + 2], "little"), int.from_bytes(extra[i + 2 : i + 4], "little")
+        if xid != 1:
+            out += extra[i : i + 4 + n]
+        i += 4 + n
+    return out
 
 
 def _zipinfo(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
@@ -309,7 +407,9 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
             with _atomic_output(wd, out_path) as out:
                 try:
                     if task.fmt == "zip":
-                        _copy_zip(src, out, removed, counts)
+                        _copy_zip_raw(src, out, removed, counts)
+                    elif task.fmt == "tar" and _plain_tar(src):
+                        _copy_tar_raw(src, out, removed, counts)
                     else:
                         _copy_tar(src, out, task.fmt, removed, counts)
                 except (*_DATA_ERRORS, OSError) as e:
@@ -323,9 +423,6 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
     except OSError as e:
         err = remote.storage_error(e, task.source, "read")
         return {**base, "status": "failed", "error": str(err), "seconds": round(time.perf_counter() - t0, 3)}
-    if counts.unreadable and status == "done":
-        status = "partial"
-        error = f"{len(counts.unreadable)} member(s) could not be read and were left out: {counts.unreadable[:3]}"
     stats = {
         **base,
         "status": status,
@@ -341,6 +438,7 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
         "plan": task.plan,
         "seconds": round(time.perf_counter() - t0, 3),
     }  # fmt: skip
+    wd.makedirs(STATS_DIR)
     wd.write_json(marker, stats)
     return stats
 

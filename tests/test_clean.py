@@ -262,3 +262,16 @@ def test_worker_killed_mid_shard_gives_the_undisturbed_output(tmp_path):
     assert not [n for n in os.listdir(out) if ".tmp-" in n]  # the dead writer's temporary went
     kept = read_members(os.path.join(out, "00001.tgz"), "tgz")
     assert kept == [(n, d) for n, d in members["00001.tgz"] if int(n[1:4]) % 4]
+
+
+def test_nothing_removed_gives_the_source_tar_byte_for_byte(run, tmp_path):
+    shards, wd, _ = run
+    out = tmp_path / "same"
+    report = ddk.write_clean_shards(wd, str(out), duplicates=False, invalid=False, client="sync")
+    assert (report["samples_removed"] == 0).all()
+    # an uncompressed tar's member records (headers included) are copied as they are
+    # so are a zip's local records (its central directory is written anew)
+    for shard in ("a", "b"):
+        assert (out / NAMES[shard]).read_bytes() == open(shards.paths[shard], "rb").read()
+    for shard in ("c",):
+        assert read_members(str(out / NAMES[shard]), FMT[shard]) == shards.members[shard]
