@@ -57,6 +57,7 @@ from .analyses import (
     stats_frame,
 )
 from .analyses.issues import empty_issues, scores_frame, summary_counts
+from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names, named_columns
 from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
@@ -101,15 +102,17 @@ class DedupResult:
     ----------
     similarity : DataFrame
         ``from, to, similarity, copy_similarity, kind, verify_score, filename_from,
-        filename_to``; each unordered pair once with ``from < to`` and its strongest ``kind``
+        filename_to, archive_from, member_from, key_from, archive_to, member_to, key_to``;
+        each unordered pair once with ``from < to`` and its strongest ``kind``
         (``exact``, ``copy``, ``near``: :mod:`dedupdask.analyses.tiers`); sorted by (embedding)
         similarity descending.
     outliers : DataFrame
-        ``index, nearest, similarity, filename, filename_nearest``, least similar first.
+        ``index, nearest, similarity, filename, filename_nearest, archive, member, key,
+        archive_nearest, member_nearest, key_nearest``, least similar first.
     components : DataFrame
         ``index, component_id, component_size`` for every valid image (singletons: size 1).
     invalid : DataFrame
-        ``filename, archive, member, error_code, error_message, file_size``.
+        ``filename, archive, member, key, error_code, error_message, file_size``.
     issues : DataFrame
         ``index, filename, archive, member, key, issue, score, other, group``: one row per
         image and issue type (``dark``, ``light``, ``blurry``, ``low_information``,
@@ -520,6 +523,8 @@ def _build(
     similarity = expand_pairs(groups, tiers.accepted, filenames)
     nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
+    similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
+    outliers = add_names(outliers, valid, OUTLIER_NAMES)
     components = components_table(
         groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
     )
@@ -685,7 +690,7 @@ _LOAD_REQUIRED = {
     "outliers": OUTLIER_COLUMNS,
     "components": COMPONENT_COLUMNS,
     "stats": ("index", "filename", "width", "height", "file_size"),
-    "invalid": INVALID_COLUMNS,
+    "invalid": ("filename", "archive", "member", "error_code", "error_message", "file_size"),
     "issues": ISSUE_COLUMNS,
 }
 _REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
@@ -771,10 +776,11 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     return DedupResult(
         col,
         issues=issues,
-        similarity=tables["similarity"].reindex(columns=list(SIMILARITY_COLUMNS)),
-        outliers=tables["outliers"].loc[:, list(OUTLIER_COLUMNS)],
+        # name columns (archive, member, key) are null in runs written before they existed
+        similarity=tables["similarity"].reindex(columns=[*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)]),
+        outliers=tables["outliers"].reindex(columns=[*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)]),
         components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],
-        invalid=tables["invalid"].loc[:, list(INVALID_COLUMNS)],
+        invalid=tables["invalid"].reindex(columns=list(INVALID_COLUMNS)),
         images=tables["stats"],
         run=run,
     )

@@ -132,3 +132,34 @@ def test_write_removals_and_cli(run, tmp_path, capsys):
     assert "samples" in capsys.readouterr().out
     assert main(["removals", res.work_dir, str(cli_out), "--remove-issues", "blury"]) == 2
     assert NAMES  # the shard layout the names come from
+
+
+def test_tables_that_name_an_image_carry_archive_member_key(run, tmp_path):
+    shards, res = run
+    for r in (res, ddk.load(res.work_dir)):
+        sim = r.similarity
+        for sfx in ("_from", "_to"):
+            assert (sim[f"archive{sfx}"] + "/" + sim[f"member{sfx}"] == sim[f"filename{sfx}"]).all()
+            assert (sim[f"member{sfx}"].str.rsplit(".", n=1).str[0] == sim[f"key{sfx}"]).all()
+        out = r.outliers
+        assert (out["archive"] + "/" + out["member"] == out["filename"]).all()
+        assert (out["archive_nearest"] + "/" + out["member_nearest"] == out["filename_nearest"]).all()
+        assert r.invalid["key"].tolist() == ["a_broken"]
+        assert {"archive", "member", "key"} <= set(r.stats.columns)
+    sub = next(p for p in shards.paths.values() if "/sub/" in p)
+    assert sub in set(res.similarity["archive_to"])  # a nested archive, split without guessing
+
+
+def test_runs_written_before_the_name_columns_still_load(run, tmp_path):
+    import shutil
+
+    _, res = run
+    wd = tmp_path / "old"
+    shutil.copytree(res.work_dir, wd)
+    for table, drop in (("similarity", ["archive_from", "key_to"]), ("outliers", ["key", "member_nearest"]),
+                        ("invalid", ["key"])):  # fmt: skip
+        path = wd / "results" / f"{table}.parquet"
+        pd.read_parquet(path).drop(columns=drop).to_parquet(path)
+    old = ddk.load(str(wd))
+    assert old.similarity["archive_from"].isna().all() and old.invalid["key"].isna().all()
+    assert len(old.removals().compute()) == len(res.removals().compute())
