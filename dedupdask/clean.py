@@ -49,6 +49,7 @@ import pandas as pd
 from . import remote
 from .archives import _DATA_ERRORS, _is_data_error, clean_name, split_key
 from .removals import RemovalPlan, compute_on, removal_tasks
+from .sources import archive_kind
 from .store import WorkDir, tmp_is_stale, tmp_path
 
 if TYPE_CHECKING:
@@ -371,6 +372,10 @@ def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
         wd.write_bytes(path, f)
 
 
+class _Unreadable(Exception):
+    """The source is not a readable archive (no member could be read): no shard is written."""
+
+
 def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
     """Write one clean shard and its stats file; return the stats (a Dask task).
 
@@ -417,7 +422,11 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
                         raise src.failure from e
                     if isinstance(e, OSError) and not _is_data_error(e):
                         raise
+                    if counts.members_in == 0:  # not an archive at all: write nothing
+                        raise _Unreadable(f"not a readable archive: {e}") from e
                     status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+    except _Unreadable as e:
+        return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
     except remote.StorageError as e:
         return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
     except OSError as e:
@@ -539,16 +548,22 @@ def write_clean_shards(
     wd = WorkDir(out_dir, so)
     wd.makedirs(STATS_DIR)
     parts, rem = removal_tasks(res, plan)
-    tasks, outputs = [], {}
-    for part in parts:
+    tasks: list[tuple[ShardTask, Any]] = []
+    outputs: dict[str, str] = {}
+    skipped = []
+    for part, r in zip(parts, rem, strict=True):
+        if archive_kind(part.url) is None:  # a chunk of loose images: there is no archive to write
+            skipped.append({"name": part.name, "source": part.url, "output": None, "format": "folder",
+                            "status": "skipped", "error": "loose images are not cleaned (not an archive)"})
+            continue
         rel, fmt = output_name(relative_path(part.url, part.name))
         if rel in outputs:
             raise ValueError(f"archives {outputs[rel]} and {part.url} would both be written to {rel}")
         outputs[rel] = part.url
-        tasks.append(ShardTask(part.name, part.url, wd.url, rel, fmt, plan.describe(), resume, so))
-    graph = [dask.delayed(clean_archive, pure=False)(t, r) for t, r in zip(tasks, rem, strict=True)]
+        tasks.append((ShardTask(part.name, part.url, wd.url, rel, fmt, plan.describe(), resume, so), r))
+    graph = [dask.delayed(clean_archive, pure=False)(t, r) for t, r in tasks]
     stats = compute_on(client, *graph) if graph else ()
-    report = CleanReport([_row(s) for s in stats])
+    report = CleanReport([_row(s) for s in [*stats, *skipped]])
     reasons = [c for c in report.columns if c.startswith("removed_")]
     if reasons:
         report[reasons] = report[reasons].fillna(0).astype("int64")

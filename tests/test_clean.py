@@ -275,3 +275,25 @@ def test_nothing_removed_gives_the_source_tar_byte_for_byte(run, tmp_path):
         assert (out / NAMES[shard]).read_bytes() == open(shards.paths[shard], "rb").read()
     for shard in ("c",):
         assert read_members(str(out / NAMES[shard]), FMT[shard]) == shards.members[shard]
+
+
+def test_unreadable_source_and_loose_images(run, tmp_path):
+    import shutil
+
+    shards, _, _ = run
+    root = tmp_path / "in"
+    shutil.copytree(shards.root, root)
+    (root / "loose").mkdir()
+    (root / "loose" / "x.jpg").write_bytes(shards.members["a"][0][1])  # a copy of a000.jpg
+    wd = str(tmp_path / "wd")
+    ddk.run(str(root), wd, model_path="dct", client="sync", progress=False)
+    (root / NAMES["b"]).write_bytes(b"not a zip any more")  # broke after extraction
+    out = tmp_path / "out"
+    report = ddk.write_clean_shards(wd, str(out), keep="first", client="sync").set_index("name")
+    assert report.loc["00001.zip", "status"] == "failed"
+    assert "not a readable archive" in report.loc["00001.zip", "error"]
+    assert not (out / NAMES["b"]).exists() and not (out / "_dedupdask" / "00001.zip.stats.json").exists()
+    loose = [n for n in report.index if report.loc[n, "format"] == "folder"]
+    assert len(loose) == 1 and report.loc[loose[0], "status"] == "skipped"
+    assert report.loc["00000.tar", "status"] == "done"
+    assert "FAILED" in ddk.CleanReport(report.reset_index()).summary_text()
