@@ -1,12 +1,19 @@
 """Matcher: is one image an edited copy of the other? (the pixel check of verification)
 
 A candidate pair (two images whose descriptors are close but not close enough to be sure) is
-a duplicate when one image is the other after a resize, a recompression, a brightness
-change, a horizontal flip and/or a crop, i.e. when, after the right alignment, their pixels
-agree everywhere. Look-alikes (two clocks showing different times, the same arrow in two
-colours, two different wood textures) do not: they differ somewhere.
+scored by two matchers, and the better score counts (:func:`score_views`):
 
-The check, per pair, on images decoded (as displayed: EXIF orientation applied, through
+- the **pixel alignment** below: one image is the other after a resize, a recompression, a
+  brightness change, a horizontal flip and/or a crop, with pixels that agree *everywhere*
+  after the alignment (look-alikes -- two clocks showing different times, the same arrow in
+  two colours, two wood textures -- differ somewhere). Cheap, and the strictest; a pair it
+  scores ``early_accept`` or more is not looked at again;
+- the **keypoint matcher** (:mod:`dedupdask.match_keypoints`): the same picture under any
+  plane warp (rotation, perspective, aspect, crop, padding, frame, flips), a global colour
+  edit (greyscale, sepia, hue, saturation, tone) and an overlay on at most 35 % of it
+  (watermark, caption, logo, inset, border).
+
+Both give ``>= verify_score`` (0.9) for a duplicate. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through
 :func:`dedupdask.decode.to_rgb`) with aspect kept to 128 px on the long side:
 
 1. **Alignment search** on 48 px grey images: for each direction (B inside A, A inside B),
@@ -44,8 +51,11 @@ import scipy.fft as _fft
 from .match_keypoints import SIZE as KEYPOINT_SIZE
 from .match_keypoints import Keypoints, match_keypoints
 
-__all__ = ["Prepared", "View", "match_score", "prepare_image", "score_views"]
+__all__ = ["MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
 
+MATCHER = "pixel-alignment+keypoints/2"
+"""Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): version 1
+was the pixel alignment alone."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

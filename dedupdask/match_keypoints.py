@@ -25,7 +25,7 @@ in three steps, each with a reason a user can check:
    pictures whose colours differ by a *redesign* (another skin tone of an emoji, another
    paint on the same drawing) need a transform outside this set. A picture with few hues
    (:data:`FEW_HUES`: clip art, an emoji) cannot tell a global edit from a redrawing in
-   other colours, so there only a change to grey (or colours kept within :data:`SAME_COLOUR`) is allowed.
+   another lightness (another skin tone), so its copies must keep their contrast.
 3. **Overlay budget.** Pixels still off by more than :data:`OFF_LEVEL` after the colour
    edit (after a 3 x 3 opening, which removes edge misalignment and ringing) are what was
    added or changed: a watermark, a caption, a logo, an inset, a frame. Their share of the
@@ -78,12 +78,11 @@ MIN_LUMA_WEIGHT = -0.1
 """Smallest weight of one channel in the edited luma, relative to their sum."""
 FEW_HUES = 2
 """A picture with this many distinct hues or fewer (see :func:`_hues`: clip art, emoji, a logo)
-cannot tell a global colour edit from a redrawing in other colours -- with one skin colour and
-greys, any change of that colour fits a hue turn -- so its copies must keep their colours
-(within :data:`SAME_COLOUR`) or turn grey."""
-SAME_COLOUR = (15.0, 0.35)
-"""Hue turn (degrees) and change of contrast or saturation gain still counted as the same
-colours."""
+cannot tell a global tone edit from a redrawing in another lightness: with one skin colour and
+greys, making the skin darker fits a contrast change. Its copies may turn their hue, change
+saturation or turn grey, but must keep their contrast within :data:`FEW_HUES_GAIN`."""
+FEW_HUES_GAIN = 0.35
+"""Largest change of the contrast gain (from 1) of a copy of a picture with few hues."""
 GREY_CHROMA = 0.1
 """A chroma gain under this is a conversion to grey (or sepia)."""
 RIDGE = 0.05
@@ -297,17 +296,13 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
         "min_weight": float(w.min() / total) if abs(total) > 1e-6 else -1.0,
     }
     edit["hues"] = _hues(src)
-    recoloured = (
-        abs(edit["hue_degrees"]) > SAME_COLOUR[0]
-        or abs(edit["chroma_gain"] - 1) > SAME_COLOUR[1]
-        or abs(gain - 1) > SAME_COLOUR[1]
-    ) and edit["chroma_gain"] >= GREY_CHROMA
+    relit = abs(gain - 1) > FEW_HUES_GAIN and edit["chroma_gain"] >= GREY_CHROMA
     edit["plausible"] = bool(
         GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]
         and edit["monotone"]
         and edit["chroma_gain"] <= MAX_CHROMA_GAIN
         and edit["min_weight"] >= MIN_LUMA_WEIGHT
-        and not (recoloured and edit["hues"] <= FEW_HUES)
+        and not (relit and edit["hues"] <= FEW_HUES)
     )
     return r, edit
 
