@@ -20,7 +20,8 @@ in three steps, each with a reason a user can check:
    a square term for gamma, an offset) and chroma is turned, scaled and shifted as a whole
    -- greyscale, sepia, hue, saturation, brightness, contrast and gamma are all of this
    form. It must be one an editor makes: luma stays an increasing function of luma along
-   the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the chroma gain under
+   the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
+   most :data:`MAX_HUE_TURN`, the chroma gain under
    :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
    pictures whose colours differ by a *redesign* (another skin tone of an emoji, another
    paint on the same drawing) need a transform outside this set. A picture with few hues
@@ -74,6 +75,9 @@ GAIN_RANGE = (1 / 3, 3.0)
 """Contrast gain of a global edit: the slope of the edited luma against the original's."""
 MAX_CHROMA_GAIN = 3.0
 """Largest saturation gain of a global edit."""
+MAX_HUE_TURN = 60.0
+"""Largest hue turn (degrees) of a global edit; past it the named colours change (red turns
+green, a channel swap is a 120-degree turn): the same drawing in other colours."""
 MIN_LUMA_WEIGHT = -0.1
 """Smallest weight of one channel in the edited luma, relative to their sum."""
 FEW_HUES = 2
@@ -301,6 +305,7 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
         GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]
         and edit["monotone"]
         and edit["chroma_gain"] <= MAX_CHROMA_GAIN
+        and (abs(edit["hue_degrees"]) <= MAX_HUE_TURN or edit["chroma_gain"] < GREY_CHROMA)
         and edit["min_weight"] >= MIN_LUMA_WEIGHT
         and not (relit and edit["hues"] <= FEW_HUES)
     )
