@@ -91,6 +91,9 @@ GREY_CHROMA = 0.1
 """A chroma gain under this is a conversion to grey (or sepia)."""
 RIDGE = 0.05
 """Pull of the luma weights towards the standard ones (per pixel): decides ill-posed fits."""
+ACCEPT = 0.9
+"""The score the constants above are set for (the default ``verify_score``): a pair scoring less
+one way is also asked the other way."""
 _SEED = 12345
 
 _YCC = np.array(
@@ -368,6 +371,20 @@ def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
     >>> match_keypoints(Keypoints(img), Keypoints(other)).score < 0.9
     True
     """
+    first = _match_one_way(a, b)
+    if first.score >= ACCEPT:
+        return first
+    # the ratio test and the colour fit are not symmetric: the same pair, asked the other way,
+    # may find the warp; the answer must not depend on which image is "from"
+    back = _match_one_way(b, a)
+    if back.score <= first.score:
+        return first
+    if back.homography is not None:
+        back.homography = np.linalg.inv(back.homography)
+    return back
+
+
+def _match_one_way(a: Keypoints, b: Keypoints) -> KeypointMatch:
     n, H, mirrored = _homography(a, b)
     if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
         return KeypointMatch(-1.0, n, mirrored, H)
