@@ -48,6 +48,7 @@ _LAZY = {
     "create_outliers_gallery": "galleries",
     "create_stats_gallery": "galleries",
     "ExtractReport": "pipeline",
+    "build": "pipeline",
     "extract": "pipeline",
     "run": "pipeline",
     "DedupResult": "results",
@@ -68,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
         create_outliers_gallery,
         create_stats_gallery,
     )
-    from .pipeline import ExtractReport, extract, run
+    from .pipeline import ExtractReport, build, extract, run
     from .results import DedupResult, load
     from .sources import list_sources
     from .store import WorkDirError, load_binary_feature, save_binary_feature
@@ -91,6 +92,7 @@ __all__ = [
     "__version__",
     "ExtractReport",
     "RunConfig",
+    "build",
     "extract",
     "list_sources",
     "load_binary_feature",

@@ -252,13 +252,9 @@ class Collection:
 
 def on_distributed() -> bool:
     """Whether dask computations run on a distributed Client now (not local threads)."""
-    import sys
+    from .scheduler import dask_client
 
-    if "distributed" not in sys.modules:  # no Client can exist (and importing it costs 0.3 s)
-        return False
-    from dask.base import get_scheduler
-
-    return "Client" in type(getattr(get_scheduler(), "__self__", None)).__name__
+    return dask_client() is not None
 
 
 def read_archive_vectors(

@@ -167,16 +167,11 @@ def parse_memory(value: str | int | float | None) -> int | None:
 
 
 def _cluster_workers() -> list[tuple[int, int]] | None:
-    """``(memory_limit, nthreads)`` of every worker of the current distributed client."""
-    import sys
+    """``(memory_limit, nthreads)`` of every worker of the client dask computes on now."""
+    from .scheduler import dask_client
 
-    if "distributed" not in sys.modules:  # no client can exist; importing it costs 0.3 s
-        return None
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
+    client = dask_client()
+    if client is None:
         return None
     workers = client.scheduler_info().get("workers", {}).values()
     return [(int(w.get("memory_limit") or 0), int(w.get("nthreads") or 1)) for w in workers]

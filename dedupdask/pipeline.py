@@ -2,29 +2,27 @@
 
 run_mode=1 lists the archives, slices ``[min_offset, max_offset)``, drops those already done
 (``resume``), and computes ``dd.from_map(process_archive, tasks, meta=...)`` on the chosen
-scheduler. run_mode=2 analyses work_dir; run_mode=0 does both.
+scheduler. run_mode=2 analyses work_dir; run_mode=0 does both. ``client=`` is resolved once per
+call (:func:`dedupdask.scheduler.resolve`), so a call starts at most one LocalCluster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import dask
 import dask.dataframe as dd
 import pandas as pd
 
 from .config import RunConfig
-from .localcluster import DEFAULT_DASHBOARD, local_cluster
+from .localcluster import DEFAULT_DASHBOARD
 from .partition import SUMMARY_META, ArchiveTask, process_archive
+from .scheduler import RunScheduler, resolve
 from .sources import list_sources, select_offsets
 from .store import SUFFIXES, WorkDir
 
-__all__ = ["run", "extract", "ExtractReport"]
-
-_LOCAL_SCHEDULERS = {"sync", "synchronous", "single-threaded", "threads", "threading", "processes"}
+__all__ = ["run", "extract", "build", "ExtractReport"]
 
 
 class ExtractReport(pd.DataFrame):
@@ -68,57 +66,24 @@ class ExtractReport(pd.DataFrame):
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _scheduler(
-    client: Any, n_tasks: int, dashboard_address: str | None = DEFAULT_DASHBOARD
-) -> Iterator[tuple[str, Any]]:
-    """Yield ``(kind, obj)``: ``("client", Client)``, ``("cluster", Client)`` of a LocalCluster
-    started here (on 127.0.0.1, see :mod:`dedupdask.localcluster`), or ``("local", scheduler name)``."""
-    if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
-        yield "local", client
-        return
-    from distributed import Client, get_client
-
-    if isinstance(client, Client):
-        yield "client", client
-        return
-    if isinstance(client, str):
-        with Client(client) as c:
-            yield "client", c
-        return
-    if client is not None:
-        raise TypeError(f"client must be a distributed.Client, an address or a scheduler name, got {client!r}")
-    try:
-        current = get_client()
-    except ValueError:  # no current Client (not around the yield: errors of the body pass)
-        current = None
-    if current is not None:
-        yield "client", current
-        return
-    import os
-
-    n = max(1, min(os.cpu_count() or 1, n_tasks))
-    with local_cluster(n, dashboard_address=dashboard_address) as c:
-        yield "cluster", c
-
-
-def _compute(ddf: dd.DataFrame, client: Any, config: RunConfig, n_tasks: int) -> pd.DataFrame:
+def _compute(ddf: dd.DataFrame, run: RunScheduler, config: RunConfig, n_tasks: int) -> pd.DataFrame:
+    """The extraction partitions on the call's scheduler (its LocalCluster starts here if needed)."""
     progress = config.progress
-    with _scheduler(client, n_tasks, config.dashboard_address) as (kind, obj):
-        if kind == "local":
-            kwargs: dict[str, Any] = {"scheduler": obj}
-            if obj == "processes":
-                kwargs["chunksize"] = 1  # one archive per submit: balanced workers
-            if progress:
-                from dask.diagnostics import ProgressBar
+    client = run.processes(n_tasks)
+    if client is None:  # a local scheduler chosen by the user
+        kwargs: dict[str, Any] = {"scheduler": run.local} if run.local else {}
+        if run.local == "processes":
+            kwargs["chunksize"] = 1  # one archive per submit: balanced workers
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-                with ProgressBar():
-                    return ddf.compute(**kwargs)
-            return ddf.compute(**kwargs)
-        if not progress:
-            return obj.compute(ddf).result()
-        show_link = kind == "client" or bool(config.dashboard_address)
-        return _compute_with_progress(ddf, obj, n_tasks, show_link)
+            with ProgressBar():
+                return ddf.compute(**kwargs)
+        return ddf.compute(**kwargs)
+    if not progress:
+        return client.compute(ddf).result()
+    show_link = not run.clusters_started or bool(config.dashboard_address)
+    return _compute_with_progress(ddf, client, n_tasks, show_link)
 
 
 def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int, show_link: bool = True) -> pd.DataFrame:
@@ -150,7 +115,7 @@ def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int, show_li
 
 
 def _extract(
-    input_dir: str | Sequence[str], work_dir: str, config: RunConfig, client: Any
+    input_dir: str | Sequence[str], work_dir: str, config: RunConfig, run: RunScheduler
 ) -> ExtractReport:
     t0 = time.perf_counter()
     so = config.storage_options
@@ -178,7 +143,7 @@ def _extract(
         ddf = dd.from_map(
             process_archive, tasks, meta=SUMMARY_META, enforce_metadata=False, label="dedupdask-extract"
         )
-        parts.append(_compute(ddf, client, config, len(tasks)))
+        parts.append(_compute(ddf, run, config, len(tasks)))
     nonempty = [p for p in parts if len(p)]
     summary = pd.concat(nonempty, ignore_index=True) if nonempty else parts[0]
     order = {s.name: i for i, s in enumerate(sources)}
@@ -206,12 +171,29 @@ def extract(
     """
     options.pop("run_mode", None)
     config = RunConfig.from_kwargs(run_mode=1, **options)
-    return _extract(input_dir, work_dir, config, client)
+    with resolve(client, dashboard_address=config.dashboard_address) as run:
+        return _extract(input_dir, work_dir, config, run)
+
+
+def build(work_dir: str, *, client: Any = None, **options: Any) -> Any:
+    """Analyse the features in ``work_dir`` (run_mode=2): ``run(work_dir=work_dir, run_mode=2)``.
+
+    Takes the keywords of :func:`run` (those of extraction are ignored). Returns the
+    :class:`~dedupdask.results.DedupResult`.
+
+    Examples
+    --------
+    >>> res = build("work/", verify=False)  # doctest: +SKIP
+    >>> res.summary()["duplicate_groups"]  # doctest: +SKIP
+    12
+    """
+    options.pop("run_mode", None)
+    return run(None, work_dir, run_mode=2, client=client, **options)
 
 
 def run(
-    input_dir: str | Sequence[str] | None,
-    work_dir: str,
+    input_dir: str | Sequence[str] | None = None,
+    work_dir: str | None = None,
     *,
     run_mode: int = 0,
     min_offset: int = 0,
@@ -255,9 +237,9 @@ def run(
     ----------
     input_dir : str, list of str or None
         Folder (recursive), glob, ``s3://`` prefix, archive, list of those, or a text file of
-        paths. May be None for ``run_mode=2``.
+        paths. May be None (or left out) for ``run_mode=2``.
     work_dir : str
-        Local folder or ``s3://`` URL for every output.
+        Local folder or ``s3://`` URL for every output (required).
     run_mode : {0, 1, 2}
         1 extracts features, 2 analyses work_dir, 0 does both (fastdup's meaning).
     min_offset, max_offset : int
@@ -322,8 +304,10 @@ def run(
         ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``FSSPEC_S3_*`` variables also do.
     client : distributed.Client, str or None
         A Client, a scheduler address, or ``"sync"``/``"threads"``/``"processes"``; None uses
-        the current Client if there is one, else starts a local cluster (one worker process
-        per core, everything listening on 127.0.0.1 only). A script that lets dedupdask start
+        the scheduler dask would use (a ``dask.config`` scheduler, else the current Client);
+        without one, extraction (and verification of many pairs) run on a local cluster
+        started once for the call (one worker process per core, everything listening on
+        127.0.0.1 only; see :mod:`dedupdask.scheduler`). A script that lets dedupdask start
         that cluster must call it under ``if __name__ == "__main__":``: the worker processes
         re-import the script.
     dashboard_address : str or None
@@ -359,26 +343,23 @@ def run(
         storage_attempts=storage_attempts, storage_deadline=storage_deadline,
         storage_options=storage_options, dashboard_address=dashboard_address, progress=progress,
     )
+    if work_dir is None:
+        raise TypeError("run() needs work_dir (a local folder or URL for every output)")
     config = RunConfig.from_kwargs(**opts)
-    report = None
-    if config.run_mode in (0, 1):
-        if input_dir is None:
-            raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
-        report = _extract(input_dir, work_dir, config, client)
-        if config.run_mode == 1:
-            return report
-    from .results import build
+    with resolve(client, dashboard_address=config.dashboard_address) as sched:
+        report = None
+        if config.run_mode in (0, 1):
+            if input_dir is None:
+                raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
+            report = _extract(input_dir, work_dir, config, sched)
+            if config.run_mode == 1:
+                return report
+        from .results import build as analyse
 
-    with _analysis_scheduler(client, work_dir, config):
-        result = build(work_dir, config=config)
+        with sched.analysis(_vector_bytes(work_dir, config)):
+            result = analyse(work_dir, config=config)
     result.extract_report = report
     return result
-
-
-#: Below this many bytes of vectors the analysis runs on local threads even when a cluster is
-#: given: shipping a few MB to fresh workers (which first import dask, pyarrow and dedupdask)
-#: costs seconds, reading them from the memory-mapped files here costs milliseconds.
-LOCAL_ANALYSIS_BYTES = 2**30
 
 
 def _vector_bytes(work_dir: str, config: RunConfig) -> int:
@@ -389,29 +370,3 @@ def _vector_bytes(work_dir: str, config: RunConfig) -> int:
     except FileNotFoundError:
         return 0
     return sum(int(e.get("size") or 0) for e in entries if str(e["name"]).endswith(SUFFIXES["dat"]))
-
-
-@contextlib.contextmanager
-def _analysis_scheduler(client: Any, work_dir: str, config: RunConfig) -> Iterator[None]:
-    """Make ``client`` the scheduler of the analysis' dask computations, when it pays.
-
-    Small work_dirs (< ``LOCAL_ANALYSIS_BYTES`` of vectors) are analysed on local threads,
-    except the pixel verification of candidate pairs, which runs on the cluster.
-    """
-    if client is not None and _vector_bytes(work_dir, config) < LOCAL_ANALYSIS_BYTES:
-        if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
-            pass
-        else:  # the vectors stay here; pixel verification (CPU-bound, GIL-bound) goes to the cluster
-            from .verify import verify_on
-
-            with _scheduler(client, 1) as (_, c), verify_on(c), dask.config.set(scheduler="threads"):
-                yield
-            return
-    if client is None:
-        yield
-    elif isinstance(client, str) and client in _LOCAL_SCHEDULERS:
-        with dask.config.set(scheduler=client):
-            yield
-    else:
-        with _scheduler(client, 1) as (_, c), dask.config.set(scheduler=c):
-            yield

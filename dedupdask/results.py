@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import dask.array as da
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from . import scheduler
 from .analyses import (
     BAD_CSV_COLUMNS,
     COMPONENT_COLUMNS,
@@ -318,21 +318,6 @@ class DedupResult:
         )
 
 
-@contextlib.contextmanager
-def _scheduler(client: Any) -> Iterator[None]:
-    if client is None:
-        yield
-        return
-    if isinstance(client, str):
-        from distributed import Client
-
-        with Client(client) as c, c.as_current():
-            yield
-        return
-    with client.as_current():
-        yield
-
-
 class _Stages:
     """Client-side progress over the build stages (silent unless asked) and their timings."""
 
@@ -382,7 +367,8 @@ def build(
         ``nearest_neighbors_k``, ``distance``, ``storage_options``,
         ``progress``.
     client : distributed.Client or str, optional
-        Scheduler to use; default: whatever is current (a distributed Client, else local).
+        Scheduler of every stage (:func:`dedupdask.scheduler.resolve`); default: the current
+        call's, or whatever dask would use.
     method : {"auto", "exact", "pynndescent"}
         kNN method; ``"auto"`` picks by ``N**2 * d`` (see :mod:`dedupdask.knn`).
     random_state : int
@@ -409,8 +395,11 @@ def build(
     """
     stages = _Stages(config.progress)
     try:
-        with _scheduler(client):
-            result = _build(work_dir, config, method, random_state, write, stages)
+        with scheduler.resolve(client, dashboard_address=config.dashboard_address) as run:
+            # a client given here takes every stage; inside ddk.run the call already chose
+            where = contextlib.nullcontext() if client is None else run.analysis(None)
+            with where:
+                result = _build(work_dir, config, method, random_state, write, stages)
     except BaseException:
         stages.close(clear=True)  # the error is what the user reads, not a half bar
         raise
