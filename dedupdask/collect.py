@@ -407,7 +407,7 @@ def collect(
         done = set(names)
     failed = sorted(failed_set - done)
     missing = sorted(other - done - failed_set - _RUN_LEVEL_NAMES) if names is None else []
-    dones = {name: wd.read_done(name) for name in sorted(done)}  # checked, or WorkDirError
+    dones = wd.read_dones(sorted(done))  # concurrently; checked, or WorkDirError
     order = sorted(dones, key=lambda n: (dones[n]["url"], n))
 
     models: dict[tuple[Any, ...], str] = {}

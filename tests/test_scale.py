@@ -1,0 +1,58 @@
+"""run_mode=2 at scale (issue 17): collect, the k-means sample, the cluster path of build."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from dedupdask.collect import collect
+from dedupdask.store import WorkDir, WorkDirError
+
+
+def write_vectors(root, blocks: list[np.ndarray]) -> WorkDir:
+    """A work_dir of ``.dat`` files and ``done.json`` only (what :func:`collect` reads)."""
+    wd = WorkDir(str(root))
+    wd.makedirs()
+    for a, x in enumerate(blocks):
+        name = f"{a:05d}.tar"
+        np.ascontiguousarray(x, dtype="<f4").tofile(wd.file(name, "dat"))
+        wd.write_json(wd.file(name, "done"), {
+            "url": f"synthetic://{name}", "status": "done", "d": int(x.shape[1]),
+            "model_id": "synthetic", "model_sha256": "0" * 64,
+            "counts": {"valid": int(x.shape[0]), "images": int(x.shape[0])},
+        })  # fmt: skip
+    return wd
+
+
+def test_collect_reads_done_files_concurrently(tmp_path, monkeypatch):
+    """Every done.json in one ``fs.cat`` of a list (concurrent GETs on S3), not one GET after
+    another; a file whose read failed in the group is read again alone, under the retry policy."""
+    rng = np.random.default_rng(0)
+    write_vectors(tmp_path, [rng.random((3, 4), dtype=np.float32) for _ in range(6)])
+    calls: list[int] = []
+    real = LocalFileSystem.cat
+    flaky: set[str] = set()
+
+    def cat(self, path, recursive=False, on_error="raise", **kw):
+        out = real(self, path, recursive=recursive, on_error=on_error, **kw)
+        if isinstance(path, list):
+            calls.append(len(path))
+            for p in out:
+                if p.endswith("00002.tardone.json") and p not in flaky:
+                    flaky.add(p)
+                    out[p] = ConnectionResetError("connection reset by peer")
+        return out
+
+    def one_by_one(self, name):
+        raise AssertionError("done.json read one at a time")
+
+    monkeypatch.setattr(LocalFileSystem, "cat", cat)
+    monkeypatch.setattr(WorkDir, "read_done", one_by_one)
+    col = collect(str(tmp_path))
+    assert calls == [6] and len(flaky) == 1
+    assert [a.offset for a in col.archives] == [0, 3, 6, 9, 12, 15] and col.n == 18
+
+    (tmp_path / "00004.tardone.json").write_text("{not json")
+    with pytest.raises(WorkDirError, match="00004.tardone.json"):
+        collect(str(tmp_path))
