@@ -10,7 +10,9 @@ No process ever holds all vectors: every task reads the rows it needs from the p
 
 The partitioned graph, stage by stage (one Dask task per archive, bucket or row range):
 
-1. **sample and fit.** A fixed random sample of rows (at most a quarter of a task's memory);
+1. **sample and fit.** A fixed random sample of rows, :data:`SAMPLE_PER_CENTROID` per
+   centroid (a k-means fit of one task while it fits in a quarter of a task's memory, else
+   two levels of tasks: :func:`_fit_two_level`);
    with ``d_reduce`` a PCA of it: the uncentred ``d x d`` Gram matrix computed with
    dask.array, its top eigenvectors on the client (uncentred, so inner products -- cosine
    similarities of unit rows -- are what is preserved). A spherical k-means of the (projected)
@@ -112,6 +114,14 @@ FILL = 0.8
 k-means buckets were balanced on the benchmark data (largest / mean size 1.02-1.04 at 1M
 and 5M); a bucket that is larger than a task may hold is split anyway.
 """
+
+SAMPLE_PER_CENTROID = 200
+"""The k-means sample has this many rows per centroid (at least 20,000); k-means libraries
+warn below ~39 (faiss). When that sample is more than one task may hold, the fit has two
+levels (:func:`_fit_two_level`), so the sample keeps growing with the number of centroids."""
+
+MARGIN_ROWS = 20_000
+"""Held-out rows on which a two-level fit measures the margin (a quantile needs no more)."""
 
 MERGE_FANIN = 8
 """Neighbour lists of this many buckets are merged at once (a tree over all buckets)."""
@@ -737,6 +747,122 @@ def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
     return float(np.quantile(np.concatenate(gaps), BOUNDARY_FRACTION))
 
 
+def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """``total`` centroids over cells in proportion to ``counts`` (largest remainders), at
+    least one per non-empty cell and never more than its count.
+
+    Examples
+    --------
+    >>> _allocate(np.array([50, 30, 20, 0]), 10).tolist()
+    [5, 3, 2, 0]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    share = total * counts / max(1, counts.sum())
+    out = np.floor(share).astype(np.int64)
+    rest = total - int(out.sum())
+    if rest > 0:
+        out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
+    out = np.where(counts > 0, np.maximum(out, 1), 0)
+    return np.minimum(out, counts)
+
+
+def _coarse_labels(block: VectorBlock, local: np.ndarray, plan: KnnPlan) -> np.ndarray:
+    """Most similar coarse centroid of rows ``local`` of one archive (a two-level fit task)."""
+    tune_allocator()
+    out = np.empty(local.size, dtype=np.int32)
+    step = _chunk_rows(block.width)
+    for s in range(0, local.size, step):
+        out[s : s + step] = np.argmax(
+            plan.to_search(block.read(local[s : s + step])) @ plan.centroids.T, axis=1
+        )
+    return out
+
+
+def _fit_cell(
+    source: VectorSource, plan: KnnPlan, positions: np.ndarray, c: int, seed: int
+) -> np.ndarray:
+    """``c`` centroids of the sample rows of one coarse cell (a two-level fit task)."""
+    tune_allocator()
+    return spherical_kmeans(plan.to_search(source.read(positions)), c, seed=seed)
+
+
+def _held_margin(
+    source: VectorSource, plan: KnnPlan, positions: np.ndarray, centroids: np.ndarray, m: int
+) -> float:
+    """:func:`_auto_margin` of held-out sample rows against every centroid (one task)."""
+    tune_allocator()
+    return _auto_margin(plan.to_search(source.read(positions)), centroids, m)
+
+
+def _fit_two_level(
+    source: VectorSource,
+    projection: np.ndarray | None,
+    n_clusters: int,
+    sample_size: int,
+    cap: int,
+    seed: int,
+    m: int,
+    margin: float | None,
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """k-means of a sample larger than one task holds, in two levels, all on the workers.
+
+    1. ``C1 = cap // SAMPLE_PER_CENTROID`` coarse centroids from ``cap`` of the sample rows
+       (one task); 2. every sample row's coarse cell (one task per archive, integers back);
+    3. the ``n_clusters`` centroids shared among the cells in proportion to their rows, each
+    cell's fitted on its own rows by one task (at most ``cap`` rows); 4. the margin on
+    held-out sample rows (:data:`BOUNDARY_FRACTION`; one task). The client holds the sample's
+    positions and labels (integers) and the centroids.
+    """
+    rng = np.random.default_rng([seed, 2])
+    positions = _sample_positions(source.n, sample_size, seed)
+    held = rng.random(positions.size) < 0.2 if margin is None else np.zeros(positions.size, bool)
+    fit_pos, held_pos = positions[~held], positions[held]
+    n1 = max(2, min(n_clusters, cap // SAMPLE_PER_CENTROID))
+    first = np.sort(rng.choice(fit_pos, size=min(cap, fit_pos.size), replace=False))
+    parts = [dask.delayed(p) for p in _sample_array(source, first).to_delayed().ravel()]
+    coarse, _ = dask.delayed(_fit_centroids, pure=True, nout=2)(
+        parts, projection, n1, seed, m, 0.0
+    ).compute()
+    plan = KnnPlan(projection=projection, centroids=coarse, dtype="float32", m=1, margin=0.0, k=1,
+                   k_search=1, rerank=False, method="exact", capacity=1, scratch=None, budget=0,
+                   random_state=seed)  # fmt: skip
+    token = uuid.uuid4().hex[:12]
+    plan_key = dask.delayed(plan, name=f"dedupdask-knn-fit-plan-{token}")
+    source_key = dask.delayed(source, name=f"dedupdask-knn-fit-source-{token}")
+    which = np.searchsorted(source.offsets, fit_pos, side="right") - 1
+    tasks = []
+    for b in np.unique(which).tolist():
+        lo, hi = np.searchsorted(which, [b, b + 1])
+        local = fit_pos[lo:hi] - source.offsets[b]
+        tasks.append(dask.delayed(_coarse_labels, pure=True)(source.blocks[b], local, plan_key))
+    (labels,) = _compute(tasks)
+    labels = np.concatenate(labels) if labels else np.empty(0, np.int32)
+    counts = np.bincount(labels, minlength=n1)
+    alloc = _allocate(counts, n_clusters)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    fits = []
+    for j in np.flatnonzero(alloc).tolist():
+        members = fit_pos[order[bounds[j] : bounds[j + 1]]]
+        if members.size > cap:
+            members = np.random.default_rng([seed, 3, j]).choice(members, cap, replace=False)
+        fits.append(
+            dask.delayed(_fit_cell, pure=True)(
+                source_key, plan_key, np.sort(members), int(alloc[j]), seed + 1 + j
+            )
+        )
+    (cells,) = _compute(fits)
+    centroids = np.concatenate(cells).astype(np.float32)
+    if margin is None:
+        pool = held_pos if held_pos.size else fit_pos
+        held_pos = np.sort(rng.choice(pool, min(MARGIN_ROWS, pool.size), replace=False))
+        margin = dask.delayed(_held_margin, pure=True)(
+            source_key, plan_key, held_pos, centroids, m
+        ).compute()
+    about = {"kmeans_levels": 2, "coarse_centroids": int(n1), "fit_tasks": len(fits)}
+    return centroids, float(margin), about
+
+
 # -- stage 2: assign --------------------------------------------------------------------------------
 def _top_m(x: np.ndarray, centroids: np.ndarray, m: int, margin: float = 0.0) -> np.ndarray:
     """Per row: its ``m`` most similar centroids, plus up to ``m`` more within ``margin``.
@@ -1253,8 +1379,9 @@ def knn_graph_partitioned(
         clock[0] = now
 
     # 1. sample, PCA, k-means
-    sample_cap = max(1000, budget // (4 * 4 * d))
-    sample_size = int(min(n, sample_cap, max(20_000, 200 * n_clusters, 4 * d_search)))
+    sample_cap = max(1000, budget // (4 * 4 * d))  # rows one task may hold (a quarter of it)
+    want = int(min(n, max(20_000, SAMPLE_PER_CENTROID * n_clusters, 4 * d_search)))
+    sample_size = min(want, sample_cap)
     positions = _sample_positions(n, sample_size, random_state)
     projection, kept = None, 1.0
     if d_search < d:
@@ -1273,7 +1400,13 @@ def knn_graph_partitioned(
         k,
     )
     token = f"{token[:16]}-{uuid.uuid4().hex[:8]}"  # concurrent runs never share scratch/keys
-    if n_clusters > 1:
+    fit_about: dict[str, Any] = {"kmeans_levels": 1}
+    if n_clusters > 1 and want > sample_cap:  # the sample grows with the centroids: two levels
+        centroids, margin, fit_about = _fit_two_level(
+            source, projection, n_clusters, want, sample_cap, random_state, m, margin
+        )
+        sample_size = want
+    elif n_clusters > 1:
         sample = _sample_array(source, positions)
         parts = [dask.delayed(p) for p in sample.to_delayed().ravel()]
         centroids, margin = dask.delayed(_fit_centroids, pure=True, nout=2)(
@@ -1413,6 +1546,8 @@ def knn_graph_partitioned(
         replication=round(float(sizes.sum() / max(1, n)), 3),
         row_ranges=int(starts.size),
         sample=int(sample_size),
+        sample_per_centroid=round(sample_size / max(1, int(centroids.shape[0])), 1),
+        **fit_about,
         timings=timings,
     )
     return idx, sim, info

@@ -56,3 +56,24 @@ def test_collect_reads_done_files_concurrently(tmp_path, monkeypatch):
     (tmp_path / "00004.tardone.json").write_text("{not json")
     with pytest.raises(WorkDirError, match="00004.tardone.json"):
         collect(str(tmp_path))
+
+
+def test_kmeans_sample_grows_with_the_centroids(tmp_path):
+    """Past what one task holds, the k-means sample keeps SAMPLE_PER_CENTROID rows per centroid
+    (two levels of fit tasks) instead of being capped by the task budget; the graph is as good."""
+    import dask
+    from test_knn_partitioned import check_graph, planted, write_source
+
+    from dedupdask.knn import exact_knn
+    from dedupdask.knn_partitioned import SAMPLE_PER_CENTROID, knn_graph_partitioned
+
+    x, _ = planted(16000, 48, seed=2)
+    source = write_source(tmp_path, x, 2000)
+    with dask.config.set(scheduler="sync"):
+        idx, sim, info = knn_graph_partitioned(source, 3, max_memory_per_task="1MB", method="exact")
+    cap = 10**6 // (16 * 48)  # rows of a one-task sample: 1302, ~5 per centroid before
+    assert info["kmeans_levels"] == 2 and info["centroids"] * SAMPLE_PER_CENTROID > cap
+    assert info["sample"] == min(16000, max(20_000, SAMPLE_PER_CENTROID * info["centroids"]))
+    assert info["coarse_centroids"] >= 2 and info["fit_tasks"] >= 2
+    e_idx, e_sim = exact_knn(x, 3)
+    check_graph(x, idx, sim, e_idx, e_sim, min_recall=0.99)
