@@ -77,3 +77,34 @@ def test_kmeans_sample_grows_with_the_centroids(tmp_path):
     assert info["coarse_centroids"] >= 2 and info["fit_tasks"] >= 2
     e_idx, e_sim = exact_knn(x, 3)
     check_graph(x, idx, sim, e_idx, e_sim, min_recall=0.99)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lowest_fraction_on_workers_selects_what_outliers_table_selects(seed):
+    """The global lowest fraction from histograms and counts equals the in-process selection:
+    ties (many equal similarities, also across partitions) by index, rows without a nearest
+    image left out, any fraction."""
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dedupdask.analyses.outliers import outliers_table
+    from dedupdask.analyses.outliers_dask import lowest_fraction
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    levels = rng.choice([3, 50, 10**6])  # few distinct values: ties across partitions
+    sim = (np.round(rng.uniform(-1, 1, n) * levels) / levels).astype(np.float32)
+    sim[rng.random(n) < 0.05] = -0.0
+    nearest = rng.integers(0, n, n)
+    none = rng.random(n) < 0.1
+    nearest[none] = -1
+    sim[none] = np.nan
+    frame = pd.DataFrame({"index": np.arange(n), "nearest": nearest, "similarity": sim})
+    ddf = dd.from_pandas(frame, npartitions=int(rng.integers(1, 7)))  # increasing index ranges
+    for fraction in (0.0, 0.01, 0.05, 0.3, 0.9, 1.0):
+        want = outliers_table(nearest, sim, fraction, np.array(["x"] * n, dtype=object))
+        with dask.config.set(scheduler="sync"):
+            got = lowest_fraction(ddf, fraction, n).compute()
+        got = got.sort_values(["similarity", "index"], kind="stable")
+        assert got["index"].tolist() == want["index"].tolist(), fraction
