@@ -233,8 +233,9 @@ class Collection:
         local threads they are read here in a loop (dask's graph set-up would cost more than
         the reads for a work_dir small enough to be analysed locally).
         """
-        if on_distributed():
-            df = self.files().compute()
+        if on_distributed():  # only the columns asked for leave the workers
+            ddf = self.files()
+            df = (ddf if columns is None else ddf[list(columns)]).compute()
         else:
             parts = [
                 read_archive_files((self.work_dir, a.name, a.offset, a.n_valid, self.decode_version))

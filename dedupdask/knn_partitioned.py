@@ -152,7 +152,7 @@ Method = Literal["auto", "exact", "pynndescent"]
 
 
 # -- sizes ----------------------------------------------------------------------------------------
-def parse_memory(value: str | int | float | None) -> int | None:
+def parse_memory(value: str | int | float | None, name: str = "max_memory_per_task") -> int | None:
     """Bytes from ``"2GB"``, ``"512MiB"``, ``2e9`` or None.
 
     Examples
@@ -168,11 +168,11 @@ def parse_memory(value: str | int | float | None) -> int | None:
         try:
             out = int(parse_bytes(value.strip()))
         except (ValueError, TypeError):
-            raise ValueError(f"max_memory_per_task: cannot read {value!r} as a size") from None
+            raise ValueError(f"{name}: cannot read {value!r} as a size") from None
     else:
         out = int(value)
     if out <= 0:
-        raise ValueError(f"max_memory_per_task must be positive, got {value!r}")
+        raise ValueError(f"{name} must be positive, got {value!r}")
     return out
 
 

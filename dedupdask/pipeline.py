@@ -8,6 +8,7 @@ call (:func:`dedupdask.scheduler.resolve`), so a call starts at most one LocalCl
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ import pandas as pd
 from .config import RunConfig
 from .localcluster import DEFAULT_DASHBOARD
 from .partition import SUMMARY_META, ArchiveTask, process_archive
-from .scheduler import RunScheduler, resolve
+from .scheduler import RunScheduler, in_process_bytes, resolve
 from .sources import list_sources, select_offsets
 from .store import SUFFIXES, WorkDir
 
@@ -214,6 +215,7 @@ def run(
     verify: bool = True,
     issue_thresholds: dict[str, float] | str | None = None,
     max_memory_per_task: str | int | None = None,
+    max_client_memory: str | int | None = None,
     d_reduce: int = 0,
     knn_dtype: str = "float32",
     keep_archives: bool = False,
@@ -274,6 +276,12 @@ def run(
         k-means (boundary points in two buckets), each bucket searched by one task, the lists
         merged (:mod:`dedupdask.knn_partitioned`). Default: half of the smallest worker's
         memory limit per thread (half this machine's memory without a distributed client).
+    max_client_memory : str or int, optional
+        Memory this process may use to analyse work_dir itself (``"1GB"``, bytes; default
+        :data:`dedupdask.scheduler.MAX_CLIENT_MEMORY`). A work_dir whose in-process
+        analysis would need more (:func:`dedupdask.scheduler.in_process_bytes`: its vectors
+        plus the per-image tables) is analysed on the Dask workers -- the given cluster, or
+        the local cluster of the call -- never here.
     d_reduce : int
         Search neighbours on a PCA projection to this many dimensions (e.g. 256; 0 = off);
         similarities are recomputed on the original float32 vectors.
@@ -335,7 +343,8 @@ def run(
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
         verify_threshold=verify_threshold, verify_score=verify_score, verify=verify,
-        issue_thresholds=issue_thresholds, max_memory_per_task=max_memory_per_task, d_reduce=d_reduce, knn_dtype=knn_dtype,
+        issue_thresholds=issue_thresholds, max_memory_per_task=max_memory_per_task,
+        max_client_memory=max_client_memory, d_reduce=d_reduce, knn_dtype=knn_dtype,
         keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
@@ -354,19 +363,31 @@ def run(
             report = _extract(input_dir, work_dir, config, sched)
             if config.run_mode == 1:
                 return report
+        from .knn_partitioned import parse_memory
         from .results import build as analyse
 
-        with sched.analysis(_vector_bytes(work_dir, config)):
+        bound = parse_memory(config.max_client_memory, "max_client_memory")
+        with sched.analysis(_in_process_bytes(work_dir, config), bound):
             result = analyse(work_dir, config=config)
     result.extract_report = report
     return result
 
 
-def _vector_bytes(work_dir: str, config: RunConfig) -> int:
-    """Total size of the ``features.dat`` files in work_dir (one listing call)."""
+def _in_process_bytes(work_dir: str, config: RunConfig) -> int:
+    """What analysing work_dir here would hold (:func:`in_process_bytes`): one listing for the
+    vectors' size and one ``done.json`` for their width."""
     wd = WorkDir(work_dir, config.storage_options)
     try:
         entries = wd.fs.ls(wd.path, detail=True)
     except FileNotFoundError:
         return 0
-    return sum(int(e.get("size") or 0) for e in entries if str(e["name"]).endswith(SUFFIXES["dat"]))
+    dat = [e for e in entries if str(e["name"]).endswith(SUFFIXES["dat"])]
+    vector_bytes = sum(int(e.get("size") or 0) for e in dat)
+    if not vector_bytes:
+        return 0
+    name = posixpath.basename(str(dat[0]["name"]))[: -len(SUFFIXES["dat"])]
+    try:
+        d = int(wd.read_done(name)["d"])
+    except Exception:  # noqa: BLE001 - not done (yet): collect reports it; assume a wide model
+        d = 1280
+    return in_process_bytes(vector_bytes // (4 * d), d)

@@ -57,6 +57,8 @@ from .analyses import (
     outliers_table,
     stats_frame,
 )
+from .analyses.components_dask import components_of_groups
+from .analyses.exact_dask import exact_and_input_groups
 from .analyses.issues import empty_issues, scores_frame, summary_counts
 from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
@@ -84,6 +86,7 @@ _FILE_COLS = [
     "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
     "index", "member_offset", "key", "p01", "p99", "chroma",
 ]  # fmt: skip
+_HASHES = ("md5", "pixel_md5", "input_md5")
 
 
 def _version() -> str:
@@ -424,7 +427,9 @@ def _build(
         )
     stages.done("collect")
 
-    files = col.files_frame(_FILE_COLS)
+    workers = scheduler.dask_client() is not None and col.n > 0  # on a distributed client
+    # there the hashes stay on the workers: the exact groups are found by a shuffle there
+    files = col.files_frame([c for c in _FILE_COLS if not (workers and c in _HASHES)])
     valid = files[files["index"].notna()].sort_values("index", kind="stable").reset_index(drop=True)
     n = len(valid)
     if n != col.n or not np.array_equal(valid["index"].to_numpy(dtype=np.int64), np.arange(n)):
@@ -432,8 +437,11 @@ def _build(
     filenames = valid["filename"].to_numpy(dtype=object)
     stages.done("read_files")
 
-    groups = exact_groups(valid["md5"], valid["pixel_md5"])
-    inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
+    if workers:
+        groups, inputs = exact_and_input_groups(col.files(), col.n)
+    else:
+        groups = exact_groups(valid["md5"], valid["pixel_md5"])
+        inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     reps = groups.reps
     table = resolve(config, col.model)  # the model's thresholds with the user's overrides
     params = resolve_params(
@@ -479,9 +487,12 @@ def _build(
     similarity = expand_pairs(groups, tiers.accepted, filenames)
     nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
-    components = components_table(
-        groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
-    )
+    if workers:
+        components = components_of_groups(groups, tiers.edges)
+    else:
+        components = components_table(
+            groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
+        )
     invalid = invalid_table(files)
     stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
@@ -510,6 +521,7 @@ def _build(
             "knn_method": used,
             "random_state": random_state,
             "max_memory_per_task": config.max_memory_per_task,
+            "max_client_memory": config.max_client_memory,
             "d_reduce": config.d_reduce,
             "knn_dtype": config.knn_dtype,
         },
@@ -526,6 +538,7 @@ def _build(
             "resolved": issue_t.to_dict(),
             **issues_about,
         },
+        "analysed_on": "workers" if workers else "this process",
         "knn": knn_info,
         "model": col.model,
         "decode_version": col.decode_version,

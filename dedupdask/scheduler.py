@@ -21,9 +21,11 @@ None                the scheduler dask would use: a ``dask.config`` scheduler ot
                     per call (:mod:`dedupdask.localcluster`: 127.0.0.1 only)
 ==================  ===========================================================================
 
-The analysis of a work_dir whose vectors are small (:data:`LOCAL_ANALYSIS_BYTES`) runs on
-local threads even on a cluster; only verification goes to the workers
-(:meth:`RunScheduler.analysis`).
+The analysis of a small work_dir runs here on local threads, even when a cluster is given
+(only verification goes to the workers): while what it would hold here
+(:func:`in_process_bytes`) stays within ``max_client_memory`` (default
+:data:`MAX_CLIENT_MEMORY`). A larger one runs on the workers -- the given cluster, or the
+call's LocalCluster (:meth:`RunScheduler.analysis`).
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from typing import Any
 from .localcluster import DEFAULT_DASHBOARD
 
 __all__ = [
-    "LOCAL_ANALYSIS_BYTES",
+    "IN_PROCESS_BYTES_PER_IMAGE",
     "LOCAL_SCHEDULERS",
+    "MAX_CLIENT_MEMORY",
     "RunScheduler",
     "current",
     "dask_client",
+    "in_process_bytes",
     "resolve",
 ]
 
@@ -51,10 +55,26 @@ LOCAL_SCHEDULERS = frozenset(
 )
 """Names of dask's local schedulers that ``client=`` accepts."""
 
-LOCAL_ANALYSIS_BYTES = 2**30
-"""Below this many bytes of vectors the analysis runs on local threads even when a cluster is
-given: shipping a few MB to fresh workers (which first import dask, pyarrow and dedupdask)
-costs seconds, reading them from the memory-mapped files here costs milliseconds."""
+MAX_CLIENT_MEMORY = 2**30
+"""Default ``max_client_memory``: the memory this process may use to analyse a work_dir on
+local threads. Below it that is the fast way (shipping a few MB to fresh workers, which
+first import dask, pyarrow and dedupdask, costs seconds); above it the workers do it."""
+
+IN_PROCESS_BYTES_PER_IMAGE = 2000
+"""What the in-process analysis holds per image besides its vectors: the per-image tables,
+the kNN graph and their temporaries (issue 17: 3M images of d=64 grew the build past 6 GB)."""
+
+
+def in_process_bytes(n: int, d: int) -> int:
+    """Memory the in-process analysis of ``n`` images of width ``d`` holds here (estimate).
+
+    Examples
+    --------
+    >>> in_process_bytes(500_000, 128) / 2**30 > MAX_CLIENT_MEMORY / 2**30
+    True
+    """
+    return int(n) * (4 * int(d) + IN_PROCESS_BYTES_PER_IMAGE)
+
 
 _CURRENT: contextvars.ContextVar[RunScheduler | None] = contextvars.ContextVar(
     "dedupdask_run_scheduler", default=None
@@ -171,27 +191,28 @@ class RunScheduler:
         return self._client
 
     @contextlib.contextmanager
-    def analysis(self, vector_bytes: int | None) -> Iterator[None]:
-        """Make the analysis' ``dask.compute`` calls run where they pay, inside this block.
+    def analysis(self, need: int | None, bound: int | None = None) -> Iterator[None]:
+        """Make the analysis' ``dask.compute`` calls run where they should, inside this block.
 
-        A named local scheduler is used as is; a distributed client takes every stage when
-        the vectors hold at least :data:`LOCAL_ANALYSIS_BYTES`, else local threads do and
-        only verification goes to the client (``vector_bytes=None``: every stage goes to
-        it). Kind ``"auto"``: local threads.
+        ``need`` is what analysing here would hold (:func:`in_process_bytes`; None: unknown,
+        every stage goes to the workers). A named local scheduler is used as is. Within
+        ``bound`` (default :data:`MAX_CLIENT_MEMORY`) the analysis runs on local threads and only verification goes to a
+        distributed client; past it, every stage runs on the client -- for kind ``"auto"``
+        the call's LocalCluster, started here.
         """
         import dask
 
+        bound = MAX_CLIENT_MEMORY if bound is None else bound
         if self.kind == "local":
             with dask.config.set(scheduler=self.local) if self.local else contextlib.nullcontext():
                 yield
-        elif self._client is not None and (vector_bytes is None or vector_bytes >= LOCAL_ANALYSIS_BYTES):
-            with self._client.as_current(), dask.config.set(scheduler=self._client):
-                yield
-        elif self._client is not None:
-            with dask.config.set(scheduler="threads"):
+        elif need is not None and need <= bound:
+            with dask.config.set(scheduler="threads") if self._client is not None else contextlib.nullcontext():
                 yield
         else:
-            yield
+            client = self.processes()
+            with client.as_current(), dask.config.set(scheduler=client):
+                yield
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ def analysis_on_cluster(monkeypatch):
     """Send the analysis to the cluster even for these small work_dirs."""
     import dedupdask.scheduler
 
-    monkeypatch.setattr(dedupdask.scheduler, "LOCAL_ANALYSIS_BYTES", 0)
+    monkeypatch.setattr(dedupdask.scheduler, "MAX_CLIENT_MEMORY", 0)
 
 
 def test_run_through_shell_cluster_equals_sync(cluster, sample_shards, tmp_path, analysis_on_cluster):

@@ -108,3 +108,51 @@ def test_lowest_fraction_on_workers_selects_what_outliers_table_selects(seed):
             got = lowest_fraction(ddf, fraction, n).compute()
         got = got.sort_values(["similarity", "index"], kind="stable")
         assert got["index"].tolist() == want["index"].tolist(), fraction
+
+
+@pytest.fixture(scope="module")
+def dct_work(tmp_path_factory):
+    """Three shards with planted exact and near duplicates, DCT model, extracted sync."""
+    import dedupdask as ddk
+    from dedupdask.datasets import make_sample_shards
+
+    root = tmp_path_factory.mktemp("scale")
+    shards = make_sample_shards(str(root / "shards"), n_shards=3, images_per_shard=20, n_near=8,
+                                n_exact=4, formats=("tar",), broken=False, seed=6)  # fmt: skip
+    wd = str(root / "work")
+    ddk.extract(shards.root, wd, model_path="dct", client="sync", progress=False)
+    return wd
+
+
+def test_exact_groups_and_components_run_on_the_workers(dct_work, monkeypatch):
+    """On a distributed client the md5 / pixel_md5 groups (a shuffle) and the connected
+    components (FastSV) are found by worker tasks, the hashes never reach this process, and
+    every table equals the in-process build's."""
+    import dask
+    import pandas as pd
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from dedupdask.collect import Collection
+    from dedupdask.config import RunConfig
+    from dedupdask.results import build
+
+    cfg = RunConfig(run_mode=2, progress=False)
+    with dask.config.set(scheduler="sync"):
+        ref = build(dct_work, config=cfg, write=False)
+    asked: list = []
+    real = Collection.files_frame
+    monkeypatch.setattr(Collection, "files_frame", lambda self, cols=None: asked.append(cols) or real(self, cols))
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as ts,
+    ):
+        dist = build(dct_work, config=cfg, client=client, write=False)
+    names = {str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data}
+    assert any(k.startswith("_key_minima") for k in names), sorted(names)[:20]  # exact groups
+    assert any(k.startswith("_hook") for k in names), sorted(names)[:20]  # FastSV iterations
+    assert asked and all("md5" not in c and "pixel_md5" not in c for c in asked)
+    assert ref.run["counts"]["exact_groups"] >= 2
+    assert dist.run["counts"] == ref.run["counts"]
+    for name in ("similarity", "components", "outliers", "invalid", "issues"):
+        pd.testing.assert_frame_equal(getattr(dist, name), getattr(ref, name), obj=name)

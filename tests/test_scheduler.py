@@ -92,3 +92,20 @@ def test_named_local_scheduler_never_starts_a_cluster(dct_work, cluster_starts, 
     res = ddk.build(wd, client="threads", progress=False, verify_threshold=0.5)
     assert res.run["verification"]["candidates"] > 0
     assert cluster_starts == []
+
+
+def test_client_memory_bound_sends_the_analysis_to_the_workers(dct_work, cluster_starts):
+    """Past ``max_client_memory`` the analysis runs on the workers -- here the call's one
+    LocalCluster -- with the same results; below it, here, without a cluster."""
+    _, wd = dct_work
+    with dask.config.set(scheduler="sync"):
+        ref = ddk.build(wd, progress=False)
+    here = ddk.build(wd, progress=False)
+    assert cluster_starts == [] and here.run["analysed_on"] == "this process"
+    res = ddk.build(wd, progress=False, max_client_memory=1, dashboard_address=None)
+    assert len(cluster_starts) == 1 and res.run["analysed_on"] == "workers"
+    assert res.run["counts"] == ref.run["counts"]
+    for name in ("similarity", "components", "outliers", "issues"):
+        pd.testing.assert_frame_equal(getattr(res, name), getattr(ref, name), obj=name)
+    with pytest.raises(ValueError, match="max_client_memory"):
+        ddk.build(wd, max_client_memory="lots")
