@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .allocator import tune as tune_allocator
-from .knn import PYNNDESCENT_MIN_NEIGHBORS, nndescent_knn
+from .knn import PYNNDESCENT_MIN_NEIGHBORS, nndescent_knn, top_k
 from .knn_budget import _CHUNK_BYTES, _SIM_BLOCK_BYTES, _gather_bytes
 from .knn_fit import _auto_margin, _sample_positions, spherical_kmeans
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _chunk_rows, _read_search
@@ -189,24 +189,16 @@ def _group(
 
 # -- stage 4: search one bucket --------------------------------------------------------------------
 def _topk_block(s: np.ndarray, self_cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` columns of each row of ``s`` (self excluded), sorted, ties by index."""
+    """Best ``k`` columns of each row of ``s`` (self excluded): :func:`dedupdask.knn.top_k`."""
     rows = np.arange(s.shape[0])
     s[rows, self_cols] = -np.inf
-    n = s.shape[1]
-    kk = min(k, n - 1)
+    kk = min(k, s.shape[1] - 1)
     idx = np.full((s.shape[0], k), -1, dtype=np.int64)
     sim = np.full((s.shape[0], k), np.nan, dtype=np.float32)
     if kk <= 0:
         return idx, sim
-    cand = (
-        np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        if kk < n - 1
-        else np.broadcast_to(np.arange(n), s.shape)
-    )
-    csim = np.take_along_axis(s, cand, axis=1)
-    order = np.lexsort((cand, -csim), axis=1)[:, :kk]
-    idx[:, :kk] = np.take_along_axis(cand, order, axis=1)
-    sim[:, :kk] = np.clip(np.take_along_axis(csim, order, axis=1), -1.0, 1.0)
+    idx[:, :kk], sim[:, :kk] = top_k(s, kk)
+    np.clip(sim, -1.0, 1.0, out=sim)
     bad = ~np.isfinite(sim)
     idx[bad], sim[bad] = -1, np.nan
     return idx, sim

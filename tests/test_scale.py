@@ -156,3 +156,22 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, monkeypatch):
     assert dist.run["counts"] == ref.run["counts"]
     for name in ("similarity", "components", "outliers", "invalid", "issues"):
         pd.testing.assert_frame_equal(getattr(dist, name), getattr(ref, name), obj=name)
+
+
+@pytest.mark.parametrize("k", [2, 12, 40])
+def test_one_top_k_with_one_tie_rule(k):
+    """Every exact search -- one block by argmax (small k) or argpartition (large k), a bucket
+    of the partitioned kNN in float32 or float16 -- picks the lowest indices among equal
+    similarities (here basis vectors: every similarity is exactly 0 or 1)."""
+    from dedupdask.knn import exact_knn_block
+    from dedupdask.knn_buckets import exact_bucket_knn
+
+    rng = np.random.default_rng(3)
+    n = 60
+    x = np.eye(5, dtype=np.float32)[rng.integers(0, 5, n)]
+    s = x @ x.T
+    want = np.array([[j for j in sorted(range(n), key=lambda j: (-s[i, j], j)) if j != i][:k] for i in range(n)])
+    assert np.array_equal(exact_knn_block(x, 0, n, k)[0], want)
+    assert np.array_equal(exact_knn_block(x, 7, 19, k)[0], want[7:19])
+    assert np.array_equal(exact_bucket_knn(x, k)[0], want)
+    assert np.array_equal(exact_bucket_knn(x.astype(np.float16), k)[0], want)
