@@ -233,9 +233,11 @@ class Collection:
         local threads they are read here in a loop (dask's graph set-up would cost more than
         the reads for a work_dir small enough to be analysed locally).
         """
-        if on_distributed():  # only the columns asked for leave the workers
+        if on_distributed():  # only the columns asked for leave the workers, archive by archive
+            from .scheduler import gather_frames
+
             ddf = self.files()
-            df = (ddf if columns is None else ddf[list(columns)]).compute()
+            (df,) = gather_frames(ddf if columns is None else ddf[list(columns)])
         else:
             parts = [
                 read_archive_files((self.work_dir, a.name, a.offset, a.n_valid, self.decode_version))

@@ -151,6 +151,8 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, monkeypatch):
     names = {str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data}
     assert any(k.startswith("_key_minima") for k in names), sorted(names)[:20]  # exact groups
     assert any(k.startswith("_hook") for k in names), sorted(names)[:20]  # FastSV iterations
+    # per-image tables come back partition by partition, never concatenated on one worker
+    assert not any(k.startswith("repartitiontofewer") for k in names), sorted(names)
     assert asked and all("md5" not in c and "pixel_md5" not in c for c in asked)
     assert ref.run["counts"]["exact_groups"] >= 2
     assert dist.run["counts"] == ref.run["counts"]

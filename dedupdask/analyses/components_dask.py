@@ -473,5 +473,8 @@ def components_of_groups(
     res = components_table_dask(
         dd.from_pandas(frame, npartitions=parts, sort=False), n, partition_rows=partition_rows
     )
-    table = res.table.compute().reset_index(drop=True)
+    from ..scheduler import gather_frames
+
+    (table,) = gather_frames(res.table)
+    table = table.reset_index(drop=True)
     return table.astype({c: _I64 for c in COMPONENT_COLUMNS}).loc[:, list(COMPONENT_COLUMNS)]

@@ -241,12 +241,12 @@ def exact_and_input_groups(
     >>> g.rep.tolist(), i.rep.tolist()
     ([0, 1, 0], [0, 0, 0])
     """
-    import dask
+    from ..scheduler import gather_frames
 
     if "input_md5" not in files.columns:
         files = files.assign(input_md5=pd.Series(pd.NA, dtype="string"))
     files = files[["index", *INPUT_KEYS]]
     exact = exact_groups_dask(files, n, keys=EXACT_KEYS, partition_rows=partition_rows)
     inputs = exact_groups_dask(files, n, keys=INPUT_KEYS, partition_rows=partition_rows)
-    a, b = dask.compute(exact.table["rep"], inputs.table["rep"])
+    a, b = gather_frames(exact.table["rep"], inputs.table["rep"])
     return ExactGroups(a.to_numpy(dtype=_I64)), ExactGroups(b.to_numpy(dtype=_I64))
