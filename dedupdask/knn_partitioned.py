@@ -465,12 +465,17 @@ def knn_graph_work_dir(
     config: Any,
     method: Method = "auto",
     random_state: int = DEFAULT_RANDOM_STATE,
+    which: str = "dat",
+    d: int | None = None,
+    vectors: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
     """The kNN graph of rows ``reps`` of a loaded work_dir: single task or partitioned.
 
     Partitioned when the single task would need more than :func:`task_budget` (from
     ``config.max_memory_per_task``), or when ``config.d_reduce`` / ``config.knn_dtype`` ask
-    for a reduced search; otherwise exactly :func:`dedupdask.knn.knn_graph_dask`.
+    for a reduced search; otherwise exactly :func:`dedupdask.knn.knn_graph_dask`. Both
+    graphs of a run take this path: the embeddings' and, with ``which="dct"``, ``d=63`` and
+    ``vectors`` (their ``[N, 63]`` dask array), the DCT descriptors' (searched unreduced).
 
     Returns
     -------
@@ -483,19 +488,19 @@ def knn_graph_work_dir(
     >>> used  # doctest: +SKIP
     'partitioned-pynndescent'
     """
-    n, d = int(reps.size), int(col.d)
+    n, d = int(reps.size), int(col.d if d is None else d)
     budget = task_budget(getattr(config, "max_memory_per_task", None))
-    d_reduce = int(getattr(config, "d_reduce", 0) or 0)
-    dtype = getattr(config, "knn_dtype", "float32") or "float32"
+    d_reduce = int(getattr(config, "d_reduce", 0) or 0) if which == "dat" else 0
+    dtype = (getattr(config, "knn_dtype", "float32") or "float32") if which == "dat" else "float32"
     single = method if method != "auto" else choose_method(n, d, k)
     need = single_task_bytes(n, d, k, single)
     reduced = (0 < d_reduce < d) or dtype == "float16"
     if not reduced and need <= budget:
-        got = local_exact_knn(col, reps, k, method)
+        got = local_exact_knn(col, reps, k, method, which=which, d=d)
         if got is not None:
             info = {"method": "exact", "memory_per_task": budget, "single_task_bytes": need}
             return got[0], got[1], "exact", info
-        emb = col.embeddings()
+        emb = col.embeddings() if vectors is None else vectors
         x = emb if n == col.n else emb[reps]
         idx, sim, used = knn_graph_dask(x, n, d, k, method=method, random_state=random_state)
         return (
@@ -504,7 +509,7 @@ def knn_graph_work_dir(
             used,
             {"method": used, "memory_per_task": budget, "single_task_bytes": need},
         )
-    source = VectorSource.from_collection(col, reps)
+    source = VectorSource.from_collection(col, reps, which=which, d=d)
     idx, sim, info = knn_graph_partitioned(
         source,
         k,

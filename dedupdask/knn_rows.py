@@ -152,7 +152,9 @@ class VectorSource:
         return int(self.offsets[-1])
 
     @classmethod
-    def from_collection(cls, col: Any, reps: np.ndarray | None = None) -> VectorSource:
+    def from_collection(
+        cls, col: Any, reps: np.ndarray | None = None, *, which: str = "dat", d: int | None = None
+    ) -> VectorSource:
         """The ``.dat`` files of a :class:`~dedupdask.collect.Collection`, rows ``reps`` only.
 
         Parameters
@@ -161,7 +163,10 @@ class VectorSource:
             Loaded work_dir.
         reps : ndarray, optional
             Sorted global indices taking part (default: all rows).
+        which, d : str, int
+            ``"dct"`` and 63: the DCT descriptors (``dct.dat``) instead of the embeddings.
         """
+        width = int(col.d if d is None else d)
         blocks = []
         for a in col.archives:
             if not a.n_valid:
@@ -175,9 +180,9 @@ class VectorSource:
                     continue
                 else:
                     rows = (reps[lo:hi] - a.offset).astype(np.int64)
-            path = col.work_dir.file(a.name, "dat")
-            blocks.append(VectorBlock(col.work_dir, path, col.d, a.n_valid, rows))
-        return cls(tuple(blocks), col.d)
+            path = col.work_dir.file(a.name, which)
+            blocks.append(VectorBlock(col.work_dir, path, width, a.n_valid, rows))
+        return cls(tuple(blocks), width)
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         """Rows at sorted global ``positions`` (as stored in the files).

@@ -481,6 +481,7 @@ def _build(
         storage_options=config.storage_options,
         max_image_pixels=config.max_image_pixels,
         max_member_bytes=config.max_member_bytes,
+        knn_config=config,
     )
     stages.done("tiers")
 
@@ -540,6 +541,7 @@ def _build(
         },
         "analysed_on": "workers" if workers else "this process",
         "knn": knn_info,
+        "knn_dct": tiers.dct_knn,
         "model": col.model,
         "decode_version": col.decode_version,
         "archives": [a.to_dict() for a in col.archives],

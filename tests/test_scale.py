@@ -177,3 +177,24 @@ def test_one_top_k_with_one_tie_rule(k):
     assert np.array_equal(exact_knn_block(x, 7, 19, k)[0], want[7:19])
     assert np.array_equal(exact_bucket_knn(x, k)[0], want)
     assert np.array_equal(exact_bucket_knn(x.astype(np.float16), k)[0], want)
+
+
+def test_dct_graph_takes_the_partitioned_path(dct_work):
+    """The DCT descriptors' kNN graph goes through the embeddings' path: one task while it
+    fits ``max_memory_per_task``, partitioned buckets past it -- not one task whatever its size."""
+    import dask
+    import pandas as pd
+
+    from dedupdask.config import RunConfig
+    from dedupdask.results import build
+
+    with dask.config.set(scheduler="sync"):
+        one = build(dct_work, config=RunConfig(run_mode=2, progress=False), write=False)
+        part = build(dct_work, config=RunConfig(run_mode=2, progress=False, max_memory_per_task="150kB"),
+                     write=False, method="exact")  # fmt: skip
+    assert one.run["knn_dct"]["method"] == "exact" and one.params["copy_threshold"] is not None
+    info = part.run["knn_dct"]
+    assert info["method"] == "partitioned-exact" and info["buckets"] >= 2, info
+    assert info["single_task_bytes"] > info["memory_per_task"]
+    key = ["from", "to", "kind"]
+    pd.testing.assert_frame_equal(part.similarity[key], one.similarity[key])
