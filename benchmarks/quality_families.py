@@ -394,7 +394,7 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
     head = ["family", "pairs", f"found: copy tier (DCT >= {ct}, verified)", f"found: near, embedding >= {t}",
             f"found: near, verified (embedding >= {vt}, score >= {vs})", "lost: below both cuts",
             "lost: not among 5 nearest", "lost: verification found no alignment (score -1)",
-            f"lost: verification scored < {vs} (residual / cell / blob)", "lost: other",
+            f"lost: verification scored < {vs} (both matchers)", "lost: other",
             "lost: median embedding cos", "lost: median DCT cos", "rejected: median verify score",
             f"lost: share with embedding >= {vt}"]  # fmt: skip
     return table(rows, head), diag
@@ -642,9 +642,11 @@ def main(argv: list[str] | None = None) -> int:
       f"or DCT >= {quality_tiers.LOOSE['copy_threshold']} verified: {lv.get('candidates', 0)} pairs, "
       f"{ddk['loose_seconds']:.0f} s) and the work_dir's vectors. 'below both cuts' = embedding < verify_threshold "
       "and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut but neither image "
-      "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate for which pixel "
-      "verification found no alignment (scale 0.70-1.00, translation, flip) with enough correlation (score -1); "
-      "'scored < verify_score' = aligned, but the residual, its worst cell or its largest blob was too large.")  # fmt: skip
+      "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate for which neither "
+      "matcher found an alignment (score -1: the pixel alignment's correlation too low and fewer than 15 keypoints "
+      "agreeing with one plane warp); 'scored < verify_score' = aligned, but the pixel residuals were too large and "
+      "the keypoint matcher found an implausible colour edit or too large a differing share (dedupdask/match.py, "
+      "dedupdask/match_keypoints.py).")  # fmt: skip
     p("")
     out.extend(loss)
     sim_default = sweep.grid.index({k: float(ddk["params"][k]) for k in SWEEP}) if \

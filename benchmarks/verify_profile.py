@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-# (label, attribute path in dedupdask.match) -- the stages of dedupdask.match.score_views
+# (label, attribute path in dedupdask.match or match_keypoints) -- the stages of match.score_views
 STAGES = [
     ("views: grey, coarse image, FFT plan (per image)", "View.__init__"),
     ("coarse search: all hypotheses at 48 px", "_hypotheses"),
@@ -36,13 +36,17 @@ STAGES = [
     ("  resizes of the inner image", "View.resized"),
     ("  residuals (blur, fit, cells, blob)", "_residuals"),
     ("    blur", "_blur_pair"),
+    ("keypoint matcher (pairs the alignment did not accept)", "match_keypoints"),
+    ("  SIFT keypoints (per image, as is and mirrored)", "Keypoints.features"),
+    ("  descriptor matching + RANSAC homography", "_homography"),
+    ("  warp + colour edit + overlay share", "_compare"),
 ]
 
 
 def _code_key(path: str) -> tuple[str, int, str]:
-    from dedupdask import match
+    from dedupdask import match, match_keypoints
 
-    obj: Any = match
+    obj: Any = match if hasattr(match, path.split(".")[0]) else match_keypoints
     for part in path.split("."):
         obj = getattr(obj, part)
     code = obj.__code__

@@ -57,9 +57,13 @@ _LAZY = {
     "load_binary_feature": "store",
     "save_binary_feature": "store",
     "WorkDirError": "store",
+    "CleanReport": "clean",
+    "write_clean_shards": "clean",
+    "write_removals": "removals",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .clean import CleanReport, write_clean_shards
     from .config import RunConfig
     from .galleries import (
         Gallery,
@@ -70,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
         create_stats_gallery,
     )
     from .pipeline import ExtractReport, build, extract, run
+    from .removals import write_removals
     from .results import DedupResult, load
     from .sources import list_sources
     from .store import WorkDirError, load_binary_feature, save_binary_feature
@@ -107,4 +112,7 @@ __all__ = [
     "create_stats_gallery",
     "load",
     "WorkDirError",
+    "CleanReport",
+    "write_clean_shards",
+    "write_removals",
 ]

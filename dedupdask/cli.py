@@ -1,4 +1,4 @@
-"""Command-line stage: ``dedupdask run|extract|build|demo`` mirroring ``ddk.run``.
+"""Command-line stage: ``dedupdask run|extract|build|gallery|removals|clean|demo`` mirroring ``ddk.run``.
 
 Every keyword of :func:`dedupdask.run` is a ``--kebab-case`` flag (booleans also as
 ``--no-...``). The exit code is 0 when every archive finished, 1 when any archive failed or
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="duplicates: similarity >= T; outliers: <= T; stats: the metric's cut-off")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="fsspec options as JSON (default: none)")
+    _add_removal_parsers(sub)
     p = sub.add_parser("demo", help="generate sample shards with planted duplicates and run on them")
     p.add_argument("--out", default="demo", help="folder for the shards and the work_dir (default: ./demo)")
     p.add_argument("--shards", type=int, default=6)
@@ -171,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(ns)
         if ns.command == "gallery":
             return _gallery(ns)
+        if ns.command in ("removals", "clean"):
+            return _act(ns)
         opts = _options(ns)
         if ns.command == "extract":
             report = pipeline.extract(_inputs(ns.input), ns.work_dir, client=ns.client, **opts)
@@ -225,6 +228,60 @@ def _gallery(ns: argparse.Namespace) -> int:
         missing = f", {page.n_missing} thumbnails missing" if page.n_missing else ""
         print(f"{page.path}: {page.n_rows} rows{missing}")
     return 0
+
+
+def _add_removal_parsers(sub: Any) -> None:
+    """``removals`` and ``clean``: act on an analysed work_dir (:mod:`dedupdask.removals`)."""
+    from .analyses.keep import KEEP_RULES
+
+    for name, help_, out_help in (
+        ("removals", "write one Parquet removal list per source archive of an analysed WORK_DIR",
+         "folder for <archive name>.parquet"),
+        ("clean", "write the source archives without the removed samples into OUT (same names, "
+                  "same formats)", "folder (or s3:// prefix) for the clean shards"),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("work_dir")
+        p.add_argument("out", help=out_help)
+        p.add_argument("--keep", choices=KEEP_RULES, default="largest_resolution",
+                       help="which image of each duplicate component stays (default: largest_resolution)")
+        p.add_argument("--no-duplicates", dest="duplicates", action="store_false",
+                       help="keep every duplicate")
+        p.add_argument("--no-invalid", dest="invalid", action="store_false",
+                       help="keep samples whose images could not be used")
+        p.add_argument("--outliers", action="store_true",
+                       help="also remove fastdup's outliers (outliers.csv)")
+        p.add_argument("--remove-issues", default=None, metavar="TYPES",
+                       help="also remove images with these issue types, e.g. low_information,odd_size")
+        p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                       help="fsspec options as JSON for WORK_DIR, the archives and OUT (default: none)")
+        p.add_argument("--client", default=None,
+                       help="scheduler address (tcp://host:8786) or sync|threads|processes; default: threads")
+        if name == "clean":
+            p.add_argument("--no-resume", dest="resume", action="store_false",
+                           help="rewrite shards whose done marker exists")
+
+
+def _act(ns: argparse.Namespace) -> int:
+    from .results import load
+
+    res = load(ns.work_dir, ns.storage_options)
+    opts = {"duplicates": ns.duplicates, "invalid": ns.invalid, "outliers": ns.outliers,
+            "remove_issues": ns.remove_issues, "storage_options": ns.storage_options,
+            "client": ns.client}  # fmt: skip
+    if ns.command == "removals":
+        from .removals import write_removals
+
+        table = write_removals(res, ns.out, ns.keep, **opts)
+        counts = {c[len("removed_"):]: int(table[c].sum()) for c in table.columns if c.startswith("removed_")}
+        print(f"removal lists: {len(table)} archives, {int(table['samples'].sum())} samples to remove "
+              f"({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}) -> {ns.out}")
+        return 0
+    from .clean import write_clean_shards
+
+    report = write_clean_shards(res, ns.out, keep=ns.keep, resume=ns.resume, **opts)
+    print(report.summary_text())
+    return 1 if len(report.failed) else 0
 
 
 def _inputs(items: list[str]) -> str | list[str]:

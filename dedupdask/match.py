@@ -1,12 +1,19 @@
 """Matcher: is one image an edited copy of the other? (the pixel check of verification)
 
 A candidate pair (two images whose descriptors are close but not close enough to be sure) is
-a duplicate when one image is the other after a resize, a recompression, a brightness
-change, a horizontal flip and/or a crop, i.e. when, after the right alignment, their pixels
-agree everywhere. Look-alikes (two clocks showing different times, the same arrow in two
-colours, two different wood textures) do not: they differ somewhere.
+scored by two matchers, and the better score counts (:func:`score_views`):
 
-The check, per pair, on images decoded (as displayed: EXIF orientation applied, through
+- the **pixel alignment** below: one image is the other after a resize, a recompression, a
+  brightness change, a horizontal flip and/or a crop, with pixels that agree *everywhere*
+  after the alignment (look-alikes -- two clocks showing different times, the same arrow in
+  two colours, two wood textures -- differ somewhere). Cheap, and the strictest; a pair it
+  scores ``early_accept`` or more is not looked at again;
+- the **keypoint matcher** (:mod:`dedupdask.match_keypoints`): the same picture under any
+  plane warp (rotation, perspective, aspect, crop, padding, frame, flips), a global colour
+  edit (greyscale, sepia, hue, saturation, tone) and an overlay on at most 35 % of it
+  (watermark, caption, logo, inset, border).
+
+Both give ``>= verify_score`` (0.9) for a duplicate. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through
 :func:`dedupdask.decode.to_rgb`) with aspect kept to 128 px on the long side:
 
 1. **Alignment search** on 48 px grey images: for each direction (B inside A, A inside B),
@@ -41,8 +48,14 @@ from typing import Any
 import numpy as np
 import scipy.fft as _fft
 
-__all__ = ["Prepared", "View", "match_score", "prepare_image", "score_views"]
+from .match_keypoints import SIZE as KEYPOINT_SIZE
+from .match_keypoints import Keypoints, match_keypoints
 
+__all__ = ["MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
+
+MATCHER = "pixel-alignment+keypoints/2"
+"""Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): version 1
+was the pixel alignment alone."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -70,7 +83,8 @@ class Prepared:
     width, height : int
         Size of the original image as displayed (its aspect ratio drives the alignment).
     rgb : ndarray
-        uint8 ``[h, w, 3]``, the image with its long side at 128 px.
+        uint8 ``[h, w, 3]``, the image with its long side at 256 px (the keypoint matcher's
+        size; the pixel alignment works on it resized to 128 px).
     """
 
     width: int
@@ -78,9 +92,13 @@ class Prepared:
     rgb: np.ndarray
 
 
-def _fine_size(width: int, height: int) -> tuple[int, int]:
-    s = FINE / max(width, height, 1)
+def _size(long_side: int, width: int, height: int) -> tuple[int, int]:
+    s = long_side / max(width, height, 1)
     return max(8, round(height * s)), max(8, round(width * s))
+
+
+def _decode_size(width: int, height: int) -> tuple[int, int]:
+    return _size(KEYPOINT_SIZE, width, height)
 
 
 def prepare_image(data: bytes, *, max_image_pixels: int = 100_000_000) -> Prepared | str:
@@ -106,11 +124,11 @@ def prepare_image(data: bytes, *, max_image_pixels: int = 100_000_000) -> Prepar
     >>> from PIL import Image
     >>> buf = io.BytesIO(); Image.new("RGB", (256, 64), "red").save(buf, "PNG")
     >>> prepare_image(buf.getvalue()).rgb.shape
-    (32, 128, 3)
+    (64, 256, 3)
     """
     from .decode import decode_image
 
-    d = decode_image(data, _fine_size, max_image_pixels=max_image_pixels, min_image_size=1)
+    d = decode_image(data, _decode_size, max_image_pixels=max_image_pixels, min_image_size=1)
     if d.error_code != "VALID" or d.pixels is None:
         return f"{d.error_code}: {d.message}"
     return Prepared(int(d.width), int(d.height), d.pixels)
@@ -195,8 +213,16 @@ class View:
     """
 
     def __init__(self, p: Prepared) -> None:
-        self._rgb8 = p.rgb  # uint8; the float copy is made only for pairs that get refined
-        rgb = p.rgb.astype(np.float32) / 255.0
+        self.keypoints = Keypoints(p.rgb)
+        fh, fw = _size(FINE, p.rgb.shape[1], p.rgb.shape[0])
+        if (fh, fw) != p.rgb.shape[:2]:
+            from PIL import Image
+
+            small = Image.fromarray(p.rgb).resize((fw, fh), Image.Resampling.BILINEAR, reducing_gap=None)
+            self._rgb8 = np.asarray(small)
+        else:
+            self._rgb8 = p.rgb  # uint8; the float copy is made only for pairs that get refined
+        rgb = self._rgb8.astype(np.float32) / 255.0
         self.aspect = p.width / max(p.height, 1)
         self.grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
         h, w = self.grey.shape
@@ -428,6 +454,15 @@ def match_score(a: Prepared, b: Prepared, *, early_accept: float | None = None) 
 
 
 def score_views(va: View, vb: View, early_accept: float | None) -> float:
+    """The better of the pixel alignment and the keypoint matcher; the keypoint matcher is
+    asked only when the pixel alignment scored under ``early_accept``."""
+    best = _pixel_score(va, vb, early_accept)
+    if early_accept is not None and best >= early_accept:
+        return best
+    return float(max(best, match_keypoints(va.keypoints, vb.keypoints).score))
+
+
+def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
     best = -1.0
     hyps = _hypotheses(va, vb)
     if not hyps or hyps[0][0] < COARSE_REJECT:
@@ -441,4 +476,3 @@ def score_views(va: View, vb: View, early_accept: float | None) -> float:
         if early_accept is not None and best >= early_accept:
             break  # a clear duplicate: the other hypotheses cannot change the decision
     return float(max(best, -1.0))
-

@@ -48,7 +48,6 @@ from .analyses import (
     STATS_COLUMNS,
     STATS_CSV_COLUMNS,
     components_table,
-    duplicates_to_remove,
     exact_groups,
     expand_graph,
     find_issues,
@@ -60,6 +59,7 @@ from .analyses import (
 from .analyses.components_dask import components_of_groups
 from .analyses.exact_dask import exact_and_input_groups
 from .analyses.issues import empty_issues, scores_frame, summary_counts
+from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names, named_columns
 from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
@@ -105,15 +105,17 @@ class DedupResult:
     ----------
     similarity : DataFrame
         ``from, to, similarity, copy_similarity, kind, verify_score, filename_from,
-        filename_to``; each unordered pair once with ``from < to`` and its strongest ``kind``
+        filename_to, archive_from, member_from, key_from, archive_to, member_to, key_to``;
+        each unordered pair once with ``from < to`` and its strongest ``kind``
         (``exact``, ``copy``, ``near``: :mod:`dedupdask.analyses.tiers`); sorted by (embedding)
         similarity descending.
     outliers : DataFrame
-        ``index, nearest, similarity, filename, filename_nearest``, least similar first.
+        ``index, nearest, similarity, filename, filename_nearest, archive, member, key,
+        archive_nearest, member_nearest, key_nearest``, least similar first.
     components : DataFrame
         ``index, component_id, component_size`` for every valid image (singletons: size 1).
     invalid : DataFrame
-        ``filename, archive, member, error_code, error_message, file_size``.
+        ``filename, archive, member, key, error_code, error_message, file_size``.
     issues : DataFrame
         ``index, filename, archive, member, key, issue, score, other, group``: one row per
         image and issue type (``dark``, ``light``, ``blurry``, ``low_information``,
@@ -210,26 +212,57 @@ class DedupResult:
         return self._collection.embeddings()
 
     # -- derived tables --------------------------------------------------------------------------
-    def duplicates_to_remove(
-        self, keep: Literal["largest_resolution", "largest_file", "first"] = "largest_resolution"
-    ) -> pd.DataFrame:
+    def duplicates_to_remove(self, keep: Any = "largest_resolution") -> pd.DataFrame:
         """Images to delete so one image per component remains.
 
         Parameters
         ----------
-        keep : {"largest_resolution", "largest_file", "first"}
-            Which image of each component is kept (ties: smallest index).
+        keep : str or callable
+            Which image of each component is kept: ``"largest_resolution"``,
+            ``"largest_file"``, ``"first"``, ``"longest_caption"`` or ``keep(row) -> number``
+            (:mod:`dedupdask.analyses.keep`; ties: smallest index). The rule of
+            :meth:`removals`.
 
         Returns
         -------
         DataFrame
-            ``index, filename, component_id, keeper_index, keeper_filename``.
+            ``index, filename, archive, member, key, component_id, keeper_index,
+            keeper_filename``.
 
         Examples
         --------
         >>> res.duplicates_to_remove(keep="first").head()  # doctest: +SKIP
         """
-        return duplicates_to_remove(self.components, self._images, keep)
+        from .removals import duplicates_table
+
+        return duplicates_table(self, keep)
+
+    def removals(self, keep: Any = "largest_resolution", **options: Any) -> dd.DataFrame:
+        """The webdataset samples to remove, one partition per source archive (lazy).
+
+        See :func:`dedupdask.removals.removals` for ``keep`` and the options
+        (``duplicates``, ``invalid``, ``outliers``, ``remove_issues``).
+
+        Examples
+        --------
+        >>> res.removals(keep="longest_caption", remove_issues="odd_size").partitions[0].compute()  # doctest: +SKIP
+        """
+        from .removals import removals
+
+        return removals(self, keep, **options)
+
+    def write_removals(self, out_dir: str, keep: Any = "largest_resolution", **options: Any) -> pd.DataFrame:
+        """Write :meth:`removals` as ``<out_dir>/<archive name>.parquet``, one task per archive.
+
+        See :func:`dedupdask.removals.write_removals`.
+
+        Examples
+        --------
+        >>> res.write_removals("removals/", keep="first")  # doctest: +SKIP
+        """
+        from .removals import write_removals
+
+        return write_removals(self, out_dir, keep, **options)
 
     def summary(self) -> dict[str, Any]:
         """Headline counts.
@@ -488,6 +521,8 @@ def _build(
     similarity = expand_pairs(groups, tiers.accepted, filenames)
     nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
+    similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
+    outliers = add_names(outliers, valid, OUTLIER_NAMES)
     if workers:
         components = components_of_groups(groups, tiers.edges)
     else:
@@ -659,7 +694,7 @@ _LOAD_REQUIRED = {
     "outliers": OUTLIER_COLUMNS,
     "components": COMPONENT_COLUMNS,
     "stats": ("index", "filename", "width", "height", "file_size"),
-    "invalid": INVALID_COLUMNS,
+    "invalid": ("filename", "archive", "member", "error_code", "error_message", "file_size"),
     "issues": ISSUE_COLUMNS,
 }
 _REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
@@ -745,10 +780,11 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     return DedupResult(
         col,
         issues=issues,
-        similarity=tables["similarity"].reindex(columns=list(SIMILARITY_COLUMNS)),
-        outliers=tables["outliers"].loc[:, list(OUTLIER_COLUMNS)],
+        # name columns (archive, member, key) are null in runs written before they existed
+        similarity=tables["similarity"].reindex(columns=[*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)]),
+        outliers=tables["outliers"].reindex(columns=[*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)]),
         components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],
-        invalid=tables["invalid"].loc[:, list(INVALID_COLUMNS)],
+        invalid=tables["invalid"].reindex(columns=list(INVALID_COLUMNS)),
         images=tables["stats"],
         run=run,
     )

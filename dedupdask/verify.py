@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .allocator import tune as tune_allocator
-from .match import Prepared, View, match_score, prepare_image, score_views
+from .match import MATCHER, Prepared, View, match_score, prepare_image, score_views
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -43,8 +43,8 @@ VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
-FEW_IMAGES = 10_000
-"""Up to this many images to verify (~370 MB of decoded thumbnails), the pairs are split into
+FEW_IMAGES = 2_500
+"""Up to this many images to verify (~370 MB of decoded 256 px thumbnails, plus their keypoints), the pairs are split into
 one task per worker that each see every image, instead of tasks per pair of archives: an
 image's view (grey image, FFT plans, template stacks) is then built about once per task, not
 once per archive it has pairs with."""
@@ -298,7 +298,8 @@ def verify_pairs(
     Returns
     -------
     (DataFrame, dict)
-        One row per pair (:data:`VERIFY_COLUMNS`, input order) and the cost: ``candidates``,
+        One row per pair (:data:`VERIFY_COLUMNS`, input order) and the cost: ``matcher``
+        (:data:`dedupdask.match.MATCHER`), ``candidates``,
         ``images_read``, ``archives_read``, ``tasks``, ``read_seconds`` and
         ``score_seconds`` (summed over tasks), ``seconds_per_pair``, ``errors``,
         ``ranged_pairs`` (pairs read by byte range).
@@ -311,6 +312,7 @@ def verify_pairs(
     """
     p = pairs.loc[:, ["from", "to"]].to_numpy(dtype=np.int64).reshape(-1, 2)
     cost: dict[str, Any] = {
+        "matcher": MATCHER,
         "candidates": int(len(p)),
         "images_read": 0,
         "archives_read": 0,

@@ -569,6 +569,9 @@ def test_duplicates_to_remove_keeps_one_per_component(dataset, built):
         assert list(rm.columns) == [
             "index",
             "filename",
+            "archive",
+            "member",
+            "key",
             "component_id",
             "keeper_index",
             "keeper_filename",

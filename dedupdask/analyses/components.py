@@ -8,14 +8,13 @@ own index) and ``component_size`` counts **images** -- not edges, the fastdup bu
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .exact import ExactGroups
+from .keep import KEEP_RULES, KeepRule, best_per_component, check_keep, keep_keys
 
 __all__ = [
     "COMPONENT_COLUMNS",
@@ -26,8 +25,9 @@ __all__ = [
 ]
 
 COMPONENT_COLUMNS = ("index", "component_id", "component_size")
-REMOVE_COLUMNS = ("index", "filename", "component_id", "keeper_index", "keeper_filename")
-KEEP_RULES = ("largest_resolution", "largest_file", "first")
+REMOVE_COLUMNS = (
+    "index", "filename", "archive", "member", "key", "component_id", "keeper_index", "keeper_filename",
+)  # fmt: skip
 
 
 def components_table(
@@ -80,7 +80,7 @@ def components_table(
 def duplicates_to_remove(
     components: pd.DataFrame,
     images: pd.DataFrame,
-    keep: Literal["largest_resolution", "largest_file", "first"] = "largest_resolution",
+    keep: KeepRule = "largest_resolution",
 ) -> pd.DataFrame:
     """The images to delete so that one image per component remains.
 
@@ -89,11 +89,14 @@ def duplicates_to_remove(
     components : DataFrame
         :func:`components_table` output.
     images : DataFrame
-        ``index, filename, width, height, file_size`` of every valid image.
-    keep : {"largest_resolution", "largest_file", "first"}
-        Which image of a component is kept: the most pixels (then the largest file), the
-        largest file (then the most pixels), or the smallest index. Ties go to the smallest
-        index.
+        ``index, filename`` and the columns the rule reads (``width, height, file_size``,
+        ``caption``; ``archive, member, key`` are carried over when present) of the valid
+        images; rows of singletons may be left out.
+    keep : str or callable
+        Which image of a component is kept (:mod:`dedupdask.analyses.keep`):
+        ``"largest_resolution"`` (the most pixels, then the largest file),
+        ``"largest_file"``, ``"first"``, ``"longest_caption"``, or ``keep(row) -> number``
+        (higher is better). Ties go to the smallest index.
 
     Returns
     -------
@@ -110,23 +113,18 @@ def duplicates_to_remove(
     >>> duplicates_to_remove(comps, imgs, keep="largest_file")[["index", "keeper_index"]].values.tolist()
     [[1, 0]]
     """
-    if keep not in KEEP_RULES:
-        raise ValueError(f"keep must be one of {KEEP_RULES}, got {keep!r}")
-    df = components[components["component_size"] > 1].merge(
-        images.loc[:, ["index", "filename", "width", "height", "file_size"]], on="index", how="left"
-    )
-    pixels = (df["width"].astype("float64") * df["height"].astype("float64")).fillna(-1.0)
-    size = df["file_size"].astype("float64").fillna(-1.0)
-    df = df.assign(_pixels=-pixels, _size=-size)
-    by = {
-        "largest_resolution": ["component_id", "_pixels", "_size", "index"],
-        "largest_file": ["component_id", "_size", "_pixels", "index"],
-        "first": ["component_id", "index"],
-    }[keep]
-    df = df.sort_values(by, kind="stable")
-    keeper = df.drop_duplicates("component_id", keep="first").set_index("component_id")
+    check_keep(keep)
+    multi = components.loc[components["component_size"] > 1, ["index", "component_id"]]
+    df = multi.merge(images.drop(columns=["component_id", "component_size"], errors="ignore"),
+                     on="index", how="left")  # fmt: skip
+    for col in ("archive", "member", "key"):
+        if col not in df:
+            df[col] = pd.NA
+    df = keep_keys(df, keep)
+    keeper = best_per_component(df).set_index("component_id")
     out = df[~df["index"].isin(keeper["index"])].copy()
     out["keeper_index"] = out["component_id"].map(keeper["index"]).astype(np.int64)
     out["keeper_filename"] = out["component_id"].map(keeper["filename"]).astype("string")
     out = out.sort_values(["component_id", "index"], kind="stable").reset_index(drop=True)
+    out = out.astype({"archive": "string", "member": "string", "key": "string"})
     return out.loc[:, list(REMOVE_COLUMNS)]

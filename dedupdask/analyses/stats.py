@@ -30,6 +30,9 @@ STATS_COLUMNS = (
     "blur",
     "unique",
     "contrast",
+    "archive",
+    "member",
+    "key",
 )
 # fastdup's atrain_stats.csv column order
 STATS_CSV_COLUMNS = (
@@ -46,7 +49,7 @@ STATS_CSV_COLUMNS = (
     "file_size",
     "contrast",
 )
-INVALID_COLUMNS = ("filename", "archive", "member", "error_code", "error_message", "file_size")
+INVALID_COLUMNS = ("filename", "archive", "member", "key", "error_code", "error_message", "file_size")
 # fastdup's atrain_features.bad.csv header
 BAD_CSV_COLUMNS = ("index", "filename", "error_code", "filesize")
 
@@ -83,7 +86,7 @@ def invalid_table(files: pd.DataFrame) -> pd.DataFrame:
     --------
     >>> from dedupdask.store import empty_files_frame
     >>> invalid_table(empty_files_frame()).columns.tolist()
-    ['filename', 'archive', 'member', 'error_code', 'error_message', 'file_size']
+    ['filename', 'archive', 'member', 'key', 'error_code', 'error_message', 'file_size']
     """
     bad = files[files["index"].isna()]
     return bad.loc[:, list(INVALID_COLUMNS)].reset_index(drop=True)

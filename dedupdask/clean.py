@@ -1,0 +1,586 @@
+"""Clean-shard stage: write each source archive again without the removed samples.
+
+:func:`write_clean_shards` runs one Dask task per source archive
+(:func:`clean_archive`) that streams the archive once -- a tar one header at a time, a zip
+through its central directory -- and copies every member of each kept sample to a new
+archive with the same relative name under ``out_dir``: same container (``.tar``; ``.tgz`` /
+``.tar.gz`` gzip level 6; ``.zip``; other tar compressions become ``.tar.gz``), same member
+names, headers and payload bytes, in the original order. An uncompressed tar's member
+records and a zip's local records (compressed data included) are copied byte for byte, so
+with nothing removed the output is the source file; a compressed tar is decompressed, its
+members written again with their headers, and compressed at gzip level 6. A member goes when its webdataset key is a removed sample's key
+(:mod:`dedupdask.removals`), whatever its extension; directories and links are kept. A task
+holds its archive's removal set and one member block at a time, never a shard.
+
+Each shard is written under a temporary name (``<file>.tmp-<machine>-<pid>-<random>``,
+:func:`dedupdask.store.tmp_path`) and renamed -- or, on an object store, uploaded as one
+object -- and then its stats file ``_dedupdask/<name>.stats.json`` is written: that file is
+the done marker. A rerun skips a shard whose marker names the same source and the same
+removal set (``removals_sha256``) and redoes the others; temporaries left by killed writers
+are removed (:func:`dedupdask.store.tmp_is_stale`). Output is deterministic (tar headers
+copied, gzip header time 0), so a shard redone after a worker died is byte for byte the
+shard of an undisturbed run.
+
+Stats per shard: samples and members in, kept and removed (by reason), payload bytes,
+``status`` (``done``; ``partial`` when the source archive is broken part-way: the kept
+samples read before the break are written; ``failed`` for a storage failure: nothing is
+marked, the next run retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+import dask
+import pandas as pd
+
+from . import remote
+from .archives import _DATA_ERRORS, _is_data_error, clean_name, split_key
+from .removals import RemovalPlan, compute_on, removal_tasks
+from .sources import archive_kind
+from .store import WorkDir, tmp_is_stale, tmp_path
+
+if TYPE_CHECKING:
+    from .analyses.keep import KeepRule
+    from .results import DedupResult
+
+__all__ = ["CleanReport", "STATS_DIR", "clean_archive", "output_name", "write_clean_shards"]
+
+STATS_DIR = "_dedupdask"
+GZIP_LEVEL = 6
+_BLOCK = 2**20
+_SPOOL = 16 * 2**20  # a member up to this size is held in memory while it is checked
+_OTHER_TAR = (".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
+
+
+def output_name(rel: str) -> tuple[str, str]:
+    """The clean shard's relative name and format (``tar``, ``tgz``, ``zip``) for a source.
+
+    Examples
+    --------
+    >>> output_name("a/00000.tar"), output_name("00001.TGZ"), output_name("x.tar.xz")
+    (('a/00000.tar', 'tar'), ('00001.TGZ', 'tgz'), ('x.tar.gz', 'tgz'))
+    """
+    low = rel.lower()
+    if low.endswith(".zip"):
+        return rel, "zip"
+    if low.endswith((".tgz", ".tar.gz")):
+        return rel, "tgz"
+    if low.endswith(".tar"):
+        return rel, "tar"
+    for sfx in _OTHER_TAR:
+        if low.endswith(sfx):
+            return rel[: -len(sfx)] + ".tar.gz", "tgz"
+    raise ValueError(f"{rel}: not a .tar, .tgz, .tar.gz or .zip archive (loose images are not cleaned)")
+
+
+def relative_path(url: str, name: str) -> str:
+    """The archive's path relative to the input root, from its URL and work_dir name
+    (the name is that path with ``/`` replaced by ``__``).
+
+    Examples
+    --------
+    >>> relative_path("s3://b/in/a/00000.tar", "a__00000.tar")
+    'a/00000.tar'
+    >>> relative_path("/data/x__y.tar", "x__y.tar")
+    'x__y.tar'
+    """
+    path = url.split("://", 1)[-1]
+    parts = path.split("/")
+    for i in range(len(parts)):
+        rel = "/".join(parts[i:])
+        if rel.replace("/", "__") == name:
+            return rel
+    return name  # a name extraction did not derive from the URL: keep it flat
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One archive to clean (small and picklable)."""
+
+    name: str
+    source: str
+    out_dir: str
+    rel: str
+    fmt: str
+    plan: dict[str, Any]
+    resume: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    attempts: int = remote.DEFAULT_ATTEMPTS
+    deadline: float = remote.DEFAULT_DEADLINE
+
+
+class _Counts:
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = reasons
+        self.samples_in = self.samples_removed = 0
+        self.members_in = self.members_kept = 0
+        self.bytes_in = self.bytes_kept = 0
+        self.by_reason: dict[str, int] = {}
+        self.found: set[str] = set()
+        self._last: str | None = None
+
+    def member(self, key: str | None, size: int, kept: bool) -> None:
+        """Count one member; consecutive regular members of one key are one sample."""
+        self.members_in += 1
+        self.bytes_in += size
+        if kept:
+            self.members_kept += 1
+            self.bytes_kept += size
+        if key is None or key == self._last:
+            return
+        self._last = key
+        self.samples_in += 1
+        if not kept:
+            self.samples_removed += 1
+            reason = self.reasons[key]
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+            self.found.add(key)
+
+
+def _member_key(name: str) -> str:
+    return split_key(clean_name(name))[0]
+
+
+def _copy_tar(src: IO[bytes], out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
+    gz = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0) if fmt == "tgz" else None
+    sink: Any = gz if gz is not None else out
+    tin = tarfile.open(fileobj=src, mode="r|*", encoding="utf-8", errors="surrogateescape")
+    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                        errors="surrogateescape", copybufsize=_BLOCK)  # fmt: skip
+    try:
+        with tin:
+            while True:
+                ti = tin.next()
+                tin.members.clear()  # a stream keeps no headers (see archives._iter_tar)
+                if ti is None:
+                    break
+                if not ti.isreg():
+                    tout.addfile(ti)
+                    counts.member(None, 0, True)
+                    continue
+                key = _member_key(ti.name)
+                if key in removed:
+                    counts.member(key, ti.size, False)
+                    continue  # the stream skips the payload at the next header
+                # read the payload whole before its header is written, so a source that
+                # breaks inside a member never leaves half a member in the output
+                with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+                    f = tin.extractfile(ti)
+                    got = _copy_counted(f, spool) if f is not None else 0
+                    if got != ti.size:
+                        raise tarfile.ReadError(f"member {ti.name!r} truncated ({got} of {ti.size} bytes)")
+                    spool.seek(0)
+                    tout.addfile(ti, spool)
+                counts.member(key, ti.size, True)
+    finally:
+        tout.close()  # the end-of-archive blocks, also after a break (a valid, shorter tar)
+        if gz is not None:
+            gz.close()
+
+
+def _plain_tar(src: IO[bytes]) -> bool:
+    """Whether ``src`` (at 0, seekable) starts with a tar header: an uncompressed tar, whose
+    records can be copied raw (compressed data has no header checksum there)."""
+    head = src.read(tarfile.BLOCKSIZE)
+    src.seek(0)
+    if len(head) < tarfile.BLOCKSIZE or head.count(0) == tarfile.BLOCKSIZE:
+        return False
+    try:
+        return tarfile.nti(head[148:156]) in tarfile.calc_chksums(head)
+    except tarfile.TarError:
+        return False
+
+
+def _copy_tar_raw(src: IO[bytes], out: IO[bytes], removed: dict[str, str], counts: _Counts) -> None:
+    """Uncompressed tar to uncompressed tar: the kept members' records (their extended
+    headers, header and padded payload) are copied byte for byte, consecutive ones in one go;
+    only the end-of-archive blocks are new. Headers are read with ``tarfile`` (which seeks
+    past the payloads); payloads are read once, when their run of records is copied."""
+    tin = tarfile.open(fileobj=src, mode="r:", encoding="utf-8", errors="surrogateescape")
+    run: list[tuple[int, int]] = []  # kept records not yet copied: (start, end)
+
+    def flush() -> None:
+        if not run:
+            return
+        start, end = run[0][0], run[-1][1]
+        src.seek(start)
+        done = 0
+        while done < end - start:
+            block = src.read(min(_BLOCK, end - start - done))
+            if not block:  # truncated: keep the whole records only
+                whole = max([e - start for _, e in run if e - start <= done], default=0)
+                out.seek(out.tell() - done + whole)
+                out.truncate()
+                run.clear()
+                raise tarfile.ReadError(f"unexpected end of data at byte {start + done}")
+            out.write(block)
+            done += len(block)
+        run.clear()
+
+    try:
+        while True:
+            try:
+                ti = tin.next()
+            except (*_DATA_ERRORS, OSError):
+                if getattr(src, "failure", None) is None:  # broken, not unreachable: keep
+                    with contextlib.suppress(*_DATA_ERRORS, OSError):  # the whole records
+                        flush()
+                raise
+            tin.members.clear()
+            if ti is None:
+                break
+            start, end = ti.offset, tin.offset
+            key = _member_key(ti.name) if ti.isreg() else None
+            kept = key not in removed if key is not None else True
+            counts.member(key, ti.size if ti.isreg() else 0, kept)
+            if not kept:
+                flush()
+                continue
+            if run and run[-1][1] != start:
+                flush()
+            run.append((start, end))
+            if end - run[0][0] >= 64 * _BLOCK:
+                flush()
+        flush()
+    finally:
+        run.clear()  # a break: what was copied ends there
+        out.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        pad = (-out.tell()) % tarfile.RECORDSIZE
+        out.write(b"\0" * pad)
+
+
+def _copy_counted(src: IO[bytes], dst: IO[bytes]) -> int:
+    n = 0
+    while block := src.read(_BLOCK):
+        dst.write(block)
+        n += len(block)
+    return n
+
+
+def _copy_zip_raw(src: IO[bytes], out: IO[bytes], removed: dict[str, str], counts: _Counts) -> None:
+    """Zip to zip: each kept member's local record (local header, compressed data, data
+    descriptor) is copied byte for byte -- no decompression, no recompression -- and a new
+    central directory lists them at their new offsets, in the source's order."""
+    with zipfile.ZipFile(src) as zin:
+        infos = zin.infolist()
+        order = sorted(infos, key=lambda i: i.header_offset)
+        ends = {id(a): b.header_offset for a, b in zip(order, order[1:], strict=False)}
+        if order:
+            ends[id(order[-1])] = zin.start_dir  # where the central directory starts
+        zout = zipfile.ZipFile(out, "w", allowZip64=True)
+        try:
+            for info in infos:
+                key = None if info.is_dir() else _member_key(info.filename)
+                kept = key not in removed if key is not None else True
+                counts.member(key, info.file_size, kept)
+                if not kept:
+                    continue
+                start, end = info.header_offset, ends[id(info)]
+                src.seek(start)
+                if src.read(4) != b"PK\x03\x04":
+                    raise zipfile.BadZipFile(f"no local header for {info.filename!r} at byte {start}")
+                src.seek(start)
+                zi = _zipinfo(info)
+                zi.compress_size, zi.CRC, zi.flag_bits = info.compress_size, info.CRC, info.flag_bits
+                zi.extract_version, zi.create_version = info.extract_version, info.create_version
+                zi.extra = _strip_zip64(info.extra)
+                zi.header_offset = out.tell()
+                left = end - start
+                while left:
+                    block = src.read(min(_BLOCK, left))
+                    if not block:
+                        raise zipfile.BadZipFile(f"{info.filename!r} truncated at byte {end - left}")
+                    out.write(block)
+                    left -= len(block)
+                zout.filelist.append(zi)
+                zout.NameToInfo[zi.filename] = zi
+        finally:  # the central directory of what was copied (also after a break)
+            zout.start_dir = out.tell()
+            zout._didModify = True
+            zout.close()
+
+
+def _strip_zip64(extra: bytes) -> bytes:
+    """``extra`` without its ZIP64 field (its offsets are the source's; the writer adds one
+    when the new offsets need it)."""
+    out, i = b"", 0
+    while i + 4 <= len(extra):
+        xid, n = int.from_bytes(extra[i : i + 2], "little"), int.from_bytes(extra[i + 2 : i + 4], "little")
+        if xid != 1:
+            out += extra[i : i + 4 + n]
+        i += 4 + n
+    return out
+
+
+def _zipinfo(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    zi = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+    zi.compress_type = info.compress_type
+    zi.external_attr, zi.create_system, zi.comment = info.external_attr, info.create_system, info.comment
+    zi.file_size = info.file_size
+    return zi
+
+
+def _digest(source: str, fmt: str, removed: dict[str, str]) -> str:
+    h = hashlib.sha256(f"{source}\n{fmt}\n".encode("utf-8", "surrogateescape"))
+    for key in sorted(removed):
+        h.update(f"{key}\t{removed[key]}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
+    """A file whose contents appear at ``path`` whole, when the block ends without error.
+
+    Local: a temporary in the same folder, renamed (stale ones of dead writers removed
+    first). Object store: a local temporary file, then one upload (a PUT or a multipart
+    upload, visible only when complete) with the retry policy of :mod:`dedupdask.remote`.
+    """
+    if wd.local:
+        import glob
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for old in glob.glob(glob.escape(path) + ".tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp_is_stale(old, time.time() - os.stat(old).st_mtime):
+                    os.unlink(old)
+        tmp = tmp_path(path)
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with tempfile.TemporaryFile(prefix="dedupdask-clean-") as f:
+        yield f
+        wd.write_bytes(path, f)
+
+
+class _Unreadable(Exception):
+    """The source is not a readable archive (no member could be read): no shard is written."""
+
+
+def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
+    """Write one clean shard and its stats file; return the stats (a Dask task).
+
+    Parameters
+    ----------
+    task : ShardTask
+        The source, the output folder and name, the options.
+    removal : DataFrame
+        The archive's removal list (:func:`dedupdask.removals.removals`: ``key``, ``reason``).
+
+    Returns
+    -------
+    dict
+        The stats (also in ``<out_dir>/_dedupdask/<name>.stats.json`` unless ``failed``).
+    """
+    t0 = time.perf_counter()
+    wd = WorkDir(task.out_dir, task.storage_options, task.attempts, task.deadline)
+    out_path = wd.join(task.rel)
+    marker = wd.join(STATS_DIR, f"{task.name}.stats.json")
+    removed = dict(zip(removal["key"].astype(str), removal["reason"].astype(str), strict=True))
+    digest = _digest(task.source, task.fmt, removed)
+    base = {"name": task.name, "source": task.source, "output": wd.url_of(out_path), "format": task.fmt,
+            "removals_sha256": digest}  # fmt: skip
+    if task.resume:
+        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+            old = wd.read_json(marker)
+            if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
+                return {**old, "status": "already_done"}
+    counts = _Counts(removed)
+    status, error = "done", None
+    try:
+        with remote.open_input(task.source, task.storage_options, attempts=task.attempts,
+                               deadline=task.deadline) as src:  # fmt: skip
+            with _atomic_output(wd, out_path) as out:
+                try:
+                    if task.fmt == "zip":
+                        _copy_zip_raw(src, out, removed, counts)
+                    elif task.fmt == "tar" and _plain_tar(src):
+                        _copy_tar_raw(src, out, removed, counts)
+                    else:
+                        _copy_tar(src, out, task.fmt, removed, counts)
+                except (*_DATA_ERRORS, OSError) as e:
+                    if getattr(src, "failure", None) is not None:
+                        raise src.failure from e
+                    if isinstance(e, OSError) and not _is_data_error(e):
+                        raise
+                    if counts.members_in == 0:  # not an archive at all: write nothing
+                        raise _Unreadable(f"not a readable archive: {e}") from e
+                    status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+    except _Unreadable as e:
+        return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
+    except remote.StorageError as e:
+        return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
+    except OSError as e:
+        err = remote.storage_error(e, task.source, "read")
+        return {**base, "status": "failed", "error": str(err), "seconds": round(time.perf_counter() - t0, 3)}
+    stats = {
+        **base,
+        "status": status,
+        "error": error,
+        "samples": {"in": counts.samples_in, "kept": counts.samples_in - counts.samples_removed,
+                    "removed": counts.samples_removed},
+        "removed_by_reason": dict(sorted(counts.by_reason.items())),
+        "members": {"in": counts.members_in, "kept": counts.members_kept,
+                    "removed": counts.members_in - counts.members_kept},
+        "bytes": {"in": counts.bytes_in, "kept": counts.bytes_kept},
+        "removals_not_found": sorted(set(removed) - counts.found)[:20],
+        "n_removals_not_found": len(set(removed) - counts.found),
+        "plan": task.plan,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }  # fmt: skip
+    wd.makedirs(STATS_DIR)
+    wd.write_json(marker, stats)
+    return stats
+
+
+class CleanReport(pd.DataFrame):
+    """One row per source archive: name, source, output, format, status, samples_in,
+    samples_kept, samples_removed, members_in, members_kept, bytes_in, bytes_kept,
+    removed_<reason>..., error, seconds. ``report.failed`` lists shards not done."""
+
+    @property
+    def _constructor(self) -> type[CleanReport]:
+        return CleanReport
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """Shards whose status is ``failed`` or ``partial``."""
+        return pd.DataFrame(self[self["status"].isin(["failed", "partial"])])
+
+    def summary_text(self) -> str:
+        """A few lines for people."""
+        status = self["status"].value_counts()
+        reasons = [c for c in self.columns if c.startswith("removed_")]
+        lines = [
+            f"clean shards: {len(self)} archives ({', '.join(f'{k} {v}' for k, v in status.items())})",
+            f"samples: {int(self['samples_in'].sum())} in, {int(self['samples_kept'].sum())} kept, "
+            f"{int(self['samples_removed'].sum())} removed"
+            + (" (" + ", ".join(f"{c[len('removed_'):]} {int(self[c].sum())}" for c in reasons) + ")" if reasons else ""),
+        ]
+        for _, r in self.failed.iterrows():
+            lines.append(f"  {str(r['status']).upper()}: {r['source']}: {r['error']}")
+        return "\n".join(lines)
+
+
+def _row(stats: dict[str, Any]) -> dict[str, Any]:
+    s, m, b = stats.get("samples") or {}, stats.get("members") or {}, stats.get("bytes") or {}
+    return {
+        "name": stats["name"], "source": stats["source"], "output": stats["output"], "format": stats["format"],
+        "status": stats["status"], "samples_in": s.get("in", 0), "samples_kept": s.get("kept", 0),
+        "samples_removed": s.get("removed", 0), "members_in": m.get("in", 0), "members_kept": m.get("kept", 0),
+        "bytes_in": b.get("in", 0), "bytes_kept": b.get("kept", 0),
+        **{f"removed_{k}": v for k, v in (stats.get("removed_by_reason") or {}).items()},
+        "error": stats.get("error"), "seconds": stats.get("seconds", 0.0),
+    }  # fmt: skip
+
+
+def write_clean_shards(
+    work_dir: str | DedupResult,
+    out_dir: str,
+    *,
+    keep: KeepRule = "largest_resolution",
+    duplicates: bool = True,
+    invalid: bool = True,
+    outliers: bool = False,
+    remove_issues: str | Iterable[str] | None = None,
+    resume: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+) -> CleanReport:
+    """Write every source archive of an analysed work_dir without its removed samples.
+
+    Parameters
+    ----------
+    work_dir : str or DedupResult
+        An analysed work_dir (``run_mode`` 0 or 2 done), or its loaded result.
+    out_dir : str
+        Folder or URL (``s3://bucket/clean``) for the clean shards; each keeps its path
+        relative to the input root; ``_dedupdask/<name>.stats.json`` per shard, written last,
+        and ``_dedupdask/summary.json``.
+    keep, duplicates, invalid, outliers, remove_issues
+        What goes (:func:`dedupdask.removals.removals`).
+    resume : bool
+        Skip shards whose stats file says they were written from the same source with the
+        same removal set.
+    storage_options : dict, optional
+        fsspec options for the work_dir, the source archives and out_dir (default: none, or
+        the loaded result's).
+    client : distributed.Client, str or None
+        A Client, a scheduler address, or ``"sync"``/``"threads"``/``"processes"``; None:
+        dask's current scheduler (a current Client, else threads).
+
+    Returns
+    -------
+    CleanReport
+        One row per archive.
+
+    Examples
+    --------
+    >>> import dedupdask as ddk
+    >>> report = ddk.write_clean_shards("work/", "clean/", keep="longest_caption")  # doctest: +SKIP
+    >>> print(report.summary_text())  # doctest: +SKIP
+    """
+    from .results import load
+
+    res = load(work_dir, storage_options) if isinstance(work_dir, str) else work_dir
+    so = dict(res._collection.work_dir.storage_options if storage_options is None else storage_options)
+    plan = RemovalPlan.make(keep, duplicates=duplicates, invalid=invalid, outliers=outliers,
+                            remove_issues=remove_issues)  # fmt: skip
+    wd = WorkDir(out_dir, so)
+    wd.makedirs(STATS_DIR)
+    parts, rem = removal_tasks(res, plan)
+    tasks: list[tuple[ShardTask, Any]] = []
+    outputs: dict[str, str] = {}
+    skipped = []
+    for part, r in zip(parts, rem, strict=True):
+        if archive_kind(part.url) is None:  # a chunk of loose images: there is no archive to write
+            skipped.append({"name": part.name, "source": part.url, "output": None, "format": "folder",
+                            "status": "skipped", "error": "loose images are not cleaned (not an archive)"})
+            continue
+        rel, fmt = output_name(relative_path(part.url, part.name))
+        if rel in outputs:
+            raise ValueError(f"archives {outputs[rel]} and {part.url} would both be written to {rel}")
+        outputs[rel] = part.url
+        tasks.append((ShardTask(part.name, part.url, wd.url, rel, fmt, plan.describe(), resume, so), r))
+    graph = [dask.delayed(clean_archive, pure=False)(t, r) for t, r in tasks]
+    stats = compute_on(client, *graph) if graph else ()
+    report = CleanReport([_row(s) for s in [*stats, *skipped]])
+    reasons = [c for c in report.columns if c.startswith("removed_")]
+    if reasons:
+        report[reasons] = report[reasons].fillna(0).astype("int64")
+    summary = {
+        "work_dir": res.work_dir, "plan": plan.describe(), "archives": len(report),
+        "status": report["status"].value_counts().to_dict() if len(report) else {},
+        **{c: int(report[c].sum()) for c in ("samples_in", "samples_kept", "samples_removed",
+                                              "members_in", "members_kept", "bytes_in", "bytes_kept")
+           if c in report},
+        **{c: int(report[c].sum()) for c in reasons},
+    }  # fmt: skip
+    wd.write_json(wd.join(STATS_DIR, "summary.json"), json.loads(json.dumps(summary, default=str)))
+    return report
+
+
+def read_stats(out_dir: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The per-shard stats files of a clean ``out_dir`` as a :class:`CleanReport`-shaped table."""
+    wd = WorkDir(out_dir, storage_options)
+    names = wd.fs.glob(posixpath.join(wd.join(STATS_DIR), "*.stats.json"))
+    return CleanReport([_row(wd.read_json(p)) for p in sorted(names)])

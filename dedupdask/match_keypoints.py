@@ -1,0 +1,379 @@
+"""Keypoint matcher: the same picture under any plane warp, global colour edit and overlay.
+
+The pixel matcher (:mod:`dedupdask.match`) aligns by scale, translation and flip only and
+rejects any local difference, so it misses the copies the web makes most: rotated, tilted,
+re-framed, recoloured, watermarked, captioned. This matcher asks the question differently,
+in three steps, each with a reason a user can check:
+
+1. **Geometry.** SIFT keypoints (OpenCV; rotation and scale invariant, computed on the grey
+   image with its long side at :data:`SIZE` px, so colour edits do not move them) are matched
+   with Lowe's ratio test, and a homography is fitted to the matches by RANSAC (MAGSAC++),
+   once for the image as is and once mirrored (a vertical flip is a mirror turned by 180
+   degrees). The pair goes on only when at least :data:`MIN_INLIERS` matches agree with one
+   plane warp that maps one image onto a convex, not degenerate, region of the other: two
+   different photos rarely share 15 distinctive points in the same geometric arrangement.
+2. **Colour.** The warped image is compared with the other at :data:`PHOTO_SIZE` px inside
+   their overlap (in the frame of the image the other covers best, so a crop or a padded
+   copy is compared on the picture they share). A *global* colour edit is fitted robustly
+   (pixels that do not fit are trimmed, so an overlay does not bend the fit): luma becomes a
+   smooth function of the colour (a gain, a per-channel weight kept near the luma weights,
+   a square term for gamma, an offset) and chroma is turned, scaled and shifted as a whole
+   -- greyscale, sepia, hue, saturation, brightness, contrast and gamma are all of this
+   form. It must be one an editor makes: luma stays an increasing function of luma along
+   the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
+   most :data:`MAX_HUE_TURN`, the chroma gain under
+   :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
+   pictures whose colours differ by a *redesign* (another skin tone of an emoji, another
+   paint on the same drawing) need a transform outside this set. A picture with few hues
+   (:data:`FEW_HUES`: clip art, an emoji) cannot tell a global edit from a redrawing in
+   another lightness (another skin tone), so its copies must keep their contrast.
+3. **Overlay budget.** Pixels still off by more than :data:`OFF_LEVEL` after the colour
+   edit (after a 3 x 3 opening, which removes edge misalignment and ringing) are what was
+   added or changed: a watermark, a caption, a logo, an inset, a frame. Their share of the
+   compared area must stay under :data:`MAX_DIFFERING`.
+
+``score = 1 - 0.1 * max(differing / MAX_DIFFERING, MIN_INLIERS / inliers)`` when the colour
+edit is one an editor makes (0 otherwise), so ``score >= 0.9`` -- the default
+``verify_score`` -- means exactly the three conditions above, and a stricter
+``verify_score`` asks for more agreeing points and fewer differing pixels together.
+
+Limits, stated rather than hidden: a change to a small part of a picture (a clock showing
+another time, one more star on a flag) is within the overlay budget and is accepted here when
+the rest matches; the pixel matcher, which tolerates no local change, is tried first and
+either matcher may accept. Flat pictures with few corners (a solid colour, a simple logo)
+give SIFT too few points: they are left to the pixel matcher. The constants were set on the
+tuning families of ``benchmarks/quality_families.py`` and checked on its held-out families
+(``benchmarks/results/quality_families.txt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KeypointMatch", "Keypoints", "match_keypoints"]
+
+SIZE = 256
+"""Long side, in px, of the grey image keypoints are found on."""
+N_FEATURES = 500
+"""Keypoints kept per image (the strongest)."""
+RATIO = 0.8
+"""Lowe's ratio: a match counts when its nearest descriptor is clearly nearer than the next."""
+RANSAC_PX = 4.0
+"""A match agrees with a homography when it lands within this many px (at :data:`SIZE`)."""
+MIN_INLIERS = 15
+"""Matches that must agree with one plane warp."""
+PHOTO_SIZE = 128
+"""Long side, in px, of the colour comparison."""
+OFF_LEVEL = 0.15
+"""A pixel differs when a channel is off by more than this (0..1) after the colour edit."""
+MAX_DIFFERING = 0.35
+"""Largest share of the compared area that may differ (the overlay budget)."""
+GAIN_RANGE = (1 / 3, 3.0)
+"""Contrast gain of a global edit: the slope of the edited luma against the original's."""
+MAX_CHROMA_GAIN = 3.0
+"""Largest saturation gain of a global edit."""
+MAX_HUE_TURN = 60.0
+"""Largest hue turn (degrees) of a global edit; past it the named colours change (red turns
+green, a channel swap is a 120-degree turn): the same drawing in other colours."""
+MIN_LUMA_WEIGHT = -0.1
+"""Smallest weight of one channel in the edited luma, relative to their sum."""
+FEW_HUES = 2
+"""A picture with this many distinct hues or fewer (see :func:`_hues`: clip art, emoji, a logo)
+cannot tell a global tone edit from a redrawing in another lightness: with one skin colour and
+greys, making the skin darker fits a contrast change. Its copies may turn their hue, change
+saturation or turn grey, but must keep their contrast within :data:`FEW_HUES_GAIN`."""
+FEW_HUES_GAIN = 0.35
+"""Largest change of the contrast gain (from 1) of a copy of a picture with few hues."""
+GREY_CHROMA = 0.1
+"""A chroma gain under this is a conversion to grey (or sepia)."""
+RIDGE = 0.05
+"""Pull of the luma weights towards the standard ones (per pixel): decides ill-posed fits."""
+_SEED = 12345
+
+_YCC = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+    np.float64,
+)
+_YCC_INV = np.linalg.inv(_YCC)
+
+
+def _cv2() -> Any:
+    import cv2
+
+    cv2.setNumThreads(1)  # one pair at a time per task; Dask owns the parallelism
+    return cv2
+
+
+@dataclass
+class KeypointMatch:
+    """What the keypoint matcher found for one pair.
+
+    Attributes
+    ----------
+    score : float
+        See the module docstring; -1 when no plane warp has :data:`MIN_INLIERS` matches.
+    inliers : int
+        Matches agreeing with the best homography.
+    mirrored : bool
+        Whether the best homography includes a mirror.
+    homography : ndarray or None
+        3 x 3, mapping the second image's pixels (at :data:`SIZE`) to the first's.
+    differing : float
+        Share of the compared area that differs after the colour edit.
+    colour : dict
+        The fitted edit: ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``,
+        ``min_weight``, ``hues`` (of the more colourful picture), and ``plausible`` (within
+        the limits).
+    """
+
+    score: float
+    inliers: int = 0
+    mirrored: bool = False
+    homography: np.ndarray | None = None
+    differing: float = 1.0
+    colour: dict[str, Any] | None = None
+
+
+class Keypoints:
+    """Grey image and SIFT keypoints of one picture (computed on first use, kept per task).
+
+    Parameters
+    ----------
+    rgb : ndarray
+        uint8 ``[h, w, 3]``, long side about :data:`SIZE` px.
+    """
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = np.ascontiguousarray(rgb)
+        self._grey: np.ndarray | None = None
+        self._feats: dict[bool, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    @property
+    def grey(self) -> np.ndarray:
+        if self._grey is None:
+            self._grey = _cv2().cvtColor(self.rgb, _cv2().COLOR_RGB2GRAY)
+        return self._grey
+
+    def features(self, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keypoint positions (of the mirrored image when asked) and uint8 descriptors."""
+        if mirrored not in self._feats:
+            cv2 = _cv2()
+            g = np.ascontiguousarray(self.grey[:, ::-1]) if mirrored else self.grey
+            sift = cv2.SIFT_create(nfeatures=N_FEATURES, contrastThreshold=0.02)
+            kp, des = sift.detectAndCompute(g, None)
+            pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
+            self._feats[mirrored] = (pts, None if des is None else des.astype(np.uint8))
+        return self._feats[mirrored]
+
+
+def _homography(a: Keypoints, b: Keypoints) -> tuple[int, np.ndarray | None, bool]:
+    """Most-supported homography mapping b onto a, over b as is and mirrored."""
+    cv2 = _cv2()
+    pa, da = a.features(False)
+    best: tuple[int, np.ndarray | None, bool] = (0, None, False)
+    if da is None or len(pa) < 4:
+        return best
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    fa = da.astype(np.float32)
+    for mirrored in (False, True):
+        pb, db = b.features(mirrored)
+        if db is None or len(pb) < 4:
+            continue
+        knn = matcher.knnMatch(db.astype(np.float32), fa, k=2)
+        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+        if len(good) < max(4, MIN_INLIERS // 2):
+            continue
+        src = pb[[g.queryIdx for g in good]]
+        dst = pa[[g.trainIdx for g in good]]
+        cv2.setRNGSeed(_SEED)  # RANSAC's sampling: the same pair always gets the same answer
+        H, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, RANSAC_PX, maxIters=2000, confidence=0.999)
+        n = int(mask.sum()) if H is not None and mask is not None else 0
+        if H is not None and n > best[0]:
+            if mirrored:  # the points were found on b mirrored: undo the mirror first
+                w = b.grey.shape[1]
+                H = H @ np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+            best = (n, H, mirrored)
+        if best[0] >= 3 * MIN_INLIERS:
+            break  # clearly aligned: the mirror cannot do better
+    return best
+
+
+def _sane(H: np.ndarray, a_hw: tuple[int, int], b_hw: tuple[int, int]) -> bool:
+    """b's outline mapped into a is a convex quadrilateral of reasonable area."""
+    cv2 = _cv2()
+    h, w = b_hw
+    q = cv2.perspectiveTransform(np.float32([[[0, 0]], [[w, 0]], [[w, h]], [[0, h]]]), H)
+    if not np.isfinite(q).all() or not cv2.isContourConvex(q.reshape(-1, 2)):
+        return False
+    ratio = cv2.contourArea(q.reshape(-1, 2)) / max(w * h, 1)
+    return 1 / 25 < ratio < 25
+
+
+def _coverage(H: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> float:
+    cv2 = _cv2()
+    ones = np.ones(src_hw, np.uint8)
+    return float(cv2.warpPerspective(ones, H, dst_hw[::-1], flags=cv2.INTER_NEAREST).mean())
+
+
+def _hues(rgb: np.ndarray) -> int:
+    """Distinct hues of a set of colours: 30-degree hue sectors holding at least 3 % of the
+    chromatic pixels (chroma over 0.04)."""
+    c = rgb @ _YCC[1:].T
+    chroma = np.hypot(c[:, 0], c[:, 1])
+    m = chroma > 0.04
+    if m.sum() < 50:
+        return 0
+    sector = (np.degrees(np.arctan2(c[m, 1], c[m, 0])) % 360 // 30).astype(np.int64)
+    return int((np.bincount(sector, minlength=12) >= 0.03 * m.sum()).sum())
+
+
+def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit ``dst ~ edit(src)`` for a global tone/colour edit; per-pixel residual and the edit.
+
+    ``src`` and ``dst`` are ``[n, 3]`` colours in 0..1 of the same pixels. The edit is fitted
+    from the more colourful side to the other (colour cannot be told from grey).
+
+    Returns
+    -------
+    (ndarray, dict)
+        The largest channel error of each pixel, and the edit (see :class:`KeypointMatch`).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((500, 3))
+    >>> grey = np.repeat(x @ [[0.299], [0.587], [0.114]], 3, axis=1)
+    >>> r, edit = colour_edit(x, grey)
+    >>> bool(r.max() < 0.01), edit["plausible"]
+    (True, True)
+    >>> r, edit = colour_edit(x, x[:, ::-1])  # red and blue swapped: no editor's tone change
+    >>> bool(np.median(r) > 0.05) or not edit["plausible"]
+    True
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    chroma = lambda c: (c @ _YCC[1:].T).std(axis=0).sum()  # noqa: E731
+    swap = chroma(dst) > chroma(src)
+    if swap:
+        src, dst = dst, src
+    X, T = src @ _YCC.T, dst @ _YCC.T
+    n = len(X)
+    Y, Cb, Cr = X[:, 0], X[:, 1], X[:, 2]
+    one, zero = np.ones(n), np.zeros(n)
+    # parameters: g, d_r, d_g, d_b, h, o (luma), u, v, t_b, t_r (chroma)
+    luma = np.c_[Y, src, Y * Y, one, zero, zero, zero, zero]
+    cb = np.c_[zero, zero, zero, zero, zero, zero, Cb, -Cr, one, zero]
+    cr = np.c_[zero, zero, zero, zero, zero, zero, Cr, Cb, zero, one]
+    ridge = np.zeros((3, 10))
+    ridge[0, 1] = ridge[1, 2] = ridge[2, 3] = np.sqrt(RIDGE * n)
+    keep = np.ones(n, bool)
+    p = np.zeros(10)
+    r = np.zeros(n)
+    for _ in range(4):  # fit, trim what does not fit (overlays), refit
+        A = np.r_[luma[keep], cb[keep], cr[keep], ridge]
+        b = np.r_[T[keep, 0], T[keep, 1], T[keep, 2], np.zeros(3)]
+        p = np.linalg.lstsq(A, b, rcond=None)[0]
+        pred = np.c_[luma @ p, cb @ p, cr @ p] @ _YCC_INV.T
+        r = np.abs(np.clip(pred, 0.0, 1.0) - dst).max(axis=1)
+        keep = r < max(2.5 * float(np.median(r)), 0.04)
+        if keep.sum() < 10:
+            break
+    g, h = p[0], p[4]
+    w = g * _YCC[0] + p[1:4]
+    total = float(w.sum())
+    lo, hi = np.quantile(Y, [0.02, 0.98]) if n else (0.0, 1.0)
+    grey_slopes = [total + 2 * h * lo, total + 2 * h * hi]  # along the grey axis
+    fitted = (luma @ p)[keep] if keep.sum() >= 10 else luma @ p
+    y_in = Y[keep] if keep.sum() >= 10 else Y
+    var = float(y_in.var())
+    gain = float(((y_in - y_in.mean()) * (fitted - fitted.mean())).mean() / var) if var > 1e-6 else 1.0
+    if swap:  # the edit went the other way
+        gain = 1 / gain if gain > 1e-6 else -1.0
+    edit = {
+        "luma_gain": gain,
+        "monotone": bool(min(grey_slopes) > 0),
+        "chroma_gain": float(np.hypot(p[6], p[7])),
+        "hue_degrees": float(np.degrees(np.arctan2(p[7], p[6]))),
+        "min_weight": float(w.min() / total) if abs(total) > 1e-6 else -1.0,
+    }
+    edit["hues"] = _hues(src)
+    relit = abs(gain - 1) > FEW_HUES_GAIN and edit["chroma_gain"] >= GREY_CHROMA
+    edit["plausible"] = bool(
+        GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]
+        and edit["monotone"]
+        and edit["chroma_gain"] <= MAX_CHROMA_GAIN
+        and (abs(edit["hue_degrees"]) <= MAX_HUE_TURN or edit["chroma_gain"] < GREY_CHROMA)
+        and edit["min_weight"] >= MIN_LUMA_WEIGHT
+        and not (relit and edit["hues"] <= FEW_HUES)
+    )
+    return r, edit
+
+
+def _compare(a: Keypoints, b: Keypoints, H: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """Differing share and colour edit of b warped by H onto a (in the better covered frame)."""
+    cv2 = _cv2()
+    ha, wa = a.grey.shape
+    hb, wb = b.grey.shape
+    Hinv = np.linalg.inv(H)
+    if _coverage(H, (hb, wb), (ha, wa)) >= _coverage(Hinv, (ha, wa), (hb, wb)):
+        frame, other, M = a, b, H
+    else:
+        frame, other, M = b, a, Hinv
+    h, w = frame.grey.shape
+    s = PHOTO_SIZE / max(h, w)
+    W, Hh = max(8, round(w * s)), max(8, round(h * s))
+    M = np.diag([W / w, Hh / h, 1.0]) @ M
+    warped = cv2.warpPerspective(other.rgb, M, (W, Hh), flags=cv2.INTER_AREA)
+    mask = cv2.warpPerspective(np.ones(other.grey.shape, np.uint8), M, (W, Hh), flags=cv2.INTER_NEAREST)
+    mask = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+    if mask.sum() < 100:
+        return 1.0, {"plausible": False}
+    f = cv2.resize(frame.rgb, (W, Hh), interpolation=cv2.INTER_AREA)
+    A = cv2.GaussianBlur(f.astype(np.float32) / 255, (0, 0), 1.0)
+    B = cv2.GaussianBlur(warped.astype(np.float32) / 255, (0, 0), 1.0)
+    r, edit = colour_edit(B[mask], A[mask])
+    off = np.zeros(mask.shape, np.uint8)
+    off[mask] = r > OFF_LEVEL
+    off = cv2.morphologyEx(off, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    return float(off[mask].mean()), edit
+
+
+def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
+    """Whether ``b`` is ``a`` warped, recoloured and partly overlaid (or the reverse).
+
+    Parameters
+    ----------
+    a, b : Keypoints
+        The two pictures (long side about :data:`SIZE` px).
+
+    Returns
+    -------
+    KeypointMatch
+
+    Examples
+    --------
+    >>> from dedupdask.datasets import random_picture
+    >>> rng = np.random.default_rng(3)
+    >>> img = np.asarray(random_picture(rng, (256, 192)))
+    >>> import cv2
+    >>> turned = cv2.warpAffine(img, cv2.getRotationMatrix2D((128, 96), 7, 1.1), (256, 192))
+    >>> grey = np.repeat(cv2.cvtColor(turned, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    >>> m = match_keypoints(Keypoints(img), Keypoints(grey))
+    >>> m.score >= 0.9, m.inliers >= 15
+    (True, True)
+    >>> other = np.asarray(random_picture(rng, (256, 192)))
+    >>> match_keypoints(Keypoints(img), Keypoints(other)).score < 0.9
+    True
+    """
+    n, H, mirrored = _homography(a, b)
+    if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
+        return KeypointMatch(-1.0, n, mirrored, H)
+    differing, edit = _compare(a, b, H)
+    if not edit.get("plausible", False):
+        score = 0.0
+    else:
+        score = 1.0 - 0.1 * max(differing / MAX_DIFFERING, MIN_INLIERS / n)
+    return KeypointMatch(float(score), n, mirrored, H, differing, edit)

@@ -1,0 +1,152 @@
+"""The keypoint matcher: web edits pass for the stated reasons, redesigns do not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from dedupdask.datasets import random_picture
+from dedupdask.match import Prepared, match_score, prepare_image
+from dedupdask.match_keypoints import (
+    MAX_DIFFERING,
+    MIN_INLIERS,
+    OFF_LEVEL,
+    Keypoints,
+    colour_edit,
+    match_keypoints,
+)
+
+
+def _kp(im: Image.Image) -> Keypoints:
+    p = prepare_image(_png(im))
+    assert isinstance(p, Prepared)
+    return Keypoints(p.rgb)
+
+
+def _png(im: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A busy synthetic picture (1/f texture, shapes, lines): plenty of corners."""
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        im = random_picture(rng, (400, 300))
+        if len(_kp(im).features()[0]) >= 300:
+            return im
+    raise AssertionError("no busy picture")
+
+
+def _rotate(im: Image.Image, deg: float) -> Image.Image:
+    w, h = im.size
+    out = im.rotate(deg, Image.Resampling.BICUBIC)
+    return out.crop((int(w * 0.1), int(h * 0.1), int(w * 0.9), int(h * 0.9)))
+
+
+def _perspective(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    # corners of the output taken from a tilted quadrilateral of the input
+    quad = (0.06 * w, 0.02 * h, 0.0, 0.97 * h, w, h, 0.92 * w, 0.05 * h)
+    return im.transform((w, h), Image.Transform.QUAD, quad, Image.Resampling.BICUBIC)
+
+
+def _caption(im: Image.Image) -> Image.Image:
+    out = im.copy()
+    w, h = out.size
+    d = ImageDraw.Draw(out)
+    d.rectangle((0, int(h * 0.78), w, h), fill=(255, 255, 255))  # a caption bar over 22 %
+    d.text((10, int(h * 0.82)), "SHARED FROM SOMEWHERE", fill=(0, 0, 0))
+    return out
+
+
+def _hue(im: Image.Image, turn: int) -> Image.Image:
+    hsv = np.asarray(im.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + turn) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda im: _rotate(im, 8), id="rotate 8deg + crop"),
+        pytest.param(lambda im: _rotate(im, -4).resize((200, 150)), id="rotate + downscale"),
+        pytest.param(_perspective, id="perspective"),
+        pytest.param(lambda im: ImageOps.flip(im), id="vertical flip"),
+        pytest.param(lambda im: im.resize((400, 220)), id="aspect"),
+        pytest.param(lambda im: ImageOps.expand(im, (40, 80), fill=(20, 20, 20)), id="letterbox"),
+        pytest.param(lambda im: ImageOps.grayscale(im).convert("RGB"), id="greyscale"),
+        pytest.param(lambda im: ImageEnhance.Color(im).enhance(1.8), id="saturation"),
+        pytest.param(_caption, id="caption bar over 22 %"),
+        pytest.param(lambda im: _caption(_rotate(ImageOps.grayscale(im).convert("RGB"), 5)), id="combo"),
+    ],
+)
+def test_web_edits_are_the_same_picture(photo, edit):
+    m = match_keypoints(_kp(photo), _kp(edit(photo)))
+    assert m.inliers >= MIN_INLIERS and m.colour["plausible"], m
+    assert m.score >= 0.9 and m.differing <= MAX_DIFFERING
+    # the pixel alignment alone does not explain most of these; the combined score does
+    assert match_score(prepare_image(_png(photo)), prepare_image(_png(edit(photo)))) >= 0.9
+
+
+def test_redesigns_are_not(photo):
+    rng = np.random.default_rng(5)
+    w, h = photo.size
+    half = photo.copy()
+    half.paste(random_picture(rng, (w, h)).crop((0, 0, w // 2, h)), (0, 0))
+    r, g, b = photo.split()
+    swapped = Image.merge("RGB", (b, r, g))
+    other = random_picture(rng, (w, h))
+    for im in (half, swapped, other):
+        assert match_keypoints(_kp(photo), _kp(im)).score < 0.9
+
+
+def _face(skin: tuple[int, int, int]) -> Image.Image:
+    """An emoji-like face: one skin colour over most of it, black and white details."""
+    im = Image.new("RGB", (320, 320), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    d.ellipse((20, 20, 300, 300), fill=skin, outline=(0, 0, 0), width=4)
+    rng = np.random.default_rng(9)  # the same details every time: the same drawing
+    for _ in range(30):
+        x, y = rng.integers(60, 250, 2)
+        s = int(rng.integers(6, 22))
+        d.ellipse((x, y, x + s, y + s), fill=(0, 0, 0) if s > 12 else (255, 255, 255), outline=(0, 0, 0), width=2)
+    d.arc((90, 170, 230, 260), 20, 160, fill=(0, 0, 0), width=6)
+    return im
+
+
+def test_few_hues_keep_their_contrast():
+    """One skin colour and greys: another skin tone is a redrawing, not an edit, though the
+    same shapes match; the same face in grey or with its hue turned is the same picture."""
+    light = _face((255, 220, 177))
+    for tone in ((198, 134, 66), (120, 75, 45)):
+        m = match_keypoints(_kp(light), _kp(_face(tone)))
+        assert m.inliers >= MIN_INLIERS  # the same shapes...
+        assert m.colour["hues"] <= 2 and not m.colour["plausible"] and m.score < 0.9  # ...redrawn
+    grey = ImageOps.grayscale(light).convert("RGB")
+    assert match_keypoints(_kp(light), _kp(grey)).score >= 0.9
+    assert match_keypoints(_kp(light), _kp(_hue(light, 40))).score >= 0.9
+
+
+def test_colour_edit_fits_global_edits_and_not_channel_swaps():
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 3))
+    sepia = np.clip(x @ np.array([[0.393, 0.349, 0.272], [0.769, 0.686, 0.534], [0.189, 0.168, 0.131]]), 0, 1)
+    r, edit = colour_edit(x, sepia)
+    assert np.median(r) < 0.05 and edit["plausible"] and edit["chroma_gain"] < 0.1
+    r, edit = colour_edit(x, np.clip(x**0.7, 0, 1))  # gamma
+    assert (r > OFF_LEVEL).mean() < 0.02 and edit["plausible"]
+    r, edit = colour_edit(x, 1 - x)  # a negative is not a tone edit
+    assert not edit["plausible"] or np.median(r) > 0.1
+
+
+def test_the_same_pair_always_gets_the_same_answer(photo):
+    a, b = _kp(photo), _kp(_rotate(photo, 6))
+    first = match_keypoints(a, b)
+    again = match_keypoints(_kp(photo), _kp(_rotate(photo, 6)))
+    assert (first.score, first.inliers) == (again.score, again.inliers)
