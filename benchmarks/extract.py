@@ -25,47 +25,13 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
-import dedupdask as ddk
-from dedupdask.datasets import make_sample_shards
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rss import RssSampler  # noqa: E402
 
-
-class RssSampler:
-    """Sample the resident memory of worker processes every 50 ms (peak per process).
-
-    ``ru_maxrss`` is no use here: Linux keeps a parent's peak across fork+exec, so spawned
-    workers would report the benchmark process's own peak.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        import psutil
-
-        self.procs = [psutil.Process(p) for p in pids]
-        self.peak = dict.fromkeys(pids, 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for p in self.procs:
-                try:
-                    self.peak[p.pid] = max(self.peak[p.pid], p.memory_info().rss)
-                except Exception:  # noqa: BLE001 - a worker that went away
-                    pass
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def max_mb(self) -> float:
-        return max(self.peak.values()) / 2**20
+import dedupdask as ddk  # noqa: E402
+from dedupdask.datasets import make_sample_shards  # noqa: E402
 
 
 def make_data(root: str, shards: int, per_shard: int) -> str:

@@ -40,11 +40,13 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rss import RssSampler  # noqa: E402
 
 
 def make_data(n: int, d: int, sigma: float, clusters_per: int, seed: int = 0):
@@ -83,26 +85,6 @@ def exact_sample(x: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray
     return out, time.perf_counter() - t
 
 
-class _PeakRSS:
-    """Highest RSS of this process while running (sampled every 20 ms by a thread)."""
-
-    def __init__(self) -> None:
-        self.peak = psutil.Process().memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        proc = psutil.Process()
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, proc.memory_info().rss)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak / 2**20
-
-
 def run_one(args: argparse.Namespace) -> dict:
     from dedupdask.knn import PYNNDESCENT_MIN_NEIGHBORS, nndescent_knn, warm_up
 
@@ -113,11 +95,11 @@ def run_one(args: argparse.Namespace) -> dict:
     x, src, dst = make_data(args.single, args.d, args.sigma, args.clusters_per)
     gen = time.perf_counter() - t
     rss_data = psutil.Process().memory_info().rss / 2**20
-    sampler = _PeakRSS()
+    sampler = RssSampler({"self": os.getpid()}, interval=0.02).start()
     t = time.perf_counter()
     idx, sim = nndescent_knn(x, args.k, random_state=42)
     build = time.perf_counter() - t
-    build_peak = sampler.stop()
+    build_peak = sampler.stop()["self"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(1)
     queries = np.sort(rng.choice(x.shape[0], size=min(args.queries, x.shape[0]), replace=False))
@@ -296,30 +278,6 @@ def exact_queries(source, qpos: np.ndarray, k: int, threshold: float) -> tuple[n
     return top, pairs
 
 
-class _WorkerRSS:
-    """Peak RSS of given processes (the Dask workers, this client), sampled every 50 ms."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.procs = [psutil.Process(p) for p in pids]
-        self.peak = [p.memory_info().rss for p in self.procs]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            for i, p in enumerate(self.procs):
-                try:
-                    self.peak[i] = max(self.peak[i], p.memory_info().rss)
-                except psutil.Error:
-                    pass
-
-    def stop(self) -> list[float]:
-        self._stop.set()
-        self._thread.join()
-        return [p / 2**20 for p in self.peak]
-
-
 def run_partitioned(args: argparse.Namespace) -> None:
     from distributed import Client, LocalCluster
 
@@ -406,7 +364,7 @@ def run_partitioned(args: argparse.Namespace) -> None:
                 else:
                     d_reduce, dtype, method = VARIANTS[variant]
                     pids = list(client.run(os.getpid).values()) + [os.getpid()]
-                    rss = _WorkerRSS(pids)
+                    rss = RssSampler(pids).start()
                     t = time.perf_counter()
                     idx, sim, info = knn_graph_partitioned(
                         source,
@@ -417,7 +375,7 @@ def run_partitioned(args: argparse.Namespace) -> None:
                         method=method,
                     )
                     wall = time.perf_counter() - t
-                    peaks = rss.stop()
+                    peaks = list(rss.stop().values())
                 found = (idx[dst] == src[:, None]).any(axis=1) | (idx[src] == dst[:, None]).any(
                     axis=1
                 )
@@ -483,11 +441,11 @@ def run_single_dir(root: str, k: int) -> None:
     emb = collect(root, warn=False).embeddings()
     x = np.ascontiguousarray(emb.compute(scheduler="sync"), dtype=np.float32)
     load = time.perf_counter() - t
-    sampler = _PeakRSS()
+    sampler = RssSampler({"self": os.getpid()}, interval=0.02).start()
     t = time.perf_counter()
     idx, sim = nndescent_knn(x, k, random_state=42)
     build = time.perf_counter() - t
-    peak = sampler.stop()
+    peak = sampler.stop()["self"]
     np.savez(os.path.join(root, "single-graph.npz"), idx=idx, sim=sim)
     print(
         json.dumps(

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from extract import RssSampler  # noqa: E402
+from rss import RssSampler  # noqa: E402
 
 import dedupdask as ddk  # noqa: E402
 from dedupdask.datasets import random_picture  # noqa: E402

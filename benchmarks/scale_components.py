@@ -40,11 +40,13 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rss import RssSampler  # noqa: E402
 
 GROUP = 8
 RANDOM_EDGE = 0.08
@@ -117,35 +119,6 @@ def _specs(n: int, edge_rows: int, seed: int) -> list[tuple[int, int, int, int]]
     return [(lo, min(lo + edge_rows, n), n, seed) for lo in range(0, n, edge_rows)]
 
 
-class Sampler:
-    """Peak RSS per pid, polled every 50 ms from a thread (psutil, not ru_maxrss)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        import psutil
-
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.peak = dict.fromkeys(pids, 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for name, p in self.procs.items():
-                try:
-                    self.peak[name] = max(self.peak[name], p.memory_info().rss)
-                except Exception:  # noqa: BLE001 - a worker that went away
-                    pass
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def scipy_reference(n: int, specs: list) -> tuple[np.ndarray, np.ndarray]:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -199,7 +172,7 @@ def one(args: argparse.Namespace) -> dict:
         out["client_start_mb"] = psutil.Process().memory_info().rss / 2**20
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        with Sampler(pids) as s:
+        with RssSampler(pids) as s:
             if args.exact:
                 res = exact_groups_dask(edges, n, partition_rows=args.partition_rows)
                 table = res.table.rename(columns={"rep": "component_id", "group_size": "component_size"})

@@ -72,12 +72,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rss import RssSampler  # noqa: E402
 
 FASTDUP_VERSION = "2.54"
 ARCHIVE_RE = re.compile(r"\.(tar|tar\.gz|tgz|tar\.bz2|tar\.xz|zip)$", re.IGNORECASE)
@@ -122,75 +124,16 @@ def log(msg: str) -> None:
 # memory: summed PSS of a process tree, sampled from outside
 
 
-class TreeRss:
-    """Peak memory of a process and all its descendants, sampled every 50 ms.
-
-    Each sample sums the PSS (proportional set size: shared pages divided among the
-    processes that share them) over the tree, where PSS is available (Linux), else RSS. A
-    child with the same command line as its parent is a fork that has not exec'ed yet: with
-    vfork/CLONE_VM it reports its parent's very address space, so it is left out (fastdup
-    2.54 forks such children; counting them doubled its peak). Dask's workers are spawned
-    processes with their own command line, so they are counted.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        import psutil
-
-        self._psutil = psutil
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.pss = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        ps = self._psutil
-        while not self._stop.is_set():
-            try:
-                tree = [self.root, *self.root.children(recursive=True)]
-            except ps.Error:
-                break
-            total = 0
-            for p in tree:
-                with contextlib.suppress(ps.Error):
-                    if p is not self.root and p.cmdline() == self._cmdline(p.ppid()):
-                        continue
-                    if self.pss:
-                        try:
-                            total += p.memory_full_info().pss
-                            continue
-                        except (AttributeError, ps.AccessDenied):
-                            self.pss = False
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
-
-    def _cmdline(self, pid: int) -> list[str] | None:
-        try:
-            return self._psutil.Process(pid).cmdline()
-        except self._psutil.Error:
-            return None
-
-    def __enter__(self) -> TreeRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_step(cmd: Sequence[str], log_path: Path, cwd: Path, env: dict[str, str]) -> float:
     """Run one step as a subprocess; return the peak memory of its process tree in MB."""
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        with TreeRss(proc.pid) as rss:
+        with RssSampler({"step": proc.pid}, tree=True) as rss:
             rc = proc.wait()
     if rc != 0:
         tail = log_path.read_bytes()[-3000:].decode(errors="replace")
         raise RuntimeError(f"step failed (exit {rc}): {' '.join(cmd)}\n--- {log_path} ---\n{tail}")
-    return rss.peak / 2**20
+    return rss.max_mb()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ _LAZY = {
     "create_outliers_gallery": "galleries",
     "create_stats_gallery": "galleries",
     "ExtractReport": "pipeline",
+    "build": "pipeline",
     "extract": "pipeline",
     "run": "pipeline",
     "DedupResult": "results",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
         create_outliers_gallery,
         create_stats_gallery,
     )
-    from .pipeline import ExtractReport, extract, run
+    from .pipeline import ExtractReport, build, extract, run
     from .removals import write_removals
     from .results import DedupResult, load
     from .sources import list_sources
@@ -96,6 +97,7 @@ __all__ = [
     "__version__",
     "ExtractReport",
     "RunConfig",
+    "build",
     "extract",
     "list_sources",
     "load_binary_feature",

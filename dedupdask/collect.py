@@ -233,8 +233,11 @@ class Collection:
         local threads they are read here in a loop (dask's graph set-up would cost more than
         the reads for a work_dir small enough to be analysed locally).
         """
-        if on_distributed():
-            df = self.files().compute()
+        if on_distributed():  # only the columns asked for leave the workers, archive by archive
+            from .scheduler import gather_frames
+
+            ddf = self.files()
+            (df,) = gather_frames(ddf if columns is None else ddf[list(columns)])
         else:
             parts = [
                 read_archive_files((self.work_dir, a.name, a.offset, a.n_valid, self.decode_version))
@@ -252,13 +255,9 @@ class Collection:
 
 def on_distributed() -> bool:
     """Whether dask computations run on a distributed Client now (not local threads)."""
-    import sys
+    from .scheduler import dask_client
 
-    if "distributed" not in sys.modules:  # no Client can exist (and importing it costs 0.3 s)
-        return False
-    from dask.base import get_scheduler
-
-    return "Client" in type(getattr(get_scheduler(), "__self__", None)).__name__
+    return dask_client() is not None
 
 
 def read_archive_vectors(
@@ -411,7 +410,7 @@ def collect(
         done = set(names)
     failed = sorted(failed_set - done)
     missing = sorted(other - done - failed_set - _RUN_LEVEL_NAMES) if names is None else []
-    dones = {name: wd.read_done(name) for name in sorted(done)}  # checked, or WorkDirError
+    dones = wd.read_dones(sorted(done))  # concurrently; checked, or WorkDirError
     order = sorted(dones, key=lambda n: (dones[n]["url"], n))
 
     models: dict[tuple[Any, ...], str] = {}

@@ -37,6 +37,7 @@ OPTION_HELP: dict[str, str] = {
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
     "issue_thresholds": "cut-offs of the per-image issue types that replace the model's, e.g. dark=0.1,blurry=0.05,outlier=0 (0 = type off)",
     "max_memory_per_task": "memory one kNN task may use, e.g. 2GB; the kNN is partitioned into buckets when the vectors need more (default: half a Dask worker's memory limit per thread)",
+    "max_client_memory": "memory the calling process may use to analyse work_dir itself, e.g. 1GB; a work_dir that needs more is analysed on the Dask workers (a local cluster without --client)",
     "d_reduce": "search neighbours on a PCA projection to this many dimensions (0 = off); similarities are recomputed on the original vectors",
     "knn_dtype": "storage of the vectors during the partitioned kNN search: float32 or float16 (similarities recomputed in float32)",
     "keep_archives": "copy each archive to work_dir/tmp/archives/ once and read it there",
@@ -209,6 +210,7 @@ class RunConfig:
     verify: bool = True
     issue_thresholds: tuple[tuple[str, float], ...] | None = None
     max_memory_per_task: str | int | None = None
+    max_client_memory: str | int | None = None
     d_reduce: int = 0
     knn_dtype: str = "float32"
     keep_archives: bool = False
@@ -261,6 +263,10 @@ class RunConfig:
             from .knn_partitioned import parse_memory
 
             parse_memory(self.max_memory_per_task)  # raises ValueError naming the option
+        if self.max_client_memory is not None:
+            from .knn_partitioned import parse_memory
+
+            parse_memory(self.max_client_memory, "max_client_memory")
         check(
             isinstance(self.d_reduce, int) and self.d_reduce >= 0,
             f"d_reduce must be an integer >= 0 (0 = no reduction), got {self.d_reduce!r}",

@@ -26,8 +26,8 @@ from dask.base import tokenize
 from .analyses.exact import ExactGroups
 from .analyses.tiers import TierParams, candidate_pairs, component_edges, decide
 from .collect import Collection, read_archive_vectors
-from .knn import DEFAULT_RANDOM_STATE, knn_graph_dask
-from .knn_partitioned import local_exact_knn
+from .knn import DEFAULT_RANDOM_STATE
+from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
 from .verify import verify_pairs
 
@@ -116,6 +116,8 @@ class TierOutcome:
         Representative edges of connected components.
     counts : dict
         Candidates and accepted pairs per tier.
+    dct_knn : dict
+        How the DCT kNN graph was computed (method, memory per task, buckets...).
     verification : dict
         Cost of verification (see :func:`dedupdask.verify.verify_pairs`) plus ``seconds``
         (wall time) and ``accepted`` / ``rejected``.
@@ -125,6 +127,7 @@ class TierOutcome:
     edges: tuple[np.ndarray, np.ndarray]
     counts: dict[str, int] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    dct_knn: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accepted(self) -> pd.DataFrame:
@@ -159,6 +162,7 @@ def run_tiers(
     storage_options: dict[str, Any] | None = None,
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
+    knn_config: Any = None,
 ) -> TierOutcome:
     """Find, verify and decide the tiered pairs of one run (on the current Dask scheduler).
 
@@ -188,6 +192,8 @@ def run_tiers(
         fsspec options for reading the archives.
     max_image_pixels, max_member_bytes : int
         Limits when reading images back.
+    knn_config : RunConfig, optional
+        ``max_memory_per_task`` of the DCT graph (:func:`dedupdask.knn_partitioned.knn_graph_work_dir`).
 
     Returns
     -------
@@ -195,21 +201,15 @@ def run_tiers(
     """
     dct_graph = None
     dct = None
+    dct_knn: dict[str, Any] = {}
     local = col.reads_locally()
     if params.copy_threshold is not None and reps.size > 1:
-        dct_graph = local_exact_knn(col, reps, params.k, method, which="dct", d=DCT_DIM)  # type: ignore[arg-type]
-        if dct_graph is None:
-            dct = dct_vectors(col)
-            x = dct if reps.size == dct.shape[0] else dct[reps]
-            di, ds, _ = knn_graph_dask(
-                x,
-                int(reps.size),
-                DCT_DIM,
-                params.k,
-                method=method,
-                random_state=random_state,  # type: ignore[arg-type]
-            )
-            dct_graph = (di, ds)
+        dct = dct_vectors(col)  # the same path as the embeddings' graph: one task or partitioned
+        di, ds, _, dct_knn = knn_graph_work_dir(
+            col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
+            which="dct", d=DCT_DIM, vectors=dct,
+        )  # fmt: skip
+        dct_graph = (di, ds)
     cands = candidate_pairs(
         reps, emb_graph, dct_graph, params,
         input_rep=None if input_groups is None else input_groups.rep,
@@ -268,4 +268,4 @@ def run_tiers(
         "same_input_candidates": int(decided["same_input"].sum()),
     }
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
-    return TierOutcome(decided, edges, counts, cost)
+    return TierOutcome(decided, edges, counts, cost, dct_knn)

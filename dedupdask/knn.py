@@ -41,6 +41,7 @@ __all__ = [
     "knn_graph_dask",
     "nndescent_knn",
     "normalize_rows",
+    "top_k",
     "warm_up",
 ]
 
@@ -116,6 +117,54 @@ def fits_one_block(n: int) -> bool:
     return n <= _block_rows(n)
 
 
+def top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row of ``s``, largest first, ties by the lowest column.
+
+    The one top-k of dedupdask (the exact searches of :mod:`dedupdask.knn` and of the
+    partitioned kNN's buckets): a tie at the ``k``-th value keeps the lowest columns, so
+    every search picks the same neighbours from equal similarities. ``-inf`` marks columns
+    that must not be chosen (self); they come last. Modifies nothing.
+
+    Parameters
+    ----------
+    s : ndarray
+        float32 ``[rows, n]`` similarities.
+    k : int
+        Columns per row (``0 <= k <= n``).
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        int64 columns and float32 values, ``[rows, k]``.
+
+    Examples
+    --------
+    >>> s = np.array([[0.5, 0.9, 0.5, 0.5, -np.inf]], np.float32)
+    >>> top_k(s, 3)[0].tolist()
+    [[1, 0, 2]]
+    """
+    n = s.shape[1]
+    if k >= n:
+        cand = np.broadcast_to(np.arange(n), s.shape)
+    else:
+        cand = np.argpartition(s, n - k, axis=1)[:, n - k :]
+        got = np.take_along_axis(s, cand, axis=1)
+        kth = got.min(axis=1, keepdims=True)
+        # argpartition keeps arbitrary columns of a tie at the k-th value: take the lowest
+        short = np.flatnonzero((s == kth).sum(axis=1) > (got == kth).sum(axis=1))
+        if short.size:
+            cand = cand.copy()
+            for r in short.tolist():
+                above = np.flatnonzero(s[r] > kth[r, 0])
+                cand[r] = np.concatenate(
+                    [above, np.flatnonzero(s[r] == kth[r, 0])[: k - above.size]]
+                )
+    csim = np.take_along_axis(s, cand, axis=1)
+    order = np.lexsort((cand, -csim), axis=1)[:, :k]
+    idx = np.take_along_axis(cand, order, axis=1).astype(np.int64, copy=False)
+    return idx, np.take_along_axis(csim, order, axis=1)
+
+
 def exact_knn_block(x: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact neighbours of rows ``start:stop`` of ``x`` among all rows (one Dask task).
 
@@ -165,18 +214,16 @@ def exact_knn_block(x: np.ndarray, start: int, stop: int, k: int) -> tuple[np.nd
                 csim[s0 - start : s1 - start, j] = s[rows, c]
                 s[rows, c] = -np.inf
             del s
+        order = np.lexsort((cand, -csim), axis=1)[:, :kk]
+        cand = np.take_along_axis(cand, order, axis=1)
+        csim = np.take_along_axis(csim, order, axis=1)
     else:
         s = x[start:stop] @ x.T
         rows = np.arange(stop - start)
         s[rows, rows + start] = -np.inf
-        if kk < n - 1:  # the kk largest, without a negated copy of the block
-            cand = np.argpartition(s, n - kk, axis=1)[:, n - kk :]
-        else:
-            cand = np.broadcast_to(np.arange(n), s.shape)
-        csim = np.take_along_axis(s, cand, axis=1)
-    order = np.lexsort((cand, -csim), axis=1)[:, :kk]
-    out_idx[:, :kk] = np.take_along_axis(cand, order, axis=1)
-    out_sim[:, :kk] = np.clip(np.take_along_axis(csim, order, axis=1), -1.0, 1.0)
+        cand, csim = top_k(s, kk)
+    out_idx[:, :kk] = cand
+    out_sim[:, :kk] = np.clip(csim, -1.0, 1.0)
     return out_idx, out_sim
 
 

@@ -2,29 +2,28 @@
 
 run_mode=1 lists the archives, slices ``[min_offset, max_offset)``, drops those already done
 (``resume``), and computes ``dd.from_map(process_archive, tasks, meta=...)`` on the chosen
-scheduler. run_mode=2 analyses work_dir; run_mode=0 does both.
+scheduler. run_mode=2 analyses work_dir; run_mode=0 does both. ``client=`` is resolved once per
+call (:func:`dedupdask.scheduler.resolve`), so a call starts at most one LocalCluster.
 """
 
 from __future__ import annotations
 
-import contextlib
+import posixpath
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import dask
 import dask.dataframe as dd
 import pandas as pd
 
 from .config import RunConfig
-from .localcluster import DEFAULT_DASHBOARD, local_cluster
+from .localcluster import DEFAULT_DASHBOARD
 from .partition import SUMMARY_META, ArchiveTask, process_archive
+from .scheduler import RunScheduler, in_process_bytes, resolve
 from .sources import list_sources, select_offsets
 from .store import SUFFIXES, WorkDir
 
-__all__ = ["run", "extract", "ExtractReport"]
-
-_LOCAL_SCHEDULERS = {"sync", "synchronous", "single-threaded", "threads", "threading", "processes"}
+__all__ = ["run", "extract", "build", "ExtractReport"]
 
 
 class ExtractReport(pd.DataFrame):
@@ -68,57 +67,24 @@ class ExtractReport(pd.DataFrame):
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _scheduler(
-    client: Any, n_tasks: int, dashboard_address: str | None = DEFAULT_DASHBOARD
-) -> Iterator[tuple[str, Any]]:
-    """Yield ``(kind, obj)``: ``("client", Client)``, ``("cluster", Client)`` of a LocalCluster
-    started here (on 127.0.0.1, see :mod:`dedupdask.localcluster`), or ``("local", scheduler name)``."""
-    if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
-        yield "local", client
-        return
-    from distributed import Client, get_client
-
-    if isinstance(client, Client):
-        yield "client", client
-        return
-    if isinstance(client, str):
-        with Client(client) as c:
-            yield "client", c
-        return
-    if client is not None:
-        raise TypeError(f"client must be a distributed.Client, an address or a scheduler name, got {client!r}")
-    try:
-        current = get_client()
-    except ValueError:  # no current Client (not around the yield: errors of the body pass)
-        current = None
-    if current is not None:
-        yield "client", current
-        return
-    import os
-
-    n = max(1, min(os.cpu_count() or 1, n_tasks))
-    with local_cluster(n, dashboard_address=dashboard_address) as c:
-        yield "cluster", c
-
-
-def _compute(ddf: dd.DataFrame, client: Any, config: RunConfig, n_tasks: int) -> pd.DataFrame:
+def _compute(ddf: dd.DataFrame, run: RunScheduler, config: RunConfig, n_tasks: int) -> pd.DataFrame:
+    """The extraction partitions on the call's scheduler (its LocalCluster starts here if needed)."""
     progress = config.progress
-    with _scheduler(client, n_tasks, config.dashboard_address) as (kind, obj):
-        if kind == "local":
-            kwargs: dict[str, Any] = {"scheduler": obj}
-            if obj == "processes":
-                kwargs["chunksize"] = 1  # one archive per submit: balanced workers
-            if progress:
-                from dask.diagnostics import ProgressBar
+    client = run.processes(n_tasks)
+    if client is None:  # a local scheduler chosen by the user
+        kwargs: dict[str, Any] = {"scheduler": run.local} if run.local else {}
+        if run.local == "processes":
+            kwargs["chunksize"] = 1  # one archive per submit: balanced workers
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-                with ProgressBar():
-                    return ddf.compute(**kwargs)
-            return ddf.compute(**kwargs)
-        if not progress:
-            return obj.compute(ddf).result()
-        show_link = kind == "client" or bool(config.dashboard_address)
-        return _compute_with_progress(ddf, obj, n_tasks, show_link)
+            with ProgressBar():
+                return ddf.compute(**kwargs)
+        return ddf.compute(**kwargs)
+    if not progress:
+        return client.compute(ddf).result()
+    show_link = not run.clusters_started or bool(config.dashboard_address)
+    return _compute_with_progress(ddf, client, n_tasks, show_link)
 
 
 def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int, show_link: bool = True) -> pd.DataFrame:
@@ -150,7 +116,7 @@ def _compute_with_progress(ddf: dd.DataFrame, client: Any, n_tasks: int, show_li
 
 
 def _extract(
-    input_dir: str | Sequence[str], work_dir: str, config: RunConfig, client: Any
+    input_dir: str | Sequence[str], work_dir: str, config: RunConfig, run: RunScheduler
 ) -> ExtractReport:
     t0 = time.perf_counter()
     so = config.storage_options
@@ -178,7 +144,7 @@ def _extract(
         ddf = dd.from_map(
             process_archive, tasks, meta=SUMMARY_META, enforce_metadata=False, label="dedupdask-extract"
         )
-        parts.append(_compute(ddf, client, config, len(tasks)))
+        parts.append(_compute(ddf, run, config, len(tasks)))
     nonempty = [p for p in parts if len(p)]
     summary = pd.concat(nonempty, ignore_index=True) if nonempty else parts[0]
     order = {s.name: i for i, s in enumerate(sources)}
@@ -206,12 +172,29 @@ def extract(
     """
     options.pop("run_mode", None)
     config = RunConfig.from_kwargs(run_mode=1, **options)
-    return _extract(input_dir, work_dir, config, client)
+    with resolve(client, dashboard_address=config.dashboard_address) as run:
+        return _extract(input_dir, work_dir, config, run)
+
+
+def build(work_dir: str, *, client: Any = None, **options: Any) -> Any:
+    """Analyse the features in ``work_dir`` (run_mode=2): ``run(work_dir=work_dir, run_mode=2)``.
+
+    Takes the keywords of :func:`run` (those of extraction are ignored). Returns the
+    :class:`~dedupdask.results.DedupResult`.
+
+    Examples
+    --------
+    >>> res = build("work/", verify=False)  # doctest: +SKIP
+    >>> res.summary()["duplicate_groups"]  # doctest: +SKIP
+    12
+    """
+    options.pop("run_mode", None)
+    return run(None, work_dir, run_mode=2, client=client, **options)
 
 
 def run(
-    input_dir: str | Sequence[str] | None,
-    work_dir: str,
+    input_dir: str | Sequence[str] | None = None,
+    work_dir: str | None = None,
     *,
     run_mode: int = 0,
     min_offset: int = 0,
@@ -232,6 +215,7 @@ def run(
     verify: bool = True,
     issue_thresholds: dict[str, float] | str | None = None,
     max_memory_per_task: str | int | None = None,
+    max_client_memory: str | int | None = None,
     d_reduce: int = 0,
     knn_dtype: str = "float32",
     keep_archives: bool = False,
@@ -255,9 +239,9 @@ def run(
     ----------
     input_dir : str, list of str or None
         Folder (recursive), glob, ``s3://`` prefix, archive, list of those, or a text file of
-        paths. May be None for ``run_mode=2``.
+        paths. May be None (or left out) for ``run_mode=2``.
     work_dir : str
-        Local folder or ``s3://`` URL for every output.
+        Local folder or ``s3://`` URL for every output (required).
     run_mode : {0, 1, 2}
         1 extracts features, 2 analyses work_dir, 0 does both (fastdup's meaning).
     min_offset, max_offset : int
@@ -292,6 +276,12 @@ def run(
         k-means (boundary points in two buckets), each bucket searched by one task, the lists
         merged (:mod:`dedupdask.knn_partitioned`). Default: half of the smallest worker's
         memory limit per thread (half this machine's memory without a distributed client).
+    max_client_memory : str or int, optional
+        Memory this process may use to analyse work_dir itself (``"1GB"``, bytes; default
+        :data:`dedupdask.scheduler.MAX_CLIENT_MEMORY`). A work_dir whose in-process
+        analysis would need more (:func:`dedupdask.scheduler.in_process_bytes`: its vectors
+        plus the per-image tables) is analysed on the Dask workers -- the given cluster, or
+        the local cluster of the call -- never here.
     d_reduce : int
         Search neighbours on a PCA projection to this many dimensions (e.g. 256; 0 = off);
         similarities are recomputed on the original float32 vectors.
@@ -322,8 +312,10 @@ def run(
         ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``FSSPEC_S3_*`` variables also do.
     client : distributed.Client, str or None
         A Client, a scheduler address, or ``"sync"``/``"threads"``/``"processes"``; None uses
-        the current Client if there is one, else starts a local cluster (one worker process
-        per core, everything listening on 127.0.0.1 only). A script that lets dedupdask start
+        the scheduler dask would use (a ``dask.config`` scheduler, else the current Client);
+        without one, extraction (and verification of many pairs) run on a local cluster
+        started once for the call (one worker process per core, everything listening on
+        127.0.0.1 only; see :mod:`dedupdask.scheduler`). A script that lets dedupdask start
         that cluster must call it under ``if __name__ == "__main__":``: the worker processes
         re-import the script.
     dashboard_address : str or None
@@ -351,7 +343,8 @@ def run(
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
         verify_threshold=verify_threshold, verify_score=verify_score, verify=verify,
-        issue_thresholds=issue_thresholds, max_memory_per_task=max_memory_per_task, d_reduce=d_reduce, knn_dtype=knn_dtype,
+        issue_thresholds=issue_thresholds, max_memory_per_task=max_memory_per_task,
+        max_client_memory=max_client_memory, d_reduce=d_reduce, knn_dtype=knn_dtype,
         keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
@@ -359,59 +352,42 @@ def run(
         storage_attempts=storage_attempts, storage_deadline=storage_deadline,
         storage_options=storage_options, dashboard_address=dashboard_address, progress=progress,
     )
+    if work_dir is None:
+        raise TypeError("run() needs work_dir (a local folder or URL for every output)")
     config = RunConfig.from_kwargs(**opts)
-    report = None
-    if config.run_mode in (0, 1):
-        if input_dir is None:
-            raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
-        report = _extract(input_dir, work_dir, config, client)
-        if config.run_mode == 1:
-            return report
-    from .results import build
+    with resolve(client, dashboard_address=config.dashboard_address) as sched:
+        report = None
+        if config.run_mode in (0, 1):
+            if input_dir is None:
+                raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
+            report = _extract(input_dir, work_dir, config, sched)
+            if config.run_mode == 1:
+                return report
+        from .knn_partitioned import parse_memory
+        from .results import build as analyse
 
-    with _analysis_scheduler(client, work_dir, config):
-        result = build(work_dir, config=config)
+        bound = parse_memory(config.max_client_memory, "max_client_memory")
+        with sched.analysis(_in_process_bytes(work_dir, config), bound):
+            result = analyse(work_dir, config=config)
     result.extract_report = report
     return result
 
 
-#: Below this many bytes of vectors the analysis runs on local threads even when a cluster is
-#: given: shipping a few MB to fresh workers (which first import dask, pyarrow and dedupdask)
-#: costs seconds, reading them from the memory-mapped files here costs milliseconds.
-LOCAL_ANALYSIS_BYTES = 2**30
-
-
-def _vector_bytes(work_dir: str, config: RunConfig) -> int:
-    """Total size of the ``features.dat`` files in work_dir (one listing call)."""
+def _in_process_bytes(work_dir: str, config: RunConfig) -> int:
+    """What analysing work_dir here would hold (:func:`in_process_bytes`): one listing for the
+    vectors' size and one ``done.json`` for their width."""
     wd = WorkDir(work_dir, config.storage_options)
     try:
         entries = wd.fs.ls(wd.path, detail=True)
     except FileNotFoundError:
         return 0
-    return sum(int(e.get("size") or 0) for e in entries if str(e["name"]).endswith(SUFFIXES["dat"]))
-
-
-@contextlib.contextmanager
-def _analysis_scheduler(client: Any, work_dir: str, config: RunConfig) -> Iterator[None]:
-    """Make ``client`` the scheduler of the analysis' dask computations, when it pays.
-
-    Small work_dirs (< ``LOCAL_ANALYSIS_BYTES`` of vectors) are analysed on local threads,
-    except the pixel verification of candidate pairs, which runs on the cluster.
-    """
-    if client is not None and _vector_bytes(work_dir, config) < LOCAL_ANALYSIS_BYTES:
-        if isinstance(client, str) and client in _LOCAL_SCHEDULERS:
-            pass
-        else:  # the vectors stay here; pixel verification (CPU-bound, GIL-bound) goes to the cluster
-            from .verify import verify_on
-
-            with _scheduler(client, 1) as (_, c), verify_on(c), dask.config.set(scheduler="threads"):
-                yield
-            return
-    if client is None:
-        yield
-    elif isinstance(client, str) and client in _LOCAL_SCHEDULERS:
-        with dask.config.set(scheduler=client):
-            yield
-    else:
-        with _scheduler(client, 1) as (_, c), dask.config.set(scheduler=c):
-            yield
+    dat = [e for e in entries if str(e["name"]).endswith(SUFFIXES["dat"])]
+    vector_bytes = sum(int(e.get("size") or 0) for e in dat)
+    if not vector_bytes:
+        return 0
+    name = posixpath.basename(str(dat[0]["name"]))[: -len(SUFFIXES["dat"])]
+    try:
+        d = int(wd.read_done(name)["d"])
+    except Exception:  # noqa: BLE001 - not done (yet): collect reports it; assume a wide model
+        d = 1280
+    return in_process_bytes(vector_bytes // (4 * d), d)

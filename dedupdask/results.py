@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import dask.array as da
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from . import scheduler
 from .analyses import (
     BAD_CSV_COLUMNS,
     COMPONENT_COLUMNS,
@@ -56,6 +56,8 @@ from .analyses import (
     outliers_table,
     stats_frame,
 )
+from .analyses.components_dask import components_of_groups
+from .analyses.exact_dask import exact_and_input_groups
 from .analyses.issues import empty_issues, scores_frame, summary_counts
 from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names, named_columns
 from .analyses.tiers import expand_pairs, resolve_params
@@ -84,6 +86,7 @@ _FILE_COLS = [
     "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
     "index", "member_offset", "key", "p01", "p99", "chroma",
 ]  # fmt: skip
+_HASHES = ("md5", "pixel_md5", "input_md5")
 
 
 def _version() -> str:
@@ -351,21 +354,6 @@ class DedupResult:
         )
 
 
-@contextlib.contextmanager
-def _scheduler(client: Any) -> Iterator[None]:
-    if client is None:
-        yield
-        return
-    if isinstance(client, str):
-        from distributed import Client
-
-        with Client(client) as c, c.as_current():
-            yield
-        return
-    with client.as_current():
-        yield
-
-
 class _Stages:
     """Client-side progress over the build stages (silent unless asked) and their timings."""
 
@@ -415,7 +403,8 @@ def build(
         ``nearest_neighbors_k``, ``distance``, ``storage_options``,
         ``progress``.
     client : distributed.Client or str, optional
-        Scheduler to use; default: whatever is current (a distributed Client, else local).
+        Scheduler of every stage (:func:`dedupdask.scheduler.resolve`); default: the current
+        call's, or whatever dask would use.
     method : {"auto", "exact", "pynndescent"}
         kNN method; ``"auto"`` picks by ``N**2 * d`` (see :mod:`dedupdask.knn`).
     random_state : int
@@ -442,8 +431,11 @@ def build(
     """
     stages = _Stages(config.progress)
     try:
-        with _scheduler(client):
-            result = _build(work_dir, config, method, random_state, write, stages)
+        with scheduler.resolve(client, dashboard_address=config.dashboard_address) as run:
+            # a client given here takes every stage; inside ddk.run the call already chose
+            where = contextlib.nullcontext() if client is None else run.analysis(None)
+            with where:
+                result = _build(work_dir, config, method, random_state, write, stages)
     except BaseException:
         stages.close(clear=True)  # the error is what the user reads, not a half bar
         raise
@@ -468,7 +460,9 @@ def _build(
         )
     stages.done("collect")
 
-    files = col.files_frame(_FILE_COLS)
+    workers = scheduler.dask_client() is not None and col.n > 0  # on a distributed client
+    # there the hashes stay on the workers: the exact groups are found by a shuffle there
+    files = col.files_frame([c for c in _FILE_COLS if not (workers and c in _HASHES)])
     valid = files[files["index"].notna()].sort_values("index", kind="stable").reset_index(drop=True)
     n = len(valid)
     if n != col.n or not np.array_equal(valid["index"].to_numpy(dtype=np.int64), np.arange(n)):
@@ -476,8 +470,11 @@ def _build(
     filenames = valid["filename"].to_numpy(dtype=object)
     stages.done("read_files")
 
-    groups = exact_groups(valid["md5"], valid["pixel_md5"])
-    inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
+    if workers:
+        groups, inputs = exact_and_input_groups(col.files(), col.n)
+    else:
+        groups = exact_groups(valid["md5"], valid["pixel_md5"])
+        inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     reps = groups.reps
     table = resolve(config, col.model)  # the model's thresholds with the user's overrides
     params = resolve_params(
@@ -517,6 +514,7 @@ def _build(
         storage_options=config.storage_options,
         max_image_pixels=config.max_image_pixels,
         max_member_bytes=config.max_member_bytes,
+        knn_config=config,
     )
     stages.done("tiers")
 
@@ -525,9 +523,12 @@ def _build(
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
     similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
     outliers = add_names(outliers, valid, OUTLIER_NAMES)
-    components = components_table(
-        groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
-    )
+    if workers:
+        components = components_of_groups(groups, tiers.edges)
+    else:
+        components = components_table(
+            groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
+        )
     invalid = invalid_table(files)
     stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
@@ -556,6 +557,7 @@ def _build(
             "knn_method": used,
             "random_state": random_state,
             "max_memory_per_task": config.max_memory_per_task,
+            "max_client_memory": config.max_client_memory,
             "d_reduce": config.d_reduce,
             "knn_dtype": config.knn_dtype,
         },
@@ -572,7 +574,9 @@ def _build(
             "resolved": issue_t.to_dict(),
             **issues_about,
         },
+        "analysed_on": "workers" if workers else "this process",
         "knn": knn_info,
+        "knn_dct": tiers.dct_knn,
         "model": col.model,
         "decode_version": col.decode_version,
         "archives": [a.to_dict() for a in col.archives],

@@ -17,7 +17,6 @@ of archives score the pairs between them. No model is used, so no ONNX session i
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,7 +36,6 @@ __all__ = [
     "match_score",
     "prepare_image",
     "score_pairs",
-    "verify_on",
     "verify_pairs",
 ]
 
@@ -57,54 +55,32 @@ chunks (tasks and memory bounded however many archives there are, but an image t
 in pairs of several chunks is read and decoded once per chunk)."""
 CLUSTER_MIN_PAIRS = 1000
 """Fewer pairs than this (about a second of work) are scored here on local threads even when
-:func:`verify_on` names a cluster: shipping images to workers costs more than it saves."""
+the call runs on a distributed client: shipping images to workers costs more than it saves."""
 PROCESS_MIN_PAIRS = 3000
-"""Without a distributed scheduler, at least this many pairs (~3 s of one core) are scored on
-a LocalCluster of this machine's cores started for the purpose: scoring holds the GIL, so
-local threads would run it on one core."""
-
-_SCHEDULER: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "dedupdask_verify_on", default=None
-)
-
-
-@contextlib.contextmanager
-def verify_on(scheduler: Any) -> Iterator[None]:
-    """Run verification on ``scheduler`` (a distributed Client) inside this block.
-
-    :func:`dedupdask.run` uses it when it analyses a small work_dir on local threads but was
-    given a cluster: the vectors stay here, the pixel work goes to the workers.
-    """
-    token = _SCHEDULER.set(scheduler)
-    try:
-        yield
-    finally:
-        _SCHEDULER.reset(token)
+"""Without a distributed client (``client=None``, no default Client), at least this many
+pairs (~3 s of one core) are scored on the call's LocalCluster
+(:meth:`dedupdask.scheduler.RunScheduler.processes`, started once per call): scoring holds
+the GIL, so local threads would run it on one core."""
 
 
 @contextlib.contextmanager
 def _scheduler_for(n_pairs: int) -> Iterator[Any]:
-    """The scheduler to score ``n_pairs`` on (None: dask's current one)."""
-    chosen = _SCHEDULER.get()
-    if chosen is not None:
-        yield chosen if n_pairs >= CLUSTER_MIN_PAIRS else "threads"
-        return
-    import dask.threaded
-    from dask.base import get_scheduler
+    """The scheduler to score ``n_pairs`` on (None: dask's current one).
 
-    from .collect import on_distributed
+    Asked of the call's :class:`~dedupdask.scheduler.RunScheduler` (one is resolved for this
+    call of :func:`verify_pairs` when it runs outside ``run``/``build``).
+    """
+    from .scheduler import resolve
 
-    cores = os.cpu_count() or 1
-    if n_pairs < PROCESS_MIN_PAIRS or cores < 2 or on_distributed():
-        yield None  # few pairs, one core, or a distributed client
-        return
-    if get_scheduler() not in (None, dask.threaded.get):
-        yield None  # a local scheduler chosen on purpose (sync, processes)
-        return
-    from .localcluster import local_cluster
-
-    with local_cluster(cores, dashboard_address=None, silence_logs=40) as client:
-        yield client
+    with resolve() as run:
+        if run.kind == "local":
+            yield None  # the local scheduler the user chose (set for the analysis)
+        elif run.client is not None:
+            yield run.client if n_pairs >= CLUSTER_MIN_PAIRS else "threads"
+        elif n_pairs >= PROCESS_MIN_PAIRS and (os.cpu_count() or 1) >= 2:
+            yield run.processes()
+        else:
+            yield None
 
 
 # -- Dask tasks ----------------------------------------------------------------------------------

@@ -41,9 +41,9 @@ def slow(tmp_path_factory):
 @pytest.fixture
 def analysis_on_cluster(monkeypatch):
     """Send the analysis to the cluster even for these small work_dirs."""
-    import dedupdask.pipeline
+    import dedupdask.scheduler
 
-    monkeypatch.setattr(dedupdask.pipeline, "LOCAL_ANALYSIS_BYTES", 0)
+    monkeypatch.setattr(dedupdask.scheduler, "MAX_CLIENT_MEMORY", 0)
 
 
 def test_run_through_shell_cluster_equals_sync(cluster, sample_shards, tmp_path, analysis_on_cluster):

@@ -23,6 +23,7 @@ import pytest
 from conftest import jpeg_bytes, png_bytes, write_tar
 from test_knn_partitioned import write_source
 
+from dedupdask import knn_buckets
 from dedupdask import knn_partitioned as kp
 from dedupdask.analyses import (
     components_table,
@@ -154,12 +155,12 @@ def test_partitioned_graph_for_a_fixed_assignment(tmp_path, monkeypatch, dtype):
 
     centroids = normalize_rows(rng.standard_normal((12, D)))
     monkeypatch.setattr(kp, "_fit_centroids", lambda *a: (centroids, 0.0))
-    monkeypatch.setattr(kp, "_top_m", fixed_top_m)
+    monkeypatch.setattr(knn_buckets, "_top_m", fixed_top_m)
     monkeypatch.setattr(kp, "_n_workers", lambda: 4)  # 8 row ranges, one per block, any machine
     searched: list[np.ndarray] = []
-    search = kp._search_bucket
+    search = knn_buckets._search_bucket
     monkeypatch.setattr(
-        kp, "_search_bucket", lambda s, o, p, members, *a: searched.append(members) or search(s, o, p, members, *a)
+        knn_buckets, "_search_bucket", lambda s, o, p, members, *a: searched.append(members) or search(s, o, p, members, *a)
     )
     budget = _capacity_budget(rerank=dtype == "float16")
     with dask.config.set(scheduler="sync"):

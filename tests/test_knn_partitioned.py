@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dedupdask import knn_budget
 from dedupdask import knn_partitioned as kp
 from dedupdask.config import RunConfig
 from dedupdask.knn import exact_knn, normalize_rows
@@ -218,7 +219,7 @@ def test_build_partitioned_on_local_cluster(work, monkeypatch):
     from distributed import Client, LocalCluster
 
     wd, ds, single, cfg = work
-    monkeypatch.setattr(kp, "WORKER_FRACTION", 0.004)  # 1 GB workers -> 4 MB per task
+    monkeypatch.setattr(knn_budget, "WORKER_FRACTION", 0.004)  # 1 GB workers -> 4 MB per task
     with (
         LocalCluster(
             n_workers=2,

@@ -17,7 +17,7 @@ import dedupdask
 from dedupdask.cli import _options, build_parser
 from dedupdask.config import RunConfig
 from dedupdask.localcluster import _guarded, _module_frame, local_cluster
-from dedupdask.pipeline import _scheduler
+from dedupdask.scheduler import resolve
 
 REPO = str(Path(dedupdask.__file__).resolve().parents[1])
 
@@ -49,7 +49,8 @@ def test_local_run_cluster_listens_on_loopback_only():
     """The cluster ``ddk.run`` starts without a client: scheduler, dashboard, nannies and
     workers all listen on 127.0.0.1 (Dask's ``dashboard_address=":0"`` meant every interface)."""
     before = _listening(os.getpid())
-    with _scheduler(None, 2) as (_, client):
+    with resolve(None) as run:
+        client = run.processes(2)
         sockets = _cluster_sockets(client, before)
         dashboard = client.cluster.scheduler.http_server.port
         scheduler = int(client.scheduler.address.rsplit(":", 1)[1])
@@ -67,7 +68,8 @@ def test_dashboard_address_option():
     and nothing else, on 127.0.0.1 and a free port (not 8787, which another cluster may hold)."""
     address = RunConfig.from_kwargs(dashboard_address="0.0.0.0:0").dashboard_address
     before = _listening(os.getpid())
-    with _scheduler(None, 1, address) as (_, client):
+    with resolve(None, dashboard_address=address) as run:
+        client = run.processes(1)
         dashboard = client.cluster.scheduler.http_server.port
         sockets = _cluster_sockets(client, before)
     ours = sockets.pop("this process")

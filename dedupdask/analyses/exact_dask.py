@@ -26,9 +26,18 @@ import numpy as np
 import pandas as pd
 
 from .components_dask import PARTITION_ROWS, DaskComponents, components_table_dask
+from .exact import ExactGroups
 from .routing import numbered, route, shuffle_method
 
-__all__ = ["EDGE_COLUMNS", "EXACT_COLUMNS", "EXACT_KEYS", "exact_edges", "exact_groups_dask"]
+__all__ = [
+    "EDGE_COLUMNS",
+    "EXACT_COLUMNS",
+    "EXACT_KEYS",
+    "INPUT_KEYS",
+    "exact_and_input_groups",
+    "exact_edges",
+    "exact_groups_dask",
+]
 
 EXACT_KEYS = ("md5", "pixel_md5")
 """The columns whose equal values make images exact duplicates."""
@@ -198,3 +207,46 @@ def exact_groups_dask(
         res = components_table_dask(edges, n, partition_rows=partition_rows)
     table = res.table.rename(columns={"component_id": "rep", "component_size": "group_size"})
     return DaskComponents(table=table, changed=res.changed)
+
+
+INPUT_KEYS = ("md5", "pixel_md5", "input_md5")
+"""The columns whose equal values make images' model inputs equal (the input groups)."""
+
+
+def exact_and_input_groups(
+    files: Any, n: int, *, partition_rows: int = PARTITION_ROWS
+) -> tuple[ExactGroups, ExactGroups]:
+    """The exact groups and the input groups (:func:`dedupdask.analyses.exact.expand_graph`),
+    found on the workers; only the representatives (int64 per image) come back.
+
+    Equal to ``exact_groups(md5, pixel_md5)`` and ``exact_groups(md5, pixel_md5, input_md5)``
+    of the gathered columns; the hashes never leave the workers.
+
+    Parameters
+    ----------
+    files : dask.dataframe.DataFrame
+        ``index`` and :data:`INPUT_KEYS` (a missing ``input_md5`` counts as null).
+    n : int
+        Valid images (``0..n-1``).
+    partition_rows : int
+        Images per partition of the components.
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> f = pd.DataFrame({"index": [0, 1, 2], "md5": ["a", "b", "c"],
+    ...                   "pixel_md5": ["x", "y", "x"], "input_md5": ["p", "p", "q"]})
+    >>> with dask.config.set(scheduler="sync"):
+    ...     g, i = exact_and_input_groups(dd.from_pandas(f, npartitions=2), 3)
+    >>> g.rep.tolist(), i.rep.tolist()
+    ([0, 1, 0], [0, 0, 0])
+    """
+    from ..scheduler import gather_frames
+
+    if "input_md5" not in files.columns:
+        files = files.assign(input_md5=pd.Series(pd.NA, dtype="string"))
+    files = files[["index", *INPUT_KEYS]]
+    exact = exact_groups_dask(files, n, keys=EXACT_KEYS, partition_rows=partition_rows)
+    inputs = exact_groups_dask(files, n, keys=INPUT_KEYS, partition_rows=partition_rows)
+    a, b = gather_frames(exact.table["rep"], inputs.table["rep"])
+    return ExactGroups(a.to_numpy(dtype=_I64)), ExactGroups(b.to_numpy(dtype=_I64))

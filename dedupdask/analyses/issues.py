@@ -496,7 +496,9 @@ def find_issues(
         )
         ref = size_reference(np.sum(hists, axis=0) if hists else np.zeros(1, np.int64))
         miss = pd.concat(unscored).sum() if unscored else unscored_counts(empty_files_frame()).sum()
-        stat_rows = issues_frame(ddf, cut, ref).compute()
+        from ..scheduler import gather_frames
+
+        (stat_rows,) = gather_frames(issues_frame(ddf, cut, ref))
     else:
         ref = size_reference(size_histogram(files))
         miss = unscored_counts(files).sum()

@@ -1,0 +1,318 @@
+"""kNN stage, partitioned -- fit: the sample, its PCA, the spherical k-means and the margin.
+
+Stage 1 of :func:`dedupdask.knn_partitioned.knn_graph_partitioned`: a fixed random sample of
+rows, :data:`SAMPLE_PER_CENTROID` per centroid; with ``d_reduce`` a PCA of it (the uncentred
+Gram matrix, so inner products -- cosine similarities of unit rows -- are what is preserved);
+a spherical k-means, fitted by one task while the sample fits in a quarter of a task's memory,
+else in two levels of tasks (:func:`_fit_two_level`); and the margin that sends the vectors
+nearest a further boundary to extra buckets (:data:`BOUNDARY_FRACTION`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import numpy as np
+from dask.base import tokenize
+
+from .allocator import tune as tune_allocator
+from .knn import DEFAULT_RANDOM_STATE
+from .knn_budget import _SIM_BLOCK_BYTES
+from .knn_rows import KnnPlan, VectorBlock, VectorSource, _chunk_rows, _compute, _unit
+
+__all__ = ["BOUNDARY_FRACTION", "SAMPLE_PER_CENTROID", "fit_projection", "spherical_kmeans"]
+
+BOUNDARY_FRACTION = 0.5
+"""Default margin: this fraction of the vectors -- the nearest to a further boundary -- get
+extra buckets.
+
+Besides its ``m`` best centroids, a vector goes to up to ``m`` more whose similarity is within
+``margin`` of its best one; by default ``margin`` is the ``BOUNDARY_FRACTION`` quantile, over
+sampled vectors held out of the k-means fit, of (best similarity - (m+1)-th best). Measured
+on the benchmark data (1M x 1280, 10k random cluster centres -- no coarse structure, the hard
+case for bucketing), 25 buckets, planted pairs >= 0.79 that share a bucket / buckets per
+vector: m=2 alone 0.945 / 2.0; fraction 0.15: 0.973 / 2.21; 0.3: 0.986 / 2.45; **0.5: 0.995 /
+2.82**; m=3 alone 0.992 / 3.0; m=3 with 0.3: 0.999 / 3.6. Pairs >= 0.9 are split less often
+(0.9996 at the default). At 200k (12 buckets) m=2 alone already shared 0.982.
+"""
+
+SAMPLE_PER_CENTROID = 200
+"""The k-means sample has this many rows per centroid (at least 20,000); k-means libraries
+warn below ~39 (faiss). When that sample is more than one task may hold, the fit has two
+levels (:func:`_fit_two_level`), so the sample keeps growing with the number of centroids."""
+
+MARGIN_ROWS = 20_000
+"""Held-out rows on which a two-level fit measures the margin (a quantile needs no more)."""
+
+
+def _sample_positions(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+
+
+def _read_unit_block(block: VectorBlock, local: np.ndarray) -> np.ndarray:
+    return _unit(block.read(local))
+
+
+def _sample_array(source: VectorSource, positions: np.ndarray) -> Any:
+    """The sampled rows (unit, float32) as a dask array with one block per archive."""
+    import dask.array as da
+
+    which = np.searchsorted(source.offsets, positions, side="right") - 1
+    parts = []
+    for b in np.unique(which).tolist():
+        lo, hi = np.searchsorted(which, [b, b + 1])
+        local = positions[lo:hi] - source.offsets[b]
+        key = "dedupdask-knn-sample-" + tokenize(source.blocks[b].path, local)
+        parts.append(
+            da.from_delayed(
+                dask.delayed(_read_unit_block, pure=True)(
+                    source.blocks[b], local, dask_key_name=key
+                ),
+                shape=(int(local.size), source.d),
+                dtype=np.float32,
+            )
+        )
+    return da.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def fit_projection(sample: Any, d_reduce: int) -> tuple[np.ndarray, float]:
+    """Top-``d_reduce`` eigenvectors of the uncentred Gram matrix of a (dask) sample.
+
+    Returns the float32 ``[d, d_reduce]`` projection (signs fixed: the largest entry of each
+    column is positive) and the fraction of the sample's energy it keeps.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> rng = np.random.default_rng(0)
+    >>> x = da.from_array(rng.standard_normal((200, 8)).astype(np.float32), chunks=50)
+    >>> p, kept = fit_projection(x, 4)
+    >>> p.shape, 0 < kept < 1
+    ((8, 4), True)
+    """
+    gram = np.asarray((sample.T @ sample).compute(), dtype=np.float64)
+    vals, vecs = np.linalg.eigh(gram)
+    order = np.argsort(vals)[::-1][:d_reduce]
+    p = vecs[:, order]
+    big = np.argmax(np.abs(p), axis=0)
+    p = p * np.sign(p[big, np.arange(p.shape[1])])
+    kept = float(vals[order].sum() / max(vals.sum(), 1e-30))
+    return np.ascontiguousarray(p, dtype=np.float32), kept
+
+
+def spherical_kmeans(
+    x: np.ndarray, n_clusters: int, *, seed: int = DEFAULT_RANDOM_STATE, iterations: int = 12
+) -> np.ndarray:
+    """Unit centroids of ``x`` (unit rows) by spherical k-means with k-means++ seeding.
+
+    Deterministic for a given ``seed``. Empty clusters are re-seeded with the points
+    farthest from their centroid.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = _unit(np.repeat(np.eye(3, dtype=np.float32), 20, 0) + 0.05 * rng.random((60, 3)))
+    >>> c = spherical_kmeans(x, 3)
+    >>> sorted(np.argmax(c, axis=1).tolist())
+    [0, 1, 2]
+    """
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("spherical_kmeans: no rows to cluster")
+    n_clusters = max(1, min(n_clusters, n))
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(n))]
+    best = x @ x[chosen[0]]
+    for _ in range(1, n_clusters):  # k-means++ on the cosine distance
+        dist = np.clip(1.0 - best, 0.0, None).astype(np.float64)
+        total = dist.sum()
+        i = int(rng.choice(n, p=dist / total)) if total > 0 else int(rng.integers(n))
+        chosen.append(i)
+        np.maximum(best, x @ x[i], out=best)
+    c = x[chosen].copy()
+    step = max(1, _SIM_BLOCK_BYTES // (4 * n_clusters))
+    for _ in range(iterations):
+        labels = np.empty(n, dtype=np.int64)
+        score = np.empty(n, dtype=np.float32)
+        for s in range(0, n, step):
+            sims = x[s : s + step] @ c.T
+            labels[s : s + step] = np.argmax(sims, axis=1)
+            score[s : s + step] = sims[np.arange(sims.shape[0]), labels[s : s + step]]
+        sums = np.zeros_like(c, dtype=np.float64)
+        np.add.at(sums, labels, x)
+        counts = np.bincount(labels, minlength=n_clusters)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            far = np.argsort(score, kind="stable")[: empty.size]
+            sums[empty] = x[far]
+        new = _unit(sums.astype(np.float32))
+        if np.array_equal(new, c):
+            break
+        c = new
+    return c
+
+
+def _fit_centroids(
+    parts: Sequence[np.ndarray],
+    projection: np.ndarray | None,
+    n_clusters: int,
+    seed: int,
+    m: int,
+    margin: float | None,
+) -> tuple[np.ndarray, float]:
+    """k-means centroids of the sample, and the margin (see :data:`BOUNDARY_FRACTION`)."""
+    x = np.concatenate(list(parts)) if len(parts) > 1 else parts[0]
+    if projection is not None:
+        x = _unit(x @ projection)
+    if margin is not None:
+        return spherical_kmeans(x, n_clusters, seed=seed), float(margin)
+    # the margin is measured on held-out rows: the fitted rows sit closer to their centroids
+    held = np.random.default_rng(seed).random(x.shape[0]) < 0.2
+    if not held.any() or held.all():  # a sample of a few rows: no held-out set on one side
+        centroids = spherical_kmeans(x, n_clusters, seed=seed)
+        return centroids, _auto_margin(x, centroids, m)
+    centroids = spherical_kmeans(x[~held], n_clusters, seed=seed)
+    return centroids, _auto_margin(x[held], centroids, m)
+
+
+def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
+    """The :data:`BOUNDARY_FRACTION` quantile of (best - (m+1)-th best centroid similarity).
+
+    0 when there are at most ``m`` centroids (nothing further to add) or no rows.
+
+    Examples
+    --------
+    >>> c = np.eye(3, dtype=np.float32)
+    >>> _auto_margin(np.empty((0, 3), np.float32), c, 1), _auto_margin(c, c, 3)
+    (0.0, 0.0)
+    """
+    if centroids.shape[0] <= m or x.shape[0] == 0:
+        return 0.0
+    gaps = []
+    step = max(1, _SIM_BLOCK_BYTES // (4 * centroids.shape[0]))
+    for s in range(0, x.shape[0], step):
+        sims = -np.sort(-(x[s : s + step] @ centroids.T), axis=1)
+        gaps.append(sims[:, 0] - sims[:, m])
+    return float(np.quantile(np.concatenate(gaps), BOUNDARY_FRACTION))
+
+
+def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """``total`` centroids over cells in proportion to ``counts`` (largest remainders), at
+    least one per non-empty cell and never more than its count.
+
+    Examples
+    --------
+    >>> _allocate(np.array([50, 30, 20, 0]), 10).tolist()
+    [5, 3, 2, 0]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    share = total * counts / max(1, counts.sum())
+    out = np.floor(share).astype(np.int64)
+    rest = total - int(out.sum())
+    if rest > 0:
+        out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
+    out = np.where(counts > 0, np.maximum(out, 1), 0)
+    return np.minimum(out, counts)
+
+
+def _coarse_labels(block: VectorBlock, local: np.ndarray, plan: KnnPlan) -> np.ndarray:
+    """Most similar coarse centroid of rows ``local`` of one archive (a two-level fit task)."""
+    tune_allocator()
+    out = np.empty(local.size, dtype=np.int32)
+    step = _chunk_rows(block.width)
+    for s in range(0, local.size, step):
+        out[s : s + step] = np.argmax(
+            plan.to_search(block.read(local[s : s + step])) @ plan.centroids.T, axis=1
+        )
+    return out
+
+
+def _fit_cell(
+    source: VectorSource, plan: KnnPlan, positions: np.ndarray, c: int, seed: int
+) -> np.ndarray:
+    """``c`` centroids of the sample rows of one coarse cell (a two-level fit task)."""
+    tune_allocator()
+    return spherical_kmeans(plan.to_search(source.read(positions)), c, seed=seed)
+
+
+def _held_margin(
+    source: VectorSource, plan: KnnPlan, positions: np.ndarray, centroids: np.ndarray, m: int
+) -> float:
+    """:func:`_auto_margin` of held-out sample rows against every centroid (one task)."""
+    tune_allocator()
+    return _auto_margin(plan.to_search(source.read(positions)), centroids, m)
+
+
+def _fit_two_level(
+    source: VectorSource,
+    projection: np.ndarray | None,
+    n_clusters: int,
+    sample_size: int,
+    cap: int,
+    seed: int,
+    m: int,
+    margin: float | None,
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """k-means of a sample larger than one task holds, in two levels, all on the workers.
+
+    1. ``C1 = cap // SAMPLE_PER_CENTROID`` coarse centroids from ``cap`` of the sample rows
+       (one task); 2. every sample row's coarse cell (one task per archive, integers back);
+    3. the ``n_clusters`` centroids shared among the cells in proportion to their rows, each
+    cell's fitted on its own rows by one task (at most ``cap`` rows); 4. the margin on
+    held-out sample rows (:data:`BOUNDARY_FRACTION`; one task). The client holds the sample's
+    positions and labels (integers) and the centroids.
+    """
+    rng = np.random.default_rng([seed, 2])
+    positions = _sample_positions(source.n, sample_size, seed)
+    held = rng.random(positions.size) < 0.2 if margin is None else np.zeros(positions.size, bool)
+    fit_pos, held_pos = positions[~held], positions[held]
+    n1 = max(2, min(n_clusters, cap // SAMPLE_PER_CENTROID))
+    first = np.sort(rng.choice(fit_pos, size=min(cap, fit_pos.size), replace=False))
+    parts = [dask.delayed(p) for p in _sample_array(source, first).to_delayed().ravel()]
+    coarse, _ = dask.delayed(_fit_centroids, pure=True, nout=2)(
+        parts, projection, n1, seed, m, 0.0
+    ).compute()
+    plan = KnnPlan(projection=projection, centroids=coarse, dtype="float32", m=1, margin=0.0, k=1,
+                   k_search=1, rerank=False, method="exact", capacity=1, scratch=None, budget=0,
+                   random_state=seed)  # fmt: skip
+    token = uuid.uuid4().hex[:12]
+    plan_key = dask.delayed(plan, name=f"dedupdask-knn-fit-plan-{token}")
+    source_key = dask.delayed(source, name=f"dedupdask-knn-fit-source-{token}")
+    which = np.searchsorted(source.offsets, fit_pos, side="right") - 1
+    tasks = []
+    for b in np.unique(which).tolist():
+        lo, hi = np.searchsorted(which, [b, b + 1])
+        local = fit_pos[lo:hi] - source.offsets[b]
+        tasks.append(dask.delayed(_coarse_labels, pure=True)(source.blocks[b], local, plan_key))
+    (labels,) = _compute(tasks)
+    labels = np.concatenate(labels) if labels else np.empty(0, np.int32)
+    counts = np.bincount(labels, minlength=n1)
+    alloc = _allocate(counts, n_clusters)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    fits = []
+    for j in np.flatnonzero(alloc).tolist():
+        members = fit_pos[order[bounds[j] : bounds[j + 1]]]
+        if members.size > cap:
+            members = np.random.default_rng([seed, 3, j]).choice(members, cap, replace=False)
+        fits.append(
+            dask.delayed(_fit_cell, pure=True)(
+                source_key, plan_key, np.sort(members), int(alloc[j]), seed + 1 + j
+            )
+        )
+    (cells,) = _compute(fits)
+    centroids = np.concatenate(cells).astype(np.float32)
+    if margin is None:
+        pool = held_pos if held_pos.size else fit_pos
+        held_pos = np.sort(rng.choice(pool, min(MARGIN_ROWS, pool.size), replace=False))
+        margin = dask.delayed(_held_margin, pure=True)(
+            source_key, plan_key, held_pos, centroids, m
+        ).compute()
+    about = {"kmeans_levels": 2, "coarse_centroids": int(n1), "fit_tasks": len(fits)}
+    return centroids, float(margin), about

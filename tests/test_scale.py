@@ -1,0 +1,200 @@
+"""run_mode=2 at scale (issue 17): collect, the k-means sample, the cluster path of build."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from dedupdask.collect import collect
+from dedupdask.store import WorkDir, WorkDirError
+
+
+def write_vectors(root, blocks: list[np.ndarray]) -> WorkDir:
+    """A work_dir of ``.dat`` files and ``done.json`` only (what :func:`collect` reads)."""
+    wd = WorkDir(str(root))
+    wd.makedirs()
+    for a, x in enumerate(blocks):
+        name = f"{a:05d}.tar"
+        np.ascontiguousarray(x, dtype="<f4").tofile(wd.file(name, "dat"))
+        wd.write_json(wd.file(name, "done"), {
+            "url": f"synthetic://{name}", "status": "done", "d": int(x.shape[1]),
+            "model_id": "synthetic", "model_sha256": "0" * 64,
+            "counts": {"valid": int(x.shape[0]), "images": int(x.shape[0])},
+        })  # fmt: skip
+    return wd
+
+
+def test_collect_reads_done_files_concurrently(tmp_path, monkeypatch):
+    """Every done.json in one ``fs.cat`` of a list (concurrent GETs on S3), not one GET after
+    another; a file whose read failed in the group is read again alone, under the retry policy."""
+    rng = np.random.default_rng(0)
+    write_vectors(tmp_path, [rng.random((3, 4), dtype=np.float32) for _ in range(6)])
+    calls: list[int] = []
+    real = LocalFileSystem.cat
+    flaky: set[str] = set()
+
+    def cat(self, path, recursive=False, on_error="raise", **kw):
+        out = real(self, path, recursive=recursive, on_error=on_error, **kw)
+        if isinstance(path, list):
+            calls.append(len(path))
+            for p in out:
+                if p.endswith("00002.tardone.json") and p not in flaky:
+                    flaky.add(p)
+                    out[p] = ConnectionResetError("connection reset by peer")
+        return out
+
+    def one_by_one(self, name):
+        raise AssertionError("done.json read one at a time")
+
+    monkeypatch.setattr(LocalFileSystem, "cat", cat)
+    monkeypatch.setattr(WorkDir, "read_done", one_by_one)
+    col = collect(str(tmp_path))
+    assert calls == [6] and len(flaky) == 1
+    assert [a.offset for a in col.archives] == [0, 3, 6, 9, 12, 15] and col.n == 18
+
+    (tmp_path / "00004.tardone.json").write_text("{not json")
+    with pytest.raises(WorkDirError, match="00004.tardone.json"):
+        collect(str(tmp_path))
+
+
+def test_kmeans_sample_grows_with_the_centroids(tmp_path):
+    """Past what one task holds, the k-means sample keeps SAMPLE_PER_CENTROID rows per centroid
+    (two levels of fit tasks) instead of being capped by the task budget; the graph is as good."""
+    import dask
+    from test_knn_partitioned import check_graph, planted, write_source
+
+    from dedupdask.knn import exact_knn
+    from dedupdask.knn_partitioned import SAMPLE_PER_CENTROID, knn_graph_partitioned
+
+    x, _ = planted(16000, 48, seed=2)
+    source = write_source(tmp_path, x, 2000)
+    with dask.config.set(scheduler="sync"):
+        idx, sim, info = knn_graph_partitioned(source, 3, max_memory_per_task="1MB", method="exact")
+    cap = 10**6 // (16 * 48)  # rows of a one-task sample: 1302, ~5 per centroid before
+    assert info["kmeans_levels"] == 2 and info["centroids"] * SAMPLE_PER_CENTROID > cap
+    assert info["sample"] == min(16000, max(20_000, SAMPLE_PER_CENTROID * info["centroids"]))
+    assert info["coarse_centroids"] >= 2 and info["fit_tasks"] >= 2
+    e_idx, e_sim = exact_knn(x, 3)
+    check_graph(x, idx, sim, e_idx, e_sim, min_recall=0.99)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lowest_fraction_on_workers_selects_what_outliers_table_selects(seed):
+    """The global lowest fraction from histograms and counts equals the in-process selection:
+    ties (many equal similarities, also across partitions) by index, rows without a nearest
+    image left out, any fraction."""
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dedupdask.analyses.outliers import outliers_table
+    from dedupdask.analyses.outliers_dask import lowest_fraction
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    levels = rng.choice([3, 50, 10**6])  # few distinct values: ties across partitions
+    sim = (np.round(rng.uniform(-1, 1, n) * levels) / levels).astype(np.float32)
+    sim[rng.random(n) < 0.05] = -0.0
+    nearest = rng.integers(0, n, n)
+    none = rng.random(n) < 0.1
+    nearest[none] = -1
+    sim[none] = np.nan
+    frame = pd.DataFrame({"index": np.arange(n), "nearest": nearest, "similarity": sim})
+    ddf = dd.from_pandas(frame, npartitions=int(rng.integers(1, 7)))  # increasing index ranges
+    for fraction in (0.0, 0.01, 0.05, 0.3, 0.9, 1.0):
+        want = outliers_table(nearest, sim, fraction, np.array(["x"] * n, dtype=object))
+        with dask.config.set(scheduler="sync"):
+            got = lowest_fraction(ddf, fraction, n).compute()
+        got = got.sort_values(["similarity", "index"], kind="stable")
+        assert got["index"].tolist() == want["index"].tolist(), fraction
+
+
+@pytest.fixture(scope="module")
+def dct_work(tmp_path_factory):
+    """Three shards with planted exact and near duplicates, DCT model, extracted sync."""
+    import dedupdask as ddk
+    from dedupdask.datasets import make_sample_shards
+
+    root = tmp_path_factory.mktemp("scale")
+    shards = make_sample_shards(str(root / "shards"), n_shards=3, images_per_shard=20, n_near=8,
+                                n_exact=4, formats=("tar",), broken=False, seed=6)  # fmt: skip
+    wd = str(root / "work")
+    ddk.extract(shards.root, wd, model_path="dct", client="sync", progress=False)
+    return wd
+
+
+def test_exact_groups_and_components_run_on_the_workers(dct_work, monkeypatch):
+    """On a distributed client the md5 / pixel_md5 groups (a shuffle) and the connected
+    components (FastSV) are found by worker tasks, the hashes never reach this process, and
+    every table equals the in-process build's."""
+    import dask
+    import pandas as pd
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from dedupdask.collect import Collection
+    from dedupdask.config import RunConfig
+    from dedupdask.results import build
+
+    cfg = RunConfig(run_mode=2, progress=False)
+    with dask.config.set(scheduler="sync"):
+        ref = build(dct_work, config=cfg, write=False)
+    asked: list = []
+    real = Collection.files_frame
+    monkeypatch.setattr(Collection, "files_frame", lambda self, cols=None: asked.append(cols) or real(self, cols))
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as ts,
+    ):
+        dist = build(dct_work, config=cfg, client=client, write=False)
+    names = {str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data}
+    assert any(k.startswith("_key_minima") for k in names), sorted(names)[:20]  # exact groups
+    assert any(k.startswith("_hook") for k in names), sorted(names)[:20]  # FastSV iterations
+    # per-image tables come back partition by partition, never concatenated on one worker
+    assert not any(k.startswith("repartitiontofewer") for k in names), sorted(names)
+    assert asked and all("md5" not in c and "pixel_md5" not in c for c in asked)
+    assert ref.run["counts"]["exact_groups"] >= 2
+    assert dist.run["counts"] == ref.run["counts"]
+    for name in ("similarity", "components", "outliers", "invalid", "issues"):
+        pd.testing.assert_frame_equal(getattr(dist, name), getattr(ref, name), obj=name)
+
+
+@pytest.mark.parametrize("k", [2, 12, 40])
+def test_one_top_k_with_one_tie_rule(k):
+    """Every exact search -- one block by argmax (small k) or argpartition (large k), a bucket
+    of the partitioned kNN in float32 or float16 -- picks the lowest indices among equal
+    similarities (here basis vectors: every similarity is exactly 0 or 1)."""
+    from dedupdask.knn import exact_knn_block
+    from dedupdask.knn_buckets import exact_bucket_knn
+
+    rng = np.random.default_rng(3)
+    n = 60
+    x = np.eye(5, dtype=np.float32)[rng.integers(0, 5, n)]
+    s = x @ x.T
+    want = np.array([[j for j in sorted(range(n), key=lambda j: (-s[i, j], j)) if j != i][:k] for i in range(n)])
+    assert np.array_equal(exact_knn_block(x, 0, n, k)[0], want)
+    assert np.array_equal(exact_knn_block(x, 7, 19, k)[0], want[7:19])
+    assert np.array_equal(exact_bucket_knn(x, k)[0], want)
+    assert np.array_equal(exact_bucket_knn(x.astype(np.float16), k)[0], want)
+
+
+def test_dct_graph_takes_the_partitioned_path(dct_work):
+    """The DCT descriptors' kNN graph goes through the embeddings' path: one task while it
+    fits ``max_memory_per_task``, partitioned buckets past it -- not one task whatever its size."""
+    import dask
+    import pandas as pd
+
+    from dedupdask.config import RunConfig
+    from dedupdask.results import build
+
+    with dask.config.set(scheduler="sync"):
+        one = build(dct_work, config=RunConfig(run_mode=2, progress=False), write=False)
+        part = build(dct_work, config=RunConfig(run_mode=2, progress=False, max_memory_per_task="150kB"),
+                     write=False, method="exact")  # fmt: skip
+    assert one.run["knn_dct"]["method"] == "exact" and one.params["copy_threshold"] is not None
+    info = part.run["knn_dct"]
+    assert info["method"] == "partitioned-exact" and info["buckets"] >= 2, info
+    assert info["single_task_bytes"] > info["memory_per_task"]
+    key = ["from", "to", "kind"]
+    pd.testing.assert_frame_equal(part.similarity[key], one.similarity[key])
