@@ -91,9 +91,6 @@ GREY_CHROMA = 0.1
 """A chroma gain under this is a conversion to grey (or sepia)."""
 RIDGE = 0.05
 """Pull of the luma weights towards the standard ones (per pixel): decides ill-posed fits."""
-ACCEPT = 0.9
-"""The score the constants above are set for (the default ``verify_score``): a pair scoring less
-one way is also asked the other way."""
 _SEED = 12345
 
 _YCC = np.array(
@@ -372,8 +369,8 @@ def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
     True
     """
     first = _match_one_way(a, b)
-    if first.score >= ACCEPT:
-        return first
+    if first.inliers >= MIN_INLIERS and first.differing <= MAX_DIFFERING and first.score > 0:
+        return first  # every rule holds this way
     # the ratio test and the colour fit are not symmetric: the same pair, asked the other way,
     # may find the warp; the answer must not depend on which image is "from"
     back = _match_one_way(b, a)
