@@ -139,7 +139,7 @@ def test_exif_orientation_applied_even_in_draft_mode(orientation, fmt, size):
 
     pa_, pb_ = prepare_image(stored), prepare_image(twin)
     portrait = orientation in (5, 6, 7, 8)
-    assert pa_.rgb.shape == pb_.rgb.shape == ((128, 64, 3) if portrait else (64, 128, 3))
+    assert pa_.rgb.shape == pb_.rgb.shape == ((256, 128, 3) if portrait else (128, 256, 3))
 
 
 def test_broken_exif_is_ignored_not_an_error():
