@@ -142,7 +142,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, dict[str, Any
 
 
 # -- runs -------------------------------------------------------------------------------------
-def run_dedupdask(root: Path, wd: Path, cores: int) -> dict[str, Any]:
+def run_dedupdask(root: Path, wd: Path, cores: int, keypoints: bool = False) -> dict[str, Any]:
     """``ddk.run(run_mode=0)`` with defaults, then the loose analysis (every candidate verified)."""
     from distributed import Client, LocalCluster
 
@@ -154,7 +154,7 @@ def run_dedupdask(root: Path, wd: Path, cores: int) -> dict[str, Any]:
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:  # fmt: skip
         t0 = time.perf_counter()
-        res = ddk.run(str(root), str(wd), run_mode=0, client=client, progress=False)
+        res = ddk.run(str(root), str(wd), run_mode=0, client=client, progress=False, verify_keypoints=keypoints)
         out["seconds"] = time.perf_counter() - t0
         out["similarity"] = res.similarity
         out["params"] = res.params
@@ -162,7 +162,8 @@ def run_dedupdask(root: Path, wd: Path, cores: int) -> dict[str, Any]:
         out["invalid"] = len(res.invalid)
         log(f"dedupdask: {len(res.similarity)} pairs in {out['seconds']:.0f} s; loose analysis")
         t0 = time.perf_counter()
-        loose = build(str(wd), config=RunConfig(run_mode=2, progress=False, **quality_tiers.LOOSE),
+        loose = build(str(wd), config=RunConfig(run_mode=2, progress=False, verify_keypoints=keypoints,
+                                                **quality_tiers.LOOSE),
                       client=client, write=False)  # fmt: skip
         out["loose_seconds"] = time.perf_counter() - t0
         out["loose"] = loose.similarity
@@ -525,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout", choices=("group", "family", "none"), default="group",
                     help="leave-one-out unit of the threshold sweep (besides the fixed split)")
     ap.add_argument("--no-fastdup", action="store_true", help="skip fastdup (no install, no run)")
+    ap.add_argument("--verify-keypoints", action="store_true", help="run dedupdask with verify_keypoints=True")
     ap.add_argument("--fastdup-python", default=None, help="interpreter for fastdup's venv (3.9-3.12)")
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality", help="photos (shared with quality.py)")
     ap.add_argument("--fastdup-cache", type=Path, default=cache_root / "vs_fastdup", help="fastdup's venv")
@@ -543,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     h = hashlib.sha1()
     for f in sorted(Path(dedupdask.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
+    h.update(b"keypoints" if args.verify_keypoints else b"")
     ddk_key = h.hexdigest()[:10]  # a rerun with other library code reruns dedupdask
     ddk_dir = run_dir / f"dedupdask-{ddk_key}"
     if args.fresh:
@@ -554,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(ddk_dir, ignore_errors=True)
         log(f"dedupdask: ddk.run(run_mode=0) on {root}")
-        ddk = run_dedupdask(root, ddk_dir / "work", args.cores)
+        ddk = run_dedupdask(root, ddk_dir / "work", args.cores, args.verify_keypoints)
         pd.to_pickle(ddk, cached)
     fd = None
     if not args.no_fastdup:

@@ -245,6 +245,7 @@ def run_tiers(
             max_image_pixels=max_image_pixels,
             max_member_bytes=max_member_bytes,
             early_accept=params.early_accept,
+            keypoints=params.keypoints,
         )
         cost["seconds"] = round(time.perf_counter() - t0, 3)
         cands = cands.merge(res, on=["from", "to"], how="left")

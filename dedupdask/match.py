@@ -13,7 +13,9 @@ scored by two matchers, and the better score counts (:func:`score_views`):
   edit (greyscale, sepia, hue, saturation, tone) and an overlay on at most 35 % of it
   (watermark, caption, logo, inset, border).
 
-Both give ``>= verify_score`` (0.9) for a duplicate. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through
+Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matcher only with
+``verify_keypoints=True`` (off by default: on clip art it accepts many look-alikes, see the
+README); :func:`match_score` asks it unless told not to. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through
 :func:`dedupdask.decode.to_rgb`) with aspect kept to 128 px on the long side:
 
 1. **Alignment search** on 48 px grey images: for each direction (B inside A, A inside B),
@@ -426,7 +428,9 @@ def _refine(
     return memo[key]
 
 
-def match_score(a: Prepared, b: Prepared, *, early_accept: float | None = None) -> float:
+def match_score(
+    a: Prepared, b: Prepared, *, early_accept: float | None = None, keypoints: bool = True
+) -> float:
     """How well ``b`` is a resized/recompressed/brightened/flipped/cropped ``a``, or vice versa.
 
     Parameters
@@ -450,14 +454,14 @@ def match_score(a: Prepared, b: Prepared, *, early_accept: float | None = None) 
     >>> round(match_score(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1])), 3)
     1.0
     """
-    return score_views(View(a), View(b), early_accept)
+    return score_views(View(a), View(b), early_accept, keypoints=keypoints)
 
 
-def score_views(va: View, vb: View, early_accept: float | None) -> float:
-    """The better of the pixel alignment and the keypoint matcher; the keypoint matcher is
-    asked only when the pixel alignment scored under ``early_accept``."""
+def score_views(va: View, vb: View, early_accept: float | None, *, keypoints: bool = True) -> float:
+    """The better of the pixel alignment and (with ``keypoints``) the keypoint matcher; the
+    keypoint matcher is asked only when the pixel alignment scored under ``early_accept``."""
     best = _pixel_score(va, vb, early_accept)
-    if early_accept is not None and best >= early_accept:
+    if not keypoints or (early_accept is not None and best >= early_accept):
         return best
     return float(max(best, match_keypoints(va.keypoints, vb.keypoints).score))
 

@@ -213,6 +213,7 @@ def run(
     verify_threshold: float | None = None,
     verify_score: float | None = None,
     verify: bool = True,
+    verify_keypoints: bool = False,
     issue_thresholds: dict[str, float] | str | None = None,
     max_memory_per_task: str | int | None = None,
     max_client_memory: str | int | None = None,
@@ -264,6 +265,12 @@ def run(
         ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
         candidate for verification; pixel-alignment score that confirms a candidate; whether
         to verify at all. None = the measured defaults of the model.
+    verify_keypoints : bool
+        Also ask the keypoint matcher (:mod:`dedupdask.match_keypoints`: rotations,
+        perspective, global colour edits, overlays up to 35 %) about candidates the pixel
+        alignment rejects. Off by default: it finds most web edits
+        (``benchmarks/results/quality_families.txt``) but accepts many clip-art look-alikes
+        and costs ~7x the verification time (README, "Near-duplicates as the web makes them").
     issue_thresholds : dict or str, optional
         Cut-offs of the per-image issue types (``res.issues``, ``image_issues.csv``;
         :mod:`dedupdask.analyses.issues`) that replace the model's row of
@@ -343,7 +350,8 @@ def run(
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
         verify_threshold=verify_threshold, verify_score=verify_score, verify=verify,
-        issue_thresholds=issue_thresholds, max_memory_per_task=max_memory_per_task,
+        verify_keypoints=verify_keypoints, issue_thresholds=issue_thresholds,
+        max_memory_per_task=max_memory_per_task,
         max_client_memory=max_client_memory, d_reduce=d_reduce, knn_dtype=knn_dtype,
         keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,

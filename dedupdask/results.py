@@ -482,6 +482,7 @@ def _build(
         has_dct=has_dct(col),
         verify=config.verify,
         nearest_neighbors_k=config.nearest_neighbors_k,
+        keypoints=config.verify_keypoints,
     )
     threshold, ccthreshold = params.threshold, params.ccthreshold
     stages.done("exact_groups")

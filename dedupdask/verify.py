@@ -130,11 +130,14 @@ def load_archive_images(
 
 
 def score_pairs(
-    pairs: np.ndarray, *loaded: Mapping[int, Prepared | str], early_accept: float | None = None
+    pairs: np.ndarray,
+    *loaded: Mapping[int, Prepared | str],
+    early_accept: float | None = None,
+    keypoints: bool = False,
 ) -> tuple[pd.DataFrame, float]:
     """Score candidate pairs whose images are in ``loaded`` (one Dask task).
 
-    ``early_accept`` is passed to :func:`match_score`.
+    ``early_accept`` and ``keypoints`` are passed to :func:`dedupdask.match.score_views`.
 
     Returns
     -------
@@ -161,7 +164,7 @@ def score_pairs(
         else:
             va = views.get(a) or views.setdefault(a, View(pa))
             vb = views.get(b) or views.setdefault(b, View(pb))
-            scores[k] = score_views(va, vb, early_accept)
+            scores[k] = score_views(va, vb, early_accept, keypoints=keypoints)
         for i in (a, b):
             if last[i] == k:
                 views.pop(i, None)
@@ -242,12 +245,13 @@ def _score_ranged(
     max_image_pixels: int,
     max_member_bytes: int,
     early_accept: float | None,
+    keypoints: bool = False,
 ) -> tuple[pd.DataFrame, float, float, int]:
     """Read this chunk's images by byte range and score its pairs (one Dask task)."""
     t0 = time.perf_counter()
     loaded = load_ranged_images(items, storage_options, max_image_pixels, max_member_bytes)
     read_s = time.perf_counter() - t0
-    df, score_s = score_pairs(pairs, loaded, early_accept=early_accept)
+    df, score_s = score_pairs(pairs, loaded, early_accept=early_accept, keypoints=keypoints)
     return df, read_s, score_s, len(items)
 
 
@@ -273,6 +277,7 @@ def verify_pairs(
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
     early_accept: float | None = None,
+    keypoints: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Score candidate pairs on the current Dask scheduler.
 
@@ -294,6 +299,9 @@ def verify_pairs(
         Limits, as in extraction.
     early_accept : float, optional
         Passed to :func:`match_score`.
+    keypoints : bool
+        Also ask the keypoint matcher (:mod:`dedupdask.match_keypoints`) about pairs the pixel
+        alignment does not accept (``verify_keypoints``).
 
     Returns
     -------
@@ -312,7 +320,7 @@ def verify_pairs(
     """
     p = pairs.loc[:, ["from", "to"]].to_numpy(dtype=np.int64).reshape(-1, 2)
     cost: dict[str, Any] = {
-        "matcher": MATCHER,
+        "matcher": MATCHER if keypoints else "pixel-alignment/1",
         "candidates": int(len(p)),
         "images_read": 0,
         "archives_read": 0,
@@ -340,11 +348,11 @@ def verify_pairs(
     chunks_r: list[np.ndarray] = []
     if ranged.any():
         tasks_r, chunks_r = _ranged_tasks(
-            p, np.flatnonzero(ranged), images, so, max_image_pixels, max_member_bytes, early_accept
+            p, np.flatnonzero(ranged), images, so, max_image_pixels, max_member_bytes, early_accept, keypoints
         )
     streamed = np.flatnonzero(~ranged)
     loads, tasks_s, chunks_s, urls = _streamed_tasks(
-        p, streamed, images, so, max_image_pixels, max_member_bytes, early_accept
+        p, streamed, images, so, max_image_pixels, max_member_bytes, early_accept, keypoints
     )
     with _scheduler_for(len(p)) as scheduler:
         load_out, score_s, score_r = dask.compute(
@@ -410,6 +418,7 @@ def _ranged_tasks(
     max_image_pixels: int,
     max_member_bytes: int,
     early_accept: float | None,
+    keypoints: bool = False,
 ) -> tuple[list[Any], list[np.ndarray]]:
     """Chunks of at most PAIRS_PER_TASK pairs (archive pairs kept together) read by range."""
     key, _, _, _ = _archive_pair_order(images, p[rows])
@@ -426,7 +435,7 @@ def _ranged_tasks(
         )
         tasks.append(
             dask.delayed(_score_ranged, pure=True)(
-                p[g], items, so, max_image_pixels, max_member_bytes, early_accept
+                p[g], items, so, max_image_pixels, max_member_bytes, early_accept, keypoints
             )
         )
         chunks.append(g)
@@ -441,6 +450,7 @@ def _streamed_tasks(
     max_image_pixels: int,
     max_member_bytes: int,
     early_accept: float | None,
+    keypoints: bool = False,
 ) -> tuple[list[Any], list[Any], list[np.ndarray], list[str]]:
     """One load task per archive (streamed once) and score tasks per pair of archives."""
     if not len(rows):
@@ -467,7 +477,9 @@ def _streamed_tasks(
         order = np.lexsort((sub_p[:, 1], sub_p[:, 0]))
         deps = [dask.delayed(_first, pure=True)(x) for x in loads]
         groups = np.array_split(order, n_chunks)
-        tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept) for g in groups]
+        tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept, keypoints=keypoints)
+            for g in groups
+        ]
         return loads, tasks, [rows[g] for g in groups], urls
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
@@ -482,5 +494,7 @@ def _streamed_tasks(
         deps = [dask.delayed(_first, pure=True)(loads[a])]
         if b != a:
             deps.append(dask.delayed(_first, pure=True)(loads[b]))
-        tasks.append(dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept))
+        tasks.append(
+            dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept, keypoints=keypoints)
+        )
     return loads, tasks, [rows[g] for g in groups], urls

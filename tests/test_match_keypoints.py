@@ -151,3 +151,30 @@ def test_the_same_pair_always_gets_the_same_answer(photo):
     first = match_keypoints(a, b)
     again = match_keypoints(_kp(photo), _kp(_rotate(photo, 6)))
     assert (first.score, first.inliers) == (again.score, again.inliers)
+
+
+def test_runs_ask_the_keypoint_matcher_only_when_told(tmp_path, photo):
+    """verify_keypoints reaches the verification tasks: a rotated copy is found with it and
+    not without it (the pixel alignment has no rotation), and run.json names the matcher."""
+    import io
+    import json
+
+    import dedupdask as ddk
+    from dedupdask.datasets import write_shard
+
+    def jpeg(im: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(str(shards / "00000.tar"), [("a.jpg", jpeg(photo)), ("b.jpg", jpeg(_rotate(photo, 8)))])
+    got = {}
+    for on in (False, True):
+        wd = tmp_path / f"work-{on}"
+        res = ddk.run(str(shards), str(wd), client="threads", progress=False, verify_keypoints=on)
+        run = json.loads((wd / "results" / "run.json").read_text())
+        got[on] = (len(res.similarity), run["verification"].get("matcher"))
+    assert got[True] == (1, "pixel-alignment+keypoints/2"), got
+    assert got[False][0] == 0 and got[False][1] in (None, "pixel-alignment/1"), got

@@ -96,13 +96,19 @@ class TierParams:
     verify: bool
     k: int
     early_accept: float
+    keypoints: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def resolve_params(
-    thresholds: Thresholds, *, has_dct: bool, verify: bool, nearest_neighbors_k: int
+    thresholds: Thresholds,
+    *,
+    has_dct: bool,
+    verify: bool,
+    nearest_neighbors_k: int,
+    keypoints: bool = False,
 ) -> TierParams:
     """Apply a run's mode to its resolved thresholds (:func:`dedupdask.thresholds.resolve`).
 
@@ -116,6 +122,8 @@ def resolve_params(
         Whether candidates are verified (else there are no embedding candidates).
     nearest_neighbors_k : int
         The user's k; the tiers search at least :data:`TIER_K` neighbours.
+    keypoints : bool
+        Verification also asks the keypoint matcher (``verify_keypoints``).
 
     Examples
     --------
@@ -140,6 +148,7 @@ def resolve_params(
         verify=bool(verify),
         k=k,
         early_accept=thresholds.early_accept,
+        keypoints=bool(keypoints and verify),
     )
 
 
