@@ -50,7 +50,7 @@ from . import remote
 from .archives import _DATA_ERRORS, _is_data_error, clean_name, split_key
 from .removals import RemovalPlan, compute_on, removal_tasks
 from .sources import archive_kind
-from .store import WorkDir, tmp_is_stale, tmp_path
+from .store import WorkDir, local_atomic_file, tmp_is_stale
 
 if TYPE_CHECKING:
     from .analyses.keep import KeepRule
@@ -356,16 +356,8 @@ def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
             with contextlib.suppress(FileNotFoundError):
                 if tmp_is_stale(old, time.time() - os.stat(old).st_mtime):
                     os.unlink(old)
-        tmp = tmp_path(path)
-        try:
-            with open(tmp, "wb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with local_atomic_file(path) as f:
+            yield f
         return
     with tempfile.TemporaryFile(prefix="dedupdask-clean-") as f:
         yield f

@@ -48,7 +48,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -254,6 +254,32 @@ def tmp_path(path: str, pid: int | None = None) -> str:
     False
     """
     return f"{path}{_TMP_MARK}{_machine()}-{os.getpid() if pid is None else int(pid)}-{uuid.uuid4().hex[:16]}"
+
+
+@contextlib.contextmanager
+def local_atomic_file(path: str) -> Iterator[IO[bytes]]:
+    """A local file opened for writing whose contents appear at ``path`` whole (synced, then
+    renamed from :func:`tmp_path`) when the block ends without error; nothing otherwise.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.bin")
+    >>> with local_atomic_file(p) as f:
+    ...     _ = f.write(b"abc")
+    >>> open(p, "rb").read(), [n for n in os.listdir(os.path.dirname(p)) if ".tmp-" in n]
+    (b'abc', [])
+    """
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -540,16 +566,8 @@ class WorkDir:
         streamed as a multipart upload).
         """
         if self.local:
-            tmp = tmp_path(path)
-            try:
-                with open(tmp, "wb") as f:
-                    _copy_into(f, data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with local_atomic_file(path) as f:
+                _copy_into(f, data)
         else:
             if not isinstance(data, bytes | bytearray | memoryview) and _size(data) <= _PIPE_MAX:
                 data.seek(0)
