@@ -53,11 +53,12 @@ import scipy.fft as _fft
 from .match_keypoints import SIZE as KEYPOINT_SIZE
 from .match_keypoints import Keypoints, match_keypoints
 
-__all__ = ["MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
+__all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
 
+PIXEL_MATCHER = "pixel-alignment/1"
 MATCHER = "pixel-alignment+keypoints/2"
-"""Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): version 1
-was the pixel alignment alone."""
+"""Which matcher scored a run's pairs (``results/run.json``, ``"verification"``):
+:data:`PIXEL_MATCHER` by default, this one with ``verify_keypoints``."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

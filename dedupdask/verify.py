@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .allocator import tune as tune_allocator
-from .match import MATCHER, Prepared, View, match_score, prepare_image, score_views
+from .match import MATCHER, PIXEL_MATCHER, Prepared, View, match_score, prepare_image, score_views
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -320,7 +320,7 @@ def verify_pairs(
     """
     p = pairs.loc[:, ["from", "to"]].to_numpy(dtype=np.int64).reshape(-1, 2)
     cost: dict[str, Any] = {
-        "matcher": MATCHER if keypoints else "pixel-alignment/1",
+        "matcher": MATCHER if keypoints else PIXEL_MATCHER,
         "candidates": int(len(p)),
         "images_read": 0,
         "archives_read": 0,
