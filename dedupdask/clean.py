@@ -46,7 +46,7 @@ from typing import IO, TYPE_CHECKING, Any
 import dask
 import pandas as pd
 
-from . import remote
+from . import remote, shardcopy
 from .archives import _DATA_ERRORS, _is_data_error, clean_name, split_key
 from .removals import RemovalPlan, compute_on, removal_tasks
 from .sources import archive_kind
@@ -150,8 +150,58 @@ class _Counts:
             self.found.add(key)
 
 
+    def reset(self) -> None:
+        self.__init__(self.reasons)  # type: ignore[misc]
+
+
 def _member_key(name: str) -> str:
+    """``split_key(clean_name(name))[0]``, with a shortcut for printable ASCII names (which
+    ``clean_name`` leaves as they are): up to the first dot of the last path part.
+
+    Examples
+    --------
+    >>> [_member_key(n) for n in ("a/b.c.jpg", "x/.hidden", "README", "d/", "é.jpg", "a" + chr(9) + "b.c")]
+    ['a/b', 'x/.hidden', 'README', 'd/', 'é', 'a\\\\u0009b']
+    """
+    if name.isascii() and name.isprintable():
+        i = name.rfind("/") + 1
+        j = name.find(".", i)
+        return name[:j] if j > i else name
     return split_key(clean_name(name))[0]
+
+
+def _decider(removed: dict[str, str], counts: _Counts) -> shardcopy.Decide:
+    """``decide(name, size)`` for :mod:`dedupdask.shardcopy`: whether a member stays (None: not
+    a regular member, it stays), counted in ``counts``."""
+    member = counts.member
+
+    def decide(name: str | None, size: int) -> bool:
+        if name is None:
+            member(None, size, True)
+            return True
+        key = _member_key(name)
+        kept = key not in removed
+        member(key, size, kept)
+        return kept
+
+    return decide
+
+
+def _copy_records(src: shardcopy.Source, out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
+    """Uncompressed tar or zip: the kept records copied byte for byte in runs
+    (:mod:`dedupdask.shardcopy`); what its readers leave to ``tarfile``/``zipfile`` starts
+    over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw`."""
+    sink = shardcopy.Sink(out)
+    try:
+        (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, _decider(removed, counts))
+        return
+    except shardcopy.Fallback:
+        sink.truncate(sink.start)
+        counts.reset()
+    finally:
+        sink.close()
+    src.f.seek(0)
+    (_copy_zip_raw if fmt == "zip" else _copy_tar_raw)(src.f, out, removed, counts)
 
 
 def _copy_tar(src: IO[bytes], out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
@@ -364,6 +414,17 @@ def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
         wd.write_bytes(path, f)
 
 
+def _local_fd(stack: contextlib.ExitStack, url: str, storage_options: dict[str, Any]) -> int | None:
+    """A descriptor of ``url`` if it is a local file (for kernel copies), else None."""
+    from fsspec.core import url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = url_to_fs(url, **storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        return None
+    return stack.enter_context(open(path, "rb", buffering=0)).fileno()
+
+
 class _Unreadable(Exception):
     """The source is not a readable archive (no member could be read): no shard is written."""
 
@@ -399,24 +460,24 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
     counts = _Counts(removed)
     status, error = "done", None
     try:
-        with remote.open_input(task.source, task.storage_options, attempts=task.attempts,
-                               deadline=task.deadline) as src:  # fmt: skip
-            with _atomic_output(wd, out_path) as out:
-                try:
-                    if task.fmt == "zip":
-                        _copy_zip_raw(src, out, removed, counts)
-                    elif task.fmt == "tar" and _plain_tar(src):
-                        _copy_tar_raw(src, out, removed, counts)
-                    else:
-                        _copy_tar(src, out, task.fmt, removed, counts)
-                except (*_DATA_ERRORS, OSError) as e:
-                    if getattr(src, "failure", None) is not None:
-                        raise src.failure from e
-                    if isinstance(e, OSError) and not _is_data_error(e):
-                        raise
-                    if counts.members_in == 0:  # not an archive at all: write nothing
-                        raise _Unreadable(f"not a readable archive: {e}") from e
-                    status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(remote.open_input(task.source, task.storage_options, attempts=task.attempts,
+                                                        deadline=task.deadline))  # fmt: skip
+            out = stack.enter_context(_atomic_output(wd, out_path))
+            try:
+                if task.fmt == "zip" or (task.fmt == "tar" and _plain_tar(src)):
+                    fd = _local_fd(stack, task.source, task.storage_options)
+                    _copy_records(shardcopy.Source(src, fd), out, task.fmt, removed, counts)
+                else:
+                    _copy_tar(src, out, task.fmt, removed, counts)
+            except (*_DATA_ERRORS, OSError) as e:
+                if getattr(src, "failure", None) is not None:
+                    raise src.failure from e
+                if isinstance(e, OSError) and not _is_data_error(e):
+                    raise
+                if counts.members_in == 0:  # not an archive at all: write nothing
+                    raise _Unreadable(f"not a readable archive: {e}") from e
+                status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
     except _Unreadable as e:
         return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
     except remote.StorageError as e:

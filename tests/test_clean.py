@@ -297,3 +297,187 @@ def test_unreadable_source_and_loose_images(run, tmp_path):
     assert len(loose) == 1 and report.loc[loose[0], "status"] == "skipped"
     assert report.loc["00000.tar", "status"] == "done"
     assert "FAILED" in ddk.CleanReport(report.reset_index()).summary_text()
+
+
+
+# -- the own tar and zip readers (shardcopy) against tarfile / zipfile -------------------------
+def _clean_bytes(path: str, fmt: str, removed: set[str], *, fast: bool, fd: bool = True) -> tuple[bytes, dict]:
+    """The clean output of ``path`` and its counts, by the own readers (``fast``; ``fd``: kernel
+    copies from a local descriptor, else reads) or by the tarfile/zipfile code they stand for."""
+    import tempfile
+
+    from dedupdask import clean, shardcopy
+
+    counts = clean._Counts(dict.fromkeys(removed, "duplicate"))
+    with open(path, "rb") as f, tempfile.TemporaryFile() as out:
+        if fast:  # no fallback here: shardcopy.Fallback would fail the test
+            src = shardcopy.Source(f) if fd else shardcopy.Source(io.BytesIO(f.read()))
+            sink = shardcopy.Sink(out)
+            (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, clean._decider(removed, counts))
+            sink.close()
+        else:
+            (clean._copy_zip_raw if fmt == "zip" else clean._copy_tar_raw)(f, out, removed, counts)
+        out.seek(0)
+        return out.read(), {k: v for k, v in vars(counts).items() if k not in ("reasons", "_last")}
+
+
+LONG = "d" * 30 + "/" + "x" * 90
+
+
+def _odd_tar(path: str, fmt: int) -> None:
+    """A tar with long names (GNU ``L``/``K``, pax ``x`` or a ustar prefix), a non-ASCII name,
+    a directory, links, an empty and a one-block member."""
+    long = LONG  # over 100 characters, but a ustar prefix and name can hold it
+    members = [("a0.jpg", b"j" * 1000), ("a0.txt", b"caption"), ("a1", None), (long + ".jpg", b"L" * 700),
+               (long + ".txt", b"long"), ("\u00e91.jpg", b"e" * 30), ("a2.lnk", "a0.jpg"), ("a3.jpg", b""),
+               ("a4.jpg", b"4" * 512), ("a4.json", b"{}")]  # fmt: skip
+    if fmt == tarfile.USTAR_FORMAT:
+        members += [("p" * 90 + "/" + "q" * 60 + ".jpg", b"prefix")]
+    else:
+        members += [("a5.lnk", "l" * 150)]
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1_700_000_000
+            if data is None:
+                ti.type = tarfile.DIRTYPE
+            elif isinstance(data, str):
+                ti.type, ti.linkname = tarfile.SYMTYPE, data
+            else:
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data) if isinstance(data, bytes) else None)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("removed", [set(), {"a0", LONG, "a4", "\u00e91"}])
+def test_own_tar_reader_writes_what_tarfile_did(tmp_path, fmt, removed):
+    path = str(tmp_path / "in.tar")
+    _odd_tar(path, fmt)
+    old, old_counts = _clean_bytes(path, "tar", removed, fast=False)
+    for fd in (True, False):  # kernel copies from a file, reads from any other source
+        new, counts = _clean_bytes(path, "tar", removed, fast=True, fd=fd)
+        assert new == old and counts == old_counts
+    assert counts["found"] == removed and counts["members_in"] == 11
+    if not removed:
+        assert new == open(path, "rb").read()
+
+
+def test_tar_with_a_global_pax_header_goes_the_tarfile_way(tmp_path):
+    from dedupdask import shardcopy
+
+    path = str(tmp_path / "g.tar")
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"}) as tf:
+        for name in ("k0.jpg", "k1.jpg"):
+            ti = tarfile.TarInfo(name)
+            ti.size = 3
+            tf.addfile(ti, io.BytesIO(b"abc"))
+    with pytest.raises(shardcopy.Fallback):
+        _clean_bytes(path, "tar", {"k0"}, fast=True)
+    out = tmp_path / "out"
+    stats = _clean_task(path, str(out), "tar", {"k0"})
+    assert stats["status"] == "done" and stats["members"] == {"in": 2, "kept": 1, "removed": 1}
+    assert (out / "x.tar").read_bytes() == _clean_bytes(path, "tar", {"k0"}, fast=False)[0]
+
+
+def _clean_task(path: str, out_dir: str, fmt: str, removed: set[str]) -> dict:
+    from dedupdask.clean import ShardTask, clean_archive
+
+    task = ShardTask("x." + fmt, path, out_dir, "x." + fmt, fmt, {}, resume=False)
+    return clean_archive(task, pd.DataFrame({"key": sorted(removed), "reason": "duplicate"}))
+
+
+def test_a_corrupt_tar_header_gives_a_partial_shard(tmp_path):
+    # tarfile ends a tar at a header with a bad checksum as if it were the end of the archive:
+    # the members after it would be lost without a word
+    path = str(tmp_path / "in.tar")
+    with tarfile.open(path, "w") as tf:
+        for i in range(6):
+            ti = tarfile.TarInfo(f"s{i}.jpg")
+            ti.size = 600
+            tf.addfile(ti, io.BytesIO(bytes([i]) * 600))
+    with tarfile.open(path) as tf:
+        at = tf.getmembers()[4].offset
+    raw = bytearray(open(path, "rb").read())
+    raw[at + 1] ^= 0x20  # "s4.jpg" -> "S4.jpg" in the header, its checksum unchanged
+    open(path, "wb").write(raw)
+    out = tmp_path / "out"
+    stats = _clean_task(path, str(out), "tar", {"s1"})
+    assert stats["status"] == "partial"
+    assert f"bad checksum in the header at byte {at}" in stats["error"]
+    assert [n for n, _ in read_members(str(out / "x.tar"), "tar")] == ["s0.jpg", "s2.jpg", "s3.jpg"]
+
+
+def _odd_zip(path: str, reverse: bool = False) -> None:
+    """A zip with stored and deflated members, data descriptors (written to a stream), a
+    directory, a UTF-8 name, an extra field and a member comment."""
+
+    class Stream(io.RawIOBase):  # not seekable: zipfile writes data descriptors
+        def __init__(self, f):
+            self.f = f
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            return self.f.write(b)
+
+    with open(path, "wb") as f, zipfile.ZipFile(Stream(f), "w") as zf:
+        for i in range(6):
+            zi = zipfile.ZipInfo(f"z{i}.{'jpg' if i % 2 else 'txt'}", (2024, 1, 2, 3, 4, 6))
+            zi.compress_type = zipfile.ZIP_DEFLATED if i % 3 else zipfile.ZIP_STORED
+            if i == 2:
+                zi.extra, zi.comment = b"\xfe\xca\x02\x00ok", b"member comment"
+            zf.writestr(zi, bytes([65 + i]) * (300 * i))
+        zf.writestr(zipfile.ZipInfo("dir/"), b"")
+        zf.writestr("\u00e9.jpg", b"utf-8 name")
+        if reverse:  # a central directory in another order than the records
+            zf.filelist.reverse()
+
+
+@pytest.mark.parametrize("removed", [set(), {"z1", "z4", "\u00e9"}])
+def test_own_zip_reader_writes_what_zipfile_did(tmp_path, removed):
+    path = str(tmp_path / "in.zip")
+    _odd_zip(path)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("z1.jpg").flag_bits & 0x08  # data descriptors
+    old, old_counts = _clean_bytes(path, "zip", removed, fast=False)
+    for fd in (True, False):
+        new, counts = _clean_bytes(path, "zip", removed, fast=True, fd=fd)
+        assert new == old and counts == old_counts
+    assert counts["members_in"] == 8 and counts["found"] == removed
+    with zipfile.ZipFile(io.BytesIO(new)) as zf:
+        assert zf.testzip() is None
+        assert zf.getinfo("z2.txt").comment == b"member comment"
+
+
+def test_zip_in_another_order_goes_the_zipfile_way(tmp_path):
+    from dedupdask import shardcopy
+
+    path = str(tmp_path / "r.zip")
+    _odd_zip(path, reverse=True)
+    with pytest.raises(shardcopy.Fallback):
+        _clean_bytes(path, "zip", {"z1"}, fast=True)
+    out = tmp_path / "out"
+    stats = _clean_task(path, str(out), "zip", {"z1"})
+    assert stats["status"] == "done" and stats["members"]["removed"] == 1
+    assert (out / "x.zip").read_bytes() == _clean_bytes(path, "zip", {"z1"}, fast=False)[0]
+
+
+def test_zip64_end_records_past_65535_members(tmp_path):
+    path = str(tmp_path / "many.zip")
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(33_000):
+            zf.writestr(f"{i:05d}.jpg", b"j")
+            zf.writestr(f"{i:05d}.txt", b"t")
+    removed = {f"{i:05d}" for i in range(0, 33_000, 1000)}
+    old, _ = _clean_bytes(path, "zip", removed, fast=False)
+    new, counts = _clean_bytes(path, "zip", removed, fast=True)
+    assert new == old and counts["members_kept"] == 66_000 - 66
+    assert b"PK\x06\x06" in new[-200:]  # 65,934 entries: a zip64 end record
+    with zipfile.ZipFile(io.BytesIO(new)) as zf:
+        assert len(zf.infolist()) == 65_934
+    # the archive comment is kept (zipfile's writer dropped it)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.comment = b"an archive comment"
+    new, _ = _clean_bytes(path, "zip", removed, fast=True)
+    assert zipfile.ZipFile(io.BytesIO(new)).comment == b"an archive comment"
