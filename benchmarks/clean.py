@@ -12,13 +12,16 @@ from a pool of real encoded pictures, a caption ``.txt`` and a ``.json``), cache
 is cleaned by :func:`dedupdask.clean.clean_archive` -- the task a Dask worker runs per
 archive -- in a fresh Python process, which reports its peak resident memory (``VmHWM`` of
 ``/proc/self/status``) and the wall time; Linux only. The baselines run on the same shard
-right before (file cache warm for both): ``cp`` for tar and zip, and
+interleaved with it (file cache warm for all): ``cp`` for tar and zip, and
 ``gzip -dc | gzip -6`` (decompress and compress again, what cleaning a tgz must do) for tgz,
 once as they are and once followed by ``sync FILE`` (a clean shard is fsynced before it is
-renamed into place, so that a crash never leaves a complete-looking shard with lost blocks).
-Printed per format: shard MB, samples, removed, peak MB, clean s and MB/s (of source
-bytes), baseline s and MB/s, the ratio baseline time / clean time (>= 1: as fast), and the
-same for the baseline with fsync.
+renamed into place, so that a crash never leaves a complete-looking shard with lost blocks;
+the baseline with fsync is the like-for-like one). ``--repeat`` rounds of (baseline, clean,
+baseline + fsync) run back to back, so that a busy moment of a shared machine hits all three;
+printed per format: shard MB, samples, removed, peak MB (the largest of the rounds), the
+medians of clean s, MB/s (of source bytes), baseline s and MB/s, the median over the rounds
+of the ratio baseline time / clean time (>= 1: as fast), the same for the baseline with
+fsync, and the 1-minute load average range seen.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,14 +104,16 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=200, help="payload MB per shard (1024: 1 GB)")
     ap.add_argument("--formats", nargs="+", default=["tar", "tgz", "zip"], choices=["tar", "tgz", "zip"])
     ap.add_argument("--remove", type=float, default=0.1, help="share of samples removed")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds of baseline / clean / baseline+fsync")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "dedupdask-bench-clean"))
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
     pool = jpeg_pool()
     print(f"# shards of {args.size_mb} MB payload, {args.remove:.0%} of the samples removed; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.repeat} rounds")
     print(f"{'format':>6} {'MB':>7} {'samples':>8} {'removed':>8} {'peak MB':>8} {'clean s':>8} "
-          f"{'MB/s':>7} {'baseline':>22} {'base s':>7} {'MB/s':>7} {'ratio':>6} {'+fsync s':>8} {'ratio':>6}")
+          f"{'MB/s':>7} {'baseline':>22} {'base s':>7} {'MB/s':>7} {'ratio':>6} {'+fsync s':>8} {'ratio':>6}"
+          f" {'load':>9}")
     for fmt in args.formats:
         ext = {"tar": ".tar", "tgz": ".tgz", "zip": ".zip"}[fmt]
         src = os.path.join(args.data, f"{args.size_mb}mb{ext}")
@@ -115,6 +121,7 @@ def main() -> None:
         mb = os.path.getsize(src) / 2**20
         step = max(1, round(1 / args.remove)) if args.remove > 0 else 0
         keys = [f"{i:08d}" for i in range(0, n, step)] if step else []
+        base, base_sync, clean, peak, loads = [], [], [], [], []
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             kf = os.path.join(tmp, "keys.json")
             json.dump(keys, open(kf, "w"))
@@ -123,18 +130,25 @@ def main() -> None:
                 name, cmd = "gzip -dc | gzip -6", f"gzip -dc '{src}' | gzip -6 > '{dst}'"
             else:
                 name, cmd = "cp", f"cp '{src}' '{dst}'"
-            timed(f"cat '{src}' > /dev/null")  # warm the file cache for both
-            base = timed(cmd)
-            os.unlink(dst)
-            base_sync = timed(f"{cmd} && sync '{dst}'")  # the clean shard is fsynced before its rename
-            os.unlink(dst)
-            proc = subprocess.run([sys.executable, "-c", CHILD, src, os.path.join(tmp, "out"), "clean" + ext, fmt, kf],
-                                  capture_output=True, text=True, check=True)  # fmt: skip
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert r["status"] == "done" and r["samples"]["removed"] == len(keys), r
-        print(f"{fmt:>6} {mb:7.0f} {n:8d} {len(keys):8d} {r['peak_mb']:8.1f} {r['seconds']:8.2f} "
-              f"{mb / r['seconds']:7.1f} {name:>22} {base:7.2f} {mb / base:7.1f} {base / r['seconds']:6.2f} "
-              f"{base_sync:8.2f} {base_sync / r['seconds']:6.2f}",
+            timed(f"cat '{src}' > /dev/null")  # warm the file cache for all
+            for _ in range(args.repeat):
+                loads.append(os.getloadavg()[0])
+                base.append(timed(cmd))
+                os.unlink(dst)
+                proc = subprocess.run([sys.executable, "-c", CHILD, src, os.path.join(tmp, "out"), "clean" + ext, fmt,
+                                       kf], capture_output=True, text=True, check=True)  # fmt: skip
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                assert r["status"] == "done" and r["samples"]["removed"] == len(keys), r
+                clean.append(r["seconds"])
+                peak.append(r["peak_mb"])
+                base_sync.append(timed(f"{cmd} && sync '{dst}'"))  # the clean shard is fsynced before its rename
+                os.unlink(dst)
+        med = statistics.median
+        ratio = med(b / c for b, c in zip(base, clean, strict=True))
+        ratio_sync = med(b / c for b, c in zip(base_sync, clean, strict=True))
+        print(f"{fmt:>6} {mb:7.0f} {n:8d} {len(keys):8d} {max(peak):8.1f} {med(clean):8.2f} "
+              f"{mb / med(clean):7.1f} {name:>22} {med(base):7.2f} {mb / med(base):7.1f} {ratio:6.2f} "
+              f"{med(base_sync):8.2f} {ratio_sync:6.2f} {min(loads):4.1f}-{max(loads):<4.1f}",
               flush=True)  # fmt: skip
 
 

@@ -509,6 +509,8 @@ def copy_zip(src: Source, sink: Sink, decide: Decide) -> None:
     cd = _Directory()
     runs = _Runs(src, sink, zipfile.BadZipFile, cd.add)
 
+    ahead = [0, b""]  # a read-ahead block at a local header: small records follow each other
+
     def place(entry: tuple[Any, ...], end: int) -> None:
         f, name, extra, com, usize, csize, offset, kept = entry
         if end < offset:
@@ -516,7 +518,10 @@ def copy_zip(src: Source, sink: Sink, decide: Decide) -> None:
         if not kept:
             runs.flush()
             return
-        if src.pread(4, offset) != b"PK\x03\x04":
+        rel = offset - ahead[0]
+        if rel < 0 or rel + 4 > len(ahead[1]):
+            ahead[:], rel = [offset, src.pread(_AHEAD, offset)], 0
+        if ahead[1][rel : rel + 4] != b"PK\x03\x04":
             label = name.decode("utf-8" if f[5] & 0x800 else "cp437")
             raise zipfile.BadZipFile(f"no local header for {label!r} at byte {offset}")
         runs.add(offset, end, lambda at: _entry(f, name, extra, com, usize, csize, at))
