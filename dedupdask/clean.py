@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -187,10 +188,12 @@ def _decider(removed: dict[str, str], counts: _Counts) -> shardcopy.Decide:
     return decide
 
 
-def _copy_records(src: shardcopy.Source, out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
+def _copy_records(
+    src: shardcopy.Source, out: IO[bytes] | None, fmt: str, removed: dict[str, str], counts: _Counts
+) -> None:
     """Uncompressed tar or zip: the kept records copied byte for byte in runs
     (:mod:`dedupdask.shardcopy`); what its readers leave to ``tarfile``/``zipfile`` starts
-    over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw`."""
+    over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw`. ``out`` None: count only."""
     sink = shardcopy.Sink(out)
     try:
         (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, _decider(removed, counts))
@@ -201,7 +204,54 @@ def _copy_records(src: shardcopy.Source, out: IO[bytes], fmt: str, removed: dict
     finally:
         sink.close()
     src.f.seek(0)
-    (_copy_zip_raw if fmt == "zip" else _copy_tar_raw)(src.f, out, removed, counts)
+    with contextlib.ExitStack() as stack:
+        dst = out if out is not None else stack.enter_context(tempfile.TemporaryFile())
+        (_copy_zip_raw if fmt == "zip" else _copy_tar_raw)(src.f, dst, removed, counts)
+
+
+class _Discard(io.RawIOBase):
+    """A sink that keeps nothing (counting a compressed tar)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return len(b)
+
+
+def read_source(
+    source: str, fmt: str, storage_options: dict[str, Any], removed: dict[str, str], counts: _Counts,
+    output: contextlib.AbstractContextManager[IO[bytes]] | None = None, *,
+    attempts: int = remote.DEFAULT_ATTEMPTS, deadline: float = remote.DEFAULT_DEADLINE,
+) -> tuple[str, str | None]:  # fmt: skip
+    """Stream ``source`` once, counting its members in ``counts`` and writing the kept ones
+    to the file ``output`` opens (None: count only).
+
+    Returns ``("done", None)`` or ``("partial", error)`` for an archive broken part-way (the
+    whole records before the break are written); raises :class:`_Unreadable` for a source
+    with no readable member, :class:`dedupdask.remote.StorageError` / ``OSError`` when the
+    storage fails (``output`` then discards what it got).
+    """
+    status, error = "done", None
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(remote.open_input(source, storage_options, attempts=attempts, deadline=deadline))
+        out = stack.enter_context(output) if output is not None else None
+        try:
+            if fmt == "zip" or (fmt == "tar" and _plain_tar(src)):
+                fd = _local_fd(stack, source, storage_options)
+                _copy_records(shardcopy.Source(src, fd), out, fmt, removed, counts)
+            else:
+                _copy_tar(src, out if out is not None else _Discard(), fmt if out is not None else "tar",
+                          removed, counts)  # fmt: skip
+        except (*_DATA_ERRORS, OSError) as e:
+            if getattr(src, "failure", None) is not None:
+                raise src.failure from e
+            if isinstance(e, OSError) and not _is_data_error(e):
+                raise
+            if counts.members_in == 0:  # not an archive at all: write nothing
+                raise _Unreadable(f"not a readable archive: {e}") from e
+            status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+    return status, error
 
 
 def _copy_tar(src: IO[bytes], out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
@@ -458,26 +508,10 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
             if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
                 return {**old, "status": "already_done"}
     counts = _Counts(removed)
-    status, error = "done", None
     try:
-        with contextlib.ExitStack() as stack:
-            src = stack.enter_context(remote.open_input(task.source, task.storage_options, attempts=task.attempts,
-                                                        deadline=task.deadline))  # fmt: skip
-            out = stack.enter_context(_atomic_output(wd, out_path))
-            try:
-                if task.fmt == "zip" or (task.fmt == "tar" and _plain_tar(src)):
-                    fd = _local_fd(stack, task.source, task.storage_options)
-                    _copy_records(shardcopy.Source(src, fd), out, task.fmt, removed, counts)
-                else:
-                    _copy_tar(src, out, task.fmt, removed, counts)
-            except (*_DATA_ERRORS, OSError) as e:
-                if getattr(src, "failure", None) is not None:
-                    raise src.failure from e
-                if isinstance(e, OSError) and not _is_data_error(e):
-                    raise
-                if counts.members_in == 0:  # not an archive at all: write nothing
-                    raise _Unreadable(f"not a readable archive: {e}") from e
-                status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+        status, error = read_source(task.source, task.fmt, task.storage_options, removed, counts,
+                                    _atomic_output(wd, out_path), attempts=task.attempts,
+                                    deadline=task.deadline)  # fmt: skip
     except _Unreadable as e:
         return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
     except remote.StorageError as e:

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["Fallback", "Sink", "Source", "copy_tar", "copy_zip"]
+__all__ = ["Directory", "Fallback", "Sink", "Source", "Stop", "copy_tar", "copy_zip"]
 
 _BLOCK = 2**20
 _RUN_MAX = 256 * _BLOCK  # a run is copied at the latest when it is this long
@@ -44,6 +44,10 @@ Decide = Callable[[str | None, int], bool]  # (regular member's name or None, si
 
 class Fallback(Exception):
     """The archive uses a feature these readers leave to ``tarfile``/``zipfile``."""
+
+
+class Stop(Exception):
+    """Raised by ``decide`` to end the copy early: the members after it are not needed."""
 
 
 class Source:
@@ -89,15 +93,22 @@ class Source:
 
 class Sink:
     """The output file, written through its descriptor at a position of our own (the file
-    object is flushed first and set to the end when done, :meth:`close`)."""
+    object is flushed first and set to the end when done, :meth:`close`). ``Sink(None)``
+    writes nothing and only counts (a dry run)."""
 
-    def __init__(self, out: IO[bytes]) -> None:
-        out.flush()
-        self.out, self.fd = out, out.fileno()
-        self.start = self.pos = os.lseek(self.fd, 0, os.SEEK_CUR)
+    def __init__(self, out: IO[bytes] | None) -> None:
+        self.out, self.fd, self.start = out, None, 0
+        if out is not None:
+            out.flush()
+            self.fd = out.fileno()
+            self.start = os.lseek(self.fd, 0, os.SEEK_CUR)
+        self.pos = self.start
         self._kernel = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.fd is None:
+            self.pos += len(data)
+            return
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, self.pos)
@@ -106,6 +117,9 @@ class Sink:
 
     def copy(self, src: Source, offset: int, n: int) -> int:
         """Copy ``n`` bytes of ``src`` from ``offset``; return how many there were."""
+        if self.fd is None:
+            self.pos += n
+            return n
         done = 0
         if src.fd is not None and self._kernel:
             try:
@@ -129,11 +143,13 @@ class Sink:
         return done
 
     def truncate(self, pos: int) -> None:
-        os.ftruncate(self.fd, pos)
+        if self.fd is not None:
+            os.ftruncate(self.fd, pos)
         self.pos = pos
 
     def close(self) -> None:
-        self.out.seek(self.pos)  # the file object's idea of its position, for its owner
+        if self.out is not None:
+            self.out.seek(self.pos)  # the file object's idea of its position, for its owner
 
 
 class _Runs:
@@ -154,7 +170,7 @@ class _Runs:
         self.pos = sink.pos  # where the next run starts in the output
         self.failure: BaseException | None = None
         self.thread: threading.Thread | None = None
-        if src.fd is not None:
+        if src.fd is not None and sink.fd is not None:
             self.jobs: queue.Queue[Any] = queue.Queue(maxsize=64)
             self.thread = threading.Thread(target=self._work, name="dedupdask-copy", daemon=True)
             self.thread.start()
@@ -275,17 +291,20 @@ def _pax(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def copy_tar(src: Source, sink: Sink, decide: Decide) -> None:
-    """Copy the kept member records of an uncompressed tar, then the end-of-archive blocks.
+def copy_tar(src: Source, sink: Sink, decide: Decide, *, end: bool = True) -> None:
+    """Copy the kept member records of an uncompressed tar, then (``end``) the
+    end-of-archive blocks.
 
     Each record (extended headers, header, padded payload) is copied as it is; a break
     (bad header checksum, end of data inside a record) keeps the whole records before it,
-    ends the output as a valid tar and raises ``tarfile.ReadError``.
+    ends the output as a valid tar and raises ``tarfile.ReadError``. ``decide`` may raise
+    :class:`Stop` to end early.
     """
     runs = _Runs(src, sink, tarfile.ReadError)
     try:
         try:
-            _scan_tar(src, runs, decide)
+            with contextlib.suppress(Stop):
+                _scan_tar(src, runs, decide)
             runs.flush()
         except Fallback:
             runs.finish(check=False)
@@ -298,8 +317,14 @@ def copy_tar(src: Source, sink: Sink, decide: Decide) -> None:
             raise
         runs.finish()  # a copy that came up short raises here
     finally:
-        sink.write(_ZERO_BLOCK * 2)
-        sink.write(bytes((-(sink.pos - sink.start)) % tarfile.RECORDSIZE))
+        if end:
+            end_tar(sink)
+
+
+def end_tar(sink: Sink) -> None:
+    """The end-of-archive blocks, padded to a whole record (as ``tarfile`` writes them)."""
+    sink.write(_ZERO_BLOCK * 2)
+    sink.write(bytes((-(sink.pos - sink.start)) % tarfile.RECORDSIZE))
 
 
 def _scan_tar(src: Source, runs: _Runs, decide: Decide) -> None:
@@ -497,16 +522,18 @@ def _central_directory(src: Source, cd_off: int, cd_size: int) -> Any:
         i += n
 
 
-def copy_zip(src: Source, sink: Sink, decide: Decide) -> None:
+def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | None = None) -> None:
     """Copy the kept members' local records (header, data, data descriptor) of a zip in its
     central directory's order, then a central directory of them at their new offsets.
 
     Members must be stored in the central directory's order (as every zip writer does);
     otherwise :class:`Fallback`. A bad local header raises ``zipfile.BadZipFile`` after the
-    records before it and their central directory are written.
+    records before it and their central directory are written. With ``directory``, the
+    entries go there and the caller writes it (:meth:`Directory.write_to`) after more
+    records; ``decide`` may raise :class:`Stop` to end early.
     """
     n_entries, cd_size, cd_off, comment = _end_record(src, src.size())
-    cd = _Directory()
+    cd = Directory() if directory is None else directory
     runs = _Runs(src, sink, zipfile.BadZipFile, cd.add)
 
     ahead = [0, b""]  # a read-ahead block at a local header: small records follow each other
@@ -533,10 +560,15 @@ def copy_zip(src: Source, sink: Sink, decide: Decide) -> None:
                 usize, csize, offset = f[11], f[10], f[18]
                 if 0xFFFFFFFF in (usize, csize, offset):
                     usize, csize, offset = _zip64_values(extra, usize, csize, offset)
-                label = name.decode("utf-8" if f[5] & 0x800 else "cp437").split("\0", 1)[0]
-                kept = decide(None, usize) if label.endswith("/") else decide(label, usize)
                 if prev is not None:
-                    place(prev, offset)
+                    place(prev, offset)  # its record ends where this one starts
+                    prev = None
+                label = name.decode("utf-8" if f[5] & 0x800 else "cp437").split("\0", 1)[0]
+                try:
+                    kept = decide(None, usize) if label.endswith("/") else decide(label, usize)
+                except Stop:
+                    count = n_entries  # the rest is not wanted
+                    break
                 prev = (f, name, extra, com, usize, csize, offset, kept)
                 count += 1
             if prev is not None:
@@ -555,10 +587,11 @@ def copy_zip(src: Source, sink: Sink, decide: Decide) -> None:
             raise
         runs.finish()
     finally:
-        cd.write_to(sink, comment)
+        if directory is None:
+            cd.write_to(sink, comment)
 
 
-class _Directory:
+class Directory:
     """The new central directory, spooled (to disk past 8 MiB) until the records are copied."""
 
     def __init__(self) -> None:
