@@ -590,6 +590,8 @@ def write_clean_shards(
     outliers: bool = False,
     remove_issues: str | Iterable[str] | None = None,
     resume: bool = True,
+    samples_per_shard: int | None = None,
+    shard_format: str | None = None,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
 ) -> CleanReport:
@@ -608,6 +610,17 @@ def write_clean_shards(
     resume : bool
         Skip shards whose stats file says they were written from the same source with the
         same removal set.
+    samples_per_shard : int, optional
+        Reshard: write the kept samples of all archives, in source order, into new shards of
+        this many samples each (the last one: the rest) named ``00000.tar``, ``00001.tar``,
+        ... directly in ``out_dir``, with the mapping table ``_dedupdask/mapping/`` (one
+        Parquet file per shard; :func:`dedupdask.reshard.read_mapping`: ``shard, position,
+        archive, key, source_position``); see :mod:`dedupdask.reshard`. The report then
+        has one row per new shard, and ``report.attrs["sources"]`` the counts per source.
+        None (default): one clean shard per source archive, with its name.
+    shard_format : {"tar", "tgz", "zip"}, optional
+        The new shards' container when resharding; default: that of the sources when they
+        all have the same, else ``tar``.
     storage_options : dict, optional
         fsspec options for the work_dir, the source archives and out_dir (default: none, or
         the loaded result's).
@@ -632,6 +645,11 @@ def write_clean_shards(
     so = dict(res._collection.work_dir.storage_options if storage_options is None else storage_options)
     plan = RemovalPlan.make(keep, duplicates=duplicates, invalid=invalid, outliers=outliers,
                             remove_issues=remove_issues)  # fmt: skip
+    if samples_per_shard is not None and (isinstance(samples_per_shard, bool) or
+                                          not isinstance(samples_per_shard, int) or samples_per_shard < 1):
+        raise ValueError(f"samples_per_shard must be a positive integer, not {samples_per_shard!r}")
+    if shard_format is not None and shard_format not in ("tar", "tgz", "zip"):
+        raise ValueError(f"shard_format must be 'tar', 'tgz' or 'zip', not {shard_format!r}")
     wd = WorkDir(out_dir, so)
     wd.makedirs(STATS_DIR)
     parts, rem = removal_tasks(res, plan)
@@ -644,26 +662,46 @@ def write_clean_shards(
                             "status": "skipped", "error": "loose images are not cleaned (not an archive)"})
             continue
         rel, fmt = output_name(relative_path(part.url, part.name))
-        if rel in outputs:
+        if rel in outputs and samples_per_shard is None:
             raise ValueError(f"archives {outputs[rel]} and {part.url} would both be written to {rel}")
         outputs[rel] = part.url
         tasks.append((ShardTask(part.name, part.url, wd.url, rel, fmt, plan.describe(), resume, so), r))
+    if samples_per_shard is not None:
+        from .reshard import write_resharded
+
+        sources = [(t.name, t.source, t.fmt, r) for t, r in tasks]
+        report, counts = write_resharded(sources, wd, samples_per_shard=samples_per_shard,
+                                         shard_format=shard_format, resume=resume, client=client)  # fmt: skip
+        counts = pd.concat([counts, pd.DataFrame(skipped)], ignore_index=True) if skipped else counts
+        report.attrs["sources"] = counts
+        _write_summary(wd, res, plan, counts, shards=report)
+        return report
     graph = [dask.delayed(clean_archive, pure=False)(t, r) for t, r in tasks]
     stats = compute_on(client, *graph) if graph else ()
     report = CleanReport([_row(s) for s in [*stats, *skipped]])
     reasons = [c for c in report.columns if c.startswith("removed_")]
     if reasons:
         report[reasons] = report[reasons].fillna(0).astype("int64")
-    summary = {
-        "work_dir": res.work_dir, "plan": plan.describe(), "archives": len(report),
-        "status": report["status"].value_counts().to_dict() if len(report) else {},
-        **{c: int(report[c].sum()) for c in ("samples_in", "samples_kept", "samples_removed",
-                                              "members_in", "members_kept", "bytes_in", "bytes_kept")
-           if c in report},
-        **{c: int(report[c].sum()) for c in reasons},
-    }  # fmt: skip
-    wd.write_json(wd.join(STATS_DIR, "summary.json"), json.loads(json.dumps(summary, default=str)))
+    _write_summary(wd, res, plan, report)
     return report
+
+
+def _write_summary(wd: WorkDir, res: DedupResult, plan: RemovalPlan, counts: pd.DataFrame,
+                   shards: pd.DataFrame | None = None) -> None:  # fmt: skip
+    """``_dedupdask/summary.json``: the totals per source archive (and of the new shards)."""
+    reasons = [c for c in counts.columns if c.startswith("removed_")]
+    summary = {
+        "work_dir": res.work_dir, "plan": plan.describe(), "archives": len(counts),
+        "status": counts["status"].value_counts().to_dict() if len(counts) else {},
+        **{c: int(counts[c].fillna(0).sum()) for c in ("samples_in", "samples_kept", "samples_removed",
+                                                        "members_in", "members_kept", "bytes_in", "bytes_kept")
+           if c in counts},
+        **{c: int(counts[c].fillna(0).sum()) for c in reasons},
+    }  # fmt: skip
+    if shards is not None:
+        summary["shards"] = {"count": len(shards), "samples": int(shards["samples_kept"].sum()) if len(shards) else 0,
+                             "status": shards["status"].value_counts().to_dict() if len(shards) else {}}  # fmt: skip
+    wd.write_json(wd.join(STATS_DIR, "summary.json"), json.loads(json.dumps(summary, default=str)))
 
 
 def read_stats(out_dir: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:

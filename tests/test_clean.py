@@ -481,3 +481,148 @@ def test_zip64_end_records_past_65535_members(tmp_path):
         zf.comment = b"an archive comment"
     new, _ = _clean_bytes(path, "zip", removed, fast=True)
     assert zipfile.ZipFile(io.BytesIO(new)).comment == b"an archive comment"
+
+
+# -- resharding (#18 point 2) -------------------------------------------------------------------
+def _samples(members: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """Members grouped into samples: runs of one webdataset key."""
+    out: list[list[tuple[str, bytes]]] = []
+    last = None
+    for name, data in members:
+        key = split_key(name)[0]
+        if key != last:
+            out.append([])
+            last = key
+        out[-1].append((name, data))
+    return out
+
+
+def check_resharded(out: str, sources: list[tuple[str, list[tuple[str, bytes]]]], removed: set[tuple[str, str]],
+                    n: int, fmt: str, report: pd.DataFrame) -> None:  # fmt: skip
+    """Names contiguous, ``n`` samples per shard but the last, every kept member's bytes in
+    source order, the mapping table complete, counts that add up."""
+    from dedupdask.reshard import read_mapping
+
+    want = [(path, s) for path, members in sources for s in _samples(members)
+            if (path, split_key(s[0][0])[0]) not in removed]  # fmt: skip
+    ext = {"tar": ".tar", "tgz": ".tar.gz", "zip": ".zip"}[fmt]
+    names = sorted(n_ for n_ in os.listdir(out) if n_.endswith(ext))
+    assert names == [f"{i:05d}{ext}" for i in range(-(-len(want) // n))]
+    assert list(report["name"]) == names and (report["status"].isin(["done", "already_done"])).all()
+    got = [_samples(read_members(os.path.join(out, name), "zip" if fmt == "zip" else "tar")) for name in names]
+    assert [len(g) for g in got] == [n] * (len(names) - 1) + [len(want) - n * (len(names) - 1)]
+    assert [s for g in got for s in g] == [s for _, s in want]  # names, bytes and order
+    mapping = read_mapping(out)
+    assert list(mapping.columns) == ["shard", "position", "archive", "key", "source_position"]
+    assert list(zip(mapping["archive"], mapping["key"], strict=True)) == [(p, split_key(s[0][0])[0]) for p, s in want]
+    assert list(mapping["shard"]) == [name for name, g in zip(names, got, strict=True) for _ in g]
+    assert list(mapping["position"]) == [i for g in got for i in range(len(g))]
+    summary = json.load(open(os.path.join(out, "_dedupdask", "summary.json")))
+    assert summary["samples_in"] == summary["samples_kept"] + summary["samples_removed"]
+    assert summary["samples_kept"] == len(want) == summary["shards"]["samples"]
+    assert summary["samples_removed"] == len(removed)
+
+
+def _removed(wd: str, **opts) -> set[tuple[str, str]]:
+    rm = ddk.load(wd).removals(**opts).compute()
+    return set(zip(rm["archive"], rm["key"], strict=True))
+
+
+@pytest.mark.parametrize("shard_format", [None, "zip", "tgz"])
+def test_reshard_mixed_sources(run, tmp_path, shard_format):
+    shards, wd, _ = run
+    out = str(tmp_path / "out")
+    report = ddk.write_clean_shards(wd, out, samples_per_shard=4, shard_format=shard_format, client="sync")
+    sources = [(shards.paths[s], shards.members[s]) for s in ("a", "b", "c")]
+    check_resharded(out, sources, _removed(wd), 4, shard_format or "tar", report)  # mixed sources: tar
+    counts = report.attrs["sources"]
+    assert list(counts["status"]) == ["done"] * 3
+    assert (counts["samples_in"] == counts["samples_kept"] + counts["samples_removed"]).all()
+
+
+def _own_shards(root: str, fmt: str) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    """Three shards of one format, 7 samples each (jpg, txt, json), with exact copies across
+    them so that some samples go."""
+    import numpy as np
+
+    from dedupdask.datasets import random_picture, write_shard
+
+    rng = np.random.default_rng(5)
+    pics = []
+    for _ in range(16):
+        buf = io.BytesIO()
+        random_picture(rng, (96, 72)).save(buf, "JPEG", quality=90)
+        pics.append(buf.getvalue())
+    out = []
+    for s in range(3):
+        members = []
+        for i in range(7):
+            img = pics[(s * 7 + i) % 16]  # 21 samples over 16 pictures: 5 exact copies
+            members += [(f"s{s}_{i:02d}.jpg", img), (f"s{s}_{i:02d}.txt", f"caption {s} {i}".encode()),
+                        (f"s{s}_{i:02d}.json", b"{}")]  # fmt: skip
+        path = os.path.join(root, f"{s:05d}.{fmt}")
+        os.makedirs(root, exist_ok=True)
+        write_shard(path, members, fmt)
+        out.append((path, members))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_reshard_copies_records_and_resumes(tmp_path, fmt):
+    sources = _own_shards(str(tmp_path / "in"), fmt)
+    wd = str(tmp_path / "wd")
+    ddk.run(str(tmp_path / "in"), wd, model_path="dct", client="sync", progress=False)
+    removed = _removed(wd, keep="first")
+    assert len(removed) == 5
+    out = str(tmp_path / "out")
+    report = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=6, client="sync")
+    check_resharded(out, sources, removed, 6, fmt, report)
+    if fmt == "tar":  # the records are the sources' own, byte for byte: the first shard starts
+        first = open(os.path.join(out, "00000.tar"), "rb").read()  # like the first source
+        with tarfile.open(sources[0][0]) as tf:
+            cut = tf.getmembers()[3].offset  # s0_00 (3 records, with their pax headers) is kept
+        assert first[:cut] == open(sources[0][0], "rb").read()[:cut]
+    # a rerun skips every shard; a shard whose marker is gone is redone, the same bytes
+    names = list(report["name"])
+    before = {n: open(os.path.join(out, n), "rb").read() for n in names}
+    mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names}
+    again = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=6, client="sync")
+    assert (again["status"] == "already_done").all()
+    assert mtimes == {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names}
+    os.remove(os.path.join(out, "_dedupdask", f"{names[1]}.stats.json"))
+    os.remove(os.path.join(out, names[1]))
+    third = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=6, client="sync").set_index("name")
+    assert third.loc[names[1], "status"] == "done" and (third.drop(index=names[1])["status"] == "already_done").all()
+    assert before == {n: open(os.path.join(out, n), "rb").read() for n in names}
+    # another shard size: the shards of the old plan that the new one lacks are removed
+    fourth = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=10, client="sync")
+    check_resharded(out, sources, removed, 10, fmt, fourth)
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_reshard_on_s3(run, s3_server, s3_env, bucket, tmp_path):  # noqa: F811
+    shards, wd_local, _ = run
+    fs = s3_server.filesystem()
+    for shard, rel in NAMES.items():
+        fs.put_file(shards.paths[shard], f"{bucket}/rin/{rel}")
+    wd = f"s3://{bucket}/rwd"
+    ddk.run(f"s3://{bucket}/rin", wd, model_path="dct", client="sync", progress=False)
+    out = f"s3://{bucket}/reshard"
+    report = ddk.write_clean_shards(wd, out, samples_per_shard=4, client="threads")
+    assert (report["status"] == "done").all(), report["error"].tolist()
+    local = str(tmp_path / "local")
+    ddk.write_clean_shards(wd_local, local, samples_per_shard=4, client="sync")
+    for name in report["name"]:  # the same bytes as a local run of the same shards
+        assert fs.cat_file(f"{bucket}/reshard/{name}") == open(os.path.join(local, name), "rb").read()
+    assert not [p for p in fs.find(f"{bucket}/reshard") if ".tmp-" in p]
+    again = ddk.write_clean_shards(wd, out, samples_per_shard=4, client="sync")
+    assert (again["status"] == "already_done").all()
+
+
+def test_cli_clean_reshard(run, tmp_path, capsys):
+    shards, wd, _ = run
+    out = str(tmp_path / "cli")
+    assert main(["clean", wd, out, "--samples-per-shard", "5", "--shard-format", "zip", "--client", "sync"]) == 0
+    text = capsys.readouterr().out
+    assert "resharded: 5 new shards of 5 samples (done 5), 23 samples" in text and "00000.zip" in os.listdir(out)
+    assert main(["clean", wd, out, "--samples-per-shard", "0", "--client", "sync"]) == 2
