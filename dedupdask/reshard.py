@@ -35,6 +35,7 @@ import io
 import json
 import posixpath
 import tarfile
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ RESHARD_DIR = "reshard"
 MAPPING_DIR = "mapping"
 MAPPING_COLUMNS = ("shard", "position", "archive", "key", "source_position")
 EXTENSIONS = {"tar": ".tar", "tgz": ".tar.gz", "zip": ".zip"}
+_SPOOL = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,10 @@ class _Range:
 
     def __init__(self, removed: dict[str, str], skip: int, take: int) -> None:
         self.removed, self.skip, self.stop = removed, skip, skip + take
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again from the archive's first member."""
         self.index, self.last, self.taking = -1, None, False
         self.keys: list[str] = []
         self.members = self.bytes = 0
@@ -223,19 +229,24 @@ class _Writer:
             self.gz.write(data)  # type: ignore[union-attr]
 
     def member(self, name: str, size: int, payload: IO[bytes], ti: Any = None, zi: Any = None) -> None:
-        """Write one member (``ti``: its tar header, ``zi``: its zip entry, if it has one)."""
-        if self.zip is not None:
-            info = _zipinfo(zi) if zi is not None else _zip_info(name, ti)
-            info.compress_type = zi.compress_type if zi is not None else zipfile.ZIP_STORED
-            with self.zip.open(info, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as w:
-                got = _copy(payload, w.write)
-        else:
-            info = ti if ti is not None else _tar_info(name, size, zi)
-            self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-            got = _copy(payload, self._write)
-            self._write(bytes(-got % tarfile.BLOCKSIZE))
-        if got != size:
-            raise tarfile.ReadError(f"member {name!r} truncated ({got} of {size} bytes)")
+        """Write one member (``ti``: its tar header, ``zi``: its zip entry, if it has one). The
+        payload is read whole first (up to 16 MiB in memory, larger ones spooled to disk), so
+        a source that breaks inside it leaves nothing of it in the output."""
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+            got = _copy(payload, spool.write)
+            if got != size:
+                raise tarfile.ReadError(f"member {name!r} truncated ({got} of {size} bytes)")
+            spool.seek(0)
+            if self.zip is not None:
+                info = _zipinfo(zi) if zi is not None else _zip_info(name, ti)
+                info.compress_type = zi.compress_type if zi is not None else zipfile.ZIP_STORED
+                with self.zip.open(info, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as w:
+                    _copy(spool, w.write)
+            else:
+                info = ti if ti is not None else _tar_info(name, size, zi)
+                self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                _copy(spool, self._write)
+                self._write(bytes(-size % tarfile.BLOCKSIZE))
 
     def close(self) -> None:
         if self.zip is not None:
@@ -265,11 +276,14 @@ def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, rng: _Range
     try:
         if w.fmt == "tar" and sl.fmt == "tar" and _plain_tar(src):
             source = shardcopy.Source(src, _local_fd(stack, sl.source, so))
-            with contextlib.suppress(shardcopy.Fallback):  # (then the member by member way)
+            start = w.sink.pos  # type: ignore[union-attr]
+            try:
                 shardcopy.copy_tar(source, w.sink, rng, end=False)  # type: ignore[arg-type]
                 return
-            rng.__init__(rng.removed, rng.skip, rng.stop - rng.skip)  # type: ignore[misc]
-        if w.directory is not None:
+            except shardcopy.Fallback:  # the member by member way, from the slice's start
+                w.sink.truncate(start)  # type: ignore[union-attr]
+                rng.reset()
+        if w.directory is not None:  # (a Fallback here: write_output starts over with zipfile)
             source = shardcopy.Source(src, _local_fd(stack, sl.source, so))
             shardcopy.copy_zip(source, w.sink, rng, directory=w.directory)  # type: ignore[arg-type]
             return
@@ -290,7 +304,7 @@ def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, rng: _Range
     except (*_DATA_ERRORS, OSError) as e:
         if getattr(src, "failure", None) is not None:
             raise src.failure from e
-        if sl.broken is None or len(rng.keys) < rng.stop - rng.skip or isinstance(e, shardcopy.Fallback):
+        if sl.broken is None or len(rng.keys) < rng.stop - rng.skip:
             raise
         # the archive broke part-way when it was counted too: its range ends at the break
 
@@ -315,8 +329,6 @@ def write_output(task: OutputTask) -> dict[str, Any]:
             old = wd.read_json(marker)
             if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
                 return {**old, "status": "already_done"}
-    rows: list[pd.DataFrame] = []
-    members = nbytes = 0
     try:
         removed = {}
         for sl in task.slices:
@@ -325,28 +337,15 @@ def write_output(task: OutputTask) -> dict[str, Any]:
                 raise ValueError(f"{sl.source}: its removal set changed since it was counted")
             removed[sl.name] = saved["removed"]
         raw_zip = task.fmt == "zip" and all(s.fmt == "zip" for s in task.slices)
-        with contextlib.ExitStack() as stack:
-            out = stack.enter_context(_atomic_output(wd, out_path))
-            w = _Writer(out, task.fmt, raw_zip)
-            position = 0
-            for sl in task.slices:
-                rng = _Range(removed[sl.name], sl.skip, sl.take)
-                with contextlib.ExitStack() as inner:
-                    _write_slice(inner, w, sl, rng, task.storage_options, task.attempts, task.deadline)
-                if len(rng.keys) != sl.take:
-                    raise ValueError(f"{sl.source}: {len(rng.keys)} kept samples from the {sl.skip}th, "
-                                     f"{sl.take} expected (the archive changed since it was counted)")  # fmt: skip
-                rows.append(pd.DataFrame({
-                    "shard": task.name, "position": range(position, position + sl.take), "archive": sl.source,
-                    "key": rng.keys, "source_position": range(sl.skip, sl.skip + sl.take)}))  # fmt: skip
-                position += sl.take
-                members += rng.members
-                nbytes += rng.bytes
-            w.close()
+        try:
+            rows, members, nbytes = _write_shard(task, wd, out_path, removed, raw_zip)
+        except shardcopy.Fallback:  # a zip that only zipfile reads: all of the shard through zipfile
+            rows, members, nbytes = _write_shard(task, wd, out_path, removed, False)
     except (*_DATA_ERRORS, ValueError, OSError) as e:
         err = e if isinstance(e, (remote.StorageError, *_DATA_ERRORS, ValueError)) else \
             remote.storage_error(e, "; ".join(sources), "read")  # fmt: skip
         return {**base, "status": "failed", "error": str(err), "seconds": round(time.perf_counter() - t0, 3)}
+    position = sum(len(r) for r in rows)
     mapping = pd.concat(rows, ignore_index=True).astype({"position": "int64", "source_position": "int64"})
     wd.makedirs(STATS_DIR, MAPPING_DIR)
     wd.write_bytes(wd.join(STATS_DIR, MAPPING_DIR, f"{task.name}.parquet"), _parquet(mapping))
@@ -361,6 +360,31 @@ def write_output(task: OutputTask) -> dict[str, Any]:
     }  # fmt: skip
     wd.write_json(marker, stats)
     return stats
+
+
+def _write_shard(task: OutputTask, wd: WorkDir, out_path: str, removed: dict[str, dict[str, str]],
+                 raw_zip: bool) -> tuple[list[pd.DataFrame], int, int]:  # fmt: skip
+    """Write the shard (atomically); return its mapping rows per slice, members and bytes."""
+    rows: list[pd.DataFrame] = []
+    members = nbytes = position = 0
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(_atomic_output(wd, out_path))
+        w = _Writer(out, task.fmt, raw_zip)
+        for sl in task.slices:
+            rng = _Range(removed[sl.name], sl.skip, sl.take)
+            with contextlib.ExitStack() as inner:
+                _write_slice(inner, w, sl, rng, task.storage_options, task.attempts, task.deadline)
+            if len(rng.keys) != sl.take:
+                raise ValueError(f"{sl.source}: {len(rng.keys)} kept samples from the {sl.skip}th, "
+                                 f"{sl.take} expected (the archive changed since it was counted)")  # fmt: skip
+            rows.append(pd.DataFrame({
+                "shard": task.name, "position": range(position, position + sl.take), "archive": sl.source,
+                "key": rng.keys, "source_position": range(sl.skip, sl.skip + sl.take)}))  # fmt: skip
+            position += sl.take
+            members += rng.members
+            nbytes += rng.bytes
+        w.close()
+    return rows, members, nbytes
 
 
 def _parquet(df: pd.DataFrame) -> bytes:

@@ -626,3 +626,46 @@ def test_cli_clean_reshard(run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "resharded: 5 new shards of 5 samples (done 5), 23 samples" in text and "00000.zip" in os.listdir(out)
     assert main(["clean", wd, out, "--samples-per-shard", "0", "--client", "sync"]) == 2
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_reshard_tasks_on_archives_only_tarfile_or_zipfile_read(tmp_path, fmt):
+    """A zip whose records are in another order than its central directory and a tar with a
+    global pax header: both passes take the zipfile/tarfile way, the samples are the same."""
+    from dedupdask.reshard import (
+        CountTask,
+        OutputTask,
+        count_source,
+        plan_outputs,
+        read_mapping,
+        write_output,
+    )
+
+    zpath = str(tmp_path / "r.zip")
+    _odd_zip(zpath, reverse=True)
+    tpath = str(tmp_path / "g.tar")
+    with tarfile.open(tpath, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"}) as tf:
+        for i in range(4):
+            for ext in ("jpg", "txt"):
+                ti = tarfile.TarInfo(f"k{i}.{ext}")
+                ti.size = 5
+                tf.addfile(ti, io.BytesIO(f"{i}{ext}".encode().ljust(5)))
+    removed = {zpath: {"z1", "\u00e9"}, tpath: {"k2"}}
+    out = str(tmp_path / "out")
+    counts = []
+    for path, kind in ((zpath, "zip"), (tpath, "tar")):
+        task = CountTask(os.path.basename(path), path, kind, out)
+        counts.append(count_source(task, pd.DataFrame({"key": sorted(removed[path]), "reason": "duplicate"})))
+    assert [c["samples"] for c in counts] == [{"in": 7, "kept": 5, "removed": 2}, {"in": 4, "kept": 3, "removed": 1}]
+    stats = [write_output(OutputTask(name, out, fmt, first, tuple(sl)))
+             for name, first, sl in plan_outputs(counts, 3, fmt)]  # fmt: skip
+    assert [s["status"] for s in stats] == ["done"] * 3
+    want = []
+    with zipfile.ZipFile(zpath) as zf:  # zipfile's order: the central directory's
+        want += [(i.filename, zf.read(i)) for i in zf.infolist()
+                 if not i.is_dir() and split_key(i.filename)[0] not in removed[zpath]]  # fmt: skip
+    with tarfile.open(tpath) as tf:
+        want += [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if not m.name.startswith("k2.")]
+    got = [m for s in stats for m in read_members(os.path.join(out, s["name"]), fmt)]
+    assert got == want
+    assert len(read_mapping(out)) == 8
