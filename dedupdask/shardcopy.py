@@ -175,13 +175,20 @@ class _Runs:
             self.thread = threading.Thread(target=self._work, name="dedupdask-copy", daemon=True)
             self.thread.start()
 
-    def add(self, start: int, end: int, entry: Callable[[int], bytes] | None = None) -> None:
-        """Queue a record; ``entry(offset)`` makes its directory entry for its output offset."""
+    def at(self, start: int) -> int:
+        """The output offset (from the sink's start) a record at ``start`` will get."""
+        pos = self.pos - self.sink.start
+        if start == self.end:
+            return pos + start - self.start
+        return pos + (self.end - self.start if self.ends else 0)
+
+    def add(self, start: int, end: int, entry: bytes | None = None) -> None:
+        """Queue a record, and (zip) its central directory entry."""
         if start != self.end:
             self.flush()
             self.start = start
         if entry is not None:
-            self.entries.append(entry(self.pos - self.sink.start + start - self.start))
+            self.entries.append(entry)
         self.end = end
         self.ends.append(end)
         if end - self.start >= _RUN_MAX:
@@ -404,6 +411,7 @@ def _scan_tar(src: Source, runs: _Runs, decide: Decide) -> None:
 
 # -- zip ------------------------------------------------------------------------------------
 _CD = struct.Struct("<4s4B4HL2L5H2L")  # a central directory entry (zipfile.structCentralDir)
+_OFFSET = struct.Struct("<L")
 _EOCD = struct.Struct("<4s4H2LH")
 _EOCD64 = struct.Struct("<4sQ2H2L4Q")
 _LOC64 = struct.Struct("<4sLQL")
@@ -495,31 +503,42 @@ def _entry(f: tuple[Any, ...], name: bytes, extra: bytes, comment: bytes, usize:
 
 
 def _central_directory(src: Source, cd_off: int, cd_size: int) -> Any:
-    """Yield (fields, name, extra, comment) per central directory entry, read 1 MiB at a time."""
+    """Yield (fields, entry bytes) per central directory entry, read 1 MiB at a time."""
     buf, at, i = b"", cd_off, 0
     end = cd_off + cd_size
+    unpack, size = _CD.unpack_from, _CD.size
     while True:
-        if i + _CD.size > len(buf) and at < end:
+        if i + size > len(buf) and at < end:
             buf = buf[i:] + src.pread(min(_BLOCK, end - at), at)
             at += min(_BLOCK, end - at)
             i = 0
-        if i + _CD.size > len(buf):
+        if i + size > len(buf):
             if i < len(buf):
                 raise zipfile.BadZipFile("Truncated central directory")
             return
-        f = _CD.unpack_from(buf, i)
+        f = unpack(buf, i)
         if f[0] != b"PK\x01\x02":
             raise zipfile.BadZipFile("Bad magic number for central directory")
-        n = _CD.size + f[12] + f[13] + f[14]
+        n = size + f[12] + f[13] + f[14]
         while i + n > len(buf) and at < end:
             buf = buf[i:] + src.pread(min(_BLOCK, end - at), at)
             at += min(_BLOCK, end - at)
             i = 0
         if i + n > len(buf):
             raise zipfile.BadZipFile("Truncated central directory")
-        p = i + _CD.size
-        yield f, buf[p : p + f[12]], buf[p + f[12] : p + f[12] + f[13]], buf[p + f[12] + f[13] : i + n]
+        yield f, buf[i : i + n]
         i += n
+
+
+def _new_entry(f: tuple[Any, ...], raw: bytes, usize: int, csize: int, offset: int) -> bytes:
+    """The central directory entry ``raw`` at ``offset``: its bytes with the offset patched
+    when that is what ``zipfile`` writes (no extra field, no zip64, stored or deflated),
+    else built field by field (:func:`_entry`)."""
+    if not f[13] and offset <= _ZIP64_LIMIT and usize <= _ZIP64_LIMIT and csize <= _ZIP64_LIMIT \
+            and f[6] in (0, 8) and not f[15]:  # fmt: skip
+        return raw[:42] + _OFFSET.pack(offset) + raw[46:]
+    n, x = _CD.size + f[12], _CD.size + f[12] + f[13]
+    return _entry(f, raw[_CD.size : n], raw[n:x], raw[x:], usize, csize, offset)
 
 
 def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | None = None) -> None:
@@ -539,38 +558,44 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
     ahead = [0, b""]  # a read-ahead block at a local header: small records follow each other
 
     def place(entry: tuple[Any, ...], end: int) -> None:
-        f, name, extra, com, usize, csize, offset, kept = entry
-        if end < offset:
+        f, raw, usize, csize, offset = entry
+        if end < offset:  # (the central directory ends before the last record starts)
             raise Fallback("zip members out of the central directory's order")
-        if not kept:
-            runs.flush()
-            return
         rel = offset - ahead[0]
         if rel < 0 or rel + 4 > len(ahead[1]):
             ahead[:], rel = [offset, src.pread(_AHEAD, offset)], 0
         if ahead[1][rel : rel + 4] != b"PK\x03\x04":
-            label = name.decode("utf-8" if f[5] & 0x800 else "cp437")
+            label = raw[_CD.size : _CD.size + f[12]].decode("utf-8" if f[5] & 0x800 else "cp437")
             raise zipfile.BadZipFile(f"no local header for {label!r} at byte {offset}")
-        runs.add(offset, end, lambda at: _entry(f, name, extra, com, usize, csize, at))
+        runs.add(offset, end, _new_entry(f, raw, usize, csize, runs.at(offset)))
 
     try:
         try:
-            prev, count = None, 0
-            for f, name, extra, com in _central_directory(src, cd_off, cd_size):
+            prev, count, last = None, 0, -1
+            for f, raw in _central_directory(src, cd_off, cd_size):
                 usize, csize, offset = f[11], f[10], f[18]
                 if 0xFFFFFFFF in (usize, csize, offset):
-                    usize, csize, offset = _zip64_values(extra, usize, csize, offset)
+                    n = _CD.size + f[12]
+                    usize, csize, offset = _zip64_values(raw[n : n + f[13]], usize, csize, offset)
+                if offset <= last:
+                    raise Fallback("zip members out of the central directory's order")
+                last = offset
                 if prev is not None:
                     place(prev, offset)  # its record ends where this one starts
                     prev = None
-                label = name.decode("utf-8" if f[5] & 0x800 else "cp437").split("\0", 1)[0]
+                label = raw[_CD.size : _CD.size + f[12]].decode("utf-8" if f[5] & 0x800 else "cp437")
+                if "\0" in label:
+                    label = label.split("\0", 1)[0]
                 try:
                     kept = decide(None, usize) if label.endswith("/") else decide(label, usize)
                 except Stop:
                     count = n_entries  # the rest is not wanted
                     break
-                prev = (f, name, extra, com, usize, csize, offset, kept)
                 count += 1
+                if kept:
+                    prev = (f, raw, usize, csize, offset)
+                else:
+                    runs.flush()
             if prev is not None:
                 place(prev, cd_off)
             runs.flush()
