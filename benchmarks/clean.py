@@ -21,7 +21,8 @@ baseline + fsync) run back to back, so that a busy moment of a shared machine hi
 printed per format: shard MB, samples, removed, peak MB (the largest of the rounds), the
 medians of clean s, MB/s (of source bytes), baseline s and MB/s, the median over the rounds
 of the ratio baseline time / clean time (>= 1: as fast), the same for the baseline with
-fsync, and the 1-minute load average range seen.
+fsync, and the 1-minute load average range seen; then the CPU seconds (user + system) of
+clean and of the baseline with fsync, which a busy machine changes less than wall times.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +43,7 @@ import numpy as np
 from dedupdask.datasets import random_picture, write_shard
 
 CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 import pandas as pd
 from dedupdask.clean import ShardTask, clean_archive
 
@@ -49,12 +51,14 @@ src, out_dir, rel, fmt, keys = sys.argv[1:6]
 keys = json.load(open(keys))
 removal = pd.DataFrame({"key": keys, "reason": ["duplicate"] * len(keys)})
 task = ShardTask("bench", src, out_dir, rel, fmt, {}, resume=False)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 stats = clean_archive(task, removal)
 dt = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
 status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
 print(json.dumps({"status": stats["status"], "samples": stats["samples"], "peak_mb": int(status) / 1024,
-                  "seconds": dt}))
+                  "seconds": dt, "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
 """
 
 
@@ -93,10 +97,14 @@ def build(path: str, fmt: str, size: int, pool: list[bytes]) -> int:
     return n
 
 
-def timed(cmd: str) -> float:
+def timed(cmd: str) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, of all its processes) of a shell command."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, shell=True, check=True)
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return dt, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
 
 
 def main() -> None:
@@ -113,7 +121,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.repeat} rounds")
     print(f"{'format':>6} {'MB':>7} {'samples':>8} {'removed':>8} {'peak MB':>8} {'clean s':>8} "
           f"{'MB/s':>7} {'baseline':>22} {'base s':>7} {'MB/s':>7} {'ratio':>6} {'+fsync s':>8} {'ratio':>6}"
-          f" {'load':>9}")
+          f" {'load':>9} {'cpu clean':>9} {'cpu base+fsync':>14}")
     for fmt in args.formats:
         ext = {"tar": ".tar", "tgz": ".tgz", "zip": ".zip"}[fmt]
         src = os.path.join(args.data, f"{args.size_mb}mb{ext}")
@@ -121,7 +129,7 @@ def main() -> None:
         mb = os.path.getsize(src) / 2**20
         step = max(1, round(1 / args.remove)) if args.remove > 0 else 0
         keys = [f"{i:08d}" for i in range(0, n, step)] if step else []
-        base, base_sync, clean, peak, loads = [], [], [], [], []
+        base, base_sync, clean, peak, loads, cpu, cpu_base = [], [], [], [], [], [], []
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             kf = os.path.join(tmp, "keys.json")
             json.dump(keys, open(kf, "w"))
@@ -133,22 +141,26 @@ def main() -> None:
             timed(f"cat '{src}' > /dev/null")  # warm the file cache for all
             for _ in range(args.repeat):
                 loads.append(os.getloadavg()[0])
-                base.append(timed(cmd))
+                base.append(timed(cmd)[0])
                 os.unlink(dst)
                 proc = subprocess.run([sys.executable, "-c", CHILD, src, os.path.join(tmp, "out"), "clean" + ext, fmt,
                                        kf], capture_output=True, text=True, check=True)  # fmt: skip
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 assert r["status"] == "done" and r["samples"]["removed"] == len(keys), r
                 clean.append(r["seconds"])
+                cpu.append(r["cpu"])
                 peak.append(r["peak_mb"])
-                base_sync.append(timed(f"{cmd} && sync '{dst}'"))  # the clean shard is fsynced before its rename
+                wall, used = timed(f"{cmd} && sync '{dst}'")  # the clean shard is fsynced before its rename
+                base_sync.append(wall)
+                cpu_base.append(used)
                 os.unlink(dst)
         med = statistics.median
         ratio = med(b / c for b, c in zip(base, clean, strict=True))
         ratio_sync = med(b / c for b, c in zip(base_sync, clean, strict=True))
         print(f"{fmt:>6} {mb:7.0f} {n:8d} {len(keys):8d} {max(peak):8.1f} {med(clean):8.2f} "
               f"{mb / med(clean):7.1f} {name:>22} {med(base):7.2f} {mb / med(base):7.1f} {ratio:6.2f} "
-              f"{med(base_sync):8.2f} {ratio_sync:6.2f} {min(loads):4.1f}-{max(loads):<4.1f}",
+              f"{med(base_sync):8.2f} {ratio_sync:6.2f} {min(loads):4.1f}-{max(loads):<4.1f} {med(cpu):9.2f} "
+              f"{med(cpu_base):14.2f}",
               flush=True)  # fmt: skip
 
 
