@@ -616,7 +616,8 @@ def write_clean_shards(
         ... directly in ``out_dir``, with the mapping table ``_dedupdask/mapping/`` (one
         Parquet file per shard; :func:`dedupdask.reshard.read_mapping`: ``shard, position,
         archive, key, source_position``); see :mod:`dedupdask.reshard`. The report then
-        has one row per new shard, and ``report.attrs["sources"]`` the counts per source.
+        has one row per new shard, and ``report.attrs["sources"]`` the counts per source
+        archive (records: name, source, status, samples_in, samples_kept, ...).
         None (default): one clean shard per source archive, with its name.
     shard_format : {"tar", "tgz", "zip"}, optional
         The new shards' container when resharding; default: that of the sources when they
@@ -673,7 +674,7 @@ def write_clean_shards(
         report, counts = write_resharded(sources, wd, samples_per_shard=samples_per_shard,
                                          shard_format=shard_format, resume=resume, client=client)  # fmt: skip
         counts = pd.concat([counts, pd.DataFrame(skipped)], ignore_index=True) if skipped else counts
-        report.attrs["sources"] = counts
+        report.attrs["sources"] = counts.to_dict("records")
         _write_summary(wd, res, plan, counts, shards=report)
         return report
     graph = [dask.delayed(clean_archive, pure=False)(t, r) for t, r in tasks]

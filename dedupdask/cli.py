@@ -292,7 +292,7 @@ def _act(ns: argparse.Namespace) -> int:
         return 1 if len(report.failed) else 0
     from .clean import CleanReport
 
-    sources = CleanReport(report.attrs["sources"])
+    sources = CleanReport(report.attrs["sources"])  # records, one per source archive
     print(sources.summary_text())
     status = ", ".join(f"{k} {v}" for k, v in report["status"].value_counts().items()) if len(report) else "none"
     print(f"resharded: {len(report)} new shards of {ns.samples_per_shard} samples ({status}), "

@@ -535,7 +535,7 @@ def test_reshard_mixed_sources(run, tmp_path, shard_format):
     report = ddk.write_clean_shards(wd, out, samples_per_shard=4, shard_format=shard_format, client="sync")
     sources = [(shards.paths[s], shards.members[s]) for s in ("a", "b", "c")]
     check_resharded(out, sources, _removed(wd), 4, shard_format or "tar", report)  # mixed sources: tar
-    counts = report.attrs["sources"]
+    counts = pd.DataFrame(report.attrs["sources"])
     assert list(counts["status"]) == ["done"] * 3
     assert (counts["samples_in"] == counts["samples_kept"] + counts["samples_removed"]).all()
 
