@@ -171,17 +171,20 @@ def _member_key(name: str) -> str:
     return split_key(clean_name(name))[0]
 
 
-def _decider(removed: dict[str, str], counts: _Counts) -> shardcopy.Decide:
-    """``decide(name, size)`` for :mod:`dedupdask.shardcopy`: whether a member stays (None: not
-    a regular member, it stays), counted in ``counts``."""
+def _decider(removed: dict[str, str], counts: _Counts, starts: list[int] | None = None) -> shardcopy.Decide:
+    """``decide(name, size, start)`` for :mod:`dedupdask.shardcopy`: whether a member stays
+    (None: not a regular member, it stays), counted in ``counts``; ``starts`` gets the record
+    start of each kept sample's first member."""
     member = counts.member
 
-    def decide(name: str | None, size: int) -> bool:
+    def decide(name: str | None, size: int, start: int) -> bool:
         if name is None:
             member(None, size, True)
             return True
         key = _member_key(name)
         kept = key not in removed
+        if starts is not None and kept and key != counts._last:
+            starts.append(start)
         member(key, size, kept)
         return kept
 
@@ -189,18 +192,22 @@ def _decider(removed: dict[str, str], counts: _Counts) -> shardcopy.Decide:
 
 
 def _copy_records(
-    src: shardcopy.Source, out: IO[bytes] | None, fmt: str, removed: dict[str, str], counts: _Counts
-) -> None:
+    src: shardcopy.Source, out: IO[bytes] | None, fmt: str, removed: dict[str, str], counts: _Counts,
+    starts: list[int] | None = None,
+) -> None:  # fmt: skip
     """Uncompressed tar or zip: the kept records copied byte for byte in runs
     (:mod:`dedupdask.shardcopy`); what its readers leave to ``tarfile``/``zipfile`` starts
-    over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw`. ``out`` None: count only."""
+    over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw` (``starts`` then stays empty).
+    ``out`` None: count only."""
     sink = shardcopy.Sink(out)
     try:
-        (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, _decider(removed, counts))
+        (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, _decider(removed, counts, starts))
         return
     except shardcopy.Fallback:
         sink.truncate(sink.start)
         counts.reset()
+        if starts is not None:
+            starts.clear()
     finally:
         sink.close()
     src.f.seek(0)
@@ -223,9 +230,11 @@ def read_source(
     source: str, fmt: str, storage_options: dict[str, Any], removed: dict[str, str], counts: _Counts,
     output: contextlib.AbstractContextManager[IO[bytes]] | None = None, *,
     attempts: int = remote.DEFAULT_ATTEMPTS, deadline: float = remote.DEFAULT_DEADLINE,
+    starts: list[int] | None = None,
 ) -> tuple[str, str | None]:  # fmt: skip
     """Stream ``source`` once, counting its members in ``counts`` and writing the kept ones
-    to the file ``output`` opens (None: count only).
+    to the file ``output`` opens (None: count only); ``starts`` gets the byte offset of each
+    kept sample's first record when the source is read by :mod:`dedupdask.shardcopy`.
 
     Returns ``("done", None)`` or ``("partial", error)`` for an archive broken part-way (the
     whole records before the break are written); raises :class:`_Unreadable` for a source
@@ -239,7 +248,7 @@ def read_source(
         try:
             if fmt == "zip" or (fmt == "tar" and _plain_tar(src)):
                 fd = _local_fd(stack, source, storage_options)
-                _copy_records(shardcopy.Source(src, fd), out, fmt, removed, counts)
+                _copy_records(shardcopy.Source(src, fd), out, fmt, removed, counts, starts)
             else:
                 _copy_tar(src, out if out is not None else _Discard(), fmt if out is not None else "tar",
                           removed, counts)  # fmt: skip

@@ -8,6 +8,8 @@ Two Dask passes; neither gathers a per-sample row in the calling process:
    uncompressed tar or a zip: its headers only) and counts its kept samples. It leaves the
    archive's removal set in ``out_dir/_dedupdask/reshard/<name>.json``, and its count in
    ``<name>.count.json`` for a rerun with the same removal set.
+   For an uncompressed tar it also keeps where each kept sample starts (``<name>.index``,
+   8 bytes per sample), so that the second pass starts reading a slice there.
 2. The caller turns the counts (one number per archive) into slices: output shard ``j``
    holds the kept samples ``j * n`` to ``(j + 1) * n - 1`` in source order, a range of kept
    samples of one or more consecutive archives. :func:`write_output`, one task per output
@@ -34,6 +36,7 @@ import hashlib
 import io
 import json
 import posixpath
+import struct
 import tarfile
 import tempfile
 import time
@@ -106,17 +109,19 @@ def count_source(task: CountTask, removal: pd.DataFrame) -> dict[str, Any]:
         if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
             return old
     counts = _Counts(removed)
+    starts: list[int] = []
     try:
         status, error = read_source(task.source, task.fmt, task.storage_options, removed, counts,
-                                    attempts=task.attempts, deadline=task.deadline)  # fmt: skip
+                                    attempts=task.attempts, deadline=task.deadline, starts=starts)  # fmt: skip
     except (_Unreadable, remote.StorageError) as e:
         return {**base, "status": "failed", "error": str(e)}
     except OSError as e:
         return {**base, "status": "failed", "error": str(remote.storage_error(e, task.source, "read"))}
+    kept = counts.samples_in - counts.samples_removed
+    indexed = task.fmt == "tar" and kept > 0 and len(starts) == kept
     stats = {
-        **base, "status": status, "error": error,
-        "samples": {"in": counts.samples_in, "kept": counts.samples_in - counts.samples_removed,
-                    "removed": counts.samples_removed},
+        **base, "status": status, "error": error, "indexed": indexed,
+        "samples": {"in": counts.samples_in, "kept": kept, "removed": counts.samples_removed},
         "removed_by_reason": dict(sorted(counts.by_reason.items())),
         "members": {"in": counts.members_in, "kept": counts.members_kept,
                     "removed": counts.members_in - counts.members_kept},
@@ -124,6 +129,8 @@ def count_source(task: CountTask, removal: pd.DataFrame) -> dict[str, Any]:
     }  # fmt: skip
     wd.makedirs(STATS_DIR, RESHARD_DIR)
     wd.write_json(wd.join(STATS_DIR, RESHARD_DIR, f"{task.name}.json"), {**base, "removed": removed})
+    if indexed:  # where each kept sample starts: a new shard's task starts reading there
+        wd.write_bytes(wd.join(STATS_DIR, RESHARD_DIR, f"{task.name}.index"), struct.pack(f"<{kept}q", *starts))
     wd.write_json(marker, stats)
     return stats
 
@@ -139,6 +146,7 @@ class Slice:
     skip: int
     take: int
     broken: str | None = None  # the counting pass's error for an archive broken part-way
+    indexed: bool = False  # ``<name>.index`` holds the byte offset of each kept sample
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,7 @@ class _Range:
         self.keys: list[str] = []
         self.members = self.bytes = 0
 
-    def __call__(self, name: str | None, size: int) -> bool:
+    def __call__(self, name: str | None, size: int, start: int = 0) -> bool:
         if name is None:
             return False  # directories and links belong to no sample
         key = _member_key(name)
@@ -270,23 +278,28 @@ def _copy(src: IO[bytes], write: Any) -> int:
     return n
 
 
-def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, rng: _Range, so: dict[str, Any],
-                 attempts: int, deadline: float) -> None:  # fmt: skip
-    src = stack.enter_context(remote.open_input(sl.source, so, attempts=attempts, deadline=deadline))
+def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, removed: dict[str, str], wd: WorkDir) -> _Range:
+    """Write the slice's samples; return the :class:`_Range` that took them."""
+    so = wd.storage_options
+    src = stack.enter_context(remote.open_input(sl.source, so, attempts=wd.attempts, deadline=wd.deadline))
+    rng = _Range(removed, sl.skip, sl.take)
     try:
         if w.fmt == "tar" and sl.fmt == "tar" and _plain_tar(src):
             source = shardcopy.Source(src, _local_fd(stack, sl.source, so))
             start = w.sink.pos  # type: ignore[union-attr]
+            offset = _sample_offset(wd, sl) if sl.indexed and sl.skip else 0
+            if offset:
+                rng = _Range(removed, 0, sl.take)  # counts from the slice's first sample
             try:
-                shardcopy.copy_tar(source, w.sink, rng, end=False)  # type: ignore[arg-type]
-                return
-            except shardcopy.Fallback:  # the member by member way, from the slice's start
+                shardcopy.copy_tar(source, w.sink, rng, end=False, offset=offset)  # type: ignore[arg-type]
+                return rng
+            except shardcopy.Fallback:  # the member by member way, from the archive's start
                 w.sink.truncate(start)  # type: ignore[union-attr]
-                rng.reset()
+                rng = _Range(removed, sl.skip, sl.take)
         if w.directory is not None:  # (a Fallback here: write_output starts over with zipfile)
             source = shardcopy.Source(src, _local_fd(stack, sl.source, so))
             shardcopy.copy_zip(source, w.sink, rng, directory=w.directory)  # type: ignore[arg-type]
-            return
+            return rng
         src.seek(0)
         with contextlib.suppress(shardcopy.Stop):
             if sl.fmt == "zip":
@@ -304,9 +317,19 @@ def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, rng: _Range
     except (*_DATA_ERRORS, OSError) as e:
         if getattr(src, "failure", None) is not None:
             raise src.failure from e
-        if sl.broken is None or len(rng.keys) < rng.stop - rng.skip:
+        if sl.broken is None:
             raise
         # the archive broke part-way when it was counted too: its range ends at the break
+    return rng
+
+
+def _sample_offset(wd: WorkDir, sl: Slice) -> int:
+    """Where the slice's first sample starts in its (uncompressed tar) source."""
+    path = wd.join(STATS_DIR, RESHARD_DIR, f"{sl.name}.index")
+    with wd.fs.open(path, "rb") as f:
+        f.seek(8 * sl.skip)
+        (offset,) = struct.unpack("<q", f.read(8))
+    return int(offset)
 
 
 def write_output(task: OutputTask) -> dict[str, Any]:
@@ -371,9 +394,8 @@ def _write_shard(task: OutputTask, wd: WorkDir, out_path: str, removed: dict[str
         out = stack.enter_context(_atomic_output(wd, out_path))
         w = _Writer(out, task.fmt, raw_zip)
         for sl in task.slices:
-            rng = _Range(removed[sl.name], sl.skip, sl.take)
             with contextlib.ExitStack() as inner:
-                _write_slice(inner, w, sl, rng, task.storage_options, task.attempts, task.deadline)
+                rng = _write_slice(inner, w, sl, removed[sl.name], wd)
             if len(rng.keys) != sl.take:
                 raise ValueError(f"{sl.source}: {len(rng.keys)} kept samples from the {sl.skip}th, "
                                  f"{sl.take} expected (the archive changed since it was counted)")  # fmt: skip
@@ -418,7 +440,8 @@ def plan_outputs(counts: list[dict[str, Any]], samples_per_shard: int, fmt: str)
         broken = c.get("error") if c["status"] == "partial" else None
         while skip < kept:
             take = min(room, kept - skip)
-            current.append(Slice(c["name"], c["source"], c["format"], c["removals_sha256"], skip, take, broken))
+            current.append(Slice(c["name"], c["source"], c["format"], c["removals_sha256"], skip, take, broken,
+                                 bool(c.get("indexed"))))  # fmt: skip
             skip, room = skip + take, room - take
             if room == 0:
                 out.append((f"{len(out):0{width}d}{EXTENSIONS[fmt]}", first, current))

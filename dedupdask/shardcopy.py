@@ -4,7 +4,7 @@ copy the kept ones in runs, without ``tarfile``/``zipfile`` per-member objects.
 :func:`copy_tar` reads the 512-byte headers itself (ustar, GNU and pax; GNU long names
 ``L``/``K`` and pax ``x`` headers belong to the member that follows them) and verifies each
 header checksum; :func:`copy_zip` walks the central directory (end record, zip64 end record)
-entry by entry. Both ask ``decide(name, size)`` whether a member stays, and copy each run of
+entry by entry. Both ask ``decide(name, size, start)`` whether a member stays, and copy each run of
 consecutive kept records byte for byte -- between two local files with
 ``os.copy_file_range`` (then ``os.sendfile``), the kernel copy ``cp`` makes, otherwise in
 1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
@@ -39,7 +39,7 @@ _RUN_MAX = 256 * _BLOCK  # a run is copied at the latest when it is this long
 _AHEAD = 4096  # bytes read at a tar header: a sample's small members and the next header
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
-Decide = Callable[[str | None, int], bool]  # (regular member's name or None, size) -> kept
+Decide = Callable[[str | None, int, int], bool]  # (regular member's name or None, size, record start) -> kept
 
 
 class Fallback(Exception):
@@ -298,9 +298,9 @@ def _pax(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def copy_tar(src: Source, sink: Sink, decide: Decide, *, end: bool = True) -> None:
-    """Copy the kept member records of an uncompressed tar, then (``end``) the
-    end-of-archive blocks.
+def copy_tar(src: Source, sink: Sink, decide: Decide, *, end: bool = True, offset: int = 0) -> None:
+    """Copy the kept member records of an uncompressed tar from the record at ``offset``,
+    then (``end``) the end-of-archive blocks.
 
     Each record (extended headers, header, padded payload) is copied as it is; a break
     (bad header checksum, end of data inside a record) keeps the whole records before it,
@@ -311,7 +311,7 @@ def copy_tar(src: Source, sink: Sink, decide: Decide, *, end: bool = True) -> No
     try:
         try:
             with contextlib.suppress(Stop):
-                _scan_tar(src, runs, decide)
+                _scan_tar(src, runs, decide, offset)
             runs.flush()
         except Fallback:
             runs.finish(check=False)
@@ -334,9 +334,9 @@ def end_tar(sink: Sink) -> None:
     sink.write(bytes((-(sink.pos - sink.start)) % tarfile.RECORDSIZE))
 
 
-def _scan_tar(src: Source, runs: _Runs, decide: Decide) -> None:
-    """Read the headers up to the end of the archive; queue each kept member's record."""
-    buf, at, pos = b"", 0, 0  # a read-ahead block of the source starting at ``at``
+def _scan_tar(src: Source, runs: _Runs, decide: Decide, pos: int = 0) -> None:
+    """Read the headers from ``pos`` to the end of the archive; queue each kept member's record."""
+    buf, at = b"", 0  # a read-ahead block of the source starting at ``at``
     adler = zlib.adler32
     while True:
         start, long_name, size = pos, None, None
@@ -398,10 +398,10 @@ def _scan_tar(src: Source, runs: _Runs, decide: Decide) -> None:
             if size is None:
                 size = _number(hdr[124:136])
             end = pos + tarfile.BLOCKSIZE + _blocks(size)
-            kept = decide(name, size)
+            kept = decide(name, size, start)
         else:
             end = pos + tarfile.BLOCKSIZE
-            kept = decide(None, 0)
+            kept = decide(None, 0, start)
         if kept:
             runs.add(start, end)
         else:
@@ -587,7 +587,7 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
                 if "\0" in label:
                     label = label.split("\0", 1)[0]
                 try:
-                    kept = decide(None, usize) if label.endswith("/") else decide(label, usize)
+                    kept = decide(None if label.endswith("/") else label, usize, offset)
                 except Stop:
                     count = n_entries  # the rest is not wanted
                     break
