@@ -9,7 +9,8 @@ Two Dask passes; neither gathers a per-sample row in the calling process:
    archive's removal set in ``out_dir/_dedupdask/reshard/<name>.json``, and its count in
    ``<name>.count.json`` for a rerun with the same removal set.
    For an uncompressed tar it also keeps where each kept sample starts (``<name>.index``,
-   8 bytes per sample), so that the second pass starts reading a slice there.
+   8 bytes per sample: the record's offset; in a zip, the position of its central directory
+   entry), so that the second pass starts reading a slice there.
 2. The caller turns the counts (one number per archive) into slices: output shard ``j``
    holds the kept samples ``j * n`` to ``(j + 1) * n - 1`` in source order, a range of kept
    samples of one or more consecutive archives. :func:`write_output`, one task per output
@@ -118,7 +119,7 @@ def count_source(task: CountTask, removal: pd.DataFrame) -> dict[str, Any]:
     except OSError as e:
         return {**base, "status": "failed", "error": str(remote.storage_error(e, task.source, "read"))}
     kept = counts.samples_in - counts.samples_removed
-    indexed = task.fmt == "tar" and kept > 0 and len(starts) == kept
+    indexed = task.fmt in ("tar", "zip") and kept > 0 and len(starts) == kept
     stats = {
         **base, "status": status, "error": error, "indexed": indexed,
         "samples": {"in": counts.samples_in, "kept": kept, "removed": counts.samples_removed},
@@ -298,7 +299,10 @@ def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, removed: di
                 rng = _Range(removed, sl.skip, sl.take)
         if w.directory is not None:  # (a Fallback here: write_output starts over with zipfile)
             source = shardcopy.Source(src, _local_fd(stack, sl.source, so))
-            shardcopy.copy_zip(source, w.sink, rng, directory=w.directory)  # type: ignore[arg-type]
+            entry = _sample_offset(wd, sl) if sl.indexed and sl.skip else 0
+            if entry:
+                rng = _Range(removed, 0, sl.take)  # counts from the slice's first sample
+            shardcopy.copy_zip(source, w.sink, rng, directory=w.directory, entry=entry)  # type: ignore[arg-type]
             return rng
         src.seek(0)
         with contextlib.suppress(shardcopy.Stop):
@@ -324,7 +328,8 @@ def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, removed: di
 
 
 def _sample_offset(wd: WorkDir, sl: Slice) -> int:
-    """Where the slice's first sample starts in its (uncompressed tar) source."""
+    """Where the slice's first sample starts in its source: the offset of its first record in
+    an uncompressed tar, the position of its first central directory entry in a zip."""
     path = wd.join(STATS_DIR, RESHARD_DIR, f"{sl.name}.index")
     with wd.fs.open(path, "rb") as f:
         f.seek(8 * sl.skip)

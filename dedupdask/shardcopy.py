@@ -39,7 +39,9 @@ _RUN_MAX = 256 * _BLOCK  # a run is copied at the latest when it is this long
 _AHEAD = 4096  # bytes read at a tar header: a sample's small members and the next header
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
-Decide = Callable[[str | None, int, int], bool]  # (regular member's name or None, size, record start) -> kept
+# (regular member's name or None, size, start: a tar record's offset, a zip entry's position
+# in the central directory) -> kept
+Decide = Callable[[str | None, int, int], bool]
 
 
 class Fallback(Exception):
@@ -502,14 +504,15 @@ def _entry(f: tuple[Any, ...], name: bytes, extra: bytes, comment: bytes, usize:
     return head + name + extra + comment
 
 
-def _central_directory(src: Source, cd_off: int, cd_size: int) -> Any:
-    """Yield (fields, entry bytes) per central directory entry, read 1 MiB at a time."""
-    buf, at, i = b"", cd_off, 0
+def _central_directory(src: Source, cd_off: int, cd_size: int, skip: int = 0) -> Any:
+    """Yield (fields, entry bytes, entry position in the directory) per central directory
+    entry from the one at ``skip``, read 1 MiB at a time."""
+    buf, at, i, base = b"", cd_off + skip, 0, skip  # ``buf`` holds the directory from ``base``
     end = cd_off + cd_size
     unpack, size = _CD.unpack_from, _CD.size
     while True:
         if i + size > len(buf) and at < end:
-            buf = buf[i:] + src.pread(min(_BLOCK, end - at), at)
+            buf, base = buf[i:] + src.pread(min(_BLOCK, end - at), at), base + i
             at += min(_BLOCK, end - at)
             i = 0
         if i + size > len(buf):
@@ -521,12 +524,12 @@ def _central_directory(src: Source, cd_off: int, cd_size: int) -> Any:
             raise zipfile.BadZipFile("Bad magic number for central directory")
         n = size + f[12] + f[13] + f[14]
         while i + n > len(buf) and at < end:
-            buf = buf[i:] + src.pread(min(_BLOCK, end - at), at)
+            buf, base = buf[i:] + src.pread(min(_BLOCK, end - at), at), base + i
             at += min(_BLOCK, end - at)
             i = 0
         if i + n > len(buf):
             raise zipfile.BadZipFile("Truncated central directory")
-        yield f, buf[i : i + n]
+        yield f, buf[i : i + n], base + i
         i += n
 
 
@@ -541,7 +544,8 @@ def _new_entry(f: tuple[Any, ...], raw: bytes, usize: int, csize: int, offset: i
     return _entry(f, raw[_CD.size : n], raw[n:x], raw[x:], usize, csize, offset)
 
 
-def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | None = None) -> None:
+def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | None = None,
+             entry: int = 0) -> None:  # fmt: skip
     """Copy the kept members' local records (header, data, data descriptor) of a zip in its
     central directory's order, then a central directory of them at their new offsets.
 
@@ -549,7 +553,9 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
     otherwise :class:`Fallback`. A bad local header raises ``zipfile.BadZipFile`` after the
     records before it and their central directory are written. With ``directory``, the
     entries go there and the caller writes it (:meth:`Directory.write_to`) after more
-    records; ``decide`` may raise :class:`Stop` to end early.
+    records; ``decide`` may raise :class:`Stop` to end early. For a zip member ``decide``'s
+    ``start`` is the position of its entry in the central directory, where ``entry`` starts
+    the walk.
     """
     n_entries, cd_size, cd_off, comment = _end_record(src, src.size())
     cd = Directory() if directory is None else directory
@@ -572,7 +578,7 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
     try:
         try:
             prev, count, last = None, 0, -1
-            for f, raw in _central_directory(src, cd_off, cd_size):
+            for f, raw, pos in _central_directory(src, cd_off, cd_size, entry):
                 usize, csize, offset = f[11], f[10], f[18]
                 if 0xFFFFFFFF in (usize, csize, offset):
                     n = _CD.size + f[12]
@@ -587,7 +593,7 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
                 if "\0" in label:
                     label = label.split("\0", 1)[0]
                 try:
-                    kept = decide(None if label.endswith("/") else label, usize, offset)
+                    kept = decide(None if label.endswith("/") else label, usize, pos)
                 except Stop:
                     count = n_entries  # the rest is not wanted
                     break
@@ -599,7 +605,7 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
             if prev is not None:
                 place(prev, cd_off)
             runs.flush()
-            if count != n_entries:
+            if count != n_entries and not entry:
                 raise zipfile.BadZipFile(f"the central directory lists {count} of {n_entries} entries")
         except Fallback:
             runs.finish(check=False)
