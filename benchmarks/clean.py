@@ -5,6 +5,7 @@ Usage::
     python benchmarks/clean.py                  # one 200 MB shard per format (tar, tgz, zip)
     python benchmarks/clean.py --size-mb 1024   # 1 GB shards
     python benchmarks/clean.py --formats tgz --remove 0.5
+    python benchmarks/clean.py --formats tar zip --reshard 1000   # and resharding into 1000-sample shards
 
 Writes one shard per format of ``--size-mb`` MB of webdataset samples (a JPEG of 40-120 kB
 from a pool of real encoded pictures, a caption ``.txt`` and a ``.json``), cached in
@@ -62,6 +63,30 @@ print(json.dumps({"status": stats["status"], "samples": stats["samples"], "peak_
 """
 
 
+CHILD_RESHARD = r"""
+import json, os, resource, sys, time
+import pandas as pd
+from dedupdask.reshard import CountTask, OutputTask, count_source, plan_outputs, write_output
+
+src, out_dir, fmt, keys, per_shard = sys.argv[1:6]
+keys = json.load(open(keys))
+removal = pd.DataFrame({"key": keys, "reason": ["duplicate"] * len(keys)})
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t0 = time.perf_counter()
+counted = count_source(CountTask(os.path.basename(src), src, fmt, out_dir), removal)
+t1 = time.perf_counter()
+plan = plan_outputs([counted], int(per_shard), fmt)
+stats = [write_output(OutputTask(name, out_dir, fmt, first, tuple(sl))) for name, first, sl in plan]
+t2 = time.perf_counter()
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+print(json.dumps({"status": sorted({s["status"] for s in stats}), "shards": len(stats),
+                  "samples": sum(s["samples"]["kept"] for s in stats), "peak_mb": int(status) / 1024,
+                  "count_s": t1 - t0, "write_s": t2 - t1,
+                  "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
+"""
+
+
 def jpeg_pool(n: int = 48) -> list[bytes]:
     rng = np.random.default_rng(0)
     out = []
@@ -113,6 +138,9 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["tar", "tgz", "zip"], choices=["tar", "tgz", "zip"])
     ap.add_argument("--remove", type=float, default=0.1, help="share of samples removed")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds of baseline / clean / baseline+fsync")
+    ap.add_argument("--reshard", type=int, default=0, metavar="N",
+                    help="also reshard each shard into shards of N samples (one process: the counting pass, "
+                         "then the new shards one after the other), once")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "dedupdask-bench-clean"))
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
@@ -122,6 +150,7 @@ def main() -> None:
     print(f"{'format':>6} {'MB':>7} {'samples':>8} {'removed':>8} {'peak MB':>8} {'clean s':>8} "
           f"{'MB/s':>7} {'baseline':>22} {'base s':>7} {'MB/s':>7} {'ratio':>6} {'+fsync s':>8} {'ratio':>6}"
           f" {'load':>9} {'cpu clean':>9} {'cpu base+fsync':>14}")
+    resharded: list[str] = []
     for fmt in args.formats:
         ext = {"tar": ".tar", "tgz": ".tgz", "zip": ".zip"}[fmt]
         src = os.path.join(args.data, f"{args.size_mb}mb{ext}")
@@ -157,11 +186,25 @@ def main() -> None:
         med = statistics.median
         ratio = med(b / c for b, c in zip(base, clean, strict=True))
         ratio_sync = med(b / c for b, c in zip(base_sync, clean, strict=True))
+        if args.reshard:
+            with tempfile.TemporaryDirectory(dir=args.data) as tmp:
+                kf = os.path.join(tmp, "keys.json")
+                json.dump(keys, open(kf, "w"))
+                proc = subprocess.run([sys.executable, "-c", CHILD_RESHARD, src, os.path.join(tmp, "out"), fmt, kf,
+                                       str(args.reshard)], capture_output=True, text=True, check=True)  # fmt: skip
+                rs = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert rs["status"] == ["done"] and rs["samples"] == n - len(keys), rs
+            resharded.append(f"# reshard {fmt}: {rs['shards']} shards of {args.reshard} samples, counting pass "
+                             f"{rs['count_s']:.2f} s, new shards {rs['write_s']:.2f} s (together "
+                             f"{mb / (rs['count_s'] + rs['write_s']):.0f} MB/s), cpu {rs['cpu']:.2f} s, "
+                             f"peak {rs['peak_mb']:.0f} MB")  # fmt: skip
         print(f"{fmt:>6} {mb:7.0f} {n:8d} {len(keys):8d} {max(peak):8.1f} {med(clean):8.2f} "
               f"{mb / med(clean):7.1f} {name:>22} {med(base):7.2f} {mb / med(base):7.1f} {ratio:6.2f} "
               f"{med(base_sync):8.2f} {ratio_sync:6.2f} {min(loads):4.1f}-{max(loads):<4.1f} {med(cpu):9.2f} "
               f"{med(cpu_base):14.2f}",
               flush=True)  # fmt: skip
+    for line in resharded:
+        print(line)
 
 
 if __name__ == "__main__":
