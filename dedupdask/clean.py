@@ -627,7 +627,9 @@ def write_clean_shards(
         archive, key, source_position``); see :mod:`dedupdask.reshard`. The report then
         has one row per new shard, and ``report.attrs["sources"]`` the counts per source
         archive (records: name, source, status, samples_in, samples_kept, ...).
-        None (default): one clean shard per source archive, with its name.
+        None (default): one clean shard per source archive, with its name. Reshard into an
+        ``out_dir`` of its own (or of an earlier resharding, whose extra shards are removed),
+        not one that holds per-archive clean shards.
     shard_format : {"tar", "tgz", "zip"}, optional
         The new shards' container when resharding; default: that of the sources when they
         all have the same, else ``tar``.

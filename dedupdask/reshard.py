@@ -511,7 +511,9 @@ def _remove_stale(wd: WorkDir, names: set[str]) -> None:
 
 
 def read_mapping(out_dir: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The mapping table of a resharded ``out_dir``: one row per sample, in output order.
+    """The mapping table of a resharded ``out_dir``: one row per sample, in output order (the
+    whole table in memory; ``dask.dataframe.read_parquet(out_dir + "/_dedupdask/mapping")``
+    reads it lazily, a partition per new shard).
 
     Examples
     --------

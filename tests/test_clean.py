@@ -673,3 +673,47 @@ def test_reshard_tasks_on_archives_only_tarfile_or_zipfile_read(tmp_path, fmt):
     got = [m for s in stats for m in read_members(os.path.join(out, s["name"]), fmt)]
     assert got == want
     assert len(read_mapping(out)) == 8
+
+
+@pytest.mark.slow  # ~40 s: a cluster, a 100 MB tgz read twice
+def test_worker_killed_mid_reshard_gives_the_undisturbed_output(tmp_path):
+    import signal
+    import threading
+    import time
+
+    from cluster import shell_cluster
+
+    from dedupdask.reshard import read_mapping
+    from dedupdask.store import _TMP_OWNER
+
+    _big_shards(str(tmp_path / "in"))
+    wd = str(tmp_path / "wd")
+    ddk.run(str(tmp_path / "in"), wd, model_path="dct", client="sync", progress=False)
+    quiet = str(tmp_path / "quiet")
+    ref = ddk.write_clean_shards(wd, quiet, keep="first", samples_per_shard=8, client="sync")
+    assert list(ref["samples_kept"]) == [8, 8, 8]  # 6 + 18 kept samples
+    out = str(tmp_path / "out")
+    killed: list[int] = []
+
+    def killer() -> None:  # kill the worker writing the second new shard (from the tgz) once under way
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for n in os.listdir(out) if os.path.isdir(out) else []:
+                if n.startswith("00001.tar.tmp-") and os.path.getsize(os.path.join(out, n)) > 2**20:
+                    pid = int(_TMP_OWNER.match(n.rpartition(".tmp-")[2])["pid"])
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.02)
+
+    with shell_cluster(tmp_path / "cluster", n_workers=2) as (address, _):
+        t = threading.Thread(target=killer)
+        t.start()
+        report = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=8, client=address)
+        t.join()
+    assert killed, "the new shard was written too fast to be interrupted"
+    assert (report["status"] == "done").all()
+    for name in ref["name"]:
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
+    pd.testing.assert_frame_equal(read_mapping(out), read_mapping(quiet))
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
