@@ -6,8 +6,8 @@ copy the kept ones in runs, without ``tarfile``/``zipfile`` per-member objects.
 header checksum; :func:`copy_zip` walks the central directory (end record, zip64 end record)
 entry by entry. Both ask ``decide(name, size, start)`` whether a member stays, and copy each run of
 consecutive kept records byte for byte -- between two local files with
-``os.copy_file_range`` (then ``os.sendfile``), the kernel copy ``cp`` makes, otherwise in
-1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
+``os.copy_file_range``, the kernel copy ``cp`` makes, in a second thread while the headers
+are read; otherwise (an object store, a kernel or file system without it) in 1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
 the kept members at their new offsets (zip64 where needed), both as ``tarfile``/``zipfile``
 write them. Memory does not depend on the shard: a read-ahead block, one run's bounds and
 (zip) the new central directory, spooled to disk past 8 MiB.
