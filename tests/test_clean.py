@@ -717,3 +717,25 @@ def test_worker_killed_mid_reshard_gives_the_undisturbed_output(tmp_path):
         assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
     pd.testing.assert_frame_equal(read_mapping(out), read_mapping(quiet))
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_reshard_a_source_broken_after_extraction(run, tmp_path):
+    shards, wd, _ = run
+    src = shards.paths["a"]
+    saved = open(src, "rb").read()
+    try:  # the tar broke after extraction: its samples before the break are resharded
+        open(src, "wb").write(saved[: len(saved) // 2])
+        out = str(tmp_path / "out")
+        report = ddk.write_clean_shards(wd, out, samples_per_shard=4, client="sync")
+        counts = pd.DataFrame(report.attrs["sources"]).set_index("name")
+        assert counts.loc["00000.tar", "status"] == "partial" and "archive broken" in counts.loc["00000.tar", "error"]
+        assert 0 < counts.loc["00000.tar", "samples_kept"] < 9
+        first = report.set_index("name").loc["00000.tar"]
+        assert first["status"] == "partial" and src in first["error"]
+        got = read_members(os.path.join(out, "00000.tar"), "tar")
+        assert got and all(dict(shards.members["a"]).get(n, dict(shards.members["b"]).get(n)) == d for n, d in got)
+        mapping = pd.read_parquet(os.path.join(out, "_dedupdask", "mapping"))
+        assert len(mapping) == int(counts["samples_kept"].sum()) == int(report["samples_kept"].sum())
+        assert main(["clean", wd, str(tmp_path / "cli"), "--samples-per-shard", "4", "--client", "sync"]) == 1
+    finally:
+        open(src, "wb").write(saved)
