@@ -252,7 +252,8 @@ def test_worker_killed_mid_shard_gives_the_undisturbed_output(tmp_path):
         report = ddk.write_clean_shards(wd, out, keep="first", client=address)
         t.join()
     assert killed, "the tgz was written too fast to be interrupted"
-    assert (report["status"] == "done").all()
+    # a shard finished on the killed worker lost its result there: redone, it finds its marker
+    assert (report["status"].isin(["done", "already_done"])).all()
     for name in members:
         assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
         a = json.load(open(os.path.join(out, "_dedupdask", f"{name}.stats.json")))
@@ -712,7 +713,8 @@ def test_worker_killed_mid_reshard_gives_the_undisturbed_output(tmp_path):
         report = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=8, client=address)
         t.join()
     assert killed, "the new shard was written too fast to be interrupted"
-    assert (report["status"] == "done").all()
+    # a shard finished on the killed worker lost its result there: redone, it finds its marker
+    assert (report["status"].isin(["done", "already_done"])).all()
     for name in ref["name"]:
         assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
     pd.testing.assert_frame_equal(read_mapping(out), read_mapping(quiet))
