@@ -643,12 +643,13 @@ def write_clean_shards(
     Returns
     -------
     CleanReport
-        One row per archive.
+        One row per archive (resharding: per new shard).
 
     Examples
     --------
     >>> import dedupdask as ddk
     >>> report = ddk.write_clean_shards("work/", "clean/", keep="longest_caption")  # doctest: +SKIP
+    >>> resharded = ddk.write_clean_shards("work/", "s3://b/new/", samples_per_shard=10_000)  # doctest: +SKIP
     >>> print(report.summary_text())  # doctest: +SKIP
     """
     from .results import load
