@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -46,7 +47,7 @@ from typing import IO, TYPE_CHECKING, Any
 import dask
 import pandas as pd
 
-from . import remote
+from . import remote, shardcopy
 from .archives import _DATA_ERRORS, _is_data_error, clean_name, split_key
 from .removals import RemovalPlan, compute_on, removal_tasks
 from .sources import archive_kind
@@ -150,8 +151,116 @@ class _Counts:
             self.found.add(key)
 
 
+    def reset(self) -> None:
+        self.__init__(self.reasons)  # type: ignore[misc]
+
+
 def _member_key(name: str) -> str:
+    """``split_key(clean_name(name))[0]``, with a shortcut for printable ASCII names (which
+    ``clean_name`` leaves as they are): up to the first dot of the last path part.
+
+    Examples
+    --------
+    >>> [_member_key(n) for n in ("a/b.c.jpg", "x/.hidden", "README", "d/", "é.jpg", "a" + chr(9) + "b.c")]
+    ['a/b', 'x/.hidden', 'README', 'd/', 'é', 'a\\\\u0009b']
+    """
+    if name.isascii() and name.isprintable():
+        i = name.rfind("/") + 1
+        j = name.find(".", i)
+        return name[:j] if j > i else name
     return split_key(clean_name(name))[0]
+
+
+def _decider(removed: dict[str, str], counts: _Counts, starts: list[int] | None = None) -> shardcopy.Decide:
+    """``decide(name, size, start)`` for :mod:`dedupdask.shardcopy`: whether a member stays
+    (None: not a regular member, it stays), counted in ``counts``; ``starts`` gets the record
+    start of each kept sample's first member."""
+    member = counts.member
+
+    def decide(name: str | None, size: int, start: int) -> bool:
+        if name is None:
+            member(None, size, True)
+            return True
+        key = _member_key(name)
+        kept = key not in removed
+        if starts is not None and kept and key != counts._last:
+            starts.append(start)
+        member(key, size, kept)
+        return kept
+
+    return decide
+
+
+def _copy_records(
+    src: shardcopy.Source, out: IO[bytes] | None, fmt: str, removed: dict[str, str], counts: _Counts,
+    starts: list[int] | None = None,
+) -> None:  # fmt: skip
+    """Uncompressed tar or zip: the kept records copied byte for byte in runs
+    (:mod:`dedupdask.shardcopy`); what its readers leave to ``tarfile``/``zipfile`` starts
+    over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw` (``starts`` then stays empty).
+    ``out`` None: count only."""
+    sink = shardcopy.Sink(out)
+    try:
+        (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, _decider(removed, counts, starts))
+        return
+    except shardcopy.Fallback:
+        sink.truncate(sink.start)
+        counts.reset()
+        if starts is not None:
+            starts.clear()
+    finally:
+        sink.close()
+    src.f.seek(0)
+    with contextlib.ExitStack() as stack:
+        dst = out if out is not None else stack.enter_context(tempfile.TemporaryFile())
+        (_copy_zip_raw if fmt == "zip" else _copy_tar_raw)(src.f, dst, removed, counts)
+
+
+class _Discard(io.RawIOBase):
+    """A sink that keeps nothing (counting a compressed tar)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return len(b)
+
+
+def read_source(
+    source: str, fmt: str, storage_options: dict[str, Any], removed: dict[str, str], counts: _Counts,
+    output: contextlib.AbstractContextManager[IO[bytes]] | None = None, *,
+    attempts: int = remote.DEFAULT_ATTEMPTS, deadline: float = remote.DEFAULT_DEADLINE,
+    starts: list[int] | None = None,
+) -> tuple[str, str | None]:  # fmt: skip
+    """Stream ``source`` once, counting its members in ``counts`` and writing the kept ones
+    to the file ``output`` opens (None: count only); ``starts`` gets the byte offset of each
+    kept sample's first record when the source is read by :mod:`dedupdask.shardcopy`.
+
+    Returns ``("done", None)`` or ``("partial", error)`` for an archive broken part-way (the
+    whole records before the break are written); raises :class:`_Unreadable` for a source
+    with no readable member, :class:`dedupdask.remote.StorageError` / ``OSError`` when the
+    storage fails (``output`` then discards what it got).
+    """
+    status, error = "done", None
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(remote.open_input(source, storage_options, attempts=attempts, deadline=deadline))
+        out = stack.enter_context(output) if output is not None else None
+        try:
+            if fmt == "zip" or (fmt == "tar" and _plain_tar(src)):
+                fd = _local_fd(stack, source, storage_options)
+                _copy_records(shardcopy.Source(src, fd), out, fmt, removed, counts, starts)
+            else:
+                _copy_tar(src, out if out is not None else _Discard(), fmt if out is not None else "tar",
+                          removed, counts)  # fmt: skip
+        except (*_DATA_ERRORS, OSError) as e:
+            if getattr(src, "failure", None) is not None:
+                raise src.failure from e
+            if isinstance(e, OSError) and not _is_data_error(e):
+                raise
+            if counts.members_in == 0:  # not an archive at all: write nothing
+                raise _Unreadable(f"not a readable archive: {e}") from e
+            status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+    return status, error
 
 
 def _copy_tar(src: IO[bytes], out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
@@ -364,6 +473,17 @@ def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
         wd.write_bytes(path, f)
 
 
+def _local_fd(stack: contextlib.ExitStack, url: str, storage_options: dict[str, Any]) -> int | None:
+    """A descriptor of ``url`` if it is a local file (for kernel copies), else None."""
+    from fsspec.core import url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = url_to_fs(url, **storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        return None
+    return stack.enter_context(open(path, "rb", buffering=0)).fileno()
+
+
 class _Unreadable(Exception):
     """The source is not a readable archive (no member could be read): no shard is written."""
 
@@ -397,26 +517,10 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
             if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
                 return {**old, "status": "already_done"}
     counts = _Counts(removed)
-    status, error = "done", None
     try:
-        with remote.open_input(task.source, task.storage_options, attempts=task.attempts,
-                               deadline=task.deadline) as src:  # fmt: skip
-            with _atomic_output(wd, out_path) as out:
-                try:
-                    if task.fmt == "zip":
-                        _copy_zip_raw(src, out, removed, counts)
-                    elif task.fmt == "tar" and _plain_tar(src):
-                        _copy_tar_raw(src, out, removed, counts)
-                    else:
-                        _copy_tar(src, out, task.fmt, removed, counts)
-                except (*_DATA_ERRORS, OSError) as e:
-                    if getattr(src, "failure", None) is not None:
-                        raise src.failure from e
-                    if isinstance(e, OSError) and not _is_data_error(e):
-                        raise
-                    if counts.members_in == 0:  # not an archive at all: write nothing
-                        raise _Unreadable(f"not a readable archive: {e}") from e
-                    status, error = "partial", f"archive broken after {counts.members_in} members: {e}"
+        status, error = read_source(task.source, task.fmt, task.storage_options, removed, counts,
+                                    _atomic_output(wd, out_path), attempts=task.attempts,
+                                    deadline=task.deadline)  # fmt: skip
     except _Unreadable as e:
         return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
     except remote.StorageError as e:
@@ -495,6 +599,8 @@ def write_clean_shards(
     outliers: bool = False,
     remove_issues: str | Iterable[str] | None = None,
     resume: bool = True,
+    samples_per_shard: int | None = None,
+    shard_format: str | None = None,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
 ) -> CleanReport:
@@ -513,6 +619,20 @@ def write_clean_shards(
     resume : bool
         Skip shards whose stats file says they were written from the same source with the
         same removal set.
+    samples_per_shard : int, optional
+        Reshard: write the kept samples of all archives, in source order, into new shards of
+        this many samples each (the last one: the rest) named ``00000.tar``, ``00001.tar``,
+        ... directly in ``out_dir``, with the mapping table ``_dedupdask/mapping/`` (one
+        Parquet file per shard; :func:`dedupdask.reshard.read_mapping`: ``shard, position,
+        archive, key, source_position``); see :mod:`dedupdask.reshard`. The report then
+        has one row per new shard, and ``report.attrs["sources"]`` the counts per source
+        archive (records: name, source, status, samples_in, samples_kept, ...).
+        None (default): one clean shard per source archive, with its name. Reshard into an
+        ``out_dir`` of its own (or of an earlier resharding, whose extra shards are removed),
+        not one that holds per-archive clean shards.
+    shard_format : {"tar", "tgz", "zip"}, optional
+        The new shards' container when resharding; default: that of the sources when they
+        all have the same, else ``tar``.
     storage_options : dict, optional
         fsspec options for the work_dir, the source archives and out_dir (default: none, or
         the loaded result's).
@@ -523,12 +643,13 @@ def write_clean_shards(
     Returns
     -------
     CleanReport
-        One row per archive.
+        One row per archive (resharding: per new shard).
 
     Examples
     --------
     >>> import dedupdask as ddk
     >>> report = ddk.write_clean_shards("work/", "clean/", keep="longest_caption")  # doctest: +SKIP
+    >>> resharded = ddk.write_clean_shards("work/", "s3://b/new/", samples_per_shard=10_000)  # doctest: +SKIP
     >>> print(report.summary_text())  # doctest: +SKIP
     """
     from .results import load
@@ -537,6 +658,11 @@ def write_clean_shards(
     so = dict(res._collection.work_dir.storage_options if storage_options is None else storage_options)
     plan = RemovalPlan.make(keep, duplicates=duplicates, invalid=invalid, outliers=outliers,
                             remove_issues=remove_issues)  # fmt: skip
+    if samples_per_shard is not None and (isinstance(samples_per_shard, bool) or
+                                          not isinstance(samples_per_shard, int) or samples_per_shard < 1):
+        raise ValueError(f"samples_per_shard must be a positive integer, not {samples_per_shard!r}")
+    if shard_format is not None and shard_format not in ("tar", "tgz", "zip"):
+        raise ValueError(f"shard_format must be 'tar', 'tgz' or 'zip', not {shard_format!r}")
     wd = WorkDir(out_dir, so)
     wd.makedirs(STATS_DIR)
     parts, rem = removal_tasks(res, plan)
@@ -549,26 +675,46 @@ def write_clean_shards(
                             "status": "skipped", "error": "loose images are not cleaned (not an archive)"})
             continue
         rel, fmt = output_name(relative_path(part.url, part.name))
-        if rel in outputs:
+        if rel in outputs and samples_per_shard is None:
             raise ValueError(f"archives {outputs[rel]} and {part.url} would both be written to {rel}")
         outputs[rel] = part.url
         tasks.append((ShardTask(part.name, part.url, wd.url, rel, fmt, plan.describe(), resume, so), r))
+    if samples_per_shard is not None:
+        from .reshard import write_resharded
+
+        sources = [(t.name, t.source, t.fmt, r) for t, r in tasks]
+        report, counts = write_resharded(sources, wd, samples_per_shard=samples_per_shard,
+                                         shard_format=shard_format, resume=resume, client=client)  # fmt: skip
+        counts = pd.concat([counts, pd.DataFrame(skipped)], ignore_index=True) if skipped else counts
+        report.attrs["sources"] = counts.to_dict("records")
+        _write_summary(wd, res, plan, counts, shards=report)
+        return report
     graph = [dask.delayed(clean_archive, pure=False)(t, r) for t, r in tasks]
     stats = compute_on(client, *graph) if graph else ()
     report = CleanReport([_row(s) for s in [*stats, *skipped]])
     reasons = [c for c in report.columns if c.startswith("removed_")]
     if reasons:
         report[reasons] = report[reasons].fillna(0).astype("int64")
-    summary = {
-        "work_dir": res.work_dir, "plan": plan.describe(), "archives": len(report),
-        "status": report["status"].value_counts().to_dict() if len(report) else {},
-        **{c: int(report[c].sum()) for c in ("samples_in", "samples_kept", "samples_removed",
-                                              "members_in", "members_kept", "bytes_in", "bytes_kept")
-           if c in report},
-        **{c: int(report[c].sum()) for c in reasons},
-    }  # fmt: skip
-    wd.write_json(wd.join(STATS_DIR, "summary.json"), json.loads(json.dumps(summary, default=str)))
+    _write_summary(wd, res, plan, report)
     return report
+
+
+def _write_summary(wd: WorkDir, res: DedupResult, plan: RemovalPlan, counts: pd.DataFrame,
+                   shards: pd.DataFrame | None = None) -> None:  # fmt: skip
+    """``_dedupdask/summary.json``: the totals per source archive (and of the new shards)."""
+    reasons = [c for c in counts.columns if c.startswith("removed_")]
+    summary = {
+        "work_dir": res.work_dir, "plan": plan.describe(), "archives": len(counts),
+        "status": counts["status"].value_counts().to_dict() if len(counts) else {},
+        **{c: int(counts[c].fillna(0).sum()) for c in ("samples_in", "samples_kept", "samples_removed",
+                                                        "members_in", "members_kept", "bytes_in", "bytes_kept")
+           if c in counts},
+        **{c: int(counts[c].fillna(0).sum()) for c in reasons},
+    }  # fmt: skip
+    if shards is not None:
+        summary["shards"] = {"count": len(shards), "samples": int(shards["samples_kept"].sum()) if len(shards) else 0,
+                             "status": shards["status"].value_counts().to_dict() if len(shards) else {}}  # fmt: skip
+    wd.write_json(wd.join(STATS_DIR, "summary.json"), json.loads(json.dumps(summary, default=str)))
 
 
 def read_stats(out_dir: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:

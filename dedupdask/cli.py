@@ -260,6 +260,12 @@ def _add_removal_parsers(sub: Any) -> None:
         if name == "clean":
             p.add_argument("--no-resume", dest="resume", action="store_false",
                            help="rewrite shards whose done marker exists")
+            p.add_argument("--samples-per-shard", type=int, default=None, metavar="N",
+                           help="reshard: the kept samples of all archives, in order, into new shards of N "
+                                "samples (00000.tar, ...) with a mapping table in OUT/_dedupdask/mapping/")
+            p.add_argument("--shard-format", choices=("tar", "tgz", "zip"), default=None,
+                           help="container of the new shards (default: the sources' if they all share "
+                                "one, else tar)")
 
 
 def _act(ns: argparse.Namespace) -> int:
@@ -279,9 +285,22 @@ def _act(ns: argparse.Namespace) -> int:
         return 0
     from .clean import write_clean_shards
 
-    report = write_clean_shards(res, ns.out, keep=ns.keep, resume=ns.resume, **opts)
-    print(report.summary_text())
-    return 1 if len(report.failed) else 0
+    report = write_clean_shards(res, ns.out, keep=ns.keep, resume=ns.resume, samples_per_shard=ns.samples_per_shard,
+                                shard_format=ns.shard_format, **opts)  # fmt: skip
+    if ns.samples_per_shard is None:
+        print(report.summary_text())
+        return 1 if len(report.failed) else 0
+    from .clean import CleanReport
+
+    sources = CleanReport(report.attrs["sources"])  # records, one per source archive
+    print(sources.summary_text())
+    status = ", ".join(f"{k} {v}" for k, v in report["status"].value_counts().items()) if len(report) else "none"
+    print(f"resharded: {len(report)} new shards of {ns.samples_per_shard} samples ({status}), "
+          f"{int(report['samples_kept'].sum()) if len(report) else 0} samples -> {ns.out} "
+          f"(mapping table: {ns.out.rstrip('/')}/_dedupdask/mapping/)")
+    for _, r in report.failed.iterrows():
+        print(f"  {str(r['status']).upper()}: {r['name']}: {r['error']}")
+    return 1 if len(report.failed) or len(sources.failed) else 0
 
 
 def _inputs(items: list[str]) -> str | list[str]:
