@@ -406,13 +406,16 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=8)
-def _surface_basis(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """The quadratic surfaces ``1, x, y, x^2, xy, y^2`` over an ``h x w`` grid and their
-    least-squares pseudo-inverse (cached: every image of a run has the model's size)."""
-    y, x = np.mgrid[:h, :w].astype(np.float64)
-    x, y = (x - (w - 1) / 2) / max(w, 2), (y - (h - 1) / 2) / max(h, 2)
-    a = np.stack([np.ones(h * w), x.ravel(), y.ravel(), (x * x).ravel(), (x * y).ravel(), (y * y).ravel()], 1)
-    return a, np.linalg.pinv(a)
+def _surface_basis(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centred coordinates ``x`` (length ``w``), ``y`` (length ``h``) and the inverse Gram
+    matrix of the surfaces ``1, x, y, x^2, xy, y^2`` over the ``h x w`` grid (cached: every
+    image of a run has the model's size)."""
+    x = (np.arange(w) - (w - 1) / 2) / max(w, 2)
+    y = (np.arange(h) - (h - 1) / 2) / max(h, 2)
+    px, py = [np.ones(w), x, x * x], [np.ones(h), y, y * y]
+    terms = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))  # powers of (x, y)
+    gram = np.array([[(px[a] * px[c]).sum() * (py[b] * py[d]).sum() for c, d in terms] for a, b in terms])
+    return x, y, np.linalg.pinv(gram)
 
 
 def _residual_range(gray: np.ndarray) -> float:
@@ -420,15 +423,22 @@ def _residual_range(gray: np.ndarray) -> float:
 
     A blank page under uneven light, a vignette or a smooth colour gradient has a wide
     ``p99 - p01`` but nothing left once the surface (the lighting) is removed. The residual
-    is rounded to whole levels, like ``p01``/``p99``.
+    is rounded to whole levels, like ``p01``/``p99``. The least-squares fit goes through the
+    separable moments (row sums), without BLAS: a worker's cores stay with the model.
     """
     h, w = gray.shape
-    if h * w < 6:
+    if h < 3 or w < 3:
         return float(gray.max()) - float(gray.min()) if gray.size else 0.0
-    a, pinv = _surface_basis(h, w)
-    v = gray.ravel().astype(np.float64)
-    res = v - a @ (pinv @ v)
-    cum = np.cumsum(np.bincount(np.clip(np.rint(res) + 255, 0, 510).astype(np.intp), minlength=511))
+    x, y, inv = _surface_basis(h, w)
+    v = gray.astype(np.float64)
+    r0, r1, r2 = v.sum(axis=1), (v * x).sum(axis=1), (v * (x * x)).sum(axis=1)
+    m = np.array([r0.sum(), r1.sum(), (r0 * y).sum(), r2.sum(), (r1 * y).sum(), (r0 * y * y).sum()])
+    c = (inv * m).sum(axis=1)
+    v -= (c[0] + c[2] * y + c[5] * y * y)[:, None]
+    v -= (c[1] + c[3] * x)[None, :] * x + c[4] * y[:, None] * x[None, :]
+    v += 255.5  # rounded to whole levels, offset so that -255..255 are bins 0..510
+    np.clip(v, 0.0, 510.0, out=v)
+    cum = np.cumsum(np.bincount(v.astype(np.intp).ravel(), minlength=511))
     return float(np.searchsorted(cum, 0.99 * v.size) - np.searchsorted(cum, 0.01 * v.size))
 
 
