@@ -459,7 +459,8 @@ def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
     text** when it is at most 1/6 of the picture high (so at least six such lines fit) and its
     rows start a mark at least 4 times on average (letters side by side, where a drawing's
     outline crosses a row a few times). A page of text is all lines (1.0); a drawing, a
-    photo or a picture with a one-line caption is mostly not.
+    photo or a picture with a one-line caption is mostly not. Text under about 3 px high
+    at this size merges into word blobs and is not read as lines.
     """
     h, w = gray.shape
     if not h or not w:
