@@ -292,6 +292,14 @@ def test_overrides_per_type(junk_run):
     assert "odd_aspect_ratio" not in set(res2.issues["issue"])
     assert len(_flagged(res2, "dark")) > len(_flagged(res, "dark"))
     assert res2.run["issues"]["set_by_user"] == {"dark": 0.9, "odd_aspect_ratio": 0.0}
+    # low_information's one cut-off applies to the minimum of its parts
+    scores = res.issue_scores.compute(scheduler="sync").set_index("index")
+    for cut in (0.0, 0.7):
+        res3 = ddk.results.build(work, config=RunConfig(run_mode=2, progress=False,
+                                                        issue_thresholds={"low_information": cut}), write=False)  # fmt: skip
+        got = set(res3.issues.loc[res3.issues["issue"] == "low_information", "index"])
+        assert got == set(scores.index[scores["low_information"] < np.float32(cut)])
+        assert (len(got) > len(_flagged(res, "low_information"))) == (cut > 0)
     assert res2.run["issues"]["resolved"]["dark"] == 0.9
     with pytest.raises(ValueError, match="unknown name 'darkness'"):
         RunConfig(issue_thresholds="darkness=0.1")
