@@ -32,7 +32,8 @@ Usage::
    images it flags, per source (photos, textures, stamps, clip art), for the tuning and the
    held-out kinds; the score quantiles of
    the real images behind the cut-offs of :data:`dedupdask.thresholds.ISSUE_TABLE`; the
-   outlier groups at several ``outlier_link`` values; and, with ``--fastdup``, how many junk
+   outlier groups at several ``outlier_link`` values; the junk-like types' recall on fresh
+   draws of every kind (``--fresh-seeds``, from the statistics alone); and, with ``--fastdup``, how many junk
    images fastdup's and dedupdask's ``outliers.csv`` list. Galleries per issue type are
    written next to the work_dir (``--galleries``).
 
@@ -497,6 +498,42 @@ def score_quantiles(res, images: pd.DataFrame) -> list[str]:
     return lines
 
 
+def fresh_draws(photos: dict[str, Image.Image], res, *, seeds: tuple[int, ...], copies: int) -> list[str]:
+    """Recall of the junk-like types on fresh draws of every junk kind (new seeds, ``copies``
+    per kind), from the statistics alone: decoded at the model's input size and scored with
+    the run's median side and cut-offs, without shards or embeddings. It says how much the
+    recall of the committed draw owes to luck."""
+    from dedupdask.analyses.issues import image_scores
+    from dedupdask.decode import decode_image
+    from dedupdask.models import resolve_model
+
+    spec = resolve_model(res.run["model"].get("model_id"))
+    cut = res.run["issues"]["resolved"]
+    ref = float(res.run["issues"]["size_reference"])
+    donors = sorted((n for n in photos if source_group(n) != "clip art"), key=_h)[: 5 * copies]
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(1000 + seed)
+        for kind in (*JUNK_KINDS, *HELD_OUT_KINDS):
+            make = make_junk if kind in JUNK_KINDS else make_held_out
+            for c in range(copies):
+                ext, data = encode(make(kind, photos[donors[int(rng.integers(0, len(donors)))]], rng), kind, c)
+                d = decode_image(data, (spec.height, spec.width))
+                rows.append({"seed": seed, "kind": kind, "width": d.width, "height": d.height, **(d.stats or {})})
+    df = pd.DataFrame(rows).assign(index=lambda f: np.arange(len(f)))
+    sc = image_scores(df, ref)
+    df["hit"] = ((sc["low_information"] < cut["low_information"]) | (sc["odd_size"] < cut["odd_size"])
+                 | (sc["odd_aspect_ratio"] < cut["odd_aspect_ratio"])).to_numpy()  # fmt: skip
+    by = df.pivot_table(index="kind", columns="seed", values="hit", aggfunc="mean")
+    lines = ["| kind | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for kind in (*JUNK_KINDS, *HELD_OUT_KINDS):
+        lines.append(f"| {kind} | " + " | ".join(f"{100 * by.loc[kind, s]:.1f} %" for s in seeds) + " |")
+    for name, kinds in (("tuning kinds", JUNK_KINDS), ("held-out kinds", HELD_OUT_KINDS)):
+        got = df[df["kind"].isin(kinds)].groupby("seed")["hit"].mean()
+        lines.append(f"| **{name}** | " + " | ".join(f"**{100 * got[s]:.1f} %**" for s in seeds) + " |")
+    return lines
+
+
 # -- fastdup ---------------------------------------------------------------------------------------
 def fastdup_outliers(shards: Path, work: Path, cache: Path, cores: int) -> list[str]:
     """fastdup 2.54 run_mode=1+2 on the shards; its outliers, strongest first, as shard keys."""
@@ -539,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fastdup", action="store_true", help="also run fastdup 2.54 on the same shards")
     ap.add_argument("--galleries", type=Path, default=None, help="folder for the galleries (default: <work-root>/galleries)")
     ap.add_argument("--client", default=None, help="scheduler (default: a local cluster)")
+    ap.add_argument("--fresh-seeds", type=int, default=3, help="fresh draws of every junk kind (0: none)")
+    ap.add_argument("--fresh-copies", type=int, default=16, help="images per kind in each fresh draw")
     args = ap.parse_args(argv)
 
     import dedupdask as ddk
@@ -644,6 +683,18 @@ def main(argv: list[str] | None = None) -> int:
     for line in score_quantiles(res, images):
         p(line)
     p("")
+    if args.fresh_seeds:
+        log("fresh draws")
+        p("## Fresh draws of the junk kinds")
+        p("")
+        p(f"Every junk kind drawn again ({args.fresh_copies} per kind, seeds "
+          f"{', '.join(str(1000 + s) for s in range(1, args.fresh_seeds + 1))}) and scored from the "
+          "statistics alone (decoded at the model's input size, this run's median side and "
+          "cut-offs); share flagged by the junk-like types:")
+        p("")
+        for line in fresh_draws(photos, res, seeds=tuple(range(1, args.fresh_seeds + 1)), copies=args.fresh_copies):
+            p(line)
+        p("")
     p("## Outlier groups at several outlier_link values")
     p("")
     p("The outlier score of every image (its group's similarity to the nearest image outside "
