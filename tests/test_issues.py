@@ -404,6 +404,9 @@ def test_old_work_dir_without_the_new_stats(junk_run, tmp_path):
     assert "stats_version 2" in why["dark"] and "resume=False" in why["dark"]
     partly = res1.run["issues"]["partly_scored"]["low_information"]
     assert "flat and page parts" in partly and "resume=False" in partly
+    n = len(res1.issue_scores.compute(scheduler="sync"))
+    assert res1.run["issues"]["unscored"] == {"dark": n, "light": n, "grayscale": n,
+                                              "low_information_flat": n, "low_information_page": n}  # fmt: skip
     scores = res1.issue_scores.compute(scheduler="sync")
     assert scores["low_information_flat"].isna().all() and scores["low_information_page"].isna().all()
     assert scores["low_information"].notna().all()
@@ -418,6 +421,7 @@ def test_work_dir_of_stats_version_2(junk_run, tmp_path):
     partly = res2.run["issues"]["partly_scored"]["low_information"]
     n = len(res2.issue_scores.compute(scheduler="sync"))
     assert partly.startswith(f"{n} of {n} images have no text_lines/residual_range")
+    assert res2.run["issues"]["unscored"] == {"low_information_page": n}  # counted as not scored
     assert "text_lines" in partly and "without its page part" in partly and "detrending" in partly
     assert "j_text" not in _flagged(res2, "low_information") and "j_solid" in _flagged(res2, "low_information")
     for t in ("dark", "light", "blurry", "noisy", "odd_size", "odd_aspect_ratio", "grayscale"):

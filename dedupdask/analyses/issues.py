@@ -602,6 +602,7 @@ def find_issues(
         )
     partly: dict[str, str] = {}
     parts = {p: int(miss[f"low_information_{p}"]) for p in LOW_INFORMATION_PARTS}
+    unscored.update({f"low_information_{p}": c for p, c in parts.items() if c})
     if "low_information" not in unscored and any(parts.values()):
         lacking = [p for p, c in parts.items() if c]
         cols = ["text_lines", "residual_range", *(PART_NEEDS["flat"] if parts["flat"] else ())]
