@@ -457,10 +457,12 @@ def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
     more than 2 % of its pixels (at least 3) are marks, so a vertical rule, a frame or scanner
     dust does not mark every row. Consecutive marked rows form bands; a band is a **line of
     text** when it is at most 1/6 of the picture high (so at least six such lines fit) and its
-    rows start a mark at least 4 times on average (letters side by side, where a drawing's
-    outline crosses a row a few times). A page of text is all lines (1.0); a drawing, a
-    photo or a picture with a one-line caption is mostly not. Text under about 3 px high
-    at this size merges into word blobs and is not read as lines.
+    rows start a mark at least 3 times on average (letters, or at small sizes words, side by
+    side, where a drawing's outline crosses a row once or twice per shape). A page has at
+    least three lines: with fewer it is 0 (a caption, a row of icons). A page of text is all
+    lines (1.0); a drawing, a photo or a picture with a caption is mostly not. Text under
+    about 3 px high at this size merges into blobs of several words and is not always read
+    as lines.
     """
     h, w = gray.shape
     if not h or not w:
@@ -479,7 +481,9 @@ def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
     top, bottom = edges[::2], edges[1::2]
     tall = bottom - top
     cum = np.concatenate(([0], np.cumsum(starts)))
-    line = (tall <= h / 6) & (cum[bottom] - cum[top] >= 4 * tall)
+    line = (tall <= h / 6) & (cum[bottom] - cum[top] >= 3 * tall)
+    if int(line.sum()) < 3:
+        return 0.0
     return float(tall[line].sum()) / n_marked
 
 

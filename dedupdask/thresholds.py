@@ -338,10 +338,10 @@ _IMAGE_CUTOFFS = IssueThresholds(
     light=0.08,  # real 0.66 % (drawings whose ink covers < 1 % of a white page); near-white, blank
     blurry=0.05,  # real 0.28 %; every heavily blurred picture (Gaussian radius 10-16)
     noisy=0.5,  # real 0.03 % (a dithered game texture); every pure-noise picture
-    # low_information: real 1.1 % (photos 4 %: smooth abstract wallpapers; textures 7.6 %:
-    # solid, smooth or dithered ones; clip art 0.7 %: near-blank drawings), by part flat 0.76 %,
-    # featureless 0.35 %, structureless 0.03 %, page 0.09 %; every tuning junk picture but the
-    # strips (blank, solid, noise, text, tiny, blurred, near-black/white)
+    # low_information: real 1.14 % (photos 5 %: smooth abstract wallpapers, a logo; textures
+    # 6.2 %: solid, smooth or dithered ones; clip art 0.8 %: near-blank drawings, a font sheet),
+    # by part flat 0.76 %, featureless 0.35 %, structureless 0.03 %, page 0.13 %; every tuning
+    # junk picture but the strips (blank, solid, noise, text, tiny, blurred, near-black/white)
     low_information=0.06,
     odd_aspect_ratio=0.1,  # real 0 % (the most elongated real image is 512 x 68, 0.13); 512 x 16 strips
     odd_size=0.1,  # real 0 % (the set holds 100-512 px images: the lowest real score is 0.34); 16 px thumbnails

@@ -219,18 +219,23 @@ def test_low_information_parts_flag_text_noise_blur_and_faint_pages():
         "text": _text_page(3),
         "small text": _text_page(4, (600, 800), 12, ink=(40, 40, 90), paper=(250, 245, 230)),
         "quote": _text_page(5, (480, 320), 32, ink=(20, 20, 20), paper=(250, 200, 60), centred=True),
+        "dense page": _text_page(6, (1240, 1754), 22),  # letters ~2 px high at 160 px
         "noise": _noise(6, (400, 300)),
         "blurred": _natural(7, (400, 300)).filter(ImageFilter.GaussianBlur(12)),
         "faint page": _faint_page(8),
     }
     s = _decoded_scores(junk, "JPEG")
-    part = {"text": "page", "small text": "page", "quote": "page", "noise": "structureless",
+    part = {"text": "page", "small text": "page", "quote": "page", "dense page": "page", "noise": "structureless",
             "blurred": "featureless", "faint page": "flat"}  # fmt: skip
     for name, p in part.items():
         assert s.loc[name, "low_information"] < cut, (name, s.loc[name].to_dict())
         assert s.loc[name, f"low_information_{p}"] < cut, (name, s.loc[name].to_dict())
         assert s.loc[name, "low_information"] == min(s.loc[name, f"low_information_{q}"] for q in LOW_INFORMATION_PARTS)
     keep = {f"drawing {i}": _line_drawing(10 + i, caption=bool(i % 2)) for i in range(6)}
+    icons = Image.new("RGB", (480, 200), "white")  # a row of icons: marks side by side, one band
+    for i in range(6):
+        ImageDraw.Draw(icons).ellipse((20 + 78 * i, 85, 50 + 78 * i, 115), outline=(0, 0, 0), width=3)
+    keep["icons"] = icons
     keep.update({f"picture {i}": _natural(20 + i, (400, 300)) for i in range(6)})
     s = _decoded_scores(keep)
     assert (s["low_information"] >= 2 * cut).all(), s.loc[s["low_information"] < 2 * cut].T.to_dict()

@@ -45,14 +45,15 @@ files:
     ``page``
         ``1 - text_lines``: a page of text and nothing else -- a uniform background with
         marks in lines of text (:func:`dedupdask.decode._text_lines`: with at least half of
-        the pixels at the background level, the share of the marked rows that are bands at
-        most 1/6 of the picture high whose rows start a mark 4 times or more). Line art, clip
-        art and pictures with a caption have marked rows that are not text lines; text under
-        about 3 px high at the model input is not read as lines.
+        the pixels at the background level and three lines or more, the share of the marked
+        rows that are bands at most 1/6 of the picture high whose rows start a mark 3 times
+        or more). Line art, clip art and pictures with a caption have marked rows that are
+        not text lines; text under about 3 px high at the model input is not always read as
+        lines.
 
     Unlike an entropy, line art on white keeps its range, detail and non-text rows and is not
-    flagged. At the default cut-off (0.06) the parts flag 0.76 %, 0.35 %, 0.03 % and 0.09 % of
-    the 3,165 real images of ``benchmarks/issues.py`` (1.1 % together; photos 4 %: smooth
+    flagged. At the default cut-off (0.06) the parts flag 0.76 %, 0.35 %, 0.03 % and 0.13 % of
+    the 3,165 real images of ``benchmarks/issues.py`` (1.1 % together; photos 5 %: smooth
     abstract wallpapers) and every planted junk picture of its tuning kinds but the strips.
 ``odd_aspect_ratio``
     ``min(width, height) / max(width, height)``.
