@@ -430,13 +430,16 @@ def _residual_range(gray: np.ndarray) -> float:
     if h < 3 or w < 3:
         return float(gray.max()) - float(gray.min()) if gray.size else 0.0
     x, y, inv = _surface_basis(h, w)
-    v = gray.astype(np.float64)
-    r0, r1, r2 = v.sum(axis=1), (v * x).sum(axis=1), (v * (x * x)).sum(axis=1)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    v = gray.astype(np.float32)  # the moments are summed in float64
+    r0 = v.sum(axis=1, dtype=np.float64)
+    r1 = (v * x32).sum(axis=1, dtype=np.float64)
+    r2 = (v * (x32 * x32)).sum(axis=1, dtype=np.float64)
     m = np.array([r0.sum(), r1.sum(), (r0 * y).sum(), r2.sum(), (r1 * y).sum(), (r0 * y * y).sum()])
-    c = (inv * m).sum(axis=1)
-    v -= (c[0] + c[2] * y + c[5] * y * y)[:, None]
-    v -= (c[1] + c[3] * x)[None, :] * x + c[4] * y[:, None] * x[None, :]
-    v += 255.5  # rounded to whole levels, offset so that -255..255 are bins 0..510
+    c = (inv * m).sum(axis=1).astype(np.float32)
+    v -= (c[0] + c[2] * y32 + c[5] * y32 * y32)[:, None]
+    v -= (c[1] + c[3] * x32)[None, :] * x32 + c[4] * y32[:, None] * x32[None, :]
+    v += np.float32(255.5)  # rounded to whole levels, offset so that -255..255 are bins 0..510
     np.clip(v, 0.0, 510.0, out=v)
     cum = np.cumsum(np.bincount(v.astype(np.intp).ravel(), minlength=511))
     return float(np.searchsorted(cum, 0.99 * v.size) - np.searchsorted(cum, 0.01 * v.size))
