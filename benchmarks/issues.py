@@ -11,17 +11,29 @@ Usage::
    game textures, KDE wallpapers; <= 512 px, one copy per identical picture), through its
    functions. A few (``--junk-copies`` per photo-derived kind, chosen by a hash of the name,
    never clip art) are held out as the sources of junk and are not part of the real set.
-2. Planted junk, ``--junk-copies`` (default 8) distinct images of each kind: ``blank``
+2. Planted junk, ``--junk-copies`` (default 8) distinct images of each **tuning** kind: ``blank``
    (empty white or paper-tinted page), ``solid`` (one random colour), ``noise`` (uniform RGB
    noise), ``text`` (words in black on white, nothing else), ``tiny`` (a 16 px thumbnail),
    ``strip`` (a 512 x 16 or 16 x 512 sliver), ``blurred`` (Gaussian blur, radius 10-16),
-   ``near_black`` (exposure x0.02-0.05) and ``near_white`` (the same towards white).
+   ``near_black`` (exposure x0.02-0.05) and ``near_white`` (the same towards white). Then as
+   many of each **held-out** kind (:data:`HELD_OUT_KINDS`), generated differently and never
+   used to pick a cut-off, so they say whether a mechanism generalises: ``text_page`` (serif,
+   mono, bold or italic fonts, grey-blue ink on cream, title and paragraphs), ``quote`` (2-4
+   large centred lines on a coloured background), ``screenshot`` (title bar, side menu, small
+   UI text), ``gauss_noise``, ``salt_pepper``, ``blotches`` (random colours at 4-12 px),
+   ``motion_blur`` (30-60 px line kernel), ``box_blur``, ``defocus`` (disk kernel),
+   ``faint_page`` (a near-blank page with a faint gradient and scanner speckle),
+   ``gradient`` (two colours), ``tiny_other`` (10-32 px thumbnails, any aspect) and
+   ``strip_other`` (600-900 x 12-40). The cut-offs come from the real images' score
+   quantiles and the tuning kinds only.
 3. Everything as 8 tar shards (JPEG q90; PNG for text, tiny and half the blank/solid
    pages), junk at random places; ``ddk.run`` end to end with the default model.
 4. Per issue type: the share of each junk kind it flags (recall) and the share of the real
-   images it flags, per source (photos, textures, stamps, clip art); the score quantiles of
+   images it flags, per source (photos, textures, stamps, clip art), for the tuning and the
+   held-out kinds; the score quantiles of
    the real images behind the cut-offs of :data:`dedupdask.thresholds.ISSUE_TABLE`; the
-   outlier groups at several ``outlier_link`` values; and, with ``--fastdup``, how many junk
+   outlier groups at several ``outlier_link`` values; the junk-like types' recall on fresh
+   draws of every kind (``--fresh-seeds``, from the statistics alone); and, with ``--fastdup``, how many junk
    images fastdup's and dedupdask's ``outliers.csv`` list. Galleries per issue type are
    written next to the work_dir (``--galleries``).
 
@@ -54,7 +66,12 @@ import quality_tiers  # noqa: E402  - same folder: the extra packaged images
 JUNK_KINDS = (
     "blank", "solid", "noise", "text", "tiny", "strip", "blurred", "near_black", "near_white",
 )  # fmt: skip
+HELD_OUT_KINDS = (
+    "text_page", "quote", "screenshot", "gauss_noise", "salt_pepper", "blotches", "motion_blur",
+    "box_blur", "defocus", "faint_page", "gradient", "tiny_other", "strip_other",
+)  # fmt: skip
 PHOTO_DERIVED = ("tiny", "strip", "blurred", "near_black", "near_white")
+HELD_OUT_PHOTO_DERIVED = ("motion_blur", "box_blur", "defocus", "tiny_other", "strip_other")
 JUNK_LIKE = ("low_information", "odd_size", "odd_aspect_ratio")  # the issue's "junk-like" types
 FONT_PATHS = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -143,10 +160,160 @@ def make_junk(kind: str, photo: Image.Image, rng: np.random.Generator) -> Image.
     raise ValueError(kind)
 
 
+# Held-out kinds: generated differently from the tuning kinds (other fonts, layouts, noise
+# models, blur kernels, sizes) and never used to pick a cut-off; they say whether the
+# mechanisms generalise beyond the pictures they were tuned on.
+HELD_OUT_FONTS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif-Italic.ttf",
+)
+
+
+def _held_font(rng: np.random.Generator, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for p in rng.permutation(list(HELD_OUT_FONTS)):
+        try:
+            return ImageFont.truetype(str(p), size)
+        except OSError:
+            continue
+    return _font(size)
+
+
+def _paragraphs(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rng: np.random.Generator,
+                font, fs: int, ink: tuple[int, int, int], *, centred: bool = False) -> None:  # fmt: skip
+    """Lines of words inside ``box`` (x0, y0, x1, y1), with paragraph breaks."""
+    x0, y0, x1, y1 = box
+    y = y0
+    while y < y1 - fs:
+        words = list(rng.choice(WORDS, int(rng.integers(2, 14))))
+        line = " ".join(words)
+        while len(words) > 1 and draw.textlength(line, font=font) > x1 - x0:
+            words.pop()
+            line = " ".join(words)
+        width = draw.textlength(line, font=font)
+        x = x0 + (x1 - x0 - width) / 2 if centred else x0
+        draw.text((x, y), line, fill=ink, font=font)
+        y += int(fs * rng.uniform(1.2, 1.6)) + (int(fs * 1.2) if rng.uniform() < 0.15 else 0)
+
+
+def _blur_kernel(photo: Image.Image, kernel: np.ndarray) -> Image.Image:
+    """``photo`` convolved with ``kernel`` (FFT, edges wrap; the kernel sums to 1)."""
+    a = np.asarray(photo, dtype=np.float64)
+    h, w = a.shape[:2]
+    k = np.zeros((h, w))
+    kh, kw = kernel.shape
+    k[:kh, :kw] = kernel
+    k = np.roll(k, (-(kh // 2), -(kw // 2)), axis=(0, 1))
+    f = np.fft.rfft2(k)
+    out = np.stack([np.fft.irfft2(np.fft.rfft2(a[..., c]) * f, s=(h, w)) for c in range(3)], axis=-1)
+    return Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8), "RGB")
+
+
+def make_held_out(kind: str, photo: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One held-out junk picture of ``kind`` (see :data:`HELD_OUT_KINDS`)."""
+    w, h = _size(rng)
+    if kind == "text_page":  # a printed page: serif/mono fonts, grey-blue ink on cream, margins
+        paper = tuple(int(v) for v in (rng.integers(236, 256), rng.integers(232, 252), rng.integers(215, 245)))
+        w, h = int(rng.integers(360, 641)), int(rng.integers(460, 801))
+        im = Image.new("RGB", (w, h), paper)
+        draw = ImageDraw.Draw(im)
+        fs = int(rng.integers(10, 22))
+        ink = tuple(int(v) for v in rng.integers(10, 90, 3))
+        m = int(rng.integers(15, 60))
+        title = _held_font(rng, int(fs * 1.8))
+        draw.text((m, m), " ".join(rng.choice(WORDS, 3)).title(), fill=ink, font=title)
+        _paragraphs(draw, (m, m + int(fs * 3.2), w - m, h - m), rng, _held_font(rng, fs), fs, ink)
+        return im
+    if kind == "quote":  # a few large centred lines on a coloured background
+        bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+        ink = (255, 255, 255) if sum(bg) < 384 else (20, 20, 20)
+        im = Image.new("RGB", (w, h), bg)
+        draw = ImageDraw.Draw(im)
+        fs = int(rng.integers(24, 44))
+        lines = int(rng.integers(2, 5))
+        top = (h - lines * int(fs * 1.4)) // 2
+        _paragraphs(draw, (20, max(10, top), w - 20, min(h - 10, top + lines * int(fs * 1.4) + fs)), rng,
+                    _held_font(rng, fs), fs, ink, centred=True)  # fmt: skip
+        return im
+    if kind == "screenshot":  # a light UI page: title bar, side menu, lines of small text
+        w, h = int(rng.integers(480, 801)), int(rng.integers(320, 601))
+        im = Image.new("RGB", (w, h), (int(rng.integers(240, 256)),) * 3)
+        draw = ImageDraw.Draw(im)
+        bar = tuple(int(v) for v in rng.integers(30, 200, 3))
+        draw.rectangle((0, 0, w, 22), fill=bar)
+        fs = int(rng.integers(11, 16))
+        font = _held_font(rng, fs)
+        menu = int(rng.integers(90, 160))
+        draw.line((menu, 22, menu, h), fill=(200, 200, 200))
+        _paragraphs(draw, (8, 32, menu - 6, h - 8), rng, font, fs, (60, 60, 60))
+        _paragraphs(draw, (menu + 12, 32, w - 12, h - 8), rng, font, fs, (20, 20, 20))
+        return im
+    if kind == "gauss_noise":  # Gaussian noise around a random level, grey or colour
+        mu, sd = rng.uniform(60, 200), rng.uniform(15, 60)
+        shape = (h, w, 3) if rng.uniform() < 0.5 else (h, w, 1)
+        a = np.broadcast_to(rng.normal(mu, sd, shape), (h, w, 3))
+        return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "RGB")
+    if kind == "salt_pepper":  # a grey page with 5-30 % of the pixels black or white
+        a = np.full((h, w), int(rng.integers(90, 170)), np.uint8)
+        hit = rng.uniform(size=(h, w)) < rng.uniform(0.05, 0.3)
+        a[hit] = np.where(rng.uniform(size=int(hit.sum())) < 0.5, 0, 255)
+        return Image.fromarray(a, "L").convert("RGB")
+    if kind == "blotches":  # coloured noise at a coarser scale: random colour blobs
+        f = int(rng.integers(4, 13))
+        small = rng.integers(0, 256, (h // f + 2, w // f + 2, 3), dtype=np.uint8)
+        return Image.fromarray(small, "RGB").resize((w, h), Image.Resampling.BICUBIC)
+    if kind == "motion_blur":  # a line kernel 30-60 px long at a random angle
+        n = int(rng.integers(30, 61))
+        ang = rng.uniform(0, np.pi)
+        k = np.zeros((n, n))
+        t = np.linspace(-(n - 1) / 2, (n - 1) / 2, 4 * n)
+        k[np.round(n // 2 + t * np.sin(ang)).astype(int), np.round(n // 2 + t * np.cos(ang)).astype(int)] = 1
+        return _blur_kernel(photo, k / k.sum())
+    if kind == "box_blur":
+        return photo.filter(ImageFilter.BoxBlur(float(rng.uniform(8, 14))))
+    if kind == "defocus":  # a disk kernel: an out-of-focus lens
+        r = float(rng.uniform(8, 14))
+        n = int(2 * np.ceil(r) + 1)
+        yy, xx = np.mgrid[:n, :n] - n // 2
+        k = (xx * xx + yy * yy <= r * r).astype(np.float64)
+        return _blur_kernel(photo, k / k.sum())
+    if kind == "faint_page":  # a near-blank scan: faint gradient, scanner speckle
+        top, bottom = rng.uniform(215, 245), rng.uniform(235, 255)
+        ramp = np.linspace(top, bottom, h)[:, None, None] + np.zeros((1, w, 3))
+        ramp[..., 2] -= rng.uniform(0, 8)
+        a = ramp + rng.normal(0, 1.5, ramp.shape)
+        dots = rng.uniform(size=(h, w)) < rng.uniform(0.0005, 0.004)
+        a[dots] = rng.uniform(40, 160)
+        return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "RGB")
+    if kind == "gradient":  # a smooth two-colour gradient, nothing else
+        c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        ang = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[:h, :w]
+        t = (xx * np.cos(ang) + yy * np.sin(ang)).astype(np.float64)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+        a = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
+        return Image.fromarray(a.round().astype(np.uint8), "RGB")
+    if kind == "tiny_other":  # thumbnails of 10-32 px, any aspect
+        side = int(rng.integers(10, 33))
+        other = int(rng.integers(10, side + 1))
+        return photo.resize((side, other) if rng.uniform() < 0.5 else (other, side), Image.Resampling.BICUBIC)
+    if kind == "strip_other":  # slivers of other sizes: 600-900 x 12-40
+        long, short = int(rng.integers(600, 901)), int(rng.integers(12, 41))
+        long = max(long, short * 15)
+        im = photo.resize((long, long), Image.Resampling.BILINEAR)
+        off = int(rng.integers(0, long - short))
+        return im.crop((0, off, long, off + short)) if rng.uniform() < 0.5 else im.crop((off, 0, off + short, long))
+    raise ValueError(kind)
+
+
 def encode(im: Image.Image, kind: str, copy: int) -> tuple[str, bytes]:
-    """(extension, bytes): JPEG q90; PNG for text, tiny and every other blank/solid page."""
+    """(extension, bytes): JPEG q90; PNG for text, tiny, screenshots and every other blank/solid
+    page, quote, faint page and gradient (a held-out text page is a JPEG, like a scan)."""
     buf = io.BytesIO()
-    if kind in ("text", "tiny") or (kind in ("blank", "solid") and copy % 2):
+    png = ("text", "tiny", "screenshot", "tiny_other")
+    if kind in png or (kind in ("blank", "solid", "quote", "faint_page", "gradient") and copy % 2):
         im.save(buf, "PNG")
         return "png", buf.getvalue()
     im.save(buf, "JPEG", quality=90)
@@ -162,7 +329,7 @@ def build_shards(photos: dict[str, Image.Image], out: Path, *, copies: int, seed
     rng = np.random.default_rng(seed)
     names = sorted(photos)
     donors = sorted((n for n in names if source_group(n) != "clip art"), key=_h)
-    held = donors[: copies * len(PHOTO_DERIVED)]
+    held = donors[: copies * len(PHOTO_DERIVED)]  # the held-out kinds reuse them, in reverse
     real = [n for n in names if n not in set(held)]
     items: list[tuple[str, str, str, bytes, str]] = []  # kind, group, name, bytes, ext
     for n in real:
@@ -175,6 +342,12 @@ def build_shards(photos: dict[str, Image.Image], out: Path, *, copies: int, seed
             src = photos[next(donor)] if kind in PHOTO_DERIVED else photos[held[0]]
             ext, data = encode(make_junk(kind, src, rng), kind, c)
             items.append((kind, "junk", f"{kind}{c}", data, ext))
+    donor = iter(held[::-1])
+    for kind in HELD_OUT_KINDS:
+        for c in range(copies):
+            src = photos[next(donor)] if kind in HELD_OUT_PHOTO_DERIVED else photos[held[0]]
+            ext, data = encode(make_held_out(kind, src, rng), kind, c)
+            items.append((kind, "held_out", f"{kind}{c}", data, ext))
     order = rng.permutation(len(items))
     members: list[list[tuple[str, bytes]]] = [[] for _ in range(n_shards)]
     rows = []
@@ -200,19 +373,21 @@ def shard_key(filename: str) -> str:
 
 
 # -- evaluation ------------------------------------------------------------------------------------
-def per_type(issues: pd.DataFrame, images: pd.DataFrame, types: list[str]) -> pd.DataFrame:
-    """Rows: issue types (+ "any"); columns: recall per junk kind, junk recall, real shares."""
+def per_type(issues: pd.DataFrame, images: pd.DataFrame, types: list[str],
+             kinds: tuple[str, ...] = JUNK_KINDS) -> pd.DataFrame:  # fmt: skip
+    """Rows: issue types (+ "any"); columns: recall per junk kind of ``kinds``, their recall
+    together, real shares."""
     flagged = {t: set(issues.loc[issues["issue"] == t, "key"]) for t in types}
     flagged["any"] = set().union(*flagged.values()) if flagged else set()
     flagged["any but grayscale"] = set().union(*(v for t, v in flagged.items() if t not in ("any", "grayscale")))
     flagged["any junk-like"] = set().union(*(flagged.get(t, set()) for t in JUNK_LIKE))
     flagged["junk-like or noisy"] = flagged["any junk-like"] | flagged.get("noisy", set())
-    junk = images[images["kind"] != "real"]
+    junk = images[images["kind"].isin(kinds)]
     real = images[images["kind"] == "real"]
     out = []
     for t, keys in flagged.items():
         row = {"type": t}
-        for kind in JUNK_KINDS:
+        for kind in kinds:
             sel = junk.loc[junk["kind"] == kind, "key"]
             row[kind] = sel.isin(keys).mean()
         row["junk"] = junk["key"].isin(keys).mean()
@@ -284,10 +459,22 @@ def outlier_links(wd: str, images: pd.DataFrame, links: tuple[float, ...], cutof
     return lines
 
 
+def low_information_part(res) -> dict[int, str]:
+    """Index -> ``" (<part>)"``: which part of ``low_information`` is the lowest (the one that
+    flags it), when the scores have parts."""
+    sc = res.issue_scores.compute()
+    cols = [c for c in sc.columns if c.startswith("low_information_")]
+    if not cols:
+        return {}
+    low = sc[cols].idxmin(axis=1).str.replace("low_information_", "")
+    return {int(i): f" ({p})" for i, p in zip(sc["index"], low, strict=True)}
+
+
 def score_quantiles(res, images: pd.DataFrame) -> list[str]:
     """Quantiles of the real images' scores per statistics type, and the junk's medians."""
-    from dedupdask.analyses.issues import STAT_ISSUES
+    from dedupdask.analyses import issues as mod
 
+    parts = [f"low_information_{p}" for p in getattr(mod, "LOW_INFORMATION_PARTS", ())]
     sc = res.issue_scores.compute()
     names = res.files[["index", "filename"]].compute().dropna()
     key = pd.Series(names["filename"].map(shard_key).to_numpy(), index=names["index"].astype("int64").to_numpy())
@@ -297,16 +484,53 @@ def score_quantiles(res, images: pd.DataFrame) -> list[str]:
     cut = res.run["issues"]["resolved"]
     lines = ["| type | cut-off | real 0.1 % | 0.5 % | 1 % | 2 % | 5 % | real below cut-off | junk below cut-off |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for t in STAT_ISSUES:
+    for t in (*mod.STAT_ISSUES, *parts):
+        c = cut[t if t in cut else "low_information"]
         r = real[t].dropna()
         q = [r.quantile(p) for p in (0.001, 0.005, 0.01, 0.02, 0.05)]
-        below = sc[sc[t] < cut[t]]
+        below = sc[sc[t] < c]
         jk = below[below["kind"] != "real"]["kind"].value_counts()
         lines.append(
-            f"| {t} | {cut[t]} | " + " | ".join(f"{v:.3f}" for v in q)
-            + f" | {100 * (r < cut[t]).mean():.2f} % | "
+            f"| {t} | {c} | " + " | ".join(f"{v:.3f}" for v in q)
+            + f" | {100 * (r < c).mean():.2f} % | "
             + (", ".join(f"{k} {v}" for k, v in jk.items()) or "none") + " |"
         )
+    return lines
+
+
+def fresh_draws(photos: dict[str, Image.Image], res, *, seeds: tuple[int, ...], copies: int) -> list[str]:
+    """Recall of the junk-like types on fresh draws of every junk kind (new seeds, ``copies``
+    per kind), from the statistics alone: decoded at the model's input size and scored with
+    the run's median side and cut-offs, without shards or embeddings. It says how much the
+    recall of the committed draw owes to luck."""
+    from dedupdask.analyses.issues import image_scores
+    from dedupdask.decode import decode_image
+    from dedupdask.models import resolve_model
+
+    spec = resolve_model(res.run["model"].get("model_id"))
+    cut = res.run["issues"]["resolved"]
+    ref = float(res.run["issues"]["size_reference"])
+    donors = sorted((n for n in photos if source_group(n) != "clip art"), key=_h)[: 5 * copies]
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(1000 + seed)
+        for kind in (*JUNK_KINDS, *HELD_OUT_KINDS):
+            make = make_junk if kind in JUNK_KINDS else make_held_out
+            for c in range(copies):
+                ext, data = encode(make(kind, photos[donors[int(rng.integers(0, len(donors)))]], rng), kind, c)
+                d = decode_image(data, (spec.height, spec.width))
+                rows.append({"seed": seed, "kind": kind, "width": d.width, "height": d.height, **(d.stats or {})})
+    df = pd.DataFrame(rows).assign(index=lambda f: np.arange(len(f)))
+    sc = image_scores(df, ref)
+    df["hit"] = ((sc["low_information"] < cut["low_information"]) | (sc["odd_size"] < cut["odd_size"])
+                 | (sc["odd_aspect_ratio"] < cut["odd_aspect_ratio"])).to_numpy()  # fmt: skip
+    by = df.pivot_table(index="kind", columns="seed", values="hit", aggfunc="mean")
+    lines = ["| kind | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for kind in (*JUNK_KINDS, *HELD_OUT_KINDS):
+        lines.append(f"| {kind} | " + " | ".join(f"{100 * by.loc[kind, s]:.1f} %" for s in seeds) + " |")
+    for name, kinds in (("tuning kinds", JUNK_KINDS), ("held-out kinds", HELD_OUT_KINDS)):
+        got = df[df["kind"].isin(kinds)].groupby("seed")["hit"].mean()
+        lines.append(f"| **{name}** | " + " | ".join(f"**{100 * got[s]:.1f} %**" for s in seeds) + " |")
     return lines
 
 
@@ -352,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fastdup", action="store_true", help="also run fastdup 2.54 on the same shards")
     ap.add_argument("--galleries", type=Path, default=None, help="folder for the galleries (default: <work-root>/galleries)")
     ap.add_argument("--client", default=None, help="scheduler (default: a local cluster)")
+    ap.add_argument("--fresh-seeds", type=int, default=3, help="fresh draws of every junk kind (0: none)")
+    ap.add_argument("--fresh-copies", type=int, default=16, help="images per kind in each fresh draw")
     args = ap.parse_args(argv)
 
     import dedupdask as ddk
@@ -390,7 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     p(f"real images: {len(real)} ({', '.join(f'{g} {n}' for g, n in by_group.items())}); photos = "
       "scikit-image/scikit-learn samples and Debian/KDE wallpapers, textures = colobot, stamps = "
       "Tux Paint, clip art = openclipart")  # fmt: skip
-    p(f"planted junk: {len(images) - len(real)} ({args.junk_copies} each of {', '.join(JUNK_KINDS)}); "
+    n_tune = int(images["kind"].isin(JUNK_KINDS).sum())
+    p(f"planted junk: {len(images) - len(real)}: {n_tune} of the tuning kinds ({args.junk_copies} each of "
+      f"{', '.join(JUNK_KINDS)}) and {len(images) - len(real) - n_tune} of the held-out kinds, never used "
+      f"to pick a cut-off ({args.junk_copies} each of {', '.join(HELD_OUT_KINDS)}); "
       f"{len(images)} images in {len(list(shards.glob('*.tar')))} tar shards; ddk.run "
       f"({what}, default model {res.run['model'].get('model_id')}) {t_run:.0f} s; "
       f"analysis stages (s): {res.run.get('timings')}")  # fmt: skip
@@ -406,6 +635,17 @@ def main(argv: list[str] | None = None) -> int:
     table = per_type(issues, images, types)
     p("")
     p(fmt_table(table))
+    p("")
+    held = per_type(issues, images, types, HELD_OUT_KINDS)
+    p("Held-out kinds (generated differently: other fonts, layouts, noise models, blur kernels and "
+      "sizes; never used to pick a cut-off); 'junk' is their recall together:")
+    p("")
+    p(fmt_table(held.drop(columns=["real", "photos", "textures", "stamps", "clip art"])))
+    p("")
+    hl = held.loc["any junk-like"]
+    p(f"junk-like types on the held-out kinds: {100 * hl['junk']:.1f} % of the held-out junk "
+      f"(tuning kinds {100 * table.loc['any junk-like', 'junk']:.1f} %); any issue type: "
+      f"{100 * held.loc['any', 'junk']:.1f} %; any type but grayscale: {100 * held.loc['any but grayscale', 'junk']:.1f} %")  # fmt: skip
     p("")
     a = table.loc["any"]
     jl = table.loc["any junk-like"]
@@ -425,8 +665,10 @@ def main(argv: list[str] | None = None) -> int:
       f"{int((hit & ~is_grey).sum())} colour images flagged ({100 * (hit & ~is_grey).mean():.2f} % of the real images)")  # fmt: skip
     low = issues[issues["issue"].isin(JUNK_LIKE)]
     low = low[low["key"].isin(real["key"])].merge(images[["key", "name"]], on="key")
+    part = low_information_part(res)
     p(f"real images flagged by the junk-like types ({low['key'].nunique()}): "
-      + "; ".join(f"{r.issue} {r.score:.3f} {r.name.rsplit('/', 1)[-1][-40:]}" for r in low.itertuples()))  # fmt: skip
+      + "; ".join(f"{r.issue}{part.get(int(r.index), '') if r.issue == 'low_information' else ''} "
+                  f"{r.score:.3f} {r.name.rsplit('/', 1)[-1][-40:]}" for r in low.itertuples()))  # fmt: skip
     p(f"issue rows: {len(issues)} ({', '.join(f'{k} {v}' for k, v in res.summary()['issues'].items())}); "
       f"not reported: {res.summary()['issues_not_reported'] or 'none'}; outlier groups: "
       f"{res.run['issues']['outlier_groups']}; median image side {res.run['issues']['size_reference']} px")  # fmt: skip
@@ -434,11 +676,25 @@ def main(argv: list[str] | None = None) -> int:
     p("## Cut-offs: scores of the real images")
     p("")
     p("Quantiles of each statistics type's score over the real images (a cut-off at the 1 % "
-      "quantile flags 1 % of them), and the planted junk under the default cut-off:")
+      "quantile flags 1 % of them), and the planted junk (tuning and held-out kinds) under the "
+      "default cut-off; the low_information_<part> rows are the parts of low_information (its "
+      "score is their minimum) under its cut-off:")
     p("")
     for line in score_quantiles(res, images):
         p(line)
     p("")
+    if args.fresh_seeds:
+        log("fresh draws")
+        p("## Fresh draws of the junk kinds")
+        p("")
+        p(f"Every junk kind drawn again ({args.fresh_copies} per kind, seeds "
+          f"{', '.join(str(1000 + s) for s in range(1, args.fresh_seeds + 1))}) and scored from the "
+          "statistics alone (decoded at the model's input size, this run's median side and "
+          "cut-offs); share flagged by the junk-like types:")
+        p("")
+        for line in fresh_draws(photos, res, seeds=tuple(range(1, args.fresh_seeds + 1)), copies=args.fresh_copies):
+            p(line)
+        p("")
     p("## Outlier groups at several outlier_link values")
     p("")
     p("The outlier score of every image (its group's similarity to the nearest image outside "

@@ -13,6 +13,7 @@ model sees what the gallery shows. :data:`DECODE_VERSION` names these choices in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import struct
@@ -54,14 +55,20 @@ reduced scale) and ``input_md5`` the md5 of the model-input pixels.
 Features of different decode versions are never analysed together (a rotated photo would be
 embedded one way in one archive and the other way in the next)."""
 
-STAT_COLUMNS = ("mean", "min", "max", "stdv", "blur", "unique", "contrast", "p01", "p99", "chroma")
+STAT_COLUMNS = (
+    "mean", "min", "max", "stdv", "blur", "unique", "contrast", "p01", "p99", "chroma",
+    "residual_range", "text_lines",
+)  # fmt: skip
 
-STATS_VERSION = 2
+STATS_VERSION = 3
 """Version of the per-image stats, recorded as ``stats_version`` in every ``done.json``.
 
 1 (no ``stats_version`` in done.json): mean, min, max, stdv, blur, unique, contrast.
 2: also ``p01``/``p99`` (grey levels of the 1st/99th percentile) and ``chroma``; archives
 extracted before read as null there, so the issue types that need them are not reported.
+3: also ``residual_range`` and ``text_lines`` (:func:`_residual_range`, :func:`_text_lines`);
+null in archives extracted before, where the parts of ``low_information`` that need them are
+not scored.
 """
 
 ERROR_CODES = (
@@ -371,7 +378,8 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
 
     ``blur`` is the variance of the 4-neighbour Laplacian (low = blurry), ``unique`` the number
     of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min), ``p01`` /
-    ``p99`` the grey levels below which 1 % / 99 % of the pixels lie.
+    ``p99`` the grey levels below which 1 % / 99 % of the pixels lie; ``residual_range`` and
+    ``text_lines`` see :func:`_residual_range` and :func:`_text_lines`.
     """
     hist = np.bincount(gray.ravel(), minlength=256)  # one pass gives all but blur
     levels = np.flatnonzero(hist)
@@ -392,7 +400,94 @@ def _stats(gray: np.ndarray) -> dict[str, float]:
         "contrast": (mx - mn) / (mx + mn) if mx + mn > 0 else 0.0,
         "p01": float(np.searchsorted(cum, 0.01 * n)),
         "p99": float(np.searchsorted(cum, 0.99 * n)),
+        "residual_range": _residual_range(gray),
+        "text_lines": _text_lines(gray, hist),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _surface_basis(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centred coordinates ``x`` (length ``w``), ``y`` (length ``h``) and the inverse Gram
+    matrix of the surfaces ``1, x, y, x^2, xy, y^2`` over the ``h x w`` grid (cached: every
+    image of a run has the model's size)."""
+    x = (np.arange(w) - (w - 1) / 2) / max(w, 2)
+    y = (np.arange(h) - (h - 1) / 2) / max(h, 2)
+    px, py = [np.ones(w), x, x * x], [np.ones(h), y, y * y]
+    terms = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))  # powers of (x, y)
+    gram = np.array([[(px[a] * px[c]).sum() * (py[b] * py[d]).sum() for c, d in terms] for a, b in terms])
+    return x, y, np.linalg.pinv(gram)
+
+
+def _residual_range(gray: np.ndarray) -> float:
+    """p99 - p01 of the grey levels after removing the best-fitting quadratic surface.
+
+    A blank page under uneven light, a vignette or a smooth colour gradient has a wide
+    ``p99 - p01`` but nothing left once the surface (the lighting) is removed. The residual
+    is rounded to whole levels, like ``p01``/``p99``. The least-squares fit goes through the
+    separable moments (row sums), without BLAS: a worker's cores stay with the model.
+    """
+    h, w = gray.shape
+    if h < 3 or w < 3:
+        return float(gray.max()) - float(gray.min()) if gray.size else 0.0
+    x, y, inv = _surface_basis(h, w)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    v = gray.astype(np.float32)  # the moments are summed in float64
+    r0 = v.sum(axis=1, dtype=np.float64)
+    r1 = (v * x32).sum(axis=1, dtype=np.float64)
+    r2 = (v * (x32 * x32)).sum(axis=1, dtype=np.float64)
+    m = np.array([r0.sum(), r1.sum(), (r0 * y).sum(), r2.sum(), (r1 * y).sum(), (r0 * y * y).sum()])
+    c = (inv * m).sum(axis=1).astype(np.float32)
+    v -= (c[0] + c[2] * y32 + c[5] * y32 * y32)[:, None]
+    v -= (c[1] + c[3] * x32)[None, :] * x32 + c[4] * y32[:, None] * x32[None, :]
+    v += np.float32(255.5)  # rounded to whole levels, offset so that -255..255 are bins 0..510
+    np.clip(v, 0.0, 510.0, out=v)
+    cum = np.cumsum(np.bincount(v.astype(np.intp).ravel(), minlength=511))
+    return float(np.searchsorted(cum, 0.99 * v.size) - np.searchsorted(cum, 0.01 * v.size))
+
+
+TEXT_INK = 48
+"""Grey levels from the background beyond which a pixel is a mark (ink) for :func:`_text_lines`."""
+
+
+def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
+    """The share of the marked rows of the picture that are lines of text, 0 without marks.
+
+    The background is the most common grey level (its histogram smoothed over +-4 levels);
+    a page has one: it is 0 unless at least half of the pixels lie within 12 levels of it
+    (a fine periodic texture has bands of "marks" too, but no paper between them). A pixel
+    is a mark when it is more than :data:`TEXT_INK` levels from the background (either side:
+    dark text on paper, light text on a dark or coloured background). A row is marked when
+    more than 2 % of its pixels (at least 3) are marks, so a vertical rule, a frame or scanner
+    dust does not mark every row. Consecutive marked rows form bands; a band is a **line of
+    text** when it is at most 1/6 of the picture high (so at least six such lines fit) and its
+    rows start a mark at least 3 times on average (letters, or at small sizes words, side by
+    side, where a drawing's outline crosses a row once or twice per shape). A page has at
+    least three lines: with fewer it is 0 (a caption, a row of icons). A page of text is all
+    lines (1.0); a drawing, a photo or a picture with a caption is mostly not. Text under
+    about 3 px high at this size merges into blobs of several words and is not always read
+    as lines.
+    """
+    h, w = gray.shape
+    if not h or not w:
+        return 0.0
+    bg = int(np.argmax(np.convolve(hist, np.ones(9), "same")))
+    if hist[max(bg - 12, 0) : bg + 13].sum() < 0.5 * h * w:
+        return 0.0
+    ink = np.abs(gray.astype(np.int16) - bg) > TEXT_INK
+    per_row = ink.sum(axis=1)
+    starts = (ink[:, 1:] & ~ink[:, :-1]).sum(axis=1) + ink[:, 0]
+    marked = per_row > max(2.0, 0.02 * w)
+    n_marked = int(marked.sum())
+    if not n_marked:
+        return 0.0
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], marked.astype(np.int8), [0]))))
+    top, bottom = edges[::2], edges[1::2]
+    tall = bottom - top
+    cum = np.concatenate(([0], np.cumsum(starts)))
+    line = (tall <= h / 6) & (cum[bottom] - cum[top] >= 3 * tall)
+    if int(line.sum()) < 3:
+        return 0.0
+    return float(tall[line].sum()) / n_marked
 
 
 def _chroma(px: np.ndarray) -> float:

@@ -552,7 +552,9 @@ _ISSUE_TEXT = {
     "light": "even the darkest 1 % of the pixels is light: score 1 - p01 / 255",
     "blurry": "little detail: score 1 - exp(-blur / 100), blur = variance of the Laplacian",
     "noisy": "pixel-to-pixel noise: score 1 - blur / (20 stdv²)",
-    "low_information": "98 % of the pixels in a narrow band of grey levels: score (p99 - p01) / 255",
+    "low_information": "nothing to see: score = the lowest of its parts flat (a narrow band of grey "
+                       "levels, also after removing a smooth surface), featureless (no detail), "
+                       "structureless (only pixel noise) and page (only lines of text)",
     "odd_aspect_ratio": "score min(width, height) / max(width, height)",
     "odd_size": "far smaller or larger than the run's median image: score min(s, m) / max(s, m)",
     "grayscale": "no colour: score chroma / 255",

@@ -84,7 +84,7 @@ TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
     "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
-    "index", "member_offset", "key", "p01", "p99", "chroma",
+    "index", "member_offset", "key", "p01", "p99", "chroma", "residual_range", "text_lines",
 ]  # fmt: skip
 _HASHES = ("md5", "pixel_md5", "input_md5")
 

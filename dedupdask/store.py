@@ -111,6 +111,8 @@ FILE_SCHEMA = pa.schema(
         ("p01", pa.float32()),  # stats_version 2 (decode.STATS_VERSION): null in older work_dirs
         ("p99", pa.float32()),
         ("chroma", pa.float32()),
+        ("residual_range", pa.float32()),  # stats_version 3: null in older work_dirs
+        ("text_lines", pa.float32()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
         ("index", pa.int64()),
@@ -185,8 +187,10 @@ class SkippedRows:
 
 # Parquet columns that work_dirs written by older versions may lack (read back as null):
 # member_offset (added after the first release), input_md5 (decode version 2), p01/p99/chroma
-# (stats version 2).
-OPTIONAL_FILE_COLUMNS = frozenset({"member_offset", "input_md5", "p01", "p99", "chroma"})
+# (stats version 2), residual_range/text_lines (stats version 3).
+OPTIONAL_FILE_COLUMNS = frozenset({
+    "member_offset", "input_md5", "p01", "p99", "chroma", "residual_range", "text_lines",
+})  # fmt: skip
 
 #: Seconds after its last change when a temporary whose writer's liveness cannot be checked
 #: (another machine, an object store, a name without an owner) is taken as abandoned.

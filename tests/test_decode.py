@@ -29,7 +29,7 @@ def test_valid_jpeg_draft_and_stats():
 def test_flat_image_stats():
     d = decode_image(_enc(Image.new("RGB", (50, 40), (0, 0, 0)), "PNG"), (32, 32))
     assert d.stats == {"mean": 0.0, "min": 0.0, "max": 0.0, "stdv": 0.0, "blur": 0.0, "unique": 1.0, "contrast": 0.0,
-                       "p01": 0.0, "p99": 0.0, "chroma": 0.0}
+                       "p01": 0.0, "p99": 0.0, "chroma": 0.0, "residual_range": 0.0, "text_lines": 0.0}
     w = decode_image(_enc(Image.new("RGB", (50, 40), (255, 255, 255)), "PNG"), (32, 32))
     assert w.stats["mean"] == 255.0
 

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import dedupdask as ddk
 from dedupdask.analyses import exact_groups
 from dedupdask.analyses.groups import QUERIES_PER_GROUP, best_outside, outlier_groups
 from dedupdask.analyses.issues import (
     ISSUE_COLUMNS,
+    LOW_INFORMATION_PARTS,
     STAT_ISSUES,
     find_issues,
     image_scores,
@@ -51,18 +52,76 @@ def _scale(im: Image.Image, f: float, towards: float = 0.0) -> Image.Image:
     return Image.fromarray(np.round(towards + (a - towards) * f).astype(np.uint8), "RGB")
 
 
+WORDS = "the quick brown fox jumps over a lazy dog while data shards hold many pictures".split()
+
+
+def _text_page(seed: int, size=(360, 480), font_size: int = 16, ink=(0, 0, 0), paper=(255, 255, 255),
+               centred: bool = False) -> Image.Image:  # fmt: skip
+    """Lines of words and nothing else (Pillow's built-in font: no system font needed)."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", size, paper)
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(font_size)
+    y = 12
+    while y < size[1] - font_size - 8:
+        line = " ".join(rng.choice(WORDS, int(rng.integers(3, 9))))
+        x = (size[0] - draw.textlength(line, font=font)) / 2 if centred else 10
+        draw.text((x, y), line, fill=ink, font=font)
+        y += int(font_size * rng.uniform(1.3, 1.7))
+    return im
+
+
+def _line_drawing(seed: int, size=(360, 300), caption: bool = False) -> Image.Image:
+    """Clip-art-like line art on white: outlines, hatching, a few filled shapes, coloured ink."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    im = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(4, 8))):
+        x0, y0 = int(rng.integers(0, w * 2 // 3)), int(rng.integers(0, h * 2 // 3))
+        box = (x0, y0, x0 + int(rng.integers(40, w // 2)), y0 + int(rng.integers(40, h // 2)))
+        ink = tuple(int(v) for v in rng.integers(0, 160, 3))
+        if rng.uniform() < 0.5:
+            draw.ellipse(box, outline=ink, width=int(rng.integers(2, 5)))
+        else:
+            draw.polygon([(box[0], box[3]), ((box[0] + box[2]) // 2, box[1]), (box[2], box[3])],
+                         outline=ink, width=int(rng.integers(2, 5)))  # fmt: skip
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    for y in range(y0, y0 + h // 3, 5):  # hatching: many parallel horizontal strokes
+        draw.line((x0, y, x0 + w // 3, y), fill=(30, 30, 30), width=1)
+    draw.rectangle((w - 70, h - 60, w - 20, h - 20), fill=(200, 40, 40))
+    if caption:
+        draw.text((20, h - 30), "a drawing of a fox", fill=(0, 0, 0), font=ImageFont.load_default(18))
+    return im
+
+
+def _noise(seed: int, size=SIZE) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _faint_page(seed: int, size=(400, 520)) -> Image.Image:
+    """A near-blank scan: a gradient of 30 grey levels from top to bottom plus a few dark specks."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    a = np.linspace(215, 245, h)[:, None, None] + np.zeros((1, w, 3)) + rng.normal(0, 1.5, (h, w, 3))
+    a[rng.uniform(size=(h, w)) < 0.002] = 90
+    return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "RGB")
+
+
 # one image per issue type (key -> (bytes, the types it must get))
 def _junk() -> dict[str, tuple[bytes, set[str]]]:
     rng = np.random.default_rng(3)
     return {
         "solid": (_enc(Image.new("RGB", SIZE, (40, 120, 200)), "PNG"), {"low_information"}),
+        "text": (_enc(_text_page(7), "PNG"), {"low_information"}),
         "strip": (_enc(_natural(101, (256, 12))), {"odd_aspect_ratio"}),
         "tiny": (_enc(_natural(102, (12, 12)), "PNG"), {"odd_size"}),
         "dark": (_enc(_scale(_natural(103), 0.04)), {"dark"}),
         "light": (_enc(_scale(_natural(104), 0.04, 255.0)), {"light"}),
         "grey": (_enc(_natural(105).convert("L").convert("RGB")), {"grayscale"}),
-        "blurred": (_enc(_natural(106).filter(ImageFilter.GaussianBlur(12))), {"blurry"}),
-        "noise": (_enc(Image.fromarray(rng.integers(0, 256, (168, 224, 3), dtype=np.uint8)), "PNG"), {"noisy"}),
+        "blurred": (_enc(_natural(106).filter(ImageFilter.GaussianBlur(12))), {"blurry", "low_information"}),
+        "noise": (_enc(Image.fromarray(rng.integers(0, 256, (168, 224, 3), dtype=np.uint8)), "PNG"),
+                  {"noisy", "low_information"}),
     }
 
 
@@ -126,12 +185,68 @@ def test_decode_records_percentiles_and_chroma():
     assert d.stats["p01"] == 0.0 and d.stats["p99"] == 255.0
 
 
+def test_decode_records_residual_range_and_text_lines():
+    # a smooth gradient: a wide grey range, nothing left once the surface is removed
+    ramp = np.repeat(np.linspace(40, 220, 200)[None, :, None], 150, axis=0).repeat(3, axis=2)
+    d = decode_image(_enc(Image.fromarray(ramp.round().astype(np.uint8)), "PNG"), (160, 160))
+    assert d.stats["p99"] - d.stats["p01"] > 150 and d.stats["residual_range"] <= 2
+    d = decode_image(_enc(_natural(5)), (160, 160))
+    assert d.stats["residual_range"] > 60
+    # a page of text is all text lines, dark on light or light on dark; a drawing is not
+    assert decode_image(_enc(_text_page(1), "PNG"), (160, 160)).stats["text_lines"] >= 0.9
+    quote = _text_page(2, (480, 320), 30, ink=(255, 255, 255), paper=(30, 60, 140), centred=True)
+    assert decode_image(_enc(quote), (160, 160)).stats["text_lines"] >= 0.9
+    for seed in range(3):
+        d = decode_image(_enc(_line_drawing(seed, caption=True), "PNG"), (160, 160))
+        assert d.stats["text_lines"] < 0.5, seed
+    assert decode_image(_enc(Image.new("RGB", (64, 48), "white"), "PNG"), (32, 32)).stats["text_lines"] == 0
+
+
+def _decoded_scores(images: dict[str, Image.Image], fmt: str = "PNG") -> pd.DataFrame:
+    rows = []
+    for name, im in images.items():
+        d = decode_image(_enc(im, fmt), (160, 160))
+        rows.append({"name": name, "width": d.width, "height": d.height, **d.stats})
+    files = pd.DataFrame(rows).assign(index=range(len(rows)))
+    return image_scores(files, 300.0).set_index(files["name"])
+
+
+def test_low_information_parts_flag_text_noise_blur_and_faint_pages():
+    """Pages of text, noise, heavily blurred pictures and faint gradient pages have nothing to
+    see: each is flagged low_information by its part; drawings and pictures are not."""
+    cut = issue_row_for("effnet-lite0").low_information
+    junk = {
+        "text": _text_page(3),
+        "small text": _text_page(4, (600, 800), 12, ink=(40, 40, 90), paper=(250, 245, 230)),
+        "quote": _text_page(5, (480, 320), 32, ink=(20, 20, 20), paper=(250, 200, 60), centred=True),
+        "dense page": _text_page(6, (1240, 1754), 22),  # letters ~2 px high at 160 px
+        "noise": _noise(6, (400, 300)),
+        "blurred": _natural(7, (400, 300)).filter(ImageFilter.GaussianBlur(12)),
+        "faint page": _faint_page(8),
+    }
+    s = _decoded_scores(junk, "JPEG")
+    part = {"text": "page", "small text": "page", "quote": "page", "dense page": "page", "noise": "structureless",
+            "blurred": "featureless", "faint page": "flat"}  # fmt: skip
+    for name, p in part.items():
+        assert s.loc[name, "low_information"] < cut, (name, s.loc[name].to_dict())
+        assert s.loc[name, f"low_information_{p}"] < cut, (name, s.loc[name].to_dict())
+        assert s.loc[name, "low_information"] == min(s.loc[name, f"low_information_{q}"] for q in LOW_INFORMATION_PARTS)
+    keep = {f"drawing {i}": _line_drawing(10 + i, caption=bool(i % 2)) for i in range(6)}
+    icons = Image.new("RGB", (480, 200), "white")  # a row of icons: marks side by side, one band
+    for i in range(6):
+        ImageDraw.Draw(icons).ellipse((20 + 78 * i, 85, 50 + 78 * i, 115), outline=(0, 0, 0), width=3)
+    keep["icons"] = icons
+    keep.update({f"picture {i}": _natural(20 + i, (400, 300)) for i in range(6)})
+    s = _decoded_scores(keep)
+    assert (s["low_information"] >= 2 * cut).all(), s.loc[s["low_information"] < 2 * cut].T.to_dict()
+
+
 def test_done_json_records_the_stats_version(junk_run):
     _, work = junk_run
     done = json.loads(open(os.path.join(work, "a.tardone.json")).read())
-    assert done["stats_version"] == STATS_VERSION == 2
+    assert done["stats_version"] == STATS_VERSION == 3
     cols = pq.read_schema(os.path.join(work, "a.tarfeatures.parquet")).names
-    assert {"p01", "p99", "chroma"} <= set(cols)
+    assert {"p01", "p99", "chroma", "residual_range", "text_lines"} <= set(cols)
 
 
 # -- every type on tiny generated images -----------------------------------------------------------
@@ -182,6 +297,14 @@ def test_overrides_per_type(junk_run):
     assert "odd_aspect_ratio" not in set(res2.issues["issue"])
     assert len(_flagged(res2, "dark")) > len(_flagged(res, "dark"))
     assert res2.run["issues"]["set_by_user"] == {"dark": 0.9, "odd_aspect_ratio": 0.0}
+    # low_information's one cut-off applies to the minimum of its parts
+    scores = res.issue_scores.compute(scheduler="sync").set_index("index")
+    for cut in (0.0, 0.7):
+        res3 = ddk.results.build(work, config=RunConfig(run_mode=2, progress=False,
+                                                        issue_thresholds={"low_information": cut}), write=False)  # fmt: skip
+        got = set(res3.issues.loc[res3.issues["issue"] == "low_information", "index"])
+        assert got == set(scores.index[scores["low_information"] < np.float32(cut)])
+        assert (len(got) > len(_flagged(res, "low_information"))) == (cut > 0)
     assert res2.run["issues"]["resolved"]["dark"] == 0.9
     with pytest.raises(ValueError, match="unknown name 'darkness'"):
         RunConfig(issue_thresholds="darkness=0.1")
@@ -227,7 +350,8 @@ def test_scores_per_archive_equal_scores_in_process(junk_run):
         local.sort_values(key).reset_index(drop=True), per_archive.sort_values(key).reset_index(drop=True)
     )
     scores = res.issue_scores.compute(scheduler="threads")
-    assert list(scores.columns) == ["index", *STAT_ISSUES] and len(scores) == col.n
+    assert list(scores.columns) == ["index", *STAT_ISSUES, *(f"low_information_{p}" for p in LOW_INFORMATION_PARTS)]
+    assert len(scores) == col.n
 
 
 def test_find_issues_on_the_workers_path_gives_the_same_table(junk_run):
@@ -246,31 +370,68 @@ def test_find_issues_on_the_workers_path_gives_the_same_table(junk_run):
     assert about_a["size_reference"] == about_b["size_reference"]
 
 
-def test_old_work_dir_without_the_new_stats(junk_run, tmp_path):
-    """A work_dir extracted before stats_version 2: the types that need them are not reported."""
-    _, work = junk_run
-    old = tmp_path / "old"
-    old.mkdir()
+def _old_work_dir(work: str, dest, version: int):
+    """A copy of ``work`` as extracted with ``stats_version`` 1 or 2 (their columns only)."""
+    drop = ["residual_range", "text_lines"] + (["p01", "p99", "chroma"] if version < 2 else [])
+    dest.mkdir()
     for name in os.listdir(work):
         src = os.path.join(work, name)
         if not os.path.isfile(src):
             continue
         if name.endswith("features.parquet"):
-            t = pq.read_table(src)
-            pq.write_table(t.drop(["p01", "p99", "chroma"]), old / name)
+            pq.write_table(pq.read_table(src).drop(drop), dest / name)
         elif name.endswith("done.json"):
             done = json.loads(open(src).read())
-            done.pop("stats_version")
-            (old / name).write_text(json.dumps(done))
+            if version < 2:
+                done.pop("stats_version")
+            else:
+                done["stats_version"] = version
+            (dest / name).write_text(json.dumps(done))
         elif not name.startswith(("atrain_", "image_issues", "similarity", "outliers", "connected")):
-            (old / name).write_bytes(open(src, "rb").read())
-    res = ddk.run(None, str(old), run_mode=2, client="sync", progress=False)
-    got = set(res.issues["issue"])
-    assert not got & {"dark", "light", "low_information", "grayscale"}
-    assert {"odd_size", "odd_aspect_ratio", "blurry", "noisy"} <= got
-    why = res.summary()["issues_not_reported"]
-    assert set(why) == {"dark", "light", "low_information", "grayscale"}
+            (dest / name).write_bytes(open(src, "rb").read())
+    return dest
+
+
+def test_old_work_dir_without_the_new_stats(junk_run, tmp_path):
+    """A work_dir extracted before stats_version 2: the types that need them are not reported;
+    low_information is scored from the parts that need only version 1 (featureless,
+    structureless) and says so."""
+    res, work = junk_run
+    old = _old_work_dir(work, tmp_path / "old", 1)
+    res1 = ddk.run(None, str(old), run_mode=2, client="sync", progress=False)
+    got = set(res1.issues["issue"])
+    assert not got & {"dark", "light", "grayscale"}
+    assert {"odd_size", "odd_aspect_ratio", "blurry", "noisy", "low_information"} <= got
+    assert {"j_blurred", "j_noise"} <= _flagged(res1, "low_information") <= _flagged(res, "low_information")
+    assert "j_text" not in _flagged(res1, "low_information")  # its page part needs stats_version 3
+    why = res1.summary()["issues_not_reported"]
+    assert set(why) == {"dark", "light", "grayscale"}
     assert "stats_version 2" in why["dark"] and "resume=False" in why["dark"]
+    partly = res1.run["issues"]["partly_scored"]["low_information"]
+    assert "flat and page parts" in partly and "resume=False" in partly
+    n = len(res1.issue_scores.compute(scheduler="sync"))
+    assert res1.run["issues"]["unscored"] == {"dark": n, "light": n, "grayscale": n,
+                                              "low_information_flat": n, "low_information_page": n}  # fmt: skip
+    scores = res1.issue_scores.compute(scheduler="sync")
+    assert scores["low_information_flat"].isna().all() and scores["low_information_page"].isna().all()
+    assert scores["low_information"].notna().all()
+
+
+def test_work_dir_of_stats_version_2(junk_run, tmp_path):
+    """Before stats_version 3: low_information without its page part (never flagged there),
+    its flat part without detrending; every other type as before."""
+    res, work = junk_run
+    res2 = ddk.run(None, str(_old_work_dir(work, tmp_path / "v2", 2)), run_mode=2, client="sync", progress=False)
+    assert res2.summary()["issues_not_reported"] == {}
+    partly = res2.run["issues"]["partly_scored"]["low_information"]
+    n = len(res2.issue_scores.compute(scheduler="sync"))
+    assert partly.startswith(f"{n} of {n} images have no text_lines/residual_range")
+    assert res2.run["issues"]["unscored"] == {"low_information_page": n}  # counted as not scored
+    assert "text_lines" in partly and "without its page part" in partly and "detrending" in partly
+    assert "j_text" not in _flagged(res2, "low_information") and "j_solid" in _flagged(res2, "low_information")
+    for t in ("dark", "light", "blurry", "noisy", "odd_size", "odd_aspect_ratio", "grayscale"):
+        assert _flagged(res2, t) == _flagged(res, t), t
+    assert res.run["issues"]["partly_scored"] == {}
 
 
 # -- outlier groups against brute force -------------------------------------------------------------
@@ -354,12 +515,16 @@ def test_outlier_groups_respect_max_size_and_exact_groups():
 def test_scores_are_documented_values():
     f = pd.DataFrame({"index": [0, 1], "width": [100, 1000], "height": [100, 10], "p01": [0.0, 250.0],
                       "p99": [255.0, 252.0], "blur": [500.0, 0.0], "stdv": [120.0, 0.0],
-                      "chroma": [120.0, 0.0]})  # fmt: skip
+                      "chroma": [120.0, 0.0], "residual_range": [200.0, 1.0], "text_lines": [0.25, 0.0]})  # fmt: skip
     s = image_scores(f, 100.0).set_index("index").astype("float64").round(6)  # scores have 6 decimals
     assert s.loc[0, "odd_size"] == pytest.approx(1.0) and s.loc[1, "odd_size"] == pytest.approx(1.0)
     assert s.loc[1, "odd_aspect_ratio"] == pytest.approx(0.01)
     assert s.loc[0, "blurry"] == pytest.approx(1 - np.exp(-5), rel=1e-5) and s.loc[1, "blurry"] == 0
-    assert s.loc[1, "low_information"] == round(2 / 255, 6) and s.loc[0, "low_information"] == 1
+    assert s.loc[0, "low_information_flat"] == round(200 / 255, 6) and s.loc[1, "low_information_flat"] == round(1 / 255, 6)
+    assert s.loc[0, "low_information_featureless"] == s.loc[0, "blurry"]
+    assert s.loc[0, "low_information_structureless"] == round(1 - 500 / (20 * 120.0**2) / 0.55, 6)
+    assert s.loc[0, "low_information_page"] == 0.75 and s.loc[1, "low_information_page"] == 1
+    assert s.loc[0, "low_information"] == 0.75 and s.loc[1, "low_information"] == 0  # the lowest part
     assert s.loc[1, "light"] == round(5 / 255, 6) and s.loc[0, "dark"] == 1
     assert s.loc[0, "grayscale"] == round(120 / 255, 6) and s.loc[1, "grayscale"] == 0
     assert s.loc[0, "noisy"] == round(1 - 500 / (20 * 120.0**2), 6) and s.loc[1, "noisy"] == 1  # stdv 0: no noise
@@ -379,7 +544,12 @@ def test_issue_galleries(junk_run, grouped_run, tmp_path):
     low = pages["issue_low_information"]
     assert low.n_rows == len(_flagged(res, "low_information")) > 0
     assert "j_solid.png" in low.html and "low_information 0.000" in low.html
-    assert 'no image has this issue (cut-off 0.45)' in pages["issue_outlier"].html
+    # the page of text is the one outlier among the pictures (nearest other image: the strip)
+    assert "j_text.png" in pages["issue_outlier"].html and pages["issue_outlier"].n_rows == 1
+    quiet = ddk.results.build(work, config=RunConfig(run_mode=2, progress=False, issue_thresholds={"outlier": 0.1}),
+                              write=False)  # fmt: skip
+    assert "no image has this issue (cut-off 0.1)" in quiet.galleries(str(tmp_path / "q"), num_images=10)[
+        "issue_outlier"].html  # fmt: skip
     grouped, gwork = grouped_run
     out = ddk.create_issues_gallery(gwork, str(tmp_path / "out"), issue="outlier")
     n_groups = grouped.issues.loc[grouped.issues["issue"] == "outlier", "group"].nunique()
