@@ -208,7 +208,7 @@ def sampled(cmd: list[str], workers: list[int], log: str) -> tuple[float, dict[s
 
 
 def recall(wd: str, truth: dict[str, np.ndarray]) -> dict[str, float]:
-    sim = pd.read_parquet(os.path.join(wd, "results", "similarity.parquet"), columns=["from", "to", "kind"])
+    sim = pd.read_parquet(os.path.join(wd, "results", "similarity"), columns=["from", "to", "kind"])
     n = int(max(sim["to"].max() if len(sim) else 0, truth["near_b"].max(), truth["exact_b"].max())) + 1
     found = set((sim["from"].to_numpy(np.int64) * n + sim["to"].to_numpy(np.int64)).tolist())
 

@@ -15,9 +15,10 @@ inputs (:mod:`dedupdask.knn`, :func:`dedupdask.analyses.exact.expand_graph`), de
 ``atrain_features.bad.csv``      ``index,filename,error_code,filesize`` of every invalid image
 ``image_issues.csv``             ``index,filename,archive,member,key,issue,score,other,group``:
                                  one row per image and issue (:mod:`dedupdask.analyses.issues`)
-``results/*.parquet``            every table (similarity, outliers, components, stats, invalid,
-                                 issues)
-``results/run.json``             parameters, model, archives with offsets, counts, timings
+``results/<name>/part.<i>.parquet``  every table (similarity, outliers, components, stats,
+                                 invalid, issues), one file per partition (:mod:`dedupdask.tables`)
+``results/run.json``             parameters, model, archives with offsets, counts, timings,
+                                 the tables' layout (``"tables"``: rows per partition)
 ===============================  ==============================================================
 
 all through :class:`~dedupdask.store.WorkDir` (atomic writes), ``run.json`` last.
@@ -27,15 +28,14 @@ all through :class:`~dedupdask.store.WorkDir` (atomic writes), ``run.json`` last
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from . import scheduler
 from .analyses import (
@@ -66,7 +66,9 @@ from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
-from .store import WorkDir, WorkDirError, parquet_table
+from .store import WorkDir, WorkDirError
+from .tables import REBUILD as _REBUILD
+from .tables import open_table, write_table
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = [
@@ -625,15 +627,10 @@ def _csv(df: pd.DataFrame) -> bytes:
     return df.to_csv(index=False).encode()
 
 
-def _parquet(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False, compression="zstd")
-    return buf.getvalue()
-
-
 def _write(
     wd: WorkDir, res: DedupResult, valid: pd.DataFrame, stats: pd.DataFrame, stages: _Stages
 ) -> None:
+    wd.remove(wd.join(RESULTS_DIR, RUN_JSON))  # the run is complete only once it is back
     wd.makedirs(RESULTS_DIR)
     put = wd.write_bytes
     put(wd.join("atrain_features.dat.csv"), _csv(valid.loc[:, ["index", "filename"]]))
@@ -682,8 +679,7 @@ def _write(
         "invalid": res.invalid,
         "issues": res.issues,
     }
-    for name, df in tables.items():
-        put(wd.join(RESULTS_DIR, f"{name}.parquet"), _parquet(df))
+    res.run["tables"] = {name: write_table(wd, name, df) for name, df in tables.items()}
     stages.done("write")
     res.run["timings"] = dict(stages.timings)
     wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), res.run)
@@ -698,7 +694,6 @@ _LOAD_REQUIRED = {
     "invalid": ("filename", "archive", "member", "error_code", "error_message", "file_size"),
     "issues": ISSUE_COLUMNS,
 }
-_REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
 
 
 def _recorded_archives(url: str, run: Any) -> list[ArchiveInfo]:
@@ -717,18 +712,39 @@ def _recorded_archives(url: str, run: Any) -> list[ArchiveInfo]:
         raise WorkDirError(url, f"an entry of 'archives' is not an archive ({e}){_REBUILD}") from e
 
 
-def _read_table(wd: WorkDir, name: str) -> pd.DataFrame:
-    """``results/<name>.parquet``, or :class:`WorkDirError` naming it."""
-    path = wd.join(RESULTS_DIR, f"{name}.parquet")
-    data = wd.read_bytes(path)
-    try:
-        df = parquet_table(data).to_pandas()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise WorkDirError(wd.url_of(path), f"not a readable Parquet file ({e}){_REBUILD}") from e
-    missing = [c for c in _LOAD_REQUIRED[name] if c not in df.columns]
+def _layouts(url: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """``run.json["tables"]``, or None for a run written one file per table."""
+    tables = run.get("tables")
+    if tables is None:
+        return None
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise WorkDirError(url, f"'tables' is not an object of table layouts{_REBUILD}")
+    missing = [name for name in TABLES if name not in tables]
     if missing:
-        raise WorkDirError(wd.url_of(path), f"has no column(s) {', '.join(missing)}{_REBUILD}")
-    return df
+        raise WorkDirError(url, f"'tables' has no entry for {', '.join(missing)}{_REBUILD}")
+    return tables
+
+
+def _open_tables(wd: WorkDir, run: dict[str, Any]) -> dict[str, dd.DataFrame]:
+    """Every table of ``results/`` as a lazy dask DataFrame (:func:`dedupdask.tables.open_table`)."""
+    layouts = _layouts(wd.url_of(wd.join(RESULTS_DIR, RUN_JSON)), run)
+    columns = {
+        # name columns (archive, member, key) are null in runs written before they existed
+        "similarity": [*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)],
+        "outliers": [*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)],
+        "components": list(COMPONENT_COLUMNS),
+        "stats": None,
+        "invalid": list(INVALID_COLUMNS),
+        "issues": list(ISSUE_COLUMNS),
+    }
+    names = [*TABLES, "issues"] if "issues" in run else list(TABLES)
+    return {
+        name: open_table(
+            wd, name, None if layouts is None else layouts[name],
+            required=_LOAD_REQUIRED[name], columns=columns[name],
+        )  # fmt: skip
+        for name in names
+    }
 
 
 def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupResult:
@@ -775,17 +791,17 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         )
     col.failed = list(run.get("failed", []))
     col.missing = list(run.get("missing", []))
-    tables = {name: _read_table(wd, name) for name in TABLES}
     # a run built before issue labels existed has none (its run.json has no "issues")
-    issues = _read_table(wd, "issues").loc[:, list(ISSUE_COLUMNS)] if "issues" in run else None
+    lazy = _open_tables(wd, run)
+    tables = dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
     return DedupResult(
         col,
-        issues=issues,
-        # name columns (archive, member, key) are null in runs written before they existed
-        similarity=tables["similarity"].reindex(columns=[*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)]),
-        outliers=tables["outliers"].reindex(columns=[*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)]),
-        components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],
-        invalid=tables["invalid"].reindex(columns=list(INVALID_COLUMNS)),
+        issues=tables.get("issues"),
+        similarity=tables["similarity"],
+        outliers=tables["outliers"],
+        components=tables["components"],
+        invalid=tables["invalid"],
         images=tables["stats"],
         run=run,
     )
+

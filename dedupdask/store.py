@@ -611,6 +611,18 @@ class WorkDir:
         """The whole file (bounded retries on remote stores)."""
         return self._call(self.fs.cat_file, path, path=path, action="read")
 
+    def parquet_metadata(self, path: str) -> pq.FileMetaData:
+        """The footer of a Parquet file (schema, row count) without reading its data.
+
+        Raises ``FileNotFoundError`` or Arrow's error for a file that is not Parquet.
+        """
+
+        def footer() -> pq.FileMetaData:
+            with self.fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).metadata
+
+        return self._call(footer, path=path, action="read")
+
     def read_many(self, paths: Sequence[str], batch: int = READ_BATCH) -> dict[str, bytes]:
         """Whole files, ``batch`` at a time in one ``fs.cat`` of a list (concurrent GETs on
         object stores); a file whose read failed there is read again alone with the retry

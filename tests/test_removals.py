@@ -158,7 +158,7 @@ def test_runs_written_before_the_name_columns_still_load(run, tmp_path):
     shutil.copytree(res.work_dir, wd)
     for table, drop in (("similarity", ["archive_from", "key_to"]), ("outliers", ["key", "member_nearest"]),
                         ("invalid", ["key"])):  # fmt: skip
-        path = wd / "results" / f"{table}.parquet"
+        path = wd / "results" / table / "part.0.parquet"
         pd.read_parquet(path).drop(columns=drop).to_parquet(path)
     old = ddk.load(str(wd))
     assert old.similarity["archive_from"].isna().all() and old.invalid["key"].isna().all()

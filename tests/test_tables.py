@@ -1,0 +1,123 @@
+"""results/ as partitioned Parquet: the layout written, lazy reading, the one-file layout of
+earlier versions, damaged partitions (#17 point 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+import dedupdask as ddk
+from dedupdask import tables
+from dedupdask.config import RunConfig
+from dedupdask.results import build
+from dedupdask.store import WorkDir, WorkDirError
+
+TABLES = ("similarity", "outliers", "components", "stats", "invalid", "issues")
+ROWS = 7  # rows per partition in these tests: every table of the sample shards has several
+
+
+def _frame(t) -> pd.DataFrame:
+    return t.compute() if hasattr(t, "compute") else t
+
+
+@pytest.fixture(scope="module")
+def small_parts(sample_shards, tmp_path_factory):
+    """The sample shards extracted (DCT model) and analysed with 7 rows per partition."""
+    wd = str(tmp_path_factory.mktemp("tables") / "wd")
+    ddk.extract(sample_shards.root, wd, model_path="dct", client="sync", progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tables, "ROWS_PER_PART", ROWS)
+        res = build(wd, config=RunConfig(run_mode=2, progress=False))
+    return wd, res
+
+
+def _run(wd: str) -> dict:
+    return json.load(open(os.path.join(wd, "results", "run.json")))
+
+
+def test_every_table_is_a_folder_of_bounded_parts(small_parts):
+    wd, res = small_parts
+    layouts = _run(wd)["tables"]
+    assert set(layouts) == set(TABLES)
+    for name in TABLES:
+        entry = layouts[name]
+        parts = sorted(os.listdir(os.path.join(wd, "results", name)))
+        assert parts == sorted(f"part.{i}.parquet" for i in range(len(entry["part_rows"])))
+        assert sum(entry["part_rows"]) == entry["rows"] and max(entry["part_rows"]) <= ROWS
+        got = [len(pd.read_parquet(os.path.join(wd, "results", name, f"part.{i}.parquet")))
+               for i in range(len(parts))]  # fmt: skip
+        assert got == entry["part_rows"], name
+        assert not os.path.exists(os.path.join(wd, "results", f"{name}.parquet"))
+    assert layouts["components"]["rows"] == len(_frame(res.components)) > 2 * ROWS
+    back = ddk.load(wd)
+    for name in ("similarity", "outliers", "components", "invalid", "issues"):
+        pd.testing.assert_frame_equal(_frame(getattr(back, name)), _frame(getattr(res, name)), obj=name)
+
+
+def test_a_rebuild_leaves_no_stale_part(small_parts, tmp_path):
+    """A table with fewer partitions than the run before keeps none of the old files."""
+    wd = str(tmp_path / "wd")
+    shutil.copytree(small_parts[0], wd)
+    build(wd, config=RunConfig(run_mode=2, progress=False))  # 1M rows per part: one file each
+    for name in TABLES:
+        assert os.listdir(os.path.join(wd, "results", name)) == ["part.0.parquet"], name
+    assert _run(wd)["tables"]["components"]["part_rows"] == [_run(wd)["tables"]["components"]["rows"]]
+
+
+def _to_one_file_layout(wd: str) -> None:
+    """Rewrite results/ as the previous version wrote it: results/<name>.parquet, no "tables"."""
+    run = _run(wd)
+    for name, entry in run.pop("tables").items():
+        folder = os.path.join(wd, "results", name)
+        parts = [pd.read_parquet(os.path.join(folder, f"part.{i}.parquet"))
+                 for i in range(len(entry["part_rows"]))]  # fmt: skip
+        pd.concat(parts, ignore_index=True).to_parquet(os.path.join(wd, "results", f"{name}.parquet"), index=False)
+        shutil.rmtree(folder)
+    json.dump(run, open(os.path.join(wd, "results", "run.json"), "w"))
+
+
+def test_work_dirs_of_the_one_file_layout_still_load(small_parts, tmp_path):
+    wd = str(tmp_path / "old")
+    shutil.copytree(small_parts[0], wd)
+    _to_one_file_layout(wd)
+    old, new = ddk.load(wd), ddk.load(small_parts[0])
+    for name in ("similarity", "outliers", "components", "invalid", "issues"):
+        pd.testing.assert_frame_equal(_frame(getattr(old, name)), _frame(getattr(new, name)), obj=name)
+    # a damaged file of that layout is still named
+    with open(os.path.join(wd, "results", "components.parquet"), "wb") as f:
+        f.write(b"PAR1 garbage")
+    with pytest.raises(WorkDirError, match=r"results/components\.parquet: not a readable Parquet"):
+        ddk.load(wd)
+
+
+def test_load_reads_only_the_first_file_of_a_table(tmp_path):
+    """1000 partitions: opening the table reads part.0's footer only; the others are read
+    (and a damaged or missing one is named) when computed."""
+    wd = WorkDir(str(tmp_path))
+    df = pd.DataFrame({"index": range(2000), "component_id": range(2000), "component_size": 1})
+    layout = tables.write_table(wd, "components", df, rows_per_part=2)
+    assert len(layout["part_rows"]) == 1000
+    for i in range(2, 1000):  # gone: opening must not need them
+        os.remove(tables.part_path(wd, "components", i))
+    with open(tables.part_path(wd, "components", 1), "wb") as f:
+        f.write(b"not parquet")
+    t = tables.open_table(wd, "components", layout, required=("index",))
+    assert t.npartitions == 1000 and t.divisions[:3] == (0, 2, 4)
+    assert t.head(2)["index"].tolist() == [0, 1]  # the first partition only
+    with pytest.raises(WorkDirError, match=r"components/part\.1\.parquet: not a readable Parquet"):
+        t.partitions[1].compute()
+    with pytest.raises(WorkDirError, match=r"components/part\.2\.parquet: is missing"):
+        t.partitions[2].compute()
+
+
+def test_a_part_with_other_rows_than_recorded_is_named(tmp_path):
+    wd = WorkDir(str(tmp_path))
+    layout = tables.write_table(wd, "outliers", pd.DataFrame({"index": range(6)}), rows_per_part=3)
+    pd.DataFrame({"index": [9]}).to_parquet(tables.part_path(wd, "outliers", 1), index=False)
+    t = tables.open_table(wd, "outliers", layout, required=("index",))
+    with pytest.raises(WorkDirError, match=r"outliers/part\.1\.parquet: has 1 rows, run.json records 3"):
+        t.compute()
