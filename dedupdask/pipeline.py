@@ -342,7 +342,7 @@ def run(
     --------
     >>> import dedupdask as ddk
     >>> res = ddk.run("shards/", "work/")  # doctest: +SKIP
-    >>> res.similarity.query("similarity > 0.95")  # doctest: +SKIP
+    >>> res.similarity.query("similarity > 0.95").compute()  # doctest: +SKIP
     """
     opts = dict(
         run_mode=run_mode, min_offset=min_offset, max_offset=max_offset, model_path=model_path,

@@ -31,7 +31,6 @@ import contextlib
 import time
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
@@ -68,7 +67,7 @@ from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import WorkDir, WorkDirError
 from .tables import REBUILD as _REBUILD
-from .tables import open_table, write_table
+from .tables import open_table, table_from_pandas, write_table
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = [
@@ -103,22 +102,27 @@ def _version() -> str:
 class DedupResult:
     """Everything run_mode=2 found in one work_dir.
 
+    Every per-image and per-pair table is a dask DataFrame, whatever the size of the run:
+    partition ``i`` is the file ``results/<table>/part.<i>.parquet``, read when computed
+    (``head()`` reads the first file only; ``compute()`` gives pandas), and row ``r`` has
+    index ``r``. :meth:`summary` reads the counts ``results/run.json`` recorded.
+
     Attributes
     ----------
-    similarity : DataFrame
+    similarity : dask.dataframe.DataFrame
         ``from, to, similarity, copy_similarity, kind, verify_score, filename_from,
         filename_to, archive_from, member_from, key_from, archive_to, member_to, key_to``;
         each unordered pair once with ``from < to`` and its strongest ``kind``
         (``exact``, ``copy``, ``near``: :mod:`dedupdask.analyses.tiers`); sorted by (embedding)
         similarity descending.
-    outliers : DataFrame
+    outliers : dask.dataframe.DataFrame
         ``index, nearest, similarity, filename, filename_nearest, archive, member, key,
         archive_nearest, member_nearest, key_nearest``, least similar first.
-    components : DataFrame
+    components : dask.dataframe.DataFrame
         ``index, component_id, component_size`` for every valid image (singletons: size 1).
-    invalid : DataFrame
+    invalid : dask.dataframe.DataFrame
         ``filename, archive, member, key, error_code, error_message, file_size``.
-    issues : DataFrame
+    issues : dask.dataframe.DataFrame
         ``index, filename, archive, member, key, issue, score, other, group``: one row per
         image and issue type (``dark``, ``light``, ``blurry``, ``low_information``,
         ``odd_aspect_ratio``, ``odd_size``, ``grayscale``, ``outlier``, ``<kind>_duplicate``),
@@ -139,27 +143,27 @@ class DedupResult:
     >>> res = build("work", config=RunConfig(run_mode=2))  # doctest: +SKIP
     >>> res.summary()["duplicate_groups"]  # doctest: +SKIP
     12
+    >>> res.similarity.head()  # doctest: +SKIP
+    >>> pairs = res.similarity[res.similarity["kind"] == "near"].compute()  # doctest: +SKIP
     """
 
     def __init__(
         self,
         collection: Collection,
         *,
-        similarity: pd.DataFrame,
-        outliers: pd.DataFrame,
-        components: pd.DataFrame,
-        invalid: pd.DataFrame,
-        images: pd.DataFrame,
+        similarity: dd.DataFrame,
+        outliers: dd.DataFrame,
+        components: dd.DataFrame,
+        invalid: dd.DataFrame,
         run: dict[str, Any],
-        issues: pd.DataFrame | None = None,
+        issues: dd.DataFrame | None = None,
     ) -> None:
         self._collection = collection
         self.similarity = similarity
         self.outliers = outliers
         self.components = components
         self.invalid = invalid
-        self.issues = issues if issues is not None else empty_issues()
-        self._images = images
+        self.issues = issues if issues is not None else table_from_pandas(empty_issues())
         self.run = run
         self.params = dict(run.get("parameters", {}))
         self._files: dd.DataFrame | None = None
@@ -274,31 +278,39 @@ class DedupResult:
         >>> res.summary()  # doctest: +SKIP
         {'images': 3000, 'invalid': 4, 'duplicate_groups': 25, 'removable': 31, ...}
         """
-        sizes = self.components.drop_duplicates("component_id")["component_size"]
-        multi = sizes[sizes > 1]
-        kinds = self.similarity["kind"].value_counts() if "kind" in self.similarity else {}
+        counts = self.run.get("counts", {})
+
+        def count(key: str, compute: Any) -> int:  # run.json's count; a scan for older runs
+            return int(counts[key]) if key in counts else int(compute())
+
         ver = self.run.get("verification") or {}
+        issues = (self.run.get("issues") or {}).get("counts")
         return {
-            "images": int(len(self.components)),
-            "invalid": int(len(self.invalid)),
-            "similar_pairs": int(len(self.similarity)),
-            "exact_pairs": int(kinds.get("exact", 0)),
-            "copy_pairs": int(kinds.get("copy", 0)),
-            "near_pairs": int(kinds.get("near", 0)),
+            "images": count("images", lambda: len(self.components)),
+            "invalid": count("invalid", lambda: len(self.invalid)),
+            "similar_pairs": count("similar_pairs", lambda: len(self.similarity)),
+            "exact_pairs": count("exact_pairs", lambda: (self.similarity["kind"] == "exact").sum().compute()),
+            "copy_pairs": count("copy_pairs", lambda: (self.similarity["kind"] == "copy").sum().compute()),
+            "near_pairs": count("near_pairs", lambda: (self.similarity["kind"] == "near").sum().compute()),
             "verify_candidates": int(ver.get("candidates", 0)),
             "verify_accepted": int(ver.get("accepted", 0)),
             "verify_seconds_per_pair": float(ver.get("seconds_per_pair", 0.0)),
-            "exact_duplicate_groups": int(self.run.get("counts", {}).get("exact_groups", 0)),
-            "duplicate_groups": int(len(multi)),
-            "removable": int((multi - 1).sum()),
-            "outliers": int(len(self.outliers)),
-            "issue_images": int(self.issues.loc[~self.issues["issue"].str.endswith("_duplicate"), "index"].nunique()),
-            "issues": summary_counts(self.issues),
+            "exact_duplicate_groups": int(counts.get("exact_groups", 0)),
+            "duplicate_groups": count("duplicate_components", lambda: len(self._multi_sizes())),
+            "removable": count("removable", lambda: (self._multi_sizes() - 1).sum()),
+            "outliers": count("outliers", lambda: len(self.outliers)),
+            "issue_images": count("issue_images", lambda: _issue_images(self.issues.compute())),
+            "issues": dict(issues) if issues is not None else summary_counts(self.issues.compute()),
             "issues_not_reported": dict((self.run.get("issues") or {}).get("not_reported", {})),
             "archives_done": len(self.archives),
             "archives_failed": len(self.failed),
             "archives_missing": len(self.missing),
         }
+
+    def _multi_sizes(self) -> pd.Series:
+        """Sizes of the components of more than one image (scanned for runs without counts)."""
+        comp = self.components[self.components["component_size"] > 1]
+        return comp.drop_duplicates("component_id")["component_size"].compute()
 
     def galleries(
         self,
@@ -541,6 +553,7 @@ def _build(
     )  # fmt: skip
     stages.done("analyses")
 
+    multi = components.loc[components["component_size"] > 1].drop_duplicates("component_id")["component_size"]
     run = {
         "dedupdask_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -600,26 +613,44 @@ def _build(
             "outliers": len(outliers),
             "issues": len(issues),
             "components": int(components["component_id"].nunique()),
-            "duplicate_components": int(
-                components.loc[components["component_size"] > 1, "component_id"].nunique()
-            ),
+            "duplicate_components": int(multi.size),
+            "removable": int((multi - 1).sum()),
+            "issue_images": _issue_images(issues),
         },
         "verification": tiers.verification,
         "timings": stages.timings,
     }
-    result = DedupResult(
+    tables = {
+        "similarity": similarity,
+        "outliers": outliers,
+        "components": components,
+        "stats": stats,
+        "invalid": invalid,
+        "issues": issues,
+    }
+    if write:  # the result reads back what was written, as load does
+        _write(wd, tables, valid, run, stages)
+        lazy = _open_tables(wd, run)
+    else:
+        lazy = {name: table_from_pandas(df) for name, df in tables.items()}
+    return _result(col, lazy, run)
+
+
+def _result(col: Collection, tables: dict[str, dd.DataFrame], run: dict[str, Any]) -> DedupResult:
+    return DedupResult(
         col,
-        similarity=similarity,
-        outliers=outliers,
-        components=components,
-        invalid=invalid,
-        images=stats,
+        similarity=tables["similarity"],
+        outliers=tables["outliers"],
+        components=tables["components"],
+        invalid=tables["invalid"],
+        issues=tables.get("issues"),  # none in a run built before issue labels existed
         run=run,
-        issues=issues,
     )
-    if write:
-        _write(wd, result, valid, stats, stages)
-    return result
+
+
+def _issue_images(issues: pd.DataFrame) -> int:
+    """Images with at least one issue other than being a duplicate."""
+    return int(issues.loc[~issues["issue"].str.endswith("_duplicate"), "index"].nunique())
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -628,14 +659,14 @@ def _csv(df: pd.DataFrame) -> bytes:
 
 
 def _write(
-    wd: WorkDir, res: DedupResult, valid: pd.DataFrame, stats: pd.DataFrame, stages: _Stages
+    wd: WorkDir, tables: dict[str, pd.DataFrame], valid: pd.DataFrame, run: dict[str, Any], stages: _Stages
 ) -> None:
     wd.remove(wd.join(RESULTS_DIR, RUN_JSON))  # the run is complete only once it is back
     wd.makedirs(RESULTS_DIR)
     put = wd.write_bytes
     put(wd.join("atrain_features.dat.csv"), _csv(valid.loc[:, ["index", "filename"]]))
 
-    sim = res.similarity
+    sim = tables["similarity"]
     both = pd.concat(
         [
             pd.DataFrame({"from": sim["from"], "to": sim["to"], "distance": sim["similarity"]}),
@@ -645,7 +676,7 @@ def _write(
     ).sort_values(["distance", "from", "to"], ascending=[False, True, True], kind="stable")
     put(wd.join("similarity.csv"), _csv(both))
 
-    out = res.outliers.iloc[::-1]
+    out = tables["outliers"].iloc[::-1]
     put(
         wd.join("outliers.csv"),
         _csv(
@@ -656,10 +687,10 @@ def _write(
     )
     put(
         wd.join("connected_components.csv"),
-        _csv(res.components.rename(columns={"index": "__id"})),
+        _csv(tables["components"].rename(columns={"index": "__id"})),
     )
-    put(wd.join("atrain_stats.csv"), _csv(stats.loc[:, list(STATS_CSV_COLUMNS)]))
-    inv = res.invalid
+    put(wd.join("atrain_stats.csv"), _csv(tables["stats"].loc[:, list(STATS_CSV_COLUMNS)]))
+    inv = tables["invalid"]
     bad = pd.DataFrame(
         {
             "index": np.arange(len(inv), dtype=np.int64),
@@ -669,20 +700,12 @@ def _write(
         }
     )
     put(wd.join("atrain_features.bad.csv"), _csv(bad.loc[:, list(BAD_CSV_COLUMNS)]))
-    put(wd.join(ISSUES_CSV), _csv(res.issues.loc[:, list(ISSUE_COLUMNS)]))
+    put(wd.join(ISSUES_CSV), _csv(tables["issues"].loc[:, list(ISSUE_COLUMNS)]))
 
-    tables = {
-        "similarity": res.similarity,
-        "outliers": res.outliers,
-        "components": res.components,
-        "stats": stats,
-        "invalid": res.invalid,
-        "issues": res.issues,
-    }
-    res.run["tables"] = {name: write_table(wd, name, df) for name, df in tables.items()}
+    run["tables"] = {name: write_table(wd, name, df) for name, df in tables.items()}
     stages.done("write")
-    res.run["timings"] = dict(stages.timings)
-    wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), res.run)
+    run["timings"] = dict(stages.timings)
+    wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), run)
 
 
 # Columns each results/<table>.parquet must have (the first version's; later ones are optional).
@@ -791,17 +814,4 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         )
     col.failed = list(run.get("failed", []))
     col.missing = list(run.get("missing", []))
-    # a run built before issue labels existed has none (its run.json has no "issues")
-    lazy = _open_tables(wd, run)
-    tables = dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
-    return DedupResult(
-        col,
-        issues=tables.get("issues"),
-        similarity=tables["similarity"],
-        outliers=tables["outliers"],
-        components=tables["components"],
-        invalid=tables["invalid"],
-        images=tables["stats"],
-        run=run,
-    )
-
+    return _result(col, _open_tables(wd, run), run)

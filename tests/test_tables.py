@@ -20,10 +20,6 @@ TABLES = ("similarity", "outliers", "components", "stats", "invalid", "issues")
 ROWS = 7  # rows per partition in these tests: every table of the sample shards has several
 
 
-def _frame(t) -> pd.DataFrame:
-    return t.compute() if hasattr(t, "compute") else t
-
-
 @pytest.fixture(scope="module")
 def small_parts(sample_shards, tmp_path_factory):
     """The sample shards extracted (DCT model) and analysed with 7 rows per partition."""
@@ -52,10 +48,10 @@ def test_every_table_is_a_folder_of_bounded_parts(small_parts):
                for i in range(len(parts))]  # fmt: skip
         assert got == entry["part_rows"], name
         assert not os.path.exists(os.path.join(wd, "results", f"{name}.parquet"))
-    assert layouts["components"]["rows"] == len(_frame(res.components)) > 2 * ROWS
+    assert layouts["components"]["rows"] == len(res.components.compute()) > 2 * ROWS
     back = ddk.load(wd)
     for name in ("similarity", "outliers", "components", "invalid", "issues"):
-        pd.testing.assert_frame_equal(_frame(getattr(back, name)), _frame(getattr(res, name)), obj=name)
+        pd.testing.assert_frame_equal(getattr(back, name).compute(), getattr(res, name).compute(), obj=name)
 
 
 def test_a_rebuild_leaves_no_stale_part(small_parts, tmp_path):
@@ -86,7 +82,7 @@ def test_work_dirs_of_the_one_file_layout_still_load(small_parts, tmp_path):
     _to_one_file_layout(wd)
     old, new = ddk.load(wd), ddk.load(small_parts[0])
     for name in ("similarity", "outliers", "components", "invalid", "issues"):
-        pd.testing.assert_frame_equal(_frame(getattr(old, name)), _frame(getattr(new, name)), obj=name)
+        pd.testing.assert_frame_equal(getattr(old, name).compute(), getattr(new, name).compute(), obj=name)
     # a damaged file of that layout is still named
     with open(os.path.join(wd, "results", "components.parquet"), "wb") as f:
         f.write(b"PAR1 garbage")
@@ -121,3 +117,36 @@ def test_a_part_with_other_rows_than_recorded_is_named(tmp_path):
     t = tables.open_table(wd, "outliers", layout, required=("index",))
     with pytest.raises(WorkDirError, match=r"outliers/part\.1\.parquet: has 1 rows, run.json records 3"):
         t.compute()
+
+
+def test_build_and_load_give_the_same_dask_tables(small_parts):
+    """One type per table whatever the path: build's result reads back results/ as load does."""
+    import dask.dataframe as dd
+
+    wd, res = small_parts
+    back = ddk.load(wd)
+    for name in ("similarity", "outliers", "components", "invalid", "issues"):
+        a, b = getattr(res, name), getattr(back, name)
+        assert isinstance(a, dd.DataFrame) and isinstance(b, dd.DataFrame), name
+        assert a.npartitions == b.npartitions == len(_run(wd)["tables"][name]["part_rows"]), name
+        assert a.divisions == b.divisions
+    assert res.components.npartitions > 1 and res.components.known_divisions
+    unwritten = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
+    assert isinstance(unwritten.similarity, dd.DataFrame)
+    pd.testing.assert_frame_equal(unwritten.similarity.compute(), res.similarity.compute())
+
+
+def test_summary_reads_the_recorded_counts(small_parts, tmp_path):
+    """summary() needs no table: with every part file gone it still answers from run.json."""
+    wd = str(tmp_path / "wd")
+    shutil.copytree(small_parts[0], wd)
+    res = ddk.load(wd)
+    expected = res.summary()
+    comps = res.components.compute()
+    sizes = comps.drop_duplicates("component_id")["component_size"]
+    assert expected["images"] == len(comps) and expected["removable"] == int((sizes[sizes > 1] - 1).sum())
+    assert expected["duplicate_groups"] == int((sizes > 1).sum()) > 0
+    for name in TABLES:
+        for part in set(os.listdir(os.path.join(wd, "results", name))) - {"part.0.parquet"}:
+            os.remove(os.path.join(wd, "results", name, part))
+    assert ddk.load(wd).summary() == expected
