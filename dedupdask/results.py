@@ -4,24 +4,30 @@
 exact duplicates, builds the kNN graph of one representative per group of equal model
 inputs (:mod:`dedupdask.knn`, :func:`dedupdask.analyses.exact.expand_graph`), derives the tables (:mod:`dedupdask.analyses`) and writes
 
-===============================  ==============================================================
-``atrain_features.dat.csv``      ``index,filename``: the global index 0..N-1 (sorted archives)
-``similarity.csv``               ``from,to,distance`` (distance = embedding cosine), both
-                                 directions, the fused pairs of every tier, sorted descending
-``outliers.csv``                 ``from,to,distance``: image, nearest image, similarity; the
-                                 strongest outliers last (fastdup's order)
-``connected_components.csv``     ``__id,component_id,component_size`` (sizes count images)
-``atrain_stats.csv``             fastdup's stats columns, properly quoted
-``atrain_features.bad.csv``      ``index,filename,error_code,filesize`` of every invalid image
-``image_issues.csv``             ``index,filename,archive,member,key,issue,score,other,group``:
-                                 one row per image and issue (:mod:`dedupdask.analyses.issues`)
-``results/<name>/part.<i>.parquet``  every table (similarity, outliers, components, stats,
-                                 invalid, issues), one file per partition (:mod:`dedupdask.tables`)
-``results/run.json``             parameters, model, archives with offsets, counts, timings,
-                                 the tables' layout (``"tables"``: rows per partition)
-===============================  ==============================================================
+====================================  =========================================================
+``results/<table>/part.<i>.parquet``  every table (similarity, outliers, components, stats,
+                                      invalid, issues), one file per partition of at most
+                                      :data:`dedupdask.tables.ROWS_PER_PART` rows
+                                      (:mod:`dedupdask.tables`)
+``atrain_features.dat.csv``           ``index,filename``: the global index 0..N-1 (sorted archives)
+``similarity.csv``                    ``from,to,distance`` (distance = embedding cosine), both
+                                      directions, the fused pairs of every tier, sorted descending
+``outliers.csv``                      ``from,to,distance``: image, nearest image, similarity; the
+                                      strongest outliers last (fastdup's order)
+``connected_components.csv``          ``__id,component_id,component_size`` (sizes count images)
+``atrain_stats.csv``                  fastdup's stats columns, properly quoted
+``atrain_features.bad.csv``           ``index,filename,error_code,filesize`` of every invalid image
+``image_issues.csv``                  ``index,filename,archive,member,key,issue,score,other,group``:
+                                      one row per image and issue (:mod:`dedupdask.analyses.issues`)
+``results/run.json``                  parameters, model, archives with offsets, counts, timings,
+                                      the tables' layout (``"tables"``: rows per partition) and the
+                                      CSVs written (``"csv"``)
+====================================  =========================================================
 
-all through :class:`~dedupdask.store.WorkDir` (atomic writes), ``run.json`` last.
+The CSVs are written from the Parquet tables partition by partition (:mod:`dedupdask.csvs`;
+``write_csv=False`` skips them), all through :class:`~dedupdask.store.WorkDir` (atomic
+writes), ``run.json`` last. The returned :class:`DedupResult` reads the tables back from
+``results/`` exactly as :func:`load` does.
 :func:`load` rebuilds the :class:`DedupResult` from those files without recomputing.
 """
 
@@ -38,14 +44,12 @@ import pandas as pd
 
 from . import scheduler
 from .analyses import (
-    BAD_CSV_COLUMNS,
     COMPONENT_COLUMNS,
     INVALID_COLUMNS,
     ISSUE_COLUMNS,
     OUTLIER_COLUMNS,
     SIMILARITY_COLUMNS,
     STATS_COLUMNS,
-    STATS_CSV_COLUMNS,
     components_table,
     exact_groups,
     expand_graph,
@@ -62,6 +66,7 @@ from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names, named_columns
 from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
+from .csvs import CSV_FILES, write_csvs
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
@@ -80,7 +85,6 @@ __all__ = [
 
 RESULTS_DIR = "results"
 RUN_JSON = "run.json"
-ISSUES_CSV = "image_issues.csv"
 TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
@@ -576,6 +580,7 @@ def _build(
             "max_client_memory": config.max_client_memory,
             "d_reduce": config.d_reduce,
             "knn_dtype": config.knn_dtype,
+            "write_csv": config.write_csv,
         },
         "thresholds": {  # the table every stage read: the model's row, what the user set, the result
             "model_id": col.model.get("model_id"),
@@ -629,8 +634,7 @@ def _build(
         "issues": issues,
     }
     if write:  # the result reads back what was written, as load does
-        _write(wd, tables, valid, run, stages)
-        lazy = _open_tables(wd, run)
+        lazy = _write(wd, tables, run, stages, config.write_csv)
     else:
         lazy = {name: table_from_pandas(df) for name, df in tables.items()}
     return _result(col, lazy, run)
@@ -654,58 +658,25 @@ def _issue_images(issues: pd.DataFrame) -> int:
 
 
 # -- files ------------------------------------------------------------------------------------
-def _csv(df: pd.DataFrame) -> bytes:
-    return df.to_csv(index=False).encode()
-
-
 def _write(
-    wd: WorkDir, tables: dict[str, pd.DataFrame], valid: pd.DataFrame, run: dict[str, Any], stages: _Stages
-) -> None:
+    wd: WorkDir, tables: dict[str, pd.DataFrame], run: dict[str, Any], stages: _Stages, write_csv: bool
+) -> dict[str, dd.DataFrame]:
+    """Write the tables to ``results/``, the CSVs from what was written, ``run.json`` last;
+    return the tables as :func:`load` reads them."""
     wd.remove(wd.join(RESULTS_DIR, RUN_JSON))  # the run is complete only once it is back
     wd.makedirs(RESULTS_DIR)
-    put = wd.write_bytes
-    put(wd.join("atrain_features.dat.csv"), _csv(valid.loc[:, ["index", "filename"]]))
-
-    sim = tables["similarity"]
-    both = pd.concat(
-        [
-            pd.DataFrame({"from": sim["from"], "to": sim["to"], "distance": sim["similarity"]}),
-            pd.DataFrame({"from": sim["to"], "to": sim["from"], "distance": sim["similarity"]}),
-        ],
-        ignore_index=True,
-    ).sort_values(["distance", "from", "to"], ascending=[False, True, True], kind="stable")
-    put(wd.join("similarity.csv"), _csv(both))
-
-    out = tables["outliers"].iloc[::-1]
-    put(
-        wd.join("outliers.csv"),
-        _csv(
-            pd.DataFrame(
-                {"from": out["index"], "to": out["nearest"], "distance": out["similarity"]}
-            )
-        ),
-    )
-    put(
-        wd.join("connected_components.csv"),
-        _csv(tables["components"].rename(columns={"index": "__id"})),
-    )
-    put(wd.join("atrain_stats.csv"), _csv(tables["stats"].loc[:, list(STATS_CSV_COLUMNS)]))
-    inv = tables["invalid"]
-    bad = pd.DataFrame(
-        {
-            "index": np.arange(len(inv), dtype=np.int64),
-            "filename": inv["filename"],
-            "error_code": inv["error_code"],
-            "filesize": inv["file_size"],
-        }
-    )
-    put(wd.join("atrain_features.bad.csv"), _csv(bad.loc[:, list(BAD_CSV_COLUMNS)]))
-    put(wd.join(ISSUES_CSV), _csv(tables["issues"].loc[:, list(ISSUE_COLUMNS)]))
-
     run["tables"] = {name: write_table(wd, name, df) for name, df in tables.items()}
+    lazy = _open_tables(wd, run)
+    if write_csv:
+        run["csv"] = {"written": True, "files": write_csvs(wd, lazy)}
+    else:  # no file of an earlier run may pass for this one's
+        for name in CSV_FILES:
+            wd.remove(wd.join(name))
+        run["csv"] = {"written": False}
     stages.done("write")
     run["timings"] = dict(stages.timings)
     wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), run)
+    return lazy
 
 
 # Columns each results/<table>.parquet must have (the first version's; later ones are optional).

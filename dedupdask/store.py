@@ -587,9 +587,32 @@ class WorkDir:
         (s3fs: aborts the upload). File systems without transactions commit on close.
         """
         src.seek(0)
+        self._upload_with(path, lambda out: shutil.copyfileobj(src, out, _COPY_BLOCK))
+
+    def write_joined(self, path: str, parts: Sequence[str]) -> None:
+        """Write the files ``parts``, one after the other, to ``path``, atomically.
+
+        The bytes stream through this process one block (``_COPY_BLOCK``) at a time: a local
+        file is written under a temporary name and renamed; on an object store it is one
+        multipart upload that appears only when complete (object stores cannot append).
+        """
+
+        def copy(out: IO[bytes]) -> None:
+            for part in parts:
+                with self.fs.open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, _COPY_BLOCK)
+
+        if self.local:
+            with local_atomic_file(path) as f:
+                copy(f)
+        else:
+            self._call(self._upload_with, path, copy, path=path, action="write")
+
+    def _upload_with(self, path: str, copy: Callable[[IO[bytes]], None]) -> None:
+        """``copy(out)`` into ``path`` opened for a transactional upload (see :meth:`_upload`)."""
         out = self.fs.open(path, "wb", autocommit=False)
         try:
-            shutil.copyfileobj(src, out, _COPY_BLOCK)
+            copy(out)
             out.close()
         except BaseException:
             for step in (out.close, out.discard):  # the copy's error is the one to report
