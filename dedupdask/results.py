@@ -37,6 +37,7 @@ import contextlib
 import time
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
@@ -59,7 +60,7 @@ from .analyses import (
     outliers_table,
     stats_frame,
 )
-from .analyses.components_dask import components_of_groups
+from .analyses.components_dask import components_frame_of_groups
 from .analyses.exact_dask import exact_and_input_groups
 from .analyses.issues import empty_issues, scores_frame, summary_counts
 from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names, named_columns
@@ -72,7 +73,7 @@ from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import WorkDir, WorkDirError
 from .tables import REBUILD as _REBUILD
-from .tables import open_table, table_from_pandas, write_table
+from .tables import open_table, table_from_pandas, write_partitions, write_table
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = [
@@ -542,14 +543,15 @@ def _build(
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
     similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
     outliers = add_names(outliers, valid, OUTLIER_NAMES)
-    if workers:
-        components = components_of_groups(groups, tiers.edges)
+    if workers:  # these per-image tables stay on the workers and go to results/ from there
+        components = components_frame_of_groups(groups, tiers.edges)
+        stats = stats_frame(col.files())
     else:
         components = components_table(
             groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
         )
+        stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     invalid = invalid_table(files)
-    stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
     issues, issues_about = find_issues(
         col, files, groups, reps, (nbr_idx, nbr_sim), similarity, issue_t,
@@ -557,7 +559,6 @@ def _build(
     )  # fmt: skip
     stages.done("analyses")
 
-    multi = components.loc[components["component_size"] > 1].drop_duplicates("component_id")["component_size"]
     run = {
         "dedupdask_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -617,9 +618,7 @@ def _build(
             **tiers.counts,
             "outliers": len(outliers),
             "issues": len(issues),
-            "components": int(components["component_id"].nunique()),
-            "duplicate_components": int(multi.size),
-            "removable": int((multi - 1).sum()),
+            **_component_counts(components),
             "issue_images": _issue_images(issues),
         },
         "verification": tiers.verification,
@@ -636,7 +635,8 @@ def _build(
     if write:  # the result reads back what was written, as load does
         lazy = _write(wd, tables, run, stages, config.write_csv)
     else:
-        lazy = {name: table_from_pandas(df) for name, df in tables.items()}
+        # nothing written: a table on the workers comes here (their cluster may close next)
+        lazy = {name: table_from_pandas(_gathered(df)) for name, df in tables.items()}
     return _result(col, lazy, run)
 
 
@@ -652,6 +652,23 @@ def _result(col: Collection, tables: dict[str, dd.DataFrame], run: dict[str, Any
     )
 
 
+def _gathered(df: pd.DataFrame | dd.DataFrame) -> pd.DataFrame:
+    if not isinstance(df, dd.DataFrame):
+        return df
+    (out,) = scheduler.gather_frames(df)
+    return out.reset_index(drop=True)
+
+
+def _component_counts(components: pd.DataFrame | dd.DataFrame) -> dict[str, int]:
+    """Components (ids are each one's smallest index), those of more than one image, and
+    the images removing duplicates would drop; a dask table's are computed where it lives."""
+    sizes = components[components["component_size"] > 1].drop_duplicates("component_id")["component_size"]
+    roots = (components["index"] == components["component_id"]).sum()
+    if isinstance(components, dd.DataFrame):
+        sizes, roots = dask.compute(sizes, roots)
+    return {"components": int(roots), "duplicate_components": int(sizes.size), "removable": int((sizes - 1).sum())}
+
+
 def _issue_images(issues: pd.DataFrame) -> int:
     """Images with at least one issue other than being a duplicate."""
     return int(issues.loc[~issues["issue"].str.endswith("_duplicate"), "index"].nunique())
@@ -659,13 +676,16 @@ def _issue_images(issues: pd.DataFrame) -> int:
 
 # -- files ------------------------------------------------------------------------------------
 def _write(
-    wd: WorkDir, tables: dict[str, pd.DataFrame], run: dict[str, Any], stages: _Stages, write_csv: bool
+    wd: WorkDir, tables: dict[str, Any], run: dict[str, Any], stages: _Stages, write_csv: bool
 ) -> dict[str, dd.DataFrame]:
     """Write the tables to ``results/``, the CSVs from what was written, ``run.json`` last;
     return the tables as :func:`load` reads them."""
     wd.remove(wd.join(RESULTS_DIR, RUN_JSON))  # the run is complete only once it is back
     wd.makedirs(RESULTS_DIR)
-    run["tables"] = {name: write_table(wd, name, df) for name, df in tables.items()}
+    run["tables"] = {  # a pandas table in parts of ROWS_PER_PART rows, a dask one by partition
+        name: write_partitions(wd, name, df) if isinstance(df, dd.DataFrame) else write_table(wd, name, df)
+        for name, df in tables.items()
+    }
     lazy = _open_tables(wd, run)
     if write_csv:
         run["csv"] = {"written": True, "files": write_csvs(wd, lazy)}

@@ -209,3 +209,24 @@ def test_write_csv_off_leaves_only_the_parquet_tables(small_parts, tmp_path):
             if os.path.exists(os.path.join(wd, n))]  # fmt: skip
     assert left == []  # the earlier run's are gone too
     assert len(res.components) == run["tables"]["components"]["rows"] > 0
+
+
+def test_the_workers_path_writes_components_and_stats_from_the_workers(small_parts, tmp_path):
+    """Past max_client_memory (the call's LocalCluster): components and stats go from the
+    workers to results/ partition by partition (stats: one part per archive), and every
+    table, count and CSV equals the in-process run's."""
+    wd = str(tmp_path / "wd")
+    shutil.copytree(small_parts[0], wd)
+    ref = ddk.load(small_parts[0])
+    ref_csv = {n: open(os.path.join(small_parts[0], n), "rb").read() for n in _run(small_parts[0])["csv"]["files"]}
+    res = ddk.build(wd, progress=False, max_client_memory=1, dashboard_address=None)
+    run = _run(wd)
+    assert run["analysed_on"] == "workers"
+    assert run["tables"]["stats"]["part_rows"] == [a["n_valid"] for a in run["archives"]]
+    assert run["tables"]["components"]["rows"] == run["counts"]["images"]
+    assert run["counts"] == ref.run["counts"]
+    for name in ("similarity", "outliers", "components", "invalid", "issues"):
+        pd.testing.assert_frame_equal(getattr(res, name).compute(), getattr(ref, name).compute(), obj=name)
+    pd.testing.assert_frame_equal(ddk.load(wd).components.compute(), ref.components.compute())
+    for name, data in ref_csv.items():
+        assert open(os.path.join(wd, name), "rb").read() == data, name
