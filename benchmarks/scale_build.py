@@ -15,7 +15,7 @@ It prints per N: the wall time of the build, where it analysed (``run.json``'s
 ``analysed_on``), the client's peak and, apart, the import baseline (a process that imports
 what ``dedupdask build`` imports and nothing else), each worker's peak against its memory
 limit, the stage timings and kNN method from ``run.json``, and the recall of the planted
-pairs with cosine >= 0.9 in ``results/similarity.parquet`` (exact pairs as ``kind ==
+pairs with cosine >= 0.9 in ``results/similarity/`` (exact pairs as ``kind ==
 "exact"``). Not measured here: verification on real images, and equality with the
 single-machine path (``tests/test_scheduler.py`` and ``tests/test_scale.py`` check that on
 small work_dirs).
