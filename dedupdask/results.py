@@ -755,7 +755,7 @@ def _open_tables(wd: WorkDir, run: dict[str, Any]) -> dict[str, dd.DataFrame]:
     return {
         name: open_table(
             wd, name, None if layouts is None else layouts[name],
-            required=_LOAD_REQUIRED[name], columns=columns[name],
+            required=_LOAD_REQUIRED[name], columns=columns[name], version=str(run.get("created", "")),
         )  # fmt: skip
         for name in names
     }

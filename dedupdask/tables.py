@@ -19,6 +19,7 @@ Runs written before this layout hold one file ``results/<name>.parquet`` per tab
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,14 +158,24 @@ def _check_columns(url: str, names: Sequence[str], required: Sequence[str]) -> N
         raise WorkDirError(url, f"has no column(s) {', '.join(missing)}{REBUILD}")
 
 
-def read_part(spec: tuple[Any, ...]) -> pd.DataFrame:
+def read_part(
+    spec: tuple[str, int, int | None],
+    wd: WorkDir,
+    required: Sequence[str] = (),
+    names: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """One partition of a results table (a ``dd.from_map`` function).
 
     Parameters
     ----------
-    spec : (WorkDir, str, int, int or None, tuple, tuple or None)
-        work_dir, file path, index of the first row, expected rows (None: any), required
-        columns, output columns (None: the file's).
+    spec : (str, int, int or None)
+        File path, index of the first row, expected rows (None: any).
+    wd : WorkDir
+        The work_dir.
+    required : sequence of str
+        Columns the file must have.
+    names : sequence of str, optional
+        Output columns (missing ones: null strings); None: the file's.
 
     Returns
     -------
@@ -178,10 +189,9 @@ def read_part(spec: tuple[Any, ...]) -> pd.DataFrame:
 
     Examples
     --------
-    >>> read_part((WorkDir("work"), "work/results/components/part.0.parquet", 0, None,
-    ...            ("index",), None))  # doctest: +SKIP
+    >>> read_part(("work/results/components/part.0.parquet", 0, None), WorkDir("work"))  # doctest: +SKIP
     """
-    wd, path, start, rows, required, columns = spec
+    path, start, rows = spec
     url = wd.url_of(path)
     try:
         data = wd.read_bytes(path)
@@ -194,7 +204,7 @@ def read_part(spec: tuple[Any, ...]) -> pd.DataFrame:
     _check_columns(url, table.column_names, required)
     if rows is not None and table.num_rows != rows:
         raise WorkDirError(url, f"has {table.num_rows} rows, run.json records {rows}{REBUILD}")
-    df = _conform(table.to_pandas(), columns)
+    df = _conform(table.to_pandas(), names)
     df.index = pd.RangeIndex(start, start + len(df))
     return df
 
@@ -222,6 +232,7 @@ def open_table(
     *,
     required: Sequence[str] = (),
     columns: Sequence[str] | None = None,
+    version: str = "",
 ) -> dd.DataFrame:
     """Table ``name`` of ``results/`` as a dask DataFrame, one partition per file, lazily.
 
@@ -237,6 +248,8 @@ def open_table(
         Columns the files must have (checked on the first file here, on each when read).
     columns : sequence of str, optional
         Columns of the result, in order (missing ones: null strings); default: the file's.
+    version : str
+        Names this writing of the table (``run.json``'s ``created``): part of the tasks' keys.
 
     Returns
     -------
@@ -246,34 +259,58 @@ def open_table(
     --------
     >>> open_table(WorkDir("work"), "components", run["tables"]["components"]).head()  # doctest: +SKIP
     """
-    if layout is None or layout.get("layout") == "file":
-        paths = [legacy_path(wd, name)]
+    legacy = layout is None or layout.get("layout") == "file"
+    if legacy:
         counts: list[int | None] = [None]
     else:
         try:
-            counts = [int(r) for r in layout["part_rows"]]
-        except (KeyError, TypeError, ValueError) as e:
+            counts = [int(r) for r in layout["part_rows"]]  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            counts = []
+        if not counts:
             raise WorkDirError(
                 wd.url_of(wd.join(RESULTS_DIR, "run.json")),
                 f"'tables' entry of {name!r} has no list 'part_rows'{REBUILD}",
-            ) from e
-        paths = [part_path(wd, name, i) for i in range(len(counts))]
-    schema, first_rows = _footer(wd, paths[0], required)
-    if counts[0] is None:
+            )
+    schema, first_rows = _footer(wd, legacy_path(wd, name) if legacy else part_path(wd, name, 0), required)
+    if legacy:
         counts = [first_rows]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
     cols = None if columns is None else tuple(columns)
     meta = _conform(schema.empty_table().to_pandas(), cols)
-    specs = [
-        (wd, p, starts[i], counts[i], tuple(required), cols) for i, p in enumerate(paths)
-    ]
     divisions = None
     if all(c > 0 for c in counts):  # positions are the index: known divisions
         divisions = (*starts[:-1], starts[-1] - 1)
+    specs = _PartSpecs(wd, name, starts, counts, legacy=legacy, version=version)
     return dd.from_map(
-        read_part, specs, meta=meta, divisions=divisions, label=f"dedupdask-{name}",
-        enforce_metadata=False,
+        read_part, specs, args=[wd, tuple(required), cols], meta=meta, divisions=divisions,
+        label=f"dedupdask-{name}", enforce_metadata=False,
     )  # fmt: skip
+
+
+class _PartSpecs(Sequence[tuple[str, int, "int | None"]]):
+    """``(path, first row, rows)`` of each file of a table, made when asked (``dd.from_map``
+    iterates over it) and tokenized once from the layout: a table of 40,000 files costs
+    neither 40,000 tuples nor 40,000 tokens when it is opened."""
+
+    def __init__(self, wd: WorkDir, name: str, starts: list[int], counts: list[int | None], *,
+                 legacy: bool, version: str) -> None:  # fmt: skip
+        self.wd, self.name, self.legacy, self.version = wd, name, legacy, version
+        self.starts, self.counts = starts, counts
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, i: int) -> tuple[str, int, int | None]:  # type: ignore[override]
+        if not 0 <= i < len(self.counts):
+            raise IndexError(i)
+        path = legacy_path(self.wd, self.name) if self.legacy else part_path(self.wd, self.name, i)
+        return path, int(self.starts[i]), self.counts[i]
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        counts = np.asarray([-1 if c is None else c for c in self.counts], dtype=np.int64)
+        digest = hashlib.sha1(counts.tobytes()).hexdigest()
+        return ("dedupdask-parts", self.wd.url, self.name, self.legacy, self.version, digest)
 
 
 def table_from_pandas(df: pd.DataFrame, rows_per_part: int | None = None) -> dd.DataFrame:

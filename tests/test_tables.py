@@ -108,6 +108,10 @@ def test_load_reads_only_the_first_file_of_a_table(tmp_path):
         t.partitions[1].compute()
     with pytest.raises(WorkDirError, match=r"components/part\.2\.parquet: is missing"):
         t.partitions[2].compute()
+    # 400M images in 40,000 files: opening and head() still touch part.0 only
+    big = {"layout": "parts", "rows": 80_000, "part_rows": [2] * 40_000}
+    t = tables.open_table(wd, "components", big, required=("index",))
+    assert t.npartitions == 40_000 and t.head(2)["index"].tolist() == [0, 1]
 
 
 def test_a_part_with_other_rows_than_recorded_is_named(tmp_path):
