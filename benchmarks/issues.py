@@ -602,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         what = "extract + analyse"
         res = ddk.run(str(shards), str(wd), progress=False, client=args.client)
     t_run = time.perf_counter() - t0
-    issues = res.issues.assign(key=res.issues["filename"].map(shard_key))
+    issues = res.issues.compute()
+    issues = issues.assign(key=issues["filename"].map(shard_key))
     real = images[images["kind"] == "real"]
     p = print
     p(f"# Output of benchmarks/issues.py (seed {args.seed}, {args.junk_copies} copies per junk kind)")
@@ -623,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
       f"{len(images)} images in {len(list(shards.glob('*.tar')))} tar shards; ddk.run "
       f"({what}, default model {res.run['model'].get('model_id')}) {t_run:.0f} s; "
       f"analysis stages (s): {res.run.get('timings')}")  # fmt: skip
-    inv = res.invalid.assign(key=res.invalid["filename"].map(shard_key))
+    inv = res.invalid.compute()
+    inv = inv.assign(key=inv["filename"].map(shard_key))
     if len(inv):
         p(f"invalid images: {len(inv)} ({', '.join(inv['error_code'].astype(str))})")
     p("")
@@ -705,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     p("")
     p("## Who lists the junk as outliers")
     p("")
-    out_keys = [shard_key(f) for f in res.outliers["filename"]]
+    out_keys = [shard_key(f) for f in res.outliers["filename"].compute()]
     n_junk = int((images["kind"] != "real").sum())
     p(f"- dedupdask outliers.csv (fastdup's meaning, {len(out_keys)} rows at lower_threshold "
       f"{res.params.get('lower_threshold')}): top {n_junk}: {junk_in(out_keys, images, n_junk)}; "

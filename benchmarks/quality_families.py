@@ -156,7 +156,7 @@ def run_dedupdask(root: Path, wd: Path, cores: int, keypoints: bool = False) -> 
         t0 = time.perf_counter()
         res = ddk.run(str(root), str(wd), run_mode=0, client=client, progress=False, verify_keypoints=keypoints)
         out["seconds"] = time.perf_counter() - t0
-        out["similarity"] = res.similarity
+        out["similarity"] = res.similarity.compute()
         out["params"] = res.params
         out["verification"] = res.run.get("verification", {})
         out["invalid"] = len(res.invalid)
@@ -166,7 +166,7 @@ def run_dedupdask(root: Path, wd: Path, cores: int, keypoints: bool = False) -> 
                                                 **quality_tiers.LOOSE),
                       client=client, write=False)  # fmt: skip
         out["loose_seconds"] = time.perf_counter() - t0
-        out["loose"] = loose.similarity
+        out["loose"] = loose.similarity.compute()
         out["loose_verification"] = loose.run.get("verification", {})
     return out
 

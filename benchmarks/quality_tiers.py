@@ -465,7 +465,7 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
         t0 = _now()
         loose = build(wd, config=RunConfig(run_mode=2, progress=False, **LOOSE), write=False)
         t_loose = _now() - t0
-        table = loose.similarity
+        table = loose.similarity.compute()
         loose_ver = loose.run["verification"]
         table.to_parquet(cached)
         cached.with_suffix(".json").write_text(json.dumps(loose_ver))
@@ -525,7 +525,7 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
             (f"near alone: embedding >= {t}", pd.concat([exact, table[table["similarity"] >= t]])),
             (f"near + verification: embedding >= {vt} and verify >= {vs}",
              pd.concat([exact, table[(table["similarity"] >= vt) & (table["verify_score"] >= vs)]])),
-            ("**fused (ddk.run defaults)**", res.similarity),
+            ("**fused (ddk.run defaults)**", res.similarity.compute()),
         ]  # fmt: skip
     if fastdup_work_dir is not None and (fastdup_work_dir / "similarity.csv").exists():
         fd = _fastdup_pairs(fastdup_work_dir, shards)

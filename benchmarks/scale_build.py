@@ -15,7 +15,7 @@ It prints per N: the wall time of the build, where it analysed (``run.json``'s
 ``analysed_on``), the client's peak and, apart, the import baseline (a process that imports
 what ``dedupdask build`` imports and nothing else), each worker's peak against its memory
 limit, the stage timings and kNN method from ``run.json``, and the recall of the planted
-pairs with cosine >= 0.9 in ``results/similarity.parquet`` (exact pairs as ``kind ==
+pairs with cosine >= 0.9 in ``results/similarity/`` (exact pairs as ``kind ==
 "exact"``). Not measured here: verification on real images, and equality with the
 single-machine path (``tests/test_scheduler.py`` and ``tests/test_scale.py`` check that on
 small work_dirs).
@@ -208,7 +208,7 @@ def sampled(cmd: list[str], workers: list[int], log: str) -> tuple[float, dict[s
 
 
 def recall(wd: str, truth: dict[str, np.ndarray]) -> dict[str, float]:
-    sim = pd.read_parquet(os.path.join(wd, "results", "similarity.parquet"), columns=["from", "to", "kind"])
+    sim = pd.read_parquet(os.path.join(wd, "results", "similarity"), columns=["from", "to", "kind"])
     n = int(max(sim["to"].max() if len(sim) else 0, truth["near_b"].max(), truth["exact_b"].max())) + 1
     found = set((sim["from"].to_numpy(np.int64) * n + sim["to"].to_numpy(np.int64)).tolist())
 

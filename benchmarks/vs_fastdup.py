@@ -530,10 +530,10 @@ def ddk_child(a: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             res = ddk.run(None, a["work_dir"], run_mode=2, **kw)
             seconds = time.perf_counter() - t0
-            res.similarity.to_parquet(a["out"] + ".similarity.parquet")
-            res.outliers.to_parquet(a["out"] + ".outliers.parquet")
+            res.similarity.compute().to_parquet(a["out"] + ".similarity.parquet")
+            res.outliers.compute().to_parquet(a["out"] + ".outliers.parquet")
             ver = res.run.get("verification", {})
-            info = {"params": res.params, "invalid": [str(f) for f in res.invalid["filename"]],
+            info = {"params": res.params, "invalid": [str(f) for f in res.invalid["filename"].compute()],
                     "timings": res.run.get("timings", {}), "verify_pairs": int(ver.get("candidates", 0)),
                     "verify_s": float(ver.get("seconds", 0.0))}  # fmt: skip
     with open(a["out"], "w") as f:

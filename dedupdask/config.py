@@ -41,6 +41,7 @@ OPTION_HELP: dict[str, str] = {
     "max_client_memory": "memory the calling process may use to analyse work_dir itself, e.g. 1GB; a work_dir that needs more is analysed on the Dask workers (a local cluster without --client)",
     "d_reduce": "search neighbours on a PCA projection to this many dimensions (0 = off); similarities are recomputed on the original vectors",
     "knn_dtype": "storage of the vectors during the partitioned kNN search: float32 or float16 (similarities recomputed in float32)",
+    "write_csv": "write fastdup's CSV files into work_dir (similarity.csv, connected_components.csv, ...), joined from one part per partition; off: only the Parquet tables under results/",
     "keep_archives": "copy each archive to work_dir/tmp/archives/ once and read it there",
     "keep_images": "also write every image member under work_dir/tmp/<archive>/",
     "turi_param": "fastdup-style 'delete_tar=0,delete_img=0,ccthreshold=0.96'",
@@ -215,6 +216,7 @@ class RunConfig:
     max_client_memory: str | int | None = None
     d_reduce: int = 0
     knn_dtype: str = "float32"
+    write_csv: bool = True
     keep_archives: bool = False
     keep_images: bool = False
     turi_param: str | None = None

@@ -407,12 +407,10 @@ def _sim(v: float) -> str:
 def _plan_duplicates(
     res: DedupResult, num_images: int, descending: bool, threshold: float | None
 ) -> _Plan:
-    sim = res.similarity
+    sim = res.similarity[["from", "to", "similarity"]]
     if threshold is not None:
         sim = sim[sim["similarity"] >= float(threshold)]
-    total = len(sim)
-    sim = sim.sort_values(["similarity", "from", "to"], ascending=[not descending, True, True],
-                          kind="stable").head(num_images)  # fmt: skip
+    sim, total = _top(sim, num_images, ["similarity", "from", "to"], [not descending, True, True])
     rows = [
         _Row(f"#{i + 1} &middot; {_sim(float(s))}", [_Card(int(a)), _Card(int(b))])
         for i, (a, b, s) in enumerate(zip(sim["from"], sim["to"], sim["similarity"], strict=True))
@@ -431,12 +429,10 @@ def _plan_duplicates(
 def _plan_outliers(
     res: DedupResult, num_images: int, descending: bool, threshold: float | None
 ) -> _Plan:
-    out = res.outliers
+    out = res.outliers[["index", "nearest", "similarity"]]
     if threshold is not None:
         out = out[out["similarity"] <= float(threshold)]
-    total = len(out)
-    out = out.sort_values(["similarity", "index"], ascending=[not descending, True],
-                          kind="stable").head(num_images)  # fmt: skip
+    out, total = _top(out, num_images, ["similarity", "index"], [not descending, True])
     rows = [
         _Row(
             f"#{i + 1} &middot; nearest neighbour {_sim(float(s))}",
@@ -456,7 +452,7 @@ def _plan_components(
     res: DedupResult, num_images: int, descending: bool, min_items: int, max_items: int
 ) -> _Plan:
     comp = res.components
-    comp = comp[comp["component_size"] >= max(1, min_items)]
+    comp = comp[comp["component_size"] >= max(1, min_items)].compute()  # the images shown from
     sizes = comp.groupby("component_id", sort=False)["component_size"].first()
     total = len(sizes)
     order = (
@@ -470,8 +466,9 @@ def _plan_components(
     groups = {cid: g["index"].to_numpy() for cid, g in members.groupby("component_id", sort=False)}
     # similarity range of the pairs (above the run's threshold) inside each shown component
     cid_of = pd.Series(members["component_id"].to_numpy(), index=members["index"].to_numpy())
-    sim = res.similarity
-    sim = sim[sim["from"].isin(cid_of.index) & sim["to"].isin(cid_of.index)]
+    shown = cid_of.index.to_numpy()
+    sim = res.similarity[["from", "to", "similarity"]]
+    sim = sim[sim["from"].isin(shown) & sim["to"].isin(shown)].compute()
     ca = cid_of.reindex(sim["from"].to_numpy()).to_numpy()
     cb = cid_of.reindex(sim["to"].to_numpy()).to_numpy()
     inside = sim.loc[ca == cb].assign(cid=ca[ca == cb])
@@ -500,11 +497,33 @@ def _plan_components(
                  empty=f"no component with at least {min_items} images")  # fmt: skip
 
 
-def _stats_table(res: DedupResult) -> pd.DataFrame:
-    st = getattr(res, "_images", None)
-    if st is None:  # pragma: no cover - a DedupResult always has it
-        st = res.stats.compute()
-    return st
+def _metric_values(
+    st: pd.DataFrame, col: str, desc: bool, threshold: float | None
+) -> pd.DataFrame:
+    """``index, value`` of one partition of ``res.stats`` for a stats page (NaN dropped)."""
+    values = (st["width"].astype("float64") * st["height"].astype("float64")) if col == "size" \
+        else st[col].astype("float64")  # fmt: skip
+    df = pd.DataFrame({"index": st["index"].astype("int64").to_numpy(),
+                       "value": values.to_numpy(dtype="float64", na_value=np.nan)})  # fmt: skip
+    df = df[~np.isnan(df["value"].to_numpy())]
+    if threshold is not None:
+        df = df[df["value"] >= float(threshold)] if desc else df[df["value"] <= float(threshold)]
+    return df
+
+
+def _top(
+    ddf: Any, n: int, by: list[str], ascending: list[bool]
+) -> tuple[pd.DataFrame, int]:
+    """The first ``n`` rows of a dask DataFrame in the order ``by`` (each partition's first
+    ``n``, then the first ``n`` of those: ``n`` rows per partition reach this process) and its
+    length."""
+    import dask
+
+    def first(df: pd.DataFrame) -> pd.DataFrame:
+        return df.sort_values(by, ascending=ascending, kind="stable").head(n)
+
+    got, total = dask.compute(ddf.map_partitions(first, meta=ddf._meta), ddf.shape[0])
+    return got.sort_values(by, ascending=ascending, kind="stable").head(n), int(total)
 
 
 def _plan_stats(
@@ -514,17 +533,9 @@ def _plan_stats(
         raise ValueError(f"metric must be one of {sorted(STATS_METRICS)}, got {metric!r}")
     col, natural_desc, what = STATS_METRICS[metric]
     desc = natural_desc if descending is None else bool(descending)
-    st = _stats_table(res)
-    values = (st["width"].astype("float64") * st["height"].astype("float64")) if col == "size" \
-        else st[col].astype("float64")  # fmt: skip
-    df = pd.DataFrame({"index": st["index"].astype("int64").to_numpy(), "value": values.to_numpy()})
-    df = df[~np.isnan(df["value"].to_numpy(dtype="float64", na_value=np.nan))]
-    if threshold is not None:
-        df = df[df["value"] >= float(threshold)] if desc else df[df["value"] <= float(threshold)]
-    total = len(df)
-    df = df.sort_values(["value", "index"], ascending=[not desc, True], kind="stable").head(
-        num_images
-    )
+    meta = pd.DataFrame({"index": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
+    values = res.stats.map_partitions(_metric_values, col, desc, threshold, meta=meta)
+    df, total = _top(values, num_images, ["value", "index"], [not desc, True])
     shown_name = "mean" if metric in ("dark", "bright") else metric
 
     def fmt(v: float) -> str:
@@ -565,7 +576,8 @@ _ISSUE_TEXT = {
 
 def _plan_issue(res: DedupResult, issue: str, num_images: int, max_items: int) -> _Plan:
     """``issue_<type>.html``: images (statistics types), groups (outlier) or pairs (duplicates)."""
-    rows_of = res.issues[res.issues["issue"] == issue].sort_values(["score", "index"], kind="stable")
+    rows_of = res.issues[res.issues["issue"] == issue].compute()  # this type's rows only
+    rows_of = rows_of.sort_values(["score", "index"], kind="stable")
     about = res.run.get("issues") or {}
     cut = (about.get("resolved") or {}).get(issue)
     why = (about.get("not_reported") or {}).get(issue)
@@ -610,7 +622,9 @@ def _plan_issue(res: DedupResult, issue: str, num_images: int, max_items: int) -
 def _issue_pages(res: DedupResult, issues: Sequence[str] | None) -> list[str]:
     from .thresholds import ISSUE_TYPES
 
-    known = set(ISSUE_TYPES) | set(res.issues["issue"].astype(str))
+    counts = (res.run.get("issues") or {}).get("counts")
+    found = counts if counts is not None else res.issues["issue"].astype(str).unique().compute()
+    known = set(ISSUE_TYPES) | set(found)
     wanted = list(ISSUE_TYPES) if issues is None else list(dict.fromkeys(issues))
     for t in wanted:
         if t not in known and not str(t).endswith("_duplicate"):

@@ -219,6 +219,7 @@ def run(
     max_client_memory: str | int | None = None,
     d_reduce: int = 0,
     knn_dtype: str = "float32",
+    write_csv: bool = True,
     keep_archives: bool = False,
     keep_images: bool = False,
     turi_param: str | None = None,
@@ -295,6 +296,11 @@ def run(
     knn_dtype : {"float32", "float16"}
         Storage of the vectors in a kNN bucket; float16 halves it (similarities recomputed in
         float32).
+    write_csv : bool
+        Write fastdup's CSV files (``similarity.csv``, ``connected_components.csv``, ...) into
+        work_dir, each joined from one part per table partition without gathering the table
+        (:mod:`dedupdask.csvs`). False: only the Parquet tables under ``results/`` (the CSVs of
+        an earlier run are removed); ``run.json`` records which.
     keep_archives, keep_images : bool
         Keep a copy of each archive / each image member under ``work_dir/tmp/``.
     turi_param : str, optional
@@ -342,7 +348,7 @@ def run(
     --------
     >>> import dedupdask as ddk
     >>> res = ddk.run("shards/", "work/")  # doctest: +SKIP
-    >>> res.similarity.query("similarity > 0.95")  # doctest: +SKIP
+    >>> res.similarity.query("similarity > 0.95").compute()  # doctest: +SKIP
     """
     opts = dict(
         run_mode=run_mode, min_offset=min_offset, max_offset=max_offset, model_path=model_path,
@@ -353,7 +359,7 @@ def run(
         verify_keypoints=verify_keypoints, issue_thresholds=issue_thresholds,
         max_memory_per_task=max_memory_per_task,
         max_client_memory=max_client_memory, d_reduce=d_reduce, knn_dtype=knn_dtype,
-        keep_archives=keep_archives,
+        write_csv=write_csv, keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,

@@ -199,10 +199,11 @@ def _slices(index: np.ndarray, archives: Sequence[dict[str, Any]]) -> list[slice
 def _flagged(res: DedupResult, plan: RemovalPlan) -> pd.DataFrame:
     parts = []
     if plan.remove_issues:
-        iss = res.issues.loc[res.issues["issue"].isin(plan.remove_issues), ["index", "issue"]]
+        issues = res.issues
+        iss = issues.loc[issues["issue"].isin(list(plan.remove_issues)), ["index", "issue"]].compute()
         parts.append(iss.rename(columns={"issue": "reason"}))
     if plan.outliers:
-        parts.append(pd.DataFrame({"index": res.outliers["index"], "reason": "outlier"}))
+        parts.append(pd.DataFrame({"index": res.outliers["index"].compute().to_numpy(), "reason": "outlier"}))
     if not parts:
         return pd.DataFrame({"index": pd.Series(dtype="int64"), "reason": pd.Series(dtype="string")})
     df = pd.concat(parts, ignore_index=True)
@@ -216,12 +217,12 @@ def removal_parts(res: DedupResult, plan: RemovalPlan) -> list[ArchivePart]:
     """Cut the tables ``res`` holds into per-archive slices (sorted by index, no copy of rows
     that belong to no duplicate component, flagged image or pair)."""
     archives = list(res.run.get("archives", []))
-    comps = res.components
-    multi = comps.loc[comps["component_size"] > 1, ["index", "component_id"]]
+    comps = res.components  # only the images of duplicate components leave the files
+    multi = comps.loc[comps["component_size"] > 1, ["index", "component_id"]].compute()
     multi = multi.astype("int64").sort_values("index", kind="stable").reset_index(drop=True)
     comp_of = pd.Series(multi["component_id"].to_numpy(), index=multi["index"].to_numpy())
-    sim = res.similarity
-    if plan.duplicates and len(sim) and len(multi):
+    sim = res.similarity[["from", "to", "kind", "similarity"]] if plan.duplicates and len(multi) else None
+    if sim is not None and len(sim := sim.compute()):
         a = sim["from"].to_numpy(np.int64)
         b = sim["to"].to_numpy(np.int64)
         ca = comp_of.reindex(a).to_numpy()
@@ -520,4 +521,5 @@ def duplicates_table(res: DedupResult, keep: KeepRule = "largest_resolution") ->
     tasks = [dask.delayed(_candidates)(f, p, keep) for f, p in zip(files, parts, strict=True)]
     got = [g for g in dask.compute(*tasks) if len(g)]
     images = pd.concat(got, ignore_index=True) if got else pd.DataFrame({"index": [], "filename": []})
-    return _duplicates_table(res.components, images, keep)
+    comps = res.components
+    return _duplicates_table(comps[comps["component_size"] > 1].compute(), images, keep)

@@ -4,49 +4,53 @@
 exact duplicates, builds the kNN graph of one representative per group of equal model
 inputs (:mod:`dedupdask.knn`, :func:`dedupdask.analyses.exact.expand_graph`), derives the tables (:mod:`dedupdask.analyses`) and writes
 
-===============================  ==============================================================
-``atrain_features.dat.csv``      ``index,filename``: the global index 0..N-1 (sorted archives)
-``similarity.csv``               ``from,to,distance`` (distance = embedding cosine), both
-                                 directions, the fused pairs of every tier, sorted descending
-``outliers.csv``                 ``from,to,distance``: image, nearest image, similarity; the
-                                 strongest outliers last (fastdup's order)
-``connected_components.csv``     ``__id,component_id,component_size`` (sizes count images)
-``atrain_stats.csv``             fastdup's stats columns, properly quoted
-``atrain_features.bad.csv``      ``index,filename,error_code,filesize`` of every invalid image
-``image_issues.csv``             ``index,filename,archive,member,key,issue,score,other,group``:
-                                 one row per image and issue (:mod:`dedupdask.analyses.issues`)
-``results/*.parquet``            every table (similarity, outliers, components, stats, invalid,
-                                 issues)
-``results/run.json``             parameters, model, archives with offsets, counts, timings
-===============================  ==============================================================
+====================================  =========================================================
+``results/<table>/part.<i>.parquet``  every table (similarity, outliers, components, stats,
+                                      invalid, issues), one file per partition of at most
+                                      :data:`dedupdask.tables.ROWS_PER_PART` rows
+                                      (:mod:`dedupdask.tables`)
+``atrain_features.dat.csv``           ``index,filename``: the global index 0..N-1 (sorted archives)
+``similarity.csv``                    ``from,to,distance`` (distance = embedding cosine), both
+                                      directions, the fused pairs of every tier, sorted descending
+``outliers.csv``                      ``from,to,distance``: image, nearest image, similarity; the
+                                      strongest outliers last (fastdup's order)
+``connected_components.csv``          ``__id,component_id,component_size`` (sizes count images)
+``atrain_stats.csv``                  fastdup's stats columns, properly quoted
+``atrain_features.bad.csv``           ``index,filename,error_code,filesize`` of every invalid image
+``image_issues.csv``                  ``index,filename,archive,member,key,issue,score,other,group``:
+                                      one row per image and issue (:mod:`dedupdask.analyses.issues`)
+``results/run.json``                  parameters, model, archives with offsets, counts, timings,
+                                      the tables' layout (``"tables"``: rows per partition) and the
+                                      CSVs written (``"csv"``)
+====================================  =========================================================
 
-all through :class:`~dedupdask.store.WorkDir` (atomic writes), ``run.json`` last.
+The CSVs are written from the Parquet tables partition by partition (:mod:`dedupdask.csvs`;
+``write_csv=False`` skips them), all through :class:`~dedupdask.store.WorkDir` (atomic
+writes), ``run.json`` last. The returned :class:`DedupResult` reads the tables back from
+``results/`` exactly as :func:`load` does.
 :func:`load` rebuilds the :class:`DedupResult` from those files without recomputing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from . import scheduler
 from .analyses import (
-    BAD_CSV_COLUMNS,
     COMPONENT_COLUMNS,
     INVALID_COLUMNS,
     ISSUE_COLUMNS,
     OUTLIER_COLUMNS,
     SIMILARITY_COLUMNS,
     STATS_COLUMNS,
-    STATS_CSV_COLUMNS,
     components_table,
     exact_groups,
     expand_graph,
@@ -56,17 +60,20 @@ from .analyses import (
     outliers_table,
     stats_frame,
 )
-from .analyses.components_dask import components_of_groups
+from .analyses.components_dask import components_frame_of_groups
 from .analyses.exact_dask import exact_and_input_groups
 from .analyses.issues import empty_issues, scores_frame, summary_counts
 from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names, named_columns
 from .analyses.tiers import expand_pairs, resolve_params
 from .collect import ArchiveInfo, Collection, collect
 from .config import RunConfig
+from .csvs import CSV_FILES, write_csvs
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
-from .store import WorkDir, WorkDirError, parquet_table
+from .store import WorkDir, WorkDirError
+from .tables import REBUILD as _REBUILD
+from .tables import open_table, table_from_pandas, write_partitions, write_table
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = [
@@ -79,7 +86,6 @@ __all__ = [
 
 RESULTS_DIR = "results"
 RUN_JSON = "run.json"
-ISSUES_CSV = "image_issues.csv"
 TABLES = ("similarity", "outliers", "components", "stats", "invalid")
 _FILE_COLS = [
     "filename", "archive", "member", "width", "height", "file_size", "md5", "pixel_md5",
@@ -101,22 +107,27 @@ def _version() -> str:
 class DedupResult:
     """Everything run_mode=2 found in one work_dir.
 
+    Every per-image and per-pair table is a dask DataFrame, whatever the size of the run:
+    partition ``i`` is the file ``results/<table>/part.<i>.parquet``, read when computed
+    (``head()`` reads the first file only; ``compute()`` gives pandas), and row ``r`` has
+    index ``r``. :meth:`summary` reads the counts ``results/run.json`` recorded.
+
     Attributes
     ----------
-    similarity : DataFrame
+    similarity : dask.dataframe.DataFrame
         ``from, to, similarity, copy_similarity, kind, verify_score, filename_from,
         filename_to, archive_from, member_from, key_from, archive_to, member_to, key_to``;
         each unordered pair once with ``from < to`` and its strongest ``kind``
         (``exact``, ``copy``, ``near``: :mod:`dedupdask.analyses.tiers`); sorted by (embedding)
         similarity descending.
-    outliers : DataFrame
+    outliers : dask.dataframe.DataFrame
         ``index, nearest, similarity, filename, filename_nearest, archive, member, key,
         archive_nearest, member_nearest, key_nearest``, least similar first.
-    components : DataFrame
+    components : dask.dataframe.DataFrame
         ``index, component_id, component_size`` for every valid image (singletons: size 1).
-    invalid : DataFrame
+    invalid : dask.dataframe.DataFrame
         ``filename, archive, member, key, error_code, error_message, file_size``.
-    issues : DataFrame
+    issues : dask.dataframe.DataFrame
         ``index, filename, archive, member, key, issue, score, other, group``: one row per
         image and issue type (``dark``, ``light``, ``blurry``, ``low_information``,
         ``odd_aspect_ratio``, ``odd_size``, ``grayscale``, ``outlier``, ``<kind>_duplicate``),
@@ -137,27 +148,27 @@ class DedupResult:
     >>> res = build("work", config=RunConfig(run_mode=2))  # doctest: +SKIP
     >>> res.summary()["duplicate_groups"]  # doctest: +SKIP
     12
+    >>> res.similarity.head()  # doctest: +SKIP
+    >>> pairs = res.similarity[res.similarity["kind"] == "near"].compute()  # doctest: +SKIP
     """
 
     def __init__(
         self,
         collection: Collection,
         *,
-        similarity: pd.DataFrame,
-        outliers: pd.DataFrame,
-        components: pd.DataFrame,
-        invalid: pd.DataFrame,
-        images: pd.DataFrame,
+        similarity: dd.DataFrame,
+        outliers: dd.DataFrame,
+        components: dd.DataFrame,
+        invalid: dd.DataFrame,
         run: dict[str, Any],
-        issues: pd.DataFrame | None = None,
+        issues: dd.DataFrame | None = None,
     ) -> None:
         self._collection = collection
         self.similarity = similarity
         self.outliers = outliers
         self.components = components
         self.invalid = invalid
-        self.issues = issues if issues is not None else empty_issues()
-        self._images = images
+        self.issues = issues if issues is not None else table_from_pandas(empty_issues())
         self.run = run
         self.params = dict(run.get("parameters", {}))
         self._files: dd.DataFrame | None = None
@@ -272,31 +283,39 @@ class DedupResult:
         >>> res.summary()  # doctest: +SKIP
         {'images': 3000, 'invalid': 4, 'duplicate_groups': 25, 'removable': 31, ...}
         """
-        sizes = self.components.drop_duplicates("component_id")["component_size"]
-        multi = sizes[sizes > 1]
-        kinds = self.similarity["kind"].value_counts() if "kind" in self.similarity else {}
+        counts = self.run.get("counts", {})
+
+        def count(key: str, compute: Any) -> int:  # run.json's count; a scan for older runs
+            return int(counts[key]) if key in counts else int(compute())
+
         ver = self.run.get("verification") or {}
+        issues = (self.run.get("issues") or {}).get("counts")
         return {
-            "images": int(len(self.components)),
-            "invalid": int(len(self.invalid)),
-            "similar_pairs": int(len(self.similarity)),
-            "exact_pairs": int(kinds.get("exact", 0)),
-            "copy_pairs": int(kinds.get("copy", 0)),
-            "near_pairs": int(kinds.get("near", 0)),
+            "images": count("images", lambda: len(self.components)),
+            "invalid": count("invalid", lambda: len(self.invalid)),
+            "similar_pairs": count("similar_pairs", lambda: len(self.similarity)),
+            "exact_pairs": count("exact_pairs", lambda: (self.similarity["kind"] == "exact").sum().compute()),
+            "copy_pairs": count("copy_pairs", lambda: (self.similarity["kind"] == "copy").sum().compute()),
+            "near_pairs": count("near_pairs", lambda: (self.similarity["kind"] == "near").sum().compute()),
             "verify_candidates": int(ver.get("candidates", 0)),
             "verify_accepted": int(ver.get("accepted", 0)),
             "verify_seconds_per_pair": float(ver.get("seconds_per_pair", 0.0)),
-            "exact_duplicate_groups": int(self.run.get("counts", {}).get("exact_groups", 0)),
-            "duplicate_groups": int(len(multi)),
-            "removable": int((multi - 1).sum()),
-            "outliers": int(len(self.outliers)),
-            "issue_images": int(self.issues.loc[~self.issues["issue"].str.endswith("_duplicate"), "index"].nunique()),
-            "issues": summary_counts(self.issues),
+            "exact_duplicate_groups": int(counts.get("exact_groups", 0)),
+            "duplicate_groups": count("duplicate_components", lambda: len(self._multi_sizes())),
+            "removable": count("removable", lambda: (self._multi_sizes() - 1).sum()),
+            "outliers": count("outliers", lambda: len(self.outliers)),
+            "issue_images": count("issue_images", lambda: _issue_images(self.issues.compute())),
+            "issues": dict(issues) if issues is not None else summary_counts(self.issues.compute()),
             "issues_not_reported": dict((self.run.get("issues") or {}).get("not_reported", {})),
             "archives_done": len(self.archives),
             "archives_failed": len(self.failed),
             "archives_missing": len(self.missing),
         }
+
+    def _multi_sizes(self) -> pd.Series:
+        """Sizes of the components of more than one image (scanned for runs without counts)."""
+        comp = self.components[self.components["component_size"] > 1]
+        return comp.drop_duplicates("component_id")["component_size"].compute()
 
     def galleries(
         self,
@@ -524,14 +543,15 @@ def _build(
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
     similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
     outliers = add_names(outliers, valid, OUTLIER_NAMES)
-    if workers:
-        components = components_of_groups(groups, tiers.edges)
+    if workers:  # these per-image tables stay on the workers and go to results/ from there
+        components = components_frame_of_groups(groups, tiers.edges)
+        stats = stats_frame(col.files())
     else:
         components = components_table(
             groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
         )
+        stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     invalid = invalid_table(files)
-    stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
     issues, issues_about = find_issues(
         col, files, groups, reps, (nbr_idx, nbr_sim), similarity, issue_t,
@@ -561,6 +581,7 @@ def _build(
             "max_client_memory": config.max_client_memory,
             "d_reduce": config.d_reduce,
             "knn_dtype": config.knn_dtype,
+            "write_csv": config.write_csv,
         },
         "thresholds": {  # the table every stage read: the model's row, what the user set, the result
             "model_id": col.model.get("model_id"),
@@ -597,96 +618,85 @@ def _build(
             **tiers.counts,
             "outliers": len(outliers),
             "issues": len(issues),
-            "components": int(components["component_id"].nunique()),
-            "duplicate_components": int(
-                components.loc[components["component_size"] > 1, "component_id"].nunique()
-            ),
+            **_component_counts(components),
+            "issue_images": _issue_images(issues),
         },
         "verification": tiers.verification,
         "timings": stages.timings,
     }
-    result = DedupResult(
+    tables = {
+        "similarity": similarity,
+        "outliers": outliers,
+        "components": components,
+        "stats": stats,
+        "invalid": invalid,
+        "issues": issues,
+    }
+    if write:  # the result reads back what was written, as load does
+        lazy = _write(wd, tables, run, stages, config.write_csv)
+    else:
+        # nothing written: a table on the workers comes here (their cluster may close next)
+        lazy = {name: table_from_pandas(_gathered(df)) for name, df in tables.items()}
+    return _result(col, lazy, run)
+
+
+def _result(col: Collection, tables: dict[str, dd.DataFrame], run: dict[str, Any]) -> DedupResult:
+    return DedupResult(
         col,
-        similarity=similarity,
-        outliers=outliers,
-        components=components,
-        invalid=invalid,
-        images=stats,
+        similarity=tables["similarity"],
+        outliers=tables["outliers"],
+        components=tables["components"],
+        invalid=tables["invalid"],
+        issues=tables.get("issues"),  # none in a run built before issue labels existed
         run=run,
-        issues=issues,
     )
-    if write:
-        _write(wd, result, valid, stats, stages)
-    return result
+
+
+def _gathered(df: pd.DataFrame | dd.DataFrame) -> pd.DataFrame:
+    if not isinstance(df, dd.DataFrame):
+        return df
+    (out,) = scheduler.gather_frames(df)
+    return out.reset_index(drop=True)
+
+
+def _component_counts(components: pd.DataFrame | dd.DataFrame) -> dict[str, int]:
+    """Components (ids are each one's smallest index), those of more than one image, and
+    the images removing duplicates would drop; a dask table's are computed where it lives."""
+    sizes = components[components["component_size"] > 1].drop_duplicates("component_id")["component_size"]
+    roots = (components["index"] == components["component_id"]).sum()
+    if isinstance(components, dd.DataFrame):
+        sizes, roots = dask.compute(sizes, roots)
+    return {"components": int(roots), "duplicate_components": int(sizes.size), "removable": int((sizes - 1).sum())}
+
+
+def _issue_images(issues: pd.DataFrame) -> int:
+    """Images with at least one issue other than being a duplicate."""
+    return int(issues.loc[~issues["issue"].str.endswith("_duplicate"), "index"].nunique())
 
 
 # -- files ------------------------------------------------------------------------------------
-def _csv(df: pd.DataFrame) -> bytes:
-    return df.to_csv(index=False).encode()
-
-
-def _parquet(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False, compression="zstd")
-    return buf.getvalue()
-
-
 def _write(
-    wd: WorkDir, res: DedupResult, valid: pd.DataFrame, stats: pd.DataFrame, stages: _Stages
-) -> None:
+    wd: WorkDir, tables: dict[str, Any], run: dict[str, Any], stages: _Stages, write_csv: bool
+) -> dict[str, dd.DataFrame]:
+    """Write the tables to ``results/``, the CSVs from what was written, ``run.json`` last;
+    return the tables as :func:`load` reads them."""
+    wd.remove(wd.join(RESULTS_DIR, RUN_JSON))  # the run is complete only once it is back
     wd.makedirs(RESULTS_DIR)
-    put = wd.write_bytes
-    put(wd.join("atrain_features.dat.csv"), _csv(valid.loc[:, ["index", "filename"]]))
-
-    sim = res.similarity
-    both = pd.concat(
-        [
-            pd.DataFrame({"from": sim["from"], "to": sim["to"], "distance": sim["similarity"]}),
-            pd.DataFrame({"from": sim["to"], "to": sim["from"], "distance": sim["similarity"]}),
-        ],
-        ignore_index=True,
-    ).sort_values(["distance", "from", "to"], ascending=[False, True, True], kind="stable")
-    put(wd.join("similarity.csv"), _csv(both))
-
-    out = res.outliers.iloc[::-1]
-    put(
-        wd.join("outliers.csv"),
-        _csv(
-            pd.DataFrame(
-                {"from": out["index"], "to": out["nearest"], "distance": out["similarity"]}
-            )
-        ),
-    )
-    put(
-        wd.join("connected_components.csv"),
-        _csv(res.components.rename(columns={"index": "__id"})),
-    )
-    put(wd.join("atrain_stats.csv"), _csv(stats.loc[:, list(STATS_CSV_COLUMNS)]))
-    inv = res.invalid
-    bad = pd.DataFrame(
-        {
-            "index": np.arange(len(inv), dtype=np.int64),
-            "filename": inv["filename"],
-            "error_code": inv["error_code"],
-            "filesize": inv["file_size"],
-        }
-    )
-    put(wd.join("atrain_features.bad.csv"), _csv(bad.loc[:, list(BAD_CSV_COLUMNS)]))
-    put(wd.join(ISSUES_CSV), _csv(res.issues.loc[:, list(ISSUE_COLUMNS)]))
-
-    tables = {
-        "similarity": res.similarity,
-        "outliers": res.outliers,
-        "components": res.components,
-        "stats": stats,
-        "invalid": res.invalid,
-        "issues": res.issues,
+    run["tables"] = {  # a pandas table in parts of ROWS_PER_PART rows, a dask one by partition
+        name: write_partitions(wd, name, df) if isinstance(df, dd.DataFrame) else write_table(wd, name, df)
+        for name, df in tables.items()
     }
-    for name, df in tables.items():
-        put(wd.join(RESULTS_DIR, f"{name}.parquet"), _parquet(df))
+    lazy = _open_tables(wd, run)
+    if write_csv:
+        run["csv"] = {"written": True, "files": write_csvs(wd, lazy)}
+    else:  # no file of an earlier run may pass for this one's
+        for name in CSV_FILES:
+            wd.remove(wd.join(name))
+        run["csv"] = {"written": False}
     stages.done("write")
-    res.run["timings"] = dict(stages.timings)
-    wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), res.run)
+    run["timings"] = dict(stages.timings)
+    wd.write_json(wd.join(RESULTS_DIR, RUN_JSON), run)
+    return lazy
 
 
 # Columns each results/<table>.parquet must have (the first version's; later ones are optional).
@@ -698,7 +708,6 @@ _LOAD_REQUIRED = {
     "invalid": ("filename", "archive", "member", "error_code", "error_message", "file_size"),
     "issues": ISSUE_COLUMNS,
 }
-_REBUILD = "; rerun the analysis (run_mode=2) to rewrite it"
 
 
 def _recorded_archives(url: str, run: Any) -> list[ArchiveInfo]:
@@ -717,18 +726,39 @@ def _recorded_archives(url: str, run: Any) -> list[ArchiveInfo]:
         raise WorkDirError(url, f"an entry of 'archives' is not an archive ({e}){_REBUILD}") from e
 
 
-def _read_table(wd: WorkDir, name: str) -> pd.DataFrame:
-    """``results/<name>.parquet``, or :class:`WorkDirError` naming it."""
-    path = wd.join(RESULTS_DIR, f"{name}.parquet")
-    data = wd.read_bytes(path)
-    try:
-        df = parquet_table(data).to_pandas()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise WorkDirError(wd.url_of(path), f"not a readable Parquet file ({e}){_REBUILD}") from e
-    missing = [c for c in _LOAD_REQUIRED[name] if c not in df.columns]
+def _layouts(url: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """``run.json["tables"]``, or None for a run written one file per table."""
+    tables = run.get("tables")
+    if tables is None:
+        return None
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise WorkDirError(url, f"'tables' is not an object of table layouts{_REBUILD}")
+    missing = [name for name in TABLES if name not in tables]
     if missing:
-        raise WorkDirError(wd.url_of(path), f"has no column(s) {', '.join(missing)}{_REBUILD}")
-    return df
+        raise WorkDirError(url, f"'tables' has no entry for {', '.join(missing)}{_REBUILD}")
+    return tables
+
+
+def _open_tables(wd: WorkDir, run: dict[str, Any]) -> dict[str, dd.DataFrame]:
+    """Every table of ``results/`` as a lazy dask DataFrame (:func:`dedupdask.tables.open_table`)."""
+    layouts = _layouts(wd.url_of(wd.join(RESULTS_DIR, RUN_JSON)), run)
+    columns = {
+        # name columns (archive, member, key) are null in runs written before they existed
+        "similarity": [*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)],
+        "outliers": [*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)],
+        "components": list(COMPONENT_COLUMNS),
+        "stats": None,
+        "invalid": list(INVALID_COLUMNS),
+        "issues": list(ISSUE_COLUMNS),
+    }
+    names = [*TABLES, "issues"] if "issues" in run else list(TABLES)
+    return {
+        name: open_table(
+            wd, name, None if layouts is None else layouts[name],
+            required=_LOAD_REQUIRED[name], columns=columns[name], version=str(run.get("created", "")),
+        )  # fmt: skip
+        for name in names
+    }
 
 
 def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupResult:
@@ -775,17 +805,4 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
         )
     col.failed = list(run.get("failed", []))
     col.missing = list(run.get("missing", []))
-    tables = {name: _read_table(wd, name) for name in TABLES}
-    # a run built before issue labels existed has none (its run.json has no "issues")
-    issues = _read_table(wd, "issues").loc[:, list(ISSUE_COLUMNS)] if "issues" in run else None
-    return DedupResult(
-        col,
-        issues=issues,
-        # name columns (archive, member, key) are null in runs written before they existed
-        similarity=tables["similarity"].reindex(columns=[*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)]),
-        outliers=tables["outliers"].reindex(columns=[*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)]),
-        components=tables["components"].loc[:, list(COMPONENT_COLUMNS)],
-        invalid=tables["invalid"].reindex(columns=list(INVALID_COLUMNS)),
-        images=tables["stats"],
-        run=run,
-    )
+    return _result(col, _open_tables(wd, run), run)

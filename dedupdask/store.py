@@ -591,9 +591,32 @@ class WorkDir:
         (s3fs: aborts the upload). File systems without transactions commit on close.
         """
         src.seek(0)
+        self._upload_with(path, lambda out: shutil.copyfileobj(src, out, _COPY_BLOCK))
+
+    def write_joined(self, path: str, parts: Sequence[str]) -> None:
+        """Write the files ``parts``, one after the other, to ``path``, atomically.
+
+        The bytes stream through this process one block (``_COPY_BLOCK``) at a time: a local
+        file is written under a temporary name and renamed; on an object store it is one
+        multipart upload that appears only when complete (object stores cannot append).
+        """
+
+        def copy(out: IO[bytes]) -> None:
+            for part in parts:
+                with self.fs.open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, _COPY_BLOCK)
+
+        if self.local:
+            with local_atomic_file(path) as f:
+                copy(f)
+        else:
+            self._call(self._upload_with, path, copy, path=path, action="write")
+
+    def _upload_with(self, path: str, copy: Callable[[IO[bytes]], None]) -> None:
+        """``copy(out)`` into ``path`` opened for a transactional upload (see :meth:`_upload`)."""
         out = self.fs.open(path, "wb", autocommit=False)
         try:
-            shutil.copyfileobj(src, out, _COPY_BLOCK)
+            copy(out)
             out.close()
         except BaseException:
             for step in (out.close, out.discard):  # the copy's error is the one to report
@@ -614,6 +637,18 @@ class WorkDir:
     def read_bytes(self, path: str) -> bytes:
         """The whole file (bounded retries on remote stores)."""
         return self._call(self.fs.cat_file, path, path=path, action="read")
+
+    def parquet_metadata(self, path: str) -> pq.FileMetaData:
+        """The footer of a Parquet file (schema, row count) without reading its data.
+
+        Raises ``FileNotFoundError`` or Arrow's error for a file that is not Parquet.
+        """
+
+        def footer() -> pq.FileMetaData:
+            with self.fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).metadata
+
+        return self._call(footer, path=path, action="read")
 
     def read_many(self, paths: Sequence[str], batch: int = READ_BATCH) -> dict[str, bytes]:
         """Whole files, ``batch`` at a time in one ``fs.cat`` of a list (concurrent GETs on

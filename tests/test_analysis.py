@@ -301,10 +301,10 @@ def _index_of(wd: str) -> dict[str, int]:
 
 def _tables(res) -> dict[str, pd.DataFrame]:
     return {
-        "similarity": res.similarity,
-        "outliers": res.outliers,
-        "components": res.components,
-        "invalid": res.invalid,
+        "similarity": res.similarity.compute(),
+        "outliers": res.outliers.compute(),
+        "components": res.components.compute(),
+        "invalid": res.invalid.compute(),
         "remove": res.duplicates_to_remove(),
     }
 
@@ -403,7 +403,7 @@ def test_mixing_models_raises(dataset, tmp_path):
 
 
 def _kinds(res) -> dict[tuple[int, int], str]:
-    s = res.similarity
+    s = res.similarity.compute()
     return dict(zip(zip(s["from"], s["to"], strict=True), s["kind"], strict=True))
 
 
@@ -415,10 +415,10 @@ def test_equal_model_inputs_are_not_exact(tmp_path):
     res = build(str(tmp_path), config=dataclasses.replace(CFG, verify=False))
     index = _index_of(str(tmp_path))
     kinds = _kinds(res)
-    s = res.similarity
+    s = res.similarity.compute()
     sims = dict(zip(zip(s["from"], s["to"], strict=True), s["similarity"], strict=True))
-    comp = res.components.set_index("index")["component_id"]
-    nearest = dict(zip(res.outliers["index"], res.outliers["nearest"], strict=True))
+    comp = res.components.compute().set_index("index")["component_id"]
+    nearest = dict(zip(res.outliers.compute()["index"], res.outliers.compute()["nearest"], strict=True))
     for g in ds.input_pairs:
         a, b = sorted(index[f] for f in g)
         assert kinds[(a, b)] == "near" and sims[(a, b)] == 1.0
@@ -452,7 +452,7 @@ def test_work_dir_without_decode_version_reads_its_pixel_md5_as_input_md5(tmp_pa
         for a, b in itertools.combinations(sorted(index[f] for f in g), 2):
             assert kinds[(a, b)] == ("exact" if same_bytes else "near")
     again = load(str(tmp_path))
-    pd.testing.assert_frame_equal(again.similarity, res.similarity)
+    pd.testing.assert_frame_equal(again.similarity.compute(), res.similarity.compute())
 
 
 def test_mixing_decode_versions_raises(dataset, tmp_path, capsys):
@@ -497,7 +497,7 @@ def test_planted_duplicates_precision_recall(dataset, built):
     name = {i: f for f, i in index.items()}
     found = {
         tuple(sorted((name[a], name[b])))
-        for a, b in zip(res.similarity["from"], res.similarity["to"], strict=True)
+        for a, b in zip(res.similarity.compute()["from"], res.similarity.compute()["to"], strict=True)
     }
     planted = dataset.pairs()
     tp = len(found & planted)
@@ -506,14 +506,14 @@ def test_planted_duplicates_precision_recall(dataset, built):
         f"similarity: {len(planted)} planted pairs, precision {precision:.4f}, recall {recall:.4f}"
     )
     assert precision >= 0.99 and recall >= 0.99
-    assert (res.similarity["from"] < res.similarity["to"]).all()
-    assert not res.similarity.duplicated(["from", "to"]).any()
-    assert res.similarity["similarity"].is_monotonic_decreasing
+    assert (res.similarity.compute()["from"] < res.similarity.compute()["to"]).all()
+    assert not res.similarity.compute().duplicated(["from", "to"]).any()
+    assert res.similarity.compute()["similarity"].is_monotonic_decreasing
     # exact groups are pairs with similarity exactly 1.0
     sim = {
         (a, b): s
         for a, b, s in zip(
-            res.similarity["from"], res.similarity["to"], res.similarity["similarity"], strict=True
+            res.similarity.compute()["from"], res.similarity.compute()["to"], res.similarity.compute()["similarity"], strict=True
         )
     }
     for g in dataset.exact_groups:
@@ -523,7 +523,7 @@ def test_planted_duplicates_precision_recall(dataset, built):
     assert res.run["counts"]["representatives"] == len(index) - sum(
         len(g) - 1 for g in dataset.exact_groups
     )
-    assert set(res.similarity["filename_from"]) <= set(index)
+    assert set(res.similarity.compute()["filename_from"]) <= set(index)
 
 
 def test_components_line_up_with_dat_csv(dataset, built):
@@ -551,15 +551,15 @@ def test_outliers_rank_on_top(dataset, built):
     index = _index_of(wd)
     n_out = len(res.outliers)
     assert n_out == int(np.ceil(0.01 * len(index)))
-    top = set(res.outliers["filename"].head(len(dataset.outliers)))
+    top = set(res.outliers.compute()["filename"].head(len(dataset.outliers)))
     assert top == dataset.outliers
-    assert res.outliers["similarity"].is_monotonic_increasing
+    assert res.outliers.compute()["similarity"].is_monotonic_increasing
     csv = pd.read_csv(f"{wd}/outliers.csv")
     assert (
         list(csv.columns) == ["from", "to", "distance"]
         and csv["distance"].is_monotonic_increasing is False
     )
-    assert csv["from"].iloc[-1] == res.outliers["index"].iloc[0]
+    assert csv["from"].iloc[-1] == res.outliers.compute()["index"].iloc[0]
 
 
 def test_duplicates_to_remove_keeps_one_per_component(dataset, built):
@@ -594,7 +594,7 @@ def test_csv_files(dataset, built):
     assert list(sim.columns) == ["from", "to", "distance"] and len(sim) == 2 * len(res.similarity)
     assert sim["distance"].is_monotonic_decreasing
     assert set(zip(sim["from"], sim["to"], strict=True)) >= set(
-        zip(res.similarity["to"], res.similarity["from"], strict=True)
+        zip(res.similarity.compute()["to"], res.similarity.compute()["from"], strict=True)
     )
     stats = pd.read_csv(f"{wd}/atrain_stats.csv")
     assert list(stats.columns) == [
@@ -638,8 +638,8 @@ def test_model_thresholds_and_config(dataset, built, tmp_path):
         write=False,
     )
     assert strict.params["threshold"] == 0.999
-    assert (strict.similarity["similarity"] >= 0.999).all() and len(strict.similarity) < len(
-        res.similarity
+    assert (strict.similarity.compute()["similarity"] >= 0.999).all() and len(strict.similarity) < len(
+        res.similarity.compute()
     )
 
 
@@ -708,8 +708,8 @@ def test_end_to_end_on_sample_shards(tmp_path):
         res = build(wd, config=RunConfig(run_mode=2, progress=False))
     index = _index_of(wd)
     assert len(index) == len(res.components) == res.embeddings.shape[0]
-    pairs = {(a, b) for a, b in zip(res.similarity["from"], res.similarity["to"], strict=True)}
-    comp = res.components.set_index("index")["component_id"]
+    pairs = {(a, b) for a, b in zip(res.similarity.compute()["from"], res.similarity.compute()["to"], strict=True)}
+    comp = res.components.compute().set_index("index")["component_id"]
     planted = set()
     for a, b, edit in shards.truth.itertuples(index=False):
         i, j = sorted((index[a], index[b]))
@@ -720,11 +720,11 @@ def test_end_to_end_on_sample_shards(tmp_path):
     precision, recall = tp / max(1, len(pairs)), tp / len(planted)
     print(f"sample shards (dct): precision {precision:.3f}, recall {recall:.3f}")
     assert precision >= 0.9 and recall >= 0.75
-    bad = set(zip(res.invalid["filename"], res.invalid["error_code"], strict=True))
+    bad = set(zip(res.invalid.compute()["filename"], res.invalid.compute()["error_code"], strict=True))
     expected = {(f, e) for f, e in shards.broken.itertuples(index=False) if e != "skipped"}
     assert bad == expected
     back = load(wd)
-    pd.testing.assert_frame_equal(back.components, res.components)
+    pd.testing.assert_frame_equal(back.components.compute(), res.components.compute())
 
 
 def test_large_exact_groups_stay_bounded():

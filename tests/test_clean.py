@@ -131,7 +131,7 @@ def test_a_run_on_the_clean_shards_finds_no_duplicates(run, tmp_path):
     ddk.write_clean_shards(res, out2, client="sync")
     again2 = ddk.run(out2, str(tmp_path / "wd3"), model_path="dct", client="sync", progress=False)
     pairs = {(a.rsplit("/", 1)[1], b.rsplit("/", 1)[1]) for a, b in
-             zip(again2.similarity["filename_from"], again2.similarity["filename_to"], strict=True)}
+             zip(again2.similarity.compute()["filename_from"], again2.similarity.compute()["filename_to"], strict=True)}
     assert pairs == {("a003.jpg", "a_multi.jpg")}
 
 

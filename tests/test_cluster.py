@@ -53,10 +53,10 @@ def test_run_through_shell_cluster_equals_sync(cluster, sample_shards, tmp_path,
     ref = ddk.run(sample_shards.root, str(tmp_path / "s"), client="sync", **kw)
     assert (res.extract_report["status"] == "done").all()
     assert snapshot(tmp_path / "c") == snapshot(tmp_path / "s")
-    pd.testing.assert_frame_equal(res.similarity, ref.similarity)
-    pd.testing.assert_frame_equal(res.components, ref.components)
-    pd.testing.assert_frame_equal(res.outliers, ref.outliers)
-    pd.testing.assert_frame_equal(res.issues, ref.issues)  # per archive on the workers vs in process
+    pd.testing.assert_frame_equal(res.similarity.compute(), ref.similarity.compute())
+    pd.testing.assert_frame_equal(res.components.compute(), ref.components.compute())
+    pd.testing.assert_frame_equal(res.outliers.compute(), ref.outliers.compute())
+    pd.testing.assert_frame_equal(res.issues.compute(), ref.issues.compute())  # per archive on the workers vs in process
     assert res.run["issues"]["outlier_groups"] == ref.run["issues"]["outlier_groups"]
     assert res.run["issues"]["outlier_groups"]["searched_members"] > 0
 
@@ -127,4 +127,4 @@ def test_offset_jobs_then_build_equal_one_job(cluster, sample_shards, tmp_path, 
     one = ddk.run(sample_shards.root, str(whole), model_path="dct", client=cluster, progress=False)
     assert snapshot(shared) == snapshot(whole)
     for table in ("similarity", "outliers", "components", "invalid"):
-        pd.testing.assert_frame_equal(getattr(parts, table), getattr(one, table), obj=table)
+        pd.testing.assert_frame_equal(getattr(parts, table).compute(), getattr(one, table).compute(), obj=table)

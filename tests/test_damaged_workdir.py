@@ -163,12 +163,12 @@ RESULTS_CASES = [
      lambda wd: _write(wd, "results/run.json", json.dumps({"archives": [{"name": 1}]}).encode()), "archives"),
     ("run-json-archives-type", "results/run.json",
      lambda wd: _write(wd, "results/run.json", json.dumps({"archives": "all"}).encode()), "archives"),
-    ("similarity-garbage", "results/similarity.parquet",
-     lambda wd: _write(wd, "results/similarity.parquet", b"PAR1 garbage"), "Parquet"),
-    ("outliers-no-columns", "results/outliers.parquet",
-     _edit_parquet(lambda t: t.drop_columns(["nearest"]), "results/outliers.parquet"), "nearest"),
-    ("components-truncated", "results/components.parquet",
-     _truncate("results/components.parquet"), "Parquet"),
+    ("similarity-garbage", "results/similarity/part.0.parquet",
+     lambda wd: _write(wd, "results/similarity/part.0.parquet", b"PAR1 garbage"), "Parquet"),
+    ("outliers-no-columns", "results/outliers/part.0.parquet",
+     _edit_parquet(lambda t: t.drop_columns(["nearest"]), "results/outliers/part.0.parquet"), "nearest"),
+    ("components-truncated", "results/components/part.0.parquet",
+     _truncate("results/components/part.0.parquet"), "Parquet"),
     # per-archive files are checked when loading too
     ("load-done-array", "done.json", lambda wd: _write(wd, "done.json", b"[]"), "array"),
 ]

@@ -95,7 +95,7 @@ def _build(work) -> ddk.DedupResult:
 
 
 def _kinds(res) -> dict[frozenset, tuple[str, float]]:
-    s = res.similarity
+    s = res.similarity.compute()
     return {
         frozenset((f.rsplit("/", 1)[1], t.rsplit("/", 1)[1])): (k, v)
         for f, t, k, v in zip(s["filename_from"], s["filename_to"], s["kind"], s["verify_score"], strict=True)
@@ -141,7 +141,7 @@ def test_exact_only_for_identical_files_or_full_resolution_pixels(planted):
         k, score = kind(*pair)
         assert k in ("copy", "near") and score >= 0.9, (pair, k, score)  # verified
     assert kind("rot_exif.jpg", "rot_twin.jpg")[0] in ("copy", "near")
-    comp = res.components.set_index("index")["component_id"]
+    comp = res.components.compute().set_index("index")["component_id"]
     names = res.files.compute().dropna(subset=["index"]).set_index("member")["index"].astype(int)
     assert comp[names["a.png"]] == comp[names["b.png"]] == comp[names["a.bmp"]]
     counts = res.run["counts"]

@@ -187,7 +187,7 @@ def test_galleries_pages_rows_and_protocols(run_dir, pages):
     assert pages["duplicates"].n_rows == min(20, n_pairs) > 0
     assert pages["duplicates"].n_thumbnails == 2 * pages["duplicates"].n_rows
     assert pages["outliers"].n_rows == min(20, len(res.outliers)) > 0
-    sizes = res.components.drop_duplicates("component_id")["component_size"]
+    sizes = res.components.compute().drop_duplicates("component_id")["component_size"]
     assert pages["components"].n_rows == min(20, int((sizes >= 2).sum())) > 0
     assert pages["blur"].n_rows == 20
     dup = open(pages["duplicates"].path, encoding="utf-8").read()
@@ -219,7 +219,7 @@ def test_gallery_functions_options_and_work_dir_path(run_dir, tmp_path):
                                       descending=False)  # fmt: skip
     assert g.path == str(tmp_path / "one.html") and g.n_rows == 3
     sims = [float(x) for x in re.findall(r'similarity ([0-9.]+)</span>', g.html)]
-    assert sims == sorted(sims) and sims[0] == pytest.approx(res.similarity["similarity"].min(), abs=1e-4)
+    assert sims == sorted(sims) and sims[0] == pytest.approx(res.similarity.compute()["similarity"].min(), abs=1e-4)
     g = ddk.create_duplicates_gallery(res, tmp_path, threshold=1.01)
     assert g.n_rows == 0 and "no pair of images" in g.html
     g = ddk.create_components_gallery(res, tmp_path, num_images=1, max_items=1)

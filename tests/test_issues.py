@@ -169,7 +169,7 @@ def grouped_run(tmp_path_factory):
 
 
 def _flagged(res, issue: str) -> set[str]:
-    rows = res.issues[res.issues["issue"] == issue]
+    rows = res.issues[res.issues["issue"] == issue].compute()
     return {m.rsplit(".", 1)[0] for m in rows["member"]}
 
 
@@ -254,12 +254,12 @@ def test_done_json_records_the_stats_version(junk_run):
 def test_each_type_flags_its_junk(junk_run, key):
     res, _ = junk_run
     for issue in _junk()[key][1]:
-        assert key in {m[2:] for m in _flagged(res, issue)}, (key, issue, res.issues.to_string())
+        assert key in {m[2:] for m in _flagged(res, issue)}, (key, issue, res.issues.compute().to_string())
 
 
 def test_natural_pictures_are_not_flagged(junk_run):
     res, _ = junk_run
-    stat = res.issues[~res.issues["issue"].str.endswith("_duplicate")]
+    stat = res.issues[~res.issues["issue"].str.endswith("_duplicate")].compute()
     natural = stat[stat["member"].str.startswith("n")]
     assert natural.empty, natural.to_string()
     # and every junk image is flagged only by what it is (+ the low information of blank pages)
@@ -271,7 +271,7 @@ def test_natural_pictures_are_not_flagged(junk_run):
 
 def test_grouped_junk_is_an_outlier_but_not_in_outliers_csv(grouped_run):
     res, _ = grouped_run
-    out = res.issues[res.issues["issue"] == "outlier"]
+    out = res.issues[res.issues["issue"] == "outlier"].compute()
     assert set(out["member"].str[:2]) == {"b_"}, out.to_string()  # the pages, no natural picture
     same = out[out["member"].str.startswith("b_same")]
     near = out[out["member"].str.startswith("b_near")]
@@ -285,7 +285,7 @@ def test_grouped_junk_is_an_outlier_but_not_in_outliers_csv(grouped_run):
     about = res.run["issues"]["outlier_groups"]
     assert about["searched_members"] > 0 and about["largest_labelled"] >= 6
     # fastdup's meaning: their nearest neighbour is their twin, so outliers.csv never lists them
-    listed = set(members.reindex(res.outliers["index"]).astype(str))
+    listed = set(members.reindex(res.outliers["index"].compute()).astype(str))
     assert not any(m.startswith("b_") for m in listed)
     assert res.summary()["issues"]["outlier"] == 12
 
@@ -294,7 +294,7 @@ def test_overrides_per_type(junk_run):
     res, work = junk_run
     cfg = RunConfig(run_mode=2, progress=False, issue_thresholds={"odd_aspect_ratio": 0, "dark": 0.9})
     res2 = ddk.results.build(work, config=cfg, write=False)
-    assert "odd_aspect_ratio" not in set(res2.issues["issue"])
+    assert "odd_aspect_ratio" not in set(res2.issues["issue"].compute())
     assert len(_flagged(res2, "dark")) > len(_flagged(res, "dark"))
     assert res2.run["issues"]["set_by_user"] == {"dark": 0.9, "odd_aspect_ratio": 0.0}
     # low_information's one cut-off applies to the minimum of its parts
@@ -302,7 +302,8 @@ def test_overrides_per_type(junk_run):
     for cut in (0.0, 0.7):
         res3 = ddk.results.build(work, config=RunConfig(run_mode=2, progress=False,
                                                         issue_thresholds={"low_information": cut}), write=False)  # fmt: skip
-        got = set(res3.issues.loc[res3.issues["issue"] == "low_information", "index"])
+        issues3 = res3.issues.compute()
+        got = set(issues3.loc[issues3["issue"] == "low_information", "index"])
         assert got == set(scores.index[scores["low_information"] < np.float32(cut)])
         assert (len(got) > len(_flagged(res, "low_information"))) == (cut > 0)
     assert res2.run["issues"]["resolved"]["dark"] == 0.9
@@ -319,15 +320,15 @@ def test_files_and_load_round_trip(grouped_run):
     assert list(res.issues.columns) == list(ISSUE_COLUMNS) and len(res.issues)
     csv = pd.read_csv(os.path.join(work, "image_issues.csv"), keep_default_na=False, na_values=[""])
     assert list(csv.columns) == list(ISSUE_COLUMNS) and len(csv) == len(res.issues)
-    assert csv["index"].tolist() == res.issues["index"].tolist()
-    assert csv["issue"].tolist() == res.issues["issue"].tolist()
+    assert csv["index"].tolist() == res.issues["index"].compute().tolist()
+    assert csv["issue"].tolist() == res.issues["issue"].compute().tolist()
     back = ddk.load(work)
-    pd.testing.assert_frame_equal(back.issues, res.issues)
+    pd.testing.assert_frame_equal(back.issues.compute(), res.issues.compute())
     assert back.summary()["issues"] == res.summary()["issues"]
     run = json.loads(open(os.path.join(work, "results", "run.json")).read())
     assert run["issues"]["resolved"] == issue_row_for("effnet-lite0").to_dict()
     # exact duplicates point at their pair; every duplicate row has one
-    dup = res.issues[res.issues["issue"].str.endswith("_duplicate")]
+    dup = res.issues[res.issues["issue"].str.endswith("_duplicate")].compute()
     assert len(dup) and dup["other"].notna().all()
     exact = dup[dup["issue"] == "exact_duplicate"]
     assert set(exact["member"]) == {f"b_same{i}.png" for i in range(6)}
@@ -364,8 +365,8 @@ def test_find_issues_on_the_workers_path_gives_the_same_table(junk_run):
     info = valid.set_index(valid["index"].astype("int64"))[["filename", "archive", "member", "key"]]
     t = issue_row_for("effnet-lite0")
     graph = (np.full((reps.size, 1), -1), np.zeros((reps.size, 1), np.float32))
-    a, about_a = find_issues(col, files, groups, reps, graph, res.similarity, t, info)
-    b, about_b = find_issues(col, None, groups, reps, graph, res.similarity, t, info)
+    a, about_a = find_issues(col, files, groups, reps, graph, res.similarity.compute(), t, info)
+    b, about_b = find_issues(col, None, groups, reps, graph, res.similarity.compute(), t, info)
     pd.testing.assert_frame_equal(a, b)
     assert about_a["size_reference"] == about_b["size_reference"]
 
@@ -399,7 +400,7 @@ def test_old_work_dir_without_the_new_stats(junk_run, tmp_path):
     res, work = junk_run
     old = _old_work_dir(work, tmp_path / "old", 1)
     res1 = ddk.run(None, str(old), run_mode=2, client="sync", progress=False)
-    got = set(res1.issues["issue"])
+    got = set(res1.issues["issue"].compute())
     assert not got & {"dark", "light", "grayscale"}
     assert {"odd_size", "odd_aspect_ratio", "blurry", "noisy", "low_information"} <= got
     assert {"j_blurred", "j_noise"} <= _flagged(res1, "low_information") <= _flagged(res, "low_information")
@@ -552,7 +553,7 @@ def test_issue_galleries(junk_run, grouped_run, tmp_path):
         "issue_outlier"].html  # fmt: skip
     grouped, gwork = grouped_run
     out = ddk.create_issues_gallery(gwork, str(tmp_path / "out"), issue="outlier")
-    n_groups = grouped.issues.loc[grouped.issues["issue"] == "outlier", "group"].nunique()
+    n_groups = grouped.issues.loc[grouped.issues["issue"] == "outlier", "group"].nunique().compute()
     assert out.n_rows == n_groups and "group of " in out.html and "nearest other image" in out.html
     assert out.n_missing == 0 and out.n_thumbnails >= 12
     g = ddk.create_issues_gallery(gwork, str(tmp_path / "one"), issue="exact_duplicate")

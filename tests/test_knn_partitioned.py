@@ -198,19 +198,19 @@ def work(tmp_path_factory):
 
 def compare(single, part, ds, *, min_recall: float = 0.99, min_outliers: float = 0.9) -> None:
     """Similar pairs, components and removals as on the single-task path; outliers close."""
-    a = set(zip(single.similarity["from"], single.similarity["to"], strict=True))
-    b = set(zip(part.similarity["from"], part.similarity["to"], strict=True))
+    a = set(zip(single.similarity.compute()["from"], single.similarity.compute()["to"], strict=True))
+    b = set(zip(part.similarity.compute()["from"], part.similarity.compute()["to"], strict=True))
     assert len(a & b) / len(a) >= min_recall
     assert not b - a, f"pairs the exact graph does not have: {sorted(b - a)[:5]}"
-    both = part.similarity.merge(single.similarity, on=["from", "to"], suffixes=("", "_1"))
+    both = part.similarity.compute().merge(single.similarity.compute(), on=["from", "to"], suffixes=("", "_1"))
     assert np.allclose(both["similarity"], both["similarity_1"], atol=2e-6)
-    pd.testing.assert_frame_equal(single.components, part.components)
+    pd.testing.assert_frame_equal(single.components.compute(), part.components.compute())
     pd.testing.assert_frame_equal(single.duplicates_to_remove(), part.duplicates_to_remove())
-    o1, o2 = set(single.outliers["index"]), set(part.outliers["index"])
+    o1, o2 = set(single.outliers.compute()["index"]), set(part.outliers.compute()["index"])
     assert len(o1 & o2) >= min_outliers * len(o1), (len(o1 & o2), len(o1))
-    assert ds.outliers <= set(part.outliers["filename"]), "a planted outlier is missing"
+    assert ds.outliers <= set(part.outliers.compute()["filename"]), "a planted outlier is missing"
     # a partitioned graph can miss a nearest neighbour, never find one better than exact
-    near = part.outliers.merge(single.outliers, on="index", suffixes=("", "_1"))
+    near = part.outliers.compute().merge(single.outliers.compute(), on="index", suffixes=("", "_1"))
     assert (near["similarity"] <= near["similarity_1"] + 2e-6).all()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 
+import dask.dataframe as dd
 import pandas as pd
 import pytest
 from cleandata import NAMES, make_clean_shards
@@ -93,7 +94,7 @@ def test_issue_types_and_outliers_as_reasons(run):
     assert got["a_blank"]["reason"] == "low_information"
     assert "a_blank" not in _by_key(res.removals().compute())
     out = res.removals(outliers=True).compute()
-    flagged = set(res.files.compute().set_index("index").loc[res.outliers["index"], "key"])
+    flagged = set(res.files.compute().set_index("index").loc[res.outliers.compute()["index"], "key"])
     assert flagged <= set(out["key"])
     assert (out.set_index("key").loc[sorted(flagged), "reason"] == "outlier").all()
     with pytest.raises(ValueError, match="unknown issue type 'blury'"):
@@ -105,8 +106,9 @@ def test_a_flagged_image_is_never_the_kept_one(run):
     # drop a000 for an issue: its exact copy b_copy0 becomes the component's kept image
     issues = res.issues
     a000 = int(res.files.compute().set_index("key").loc["a000", "index"])
-    fake = pd.DataFrame([{**issues.iloc[0].to_dict(), "index": a000, "issue": "dark"}])
-    res.issues = pd.concat([issues, fake], ignore_index=True)
+    first = issues.head(1)
+    fake = pd.DataFrame([{**first.iloc[0].to_dict(), "index": a000, "issue": "dark"}]).astype(first.dtypes)
+    res.issues = dd.concat([issues, dd.from_pandas(fake, npartitions=1)])
     try:
         got = _by_key(res.removals(remove_issues=["dark"]).compute())
     finally:
@@ -137,17 +139,17 @@ def test_write_removals_and_cli(run, tmp_path, capsys):
 def test_tables_that_name_an_image_carry_archive_member_key(run, tmp_path):
     shards, res = run
     for r in (res, ddk.load(res.work_dir)):
-        sim = r.similarity
+        sim = r.similarity.compute()
         for sfx in ("_from", "_to"):
             assert (sim[f"archive{sfx}"] + "/" + sim[f"member{sfx}"] == sim[f"filename{sfx}"]).all()
             assert (sim[f"member{sfx}"].str.rsplit(".", n=1).str[0] == sim[f"key{sfx}"]).all()
-        out = r.outliers
+        out = r.outliers.compute()
         assert (out["archive"] + "/" + out["member"] == out["filename"]).all()
         assert (out["archive_nearest"] + "/" + out["member_nearest"] == out["filename_nearest"]).all()
-        assert r.invalid["key"].tolist() == ["a_broken"]
+        assert r.invalid.compute()["key"].tolist() == ["a_broken"]
         assert {"archive", "member", "key"} <= set(r.stats.columns)
     sub = next(p for p in shards.paths.values() if "/sub/" in p)
-    assert sub in set(res.similarity["archive_to"])  # a nested archive, split without guessing
+    assert sub in set(res.similarity.compute()["archive_to"])  # a nested archive, split without guessing
 
 
 def test_runs_written_before_the_name_columns_still_load(run, tmp_path):
@@ -158,8 +160,8 @@ def test_runs_written_before_the_name_columns_still_load(run, tmp_path):
     shutil.copytree(res.work_dir, wd)
     for table, drop in (("similarity", ["archive_from", "key_to"]), ("outliers", ["key", "member_nearest"]),
                         ("invalid", ["key"])):  # fmt: skip
-        path = wd / "results" / f"{table}.parquet"
+        path = wd / "results" / table / "part.0.parquet"
         pd.read_parquet(path).drop(columns=drop).to_parquet(path)
     old = ddk.load(str(wd))
-    assert old.similarity["archive_from"].isna().all() and old.invalid["key"].isna().all()
+    assert old.similarity.compute()["archive_from"].isna().all() and old.invalid.compute()["key"].isna().all()
     assert len(old.removals().compute()) == len(res.removals().compute())

@@ -221,7 +221,7 @@ def tier_run(tmp_path_factory):
 
 
 def _kinds(res) -> dict[tuple[str, str], str]:
-    s = res.similarity
+    s = res.similarity.compute()
     return {
         tuple(sorted((a, b))): k
         for a, b, k in zip(s["filename_from"], s["filename_to"], s["kind"], strict=True)
@@ -239,7 +239,7 @@ def test_each_kind_is_labelled_right(tier_run):
             assert got is None, f"look-alike {a} {b} reported as {got}"
         else:
             assert got in expected[edit], f"{edit}: {a} {b} -> {got}"
-    sim = res.similarity
+    sim = res.similarity.compute()
     assert not sim.duplicated(["from", "to"]).any()
     assert set(sim["kind"]) <= {"exact", "copy", "near"}
     near = sim[sim["kind"] == "near"]
@@ -272,12 +272,12 @@ def test_run_json_reports_candidates_and_cost(tier_run):
     csv = pd.read_csv(f"{wd}/similarity.csv")
     assert list(csv.columns) == ["from", "to", "distance"] and len(csv) == 2 * len(res.similarity)
     back = load(wd)
-    pd.testing.assert_frame_equal(back.similarity, res.similarity, check_dtype=False)
+    pd.testing.assert_frame_equal(back.similarity.compute(), res.similarity.compute(), check_dtype=False)
 
 
 def test_components_use_fused_pairs(tier_run):
     wd, res, truth = tier_run
-    comp = dict(zip(res.components["index"], res.components["component_id"], strict=True))
+    comp = dict(zip(res.components.compute()["index"], res.components.compute()["component_id"], strict=True))
     index = {f: i for i, f in enumerate(pd.read_csv(f"{wd}/atrain_features.dat.csv")["filename"])}
     for a, b, edit in truth.itertuples(index=False):
         same = comp[index[a]] == comp[index[b]]
@@ -296,8 +296,8 @@ def test_local_cluster_gives_the_same_result(tier_run):
     ):
         dist = build(wd, config=RunConfig(run_mode=2, progress=False), client=client, write=False)
         assert dist.run["verification"]["tasks"] >= 2
-    pd.testing.assert_frame_equal(dist.similarity, res.similarity)
-    pd.testing.assert_frame_equal(dist.components, res.components)
+    pd.testing.assert_frame_equal(dist.similarity.compute(), res.similarity.compute())
+    pd.testing.assert_frame_equal(dist.components.compute(), res.components.compute())
 
 
 def test_template_stacks_match_the_direct_correlation():
@@ -357,7 +357,7 @@ def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, mo
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
     assert any(str(n).startswith(("score_pairs", "_score_ranged")) for n in names), sorted(names)[:10]
     assert not any(str(n).startswith("dedupdask-vectors") for n in names)
-    pd.testing.assert_frame_equal(out.similarity, res.similarity)
+    pd.testing.assert_frame_equal(out.similarity.compute(), res.similarity.compute())
 
 
 def test_many_pairs_without_a_cluster_are_scored_on_local_processes(tier_run, monkeypatch):
@@ -378,7 +378,7 @@ def test_many_pairs_without_a_cluster_are_scored_on_local_processes(tier_run, mo
     with dask.config.set(scheduler="threads"):
         out = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
     assert started and out.run["verification"]["tasks"] >= 2
-    pd.testing.assert_frame_equal(out.similarity, res.similarity)
+    pd.testing.assert_frame_equal(out.similarity.compute(), res.similarity.compute())
 
 
 def test_ranged_reads_score_like_streamed_archives(tier_run, monkeypatch):
@@ -394,8 +394,8 @@ def test_ranged_reads_score_like_streamed_archives(tier_run, monkeypatch):
     ver = ranged.run["verification"]
     assert ver["ranged_pairs"] == ver["candidates"] > 7 and ver["tasks"] >= 2
     assert ver["archives_read"] == res.run["verification"]["archives_read"]
-    pd.testing.assert_frame_equal(ranged.similarity, res.similarity)
-    pd.testing.assert_frame_equal(ranged.components, res.components)
+    pd.testing.assert_frame_equal(ranged.similarity.compute(), res.similarity.compute())
+    pd.testing.assert_frame_equal(ranged.components.compute(), res.components.compute())
 
 
 def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
@@ -424,5 +424,5 @@ def test_archive_pair_tasks_score_like_one_task_per_worker(tier_run, monkeypatch
     split = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
     ver = split.run["verification"]
     assert ver["ranged_pairs"] == 0 and ver["tasks"] > ver["archives_read"] + 1
-    pd.testing.assert_frame_equal(split.similarity, res.similarity)
-    pd.testing.assert_frame_equal(split.components, res.components)
+    pd.testing.assert_frame_equal(split.similarity.compute(), res.similarity.compute())
+    pd.testing.assert_frame_equal(split.components.compute(), res.components.compute())

@@ -53,6 +53,7 @@ __all__ = [
     "COMPONENT_COLUMNS",
     "DaskComponents",
     "PARTITION_ROWS",
+    "components_frame_of_groups",
     "components_of_groups",
     "components_table_dask",
 ]
@@ -439,6 +440,41 @@ EDGE_PARTITION_ROWS = 4_000_000
 """Edges per partition when :func:`components_of_groups` makes a Dask DataFrame of them."""
 
 
+def components_frame_of_groups(
+    groups: ExactGroups,
+    edges: tuple[np.ndarray, np.ndarray],
+    *,
+    partition_rows: int = PARTITION_ROWS,
+) -> Any:
+    """:func:`components_of_groups` left on the workers: the persisted Dask DataFrame
+    (:data:`COMPONENT_COLUMNS`, int64, one partition per ``partition_rows`` images in index
+    order), nothing gathered.
+
+    Examples
+    --------
+    >>> import dask
+    >>> from dedupdask.analyses import exact_groups
+    >>> g = exact_groups(["a", "a", "b", "c"])
+    >>> with dask.config.set(scheduler="sync"):
+    ...     t = components_frame_of_groups(g, (np.array([2]), np.array([1]))).compute()
+    >>> t.values.tolist()
+    [[0, 0, 3], [1, 0, 3], [2, 0, 3], [3, 3, 1]]
+    """
+    import dask.dataframe as dd
+
+    n = groups.n
+    rep = groups.rep
+    linked = np.flatnonzero(rep != np.arange(n))
+    a = np.concatenate([np.asarray(edges[0], dtype=_I64), linked])
+    b = np.concatenate([np.asarray(edges[1], dtype=_I64), rep[linked]])
+    frame = pd.DataFrame({"from": a, "to": b})
+    parts = max(1, math.ceil(len(frame) / EDGE_PARTITION_ROWS))
+    res = components_table_dask(
+        dd.from_pandas(frame, npartitions=parts, sort=False), n, partition_rows=partition_rows
+    )
+    return res.table
+
+
 def components_of_groups(
     groups: ExactGroups,
     edges: tuple[np.ndarray, np.ndarray],
@@ -461,20 +497,9 @@ def components_of_groups(
     >>> t.values.tolist()
     [[0, 0, 3], [1, 0, 3], [2, 0, 3], [3, 3, 1]]
     """
-    import dask.dataframe as dd
-
-    n = groups.n
-    rep = groups.rep
-    linked = np.flatnonzero(rep != np.arange(n))
-    a = np.concatenate([np.asarray(edges[0], dtype=_I64), linked])
-    b = np.concatenate([np.asarray(edges[1], dtype=_I64), rep[linked]])
-    frame = pd.DataFrame({"from": a, "to": b})
-    parts = max(1, math.ceil(len(frame) / EDGE_PARTITION_ROWS))
-    res = components_table_dask(
-        dd.from_pandas(frame, npartitions=parts, sort=False), n, partition_rows=partition_rows
-    )
+    table = components_frame_of_groups(groups, edges, partition_rows=partition_rows)
     from ..scheduler import gather_frames
 
-    (table,) = gather_frames(res.table)
+    (table,) = gather_frames(table)
     table = table.reset_index(drop=True)
     return table.astype({c: _I64 for c in COMPONENT_COLUMNS}).loc[:, list(COMPONENT_COLUMNS)]
