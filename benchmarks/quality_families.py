@@ -147,8 +147,8 @@ def run_dedupdask(root: Path, wd: Path, cores: int, keypoints: bool = False) -> 
     from distributed import Client, LocalCluster
 
     import dedupdask as ddk
+    from dedupdask.analysis import build
     from dedupdask.config import RunConfig
-    from dedupdask.results import build
 
     out: dict[str, Any] = {}
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \

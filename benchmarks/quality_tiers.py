@@ -421,8 +421,8 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
     import quality  # noqa: PLC0415 - same folder
 
     import dedupdask as ddk
+    from dedupdask.analysis import build
     from dedupdask.config import RunConfig
-    from dedupdask.results import build
     from dedupdask.thresholds import row_for
 
     p = lambda *a: print(*a, file=out)  # noqa: E731

@@ -1,6 +1,6 @@
 """Fusion stage: the duplicate tiers of one analysis run, from kNN graphs to accepted pairs.
 
-Given the exact groups and the embedding kNN graph that :func:`dedupdask.results.build`
+Given the exact groups and the embedding kNN graph that :func:`dedupdask.analysis.build`
 computed, :func:`run_tiers` builds the DCT kNN graph (63-d ``dct.dat`` vectors, stacked like
 the embeddings, one block per archive), collects the candidate pairs of every tier
 (:func:`dedupdask.analyses.tiers.candidate_pairs`), fills in the similarity a graph did not

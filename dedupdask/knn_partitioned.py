@@ -1,6 +1,6 @@
 """kNN stage, partitioned: the kNN graph of more vectors than one task may hold, on Dask.
 
-:func:`knn_graph_work_dir` is what :func:`dedupdask.results.build` calls. It keeps the
+:func:`knn_graph_work_dir` is what :func:`dedupdask.analysis.build` calls. It keeps the
 single-task graph of :mod:`dedupdask.knn` while that task fits in the memory one task may use
 (``max_memory_per_task``; by default half of the smallest Dask worker's memory limit per
 thread, or half of this machine's memory without a distributed client), and otherwise -- or

@@ -377,8 +377,8 @@ def run(
             report = _extract(input_dir, work_dir, config, sched)
             if config.run_mode == 1:
                 return report
+        from .analysis import build as analyse
         from .knn_partitioned import parse_memory
-        from .results import build as analyse
 
         bound = parse_memory(config.max_client_memory, "max_client_memory")
         with sched.analysis(_in_process_bytes(work_dir, config), bound):

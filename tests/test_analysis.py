@@ -19,11 +19,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from dedupdask.analysis import build
 from dedupdask.collect import collect
 from dedupdask.config import RunConfig
 from dedupdask.decode import DECODE_VERSION
 from dedupdask.knn import ARGMAX_MAX_K, exact_knn, knn_graph, nndescent_knn, normalize_rows
-from dedupdask.results import build, load
+from dedupdask.results import load
 from dedupdask.store import WorkDir, empty_files_frame
 
 D = 64

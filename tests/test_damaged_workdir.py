@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import dedupdask as ddk
+from dedupdask.analysis import build
 from dedupdask.config import RunConfig
-from dedupdask.results import build
 from dedupdask.store import WorkDirError
 
 NAME = "00000.tar"  # the damaged archive (the first of the sample shards)

@@ -41,6 +41,7 @@ from dedupdask.analyses.tiers import (
     decide,
     expand_pairs,
 )
+from dedupdask.analysis import build
 from dedupdask.config import RunConfig
 from dedupdask.fusion import _image_info, pair_cosines
 from dedupdask.knn import exact_knn, exact_knn_block, knn_graph, knn_graph_dask, normalize_rows
@@ -52,7 +53,7 @@ from dedupdask.knn_partitioned import (
     spherical_kmeans,
 )
 from dedupdask.match import Prepared, match_score
-from dedupdask.results import build, load
+from dedupdask.results import load
 from dedupdask.store import WorkDir, empty_files_frame
 from dedupdask.verify import score_pairs, verify_pairs
 

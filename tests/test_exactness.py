@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 import dedupdask as ddk
+from dedupdask.analysis import build
 from dedupdask.config import RunConfig
 from dedupdask.datasets import random_picture, write_shard
 from dedupdask.decode import DECODE_VERSION, decode_image
 from dedupdask.readback import make_thumbnail
-from dedupdask.results import build
 from dedupdask.store import WorkDir
 
 

@@ -26,6 +26,7 @@ from dedupdask.analyses.issues import (
     size_histogram,
     size_reference,
 )
+from dedupdask.analysis import build as analyse
 from dedupdask.cli import main as cli_main
 from dedupdask.collect import collect
 from dedupdask.config import RunConfig
@@ -293,14 +294,14 @@ def test_grouped_junk_is_an_outlier_but_not_in_outliers_csv(grouped_run):
 def test_overrides_per_type(junk_run):
     res, work = junk_run
     cfg = RunConfig(run_mode=2, progress=False, issue_thresholds={"odd_aspect_ratio": 0, "dark": 0.9})
-    res2 = ddk.results.build(work, config=cfg, write=False)
+    res2 = analyse(work, config=cfg, write=False)
     assert "odd_aspect_ratio" not in set(res2.issues["issue"].compute())
     assert len(_flagged(res2, "dark")) > len(_flagged(res, "dark"))
     assert res2.run["issues"]["set_by_user"] == {"dark": 0.9, "odd_aspect_ratio": 0.0}
     # low_information's one cut-off applies to the minimum of its parts
     scores = res.issue_scores.compute(scheduler="sync").set_index("index")
     for cut in (0.0, 0.7):
-        res3 = ddk.results.build(work, config=RunConfig(run_mode=2, progress=False,
+        res3 = analyse(work, config=RunConfig(run_mode=2, progress=False,
                                                         issue_thresholds={"low_information": cut}), write=False)  # fmt: skip
         issues3 = res3.issues.compute()
         got = set(issues3.loc[issues3["issue"] == "low_information", "index"])
@@ -547,7 +548,7 @@ def test_issue_galleries(junk_run, grouped_run, tmp_path):
     assert "j_solid.png" in low.html and "low_information 0.000" in low.html
     # the page of text is the one outlier among the pictures (nearest other image: the strip)
     assert "j_text.png" in pages["issue_outlier"].html and pages["issue_outlier"].n_rows == 1
-    quiet = ddk.results.build(work, config=RunConfig(run_mode=2, progress=False, issue_thresholds={"outlier": 0.1}),
+    quiet = analyse(work, config=RunConfig(run_mode=2, progress=False, issue_thresholds={"outlier": 0.1}),
                               write=False)  # fmt: skip
     assert "no image has this issue (cut-off 0.1)" in quiet.galleries(str(tmp_path / "q"), num_images=10)[
         "issue_outlier"].html  # fmt: skip

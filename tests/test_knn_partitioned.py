@@ -15,6 +15,7 @@ import pytest
 
 from dedupdask import knn_budget
 from dedupdask import knn_partitioned as kp
+from dedupdask.analysis import build
 from dedupdask.config import RunConfig
 from dedupdask.knn import exact_knn, normalize_rows
 from dedupdask.knn_partitioned import (
@@ -24,7 +25,7 @@ from dedupdask.knn_partitioned import (
     read_file_rows,
     task_budget,
 )
-from dedupdask.results import build, load
+from dedupdask.results import load
 from dedupdask.store import WorkDir
 
 THRESHOLD = 0.8

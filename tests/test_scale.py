@@ -132,9 +132,9 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, monkeypatch):
     import pandas as pd
     from distributed import Client, LocalCluster, get_task_stream
 
+    from dedupdask.analysis import build
     from dedupdask.collect import Collection
     from dedupdask.config import RunConfig
-    from dedupdask.results import build
 
     cfg = RunConfig(run_mode=2, progress=False)
     with dask.config.set(scheduler="sync"):
@@ -185,8 +185,8 @@ def test_dct_graph_takes_the_partitioned_path(dct_work):
     import dask
     import pandas as pd
 
+    from dedupdask.analysis import build
     from dedupdask.config import RunConfig
-    from dedupdask.results import build
 
     with dask.config.set(scheduler="sync"):
         one = build(dct_work, config=RunConfig(run_mode=2, progress=False), write=False)

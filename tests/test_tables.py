@@ -12,8 +12,8 @@ import pytest
 
 import dedupdask as ddk
 from dedupdask import tables
+from dedupdask.analysis import build
 from dedupdask.config import RunConfig
-from dedupdask.results import build
 from dedupdask.store import WorkDir, WorkDirError
 
 TABLES = ("similarity", "outliers", "components", "stats", "invalid", "issues")

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from dedupdask.analyses.tiers import TierParams, decide, expand_pairs
+from dedupdask.analysis import build
 from dedupdask.config import RunConfig
 from dedupdask.datasets import make_sample_shards, random_picture
 from dedupdask.match import Prepared, match_score, prepare_image
-from dedupdask.results import build, load
+from dedupdask.results import load
 from dedupdask.thresholds import row_for
 
 DEFAULT_VERIFY_SCORE = row_for("effnet-lite0").verify_score

@@ -114,6 +114,7 @@ __all__ = [
     "image_scores",
     "issues_frame",
     "issues_partition",
+    "issue_images",
     "issues_table",
     "outlier_issues",
     "scores_frame",
@@ -495,6 +496,17 @@ def issues_table(
     rank = out["issue"].map(lambda t: order.get(t, len(order))).astype("int64")
     out = out.assign(_rank=rank).sort_values(["_rank", "issue", "score", "index"], kind="stable")
     return out.drop(columns="_rank").reset_index(drop=True)
+
+
+def issue_images(issues: pd.DataFrame) -> int:
+    """Images with at least one issue other than being a duplicate.
+
+    Examples
+    --------
+    >>> issue_images(pd.DataFrame({"index": [1, 1, 2], "issue": ["dark", "light", "near_duplicate"]}))
+    1
+    """
+    return int(issues.loc[~issues["issue"].str.endswith("_duplicate"), "index"].nunique())
 
 
 def summary_counts(issues: pd.DataFrame) -> dict[str, int]:
