@@ -153,7 +153,12 @@ def _print_result(result: Any) -> None:
             print(f"  {kind} not reported: {why}")
     wd = getattr(result, "work_dir", None)
     if wd:
-        print(f"files: {wd}/similarity.csv, outliers.csv, connected_components.csv, image_issues.csv, results/*.parquet")
+        run = getattr(result, "run", None) or {}
+        if (run.get("csv") or {}).get("written", True):
+            print(f"files: {wd}/similarity.csv, outliers.csv, connected_components.csv, image_issues.csv, "
+                  "results/<table>/part.<i>.parquet")  # fmt: skip
+        else:
+            print(f"files: {wd}/results/<table>/part.<i>.parquet (no CSVs: --no-write-csv)")
 
 
 def _failed(report: Any) -> bool:

@@ -32,7 +32,7 @@ redoes it). The command line prints it and exits with code 2. What is read, and 
 Only the presence of ``failed.json`` counts (its contents are for people). The per-archive
 ``.dat.csv``, ``bad.csv`` and ``skipped.csv`` are for fastdup-style tools and are not read
 here. The run-level files that :func:`dedupdask.results.load` reads (``results/run.json``,
-``results/*.parquet``) are checked the same way there.
+``results/<table>/part.<i>.parquet``) are checked the same way there.
 """
 
 from __future__ import annotations
