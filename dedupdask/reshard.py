@@ -43,7 +43,7 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -66,6 +66,9 @@ from .clean import (
 )
 from .removals import compute_on
 from .store import WorkDir
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 __all__ = ["MAPPING_COLUMNS", "count_source", "plan_outputs", "read_mapping", "write_output", "write_resharded"]
 
@@ -510,24 +513,28 @@ def _remove_stale(wd: WorkDir, names: set[str]) -> None:
                     wd.fs.rm_file(p)
 
 
-def read_mapping(out_dir: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The mapping table of a resharded ``out_dir``: one row per sample, in output order (the
-    whole table in memory; ``dask.dataframe.read_parquet(out_dir + "/_dedupdask/mapping")``
-    reads it lazily, a partition per new shard).
+def read_mapping(out_dir: str, storage_options: dict[str, Any] | None = None) -> dd.DataFrame:
+    """The mapping table of a resharded ``out_dir``, read lazily: one row per sample, in output
+    order, one partition per new shard (``_dedupdask/mapping/<shard>.parquet``); nothing is read
+    until asked (``.compute()`` gives pandas), so it costs the same at 400M samples.
 
     Examples
     --------
     >>> m = read_mapping("clean/")  # doctest: +SKIP
     >>> m.columns.tolist()  # doctest: +SKIP
     ['shard', 'position', 'archive', 'key', 'source_position']
+    >>> m[m["archive"].str.endswith("00042.tar")].compute()  # doctest: +SKIP
     """
+    import dask.dataframe as dd
+
     wd = WorkDir(out_dir, storage_options)
     parts = sorted(wd.fs.glob(posixpath.join(wd.join(STATS_DIR, MAPPING_DIR), "*.parquet")))
+    meta = pd.DataFrame({c: pd.Series(dtype="int64" if "position" in c else object) for c in MAPPING_COLUMNS})
     if not parts:
-        return pd.DataFrame({c: pd.Series(dtype="int64" if "position" in c else object) for c in MAPPING_COLUMNS})
-    frames = []
-    for p in parts:
-        with wd.fs.open(p, "rb") as f:
-            frames.append(pd.read_parquet(io.BytesIO(f.read())))
-    return pd.concat(frames, ignore_index=True)
+        return dd.from_pandas(meta, npartitions=1)
+    return dd.from_map(_read_mapping_part, parts, wd=wd, meta=meta, enforce_metadata=False)
 
+
+def _read_mapping_part(path: str, wd: WorkDir) -> pd.DataFrame:
+    with wd.fs.open(path, "rb") as f:
+        return pd.read_parquet(io.BytesIO(f.read()))
