@@ -218,6 +218,27 @@ def _big_shards(root) -> dict[str, list[tuple[str, bytes]]]:
 
 @pytest.mark.slow  # ~30 s: a cluster, a 100 MB tgz written twice
 def test_worker_killed_mid_shard_gives_the_undisturbed_output(tmp_path):
+    members = _big_shards(str(tmp_path / "in"))
+    wd = str(tmp_path / "wd")
+    ddk.run(str(tmp_path / "in"), wd, model_path="dct", client="sync", progress=False)
+    quiet = str(tmp_path / "quiet")
+    ref = ddk.write_clean_shards(wd, quiet, keep="first", client="sync")
+    assert list(ref["samples_removed"]) == [0, 6]
+    out = str(tmp_path / "out")
+    _clean_on_cluster_killing_a_writer(tmp_path, wd, out, "00001.tgz")  # the tgz, once under way
+    for name in members:
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
+        a = json.load(open(os.path.join(out, "_dedupdask", f"{name}.stats.json")))
+        b = json.load(open(os.path.join(quiet, "_dedupdask", f"{name}.stats.json")))
+        for key in ("samples", "members", "bytes", "removed_by_reason", "removals_sha256", "status"):
+            assert a[key] == b[key]
+    kept = read_members(os.path.join(out, "00001.tgz"), "tgz")
+    assert kept == [(n, d) for n, d in members["00001.tgz"] if int(n[1:4]) % 4]
+
+
+def _clean_on_cluster_killing_a_writer(tmp_path, wd: str, out: str, prefix: str, **options) -> pd.DataFrame:
+    """``write_clean_shards`` on a real ``dask scheduler`` cluster whose worker writing the output
+    file ``prefix`` + ``.tmp-...`` is killed (SIGKILL) once 1 MiB of it is written."""
     import signal
     import threading
     import time
@@ -226,20 +247,13 @@ def test_worker_killed_mid_shard_gives_the_undisturbed_output(tmp_path):
 
     from dedupdask.store import _TMP_OWNER
 
-    members = _big_shards(str(tmp_path / "in"))
-    wd = str(tmp_path / "wd")
-    ddk.run(str(tmp_path / "in"), wd, model_path="dct", client="sync", progress=False)
-    quiet = str(tmp_path / "quiet")
-    ref = ddk.write_clean_shards(wd, quiet, keep="first", client="sync")
-    assert list(ref["samples_removed"]) == [0, 6]
-    out = str(tmp_path / "out")
     killed: list[int] = []
 
-    def killer() -> None:  # kill the worker process that writes the tgz once it is under way
+    def killer() -> None:
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             for n in os.listdir(out) if os.path.isdir(out) else []:
-                if n.startswith("00001.tgz.tmp-") and os.path.getsize(os.path.join(out, n)) > 2**20:
+                if n.startswith(prefix + ".tmp-") and os.path.getsize(os.path.join(out, n)) > 2**20:
                     pid = int(_TMP_OWNER.match(n.rpartition(".tmp-")[2])["pid"])
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -249,20 +263,13 @@ def test_worker_killed_mid_shard_gives_the_undisturbed_output(tmp_path):
     with shell_cluster(tmp_path / "cluster", n_workers=2) as (address, _):
         t = threading.Thread(target=killer)
         t.start()
-        report = ddk.write_clean_shards(wd, out, keep="first", client=address)
+        report = ddk.write_clean_shards(wd, out, keep="first", client=address, **options)
         t.join()
-    assert killed, "the tgz was written too fast to be interrupted"
+    assert killed, f"{prefix} was written too fast to be interrupted"
     # a shard finished on the killed worker lost its result there: redone, it finds its marker
     assert (report["status"].isin(["done", "already_done"])).all()
-    for name in members:
-        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
-        a = json.load(open(os.path.join(out, "_dedupdask", f"{name}.stats.json")))
-        b = json.load(open(os.path.join(quiet, "_dedupdask", f"{name}.stats.json")))
-        for key in ("samples", "members", "bytes", "removed_by_reason", "removals_sha256", "status"):
-            assert a[key] == b[key]
     assert not [n for n in os.listdir(out) if ".tmp-" in n]  # the dead writer's temporary went
-    kept = read_members(os.path.join(out, "00001.tgz"), "tgz")
-    assert kept == [(n, d) for n, d in members["00001.tgz"] if int(n[1:4]) % 4]
+    return report
 
 
 def test_nothing_removed_gives_the_source_tar_byte_for_byte(run, tmp_path):
@@ -678,14 +685,7 @@ def test_reshard_tasks_on_archives_only_tarfile_or_zipfile_read(tmp_path, fmt):
 
 @pytest.mark.slow  # ~40 s: a cluster, a 100 MB tgz read twice
 def test_worker_killed_mid_reshard_gives_the_undisturbed_output(tmp_path):
-    import signal
-    import threading
-    import time
-
-    from cluster import shell_cluster
-
     from dedupdask.reshard import read_mapping
-    from dedupdask.store import _TMP_OWNER
 
     _big_shards(str(tmp_path / "in"))
     wd = str(tmp_path / "wd")
@@ -694,31 +694,11 @@ def test_worker_killed_mid_reshard_gives_the_undisturbed_output(tmp_path):
     ref = ddk.write_clean_shards(wd, quiet, keep="first", samples_per_shard=8, client="sync")
     assert list(ref["samples_kept"]) == [8, 8, 8]  # 6 + 18 kept samples
     out = str(tmp_path / "out")
-    killed: list[int] = []
-
-    def killer() -> None:  # kill the worker writing the second new shard (from the tgz) once under way
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            for n in os.listdir(out) if os.path.isdir(out) else []:
-                if n.startswith("00001.tar.tmp-") and os.path.getsize(os.path.join(out, n)) > 2**20:
-                    pid = int(_TMP_OWNER.match(n.rpartition(".tmp-")[2])["pid"])
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
-            time.sleep(0.02)
-
-    with shell_cluster(tmp_path / "cluster", n_workers=2) as (address, _):
-        t = threading.Thread(target=killer)
-        t.start()
-        report = ddk.write_clean_shards(wd, out, keep="first", samples_per_shard=8, client=address)
-        t.join()
-    assert killed, "the new shard was written too fast to be interrupted"
-    # a shard finished on the killed worker lost its result there: redone, it finds its marker
-    assert (report["status"].isin(["done", "already_done"])).all()
+    # the worker writing the second new shard (from the tgz), once under way
+    _clean_on_cluster_killing_a_writer(tmp_path, wd, out, "00001.tar", samples_per_shard=8)
     for name in ref["name"]:
         assert open(os.path.join(out, name), "rb").read() == open(os.path.join(quiet, name), "rb").read()
     pd.testing.assert_frame_equal(read_mapping(out).compute(), read_mapping(quiet).compute())
-    assert not [n for n in os.listdir(out) if ".tmp-" in n]
 
 
 def test_reshard_a_source_broken_after_extraction(run, tmp_path):
