@@ -488,6 +488,21 @@ class _Unreadable(Exception):
     """The source is not a readable archive (no member could be read): no shard is written."""
 
 
+def earlier_stats(wd: WorkDir, marker: str, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The stats an earlier run of the same task wrote to ``marker`` (every key of ``base``
+    equal), or None when there are none, they cannot be read, or they belong to another plan."""
+    with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+        old = wd.read_json(marker)
+        if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
+            return old
+    return None
+
+
+def failed_stats(base: dict[str, Any], error: Exception, t0: float) -> dict[str, Any]:
+    """The stats of a task that wrote nothing: ``failed``, the error, the seconds since ``t0``."""
+    return {**base, "status": "failed", "error": str(error), "seconds": round(time.perf_counter() - t0, 3)}
+
+
 def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
     """Write one clean shard and its stats file; return the stats (a Dask task).
 
@@ -511,23 +526,17 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
     digest = _digest(task.source, task.fmt, removed)
     base = {"name": task.name, "source": task.source, "output": wd.url_of(out_path), "format": task.fmt,
             "removals_sha256": digest}  # fmt: skip
-    if task.resume:
-        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-            old = wd.read_json(marker)
-            if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
-                return {**old, "status": "already_done"}
+    if task.resume and (old := earlier_stats(wd, marker, base)) is not None:
+        return {**old, "status": "already_done"}
     counts = _Counts(removed)
     try:
         status, error = read_source(task.source, task.fmt, task.storage_options, removed, counts,
                                     _atomic_output(wd, out_path), attempts=task.attempts,
                                     deadline=task.deadline)  # fmt: skip
-    except _Unreadable as e:
-        return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
-    except remote.StorageError as e:
-        return {**base, "status": "failed", "error": str(e), "seconds": round(time.perf_counter() - t0, 3)}
+    except (_Unreadable, remote.StorageError) as e:
+        return failed_stats(base, e, t0)
     except OSError as e:
-        err = remote.storage_error(e, task.source, "read")
-        return {**base, "status": "failed", "error": str(err), "seconds": round(time.perf_counter() - t0, 3)}
+        return failed_stats(base, remote.storage_error(e, task.source, "read"), t0)
     stats = {
         **base,
         "status": status,

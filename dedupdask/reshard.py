@@ -62,6 +62,8 @@ from .clean import (
     _row,
     _Unreadable,
     _zipinfo,
+    earlier_stats,
+    failed_stats,
     read_source,
 )
 from .removals import compute_on
@@ -108,10 +110,8 @@ def count_source(task: CountTask, removal: pd.DataFrame) -> dict[str, Any]:
     digest = _digest(task.source, task.fmt, removed)
     base = {"name": task.name, "source": task.source, "format": task.fmt, "removals_sha256": digest}
     marker = wd.join(STATS_DIR, RESHARD_DIR, f"{task.name}.count.json")
-    with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-        old = wd.read_json(marker)
-        if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
-            return old
+    if (old := earlier_stats(wd, marker, base)) is not None:
+        return old
     counts = _Counts(removed)
     starts: list[int] = []
     try:
@@ -355,11 +355,8 @@ def write_output(task: OutputTask) -> dict[str, Any]:
     sources = [s.source for s in task.slices]
     base = {"name": task.name, "source": "; ".join(dict.fromkeys(sources)), "output": wd.url_of(out_path),
             "format": task.fmt, "plan_sha256": task.digest()}  # fmt: skip
-    if task.resume:
-        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-            old = wd.read_json(marker)
-            if isinstance(old, dict) and {k: old.get(k) for k in base} == base:
-                return {**old, "status": "already_done"}
+    if task.resume and (old := earlier_stats(wd, marker, base)) is not None:
+        return {**old, "status": "already_done"}
     try:
         removed = {}
         for sl in task.slices:
@@ -375,7 +372,7 @@ def write_output(task: OutputTask) -> dict[str, Any]:
     except (*_DATA_ERRORS, ValueError, OSError) as e:
         err = e if isinstance(e, (remote.StorageError, *_DATA_ERRORS, ValueError)) else \
             remote.storage_error(e, "; ".join(sources), "read")  # fmt: skip
-        return {**base, "status": "failed", "error": str(err), "seconds": round(time.perf_counter() - t0, 3)}
+        return failed_stats(base, err, t0)
     position = sum(len(r) for r in rows)
     mapping = pd.concat(rows, ignore_index=True).astype({"position": "int64", "source_position": "int64"})
     wd.makedirs(STATS_DIR, MAPPING_DIR)
