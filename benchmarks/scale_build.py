@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -38,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -143,51 +141,6 @@ def generate(root: str, n: int, d: int, archives: int, seed: int = 0) -> dict[st
     return out
 
 
-def _dask() -> list[str]:
-    exe = shutil.which("dask", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "dask"]
-
-
-@contextlib.contextmanager
-def dask_cluster(tmp: str, workers: int, memory_limit: str) -> Iterator[tuple[str, list[int]]]:
-    """``dask scheduler`` + ``workers`` ``dask worker`` processes on 127.0.0.1; (address, worker pids)."""
-    sched_file = os.path.join(tmp, "scheduler.json")
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], log: str) -> subprocess.Popen:
-        with open(os.path.join(tmp, log), "wb") as out:
-            p = subprocess.Popen(_dask() + args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(p)
-        return p
-
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-               "--scheduler-file", sched_file], "scheduler.log")  # fmt: skip
-        for i in range(workers):
-            start(["worker", "--scheduler-file", sched_file, "--host", "127.0.0.1", "--nthreads", "1",
-                   "--memory-limit", memory_limit, "--no-dashboard", "--name", f"w{i}",
-                   "--local-directory", os.path.join(tmp, f"w{i}")], f"worker{i}.log")  # fmt: skip
-        deadline = time.time() + 120
-        while not os.path.exists(sched_file) and time.time() < deadline:
-            time.sleep(0.1)
-        from distributed import Client
-
-        with Client(scheduler_file=sched_file, timeout=120) as c:
-            c.wait_for_workers(workers, timeout=180)
-            address = c.scheduler.address
-        yield address, [p.pid for p in procs[1:]]
-    finally:
-        for p in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, 15)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, 9)
-
-
 BASELINE = "import dedupdask.cli, dedupdask.pipeline, dedupdask.results, distributed, time; time.sleep(1)"
 
 
@@ -240,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the work_dirs")
     args = p.parse_args(argv)
     import dedupdask
+    from dedupdask.testing.shellcluster import shell_cluster
 
     print(f"# dedupdask {dedupdask.__version__} at {os.path.dirname(dedupdask.__file__)}; "
           f"{args.workers} x `dask worker --nthreads 1 --memory-limit {args.memory_limit}`, "
@@ -257,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
             gen = time.perf_counter() - t0
             shutil.rmtree(os.path.join(wd, "results"), ignore_errors=True)
             load0 = os.getloadavg()[0]
-            with dask_cluster(tmp, args.workers, args.memory_limit) as (address, workers):
+            with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
+                               workers_timeout=180, stop_timeout=30) as (address, procs):
+                workers = [p.pid for p in procs[1:]]
                 cmd = [sys.executable, "-m", "dedupdask", "build", wd, "--no-verify", "--no-progress",
                        "--client", address, *args.extra.split()]  # fmt: skip
                 wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-{n}.log"))

@@ -1,77 +1,15 @@
-"""Test helpers: a real ``dask scheduler`` + ``dask worker`` cluster on 127.0.0.1, and a slow model."""
+"""Test helpers: a real ``dask scheduler`` + ``dask worker`` cluster on 127.0.0.1
+(:func:`dedupdask.testing.shellcluster.shell_cluster`), and a slow model."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from dedupdask.testing.shellcluster import shell_cluster
 
-def _dask_cmd() -> list[str]:
-    exe = shutil.which("dask", path=os.path.dirname(sys.executable)) or shutil.which("dask")
-    return [exe] if exe else [sys.executable, "-m", "dask"]
-
-
-@contextlib.contextmanager
-def shell_cluster(
-    tmp: Path, n_workers: int = 2, nthreads: int = 1, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, list]]:
-    """Start ``dask scheduler`` and ``n_workers`` ``dask worker`` processes; yield (address, procs).
-
-    The commands are the ones a user types (dask 2026.x); each worker runs under its nanny, so a
-    killed worker process is restarted as on a real cluster. ``env``: their environment
-    (default: this process's).
-    """
-    tmp.mkdir(parents=True, exist_ok=True)
-    sched_file = tmp / "scheduler.json"
-    logs = []
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], name: str) -> subprocess.Popen:
-        log = open(tmp / f"{name}.log", "wb")
-        logs.append(log)
-        p = subprocess.Popen(_dask_cmd() + args, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, env=env)
-        procs.append(p)
-        return p
-
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-               "--scheduler-file", str(sched_file)], "scheduler")
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.05)
-        if not sched_file.exists():
-            raise RuntimeError("dask scheduler did not start: " + (tmp / "scheduler.log").read_text())
-        for i in range(n_workers):
-            start(["worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
-                   "--nthreads", str(nthreads), "--no-dashboard", "--name", f"w{i}",
-                   "--local-directory", str(tmp / f"w{i}"), "--death-timeout", "60"], f"worker{i}")
-        from distributed import Client
-
-        with Client(scheduler_file=str(sched_file), timeout=60) as c:
-            c.wait_for_workers(n_workers, timeout=120)
-            address = c.scheduler.address
-        yield address, procs
-    finally:
-        for p in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, 15)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, 9)
-        for log in logs:
-            log.close()
+__all__ = ["shell_cluster", "slow_model"]
 
 
 def slow_model(path: Path, size: int = 128, channels: int = 24) -> str:
