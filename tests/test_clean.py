@@ -166,13 +166,20 @@ def test_broken_source_gives_a_partial_shard(run, tmp_path):
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
 
 
+def _s3_work_dir(shards, server, bucket_name: str, prefix: str):
+    """The test shards uploaded under ``<prefix>in/`` and extracted into ``<prefix>wd`` on S3;
+    (filesystem, work_dir URL)."""
+    fs = server.filesystem()
+    for shard, rel in NAMES.items():
+        fs.put_file(shards.paths[shard], f"{bucket_name}/{prefix}in/{rel}")
+    wd = f"s3://{bucket_name}/{prefix}wd"
+    ddk.run(f"s3://{bucket_name}/{prefix}in", wd, model_path="dct", client="sync", progress=False)
+    return fs, wd
+
+
 def test_clean_on_s3(run, s3_server, s3_env, bucket, tmp_path):  # noqa: F811
     shards, _, _ = run
-    fs = s3_server.filesystem()
-    for shard, rel in NAMES.items():
-        fs.put_file(shards.paths[shard], f"{bucket}/in/{rel}")
-    wd = f"s3://{bucket}/wd"
-    ddk.run(f"s3://{bucket}/in", wd, model_path="dct", client="sync", progress=False)
+    fs, wd = _s3_work_dir(shards, s3_server, bucket, "")
     out = f"s3://{bucket}/clean"
     report = ddk.write_clean_shards(wd, out, client="threads")
     assert (report["status"] == "done").all()
@@ -614,11 +621,7 @@ def test_reshard_copies_records_and_resumes(tmp_path, fmt):
 
 def test_reshard_on_s3(run, s3_server, s3_env, bucket, tmp_path):  # noqa: F811
     shards, wd_local, _ = run
-    fs = s3_server.filesystem()
-    for shard, rel in NAMES.items():
-        fs.put_file(shards.paths[shard], f"{bucket}/rin/{rel}")
-    wd = f"s3://{bucket}/rwd"
-    ddk.run(f"s3://{bucket}/rin", wd, model_path="dct", client="sync", progress=False)
+    fs, wd = _s3_work_dir(shards, s3_server, bucket, "r")
     out = f"s3://{bucket}/reshard"
     report = ddk.write_clean_shards(wd, out, samples_per_shard=4, client="threads")
     assert (report["status"] == "done").all(), report["error"].tolist()
