@@ -24,7 +24,14 @@ import pandas as pd
 from dask.base import tokenize
 
 from .analyses.exact import ExactGroups
-from .analyses.tiers import TierParams, candidate_pairs, component_edges, decide
+from .analyses.tiers import (
+    TierParams,
+    candidate_pairs,
+    component_edges,
+    decide,
+    tier_counts,
+    verified_counts,
+)
 from .collect import Collection, read_archive_vectors
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
@@ -254,19 +261,8 @@ def run_tiers(
         decided["verify_score"] = np.nan
         decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
     decided["verify_score"] = decided["verify_score"].astype("float32")
-    ver = decided[decided["to_verify"]]
     cost.setdefault("candidates", 0)
-    cost["accepted"] = int(ver["accepted"].sum())
-    cost["rejected"] = int((~ver["accepted"]).sum())
+    cost.update(verified_counts(decided))
     cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
-    acc = decided[decided["accepted"]]
-    counts = {
-        "candidate_pairs": int(len(decided)),
-        "copy_candidates": int((decided["kind"] == "copy").sum()),
-        "near_direct": int(decided["direct"].sum()),
-        "accepted_copy": int((acc["kind"] == "copy").sum()),
-        "accepted_near": int((acc["kind"] == "near").sum()),
-        "same_input_candidates": int(decided["same_input"].sum()),
-    }
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
-    return TierOutcome(decided, edges, counts, cost, dct_knn)
+    return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn)
