@@ -37,6 +37,7 @@ from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
 from .verify import verify_pairs
+from .verify_frames import image_info
 
 __all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
 
@@ -141,19 +142,6 @@ class TierOutcome:
         return self.decided[self.decided["accepted"]].reset_index(drop=True)
 
 
-def _image_info(files: pd.DataFrame) -> pd.DataFrame:
-    """``archive, member, occ, member_offset, file_size`` of every valid image,
-    indexed by global index (``member_offset`` null where a member cannot be read by range)."""
-    f = files.reset_index(drop=True)
-    occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount()
-    f = f.assign(occ=occ)
-    f = f[f["index"].notna()]
-    cols = ["archive", "member", "occ", "member_offset", "file_size"]
-    out = f.reindex(columns=cols)
-    out.index = f["index"].astype("int64").to_numpy()
-    return out
-
-
 def run_tiers(
     col: Collection,
     groups: ExactGroups,
@@ -247,7 +235,7 @@ def run_tiers(
         t0 = time.perf_counter()
         res, cost = verify_pairs(
             todo.loc[:, ["from", "to"]],
-            _image_info(files),
+            image_info(files),
             storage_options=storage_options,
             max_image_pixels=max_image_pixels,
             max_member_bytes=max_member_bytes,

@@ -33,9 +33,11 @@ __all__ = [
     "VERIFY_COLUMNS",
     "Prepared",
     "load_archive_images",
+    "load_ranged_images",
     "match_score",
     "prepare_image",
     "score_pairs",
+    "score_ranged",
     "verify_pairs",
 ]
 
@@ -238,7 +240,7 @@ def load_ranged_images(
     return out
 
 
-def _score_ranged(
+def score_ranged(
     pairs: np.ndarray,
     items: tuple[tuple[int, str, int, int], ...],
     storage_options: dict[str, Any],
@@ -434,7 +436,7 @@ def _ranged_tasks(
             )
         )
         tasks.append(
-            dask.delayed(_score_ranged, pure=True)(
+            dask.delayed(score_ranged, pure=True)(
                 p[g], items, so, max_image_pixels, max_member_bytes, early_accept, keypoints
             )
         )

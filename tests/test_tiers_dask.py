@@ -3,15 +3,20 @@ tiers' decisions, edges and counts from graph tables, group tables and the files
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from dedupdask.analyses import exact_groups, expand_graph
 from dedupdask.analyses.expand_dask import expand_graph_frame
 from dedupdask.analyses.graph import graph_arrays, graph_frame
+from dedupdask.datasets import make_sample_shards, random_picture
 
 
 def group_table(groups, npartitions: int = 3) -> dd.DataFrame:
@@ -54,3 +59,137 @@ def test_expand_graph_frame_matches_expand_graph(seed):
     # each end's input representative
     np.testing.assert_array_equal(got["from_input"].to_numpy(), inputs.rep[got["from"].to_numpy()])
     np.testing.assert_array_equal(got["to_input"].to_numpy(), inputs.rep[got["to"].to_numpy()])
+
+
+# -- against the in-process tiers, on extracted shards --------------------------------------------
+def _jpeg(im: Image.Image, q: int = 90, comment: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q, comment=comment)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards_work_dir(tmp_path_factory) -> str:
+    """Sample shards (exact, copy and near duplicates) plus a tar of look-alikes (verified and
+    rejected), crop+resize+JPEG copies (verified and accepted) and large JPEGs that differ
+    only in a comment: equal at model size, not exact (input groups of 2 and 3 exact groups,
+    one of them with a byte copy)."""
+    from dedupdask.pipeline import extract
+
+    root = tmp_path_factory.mktemp("tiers_dask")
+    shards = make_sample_shards(
+        str(root / "shards"), n_shards=2, images_per_shard=16, n_near=10, n_exact=3,
+        formats=("tar",), broken=False, seed=7,
+    )  # fmt: skip
+    rng = np.random.default_rng(21)
+    extra = []
+    for i in range(4):
+        im = random_picture(rng, (512, 384))
+        extra += [(f"x{i:03d}.jpg", _jpeg(im)), (f"y{i:03d}.jpg", _jpeg(_lookalike(im, i)))]
+        if i % 2 == 0:
+            extra.append((f"z{i:03d}.jpg", _jpeg(_crop_resize(im), 35)))
+    for i, n in enumerate((2, 3)):
+        big = random_picture(rng, (1024, 768))
+        extra += [(f"w{i}{j}.jpg", _jpeg(big, comment=f"copy {j}".encode())) for j in range(n)]
+    extra.append(("w1x.jpg", extra[-1][1]))  # a byte copy inside the input group of 3
+    with tarfile.open(root / "shards" / "00009.tar", "w") as tf:
+        for name, data in extra:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    extract(shards.root, str(root / "work"), client="sync", progress=False)
+    return str(root / "work")
+
+
+def _lookalike(im: Image.Image, seed: int) -> Image.Image:
+    out = im.copy()
+    w, h = out.size
+    other = random_picture(np.random.default_rng(seed), (w, h))
+    out.paste(other.crop((w // 2, 0, w, h)), (w // 2, 0))
+    return out
+
+
+def _crop_resize(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    c = im.crop((int(w * 0.04), int(h * 0.07), int(w * 0.95), int(h * 0.94)))
+    return c.resize((int(c.width * 0.6), int(c.height * 0.6)), Image.Resampling.BICUBIC)
+
+
+def _inputs(wd: str):
+    """What analysis gives both tiers: groups, their tables, the input graph, the params."""
+    from dedupdask.analyses.exact_dask import EXACT_KEYS, INPUT_KEYS, exact_groups_dask
+    from dedupdask.analyses.tiers import resolve_params
+    from dedupdask.collect import collect
+    from dedupdask.config import RunConfig
+    from dedupdask.fusion import has_dct
+    from dedupdask.knn_partitioned import knn_graph_work_dir
+    from dedupdask.thresholds import resolve
+
+    col = collect(wd)
+    cfg = RunConfig(run_mode=2, progress=False)
+    files = col.files_frame()
+    valid = files[files["index"].notna()].sort_values("index")
+    groups = exact_groups(valid["md5"], valid["pixel_md5"])
+    inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
+    params = resolve_params(
+        resolve(cfg, col.model), has_dct=has_dct(col), verify=True, nearest_neighbors_k=cfg.nearest_neighbors_k
+    )
+    idx, sim, _, _ = knn_graph_work_dir(col, inputs.reps, params.k, config=cfg, method="exact")
+    tables = [exact_groups_dask(col.files(), col.n, keys=keys).table for keys in (EXACT_KEYS, INPUT_KEYS)]
+    return col, cfg, files, groups, inputs, params, (idx, sim), tables
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
+
+
+def _same_tiers(wd: str) -> dict:
+    """run_tiers_frames on the current scheduler against run_tiers; returns the outcome."""
+    from dedupdask.analyses.tiers_dask import run_tiers_frames
+    from dedupdask.fusion import run_tiers
+    from dedupdask.scheduler import gather_frames
+
+    col, cfg, files, groups, inputs, params, (idx, sim), (ex_t, in_t) = _inputs(wd)
+    expanded = expand_graph(groups, inputs, idx, sim)
+    kw = dict(method="exact", storage_options=None, knn_config=cfg)
+    want = run_tiers(col, groups, groups.reps, expanded, params, files, input_groups=inputs, **kw)
+    got = run_tiers_frames(col, col.files(), ex_t, in_t, graph_frame(inputs.reps, idx, sim), params, **kw)
+    decided, edges, graph = gather_frames(got.decided, got.edges, got.graph)
+    pd.testing.assert_frame_equal(_sorted(decided), _sorted(want.decided[list(decided.columns)]))
+    assert list(decided.columns) == list(want.decided.columns)
+    a, b = want.edges
+    pd.testing.assert_frame_equal(_sorted(edges), _sorted(pd.DataFrame({"from": a, "to": b})))
+    g_idx, g_sim = graph_arrays(graph, groups.reps, params.k)
+    np.testing.assert_array_equal(g_idx, expanded[0])
+    np.testing.assert_array_equal(g_sim, expanded[1])
+    assert got.counts == want.counts
+    timing = {"seconds", "seconds_per_pair", "read_seconds", "score_seconds", "tasks"}
+    assert {k: v for k, v in got.verification.items() if k not in timing} == {
+        k: v for k, v in want.verification.items() if k not in timing
+    }
+    assert got.verification.keys() == want.verification.keys()
+    assert got.dct_knn == want.dct_knn
+    return {"decided": decided, "counts": got.counts, "verification": got.verification, "groups": (groups, inputs)}
+
+
+def test_tiers_on_the_workers_decide_like_in_process(shards_work_dir):
+    with dask.config.set(scheduler="sync"):
+        out = _same_tiers(shards_work_dir)
+    d, c, v = out["decided"], out["counts"], out["verification"]
+    groups, inputs = out["groups"]
+    # the data has every kind of pair the tiers handle
+    assert groups.n_groups(2) >= 3  # exact groups
+    assert inputs.reps.size < groups.reps.size - 1  # input groups of several exact groups
+    assert c["same_input_candidates"] >= 3 and c["accepted_copy"] >= 1 and c["near_direct"] >= 0
+    assert v["candidates"] >= 5 and v["accepted"] >= 1 and v["rejected"] >= 1
+    assert (d["to_verify"] & d["accepted"] & (d["kind"] == "near")).any()  # verified near pairs
+
+
+def test_tiers_on_a_local_cluster_decide_like_in_process(shards_work_dir):
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        _same_tiers(shards_work_dir)

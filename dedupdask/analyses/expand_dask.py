@@ -36,7 +36,7 @@ import pandas as pd
 from .graph import GRAPH_COLUMNS, empty_graph
 from .routing import route
 
-__all__ = ["EXPANDED_COLUMNS", "expand_graph_frame", "sibling_frame"]
+__all__ = ["EXPANDED_COLUMNS", "expand_graph_frame", "graph_bounds", "owner", "sibling_frame", "start_bounds"]
 
 EXPANDED_COLUMNS = (*GRAPH_COLUMNS, "from_input", "to_input")
 """Columns of :func:`expand_graph_frame`: the graph table plus each end's input representative."""
@@ -167,8 +167,7 @@ def owner(bounds: np.ndarray, x: np.ndarray) -> np.ndarray:
 def graph_bounds(graph: Any) -> np.ndarray:
     """The first ``from`` id each graph partition holds, for :func:`owner` (one number per partition).
 
-    An empty partition gets the next one's start (so it owns nothing); the first starts at the
-    smallest int64. Raises ValueError when partitions are not in increasing ``from`` order.
+    Raises ValueError when partitions are not in increasing ``from`` order.
     """
     import dask
 
@@ -184,6 +183,22 @@ def graph_bounds(graph: Any) -> np.ndarray:
         nonempty = got["n"].to_numpy(_I64) > 0
     if nonempty.any() and np.any(lows[nonempty][1:] <= highs[nonempty][:-1]):
         raise ValueError("the graph table's partitions are not in increasing, non-overlapping 'from' ranges")
+    return start_bounds(lows, nonempty)
+
+
+def start_bounds(lows: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
+    """:func:`owner`'s bounds from each partition's first id and whether it holds any.
+
+    An empty partition gets the next one's start (so it owns nothing); the first starts at the
+    smallest int64 (it owns every smaller id).
+
+    Examples
+    --------
+    >>> b = start_bounds(np.array([0, 5, 0, 9]), np.array([True, True, False, True]))
+    >>> owner(b, np.array([3, 7, 9])).tolist()
+    [0, 1, 3]
+    """
+    lows = np.asarray(lows, dtype=_I64)
     bounds = np.full(lows.size, np.iinfo(_I64).max, dtype=_I64)
     nxt = np.iinfo(_I64).max
     for i in range(lows.size - 1, -1, -1):
@@ -246,7 +261,9 @@ def _with_inputs(part: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def expand_graph_frame(graph: Any, exact: Any, inputs: Any, k: int) -> Any:
+def expand_graph_frame(
+    graph: Any, exact: Any, inputs: Any, k: int, *, siblings: Any = None, n_siblings: int | None = None
+) -> Any:
     """The kNN graph of the input representatives as the graph of the exact representatives.
 
     Parameters
@@ -258,6 +275,8 @@ def expand_graph_frame(graph: Any, exact: Any, inputs: Any, k: int) -> Any:
         ``index, rep, group_size``: the exact and the input groups (see :func:`sibling_frame`).
     k : int
         Neighbours per image.
+    siblings, n_siblings : optional
+        :func:`sibling_frame` of ``exact, inputs`` and its length, when the caller has them.
 
     Returns
     -------
@@ -284,8 +303,10 @@ def expand_graph_frame(graph: Any, exact: Any, inputs: Any, k: int) -> Any:
     import dask.dataframe as dd
 
     k = int(k)
-    sib = sibling_frame(exact, inputs)
-    if int(sib.shape[0].compute()) == 0:  # nothing to expand (the common case)
+    sib = sibling_frame(exact, inputs) if siblings is None else siblings
+    if n_siblings is None:
+        n_siblings = int(sib.shape[0].compute())
+    if n_siblings == 0:  # nothing to expand (the common case)
         return graph.map_partitions(_with_inputs, meta=_expanded_meta(), enforce_metadata=False)
     bounds = graph_bounds(graph)
     parts = tuple(range(graph.npartitions + 1))
