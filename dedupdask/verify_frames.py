@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import verify
 from .analyses.expand_dask import owner
-from .analyses.routing import route
+from .analyses.routing import route, shuffle_method
 from .match import MATCHER, PIXEL_MATCHER
 
 __all__ = ["IMAGE_COLUMNS", "image_info", "verify_frame"]
@@ -295,7 +295,9 @@ def verify_frame(
     )
     n_archives = int(dd.concat([known["a_archive"], known["b_archive"]]).astype(str).nunique().compute())
     planned = known.map_partitions(_plan, n_archives > verify.STREAM_MAX_ARCHIVES)
-    planned = planned.shuffle(on="_key", npartitions=max(1, math.ceil(n_pairs / verify.PAIRS_PER_TASK)))
+    planned = planned.shuffle(
+        on="_key", npartitions=max(1, math.ceil(n_pairs / verify.PAIRS_PER_TASK)), shuffle_method=shuffle_method()
+    )
     tasks = [
         dask.delayed(verify_partition, pure=True)(
             part, so, max_image_pixels, max_member_bytes, early_accept, keypoints

@@ -143,7 +143,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
 
 
-def _same_tiers(wd: str) -> dict:
+def _same_tiers(wd: str, *, reads_may_differ: bool = False) -> dict:
     """run_tiers_frames on the current scheduler against run_tiers; returns the outcome."""
     from dedupdask.analyses.tiers_dask import run_tiers_frames
     from dedupdask.fusion import run_tiers
@@ -164,6 +164,8 @@ def _same_tiers(wd: str) -> dict:
     np.testing.assert_array_equal(g_sim, expanded[1])
     assert got.counts == want.counts
     timing = {"seconds", "seconds_per_pair", "read_seconds", "score_seconds", "tasks"}
+    if reads_may_differ:  # chunks of ranged reads re-read images found in several chunks
+        timing.add("images_read")
     assert {k: v for k, v in got.verification.items() if k not in timing} == {
         k: v for k, v in want.verification.items() if k not in timing
     }
@@ -193,3 +195,34 @@ def test_tiers_on_a_local_cluster_decide_like_in_process(shards_work_dir):
         Client(cluster),
     ):
         _same_tiers(shards_work_dir)
+
+
+def test_ranged_reads_in_many_partitions_decide_like_in_process(shards_work_dir, monkeypatch):
+    """Past STREAM_MAX_ARCHIVES, images are read by byte range; small PAIRS_PER_TASK splits
+    the pairs into many partitions and chunks: the decisions stay those of run_tiers."""
+    import dedupdask.verify as verify
+
+    monkeypatch.setattr(verify, "STREAM_MAX_ARCHIVES", 0)
+    monkeypatch.setattr(verify, "PAIRS_PER_TASK", 7)
+    with dask.config.set(scheduler="sync"):
+        out = _same_tiers(shards_work_dir, reads_may_differ=True)
+    v = out["verification"]
+    assert v["ranged_pairs"] == v["candidates"] > 7 and v["tasks"] > v["candidates"] // 7
+
+
+def test_dct_pairs_get_the_input_representative_of_both_ends():
+    """A pair only the DCT graph has learns whether its ends have equal model inputs: each
+    end's input representative (its own index unless its input group has other exact groups)."""
+    from dedupdask.analyses.tiers_dask import _input_of
+
+    edges = pd.DataFrame(
+        {"from": [1, 2, 5], "to": [3, 4, 6], "s": np.ones(3, np.float32), "src": np.ones(3, np.int8),
+         "c_from": [1, 2, 5], "c_to": [3, 4, 6]}
+    )  # fmt: skip
+    sib = dd.from_pandas(pd.DataFrame({"rep": [0, 1, 3, 2, 4], "input": [0, 0, 0, 2, 2]}), npartitions=2)
+    e = dd.from_pandas(edges, npartitions=2)
+    with dask.config.set(scheduler="sync"):
+        out = _input_of(_input_of(e, sib, "from"), sib, "to").compute()
+    out = out.sort_values("from").reset_index(drop=True)
+    assert out[["from", "to", "c_from", "c_to"]].values.tolist() == [[1, 3, 0, 0], [2, 4, 2, 2], [5, 6, 5, 6]]
+    assert list(out.columns) == list(edges.columns)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .graph import GRAPH_COLUMNS, empty_graph
-from .routing import route
+from .routing import route, shuffle_method
 
 __all__ = ["EXPANDED_COLUMNS", "expand_graph_frame", "graph_bounds", "owner", "sibling_frame", "start_bounds"]
 
@@ -310,7 +310,7 @@ def expand_graph_frame(
         return graph.map_partitions(_with_inputs, meta=_expanded_meta(), enforce_metadata=False)
     bounds = graph_bounds(graph)
     parts = tuple(range(graph.npartitions + 1))
-    groups = sib.shuffle(on="input", npartitions=max(1, sib.npartitions))
+    groups = sib.shuffle(on="input", npartitions=max(1, sib.npartitions), shuffle_method=shuffle_method())
     ring = groups.map_partitions(_ring_rows, k, bounds, meta=_expanded_meta().assign(_part=_I64(0)), enforce_metadata=False)
     asks = groups.map_partitions(_ring_asks, k, bounds, meta=_ASK_META, enforce_metadata=False)
     answered = graph.map_partitions(

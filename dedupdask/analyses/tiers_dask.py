@@ -40,7 +40,7 @@ from ..knn import DEFAULT_RANDOM_STATE
 from ..verify_frames import verify_frame
 from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
 from .graph import GRAPH_COLUMNS, graph_frame
-from .routing import route
+from .routing import route, shuffle_method
 from .tiers import (
     TierParams,
     candidate_cut,
@@ -169,7 +169,7 @@ def _dct_edges(part: pd.DataFrame, cut: float) -> pd.DataFrame:
 def _input_of(edges: Any, sib: Any, end: str) -> Any:
     """Set ``c_<end>`` to the input representative of ``<end>`` (itself unless it has siblings)."""
     got = sib.rename(columns={"rep": end, "input": "_c"})
-    return edges.merge(got, on=end, how="left").map_partitions(
+    return edges.merge(got, on=end, how="left", shuffle_method=shuffle_method()).map_partitions(
         _fill_input, end, meta=_EDGE_META, enforce_metadata=False
     )
 
@@ -322,7 +322,7 @@ def run_tiers_frames(
             dct = _input_of(_input_of(dct, sib, "from"), sib, "to")
         parts.append(dct)
     edges = dd.concat(parts) if len(parts) > 1 else parts[0]
-    edges = edges.shuffle(on="from", npartitions=max(1, graph.npartitions))
+    edges = edges.shuffle(on="from", npartitions=max(1, graph.npartitions), shuffle_method=shuffle_method())
 
     cand_meta = _candidates(_EDGE_META, params)
     cands = edges.map_partitions(_candidates, params, meta=cand_meta, enforce_metadata=False)
