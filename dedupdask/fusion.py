@@ -25,6 +25,7 @@ from dask.base import tokenize
 
 from .analyses.exact import ExactGroups
 from .analyses.tiers import (
+    DECIDED_COLUMNS,
     TierParams,
     candidate_pairs,
     component_edges,
@@ -249,6 +250,7 @@ def run_tiers(
         decided["verify_score"] = np.nan
         decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
     decided["verify_score"] = decided["verify_score"].astype("float32")
+    decided = decided.loc[:, list(DECIDED_COLUMNS)]  # one column order, verified or not
     cost.setdefault("candidates", 0)
     cost.update(verified_counts(decided))
     cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)

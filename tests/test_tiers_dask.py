@@ -115,7 +115,7 @@ def _crop_resize(im: Image.Image) -> Image.Image:
     return c.resize((int(c.width * 0.6), int(c.height * 0.6)), Image.Resampling.BICUBIC)
 
 
-def _inputs(wd: str):
+def _inputs(wd: str, *, verify: bool = True, copy_tier: bool = True):
     """What analysis gives both tiers: groups, their tables, the input graph, the params."""
     from dedupdask.analyses.exact_dask import EXACT_KEYS, INPUT_KEYS, exact_groups_dask
     from dedupdask.analyses.tiers import resolve_params
@@ -132,8 +132,9 @@ def _inputs(wd: str):
     groups = exact_groups(valid["md5"], valid["pixel_md5"])
     inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     params = resolve_params(
-        resolve(cfg, col.model), has_dct=has_dct(col), verify=True, nearest_neighbors_k=cfg.nearest_neighbors_k
-    )
+        resolve(cfg, col.model), has_dct=copy_tier and has_dct(col), verify=verify,
+        nearest_neighbors_k=cfg.nearest_neighbors_k,
+    )  # fmt: skip
     idx, sim, _, _ = knn_graph_work_dir(col, inputs.reps, params.k, config=cfg, method="exact")
     tables = [exact_groups_dask(col.files(), col.n, keys=keys).table for keys in (EXACT_KEYS, INPUT_KEYS)]
     return col, cfg, files, groups, inputs, params, (idx, sim), tables
@@ -143,13 +144,13 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
 
 
-def _same_tiers(wd: str, *, reads_may_differ: bool = False) -> dict:
+def _same_tiers(wd: str, *, reads_may_differ: bool = False, **modes: bool) -> dict:
     """run_tiers_frames on the current scheduler against run_tiers; returns the outcome."""
     from dedupdask.analyses.tiers_dask import run_tiers_frames
     from dedupdask.fusion import run_tiers
     from dedupdask.scheduler import gather_frames
 
-    col, cfg, files, groups, inputs, params, (idx, sim), (ex_t, in_t) = _inputs(wd)
+    col, cfg, files, groups, inputs, params, (idx, sim), (ex_t, in_t) = _inputs(wd, **modes)
     expanded = expand_graph(groups, inputs, idx, sim)
     kw = dict(method="exact", storage_options=None, knn_config=cfg)
     want = run_tiers(col, groups, groups.reps, expanded, params, files, input_groups=inputs, **kw)
@@ -226,3 +227,13 @@ def test_dct_pairs_get_the_input_representative_of_both_ends():
     out = out.sort_values("from").reset_index(drop=True)
     assert out[["from", "to", "c_from", "c_to"]].values.tolist() == [[1, 3, 0, 0], [2, 4, 2, 2], [5, 6, 5, 6]]
     assert list(out.columns) == list(edges.columns)
+
+
+@pytest.mark.parametrize("modes", [{"verify": False}, {"copy_tier": False}], ids=["no-verify", "no-copy-tier"])
+def test_tiers_without_verification_or_copy_tier_decide_like_in_process(shards_work_dir, modes):
+    with dask.config.set(scheduler="sync"):
+        out = _same_tiers(shards_work_dir, **modes)
+    if not modes.get("verify", True):
+        assert out["verification"]["candidates"] == 0 and out["counts"]["accepted_copy"] >= 1
+    else:
+        assert out["counts"]["copy_candidates"] == 0 and out["verification"]["accepted"] >= 1

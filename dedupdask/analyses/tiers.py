@@ -49,6 +49,7 @@ from .similarity import (
 )
 
 __all__ = [
+    "DECIDED_COLUMNS",
     "KINDS",
     "TIER_K",
     "TierParams",
@@ -66,6 +67,11 @@ __all__ = [
 ]
 
 KINDS = ("exact", "copy", "near")
+DECIDED_COLUMNS = (
+    "from", "to", "similarity", "copy_similarity", "same_input", "kind", "direct", "to_verify",
+    "accepted", "verify_score", "verify_error",
+)  # fmt: skip
+"""Columns of the tiers' decided pairs (``TierOutcome.decided``, ``TierFrames.decided``)."""
 TIER_K = 5
 """Neighbours per image searched for candidates (at least ``nearest_neighbors_k``)."""
 

@@ -42,6 +42,7 @@ from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
 from .graph import GRAPH_COLUMNS, graph_frame
 from .routing import route, shuffle_method
 from .tiers import (
+    DECIDED_COLUMNS,
     TierParams,
     candidate_cut,
     decide,
@@ -52,13 +53,7 @@ from .tiers import (
     verified_counts,
 )
 
-__all__ = ["DECIDED_COLUMNS", "TierFrames", "dct_graph_frame", "run_tiers_frames"]
-
-DECIDED_COLUMNS = (
-    "from", "to", "similarity", "copy_similarity", "same_input", "verify_score", "verify_error",
-    "kind", "direct", "to_verify", "accepted",
-)  # fmt: skip
-"""Columns of :attr:`TierFrames.decided` (those of :func:`dedupdask.fusion.run_tiers`)."""
+__all__ = ["TierFrames", "dct_graph_frame", "run_tiers_frames"]
 
 _I64 = np.int64
 _DECISION = ("kind", "direct", "to_verify", "accepted")
@@ -71,8 +66,9 @@ class TierFrames:
     Attributes
     ----------
     decided : dask.dataframe.DataFrame
-        :data:`DECIDED_COLUMNS`: every candidate representative pair (``from < to``) with
-        both similarities, the verification and the decision; persisted.
+        :data:`~dedupdask.analyses.tiers.DECIDED_COLUMNS`: every candidate representative
+        pair (``from < to``) with both similarities, the verification and the decision;
+        persisted.
     edges : dask.dataframe.DataFrame
         ``from, to`` (int64): representative edges of connected components.
     graph : dask.dataframe.DataFrame
