@@ -115,7 +115,7 @@ def _crop_resize(im: Image.Image) -> Image.Image:
     return c.resize((int(c.width * 0.6), int(c.height * 0.6)), Image.Resampling.BICUBIC)
 
 
-def _inputs(wd: str, *, verify: bool = True, copy_tier: bool = True):
+def _inputs(wd: str, *, verify: bool = True, copy_tier: bool = True, no_embedding_edges: bool = False):
     """What analysis gives both tiers: groups, their tables, the input graph, the params."""
     from dedupdask.analyses.exact_dask import EXACT_KEYS, INPUT_KEYS, exact_groups_dask
     from dedupdask.analyses.tiers import resolve_params
@@ -136,6 +136,8 @@ def _inputs(wd: str, *, verify: bool = True, copy_tier: bool = True):
         nearest_neighbors_k=cfg.nearest_neighbors_k,
     )  # fmt: skip
     idx, sim, _, _ = knn_graph_work_dir(col, inputs.reps, params.k, config=cfg, method="exact")
+    if no_embedding_edges:  # every pair then comes from the DCT graph (or the ring of siblings)
+        idx, sim = np.full_like(idx, -1), np.full_like(sim, np.nan)
     tables = [exact_groups_dask(col.files(), col.n, keys=keys).table for keys in (EXACT_KEYS, INPUT_KEYS)]
     return col, cfg, files, groups, inputs, params, (idx, sim), tables
 
@@ -237,3 +239,14 @@ def test_tiers_without_verification_or_copy_tier_decide_like_in_process(shards_w
         assert out["verification"]["candidates"] == 0 and out["counts"]["accepted_copy"] >= 1
     else:
         assert out["counts"]["copy_candidates"] == 0 and out["verification"]["accepted"] >= 1
+
+
+def test_pairs_only_the_dct_graph_has_get_their_embedding_cosine(shards_work_dir):
+    """With no embedding edge, copy pairs come from the DCT graph alone: their embedding
+    cosine is read from the vectors of just those rows, as in process."""
+    with dask.config.set(scheduler="sync"):
+        out = _same_tiers(shards_work_dir, no_embedding_edges=True)
+    d = out["decided"]
+    dct_only = d[~d["same_input"]]
+    assert len(dct_only) >= 5 and dct_only["similarity"].notna().all()
+    assert (dct_only["similarity"] < 1).any()

@@ -72,7 +72,9 @@ class TierFrames:
     edges : dask.dataframe.DataFrame
         ``from, to`` (int64): representative edges of connected components.
     graph : dask.dataframe.DataFrame
-        The embedding graph over the exact representatives (graph-table contract).
+        The embedding graph over the exact representatives (graph-table contract): the
+        given graph when no input group holds two exact groups, else its expansion,
+        persisted.
     counts : dict
         Candidates and accepted pairs per tier (``TierOutcome.counts``).
     verification : dict
@@ -306,6 +308,8 @@ def run_tiers_frames(
     sib = sibling_frame(exact, inputs)
     n_sib = int(sib.shape[0].compute())
     graph = expand_graph_frame(emb_graph, exact, inputs, k, siblings=sib, n_siblings=n_sib)
+    if n_sib:  # built by shuffles: kept on the workers for the tiers and the stages after them
+        (graph,) = dask.persist(graph)
     dct_graph, dct_knn = dct_graph_frame(
         col, exact, params, method=method, random_state=random_state, knn_config=knn_config
     )
