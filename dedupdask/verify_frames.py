@@ -103,7 +103,7 @@ def _answers(files: pd.DataFrame, asks: pd.DataFrame) -> pd.DataFrame:
     got.insert(0, "index", want)
     got["_reply"] = asks["_reply"].to_numpy(_I64)
     got["occ"] = got["occ"].astype(_I64)
-    return got
+    return got.loc[:, ["index", "_reply", *IMAGE_COLUMNS]]  # the meta's order (p2p shuffles by schema)
 
 
 def _attach(pairs: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:

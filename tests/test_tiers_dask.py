@@ -59,6 +59,23 @@ def test_expand_graph_frame_matches_expand_graph(seed):
     # each end's input representative
     np.testing.assert_array_equal(got["from_input"].to_numpy(), inputs.rep[got["from"].to_numpy()])
     np.testing.assert_array_equal(got["to_input"].to_numpy(), inputs.rep[got["to"].to_numpy()])
+    # a graph table whose divisions are of another index (a RangeIndex) expands the same
+    with dask.config.set(scheduler="sync"):
+        whole = table.compute().reset_index(drop=True)  # split at image boundaries, numbered rows
+        cuts = [0, *np.searchsorted(whole["from"], np.quantile(whole["from"], [1 / 3, 2 / 3])), len(whole)]
+        parts = [dask.delayed(whole.iloc[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        flat = dd.from_delayed(parts, meta=whole.iloc[:0], divisions=(*cuts[:-1], cuts[-1] - 1))
+        again = expand_graph_frame(flat, group_table(groups), group_table(inputs), k).compute()
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), got.reset_index(drop=True))
+
+
+def test_graph_partitions_out_of_order_are_a_clear_error():
+    from dedupdask.analyses.expand_dask import graph_bounds
+
+    rows = pd.DataFrame({"from": [5, 6, 0, 1], "to": [6, 5, 1, 0], "similarity": np.ones(4, np.float32),
+                         "rank": np.zeros(4, np.int16)})  # fmt: skip
+    with dask.config.set(scheduler="sync"), pytest.raises(ValueError, match="increasing"):
+        graph_bounds(dd.from_pandas(rows, npartitions=2, sort=False))
 
 
 # -- against the in-process tiers, on extracted shards --------------------------------------------

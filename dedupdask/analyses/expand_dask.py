@@ -171,16 +171,11 @@ def graph_bounds(graph: Any) -> np.ndarray:
     """
     import dask
 
-    if graph.known_divisions:
-        starts = [int(d) for d in graph.divisions[:-1]]
-        lows = np.array(starts, dtype=_I64)
-        highs = np.array([*starts[1:], int(graph.divisions[-1])], dtype=_I64)
-        nonempty = np.ones(len(starts), bool)
-    else:
-        ranges = graph["from"].map_partitions(_range, meta=pd.DataFrame({"lo": _I64(0), "hi": _I64(0), "n": _I64(0)}, index=[]))
-        (got,) = dask.compute(ranges)
-        lows, highs = got["lo"].to_numpy(_I64), got["hi"].to_numpy(_I64)
-        nonempty = got["n"].to_numpy(_I64) > 0
+    # from the column, not the divisions: a frame's divisions may be of another index
+    meta = pd.DataFrame({"lo": _I64(0), "hi": _I64(0), "n": _I64(0)}, index=[])
+    (got,) = dask.compute(graph["from"].map_partitions(_range, meta=meta))
+    lows, highs = got["lo"].to_numpy(_I64), got["hi"].to_numpy(_I64)
+    nonempty = got["n"].to_numpy(_I64) > 0
     if nonempty.any() and np.any(lows[nonempty][1:] <= highs[nonempty][:-1]):
         raise ValueError("the graph table's partitions are not in increasing, non-overlapping 'from' ranges")
     return start_bounds(lows, nonempty)
