@@ -7,6 +7,11 @@ the embeddings, one block per archive), collects the candidate pairs of every ti
 give (exact cosines of the two vectors), verifies the uncertain pairs on the cluster
 (:func:`dedupdask.verify.verify_pairs`) and decides
 (:func:`dedupdask.analyses.tiers.decide`).
+
+This is the in-process path (numpy arrays and pandas tables on the calling process); the
+same decisions on the workers, from Dask DataFrames that are never gathered, are
+:func:`dedupdask.analyses.tiers_dask.run_tiers_frames`. Both apply the rules of
+:mod:`dedupdask.analyses.tiers`.
 """
 
 from __future__ import annotations

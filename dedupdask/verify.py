@@ -1,7 +1,9 @@
 """Verification stage: score candidate duplicate pairs on Dask with :mod:`dedupdask.match`.
 
-This module plans the work (which images to read, which pairs each task scores, on which
-scheduler); the decision for one pair is :func:`dedupdask.match.match_score`'s.
+This module holds the tasks (read images, score pairs) and plans the work for pairs held in
+this process (which images to read, which pairs each task scores, on which scheduler);
+:mod:`dedupdask.verify_frames` plans the same tasks for pairs that are a Dask DataFrame on the
+workers. The decision for one pair is :func:`dedupdask.match.match_score`'s (the matcher).
 
 Work is split for Dask as the rest of the analysis. Past :data:`STREAM_MAX_ARCHIVES`
 archives, pairs whose two images lie in uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
