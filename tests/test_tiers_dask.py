@@ -267,3 +267,12 @@ def test_pairs_only_the_dct_graph_has_get_their_embedding_cosine(shards_work_dir
     dct_only = d[~d["same_input"]]
     assert len(dct_only) >= 5 and dct_only["similarity"].notna().all()
     assert (dct_only["similarity"] < 1).any()
+
+
+def test_a_frame_without_its_columns_is_a_clear_error(shards_work_dir):
+    from dedupdask.analyses.tiers_dask import run_tiers_frames
+
+    col, cfg, _, groups, inputs, params, (idx, sim), (ex_t, in_t) = _inputs(shards_work_dir)
+    graph = graph_frame(inputs.reps, idx, sim).drop(columns="rank")
+    with pytest.raises(ValueError, match="emb_graph has no column 'rank'"):
+        run_tiers_frames(col, col.files(), ex_t, in_t, graph, params)

@@ -295,6 +295,12 @@ def run_tiers_frames(
     -------
     TierFrames
 
+    Raises
+    ------
+    ValueError
+        A frame without a column it needs; graph partitions out of ``from`` order; ``files``
+        not one partition per archive (when pairs are verified).
+
     Examples
     --------
     >>> t = run_tiers_frames(col, col.files(), exact, inputs, graph, params)  # doctest: +SKIP
@@ -304,6 +310,10 @@ def run_tiers_frames(
     import dask
     import dask.dataframe as dd
 
+    _check_columns(
+        (emb_graph, "emb_graph", GRAPH_COLUMNS), (exact, "exact", ("index", "rep", "group_size")),
+        (inputs, "inputs", ("index", "rep", "group_size")), (files, "files", ("index", "archive", "member")),
+    )  # fmt: skip
     k = int(params.k)
     sib = sibling_frame(exact, inputs)
     n_sib = int(sib.shape[0].compute())
@@ -369,6 +379,13 @@ def run_tiers_frames(
     cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
     out_graph = graph[list(GRAPH_COLUMNS)]
     return TierFrames(decided, comp, out_graph, counts, cost, dct_knn)
+
+
+def _check_columns(*frames: tuple[Any, str, tuple[str, ...]]) -> None:
+    for frame, name, cols in frames:
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} has no column {missing[0]!r} (columns: {list(frame.columns)})")
 
 
 def _file_bounds(col: Any, files: Any) -> np.ndarray:
