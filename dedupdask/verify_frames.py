@@ -10,7 +10,9 @@ pairs in this process. Neither the pairs nor the images' table come to the clien
    verification reads images by), and gets the answers back (two shuffles of one row per
    distinct image and partition);
 2. the pairs are shuffled on their pair of archives into partitions of about
-   :data:`~dedupdask.verify.PAIRS_PER_TASK` pairs;
+   :data:`~dedupdask.verify.PAIRS_PER_TASK` pairs (a pair of archives with more pairs than
+   that is spread over ``ceil(pairs / PAIRS_PER_TASK)`` partitions: only those keys and their
+   counts come to the client);
 3. each partition is scored in chunks of at most ``PAIRS_PER_TASK`` pairs by the tasks of
    :mod:`dedupdask.verify` -- the images of uncompressed tars by byte range
    (:func:`~dedupdask.verify.score_ranged`), past ``STREAM_MAX_ARCHIVES`` archives as there;
@@ -128,6 +130,19 @@ def _plan(pairs: pd.DataFrame, ranged_ok: bool) -> pd.DataFrame:
             ranged &= pairs[f"{side}_member_offset"].notna().to_numpy(bool)
             ranged &= pairs[f"{side}_file_size"].notna().to_numpy(bool)
     return pairs.assign(_key=pd.array(key, dtype="string"), _ranged=ranged)
+
+
+def _spread(pairs: pd.DataFrame, spread: dict[str, int]) -> pd.DataFrame:
+    """The shuffle key: the pair of archives, and for a pair of archives with many pairs one
+    of ``spread[key]`` buckets (by pair), so that no partition gets all of them."""
+    key = pairs["_key"].astype(str).to_numpy()
+    bucket = np.zeros(len(pairs), _I64)
+    if spread and len(pairs):
+        n = pd.Series(key).map(spread).fillna(1).to_numpy(_I64)
+        mix = pd.util.hash_array(pairs["from"].to_numpy(_I64)) ^ pd.util.hash_array(pairs["to"].to_numpy(_I64))
+        bucket = (mix % n.astype(np.uint64)).astype(_I64)
+    shard = pd.Series(key, dtype=object) + "\t" + pd.Series(bucket).astype(str)
+    return pairs.assign(_shard=pd.array(shard.to_numpy(), dtype="string"))
 
 
 def _ends(pairs: pd.DataFrame, cols: tuple[str, ...]) -> pd.DataFrame:
@@ -295,8 +310,13 @@ def verify_frame(
     )
     n_archives = int(dd.concat([known["a_archive"], known["b_archive"]]).astype(str).nunique().compute())
     planned = known.map_partitions(_plan, n_archives > verify.STREAM_MAX_ARCHIVES)
+    # a pair of archives with more than PAIRS_PER_TASK pairs is spread over several partitions
+    sizes = planned["_key"].value_counts()
+    (hot,) = dask.compute(sizes[sizes > verify.PAIRS_PER_TASK])  # at most n_pairs / PAIRS_PER_TASK keys
+    spread = {str(key): math.ceil(int(c) / verify.PAIRS_PER_TASK) for key, c in hot.items()}
+    planned = planned.map_partitions(_spread, spread)
     planned = planned.shuffle(
-        on="_key", npartitions=max(1, math.ceil(n_pairs / verify.PAIRS_PER_TASK)), shuffle_method=shuffle_method()
+        on="_shard", npartitions=max(1, math.ceil(n_pairs / verify.PAIRS_PER_TASK)), shuffle_method=shuffle_method()
     )
     tasks = [
         dask.delayed(verify_partition, pure=True)(

@@ -230,6 +230,19 @@ def test_ranged_reads_in_many_partitions_decide_like_in_process(shards_work_dir,
     assert v["ranged_pairs"] == v["candidates"] > 7 and v["tasks"] > v["candidates"] // 7
 
 
+def test_a_pair_of_archives_with_many_pairs_is_spread_over_partitions(monkeypatch):
+    from dedupdask import verify
+    from dedupdask.verify_frames import _spread
+
+    monkeypatch.setattr(verify, "PAIRS_PER_TASK", 10)
+    pairs = pd.DataFrame({"from": np.arange(100), "to": np.arange(100) + 1000,
+                          "_key": pd.array(["a\nb"] * 95 + ["a\nc"] * 5, dtype="string")})  # fmt: skip
+    out = _spread(pairs, {"a\nb": 10})
+    shards = out.groupby("_key")["_shard"].nunique()
+    assert shards["a\nb"] == 10 and shards["a\nc"] == 1
+    assert out.groupby("_shard").size().max() <= 20
+
+
 def test_dct_pairs_get_the_input_representative_of_both_ends():
     """A pair only the DCT graph has learns whether its ends have equal model inputs: each
     end's input representative (its own index unless its input group has other exact groups)."""
