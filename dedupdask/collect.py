@@ -188,13 +188,14 @@ class Collection:
         for a in self.archives:
             if not a.n_valid:
                 continue
-            arr = read_archive_vectors(self.work_dir, a.name, d, a.n_valid, which=which)
             if sel is None:
+                arr = read_archive_vectors(self.work_dir, a.name, d, a.n_valid, which=which)
                 res[a.offset : a.offset + a.n_valid] = arr
                 filled += a.n_valid
                 continue
             hit = np.flatnonzero((sel >= a.offset) & (sel < a.offset + a.n_valid))
-            if hit.size:
+            if hit.size:  # only the archives holding asked rows are read
+                arr = read_archive_vectors(self.work_dir, a.name, d, a.n_valid, which=which)
                 res[hit] = arr[sel[hit] - a.offset]
                 filled += hit.size
         if filled != res.shape[0]:

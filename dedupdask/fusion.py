@@ -7,6 +7,11 @@ the embeddings, one block per archive), collects the candidate pairs of every ti
 give (exact cosines of the two vectors), verifies the uncertain pairs on the cluster
 (:func:`dedupdask.verify.verify_pairs`) and decides
 (:func:`dedupdask.analyses.tiers.decide`).
+
+This is the in-process path (numpy arrays and pandas tables on the calling process); the
+same decisions on the workers, from Dask DataFrames that are never gathered, are
+:func:`dedupdask.analyses.tiers_dask.run_tiers_frames`. Both apply the rules of
+:mod:`dedupdask.analyses.tiers`.
 """
 
 from __future__ import annotations
@@ -24,12 +29,21 @@ import pandas as pd
 from dask.base import tokenize
 
 from .analyses.exact import ExactGroups
-from .analyses.tiers import TierParams, candidate_pairs, component_edges, decide
+from .analyses.tiers import (
+    DECIDED_COLUMNS,
+    TierParams,
+    candidate_pairs,
+    component_edges,
+    decide,
+    tier_counts,
+    verified_counts,
+)
 from .collect import Collection, read_archive_vectors
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
 from .verify import verify_pairs
+from .verify_frames import image_info
 
 __all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
 
@@ -134,19 +148,6 @@ class TierOutcome:
         return self.decided[self.decided["accepted"]].reset_index(drop=True)
 
 
-def _image_info(files: pd.DataFrame) -> pd.DataFrame:
-    """``archive, member, occ, member_offset, file_size`` of every valid image,
-    indexed by global index (``member_offset`` null where a member cannot be read by range)."""
-    f = files.reset_index(drop=True)
-    occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount()
-    f = f.assign(occ=occ)
-    f = f[f["index"].notna()]
-    cols = ["archive", "member", "occ", "member_offset", "file_size"]
-    out = f.reindex(columns=cols)
-    out.index = f["index"].astype("int64").to_numpy()
-    return out
-
-
 def run_tiers(
     col: Collection,
     groups: ExactGroups,
@@ -240,7 +241,7 @@ def run_tiers(
         t0 = time.perf_counter()
         res, cost = verify_pairs(
             todo.loc[:, ["from", "to"]],
-            _image_info(files),
+            image_info(files),
             storage_options=storage_options,
             max_image_pixels=max_image_pixels,
             max_member_bytes=max_member_bytes,
@@ -254,19 +255,9 @@ def run_tiers(
         decided["verify_score"] = np.nan
         decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
     decided["verify_score"] = decided["verify_score"].astype("float32")
-    ver = decided[decided["to_verify"]]
+    decided = decided.loc[:, list(DECIDED_COLUMNS)]  # one column order, verified or not
     cost.setdefault("candidates", 0)
-    cost["accepted"] = int(ver["accepted"].sum())
-    cost["rejected"] = int((~ver["accepted"]).sum())
+    cost.update(verified_counts(decided))
     cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
-    acc = decided[decided["accepted"]]
-    counts = {
-        "candidate_pairs": int(len(decided)),
-        "copy_candidates": int((decided["kind"] == "copy").sum()),
-        "near_direct": int(decided["direct"].sum()),
-        "accepted_copy": int((acc["kind"] == "copy").sum()),
-        "accepted_near": int((acc["kind"] == "near").sum()),
-        "same_input_candidates": int(decided["same_input"].sum()),
-    }
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
-    return TierOutcome(decided, edges, counts, cost, dct_knn)
+    return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn)

@@ -1,7 +1,9 @@
 """Verification stage: score candidate duplicate pairs on Dask with :mod:`dedupdask.match`.
 
-This module plans the work (which images to read, which pairs each task scores, on which
-scheduler); the decision for one pair is :func:`dedupdask.match.match_score`'s.
+This module holds the tasks (read images, score pairs) and plans the work for pairs held in
+this process (which images to read, which pairs each task scores, on which scheduler);
+:mod:`dedupdask.verify_frames` plans the same tasks for pairs that are a Dask DataFrame on the
+workers. The decision for one pair is :func:`dedupdask.match.match_score`'s (the matcher).
 
 Work is split for Dask as the rest of the analysis. Past :data:`STREAM_MAX_ARCHIVES`
 archives, pairs whose two images lie in uncompressed tars (extraction records each member's ``member_offset``) are scored in chunks
@@ -33,9 +35,11 @@ __all__ = [
     "VERIFY_COLUMNS",
     "Prepared",
     "load_archive_images",
+    "load_ranged_images",
     "match_score",
     "prepare_image",
     "score_pairs",
+    "score_ranged",
     "verify_pairs",
 ]
 
@@ -238,7 +242,7 @@ def load_ranged_images(
     return out
 
 
-def _score_ranged(
+def score_ranged(
     pairs: np.ndarray,
     items: tuple[tuple[int, str, int, int], ...],
     storage_options: dict[str, Any],
@@ -434,7 +438,7 @@ def _ranged_tasks(
             )
         )
         tasks.append(
-            dask.delayed(_score_ranged, pure=True)(
+            dask.delayed(score_ranged, pure=True)(
                 p[g], items, so, max_image_pixels, max_member_bytes, early_accept, keypoints
             )
         )

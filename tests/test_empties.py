@@ -43,7 +43,7 @@ from dedupdask.analyses.tiers import (
 )
 from dedupdask.analysis import build
 from dedupdask.config import RunConfig
-from dedupdask.fusion import _image_info, pair_cosines
+from dedupdask.fusion import pair_cosines
 from dedupdask.knn import exact_knn, exact_knn_block, knn_graph, knn_graph_dask, normalize_rows
 from dedupdask.knn_partitioned import (
     VectorBlock,
@@ -56,6 +56,7 @@ from dedupdask.match import Prepared, match_score
 from dedupdask.results import load
 from dedupdask.store import WorkDir, empty_files_frame
 from dedupdask.verify import score_pairs, verify_pairs
+from dedupdask.verify_frames import image_info
 
 
 def _empty_piece(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -297,11 +298,11 @@ def test_analyses_of_empty_and_single_inputs():
         assert len(expand_pairs(groups, pairs, names)) == 0
     assert len(invalid_table(empty_files_frame())) == 0
     assert pair_cosines(lambda rows: np.ones((rows.size, D)), np.empty(0, int), np.empty(0, int)).shape == (0,)
-    assert _image_info(empty_files_frame()).empty
+    assert image_info(empty_files_frame()).empty
 
 
 def test_verification_of_nothing_and_of_flat_images():
-    out, cost = verify_pairs(pd.DataFrame({"from": [], "to": []}), _image_info(empty_files_frame()))
+    out, cost = verify_pairs(pd.DataFrame({"from": [], "to": []}), image_info(empty_files_frame()))
     assert len(out) == 0 and cost["candidates"] == 0
     df, _ = score_pairs(np.empty((0, 2), np.int64))
     assert len(df) == 0

@@ -356,7 +356,7 @@ def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, mo
     ):
         out = ddk.run(None, wd, run_mode=2, client=client, progress=False)
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
-    assert any(str(n).startswith(("score_pairs", "_score_ranged")) for n in names), sorted(names)[:10]
+    assert any(str(n).startswith(("score_pairs", "score_ranged")) for n in names), sorted(names)[:10]
     assert not any(str(n).startswith("dedupdask-vectors") for n in names)
     pd.testing.assert_frame_equal(out.similarity.compute(), res.similarity.compute())
 

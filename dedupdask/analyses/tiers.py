@@ -49,17 +49,29 @@ from .similarity import (
 )
 
 __all__ = [
+    "DECIDED_COLUMNS",
     "KINDS",
     "TIER_K",
     "TierParams",
+    "candidate_cut",
     "candidate_pairs",
     "decide",
     "expand_pairs",
     "component_edges",
+    "fused_edges",
+    "merge_candidates",
     "resolve_params",
+    "tier_counts",
+    "unique_pairs",
+    "verified_counts",
 ]
 
 KINDS = ("exact", "copy", "near")
+DECIDED_COLUMNS = (
+    "from", "to", "similarity", "copy_similarity", "same_input", "kind", "direct", "to_verify",
+    "accepted", "verify_score", "verify_error",
+)  # fmt: skip
+"""Columns of the tiers' decided pairs (``TierOutcome.decided``, ``TierFrames.decided``)."""
 TIER_K = 5
 """Neighbours per image searched for candidates (at least ``nearest_neighbors_k``)."""
 
@@ -152,19 +164,71 @@ def resolve_params(
     )
 
 
+def unique_pairs(
+    a: np.ndarray, b: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``a -- b`` as unique pairs ``lo < hi`` with their largest similarity.
+
+    The rule both graphs' candidates and the components' kNN edges follow, on the calling
+    process (:func:`candidate_pairs`) and per partition on the workers
+    (:mod:`dedupdask.analyses.tiers_dask`). Self-edges are dropped.
+
+    Examples
+    --------
+    >>> lo, hi, s = unique_pairs(np.array([2, 0, 1]), np.array([0, 2, 1]),
+    ...                          np.array([0.9, 0.95, 1.0], np.float32))
+    >>> lo.tolist(), hi.tolist(), s.tolist()
+    ([0], [2], [0.949999988079071])
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    s = np.asarray(s, dtype=np.float32)
+    keep = lo != hi
+    df = pd.DataFrame({"a": lo[keep], "b": hi[keep], "s": s[keep]})
+    df = df.sort_values(["a", "b", "s"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
+    return df["a"].to_numpy(np.int64), df["b"].to_numpy(np.int64), df["s"].to_numpy(np.float32)
+
+
 def _edges(
     reps: np.ndarray, idx: np.ndarray, sim: np.ndarray, cut: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique rep-level pairs ``lo < hi`` of a kNN graph with similarity >= ``cut``."""
     ok = (idx >= 0) & (sim >= np.float32(cut))
     rows, cols = np.nonzero(ok)
-    a, b = reps[rows], reps[idx[rows, cols]]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    s = sim[rows, cols].astype(np.float32)
-    keep = lo != hi
-    df = pd.DataFrame({"a": lo[keep], "b": hi[keep], "s": s[keep]})
-    df = df.sort_values(["a", "b", "s"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
-    return df["a"].to_numpy(np.int64), df["b"].to_numpy(np.int64), df["s"].to_numpy(np.float32)
+    return unique_pairs(reps[rows], reps[idx[rows, cols]], sim[rows, cols])
+
+
+def candidate_cut(params: TierParams) -> float:
+    """Embedding similarity from which a kNN edge is a candidate pair of some tier."""
+    cut = params.threshold
+    if params.verify_threshold is not None:
+        cut = min(cut, params.verify_threshold)
+    return cut
+
+
+def merge_candidates(emb: pd.DataFrame, dct: pd.DataFrame | None) -> pd.DataFrame:
+    """The candidate pairs of both graphs, each with what each graph says.
+
+    Parameters
+    ----------
+    emb : DataFrame
+        ``from, to, similarity``: unique embedding pairs (:func:`unique_pairs`).
+    dct : DataFrame or None
+        ``from, to, copy_similarity``: unique DCT pairs; None without a copy tier.
+
+    Returns
+    -------
+    DataFrame
+        ``from, to, similarity, copy_similarity`` (NaN where a graph does not have the
+        pair), sorted by ``from, to``, with any other columns of ``emb`` / ``dct``.
+    """
+    if dct is not None:
+        out = emb.merge(dct, on=["from", "to"], how="outer")
+    else:
+        out = emb.assign(copy_similarity=np.float32(np.nan))
+    out = out.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
+    return out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32"})
 
 
 def candidate_pairs(
@@ -199,19 +263,13 @@ def candidate_pairs(
     >>> candidate_pairs(reps, emb, dct, p)[["from", "to"]].values.tolist()
     [[0, 1], [0, 2]]
     """
-    cut = params.threshold
-    if params.verify_threshold is not None:
-        cut = min(cut, params.verify_threshold)
-    a, b, s = _edges(reps, emb_graph[0], emb_graph[1], cut)
+    a, b, s = _edges(reps, emb_graph[0], emb_graph[1], candidate_cut(params))
     emb = pd.DataFrame({"from": a, "to": b, "similarity": s})
+    dct = None
     if dct_graph is not None and params.copy_threshold is not None:
         a, b, s = _edges(reps, dct_graph[0], dct_graph[1], params.copy_threshold)
         dct = pd.DataFrame({"from": a, "to": b, "copy_similarity": s})
-        out = emb.merge(dct, on=["from", "to"], how="outer")
-    else:
-        out = emb.assign(copy_similarity=np.float32(np.nan))
-    out = out.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
-    out = out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32"})
+    out = merge_candidates(emb, dct)
     if input_rep is None:
         out["same_input"] = False
     else:
@@ -371,6 +429,26 @@ def component_edges(
     [[0, 0], [1, 2]]
     """
     a, b, _ = _edges(reps, emb_graph[0], emb_graph[1], ccthreshold)
+    return fused_edges(a, b, decided)
+
+
+def fused_edges(
+    a: np.ndarray, b: np.ndarray, decided: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`component_edges` from the unique kNN pairs ``a < b`` at or above ``ccthreshold``.
+
+    Drops the pairs verification rejected and adds accepted copy and verified pairs (on the
+    workers, per partition of pairs routed by ``from``).
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({"from": [0, 1], "to": [2, 3], "kind": ["copy", "near"],
+    ...                   "to_verify": [True, True], "accepted": [True, False]})
+    >>> [e.tolist() for e in fused_edges(np.array([1, 4]), np.array([3, 5]), d)]
+    [[4, 0], [5, 2]]
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
     rejected = decided[decided["to_verify"] & ~decided["accepted"]]
     if len(rejected) and len(a):
         bad = pd.MultiIndex.from_arrays([rejected["from"].to_numpy(), rejected["to"].to_numpy()])
@@ -380,3 +458,31 @@ def component_edges(
     a = np.concatenate([a, extra["from"].to_numpy(np.int64)])
     b = np.concatenate([b, extra["to"].to_numpy(np.int64)])
     return a, b
+
+
+def tier_counts(decided: pd.DataFrame) -> dict[str, int]:
+    """Candidates and accepted pairs per tier (sums: those of partitions add up).
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({"kind": ["copy", "near"], "direct": [False, True],
+    ...                   "to_verify": [True, False], "accepted": [False, True],
+    ...                   "same_input": [False, False]})
+    >>> tier_counts(d)["accepted_near"], verified_counts(d)
+    (1, {'accepted': 0, 'rejected': 1})
+    """
+    acc = decided[decided["accepted"]]
+    return {
+        "candidate_pairs": int(len(decided)),
+        "copy_candidates": int((decided["kind"] == "copy").sum()),
+        "near_direct": int(decided["direct"].sum()),
+        "accepted_copy": int((acc["kind"] == "copy").sum()),
+        "accepted_near": int((acc["kind"] == "near").sum()),
+        "same_input_candidates": int(decided["same_input"].sum()),
+    }
+
+
+def verified_counts(decided: pd.DataFrame) -> dict[str, int]:
+    """Pairs that were to be verified, accepted and rejected (sums, like :func:`tier_counts`)."""
+    ver = decided[decided["to_verify"]]
+    return {"accepted": int(ver["accepted"].sum()), "rejected": int((~ver["accepted"]).sum())}
