@@ -16,8 +16,19 @@
 7. **write**: ``results/`` and the fastdup-named CSVs (:func:`dedupdask.results.save_tables`),
    ``run.json`` last.
 
-Which stages run on the workers and what the calling process still holds is in the README's
-scale section.
+Two paths run them. On local threads (a work_dir small enough for ``max_client_memory``) the
+tables are numpy / pandas data held here (:func:`_in_process`). On a distributed client
+(:func:`_on_workers`) every per-image and per-pair table is a Dask DataFrame handed from stage
+to stage and written to ``results/`` from the workers: the exact groups'
+tables (:func:`dedupdask.analyses.exact_dask.exact_and_input_frames`), the tiers'
+:class:`~dedupdask.analyses.tierframes.TierFrames`, then similarity
+(:mod:`dedupdask.analyses.pairs_dask`), outliers (:mod:`dedupdask.analyses.outliers_dask`),
+components (:mod:`dedupdask.analyses.components_dask`), invalid images, issues
+(:mod:`dedupdask.analyses.issues_dask`), names (:mod:`dedupdask.analyses.names_dask`) and the
+counts (sums of per-partition counts). What this process still gathers there: the kNN graph
+and the groups' representatives behind the two adapters :func:`_knn_graph_today` and
+:func:`_tier_frames_today` (until the partitioned kNN returns a graph table and the tiers run
+on the workers), and the same for the outlier groups (:func:`_outlier_groups_here`).
 """
 
 from __future__ import annotations
@@ -399,7 +410,8 @@ def _knn_graph_today(
     idx, sim, used, info = knn_graph_work_dir(
         col, reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
     )
-    return graph_frame(reps, idx, sim), used, info
+    (graph,) = dask.persist(graph_frame(reps, idx, sim))  # sent to the workers once, held there
+    return graph, used, info
 
 
 def _tier_frames_today(
@@ -436,10 +448,15 @@ def _tier_frames_today(
         max_member_bytes=max_member_bytes, knn_config=knn_config,
     )  # fmt: skip
     edges = pd.DataFrame({"from": out.edges[0], "to": out.edges[1]}, dtype=np.int64)
+    decided, edge_frame, graph = dask.persist(  # sent to the workers once, held there
+        dd.from_pandas(out.decided.loc[:, list(DECIDED_COLUMNS)], npartitions=1, sort=False),
+        dd.from_pandas(edges, npartitions=1, sort=False),
+        graph_frame(groups.reps, idx, sim),
+    )
     return TierFrames(
-        decided=dd.from_pandas(out.decided.loc[:, list(DECIDED_COLUMNS)], npartitions=1, sort=False),
-        edges=dd.from_pandas(edges, npartitions=1, sort=False),
-        graph=graph_frame(groups.reps, idx, sim),
+        decided=decided,
+        edges=edge_frame,
+        graph=graph,
         counts=out.counts,
         verification=out.verification,
         dct_knn=out.dct_knn,
