@@ -58,12 +58,10 @@ from .analyses import (
 from .analyses.exact import ExactGroups
 from .analyses.exact_dask import exact_and_input_frames
 from .analyses.graph import graph_arrays, graph_frame
-from .analyses.groups import OutlierGroups
+from .analyses.groups_dask import outlier_about, outlier_frame, outlier_rows
 from .analyses.issues import (
-    find_outlier_groups,
     issue_images,
     issues_frame,
-    outlier_issues,
     stat_inputs,
 )
 from .analyses.issues import issues_about as issues_about_of
@@ -349,11 +347,13 @@ def _on_workers(
     invalid = invalid_frame(files)
     issue_t = resolve_issues(config, col.model)
     ref, miss = stat_inputs(col)
-    og = _outlier_groups_here(col, exact, tiers.graph, params.k, issue_t)
-    og_rows = outlier_issues(og, issue_t.outlier, issue_t.outlier_group_size)
+    og, searched = outlier_frame(
+        col, exact, tiers.graph, names, n, params.k, link=issue_t.outlier_link,
+        max_size=issue_t.outlier_group_size, below=issue_t.outlier, search=issue_t.outlier is not None,
+    )  # fmt: skip
     issues = issues_dask(
         issues_frame(files, issue_t.cutoffs(), ref),
-        [duplicate_frame(similarity, divisions), dd.from_pandas(og_rows, npartitions=1, sort=False)],
+        [duplicate_frame(similarity, divisions), outlier_rows(og, issue_t.outlier, issue_t.outlier_group_size)],
         names,
     )
     outliers, issues = dask.persist(outliers, issues)
@@ -363,7 +363,8 @@ def _on_workers(
     )
     comp = partition_sums(components, _component_sums)
     per_type, n_issue_images = issue_counts(issues, divisions)
-    issues_about = issues_about_of(n, ref, miss, og, issue_t, per_type)
+    og_about = outlier_about(og, issue_t.outlier_group_size, searched)
+    issues_about = issues_about_of(n, ref, miss, og_about, issue_t, per_type)
     stages.done("analyses")
 
     counts = {
@@ -461,17 +462,6 @@ def _tier_frames_today(
         verification=out.verification,
         dct_knn=out.dct_knn,
     )
-
-
-def _outlier_groups_here(
-    col: Collection, exact: dd.DataFrame, graph: dd.DataFrame, k: int, thresholds: Any
-) -> OutlierGroups:
-    """The outlier groups, found here: the one per-image step of the workers path still on
-    this process (the representatives and the graph's arrays come here)."""
-    (rep,) = scheduler.gather_frames(exact["rep"])
-    groups = ExactGroups(rep.to_numpy(dtype=np.int64))
-    idx, sim = graph_arrays(graph, groups.reps, k)
-    return find_outlier_groups(col, groups, groups.reps, (idx, sim), thresholds)
 
 
 # -- shared by both paths -----------------------------------------------------------------------

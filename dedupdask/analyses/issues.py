@@ -121,6 +121,7 @@ __all__ = [
     "issues_partition",
     "issue_images",
     "issues_table",
+    "outlier_group_counts",
     "outlier_issues",
     "scores_frame",
     "size_histogram",
@@ -660,11 +661,12 @@ def issues_about(
     n: int,
     ref: float,
     miss: pd.Series,
-    og: OutlierGroups,
+    og: OutlierGroups | dict[str, int],
     thresholds: IssueThresholds,
     counts: dict[str, int],
 ) -> dict[str, Any]:
-    """What ``results/run.json`` says about the issues of a run of ``n`` images.
+    """What ``results/run.json`` says about the issues of a run of ``n`` images (``og``: the
+    outlier groups, or what :func:`outlier_group_counts` says of them).
 
     Examples
     --------
@@ -695,17 +697,31 @@ def issues_about(
             + ("" if parts["flat"] else " and without detrending its flat part")
             + "; re-extract them (resume=False) to score them fully"
         )
-    flagged = og.pictures <= thresholds.outlier_group_size
     return {
         "size_reference": None if np.isnan(ref) else round(float(ref), 2),
         "unscored": unscored,
         "not_reported": not_reported,
         "partly_scored": partly,
-        "outlier_groups": {
-            "groups": int(np.unique(og.group[og.size > 1]).size),
-            "images_in_groups": int((og.size > 1).sum()),
-            "searched_members": og.searched,
-            "largest_labelled": int(og.size[flagged].max()) if flagged.any() else 0,
-        },
+        "outlier_groups": og if isinstance(og, dict) else outlier_group_counts(og, thresholds.outlier_group_size),
         "counts": counts,
+    }
+
+
+def outlier_group_counts(og: OutlierGroups, max_size: int) -> dict[str, int]:
+    """``run.json``'s ``outlier_groups``: groups of more than one image, their images, the
+    members searched, the largest group labelled.
+
+    Examples
+    --------
+    >>> og = OutlierGroups(np.array([0, 0, 2]), np.array([2, 2, 1]), np.array([2, 2, 1]),
+    ...                    np.array([0.2, 0.2, 0.8], np.float32), np.array([2, 2, 0]))
+    >>> outlier_group_counts(og, 10)
+    {'groups': 1, 'images_in_groups': 2, 'searched_members': 0, 'largest_labelled': 2}
+    """
+    flagged = og.pictures <= max_size
+    return {
+        "groups": int(np.unique(og.group[og.size > 1]).size),
+        "images_in_groups": int((og.size > 1).sum()),
+        "searched_members": og.searched,
+        "largest_labelled": int(og.size[flagged].max()) if flagged.any() else 0,
     }
