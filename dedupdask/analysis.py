@@ -25,10 +25,11 @@ tables (:func:`dedupdask.analyses.exact_dask.exact_and_input_frames`), the tiers
 (:mod:`dedupdask.analyses.pairs_dask`), outliers (:mod:`dedupdask.analyses.outliers_dask`),
 components (:mod:`dedupdask.analyses.components_dask`), invalid images, issues
 (:mod:`dedupdask.analyses.issues_dask`), names (:mod:`dedupdask.analyses.names_dask`) and the
-counts (sums of per-partition counts). What this process still gathers there: the kNN graph
+counts (sums of per-partition counts), the outlier groups of the ``outlier`` issue type
+(:mod:`dedupdask.analyses.groups_dask`). What this process still gathers there: the kNN graph
 and the groups' representatives behind the two adapters :func:`_knn_graph_today` and
-:func:`_tier_frames_today` (until the partitioned kNN returns a graph table and the tiers run
-on the workers), and the same for the outlier groups (:func:`_outlier_groups_here`).
+:func:`_tier_frames_today`, until the partitioned kNN returns a graph table and the tiers run
+on the workers (each adapter is then replaced by one call).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from .components_dask import components_table_dask
-from .groups import QUERIES_PER_GROUP, best_outside
+from .groups import QUERIES_PER_GROUP, OutlierGroups, best_outside
+from .issues import outlier_issues
 from .routing import NODE, find, locate, lookup, route
 
 if TYPE_CHECKING:
@@ -329,9 +330,6 @@ def outlier_frame(
 
 
 def _issue_rows(og: pd.DataFrame, cutoff: float | None, max_size: int) -> pd.DataFrame:
-    from .groups import OutlierGroups
-    from .issues import outlier_issues
-
     groups = OutlierGroups(
         og["group"].to_numpy(_I64), og["size"].to_numpy(_I64), og["pictures"].to_numpy(_I64),
         og["similarity"].to_numpy(np.float32), og["nearest"].to_numpy(_I64),
@@ -344,14 +342,11 @@ def _issue_rows(og: pd.DataFrame, cutoff: float | None, max_size: int) -> pd.Dat
 def outlier_rows(og: Any, cutoff: float | None, max_size: int) -> Any:
     """The ``outlier`` issue rows (``index, issue, score, other, group``) of
     :func:`outlier_frame`, partition by partition (:func:`~dedupdask.analyses.issues.outlier_issues`)."""
-    from .groups import OutlierGroups
-    from .issues import outlier_issues
-
     empty = OutlierGroups(*(np.empty(0, t) for t in (_I64, _I64, _I64, np.float32, _I64)))
     return og.map_partitions(_issue_rows, cutoff, max_size, meta=outlier_issues(empty, cutoff, max_size))
 
 
-def _about_sums(og: pd.DataFrame, max_size: int) -> np.ndarray:
+def _about_sums(og: pd.DataFrame, max_size: int) -> tuple[np.ndarray, int]:
     size = og["size"].to_numpy(_I64)
     root = og["group"].to_numpy(_I64) == og["index"].to_numpy(_I64)
     flagged = og["pictures"].to_numpy(_I64) <= max_size
