@@ -16,8 +16,20 @@
 7. **write**: ``results/`` and the fastdup-named CSVs (:func:`dedupdask.results.save_tables`),
    ``run.json`` last.
 
-Which stages run on the workers and what the calling process still holds is in the README's
-scale section.
+Two paths run them. On local threads (a work_dir small enough for ``max_client_memory``) the
+tables are numpy / pandas data held here (:func:`_in_process`). On a distributed client
+(:func:`_on_workers`) every per-image and per-pair table is a Dask DataFrame handed from stage
+to stage and written to ``results/`` from the workers: the exact groups'
+tables (:func:`dedupdask.analyses.exact_dask.exact_and_input_frames`), the tiers'
+:class:`~dedupdask.analyses.tierframes.TierFrames`, then similarity
+(:mod:`dedupdask.analyses.pairs_dask`), outliers (:mod:`dedupdask.analyses.outliers_dask`),
+components (:mod:`dedupdask.analyses.components_dask`), invalid images, issues
+(:mod:`dedupdask.analyses.issues_dask`), names (:mod:`dedupdask.analyses.names_dask`) and the
+counts (sums of per-partition counts), the outlier groups of the ``outlier`` issue type
+(:mod:`dedupdask.analyses.groups_dask`). What this process still gathers there: the kNN graph
+and the groups' representatives behind the two adapters :func:`_knn_graph_today` and
+:func:`_tier_frames_today`, until the partitioned kNN returns a graph table and the tiers run
+on the workers (each adapter is then replaced by one call).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from . import scheduler
 from .analyses import (
     STATS_COLUMNS,
     components_table,
+    components_table_dask,
     exact_groups,
     expand_graph,
     find_issues,
@@ -43,17 +56,32 @@ from .analyses import (
     outliers_table,
     stats_frame,
 )
-from .analyses.components_dask import components_frame_of_groups
-from .analyses.exact_dask import exact_and_input_groups
-from .analyses.issues import issue_images
+from .analyses.exact import ExactGroups
+from .analyses.exact_dask import exact_and_input_frames
+from .analyses.graph import graph_arrays, graph_frame
+from .analyses.groups_dask import outlier_about, outlier_frame, outlier_rows
+from .analyses.issues import (
+    issue_images,
+    issues_frame,
+    stat_inputs,
+)
+from .analyses.issues import issues_about as issues_about_of
+from .analyses.issues_dask import duplicate_frame, issue_counts, issues_dask
 from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names
-from .analyses.tiers import expand_pairs, resolve_params
-from .collect import collect
+from .analyses.names_dask import names_frame
+from .analyses.outliers_dask import nearest_frame, outliers_frame
+from .analyses.pairs_dask import similarity_frame
+from .analyses.routing import partition_sums
+from .analyses.stats import invalid_frame
+from .analyses.tierframes import DECIDED_COLUMNS, TierFrames
+from .analyses.tiers import KINDS, TierParams, expand_pairs, resolve_params
+from .collect import Collection, collect
 from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .results import DedupResult, from_tables, save_run, save_tables
+from .store import empty_files_frame
 from .tables import table_from_pandas
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
@@ -64,7 +92,6 @@ _FILE_COLS = [
     "input_md5", "mean", "min", "max", "stdv", "blur", "unique", "contrast", "error_code", "error_message",
     "index", "member_offset", "key", "p01", "p99", "chroma", "residual_range", "text_lines",
 ]  # fmt: skip
-_HASHES = ("md5", "pixel_md5", "input_md5")
 
 
 def _version() -> str:
@@ -181,10 +208,17 @@ def _build(
             f"failed: {col.failed[:5]}, without done.json: {col.missing[:5]}"
         )
     stages.done("collect")
+    if scheduler.dask_client() is not None and col.n > 0:  # on a distributed client
+        return _on_workers(col, config, method, random_state, write, stages)
+    return _in_process(col, config, method, random_state, write, stages)
 
-    workers = scheduler.dask_client() is not None and col.n > 0  # on a distributed client
-    # there the hashes stay on the workers: the exact groups are found by a shuffle there
-    files = col.files_frame([c for c in _FILE_COLS if not (workers and c in _HASHES)])
+
+def _in_process(
+    col: Collection, config: RunConfig, method: str, random_state: int, write: bool, stages: _Stages
+) -> DedupResult:
+    """The stages on plain numpy / pandas data held here (a small work_dir, local threads)."""
+    wd = col.work_dir
+    files = col.files_frame(_FILE_COLS)
     valid = files[files["index"].notna()].sort_values("index", kind="stable").reset_index(drop=True)
     n = len(valid)
     if n != col.n or not np.array_equal(valid["index"].to_numpy(dtype=np.int64), np.arange(n)):
@@ -192,21 +226,11 @@ def _build(
     filenames = valid["filename"].to_numpy(dtype=object)
     stages.done("read_files")
 
-    if workers:
-        groups, inputs = exact_and_input_groups(col.files(), col.n)
-    else:
-        groups = exact_groups(valid["md5"], valid["pixel_md5"])
-        inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
+    groups = exact_groups(valid["md5"], valid["pixel_md5"])
+    inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     reps = groups.reps
     table = resolve(config, col.model)  # the model's thresholds with the user's overrides
-    params = resolve_params(
-        table,
-        has_dct=has_dct(col),
-        verify=config.verify,
-        nearest_neighbors_k=config.nearest_neighbors_k,
-        keypoints=config.verify_keypoints,
-    )
-    threshold, ccthreshold = params.threshold, params.ccthreshold
+    params = _params(col, config, table)
     stages.done("exact_groups")
 
     k = params.k
@@ -246,14 +270,8 @@ def _build(
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
     similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
     outliers = add_names(outliers, valid, OUTLIER_NAMES)
-    if workers:  # these per-image tables stay on the workers and go to results/ from there
-        components = components_frame_of_groups(groups, tiers.edges)
-        stats = stats_frame(col.files())
-    else:
-        components = components_table(
-            groups, reps, nbr_idx, nbr_sim, ccthreshold, edges=tiers.edges
-        )
-        stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
+    components = components_table(groups, reps, nbr_idx, nbr_sim, params.ccthreshold, edges=tiers.edges)
+    stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     invalid = invalid_table(files)
     issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
     issues, issues_about = find_issues(
@@ -262,13 +280,226 @@ def _build(
     )  # fmt: skip
     stages.done("analyses")
 
-    run = {
+    counts = {
+        "images": n,
+        "invalid": len(invalid),
+        "exact_groups": groups.n_groups(2),
+        "representatives": int(reps.size),
+        "knn_representatives": int(inputs.reps.size),
+        "similar_pairs": len(similarity),
+        **{f"{kind}_pairs": int((similarity["kind"] == kind).sum()) for kind in KINDS},
+        **tiers.counts,
+        "outliers": len(outliers),
+        "issues": len(issues),
+        **_component_counts(components),
+        "issue_images": issue_images(issues),
+    }
+    run = _record(
+        col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
+        tiers.dct_knn, tiers.verification, counts, "this process", stages,
+    )  # fmt: skip
+    tables = {
+        "similarity": similarity,
+        "outliers": outliers,
+        "components": components,
+        "stats": stats,
+        "invalid": invalid,
+        "issues": issues,
+    }
+    return _write(col, tables, run, config, write, stages)
+
+
+def _on_workers(
+    col: Collection, config: RunConfig, method: str, random_state: int, write: bool, stages: _Stages
+) -> DedupResult:
+    """The stages on a distributed client: every per-image and per-pair table is a Dask
+    DataFrame on the workers, handed from stage to stage and written from there; this process
+    holds the archives' list, scalars, and what the adapters below still gather."""
+    n = col.n
+    files = col.files()  # one partition per archive; read_archive_files checks it against done.json
+    names = names_frame(col)
+    stages.done("read_files")
+
+    exact, inputs = exact_and_input_frames(files, n)  # the hashes never leave the workers
+    table = resolve(config, col.model)
+    params = _params(col, config, table)
+    n_reps, n_groups = partition_sums(exact, _group_sums)
+    n_input_reps, _ = partition_sums(inputs, _group_sums)
+    stages.done("exact_groups")
+
+    emb_graph, used, knn_info = _knn_graph_today(col, inputs, params.k, config, method, random_state)
+    stages.done("knn")
+
+    tiers = _tier_frames_today(
+        col, files, exact, inputs, emb_graph, params, method=method, random_state=random_state,
+        storage_options=config.storage_options, max_image_pixels=config.max_image_pixels,
+        max_member_bytes=config.max_member_bytes, knn_config=config,
+    )  # fmt: skip
+    stages.done("tiers")
+
+    divisions = tuple(int(d) for d in exact.divisions)
+    similarity = similarity_frame(exact, tiers.decided, names).persist()
+    nearest = nearest_frame(exact, tiers.graph).persist()  # lowest_fraction reads it four times
+    outliers = outliers_frame(nearest, table.lower_threshold, n, names)
+    links = exact[exact["rep"] != exact["index"]]
+    links = links.assign(**{"from": links["index"], "to": links["rep"]})[["from", "to"]]
+    components = components_table_dask(dd.concat([tiers.edges[["from", "to"]], links]), n).table
+    stats = stats_frame(files)
+    invalid = invalid_frame(files)
+    issue_t = resolve_issues(config, col.model)
+    ref, miss = stat_inputs(col)
+    og, searched = outlier_frame(
+        col, exact, tiers.graph, names, n, params.k, link=issue_t.outlier_link,
+        max_size=issue_t.outlier_group_size, below=issue_t.outlier, search=issue_t.outlier is not None,
+    )  # fmt: skip
+    issues = issues_dask(
+        issues_frame(files, issue_t.cutoffs(), ref),
+        [duplicate_frame(similarity, divisions), outlier_rows(og, issue_t.outlier, issue_t.outlier_group_size)],
+        names,
+    )
+    outliers, issues = dask.persist(outliers, issues)
+    kinds = partition_sums(similarity[["kind"]], _kind_counts)
+    n_sim, n_out, n_invalid, n_issues = (
+        int(partition_sums(t, _rows)[0]) for t in (similarity, outliers, invalid, issues)
+    )
+    comp = partition_sums(components, _component_sums)
+    per_type, n_issue_images = issue_counts(issues, divisions)
+    og_about = outlier_about(og, issue_t.outlier_group_size, searched)
+    issues_about = issues_about_of(n, ref, miss, og_about, issue_t, per_type)
+    stages.done("analyses")
+
+    counts = {
+        "images": n,
+        "invalid": int(n_invalid),
+        "exact_groups": int(n_groups),
+        "representatives": int(n_reps),
+        "knn_representatives": int(n_input_reps),
+        "similar_pairs": int(n_sim),
+        **{f"{kind}_pairs": int(c) for kind, c in zip(KINDS, kinds, strict=True)},
+        **tiers.counts,
+        "outliers": int(n_out),
+        "issues": int(n_issues),
+        **dict(zip(("components", "duplicate_components", "removable"), map(int, comp), strict=True)),
+        "issue_images": n_issue_images,
+    }
+    run = _record(
+        col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
+        tiers.dct_knn, tiers.verification, counts, "workers", stages,
+    )  # fmt: skip
+    tables = {
+        "similarity": similarity,
+        "outliers": outliers,
+        "components": components,
+        "stats": stats,
+        "invalid": invalid,
+        "issues": issues,
+    }
+    return _write(col, tables, run, config, write, stages)
+
+
+# -- adapters: today's in-process kNN and tiers behind the workers path's interfaces -----------
+def _knn_graph_today(
+    col: Collection, inputs: dd.DataFrame, k: int, config: RunConfig, method: str, random_state: int
+) -> tuple[dd.DataFrame, str, dict[str, Any]]:
+    """The embedding kNN graph of the input groups' representatives as a graph table
+    (:mod:`dedupdask.analyses.graph`), its method and report.
+
+    Adapter until the partitioned kNN returns a graph table itself: the representatives
+    (8 bytes per image) and the ``[reps, k]`` arrays come here.
+    """
+    (rep,) = scheduler.gather_frames(inputs["rep"])
+    reps = ExactGroups(rep.to_numpy(dtype=np.int64)).reps
+    idx, sim, used, info = knn_graph_work_dir(
+        col, reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
+    )
+    (graph,) = dask.persist(graph_frame(reps, idx, sim))  # sent to the workers once, held there
+    return graph, used, info
+
+
+def _tier_frames_today(
+    col: Collection,
+    files: dd.DataFrame,
+    exact: dd.DataFrame,
+    inputs: dd.DataFrame,
+    emb_graph: dd.DataFrame,
+    params: TierParams,
+    *,
+    method: str,
+    random_state: int,
+    storage_options: dict[str, Any] | None,
+    max_image_pixels: int,
+    max_member_bytes: int,
+    knn_config: RunConfig,
+) -> TierFrames:
+    """:func:`dedupdask.fusion.run_tiers` behind the interface of the tiers on the workers
+    (``run_tiers_frames``: same arguments, a :class:`TierFrames`).
+
+    Adapter until the tiers run on the workers: the groups' representatives, the graph's
+    arrays and (with verification) the images' archive, member and offsets come here.
+    """
+    a, b = scheduler.gather_frames(exact["rep"], inputs["rep"])
+    groups, in_groups = ExactGroups(a.to_numpy(dtype=np.int64)), ExactGroups(b.to_numpy(dtype=np.int64))
+    idx, sim = graph_arrays(emb_graph, in_groups.reps, params.k)
+    idx, sim = expand_graph(groups, in_groups, idx, sim)
+    cols = ["archive", "member", "index", "member_offset", "file_size"]
+    image_files = col.files_frame(cols) if params.verify else empty_files_frame().loc[:, cols]
+    out = run_tiers(
+        col, groups, groups.reps, (idx, sim), params, image_files, embeddings=col.embeddings(),
+        input_groups=in_groups, method=method, random_state=random_state,
+        storage_options=storage_options, max_image_pixels=max_image_pixels,
+        max_member_bytes=max_member_bytes, knn_config=knn_config,
+    )  # fmt: skip
+    edges = pd.DataFrame({"from": out.edges[0], "to": out.edges[1]}, dtype=np.int64)
+    decided, edge_frame, graph = dask.persist(  # sent to the workers once, held there
+        dd.from_pandas(out.decided.loc[:, list(DECIDED_COLUMNS)], npartitions=1, sort=False),
+        dd.from_pandas(edges, npartitions=1, sort=False),
+        graph_frame(groups.reps, idx, sim),
+    )
+    return TierFrames(
+        decided=decided,
+        edges=edge_frame,
+        graph=graph,
+        counts=out.counts,
+        verification=out.verification,
+        dct_knn=out.dct_knn,
+    )
+
+
+# -- shared by both paths -----------------------------------------------------------------------
+def _params(col: Collection, config: RunConfig, table: Any) -> TierParams:
+    return resolve_params(
+        table,
+        has_dct=has_dct(col),
+        verify=config.verify,
+        nearest_neighbors_k=config.nearest_neighbors_k,
+        keypoints=config.verify_keypoints,
+    )
+
+
+def _record(
+    col: Collection,
+    config: RunConfig,
+    params: TierParams,
+    table: Any,
+    issue_t: Any,
+    issues_about: dict[str, Any],
+    used: str,
+    random_state: int,
+    knn_info: dict[str, Any],
+    dct_knn: dict[str, Any],
+    verification: dict[str, Any],
+    counts: dict[str, int],
+    where: str,
+    stages: _Stages,
+) -> dict[str, Any]:
+    """``results/run.json`` of a run (its tables and CSVs are added when written)."""
+    return {
         "dedupdask_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "work_dir": wd.url,
+        "work_dir": col.work_dir.url,
         "parameters": {
-            "threshold": threshold,
-            "ccthreshold": ccthreshold,
+            "threshold": params.threshold,
+            "ccthreshold": params.ccthreshold,
             "copy_threshold": params.copy_threshold,
             "verify_threshold": params.verify_threshold,
             "verify_score": params.verify_score,
@@ -276,7 +507,7 @@ def _build(
             "early_accept": params.early_accept,
             "lower_threshold": table.lower_threshold,
             "nearest_neighbors_k": config.nearest_neighbors_k,
-            "knn_k": k,
+            "knn_k": params.k,
             "distance": config.distance,
             "knn_method": used,
             "random_state": random_state,
@@ -299,42 +530,30 @@ def _build(
             "resolved": issue_t.to_dict(),
             **issues_about,
         },
-        "analysed_on": "workers" if workers else "this process",
+        "analysed_on": where,
         "knn": knn_info,
-        "knn_dct": tiers.dct_knn,
+        "knn_dct": dct_knn,
         "model": col.model,
         "decode_version": col.decode_version,
         "archives": [a.to_dict() for a in col.archives],
         "failed": col.failed,
         "missing": col.missing,
-        "counts": {
-            "images": n,
-            "invalid": len(invalid),
-            "exact_groups": groups.n_groups(2),
-            "representatives": int(reps.size),
-            "knn_representatives": int(inputs.reps.size),
-            "similar_pairs": len(similarity),
-            **{
-                f"{kind}_pairs": int((similarity["kind"] == kind).sum())
-                for kind in ("exact", "copy", "near")
-            },
-            **tiers.counts,
-            "outliers": len(outliers),
-            "issues": len(issues),
-            **_component_counts(components),
-            "issue_images": issue_images(issues),
-        },
-        "verification": tiers.verification,
+        "counts": counts,
+        "verification": verification,
         "timings": stages.timings,
     }
-    tables = {
-        "similarity": similarity,
-        "outliers": outliers,
-        "components": components,
-        "stats": stats,
-        "invalid": invalid,
-        "issues": issues,
-    }
+
+
+def _write(
+    col: Collection,
+    tables: dict[str, Any],
+    run: dict[str, Any],
+    config: RunConfig,
+    write: bool,
+    stages: _Stages,
+) -> DedupResult:
+    """Write the tables (from where they live), the CSVs and ``run.json``; the result."""
+    wd = col.work_dir
     if write:  # the result reads back what was written, as load does
         lazy = save_tables(wd, tables, run, write_csv=config.write_csv)
         stages.done("write")
@@ -353,11 +572,32 @@ def _gathered(df: pd.DataFrame | dd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _component_counts(components: pd.DataFrame | dd.DataFrame) -> dict[str, int]:
+def _component_counts(components: pd.DataFrame) -> dict[str, int]:
     """Components (ids are each one's smallest index), those of more than one image, and
-    the images removing duplicates would drop; a dask table's are computed where it lives."""
-    sizes = components[components["component_size"] > 1].drop_duplicates("component_id")["component_size"]
-    roots = (components["index"] == components["component_id"]).sum()
-    if isinstance(components, dd.DataFrame):
-        sizes, roots = dask.compute(sizes, roots)
-    return {"components": int(roots), "duplicate_components": int(sizes.size), "removable": int((sizes - 1).sum())}
+    the images removing duplicates would drop."""
+    c, d, r = _component_sums(components)
+    return {"components": int(c), "duplicate_components": int(d), "removable": int(r)}
+
+
+def _component_sums(components: pd.DataFrame) -> np.ndarray:
+    """Of one partition: the component roots (a component's smallest index), those of more
+    than one image, and the images beyond the first of those."""
+    size = components["component_size"].to_numpy(dtype=np.int64)
+    root = components["index"].to_numpy(dtype=np.int64) == components["component_id"].to_numpy(dtype=np.int64)
+    multi = root & (size > 1)
+    return np.array([root.sum(), multi.sum(), (size[multi] - 1).sum()], dtype=np.int64)
+
+
+def _group_sums(exact: pd.DataFrame) -> np.ndarray:
+    """Of one partition of an exact table: the representatives, and those of groups of more
+    than one image."""
+    rep = exact["rep"].to_numpy(dtype=np.int64) == exact["index"].to_numpy(dtype=np.int64)
+    return np.array([rep.sum(), (rep & (exact["group_size"].to_numpy() > 1)).sum()], dtype=np.int64)
+
+
+def _kind_counts(df: pd.DataFrame) -> np.ndarray:
+    return np.array([int((df["kind"] == k).sum()) for k in KINDS], dtype=np.int64)
+
+
+def _rows(df: pd.DataFrame) -> np.ndarray:
+    return np.array([len(df)], dtype=np.int64)

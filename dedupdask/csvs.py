@@ -9,8 +9,8 @@ multipart upload on S3) and removed. No table is gathered here. fastdup's row or
 ============================  ================================================================
 ``atrain_features.dat.csv``   ``index,filename`` of the valid images, by index
 ``similarity.csv``            ``from,to,distance``, both directions of every pair, by distance
-                              descending, then ``from``, ``to`` (a Dask sort when the table has
-                              more than one partition: equal distances stay in one partition)
+                              descending, then ``from``, ``to`` (sorted on the workers by one
+                              int64 key when the table has more than one partition)
 ``outliers.csv``              ``from,to,distance``, the strongest outliers last (the table's
                               rows reversed, its partitions written last to first)
 ``connected_components.csv``  ``__id,component_id,component_size``, one row per valid image
@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .analyses import BAD_CSV_COLUMNS, ISSUE_COLUMNS, STATS_CSV_COLUMNS
+from .analyses.pairs_dask import pair_key
+from .analyses.routing import sort_by_key
 from .store import WorkDir
 from .tables import RESULTS_DIR
 
@@ -43,6 +45,7 @@ CSV_FILES = (
 )  # fmt: skip
 PARTS_DIR = ".csv-parts"
 _PAIR_ORDER = (["distance", "from", "to"], [False, True, True])
+_KEY = "_sort_key"
 
 
 def both_directions(sim: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +68,11 @@ def both_directions(sim: pd.DataFrame) -> pd.DataFrame:
 def _sorted_pairs(df: pd.DataFrame) -> pd.DataFrame:
     by, ascending = _PAIR_ORDER
     return df.sort_values(by, ascending=ascending, kind="stable")
+
+
+def _pair_key(df: pd.DataFrame) -> pd.DataFrame:
+    key = pair_key(df["distance"].to_numpy(np.float32), df["from"].to_numpy(np.int64))
+    return df.assign(**{_KEY: key})
 
 
 def _outlier_rows(out: pd.DataFrame) -> pd.DataFrame:
@@ -103,8 +111,9 @@ def csv_frames(tables: Mapping[str, dd.DataFrame]) -> dict[str, tuple[dd.DataFra
         return t.map_partitions(fn, meta=fn(t._meta))
 
     pairs = each(tables["similarity"], both_directions)
-    if pairs.npartitions > 1:  # equal distances land in one partition, sorted by all three there
-        pairs = pairs.sort_values(_PAIR_ORDER[0], ascending=_PAIR_ORDER[1])
+    if pairs.npartitions > 1:  # sorted on the workers by one key: distance descending, from; then to
+        keyed = pairs.map_partitions(_pair_key, meta=pairs._meta.assign(**{_KEY: np.int64(0)}))
+        pairs = sort_by_key(keyed, _KEY, ["to"])[["from", "to", "distance"]]
     else:
         pairs = each(pairs, _sorted_pairs)
     stats = tables["stats"]

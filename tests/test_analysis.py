@@ -680,8 +680,11 @@ def test_sync_and_local_cluster_agree(built):
         Client(cluster) as client,
     ):
         dist = build(wd, config=CFG, client=client, write=False)
+    assert dist.run["analysed_on"] == "workers"
     for key, table in _tables(res).items():
         pd.testing.assert_frame_equal(table, _tables(dist)[key], obj=key)
+    pd.testing.assert_frame_equal(dist.issues.compute(), res.issues.compute(), obj="issues")
+    assert dist.run["counts"] == res.run["counts"] and dist.run["issues"] == res.run["issues"]
 
 
 def test_load_round_trips(built):
@@ -749,3 +752,30 @@ def test_large_exact_groups_stay_bounded():
 def test_empty_work_dir_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="no archive is done"):
         build(str(tmp_path), config=CFG)
+
+
+def test_cluster_build_without_candidates_or_outliers(tmp_path):
+    """The workers path with almost nothing to report: no candidate pair (only a few exact
+    copies), no invalid image and lower_threshold 0 (no outlier) gives the same tables, empty
+    ones included, as the sync build."""
+    from distributed import Client, LocalCluster
+
+    ds = make_dataset(n=240, n_archives=3, n_near=0, n_exact=0, n_pixel=0, n_outliers=0, n_invalid=0)
+    cfg = dataclasses.replace(CFG, lower_threshold=0.0, threshold=0.999, ccthreshold=0.999)
+    for name in ("sync", "cluster"):
+        write_dataset(str(tmp_path / name), ds)
+    with dask.config.set(scheduler="sync"):
+        ref = build(str(tmp_path / "sync"), config=cfg)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        dist = build(str(tmp_path / "cluster"), config=cfg, client=client)
+    assert dist.run["analysed_on"] == "workers"
+    assert ref.run["counts"]["candidate_pairs"] == ref.run["counts"]["outliers"] == ref.run["counts"]["invalid"] == 0
+    assert dist.run["counts"] == ref.run["counts"]
+    for key in ("similarity", "outliers", "components", "invalid", "issues"):
+        got, want = getattr(dist, key).compute(), getattr(ref, key).compute()
+        pd.testing.assert_frame_equal(got, want, obj=key)
+    for name in ("similarity.csv", "outliers.csv", "connected_components.csv", "atrain_features.bad.csv"):
+        assert (tmp_path / "cluster" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes(), name

@@ -124,40 +124,113 @@ def dct_work(tmp_path_factory):
     return wd
 
 
-def test_exact_groups_and_components_run_on_the_workers(dct_work, monkeypatch):
-    """On a distributed client the md5 / pixel_md5 groups (a shuffle) and the connected
-    components (FastSV) are found by worker tasks, the hashes never reach this process, and
-    every table equals the in-process build's."""
+TABLES = ("similarity", "outliers", "components", "stats", "invalid", "issues")
+
+
+def _builds(src: str, tmp_path, cfg, before_cluster=lambda: None) -> dict:
+    """``src``'s run_mode=2 built in a copy on the sync scheduler and in another copy on a
+    LocalCluster of two worker processes (``before_cluster()`` is called between them)."""
+    import shutil
+
     import dask
-    import pandas as pd
     from distributed import Client, LocalCluster, get_task_stream
+    from threadpoolctl import threadpool_limits
 
     from dedupdask.analysis import build
-    from dedupdask.collect import Collection
-    from dedupdask.config import RunConfig
 
-    cfg = RunConfig(run_mode=2, progress=False)
-    with dask.config.set(scheduler="sync"):
-        ref = build(dct_work, config=cfg, write=False)
-    asked: list = []
-    real = Collection.files_frame
-    monkeypatch.setattr(Collection, "files_frame", lambda self, cols=None: asked.append(cols) or real(self, cols))
+    out: dict = {}
+    for name in ("sync", "cluster"):
+        shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("results", "*.csv"))
+    # one BLAS thread, as in the worker processes: a matrix product's last float32 bit depends
+    # on the BLAS blocking, which can move a 6-decimal score (and the order of equal ones)
+    with dask.config.set(scheduler="sync"), threadpool_limits(1):
+        out["sync"] = build(str(tmp_path / "sync"), config=cfg)
+    before_cluster()
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
         get_task_stream(client) as ts,
     ):
-        dist = build(dct_work, config=cfg, client=client, write=False)
-    names = {str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data}
+        out["cluster"] = build(str(tmp_path / "cluster"), config=cfg, client=client)
+    out["tables"] = {name: getattr(out["cluster"], name).compute() for name in TABLES}  # read back
+    out["tasks"] = {str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data}
+    return out
+
+
+def _assert_same(tmp_path, got: dict) -> None:
+    """Every table, count, issue report and CSV byte of the cluster build equals the sync one's."""
+    import pandas as pd
+
+    from dedupdask.csvs import CSV_FILES
+
+    ref, dist = got["sync"], got["cluster"]
+    assert dist.run["analysed_on"] == "workers" and ref.run["analysed_on"] == "this process"
+    for name in TABLES:
+        pd.testing.assert_frame_equal(got["tables"][name], getattr(ref, name).compute(), obj=name)
+    assert dist.run["counts"] == ref.run["counts"]
+    assert dist.run["issues"] == ref.run["issues"]
+    rows = {name: t["rows"] for name, t in ref.run["tables"].items()}  # the partitions differ
+    assert {name: t["rows"] for name, t in dist.run["tables"].items()} == rows
+    for name in CSV_FILES:
+        assert (tmp_path / "cluster" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes(), name
+
+
+def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
+    """On a distributed client the md5 / pixel_md5 groups (a shuffle) and the connected
+    components (FastSV) are found by worker tasks, the hashes never reach this process, and
+    every table, count and CSV equals the in-process build's (with verification)."""
+    from dedupdask.config import RunConfig
+
+    got = _builds(dct_work, tmp_path, RunConfig(run_mode=2, progress=False))
+    names = got["tasks"]
     assert any(k.startswith("_key_minima") for k in names), sorted(names)[:20]  # exact groups
     assert any(k.startswith("_hook") for k in names), sorted(names)[:20]  # FastSV iterations
-    # per-image tables come back partition by partition, never concatenated on one worker
+    # no table is concatenated into one task (what compute() of a collection does)
     assert not any(k.startswith("repartitiontofewer") for k in names), sorted(names)
-    assert asked and all("md5" not in c and "pixel_md5" not in c for c in asked)
-    assert ref.run["counts"]["exact_groups"] >= 2
-    assert dist.run["counts"] == ref.run["counts"]
-    for name in ("similarity", "components", "outliers", "invalid", "issues"):
-        pd.testing.assert_frame_equal(getattr(dist, name).compute(), getattr(ref, name).compute(), obj=name)
+    assert got["sync"].run["counts"]["exact_groups"] >= 2
+    assert got["sync"].run["counts"]["outliers"] >= 1 and got["sync"].run["counts"]["issues"] >= 1
+    _assert_same(tmp_path, got)
+
+
+def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
+    """Issue 17 points 1 and 3: on a distributed client the build never reads the files
+    table here (``files_frame``) nor builds a per-image or per-pair table with pandas
+    (similarity, names, outliers, components, invalid, issues, outlier groups): worker tasks
+    make each of them, and they equal the in-process ones."""
+    import dedupdask.analyses.issues as issues
+    import dedupdask.analysis as analysis
+    from dedupdask.collect import Collection
+    from dedupdask.config import RunConfig
+
+    def forbid() -> None:
+        def boom(name):
+            def f(*a, **k):
+                raise AssertionError(f"{name} ran on the client of a distributed build")
+
+            return f
+
+        monkeypatch.setattr(Collection, "files_frame", boom("Collection.files_frame"))
+        monkeypatch.setattr(issues, "outlier_groups", boom("outlier_groups"))  # the numpy one
+        for name in ("expand_pairs", "add_names", "nearest_neighbours", "outliers_table", "components_table",
+                     "invalid_table", "find_issues", "exact_groups"):  # fmt: skip
+            if hasattr(analysis, name):
+                monkeypatch.setattr(analysis, name, boom(name))
+
+    from test_analysis import make_dataset, write_dataset
+
+    # planted exact, pixel and near duplicates, outliers and invalid images in 3 archives; k = 2
+    # and outlier groups loose enough that groups fill their lists: their members are searched
+    write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
+    cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
+                    issue_thresholds={"outlier": 0.9, "outlier_link": 0.7})  # fmt: skip
+    got = _builds(str(tmp_path / "src"), tmp_path, cfg, forbid)
+    about = got["sync"].run["issues"]["outlier_groups"]
+    assert about["searched_members"] > 0 and about["groups"] > 0, about
+    for task in ("_across", "_within", "_attach", "_nearest", "_best_here", "_select", "_sorted_part",
+                 "_group_of", "_chosen", "best_outside"):  # fmt: skip
+        assert any(task in k for k in got["tasks"]), task  # names of (fused) worker tasks
+    assert got["sync"].run["counts"]["similar_pairs"] >= 5
+    _assert_same(tmp_path, got)
 
 
 @pytest.mark.parametrize("k", [2, 12, 40])

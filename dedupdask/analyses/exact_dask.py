@@ -34,6 +34,7 @@ __all__ = [
     "EXACT_COLUMNS",
     "EXACT_KEYS",
     "INPUT_KEYS",
+    "exact_and_input_frames",
     "exact_and_input_groups",
     "exact_edges",
     "exact_groups_dask",
@@ -243,10 +244,34 @@ def exact_and_input_groups(
     """
     from ..scheduler import gather_frames
 
+    exact, inputs = exact_and_input_frames(files, n, partition_rows=partition_rows)
+    a, b = gather_frames(exact["rep"], inputs["rep"])
+    return ExactGroups(a.to_numpy(dtype=_I64)), ExactGroups(b.to_numpy(dtype=_I64))
+
+
+def exact_and_input_frames(
+    files: Any, n: int, *, partition_rows: int = PARTITION_ROWS
+) -> tuple[Any, Any]:
+    """The exact groups and the input groups as Dask DataFrames left on the workers.
+
+    :func:`exact_and_input_groups` without its gather: the ``table`` of
+    :func:`exact_groups_dask` for :data:`EXACT_KEYS` and for :data:`INPUT_KEYS` (columns
+    :data:`EXACT_COLUMNS`, one row per valid image in index order, indexed by the image with
+    known divisions, persisted).
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> f = pd.DataFrame({"index": [0, 1, 2], "md5": ["a", "b", "c"],
+    ...                   "pixel_md5": ["x", "y", "x"], "input_md5": ["p", "p", "q"]})
+    >>> with dask.config.set(scheduler="sync"):
+    ...     g, i = exact_and_input_frames(dd.from_pandas(f, npartitions=2), 3)
+    ...     g.compute()["rep"].tolist(), i.compute()["group_size"].tolist()
+    ([0, 1, 0], [3, 3, 3])
+    """
     if "input_md5" not in files.columns:
         files = files.assign(input_md5=pd.Series(pd.NA, dtype="string"))
     files = files[["index", *INPUT_KEYS]]
     exact = exact_groups_dask(files, n, keys=EXACT_KEYS, partition_rows=partition_rows)
     inputs = exact_groups_dask(files, n, keys=INPUT_KEYS, partition_rows=partition_rows)
-    a, b = gather_frames(exact.table["rep"], inputs.table["rep"])
-    return ExactGroups(a.to_numpy(dtype=_I64)), ExactGroups(b.to_numpy(dtype=_I64))
+    return exact.table, inputs.table

@@ -110,12 +110,18 @@ __all__ = [
     "NEEDS",
     "duplicate_issues",
     "empty_issues",
+    "best_partners",
     "find_issues",
+    "find_outlier_groups",
     "image_scores",
+    "issues_about",
+    "pair_ends",
+    "stat_inputs",
     "issues_frame",
     "issues_partition",
     "issue_images",
     "issues_table",
+    "outlier_group_counts",
     "outlier_issues",
     "scores_frame",
     "size_histogram",
@@ -433,17 +439,42 @@ def duplicate_issues(similarity: pd.DataFrame) -> pd.DataFrame:
     """
     if not len(similarity):
         return pd.DataFrame(columns=["index", "issue", "score", "other", "group"])
+    return best_partners(pair_ends(similarity))
+
+
+def pair_ends(similarity: pd.DataFrame) -> pd.DataFrame:
+    """``index, kind, sim, other``: both ends of every pair (the rows :func:`best_partners`
+    reduces; on the workers they are shuffled on ``index`` first).
+
+    Examples
+    --------
+    >>> pair_ends(pd.DataFrame({"from": [0], "to": [1], "similarity": [0.9], "kind": ["near"]}))["index"].tolist()
+    [0, 1]
+    """
     s = similarity["similarity"].to_numpy(dtype=np.float64, na_value=np.nan)
     kind = similarity["kind"].astype("string").to_numpy(dtype=object)
     a, b = similarity["from"].to_numpy(np.int64), similarity["to"].to_numpy(np.int64)
-    both = pd.DataFrame(
+    return pd.DataFrame(
         {
             "index": np.concatenate([a, b]),
-            "kind": np.concatenate([kind, kind]),
+            "kind": pd.array(np.concatenate([kind, kind]), dtype="string"),
             "sim": np.concatenate([s, s]),
             "other": np.concatenate([b, a]),
         }
     )
+
+
+def best_partners(both: pd.DataFrame) -> pd.DataFrame:
+    """The ``<kind>_duplicate`` rows of :func:`pair_ends` rows holding every end of their
+    images: per image and kind, the most similar partner (ties: smaller index).
+
+    Examples
+    --------
+    >>> ends = pair_ends(pd.DataFrame({"from": [0, 0], "to": [1, 2], "similarity": [0.9, 0.95],
+    ...                                "kind": ["near", "near"]}))
+    >>> best_partners(ends)[["index", "other"]].values.tolist()
+    [[0, 2], [1, 0], [2, 0]]
+    """
     both = both.sort_values(["kind", "index", "sim", "other"], ascending=[True, True, False, True],
                             kind="stable").drop_duplicates(["kind", "index"])  # fmt: skip
     return pd.DataFrame(
@@ -567,40 +598,80 @@ def find_issues(
     >>> about["counts"]  # doctest: +SKIP
     {'low_information': 12, 'odd_size': 8, 'outlier': 14, 'exact_duplicate': 30}
     """
-    import dask
-
     from ..collect import on_distributed
 
     cut = thresholds.cutoffs()
     if files is None or on_distributed():
-        ddf = col.files()
-        parts = ddf.to_delayed()
-        hists, unscored = dask.compute(
-            [dask.delayed(size_histogram)(p) for p in parts],
-            [dask.delayed(unscored_counts)(p) for p in parts],
-        )
-        ref = size_reference(np.sum(hists, axis=0) if hists else np.zeros(1, np.int64))
-        miss = pd.concat(unscored).sum() if unscored else unscored_counts(empty_files_frame()).sum()
+        ref, miss = stat_inputs(col)
         from ..scheduler import gather_frames
 
-        (stat_rows,) = gather_frames(issues_frame(ddf, cut, ref))
+        (stat_rows,) = gather_frames(issues_frame(col.files(), cut, ref))
     else:
         ref = size_reference(size_histogram(files))
         miss = unscored_counts(files).sum()
         stat_rows = issues_partition(files, cut, ref)
-    nbr_idx, nbr_sim = graph
-    og = outlier_groups(
-        groups, reps, nbr_idx, nbr_sim,
-        link=thresholds.outlier_link, max_size=thresholds.outlier_group_size,
-        search=None if thresholds.outlier is None else (lambda q, lab: search_outside(col, q, lab)),
-        below=thresholds.outlier,
-    )  # fmt: skip
+    og = find_outlier_groups(col, groups, reps, graph, thresholds)
     table = issues_table(
         stat_rows,
         [outlier_issues(og, thresholds.outlier, thresholds.outlier_group_size), duplicate_issues(similarity)],
         info,
     )
-    n = groups.n
+    return table, issues_about(groups.n, ref, miss, og, thresholds, summary_counts(table))
+
+
+def find_outlier_groups(
+    col: Collection,
+    groups: ExactGroups,
+    reps: np.ndarray,
+    graph: tuple[np.ndarray, np.ndarray],
+    thresholds: IssueThresholds,
+) -> OutlierGroups:
+    """The run's outlier groups (:func:`dedupdask.analyses.groups.outlier_groups`) with the
+    cut-offs of ``thresholds``, searching closed groups over every archive's vectors."""
+    nbr_idx, nbr_sim = graph
+    return outlier_groups(
+        groups, reps, nbr_idx, nbr_sim,
+        link=thresholds.outlier_link, max_size=thresholds.outlier_group_size,
+        search=None if thresholds.outlier is None else (lambda q, lab: search_outside(col, q, lab)),
+        below=thresholds.outlier,
+    )  # fmt: skip
+
+
+def stat_inputs(col: Collection) -> tuple[float, pd.Series]:
+    """The median side and the unscored counts of every archive, computed on the workers (one
+    histogram and one row of counts per archive come back).
+
+    Examples
+    --------
+    >>> ref, miss = stat_inputs(collect("work"))  # doctest: +SKIP
+    """
+    import dask
+
+    parts = col.files().to_delayed()
+    hists, unscored = dask.compute(
+        [dask.delayed(size_histogram)(p) for p in parts],
+        [dask.delayed(unscored_counts)(p) for p in parts],
+    )
+    ref = size_reference(np.sum(hists, axis=0) if hists else np.zeros(1, np.int64))
+    miss = pd.concat(unscored).sum() if unscored else unscored_counts(empty_files_frame()).sum()
+    return ref, miss
+
+
+def issues_about(
+    n: int,
+    ref: float,
+    miss: pd.Series,
+    og: OutlierGroups | dict[str, int],
+    thresholds: IssueThresholds,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """What ``results/run.json`` says about the issues of a run of ``n`` images (``og``: the
+    outlier groups, or what :func:`outlier_group_counts` says of them).
+
+    Examples
+    --------
+    >>> about = issues_about(n, ref, miss, og, t, summary_counts(table))  # doctest: +SKIP
+    """
     not_reported: dict[str, str] = {}
     if thresholds.outlier is None:
         not_reported["outlier"] = (
@@ -626,18 +697,31 @@ def find_issues(
             + ("" if parts["flat"] else " and without detrending its flat part")
             + "; re-extract them (resume=False) to score them fully"
         )
-    flagged = og.pictures <= thresholds.outlier_group_size
-    about = {
+    return {
         "size_reference": None if np.isnan(ref) else round(float(ref), 2),
         "unscored": unscored,
         "not_reported": not_reported,
         "partly_scored": partly,
-        "outlier_groups": {
-            "groups": int(np.unique(og.group[og.size > 1]).size),
-            "images_in_groups": int((og.size > 1).sum()),
-            "searched_members": og.searched,
-            "largest_labelled": int(og.size[flagged].max()) if flagged.any() else 0,
-        },
-        "counts": summary_counts(table),
+        "outlier_groups": og if isinstance(og, dict) else outlier_group_counts(og, thresholds.outlier_group_size),
+        "counts": counts,
     }
-    return table, about
+
+
+def outlier_group_counts(og: OutlierGroups, max_size: int) -> dict[str, int]:
+    """``run.json``'s ``outlier_groups``: groups of more than one image, their images, the
+    members searched, the largest group labelled.
+
+    Examples
+    --------
+    >>> og = OutlierGroups(np.array([0, 0, 2]), np.array([2, 2, 1]), np.array([2, 2, 1]),
+    ...                    np.array([0.2, 0.2, 0.8], np.float32), np.array([2, 2, 0]))
+    >>> outlier_group_counts(og, 10)
+    {'groups': 1, 'images_in_groups': 2, 'searched_members': 0, 'largest_labelled': 2}
+    """
+    flagged = og.pictures <= max_size
+    return {
+        "groups": int(np.unique(og.group[og.size > 1]).size),
+        "images_in_groups": int((og.size > 1).sum()),
+        "searched_members": og.searched,
+        "largest_labelled": int(og.size[flagged].max()) if flagged.any() else 0,
+    }

@@ -16,6 +16,10 @@ archive) without gathering it. The client holds histograms and counts, never row
 
 The result is a Dask DataFrame of the selected rows, filtered partition by partition (rows
 below ``v``, and rows equal to ``v`` up to each partition's index cut), not computed.
+
+:func:`nearest_frame` gives every image its nearest other image as
+:func:`~dedupdask.analyses.outliers.nearest_neighbours` does, from the exact groups' table and
+the kNN graph table, and :func:`outliers_frame` is the whole outliers table on the workers.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["BINS", "lowest_fraction", "order_key"]
+__all__ = ["BINS", "lowest_fraction", "nearest_frame", "order_key", "outliers_frame"]
 
 BINS = 1 << 16
 """Bins of the first pass (the top 16 bits of the 32-bit key); the second pass the low 16."""
@@ -143,3 +147,133 @@ def lowest_fraction(frame: Any, fraction: float, n: int) -> Any:
     nth = need - (int(equal[at - 1]) if at else 0)
     last = dask.delayed(_nth_equal)(parts[at], cut, nth).compute()
     return frame.map_partitions(_select, cut, last, meta=frame._meta)
+
+
+_I64 = np.int64
+
+
+def _nearest_meta() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"index": pd.Series(dtype=_I64), "nearest": pd.Series(dtype=_I64),
+         "similarity": pd.Series(dtype="float32")}
+    )  # fmt: skip
+
+
+def _second_members(members: pd.DataFrame) -> pd.DataFrame:
+    """``rep, second``: the second smallest index of each whole group of a partition."""
+    rest = members[members["index"] != members["rep"]]
+    second = rest.groupby("rep", sort=False)["index"].min()
+    return pd.DataFrame({"rep": second.index.to_numpy(dtype=_I64), "second": second.to_numpy(dtype=_I64)})
+
+
+def _nearest(exact: pd.DataFrame, first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Nearest other image of every image of one partition of the exact table."""
+    from .routing import find, locate
+
+    index = exact["index"].to_numpy(dtype=_I64)
+    rep = exact["rep"].to_numpy(dtype=_I64)
+    size = exact["group_size"].to_numpy(dtype=_I64)
+    nearest = np.full(index.size, -1, dtype=_I64)
+    sim = np.full(index.size, np.nan, dtype=np.float32)
+    pos, ok = locate(index, first.index.to_numpy(dtype=_I64))
+    nearest[pos[ok]] = first["to"].to_numpy(dtype=_I64)[ok]
+    sim[pos[ok]] = first["similarity"].to_numpy(dtype=np.float32)[ok]
+    members = (size > 1) & (rep != index)
+    nearest[members] = rep[members]
+    sim[members] = 1.0
+    heads = np.flatnonzero((size > 1) & (rep == index))
+    if heads.size:
+        got = second.index.to_numpy(dtype=_I64)
+        order = np.argsort(got, kind="stable")
+        at = find(got[order], index[heads], "group representative")
+        nearest[heads] = second["second"].to_numpy(dtype=_I64)[order][at]
+        sim[heads] = 1.0
+    return pd.DataFrame({"index": index, "nearest": nearest, "similarity": sim})
+
+
+def nearest_frame(exact: Any, graph: Any) -> Any:
+    """Nearest other image (-1 = none) and its similarity (NaN = none) of every image.
+
+    :func:`~dedupdask.analyses.outliers.nearest_neighbours` on the workers: a member of an
+    exact group gets its representative, a representative of a group the group's second
+    smallest index (similarity 1.0), any other image its first neighbour in ``graph``.
+
+    Parameters
+    ----------
+    exact : dask.dataframe.DataFrame
+        The exact groups' table (``index, rep, group_size``, known divisions).
+    graph : dask.dataframe.DataFrame
+        The kNN graph over the exact representatives (:mod:`dedupdask.analyses.graph`).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        ``index, nearest, similarity``, partitioned like ``exact`` (increasing index ranges).
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> from dedupdask.analyses.graph import graph_frame
+    >>> ex = pd.DataFrame({"index": [0, 1, 2], "rep": [0, 0, 2], "group_size": [2, 2, 1]})
+    >>> ex = dd.from_pandas(ex, npartitions=2, sort=True)
+    >>> g = graph_frame(np.array([0, 2]), np.array([[1], [0]]), np.float32([[0.5], [0.5]]))
+    >>> with dask.config.set(scheduler="sync"):
+    ...     nearest_frame(ex, g).compute().values.tolist()
+    [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [2.0, 0.0, 0.5]]
+    """
+    from .pairs_dask import members_by_group
+    from .routing import route
+
+    divisions = tuple(int(d) for d in exact.divisions)
+    first = graph[graph["rank"] == 0][["from", "to", "similarity"]]
+    first = route(first, "from", divisions)
+    seconds = members_by_group(exact).map_partitions(
+        _second_members, meta=pd.DataFrame({"rep": _I64(0), "second": _I64(0)}, index=[])
+    )
+    seconds = route(seconds, "rep", divisions)
+    return exact.map_partitions(
+        _nearest, first, seconds, meta=_nearest_meta(), align_dataframes=False, enforce_metadata=False
+    )
+
+
+def outliers_frame(nearest: Any, lower_threshold: float, n: int, names: Any) -> Any:
+    """The outliers table (``outliers_table`` + ``add_names``) on the workers.
+
+    Parameters
+    ----------
+    nearest : dask.dataframe.DataFrame
+        :func:`nearest_frame` (persist it: it is read four times).
+    lower_threshold : float
+        The share of the ``n`` images selected (rounded up).
+    n : int
+        Number of valid images.
+    names : dask.dataframe.DataFrame
+        :func:`dedupdask.analyses.names_dask.names_frame`.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        :data:`dedupdask.analyses.outliers.OUTLIER_COLUMNS` then the names of both images,
+        least similar first (ties: smaller index), not computed.
+
+    Examples
+    --------
+    >>> outliers_frame(nearest_frame(exact, graph).persist(), 0.05, n, names).head()  # doctest: +SKIP
+    """
+    from .names import OUTLIER_NAMES, named_columns
+    from .names_dask import join_names
+    from .outliers import OUTLIER_COLUMNS
+    from .routing import sort_by_key
+
+    columns = [*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)]
+    picked = lowest_fraction(nearest, lower_threshold, n)
+    named = join_names(picked, names, OUTLIER_NAMES, filename={"index": "filename", "nearest": "filename_nearest"})
+    keyed = named.map_partitions(_outlier_key, meta=named._meta.assign(_sort_key=_I64(0)))
+    return sort_by_key(keyed, "_sort_key")[columns]
+
+
+def _outlier_key(df: pd.DataFrame) -> pd.DataFrame:
+    from .pairs_dask import pair_key
+
+    key = pair_key(df["similarity"].to_numpy(np.float32), df["index"].to_numpy(_I64), descending=False)
+    return df.assign(_sort_key=key)

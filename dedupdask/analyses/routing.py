@@ -24,7 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["NODE", "REPLY", "find", "locate", "lookup", "numbered", "route", "shuffle_method"]
+__all__ = [
+    "NODE", "REPLY", "find", "locate", "lookup", "numbered", "partition_sums", "route", "shuffle_method",
+    "sort_by_key",
+]  # fmt: skip
 
 NODE = "node"
 """Name of the key index of node-owning partitions and of a message's destination column."""
@@ -212,3 +215,83 @@ def _attach(df: pd.DataFrame, back: pd.DataFrame, key: str, value: str, out: str
         vals = back["_value"].to_numpy(dtype=np.int64)[order]
         res[~local] = vals[find(got, keys[~local], "node")]
     return df.assign(**{out: res})
+
+
+SAMPLES = 64
+"""Quantiles each partition sends to choose the boundaries of :func:`sort_by_key`."""
+
+
+def _key_sample(df: pd.DataFrame, column: str) -> tuple[np.ndarray, int]:
+    keys = np.sort(df[column].to_numpy(dtype=np.int64))
+    if not keys.size:
+        return keys, 0
+    at = np.linspace(0, keys.size - 1, min(SAMPLES, keys.size)).round().astype(np.int64)
+    return keys[at], int(keys.size)
+
+
+def _sorted_part(df: pd.DataFrame, column: str, then: list[str], columns: list[str]) -> pd.DataFrame:
+    df = df.reset_index().loc[:, columns]
+    return df.sort_values([column, *then], kind="stable").reset_index(drop=True)
+
+
+def sort_by_key(frame: Any, column: str, then: Sequence[str] = (), *, npartitions: int | None = None) -> Any:
+    """``frame`` sorted by the int64 ``column`` (then ``then``) across partitions, on the workers.
+
+    Each partition sends :data:`SAMPLES` quantiles of its keys and its row count (the only
+    data that comes here); the boundaries that split the rows evenly are chosen from them,
+    every row is routed to its range (:func:`route`) and each partition sorted there. A
+    key's rows all land in one partition, so make keys (nearly) unique.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        ``frame``'s columns (``column`` included), partitions in increasing key ranges, not
+        computed; ``frame`` itself when it has no row.
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> f = dd.from_pandas(pd.DataFrame({"k": [5, 1, 4, 2, 3], "v": list("abcde")}), npartitions=2)
+    >>> with dask.config.set(scheduler="sync"):
+    ...     sort_by_key(f, "k").compute()["v"].tolist()
+    ['b', 'd', 'e', 'c', 'a']
+    """
+    import dask
+
+    parts = frame.to_delayed()
+    got = dask.compute(*[dask.delayed(_key_sample)(p, column) for p in parts])
+    total = sum(c for _, c in got)
+    if not total:
+        return frame
+    keys = np.concatenate([k for k, c in got if c])
+    weight = np.concatenate([np.full(k.size, c / k.size) for k, c in got if c])
+    order = np.argsort(keys, kind="stable")
+    keys, cum = keys[order], np.cumsum(weight[order])
+    n = max(1, int(npartitions or frame.npartitions))
+    inner = keys[np.searchsorted(cum, total * np.arange(1, n) / n).clip(max=keys.size - 1)]
+    divisions = np.unique(np.concatenate([[keys[0]], inner, [keys[-1]]]))
+    if divisions.size < 2:
+        divisions = np.array([keys[0], keys[0] + 1])
+    routed = route(frame, column, divisions.tolist())
+    return routed.map_partitions(
+        _sorted_part, column, list(then), list(frame.columns), meta=frame._meta, enforce_metadata=False
+    )
+
+
+def partition_sums(frame: Any, fn: Any, *args: Any) -> np.ndarray:
+    """The sum over partitions of ``fn(partition, *args)`` (a small numeric array each):
+    counts computed where the partitions live, without concatenating any of them.
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> f = dd.from_pandas(pd.DataFrame({"a": range(5)}), npartitions=2)
+    >>> with dask.config.set(scheduler="sync"):
+    ...     partition_sums(f, lambda p: np.array([len(p), p["a"].sum()])).tolist()
+    [5, 10]
+    """
+    import dask
+
+    parts = frame.to_delayed()
+    got = dask.compute(*[dask.delayed(fn)(p, *args) for p in parts])
+    return np.sum(np.stack([np.asarray(g) for g in got]), axis=0)

@@ -14,6 +14,7 @@ __all__ = [
     "BAD_CSV_COLUMNS",
     "stats_frame",
     "stats_partition",
+    "invalid_frame",
     "invalid_table",
 ]
 
@@ -90,3 +91,14 @@ def invalid_table(files: pd.DataFrame) -> pd.DataFrame:
     """
     bad = files[files["index"].isna()]
     return bad.loc[:, list(INVALID_COLUMNS)].reset_index(drop=True)
+
+
+def invalid_frame(files: dd.DataFrame) -> dd.DataFrame:
+    """:func:`invalid_table` of every archive, one partition per archive, in archive order.
+
+    Examples
+    --------
+    >>> invalid_frame(col.files()).columns.tolist()  # doctest: +SKIP
+    ['filename', 'archive', 'member', 'key', 'error_code', 'error_message', 'file_size']
+    """
+    return files.map_partitions(invalid_table, meta=invalid_table(empty_files_frame()))

@@ -1,0 +1,369 @@
+"""Analysis stage, outlier groups on the workers: the ``outlier`` issue type without per-image state here.
+
+The same groups, scores and nearest images as :func:`dedupdask.analyses.groups.outlier_groups`
+from the exact groups' table and the kNN graph table (:mod:`dedupdask.analyses.graph`), both
+Dask DataFrames that stay on the workers:
+
+1. the groups are the connected components of the graph's edges at or above ``link`` and of
+   the exact groups (:func:`~dedupdask.analyses.components_dask.components_table_dask`: a
+   group's id is its smallest index); its distinct pictures are counted at the group's id;
+2. every graph row learns the groups of both its images (two routes); a row between two
+   groups is a candidate for both groups' nearest image outside, the best per group found at
+   the group's id; a representative whose whole list is inside its group gives a bound;
+3. the members to compare with every image (up to
+   :data:`~dedupdask.analyses.groups.QUERIES_PER_GROUP` per small group, highest bound first)
+   are chosen per group on the workers; their indices come here (a few per isolated group),
+   and one task per archive compares them with the archive's vectors
+   (:func:`~dedupdask.analyses.groups.best_outside`, labels routed to the archive);
+4. every image looks its group's best up (:func:`~dedupdask.analyses.routing.lookup`).
+
+:func:`outlier_frame` gives one row per image (``index, group, size, pictures, similarity,
+nearest``); :func:`outlier_rows` the issue rows; :func:`outlier_about` what ``run.json`` says.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .components_dask import components_table_dask
+from .groups import QUERIES_PER_GROUP, OutlierGroups, best_outside
+from .issues import outlier_issues
+from .routing import NODE, find, locate, lookup, route
+
+if TYPE_CHECKING:
+    from ..collect import Collection
+
+__all__ = ["OUTLIER_FRAME_COLUMNS", "outlier_about", "outlier_frame", "outlier_rows"]
+
+OUTLIER_FRAME_COLUMNS = ("index", "group", "size", "pictures", "similarity", "nearest")
+
+_I64 = np.int64
+_NONE = np.int64(-1)
+
+
+def _pack(sim: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(float32 similarity, index) as one int64 (-1 = none) for :func:`lookup`."""
+    bits = np.asarray(sim, dtype=np.float32).view(np.uint32).astype(_I64)
+    return np.where((idx >= 0) & np.isfinite(sim), (bits << 31) | (np.asarray(idx, _I64) + 1), _NONE)
+
+
+def _unpack(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(v, dtype=_I64)
+    none = v < 0
+    sim = ((v >> 31) & 0xFFFFFFFF).astype(np.uint32).view(np.float32).copy()
+    idx = (v & ((1 << 31) - 1)) - 1
+    sim[none], idx[none] = np.nan, -1
+    return sim, idx
+
+
+def _best_per_label(lab: np.ndarray, sim: np.ndarray, idx: np.ndarray) -> pd.DataFrame:
+    """Per label: the most similar candidate, ties by smaller index (``_take_best``'s rule)."""
+    ok = np.isfinite(sim) & (idx >= 0)
+    lab, sim, idx = lab[ok], sim[ok], idx[ok]
+    order = np.lexsort((idx, -sim, lab))
+    lab, sim, idx = lab[order], sim[order], idx[order]
+    top = np.r_[True, lab[1:] != lab[:-1]] if lab.size else np.zeros(0, bool)
+    return pd.DataFrame({"label": lab[top], "sim": sim[top].astype(np.float32), "other": idx[top]})
+
+
+def _state(exact: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
+    """One partition of images: its group (component) and whether it is a representative."""
+    return pd.DataFrame(
+        {
+            "group": comp["component_id"].to_numpy(dtype=_I64),
+            "size": comp["component_size"].to_numpy(dtype=_I64),
+            "is_rep": exact["rep"].to_numpy(dtype=_I64) == exact["index"].to_numpy(dtype=_I64),
+        },
+        index=pd.Index(exact["index"].to_numpy(dtype=_I64), name=NODE),
+    )
+
+
+def _picture_counts(state: pd.DataFrame) -> pd.DataFrame:
+    g, c = np.unique(state["group"].to_numpy(dtype=_I64)[state["is_rep"].to_numpy()], return_counts=True)
+    return pd.DataFrame({"group": g, "count": c.astype(_I64)})
+
+
+def _sum_pictures(state: pd.DataFrame, got: pd.DataFrame) -> pd.DataFrame:
+    at = np.zeros(len(state), dtype=_I64)
+    if len(got):
+        np.add.at(at, find(state.index.to_numpy(dtype=_I64), got.index.to_numpy(dtype=_I64), "group"),
+                  got["count"].to_numpy(dtype=_I64))  # fmt: skip
+    return state.assign(pictures_at=at)
+
+
+def _group_of(rows: pd.DataFrame, state: pd.DataFrame, col: str, out: str, columns: list[str]) -> pd.DataFrame:
+    """Rows routed on ``col`` (their index) with the group of that image."""
+    ids = state.index.to_numpy(dtype=_I64)
+    keys = rows.index.to_numpy(dtype=_I64)
+    group = state["group"].to_numpy(dtype=_I64)[find(ids, keys, "graph image")]
+    got = rows.drop(columns=[col], errors="ignore").assign(**{col: keys, out: group})
+    return got.reset_index(drop=True).loc[:, columns]
+
+
+def _edge_candidates(rows: pd.DataFrame) -> pd.DataFrame:
+    """Both groups of every row between two groups: (label, similarity, image outside)."""
+    cross = rows["g_from"].to_numpy(dtype=_I64) != rows["g_to"].to_numpy(dtype=_I64)
+    r = rows[cross]
+    s = r["similarity"].to_numpy(dtype=np.float32)
+    return pd.DataFrame(
+        {
+            "label": np.concatenate([r["g_from"].to_numpy(_I64), r["g_to"].to_numpy(_I64)]),
+            "sim": np.concatenate([s, s]),
+            "other": np.concatenate([r["to"].to_numpy(_I64), r["from"].to_numpy(_I64)]),
+        }
+    )
+
+
+def _local_best(cands: pd.DataFrame) -> pd.DataFrame:
+    c = cands.reset_index()
+    return _best_per_label(c["label"].to_numpy(_I64), c["sim"].to_numpy(np.float32), c["other"].to_numpy(_I64))
+
+
+def _rep_stats(rows: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per representative (``from``): its list is full and all inside its group -> bound."""
+    frm = rows["from"].to_numpy(dtype=_I64)
+    reps, first, count = np.unique(frm, return_index=True, return_counts=True)
+    cross = rows["g_from"].to_numpy(dtype=_I64) != rows["g_to"].to_numpy(dtype=_I64)
+    has = np.zeros(reps.size, bool)
+    np.logical_or.at(has, np.searchsorted(reps, frm), cross)
+    rank = rows["rank"].to_numpy(dtype=_I64)
+    last = rows["similarity"].to_numpy(dtype=np.float32)[rank == k - 1]
+    last_of = frm[rank == k - 1]
+    bound = np.full(reps.size, np.nan, np.float32)
+    full = (count == k) & (k > 0) & ~has
+    pos, ok = locate(reps, last_of)
+    bound[pos[ok]] = last[ok]
+    bound[~full] = np.nan
+    return pd.DataFrame({"rep": reps, "bound": bound})
+
+
+def _with_best(state: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """``best_at``: the packed best candidate of the groups whose id is in this partition."""
+    at = np.full(len(state), _NONE, dtype=_I64)
+    if len(best):
+        pos = find(state.index.to_numpy(dtype=_I64), best.index.to_numpy(dtype=_I64), "group")
+        at[pos] = _pack(best["sim"].to_numpy(np.float32), best["other"].to_numpy(_I64))
+    return state.assign(best_at=at)
+
+
+def _needs(state: pd.DataFrame, stats: pd.DataFrame, max_size: int, below: float | None) -> pd.DataFrame:
+    """The representatives that could beat their group's best by a search: (group, bound, rep)."""
+    s = stats.reset_index(drop=True)
+    if not len(s):
+        return pd.DataFrame({"group": pd.Series(dtype=_I64), "bound": pd.Series(dtype=np.float32),
+                             "rep": pd.Series(dtype=_I64)})  # fmt: skip
+    pos = find(state.index.to_numpy(dtype=_I64), s["rep"].to_numpy(dtype=_I64), "representative")
+    g_best, _ = _unpack(state["group_best"].to_numpy(dtype=_I64)[pos])
+    small = state["pictures"].to_numpy(dtype=_I64)[pos] <= max_size
+    bound = s["bound"].to_numpy(dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        need = small & np.isfinite(bound) & ~(g_best >= bound)
+        if below is not None:
+            need &= ~(g_best >= np.float32(below))
+    return pd.DataFrame(
+        {"group": state["group"].to_numpy(dtype=_I64)[pos][need], "bound": bound[need],
+         "rep": s["rep"].to_numpy(dtype=_I64)[need]}
+    )  # fmt: skip
+
+
+def _chosen(needs: pd.DataFrame) -> pd.DataFrame:
+    """Up to QUERIES_PER_GROUP per group: highest bound first, then smaller index."""
+    n = needs.reset_index()
+    n = n.sort_values(["group", "bound", "rep"], ascending=[True, False, True], kind="stable")
+    n = n.groupby("group", sort=False).head(QUERIES_PER_GROUP)
+    return pd.DataFrame({"rep": n["rep"].to_numpy(_I64), "group": n["group"].to_numpy(_I64)})
+
+
+def _labels(rows: pd.DataFrame) -> np.ndarray:
+    return rows["group"].to_numpy(dtype=_I64)
+
+
+def _search(col: Collection, names: Any, state: Any, chosen: pd.DataFrame) -> pd.DataFrame:
+    """(label, similarity, image) of the chosen members' most similar image outside their group."""
+    import dask
+
+    queries = chosen["rep"].to_numpy(dtype=_I64)
+    q_lab = chosen["group"].to_numpy(dtype=_I64)
+    rows = np.asarray(col.embeddings()[queries].compute(), dtype=np.float32)
+    norm = np.linalg.norm(rows, axis=1, keepdims=True)
+    q = (rows / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    per_archive = route(state[["group"]].assign(_at=state.index), "_at", tuple(int(d) for d in names.divisions))
+    offsets = [int(d) for d in names.divisions[:-1]]
+    blocks = col.embeddings().to_delayed().ravel()
+    qd, qld = dask.delayed(q), dask.delayed(q_lab)
+    tasks = [
+        dask.delayed(best_outside)(qd, qld, blk, dask.delayed(_labels)(part), off)
+        for blk, part, off in zip(blocks, per_archive.to_delayed(), offsets, strict=True)
+    ]
+    sim = np.full(q.shape[0], -np.inf, np.float32)
+    idx = np.full(q.shape[0], -1, np.int64)
+    for s, i in dask.compute(*tasks):
+        take = (s > sim) | ((s == sim) & (i >= 0) & ((idx < 0) | (i < idx)))
+        sim[take], idx[take] = s[take], i[take]
+    return pd.DataFrame({"label": q_lab, "sim": np.where(idx >= 0, sim, np.nan).astype(np.float32), "other": idx})
+
+
+def _final(state: pd.DataFrame) -> pd.DataFrame:
+    sim, near = _unpack(state["final_best"].to_numpy(dtype=_I64))
+    return pd.DataFrame(
+        {
+            "index": state.index.to_numpy(dtype=_I64),
+            "group": state["group"].to_numpy(dtype=_I64),
+            "size": state["size"].to_numpy(dtype=_I64),
+            "pictures": state["pictures"].to_numpy(dtype=_I64),
+            "similarity": sim,
+            "nearest": near,
+        }
+    )
+
+
+def outlier_frame(
+    col: Collection,
+    exact: Any,
+    graph: Any,
+    names: Any,
+    n: int,
+    k: int,
+    *,
+    link: float,
+    max_size: int,
+    below: float | None,
+    search: bool,
+) -> tuple[Any, int]:
+    """Every image's outlier group and the group's nearest image outside it, on the workers.
+
+    Parameters
+    ----------
+    col : Collection
+        The done archives (their vectors, for the search).
+    exact : dask.dataframe.DataFrame
+        The exact groups' table (known divisions).
+    graph : dask.dataframe.DataFrame
+        The kNN graph over the exact representatives, ``k`` wide.
+    names : dask.dataframe.DataFrame
+        :func:`dedupdask.analyses.names_dask.names_frame` (its divisions are the archives').
+    n, k : int
+        Images, and neighbours per list.
+    link, max_size, below, search
+        As :func:`dedupdask.analyses.groups.outlier_groups` (``search``: compare closed groups'
+        members with every image).
+
+    Returns
+    -------
+    (dask.dataframe.DataFrame, int)
+        :data:`OUTLIER_FRAME_COLUMNS` per image (partitioned like ``exact``, persisted) and
+        the number of members compared with every image.
+
+    Examples
+    --------
+    >>> og, searched = outlier_frame(col, exact, graph, names, n, 5, link=0.9, max_size=10,
+    ...                              below=0.5, search=True)  # doctest: +SKIP
+    """
+    import dask
+    import dask.dataframe as dd
+
+    divs = tuple(int(d) for d in exact.divisions)
+    strong = graph[graph["similarity"] >= np.float32(link)][["from", "to"]]
+    links = exact[exact["rep"] != exact["index"]]
+    links = links.assign(**{"from": links["index"], "to": links["rep"]})[["from", "to"]]
+    comp = components_table_dask(dd.concat([strong, links]), n).table
+    meta = pd.DataFrame({"group": _I64(0), "size": _I64(0), "is_rep": False}, index=pd.Index([], dtype=_I64, name=NODE))
+    state = exact.map_partitions(_state, comp, meta=meta, align_dataframes=False, enforce_metadata=False)
+    counts = state.map_partitions(_picture_counts, meta=pd.DataFrame({"group": _I64(0), "count": _I64(0)}, index=[]))
+    state = state.map_partitions(_sum_pictures, route(counts, "group", divs), align_dataframes=False,
+                                 meta=meta.assign(pictures_at=_I64(0)), enforce_metadata=False)  # fmt: skip
+    state = lookup(state, "group", "pictures_at", "pictures")
+
+    g_meta = graph._meta[["from", "to", "similarity", "rank"]]
+    by_to = route(graph[["from", "to", "similarity", "rank"]], "to", divs)
+    cols = [*g_meta.columns, "g_to"]
+    rows = by_to.map_partitions(_group_of, state, "to", "g_to", cols, align_dataframes=False,
+                                meta=g_meta.assign(g_to=_I64(0)), enforce_metadata=False)  # fmt: skip
+    by_from = route(rows.assign(_at=rows["from"]), "_at", divs)
+    rows = by_from.map_partitions(
+        _group_of, state, "from", "g_from", [*cols, "g_from"], align_dataframes=False,
+        meta=g_meta.assign(g_to=_I64(0), g_from=_I64(0)), enforce_metadata=False,
+    )
+    (rows, state) = dask.persist(rows, state)
+    cand_meta = pd.DataFrame({"label": _I64(0), "sim": np.float32(0), "other": _I64(0)}, index=[])
+    cands = rows.map_partitions(_edge_candidates, meta=cand_meta)
+    best = route(cands, "label", divs).map_partitions(_local_best, meta=cand_meta)
+    best = route(best, "label", divs)
+    state = state.map_partitions(_with_best, best, align_dataframes=False, meta=state._meta.assign(best_at=_I64(0)),
+                                 enforce_metadata=False)  # fmt: skip
+    state = lookup(state, "group", "best_at", "group_best")
+    stats = rows.map_partitions(_rep_stats, k, meta=pd.DataFrame({"rep": _I64(0), "bound": np.float32(0)}, index=[]))
+    state, stats = dask.persist(state, stats)
+
+    searched = 0
+    extra = None
+    if search:
+        need_meta = pd.DataFrame({"group": _I64(0), "bound": np.float32(0), "rep": _I64(0)}, index=[])
+        needs = state.map_partitions(_needs, stats, max_size, below, meta=need_meta, align_dataframes=False,
+                                     enforce_metadata=False)  # fmt: skip
+        chosen_parts = route(needs, "group", divs).map_partitions(
+            _chosen, meta=pd.DataFrame({"rep": _I64(0), "group": _I64(0)}, index=[])
+        ).to_delayed()
+        chosen = pd.concat(dask.compute(*chosen_parts), ignore_index=True)  # a few per closed group
+        if len(chosen):
+            chosen = chosen.sort_values("rep", kind="stable").reset_index(drop=True)
+            searched = len(chosen)
+            extra = _search(col, names, state, chosen)
+    if extra is not None and len(extra):
+        found = dd.from_pandas(extra, npartitions=1, sort=False)
+        more = dd.concat([cands, found])
+        best = route(more, "label", divs).map_partitions(_local_best, meta=cand_meta)
+        best = route(best, "label", divs)
+        state = state.map_partitions(_with_best, best, align_dataframes=False,
+                                     meta=state._meta.assign(best_at=_I64(0)), enforce_metadata=False)  # fmt: skip
+        state = state.drop(columns=["group_best"])
+        state = lookup(state, "group", "best_at", "final_best")
+    else:
+        state = state.assign(final_best=state["group_best"])
+    meta = pd.DataFrame({"index": _I64(0), "group": _I64(0), "size": _I64(0), "pictures": _I64(0),
+                         "similarity": np.float32(0), "nearest": _I64(0)}, index=[])  # fmt: skip
+    (out,) = dask.persist(state.map_partitions(_final, meta=meta, enforce_metadata=False))
+    return out, searched
+
+
+def _issue_rows(og: pd.DataFrame, cutoff: float | None, max_size: int) -> pd.DataFrame:
+    groups = OutlierGroups(
+        og["group"].to_numpy(_I64), og["size"].to_numpy(_I64), og["pictures"].to_numpy(_I64),
+        og["similarity"].to_numpy(np.float32), og["nearest"].to_numpy(_I64),
+    )  # fmt: skip
+    rows = outlier_issues(groups, cutoff, max_size)
+    rows["index"] = og["index"].to_numpy(_I64)[rows["index"].to_numpy(_I64)]
+    return rows
+
+
+def outlier_rows(og: Any, cutoff: float | None, max_size: int) -> Any:
+    """The ``outlier`` issue rows (``index, issue, score, other, group``) of
+    :func:`outlier_frame`, partition by partition (:func:`~dedupdask.analyses.issues.outlier_issues`)."""
+    empty = OutlierGroups(*(np.empty(0, t) for t in (_I64, _I64, _I64, np.float32, _I64)))
+    return og.map_partitions(_issue_rows, cutoff, max_size, meta=outlier_issues(empty, cutoff, max_size))
+
+
+def _about_sums(og: pd.DataFrame, max_size: int) -> tuple[np.ndarray, int]:
+    size = og["size"].to_numpy(_I64)
+    root = og["group"].to_numpy(_I64) == og["index"].to_numpy(_I64)
+    flagged = og["pictures"].to_numpy(_I64) <= max_size
+    return np.array([(root & (size > 1)).sum(), (size > 1).sum()], dtype=_I64), (
+        int(size[flagged].max()) if flagged.any() else 0
+    )
+
+
+def outlier_about(og: Any, max_size: int, searched: int) -> dict[str, int]:
+    """``run.json``'s ``outlier_groups`` of :func:`outlier_frame` (sums of per-partition counts)."""
+    import dask
+
+    parts = dask.compute(*[dask.delayed(_about_sums)(p, max_size) for p in og.to_delayed()])
+    sums = np.sum([p[0] for p in parts], axis=0)
+    return {
+        "groups": int(sums[0]),
+        "images_in_groups": int(sums[1]),
+        "searched_members": int(searched),
+        "largest_labelled": max((p[1] for p in parts), default=0),
+    }

@@ -1,0 +1,145 @@
+"""Analysis stage, image names on the workers: ``filename, archive, member, key`` beside each index.
+
+The Dask counterpart of :func:`dedupdask.analyses.names.add_names`. The names live in the
+per-archive Parquet files; :func:`names_frame` reads them as one partition per archive with
+valid images, indexed by the global index (the archives' offsets are its divisions, so nothing
+is computed to find them). :func:`join_names` sends every row of a table to the archive
+partition that owns the image it names (:func:`dedupdask.analyses.routing.route`, a shuffle
+on the workers) and fills the columns there: the names table itself never moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .names import NAME_COLUMNS
+from .routing import locate, route
+
+if TYPE_CHECKING:
+    from ..collect import Collection
+
+__all__ = ["NAMES", "join_names", "names_frame"]
+
+NAMES = ("filename", *NAME_COLUMNS)
+"""Columns of :func:`names_frame`."""
+
+_KEY = "_name_key"
+
+
+def _names_meta() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype="string") for c in NAMES}, index=pd.Index([], dtype=np.int64, name="index")
+    )
+
+
+def names_part(spec: tuple[Any, ...]) -> pd.DataFrame:
+    """The names of one archive's valid images, indexed by global index (a ``from_map`` part)."""
+    from ..collect import read_archive_files
+
+    df = read_archive_files(spec)
+    df = df[df["index"].notna()]
+    out = pd.DataFrame(
+        {c: df[c].astype("string").to_numpy() for c in NAMES},
+        index=pd.Index(df["index"].to_numpy(dtype=np.int64), name="index"),
+    )
+    return out.astype("string").sort_index()
+
+
+def names_frame(col: Collection) -> Any:
+    """``filename, archive, member, key`` of every valid image, one partition per archive.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        Indexed by the global index; known divisions (the archives' offsets); None when
+        the work_dir has no valid image.
+
+    Examples
+    --------
+    >>> names_frame(collect("work")).divisions[:3]  # doctest: +SKIP
+    (0, 1000, 2000)
+    """
+    import dask.dataframe as dd
+
+    arch = [a for a in col.archives if a.n_valid]
+    if not arch:
+        return None
+    specs = [(col.work_dir, a.name, a.offset, a.n_valid, col.decode_version) for a in arch]
+    divisions = (*(a.offset for a in arch), arch[-1].offset + arch[-1].n_valid - 1)
+    return dd.from_map(
+        names_part, specs, meta=_names_meta(), divisions=divisions, label="dedupdask-names",
+        enforce_metadata=False,
+    )  # fmt: skip
+
+
+def join_names(
+    table: Any,
+    names: Any,
+    which: Mapping[str, str],
+    *,
+    filename: Mapping[str, str] | None = None,
+) -> Any:
+    """``table`` with the names of the images in its index columns, on the workers.
+
+    Parameters
+    ----------
+    table : dask.dataframe.DataFrame
+        Rows naming images by global index (int64 columns of ``which``; -1 = none).
+    names : dask.dataframe.DataFrame
+        :func:`names_frame`.
+    which : mapping
+        Index column -> suffix of its ``archive, member, key`` columns
+        (:data:`dedupdask.analyses.names.PAIR_NAMES`, ``OUTLIER_NAMES``).
+    filename : mapping, optional
+        Index column -> name of a column for its ``filename``.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        ``table``'s rows (in another partitioning and order) with the string columns added;
+        an index that names no image gets nulls.
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> n = dd.from_pandas(pd.DataFrame({"filename": ["a/x", "b/y"], "archive": ["a", "b"],
+    ...     "member": ["x", "y"], "key": ["x", "y"]}, index=pd.Index([0, 1], name="index"),
+    ...     dtype="string"), npartitions=2)
+    >>> t = dd.from_pandas(pd.DataFrame({"from": [1, 0], "to": [0, -1]}), npartitions=1)
+    >>> with dask.config.set(scheduler="sync"):
+    ...     out = join_names(t, n, {"from": "_from", "to": "_to"}, filename={"from": "f"})
+    ...     out.compute().sort_values("from")[["f", "key_from", "key_to"]].values.tolist()
+    [['a/x', 'x', <NA>], ['b/y', 'y', 'x']]
+    """
+    filename = dict(filename or {})
+    divisions = tuple(int(d) for d in names.divisions)
+    for col, sfx in which.items():
+        added = {f"{n}{sfx}": "string" for n in NAME_COLUMNS}
+        if col in filename:
+            added = {filename[col]: "string", **added}
+        meta = table._meta.assign(**{c: pd.Series(dtype=t) for c, t in added.items()})
+        routed = route(table.assign(**{_KEY: table[col].astype(np.int64)}), _KEY, divisions)
+        table = routed.map_partitions(
+            _attach, names, col, sfx, filename.get(col), meta=meta, align_dataframes=False,
+            enforce_metadata=False,
+        )  # fmt: skip
+    return table
+
+
+def _attach(
+    rows: pd.DataFrame, names: pd.DataFrame, col: str, sfx: str, filename: str | None
+) -> pd.DataFrame:
+    keys = rows.index.to_numpy(dtype=np.int64)
+    ids = names.index.to_numpy(dtype=np.int64)
+    pos, ok = locate(ids, keys)
+    out = rows.reset_index(drop=True)
+    cols = ([(filename, "filename")] if filename else []) + [(f"{n}{sfx}", n) for n in NAME_COLUMNS]
+    for name, src in cols:
+        vals = np.full(keys.size, None, dtype=object)
+        vals[ok] = names[src].to_numpy(dtype=object)[pos[ok]]
+        out[name] = pd.array(vals, dtype="string")
+    return out
