@@ -27,9 +27,8 @@ components (:mod:`dedupdask.analyses.components_dask`), invalid images, issues
 (:mod:`dedupdask.analyses.issues_dask`), names (:mod:`dedupdask.analyses.names_dask`) and the
 counts (sums of per-partition counts), the outlier groups of the ``outlier`` issue type
 (:mod:`dedupdask.analyses.groups_dask`). What this process still gathers there: the kNN graph
-and the groups' representatives behind the two adapters :func:`_knn_graph_today` and
-:func:`_tier_frames_today`, until the partitioned kNN returns a graph table and the tiers run
-on the workers (each adapter is then replaced by one call).
+and the groups' representatives behind the adapter :func:`_knn_graph_today`, until the
+partitioned kNN returns a graph table (the adapter is then replaced by one call).
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ from .analyses import (
 )
 from .analyses.exact import ExactGroups
 from .analyses.exact_dask import exact_and_input_frames
-from .analyses.graph import graph_arrays, graph_frame
+from .analyses.graph import graph_frame
 from .analyses.groups_dask import outlier_about, outlier_frame, outlier_rows
 from .analyses.issues import (
     issue_images,
@@ -73,15 +72,14 @@ from .analyses.outliers_dask import nearest_frame, outliers_frame
 from .analyses.pairs_dask import similarity_frame
 from .analyses.routing import partition_sums
 from .analyses.stats import invalid_frame
-from .analyses.tierframes import DECIDED_COLUMNS, TierFrames
 from .analyses.tiers import KINDS, TierParams, expand_pairs, resolve_params
+from .analyses.tiers_dask import run_tiers_frames
 from .collect import Collection, collect
 from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .results import DedupResult, from_tables, save_run, save_tables
-from .store import empty_files_frame
 from .tables import table_from_pandas
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
@@ -238,7 +236,12 @@ def _in_process(
     knn_info: dict[str, Any] = {}
     if reps.size:  # one task, or partitioned past max_memory_per_task (knn_partitioned)
         nbr_idx, nbr_sim, used, knn_info = knn_graph_work_dir(
-            col, inputs.reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
+            col,
+            inputs.reps,
+            k,
+            config=config,
+            method=method,
+            random_state=random_state,  # type: ignore[arg-type]
         )
         nbr_idx, nbr_sim = expand_graph(groups, inputs, nbr_idx, nbr_sim)
     else:
@@ -270,7 +273,9 @@ def _in_process(
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
     similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
     outliers = add_names(outliers, valid, OUTLIER_NAMES)
-    components = components_table(groups, reps, nbr_idx, nbr_sim, params.ccthreshold, edges=tiers.edges)
+    components = components_table(
+        groups, reps, nbr_idx, nbr_sim, params.ccthreshold, edges=tiers.edges
+    )
     stats = valid.loc[:, list(STATS_COLUMNS)].reset_index(drop=True)
     invalid = invalid_table(files)
     issue_t = resolve_issues(config, col.model)  # the model's issue cut-offs with the user's
@@ -327,10 +332,12 @@ def _on_workers(
     n_input_reps, _ = partition_sums(inputs, _group_sums)
     stages.done("exact_groups")
 
-    emb_graph, used, knn_info = _knn_graph_today(col, inputs, params.k, config, method, random_state)
+    emb_graph, used, knn_info = _knn_graph_today(
+        col, inputs, params.k, config, method, random_state
+    )
     stages.done("knn")
 
-    tiers = _tier_frames_today(
+    tiers = run_tiers_frames(
         col, files, exact, inputs, emb_graph, params, method=method, random_state=random_state,
         storage_options=config.storage_options, max_image_pixels=config.max_image_pixels,
         max_member_bytes=config.max_member_bytes, knn_config=config,
@@ -354,7 +361,10 @@ def _on_workers(
     )  # fmt: skip
     issues = issues_dask(
         issues_frame(files, issue_t.cutoffs(), ref),
-        [duplicate_frame(similarity, divisions), outlier_rows(og, issue_t.outlier, issue_t.outlier_group_size)],
+        [
+            duplicate_frame(similarity, divisions),
+            outlier_rows(og, issue_t.outlier, issue_t.outlier_group_size),
+        ],
         names,
     )
     outliers, issues = dask.persist(outliers, issues)
@@ -379,7 +389,9 @@ def _on_workers(
         **tiers.counts,
         "outliers": int(n_out),
         "issues": int(n_issues),
-        **dict(zip(("components", "duplicate_components", "removable"), map(int, comp), strict=True)),
+        **dict(
+            zip(("components", "duplicate_components", "removable"), map(int, comp), strict=True)
+        ),
         "issue_images": n_issue_images,
     }
     run = _record(
@@ -397,7 +409,7 @@ def _on_workers(
     return _write(col, tables, run, config, write, stages)
 
 
-# -- adapters: today's in-process kNN and tiers behind the workers path's interfaces -----------
+# -- adapter: today's kNN behind the workers path's interface -----------
 def _knn_graph_today(
     col: Collection, inputs: dd.DataFrame, k: int, config: RunConfig, method: str, random_state: int
 ) -> tuple[dd.DataFrame, str, dict[str, Any]]:
@@ -410,59 +422,15 @@ def _knn_graph_today(
     (rep,) = scheduler.gather_frames(inputs["rep"])
     reps = ExactGroups(rep.to_numpy(dtype=np.int64)).reps
     idx, sim, used, info = knn_graph_work_dir(
-        col, reps, k, config=config, method=method, random_state=random_state  # type: ignore[arg-type]
+        col,
+        reps,
+        k,
+        config=config,
+        method=method,
+        random_state=random_state,  # type: ignore[arg-type]
     )
     (graph,) = dask.persist(graph_frame(reps, idx, sim))  # sent to the workers once, held there
     return graph, used, info
-
-
-def _tier_frames_today(
-    col: Collection,
-    files: dd.DataFrame,
-    exact: dd.DataFrame,
-    inputs: dd.DataFrame,
-    emb_graph: dd.DataFrame,
-    params: TierParams,
-    *,
-    method: str,
-    random_state: int,
-    storage_options: dict[str, Any] | None,
-    max_image_pixels: int,
-    max_member_bytes: int,
-    knn_config: RunConfig,
-) -> TierFrames:
-    """:func:`dedupdask.fusion.run_tiers` behind the interface of the tiers on the workers
-    (``run_tiers_frames``: same arguments, a :class:`TierFrames`).
-
-    Adapter until the tiers run on the workers: the groups' representatives, the graph's
-    arrays and (with verification) the images' archive, member and offsets come here.
-    """
-    a, b = scheduler.gather_frames(exact["rep"], inputs["rep"])
-    groups, in_groups = ExactGroups(a.to_numpy(dtype=np.int64)), ExactGroups(b.to_numpy(dtype=np.int64))
-    idx, sim = graph_arrays(emb_graph, in_groups.reps, params.k)
-    idx, sim = expand_graph(groups, in_groups, idx, sim)
-    cols = ["archive", "member", "index", "member_offset", "file_size"]
-    image_files = col.files_frame(cols) if params.verify else empty_files_frame().loc[:, cols]
-    out = run_tiers(
-        col, groups, groups.reps, (idx, sim), params, image_files, embeddings=col.embeddings(),
-        input_groups=in_groups, method=method, random_state=random_state,
-        storage_options=storage_options, max_image_pixels=max_image_pixels,
-        max_member_bytes=max_member_bytes, knn_config=knn_config,
-    )  # fmt: skip
-    edges = pd.DataFrame({"from": out.edges[0], "to": out.edges[1]}, dtype=np.int64)
-    decided, edge_frame, graph = dask.persist(  # sent to the workers once, held there
-        dd.from_pandas(out.decided.loc[:, list(DECIDED_COLUMNS)], npartitions=1, sort=False),
-        dd.from_pandas(edges, npartitions=1, sort=False),
-        graph_frame(groups.reps, idx, sim),
-    )
-    return TierFrames(
-        decided=decided,
-        edges=edge_frame,
-        graph=graph,
-        counts=out.counts,
-        verification=out.verification,
-        dct_knn=out.dct_knn,
-    )
 
 
 # -- shared by both paths -----------------------------------------------------------------------
@@ -583,7 +551,9 @@ def _component_sums(components: pd.DataFrame) -> np.ndarray:
     """Of one partition: the component roots (a component's smallest index), those of more
     than one image, and the images beyond the first of those."""
     size = components["component_size"].to_numpy(dtype=np.int64)
-    root = components["index"].to_numpy(dtype=np.int64) == components["component_id"].to_numpy(dtype=np.int64)
+    root = components["index"].to_numpy(dtype=np.int64) == components["component_id"].to_numpy(
+        dtype=np.int64
+    )
     multi = root & (size > 1)
     return np.array([root.sum(), multi.sum(), (size[multi] - 1).sum()], dtype=np.int64)
 

@@ -195,7 +195,7 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
 def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     """Issue 17 points 1 and 3: on a distributed client the build never reads the files
     table here (``files_frame``) nor builds a per-image or per-pair table with pandas
-    (similarity, names, outliers, components, invalid, issues, outlier groups): worker tasks
+    (tiers, similarity, names, outliers, components, invalid, issues, outlier groups): worker tasks
     make each of them, and they equal the in-process ones."""
     import dedupdask.analyses.issues as issues
     import dedupdask.analysis as analysis
@@ -212,7 +212,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
         monkeypatch.setattr(Collection, "files_frame", boom("Collection.files_frame"))
         monkeypatch.setattr(issues, "outlier_groups", boom("outlier_groups"))  # the numpy one
         for name in ("expand_pairs", "add_names", "nearest_neighbours", "outliers_table", "components_table",
-                     "invalid_table", "find_issues", "exact_groups"):  # fmt: skip
+                     "invalid_table", "find_issues", "exact_groups", "run_tiers", "expand_graph"):  # fmt: skip
             if hasattr(analysis, name):
                 monkeypatch.setattr(analysis, name, boom(name))
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DECIDED_COLUMNS", "TierFrames"]
+from .tiers import DECIDED_COLUMNS
 
-DECIDED_COLUMNS = (
-    "from", "to", "similarity", "copy_similarity", "same_input", "kind", "direct", "to_verify",
-    "accepted", "verify_score", "verify_error",
-)  # fmt: skip
-"""Columns of :attr:`TierFrames.decided` (:func:`dedupdask.analyses.tiers.decide`'s output)."""
+__all__ = ["DECIDED_COLUMNS", "TierFrames"]
 
 
 @dataclass

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ from ..verify_frames import verify_frame
 from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
 from .graph import GRAPH_COLUMNS, graph_frame
 from .routing import route, shuffle_method
+from .tierframes import TierFrames
 from .tiers import (
     DECIDED_COLUMNS,
     TierParams,
@@ -57,38 +57,6 @@ __all__ = ["TierFrames", "dct_graph_frame", "run_tiers_frames"]
 
 _I64 = np.int64
 _DECISION = ("kind", "direct", "to_verify", "accepted")
-
-
-@dataclass
-class TierFrames:
-    """What the tiers found, on the workers.
-
-    Attributes
-    ----------
-    decided : dask.dataframe.DataFrame
-        :data:`~dedupdask.analyses.tiers.DECIDED_COLUMNS`: every candidate representative
-        pair (``from < to``) with both similarities, the verification and the decision;
-        persisted.
-    edges : dask.dataframe.DataFrame
-        ``from, to`` (int64): representative edges of connected components.
-    graph : dask.dataframe.DataFrame
-        The embedding graph over the exact representatives (graph-table contract): the
-        given graph when no input group holds two exact groups, else its expansion,
-        persisted.
-    counts : dict
-        Candidates and accepted pairs per tier (``TierOutcome.counts``).
-    verification : dict
-        Cost of verification (``TierOutcome.verification``).
-    dct_knn : dict
-        How the DCT graph was computed.
-    """
-
-    decided: Any
-    edges: Any
-    graph: Any
-    counts: dict[str, int] = field(default_factory=dict)
-    verification: dict[str, Any] = field(default_factory=dict)
-    dct_knn: dict[str, Any] = field(default_factory=dict)
 
 
 def dct_graph_frame(
@@ -130,7 +98,14 @@ def dct_graph_frame(
 
 # -- per partition -------------------------------------------------------------------------------
 _EDGE_META = pd.DataFrame(
-    {"from": _I64(0), "to": _I64(0), "s": np.float32(0), "src": np.int8(0), "c_from": _I64(0), "c_to": _I64(0)},
+    {
+        "from": _I64(0),
+        "to": _I64(0),
+        "s": np.float32(0),
+        "src": np.int8(0),
+        "c_from": _I64(0),
+        "c_to": _I64(0),
+    },
     index=[],
 )
 
@@ -179,7 +154,9 @@ def _fill_input(edges: pd.DataFrame, end: str) -> pd.DataFrame:
     return out.loc[:, list(_EDGE_META.columns)]
 
 
-def _candidates(part: pd.DataFrame, params: TierParams, partition_info: dict | None = None) -> pd.DataFrame:
+def _candidates(
+    part: pd.DataFrame, params: TierParams, partition_info: dict | None = None
+) -> pd.DataFrame:
     """:func:`~.tiers.candidate_pairs` of the edges of one partition (all of its pairs' edges)."""
     src = part["src"].to_numpy(np.int8)
     s = part["s"].to_numpy(np.float32)
@@ -237,16 +214,31 @@ def _final(out: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"verify_score": "float32", "verify_error": "string"})
 
 
-def _component_edges(edges: pd.DataFrame, decided: pd.DataFrame, ccthreshold: float) -> pd.DataFrame:
+def _component_edges(
+    edges: pd.DataFrame, decided: pd.DataFrame, ccthreshold: float
+) -> pd.DataFrame:
     """:func:`~.tiers.component_edges` of one partition (its kNN edges and decided pairs)."""
-    e = (edges["src"].to_numpy(np.int8) == 0) & (edges["s"].to_numpy(np.float32) >= np.float32(ccthreshold))
-    a, b, _ = unique_pairs(edges["from"].to_numpy(_I64)[e], edges["to"].to_numpy(_I64)[e], edges["s"].to_numpy(np.float32)[e])
+    e = (edges["src"].to_numpy(np.int8) == 0) & (
+        edges["s"].to_numpy(np.float32) >= np.float32(ccthreshold)
+    )
+    a, b, _ = unique_pairs(
+        edges["from"].to_numpy(_I64)[e],
+        edges["to"].to_numpy(_I64)[e],
+        edges["s"].to_numpy(np.float32)[e],
+    )
     a, b = fused_edges(a, b, decided)
     return pd.DataFrame({"from": a.astype(_I64), "to": b.astype(_I64)})
 
 
 def _counts(decided: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame([{**tier_counts(decided), **{f"verified_{k}": v for k, v in verified_counts(decided).items()}}])
+    return pd.DataFrame(
+        [
+            {
+                **tier_counts(decided),
+                **{f"verified_{k}": v for k, v in verified_counts(decided).items()},
+            }
+        ]
+    )
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -327,26 +319,36 @@ def run_tiers_frames(
     low = min(candidate_cut(params), params.ccthreshold)
     parts = [graph.map_partitions(_emb_edges, low, meta=_EDGE_META, enforce_metadata=False)]
     if dct_graph is not None:
-        dct = dct_graph.map_partitions(_dct_edges, params.copy_threshold, meta=_EDGE_META, enforce_metadata=False)
+        dct = dct_graph.map_partitions(
+            _dct_edges, params.copy_threshold, meta=_EDGE_META, enforce_metadata=False
+        )
         if n_sib:  # pairs of equal model inputs: both ends' input representatives
             dct = _input_of(_input_of(dct, sib, "from"), sib, "to")
         parts.append(dct)
     edges = dd.concat(parts) if len(parts) > 1 else parts[0]
-    edges = edges.shuffle(on="from", npartitions=max(1, graph.npartitions), shuffle_method=shuffle_method())
+    edges = edges.shuffle(
+        on="from", npartitions=max(1, graph.npartitions), shuffle_method=shuffle_method()
+    )
 
     cand_meta = _candidates(_EDGE_META, params)
     cands = edges.map_partitions(_candidates, params, meta=cand_meta, enforce_metadata=False)
     emb_rows = dask.delayed(functools.partial(col.vector_rows), pure=True)
     dct_rows = None
     if params.copy_threshold is not None:
-        dct_rows = dask.delayed(functools.partial(col.vector_rows, which="dct", d=DCT_DIM), pure=True)
-    cands = cands.map_partitions(_cosines, emb_rows, dct_rows, meta=cand_meta, enforce_metadata=False)
+        dct_rows = dask.delayed(
+            functools.partial(col.vector_rows, which="dct", d=DCT_DIM), pure=True
+        )
+    cands = cands.map_partitions(
+        _cosines, emb_rows, dct_rows, meta=cand_meta, enforce_metadata=False
+    )
     first_meta = decide(cand_meta, params)
     first = cands.map_partitions(_decide, params, meta=first_meta, enforce_metadata=False)
     edges, first = dask.persist(edges, first)
     n_verify = int(first["to_verify"].sum().compute())
 
-    final_meta = _final(first_meta.assign(verify_score=np.float32(np.nan), verify_error=pd.Series(dtype="string")))
+    final_meta = _final(
+        first_meta.assign(verify_score=np.float32(np.nan), verify_error=pd.Series(dtype="string"))
+    )
     cost: dict[str, Any] = {}
     if n_verify:
         t0 = time.perf_counter()
@@ -385,7 +387,9 @@ def _check_columns(*frames: tuple[Any, str, tuple[str, ...]]) -> None:
     for frame, name, cols in frames:
         missing = [c for c in cols if c not in frame.columns]
         if missing:
-            raise ValueError(f"{name} has no column {missing[0]!r} (columns: {list(frame.columns)})")
+            raise ValueError(
+                f"{name} has no column {missing[0]!r} (columns: {list(frame.columns)})"
+            )
 
 
 def _file_bounds(col: Any, files: Any) -> np.ndarray:
@@ -397,4 +401,3 @@ def _file_bounds(col: Any, files: Any) -> np.ndarray:
         )
     lows = np.array([a.offset for a in col.archives], dtype=_I64)
     return start_bounds(lows, np.array([a.n_valid > 0 for a in col.archives], bool))
-
