@@ -5,13 +5,14 @@ Stages 2-5 of :func:`dedupdask.knn_partitioned.knn_graph_partitioned`, the work 
 2. **assign** (per archive): every vector goes to the buckets of its ``m`` most similar
    centroids, plus up to ``m`` more within the margin; with reduction or float16 the projected
    unit vectors are written to a scratch file per archive.
-3. **plan** (client, integers only): members of each bucket (:func:`_group`); an oversized
-   bucket is split by a k-means of its own members (:func:`_split_bucket`, a task).
+3. **plan**: an oversized bucket is split by a k-means of its own members
+   (:func:`_split_bucket`, a task); :mod:`dedupdask.knn_members` runs stages 2-3 on the
+   workers (:func:`_group` groups in-process labels, e.g. inside a split task).
 4. **search** (per bucket): exact blocked search or pynndescent among the bucket's vectors,
    candidates re-scored on the original float32 rows after a reduced or float16 search; the
    lists go back split by row range.
 5. **merge** (per row range): a row's candidates from all its buckets united, self and
-   repeats dropped, the best ``k`` kept.
+   repeats dropped, the best ``k`` kept: rows of the graph table (:func:`_merge_range_rows`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .allocator import tune as tune_allocator
 from .knn import PYNNDESCENT_MIN_NEIGHBORS, nndescent_knn, top_k
@@ -408,9 +410,7 @@ def _merge_pieces(
     Partial merges run as soon as their buckets are done, so a worker never stores the
     neighbour lists of every bucket at once.
     """
-    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
-    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
-    sim = np.concatenate([p[2].ravel() for p in pieces])
+    rows, cand, sim = _union(pieces)
     dt = np.result_type(*(p[1].dtype for p in pieces))  # int32 ids unless some piece needs int64
     del pieces
     rows, cand, sim = _best(rows, cand, sim, k)
@@ -423,18 +423,46 @@ def _merge_pieces(
     return uq, out_idx, out_sim
 
 
+def _union(
+    pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pieces' ``(row, candidate, similarity)`` triples, flat (int64, int64, float32)."""
+    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
+    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
+    sim = np.concatenate([p[2].ravel() for p in pieces])
+    return rows, cand, sim
+
+
 def _merge_range(
     start: int, stop: int, k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The final ``[stop - start, k]`` neighbours of rows ``start..stop`` from all buckets."""
-    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
-    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
-    sim = np.concatenate([p[2].ravel() for p in pieces])
+    rows, cand, sim = _best(*_union(pieces), k)
     del pieces
-    rows, cand, sim = _best(rows, cand, sim, k)
     idx = np.full((stop - start, k), -1, dtype=np.int64)
     out = np.full((stop - start, k), np.nan, dtype=np.float32)
     rank = _rank_within(rows)
     idx[rows - start, rank] = cand
     out[rows - start, rank] = sim
     return idx, out
+
+
+def _merge_range_rows(
+    source: VectorSource, k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> pd.DataFrame:
+    """The final neighbours of one row range as graph-table rows (global indices).
+
+    The rows of :mod:`dedupdask.analyses.graph` (``from``, ``to``, ``similarity``,
+    ``rank``): sorted by ``from`` then ``rank``, self and padding dropped, ties by the
+    smaller ``to``; ``source`` turns positions into global indices.
+    """
+    rows, cand, sim = _best(*_union(pieces), k)
+    del pieces
+    return pd.DataFrame(
+        {
+            "from": source.global_index(rows),
+            "to": source.global_index(cand),
+            "similarity": sim.astype(np.float32, copy=False),
+            "rank": _rank_within(rows).astype(np.int16),
+        }
+    )

@@ -1,0 +1,196 @@
+"""kNN stage, partitioned -- members: each bucket's member list, assembled and split on the workers.
+
+Stages 2-3 of :func:`dedupdask.knn_partitioned.knn_edges_partitioned` as graphs whose
+outputs stay on the workers; the calling process learns only how many members each bucket
+has (one integer per bucket), never a per-image array:
+
+2. **assign** (one task per archive, :func:`dedupdask.knn_buckets._assign_block`): every
+   vector's ``(bucket, position)`` memberships, a small frame per archive. A **shuffle on
+   the bucket** (``set_index`` with the divisions ``0, 1, ..., C``, so partition ``j`` holds
+   bucket ``j``) assembles each bucket's members. A tree of concat tasks per bucket would
+   need one edge from every archive to every bucket (``A x C``: 40,000 archives x 2,000
+   buckets = 80M edges at LAION-400M); the shuffle is ``A`` input tasks and ``C`` output
+   tasks around one barrier -- on a distributed client dask's peer-to-peer shuffle, which
+   moves the rows between workers outside the task graph.
+3. **split**: a bucket larger than a task may hold is split by a task (a k-means of its own
+   members, :func:`dedupdask.knn_buckets._split_bucket`; cut in order when that makes no
+   progress) whose parts stay on the workers; the client learns their sizes.
+
+Member lists are persisted (``dask.persist``): on a distributed client they stay in the
+workers' memory until the search tasks that read them are done.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+
+from . import knn_buckets
+from .knn_rows import KnnPlan, VectorBlock, VectorSource, _compute
+
+__all__ = ["SPLIT_FILL", "assign_buckets", "split_oversized"]
+
+SPLIT_FILL = 0.5
+"""An oversized bucket is split into parts that average this fraction of the capacity."""
+
+SPLIT_LEVELS = 8
+"""Rounds of k-means splits; a bucket still too large after them is cut in order."""
+
+Delayed = Any  # dask.delayed.Delayed (persisted)
+
+
+def _members_meta() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"bucket": pd.Series([], dtype="int32"), "position": pd.Series([], dtype="int64")}
+    )
+
+
+def _memberships(
+    block: VectorBlock, plan: KnnPlan, scratch_path: str | None, first: int
+) -> pd.DataFrame:
+    """One archive's ``(bucket, position)`` rows: stage 2, a task per archive.
+
+    Examples
+    --------
+    >>> _memberships(block, plan, None, 0).columns.tolist()  # doctest: +SKIP
+    ['bucket', 'position']
+    """
+    labels = knn_buckets._assign_block(block, plan, scratch_path)
+    flat = labels.ravel()
+    used = flat >= 0
+    positions = np.repeat(np.arange(first, first + block.size, dtype=np.int64), labels.shape[1])
+    return pd.DataFrame({"bucket": flat[used].astype(np.int32), "position": positions[used]})
+
+
+def _positions(part: pd.DataFrame) -> np.ndarray:
+    """A bucket's members (increasing positions; int32 while they fit) from its partition."""
+    p = np.sort(part["position"].to_numpy(np.int64))
+    return p.astype(np.int32) if p.size == 0 or p[-1] < 2**31 - 1 else p
+
+
+def _size(members: np.ndarray) -> int:
+    return int(members.size)
+
+
+def _sizes(parts: list[np.ndarray]) -> list[int]:
+    return [int(p.size) for p in parts]
+
+
+def assign_buckets(
+    source: VectorSource,
+    plan_key: Delayed,
+    n_buckets: int,
+    scratch_files: list[str | None],
+    token: str,
+) -> tuple[list[Delayed], list[int]]:
+    """Stage 2: each non-empty bucket's members (persisted, on the workers) and their sizes.
+
+    Parameters
+    ----------
+    source : VectorSource
+        The vectors (one assign task per block).
+    plan_key : Delayed
+        The :class:`~dedupdask.knn_rows.KnnPlan`, one key shared by every task.
+    n_buckets : int
+        Centroids ``C`` (buckets ``0 .. C-1``).
+    scratch_files : list
+        Per block, where its projected rows go (None = not written).
+    token : str
+        Unique part of the task names.
+
+    Returns
+    -------
+    (list, list)
+        Per non-empty bucket, in bucket order: a persisted ``Delayed`` of its members
+        (increasing positions) and its size.
+    """
+    import dask.dataframe as dd
+
+    tasks = [
+        dask.delayed(_memberships, pure=True)(
+            b, plan_key, scratch, int(first), dask_key_name=f"dedupdask-knn-assign-{token}-{i}"
+        )
+        for i, (b, scratch, first) in enumerate(
+            zip(source.blocks, scratch_files, source.offsets[:-1].tolist(), strict=True)
+        )
+    ]
+    frame = dd.from_delayed(tasks, meta=_members_meta(), verify_meta=False)
+    by_bucket = frame.set_index("bucket", divisions=list(range(n_buckets + 1)), sorted=False)
+    members = [
+        dask.delayed(_positions, pure=True)(p, dask_key_name=f"dedupdask-knn-members-{token}-{j}")
+        for j, p in enumerate(by_bucket.to_delayed())
+    ]
+    members = list(dask.persist(*members))
+    (sizes,) = _compute([dask.delayed(_size, pure=True)(m) for m in members])
+    keep = [j for j, s in enumerate(sizes) if s]
+    return [members[j] for j in keep], [int(sizes[j]) for j in keep]
+
+
+def _split_members(
+    search_src: VectorSource,
+    plan: KnnPlan,
+    members: np.ndarray,
+    parts: int,
+    seed: int,
+    capacity: int,
+) -> list[np.ndarray]:
+    """Stage 3, a task: an oversized bucket's non-empty parts (cut in order if no progress)."""
+    sub = [s for s in knn_buckets._split_bucket(search_src, plan, members, parts, seed) if s.size]
+    if not sub or max(s.size for s in sub) >= 0.9 * members.size:
+        sub = knn_buckets._cut(members, capacity)
+    return sub
+
+
+def split_oversized(
+    members: list[Delayed],
+    sizes: list[int],
+    *,
+    capacity: int,
+    m: int,
+    search_key: Delayed,
+    plan_key: Delayed,
+    random_state: int,
+    token: str,
+) -> tuple[list[Delayed], list[int], int]:
+    """Stage 3: buckets larger than ``capacity`` split until none is; parts stay on the workers.
+
+    Returns the buckets (persisted ``Delayed`` member lists; buckets that fit first, in
+    their order, then the parts of each split bucket), their sizes, and how many buckets
+    were split.
+    """
+    splits = 0
+    for level in range(SPLIT_LEVELS):
+        big = [j for j, s in enumerate(sizes) if s > capacity]
+        if not big:
+            break
+        splits += len(big)
+        todo = [
+            dask.delayed(_split_members, pure=True)(
+                search_key,
+                plan_key,
+                members[j],
+                max(2 * m + 1, math.ceil(sizes[j] * m / (capacity * SPLIT_FILL))),
+                random_state + level,
+                capacity,
+                dask_key_name=f"dedupdask-knn-split-{token}-{level}-{i}",
+            )
+            for i, j in enumerate(big)
+        ]
+        todo = list(dask.persist(*todo))
+        (got,) = _compute([dask.delayed(_sizes, pure=True)(t) for t in todo])
+        fits = [j for j, s in enumerate(sizes) if s <= capacity]
+        members = [members[j] for j in fits] + [
+            t[q] for t, g in zip(todo, got, strict=True) for q in range(len(g))
+        ]
+        sizes = [sizes[j] for j in fits] + [int(s) for g in got for s in g]
+    for j in [j for j, s in enumerate(sizes) if s > capacity]:  # still too big: cut in order
+        cut = dask.delayed(knn_buckets._cut, pure=True)(members[j], capacity)
+        n_parts = math.ceil(sizes[j] / capacity)
+        members += [cut[q] for q in range(n_parts)]
+        sizes += [capacity] * n_parts
+    keep = [j for j, s in enumerate(sizes) if s <= capacity]
+    return [members[j] for j in keep], [sizes[j] for j in keep], splits
