@@ -32,7 +32,7 @@ import pandas as pd
 from . import knn_buckets
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _compute
 
-__all__ = ["SPLIT_FILL", "assign_buckets", "split_oversized"]
+__all__ = ["SPLIT_FILL", "assign_buckets", "rows_by_block", "split_oversized"]
 
 SPLIT_FILL = 0.5
 """An oversized bucket is split into parts that average this fraction of the capacity."""
@@ -50,9 +50,17 @@ def _members_meta() -> pd.DataFrame:
 
 
 def _memberships(
-    block: VectorBlock, plan: KnnPlan, scratch_path: str | None, first: int
+    block: VectorBlock,
+    plan: KnnPlan,
+    scratch_path: str | None,
+    first: int,
+    taking: pd.DataFrame | None = None,
+    start: int = 0,
 ) -> pd.DataFrame:
     """One archive's ``(bucket, position)`` rows: stage 2, a task per archive.
+
+    ``taking``: a frame whose index is the global indices of the block's rows that take
+    part (``start`` is the global index of its row 0); None = every row.
 
     Examples
     --------
@@ -60,10 +68,32 @@ def _memberships(
     ['bucket', 'position']
     """
     labels = knn_buckets._assign_block(block, plan, scratch_path)
+    if taking is not None:
+        local = np.unique(taking.index.to_numpy(np.int64)) - start
+        if local.size and (local[0] < 0 or local[-1] >= block.size):
+            raise ValueError(f"{block.path}: rows taking part outside its {block.size} rows")
+        out = np.ones(block.size, dtype=bool)
+        out[local] = False
+        labels[out] = -1
     flat = labels.ravel()
     used = flat >= 0
     positions = np.repeat(np.arange(first, first + block.size, dtype=np.int64), labels.shape[1])
     return pd.DataFrame({"bucket": flat[used].astype(np.int32), "position": positions[used]})
+
+
+def rows_by_block(source: VectorSource, rows: Any) -> list[Delayed]:
+    """The global indices in the Dask Series ``rows``, one partition per block of ``source``.
+
+    A shuffle by the blocks' global index ranges (``set_index`` with their starts as
+    divisions), so each assign task depends on one partition, whatever ``rows``'
+    partitioning. The blocks must hold whole files (``rows=None``).
+    """
+    if any(b.rows is not None for b in source.blocks):
+        raise ValueError("rows given as a Dask object need a source of whole files")
+    starts = source.global_index(source.offsets[:-1]).tolist()
+    end = int(starts[-1]) + source.blocks[-1].size
+    frame = rows.rename("index").astype("int64").to_frame()
+    return list(frame.set_index("index", divisions=starts + [end], sorted=False).to_delayed())
 
 
 def _positions(part: pd.DataFrame) -> np.ndarray:
@@ -86,6 +116,7 @@ def assign_buckets(
     n_buckets: int,
     scratch_files: list[str | None],
     token: str,
+    rows: Any = None,
 ) -> tuple[list[Delayed], list[int]]:
     """Stage 2: each non-empty bucket's members (persisted, on the workers) and their sizes.
 
@@ -101,6 +132,8 @@ def assign_buckets(
         Per block, where its projected rows go (None = not written).
     token : str
         Unique part of the task names.
+    rows : dask.dataframe.Series, optional
+        Global indices of the rows taking part (:func:`rows_by_block`); default all.
 
     Returns
     -------
@@ -110,12 +143,21 @@ def assign_buckets(
     """
     import dask.dataframe as dd
 
+    firsts = source.offsets[:-1].tolist()
+    taking = [None] * len(firsts) if rows is None else rows_by_block(source, rows)
+    starts = source.global_index(source.offsets[:-1]).tolist()
     tasks = [
         dask.delayed(_memberships, pure=True)(
-            b, plan_key, scratch, int(first), dask_key_name=f"dedupdask-knn-assign-{token}-{i}"
-        )
-        for i, (b, scratch, first) in enumerate(
-            zip(source.blocks, scratch_files, source.offsets[:-1].tolist(), strict=True)
+            b,
+            plan_key,
+            scratch,
+            int(first),
+            part,
+            int(start),
+            dask_key_name=f"dedupdask-knn-assign-{token}-{i}",
+        )  # fmt: skip
+        for i, (b, scratch, first, part, start) in enumerate(
+            zip(source.blocks, scratch_files, firsts, taking, starts, strict=True)
         )
     ]
     frame = dd.from_delayed(tasks, meta=_members_meta(), verify_meta=False)

@@ -176,6 +176,7 @@ def knn_edges_partitioned(
     m: int = DEFAULT_M,
     margin: float | None = None,
     random_state: int = DEFAULT_RANDOM_STATE,
+    rows: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The kNN graph of every row of ``source`` as a graph table, with bounded memory per task.
 
@@ -205,6 +206,10 @@ def knn_edges_partitioned(
         sample so that :data:`BOUNDARY_FRACTION` of the vectors get extra buckets.
     random_state : int
         Seed of the sample, k-means and pynndescent: reruns give the same graph.
+    rows : dask.dataframe.Series, optional
+        Global indices of the rows taking part (e.g. the exact-duplicate representatives),
+        any partitioning; ``source`` then holds whole files. Default: every row of
+        ``source``. The k-means sample is drawn from all of them.
 
     Returns
     -------
@@ -229,7 +234,7 @@ def knn_edges_partitioned(
         raise ValueError(f"knn_dtype must be 'float32' or 'float16', got {dtype!r}")
     if method not in ("auto", "exact", "pynndescent"):
         raise ValueError(f"method must be 'auto', 'exact' or 'pynndescent', got {method!r}")
-    n, d = source.n, source.d
+    n, d = (source.n if rows is None else int(len(rows))), source.d
     budget = task_budget(max_memory_per_task)
     d_search = d_reduce if 0 < d_reduce < d else d
     rerank = d_search < d or dtype == "float16"
@@ -268,7 +273,7 @@ def knn_edges_partitioned(
     sample_cap = max(1000, budget // (4 * 4 * d))  # rows one task may hold (a quarter of it)
     want = int(min(n, max(20_000, SAMPLE_PER_CENTROID * n_clusters, 4 * d_search)))
     sample_size = min(want, sample_cap)
-    positions = _sample_positions(n, sample_size, random_state)
+    positions = _sample_positions(source.n, sample_size, random_state)
     projection, kept = None, 1.0
     if d_search < d:
         projection, kept = fit_projection(_sample_array(source, positions), d_search)
@@ -328,7 +333,7 @@ def knn_edges_partitioned(
             _scratch_file(scratch, i) if scratch else None for i in range(len(source.blocks))
         ]
         buckets, bucket_sizes = assign_buckets(
-            source, plan_key, centroids.shape[0], scratch_files, token
+            source, plan_key, centroids.shape[0], scratch_files, token, rows
         )
         lap("assign")
         search_key = dask.delayed(
@@ -436,7 +441,7 @@ def _exact_max_work() -> float:
 
 def local_exact_knn(
     col: Any,
-    reps: np.ndarray,
+    reps: Any,
     k: int,
     method: Method = "auto",
     *,
@@ -476,11 +481,13 @@ def _single_task(
 
 
 def _work_dir_graph(
-    col: Any, reps: np.ndarray, k: int, *, config: Any, method: Method, random_state: int,
+    col: Any, reps: Any, k: int, *, config: Any, method: Method, random_state: int,
     which: str, d: int | None, vectors: Any, table: bool,
 ) -> tuple[Any, Any, str, dict[str, Any]]:  # fmt: skip
     """Single task or partitioned; the graph as arrays, or as a table when ``table``."""
-    n, d = int(reps.size), int(col.d if d is None else d)
+    lazy = hasattr(reps, "dask")  # a Dask Series of global indices: stays on the workers
+    reps = reps if lazy else np.asarray(reps, dtype=np.int64)
+    n, d = (int(len(reps)) if lazy else int(reps.size)), int(col.d if d is None else d)
     budget = task_budget(getattr(config, "max_memory_per_task", None))
     d_reduce = int(getattr(config, "d_reduce", 0) or 0) if which == "dat" else 0
     dtype = (getattr(config, "knn_dtype", "float32") or "float32") if which == "dat" else "float32"
@@ -488,11 +495,12 @@ def _work_dir_graph(
     need = single_task_bytes(n, d, k, single)
     reduced = (0 < d_reduce < d) or dtype == "float16"
     if not reduced and need <= budget:  # fits one task: the arrays are small by definition
+        reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps
         idx, sim, used, info = _single_task(
             col, reps, k, budget, need, method, random_state, which, d, vectors
         )
         return (graph_frame(reps, idx, sim), None, used, info) if table else (idx, sim, used, info)
-    source = VectorSource.from_collection(col, reps, which=which, d=d)
+    source = VectorSource.from_collection(col, None if lazy else reps, which=which, d=d)
     graph, info = knn_edges_partitioned(
         source,
         k,
@@ -501,17 +509,19 @@ def _work_dir_graph(
         dtype=dtype,
         method=method,
         random_state=random_state,
+        rows=reps if lazy else None,
     )
     info["single_task_bytes"] = need
     if table:
         return graph, None, info["method"], info
+    reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps
     idx, sim = graph_arrays(graph, reps, k)
     return idx, sim, info["method"], info
 
 
 def knn_graph_frame_work_dir(
     col: Any,
-    reps: np.ndarray,
+    reps: Any,
     k: int,
     *,
     config: Any,
@@ -526,7 +536,9 @@ def knn_graph_frame_work_dir(
     Same choice and options as :func:`knn_graph_work_dir`. Partitioned, the table is
     computed and held by the workers (:func:`knn_edges_partitioned`); on the single-task path
     -- taken only while the graph fits one task -- it is made from that task's arrays
-    (:func:`dedupdask.analyses.graph.graph_frame`).
+    (:func:`dedupdask.analyses.graph.graph_frame`). ``reps`` may be a Dask Series of the
+    global indices (any partitioning, e.g. a column of a per-archive table): then the
+    partitioned path needs no per-image array here at all (one count is computed).
 
     Returns
     -------
@@ -541,7 +553,7 @@ def knn_graph_frame_work_dir(
     ['from', 'to', 'similarity', 'rank']
     """
     graph, _, used, info = _work_dir_graph(
-        col, np.asarray(reps, dtype=np.int64), k, config=config, method=method,
+        col, reps, k, config=config, method=method,
         random_state=random_state, which=which, d=d, vectors=vectors, table=True,
     )  # fmt: skip
     return graph, used, info
@@ -549,7 +561,7 @@ def knn_graph_frame_work_dir(
 
 def knn_graph_work_dir(
     col: Any,
-    reps: np.ndarray,
+    reps: Any,
     k: int,
     *,
     config: Any,
@@ -580,6 +592,6 @@ def knn_graph_work_dir(
     'partitioned-pynndescent'
     """
     return _work_dir_graph(
-        col, np.asarray(reps, dtype=np.int64), k, config=config, method=method,
+        col, reps, k, config=config, method=method,
         random_state=random_state, which=which, d=d, vectors=vectors, table=False,
     )  # fmt: skip

@@ -59,7 +59,7 @@ def _check_contract(graph: Any, reps: np.ndarray) -> pd.DataFrame:
     """The graph-table contract of dedupdask.analyses.graph; returns the table."""
     assert tuple(graph.columns) == GRAPH_COLUMNS
     parts = [p for p in dask.compute(*graph.to_delayed()) if len(p)]
-    assert len(parts) > 1
+    assert parts
     for p in parts:
         assert p.dtypes.astype(str).tolist() == ["int64", "int64", "float32", "int16"]
         key = p["from"].to_numpy() * 100 + p["rank"].to_numpy()
@@ -113,6 +113,7 @@ def test_table_is_the_exact_graph_among_bucket_mates(data, monkeypatch, dtype, f
             source, K, max_memory_per_task="3MB", method="exact", dtype=dtype
         )
         table = _check_contract(graph, reps)
+        assert graph.npartitions == info["row_ranges"] > 1
         assert info["buckets"] == len(searched) >= 4 and info["edges"] == len(table)
         assert info["split_buckets"] > 0 or not fill
         idx, sim = _expected(x, searched)
@@ -223,3 +224,44 @@ def test_frame_through_a_work_dir(tmp_path):
             want = graph_frame(reps, idx, sim).compute().reset_index(drop=True)
             pd.testing.assert_frame_equal(got, want)
             assert set(got["from"]) <= set(reps.tolist()) and len(got) > 0
+
+
+def test_representatives_as_a_dask_series(tmp_path, monkeypatch):
+    """reps as a Dask Series (partitioned unlike the archives): the assign tasks get their
+    archive's rows by a shuffle, nothing per image is computed here, and the graph is that of
+    the same rows given as an array (same similarities; the k-means sample, drawn from
+    every row, may move a few boundary pairs)."""
+    from dataclasses import replace
+
+    import dask.dataframe as dd
+    from test_analysis import CFG, make_dataset, write_dataset
+
+    from dedupdask.collect import collect
+
+    ds = make_dataset(n=1500, n_archives=4, seed=2)
+    write_dataset(str(tmp_path), ds)
+    col = collect(str(tmp_path))
+    reps = np.flatnonzero(np.arange(col.n) % 5 != 1)
+    lazy = dd.from_pandas(pd.Series(reps[::-1].copy()), npartitions=3)
+    cfg = replace(CFG, max_memory_per_task="2MB")
+    with dask.config.set(scheduler="sync"):
+        want, _, _ = kp.knn_graph_frame_work_dir(col, reps, K, config=cfg, method="exact")
+        want = want.compute()
+        seen = _record_gathers(monkeypatch)
+        graph, used, info = kp.knn_graph_frame_work_dir(col, lazy, K, config=cfg, method="exact")
+        assert used == "partitioned-exact" and max(seen) < reps.size / 20
+        monkeypatch.undo()
+        got = _check_contract(graph, reps)
+        idx, sim, _, _ = kp.knn_graph_work_dir(col, lazy, K, config=cfg, method="exact")
+    assert info["replication"] * len(reps) == pytest.approx(
+        info["bucket_size_mean"] * info["buckets"], rel=0.01
+    )
+    pairs = got.merge(want, on=["from", "to"], suffixes=("", "_a"))
+    assert len(pairs) >= 0.97 * len(want)
+    assert np.allclose(pairs["similarity"], pairs["similarity_a"], atol=2e-6)
+    assert np.array_equal(graph_arrays(got, reps, K)[0], idx)
+    # the single-task path takes a Dask Series too
+    with dask.config.set(scheduler="sync"):
+        single, used, _ = kp.knn_graph_frame_work_dir(col, lazy, K, config=CFG, method="exact")
+        assert used == "exact"
+        _check_contract(single, reps)
