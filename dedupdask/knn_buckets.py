@@ -6,7 +6,7 @@ Stages 2-5 of :func:`dedupdask.knn_partitioned.knn_graph_partitioned`, the work 
    centroids, plus up to ``m`` more within the margin; with reduction or float16 the projected
    unit vectors are written to a scratch file per archive.
 3. **plan**: an oversized bucket is split by a k-means of its own members
-   (:func:`_split_bucket`, a task); :mod:`dedupdask.knn_members` runs stages 2-3 on the
+   (:func:`_split_bucket`, a task); :mod:`dedupdask.knn_tasks` runs stages 2-5 on the
    workers (:func:`_group` groups in-process labels, e.g. inside a split task).
 4. **search** (per bucket): exact blocked search or pynndescent among the bucket's vectors,
    candidates re-scored on the original float32 rows after a reduced or float16 search; the

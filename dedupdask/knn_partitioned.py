@@ -42,8 +42,8 @@ The partitioned graph, stage by stage (one Dask task per archive, bucket or row 
 
 This module orchestrates; the stages live in :mod:`dedupdask.knn_budget` (memory per task and
 per search), :mod:`dedupdask.knn_rows` (reading rows, the plan shipped to tasks),
-:mod:`dedupdask.knn_fit` (stage 1), :mod:`dedupdask.knn_members` (stages 2-3 on the workers)
-and :mod:`dedupdask.knn_buckets` (the tasks of stages 2-5).
+:mod:`dedupdask.knn_fit` (stage 1), :mod:`dedupdask.knn_tasks` (the task graphs of stages
+2-5, whose outputs stay on the workers) and :mod:`dedupdask.knn_buckets` (those tasks' work).
 
 Output semantics are those of :mod:`dedupdask.knn` (self dropped, most similar first, ties by
 index, -1/NaN padding), and the tables come from the same :mod:`dedupdask.analyses` code.
@@ -59,7 +59,6 @@ import uuid
 from typing import Any, Literal
 
 import dask
-import dask.dataframe as dd
 import numpy as np
 from dask.base import tokenize
 
@@ -81,7 +80,6 @@ from .knn_buckets import (  # noqa: F401 - the stages' names, re-exported
     _group,
     _merge_pieces,
     _merge_range,
-    _merge_range_rows,
     _search_bucket,
     _search_bucket_task,
     _split_bucket,
@@ -110,7 +108,6 @@ from .knn_fit import (  # noqa: F401
     fit_projection,
     spherical_kmeans,
 )
-from .knn_members import SPLIT_FILL, assign_buckets, split_oversized  # noqa: F401
 from .knn_rows import (  # noqa: F401
     KnnPlan,
     VectorBlock,
@@ -119,6 +116,13 @@ from .knn_rows import (  # noqa: F401
     _scratch_file,
     _search_source,
     read_file_rows,
+)
+from .knn_tasks import (  # noqa: F401
+    MERGE_FANIN,
+    SPLIT_FILL,
+    assign_buckets,
+    search_and_merge,
+    split_oversized,
 )
 
 __all__ = [
@@ -145,9 +149,6 @@ FILL = 0.8
 k-means buckets were balanced on the benchmark data (largest / mean size 1.02-1.04 at 1M
 and 5M); a bucket that is larger than a task may hold is split anyway.
 """
-
-MERGE_FANIN = 8
-"""Neighbour lists of this many buckets are merged at once (a tree over all buckets)."""
 
 _SCRATCH = "tmp"
 
@@ -353,38 +354,10 @@ def knn_edges_partitioned(
             math.ceil(n * per_row / max(1, budget // 2)), min(len(source.blocks), 2 * _n_workers())
         )
         starts = _ranges(source, n_ranges)
-        pieces = [
-            dask.delayed(_search_bucket_task, pure=True, nout=starts.size)(
-                search_key,
-                source_key,
-                plan_key,
-                b,
-                starts,
-                dask_key_name=f"dedupdask-knn-bucket-{token}-{j}",
-            )  # fmt: skip
-            for j, b in enumerate(buckets)
-        ]
-        merged = []
-        for r in range(starts.size):
-            level, parts_r = 0, [p[r] for p in pieces]
-            while len(parts_r) > MERGE_FANIN:  # a tree of partial merges
-                parts_r = [
-                    dask.delayed(_merge_pieces, pure=True)(
-                        k,
-                        *parts_r[g : g + MERGE_FANIN],
-                        dask_key_name=f"dedupdask-knn-merge-{token}-{r}-{level}-{g}",
-                    )
-                    for g in range(0, len(parts_r), MERGE_FANIN)
-                ]
-                level += 1
-            merged.append(
-                dask.delayed(_merge_range_rows, pure=True)(
-                    source_key, k, *parts_r, dask_key_name=f"dedupdask-knn-merge-{token}-{r}"
-                )
-            )
-        merged = list(dask.persist(*merged))
-        (lengths,) = _compute([dask.delayed(len, pure=True)(p) for p in merged])
-        graph = dd.from_delayed(merged, meta=empty_graph(), verify_meta=False)
+        graph, lengths = search_and_merge(
+            buckets, starts, k, search_key=search_key, source_key=source_key,
+            plan_key=plan_key, token=token,
+        )  # fmt: skip
         lap("search_merge")
     finally:
         if scratch is not None and wd.fs.exists(scratch):

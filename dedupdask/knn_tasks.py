@@ -1,8 +1,8 @@
-"""kNN stage, partitioned -- members: each bucket's member list, assembled and split on the workers.
+"""kNN stage, partitioned -- tasks: the graphs of stages 2-5, whose outputs stay on the workers.
 
-Stages 2-3 of :func:`dedupdask.knn_partitioned.knn_edges_partitioned` as graphs whose
-outputs stay on the workers; the calling process learns only how many members each bucket
-has (one integer per bucket), never a per-image array:
+The task graphs of :func:`dedupdask.knn_partitioned.knn_edges_partitioned` (the tasks' work
+is in :mod:`dedupdask.knn_buckets`). The calling process learns only sizes -- how many
+members each bucket has, how many edges each row range -- never a per-image array:
 
 2. **assign** (one task per archive, :func:`dedupdask.knn_buckets._assign_block`): every
    vector's ``(bucket, position)`` memberships, a small frame per archive. A **shuffle on
@@ -11,13 +11,18 @@ has (one integer per bucket), never a per-image array:
    need one edge from every archive to every bucket (``A x C``: 40,000 archives x 2,000
    buckets = 80M edges at LAION-400M); the shuffle is ``A`` input tasks and ``C`` output
    tasks around one barrier -- on a distributed client dask's peer-to-peer shuffle, which
-   moves the rows between workers outside the task graph.
+   moves the rows between workers outside the task graph. When the rows taking part are a
+   Dask Series, a first shuffle by the archives' index ranges hands each assign task its own.
 3. **split**: a bucket larger than a task may hold is split by a task (a k-means of its own
    members, :func:`dedupdask.knn_buckets._split_bucket`; cut in order when that makes no
    progress) whose parts stay on the workers; the client learns their sizes.
+4. **search** (a task per bucket), 5. **merge** (a tree of merges per row range, fan-in
+   :data:`MERGE_FANIN`): each row range's final lists become one partition of the graph
+   table (:mod:`dedupdask.analyses.graph`).
 
-Member lists are persisted (``dask.persist``): on a distributed client they stay in the
-workers' memory until the search tasks that read them are done.
+Member lists and merged ranges are persisted (``dask.persist``): on a distributed client
+they stay in the workers' memory until the tasks that read them are done, and the graph
+table until the caller drops it.
 """
 
 from __future__ import annotations
@@ -30,12 +35,23 @@ import numpy as np
 import pandas as pd
 
 from . import knn_buckets
+from .analyses.graph import empty_graph
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _compute
 
-__all__ = ["SPLIT_FILL", "assign_buckets", "rows_by_block", "split_oversized"]
+__all__ = [
+    "MERGE_FANIN",
+    "SPLIT_FILL",
+    "assign_buckets",
+    "rows_by_block",
+    "search_and_merge",
+    "split_oversized",
+]
 
 SPLIT_FILL = 0.5
 """An oversized bucket is split into parts that average this fraction of the capacity."""
+
+MERGE_FANIN = 8
+"""Neighbour lists of this many buckets are merged at once (a tree over all buckets)."""
 
 SPLIT_LEVELS = 8
 """Rounds of k-means splits; a bucket still too large after them is cut in order."""
@@ -236,3 +252,69 @@ def split_oversized(
         sizes += [capacity] * n_parts
     keep = [j for j, s in enumerate(sizes) if s <= capacity]
     return [members[j] for j in keep], [sizes[j] for j in keep], splits
+
+
+def search_and_merge(
+    buckets: list[Delayed],
+    starts: np.ndarray,
+    k: int,
+    *,
+    search_key: Delayed,
+    source_key: Delayed,
+    plan_key: Delayed,
+    token: str,
+) -> tuple[Any, list[int]]:
+    """Stages 4-5: the graph table, one partition per row range, persisted on the workers.
+
+    Parameters
+    ----------
+    buckets : list
+        Persisted member lists (:func:`assign_buckets`, :func:`split_oversized`).
+    starts : ndarray
+        First position of every row range (increasing).
+    k : int
+        Neighbours per row.
+    search_key, source_key, plan_key : Delayed
+        Search vectors, original vectors and plan, one key each.
+    token : str
+        Unique part of the task names.
+
+    Returns
+    -------
+    (dask.dataframe.DataFrame, list)
+        The graph table and the number of edges in each partition.
+    """
+    import dask.dataframe as dd
+
+    pieces = [
+        dask.delayed(knn_buckets._search_bucket_task, pure=True, nout=starts.size)(
+            search_key,
+            source_key,
+            plan_key,
+            b,
+            starts,
+            dask_key_name=f"dedupdask-knn-bucket-{token}-{j}",
+        )  # fmt: skip
+        for j, b in enumerate(buckets)
+    ]
+    merged = []
+    for r in range(starts.size):
+        level, parts_r = 0, [p[r] for p in pieces]
+        while len(parts_r) > MERGE_FANIN:  # a tree of partial merges
+            parts_r = [
+                dask.delayed(knn_buckets._merge_pieces, pure=True)(
+                    k,
+                    *parts_r[g : g + MERGE_FANIN],
+                    dask_key_name=f"dedupdask-knn-merge-{token}-{r}-{level}-{g}",
+                )
+                for g in range(0, len(parts_r), MERGE_FANIN)
+            ]
+            level += 1
+        merged.append(
+            dask.delayed(knn_buckets._merge_range_rows, pure=True)(
+                source_key, k, *parts_r, dask_key_name=f"dedupdask-knn-merge-{token}-{r}"
+            )
+        )
+    merged = list(dask.persist(*merged))
+    (lengths,) = _compute([dask.delayed(len, pure=True)(p) for p in merged])
+    return dd.from_delayed(merged, meta=empty_graph(), verify_meta=False), [int(x) for x in lengths]
