@@ -209,8 +209,8 @@ def knn_edges_partitioned(
         Seed of the sample, k-means and pynndescent: reruns give the same graph.
     rows : dask.dataframe.Series, optional
         Global indices of the rows taking part (e.g. the exact-duplicate representatives),
-        any partitioning; ``source`` then holds whole files. Default: every row of
-        ``source``. The k-means sample is drawn from all of them.
+        any partitioning; ``source`` then holds whole files (the k-means sample is drawn
+        from all their rows). Default: every row of ``source``.
 
     Returns
     -------
@@ -384,6 +384,8 @@ def knn_graph_partitioned(
     source: VectorSource, k: int, **options: Any
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """:func:`knn_edges_partitioned` in array form, gathered here (in-process path and tests).
+
+    ``options`` are those of :func:`knn_edges_partitioned`.
 
     Returns
     -------
