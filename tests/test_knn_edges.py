@@ -184,7 +184,7 @@ def test_same_table_on_a_local_cluster(data, monkeypatch):
         want = graph.compute().reset_index(drop=True)
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster),
     ):
