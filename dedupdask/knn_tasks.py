@@ -11,7 +11,8 @@ members each bucket has, how many edges each row range -- never a per-image arra
    need one edge from every archive to every bucket (``A x C``: 40,000 archives x 2,000
    buckets = 80M edges at LAION-400M); the shuffle is ``A`` input tasks and ``C`` output
    tasks around one barrier -- on a distributed client dask's peer-to-peer shuffle, which
-   moves the rows between workers outside the task graph. When the rows taking part are a
+   moves the rows between workers outside the task graph
+   (:func:`dedupdask.analyses.routing.route` chooses the method). When the rows taking part are a
    Dask Series, a first shuffle by the archives' index ranges hands each assign task its own.
 3. **split**: a bucket larger than a task may hold is split by a task (a k-means of its own
    members, :func:`dedupdask.knn_buckets._split_bucket`; cut in order when that makes no
@@ -36,6 +37,7 @@ import pandas as pd
 
 from . import knn_buckets
 from .analyses.graph import empty_graph
+from .analyses.routing import route
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _compute
 
 __all__ = [
@@ -109,7 +111,7 @@ def rows_by_block(source: VectorSource, rows: Any) -> list[Delayed]:
     starts = source.global_index(source.offsets[:-1]).tolist()
     end = int(starts[-1]) + source.blocks[-1].size
     frame = rows.rename("index").astype("int64").to_frame()
-    return list(frame.set_index("index", divisions=starts + [end], sorted=False).to_delayed())
+    return list(route(frame, "index", starts + [end]).to_delayed())
 
 
 def _positions(part: pd.DataFrame) -> np.ndarray:
@@ -177,7 +179,7 @@ def assign_buckets(
         )
     ]
     frame = dd.from_delayed(tasks, meta=_members_meta(), verify_meta=False)
-    by_bucket = frame.set_index("bucket", divisions=list(range(n_buckets + 1)), sorted=False)
+    by_bucket = route(frame, "bucket", range(n_buckets + 1))
     members = [
         dask.delayed(_positions, pure=True)(p, dask_key_name=f"dedupdask-knn-members-{token}-{j}")
         for j, p in enumerate(by_bucket.to_delayed())
