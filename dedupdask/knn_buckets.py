@@ -10,7 +10,8 @@ Stages 2-5 of :func:`dedupdask.knn_partitioned.knn_graph_partitioned`, the work 
    workers (:func:`_group` groups in-process labels, e.g. inside a split task).
 4. **search** (per bucket): exact blocked search or pynndescent among the bucket's vectors,
    candidates re-scored on the original float32 rows after a reduced or float16 search; the
-   lists go back split by row range.
+   lists leave as ``(row, cand, sim)`` rows (:func:`_search_bucket_rows`), shuffled to the
+   row ranges.
 5. **merge** (per row range): a row's candidates from all its buckets united, self and
    repeats dropped, the best ``k`` kept: rows of the graph table (:func:`_merge_range_rows`).
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -352,10 +352,33 @@ def _worker_jobs() -> int | None:
         return None
 
 
-def _search_bucket_task(*args: Any) -> Any:
+def _candidates_meta() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "row": pd.Series([], dtype="int64"),
+            "cand": pd.Series([], dtype="int64"),
+            "sim": pd.Series([], dtype="float32"),
+        }
+    )
+
+
+def _search_bucket_rows(
+    search_src: VectorSource, source: VectorSource, plan: KnnPlan, members: np.ndarray
+) -> pd.DataFrame:
+    """Stage 4, a task: one bucket's neighbour lists as ``(row, cand, sim)`` rows (positions),
+    padding dropped -- what the shuffle to the row ranges carries."""
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
-    search_src, source, plan, members, range_starts = args
-    return _search_bucket(search_src, source, plan, members, range_starts, _worker_jobs())
+    ((rows, idx, sim),) = _search_bucket(
+        search_src, source, plan, members, np.zeros(1, dtype=np.int64), _worker_jobs()
+    )
+    ok = idx >= 0
+    return pd.DataFrame(
+        {
+            "row": np.repeat(rows.astype(np.int64), idx.shape[1])[ok.ravel()],
+            "cand": idx[ok].astype(np.int64),
+            "sim": sim[ok].astype(np.float32, copy=False),
+        }
+    )
 
 
 # -- stage 5: merge a row range ----------------------------------------------------------------------
@@ -447,17 +470,20 @@ def _merge_range(
     return idx, out
 
 
-def _merge_range_rows(
-    source: VectorSource, k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> pd.DataFrame:
-    """The final neighbours of one row range as graph-table rows (global indices).
+def _merge_range_rows(source: VectorSource, k: int, part: pd.DataFrame) -> pd.DataFrame:
+    """Stage 5, a task: one row range's final neighbours as graph-table rows (global indices).
 
-    The rows of :mod:`dedupdask.analyses.graph` (``from``, ``to``, ``similarity``,
-    ``rank``): sorted by ``from`` then ``rank``, self and padding dropped, ties by the
-    smaller ``to``; ``source`` turns positions into global indices.
+    ``part``: every ``(cand, sim)`` found for the range's rows, indexed by ``row``
+    (positions), from all buckets. The rows of :mod:`dedupdask.analyses.graph` (``from``,
+    ``to``, ``similarity``, ``rank``): sorted by ``from`` then ``rank``, self and repeats
+    dropped, ties by the smaller ``to``; ``source`` turns positions into global indices.
     """
-    rows, cand, sim = _best(*_union(pieces), k)
-    del pieces
+    rows, cand, sim = _best(
+        part.index.to_numpy(np.int64),
+        part["cand"].to_numpy(np.int64),
+        part["sim"].to_numpy(np.float32),
+        k,
+    )
     return pd.DataFrame(
         {
             "from": source.global_index(rows),

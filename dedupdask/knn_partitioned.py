@@ -34,7 +34,7 @@ The partitioned graph, stage by stage (one Dask task per archive, bucket or row 
    original float32 rows -- both ends of a pair are in the bucket, so the task reads its own
    members' rows again, in tiles that fit its memory -- and the best ``k`` kept, so
    similarities, and thus ``threshold`` and ``ccthreshold``, mean exactly what they mean on
-   the single-task path. The lists go back split by row range.
+   the single-task path. The lists are shuffled to the row ranges of their rows.
 5. **merge** (per row range). A row's candidates from all its buckets are united, self and
    repeats dropped, the best ``k`` kept: one partition of the graph table, persisted on the
    workers (the client never holds the ``n x k`` lists; :func:`knn_graph_partitioned`
@@ -81,7 +81,6 @@ from .knn_buckets import (  # noqa: F401 - the stages' names, re-exported
     _merge_pieces,
     _merge_range,
     _search_bucket,
-    _search_bucket_task,
     _split_bucket,
     _top_m,
     exact_bucket_knn,
@@ -118,7 +117,6 @@ from .knn_rows import (  # noqa: F401
     read_file_rows,
 )
 from .knn_tasks import (  # noqa: F401
-    MERGE_FANIN,
     SPLIT_FILL,
     assign_buckets,
     search_and_merge,
@@ -355,7 +353,7 @@ def knn_edges_partitioned(
         )
         starts = _ranges(source, n_ranges)
         graph, lengths = search_and_merge(
-            buckets, starts, k, search_key=search_key, source_key=source_key,
+            buckets, starts, source.n, k, search_key=search_key, source_key=source_key,
             plan_key=plan_key, token=token,
         )  # fmt: skip
         lap("search_merge")
