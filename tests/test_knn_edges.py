@@ -158,8 +158,8 @@ def _record_gathers(monkeypatch) -> list[int]:
 def test_nothing_per_image_is_computed_here(data, monkeypatch):
     """Issue 17: the assignment (n x m labels), bucket members and merged n x k lists used to
     be computed to this process; now only sizes (one per bucket / row range) and the fitted
-    centroids come back -- far fewer rows than images. (On the old code the largest were the
-    6 x 1000 x 4 labels, the split buckets' members and the 2000 x 3 merged lists per range.)"""
+    centroids come back -- far fewer rows than images. (The old code brought back every
+    archive's n x 4 labels, the split buckets' members and each range's merged n x k lists.)"""
     x, source, reps = data
     seen = _record_gathers(monkeypatch)
     with dask.config.set(scheduler="sync"):
