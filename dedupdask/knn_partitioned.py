@@ -458,8 +458,9 @@ def _work_dir_graph(
     which: str, d: int | None, vectors: Any, table: bool,
 ) -> tuple[Any, Any, str, dict[str, Any]]:  # fmt: skip
     """Single task or partitioned; the graph as arrays, or as a table when ``table``."""
-    lazy = hasattr(reps, "dask")  # a Dask Series of global indices: stays on the workers
-    reps = reps if lazy else np.asarray(reps, dtype=np.int64)
+    lazy = hasattr(reps, "dask")  # a Dask Series of global indices: stays on the workers,
+    # persisted there, so counting and routing it do not recompute what it comes from
+    reps = reps.persist() if lazy else np.asarray(reps, dtype=np.int64)
     n, d = (int(len(reps)) if lazy else int(reps.size)), int(col.d if d is None else d)
     budget = task_budget(getattr(config, "max_memory_per_task", None))
     d_reduce = int(getattr(config, "d_reduce", 0) or 0) if which == "dat" else 0
