@@ -425,51 +425,6 @@ def _best(
     return rows[keep], cand[keep], sim[keep]
 
 
-def _merge_pieces(
-    k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Several buckets' pieces of one row range -> one piece with the best ``k`` per row.
-
-    Partial merges run as soon as their buckets are done, so a worker never stores the
-    neighbour lists of every bucket at once.
-    """
-    rows, cand, sim = _union(pieces)
-    dt = np.result_type(*(p[1].dtype for p in pieces))  # int32 ids unless some piece needs int64
-    del pieces
-    rows, cand, sim = _best(rows, cand, sim, k)
-    uq = np.unique(rows)
-    out_idx = np.full((uq.size, k), -1, dtype=dt)
-    out_sim = np.full((uq.size, k), np.nan, dtype=np.float32)
-    at = np.searchsorted(uq, rows)
-    rank = _rank_within(rows)
-    out_idx[at, rank], out_sim[at, rank] = cand, sim
-    return uq, out_idx, out_sim
-
-
-def _union(
-    pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pieces' ``(row, candidate, similarity)`` triples, flat (int64, int64, float32)."""
-    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
-    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
-    sim = np.concatenate([p[2].ravel() for p in pieces])
-    return rows, cand, sim
-
-
-def _merge_range(
-    start: int, stop: int, k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The final ``[stop - start, k]`` neighbours of rows ``start..stop`` from all buckets."""
-    rows, cand, sim = _best(*_union(pieces), k)
-    del pieces
-    idx = np.full((stop - start, k), -1, dtype=np.int64)
-    out = np.full((stop - start, k), np.nan, dtype=np.float32)
-    rank = _rank_within(rows)
-    idx[rows - start, rank] = cand
-    out[rows - start, rank] = sim
-    return idx, out
-
-
 def _merge_range_rows(source: VectorSource, k: int, part: pd.DataFrame) -> pd.DataFrame:
     """Stage 5, a task: one row range's final neighbours as graph-table rows (global indices).
 

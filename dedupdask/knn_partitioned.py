@@ -78,8 +78,6 @@ from .knn_buckets import (  # noqa: F401 - the stages' names, re-exported
     _best,
     _cut,
     _group,
-    _merge_pieces,
-    _merge_range,
     _search_bucket,
     _split_bucket,
     _top_m,
