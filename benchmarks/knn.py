@@ -22,7 +22,10 @@ each): the data are generated straight into per-archive ``.dat`` files plus ``do
 by the tasks; it prints wall time, the peak RSS of every worker (sampled from the client
 with psutil every 50 ms), the client's peak RSS, and recall: planted pairs with cosine >=
 ``--threshold`` found, and recall@k plus recall of the pairs >= threshold for ``--queries``
-rows against exact search (a Dask pass over the archives).
+rows against exact search (a Dask pass over the archives). With ``--table`` it measures
+:func:`dedupdask.knn_partitioned.knn_edges_partitioned` instead -- the graph table stays on
+the workers, so the client's peak is that of the kNN stage alone (it also prints the client's
+RSS before the call); the recall is computed from the table gathered after the measurement.
 
 Usage::
 
@@ -281,17 +284,20 @@ def exact_queries(source, qpos: np.ndarray, k: int, threshold: float) -> tuple[n
 def run_partitioned(args: argparse.Namespace) -> None:
     from distributed import Client, LocalCluster
 
+    from dedupdask.analyses.graph import graph_arrays
     from dedupdask.collect import collect
     from dedupdask.knn import warm_up
     from dedupdask.knn_partitioned import (
         VectorSource,
+        knn_edges_partitioned,
         knn_graph_partitioned,
         single_task_bytes,
         task_budget,
     )
 
     print(
-        f"# dedupdask partitioned kNN benchmark: knn_graph_partitioned, d={args.d}, k={args.k}, "
+        f"# dedupdask partitioned kNN benchmark: "
+        f"{'knn_edges_partitioned' if args.table else 'knn_graph_partitioned'}, d={args.d}, k={args.k}, "
         f"sigma={args.sigma}, {args.workers} worker processes x 1 thread, worker memory limit "
         f"{args.worker_memory}, memory per task {args.memory_per_task or 'auto (from the workers)'}, "
         f"{os.cpu_count()} cores",
@@ -364,18 +370,25 @@ def run_partitioned(args: argparse.Namespace) -> None:
                 else:
                     d_reduce, dtype, method = VARIANTS[variant]
                     pids = list(client.run(os.getpid).values()) + [os.getpid()]
-                    rss = RssSampler(pids).start()
-                    t = time.perf_counter()
-                    idx, sim, info = knn_graph_partitioned(
-                        source,
-                        args.k,
+                    opts = dict(
                         max_memory_per_task=args.memory_per_task,
                         d_reduce=d_reduce,
                         dtype=dtype,
                         method=method,
                     )
+                    before = psutil.Process().memory_info().rss / 2**20
+                    rss = RssSampler(pids).start()
+                    t = time.perf_counter()
+                    if args.table:
+                        graph, info = knn_edges_partitioned(source, args.k, **opts)
+                    else:
+                        idx, sim, info = knn_graph_partitioned(source, args.k, **opts)
                     wall = time.perf_counter() - t
                     peaks = list(rss.stop().values())
+                    info["client_rss_before_mb"] = round(before)
+                    if args.table:
+                        idx, sim = graph_arrays(graph, np.arange(n), args.k)
+                        del graph
                 found = (idx[dst] == src[:, None]).any(axis=1) | (idx[src] == dst[:, None]).any(
                     axis=1
                 )
@@ -392,7 +405,8 @@ def run_partitioned(args: argparse.Namespace) -> None:
                     f"peak RSS {peaks[0]:,.0f} MB (one process)"
                     if variant == "single"
                     else f"peak RSS per worker {', '.join(f'{p:,.0f}' for p in peaks[:-1])} MB "
-                    f"(memory per task {budget / 2**20:,.0f} MB) | client {peaks[-1]:,.0f} MB"
+                    f"(memory per task {budget / 2**20:,.0f} MB) | client {peaks[-1]:,.0f} MB "
+                    f"(before the call {info['client_rss_before_mb']:,} MB)"
                 )
                 print(
                     f"  {variant:>15}: wall {wall:7.1f} s (+ JIT {jit:.0f} s once per process) | "
@@ -473,6 +487,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--single", type=int, help=argparse.SUPPRESS)
     p.add_argument("--single-dir", help=argparse.SUPPRESS)
     p.add_argument("--partitioned", action="store_true", help="measure the partitioned kNN")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="partitioned: the graph table kept on the workers (knn_edges_partitioned)",
+    )
     p.add_argument(
         "--variant",
         action="append",

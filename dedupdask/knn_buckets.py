@@ -5,13 +5,15 @@ Stages 2-5 of :func:`dedupdask.knn_partitioned.knn_graph_partitioned`, the work 
 2. **assign** (per archive): every vector goes to the buckets of its ``m`` most similar
    centroids, plus up to ``m`` more within the margin; with reduction or float16 the projected
    unit vectors are written to a scratch file per archive.
-3. **plan** (client, integers only): members of each bucket (:func:`_group`); an oversized
-   bucket is split by a k-means of its own members (:func:`_split_bucket`, a task).
+3. **plan**: an oversized bucket is split by a k-means of its own members
+   (:func:`_split_bucket`, a task); :mod:`dedupdask.knn_tasks` runs stages 2-5 on the
+   workers (:func:`_group` groups in-process labels, e.g. inside a split task).
 4. **search** (per bucket): exact blocked search or pynndescent among the bucket's vectors,
    candidates re-scored on the original float32 rows after a reduced or float16 search; the
-   lists go back split by row range.
+   lists leave as ``(row, cand, sim)`` rows (:func:`_search_bucket_rows`), shuffled to the
+   row ranges.
 5. **merge** (per row range): a row's candidates from all its buckets united, self and
-   repeats dropped, the best ``k`` kept.
+   repeats dropped, the best ``k`` kept: rows of the graph table (:func:`_merge_range_rows`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .allocator import tune as tune_allocator
 from .knn import PYNNDESCENT_MIN_NEIGHBORS, nndescent_knn, top_k
@@ -350,10 +352,33 @@ def _worker_jobs() -> int | None:
         return None
 
 
-def _search_bucket_task(*args: Any) -> Any:
+def _candidates_meta() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "row": pd.Series([], dtype="int64"),
+            "cand": pd.Series([], dtype="int64"),
+            "sim": pd.Series([], dtype="float32"),
+        }
+    )
+
+
+def _search_bucket_rows(
+    search_src: VectorSource, source: VectorSource, plan: KnnPlan, members: np.ndarray
+) -> pd.DataFrame:
+    """Stage 4, a task: one bucket's neighbour lists as ``(row, cand, sim)`` rows (positions),
+    padding dropped -- what the shuffle to the row ranges carries."""
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
-    search_src, source, plan, members, range_starts = args
-    return _search_bucket(search_src, source, plan, members, range_starts, _worker_jobs())
+    ((rows, idx, sim),) = _search_bucket(
+        search_src, source, plan, members, np.zeros(1, dtype=np.int64), _worker_jobs()
+    )
+    ok = idx >= 0
+    return pd.DataFrame(
+        {
+            "row": np.repeat(rows.astype(np.int64), idx.shape[1])[ok.ravel()],
+            "cand": idx[ok].astype(np.int64),
+            "sim": sim[ok].astype(np.float32, copy=False),
+        }
+    )
 
 
 # -- stage 5: merge a row range ----------------------------------------------------------------------
@@ -400,41 +425,25 @@ def _best(
     return rows[keep], cand[keep], sim[keep]
 
 
-def _merge_pieces(
-    k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Several buckets' pieces of one row range -> one piece with the best ``k`` per row.
+def _merge_range_rows(source: VectorSource, k: int, part: pd.DataFrame) -> pd.DataFrame:
+    """Stage 5, a task: one row range's final neighbours as graph-table rows (global indices).
 
-    Partial merges run as soon as their buckets are done, so a worker never stores the
-    neighbour lists of every bucket at once.
+    ``part``: every ``(cand, sim)`` found for the range's rows, indexed by ``row``
+    (positions), from all buckets. The rows of :mod:`dedupdask.analyses.graph` (``from``,
+    ``to``, ``similarity``, ``rank``): sorted by ``from`` then ``rank``, self and repeats
+    dropped, ties by the smaller ``to``; ``source`` turns positions into global indices.
     """
-    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
-    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
-    sim = np.concatenate([p[2].ravel() for p in pieces])
-    dt = np.result_type(*(p[1].dtype for p in pieces))  # int32 ids unless some piece needs int64
-    del pieces
-    rows, cand, sim = _best(rows, cand, sim, k)
-    uq = np.unique(rows)
-    out_idx = np.full((uq.size, k), -1, dtype=dt)
-    out_sim = np.full((uq.size, k), np.nan, dtype=np.float32)
-    at = np.searchsorted(uq, rows)
-    rank = _rank_within(rows)
-    out_idx[at, rank], out_sim[at, rank] = cand, sim
-    return uq, out_idx, out_sim
-
-
-def _merge_range(
-    start: int, stop: int, k: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The final ``[stop - start, k]`` neighbours of rows ``start..stop`` from all buckets."""
-    rows = np.concatenate([np.repeat(p[0], p[1].shape[1]) for p in pieces]).astype(np.int64)
-    cand = np.concatenate([p[1].ravel() for p in pieces]).astype(np.int64)
-    sim = np.concatenate([p[2].ravel() for p in pieces])
-    del pieces
-    rows, cand, sim = _best(rows, cand, sim, k)
-    idx = np.full((stop - start, k), -1, dtype=np.int64)
-    out = np.full((stop - start, k), np.nan, dtype=np.float32)
-    rank = _rank_within(rows)
-    idx[rows - start, rank] = cand
-    out[rows - start, rank] = sim
-    return idx, out
+    rows, cand, sim = _best(
+        part.index.to_numpy(np.int64),
+        part["cand"].to_numpy(np.int64),
+        part["sim"].to_numpy(np.float32),
+        k,
+    )
+    return pd.DataFrame(
+        {
+            "from": source.global_index(rows),
+            "to": source.global_index(cand),
+            "similarity": sim.astype(np.float32, copy=False),
+            "rank": _rank_within(rows).astype(np.int16),
+        }
+    )

@@ -1,10 +1,11 @@
 """kNN stage, partitioned: the kNN graph of more vectors than one task may hold, on Dask.
 
-:func:`knn_graph_work_dir` is what :func:`dedupdask.analysis.build` calls. It keeps the
+:func:`knn_graph_work_dir` (arrays) and :func:`knn_graph_frame_work_dir` (the graph table of
+:mod:`dedupdask.analyses.graph`) are what :func:`dedupdask.analysis.build` calls. They keep the
 single-task graph of :mod:`dedupdask.knn` while that task fits in the memory one task may use
 (``max_memory_per_task``; by default half of the smallest Dask worker's memory limit per
 thread, or half of this machine's memory without a distributed client), and otherwise -- or
-when ``d_reduce`` / ``knn_dtype="float16"`` are asked for -- runs :func:`knn_graph_partitioned`.
+when ``d_reduce`` / ``knn_dtype="float16"`` are asked for -- run :func:`knn_edges_partitioned`.
 No process ever holds all vectors: every task reads the rows it needs from the per-archive
 ``.dat`` files (``pread`` of the rows locally, ranged reads on object stores).
 
@@ -22,22 +23,27 @@ The partitioned graph, stage by stage (one Dask task per archive, bucket or row 
    similar centroids -- points near a boundary sit in both buckets, so a close pair split by
    the boundary still meets in one of them. With reduction or float16 the projected unit
    vectors are written to a scratch file per archive (``work_dir/tmp/knn-<token>/``) so that
-   buckets read ``d_reduce``-wide rows; it is removed at the end.
-3. **plan** (client, integers only). Members of each bucket; a bucket larger than a task may
-   hold is split by a k-means of its own members (a task), again with ``m`` assignments.
+   buckets read ``d_reduce``-wide rows; it is removed at the end. A shuffle on the bucket
+   assembles each bucket's members on the workers; the client learns their number.
+3. **plan** (client, one integer per bucket). A bucket larger than a task may hold is split
+   by a k-means of its own members (a task whose parts stay on the workers), again with
+   ``m`` assignments.
 4. **search** (per bucket). Exact blocked search (float32 or float16 storage, similarities in
    float32) or pynndescent among the bucket's vectors. After a search on reduced or float16
    vectors, the ``k + max(k, 8)`` best candidates of every member are re-scored on the
    original float32 rows -- both ends of a pair are in the bucket, so the task reads its own
    members' rows again, in tiles that fit its memory -- and the best ``k`` kept, so
    similarities, and thus ``threshold`` and ``ccthreshold``, mean exactly what they mean on
-   the single-task path. The lists go back split by row range.
+   the single-task path. The lists are shuffled to the row ranges of their rows.
 5. **merge** (per row range). A row's candidates from all its buckets are united, self and
-   repeats dropped, the best ``k`` kept.
+   repeats dropped, the best ``k`` kept: one partition of the graph table, persisted on the
+   workers (the client never holds the ``n x k`` lists; :func:`knn_graph_partitioned`
+   gathers them in array form for the in-process path).
 
 This module orchestrates; the stages live in :mod:`dedupdask.knn_budget` (memory per task and
 per search), :mod:`dedupdask.knn_rows` (reading rows, the plan shipped to tasks),
-:mod:`dedupdask.knn_fit` (stage 1) and :mod:`dedupdask.knn_buckets` (stages 2-5).
+:mod:`dedupdask.knn_fit` (stage 1), :mod:`dedupdask.knn_tasks` (the task graphs of stages
+2-5, whose outputs stay on the workers) and :mod:`dedupdask.knn_buckets` (those tasks' work).
 
 Output semantics are those of :mod:`dedupdask.knn` (self dropped, most similar first, ties by
 index, -1/NaN padding), and the tables come from the same :mod:`dedupdask.analyses` code.
@@ -56,6 +62,7 @@ import dask
 import numpy as np
 from dask.base import tokenize
 
+from .analyses.graph import empty_graph, graph_arrays, graph_frame
 from .knn import (
     DEFAULT_RANDOM_STATE,
     choose_method,
@@ -71,10 +78,7 @@ from .knn_buckets import (  # noqa: F401 - the stages' names, re-exported
     _best,
     _cut,
     _group,
-    _merge_pieces,
-    _merge_range,
     _search_bucket,
-    _search_bucket_task,
     _split_bucket,
     _top_m,
     exact_bucket_knn,
@@ -110,6 +114,12 @@ from .knn_rows import (  # noqa: F401
     _search_source,
     read_file_rows,
 )
+from .knn_tasks import (  # noqa: F401
+    SPLIT_FILL,
+    assign_buckets,
+    search_and_merge,
+    split_oversized,
+)
 
 __all__ = [
     "VectorBlock",
@@ -119,7 +129,9 @@ __all__ = [
     "single_task_bytes",
     "bucket_bytes",
     "bucket_capacity",
+    "knn_edges_partitioned",
     "knn_graph_partitioned",
+    "knn_graph_frame_work_dir",
     "knn_graph_work_dir",
     "parse_memory",
 ]
@@ -133,12 +145,6 @@ FILL = 0.8
 k-means buckets were balanced on the benchmark data (largest / mean size 1.02-1.04 at 1M
 and 5M); a bucket that is larger than a task may hold is split anyway.
 """
-
-MERGE_FANIN = 8
-"""Neighbour lists of this many buckets are merged at once (a tree over all buckets)."""
-
-SPLIT_FILL = 0.5
-"""An oversized bucket is split into parts that average this fraction of the capacity."""
 
 _SCRATCH = "tmp"
 
@@ -156,7 +162,7 @@ def _ranges(source: VectorSource, n_ranges: int) -> np.ndarray:
     return np.unique(np.concatenate([[0], cuts[(cuts > 0) & (cuts < n)]])).astype(np.int64)
 
 
-def knn_graph_partitioned(
+def knn_edges_partitioned(
     source: VectorSource,
     k: int,
     *,
@@ -167,8 +173,12 @@ def knn_graph_partitioned(
     m: int = DEFAULT_M,
     margin: float | None = None,
     random_state: int = DEFAULT_RANDOM_STATE,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The kNN graph of every row of ``source`` with bounded memory per task, on Dask.
+    rows: Any = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The kNN graph of every row of ``source`` as a graph table, with bounded memory per task.
+
+    Nothing per image comes to this process: bucket memberships, splits, neighbour lists and
+    the merged graph stay on the workers (it learns the sizes of buckets and partitions).
 
     Parameters
     ----------
@@ -193,19 +203,25 @@ def knn_graph_partitioned(
         sample so that :data:`BOUNDARY_FRACTION` of the vectors get extra buckets.
     random_state : int
         Seed of the sample, k-means and pynndescent: reruns give the same graph.
+    rows : dask.dataframe.Series, optional
+        Global indices of the rows taking part (e.g. the exact-duplicate representatives),
+        any partitioning; ``source`` then holds whole files (the k-means sample is drawn
+        from all their rows). Default: every row of ``source``.
 
     Returns
     -------
-    (ndarray, ndarray, dict)
-        int64 ``[n, k]`` positions (-1 = none), float32 similarities (NaN = none), and what was
-        done (buckets, sizes, replication, method, memory per task, PCA energy kept).
+    (dask.dataframe.DataFrame, dict)
+        The graph table of :mod:`dedupdask.analyses.graph` (``from``, ``to`` global indices --
+        :meth:`VectorSource.global_index` of the positions --, ``similarity``, ``rank``; one
+        partition per row range, computed and held by the workers), and what was done
+        (buckets, sizes, replication, method, memory per task, PCA energy kept, edges).
 
     Examples
     --------
     >>> src = VectorSource.from_collection(collect("work"))  # doctest: +SKIP
-    >>> idx, sim, info = knn_graph_partitioned(src, 2, max_memory_per_task="1GB")  # doctest: +SKIP
-    >>> info["buckets"]  # doctest: +SKIP
-    12
+    >>> graph, info = knn_edges_partitioned(src, 2, max_memory_per_task="1GB")  # doctest: +SKIP
+    >>> info["buckets"], graph.columns.tolist()  # doctest: +SKIP
+    (12, ['from', 'to', 'similarity', 'rank'])
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k!r}")
@@ -215,7 +231,7 @@ def knn_graph_partitioned(
         raise ValueError(f"knn_dtype must be 'float32' or 'float16', got {dtype!r}")
     if method not in ("auto", "exact", "pynndescent"):
         raise ValueError(f"method must be 'auto', 'exact' or 'pynndescent', got {method!r}")
-    n, d = source.n, source.d
+    n, d = (source.n if rows is None else int(len(rows))), source.d
     budget = task_budget(max_memory_per_task)
     d_search = d_reduce if 0 < d_reduce < d else d
     rerank = d_search < d or dtype == "float16"
@@ -239,10 +255,8 @@ def knn_graph_partitioned(
         "rerank": rerank,
         "capacity": capacity,
     }
-    idx = np.full((n, k), -1, dtype=np.int64)
-    sim = np.full((n, k), np.nan, dtype=np.float32)
     if n == 0:
-        return idx, sim, {**info, "buckets": 0}
+        return _no_edges(), {**info, "buckets": 0, "edges": 0}
 
     clock = [time.perf_counter()]
     timings: dict[str, float] = {}
@@ -256,7 +270,7 @@ def knn_graph_partitioned(
     sample_cap = max(1000, budget // (4 * 4 * d))  # rows one task may hold (a quarter of it)
     want = int(min(n, max(20_000, SAMPLE_PER_CENTROID * n_clusters, 4 * d_search)))
     sample_size = min(want, sample_cap)
-    positions = _sample_positions(n, sample_size, random_state)
+    positions = _sample_positions(source.n, sample_size, random_state)
     projection, kept = None, 1.0
     if d_search < d:
         projection, kept = fit_projection(_sample_array(source, positions), d_search)
@@ -308,104 +322,38 @@ def knn_graph_partitioned(
     )
 
     try:
-        # 2. assign (and write the projected rows)
+        # 2. assign, 3. plan: on the workers; the client learns the buckets' sizes
         if scratch is not None:
             wd.makedirs(_SCRATCH, f"knn-{token}")
         plan_key = dask.delayed(plan, name=f"dedupdask-knn-plan-{token}")
-        tasks = [
-            dask.delayed(_assign_block, pure=True)(
-                b,
-                plan_key,
-                _scratch_file(scratch, i) if scratch else None,
-                dask_key_name=f"dedupdask-knn-assign-{token}-{i}",
-            )
-            for i, b in enumerate(source.blocks)
+        scratch_files = [
+            _scratch_file(scratch, i) if scratch else None for i in range(len(source.blocks))
         ]
-        (labels,) = _compute(tasks)
+        buckets, bucket_sizes = assign_buckets(
+            source, plan_key, centroids.shape[0], scratch_files, token, rows
+        )
         lap("assign")
-
-        # 3. plan the buckets
-        search_src = _search_source(source, plan)
-        search_key = dask.delayed(search_src, name=f"dedupdask-knn-search-source-{token}")
+        search_key = dask.delayed(
+            _search_source(source, plan), name=f"dedupdask-knn-search-source-{token}"
+        )
         source_key = dask.delayed(source, name=f"dedupdask-knn-source-{token}")
-        block_positions = [
-            np.arange(source.offsets[i], source.offsets[i + 1], dtype=np.int64)
-            for i in range(len(source.blocks))
-        ]
-        buckets = _group(block_positions, labels, centroids.shape[0])
-        del labels, block_positions
-        buckets = [b for b in buckets if b.size]
-        splits = 0
-        for level in range(8):
-            big = [b for b in buckets if b.size > capacity]
-            if not big:
-                break
-            splits += len(big)
-            todo = [
-                dask.delayed(_split_bucket, pure=True)(
-                    search_key,
-                    plan_key,
-                    b,
-                    max(2 * m + 1, math.ceil(b.size * m / (capacity * SPLIT_FILL))),
-                    random_state + level,
-                    dask_key_name=f"dedupdask-knn-split-{token}-{level}-{j}",
-                )
-                for j, b in enumerate(big)
-            ]
-            (parts_out,) = _compute(todo)
-            new = []
-            for b, sub in zip(big, parts_out, strict=True):
-                sub = [s for s in sub if s.size]
-                if max(s.size for s in sub) >= 0.9 * b.size:  # no progress: cut in order
-                    sub = _cut(b, capacity)
-                new += sub
-            buckets = [b for b in buckets if b.size <= capacity] + new
-        for b in list(buckets):
-            if b.size > capacity:  # still too big after 8 levels: cut in order
-                buckets.remove(b)
-                buckets += _cut(b, capacity)
-        sizes = np.array([b.size for b in buckets], dtype=np.int64)
+        buckets, bucket_sizes, splits = split_oversized(
+            buckets, bucket_sizes, capacity=capacity, m=m, search_key=search_key,
+            plan_key=plan_key, random_state=random_state, token=token,
+        )  # fmt: skip
+        sizes = np.array(bucket_sizes, dtype=np.int64)
         lap("plan")
 
-        # 4. search, 5. merge
+        # 4. search, 5. merge: the merged row ranges stay on the workers
         per_row = m * k * 12 * 4
         n_ranges = max(
             math.ceil(n * per_row / max(1, budget // 2)), min(len(source.blocks), 2 * _n_workers())
         )
         starts = _ranges(source, n_ranges)
-        stops = np.append(starts[1:], n)
-        pieces = [
-            dask.delayed(_search_bucket_task, pure=True, nout=starts.size)(
-                search_key,
-                source_key,
-                plan_key,
-                b,
-                starts,
-                dask_key_name=f"dedupdask-knn-bucket-{token}-{j}",
-            )
-            for j, b in enumerate(buckets)
-        ]
-        merged = []
-        for r, (s, e) in enumerate(zip(starts, stops, strict=True)):
-            level, parts_r = 0, [p[r] for p in pieces]
-            while len(parts_r) > MERGE_FANIN:  # a tree of partial merges
-                parts_r = [
-                    dask.delayed(_merge_pieces, pure=True)(
-                        k,
-                        *parts_r[g : g + MERGE_FANIN],
-                        dask_key_name=f"dedupdask-knn-merge-{token}-{r}-{level}-{g}",
-                    )
-                    for g in range(0, len(parts_r), MERGE_FANIN)
-                ]
-                level += 1
-            merged.append(
-                dask.delayed(_merge_range, pure=True)(
-                    int(s), int(e), k, *parts_r, dask_key_name=f"dedupdask-knn-merge-{token}-{r}"
-                )
-            )
-        (results,) = _compute(merged)
-        for s, e, (ri, rs) in zip(starts, stops, results, strict=True):
-            idx[s:e], sim[s:e] = ri, rs
+        graph, lengths = search_and_merge(
+            buckets, starts, source.n, k, search_key=search_key, source_key=source_key,
+            plan_key=plan_key, token=token,
+        )  # fmt: skip
         lap("search_merge")
     finally:
         if scratch is not None and wd.fs.exists(scratch):
@@ -419,12 +367,41 @@ def knn_graph_partitioned(
         bucket_size_mean=round(float(sizes.mean()), 1) if sizes.size else 0.0,
         replication=round(float(sizes.sum() / max(1, n)), 3),
         row_ranges=int(starts.size),
+        edges=int(sum(lengths)),
         sample=int(sample_size),
         sample_per_centroid=round(sample_size / max(1, int(centroids.shape[0])), 1),
         **fit_about,
         timings=timings,
     )
+    return graph, info
+
+
+def knn_graph_partitioned(
+    source: VectorSource, k: int, **options: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """:func:`knn_edges_partitioned` in array form, gathered here (in-process path and tests).
+
+    ``options`` are those of :func:`knn_edges_partitioned`.
+
+    Returns
+    -------
+    (ndarray, ndarray, dict)
+        int64 ``[n, k]`` positions (-1 = none), float32 similarities (NaN = none), and what
+        was done.
+
+    Examples
+    --------
+    >>> idx, sim, info = knn_graph_partitioned(src, 2, max_memory_per_task="1GB")  # doctest: +SKIP
+    """
+    graph, info = knn_edges_partitioned(source, k, **options)
+    idx, sim = graph_arrays(graph, source.global_index(np.arange(source.n)), k)
     return idx, sim, info
+
+
+def _no_edges() -> Any:
+    import dask.dataframe as dd
+
+    return dd.from_pandas(empty_graph(), npartitions=1)
 
 
 def _exact_max_work() -> float:
@@ -435,7 +412,7 @@ def _exact_max_work() -> float:
 
 def local_exact_knn(
     col: Any,
-    reps: np.ndarray,
+    reps: Any,
     k: int,
     method: Method = "auto",
     *,
@@ -457,9 +434,106 @@ def local_exact_knn(
     return exact_knn_block(x, 0, n, k)
 
 
+def _single_task(
+    col: Any, reps: np.ndarray, k: int, budget: int, need: int, method: Method,
+    random_state: int, which: str, d: int, vectors: Any,
+) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:  # fmt: skip
+    """The single-task graph (arrays): here when cheap, else one Dask task."""
+    about = {"memory_per_task": budget, "single_task_bytes": need}
+    got = local_exact_knn(col, reps, k, method, which=which, d=d)
+    if got is not None:
+        return got[0], got[1], "exact", {"method": "exact", **about}
+    emb = col.embeddings() if vectors is None else vectors
+    x = emb if reps.size == col.n else emb[reps]
+    idx, sim, used = knn_graph_dask(
+        x, int(reps.size), d, k, method=method, random_state=random_state
+    )
+    return idx, sim, used, {"method": used, **about}
+
+
+def _work_dir_graph(
+    col: Any, reps: Any, k: int, *, config: Any, method: Method, random_state: int,
+    which: str, d: int | None, vectors: Any, table: bool,
+) -> tuple[Any, Any, str, dict[str, Any]]:  # fmt: skip
+    """Single task or partitioned; the graph as arrays, or as a table when ``table``."""
+    lazy = hasattr(reps, "dask")  # a Dask Series of global indices: stays on the workers,
+    # persisted there, so counting and routing it do not recompute what it comes from
+    reps = reps.persist() if lazy else np.asarray(reps, dtype=np.int64)
+    n, d = (int(len(reps)) if lazy else int(reps.size)), int(col.d if d is None else d)
+    budget = task_budget(getattr(config, "max_memory_per_task", None))
+    d_reduce = int(getattr(config, "d_reduce", 0) or 0) if which == "dat" else 0
+    dtype = (getattr(config, "knn_dtype", "float32") or "float32") if which == "dat" else "float32"
+    single = method if method != "auto" else choose_method(n, d, k)
+    need = single_task_bytes(n, d, k, single)
+    reduced = (0 < d_reduce < d) or dtype == "float16"
+    if not reduced and need <= budget:  # fits one task: the arrays are small by definition
+        reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps
+        idx, sim, used, info = _single_task(
+            col, reps, k, budget, need, method, random_state, which, d, vectors
+        )
+        return (graph_frame(reps, idx, sim), None, used, info) if table else (idx, sim, used, info)
+    source = VectorSource.from_collection(col, None if lazy else reps, which=which, d=d)
+    graph, info = knn_edges_partitioned(
+        source,
+        k,
+        max_memory_per_task=budget,
+        d_reduce=d_reduce,
+        dtype=dtype,
+        method=method,
+        random_state=random_state,
+        rows=reps if lazy else None,
+    )
+    info["single_task_bytes"] = need
+    if table:
+        return graph, None, info["method"], info
+    reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps
+    idx, sim = graph_arrays(graph, reps, k)
+    return idx, sim, info["method"], info
+
+
+def knn_graph_frame_work_dir(
+    col: Any,
+    reps: Any,
+    k: int,
+    *,
+    config: Any,
+    method: Method = "auto",
+    random_state: int = DEFAULT_RANDOM_STATE,
+    which: str = "dat",
+    d: int | None = None,
+    vectors: Any = None,
+) -> tuple[Any, str, dict[str, Any]]:
+    """The kNN graph of rows ``reps`` of a loaded work_dir as a graph table.
+
+    Same choice and options as :func:`knn_graph_work_dir`. Partitioned, the table is
+    computed and held by the workers (:func:`knn_edges_partitioned`); on the single-task path
+    -- taken only while the graph fits one task -- it is made from that task's arrays
+    (:func:`dedupdask.analyses.graph.graph_frame`). ``reps`` may be a Dask Series of the
+    global indices (any partitioning, e.g. a column of a per-archive table): then the
+    partitioned path needs no per-image array here at all (one count is computed).
+
+    Returns
+    -------
+    (dask.dataframe.DataFrame, str, dict)
+        The graph table (``from``/``to`` are global indices, values of ``reps``), the method
+        used, and details.
+
+    Examples
+    --------
+    >>> graph, used, info = knn_graph_frame_work_dir(col, reps, 2, config=cfg)  # doctest: +SKIP
+    >>> graph.columns.tolist()  # doctest: +SKIP
+    ['from', 'to', 'similarity', 'rank']
+    """
+    graph, _, used, info = _work_dir_graph(
+        col, reps, k, config=config, method=method,
+        random_state=random_state, which=which, d=d, vectors=vectors, table=True,
+    )  # fmt: skip
+    return graph, used, info
+
+
 def knn_graph_work_dir(
     col: Any,
-    reps: np.ndarray,
+    reps: Any,
     k: int,
     *,
     config: Any,
@@ -476,6 +550,7 @@ def knn_graph_work_dir(
     for a reduced search; otherwise exactly :func:`dedupdask.knn.knn_graph_dask`. Both
     graphs of a run take this path: the embeddings' and, with ``which="dct"``, ``d=63`` and
     ``vectors`` (their ``[N, 63]`` dask array), the DCT descriptors' (searched unreduced).
+    The in-process form of :func:`knn_graph_frame_work_dir` (a partitioned graph is gathered).
 
     Returns
     -------
@@ -488,36 +563,7 @@ def knn_graph_work_dir(
     >>> used  # doctest: +SKIP
     'partitioned-pynndescent'
     """
-    n, d = int(reps.size), int(col.d if d is None else d)
-    budget = task_budget(getattr(config, "max_memory_per_task", None))
-    d_reduce = int(getattr(config, "d_reduce", 0) or 0) if which == "dat" else 0
-    dtype = (getattr(config, "knn_dtype", "float32") or "float32") if which == "dat" else "float32"
-    single = method if method != "auto" else choose_method(n, d, k)
-    need = single_task_bytes(n, d, k, single)
-    reduced = (0 < d_reduce < d) or dtype == "float16"
-    if not reduced and need <= budget:
-        got = local_exact_knn(col, reps, k, method, which=which, d=d)
-        if got is not None:
-            info = {"method": "exact", "memory_per_task": budget, "single_task_bytes": need}
-            return got[0], got[1], "exact", info
-        emb = col.embeddings() if vectors is None else vectors
-        x = emb if n == col.n else emb[reps]
-        idx, sim, used = knn_graph_dask(x, n, d, k, method=method, random_state=random_state)
-        return (
-            idx,
-            sim,
-            used,
-            {"method": used, "memory_per_task": budget, "single_task_bytes": need},
-        )
-    source = VectorSource.from_collection(col, reps, which=which, d=d)
-    idx, sim, info = knn_graph_partitioned(
-        source,
-        k,
-        max_memory_per_task=budget,
-        d_reduce=d_reduce,
-        dtype=dtype,
-        method=method,
-        random_state=random_state,
-    )
-    info["single_task_bytes"] = need
-    return idx, sim, info["method"], info
+    return _work_dir_graph(
+        col, reps, k, config=config, method=method,
+        random_state=random_state, which=which, d=d, vectors=vectors, table=False,
+    )  # fmt: skip

@@ -98,6 +98,9 @@ class VectorBlock:
         Sorted file rows that take part (e.g. exact-duplicate representatives); None = all.
     dtype : str
         Row dtype in the file (``"<f4"`` or ``"<f2"``).
+    offset : int or None
+        Global index of the file's row 0 (an archive's first image); None on every block of a
+        source whose positions are the global indices.
     """
 
     wd: WorkDir
@@ -106,6 +109,7 @@ class VectorBlock:
     n_rows: int
     rows: np.ndarray | None = None
     dtype: str = "<f4"
+    offset: int | None = None
 
     @property
     def size(self) -> int:
@@ -151,6 +155,30 @@ class VectorSource:
     def n(self) -> int:
         return int(self.offsets[-1])
 
+    def global_index(self, positions: np.ndarray) -> np.ndarray:
+        """Global indices (int64) of ``positions``: the block's ``offset`` plus the file row.
+
+        Positions themselves when the blocks carry no ``offset``.
+
+        Examples
+        --------
+        >>> src = VectorSource.from_collection(collect("work"), reps)  # doctest: +SKIP
+        >>> bool((src.global_index(np.arange(src.n)) == reps).all())  # doctest: +SKIP
+        True
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if not self.blocks or self.blocks[0].offset is None:
+            return positions
+        which = np.searchsorted(self.offsets, positions, side="right") - 1
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(self.blocks) + 1))
+        out = np.empty(positions.size, dtype=np.int64)
+        for b in np.flatnonzero(np.diff(bounds)).tolist():
+            at = order[bounds[b] : bounds[b + 1]]
+            block, local = self.blocks[b], positions[at] - self.offsets[b]
+            out[at] = int(block.offset) + (local if block.rows is None else block.rows[local])  # type: ignore[arg-type]
+        return out
+
     @classmethod
     def from_collection(
         cls, col: Any, reps: np.ndarray | None = None, *, which: str = "dat", d: int | None = None
@@ -181,7 +209,9 @@ class VectorSource:
                 else:
                     rows = (reps[lo:hi] - a.offset).astype(np.int64)
             path = col.work_dir.file(a.name, which)
-            blocks.append(VectorBlock(col.work_dir, path, width, a.n_valid, rows))
+            blocks.append(
+                VectorBlock(col.work_dir, path, width, a.n_valid, rows, offset=int(a.offset))
+            )
         return cls(tuple(blocks), width)
 
     def read(self, positions: np.ndarray) -> np.ndarray:

@@ -59,10 +59,6 @@ from dedupdask.verify import score_pairs, verify_pairs
 from dedupdask.verify_frames import image_info
 
 
-def _empty_piece(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32)
-
-
 # -- the merge: empty pieces, rows without any candidate ------------------------------------------
 def test_best_of_nothing_is_empty():
     e = np.empty(0, np.int64)
@@ -79,28 +75,28 @@ def test_best_of_nothing_is_empty():
     assert (r.tolist(), c.tolist(), s.tolist()) == ([0, 1], [3, 5], [0.5, np.float32(0.6)])
 
 
-def test_merges_of_empty_pieces():
-    k = 2
-    rows, idx, sim = kp._merge_pieces(k, _empty_piece(k), _empty_piece(k))
-    assert rows.shape == (0,) and idx.shape == sim.shape == (0, k)
-    full = (np.array([10, 11]), np.array([[11, -1], [-1, -1]], np.int32),
-            np.array([[0.9, np.nan], [np.nan, np.nan]], np.float32))  # fmt: skip
-    rows, idx, sim = kp._merge_pieces(k, _empty_piece(k), full, _empty_piece(k))
-    assert rows.tolist() == [10] and idx.tolist() == [[11, -1]]
-    # a row range whose rows got no candidate at all: every row padded
-    idx, sim = kp._merge_range(10, 13, k, _empty_piece(k), (rows, idx, sim))
-    assert idx.tolist() == [[11, -1], [-1, -1], [-1, -1]] and np.isnan(sim[1:]).all()
-    idx, sim = kp._merge_range(0, 3, k, _empty_piece(k))
-    assert (idx == -1).all() and np.isnan(sim).all()
+def _candidates(rows, cand, sim) -> pd.DataFrame:
+    """A row range's candidates as the shuffle delivers them (indexed by row)."""
+    return pd.DataFrame({"cand": np.asarray(cand, np.int64), "sim": np.asarray(sim, np.float32)},
+                        index=pd.Index(np.asarray(rows, np.int64), name="row"))  # fmt: skip
+
+
+def test_merges_of_empty_ranges():
+    """A row range that no bucket sent anything to, or only self / padding: no rows."""
+    k, src = 2, VectorSource((), D)
+    for part in (_candidates([], [], []), _candidates([4, 4, 2], [4, 7, -1], [1.0, np.nan, 0.5])):
+        out = knn_buckets._merge_range_rows(src, k, part)
+        assert len(out) == 0 and out.dtypes.astype(str).tolist() == ["int64", "int64", "float32", "int16"]
+    out = knn_buckets._merge_range_rows(src, k, _candidates([10, 10, 10, 11], [11, 11, 12, 10], [0.8, 0.9, 0.9, 0.9]))
+    assert out[["from", "to", "rank"]].values.tolist() == [[10, 11, 0], [10, 12, 1], [11, 10, 0]]
+    assert out["similarity"].tolist() == [np.float32(0.9)] * 3  # a repeat keeps its best
 
 
 def test_merge_keeps_wide_ids():
-    """Pieces with int32 and int64 ids merge into int64, whichever piece comes first."""
+    """Ids past int32 stay int64 through the merge."""
     big = 2**31 + 5
-    a = (np.array([0]), np.array([[1]], np.int32), np.array([[0.5]], np.float32))
-    b = (np.array([0]), np.array([[big]], np.int64), np.array([[0.9]], np.float32))
-    _, idx, _ = kp._merge_pieces(2, a, b)
-    assert idx.dtype == np.int64 and idx.tolist() == [[big, 1]]
+    out = knn_buckets._merge_range_rows(VectorSource((), D), 2, _candidates([0, 0], [1, big], [0.5, 0.9]))
+    assert out["to"].tolist() == [big, 1] and out["to"].dtype == np.int64
 
 
 # -- the partitioned graph for any bucket assignment ------------------------------------------------
@@ -112,8 +108,8 @@ def _assignment() -> np.ndarray:
 
     Buckets 0-7: block b's rows. Bucket 8: every third row of blocks 0 and 1; bucket 9: of
     blocks 6 and 7; bucket 10: one row of block 2 and nothing else (a bucket of one member);
-    bucket 11: nobody. With 11 buckets the merge is a tree (MERGE_FANIN = 8): the group of
-    buckets 8-10 holds no row of blocks 3-5, so those row ranges get only empty pieces there.
+    bucket 11: nobody (an empty partition of the shuffle on the bucket). Buckets 8-10 hold
+    no row of blocks 3-5: those row ranges get their candidates from one bucket each.
     """
     lab = np.full((N_BLOCKS * PER_BLOCK, 2), -1, np.int32)
     for b in range(N_BLOCKS):
