@@ -37,7 +37,6 @@ __all__ = ["Directory", "Fallback", "Sink", "Source", "Stop", "copy_tar", "copy_
 _BLOCK = 2**20
 _RUN_MAX = 256 * _BLOCK  # a run is copied at the latest when it is this long
 _AHEAD = 4096  # bytes read at a tar header: a sample's small members and the next header
-_ADVISE = 32 * _BLOCK  # bytes of a local source the kernel is asked to read ahead of the headers
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 # (regular member's name or None, size, start: a tar record's offset, a zip entry's position
@@ -55,21 +54,13 @@ class Stop(Exception):
 
 class Source:
     """Random reads of a source archive: ``os.pread`` on a local file, else seek and read
-    (a :class:`dedupdask.remote.RetryingReader`).
-
-    A local file is read one small block per header, a few kB apart: from a cold page cache
-    the kernel would serve each with a 4 KiB disk read of its own (its read-ahead takes them
-    for random reads), while the copies wait behind them. So the reads ask the kernel
-    (``POSIX_FADV_WILLNEED``) to read 8-40 MiB ahead, in large requests, while the headers
-    before them are read (a hint: no waiting, and nothing is read again from a warm cache).
-    """
+    (a :class:`dedupdask.remote.RetryingReader`)."""
 
     def __init__(self, f: IO[bytes], fd: int | None = None) -> None:
         self.f, self.fd = f, fd
         if fd is None:
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 self.fd = f.fileno()
-        self.advised = (0, 0)  # [start, end): the range asked for ahead of the reads
 
     @property
     def failure(self) -> Exception | None:
@@ -84,7 +75,6 @@ class Source:
     def pread(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (fewer only at the end of the file)."""
         if self.fd is not None:
-            self._advise(offset)
             data = os.pread(self.fd, n, offset)
             while 0 < len(data) < n:
                 more = os.pread(self.fd, n - len(data), offset + len(data))
@@ -101,21 +91,6 @@ class Source:
             parts.append(block)
             got += len(block)
         return b"".join(parts)
-
-    def _advise(self, offset: int) -> None:
-        """Ask for the next ``_ADVISE`` bytes when fewer than a quarter of that remain asked
-        for past ``offset``."""
-        start, end = self.advised
-        if not start <= offset < end:  # the first read, or a jump (a zip's central directory)
-            start = end = offset
-        if offset + _ADVISE // 4 > end and hasattr(os, "posix_fadvise"):
-            try:
-                os.posix_fadvise(self.fd, end, _ADVISE, os.POSIX_FADV_WILLNEED)
-            except OSError:  # not a file that takes hints: read as it comes, ask no more
-                self.advised = (0, 1 << 62)
-                return
-            end += _ADVISE
-        self.advised = (start, end)
 
 
 class Sink:

@@ -377,46 +377,6 @@ def test_own_tar_reader_writes_what_tarfile_did(tmp_path, fmt, removed):
         assert new == open(path, "rb").read()
 
 
-@pytest.mark.parametrize("fmt", ["tar", "zip"])
-def test_local_sources_are_read_ahead_of_the_header_reads(tmp_path, monkeypatch, fmt):
-    """From a cold page cache each header read would be a small disk read of its own: the
-    reader asks the kernel to read the file ahead of it (WILLNEED), range after range, and
-    the output stays what tarfile/zipfile write."""
-    import contextlib
-
-    from dedupdask import shardcopy
-    from dedupdask.datasets import write_shard
-
-    path = str(tmp_path / f"in.{fmt}")
-    members = [(f"{i:04d}.{ext}", bytes([i % 251]) * (3000 + 97 * i if ext == "jpg" else 40))
-               for i in range(300) for ext in ("jpg", "txt")]  # fmt: skip
-    write_shard(path, members, fmt)
-    size = os.path.getsize(path)
-    with contextlib.ExitStack() as stack:  # where the records end: a zip's central directory, a tar's end
-        end = stack.enter_context(zipfile.ZipFile(path)).start_dir if fmt == "zip" else size - tarfile.RECORDSIZE
-    removed = {f"{i:04d}" for i in range(0, 300, 7)}
-    old, old_counts = _clean_bytes(path, fmt, removed, fast=False)
-    calls = []
-    real = os.posix_fadvise
-    monkeypatch.setattr(shardcopy, "_ADVISE", 256 * 1024)  # re-asked 64 KiB ahead: past a member (<= 33 kB)
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n, advice)) or real(fd, off, n, advice))  # fmt: skip
-    for fd in (True, False):
-        new, counts = _clean_bytes(path, fmt, removed, fast=True, fd=fd)
-        assert new == old and counts == old_counts
-        if not fd:  # not a local file: no hints
-            assert not calls
-        else:
-            assert {a for _, _, a in calls} == {os.POSIX_FADV_WILLNEED}
-            covered = min(off for off, _, _ in calls)  # the ranges asked for, merged from the first
-            assert covered < 8 * 1024  # (a zip's first kept record)
-            for off, n, _ in sorted(calls):
-                if off <= covered:
-                    covered = max(covered, off + n)
-            assert covered >= end, (covered, end, calls)
-            assert len(calls) <= size // (64 * 1024), len(calls)  # a range now and then, not a hint per header
-            calls.clear()
-
-
 def test_tar_with_a_global_pax_header_goes_the_tarfile_way(tmp_path):
     from dedupdask import shardcopy
 
