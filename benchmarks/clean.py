@@ -6,6 +6,7 @@ Usage::
     python benchmarks/clean.py --size-mb 1024   # 1 GB shards
     python benchmarks/clean.py --formats tgz --remove 0.5
     python benchmarks/clean.py --formats tar zip --reshard 1000   # and resharding into 1000-sample shards
+    python benchmarks/clean.py --shards 10 --size-mb 1024 --formats tar zip --repeat 3   # a 10 GB dataset (root)
 
 Writes one shard per format of ``--size-mb`` MB of webdataset samples (a JPEG of 40-120 kB
 from a pool of real encoded pictures, a caption ``.txt`` and a ``.json``), cached in
@@ -24,6 +25,25 @@ medians of clean s, MB/s (of source bytes), baseline s and MB/s, the median over
 of the ratio baseline time / clean time (>= 1: as fast), the same for the baseline with
 fsync, and the 1-minute load average range seen; then the CPU seconds (user + system) of
 clean and of the baseline with fsync, which a busy machine changes less than wall times.
+
+One warm shard measures the page cache: ``cp`` returns with its copy still dirty in memory.
+A user cleans a dataset many times larger than the dirty-page limit (``vm.dirty_ratio``),
+where write-back throttles ``cp`` too. ``--shards N`` (dataset mode, tar and zip) writes N
+shards of ``--size-mb`` (distinct keys and bytes per shard) to ``--data``/``dataset-*/src``
+and times, in each of ``--repeat`` interleaved rounds: ``cp -r`` of that folder; the Dask
+graph :func:`dedupdask.write_clean_shards` computes (one :func:`~dedupdask.clean.clean_archive`
+task per shard, ``client=None``: dask's threaded scheduler) with one worker thread, like
+``cp``; ``cp -r`` followed by ``sync`` of the copied files; the same graph with dask's
+default threads (one per core). Every run starts from the same page-cache state: ``sync``,
+wait until the machine's ``Dirty`` + ``Writeback`` pages are under 64 MB, then (``--cache
+cold``, the default; root only) drop the page cache so that every run reads its sources
+from disk, or (``--cache warm``) read the sources into it. Printed per run: seconds (of the
+compute, for clean: without the interpreter's start and imports), MB/s of source bytes, CPU
+seconds (user + system), peak RSS, the 1-minute load average at its start, the MB still
+dirty at its start and the seconds the settling took; then per run kind the medians, the
+median per-round ratios cp time / its time and cp+sync time / its time, the largest peak
+and the load range. The outputs are deleted after each run, the dataset at the end unless
+``--keep-data``.
 """
 
 from __future__ import annotations
@@ -33,6 +53,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -86,6 +107,31 @@ print(json.dumps({"status": sorted({s["status"] for s in stats}), "shards": len(
                   "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
 """
 
+CHILD_DATASET = r"""
+import json, resource, sys, time
+import dask
+import pandas as pd
+from dedupdask.clean import ShardTask, clean_archive
+from dedupdask.removals import compute_on
+
+src_dir, out_dir, fmt, spec, workers = sys.argv[1:6]
+shards = json.load(open(spec))  # [[file name, [removed keys]], ...] in the dataset's order
+graph = [dask.delayed(clean_archive, pure=False)(
+             ShardTask(name, src_dir + "/" + name, out_dir, name, fmt, {}, resume=False),
+             pd.DataFrame({"key": keys, "reason": ["duplicate"] * len(keys)}))
+         for name, keys in shards]
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t0 = time.perf_counter()
+with dask.config.set(num_workers=int(workers) or None):  # 0: dask's default (one thread per core)
+    stats = compute_on(None, *graph)  # write_clean_shards' call (client=None: dask's current scheduler)
+dt = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+print(json.dumps({"status": sorted({s["status"] for s in stats}), "removed": sum(s["samples"]["removed"] for s in stats),
+                  "peak_mb": int(status) / 1024, "seconds": dt,
+                  "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
+"""
+
 
 def jpeg_pool(n: int = 48) -> list[bytes]:
     rng = np.random.default_rng(0)
@@ -98,19 +144,23 @@ def jpeg_pool(n: int = 48) -> list[bytes]:
     return out
 
 
-def build(path: str, fmt: str, size: int, pool: list[bytes]) -> int:
-    """Write the shard once (cached); return its sample count."""
-    meta = path + ".json"
+def build(path: str, fmt: str, size: int, pool: list[bytes], prefix: str = "", meta: str | None = None) -> int:
+    """Write the shard once (cached; its sample count in ``meta``, default ``path + ".json"``);
+    return its sample count. Its keys are ``prefix`` + the sample number (dataset mode: one
+    prefix per shard, so every shard's bytes differ)."""
+    meta = meta or path + ".json"
     if os.path.exists(path) and os.path.exists(meta):
         return json.load(open(meta))["samples"]
+    salt = prefix.encode()
 
     def members():
         total, i = 0, 0
         while total < size:
-            jpg = pool[i % len(pool)] + i.to_bytes(8, "little")  # distinct bytes per sample
-            cap = f"a caption of sample {i}, " * 3
-            js = json.dumps({"key": f"{i:08d}", "width": 512, "height": 384})
-            for name, data in ((f"{i:08d}.jpg", jpg), (f"{i:08d}.txt", cap.encode()), (f"{i:08d}.json", js.encode())):
+            jpg = pool[i % len(pool)] + i.to_bytes(8, "little") + salt  # distinct bytes per sample
+            key = f"{prefix}{i:08d}"
+            cap = f"a caption of sample {prefix}{i}, " * 3
+            js = json.dumps({"key": key, "width": 512, "height": 384})
+            for name, data in ((f"{key}.jpg", jpg), (f"{key}.txt", cap.encode()), (f"{key}.json", js.encode())):
                 total += len(data)
                 yield name, data
             i += 1
@@ -132,6 +182,116 @@ def timed(cmd: str) -> tuple[float, float]:
     return dt, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
 
 
+def meminfo_mb(*fields: str) -> float:
+    """The sum of ``/proc/meminfo`` fields, in MB."""
+    values = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+    return sum(int(values[f].split()[0]) for f in fields) / 1024
+
+
+def settle(cold: bool, timeout: float = 180.0, quiet_mb: float = 64.0) -> float:
+    """The same page-cache state before every timed run: ``sync``, then wait until the
+    machine's dirty and write-back pages are under ``quiet_mb`` (other jobs write too; at
+    most ``timeout`` s), then (``cold``) drop the clean page cache, so that both tools read
+    their sources from disk. Returns the MB still dirty or under write-back."""
+    subprocess.run(["sync"], check=True)
+    t0 = time.monotonic()
+    while (left := meminfo_mb("Dirty", "Writeback")) > quiet_mb and time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+    if cold:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+    return left
+
+
+def measured(argv: list[str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system of it and its children) and peak RSS MB (the
+    largest of them) of one command, run by ``/usr/bin/time`` (a child forked from this big
+    process would report this process's RSS as its own peak), and its stdout."""
+    with tempfile.NamedTemporaryFile("r") as rep:
+        t0 = time.perf_counter()
+        out = subprocess.run(["/usr/bin/time", "-q", "-o", rep.name, "-f", "%U %S %M", *argv], check=True,
+                             stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+        dt = time.perf_counter() - t0
+        user, system, peak = rep.read().split()[-3:]
+    return dt, float(user) + float(system), int(peak) / 1024, out
+
+
+def dataset(args: argparse.Namespace, fmt: str, pool: list[bytes]) -> None:
+    """Dataset mode: ``--shards`` shards of ``--size-mb`` cleaned by the Dask graph of
+    ``write_clean_shards`` (one ``clean_archive`` task per shard) with one worker thread and
+    with dask's default threads, against ``cp -r`` of the folder and ``cp -r`` + ``sync`` of
+    its files, interleaved rounds, each from the same page-cache state (:func:`settle`)."""
+    ext = {"tar": ".tar", "zip": ".zip"}[fmt]
+    root = os.path.join(args.data, f"dataset-{args.shards}x{args.size_mb}mb-{fmt}")
+    src = os.path.join(root, "src")
+    os.makedirs(src, exist_ok=True)
+    spec, samples = [], 0
+    t0 = time.perf_counter()
+    for i in range(args.shards):
+        name = f"{i:05d}{ext}"
+        n = build(os.path.join(src, name), fmt, args.size_mb * 2**20, pool, prefix=f"{i:05d}_",
+                  meta=os.path.join(root, name + ".json"))  # fmt: skip
+        step = max(1, round(1 / args.remove)) if args.remove > 0 else 0
+        spec.append([name, [f"{i:05d}_{j:08d}" for j in range(0, n, step)] if step else []])
+        samples += n
+    built = time.perf_counter() - t0
+    removed = sum(len(k) for _, k in spec)
+    mb = sum(os.path.getsize(os.path.join(src, n)) for n, _ in spec) / 2**20
+    kf = os.path.join(root, "removals.json")
+    json.dump(spec, open(kf, "w"))
+    out = os.path.join(root, "out")
+    files = " ".join(f"'{out}/{n}'" for n, _ in spec)
+    runs = {  # name -> argv
+        "cp -r": ["cp", "-r", src, out],
+        "clean, 1 thread": [sys.executable, "-c", CHILD_DATASET, src, out, fmt, kf, "1"],
+        "cp -r + sync FILES": ["sh", "-c", f"cp -r '{src}' '{out}' && sync {files}"],
+        f"clean, dask threads ({os.cpu_count()})": [sys.executable, "-c", CHILD_DATASET, src, out, fmt, kf, "0"],
+    }
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k.startswith("cp") or any(o in k for o in args.only)}
+    print(f"# {fmt}: {args.shards} shards, {mb:.0f} MB, {samples} samples, {removed} removed "
+          f"({'built' if built > 5 else 'cached'} in {built:.0f} s); page cache {args.cache} before each run; "
+          f"vm.dirty_ratio {open('/proc/sys/vm/dirty_ratio').read().strip()} %, "
+          f"MemAvailable {meminfo_mb('MemAvailable') / 1024:.1f} GB", flush=True)
+    print(f"{'round':>5} {'run':>24} {'s':>7} {'MB/s':>7} {'cpu s':>6} {'peak MB':>8} {'load':>5} {'dirty MB':>8} "
+          f"{'wait s':>6}", flush=True)  # fmt: skip
+    rows: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in runs}
+    for rnd in range(args.repeat):
+        for label, argv in runs.items():
+            shutil.rmtree(out, ignore_errors=True)
+            w0 = time.perf_counter()
+            dirty = settle(args.cache == "cold")
+            if args.cache == "warm":
+                subprocess.run(f"cat '{src}'/* > /dev/null", shell=True, check=True)
+            wait = time.perf_counter() - w0
+            load = os.getloadavg()[0]
+            wall, cpu, peak, stdout = measured(argv)
+            if not label.startswith("cp"):
+                r = json.loads(stdout.strip().splitlines()[-1])
+                assert r["status"] == ["done"] and r["removed"] == removed, r
+                wall, cpu, peak = r["seconds"], r["cpu"], r["peak_mb"]  # the compute, without the imports
+            rows[label].append((wall, cpu, peak, load))
+            print(f"{rnd:5d} {label:>24} {wall:7.2f} {mb / wall:7.1f} {cpu:6.2f} {peak:8.1f} {load:5.2f} {dirty:8.0f} "
+                  f"{wait:6.1f}", flush=True)  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    med = statistics.median
+    print(f"# {fmt} medians of {args.repeat} rounds; ratio = the cp run's time / this run's time in the same round "
+          f"(median over rounds; >= 1: as fast)")
+    print(f"{'run':>24} {'s':>7} {'MB/s':>7} {'vs cp':>6} {'vs cp+sync':>10} {'cpu s':>6} {'peak MB':>8} {'load':>9}")
+    for label, rs in rows.items():
+        vs = [med(a[0] / b[0] for a, b in zip(rows[k], rs, strict=True)) if k in rows else float("nan")
+              for k in ("cp -r", "cp -r + sync FILES")]  # fmt: skip
+        loads = [r[3] for r in rs]
+        print(f"{label:>24} {med(r[0] for r in rs):7.2f} {mb / med(r[0] for r in rs):7.1f} {vs[0]:6.2f} "
+              f"{vs[1]:10.2f} {med(r[1] for r in rs):6.2f} {max(r[2] for r in rs):8.1f} "
+              f"{min(loads):4.1f}-{max(loads):<4.1f}", flush=True)  # fmt: skip
+    if not args.keep_data:
+        shutil.rmtree(root)
+        print(f"# removed {root}")
+    else:
+        print(f"# kept {root} ({mb / 1024:.1f} GB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=int, default=200, help="payload MB per shard (1024: 1 GB)")
@@ -142,9 +302,27 @@ def main() -> None:
                     help="also reshard each shard into shards of N samples (one process: the counting pass, "
                          "then the new shards one after the other), once")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "dedupdask-bench-clean"))
+    ap.add_argument("--shards", type=int, default=0, metavar="N",
+                    help="dataset mode: N shards of --size-mb per format (tar, zip), cleaned as write_clean_shards "
+                         "does, against cp -r of the folder")
+    ap.add_argument("--cache", choices=["cold", "warm"], default="cold",
+                    help="dataset mode: page cache dropped (needs root) or holding the sources before each run")
+    ap.add_argument("--only", nargs="+", default=[], metavar="WORD",
+                    help="dataset mode: only the clean runs whose label has WORD (e.g. '1 thread'), with the cp runs")
+    ap.add_argument("--keep-data", action="store_true", help="dataset mode: keep the shards for the next run")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
     pool = jpeg_pool()
+    if args.shards:
+        if args.cache == "cold" and os.geteuid() != 0:
+            sys.exit("--cache cold drops the page cache (/proc/sys/vm/drop_caches): run as root or use --cache warm")
+        print(f"# dataset mode; {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        for fmt in args.formats:
+            if fmt == "tgz":
+                print("# tgz: no dataset mode (its baseline is gzip -dc | gzip -6, CPU-bound either way)")
+                continue
+            dataset(args, fmt, pool)
+        return
     print(f"# shards of {args.size_mb} MB payload, {args.remove:.0%} of the samples removed; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.repeat} rounds")
     print(f"{'format':>6} {'MB':>7} {'samples':>8} {'removed':>8} {'peak MB':>8} {'clean s':>8} "
