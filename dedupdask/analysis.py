@@ -26,9 +26,10 @@ tables (:func:`dedupdask.analyses.exact_dask.exact_and_input_frames`), the tiers
 components (:mod:`dedupdask.analyses.components_dask`), invalid images, issues
 (:mod:`dedupdask.analyses.issues_dask`), names (:mod:`dedupdask.analyses.names_dask`) and the
 counts (sums of per-partition counts), the outlier groups of the ``outlier`` issue type
-(:mod:`dedupdask.analyses.groups_dask`). What this process still gathers there: the kNN graph
-and the groups' representatives behind the adapter :func:`_knn_graph_today`, until the
-partitioned kNN returns a graph table (the adapter is then replaced by one call).
+(:mod:`dedupdask.analyses.groups_dask`). The kNN graphs are graph tables
+held by the workers (:func:`dedupdask.knn_partitioned.knn_graph_frame_work_dir`, given the
+representatives as a Dask Series); this process holds the archives' list, per-partition and
+per-bucket records and scalars.
 """
 
 from __future__ import annotations
@@ -55,9 +56,7 @@ from .analyses import (
     outliers_table,
     stats_frame,
 )
-from .analyses.exact import ExactGroups
 from .analyses.exact_dask import exact_and_input_frames
-from .analyses.graph import graph_frame
 from .analyses.groups_dask import outlier_about, outlier_frame, outlier_rows
 from .analyses.issues import (
     issue_images,
@@ -78,7 +77,7 @@ from .collect import Collection, collect
 from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
-from .knn_partitioned import knn_graph_work_dir
+from .knn_partitioned import knn_graph_frame_work_dir, knn_graph_work_dir
 from .results import DedupResult, from_tables, save_run, save_tables
 from .tables import table_from_pandas
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
@@ -332,9 +331,9 @@ def _on_workers(
     n_input_reps, _ = partition_sums(inputs, _group_sums)
     stages.done("exact_groups")
 
-    emb_graph, used, knn_info = _knn_graph_today(
-        col, inputs, params.k, config, method, random_state
-    )
+    emb_graph, used, knn_info = knn_graph_frame_work_dir(  # a graph table held by the workers
+        col, _reps(inputs), params.k, config=config, method=method, random_state=random_state,  # type: ignore[arg-type]
+    )  # fmt: skip
     stages.done("knn")
 
     tiers = run_tiers_frames(
@@ -409,31 +408,12 @@ def _on_workers(
     return _write(col, tables, run, config, write, stages)
 
 
-# -- adapter: today's kNN behind the workers path's interface -----------
-def _knn_graph_today(
-    col: Collection, inputs: dd.DataFrame, k: int, config: RunConfig, method: str, random_state: int
-) -> tuple[dd.DataFrame, str, dict[str, Any]]:
-    """The embedding kNN graph of the input groups' representatives as a graph table
-    (:mod:`dedupdask.analyses.graph`), its method and report.
-
-    Adapter until the partitioned kNN returns a graph table itself: the representatives
-    (8 bytes per image) and the ``[reps, k]`` arrays come here.
-    """
-    (rep,) = scheduler.gather_frames(inputs["rep"])
-    reps = ExactGroups(rep.to_numpy(dtype=np.int64)).reps
-    idx, sim, used, info = knn_graph_work_dir(
-        col,
-        reps,
-        k,
-        config=config,
-        method=method,
-        random_state=random_state,  # type: ignore[arg-type]
-    )
-    (graph,) = dask.persist(graph_frame(reps, idx, sim))  # sent to the workers once, held there
-    return graph, used, info
-
-
 # -- shared by both paths -----------------------------------------------------------------------
+def _reps(groups: dd.DataFrame) -> dd.Series:
+    """The representatives of a group table (``index`` equal to ``rep``), left on the workers."""
+    return groups[groups["index"] == groups["rep"]]["index"]
+
+
 def _params(col: Collection, config: RunConfig, table: Any) -> TierParams:
     return resolve_params(
         table,

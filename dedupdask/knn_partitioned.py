@@ -472,7 +472,17 @@ def _work_dir_graph(
             col, reps, k, budget, need, method, random_state, which, d, vectors
         )
         return (graph_frame(reps, idx, sim), None, used, info) if table else (idx, sim, used, info)
-    source = VectorSource.from_collection(col, None if lazy else reps, which=which, d=d)
+    if not lazy:  # one partitioned path for both forms of reps: the same sample, buckets, graph
+        import dask.dataframe as dd
+        import pandas as pd
+
+        parts = max(1, min(len(col.archives), math.ceil(reps.size / 1_000_000)))
+        reps_np, reps = (
+            reps,
+            dd.from_pandas(pd.Series(reps, name="index"), npartitions=parts, sort=False),
+        )
+        reps = reps.persist()
+    source = VectorSource.from_collection(col, None, which=which, d=d)
     graph, info = knn_edges_partitioned(
         source,
         k,
@@ -481,12 +491,12 @@ def _work_dir_graph(
         dtype=dtype,
         method=method,
         random_state=random_state,
-        rows=reps if lazy else None,
+        rows=reps,
     )
     info["single_task_bytes"] = need
     if table:
         return graph, None, info["method"], info
-    reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps
+    reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps_np
     idx, sim = graph_arrays(graph, reps, k)
     return idx, sim, info["method"], info
 

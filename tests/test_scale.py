@@ -127,9 +127,12 @@ def dct_work(tmp_path_factory):
 TABLES = ("similarity", "outliers", "components", "stats", "invalid", "issues")
 
 
-def _builds(src: str, tmp_path, cfg, before_cluster=lambda: None) -> dict:
+def _builds(
+    src: str, tmp_path, cfg, before_cluster=lambda: None, after_cluster=lambda: None
+) -> dict:
     """``src``'s run_mode=2 built in a copy on the sync scheduler and in another copy on a
-    LocalCluster of two worker processes (``before_cluster()`` is called between them)."""
+    LocalCluster of two worker processes (``before_cluster()`` is called between them,
+    ``after_cluster()`` right after the cluster build, before its tables are read back)."""
     import shutil
 
     import dask
@@ -147,11 +150,14 @@ def _builds(src: str, tmp_path, cfg, before_cluster=lambda: None) -> dict:
         out["sync"] = build(str(tmp_path / "sync"), config=cfg)
     before_cluster()
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
         Client(cluster) as client,
         get_task_stream(client) as ts,
     ):
         out["cluster"] = build(str(tmp_path / "cluster"), config=cfg, client=client)
+        after_cluster()
     out["tables"] = {name: getattr(out["cluster"], name).compute() for name in TABLES}  # read back
     out["tasks"] = {str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data}
     return out
@@ -172,7 +178,9 @@ def _assert_same(tmp_path, got: dict) -> None:
     rows = {name: t["rows"] for name, t in ref.run["tables"].items()}  # the partitions differ
     assert {name: t["rows"] for name, t in dist.run["tables"].items()} == rows
     for name in CSV_FILES:
-        assert (tmp_path / "cluster" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes(), name
+        assert (tmp_path / "cluster" / name).read_bytes() == (
+            tmp_path / "sync" / name
+        ).read_bytes(), name
 
 
 def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
@@ -211,8 +219,10 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
 
         monkeypatch.setattr(Collection, "files_frame", boom("Collection.files_frame"))
         monkeypatch.setattr(issues, "outlier_groups", boom("outlier_groups"))  # the numpy one
+
         for name in ("expand_pairs", "add_names", "nearest_neighbours", "outliers_table", "components_table",
-                     "invalid_table", "find_issues", "exact_groups", "run_tiers", "expand_graph"):  # fmt: skip
+                     "invalid_table", "find_issues", "exact_groups", "run_tiers", "expand_graph",
+                     "knn_graph_work_dir"):  # fmt: skip
             if hasattr(analysis, name):
                 monkeypatch.setattr(analysis, name, boom(name))
 
@@ -224,6 +234,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
                     issue_thresholds={"outlier": 0.9, "outlier_link": 0.7})  # fmt: skip
     got = _builds(str(tmp_path / "src"), tmp_path, cfg, forbid)
+    # only records per partition, bucket or group, and scalars (600 images, 3 archives)
     about = got["sync"].run["issues"]["outlier_groups"]
     assert about["searched_members"] > 0 and about["groups"] > 0, about
     for task in ("_across", "_within", "_attach", "_nearest", "_best_here", "_select", "_sorted_part",
@@ -231,6 +242,62 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
         assert any(task in k for k in got["tasks"]), task  # names of (fused) worker tasks
     assert got["sync"].run["counts"]["similar_pairs"] >= 5
     _assert_same(tmp_path, got)
+
+
+def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
+    """Issue 17 point 1: with the kNN partitioned (a small task budget; the single-task graph
+    gathers by design, bounded by that budget), everything the distributed build computes to
+    this process is a record per partition, bucket or group, a fixed-size histogram or a
+    scalar -- never a row per image or pair -- and its tables equal the in-process build's."""
+    import dask
+    import pandas as pd
+    from test_analysis import make_dataset, write_dataset
+
+    from dedupdask.analyses.issues import size_histogram
+    from dedupdask.analyses.outliers_dask import BINS
+    from dedupdask.analyses.routing import SAMPLES
+    from dedupdask.config import RunConfig
+
+    gathered: list[int] = []
+    recording = [True]
+
+    def record() -> None:
+        real = dask.base.compute
+
+        def compute(*args, **kwargs):  # the largest thing each compute brings here
+            out = real(*args, **kwargs)
+            if recording:
+                gathered.append(_largest(out))
+            return out
+
+        monkeypatch.setattr(dask, "compute", compute)
+        monkeypatch.setattr(dask.base, "compute", compute)
+
+    write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
+    cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
+                    max_memory_per_task="1MB")  # fmt: skip
+    got = _builds(str(tmp_path / "src"), tmp_path, cfg, record, recording.clear)
+    assert got["cluster"].run["knn"]["method"].startswith("partitioned"), got["cluster"].run["knn"]
+    # the same size at any N: histograms, a sort's quantiles per partition
+    fixed = {BINS, len(size_histogram(pd.DataFrame())), SAMPLES}
+    assert gathered and max(g for g in gathered if g not in fixed) < 600 // 20, sorted(gathered)[
+        -5:
+    ]
+    assert got["sync"].run["counts"]["similar_pairs"] >= 5
+    _assert_same(tmp_path, got)
+
+
+def _largest(obj) -> int:
+    """Rows of the largest array / frame / sequence in a computed result."""
+    import pandas as pd
+
+    if isinstance(obj, (np.ndarray, pd.DataFrame, pd.Series)):
+        return len(obj) if getattr(obj, "ndim", 1) else 1
+    if isinstance(obj, (list, tuple)):
+        return max([len(obj)] + [_largest(o) for o in obj])
+    if isinstance(obj, dict):
+        return max([0] + [_largest(o) for o in obj.values()])
+    return 1
 
 
 @pytest.mark.parametrize("k", [2, 12, 40])
@@ -245,7 +312,9 @@ def test_one_top_k_with_one_tie_rule(k):
     n = 60
     x = np.eye(5, dtype=np.float32)[rng.integers(0, 5, n)]
     s = x @ x.T
-    want = np.array([[j for j in sorted(range(n), key=lambda j: (-s[i, j], j)) if j != i][:k] for i in range(n)])
+    want = np.array(
+        [[j for j in sorted(range(n), key=lambda j: (-s[i, j], j)) if j != i][:k] for i in range(n)]
+    )
     assert np.array_equal(exact_knn_block(x, 0, n, k)[0], want)
     assert np.array_equal(exact_knn_block(x, 7, 19, k)[0], want[7:19])
     assert np.array_equal(exact_bucket_knn(x, k)[0], want)

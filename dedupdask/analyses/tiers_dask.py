@@ -38,7 +38,7 @@ from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
 from ..verify_frames import verify_frame
 from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
-from .graph import GRAPH_COLUMNS, graph_frame
+from .graph import GRAPH_COLUMNS
 from .routing import route, shuffle_method
 from .tierframes import TierFrames
 from .tiers import (
@@ -70,30 +70,26 @@ def dct_graph_frame(
 ) -> tuple[Any, dict[str, Any]]:
     """The DCT kNN graph of the exact representatives as a graph table (None without a copy tier).
 
-    For now the one step that brings a per-image array here: the representatives, for
-    :func:`dedupdask.knn_partitioned.knn_graph_work_dir`, whose graph comes back as arrays
-    and is turned into a table. When the kNN returns graph tables this is the one call to
-    change.
+    The representatives stay a Dask Series on the workers
+    (:func:`dedupdask.knn_partitioned.knn_graph_frame_work_dir`).
 
     Returns
     -------
     (dask.dataframe.DataFrame or None, dict)
         The graph and how it was computed.
     """
-    from ..knn_partitioned import knn_graph_work_dir
-    from ..scheduler import gather_frames
+    from ..knn_partitioned import knn_graph_frame_work_dir
 
     if params.copy_threshold is None:
         return None, {}
-    (rows,) = gather_frames(exact[exact["index"] == exact["rep"]]["index"])
-    reps = np.sort(rows.to_numpy(_I64))
-    if reps.size <= 1:
+    reps = exact[exact["index"] == exact["rep"]]["index"].persist()
+    if len(reps) <= 1:
         return None, {}
-    idx, sim, _, info = knn_graph_work_dir(
+    graph, _, info = knn_graph_frame_work_dir(
         col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
         which="dct", d=DCT_DIM, vectors=dct_vectors(col),
     )  # fmt: skip
-    return graph_frame(reps, idx, sim), info
+    return graph, info
 
 
 # -- per partition -------------------------------------------------------------------------------
