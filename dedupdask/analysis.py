@@ -302,14 +302,8 @@ def _in_process(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
         tiers.dct_knn, tiers.verification, counts, "this process", stages,
     )  # fmt: skip
-    tables = {
-        "similarity": similarity,
-        "outliers": outliers,
-        "components": components,
-        "stats": stats,
-        "invalid": invalid,
-        "issues": issues,
-    }
+    tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
+                  invalid=invalid, issues=issues)  # fmt: skip
     return _write(col, tables, run, config, write, stages)
 
 
@@ -397,14 +391,8 @@ def _on_workers(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
         tiers.dct_knn, tiers.verification, counts, "workers", stages,
     )  # fmt: skip
-    tables = {
-        "similarity": similarity,
-        "outliers": outliers,
-        "components": components,
-        "stats": stats,
-        "invalid": invalid,
-        "issues": issues,
-    }
+    tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
+                  invalid=invalid, issues=issues)  # fmt: skip
     return _write(col, tables, run, config, write, stages)
 
 

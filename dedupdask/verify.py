@@ -273,6 +273,28 @@ def _load_cost(x: tuple[dict[int, Any], float]) -> tuple[int, float]:
     return len(x[0]), x[1]
 
 
+def empty_cost(n_pairs: int, keypoints: bool) -> dict[str, Any]:
+    """The cost report of verifying ``n_pairs`` candidate pairs, before any work (its keys in order).
+
+    Examples
+    --------
+    >>> list(empty_cost(3, False))[:3]
+    ['matcher', 'candidates', 'images_read']
+    """
+    return {
+        "matcher": MATCHER if keypoints else PIXEL_MATCHER,
+        "candidates": int(n_pairs),
+        "images_read": 0,
+        "archives_read": 0,
+        "tasks": 0,
+        "read_seconds": 0.0,
+        "score_seconds": 0.0,
+        "seconds_per_pair": 0.0,
+        "errors": 0,
+        "ranged_pairs": 0,
+    }
+
+
 def verify_pairs(
     pairs: pd.DataFrame,
     images: pd.DataFrame,
@@ -323,18 +345,7 @@ def verify_pairs(
     0.011
     """
     p = pairs.loc[:, ["from", "to"]].to_numpy(dtype=np.int64).reshape(-1, 2)
-    cost: dict[str, Any] = {
-        "matcher": MATCHER if keypoints else PIXEL_MATCHER,
-        "candidates": int(len(p)),
-        "images_read": 0,
-        "archives_read": 0,
-        "tasks": 0,
-        "read_seconds": 0.0,
-        "score_seconds": 0.0,
-        "seconds_per_pair": 0.0,
-        "errors": 0,
-        "ranged_pairs": 0,
-    }
+    cost = empty_cost(len(p), keypoints)
     empty = pd.DataFrame(
         {
             "from": pd.Series(dtype="int64"),

@@ -36,7 +36,6 @@ import pandas as pd
 from . import verify
 from .analyses.expand_dask import owner
 from .analyses.routing import route, shuffle_method
-from .match import MATCHER, PIXEL_MATCHER
 
 __all__ = ["IMAGE_COLUMNS", "image_info", "verify_frame"]
 
@@ -279,18 +278,7 @@ def verify_frame(
     import dask.dataframe as dd
 
     so = dict(storage_options or {})
-    cost: dict[str, Any] = {
-        "matcher": MATCHER if keypoints else PIXEL_MATCHER,
-        "candidates": int(n_pairs),
-        "images_read": 0,
-        "archives_read": 0,
-        "tasks": 0,
-        "read_seconds": 0.0,
-        "score_seconds": 0.0,
-        "seconds_per_pair": 0.0,
-        "errors": 0,
-        "ranged_pairs": 0,
-    }  # the keys of verify_pairs, in its order
+    cost = verify.empty_cost(n_pairs, keypoints)  # the keys of verify_pairs, in its order
     if not n_pairs:
         return dd.from_pandas(_empty_result(), npartitions=1), cost
     pairs = pairs[["from", "to", "_part"]]

@@ -252,6 +252,7 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     import dask
     import pandas as pd
     from test_analysis import make_dataset, write_dataset
+    from test_knn_edges import _largest
 
     from dedupdask.analyses.issues import size_histogram
     from dedupdask.analyses.outliers_dask import BINS
@@ -285,19 +286,6 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     ]
     assert got["sync"].run["counts"]["similar_pairs"] >= 5
     _assert_same(tmp_path, got)
-
-
-def _largest(obj) -> int:
-    """Rows of the largest array / frame / sequence in a computed result."""
-    import pandas as pd
-
-    if isinstance(obj, (np.ndarray, pd.DataFrame, pd.Series)):
-        return len(obj) if getattr(obj, "ndim", 1) else 1
-    if isinstance(obj, (list, tuple)):
-        return max([len(obj)] + [_largest(o) for o in obj])
-    if isinstance(obj, dict):
-        return max([0] + [_largest(o) for o in obj.values()])
-    return 1
 
 
 @pytest.mark.parametrize("k", [2, 12, 40])
