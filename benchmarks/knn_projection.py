@@ -21,9 +21,10 @@ Nothing is assumed that was not measured, either there or here:
   that ``knn_graph_partitioned`` would draw (at most a quarter of a task's memory);
 * **memory per worker**: the measured peak RSS of the workers (buckets have the same size at
   any N);
-* **client**: the graph (N x k int64 + float32) and the per-image table that run_mode=2 holds
-  on the client (373 bytes per image measured on a 2,122-image work_dir with pandas 3 Arrow
-  strings: ``Collection.files_frame``), which bounds the size one client machine can analyse.
+* **client**: on a distributed client run_mode=2 holds no per-image state (the graph is a
+  table on the workers); what grows is ~25 KB per bucket (task-graph objects, persisted
+  futures, the two-level k-means sample), measured with a real scheduler at 100k-1M
+  (``benchmarks/scale_build.py``, stop 26), over an import baseline of ~180 MB.
 
 Figures are printed, not asserted.
 """
@@ -45,8 +46,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FILES_BYTES_PER_IMAGE = 373
-"""Client memory of the per-image table of run_mode=2 (``Collection.files_frame``), measured."""
+CLIENT_BYTES_PER_BUCKET = 25_000
+"""Client memory of run_mode=2 per kNN bucket on a distributed client, measured (see above)."""
 LLOYD_ITERATIONS = 12
 
 
@@ -112,8 +113,8 @@ def project(run: dict, n: int, workers: list[int], flops: float, k: int) -> list
         f"(sample {sample:,})",
         f"  memory per worker: peak RSS {rss:,.0f} MB measured (any N: buckets are sized by "
         f"the memory per task) -> workers of {math.ceil(rss / 1024 + 0.5)} GiB, 1 thread",
-        f"  client of run_mode=2: graph {n * k * 12 / 2**30:,.1f} GiB (k={k}) + per-image table "
-        f"{n * FILES_BYTES_PER_IMAGE / 2**30:,.1f} GiB",
+        f"  client of run_mode=2 (distributed): {c * CLIENT_BYTES_PER_BUCKET / 2**20:,.0f} MiB for "
+        f"{c:,} buckets over its import baseline (no per-image state; k={k} only on the workers)",
     ]
     for w in workers:
         hours = fit_s / 3600 + core_h / w
