@@ -284,20 +284,12 @@ def _in_process(
     )  # fmt: skip
     stages.done("analyses")
 
-    counts = {
-        "images": n,
-        "invalid": len(invalid),
-        "exact_groups": groups.n_groups(2),
-        "representatives": int(reps.size),
-        "knn_representatives": int(inputs.reps.size),
-        "similar_pairs": len(similarity),
-        **{f"{kind}_pairs": int((similarity["kind"] == kind).sum()) for kind in KINDS},
-        **tiers.counts,
-        "outliers": len(outliers),
-        "issues": len(issues),
-        **_component_counts(components),
-        "issue_images": issue_images(issues),
-    }
+    counts = _counts(
+        n, invalid=len(invalid), exact_groups=groups.n_groups(2), representatives=reps.size,
+        knn_representatives=inputs.reps.size, similar_pairs=len(similarity),
+        kinds=_kind_counts(similarity), tiers=tiers.counts, outliers=len(outliers), issues=len(issues),
+        components=_component_sums(components), issue_images=issue_images(issues),
+    )  # fmt: skip
     run = _record(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
         tiers.dct_knn, tiers.verification, counts, "this process", stages,
@@ -371,22 +363,11 @@ def _on_workers(
     issues_about = issues_about_of(n, ref, miss, og_about, issue_t, per_type)
     stages.done("analyses")
 
-    counts = {
-        "images": n,
-        "invalid": int(n_invalid),
-        "exact_groups": int(n_groups),
-        "representatives": int(n_reps),
-        "knn_representatives": int(n_input_reps),
-        "similar_pairs": int(n_sim),
-        **{f"{kind}_pairs": int(c) for kind, c in zip(KINDS, kinds, strict=True)},
-        **tiers.counts,
-        "outliers": int(n_out),
-        "issues": int(n_issues),
-        **dict(
-            zip(("components", "duplicate_components", "removable"), map(int, comp), strict=True)
-        ),
-        "issue_images": n_issue_images,
-    }
+    counts = _counts(
+        n, invalid=n_invalid, exact_groups=n_groups, representatives=n_reps,
+        knn_representatives=n_input_reps, similar_pairs=n_sim, kinds=kinds, tiers=tiers.counts,
+        outliers=n_out, issues=n_issues, components=comp, issue_images=n_issue_images,
+    )  # fmt: skip
     run = _record(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
         tiers.dct_knn, tiers.verification, counts, "workers", stages,
@@ -508,11 +489,41 @@ def _gathered(df: pd.DataFrame | dd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _component_counts(components: pd.DataFrame) -> dict[str, int]:
-    """Components (ids are each one's smallest index), those of more than one image, and
-    the images removing duplicates would drop."""
-    c, d, r = _component_sums(components)
-    return {"components": int(c), "duplicate_components": int(d), "removable": int(r)}
+def _counts(
+    n: int,
+    *,
+    invalid: int,
+    exact_groups: int,
+    representatives: int,
+    knn_representatives: int,
+    similar_pairs: int,
+    kinds: Any,
+    tiers: dict[str, int],
+    outliers: int,
+    issues: int,
+    components: Any,
+    issue_images: int,
+) -> dict[str, int]:
+    """``run.json["counts"]`` of either path, in one order: ``kinds`` are the pairs per kind of
+    :data:`KINDS` (:func:`_kind_counts`), ``components`` the three sums of
+    :func:`_component_sums` (components, those of more than one image, removable images)."""
+    c, d, r = (int(x) for x in components)
+    return {
+        "images": int(n),
+        "invalid": int(invalid),
+        "exact_groups": int(exact_groups),
+        "representatives": int(representatives),
+        "knn_representatives": int(knn_representatives),
+        "similar_pairs": int(similar_pairs),
+        **{f"{kind}_pairs": int(k) for kind, k in zip(KINDS, kinds, strict=True)},
+        **tiers,
+        "outliers": int(outliers),
+        "issues": int(issues),
+        "components": c,
+        "duplicate_components": d,
+        "removable": r,
+        "issue_images": int(issue_images),
+    }
 
 
 def _component_sums(components: pd.DataFrame) -> np.ndarray:
