@@ -54,16 +54,9 @@ def _top_m(x: np.ndarray, centroids: np.ndarray, m: int, margin: float = 0.0) ->
     ``margin`` (points near a boundary of several buckets); unused columns are -1.
     """
     sims = x @ centroids.T
-    c = centroids.shape[0]
-    width = min(c, 2 * m if margin > 0 else m)
-    if width == c:
-        top = np.broadcast_to(np.arange(c), sims.shape)
-    else:
-        top = np.argpartition(-sims, width - 1, axis=1)[:, :width]
-    s = np.take_along_axis(sims, top, axis=1)
-    order = np.lexsort((top, -s), axis=1)
-    top = np.take_along_axis(top, order, axis=1).astype(np.int32)
-    s = np.take_along_axis(s, order, axis=1)
+    width = min(centroids.shape[0], 2 * m if margin > 0 else m)
+    top, s = top_k(sims, width)  # the one top-k: ties go to the lower centroid
+    top = top.astype(np.int32)
     if width > m:
         extra = s[:, m:] < (s[:, :1] - np.float32(margin))
         top[:, m:][extra] = -1
