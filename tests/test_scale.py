@@ -238,7 +238,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     about = got["sync"].run["issues"]["outlier_groups"]
     assert about["searched_members"] > 0 and about["groups"] > 0, about
     for task in ("_across", "_within", "_attach", "_nearest", "_best_here", "_select", "_sorted_part",
-                 "_group_of", "_chosen", "best_outside"):  # fmt: skip
+                 "_group_of", "_chosen", "_top", "_query_piece", "_against", "merge_best"):  # fmt: skip
         assert any(task in k for k in got["tasks"]), task  # names of (fused) worker tasks
     assert got["sync"].run["counts"]["similar_pairs"] >= 5
     _assert_same(tmp_path, got)
@@ -248,7 +248,8 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     """Issue 17 point 1: with the kNN partitioned (a small task budget; the single-task graph
     gathers by design, bounded by that budget), everything the distributed build computes to
     this process is a record per partition, bucket or group, a fixed-size histogram or a
-    scalar -- never a row per image or pair -- and its tables equal the in-process build's."""
+    scalar -- never a row per image or pair, nor the outlier groups' searched members or their
+    vectors -- and its tables equal the in-process build's."""
     import dask
     import pandas as pd
     from test_analysis import make_dataset, write_dataset
@@ -275,10 +276,13 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
         monkeypatch.setattr(dask.base, "compute", compute)
 
     write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
+    # outlier groups loose enough that many groups fill their lists: their members are searched
     cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
-                    max_memory_per_task="1MB")  # fmt: skip
+                    max_memory_per_task="1MB", issue_thresholds={"outlier": 0.9, "outlier_link": 0.7})  # fmt: skip
     got = _builds(str(tmp_path / "src"), tmp_path, cfg, record, recording.clear)
     assert got["cluster"].run["knn"]["method"].startswith("partitioned"), got["cluster"].run["knn"]
+    # enough searched members that gathering them (or their vectors) would show below
+    assert got["cluster"].run["issues"]["outlier_groups"]["searched_members"] >= 600 // 20
     # the same size at any N: histograms, a sort's quantiles per partition
     fixed = {BINS, len(size_histogram(pd.DataFrame())), SAMPLES}
     assert gathered and max(g for g in gathered if g not in fixed) < 600 // 20, sorted(gathered)[
