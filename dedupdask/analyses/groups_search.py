@@ -20,8 +20,12 @@ many members were chosen, and how many of the searched ones each archive holds.
    :data:`FAN_IN` at a time (:func:`~dedupdask.analyses.groups.merge_best`), giving each
    query's ``(label, sim, other)`` row: one partition per chunk.
 
-Memory per task: an archive's vectors, one chunk (4096 x d float32) and one product
-(:data:`~dedupdask.analyses.groups.BLOCK_ROWS` columns), whatever the number of members.
+Memory per task: an archive's vectors (as read and normalised), one chunk (4096 x d float32)
+and one product (4096 x :data:`~dedupdask.analyses.groups.BLOCK_ROWS` float32, 64 MiB),
+whatever the number of members. At 400M images in 40,000 archives of 10,000 and the default
+10,000 members (d = 1280): 3 chunks, 120,000 search tasks of at most ~0.9 s of one core (23
+core-hours at the measured 121.6 GFLOP/s), ~8,000 merges of 48 KB answers, 51 MB of member
+rows read, and every archive's vectors read once.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def _top(parts: list[pd.DataFrame], cap: int) -> pd.DataFrame:
     """The members of ``parts`` (``rep, group, bound``) that :func:`within_cap` keeps."""
     got = pd.concat([p.reset_index(drop=True) for p in parts], ignore_index=True)
     keep = within_cap(got["bound"].to_numpy(np.float32), got["rep"].to_numpy(_I64), cap)
-    return got.loc[keep, ["rep", "group"]].reset_index(drop=True)
+    return got.loc[keep, ["rep", "group", "bound"]].reset_index(drop=True)
 
 
 def _rows(df: pd.DataFrame) -> int:
@@ -125,7 +129,7 @@ def search_members(
     (chosen,) = dask.persist(chosen)
     parts = chosen.to_delayed()
     kept = _tree(_top, [dask.delayed(_top)([p], cap) for p in parts], cap)  # one task, <= cap rows
-    meta = pd.DataFrame({"rep": _I64(0), "group": _I64(0)}, index=[])
+    meta = pd.DataFrame({"rep": _I64(0), "group": _I64(0), "bound": np.float32(0)}, index=[])
     divs = tuple(int(d) for d in names.divisions)
     (by_archive,) = dask.persist(route(dd.from_delayed([kept], meta=meta, verify_meta=False), "rep", divs))
     per_part, counts = dask.compute(
@@ -144,7 +148,8 @@ def search_members(
     chunks = []
     for lo in range(0, searched, QUERY_CHUNK):
         hi = min(lo + QUERY_CHUNK, searched)
-        at = [i for i in range(len(archives)) if counts[i] and starts[i] < hi and starts[i + 1] > lo]
+        first, last = np.searchsorted(starts, lo, side="right") - 1, np.searchsorted(starts, hi)
+        at = [i for i in range(int(first), int(last)) if counts[i]]  # the archives holding [lo, hi)
         cuts = [(int(max(lo, starts[i]) - starts[i]), int(min(hi, starts[i + 1]) - starts[i])) for i in at]
         chunks.append(dask.delayed(_chunk)([pieces[i] for i in at], cuts))
     chunks = list(dask.persist(*chunks))  # held by the workers while every archive passes
