@@ -340,9 +340,10 @@ def _on_workers(
     invalid = invalid_frame(files)
     issue_t = resolve_issues(config, col.model)
     ref, miss = stat_inputs(col)
-    og, searched = outlier_frame(
+    og, searched, unsearched = outlier_frame(
         col, exact, tiers.graph, names, n, params.k, link=issue_t.outlier_link,
         max_size=issue_t.outlier_group_size, below=issue_t.outlier, search=issue_t.outlier is not None,
+        max_searched=issue_t.outlier_search_members,
     )  # fmt: skip
     issues = issues_dask(
         issues_frame(files, issue_t.cutoffs(), ref),
@@ -359,7 +360,7 @@ def _on_workers(
     )
     comp = partition_sums(components, _component_sums)
     per_type, n_issue_images = issue_counts(issues, divisions)
-    og_about = outlier_about(og, issue_t.outlier_group_size, searched)
+    og_about = outlier_about(og, issue_t.outlier_group_size, searched, unsearched)
     issues_about = issues_about_of(n, ref, miss, og_about, issue_t, per_type)
     stages.done("analyses")
 

@@ -149,6 +149,9 @@ def _issue_thresholds(value: Any) -> tuple[tuple[str, float], ...] | None:
         if key == "outlier_group_size":
             if v < 1 or not v.is_integer():
                 raise ValueError(f"issue_thresholds: outlier_group_size must be an integer >= 1, got {val!r}")
+        elif key == "outlier_search_members":
+            if v < 0 or not v.is_integer():
+                raise ValueError(f"issue_thresholds: outlier_search_members must be an integer >= 0, got {val!r}")
         elif key == "outlier_link":
             if not -1.0 <= v <= 1.0:
                 raise ValueError(f"issue_thresholds: outlier_link is a cosine in [-1, 1], got {val!r}")

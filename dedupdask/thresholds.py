@@ -49,6 +49,15 @@ cosines); the others are cut-offs on image statistics and the same in every row.
     outlier is a whole group far from everything else).
 ``outlier_group_size``
     The largest group (in distinct pictures) that can be an outlier group.
+``outlier_search_members``
+    The most members of closed groups (groups whose members' kNN lists hold only the group)
+    compared with every image to find the group's nearest image outside it; past it the
+    members with the highest bound go first and the others keep what the kNN edges gave
+    (``run.json`` counts both). A cost bound, not a cut-off: each member costs ``2 N d``
+    flops, so 10,000 members at N = 400M and d = 1280 are 1.0e16 flops, 23 core-hours at the
+    121.6 GFLOP/s of one core's sgemm measured here (``benchmarks/results/knn_partitioned.txt``;
+    the partitioned kNN of the same N is projected at 98), 2.9 core-hours at 50M, and the
+    vectors are read once whatever the count (:mod:`dedupdask.analyses.groups`).
 
 Regenerate the README's tables with ``python -m dedupdask.thresholds``.
 """
@@ -313,6 +322,7 @@ class IssueThresholds:
     outlier: float | None
     outlier_link: float
     outlier_group_size: int
+    outlier_search_members: int
 
     def to_dict(self) -> dict[str, float | int | None]:
         """The row as a plain dict (for ``run.json``)."""
@@ -326,6 +336,7 @@ class IssueThresholds:
 
 #: Names of the values an issue row holds, in table order.
 ISSUE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(IssueThresholds))
+_INT_FIELDS = ("outlier_group_size", "outlier_search_members")
 
 _IMAGE_CUTOFFS = IssueThresholds(
     # The cut-offs on image statistics, the same for every model. Measured by
@@ -350,6 +361,8 @@ _IMAGE_CUTOFFS = IssueThresholds(
     outlier=None,
     outlier_link=0.9,
     outlier_group_size=50,
+    # A cost bound (the module docstring has the arithmetic): ~23 core-hours at 400M x 1280.
+    outlier_search_members=10_000,
 )
 
 ISSUE_TABLE: dict[str, IssueThresholds] = {
@@ -413,8 +426,9 @@ def resolve_issues(config: Any, model: Mapping[str, Any] | None = None) -> Issue
     """
     row = issue_row_for((model or {}).get("model_id"))
     got: dict[str, Any] = issue_overrides(config)
-    if "outlier_group_size" in got:
-        got["outlier_group_size"] = int(got["outlier_group_size"])
+    for name in _INT_FIELDS:
+        if name in got:
+            got[name] = int(got[name])
     return dataclasses.replace(row, **got)
 
 
@@ -424,7 +438,7 @@ def issue_markdown_table() -> str:
     Examples
     --------
     >>> print(issue_markdown_table().splitlines()[2])
-    | `effnet-lite0` | 0.15 | 0.08 | 0.05 | 0.5 | 0.06 | 0.1 | 0.1 | 0.02 | 0.45 | 0.9 | 50 |
+    | `effnet-lite0` | 0.15 | 0.08 | 0.05 | 0.5 | 0.06 | 0.1 | 0.1 | 0.02 | 0.45 | 0.9 | 50 | 10000 |
     """
     rows = [(f"`{name}`", row) for name, row in ISSUE_TABLE.items()]
     rows.append(("a path (user model)", USER_MODEL_ISSUES))

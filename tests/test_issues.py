@@ -313,6 +313,11 @@ def test_overrides_per_type(junk_run):
     with pytest.raises(ValueError, match="score in"):
         RunConfig(issue_thresholds={"blurry": 2})
     assert resolve_issues(RunConfig(issue_thresholds="outlier_group_size=3"), {}).outlier_group_size == 3
+    capped = resolve_issues(RunConfig(issue_thresholds="outlier_search_members=0"), {})
+    assert capped.outlier_search_members == 0 and isinstance(capped.outlier_search_members, int)
+    for bad in ("-1", "2.5"):
+        with pytest.raises(ValueError, match="outlier_search_members must be an integer >= 0"):
+            RunConfig(issue_thresholds=f"outlier_search_members={bad}")
 
 
 # -- files, load, summary ------------------------------------------------------------------------
@@ -487,6 +492,91 @@ def test_outlier_groups_match_brute_force(k):
         np.testing.assert_array_equal(fast.similarity < cut, og.similarity < cut)
         flagged = og.similarity < cut
         np.testing.assert_allclose(fast.similarity[flagged], og.similarity[flagged])
+
+
+def _isolated_groups(k: int) -> tuple:
+    """Unit vectors: 80 around one direction, then 6 tight groups of k+1..8 elsewhere that no
+    list outside them reaches (only a search finds their nearest image); exact k-NN lists."""
+    rng = np.random.default_rng(k)
+    d = 16
+    e0 = np.eye(d)[0]
+    loose = [3 * e0 + rng.standard_normal(d) for _ in range(80)]
+    centres = rng.standard_normal((6, d))
+    tight = [c + 0.02 * rng.standard_normal(d) for c in centres for _ in range(int(rng.integers(k + 1, 9)))]
+    vecs = np.array(loose + tight, np.float64)
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    sim = vecs @ vecs.T
+    np.fill_diagonal(sim, -np.inf)
+    nbr_idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return vecs, nbr_idx, np.take_along_axis(sim, nbr_idx, 1).astype(np.float32)
+
+
+def test_outlier_search_cap_keeps_the_highest_bounds():
+    """``max_searched`` (``outlier_search_members``): at or above the members chosen nothing
+    changes; below, exactly that many are searched, those whose full lists reached the highest
+    similarity (the bound, ties to the smaller index), the rest counted as unsearched, and a
+    group none of whose members was searched keeps what the edges gave (mostly nothing here)."""
+    k = 2
+    vecs, nbr_idx, nbr_sim = _isolated_groups(k)
+    n = len(vecs)
+    groups = exact_groups([str(i) for i in range(n)])
+    asked: list[np.ndarray] = []
+
+    def search(q, lab):
+        asked.append(np.asarray(q).copy())
+        return best_outside(vecs[q], lab[q], vecs, lab, 0)
+
+    def run(cap):
+        asked.clear()
+        return outlier_groups(groups, np.arange(n), nbr_idx, nbr_sim, link=0.9, max_size=100, search=search,
+                              max_searched=cap)  # fmt: skip
+
+    full = run(None)
+    chosen = asked[0]
+    m = full.searched
+    closed = np.unique(full.group[full.size > 1])
+    assert m == chosen.size >= 2 * closed.size and closed.size == 6 and full.unsearched == 0
+    assert np.isfinite(full.similarity).all()  # every isolated group found its nearest image
+    np.testing.assert_allclose(full.similarity, _brute(vecs, full.group), atol=1e-6)
+    bound = nbr_sim[chosen, -1]  # reps are 0..n-1: a member's bound is its list's last entry
+    edges_only = outlier_groups(groups, np.arange(n), nbr_idx, nbr_sim, link=0.9, max_size=100)
+    assert np.unique(edges_only.group[np.isnan(edges_only.similarity)]).size >= 4  # no edge out
+    for cap in (m, m + 5):  # at or above what is chosen: the same result
+        og = run(cap)
+        assert (og.searched, og.unsearched) == (m, 0)
+        for f in ("group", "size", "pictures", "similarity", "nearest"):
+            np.testing.assert_array_equal(getattr(og, f), getattr(full, f), err_msg=f)
+    for cap in (m - 1, m // 2, 3, 1, 0):
+        og = run(cap)
+        assert (og.searched, og.unsearched) == (cap, m - cap)
+        want = np.sort(chosen[np.lexsort((chosen, -bound))[:cap]])
+        np.testing.assert_array_equal(asked[0] if asked else np.empty(0, np.int64), want)
+        hit = np.isin(og.group, og.group[want])
+        np.testing.assert_array_equal(og.similarity[~hit], edges_only.similarity[~hit])
+        np.testing.assert_array_equal(og.nearest[~hit], edges_only.nearest[~hit])
+        assert np.isfinite(og.similarity[hit]).all()
+
+
+def test_best_outside_in_chunks_is_one_product(monkeypatch):
+    """Queries in chunks of QUERY_CHUNK against rows in slices of BLOCK_ROWS give what one
+    product gives, ties (equal similarities, in different slices) to the smaller index."""
+    import dedupdask.analyses.groups as groups_mod
+
+    rng = np.random.default_rng(5)
+    x = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 40)]  # every similarity exactly 0 or 1
+    q, q_lab = x[:23], rng.integers(0, 4, 23)
+    block, b_lab = x, rng.integers(0, 4, 40)
+    s = q @ block.T
+    s[q_lab[:, None] == b_lab[None, :]] = -np.inf
+    want_idx = np.array([min(np.flatnonzero(r == r.max())) if np.isfinite(r.max()) else -1 for r in s]) + 100
+    want_idx[~np.isfinite(s.max(axis=1))] = -1
+    whole = best_outside(q, q_lab, block, b_lab, 100)
+    monkeypatch.setattr(groups_mod, "QUERY_CHUNK", 3)
+    monkeypatch.setattr(groups_mod, "BLOCK_ROWS", 4)
+    chunked = best_outside(q, q_lab, block, b_lab, 100)
+    for got in (whole, chunked):
+        np.testing.assert_array_equal(got[1], want_idx)
+        np.testing.assert_array_equal(got[0], s.max(axis=1).astype(np.float32))
 
 
 def test_outlier_groups_respect_max_size_and_exact_groups():

@@ -238,7 +238,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     about = got["sync"].run["issues"]["outlier_groups"]
     assert about["searched_members"] > 0 and about["groups"] > 0, about
     for task in ("_across", "_within", "_attach", "_nearest", "_best_here", "_select", "_sorted_part",
-                 "_group_of", "_chosen", "best_outside"):  # fmt: skip
+                 "_group_of", "_chosen", "_top", "_query_piece", "_against", "merge_best"):  # fmt: skip
         assert any(task in k for k in got["tasks"]), task  # names of (fused) worker tasks
     assert got["sync"].run["counts"]["similar_pairs"] >= 5
     _assert_same(tmp_path, got)
@@ -248,7 +248,8 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     """Issue 17 point 1: with the kNN partitioned (a small task budget; the single-task graph
     gathers by design, bounded by that budget), everything the distributed build computes to
     this process is a record per partition, bucket or group, a fixed-size histogram or a
-    scalar -- never a row per image or pair -- and its tables equal the in-process build's."""
+    scalar -- never a row per image or pair, nor the outlier groups' searched members or their
+    vectors -- and its tables equal the in-process build's."""
     import dask
     import pandas as pd
     from test_analysis import make_dataset, write_dataset
@@ -275,10 +276,13 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
         monkeypatch.setattr(dask.base, "compute", compute)
 
     write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
+    # outlier groups loose enough that many groups fill their lists: their members are searched
     cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
-                    max_memory_per_task="1MB")  # fmt: skip
+                    max_memory_per_task="1MB", issue_thresholds={"outlier": 0.9, "outlier_link": 0.7})  # fmt: skip
     got = _builds(str(tmp_path / "src"), tmp_path, cfg, record, recording.clear)
     assert got["cluster"].run["knn"]["method"].startswith("partitioned"), got["cluster"].run["knn"]
+    # enough searched members that gathering them (or their vectors) would show below
+    assert got["cluster"].run["issues"]["outlier_groups"]["searched_members"] >= 600 // 20
     # the same size at any N: histograms, a sort's quantiles per partition
     fixed = {BINS, len(size_histogram(pd.DataFrame())), SAMPLES}
     assert gathered and max(g for g in gathered if g not in fixed) < 600 // 20, sorted(gathered)[
@@ -286,6 +290,67 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     ]
     assert got["sync"].run["counts"]["similar_pairs"] >= 5
     _assert_same(tmp_path, got)
+
+
+@pytest.mark.parametrize("cap", [0, 1, 7, 40, 1000])
+def test_search_cut_in_a_tree_keeps_what_one_cut_keeps(cap, monkeypatch):
+    """The workers' cut (each partition's best, then the best of every FAN_IN of those) keeps
+    the members that within_cap keeps of all of them at once: highest bound, ties (many equal
+    bounds, across partitions) to the smaller index."""
+    import dask
+    import pandas as pd
+
+    import dedupdask.analyses.groups_search as search_mod
+    from dedupdask.analyses.groups import within_cap
+
+    monkeypatch.setattr(search_mod, "FAN_IN", 2)
+    rng = np.random.default_rng(cap)
+    reps = rng.permutation(500)[:300]
+    bound = rng.choice(np.array([0.5, 0.7, 0.9], np.float32), 300)
+    frame = pd.DataFrame({"rep": reps, "group": reps // 10, "bound": bound})
+    parts = [frame.iloc[i : i + 37] for i in range(0, 300, 37)]  # 9 partitions: 4 merge levels
+    picks = [dask.delayed(search_mod._top)([p], cap) for p in parts]
+    with dask.config.set(scheduler="sync"):
+        (kept,) = dask.compute(search_mod._tree(search_mod._top, picks, cap))
+    want = frame[within_cap(bound, reps, cap)]
+    assert sorted(kept["rep"]) == sorted(want["rep"]) and len(kept) == min(cap, 300)
+    assert set(kept.columns) == {"rep", "group", "bound"}
+
+
+def test_outlier_search_cap_is_the_same_on_both_paths(tmp_path, monkeypatch):
+    """``outlier_search_members`` below the members chosen: both paths search the same ones
+    (every table, count and CSV equal), run.json counts the searched and the unsearched, and
+    the cap changes the result; several query chunks and merge levels on the workers."""
+    import dask
+    from test_analysis import make_dataset, write_dataset
+
+    import dedupdask.analyses.groups as groups_mod
+    import dedupdask.analyses.groups_search as search_mod
+    from dedupdask.analysis import build
+    from dedupdask.config import RunConfig
+
+    for mod in (groups_mod, search_mod):  # the client cuts the chunks, the sync build's products
+        monkeypatch.setattr(mod, "QUERY_CHUNK", 48)
+    monkeypatch.setattr(search_mod, "FAN_IN", 2)  # the cut and the merges in several levels
+    write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
+    loose = {"outlier": 0.9, "outlier_link": 0.7}
+    with dask.config.set(scheduler="sync"):
+        free = build(str(tmp_path / "src"), config=RunConfig(run_mode=2, progress=False, verify=False,
+                     nearest_neighbors_k=2, issue_thresholds=loose), write=False)  # fmt: skip
+    chosen = free.run["issues"]["outlier_groups"]["searched_members"]
+    assert chosen >= 4 * 48 and free.run["issues"]["outlier_groups"]["unsearched_members"] == 0
+    cap = chosen // 2 + 1  # > 2 x 48: three chunks or more on the workers
+    cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
+                    issue_thresholds={**loose, "outlier_search_members": cap})  # fmt: skip
+    got = _builds(str(tmp_path / "src"), tmp_path, cfg)
+    about = got["cluster"].run["issues"]["outlier_groups"]
+    assert (about["searched_members"], about["unsearched_members"]) == (cap, chosen - cap), about
+    assert got["cluster"].run["issues"]["resolved"]["outlier_search_members"] == cap
+    _assert_same(tmp_path, got)
+    key = ["index", "issue", "score", "other"]
+    capped = got["sync"].issues.compute()
+    capped, free_rows = (t[t["issue"] == "outlier"][key].reset_index(drop=True) for t in (capped, free.issues.compute()))
+    assert not capped.equals(free_rows)  # the members left out change some groups' scores
 
 
 @pytest.mark.parametrize("k", [2, 12, 40])

@@ -6,9 +6,19 @@ neighbour is least similar" (fastdup's ``outliers.csv``, :mod:`dedupdask.analyse
 never fires, while the group as a whole is far from everything else. :func:`outlier_groups`
 links the kNN edges at or above a similarity (and exact copies) into groups and finds each
 group's most similar image outside it, from the kNN graph where it can and by comparing a
-few members with every image (:func:`search_outside`, one Dask task per archive) where the
-group fills its members' neighbour lists. A lone image is a group of one. The ``outlier``
-issue label (:mod:`dedupdask.analyses.issues`) is built on it.
+few members with every image (:func:`search_outside`) where the group fills its members'
+neighbour lists. A lone image is a group of one. The ``outlier`` issue label
+(:mod:`dedupdask.analyses.issues`) is built on it.
+
+The search is the one part whose cost grows with N times the members searched, so both paths
+take the same two decisions here: :func:`within_cap` keeps at most ``outlier_search_members``
+(:mod:`dedupdask.thresholds`) members, and :func:`best_outside` compares them with an
+archive's vectors :data:`QUERY_CHUNK` queries by :data:`BLOCK_ROWS` rows at a time (the same
+products, so the same float32 similarities, in one process and on the workers,
+:mod:`dedupdask.analyses.groups_search`). Cost: ``2 N d`` flops per member -- 10,000 members
+at N = 400M and d = 1280 are 1.0e16 flops, 23 core-hours at one core's measured 121.6
+GFLOP/s (sgemm, ``benchmarks/results/knn_partitioned.txt``), 2.9 at 50M -- and every archive's
+vectors are read once, whatever the number of members.
 """
 
 from __future__ import annotations
@@ -26,9 +36,16 @@ from .exact import ExactGroups
 if TYPE_CHECKING:
     from ..collect import Collection
 
-__all__ = ["QUERIES_PER_GROUP", "OutlierGroups", "best_outside", "outlier_groups", "search_outside"]
+__all__ = [
+    "BLOCK_ROWS", "QUERIES_PER_GROUP", "QUERY_CHUNK", "OutlierGroups", "best_outside", "merge_best",
+    "outlier_groups", "search_outside", "unit_rows", "within_cap",
+]  # fmt: skip
 
 QUERIES_PER_GROUP = 8  # members of a closed group compared with every image outside it
+QUERY_CHUNK = 4096
+"""Queries per product with an archive's vectors (and per search task on the workers)."""
+BLOCK_ROWS = 4096
+"""Archive rows per product: a product is at most QUERY_CHUNK x BLOCK_ROWS float32 (64 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,9 @@ class OutlierGroups:
         int64 ``[N]``: that image (-1: none).
     searched : int
         Members compared with every image because their neighbour lists held only their group.
+    unsearched : int
+        Members chosen for that search that the cap (:func:`within_cap`) left out: their
+        groups keep what the kNN edges gave.
     """
 
     group: np.ndarray
@@ -58,6 +78,7 @@ class OutlierGroups:
     similarity: np.ndarray
     nearest: np.ndarray
     searched: int = 0
+    unsearched: int = 0
 
 
 def outlier_groups(
@@ -70,6 +91,7 @@ def outlier_groups(
     max_size: int,
     search: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     below: float | None = None,
+    max_searched: int | None = None,
 ) -> OutlierGroups:
     """Group look-alike images and measure each group's similarity to the rest.
 
@@ -78,7 +100,8 @@ def outlier_groups(
     the list only bounds that member's similarity to the rest by its last entry; if the bound
     could beat what the edges gave (and, with ``below``, what they gave is below it), up to
     :data:`QUERIES_PER_GROUP` such members (highest bound first) of each group of at most
-    ``max_size`` distinct pictures are compared with every image by ``search``.
+    ``max_size`` distinct pictures are compared with every image by ``search``, at most
+    ``max_searched`` of them in all (:func:`within_cap`).
 
     Parameters
     ----------
@@ -99,6 +122,8 @@ def outlier_groups(
         Only search groups whose edges gave nothing at or above this (the outlier cut-off:
         the others cannot be outliers, whatever the search finds), so the cost stays with the
         few isolated groups.
+    max_searched : int, optional
+        The most members searched (``outlier_search_members``); None: no cap.
 
     Returns
     -------
@@ -157,15 +182,38 @@ def outlier_groups(
     if below is not None:
         need &= ~(g_best >= np.float32(below))
     need = np.flatnonzero(need)
-    searched = 0
+    searched = unsearched = 0
     if need.size and search is not None:
         order = need[np.lexsort((need, -bound[need], rep_label[need]))]
         rank = np.arange(order.size) - np.searchsorted(rep_label[order], rep_label[order])
         chosen = np.sort(order[rank < QUERIES_PER_GROUP])
-        q_sim, q_idx = search(reps[chosen], label)
-        _take_best(best, near, rep_label[chosen], np.asarray(q_sim, np.float32), np.asarray(q_idx, np.int64))
+        keep = within_cap(bound[chosen], reps[chosen], max_searched)
+        chosen, unsearched = chosen[keep], int((~keep).sum())
+        if chosen.size:
+            q_sim, q_idx = search(reps[chosen], label)
+            _take_best(best, near, rep_label[chosen], np.asarray(q_sim, np.float32), np.asarray(q_idx, np.int64))
         searched = int(chosen.size)
-    return OutlierGroups(first[label], size[label], pictures[label], best[label], near[label], searched)
+    return OutlierGroups(
+        first[label], size[label], pictures[label], best[label], near[label], searched, unsearched
+    )
+
+
+def within_cap(bound: np.ndarray, rep: np.ndarray, cap: int | None) -> np.ndarray:
+    """Which chosen members are searched: all when they are at most ``cap`` (None: no cap),
+    else the ``cap`` with the highest bound, ties to the smaller index -- the one rule of both
+    paths (on the workers it picks within partitions, then within every merge of their picks).
+
+    Examples
+    --------
+    >>> within_cap(np.array([.5, .9, .9, .7], np.float32), np.array([4, 8, 2, 6]), 2).tolist()
+    [False, True, True, False]
+    """
+    n = int(np.asarray(rep).size)
+    if cap is None or n <= cap:
+        return np.ones(n, bool)
+    keep = np.zeros(n, bool)
+    keep[np.lexsort((np.asarray(rep), -np.asarray(bound, np.float32)))[: max(0, int(cap))]] = True
+    return keep
 
 
 def _take_best(
@@ -186,12 +234,30 @@ def _take_best(
     near[lt[better]] = it[better]
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 rows of length 1 (zero rows stay zero).
+
+    Examples
+    --------
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])) * 5
+    array([[3., 4.],
+           [0., 0.]], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
 def best_outside(
     queries: np.ndarray, query_labels: np.ndarray, block: np.ndarray, block_labels: np.ndarray, offset: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Most similar row of ``block`` with another label than each query (one archive's rows).
 
-    Returns ``(similarity, global index)`` per query (-inf / -1 when there is none).
+    ``queries`` are unit rows; ``block`` is normalised here. The products go
+    :data:`QUERY_CHUNK` queries by :data:`BLOCK_ROWS` rows at a time (bounded memory, and the
+    same products whether the queries come all at once or one chunk per task); ties go to the
+    smaller index. Returns ``(similarity, global index)`` per query (-inf / -1 when there is
+    none).
 
     Examples
     --------
@@ -202,22 +268,49 @@ def best_outside(
     (0.6, 11)
     """
     nq = queries.shape[0]
+    sim, idx = np.full(nq, -np.inf, np.float32), np.full(nq, -1, np.int64)
     if block.shape[0] == 0 or nq == 0:
-        return np.full(nq, -np.inf, np.float32), np.full(nq, -1, np.int64)
-    b = np.asarray(block, dtype=np.float32)
-    norm = np.linalg.norm(b, axis=1, keepdims=True)
-    b = b / np.where(norm > 0, norm, 1.0)
-    s = queries @ b.T
-    s[query_labels[:, None] == np.asarray(block_labels)[None, :]] = -np.inf
-    j = s.argmax(axis=1)
-    sim = s[np.arange(nq), j].astype(np.float32)
-    return sim, np.where(np.isfinite(sim), j + int(offset), -1).astype(np.int64)
+        return sim, idx
+    b = unit_rows(block)
+    b_lab = np.asarray(block_labels)
+    for q0 in range(0, nq, QUERY_CHUNK):
+        q, q_lab = queries[q0 : q0 + QUERY_CHUNK], np.asarray(query_labels[q0 : q0 + QUERY_CHUNK])
+        at, here = np.arange(q.shape[0]), slice(q0, q0 + q.shape[0])
+        for b0 in range(0, b.shape[0], BLOCK_ROWS):
+            s = q @ b[b0 : b0 + BLOCK_ROWS].T
+            s[q_lab[:, None] == b_lab[None, b0 : b0 + BLOCK_ROWS]] = -np.inf
+            j = s.argmax(axis=1)
+            got = s[at, j].astype(np.float32)
+            better = got > sim[here]  # strictly: an earlier slice keeps a tie
+            sim[here] = np.where(better, got, sim[here])
+            idx[here] = np.where(better, j + b0 + int(offset), idx[here])
+    return sim, idx
+
+
+def merge_best(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the best of several :func:`best_outside` answers (highest similarity, ties
+    to the smaller index; any order or grouping of ``parts`` gives the same answer).
+
+    Examples
+    --------
+    >>> a = (np.array([0.5, -np.inf], np.float32), np.array([7, -1]))
+    >>> b = (np.array([0.5, 0.25], np.float32), np.array([3, 9]))
+    >>> s, i = merge_best([a, b])
+    >>> s.tolist(), i.tolist()
+    ([0.5, 0.25], [3, 9])
+    """
+    sim, idx = parts[0][0].copy(), parts[0][1].copy()
+    for s, i in parts[1:]:
+        take = (s > sim) | ((s == sim) & (i >= 0) & ((idx < 0) | (i < idx)))
+        sim[take], idx[take] = s[take], i[take]
+    return sim, idx
 
 
 def search_outside(col: Collection, queries: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each query (global index), the most similar image with another label, over every
     archive's vectors: read here from the memory-mapped files when the work_dir is local and
-    the scheduler is local threads, else one Dask task per archive.
+    the scheduler is local threads, else one Dask task per archive (the in-process path, for
+    work_dirs analysed here; :mod:`dedupdask.analyses.groups_search` keeps it on the workers).
 
     Examples
     --------
@@ -228,9 +321,7 @@ def search_outside(col: Collection, queries: np.ndarray, labels: np.ndarray) -> 
 
     queries = np.asarray(queries, dtype=np.int64)
     q_lab = labels[queries]
-    rows = np.asarray(col.vector_rows(queries) if col.reads_locally() else col.embeddings()[queries].compute())
-    norm = np.linalg.norm(rows, axis=1, keepdims=True)
-    q = (rows / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    q = unit_rows(col.vector_rows(queries) if col.reads_locally() else col.embeddings()[queries].compute())
     archives = [a for a in col.archives if a.n_valid]
     if col.reads_locally():
         parts = [
@@ -247,9 +338,6 @@ def search_outside(col: Collection, queries: np.ndarray, labels: np.ndarray) -> 
             for a, blk in zip(archives, col.embeddings().to_delayed().ravel(), strict=True)
         ]
         parts = list(dask.compute(*tasks))
-    sim = np.full(q.shape[0], -np.inf, np.float32)
-    idx = np.full(q.shape[0], -1, np.int64)
-    for s, i in parts:
-        take = (s > sim) | ((s == sim) & (i >= 0) & ((idx < 0) | (i < idx)))
-        sim[take], idx[take] = s[take], i[take]
+    empty = (np.full(q.shape[0], -np.inf, np.float32), np.full(q.shape[0], -1, np.int64))
+    sim, idx = merge_best([empty, *parts])
     return np.where(idx >= 0, sim, np.nan).astype(np.float32), idx

@@ -12,9 +12,8 @@ Dask DataFrames that stay on the workers:
    the group's id; a representative whose whole list is inside its group gives a bound;
 3. the members to compare with every image (up to
    :data:`~dedupdask.analyses.groups.QUERIES_PER_GROUP` per small group, highest bound first)
-   are chosen per group on the workers; their indices come here (a few per isolated group),
-   and one task per archive compares them with the archive's vectors
-   (:func:`~dedupdask.analyses.groups.best_outside`, labels routed to the archive);
+   are chosen per group on the workers and searched there, at most ``max_searched`` of them
+   (:func:`~dedupdask.analyses.groups_search.search_members`: only their counts come here);
 4. every image looks its group's best up (:func:`~dedupdask.analyses.routing.lookup`).
 
 :func:`outlier_frame` gives one row per image (``index, group, size, pictures, similarity,
@@ -29,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from .components_dask import components_table_dask
-from .groups import QUERIES_PER_GROUP, OutlierGroups, best_outside
+from .groups import QUERIES_PER_GROUP, OutlierGroups
+from .groups_search import search_members
 from .issues import outlier_issues
 from .routing import NODE, find, locate, lookup, route
 
@@ -174,36 +174,9 @@ def _chosen(needs: pd.DataFrame) -> pd.DataFrame:
     n = needs.reset_index()
     n = n.sort_values(["group", "bound", "rep"], ascending=[True, False, True], kind="stable")
     n = n.groupby("group", sort=False).head(QUERIES_PER_GROUP)
-    return pd.DataFrame({"rep": n["rep"].to_numpy(_I64), "group": n["group"].to_numpy(_I64)})
-
-
-def _labels(rows: pd.DataFrame) -> np.ndarray:
-    return rows["group"].to_numpy(dtype=_I64)
-
-
-def _search(col: Collection, names: Any, state: Any, chosen: pd.DataFrame) -> pd.DataFrame:
-    """(label, similarity, image) of the chosen members' most similar image outside their group."""
-    import dask
-
-    queries = chosen["rep"].to_numpy(dtype=_I64)
-    q_lab = chosen["group"].to_numpy(dtype=_I64)
-    rows = np.asarray(col.embeddings()[queries].compute(), dtype=np.float32)
-    norm = np.linalg.norm(rows, axis=1, keepdims=True)
-    q = (rows / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-    per_archive = route(state[["group"]].assign(_at=state.index), "_at", tuple(int(d) for d in names.divisions))
-    offsets = [int(d) for d in names.divisions[:-1]]
-    blocks = col.embeddings().to_delayed().ravel()
-    qd, qld = dask.delayed(q), dask.delayed(q_lab)
-    tasks = [
-        dask.delayed(best_outside)(qd, qld, blk, dask.delayed(_labels)(part), off)
-        for blk, part, off in zip(blocks, per_archive.to_delayed(), offsets, strict=True)
-    ]
-    sim = np.full(q.shape[0], -np.inf, np.float32)
-    idx = np.full(q.shape[0], -1, np.int64)
-    for s, i in dask.compute(*tasks):
-        take = (s > sim) | ((s == sim) & (i >= 0) & ((idx < 0) | (i < idx)))
-        sim[take], idx[take] = s[take], i[take]
-    return pd.DataFrame({"label": q_lab, "sim": np.where(idx >= 0, sim, np.nan).astype(np.float32), "other": idx})
+    return pd.DataFrame(
+        {"rep": n["rep"].to_numpy(_I64), "group": n["group"].to_numpy(_I64), "bound": n["bound"].to_numpy(np.float32)}
+    )
 
 
 def _final(state: pd.DataFrame) -> pd.DataFrame:
@@ -232,7 +205,8 @@ def outlier_frame(
     max_size: int,
     below: float | None,
     search: bool,
-) -> tuple[Any, int]:
+    max_searched: int,
+) -> tuple[Any, int, int]:
     """Every image's outlier group and the group's nearest image outside it, on the workers.
 
     Parameters
@@ -247,20 +221,20 @@ def outlier_frame(
         :func:`dedupdask.analyses.names_dask.names_frame` (its divisions are the archives').
     n, k : int
         Images, and neighbours per list.
-    link, max_size, below, search
+    link, max_size, below, search, max_searched
         As :func:`dedupdask.analyses.groups.outlier_groups` (``search``: compare closed groups'
-        members with every image).
+        members with every image, at most ``max_searched`` of them).
 
     Returns
     -------
-    (dask.dataframe.DataFrame, int)
-        :data:`OUTLIER_FRAME_COLUMNS` per image (partitioned like ``exact``, persisted) and
-        the number of members compared with every image.
+    (dask.dataframe.DataFrame, int, int)
+        :data:`OUTLIER_FRAME_COLUMNS` per image (partitioned like ``exact``, persisted), the
+        number of members compared with every image and the number the cap left out.
 
     Examples
     --------
-    >>> og, searched = outlier_frame(col, exact, graph, names, n, 5, link=0.9, max_size=10,
-    ...                              below=0.5, search=True)  # doctest: +SKIP
+    >>> og, searched, left = outlier_frame(col, exact, graph, names, n, 5, link=0.9, max_size=10,
+    ...                                    below=0.5, search=True, max_searched=100)  # doctest: +SKIP
     """
     import dask
     import dask.dataframe as dd
@@ -298,22 +272,17 @@ def outlier_frame(
     stats = rows.map_partitions(_rep_stats, k, meta=pd.DataFrame({"rep": _I64(0), "bound": np.float32(0)}, index=[]))
     state, stats = dask.persist(state, stats)
 
-    searched = 0
-    extra = None
+    searched = unsearched = 0
+    found = None
     if search:
         need_meta = pd.DataFrame({"group": _I64(0), "bound": np.float32(0), "rep": _I64(0)}, index=[])
         needs = state.map_partitions(_needs, stats, max_size, below, meta=need_meta, align_dataframes=False,
                                      enforce_metadata=False)  # fmt: skip
-        chosen_parts = route(needs, "group", divs).map_partitions(
-            _chosen, meta=pd.DataFrame({"rep": _I64(0), "group": _I64(0)}, index=[])
-        ).to_delayed()
-        chosen = pd.concat(dask.compute(*chosen_parts), ignore_index=True)  # a few per closed group
-        if len(chosen):
-            chosen = chosen.sort_values("rep", kind="stable").reset_index(drop=True)
-            searched = len(chosen)
-            extra = _search(col, names, state, chosen)
-    if extra is not None and len(extra):
-        found = dd.from_pandas(extra, npartitions=1, sort=False)
+        chosen = route(needs, "group", divs).map_partitions(
+            _chosen, meta=pd.DataFrame({"rep": _I64(0), "group": _I64(0), "bound": np.float32(0)}, index=[])
+        )  # a few per closed group, left on the workers
+        found, searched, unsearched = search_members(col, names, state, chosen, max_searched)
+    if found is not None:
         more = dd.concat([cands, found])
         best = route(more, "label", divs).map_partitions(_local_best, meta=cand_meta)
         best = route(best, "label", divs)
@@ -326,7 +295,7 @@ def outlier_frame(
     meta = pd.DataFrame({"index": _I64(0), "group": _I64(0), "size": _I64(0), "pictures": _I64(0),
                          "similarity": np.float32(0), "nearest": _I64(0)}, index=[])  # fmt: skip
     (out,) = dask.persist(state.map_partitions(_final, meta=meta, enforce_metadata=False))
-    return out, searched
+    return out, searched, unsearched
 
 
 def _issue_rows(og: pd.DataFrame, cutoff: float | None, max_size: int) -> pd.DataFrame:
@@ -355,7 +324,7 @@ def _about_sums(og: pd.DataFrame, max_size: int) -> tuple[np.ndarray, int]:
     )
 
 
-def outlier_about(og: Any, max_size: int, searched: int) -> dict[str, int]:
+def outlier_about(og: Any, max_size: int, searched: int, unsearched: int) -> dict[str, int]:
     """``run.json``'s ``outlier_groups`` of :func:`outlier_frame` (sums of per-partition counts)."""
     import dask
 
@@ -366,4 +335,5 @@ def outlier_about(og: Any, max_size: int, searched: int) -> dict[str, int]:
         "images_in_groups": int(sums[1]),
         "searched_members": int(searched),
         "largest_labelled": max((p[1] for p in parts), default=0),
+        "unsearched_members": int(unsearched),
     }

@@ -633,7 +633,7 @@ def find_outlier_groups(
         groups, reps, nbr_idx, nbr_sim,
         link=thresholds.outlier_link, max_size=thresholds.outlier_group_size,
         search=None if thresholds.outlier is None else (lambda q, lab: search_outside(col, q, lab)),
-        below=thresholds.outlier,
+        below=thresholds.outlier, max_searched=thresholds.outlier_search_members,
     )  # fmt: skip
 
 
@@ -709,14 +709,14 @@ def issues_about(
 
 def outlier_group_counts(og: OutlierGroups, max_size: int) -> dict[str, int]:
     """``run.json``'s ``outlier_groups``: groups of more than one image, their images, the
-    members searched, the largest group labelled.
+    members searched, the largest group labelled, the members the search cap left out.
 
     Examples
     --------
     >>> og = OutlierGroups(np.array([0, 0, 2]), np.array([2, 2, 1]), np.array([2, 2, 1]),
     ...                    np.array([0.2, 0.2, 0.8], np.float32), np.array([2, 2, 0]))
     >>> outlier_group_counts(og, 10)
-    {'groups': 1, 'images_in_groups': 2, 'searched_members': 0, 'largest_labelled': 2}
+    {'groups': 1, 'images_in_groups': 2, 'searched_members': 0, 'largest_labelled': 2, 'unsearched_members': 0}
     """
     flagged = og.pictures <= max_size
     return {
@@ -724,4 +724,5 @@ def outlier_group_counts(og: OutlierGroups, max_size: int) -> dict[str, int]:
         "images_in_groups": int((og.size > 1).sum()),
         "searched_members": og.searched,
         "largest_labelled": int(og.size[flagged].max()) if flagged.any() else 0,
+        "unsearched_members": og.unsearched,
     }
