@@ -317,6 +317,7 @@ def test_search_cut_in_a_tree_keeps_what_one_cut_keeps(cap, monkeypatch):
     assert set(kept.columns) == {"rep", "group", "bound"}
 
 
+@pytest.mark.slow  # two builds on a cluster: ~1-3 min; the cap itself is unit-tested in test_issues
 def test_outlier_search_cap_is_the_same_on_both_paths(tmp_path, monkeypatch):
     """``outlier_search_members`` below the members chosen: both paths search the same ones
     (every table, count and CSV equal), run.json counts the searched and the unsearched, and
