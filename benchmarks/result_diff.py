@@ -37,8 +37,9 @@ RESULTS = "results"
 RUN_KEYS = ("counts", "issues", "verification")
 """``run.json`` blocks compared besides the tables (their cost entries left out)."""
 # how long verification took and how its work was split: not results (the in-process planner
-# and the one on the workers split the same pairs into different tasks)
-_COST = ("seconds", "read_seconds", "score_seconds", "seconds_per_pair", "tasks")
+# and the one on the workers split the same pairs into different tasks, which read images
+# once per task)
+_COST = ("seconds", "read_seconds", "score_seconds", "seconds_per_pair", "tasks", "images_read", "archives_read")
 
 
 def move_results(wd: str, dest: str) -> list[str]:

@@ -200,8 +200,9 @@ with resolve(client) as run, run.analysis(in_process_bytes(n, d), parse_memory(b
 # One BLAS thread, as in `dask worker` processes (dask's nanny sets these before it spawns a
 # worker): an OpenBLAS matrix product's last float32 bit depends on its thread count.
 ONE_BLAS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-# task prefixes of pixel verification (dedupdask.verify, dedupdask.verify_frames)
-VERIFY_TASKS = ("score_pairs", "score_ranged", "_timed_load", "_load_cost", "verify_partition")
+# task prefixes of pixel verification (dedupdask.verify, dedupdask.verify_frames) as the task
+# stream names them (dask.utils.key_split drops a leading underscore)
+VERIFY_TASKS = ("score_pairs", "score_ranged", "timed_load", "load_cost", "verify_partition")
 
 
 def sampled(
