@@ -6,7 +6,8 @@ A build writes ``results/<table>/part.*.parquet`` (the tables of ``run.json["tab
 :func:`compare` tells, per table and per CSV, whether the two builds wrote the same rows:
 same columns, same dtypes, and the same multiset of rows, order ignored (each row is compared
 as the text of its values -- float32 values by their shortest repr -- with every kind of
-missing value as one ``<NA>``). Used by ``scale_build.py --compare`` and ``--real``.
+missing value as one ``<NA>``); when rows differ, whether they differ only in their float
+values (and by how much) or also in other columns (which rows). Used by ``scale_build.py --compare`` and ``--real``.
 
 Usage::
 
@@ -82,26 +83,28 @@ def _diff_rows(a: list[tuple], b: list[tuple], show: int) -> tuple[bool, list[st
     return False, out
 
 
-def _float_gap(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
-    """When ``a`` and ``b`` hold the same rows except for their float values: the largest
-    difference of those, as a note (None when other columns differ too)."""
+def _beside_floats(a: pd.DataFrame, b: pd.DataFrame, show: int) -> list[str]:
+    """Notes on two tables whose rows differ: when they hold the same rows but for the values
+    of their float columns, how many of those differ and by how much; else the rows that
+    differ in the other columns (up to ``show`` of each side)."""
     floats = [c for c in a.columns if pd.api.types.is_float_dtype(a[c]) and pd.api.types.is_float_dtype(b[c])]
     keys = [c for c in a.columns if c not in floats]
-    if not floats or len(a) != len(b) or collections.Counter(_text_rows(a[keys])) != collections.Counter(
-        _text_rows(b[keys])
-    ):
-        return None
+    if not floats or not keys:
+        return []
+    same, diff = _diff_rows(_text_rows(a[keys]), _text_rows(b[keys]), show)
+    if not same:
+        return [f"without the float columns ({', '.join(floats)}): {diff[0]}", *(f"  {d}" for d in diff[1:])]
     a, b = (x.sort_values(keys + floats, kind="mergesort").reset_index(drop=True) for x in (a, b))
     gaps = {}
     for c in floats:
         x, y = a[c].to_numpy("float64", na_value=np.nan), b[c].to_numpy("float64", na_value=np.nan)
         if not np.array_equal(np.isnan(x), np.isnan(y)):
-            return None
+            return [f"same rows but float values; {c} is missing in different rows"]
         d = np.abs(x - y)[~np.isnan(x)]
         gaps[c] = (int((d > 0).sum()), float(d.max()) if d.size else 0.0)
-    return "same rows but float values: " + ", ".join(
+    return ["same rows but float values: " + ", ".join(
         f"{c} differs in {k} rows, max |diff| {g:.2g}" for c, (k, g) in gaps.items() if k
-    )
+    )]  # fmt: skip
 
 
 def _table(a_root: str, b_root: str, name: str, show: int) -> dict[str, Any]:
@@ -115,8 +118,7 @@ def _table(a_root: str, b_root: str, name: str, show: int) -> dict[str, Any]:
     if dtypes:
         notes.append("dtypes differ (A / B): " + "; ".join(dtypes))
     same, diff = _diff_rows(_text_rows(a[common]), _text_rows(b[common]), show)
-    gap = None if same else _float_gap(a[common], b[common])
-    diff = diff if gap is None else [gap, *diff]
+    diff = diff if same else [*_beside_floats(a[common], b[common], show), *diff]
     return {"table": name, "rows": [len(a), len(b)], "identical": same and not notes,
             "notes": notes + diff}  # fmt: skip
 
@@ -135,8 +137,7 @@ def _csv(a_root: str, b_root: str, name: str, show: int) -> dict[str, Any]:
     notes = [] if ha == hb else [f"header differs: A {ha!r} / B {hb!r}"]
     same, diff = _diff_rows([(r,) for r in ra], [(r,) for r in rb], show)
     if not same and not notes:
-        gap = _float_gap(*(pd.read_csv(p) for p in paths))
-        diff = diff if gap is None else [gap, *diff]
+        diff = [*_beside_floats(*(pd.read_csv(p) for p in paths), show), *diff]
     return {"table": name, "rows": [len(ra), len(rb)], "identical": same and not notes, "notes": notes + diff}
 
 
