@@ -1,34 +1,68 @@
-"""run_mode=2 at scale (issue 17 point 5): a synthetic work_dir, a real Dask cluster, memory from outside.
+"""run_mode=2 at scale (issue 17 point 5): synthetic work_dirs and real images, a real Dask cluster, memory from outside.
 
-For each ``--n`` the script writes (or reuses, under ``--data-dir``) a synthetic work_dir of
-``--archives`` archives holding what extraction writes (``WorkDir.write_archive``:
-``features.dat``, ``features.parquet`` with every column of the schema, ``done.json``):
-clustered ``--d``-dimensional unit vectors with planted pairs -- 1 % of each archive's rows
-are near duplicates (cosine 0.9-0.999) of rows of the previous archive, 0.5 % exact
-duplicates (same vector, ``md5`` and ``pixel_md5``) of rows of their own archive. Then it
-starts ``dask scheduler`` and ``--workers`` ``dask worker --nthreads 1 --memory-limit``
-processes, the commands a user types, and runs ``dedupdask build WD --no-verify --client
-tcp://...`` as its own process, sampling the resident memory of that process and of each
-worker's process tree (nanny + worker, PSS) every 50 ms from here (``benchmarks/rss.py``).
+Every mode starts ``dask scheduler`` and ``--workers`` ``dask worker --nthreads 1 --memory-limit``
+processes, the commands a user types (:func:`dedupdask.testing.shellcluster.shell_cluster`),
+runs the dedupdask command under test as its own process, and samples the resident memory
+of that process (the client) and of each worker's process tree (nanny + worker, PSS) every
+50 ms from here (``benchmarks/rss.py``). The client's import baseline is printed apart: a
+process that imports what ``dedupdask build`` imports and nothing else. Each run prints its
+figures and one JSON line.
 
-It prints per N: the wall time of the build, where it analysed (``run.json``'s
-``analysed_on``), the client's peak and, apart, the import baseline (a process that imports
-what ``dedupdask build`` imports and nothing else), each worker's peak against its memory
-limit, the stage timings and kNN method from ``run.json``, and the recall of the planted
-pairs with cosine >= 0.9 in ``results/similarity/`` (exact pairs as ``kind ==
-"exact"``). Not measured here: verification on real images, and equality with the
-single-machine path (``tests/test_scheduler.py`` and ``tests/test_scale.py`` check that on
-small work_dirs).
+``--n N`` (the default mode, N = 500,000): a synthetic work_dir of N images in
+``--archives-per-million`` archives, written (or reused, under ``--data-dir``) as extraction
+writes it (``WorkDir.write_archive``: ``features.dat``, ``features.parquet`` with every column of
+the schema, ``done.json``): clustered ``--d``-dimensional unit vectors with planted pairs --
+1 % of each archive's rows are near duplicates (cosine 0.9-0.999) of rows of the previous
+archive, 0.5 % exact duplicates (same vector, ``md5`` and ``pixel_md5``) of rows of their own
+archive -- built by ``dedupdask build WD --no-verify --client tcp://...``. Printed: the build's
+wall time, where it analysed (``run.json``'s ``analysed_on``), client peak, each worker's peak
+against its memory limit, the stage timings and kNN method, and the recall of the planted
+pairs with cosine >= 0.9 in ``results/similarity/`` (exact pairs as ``kind == "exact"``).
+
+``--compare N``: the same synthetic work_dir built twice with exact kNN search and
+``--no-verify`` (synthetic vectors have no pixels): once in a process without a client and a
+``max_client_memory`` it fits (``analysed_on`` "this process"), once on the cluster with
+``max_client_memory`` 1 MB (``analysed_on`` "workers"). No option of the CLI or of
+``ddk.build`` chooses the kNN method, so both run :data:`EXACT_BUILD`: what ``ddk.build``
+does, with ``dedupdask.analysis.build(method="exact")``. Every result table
+(``results/``: similarity, outliers, components, stats, invalid, issues), every fastdup-named
+CSV and ``run.json``'s counts / issues / verification blocks are compared by content, order
+ignored (``benchmarks/result_diff.py``): per table its rows and identical yes/no, with the
+rows only one side has (and, when only float values differ, by how much). The in-process
+reference runs with one BLAS thread, as a ``dask worker`` does (``--compare-blas one``; an
+OpenBLAS matrix product's last float32 bit depends on its thread count); ``default`` or
+``both`` also build it with the default BLAS threads. Exits 1 when a compared table differs.
+
+``--real N``: N real pictures in webdataset tar shards (``benchmarks/real_shards.py``: the
+packaged photos, wallpapers, stamps, textures and clip art of ``quality_families.py``, one per
+picture, and a ``--real-copies`` share of planted copies -- exact, resize, JPEG q30, crop,
+flip, brightness -- in another shard than their original), then on the cluster
+``dedupdask extract SHARDS WD --client ...`` (the default model) and ``dedupdask build WD
+--client ...`` with verification (the default) twice: as typed, and with
+``--max-client-memory 1MB`` so that every stage runs on the workers. Printed per command: wall
+time, client and worker peaks; per build: ``run.json``'s ``analysed_on``, timings and
+verification block, the verification tasks each worker ran (the scheduler's task stream:
+``run.json`` does not say where verification ran -- the in-process analysis scores fewer than
+``dedupdask.verify.CLUSTER_MIN_PAIRS`` pairs on its own threads), the recall of the planted
+copies (pairs of any kind) and the found pairs whose images come from different originals
+(look-alikes); then the two builds' tables compared.
+
+Not measured here: S3 (``benchmarks/s3_memory.py``), real images past the ~3,200 packaged
+pictures, verification at millions of images, the kNN's recall against exact search at scale
+(``benchmarks/knn.py``).
 
 Usage::
 
     python benchmarks/scale_build.py --n 500000 --d 128
     python benchmarks/scale_build.py --n 500000 5000000 --d 128 --archives-per-million 200
+    python benchmarks/scale_build.py --compare 200000 --compare-blas both
+    python benchmarks/scale_build.py --real 3000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -37,12 +71,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_shards import make_real_shards, pair_truth  # noqa: E402
+from result_diff import compare, move_results  # noqa: E402
 from rss import RssSampler  # noqa: E402
 
 NEAR = 0.01  # share of an archive's rows that are near duplicates of the previous archive's
@@ -143,12 +181,37 @@ def generate(root: str, n: int, d: int, archives: int, seed: int = 0) -> dict[st
 
 BASELINE = "import dedupdask.cli, dedupdask.pipeline, dedupdask.results, distributed, time; time.sleep(1)"
 
+# `dedupdask build` with exact kNN search: no option of the CLI or of ddk.build chooses the
+# method (dedupdask.analysis.build's `method`), so this does what ddk.build does -- resolve
+# the client, analyse here while in_process_bytes fits max_client_memory, else on the
+# client's workers -- with method="exact". argv: work_dir, scheduler address ("" = none),
+# max_client_memory, n, d.
+EXACT_BUILD = """
+import sys
+from dedupdask.analysis import build
+from dedupdask.config import RunConfig
+from dedupdask.knn_budget import parse_memory
+from dedupdask.scheduler import in_process_bytes, resolve
+wd, client, bound, n, d = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+config = RunConfig.from_kwargs(run_mode=2, verify=False, progress=False, max_client_memory=bound)
+with resolve(client) as run, run.analysis(in_process_bytes(n, d), parse_memory(bound)):
+    build(wd, config=config, method="exact")
+"""
+# One BLAS thread, as in `dask worker` processes (dask's nanny sets these before it spawns a
+# worker): an OpenBLAS matrix product's last float32 bit depends on its thread count.
+ONE_BLAS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# task prefixes of pixel verification (dedupdask.verify, dedupdask.verify_frames) as the task
+# stream names them (dask.utils.key_split drops a leading underscore)
+VERIFY_TASKS = ("score_pairs", "score_ranged", "timed_load", "load_cost", "verify_partition")
 
-def sampled(cmd: list[str], workers: list[int], log: str) -> tuple[float, dict[str, float]]:
+
+def sampled(
+    cmd: list[str], workers: list[int], log: str, env: dict[str, str] | None = None
+) -> tuple[float, dict[str, float]]:
     """Run ``cmd``; its wall time and the peaks (MB) of it and of each worker tree."""
     with open(log, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         pids = {"client": proc.pid, **{f"worker{i}": pid for i, pid in enumerate(workers)}}
         with RssSampler(pids, tree=False) as client, RssSampler(
             {k: v for k, v in pids.items() if k != "client"}, tree=True
@@ -158,6 +221,50 @@ def sampled(cmd: list[str], workers: list[int], log: str) -> tuple[float, dict[s
     if rc:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}):\n" + open(log, errors="replace").read()[-3000:])
     return wall, {"client": client.peak_mb()["client"], **trees.peak_mb()}
+
+
+@contextlib.contextmanager
+def task_stream(address: str) -> Iterator[dict[str, dict[str, list[float]]]]:
+    """Tasks the cluster finished inside the block, filled in at its end: ``{worker name:
+    {task prefix: [tasks, compute seconds]}}``, from the scheduler's task stream."""
+    from dask.utils import key_split
+    from distributed import Client
+
+    out: dict[str, dict[str, list[float]]] = {}
+    with Client(address, timeout=60) as c:
+        c.get_task_stream(start=time.time())  # starts the scheduler's recording
+        t0 = time.time()
+        yield out
+        names = {a: str(w.get("name", a)) for a, w in c.scheduler_info(n_workers=-1)["workers"].items()}
+        for rec in c.get_task_stream(start=t0):
+            per = out.setdefault(names.get(rec["worker"], rec["worker"]), {})
+            got = per.setdefault(key_split(rec["key"]), [0, 0.0])
+            got[0] += 1
+            got[1] += sum(s["stop"] - s["start"] for s in rec.get("startstops", ()) if s["action"] == "compute")
+
+
+def tasks_summary(stream: dict[str, dict[str, list[float]]], only: tuple[str, ...] = ()) -> dict[str, list]:
+    """``{worker: [tasks, compute seconds]}`` over every prefix, or those of ``only``."""
+    return {
+        w: [sum(v[0] for k, v in per.items() if not only or k in only),
+            round(sum(v[1] for k, v in per.items() if not only or k in only), 1)]
+        for w, per in sorted(stream.items())
+    }  # fmt: skip
+
+
+def clear_outputs(wd: str) -> None:
+    """Remove a previous build's ``results/`` and CSV files from ``wd``."""
+    from dedupdask.csvs import CSV_FILES
+
+    shutil.rmtree(os.path.join(wd, "results"), ignore_errors=True)
+    for name in CSV_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(wd, name))
+
+
+def read_run(wd: str) -> dict:
+    with open(os.path.join(wd, "results", "run.json")) as f:
+        return json.load(f)
 
 
 def recall(wd: str, truth: dict[str, np.ndarray]) -> dict[str, float]:
@@ -181,9 +288,231 @@ def recall(wd: str, truth: dict[str, np.ndarray]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def synthetic(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
+    """``dedupdask build WD --no-verify --client ...`` of a synthetic work_dir of ``n`` images."""
+    from dedupdask.testing.shellcluster import shell_cluster
+
+    archives = max(2, round(n * args.archives_per_million / 1_000_000))
+    wd = os.path.join(args.data_dir, f"n{n}-d{args.d}-a{archives}")
+    t0 = time.perf_counter()
+    truth = generate(wd, n, args.d, archives)
+    gen = time.perf_counter() - t0
+    shutil.rmtree(os.path.join(wd, "results"), ignore_errors=True)
+    load0 = os.getloadavg()[0]
+    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
+                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
+        workers = [p.pid for p in procs[1:]]
+        cmd = [sys.executable, "-m", "dedupdask", "build", wd, "--no-verify", "--no-progress",
+               "--client", address, *args.extra.split()]  # fmt: skip
+        wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-{n}.log"))
+    run = read_run(wd)
+    rec = recall(wd, truth)
+    knn = run.get("knn", {})
+    out = {
+        "n": n, "d": args.d, "archives": archives, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
+        "analysed_on": run.get("analysed_on"), "knn_method": run["parameters"]["knn_method"],
+        "client_peak_mb": round(peaks["client"]), "client_baseline_mb": round(base),
+        "worker_peak_mb": [round(v) for k, v in peaks.items() if k != "client"],
+        "memory_limit": args.memory_limit, "timings": run.get("timings"),
+        "knn": {k: knn.get(k) for k in ("buckets", "centroids", "sample", "kmeans_levels", "sample_per_centroid")
+                if k in knn},
+        **rec, "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    }  # fmt: skip
+    print(f"N={n:>11,}: {archives} archives, build {wall:.1f} s on {out['analysed_on']} "
+          f"({out['knn_method']}) | client peak {peaks['client']:.0f} MB (baseline {base:.0f} MB) | "
+          f"worker peaks {', '.join(f'{v:,.0f}' for v in out['worker_peak_mb'])} MB of {args.memory_limit} | "
+          f"recall of planted pairs >= 0.9: {rec['near_recall']:.4f} ({rec['near_pairs_ge_0_9']}), "
+          f"exact {rec['exact_recall']:.4f} ({rec['exact_pairs']}) | load average {out['load_avg'][0]} -> "
+          f"{out['load_avg'][1]}", flush=True)  # fmt: skip
+    print("    " + json.dumps(out), flush=True)
+    if not args.keep:
+        shutil.rmtree(wd, ignore_errors=True)
+    return 0
+
+
+def _print_diff(rows: list[dict], labels: tuple[str, str]) -> bool:
+    """Print one line per table of :func:`result_diff.compare`; whether all are identical."""
+    print(f"    {'table':<26} {'rows (' + ' / '.join(labels) + ')':>32}  identical", flush=True)
+    for r in rows:
+        a, b = r["rows"]
+        count = "" if a is None else f"{a:,} / {b:,}"
+        print(f"    {r['table']:<26} {count:>32}  {'yes' if r['identical'] else 'NO'}", flush=True)
+        for note in r["notes"]:
+            print(f"        {note[:400]}", flush=True)
+    return all(r["identical"] for r in rows)
+
+
+def compare_paths(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
+    """``--compare``: exact search in this process and on the cluster; every table compared."""
+    from dedupdask.testing.shellcluster import shell_cluster
+
+    archives = max(2, round(n * args.archives_per_million / 1_000_000))
+    wd = os.path.join(args.data_dir, f"n{n}-d{args.d}-a{archives}")
+    side = os.path.join(args.data_dir, f"compare-n{n}-d{args.d}-a{archives}")
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    truth = generate(wd, n, args.d, archives)
+    gen = time.perf_counter() - t0
+    clear_outputs(wd)
+    shutil.rmtree(side, ignore_errors=True)
+    blas = {"one": ["one"], "default": ["default"], "both": ["one", "default"]}[args.compare_blas]
+    builds, refs = {}, {}
+    for threads in blas:  # the single-machine path: no client, a bound it fits
+        env = {k: v for k, v in os.environ.items() if k not in ONE_BLAS}
+        env.update(ONE_BLAS if threads == "one" else {})
+        cmd = [sys.executable, "-c", EXACT_BUILD, wd, "", "1000GB", str(n), str(args.d)]
+        wall, peaks = sampled(cmd, [], os.path.join(tmp, f"compare-{n}-{threads}.log"), env)
+        run = read_run(wd)
+        label = f"in_process_blas_{threads}"
+        builds[label] = {"wall_s": round(wall, 1), "analysed_on": run["analysed_on"],
+                         "knn_method": run["parameters"]["knn_method"], "client_peak_mb": round(peaks["client"]),
+                         "timings": run["timings"]}  # fmt: skip
+        refs[label] = os.path.join(side, label)
+        move_results(wd, refs[label])
+    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
+                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
+        workers = [p.pid for p in procs[1:]]
+        cmd = [sys.executable, "-c", EXACT_BUILD, wd, address, "1MB", str(n), str(args.d)]
+        with task_stream(address) as stream:
+            wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"compare-{n}-workers.log"))
+    run = read_run(wd)
+    rec = recall(wd, truth)
+    builds["workers"] = {
+        "wall_s": round(wall, 1), "analysed_on": run["analysed_on"], "knn_method": run["parameters"]["knn_method"],
+        "client_peak_mb": round(peaks["client"]), "worker_peak_mb": [round(v) for k, v in peaks.items() if k != "client"],
+        "timings": run["timings"], "worker_tasks": tasks_summary(stream),
+    }  # fmt: skip
+    print(f"N={n:>11,}: {archives} archives, d={args.d}, exact kNN search, --no-verify | client import baseline "
+          f"{base:.0f} MB | planted pairs >= 0.9 found by the workers' build: {rec['near_recall']:.4f} "
+          f"({rec['near_pairs_ge_0_9']}), exact {rec['exact_recall']:.4f}", flush=True)  # fmt: skip
+    for label, b in builds.items():
+        extra = (f" | worker peaks {', '.join(f'{v:,}' for v in b['worker_peak_mb'])} MB of {args.memory_limit}"
+                 f" | tasks [count, compute s] per worker {b['worker_tasks']}") if "worker_peak_mb" in b else ""  # fmt: skip
+        print(f"  {label}: {b['wall_s']:.1f} s, analysed_on {b['analysed_on']!r} ({b['knn_method']}), client peak "
+              f"{b['client_peak_mb']:,} MB{extra}", flush=True)  # fmt: skip
+        print(f"      timings: {', '.join(f'{k} {v:.1f} s' for k, v in b['timings'].items())}", flush=True)
+    same = {}
+    tables = {}
+    for label, ref in refs.items():
+        print(f"  {label} (A) vs workers (B):", flush=True)
+        rows = compare(ref, wd)
+        same[label] = _print_diff(rows, ("A", "B"))
+        tables[label] = {r["table"]: [r["rows"][0], r["identical"]] for r in rows}
+    out = {
+        "compare": n, "d": args.d, "archives": archives, "generate_s": round(gen, 1),
+        "client_baseline_mb": round(base), "memory_limit": args.memory_limit, "builds": builds,
+        "identical": same, "tables": tables, **rec, "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    }  # fmt: skip
+    print("    " + json.dumps(out), flush=True)
+    if not args.keep:
+        shutil.rmtree(wd, ignore_errors=True)
+        shutil.rmtree(side, ignore_errors=True)
+    return 0 if all(same.values()) else 1
+
+
+def real_images(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
+    """``--real``: extraction and the build with verification, of real pictures, on the cluster."""
+    from dedupdask.testing.shellcluster import shell_cluster
+
+    root = os.path.join(args.data_dir, f"real{n}")
+    wd, side = os.path.join(root, "work"), os.path.join(root, "as-typed")
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    info = make_real_shards(Path(root), n, cache=Path(args.cache_dir), copies=args.real_copies,
+                            per_shard=args.real_per_shard, log=lambda m: print(f"  {m}", file=sys.stderr))  # fmt: skip
+    make_s = time.perf_counter() - t0
+    truth = info["truth"]
+    shutil.rmtree(wd, ignore_errors=True)
+    shutil.rmtree(side, ignore_errors=True)
+    dd_cmd = [sys.executable, "-m", "dedupdask"]
+    builds = {}
+    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
+                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
+        workers = [p.pid for p in procs[1:]]
+        cmd = [*dd_cmd, "extract", os.path.join(root, "shards"), wd, "--no-progress", "--client", address]
+        with task_stream(address) as stream:
+            ext_wall, ext_peaks = sampled(cmd, workers, os.path.join(tmp, f"extract-real{n}.log"))
+        extract = {"wall_s": round(ext_wall, 1), "client_peak_mb": round(ext_peaks["client"]),
+                   "worker_peak_mb": [round(v) for k, v in ext_peaks.items() if k != "client"],
+                   "worker_tasks": tasks_summary(stream)}  # fmt: skip
+        # as a user types it; then with every stage on the workers (past max_client_memory)
+        for label, extra in (("as_typed", []), ("on_workers", ["--max-client-memory", "1MB"])):
+            clear_outputs(wd)
+            cmd = [*dd_cmd, "build", wd, "--no-progress", "--client", address, *extra, *args.extra.split()]
+            with task_stream(address) as stream:
+                wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-real{n}-{label}.log"))
+            run = read_run(wd)
+            sim = pd.read_parquet(os.path.join(wd, "results", "similarity"))
+            builds[label] = {
+                "command": " ".join(["dedupdask build WD --client tcp://...", *extra, *args.extra.split()]),
+                "wall_s": round(wall, 1), "analysed_on": run["analysed_on"],
+                "knn_method": run["parameters"]["knn_method"], "knn_dct": run.get("knn_dct", {}).get("method"),
+                "client_peak_mb": round(peaks["client"]),
+                "worker_peak_mb": [round(v) for k, v in peaks.items() if k != "client"],
+                "timings": run["timings"], "verification": run["verification"],
+                "kinds": {k: run["counts"][f"{k}_pairs"] for k in ("exact", "copy", "near")},
+                "verify_tasks": tasks_summary(stream, VERIFY_TASKS), "worker_tasks": tasks_summary(stream),
+                "counts": {k: run["counts"][k] for k in ("images", "invalid", "candidate_pairs", "similar_pairs")},
+                **pair_truth(sim, truth),
+            }  # fmt: skip
+            if label == "as_typed":
+                move_results(wd, side)
+    copies = truth[truth["role"] == "copy"]
+    print(f"--real {n}: {len(truth)} images in {len(info['shards'])} tar shards ({len(truth) - len(copies)} "
+          f"originals: {info['sources']}; {len(copies)} planted copies: {info['edits']}) | shards made in "
+          f"{make_s:.0f} s | client import baseline {base:.0f} MB", flush=True)  # fmt: skip
+    print(f"  extraction (dedupdask extract SHARDS WD --client tcp://...): {ext_wall:.1f} s | client peak "
+          f"{extract['client_peak_mb']:,} MB | worker peaks {', '.join(f'{v:,}' for v in extract['worker_peak_mb'])} "
+          f"MB of {args.memory_limit} | tasks [count, compute s] per worker {extract['worker_tasks']}", flush=True)  # fmt: skip
+    for label, b in builds.items():
+        v = b["verification"]
+        print(f"  build {label} ({b['command']}): {b['wall_s']:.1f} s, analysed_on {b['analysed_on']!r} "
+              f"(kNN {b['knn_method']}, DCT kNN {b['knn_dct']}) | client peak {b['client_peak_mb']:,} MB | worker "
+              f"peaks {', '.join(f'{x:,}' for x in b['worker_peak_mb'])} MB of {args.memory_limit}", flush=True)  # fmt: skip
+        print(f"      timings: {', '.join(f'{k} {t:.1f} s' for k, t in b['timings'].items())}", flush=True)
+        print(f"      verification (run.json): {json.dumps(v)}", flush=True)
+        print(f"      verification tasks [count, compute s] per worker (scheduler's task stream): "
+              f"{b['verify_tasks'] or 'none'}; all tasks {b['worker_tasks'] or 'none'}", flush=True)  # fmt: skip
+        print(f"      counts {b['counts']}, pairs by kind {b['kinds']} | recall of the planted copies (any kind): "
+              f"{b['recall']:.4f} of {b['planted_pairs']}, by edit {b['recall_by_edit']} | found pairs not "
+              f"planted (look-alikes): {b['not_planted_pairs']} {b['not_planted_by_kind']}", flush=True)  # fmt: skip
+        for e in b["not_planted_examples"]:
+            print(f"        e.g. {e}", flush=True)
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    print(f"  as_typed (A) vs on_workers (B) (A analysed in the `dedupdask build` process, BLAS threads: {blas}; "
+          "with more than one, float32 values may differ in the last bit, see --compare-blas):", flush=True)  # fmt: skip
+    rows = compare(side, wd)
+    same = _print_diff(rows, ("A", "B"))
+    out = {
+        "real": n, "images": len(truth), "copies": len(copies), "shards": len(info["shards"]),
+        "sources": info["sources"], "edits": info["edits"], "make_s": round(make_s, 1),
+        "client_baseline_mb": round(base), "memory_limit": args.memory_limit, "extract": extract,
+        "builds": builds, "paths_identical": same, "client_blas_threads": blas,
+        "tables": {r["table"]: [r["rows"][0], r["identical"]] for r in rows},
+        "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    }  # fmt: skip
+    print("    " + json.dumps(out), flush=True)
+    if not args.keep:
+        shutil.rmtree(wd, ignore_errors=True)
+        shutil.rmtree(side, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, nargs="+", default=[500_000])
+    p.add_argument("--n", type=int, nargs="+", default=None,
+                   help="synthetic work_dirs built with --no-verify (default 500000 when no mode is given)")  # fmt: skip
+    p.add_argument("--compare", type=int, nargs="+", default=[],
+                   help="N: exact search in this process vs on the cluster, every table compared")  # fmt: skip
+    p.add_argument("--compare-blas", choices=("one", "default", "both"), default="one",
+                   help="BLAS threads of the in-process reference: one (as in a dask worker), the "
+                   "default, or one build with each")  # fmt: skip
+    p.add_argument("--real", type=int, nargs="+", default=[],
+                   help="N: extraction and the build with verification of N real images")  # fmt: skip
+    p.add_argument("--real-copies", type=float, default=0.2, help="share of --real images that are planted copies")
+    p.add_argument("--real-per-shard", type=int, default=250, help="images per tar shard of --real")
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dedupdask" / "quality"),
+                   help="packaged pictures of --real (fetched once, as quality.py does)")  # fmt: skip
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--archives-per-million", type=int, default=200, help="archives per 1M images")
     p.add_argument("--workers", type=int, default=2)
@@ -192,54 +521,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extra", default="", help="more `dedupdask build` flags, e.g. '--max-client-memory 8GB'")
     p.add_argument("--keep", action="store_true", help="keep the work_dirs")
     args = p.parse_args(argv)
+    if args.n is None and not args.compare and not args.real:
+        args.n = [500_000]
     import dedupdask
-    from dedupdask.testing.shellcluster import shell_cluster
 
     print(f"# dedupdask {dedupdask.__version__} at {os.path.dirname(dedupdask.__file__)}; "
           f"{args.workers} x `dask worker --nthreads 1 --memory-limit {args.memory_limit}`, "
           f"{os.cpu_count()} cores; RSS sampled every 50 ms from outside (client: RSS of the "
           "`dedupdask build` process; workers: PSS of nanny + worker)", flush=True)  # fmt: skip
+    rc = 0
     with tempfile.TemporaryDirectory(prefix="ddk-scale-") as tmp:
         _, base = sampled([sys.executable, "-c", BASELINE], [], os.path.join(tmp, "baseline.log"))
         print(f"client import baseline (dedupdask.cli, pipeline, results, distributed): {base['client']:.0f} MB",
-              flush=True)
-        for n in args.n:
-            archives = max(2, round(n * args.archives_per_million / 1_000_000))
-            wd = os.path.join(args.data_dir, f"n{n}-d{args.d}-a{archives}")
-            t0 = time.perf_counter()
-            truth = generate(wd, n, args.d, archives)
-            gen = time.perf_counter() - t0
-            shutil.rmtree(os.path.join(wd, "results"), ignore_errors=True)
-            load0 = os.getloadavg()[0]
-            with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
-                               workers_timeout=180, stop_timeout=30) as (address, procs):
-                workers = [p.pid for p in procs[1:]]
-                cmd = [sys.executable, "-m", "dedupdask", "build", wd, "--no-verify", "--no-progress",
-                       "--client", address, *args.extra.split()]  # fmt: skip
-                wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-{n}.log"))
-            run = json.load(open(os.path.join(wd, "results", "run.json")))
-            rec = recall(wd, truth)
-            knn = run.get("knn", {})
-            out = {
-                "n": n, "d": args.d, "archives": archives, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
-                "analysed_on": run.get("analysed_on"), "knn_method": run["parameters"]["knn_method"],
-                "client_peak_mb": round(peaks["client"]), "client_baseline_mb": round(base["client"]),
-                "worker_peak_mb": [round(v) for k, v in peaks.items() if k != "client"],
-                "memory_limit": args.memory_limit, "timings": run.get("timings"),
-                "knn": {k: knn.get(k) for k in ("buckets", "centroids", "sample", "kmeans_levels", "sample_per_centroid")
-                        if k in knn},
-                **rec, "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)],
-            }  # fmt: skip
-            print(f"N={n:>11,}: {archives} archives, build {wall:.1f} s on {out['analysed_on']} "
-                  f"({out['knn_method']}) | client peak {peaks['client']:.0f} MB (baseline {base['client']:.0f} MB) | "
-                  f"worker peaks {', '.join(f'{v:,.0f}' for v in out['worker_peak_mb'])} MB of {args.memory_limit} | "
-                  f"recall of planted pairs >= 0.9: {rec['near_recall']:.4f} ({rec['near_pairs_ge_0_9']}), "
-                  f"exact {rec['exact_recall']:.4f} ({rec['exact_pairs']}) | load average {out['load_avg'][0]} -> "
-                  f"{out['load_avg'][1]}", flush=True)  # fmt: skip
-            print("    " + json.dumps(out), flush=True)
-            if not args.keep:
-                shutil.rmtree(wd, ignore_errors=True)
+              flush=True)  # fmt: skip
+        for n in args.n or []:
+            rc |= synthetic(args, n, tmp, base["client"])
+        for n in args.compare:
+            rc |= compare_paths(args, n, tmp, base["client"])
+        for n in args.real:
+            rc |= real_images(args, n, tmp, base["client"])
+    return rc
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
