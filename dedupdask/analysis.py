@@ -207,7 +207,21 @@ def _build(
     stages.done("collect")
     if scheduler.dask_client() is not None and col.n > 0:  # on a distributed client
         return _on_workers(col, config, method, random_state, write, stages)
-    return _in_process(col, config, method, random_state, write, stages)
+    with _one_blas_thread():
+        return _in_process(col, config, method, random_state, write, stages)
+
+
+def _one_blas_thread() -> Any:
+    """One BLAS thread while the analysis runs in this process, as in dask's worker processes
+    (their nanny sets ``OPENBLAS_NUM_THREADS=1``): the last bit of a float32 matrix product
+    depends on how many BLAS threads share it, and the in-process and distributed builds must
+    give the same similarities and neighbours (at 200k images with exact search, 197 of 2,958
+    similarity pairs differed in that bit and one outlier's nearest image changed,
+    ``benchmarks/scale_build.py --compare``). The stages' blocks run in parallel on Dask's
+    threads instead of BLAS's."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _in_process(
