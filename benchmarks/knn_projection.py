@@ -87,10 +87,13 @@ def matvec_seconds(rows: int, d: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def project(run: dict, n: int, workers: list[int], flops: float, k: int) -> list[str]:
+def estimate(run: dict, n: int, flops: float) -> dict:
+    """The partitioned kNN at ``n`` vectors from one measured run: buckets, per-vector costs
+    (seconds of one core), core-hours, the k-means fit (seconds, one task) and its sample,
+    the workers' peak RSS (MB)."""
     from dedupdask.knn_partitioned import FILL
 
-    d, n0, w0 = run["d"], run["n"], run["workers"]
+    d, n0, w0 = run["d"], run["n"], run.get("workers", 2)
     t = run["timings"]
     search_v = t["search_merge"] * w0 / n0
     assign_io_v = t["assign"] * w0 / n0
@@ -101,8 +104,16 @@ def project(run: dict, n: int, workers: list[int], flops: float, k: int) -> list
     fit_s = c * matvec_seconds(sample, run["d_search"]) + LLOYD_ITERATIONS * 2 * sample * c * run[
         "d_search"
     ] / flops
-    core_h = (search_v + assign_v) * n / 3600
     rss = max(run.get("peak_rss_workers_mb") or run["peak_rss_mb"][:w0])
+    return {"buckets": c, "search_v": search_v, "assign_io_v": assign_io_v, "assign_v": assign_v,
+            "core_h": (search_v + assign_v) * n / 3600, "fit_s": fit_s, "sample": sample, "rss_mb": rss}  # fmt: skip
+
+
+def project(run: dict, n: int, workers: list[int], flops: float, k: int) -> list[str]:
+    e = estimate(run, n, flops)
+    d, repl, cap, budget = run["d"], run["replication"], run["capacity"], run["memory_per_task"]
+    c, search_v, assign_v, assign_io_v = e["buckets"], e["search_v"], e["assign_v"], e["assign_io_v"]
+    core_h, fit_s, sample, rss = e["core_h"], e["fit_s"], e["sample"], e["rss_mb"]
     out = [
         f"N = {n / 1e6:,.0f}M vectors, d = {d}: {c:,} buckets (capacity {cap:,}, replication "
         f"{repl}, memory per task {budget / 2**30:.1f} GiB); vectors on storage "
