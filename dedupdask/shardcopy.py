@@ -5,9 +5,10 @@ copy the kept ones in runs, without ``tarfile``/``zipfile`` per-member objects.
 ``L``/``K`` and pax ``x`` headers belong to the member that follows them) and verifies each
 header checksum; :func:`copy_zip` walks the central directory (end record, zip64 end record)
 entry by entry. Both ask ``decide(name, size, start)`` whether a member stays, and copy each run of
-consecutive kept records byte for byte -- between two local files with
-``os.copy_file_range``, the kernel copy ``cp`` makes, in a second thread while the headers
-are read; otherwise (an object store, a kernel or file system without it) in 1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
+consecutive kept records byte for byte: between two local files in a second thread while the
+headers are read, through one reused 1 MiB buffer (``os.preadv`` / ``os.pwrite``) or with
+``os.copy_file_range`` where that can be cheaper (:meth:`Sink.copy`); from other sources (an
+object store) in 1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
 the kept members at their new offsets (zip64 where needed), both as ``tarfile``/``zipfile``
 write them. Memory does not depend on the shard: a read-ahead block, one run's bounds and
 (zip) the new central directory, spooled to disk past 8 MiB.
@@ -100,12 +101,18 @@ class Sink:
 
     def __init__(self, out: IO[bytes] | None) -> None:
         self.out, self.fd, self.start = out, None, 0
+        self._offloaded, self._align = False, 4096
         if out is not None:
             out.flush()
             self.fd = out.fileno()
             self.start = os.lseek(self.fd, 0, os.SEEK_CUR)
+            with contextlib.suppress(OSError, AttributeError):
+                st = os.fstat(self.fd)
+                self._offloaded = os.major(st.st_dev) == 0
+                self._align = max(st.st_blksize, 512)
         self.pos = self.start
         self._kernel = True
+        self._buffer: memoryview | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.fd is None:
@@ -118,12 +125,22 @@ class Sink:
             view = view[n:]
 
     def copy(self, src: Source, offset: int, n: int) -> int:
-        """Copy ``n`` bytes of ``src`` from ``offset``; return how many there were."""
+        """Copy ``n`` bytes of ``src`` from ``offset``; return how many there were.
+
+        Between two local files: ``os.copy_file_range`` when the output is not on a block
+        device (a network or FUSE file system may copy on the server; tmpfs, btrfs, ZFS...)
+        or when both offsets are block-aligned (a reflink on XFS or btrfs); otherwise a read
+        and a write per MiB through one reused buffer. On a block device's file system (ext4,
+        XFS) the kernel copy of a run that starts off the block boundary goes page by page
+        through a pipe: 0.45-0.6 CPU s per GB for a tar whose runs are cut by every 10th
+        sample, against 0.26-0.30 for the buffer (and 0.30 for ``cp``'s single aligned kernel
+        copy of the whole file), measured on ext4, Linux 6.18.
+        """
         if self.fd is None:
             self.pos += n
             return n
         done = 0
-        if src.fd is not None and self._kernel:
+        if src.fd is not None and self._kernel and (self._offloaded or not (offset | self.pos) % self._align):
             try:
                 while done < n:
                     k = os.copy_file_range(src.fd, self.fd, n - done, offset + done, self.pos)
@@ -136,6 +153,17 @@ class Sink:
                 if e.errno not in _NO_KERNEL_COPY:
                     raise
                 self._kernel = False  # another file system or an old kernel: copy in blocks
+        if src.fd is not None:
+            if self._buffer is None:
+                self._buffer = memoryview(bytearray(_BLOCK))
+            buf = self._buffer
+            while done < n:
+                k = os.preadv(src.fd, [buf[: min(_BLOCK, n - done)]], offset + done)
+                if not k:
+                    break
+                self.write(buf[:k])
+                done += k
+            return done
         while done < n:
             block = src.pread(min(_BLOCK, n - done), offset + done)
             if not block:

@@ -377,6 +377,39 @@ def test_own_tar_reader_writes_what_tarfile_did(tmp_path, fmt, removed):
         assert new == open(path, "rb").read()
 
 
+@pytest.mark.parametrize("offloaded", [False, True])
+def test_kernel_copies_only_where_they_pay(tmp_path, monkeypatch, offloaded):
+    # On a block device's file system (ext4, XFS) the kernel copy of a run that starts off a
+    # block boundary goes page by page through a pipe and costs ~1.7x of a read and a write
+    # through a buffer: those runs go through the buffer. Block-aligned runs (a reflink on
+    # XFS/btrfs) and file systems not on a block device (NFS/SMB copy on the server) keep it.
+    path = str(tmp_path / "in.tar")
+    with tarfile.open(path, "w") as tf:
+        for i in range(40):
+            ti = tarfile.TarInfo(f"s{i:02d}.jpg")
+            ti.size = 700 + 1900 * i + (3 * 2**20 if i == 7 else 0)  # one run over several buffers
+            tf.addfile(ti, io.BytesIO(bytes([i]) * ti.size))
+    removed = {f"s{i:02d}" for i in range(2, 40, 5)}
+    calls: list[tuple[int, int]] = []
+    real = os.copy_file_range
+
+    def spy(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append((offset_src, offset_dst))
+        return real(src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", spy)
+    monkeypatch.setattr(os, "major", lambda dev: 0 if offloaded else 8)
+    new, counts = _clean_bytes(path, "tar", removed, fast=True)
+    old, old_counts = _clean_bytes(path, "tar", removed, fast=False)
+    assert new == old and counts == old_counts and counts["found"] == removed
+    runs = len(removed) + 1  # the removed samples are apart: each cuts a run
+    if offloaded:
+        assert len(calls) >= runs
+    else:
+        assert calls and all(s % 4096 == 0 and d % 4096 == 0 for s, d in calls)  # the first run: 0 -> 0
+        assert len({s for s, _ in calls}) < runs
+
+
 def test_tar_with_a_global_pax_header_goes_the_tarfile_way(tmp_path):
     from dedupdask import shardcopy
 
