@@ -37,6 +37,7 @@ __all__ = ["Directory", "Fallback", "Sink", "Source", "Stop", "copy_tar", "copy_
 
 _BLOCK = 2**20
 _RUN_MAX = 256 * _BLOCK  # a run is copied at the latest when it is this long
+_HINT = 16 * _BLOCK  # how far ahead of the header reads the kernel is asked to read a local file
 _AHEAD = 4096  # bytes read at a tar header: a sample's small members and the next header
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
@@ -55,10 +56,19 @@ class Stop(Exception):
 
 class Source:
     """Random reads of a source archive: ``os.pread`` on a local file, else seek and read
-    (a :class:`dedupdask.remote.RetryingReader`)."""
+    (a :class:`dedupdask.remote.RetryingReader`).
+
+    The header reads of a local file come with ``posix_fadvise(WILLNEED)`` of the next
+    16 MiB (each byte hinted once): they jump from header to header, which the kernel's
+    read-ahead takes for random reads of a few KB each, so on a file not in the page cache
+    every header was a small disk read -- a 1 GB tar of 85,000 members took 4-7 s to scan
+    cold and 5.6 s to clean, against 1-1.6 s and 2.8 s with the hint (and ~2.5 s for ``cp``);
+    on a cached file the hint costs ~0.02 s per GB (measured on ext4, virtio disk).
+    """
 
     def __init__(self, f: IO[bytes], fd: int | None = None) -> None:
         self.f, self.fd = f, fd
+        self._hinted = -(2**62)  # the end of the range hinted last
         if fd is None:
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 self.fd = f.fileno()
@@ -76,6 +86,12 @@ class Source:
     def pread(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (fewer only at the end of the file)."""
         if self.fd is not None:
+            far = offset < self._hinted - 2 * _HINT  # far behind: start over (a zip's records after its directory)
+            if far or offset >= self._hinted - _HINT // 2:
+                start = offset if far or offset >= self._hinted else self._hinted
+                with contextlib.suppress(OSError, AttributeError):  # (no posix_fadvise on macOS)
+                    os.posix_fadvise(self.fd, start, offset + _HINT - start, os.POSIX_FADV_WILLNEED)
+                self._hinted = offset + _HINT
             data = os.pread(self.fd, n, offset)
             while 0 < len(data) < n:
                 more = os.pread(self.fd, n - len(data), offset + len(data))
