@@ -283,6 +283,24 @@ def merge_best(*parts: pd.DataFrame) -> pd.DataFrame:
     return best_per_component(pd.concat(nonempty, ignore_index=True)).set_index("component_id")
 
 
+def _members_by_key(keys: pd.Series, members: pd.Series) -> np.ndarray:
+    """One list of member names per key, keys in the order they first appear, members in
+    row order (an object array, for the ``members`` column).
+
+    Examples
+    --------
+    >>> _members_by_key(pd.Series(["b", "a", "b"]), pd.Series(["b.jpg", "a.jpg", "b.txt"])).tolist()
+    [['b.jpg', 'b.txt'], ['a.jpg']]
+    """
+    codes, uniques = pd.factorize(keys, sort=False, use_na_sentinel=False)
+    at = np.argsort(codes, kind="stable")
+    names = members.to_numpy(dtype=object)[at]
+    out = np.empty(len(uniques), dtype=object)
+    for i, chunk in enumerate(np.split(names, np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1])):
+        out[i] = [str(x) for x in chunk]
+    return out
+
+
 def archive_removals(
     files: pd.DataFrame, part: ArchivePart, keepers: pd.DataFrame, plan: RemovalPlan
 ) -> pd.DataFrame:
@@ -338,11 +356,11 @@ def archive_removals(
     rank = {r: i for i, r in enumerate(plan.reasons)}
     img["_rank"] = img["reason"].map(rank).astype("float64")
     img["_order"] = np.arange(len(img))
-    gone = img.groupby("key", sort=False)["reason"].transform(lambda r: bool(r.notna().all()))
-    rm = img[gone.astype(bool)]
+    # (vectorised: a Python function per sample cost ~0.15 CPU ms, 4 s for a 1 GB shard of 28k samples)
+    gone = img["reason"].notna().groupby(img["key"], sort=False, dropna=False).transform("all")
+    rm = img[gone.to_numpy(dtype=bool)]
     if rm.empty:
         return meta
-    members = rm.groupby("key", sort=False)["member"].agg(lambda m: [str(x) for x in m])
     first = rm.sort_values(["_rank", "_order"], kind="stable").drop_duplicates("key").set_index("key")
     dup_info = (
         rm[rm["component_id"].notna()].sort_values("_order", kind="stable").drop_duplicates("key").set_index("key")
@@ -352,7 +370,7 @@ def archive_removals(
         {
             "archive": part.url,
             "key": order.to_numpy(),
-            "members": members.reindex(order).to_numpy(),
+            "members": _members_by_key(rm["key"], rm["member"]),
             "reason": first["reason"].reindex(order).to_numpy(),
         }
     )

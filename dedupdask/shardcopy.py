@@ -5,9 +5,10 @@ copy the kept ones in runs, without ``tarfile``/``zipfile`` per-member objects.
 ``L``/``K`` and pax ``x`` headers belong to the member that follows them) and verifies each
 header checksum; :func:`copy_zip` walks the central directory (end record, zip64 end record)
 entry by entry. Both ask ``decide(name, size, start)`` whether a member stays, and copy each run of
-consecutive kept records byte for byte -- between two local files with
-``os.copy_file_range``, the kernel copy ``cp`` makes, in a second thread while the headers
-are read; otherwise (an object store, a kernel or file system without it) in 1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
+consecutive kept records byte for byte: between two local files in a second thread while the
+headers are read, through one reused 1 MiB buffer (``os.preadv`` / ``os.pwrite``) or with
+``os.copy_file_range`` where that can be cheaper (:meth:`Sink.copy`); from other sources (an
+object store) in 1 MiB blocks. A tar gets new end-of-archive blocks, a zip a new central directory listing
 the kept members at their new offsets (zip64 where needed), both as ``tarfile``/``zipfile``
 write them. Memory does not depend on the shard: a read-ahead block, one run's bounds and
 (zip) the new central directory, spooled to disk past 8 MiB.
@@ -36,6 +37,7 @@ __all__ = ["Directory", "Fallback", "Sink", "Source", "Stop", "copy_tar", "copy_
 
 _BLOCK = 2**20
 _RUN_MAX = 256 * _BLOCK  # a run is copied at the latest when it is this long
+_HINT = 16 * _BLOCK  # how far ahead of the header reads the kernel is asked to read a local file
 _AHEAD = 4096  # bytes read at a tar header: a sample's small members and the next header
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
@@ -54,10 +56,19 @@ class Stop(Exception):
 
 class Source:
     """Random reads of a source archive: ``os.pread`` on a local file, else seek and read
-    (a :class:`dedupdask.remote.RetryingReader`)."""
+    (a :class:`dedupdask.remote.RetryingReader`).
+
+    The header reads of a local file come with ``posix_fadvise(WILLNEED)`` of the next
+    16 MiB (each byte hinted once): they jump from header to header, which the kernel's
+    read-ahead takes for random reads of a few KB each, so on a file not in the page cache
+    every header was a small disk read -- a 1 GB tar of 85,000 members took 4-7 s to scan
+    cold and 5.6 s to clean, against 1-1.6 s and 2.8 s with the hint (and ~2.5 s for ``cp``);
+    on a cached file the hint costs ~0.02 s per GB (measured on ext4, virtio disk).
+    """
 
     def __init__(self, f: IO[bytes], fd: int | None = None) -> None:
         self.f, self.fd = f, fd
+        self._hinted = -(2**62)  # the end of the range hinted last
         if fd is None:
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 self.fd = f.fileno()
@@ -75,6 +86,12 @@ class Source:
     def pread(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (fewer only at the end of the file)."""
         if self.fd is not None:
+            far = offset < self._hinted - 2 * _HINT  # far behind: start over (a zip's records after its directory)
+            if far or offset >= self._hinted - _HINT // 2:
+                start = offset if far or offset >= self._hinted else self._hinted
+                with contextlib.suppress(OSError, AttributeError):  # (no posix_fadvise on macOS)
+                    os.posix_fadvise(self.fd, start, offset + _HINT - start, os.POSIX_FADV_WILLNEED)
+                self._hinted = offset + _HINT
             data = os.pread(self.fd, n, offset)
             while 0 < len(data) < n:
                 more = os.pread(self.fd, n - len(data), offset + len(data))
@@ -100,12 +117,18 @@ class Sink:
 
     def __init__(self, out: IO[bytes] | None) -> None:
         self.out, self.fd, self.start = out, None, 0
+        self._offloaded, self._align = False, 4096
         if out is not None:
             out.flush()
             self.fd = out.fileno()
             self.start = os.lseek(self.fd, 0, os.SEEK_CUR)
+            with contextlib.suppress(OSError, AttributeError):
+                st = os.fstat(self.fd)
+                self._offloaded = os.major(st.st_dev) == 0
+                self._align = max(st.st_blksize, 512)
         self.pos = self.start
         self._kernel = True
+        self._buffer: memoryview | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.fd is None:
@@ -118,12 +141,22 @@ class Sink:
             view = view[n:]
 
     def copy(self, src: Source, offset: int, n: int) -> int:
-        """Copy ``n`` bytes of ``src`` from ``offset``; return how many there were."""
+        """Copy ``n`` bytes of ``src`` from ``offset``; return how many there were.
+
+        Between two local files: ``os.copy_file_range`` when the output is not on a block
+        device (a network or FUSE file system may copy on the server; tmpfs, btrfs, ZFS...)
+        or when both offsets are block-aligned (a reflink on XFS or btrfs); otherwise a read
+        and a write per MiB through one reused buffer. On a block device's file system (ext4,
+        XFS) the kernel copy of a run that starts off the block boundary goes page by page
+        through a pipe: 0.45-0.6 CPU s per GB for a tar whose runs are cut by every 10th
+        sample, against 0.26-0.30 for the buffer (and 0.30 for ``cp``'s single aligned kernel
+        copy of the whole file), measured on ext4, Linux 6.18.
+        """
         if self.fd is None:
             self.pos += n
             return n
         done = 0
-        if src.fd is not None and self._kernel:
+        if src.fd is not None and self._kernel and (self._offloaded or not (offset | self.pos) % self._align):
             try:
                 while done < n:
                     k = os.copy_file_range(src.fd, self.fd, n - done, offset + done, self.pos)
@@ -136,6 +169,17 @@ class Sink:
                 if e.errno not in _NO_KERNEL_COPY:
                     raise
                 self._kernel = False  # another file system or an old kernel: copy in blocks
+        if src.fd is not None:
+            if self._buffer is None:
+                self._buffer = memoryview(bytearray(_BLOCK))
+            buf = self._buffer
+            while done < n:
+                k = os.preadv(src.fd, [buf[: min(_BLOCK, n - done)]], offset + done)
+                if not k:
+                    break
+                self.write(buf[:k])
+                done += k
+            return done
         while done < n:
             block = src.pread(min(_BLOCK, n - done), offset + done)
             if not block:
@@ -336,29 +380,39 @@ def end_tar(sink: Sink) -> None:
     sink.write(bytes((-(sink.pos - sink.start)) % tarfile.RECORDSIZE))
 
 
+_HEADER = tarfile.BLOCKSIZE
+_KINDS = frozenset(_REGULAR + _OTHER)
+_REGULAR_KINDS = frozenset(_REGULAR)
+_EXTENDED = frozenset((tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE))
+
+
 def _scan_tar(src: Source, runs: _Runs, decide: Decide, pos: int = 0) -> None:
-    """Read the headers from ``pos`` to the end of the archive; queue each kept member's record."""
+    """Read the headers from ``pos`` to the end of the archive; queue each kept member's record.
+    (The hot loop of cleaning a tar, ~3 us per member: constants are module globals bound
+    once, the common header -- ASCII, octal numbers, no extended header -- read inline.)"""
     buf, at = b"", 0  # a read-ahead block of the source starting at ``at``
-    adler = zlib.adler32
+    adler, pread, add, flush = zlib.adler32, src.pread, runs.add, runs.flush
+    bs, zero, kinds, regular, extended = _HEADER, _ZERO_BLOCK, _KINDS, _REGULAR_KINDS, _EXTENDED
     while True:
         start, long_name, size = pos, None, None
         while True:  # extended headers, then the member's header
             rel = pos - at
-            if rel < 0 or rel + tarfile.BLOCKSIZE > len(buf):
-                at, buf, rel = pos, src.pread(_AHEAD, pos), 0
-            hdr = buf[rel : rel + tarfile.BLOCKSIZE]
-            if len(hdr) < tarfile.BLOCKSIZE:
+            if rel < 0 or rel + bs > len(buf):
+                at, buf, rel = pos, pread(_AHEAD, pos), 0
+            hdr = buf[rel : rel + bs]
+            if len(hdr) < bs:
                 if pos == 0:
                     raise tarfile.ReadError("empty file")
-                if hdr or pos != start or not src.pread(1, pos - 1):
+                if hdr or pos != start or not pread(1, pos - 1):
                     raise tarfile.ReadError(f"unexpected end of data at byte {pos + len(hdr)}")
                 return  # the end of the file, without end-of-archive blocks
-            if hdr == _ZERO_BLOCK:
+            if hdr == zero:
                 if pos != start:
                     raise tarfile.ReadError(f"end-of-archive block after an extended header at byte {pos}")
                 return
-            field = hdr[148:156]
-            if hdr.isascii():  # the common case of _checksum_ok, inline
+            ascii_ = hdr.isascii()
+            if ascii_:  # the common case of _checksum_ok, inline
+                field = hdr[148:156]
                 try:
                     ok = int(field.split(b"\0", 1)[0].strip() or b"0", 8) == (
                         adler(hdr) & 0xFFFF) - 1 - sum(field) + 256  # fmt: skip
@@ -369,16 +423,16 @@ def _scan_tar(src: Source, runs: _Runs, decide: Decide, pos: int = 0) -> None:
             if not ok:
                 raise tarfile.ReadError(f"bad checksum in the header at byte {pos}")
             kind = hdr[156:157]
-            if kind in _REGULAR or kind in _OTHER:
+            if kind in kinds:
                 break
-            if kind not in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE):
+            if kind not in extended:
                 raise Fallback(f"tar header type {kind!r}")
             n = _number(hdr[124:136])
             if n > _BLOCK:
                 raise Fallback(f"an extended header of {n} bytes")
-            data = src.pread(n, pos + tarfile.BLOCKSIZE)
+            data = pread(n, pos + bs)
             if len(data) < n:
-                raise tarfile.ReadError(f"unexpected end of data at byte {pos + tarfile.BLOCKSIZE + len(data)}")
+                raise tarfile.ReadError(f"unexpected end of data at byte {pos + bs + len(data)}")
             if kind == tarfile.GNUTYPE_LONGNAME:
                 long_name = _text(data)
             elif kind == tarfile.XHDTYPE:
@@ -389,25 +443,27 @@ def _scan_tar(src: Source, runs: _Runs, decide: Decide, pos: int = 0) -> None:
                     long_name = pax[b"path"].decode("utf-8", "surrogateescape")
                 if b"size" in pax:
                     size = int(pax[b"size"])
-            pos += tarfile.BLOCKSIZE + _blocks(n)
-        if long_name is None:
+            pos += bs + _blocks(n)
+        if long_name is not None:
+            name = long_name
+        elif ascii_ and not hdr[345]:  # no ustar prefix: the name field (ASCII needs no escapes)
+            name = hdr[:100].split(b"\0", 1)[0].decode("ascii")
+        else:
             name = _text(hdr[0:100])
             if hdr[345]:  # a ustar prefix
                 name = _text(hdr[345:500]) + "/" + name
-        else:
-            name = long_name
-        if kind in _REGULAR and not (kind == tarfile.AREGTYPE and name.endswith("/")):
+        if kind in regular and not (kind == tarfile.AREGTYPE and name.endswith("/")):
             if size is None:
-                size = _number(hdr[124:136])
-            end = pos + tarfile.BLOCKSIZE + _blocks(size)
+                size = int(hdr[124:136].split(b"\0", 1)[0].strip() or b"0", 8) if ascii_ else _number(hdr[124:136])
+            end = pos + bs + (size + 511) // bs * bs
             kept = decide(name, size, start)
         else:
-            end = pos + tarfile.BLOCKSIZE
+            end = pos + bs
             kept = decide(None, 0, start)
         if kept:
-            runs.add(start, end)
+            add(start, end)
         else:
-            runs.flush()
+            flush()
         pos = end
 
 
@@ -589,7 +645,9 @@ def copy_zip(src: Source, sink: Sink, decide: Decide, *, directory: Directory | 
                 if prev is not None:
                     place(prev, offset)  # its record ends where this one starts
                     prev = None
-                label = raw[_CD.size : _CD.size + f[12]].decode("utf-8" if f[5] & 0x800 else "cp437")
+                label = raw[_CD.size : _CD.size + f[12]]
+                # an ASCII name reads the same in cp437 and UTF-8 (cp437's codec is Python code)
+                label = label.decode("ascii") if label.isascii() else label.decode("utf-8" if f[5] & 0x800 else "cp437")
                 if "\0" in label:
                     label = label.split("\0", 1)[0]
                 try:

@@ -165,3 +165,30 @@ def test_runs_written_before_the_name_columns_still_load(run, tmp_path):
     old = ddk.load(str(wd))
     assert old.similarity.compute()["archive_from"].isna().all() and old.invalid.compute()["key"].isna().all()
     assert len(old.removals().compute()) == len(res.removals().compute())
+
+
+def test_archive_removals_groups_the_members_of_each_sample():
+    # a sample's rows need not be next to each other; it goes only when all its images go, with
+    # its members in archive order; samples in the order they first appear
+    import numpy as np
+
+    from dedupdask.removals import ArchivePart, RemovalPlan, archive_removals
+
+    members = ["s1.jpg", "s0.jpg", "s1.png", "s2.jpg", "s0.png", "s3.jpg", "s2.png"]
+    files = pd.DataFrame({"key": [m.split(".")[0] for m in members], "member": members,
+                          "index": pd.array([0, 1, 2, 3, 4, None, 5], dtype="Int64"),
+                          "error_code": pd.array([None] * 5 + ["broken"] + [None], dtype="string")})  # fmt: skip
+    comps = pd.DataFrame({"index": [0, 1, 2, 3, 4, 5], "component_id": [9, 9, 8, 8, 7, 7]})
+    pairs = pd.DataFrame({"index": [0, 1, 2, 3, 4, 5], "kind_rank": [0, 0, 1, 1, 2, 2], "similarity": 0.9})
+    flagged = pd.DataFrame({"index": pd.Series([], dtype="int64"), "reason": pd.Series([], dtype="string")})
+    part = ArchivePart("a.tar", "/d/a.tar", 0, 6, comps, pairs, flagged)
+    # kept: index 0 (s1.jpg) for component 9, 99 (another archive) for 8 and 7
+    keepers = pd.DataFrame({"component_id": [9, 8, 7], "index": [0, 99, 99], "archive": ["/d/a.tar", "/d/b", "/d/b"],
+                            "key": ["s1", "x", "x"]}).set_index("component_id")  # fmt: skip
+    rm = archive_removals(files, part, keepers, RemovalPlan.make("first"))
+    # s1: its jpg is kept -> stays; s0: both images duplicates; s2: both duplicates; s3: invalid
+    assert rm["key"].tolist() == ["s0", "s2", "s3"]
+    assert [list(m) for m in rm["members"]] == [["s0.jpg", "s0.png"], ["s2.jpg", "s2.png"], ["s3.jpg"]]
+    assert rm["reason"].tolist() == ["duplicate", "duplicate", "invalid"]
+    assert rm["component_id"].tolist()[:2] == [9, 8] and rm["kind"].tolist()[:2] == ["exact", "copy"]
+    assert rm["component_id"].isna().tolist() == [False, False, True] and np.isnan(rm["similarity"].iloc[2])
