@@ -31,6 +31,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..knn import normalize_rows
 from .exact import ExactGroups
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOCK_ROWS", "QUERIES_PER_GROUP", "QUERY_CHUNK", "OutlierGroups", "best_outside", "merge_best",
-    "outlier_groups", "search_outside", "unit_rows", "within_cap",
+    "outlier_groups", "search_outside", "within_cap",
 ]  # fmt: skip
 
 QUERIES_PER_GROUP = 8  # members of a closed group compared with every image outside it
@@ -234,20 +235,6 @@ def _take_best(
     near[lt[better]] = it[better]
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 rows of length 1 (zero rows stay zero).
-
-    Examples
-    --------
-    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])) * 5
-    array([[3., 4.],
-           [0., 0.]], dtype=float32)
-    """
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-
 def best_outside(
     queries: np.ndarray, query_labels: np.ndarray, block: np.ndarray, block_labels: np.ndarray, offset: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +258,7 @@ def best_outside(
     sim, idx = np.full(nq, -np.inf, np.float32), np.full(nq, -1, np.int64)
     if block.shape[0] == 0 or nq == 0:
         return sim, idx
-    b = unit_rows(block)
+    b = normalize_rows(block)
     b_lab = np.asarray(block_labels)
     for q0 in range(0, nq, QUERY_CHUNK):
         q, q_lab = queries[q0 : q0 + QUERY_CHUNK], np.asarray(query_labels[q0 : q0 + QUERY_CHUNK])
@@ -321,7 +308,7 @@ def search_outside(col: Collection, queries: np.ndarray, labels: np.ndarray) -> 
 
     queries = np.asarray(queries, dtype=np.int64)
     q_lab = labels[queries]
-    q = unit_rows(col.vector_rows(queries) if col.reads_locally() else col.embeddings()[queries].compute())
+    q = normalize_rows(col.vector_rows(queries) if col.reads_locally() else col.embeddings()[queries].compute())
     archives = [a for a in col.archives if a.n_valid]
     if col.reads_locally():
         parts = [

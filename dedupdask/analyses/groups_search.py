@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .groups import QUERY_CHUNK, best_outside, merge_best, unit_rows, within_cap
+from ..knn import normalize_rows
+from .groups import QUERY_CHUNK, best_outside, merge_best, within_cap
 from .routing import route
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def _query_piece(wd: Any, path: str, d: int, offset: int, part: pd.DataFrame) ->
     from ..knn_rows import read_file_rows
 
     reps = part.index.to_numpy(dtype=_I64)  # sorted by the route
-    return unit_rows(read_file_rows(wd, path, d, "<f4", reps - offset)), part["group"].to_numpy(_I64)
+    return normalize_rows(read_file_rows(wd, path, d, "<f4", reps - offset)), part["group"].to_numpy(_I64)
 
 
 def _chunk(pieces: list[tuple[np.ndarray, np.ndarray]], cuts: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
