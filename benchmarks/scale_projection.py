@@ -9,9 +9,8 @@ Inputs, all measured:
 
 * ``benchmarks/results/scale_build.txt``: the JSON lines ``benchmarks/scale_build.py`` prints, one per
   build of a synthetic work_dir against a real ``dask scheduler`` + ``dask worker`` processes (stage
-  timings from ``run.json``, client and worker peaks sampled from outside, and, where the run recorded
-  them, the bytes the worker and client processes read and wrote and the sizes of the work_dir and of
-  ``results/``). Those runs use d = 128; every stage but the kNN handles per-image rows whose size
+  timings from ``run.json``, client and worker peaks sampled from outside; the bytes read and written
+  at 5M were sampled apart and are quoted in the README). Those runs use d = 128; every stage but the kNN handles per-image rows whose size
   does not depend on d.
 * ``benchmarks/results/knn_partitioned.txt`` via :mod:`knn_projection` for the kNN at the model's
   width (``--d``, 1280 for the default model): its cost per vector does not depend on N except for
@@ -26,7 +25,7 @@ runs so the reader sees whether it grows with N; time at W workers is core-hours
 are partitioned: one task per archive, bucket or partition), plus the k-means fit, one task.
 Memory per worker is the measured peak (partitions and buckets have a fixed size at any N); the
 client is the measured import baseline + a cost per archive and per kNN bucket fitted on the runs.
-Bytes scale with N from the largest run's bytes per image. Figures are printed, not asserted.
+Figures are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -141,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{per_arch * 1e3:.0f} KB per archive (least squares over the runs; includes the kNN buckets, "
           "whose number grows with the archives at a fixed memory per task)")  # fmt: skip
     worker_peak = max(max(r["worker_peak_mb"]) for r in runs)
-    io = big.get("io")
     knn_runs = [r for r in kp.load_runs([args.knn]) if r["variant"] == "full" and "timings" in r]
     knn_ref = max((r for r in knn_runs if r["d"] == args.d), key=lambda r: r["n"], default=None)
     flops = args.gflops * 1e9 if args.gflops else kp.gemm_flops() if knn_ref else 0.0
@@ -179,16 +177,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{per_arch * 1e3:.0f} KB x {archives:,} archives); no per-image row")  # fmt: skip
         vec = n * args.d * 4
         print(f"vectors on storage {_gib(vec)} (float32 x {args.d})", end="")
-        if big.get("workdir_bytes"):
-            other = (big["workdir_bytes"] - big["n"] * big["d"] * 4) / big["n"] * n
-            print(f"; per-archive tables and the rest of the work_dir {_gib(other)}", end="")
-        if big.get("results_bytes"):
-            print(f"; results/ written {_gib(big['results_bytes'] / big['n'] * n)}", end="")
         print()
-        if io:
-            for who, b in io.items():
-                print(f"  {who}: read {_gib(b['rchar'] / big['n'] * n)}, wrote {_gib(b['wchar'] / big['n'] * n)} "
-                      f"(files and network, scaled from {big['n']:,} images)")  # fmt: skip
     return 0
 
 
