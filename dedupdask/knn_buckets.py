@@ -3,7 +3,7 @@
 Stages 2-5 of :func:`dedupdask.knn_partitioned.knn_graph_partitioned`, the work of its tasks:
 
 2. **assign** (per archive): every vector goes to the buckets of its ``m`` most similar
-   centroids, plus up to ``m`` more within the margin; with reduction or float16 the projected
+   centroids, plus up to ``2 * m`` more within the margin; with reduction or float16 the projected
    unit vectors are written to a scratch file per archive.
 3. **plan**: an oversized bucket is split by a k-means of its own members
    (:func:`_split_bucket`, a task); :mod:`dedupdask.knn_tasks` runs stages 2-5 on the
@@ -28,7 +28,7 @@ import pandas as pd
 from .allocator import tune as tune_allocator
 from .knn import PYNNDESCENT_MIN_NEIGHBORS, nndescent_knn, top_k
 from .knn_budget import _CHUNK_BYTES, _SIM_BLOCK_BYTES, _gather_bytes
-from .knn_fit import _auto_margin, _sample_positions, spherical_kmeans
+from .knn_fit import _auto_margin, _sample_positions, label_width, spherical_kmeans
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _chunk_rows, _read_search
 from .store import WorkDir
 
@@ -48,13 +48,14 @@ RERANK_EXTRA = 8
 
 # -- stage 2: assign --------------------------------------------------------------------------------
 def _top_m(x: np.ndarray, centroids: np.ndarray, m: int, margin: float = 0.0) -> np.ndarray:
-    """Per row: its ``m`` most similar centroids, plus up to ``m`` more within ``margin``.
+    """Per row: its ``m`` most similar centroids, plus up to ``2 * m`` more within ``margin``.
 
     A further centroid is taken when its similarity is at least the best one's minus
-    ``margin`` (points near a boundary of several buckets); unused columns are -1.
+    ``margin`` (points near a boundary of several buckets); unused columns are -1
+    (:func:`dedupdask.knn_fit.label_width` columns).
     """
     sims = x @ centroids.T
-    width = min(centroids.shape[0], 2 * m if margin > 0 else m)
+    width = label_width(m, margin, centroids.shape[0])
     top, s = top_k(sims, width)  # the one top-k: ties go to the lower centroid
     top = top.astype(np.int32)
     if width > m:
@@ -67,7 +68,7 @@ def _assign_block(block: VectorBlock, plan: KnnPlan, scratch_path: str | None) -
     """Top-``m`` centroids of every row of one archive; writes its projected rows if asked."""
     tune_allocator()
     n = block.size
-    out = np.empty((n, _label_width(plan.m, plan.margin, plan.centroids.shape[0])), dtype=np.int32)
+    out = np.empty((n, label_width(plan.m, plan.margin, plan.centroids.shape[0])), dtype=np.int32)
     store = np.empty((n, plan.d_search), dtype=plan.dtype) if scratch_path else None
     step = _chunk_rows(block.width)
     for s in range(0, n, step):
@@ -98,7 +99,7 @@ def _split_bucket(
 ) -> list[np.ndarray]:
     """Split an oversized bucket: k-means of (a sample of) its members, assigned as above.
 
-    The margin is chosen again on the bucket's sample (:data:`BOUNDARY_FRACTION`) when the
+    The margin is chosen again on the bucket's sample (:data:`dedupdask.knn_fit.PROBE_SHARE`) when the
     top level chose one.
     """
     cap = max(parts * 64, _CHUNK_BYTES * 4 // (4 * plan.d_search))
@@ -107,7 +108,7 @@ def _split_bucket(
     )
     centroids = spherical_kmeans(sample, parts, seed=seed)
     margin = _auto_margin(sample, centroids, plan.m) if plan.margin > 0 else 0.0
-    labels = np.empty((members.size, _label_width(plan.m, margin, parts)), dtype=np.int32)
+    labels = np.empty((members.size, label_width(plan.m, margin, parts)), dtype=np.int32)
     step = _chunk_rows(plan.d_search)
     for s in range(0, members.size, step):
         v = _read_search(search_src, plan, members[s : s + step])
@@ -131,10 +132,6 @@ def _cut(members: np.ndarray, capacity: int) -> list[np.ndarray]:
     if len(parts) > 1:
         parts[-1] = members[-capacity:]
     return parts
-
-
-def _label_width(m: int, margin: float, n_centroids: int) -> int:
-    return min(n_centroids, 2 * m if margin > 0 else m)
 
 
 def _group(

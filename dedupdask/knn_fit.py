@@ -5,7 +5,7 @@ rows, :data:`SAMPLE_PER_CENTROID` per centroid; with ``d_reduce`` a PCA of it (t
 Gram matrix, so inner products -- cosine similarities of unit rows -- are what is preserved);
 a spherical k-means, fitted by one task while the sample fits in a quarter of a task's memory,
 else in two levels of tasks (:func:`_fit_two_level`); and the margin that sends the vectors
-nearest a further boundary to extra buckets (:data:`BOUNDARY_FRACTION`).
+near a further boundary to extra buckets (:data:`PROBE_SHARE`).
 """
 
 from __future__ import annotations
@@ -23,21 +23,39 @@ from .knn import DEFAULT_RANDOM_STATE
 from .knn_budget import _SIM_BLOCK_BYTES
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _chunk_rows, _compute, _unit
 
-__all__ = ["BOUNDARY_FRACTION", "SAMPLE_PER_CENTROID", "fit_projection", "spherical_kmeans"]
+__all__ = [
+    "EXTRA_WIDTH",
+    "PROBE_SHARE",
+    "PROBE_SIMILARITY",
+    "SAMPLE_PER_CENTROID",
+    "fit_projection",
+    "label_width",
+    "spherical_kmeans",
+]
 
-BOUNDARY_FRACTION = 0.5
-"""Default margin: this fraction of the vectors -- the nearest to a further boundary -- get
-extra buckets.
+PROBE_SIMILARITY = 0.9
+"""Cosine of the probe pairs on which the default margin is chosen (fastdup's ``threshold``)."""
 
-Besides its ``m`` best centroids, a vector goes to up to ``m`` more whose similarity is within
-``margin`` of its best one; by default ``margin`` is the ``BOUNDARY_FRACTION`` quantile, over
-sampled vectors held out of the k-means fit, of (best similarity - (m+1)-th best). Measured
-on the benchmark data (1M x 1280, 10k random cluster centres -- no coarse structure, the hard
-case for bucketing), 25 buckets, planted pairs >= 0.79 that share a bucket / buckets per
-vector: m=2 alone 0.945 / 2.0; fraction 0.15: 0.973 / 2.21; 0.3: 0.986 / 2.45; **0.5: 0.995 /
-2.82**; m=3 alone 0.992 / 3.0; m=3 with 0.3: 0.999 / 3.6. Pairs >= 0.9 are split less often
-(0.9996 at the default). At 200k (12 buckets) m=2 alone already shared 0.982.
+PROBE_SHARE = 0.98
+"""Default margin: the smallest with which this share of probe pairs meet in a bucket.
+
+Besides its ``m`` best centroids, a vector goes to up to ``2 * m`` more (:data:`EXTRA_WIDTH`)
+whose similarity is within ``margin`` of its best one. The margin is chosen for what it is
+for -- close pairs meeting in a bucket -- on probe pairs made from held-out sample rows: each
+row ``x`` and ``y = s x + sqrt(1 - s^2) u`` at cosine ``s`` = :data:`PROBE_SIMILARITY`,
+``u`` the unit direction towards another random sample row (a direction the data varies
+in). Pairs closer than ``s`` meet more often. So the margin grows with the number of
+boundaries (centroids) and shrinks where the buckets are coarse, instead of sending a fixed
+fraction of the vectors to extra buckets, which split more close pairs as the centroids
+multiplied (measured with ``scale_build.py``'s 5M work_dir, planted pairs >= 0.9 sharing a
+bucket / buckets per vector: 343 centroids, the fixed fraction 0.5 of before: 0.987 / 2.82;
+probes at 0.98: 0.998 / 3.92; 35 centroids (0.5M): 0.998 / 2.83 before, 0.998 / 2.68 now).
 """
+
+EXTRA_WIDTH = 2
+"""A vector goes to at most ``m * (1 + EXTRA_WIDTH)`` buckets (its ``m`` best and up to
+``EXTRA_WIDTH * m`` more within the margin). With ``2 * m`` at most, probe pairs at 0.9
+could not reach 0.995 on the 5M work_dir above however wide the margin."""
 
 SAMPLE_PER_CENTROID = 200
 """The k-means sample has this many rows per centroid (at least 20,000); k-means libraries
@@ -166,7 +184,7 @@ def _fit_centroids(
     m: int,
     margin: float | None,
 ) -> tuple[np.ndarray, float]:
-    """k-means centroids of the sample, and the margin (see :data:`BOUNDARY_FRACTION`)."""
+    """k-means centroids of the sample, and the margin (see :data:`PROBE_SHARE`)."""
     x = np.concatenate(list(parts)) if len(parts) > 1 else parts[0]
     if projection is not None:
         x = _unit(x @ projection)
@@ -181,25 +199,77 @@ def _fit_centroids(
     return centroids, _auto_margin(x[held], centroids, m)
 
 
-def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
-    """The :data:`BOUNDARY_FRACTION` quantile of (best - (m+1)-th best centroid similarity).
+def label_width(m: int, margin: float, n_centroids: int) -> int:
+    """Most buckets one vector may go to: ``m``, plus :data:`EXTRA_WIDTH` ``* m`` with a margin.
 
-    0 when there are at most ``m`` centroids (nothing further to add) or no rows.
+    Examples
+    --------
+    >>> label_width(2, 0.0, 100), label_width(2, 0.04, 100), label_width(2, 0.04, 5)
+    (2, 6, 5)
+    """
+    return min(n_centroids, m * (1 + EXTRA_WIDTH) if margin > 0 else m)
+
+
+def _top_width(x: np.ndarray, centroids: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: its ``width`` most similar centroids and their similarities, most similar first."""
+    from .knn import top_k
+
+    step = max(1, _SIM_BLOCK_BYTES // (4 * centroids.shape[0]))
+    parts = [top_k(x[s : s + step] @ centroids.T, width) for s in range(0, x.shape[0], step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _probe_pairs(x: np.ndarray, similarity: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` (unit) and a partner of each at cosine ``similarity``, moved towards
+    another random row of ``x``; rows whose direction is undefined are left out."""
+    other = x[np.random.default_rng(seed).permutation(x.shape[0])]
+    u = other - np.einsum("ij,ij->i", other, x)[:, None] * x
+    norm = np.linalg.norm(u, axis=1)
+    ok = norm > 1e-6
+    u = u[ok] / norm[ok, None]
+    s = np.float32(similarity)
+    return x[ok], (s * x[ok] + np.sqrt(np.float32(1) - s * s) * u).astype(np.float32)
+
+
+def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
+    """The smallest margin with which :data:`PROBE_SHARE` of probe pairs made from ``x`` share
+    a bucket (see :data:`PROBE_SHARE`); ``2.0`` (every one of the widest choice) when even
+    that is not enough; 0 when there are at most ``m`` centroids or no rows.
+
+    A pair meets in centroid ``c`` once ``c`` is among both rows' buckets: for each row, 0 when
+    ``c`` is among its ``m`` best, else its best similarity minus its similarity to ``c``; the
+    pair needs the larger of the two, at its cheapest common centroid.
 
     Examples
     --------
     >>> c = np.eye(3, dtype=np.float32)
     >>> _auto_margin(np.empty((0, 3), np.float32), c, 1), _auto_margin(c, c, 3)
     (0.0, 0.0)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2000, 16)).astype(np.float32)
+    >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+    >>> cents = spherical_kmeans(x, 12)
+    >>> 0 < _auto_margin(x, cents, 2) < 2
+    True
     """
     if centroids.shape[0] <= m or x.shape[0] == 0:
         return 0.0
-    gaps = []
-    step = max(1, _SIM_BLOCK_BYTES // (4 * centroids.shape[0]))
-    for s in range(0, x.shape[0], step):
-        sims = -np.sort(-(x[s : s + step] @ centroids.T), axis=1)
-        gaps.append(sims[:, 0] - sims[:, m])
-    return float(np.quantile(np.concatenate(gaps), BOUNDARY_FRACTION))
+    a, b = _probe_pairs(x, PROBE_SIMILARITY)
+    if a.shape[0] == 0:
+        return 0.0
+    width = label_width(m, 1.0, centroids.shape[0])
+    need = []
+    step = max(1, 2**20 // (width * width))
+    for s in range(0, a.shape[0], step):
+        ia, sa = _top_width(a[s : s + step], centroids, width)
+        ib, sb = _top_width(b[s : s + step], centroids, width)
+        ga, gb = sa[:, :1] - sa, sb[:, :1] - sb  # what each extra bucket needs
+        ga[:, :m], gb[:, :m] = 0, 0
+        both = np.maximum(ga[:, :, None], gb[:, None, :])
+        both[ia[:, :, None] != ib[:, None, :]] = np.inf
+        need.append(both.min(axis=(1, 2)))
+    q = float(np.quantile(np.concatenate(need), PROBE_SHARE))
+    return q if np.isfinite(q) else 2.0
 
 
 def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
@@ -265,7 +335,7 @@ def _fit_two_level(
        (one task); 2. every sample row's coarse cell (one task per archive, integers back);
     3. the ``n_clusters`` centroids shared among the cells in proportion to their rows, each
     cell's fitted on its own rows by one task (at most ``cap`` rows); 4. the margin on
-    held-out sample rows (:data:`BOUNDARY_FRACTION`; one task). The client holds the sample's
+    held-out sample rows (:data:`PROBE_SHARE`; one task). The client holds the sample's
     positions and labels (integers) and the centroids.
     """
     rng = np.random.default_rng([seed, 2])

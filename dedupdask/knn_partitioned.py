@@ -20,8 +20,10 @@ The partitioned graph, stage by stage (one Dask task per archive, bucket or row 
    sample, one task, gives ``C`` centroids, ``C`` chosen so that buckets average half the
    capacity of a task.
 2. **assign** (per archive). Every vector goes to the buckets of its ``m`` (default 2) most
-   similar centroids -- points near a boundary sit in both buckets, so a close pair split by
-   the boundary still meets in one of them. With reduction or float16 the projected unit
+   similar centroids, and to up to ``2 * m`` more whose similarity is within a margin of its
+   best one -- points near a boundary sit in several buckets, so a close pair split by the
+   boundary still meets in one of them; the margin is chosen so that probe pairs at cosine
+   0.9 meet in a bucket 98 % of the time (:data:`dedupdask.knn_fit.PROBE_SHARE`). With reduction or float16 the projected unit
    vectors are written to a scratch file per archive (``work_dir/tmp/knn-<token>/``) so that
    buckets read ``d_reduce``-wide rows; it is removed at the end. A shuffle on the bucket
    assembles each bucket's members on the workers; the client learns their number.
@@ -94,8 +96,8 @@ from .knn_budget import (  # noqa: F401
     task_budget,
 )
 from .knn_fit import (  # noqa: F401
-    BOUNDARY_FRACTION,
     MARGIN_ROWS,
+    PROBE_SHARE,
     SAMPLE_PER_CENTROID,
     _auto_margin,
     _fit_centroids,
@@ -198,9 +200,10 @@ def knn_edges_partitioned(
     m : int
         Buckets per vector (>= 2: boundary points go to their ``m`` nearest centroids).
     margin : float, optional
-        A vector also goes to up to ``m`` further buckets whose centroid similarity is
-        within ``margin`` of its best one (0 = exactly ``m`` buckets); default: chosen on the
-        sample so that :data:`BOUNDARY_FRACTION` of the vectors get extra buckets.
+        A vector also goes to up to ``2 * m`` further buckets whose centroid similarity is
+        within ``margin`` of its best one (0 = exactly ``m`` buckets); default: chosen on
+        held-out sample rows so that :data:`PROBE_SHARE` of probe pairs at cosine 0.9 meet in
+        a bucket (:mod:`dedupdask.knn_fit`).
     random_state : int
         Seed of the sample, k-means and pynndescent: reruns give the same graph.
     rows : dask.dataframe.Series, optional
@@ -242,9 +245,9 @@ def knn_edges_partitioned(
         size = min(cap, max(1, int(n * m / max(1, math.ceil(n * m / (cap * FILL))))))
         method = "exact" if float(n) * m * size * d_search <= _exact_max_work() else "pynndescent"
     capacity = bucket_capacity(budget, d_search, itemsize, k_search, method, d, rerank)
-    # expected buckets per vector: m, plus up to m more for BOUNDARY_FRACTION of the vectors
-    # (2.8 measured for m=2 and 0.5)
-    per_vector = m * (1 + 0.8 * BOUNDARY_FRACTION) if margin is None or margin > 0 else m
+    # expected buckets per vector: m, plus the extra ones within the margin (2.7 - 3.9 measured
+    # for m=2 from 35 to 343 centroids; a bucket over a task's capacity is split anyway)
+    per_vector = 2 * m if margin is None or margin > 0 else m
     n_clusters = 1 if n <= capacity else max(2, math.ceil(n * per_vector / (capacity * FILL)))
     info: dict[str, Any] = {
         "method": f"partitioned-{method}",

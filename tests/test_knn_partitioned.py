@@ -215,6 +215,30 @@ def compare(single, part, ds, *, min_recall: float = 0.99, min_outliers: float =
     assert (near["similarity"] <= near["similarity_1"] + 2e-6).all()
 
 
+def test_close_pairs_meet_in_a_bucket_however_many_centroids():
+    """The margin is chosen for close pairs meeting, not for a fixed share of the vectors.
+
+    300 centroids over 48-d data without structure: pairs at cosine 0.9 in random directions
+    met in a bucket 0.944 of the time with the old margin (the median gap to the third
+    centroid, at most 4 buckets), 0.981 with the probe margin.
+    """
+    from dedupdask.knn_buckets import _top_m
+    from dedupdask.knn_fit import PROBE_SHARE, _auto_margin, spherical_kmeans
+
+    rng = np.random.default_rng(1)
+    x = normalize_rows(rng.standard_normal((48_000, 48)).astype(np.float32))
+    centroids = spherical_kmeans(x[:32_000], 300, seed=0)
+    margin = _auto_margin(x[32_000:], centroids, 2)
+    a = x[:12_000]
+    g = rng.standard_normal(a.shape).astype(np.float32)
+    g = normalize_rows(g - np.einsum("ij,ij->i", g, a)[:, None] * a)
+    b = (np.float32(0.9) * a + np.sqrt(np.float32(0.19)) * g).astype(np.float32)
+    la, lb = _top_m(a, centroids, 2, margin), _top_m(b, centroids, 2, margin)
+    met = ((la[:, :, None] == lb[:, None, :]) & (la[:, :, None] >= 0)).any(axis=(1, 2))
+    assert met.mean() >= PROBE_SHARE - 0.005
+    assert la.shape[1] == 6 and 2 < (la >= 0).sum() / len(a) < 4  # extra buckets, not all
+
+
 def test_build_partitioned_on_local_cluster(work, monkeypatch):
     """Past the workers' memory (here: a tiny fraction of it) the kNN partitions by itself."""
     from distributed import Client, LocalCluster
