@@ -195,11 +195,11 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
     # no table is concatenated into one task (what compute() of a collection does)
     assert not any(k.startswith("repartitiontofewer") for k in names), sorted(names)
     assert got["sync"].run["counts"]["exact_groups"] >= 2
-    # run.json says where the candidates were scored: on the sync scheduler here, else on the workers
-    ver, ver_dist = got["sync"].run["verification"], got["cluster"].run["verification"]
-    assert ver["candidates"] == ver_dist["candidates"] >= 1
-    assert (ver["ran_on"], ver["workers"]) == ("this process", 0)
-    assert (ver_dist["ran_on"], ver_dist["workers"]) == ("workers", 2)
+    # nothing to verify (the dct model has no band; its copy candidates pass the threshold): run.json
+    # says no verification ran anywhere, on both paths
+    for run in (got["sync"].run, got["cluster"].run):
+        ver = run["verification"]
+        assert (ver["candidates"], ver["ran_on"], ver["workers"]) == (0, None, 0), ver
     assert got["sync"].run["counts"]["outliers"] >= 1 and got["sync"].run["counts"]["issues"] >= 1
     _assert_same(tmp_path, got)
 
