@@ -87,6 +87,7 @@ Usage::
     python benchmarks/scale_build.py --compare 200000 --compare-blas both
     python benchmarks/scale_build.py --real 3000
     python benchmarks/scale_build.py --n 500000 --real-subset 3000
+    python benchmarks/scale_build.py --n 5000000 --real-subset 3000 --extra "--max-memory-per-task 256MB"
 """
 
 from __future__ import annotations
