@@ -37,10 +37,11 @@ __all__ = ["compare", "move_results", "RUN_KEYS"]
 RESULTS = "results"
 RUN_KEYS = ("counts", "issues", "verification")
 """``run.json`` blocks compared besides the tables (their cost entries left out)."""
-# how long verification took and how its work was split: not results (the in-process planner
+# how long verification took, how its work was split and where it ran: not results (the in-process planner
 # and the one on the workers split the same pairs into different tasks, which read images
 # once per task)
-_COST = ("seconds", "read_seconds", "score_seconds", "seconds_per_pair", "tasks", "images_read", "archives_read")
+_COST = ("seconds", "read_seconds", "score_seconds", "seconds_per_pair", "tasks", "images_read", "archives_read",
+         "ran_on", "workers")
 
 
 def move_results(wd: str, dest: str) -> list[str]:

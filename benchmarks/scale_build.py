@@ -41,15 +41,44 @@ flip, brightness -- in another shard than their original), then on the cluster
 --client ...`` with verification (the default) twice: as typed, and with
 ``--max-client-memory 1MB`` so that every stage runs on the workers. Printed per command: wall
 time, client and worker peaks; per build: ``run.json``'s ``analysed_on``, timings and
-verification block, the verification tasks each worker ran (the scheduler's task stream:
-``run.json`` does not say where verification ran -- the in-process analysis scores fewer than
-``dedupdask.verify.CLUSTER_MIN_PAIRS`` pairs on its own threads), the recall of the planted
+verification block (``ran_on``: the in-process analysis scores fewer than
+``dedupdask.verify.CLUSTER_MIN_PAIRS`` pairs on its own threads), the verification tasks each
+worker ran (the scheduler's task stream), the recall of the planted
 copies (pairs of any kind) and the found pairs whose images come from different originals
 (look-alikes); then the two builds' tables compared.
 
+``--n N --real-subset R``: verification on a real-image subset of a large work_dir. The
+real shards of ``--real R`` are extracted on the cluster (``dedupdask extract SHARDS REAL_WD
+--client ...``, the default model) and their archives are written into the synthetic work_dir
+of N images with the WorkDir API (:func:`merge_real`: files tables with the real archive URLs,
+so verification reads the real pixels; ``dct.dat``, ``skipped.csv`` and ``done.json`` as
+extracted), their vectors brought to ``--d`` by a fixed truncated SVD (uncentred PCA) fitted
+on the R real vectors, unit rows after projection -- how it moved the cosines of the planted
+copies and of pairs of distinct pictures is printed. Then ONE ``dedupdask build WD --client
+...`` with the default settings (verification on) analyses all of them. What the work_dir
+format requires of mixed archives (``dedupdask/collect.py``, ``thresholds.py``,
+``fusion.py``): every ``done.json`` agrees on model id, model hash and ``d`` (collect refuses
+a mix) and on ``decode_version`` (2 for both); the thresholds are the model's row of
+``dedupdask.thresholds.TABLE`` (recorded ``model_threshold`` s are only read for user models,
+from the first archive: archives sort by URL, so the real ones, local paths, come first and
+take global indices 0..R-1); the copy tier runs only when EVERY archive has a ``dct.dat``. So
+here the synthetic archives are written with the real model's id and hash (effnet-lite0:
+threshold 0.99, verification band [0.65, 0.99), copy_threshold 0.995) and a ``dct.dat`` of
+independent random unit descriptors, and the synthetic data differ from ``--n`` alone
+(:data:`SUBSET`) so that no synthetic pair is ever sent to verification (it could not read a
+``synthetic://`` archive): planted near pairs have cosine 0.992-0.999 (>= threshold: accepted
+without verification), the cluster noise is sigma 4 (two members of a cluster: cosine ~0.06;
+the largest non-planted neighbour cosine expected at 5M is ~0.6, below the band's 0.65),
+exact copies share ``md5`` (exact groups, never verified), and random DCT descriptors make no
+copy candidate. Printed: the extraction, the projection, the build's wall time, where it
+analysed and where verification ran (run.json's ``verification`` block: ``ran_on``,
+``workers``, ``tasks``; and the scheduler's task stream), client and worker peaks,
+synthetic recall (planted pairs >= 0.9, exact), the real subset's recall of planted copies by
+edit and its look-alikes (pairs of two real images only; real-synthetic pairs are counted, 0
+expected). Exits 1 when verification had errors or a real-synthetic pair was reported.
+
 Not measured here: S3 (``benchmarks/s3_memory.py``), real images past the ~3,200 packaged
-pictures, verification at millions of images, the kNN's recall against exact search at scale
-(``benchmarks/knn.py``).
+pictures, the kNN's recall against exact search at scale (``benchmarks/knn.py``).
 
 Usage::
 
@@ -57,6 +86,8 @@ Usage::
     python benchmarks/scale_build.py --n 500000 5000000 --d 128 --archives-per-million 200
     python benchmarks/scale_build.py --compare 200000 --compare-blas both
     python benchmarks/scale_build.py --real 3000
+    python benchmarks/scale_build.py --n 500000 --real-subset 3000
+    python benchmarks/scale_build.py --n 5000000 --real-subset 3000 --extra "--max-memory-per-task 256MB"
 """
 
 from __future__ import annotations
@@ -64,6 +95,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -87,6 +119,10 @@ NEAR = 0.01  # share of an archive's rows that are near duplicates of the previo
 EXACT = 0.005  # share that are exact copies of a row of their own archive
 SIGMA = 1.0  # within-cluster noise: cosine ~ 1 / (1 + SIGMA**2) inside a cluster
 PER_CLUSTER = 50
+DCT_DIM = 63  # dedupdask.fusion.DCT_DIM: width of dct.dat rows
+# the synthetic part of --real-subset: keeps every synthetic pair out of the real model's
+# verification band (see the module docstring)
+SUBSET = {"sigma": 4.0, "near_cos": [0.992, 0.999]}
 
 
 def _hex(*parts: int) -> str:
@@ -97,7 +133,8 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
     """Archive ``a`` of a synthetic work_dir; returns its planted pairs (global indices)."""
     from dedupdask.store import FILE_COLUMNS, WorkDir
 
-    root, a, n_arch, rows, d, n_total, seed = spec
+    root, a, n_arch, rows, d, n_total, seed, subset = spec
+    sigma = subset["sigma"] if subset else SIGMA
     rng = np.random.default_rng([seed, a])
     centres = np.random.default_rng([seed, 2**31]).standard_normal(
         (max(1, n_total // PER_CLUSTER), d), dtype=np.float32
@@ -107,7 +144,7 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
     def block(arch: int) -> np.ndarray:
         r = np.random.default_rng([seed, arch, 1])
         x = centres[r.integers(0, len(centres), rows)]
-        x = x + (SIGMA / np.sqrt(d)) * r.standard_normal((rows, d), dtype=np.float32)
+        x = x + (sigma / np.sqrt(d)) * r.standard_normal((rows, d), dtype=np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     x = block(a)
@@ -117,8 +154,15 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
     dst = h + np.sort(rng.choice(rows - h, n_near, replace=False))
     prev = (a - 1) % n_arch
     base = block(prev)[src]
-    t = rng.uniform(0.045, 0.48, (n_near, 1)).astype(np.float32)  # cosine ~0.9-0.999
-    dup = base + t * rng.standard_normal((n_near, d), dtype=np.float32) / np.sqrt(d)
+    if subset:  # cosine exactly in subset["near_cos"]: base turned towards a random orthogonal direction
+        c = rng.uniform(*subset["near_cos"], (n_near, 1))
+        u = rng.standard_normal((n_near, d))
+        u -= np.einsum("ij,ij->i", u, base)[:, None] * base
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        dup = (c * base + np.sqrt(1 - c**2) * u).astype(np.float32)
+    else:
+        t = rng.uniform(0.045, 0.48, (n_near, 1)).astype(np.float32)  # cosine ~0.81-0.999
+        dup = base + t * rng.standard_normal((n_near, d), dtype=np.float32) / np.sqrt(d)
     x[dst] = dup / np.linalg.norm(dup, axis=1, keepdims=True)
     cos = np.einsum("ij,ij->i", base, x[dst])
     free = np.setdiff1d(np.arange(h, rows), dst)  # exact copies: second-half rows left
@@ -153,17 +197,28 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
         "model_threshold": 0.9, "model_ccthreshold": 0.9, "decode_version": 2, "stats_version": 2,
         "counts": {"valid": rows, "images": rows},
     }  # fmt: skip
+    perceptual = None
+    if subset:  # the real model's id and hash; random unit DCT descriptors: no synthetic copy candidate
+        done.update(subset["model"])
+        perceptual = np.random.default_rng([seed, a, 2]).standard_normal((rows, DCT_DIM), dtype=np.float32)
+        perceptual /= np.linalg.norm(perceptual, axis=1, keepdims=True)
+        perceptual[e_dst] = perceptual[e_src]  # exact copies: the same pixels
+        done["perceptual"] = {"model_id": "dct:synthetic", "sha256": "0" * 64, "d": DCT_DIM}
     skipped = pd.DataFrame(columns=["filename", "member", "reason", "filesize"])
-    WorkDir(root).write_archive(name, x, files, skipped, done)
+    WorkDir(root).write_archive(name, x, files, skipped, done, perceptual=perceptual)
     off, off_prev = a * rows, prev * rows
     return {"near_a": off_prev + src, "near_b": off + dst, "near_cos": cos,
             "exact_a": off + e_src, "exact_b": off + e_dst}  # fmt: skip
 
 
-def generate(root: str, n: int, d: int, archives: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Write the work_dir (reused when complete); the planted pairs."""
+def generate(
+    root: str, n: int, d: int, archives: int, seed: int = 0, subset: dict | None = None
+) -> dict[str, np.ndarray]:
+    """Write the work_dir (reused when complete); the planted pairs. ``subset``: the
+    synthetic part of ``--real-subset`` (:data:`SUBSET`, plus ``model``: done.json's model
+    fields) -- cluster noise ``sigma``, near pairs of cosine ``near_cos``, a ``dct.dat``."""
     truth = os.path.join(root, "truth.npz")
-    key = json.dumps(dict(n=n, d=d, archives=archives, seed=seed, near=NEAR, exact=EXACT))
+    key = json.dumps(dict(n=n, d=d, archives=archives, seed=seed, near=NEAR, exact=EXACT, **({"subset": subset} if subset else {})))
     if os.path.exists(truth):
         z = np.load(truth, allow_pickle=False)
         if str(z["key"]) == key:
@@ -171,7 +226,7 @@ def generate(root: str, n: int, d: int, archives: int, seed: int = 0) -> dict[st
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
     rows = n // archives
-    specs = [(root, a, archives, rows, d, n, seed) for a in range(archives)]
+    specs = [(root, a, archives, rows, d, n, seed, subset) for a in range(archives)]
     with ProcessPoolExecutor(2) as pool:
         parts = list(pool.map(write_archive, specs))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -498,6 +553,191 @@ def real_images(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
     return 0
 
 
+def _project(x: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed projection of ``--real-subset``: a truncated SVD (uncentred PCA: the rank-``d``
+    least-squares fit of every dot product) fitted on ``x``; ``(x projected to unit rows, basis)``."""
+    if x.shape[1] < d:
+        raise ValueError(f"--d {d} is wider than the real model's {x.shape[1]}-d vectors")
+    _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    basis = vt[:d].T
+    y = x.astype(np.float64) @ basis
+    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return y.astype(np.float32), basis
+
+
+def _cosines_kept(x: np.ndarray, y: np.ndarray, rows: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """How the projection moved cosines: planted copy pairs (each copy and its original) and
+    pairs of different pictures (originals only), before (``x``) and after (``y``)."""
+    pos = {(os.path.basename(str(a)), str(m)): int(i) for a, m, i in rows.itertuples(index=False)}
+    home = {o: pos[(s, m)] for s, m, r, o, _ in truth.itertuples(index=False) if r == "original"}
+    copies = truth[truth["role"] == "copy"]
+    a = np.array([pos[(s, m)] for s, m in zip(copies["shard"], copies["member"], strict=True)], np.int64)
+    b = np.array([home[o] for o in copies["origin"]], np.int64)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    before, after = np.einsum("ij,ij->i", xn[a], xn[b]), np.einsum("ij,ij->i", y[a], y[b])
+    diff = after - before
+    by_edit = {
+        e: [round(float(before[m].mean()), 4), round(float(after[m].mean()), 4)]
+        for e in sorted(copies["edit"].unique()) for m in [copies["edit"].to_numpy() == e]
+    }  # fmt: skip
+    orig = np.array(sorted(home.values()), np.int64)  # one image per distinct picture
+    iu = np.triu_indices(orig.size, 1)
+    g_x, g_y = (xn[orig] @ xn[orig].T)[iu], (y[orig] @ y[orig].T)[iu]
+    return {
+        "copy_pairs": int(a.size),
+        "copy_cos_mean_1280_to_d": [round(float(before.mean()), 4), round(float(after.mean()), 4)],
+        "copy_cos_min_1280_to_d": [round(float(before.min()), 4), round(float(after.min()), 4)],
+        "copy_cos_abs_change_mean_max": [round(float(np.abs(diff).mean()), 4), round(float(np.abs(diff).max()), 4)],
+        "copy_cos_corr": round(float(np.corrcoef(before, after)[0, 1]), 4),
+        "copy_ge_0_9_1280_to_d": [int((before >= 0.9).sum()), int((after >= 0.9).sum())],
+        "copy_cos_mean_by_edit_1280_to_d": by_edit,
+        "distinct_pairs": int(g_x.size),
+        "distinct_cos_mean_1280_to_d": [round(float(g_x.mean()), 4), round(float(g_y.mean()), 4)],
+        "distinct_ge_0_9_1280_to_d": [int((g_x >= 0.9).sum()), int((g_y >= 0.9).sum())],
+        "distinct_cos_corr": round(float(np.corrcoef(g_x, g_y)[0, 1]), 4),
+    }  # fmt: skip
+
+
+def read_model(work_dir: str) -> dict:
+    """``done.json``'s model fields of the first done archive of ``work_dir``."""
+    from dedupdask.collect import collect
+
+    col = collect(work_dir)
+    done = col.work_dir.read_done(col.archives[0].name)
+    return {k: done[k] for k in ("model_id", "model_sha256", "model_threshold", "model_ccthreshold")}
+
+
+def merge_real(real_wd: str, wd: str, d: int, truth: pd.DataFrame) -> dict:
+    """Write every done archive of ``real_wd`` into the synthetic work_dir ``wd`` (as
+    ``real__<name>``) with its vectors projected to ``d`` (:func:`_project`); what changed.
+
+    Through the WorkDir API, as extraction writes an archive: the files table (real archive
+    URLs, so verification reads the real pixels), ``skipped.csv`` and ``dct.dat`` as
+    extracted; ``done.json`` as extracted but with ``d`` the synthetic archives' width
+    (``collect`` refuses a work_dir whose archives disagree on model id, hash or ``d``; the
+    synthetic archives were written with the real model's id and hash) and the projection
+    recorded under ``projection``.
+    """
+    from dedupdask.collect import collect
+    from dedupdask.store import WorkDir
+
+    src, dst = collect(real_wd), WorkDir(wd)
+    x = src.vector_rows()
+    y, _ = _project(x, d)
+    kept = _cosines_kept(x, y, src.files_frame(columns=["archive", "member", "index"]).dropna(subset=["index"]), truth)
+    for stale in [n for n in dst.listing() if os.path.basename(n).startswith("real__")]:
+        dst.remove(stale if "/" in stale else dst.join(stale))  # an earlier merge
+    for a in src.archives:
+        done = src.work_dir.read_done(a.name)
+        files = src.work_dir.read_files(a.name)
+        skipped = pd.read_csv(io.BytesIO(src.work_dir.read_bytes(src.work_dir.file(a.name, "skipped"))),
+                              keep_default_na=False)  # fmt: skip
+        dct = src.work_dir.open_features(a.name, DCT_DIM, which="dct")[: a.n_valid]
+        projection = {"from_model_id": done["model_id"], "from_model_sha256": done["model_sha256"],
+                      "from_d": done["d"], "to_d": d, "method": "truncated SVD fitted on the real subset"}  # fmt: skip
+        name = "real__" + a.name
+        dst.write_archive(name, y[a.offset : a.offset + a.n_valid], files, skipped,
+                          {**done, "d": d, "name": name, "projection": projection}, perceptual=np.array(dct))  # fmt: skip
+    return {"archives": len(src.archives), "images": src.n, "from_d": int(x.shape[1]), **kept}
+
+
+def real_subset(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
+    """``--n N --real-subset R``: one build with verification of N synthetic and R real images."""
+    from dedupdask.collect import collect
+    from dedupdask.testing.shellcluster import shell_cluster
+
+    r = args.real_subset
+    archives = max(2, round(n * args.archives_per_million / 1_000_000))
+    wd = os.path.join(args.data_dir, f"rs-n{n}-d{args.d}-a{archives}")
+    root = os.path.join(args.data_dir, f"real{r}")
+    real_wd = os.path.join(root, "work")
+    load0 = os.getloadavg()[0]
+    info = make_real_shards(Path(root), r, cache=Path(args.cache_dir), copies=args.real_copies,
+                            per_shard=args.real_per_shard, log=lambda m: print(f"  {m}", file=sys.stderr))  # fmt: skip
+    real_truth = info["truth"]
+    shutil.rmtree(real_wd, ignore_errors=True)
+    dd_cmd = [sys.executable, "-m", "dedupdask"]
+    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
+                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
+        workers = [p.pid for p in procs[1:]]
+        cmd = [*dd_cmd, "extract", os.path.join(root, "shards"), real_wd, "--no-progress", "--client", address]
+        ext_wall, ext_peaks = sampled(cmd, workers, os.path.join(tmp, f"extract-real{r}.log"))
+        first = read_model(real_wd)
+        t0 = time.perf_counter()
+        truth = generate(wd, n, args.d, archives, subset={**SUBSET, "model": first})
+        gen = time.perf_counter() - t0
+        clear_outputs(wd)
+        t1 = time.perf_counter()
+        merged = merge_real(real_wd, wd, args.d, real_truth)
+        merge_s = time.perf_counter() - t1
+        cmd = [*dd_cmd, "build", wd, "--no-progress", "--client", address, *args.extra.split()]
+        with task_stream(address) as stream:
+            wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-rs{n}-{r}.log"))
+    run = read_run(wd)
+    # the synthetic archives' rows come after the real ones (archives sorted by URL)
+    col = collect(wd, warn=False)
+    shift = min(a.offset for a in col.archives if a.url.startswith("synthetic://"))
+    rec = recall(wd, {k: v + shift if k != "near_cos" else v for k, v in truth.items()})
+    sim = pd.read_parquet(os.path.join(wd, "results", "similarity"))
+    synth_from = sim["archive_from"].astype(str).str.startswith("synthetic://")
+    synth_to = sim["archive_to"].astype(str).str.startswith("synthetic://")
+    real_pairs = pair_truth(sim[~synth_from & ~synth_to], real_truth)
+    ver = run["verification"]
+    out = {
+        "n": n, "real_subset": r, "d": args.d, "archives": archives, "real_archives": merged["archives"],
+        "images": col.n, "generate_s": round(gen, 1), "extract_s": round(ext_wall, 1), "merge_s": round(merge_s, 1),
+        "extract_client_peak_mb": round(ext_peaks["client"]),
+        "extract_worker_peak_mb": [round(v) for k, v in ext_peaks.items() if k != "client"],
+        "wall_s": round(wall, 1), "analysed_on": run["analysed_on"], "knn_method": run["parameters"]["knn_method"],
+        "knn_dct": run.get("knn_dct", {}).get("method"), "thresholds": {k: run["parameters"][k] for k in (
+            "threshold", "ccthreshold", "copy_threshold", "verify_threshold", "verify_score")},
+        "client_peak_mb": round(peaks["client"]), "client_baseline_mb": round(base),
+        "worker_peak_mb": [round(v) for k, v in peaks.items() if k != "client"], "memory_limit": args.memory_limit,
+        "timings": run["timings"], "verification": ver,
+        "verify_tasks": tasks_summary(stream, VERIFY_TASKS), "worker_tasks": tasks_summary(stream),
+        "kinds": {k: run["counts"][f"{k}_pairs"] for k in ("exact", "copy", "near")},
+        "cross_pairs": int((synth_from != synth_to).sum()), "projection": merged,
+        **rec, "real": real_pairs, "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    }  # fmt: skip
+    print(f"--n {n:,} --real-subset {r:,}: {archives} synthetic + {merged['archives']} real archives, {col.n:,} images, "
+          f"d={args.d} | synthetic generated in {gen:.0f} s | client import baseline {base:.0f} MB", flush=True)  # fmt: skip
+    print(f"  real extraction (dedupdask extract SHARDS REAL_WD --client tcp://...): {ext_wall:.1f} s, client peak "
+          f"{out['extract_client_peak_mb']:,} MB, worker peaks {', '.join(f'{v:,}' for v in out['extract_worker_peak_mb'])} "
+          f"MB; merged into the work_dir in {merge_s:.1f} s", flush=True)  # fmt: skip
+    m = merged
+    print(f"  projection {m['from_d']} -> {args.d} (truncated SVD of the {m['images']:,} real vectors, unit rows): planted "
+          f"copy pairs ({m['copy_pairs']}) cosine mean {m['copy_cos_mean_1280_to_d'][0]} -> {m['copy_cos_mean_1280_to_d'][1]}, "
+          f"min {m['copy_cos_min_1280_to_d'][0]} -> {m['copy_cos_min_1280_to_d'][1]}, |change| mean "
+          f"{m['copy_cos_abs_change_mean_max'][0]} max {m['copy_cos_abs_change_mean_max'][1]}, correlation "
+          f"{m['copy_cos_corr']}, >= 0.9: {m['copy_ge_0_9_1280_to_d'][0]} -> {m['copy_ge_0_9_1280_to_d'][1]}; by edit "
+          f"{m['copy_cos_mean_by_edit_1280_to_d']} | pairs of distinct pictures ({m['distinct_pairs']:,}): mean "
+          f"{m['distinct_cos_mean_1280_to_d'][0]} -> {m['distinct_cos_mean_1280_to_d'][1]}, >= 0.9: "
+          f"{m['distinct_ge_0_9_1280_to_d'][0]} -> {m['distinct_ge_0_9_1280_to_d'][1]}, correlation "
+          f"{m['distinct_cos_corr']}", flush=True)  # fmt: skip
+    print(f"  build (dedupdask build WD --client tcp://... {args.extra}): {wall:.1f} s, analysed_on "
+          f"{run['analysed_on']!r} (kNN {out['knn_method']}, DCT kNN {out['knn_dct']}), thresholds {out['thresholds']} | "
+          f"client peak {peaks['client']:.0f} MB (baseline {base:.0f}) | worker peaks "
+          f"{', '.join(f'{v:,}' for v in out['worker_peak_mb'])} MB of {args.memory_limit}", flush=True)  # fmt: skip
+    print(f"      timings: {', '.join(f'{k} {t:.1f} s' for k, t in run['timings'].items())}", flush=True)
+    print(f"      verification (run.json): {json.dumps(ver)}", flush=True)
+    print(f"      verification tasks [count, compute s] per worker (scheduler's task stream): "
+          f"{out['verify_tasks'] or 'none'}; all tasks {out['worker_tasks'] or 'none'}", flush=True)  # fmt: skip
+    print(f"      synthetic: recall of planted pairs >= 0.9 {rec['near_recall']:.4f} ({rec['near_pairs_ge_0_9']}), exact "
+          f"{rec['exact_recall']:.4f} ({rec['exact_pairs']}) | pairs by kind {out['kinds']}, real-synthetic pairs "
+          f"{out['cross_pairs']}", flush=True)  # fmt: skip
+    print(f"      real subset: recall of the planted copies (any kind) {real_pairs['recall']:.4f} of "
+          f"{real_pairs['planted_pairs']}, by edit {real_pairs['recall_by_edit']} | found pairs not planted "
+          f"(look-alikes): {real_pairs['not_planted_pairs']} of {real_pairs['found_pairs']} "
+          f"{real_pairs['not_planted_by_kind']} | load average {out['load_avg'][0]} -> {out['load_avg'][1]}", flush=True)  # fmt: skip
+    for e in real_pairs["not_planted_examples"]:
+        print(f"        e.g. {e}", flush=True)
+    print("    " + json.dumps(out), flush=True)
+    if not args.keep:
+        shutil.rmtree(wd, ignore_errors=True)
+        shutil.rmtree(real_wd, ignore_errors=True)
+    return 0 if ver.get("errors", 0) == 0 and out["cross_pairs"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=None,
@@ -509,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
                    "default, or one build with each")  # fmt: skip
     p.add_argument("--real", type=int, nargs="+", default=[],
                    help="N: extraction and the build with verification of N real images")  # fmt: skip
+    p.add_argument("--real-subset", type=int, default=0,
+                   help="with --n: R real images extracted on the cluster and merged into each synthetic "
+                   "work_dir, built with verification")  # fmt: skip
     p.add_argument("--real-copies", type=float, default=0.2, help="share of --real images that are planted copies")
     p.add_argument("--real-per-shard", type=int, default=250, help="images per tar shard of --real")
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dedupdask" / "quality"),
@@ -535,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"client import baseline (dedupdask.cli, pipeline, results, distributed): {base['client']:.0f} MB",
               flush=True)  # fmt: skip
         for n in args.n or []:
-            rc |= synthetic(args, n, tmp, base["client"])
+            rc |= (real_subset if args.real_subset else synthetic)(args, n, tmp, base["client"])
         for n in args.compare:
             rc |= compare_paths(args, n, tmp, base["client"])
         for n in args.real:

@@ -257,6 +257,8 @@ def run_tiers(
     decided["verify_score"] = decided["verify_score"].astype("float32")
     decided = decided.loc[:, list(DECIDED_COLUMNS)]  # one column order, verified or not
     cost.setdefault("candidates", 0)
+    cost.setdefault("ran_on", None)  # nothing verified: no tasks anywhere
+    cost.setdefault("workers", 0)
     cost.update(verified_counts(decided))
     cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)

@@ -37,6 +37,7 @@ __all__ = [
     "load_archive_images",
     "load_ranged_images",
     "match_score",
+    "placement",
     "prepare_image",
     "score_pairs",
     "score_ranged",
@@ -292,7 +293,30 @@ def empty_cost(n_pairs: int, keypoints: bool) -> dict[str, Any]:
         "seconds_per_pair": 0.0,
         "errors": 0,
         "ranged_pairs": 0,
+        "ran_on": None,
+        "workers": 0,
     }
+
+
+def placement(scheduler: Any = None) -> dict[str, Any]:
+    """Where ``dask.compute(..., scheduler=scheduler)`` runs: the ``ran_on`` and ``workers``
+    entries of the verification cost (``results/run.json``).
+
+    ``ran_on`` is ``"workers"`` (the processes of a distributed client: the given cluster or
+    the call's LocalCluster; ``workers`` counts them) or ``"this process"`` (a local
+    scheduler: threads, sync or dask's local processes; ``workers`` 0).
+
+    Examples
+    --------
+    >>> placement("threads")
+    {'ran_on': 'this process', 'workers': 0}
+    """
+    from dask.base import get_scheduler
+
+    client = getattr(get_scheduler(scheduler=scheduler), "__self__", None)
+    if client is not None and hasattr(client, "nthreads"):  # a distributed Client's get
+        return {"ran_on": "workers", "workers": len(client.nthreads())}
+    return {"ran_on": "this process", "workers": 0}
 
 
 def verify_pairs(
@@ -336,7 +360,8 @@ def verify_pairs(
         (:data:`dedupdask.match.MATCHER`), ``candidates``,
         ``images_read``, ``archives_read``, ``tasks``, ``read_seconds`` and
         ``score_seconds`` (summed over tasks), ``seconds_per_pair``, ``errors``,
-        ``ranged_pairs`` (pairs read by byte range).
+        ``ranged_pairs`` (pairs read by byte range), ``ran_on`` and ``workers``
+        (:func:`placement`: where the tasks ran; None and 0 when there were no pairs).
 
     Examples
     --------
@@ -370,6 +395,7 @@ def verify_pairs(
         p, streamed, images, so, max_image_pixels, max_member_bytes, early_accept, keypoints
     )
     with _scheduler_for(len(p)) as scheduler:
+        cost.update(placement(scheduler))
         load_out, score_s, score_r = dask.compute(
             [dask.delayed(_load_cost, pure=True)(x) for x in loads],
             tasks_s,

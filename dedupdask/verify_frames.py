@@ -312,6 +312,7 @@ def verify_frame(
         )
         for part in planned.to_delayed()
     ]
+    cost.update(verify.placement())  # the current scheduler: the workers on the distributed path
     tasks = list(dask.persist(*tasks))
     costs = dask.compute(*[dask.delayed(_second, pure=True)(t) for t in tasks])
     results = dd.from_delayed(

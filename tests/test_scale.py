@@ -195,6 +195,11 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
     # no table is concatenated into one task (what compute() of a collection does)
     assert not any(k.startswith("repartitiontofewer") for k in names), sorted(names)
     assert got["sync"].run["counts"]["exact_groups"] >= 2
+    # nothing to verify (the dct model has no band; its copy candidates pass the threshold): run.json
+    # says no verification ran anywhere, on both paths
+    for run in (got["sync"].run, got["cluster"].run):
+        ver = run["verification"]
+        assert (ver["candidates"], ver["ran_on"], ver["workers"]) == (0, None, 0), ver
     assert got["sync"].run["counts"]["outliers"] >= 1 and got["sync"].run["counts"]["issues"] >= 1
     _assert_same(tmp_path, got)
 

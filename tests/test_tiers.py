@@ -266,6 +266,8 @@ def test_run_json_reports_candidates_and_cost(tier_run):
     ver = run["verification"]
     assert ver["candidates"] == ver["accepted"] + ver["rejected"] > 0
     assert ver["seconds_per_pair"] > 0 and ver["images_read"] >= 2 and ver["archives_read"] >= 1
+    # fewer than CLUSTER_MIN_PAIRS pairs, no client: scored on this process' threads
+    assert (ver["ran_on"], ver["workers"]) == ("this process", 0)
     s = res.summary()
     assert s["verify_candidates"] == ver["candidates"] and s["verify_seconds_per_pair"] > 0
     assert s["exact_pairs"] + s["copy_pairs"] + s["near_pairs"] == s["similar_pairs"]
@@ -360,6 +362,11 @@ def test_verification_of_a_small_work_dir_runs_on_the_given_cluster(tier_run, mo
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
     assert any(str(n).startswith(("score_pairs", "score_ranged")) for n in names), sorted(names)[:10]
     assert not any(str(n).startswith("dedupdask-vectors") for n in names)
+    # run.json says so: analysed here, verified on the cluster's two workers
+    assert out.run["analysed_on"] == "this process"
+    assert (out.run["verification"]["ran_on"], out.run["verification"]["workers"]) == ("workers", 2)
+    with open(f"{wd}/results/run.json") as f:
+        assert json.load(f)["verification"]["ran_on"] == "workers"
     pd.testing.assert_frame_equal(out.similarity.compute(), res.similarity.compute())
 
 

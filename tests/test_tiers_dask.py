@@ -183,7 +183,8 @@ def _same_tiers(wd: str, *, reads_may_differ: bool = False, **modes: bool) -> di
     np.testing.assert_array_equal(g_idx, expanded[0])
     np.testing.assert_array_equal(g_sim, expanded[1])
     assert got.counts == want.counts
-    timing = {"seconds", "seconds_per_pair", "read_seconds", "score_seconds", "tasks"}
+    # cost and placement, not results: run_tiers scores fewer than CLUSTER_MIN_PAIRS on threads here
+    timing = {"seconds", "seconds_per_pair", "read_seconds", "score_seconds", "tasks", "ran_on", "workers"}
     if reads_may_differ:  # chunks of ranged reads re-read images found in several chunks
         timing.add("images_read")
     assert {k: v for k, v in got.verification.items() if k not in timing} == {
@@ -198,6 +199,7 @@ def test_tiers_on_the_workers_decide_like_in_process(shards_work_dir):
     with dask.config.set(scheduler="sync"):
         out = _same_tiers(shards_work_dir)
     d, c, v = out["decided"], out["counts"], out["verification"]
+    assert (v["ran_on"], v["workers"]) == ("this process", 0)  # the sync scheduler
     groups, inputs = out["groups"]
     # the data has every kind of pair the tiers handle
     assert groups.n_groups(2) >= 3  # exact groups
@@ -214,7 +216,8 @@ def test_tiers_on_a_local_cluster_decide_like_in_process(shards_work_dir):
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster),
     ):
-        _same_tiers(shards_work_dir)
+        out = _same_tiers(shards_work_dir)
+    assert (out["verification"]["ran_on"], out["verification"]["workers"]) == ("workers", 2)
 
 
 def test_ranged_reads_in_many_partitions_decide_like_in_process(shards_work_dir, monkeypatch):

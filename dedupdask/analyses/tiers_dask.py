@@ -373,6 +373,8 @@ def run_tiers_frames(
     totals = {c: int(per_part[c].sum()) for c in per_part.columns}
     counts = {c: totals[c] for c in tier_counts(final_meta)}
     cost.setdefault("candidates", 0)
+    cost.setdefault("ran_on", None)  # nothing verified: no tasks anywhere
+    cost.setdefault("workers", 0)
     cost.update(accepted=totals["verified_accepted"], rejected=totals["verified_rejected"])
     cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
     out_graph = graph[list(GRAPH_COLUMNS)]
