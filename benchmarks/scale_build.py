@@ -129,13 +129,12 @@ def _hex(*parts: int) -> str:
     return hashlib.md5(np.array(parts, dtype=np.int64).tobytes()).hexdigest()
 
 
-def write_archive(spec: tuple) -> dict[str, np.ndarray]:
-    """Archive ``a`` of a synthetic work_dir; returns its planted pairs (global indices)."""
-    from dedupdask.store import FILE_COLUMNS, WorkDir
-
-    root, a, n_arch, rows, d, n_total, seed, subset = spec
+def archive_vectors(
+    a: int, n_arch: int, rows: int, d: int, n_total: int, seed: int, subset: dict | None, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The unit vectors of archive ``a`` and its planted pairs (local rows; ``near_src`` in
+    archive ``prev``), drawn from ``rng`` (``default_rng([seed, a])``)."""
     sigma = subset["sigma"] if subset else SIGMA
-    rng = np.random.default_rng([seed, a])
     centres = np.random.default_rng([seed, 2**31]).standard_normal(
         (max(1, n_total // PER_CLUSTER), d), dtype=np.float32
     )
@@ -171,6 +170,19 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
     pick = rng.choice(free, 2 * n_exact, replace=False)
     e_src, e_dst = np.minimum(pick[::2], pick[1::2]), np.maximum(pick[::2], pick[1::2])
     x[e_dst] = x[e_src]
+    return x, {"prev": np.int64(prev), "near_src": src, "near_dst": dst, "near_cos": cos,
+               "exact_src": e_src, "exact_dst": e_dst}  # fmt: skip
+
+
+def write_archive(spec: tuple) -> dict[str, np.ndarray]:
+    """Archive ``a`` of a synthetic work_dir; returns its planted pairs (global indices)."""
+    from dedupdask.store import FILE_COLUMNS, WorkDir
+
+    root, a, n_arch, rows, d, n_total, seed, subset = spec
+    rng = np.random.default_rng([seed, a])
+    x, p = archive_vectors(a, n_arch, rows, d, n_total, seed, subset, rng)
+    prev, src, dst, cos = int(p["prev"]), p["near_src"], p["near_dst"], p["near_cos"]
+    e_src, e_dst = p["exact_src"], p["exact_dst"]
     md5 = np.array([_hex(seed, a, i) for i in range(rows)], dtype=object)
     md5[e_dst] = md5[e_src]
     name = f"{a:06d}.tar"
