@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["NAME_COLUMNS", "PAIR_NAMES", "OUTLIER_NAMES", "named_columns", "add_names"]
+__all__ = ["NAME_COLUMNS", "PAIR_NAMES", "OUTLIER_NAMES", "add_names", "gather_names", "named_columns"]
 
 NAME_COLUMNS = ("archive", "member", "key")
 PAIR_NAMES = {"from": "_from", "to": "_to"}
@@ -50,8 +50,27 @@ def add_names(table: pd.DataFrame, names: pd.DataFrame, which: Mapping[str, str]
     for col, sfx in which.items():
         idx = out[col].to_numpy(dtype=np.int64)
         ok = (idx >= 0) & (idx < len(names))
-        for n in NAME_COLUMNS:
-            vals = np.full(len(idx), None, dtype=object)
-            vals[ok] = names[n].to_numpy(dtype=object)[idx[ok]]
-            out[f"{n}{sfx}"] = pd.array(vals, dtype="string")
+        for n, vals in gather_names(names, NAME_COLUMNS, idx, ok).items():
+            out[f"{n}{sfx}"] = vals
+    return out
+
+
+def gather_names(
+    names: pd.DataFrame, columns: tuple[str, ...], rows: np.ndarray, ok: np.ndarray
+) -> dict[str, pd.api.extensions.ExtensionArray]:
+    """``names[c]`` at positions ``rows`` for each column ``c``, null where ``ok`` is False
+    (string arrays: the one way both paths -- :func:`add_names` and the Dask name frames of
+    :mod:`dedupdask.analyses.names_dask` -- fill a name column).
+
+    Examples
+    --------
+    >>> names = pd.DataFrame({"key": ["a", "b"]})
+    >>> gather_names(names, ("key",), np.array([1, 7]), np.array([True, False]))["key"].tolist()
+    ['b', <NA>]
+    """
+    out = {}
+    for c in columns:
+        vals = np.full(rows.size, None, dtype=object)
+        vals[ok] = names[c].to_numpy(dtype=object)[rows[ok]]
+        out[c] = pd.array(vals, dtype="string")
     return out

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .names import NAME_COLUMNS
+from .names import NAME_COLUMNS, gather_names
 from .routing import locate, route
 
 if TYPE_CHECKING:
@@ -138,8 +138,7 @@ def _attach(
     pos, ok = locate(ids, keys)
     out = rows.reset_index(drop=True)
     cols = ([(filename, "filename")] if filename else []) + [(f"{n}{sfx}", n) for n in NAME_COLUMNS]
+    vals = gather_names(names, tuple(src for _, src in cols), pos, ok)
     for name, src in cols:
-        vals = np.full(keys.size, None, dtype=object)
-        vals[ok] = names[src].to_numpy(dtype=object)[pos[ok]]
-        out[name] = pd.array(vals, dtype="string")
+        out[name] = vals[src]
     return out
