@@ -147,9 +147,9 @@ class Sink:
     cache (``POSIX_FADV_DONTNEED``): a shard's output holds at most ~128 MiB of page cache and
     its final fsync waits for that much. Without it a dataset's clean copy filled the page
     cache with dirty pages on top of the sources read; with 10 x 1 GB on a 24 GB VM the
-    kernel's copies then cost 4-5x more CPU (60 CPU s against 24 with write-behind, cp -r 35;
-    measured on ext4, Linux 6.18, see benchmarks/results/clean.txt). The pages dropped are the
-    cleaner's own output; the sources' pages are left alone.
+    kernel's copies then slowed 3-4x per byte: 55-62 CPU s, against 24-43 with write-behind
+    (cp -r 26-36; ext4, Linux 6.18, see benchmarks/results/clean.txt). The pages dropped are
+    the cleaner's own output; the sources' pages are left alone.
     """
 
     def __init__(self, out: IO[bytes] | None, *, write_behind: bool = False) -> None:

@@ -446,8 +446,8 @@ def test_header_reads_ask_the_kernel_to_read_ahead(tmp_path, monkeypatch, fmt):
 @pytest.mark.parametrize(("fmt", "offloaded"), [("tar", False), ("tar", True), ("zip", False)])
 def test_output_is_written_back_and_dropped_from_the_page_cache_as_it_grows(tmp_path, monkeypatch, fmt, offloaded):
     # a dataset's clean copy left every output page dirty in the page cache: 10 x 1 GB filled
-    # a 24 GB machine's cache on top of the sources and the kernel's copies then cost 2.5x the
-    # CPU (60 CPU s against 24). Each step of the output is handed to the disk as it is
+    # a 24 GB machine's cache on top of the sources and the kernel's copies then cost 1.5-2.5x
+    # the CPU (55-62 CPU s against 24-43). Each step of the output is handed to the disk as it is
     # written, the step before it is waited for and dropped, the rest once the shard is synced.
     from dedupdask import shardcopy
     from dedupdask.datasets import write_shard
