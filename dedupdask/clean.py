@@ -193,13 +193,13 @@ def _decider(removed: dict[str, str], counts: _Counts, starts: list[int] | None 
 
 def _copy_records(
     src: shardcopy.Source, out: IO[bytes] | None, fmt: str, removed: dict[str, str], counts: _Counts,
-    starts: list[int] | None = None,
+    starts: list[int] | None = None, write_behind: bool = False,
 ) -> None:  # fmt: skip
     """Uncompressed tar or zip: the kept records copied byte for byte in runs
     (:mod:`dedupdask.shardcopy`); what its readers leave to ``tarfile``/``zipfile`` starts
     over with :func:`_copy_tar_raw` / :func:`_copy_zip_raw` (``starts`` then stays empty).
-    ``out`` None: count only."""
-    sink = shardcopy.Sink(out)
+    ``out`` None: count only; ``write_behind``: see :class:`~dedupdask.shardcopy.Sink`."""
+    sink = shardcopy.Sink(out, write_behind=write_behind)
     try:
         (shardcopy.copy_zip if fmt == "zip" else shardcopy.copy_tar)(src, sink, _decider(removed, counts, starts))
         return
@@ -230,11 +230,13 @@ def read_source(
     source: str, fmt: str, storage_options: dict[str, Any], removed: dict[str, str], counts: _Counts,
     output: contextlib.AbstractContextManager[IO[bytes]] | None = None, *,
     attempts: int = remote.DEFAULT_ATTEMPTS, deadline: float = remote.DEFAULT_DEADLINE,
-    starts: list[int] | None = None,
+    starts: list[int] | None = None, write_behind: bool = False,
 ) -> tuple[str, str | None]:  # fmt: skip
     """Stream ``source`` once, counting its members in ``counts`` and writing the kept ones
     to the file ``output`` opens (None: count only); ``starts`` gets the byte offset of each
-    kept sample's first record when the source is read by :mod:`dedupdask.shardcopy`.
+    kept sample's first record when the source is read by :mod:`dedupdask.shardcopy`;
+    ``write_behind`` (``output`` is the local file the shard ends in): its pages are written
+    back and dropped from the page cache as it grows (:class:`dedupdask.shardcopy.Sink`).
 
     Returns ``("done", None)`` or ``("partial", error)`` for an archive broken part-way (the
     whole records before the break are written); raises :class:`_Unreadable` for a source
@@ -248,7 +250,7 @@ def read_source(
         try:
             if fmt == "zip" or (fmt == "tar" and _plain_tar(src)):
                 fd = _local_fd(stack, source, storage_options)
-                _copy_records(shardcopy.Source(src, fd), out, fmt, removed, counts, starts)
+                _copy_records(shardcopy.Source(src, fd), out, fmt, removed, counts, starts, write_behind)
             else:
                 _copy_tar(src, out if out is not None else _Discard(), fmt if out is not None else "tar",
                           removed, counts)  # fmt: skip
@@ -453,7 +455,8 @@ def _digest(source: str, fmt: str, removed: dict[str, str]) -> str:
 def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
     """A file whose contents appear at ``path`` whole, when the block ends without error.
 
-    Local: a temporary in the same folder, renamed (stale ones of dead writers removed
+    Local: a temporary in the same folder, synced, dropped from the page cache (the
+    cleaner's own output, written once) and renamed (stale ones of dead writers removed
     first). Object store: a local temporary file, then one upload (a PUT or a multipart
     upload, visible only when complete) with the retry policy of :mod:`dedupdask.remote`.
     """
@@ -465,7 +468,7 @@ def _atomic_output(wd: WorkDir, path: str) -> Iterator[IO[bytes]]:
             with contextlib.suppress(FileNotFoundError):
                 if tmp_is_stale(old, time.time() - os.stat(old).st_mtime):
                     os.unlink(old)
-        with local_atomic_file(path) as f:
+        with local_atomic_file(path, drop_cache=True) as f:
             yield f
         return
     with tempfile.TemporaryFile(prefix="dedupdask-clean-") as f:
@@ -532,7 +535,7 @@ def clean_archive(task: ShardTask, removal: pd.DataFrame) -> dict[str, Any]:
     try:
         status, error = read_source(task.source, task.fmt, task.storage_options, removed, counts,
                                     _atomic_output(wd, out_path), attempts=task.attempts,
-                                    deadline=task.deadline)  # fmt: skip
+                                    deadline=task.deadline, write_behind=wd.local)  # fmt: skip
     except (_Unreadable, remote.StorageError) as e:
         return failed_stats(base, e, t0)
     except OSError as e:

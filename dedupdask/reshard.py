@@ -226,9 +226,9 @@ class _Writer:
     """The output shard: records from sources of its own container copied as they are,
     other members written one at a time with their header."""
 
-    def __init__(self, out: IO[bytes], fmt: str, raw_zip: bool) -> None:
+    def __init__(self, out: IO[bytes], fmt: str, raw_zip: bool, write_behind: bool = False) -> None:
         self.out, self.fmt = out, fmt
-        self.sink = shardcopy.Sink(out) if fmt == "tar" or raw_zip else None
+        self.sink = shardcopy.Sink(out, write_behind=write_behind) if fmt == "tar" or raw_zip else None
         self.directory = shardcopy.Directory() if raw_zip else None
         self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0) \
             if fmt == "tgz" else None  # fmt: skip
@@ -397,7 +397,7 @@ def _write_shard(task: OutputTask, wd: WorkDir, out_path: str, removed: dict[str
     members = nbytes = position = 0
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(_atomic_output(wd, out_path))
-        w = _Writer(out, task.fmt, raw_zip)
+        w = _Writer(out, task.fmt, raw_zip, write_behind=wd.local)
         for sl in task.slices:
             with contextlib.ExitStack() as inner:
                 rng = _write_slice(inner, w, sl, removed[sl.name], wd)

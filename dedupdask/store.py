@@ -261,9 +261,11 @@ def tmp_path(path: str, pid: int | None = None) -> str:
 
 
 @contextlib.contextmanager
-def local_atomic_file(path: str) -> Iterator[IO[bytes]]:
+def local_atomic_file(path: str, *, drop_cache: bool = False) -> Iterator[IO[bytes]]:
     """A local file opened for writing whose contents appear at ``path`` whole (synced, then
     renamed from :func:`tmp_path`) when the block ends without error; nothing otherwise.
+    ``drop_cache``: once synced, its pages leave the page cache (``POSIX_FADV_DONTNEED``: a
+    big output written once, such as a clean shard, should not push other files out).
 
     Examples
     --------
@@ -280,6 +282,9 @@ def local_atomic_file(path: str) -> Iterator[IO[bytes]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            if drop_cache:
+                with contextlib.suppress(OSError, AttributeError):  # (no posix_fadvise on macOS)
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
