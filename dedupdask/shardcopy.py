@@ -45,7 +45,6 @@ _BEHIND = 64 * _BLOCK  # a local output is written back and dropped from the pag
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 
-
 def _sync_file_range() -> Callable[[int, int, int, int], None] | None:
     """Linux's ``sync_file_range(fd, offset, nbytes, flags)`` (not in :mod:`os`), or None."""
     if not sys.platform.startswith("linux"):
