@@ -477,6 +477,14 @@ def compare_paths(args: argparse.Namespace, n: int, tmp: str, base: float) -> in
     return 0 if all(same.values()) else 1
 
 
+def _print_stages(timings: dict, verification: dict, verify_tasks: dict, worker_tasks: dict) -> None:
+    """A verified build's stage timings, run.json verification block and tasks per worker."""
+    print(f"      timings: {', '.join(f'{k} {t:.1f} s' for k, t in timings.items())}", flush=True)
+    print(f"      verification (run.json): {json.dumps(verification)}", flush=True)
+    print(f"      verification tasks [count, compute s] per worker (scheduler's task stream): "
+          f"{verify_tasks or 'none'}; all tasks {worker_tasks or 'none'}", flush=True)  # fmt: skip
+
+
 def real_images(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
     """``--real``: extraction and the build with verification, of real pictures, on the cluster."""
     from dedupdask.testing.shellcluster import shell_cluster
@@ -536,10 +544,7 @@ def real_images(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
         print(f"  build {label} ({b['command']}): {b['wall_s']:.1f} s, analysed_on {b['analysed_on']!r} "
               f"(kNN {b['knn_method']}, DCT kNN {b['knn_dct']}) | client peak {b['client_peak_mb']:,} MB | worker "
               f"peaks {', '.join(f'{x:,}' for x in b['worker_peak_mb'])} MB of {args.memory_limit}", flush=True)  # fmt: skip
-        print(f"      timings: {', '.join(f'{k} {t:.1f} s' for k, t in b['timings'].items())}", flush=True)
-        print(f"      verification (run.json): {json.dumps(v)}", flush=True)
-        print(f"      verification tasks [count, compute s] per worker (scheduler's task stream): "
-              f"{b['verify_tasks'] or 'none'}; all tasks {b['worker_tasks'] or 'none'}", flush=True)  # fmt: skip
+        _print_stages(b["timings"], v, b["verify_tasks"], b["worker_tasks"])
         print(f"      counts {b['counts']}, pairs by kind {b['kinds']} | recall of the planted copies (any kind): "
               f"{b['recall']:.4f} of {b['planted_pairs']}, by edit {b['recall_by_edit']} | found pairs not "
               f"planted (look-alikes): {b['not_planted_pairs']} {b['not_planted_by_kind']}", flush=True)  # fmt: skip
@@ -730,10 +735,7 @@ def real_subset(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
           f"{run['analysed_on']!r} (kNN {out['knn_method']}, DCT kNN {out['knn_dct']}), thresholds {out['thresholds']} | "
           f"client peak {peaks['client']:.0f} MB (baseline {base:.0f}) | worker peaks "
           f"{', '.join(f'{v:,}' for v in out['worker_peak_mb'])} MB of {args.memory_limit}", flush=True)  # fmt: skip
-    print(f"      timings: {', '.join(f'{k} {t:.1f} s' for k, t in run['timings'].items())}", flush=True)
-    print(f"      verification (run.json): {json.dumps(ver)}", flush=True)
-    print(f"      verification tasks [count, compute s] per worker (scheduler's task stream): "
-          f"{out['verify_tasks'] or 'none'}; all tasks {out['worker_tasks'] or 'none'}", flush=True)  # fmt: skip
+    _print_stages(run["timings"], ver, out["verify_tasks"], out["worker_tasks"])
     print(f"      synthetic: recall of planted pairs >= 0.9 {rec['near_recall']:.4f} ({rec['near_pairs_ge_0_9']}), exact "
           f"{rec['exact_recall']:.4f} ({rec['exact_pairs']}) | pairs by kind {out['kinds']}, real-synthetic pairs "
           f"{out['cross_pairs']}", flush=True)  # fmt: skip
