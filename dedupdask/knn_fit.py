@@ -52,6 +52,9 @@ bucket / buckets per vector: 343 centroids, the fixed fraction 0.5 of before: 0.
 probes at 0.98: 0.998 / 3.92; 35 centroids (0.5M): 0.998 / 2.83 before, 0.998 / 2.68 now).
 """
 
+MIN_MARGIN = 1e-6
+"""The least margin :func:`_auto_margin` chooses when the probe pairs need none."""
+
 EXTRA_WIDTH = 2
 """A vector goes to at most ``m * (1 + EXTRA_WIDTH)`` buckets (its ``m`` best and up to
 ``EXTRA_WIDTH * m`` more within the margin). With ``2 * m`` at most, probe pairs at 0.9
@@ -233,8 +236,9 @@ def _probe_pairs(x: np.ndarray, similarity: float, seed: int = 0) -> tuple[np.nd
 
 def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
     """The smallest margin with which :data:`PROBE_SHARE` of probe pairs made from ``x`` share
-    a bucket (see :data:`PROBE_SHARE`); ``2.0`` (every one of the widest choice) when even
-    that is not enough; 0 when there are at most ``m`` centroids or no rows.
+    a bucket (see :data:`PROBE_SHARE`), at least :data:`MIN_MARGIN`; ``2.0`` (every one of the
+    widest choice) when even that is not enough; 0 when there are at most ``m`` centroids or
+    no rows.
 
     A pair meets in centroid ``c`` once ``c`` is among both rows' buckets: for each row, 0 when
     ``c`` is among its ``m`` best, else its best similarity minus its similarity to ``c``; the
@@ -269,7 +273,9 @@ def _auto_margin(x: np.ndarray, centroids: np.ndarray, m: int) -> float:
         both[ia[:, :, None] != ib[:, None, :]] = np.inf
         need.append(both.min(axis=(1, 2)))
     q = float(np.quantile(np.concatenate(need), PROBE_SHARE))
-    return q if np.isfinite(q) else 2.0
+    # never exactly 0 here: a margin of 0 is the caller's "exactly m buckets", which also leaves
+    # the parts of a split bucket without a margin of their own
+    return max(q, MIN_MARGIN) if np.isfinite(q) else 2.0
 
 
 def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
