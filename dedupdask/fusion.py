@@ -42,7 +42,7 @@ from .collect import Collection, read_archive_vectors
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
-from .verify import verify_pairs
+from .verify import finish_cost, verify_pairs
 from .verify_frames import image_info
 
 __all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
@@ -256,10 +256,6 @@ def run_tiers(
         decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
     decided["verify_score"] = decided["verify_score"].astype("float32")
     decided = decided.loc[:, list(DECIDED_COLUMNS)]  # one column order, verified or not
-    cost.setdefault("candidates", 0)
-    cost.setdefault("ran_on", None)  # nothing verified: no tasks anywhere
-    cost.setdefault("workers", 0)
-    cost.update(verified_counts(decided))
-    cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
+    cost = finish_cost(cost, **verified_counts(decided))
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
     return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn)

@@ -19,7 +19,7 @@ import numpy as np
 from dask.base import tokenize
 
 from .allocator import tune as tune_allocator
-from .knn import DEFAULT_RANDOM_STATE
+from .knn import DEFAULT_RANDOM_STATE, top_k
 from .knn_budget import _SIM_BLOCK_BYTES
 from .knn_rows import KnnPlan, VectorBlock, VectorSource, _chunk_rows, _compute, _unit
 
@@ -47,9 +47,11 @@ row ``x`` and ``y = s x + sqrt(1 - s^2) u`` at cosine ``s`` = :data:`PROBE_SIMIL
 in). Pairs closer than ``s`` meet more often. So the margin grows with the number of
 boundaries (centroids) and shrinks where the buckets are coarse, instead of sending a fixed
 fraction of the vectors to extra buckets, which split more close pairs as the centroids
-multiplied (measured with ``scale_build.py``'s 5M work_dir, planted pairs >= 0.9 sharing a
-bucket / buckets per vector: 343 centroids, the fixed fraction 0.5 of before: 0.987 / 2.82;
-probes at 0.98: 0.998 / 3.92; 35 centroids (0.5M): 0.998 / 2.83 before, 0.998 / 2.68 now).
+multiplied. ``benchmarks/bucket_share.py`` (``scale_build.py``'s synthetic vectors; planted
+pairs >= 0.9 sharing a bucket / buckets per vector, before -> now): 0.5M, 35 centroids:
+0.9996 / 2.81 -> 0.9973 / 2.63; 1M, 98: 0.9961 / 2.81 -> 0.9973 / 3.14; 5M, 343: 0.9855 /
+2.81 -> 0.9972 / 3.88; 5M, 490 (what the build now chooses): 0.9845 / 2.83 -> 0.9986 / 4.14.
+The share of pairs kept now holds as N grows, paid for in buckets per vector.
 """
 
 MIN_MARGIN = 1e-6
@@ -57,8 +59,9 @@ MIN_MARGIN = 1e-6
 
 EXTRA_WIDTH = 2
 """A vector goes to at most ``m * (1 + EXTRA_WIDTH)`` buckets (its ``m`` best and up to
-``EXTRA_WIDTH * m`` more within the margin). With ``2 * m`` at most, probe pairs at 0.9
-could not reach 0.995 on the 5M work_dir above however wide the margin."""
+``EXTRA_WIDTH * m`` more within the margin). With ``2 * m`` at most, the 5M vectors above at
+343 centroids kept at most 0.995 of their planted pairs together, however wide the margin
+(a scratch replay of this rule with the margin at the 0.95 quantile of the old gap)."""
 
 SAMPLE_PER_CENTROID = 200
 """The k-means sample has this many rows per centroid (at least 20,000); k-means libraries
@@ -215,8 +218,6 @@ def label_width(m: int, margin: float, n_centroids: int) -> int:
 
 def _top_width(x: np.ndarray, centroids: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: its ``width`` most similar centroids and their similarities, most similar first."""
-    from .knn import top_k
-
     step = max(1, _SIM_BLOCK_BYTES // (4 * centroids.shape[0]))
     parts = [top_k(x[s : s + step] @ centroids.T, width) for s in range(0, x.shape[0], step)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

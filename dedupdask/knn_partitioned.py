@@ -23,9 +23,10 @@ The partitioned graph, stage by stage (one Dask task per archive, bucket or row 
    similar centroids, and to up to ``2 * m`` more whose similarity is within a margin of its
    best one -- points near a boundary sit in several buckets, so a close pair split by the
    boundary still meets in one of them; the margin is chosen so that probe pairs at cosine
-   0.9 meet in a bucket 98 % of the time (:data:`dedupdask.knn_fit.PROBE_SHARE`). With reduction or float16 the projected unit
-   vectors are written to a scratch file per archive (``work_dir/tmp/knn-<token>/``) so that
-   buckets read ``d_reduce``-wide rows; it is removed at the end. A shuffle on the bucket
+   0.9 meet in a bucket 98 % of the time (:data:`dedupdask.knn_fit.PROBE_SHARE`). With
+   reduction or float16 the projected unit vectors are written to a scratch file per archive
+   (``work_dir/tmp/knn-<token>/``) so that buckets read ``d_reduce``-wide rows; it is removed
+   at the end. A shuffle on the bucket
    assembles each bucket's members on the workers; the client learns their number.
 3. **plan** (client, one integer per bucket). A bucket larger than a task may hold is split
    by a k-means of its own members (a task whose parts stay on the workers), again with
@@ -245,8 +246,9 @@ def knn_edges_partitioned(
         size = min(cap, max(1, int(n * m / max(1, math.ceil(n * m / (cap * FILL))))))
         method = "exact" if float(n) * m * size * d_search <= _exact_max_work() else "pynndescent"
     capacity = bucket_capacity(budget, d_search, itemsize, k_search, method, d, rerank)
-    # expected buckets per vector: m, plus the extra ones within the margin (2.7 - 3.9 measured
-    # for m=2 from 35 to 343 centroids; a bucket over a task's capacity is split anyway)
+    # expected buckets per vector: m, plus the extra ones within the margin (2.6 - 4.1 measured
+    # for m=2 from 35 to 490 centroids, knn_fit.PROBE_SHARE; a bucket over a task's capacity is
+    # split anyway)
     per_vector = 2 * m if margin is None or margin > 0 else m
     n_clusters = 1 if n <= capacity else max(2, math.ceil(n * per_vector / (capacity * FILL)))
     info: dict[str, Any] = {

@@ -82,8 +82,9 @@ _CURRENT: contextvars.ContextVar[RunScheduler | None] = contextvars.ContextVar(
 )
 
 
-def dask_client() -> Any:
-    """The distributed ``Client`` a ``dask.compute`` here would run on now, or None.
+def dask_client(scheduler: Any = None) -> Any:
+    """The distributed ``Client`` a ``dask.compute(..., scheduler=scheduler)`` here would run
+    on now, or None (``scheduler`` None: dask's current one).
 
     Examples
     --------
@@ -96,7 +97,7 @@ def dask_client() -> Any:
         return None
     from dask.base import get_scheduler
 
-    owner = getattr(get_scheduler(), "__self__", None)
+    owner = getattr(get_scheduler(scheduler=scheduler), "__self__", None)
     return owner if "Client" in type(owner).__name__ else None
 
 

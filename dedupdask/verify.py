@@ -36,6 +36,7 @@ __all__ = [
     "Prepared",
     "load_archive_images",
     "load_ranged_images",
+    "finish_cost",
     "match_score",
     "placement",
     "prepare_image",
@@ -298,6 +299,23 @@ def empty_cost(n_pairs: int, keypoints: bool) -> dict[str, Any]:
     }
 
 
+def finish_cost(cost: dict[str, Any], accepted: int, rejected: int) -> dict[str, Any]:
+    """run.json's ``verification`` block from a verification's cost (``{}`` when nothing was
+    verified: no candidates, no tasks anywhere) and the pairs it accepted and rejected.
+
+    Examples
+    --------
+    >>> finish_cost({}, 0, 0)
+    {'candidates': 0, 'ran_on': None, 'workers': 0, 'accepted': 0, 'rejected': 0, 'seconds_per_pair': 0.0}
+    """
+    out = dict(cost)
+    for key, value in (("candidates", 0), ("ran_on", None), ("workers", 0)):
+        out.setdefault(key, value)
+    out.update(accepted=accepted, rejected=rejected)
+    out["seconds_per_pair"] = round(float(out.get("seconds_per_pair", 0.0)), 6)
+    return out
+
+
 def placement(scheduler: Any = None) -> dict[str, Any]:
     """Where ``dask.compute(..., scheduler=scheduler)`` runs: the ``ran_on`` and ``workers``
     entries of the verification cost (``results/run.json``).
@@ -311,10 +329,10 @@ def placement(scheduler: Any = None) -> dict[str, Any]:
     >>> placement("threads")
     {'ran_on': 'this process', 'workers': 0}
     """
-    from dask.base import get_scheduler
+    from .scheduler import dask_client
 
-    client = getattr(get_scheduler(scheduler=scheduler), "__self__", None)
-    if client is not None and hasattr(client, "nthreads"):  # a distributed Client's get
+    client = dask_client(scheduler)
+    if client is not None:
         return {"ran_on": "workers", "workers": len(client.nthreads())}
     return {"ran_on": "this process", "workers": 0}
 

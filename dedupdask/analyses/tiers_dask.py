@@ -36,6 +36,7 @@ import pandas as pd
 
 from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
+from ..verify import finish_cost
 from ..verify_frames import verify_frame
 from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
 from .graph import GRAPH_COLUMNS
@@ -372,11 +373,7 @@ def run_tiers_frames(
     (per_part,) = dask.compute(decided.map_partitions(_counts, meta=_counts(final_meta)))
     totals = {c: int(per_part[c].sum()) for c in per_part.columns}
     counts = {c: totals[c] for c in tier_counts(final_meta)}
-    cost.setdefault("candidates", 0)
-    cost.setdefault("ran_on", None)  # nothing verified: no tasks anywhere
-    cost.setdefault("workers", 0)
-    cost.update(accepted=totals["verified_accepted"], rejected=totals["verified_rejected"])
-    cost["seconds_per_pair"] = round(float(cost.get("seconds_per_pair", 0.0)), 6)
+    cost = finish_cost(cost, totals["verified_accepted"], totals["verified_rejected"])
     out_graph = graph[list(GRAPH_COLUMNS)]
     return TierFrames(decided, comp, out_graph, counts, cost, dct_knn)
 
