@@ -51,7 +51,7 @@ import pandas as pd
 from dask.base import tokenize
 
 from .decode import DECODE_VERSION
-from .store import SUFFIXES, WorkDir, empty_files_frame, file_dtypes
+from .store import FILE_COLUMNS, SUFFIXES, WorkDir, empty_files_frame, file_dtypes
 
 __all__ = ["ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archive_vectors"]
 
@@ -305,7 +305,7 @@ def _size_problem(name: str, n: int, d: int, got: int) -> str:
     )
 
 
-def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
+def read_archive_files(spec: tuple[Any, ...], columns: list[str] | None = None) -> pd.DataFrame:
     """One archive's Parquet rows with the global ``index`` (a ``dd.from_map`` partition).
 
     Parameters
@@ -314,11 +314,15 @@ def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
         work_dir, archive name, global offset of its first valid image, valid count, and its
         decode version (default: the current one); for version 1 the ``pixel_md5`` column is
         read as ``input_md5`` (that is what it hashed) and ``pixel_md5`` is null.
+    columns : list of str, optional
+        Only these columns, in this order (``index`` is always read: it is checked against
+        ``done.json``). Dask passes the columns a computation uses (``from_map``'s column
+        projection), so ``col.files()[["index", "md5"]]`` decodes two columns of each file.
 
     Returns
     -------
     DataFrame
-        Columns :data:`dedupdask.store.FILE_COLUMNS`.
+        Columns :data:`dedupdask.store.FILE_COLUMNS` (or ``columns``).
 
     Examples
     --------
@@ -326,7 +330,11 @@ def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
     """
     wd, name, offset, n_valid = spec[:4]
     version = spec[4] if len(spec) > 4 else DECODE_VERSION
-    df = wd.read_files(name)  # the schema's columns and dtypes, or WorkDirError
+    want = list(FILE_COLUMNS if columns is None else columns)
+    read = list(dict.fromkeys(["index", *want]))
+    if version < 2 and ("input_md5" in read or "pixel_md5" in read):
+        read = list(dict.fromkeys([*read, "pixel_md5", "input_md5"]))
+    df = wd.read_files(name, read)  # the schema's columns and dtypes, or WorkDirError
     local = df["index"]
     found = local.dropna().to_numpy(dtype=np.int64)
     if found.size != n_valid:
@@ -337,11 +345,11 @@ def read_archive_files(spec: tuple[Any, ...]) -> pd.DataFrame:
     if not np.array_equal(found, np.arange(n_valid)):
         raise wd.damaged(name, "parquet", f"its index column does not number the valid rows 0..{n_valid - 1}")
     df["index"] = (local + offset).astype(file_dtypes()["index"])
-    if version < 2:  # decode version 1 hashed the model-input pixels under this name
+    if version < 2 and "pixel_md5" in df:  # decode version 1 hashed the model-input pixels under this name
         df["input_md5"] = df["pixel_md5"]
         df["pixel_md5"] = pd.NA
         df = df.astype({"pixel_md5": file_dtypes()["pixel_md5"]})
-    return df
+    return df[want]
 
 
 def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:

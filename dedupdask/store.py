@@ -403,8 +403,8 @@ def check_done(done: Any) -> str | None:
     return None
 
 
-def parquet_table(data: bytes) -> pa.Table:
-    """The Parquet file ``data`` as an Arrow table.
+def parquet_table(data: bytes | pa.Buffer, columns: Sequence[str] | None = None) -> pa.Table:
+    """The Parquet file ``data`` as an Arrow table (only ``columns``, when given).
 
     The bytes are copied into Arrow's own memory first. Parquet's reader hands slices of its
     input to background threads that may drop them after this returns; were the input a
@@ -418,9 +418,17 @@ def parquet_table(data: bytes) -> pa.Table:
     >>> parquet_table(buf.getvalue()).num_rows
     2
     """
+    source = pa.BufferReader(_arrow_copy(data))
+    return pq.read_table(source, columns=None if columns is None else list(columns))
+
+
+def _arrow_copy(data: bytes | pa.Buffer) -> pa.Buffer:
+    """``data`` in Arrow's own memory (see :func:`parquet_table`); an Arrow buffer as is."""
+    if isinstance(data, pa.Buffer):
+        return data
     out = pa.BufferOutputStream()
     out.write(data)
-    return pq.read_table(pa.BufferReader(out.getvalue()))
+    return out.getvalue()
 
 
 def empty_files_frame() -> pd.DataFrame:
@@ -815,8 +823,11 @@ class WorkDir:
             raise self.damaged(name, "done", problem)
         return done
 
-    def read_files(self, name: str) -> pd.DataFrame:
+    def read_files(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The archive's Parquet file as pandas, with the schema's columns and dtypes.
+
+        ``columns``: only these (in this order) are decoded -- the captions and JSON of a
+        LAION shard are most of its Parquet bytes, and an exact-group pass needs four hashes.
 
         Raises
         ------
@@ -824,27 +835,32 @@ class WorkDir:
             If it is not a Parquet file, lacks a column, or a column cannot be read as the
             schema's type.
         """
-        data = self.read_bytes(self.file(name, "parquet"))
+        data = _arrow_copy(self.read_bytes(self.file(name, "parquet")))
+        want = FILE_COLUMNS if columns is None else tuple(columns)
+        unknown = [c for c in want if c not in FILE_COLUMNS]
+        if unknown:
+            raise ValueError(f"no column(s) {', '.join(unknown)} in the per-archive files")
         try:
-            table = parquet_table(data)
+            present = set(pq.read_schema(pa.BufferReader(data)).names)  # the footer only
+            table = parquet_table(data, [c for c in want if c in present])
         except (pa.ArrowException, OSError, ValueError) as e:
             raise self.damaged(name, "parquet", f"not a readable Parquet file ({e})") from e
-        present = set(table.column_names)
         missing = [c for c in FILE_COLUMNS if c not in present and c not in OPTIONAL_FILE_COLUMNS]
         if missing:
             raise self.damaged(name, "parquet", f"has no column(s) {', '.join(missing)}")
-        columns = []
-        for f in FILE_SCHEMA:
+        fields = [FILE_SCHEMA.field(c) for c in want]
+        arrays = []
+        for f in fields:
             if f.name not in present:
-                columns.append(pa.nulls(table.num_rows, f.type))
+                arrays.append(pa.nulls(table.num_rows, f.type))
                 continue
             try:
                 col = table.column(f.name)
-                columns.append(col if col.type == f.type else col.cast(f.type))
+                arrays.append(col if col.type == f.type else col.cast(f.type))
             except (pa.ArrowException, KeyError) as e:
                 problem = f"column {f.name!r} cannot be read as {f.type} ({e})"
                 raise self.damaged(name, "parquet", problem) from e
-        table = pa.Table.from_arrays(columns, schema=FILE_SCHEMA)
+        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
         return table.to_pandas(types_mapper=_types_mapper)
 
     def open_features(self, name: str, d: int, which: str = "dat") -> np.ndarray:

@@ -302,3 +302,19 @@ def test_rerun_of_extraction_redoes_an_archive_after_the_advice(clean, sample_sh
     assert report.set_index("name")["status"][NAME] == "done"
     res = ddk.run(None, wd, run_mode=2, progress=False)
     assert NAME in res.archives
+
+
+def test_files_read_only_the_columns_a_computation_uses(clean, tmp_path):
+    """Column projection reaches the Parquet reads: a column nobody asks for is not decoded
+    (a caption that cannot be read as a string does not stop the hashes being read), and
+    the columns asked for equal the full read's; the full read still names the bad column."""
+    from dedupdask.collect import collect
+
+    full = collect(clean, warn=False).files()[["index", "md5", "pixel_md5"]].compute(scheduler="sync")
+    wd = _damaged(clean, tmp_path, _edit_parquet(_set_column("caption", lambda t: pa.array([[1]] * t.num_rows))))
+    files = collect(wd, warn=False).files()
+    got = files[["index", "md5", "pixel_md5"]].compute(scheduler="sync")
+    assert got.reset_index(drop=True).equals(full.reset_index(drop=True))
+    assert files["md5"].compute(scheduler="sync").reset_index(drop=True).equals(full["md5"].reset_index(drop=True))
+    with pytest.raises(WorkDirError, match="column 'caption' cannot be read"):
+        files.compute(scheduler="sync")

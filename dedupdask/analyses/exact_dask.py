@@ -50,7 +50,7 @@ EXACT_COLUMNS = ("index", "rep", "group_size")
 _I64 = np.int64
 
 
-def exact_edges(files: Any, *, keys: Sequence[str] = EXACT_KEYS) -> Any:
+def exact_edges(files: Any, *, keys: Sequence[str] = EXACT_KEYS, first: int | None = None) -> Any:
     """Edges image -> smallest index with the same key, for every key column, on the workers.
 
     Parameters
@@ -60,6 +60,10 @@ def exact_edges(files: Any, *, keys: Sequence[str] = EXACT_KEYS) -> Any:
         (strings; null or empty never match), e.g. the per-archive Parquet rows.
     keys : sequence of str
         Key columns.
+    first : int, optional
+        Also say which edges the first ``first`` key columns give: a bool column ``first``
+        (one pass over ``files`` serves two groupings, e.g. the exact groups and the input
+        groups of :func:`exact_and_input_frames`).
 
     Returns
     -------
@@ -98,8 +102,10 @@ def exact_edges(files: Any, *, keys: Sequence[str] = EXACT_KEYS) -> Any:
     answers = by_key.map_partitions(_global_minima, meta=part_meta, enforce_metadata=False)
     back = route(answers, "_part", divisions)
     meta = pd.DataFrame({c: _I64(0) for c in EDGE_COLUMNS}, index=[])
+    if first is not None:
+        meta = meta.assign(first=np.bool_(False))
     return rows.map_partitions(
-        _key_edges, back, keys, meta=meta, align_dataframes=False, enforce_metadata=False
+        _key_edges, back, keys, first, meta=meta, align_dataframes=False, enforce_metadata=False
     )
 
 
@@ -143,9 +149,11 @@ def _global_minima(minima: pd.DataFrame) -> pd.DataFrame:
     return minima.loc[behind].assign(low=low[behind].to_numpy(dtype=_I64))
 
 
-def _key_edges(rows: pd.DataFrame, back: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def _key_edges(
+    rows: pd.DataFrame, back: pd.DataFrame, keys: list[str], first: int | None = None
+) -> pd.DataFrame:
     """Edges of one partition: each image to its key's smallest index here or, if sent, anywhere."""
-    src, dst = [], []
+    src, dst, tag = [], [], []
     for i, idx, key in _valid_keys(rows, keys):
         rep = np.array(pd.Series(idx).groupby(key.to_numpy(), sort=False).transform("min"), dtype=_I64)
         mine = back[back["col"].to_numpy() == i]
@@ -157,8 +165,14 @@ def _key_edges(rows: pd.DataFrame, back: pd.DataFrame, keys: list[str]) -> pd.Da
         moved = rep != idx
         src.append(idx[moved])
         dst.append(rep[moved])
+        tag.append(np.full(int(moved.sum()), first is not None and i < first))
     edges = pd.DataFrame({"from": np.concatenate(src), "to": np.concatenate(dst)}, dtype=_I64)
-    return edges.drop_duplicates(ignore_index=True)  # same target by md5 and by pixel_md5
+    if first is None:
+        return edges.drop_duplicates(ignore_index=True)  # same target by md5 and by pixel_md5
+    edges["first"] = np.concatenate(tag).astype(bool)
+    # an edge the first columns give is kept as such; its repeats by later columns are dropped
+    edges = edges.sort_values("first", ascending=False, kind="stable")
+    return edges.drop_duplicates(["from", "to"], ignore_index=True)
 
 
 def exact_groups_dask(
@@ -257,7 +271,8 @@ def exact_and_input_frames(
     :func:`exact_and_input_groups` without its gather: the ``table`` of
     :func:`exact_groups_dask` for :data:`EXACT_KEYS` and for :data:`INPUT_KEYS` (columns
     :data:`EXACT_COLUMNS`, one row per valid image in index order, indexed by the image with
-    known divisions, persisted).
+    known divisions, persisted). One pass over ``files`` reading four of its columns: the
+    edges of all :data:`INPUT_KEYS`, tagged with whether :data:`EXACT_KEYS` give them.
 
     Examples
     --------
@@ -271,7 +286,11 @@ def exact_and_input_frames(
     """
     if "input_md5" not in files.columns:
         files = files.assign(input_md5=pd.Series(pd.NA, dtype="string"))
-    files = files[["index", *INPUT_KEYS]]
-    exact = exact_groups_dask(files, n, keys=EXACT_KEYS, partition_rows=partition_rows)
-    inputs = exact_groups_dask(files, n, keys=INPUT_KEYS, partition_rows=partition_rows)
-    return exact.table, inputs.table
+    # one pass over the files (the input keys extend the exact ones): the edges are small --
+    # one per image that is not its group's smallest index -- and persisted for both groupings
+    edges = exact_edges(files[["index", *INPUT_KEYS]], keys=INPUT_KEYS, first=len(EXACT_KEYS))
+    edges = edges.persist()
+    exact = components_table_dask(edges[edges["first"]], n, partition_rows=partition_rows).table
+    inputs = components_table_dask(edges, n, partition_rows=partition_rows).table
+    names = {"component_id": "rep", "component_size": "group_size"}
+    return exact.rename(columns=names), inputs.rename(columns=names)
