@@ -167,11 +167,10 @@ def _key_edges(
         dst.append(rep[moved])
         tag.append(np.full(int(moved.sum()), first is not None and i < first))
     edges = pd.DataFrame({"from": np.concatenate(src), "to": np.concatenate(dst)}, dtype=_I64)
-    if first is None:
-        return edges.drop_duplicates(ignore_index=True)  # same target by md5 and by pixel_md5
-    edges["first"] = np.concatenate(tag).astype(bool)
-    # an edge the first columns give is kept as such; its repeats by later columns are dropped
-    edges = edges.sort_values("first", ascending=False, kind="stable")
+    if first is not None:
+        edges["first"] = np.concatenate(tag).astype(bool)
+    # same target by md5 and by pixel_md5 (and input_md5): the rows come in key-column order,
+    # so the one kept is that of the first column giving the edge (``first`` True if any does)
     return edges.drop_duplicates(["from", "to"], ignore_index=True)
 
 
@@ -220,8 +219,12 @@ def exact_groups_dask(
         res = components_table_dask(edges, nodes=nodes, partition_rows=partition_rows)
     else:
         res = components_table_dask(edges, n, partition_rows=partition_rows)
-    table = res.table.rename(columns={"component_id": "rep", "component_size": "group_size"})
-    return DaskComponents(table=table, changed=res.changed)
+    return DaskComponents(table=_group_table(res.table), changed=res.changed)
+
+
+def _group_table(components: Any) -> Any:
+    """A components table (``index, component_id, component_size``) as :data:`EXACT_COLUMNS`."""
+    return components.rename(columns={"component_id": "rep", "component_size": "group_size"})
 
 
 INPUT_KEYS = ("md5", "pixel_md5", "input_md5")
@@ -290,7 +293,6 @@ def exact_and_input_frames(
     # one per image that is not its group's smallest index -- and persisted for both groupings
     edges = exact_edges(files[["index", *INPUT_KEYS]], keys=INPUT_KEYS, first=len(EXACT_KEYS))
     edges = edges.persist()
-    exact = components_table_dask(edges[edges["first"]], n, partition_rows=partition_rows).table
-    inputs = components_table_dask(edges, n, partition_rows=partition_rows).table
-    names = {"component_id": "rep", "component_size": "group_size"}
-    return exact.rename(columns=names), inputs.rename(columns=names)
+    exact = components_table_dask(edges[edges["first"]], n, partition_rows=partition_rows)
+    inputs = components_table_dask(edges, n, partition_rows=partition_rows)
+    return _group_table(exact.table), _group_table(inputs.table)
