@@ -7,9 +7,12 @@ Dask DataFrames that stay on the workers:
 1. the groups are the connected components of the graph's edges at or above ``link`` and of
    the exact groups (:func:`~dedupdask.analyses.components_dask.components_table_dask`: a
    group's id is its smallest index); its distinct pictures are counted at the group's id;
-2. every graph row learns the groups of both its images (two routes); a row between two
-   groups is a candidate for both groups' nearest image outside, the best per group found at
-   the group's id; a representative whose whole list is inside its group gives a bound;
+2. every graph row learns the groups of both its images where it is (one request per
+   distinct image and partition, :func:`~dedupdask.analyses.routing.ask`: an image in
+   millions of neighbour lists is asked for once per partition); a row between two groups
+   is a candidate for both groups' nearest image outside, the best per group kept in each
+   partition and then found at the group's id; a representative whose whole list is inside
+   its group gives a bound;
 3. the members to compare with every image (up to
    :data:`~dedupdask.analyses.groups.QUERIES_PER_GROUP` per small group, highest bound first)
    are chosen per group on the workers and searched there, at most ``max_searched`` of them
@@ -31,7 +34,7 @@ from .components_dask import components_table_dask
 from .groups import QUERIES_PER_GROUP, OutlierGroups
 from .groups_search import search_members
 from .issues import outlier_issues
-from .routing import NODE, find, locate, lookup, route
+from .routing import NODE, ask, find, locate, lookup, route
 
 if TYPE_CHECKING:
     from ..collect import Collection
@@ -94,15 +97,6 @@ def _sum_pictures(state: pd.DataFrame, got: pd.DataFrame) -> pd.DataFrame:
     return state.assign(pictures_at=at)
 
 
-def _group_of(rows: pd.DataFrame, state: pd.DataFrame, col: str, out: str, columns: list[str]) -> pd.DataFrame:
-    """Rows routed on ``col`` (their index) with the group of that image."""
-    ids = state.index.to_numpy(dtype=_I64)
-    keys = rows.index.to_numpy(dtype=_I64)
-    group = state["group"].to_numpy(dtype=_I64)[find(ids, keys, "graph image")]
-    got = rows.drop(columns=[col], errors="ignore").assign(**{col: keys, out: group})
-    return got.reset_index(drop=True).loc[:, columns]
-
-
 def _edge_candidates(rows: pd.DataFrame) -> pd.DataFrame:
     """Both groups of every row between two groups: (label, similarity, image outside)."""
     cross = rows["g_from"].to_numpy(dtype=_I64) != rows["g_to"].to_numpy(dtype=_I64)
@@ -151,7 +145,7 @@ def _with_best(state: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
 
 def _needs(state: pd.DataFrame, stats: pd.DataFrame, max_size: int, below: float | None) -> pd.DataFrame:
     """The representatives that could beat their group's best by a search: (group, bound, rep)."""
-    s = stats.reset_index(drop=True)
+    s = stats.reset_index()  # the representatives were routed: ``rep`` is the index
     if not len(s):
         return pd.DataFrame({"group": pd.Series(dtype=_I64), "bound": pd.Series(dtype=np.float32),
                              "rep": pd.Series(dtype=_I64)})  # fmt: skip
@@ -251,25 +245,19 @@ def outlier_frame(
                                  meta=meta.assign(pictures_at=_I64(0)), enforce_metadata=False)  # fmt: skip
     state = lookup(state, "group", "pictures_at", "pictures")
 
-    g_meta = graph._meta[["from", "to", "similarity", "rank"]]
-    by_to = route(graph[["from", "to", "similarity", "rank"]], "to", divs)
-    cols = [*g_meta.columns, "g_to"]
-    rows = by_to.map_partitions(_group_of, state, "to", "g_to", cols, align_dataframes=False,
-                                meta=g_meta.assign(g_to=_I64(0)), enforce_metadata=False)  # fmt: skip
-    by_from = route(rows.assign(_at=rows["from"]), "_at", divs)
-    rows = by_from.map_partitions(
-        _group_of, state, "from", "g_from", [*cols, "g_from"], align_dataframes=False,
-        meta=g_meta.assign(g_to=_I64(0), g_from=_I64(0)), enforce_metadata=False,
-    )
+    # each graph row learns both ends' groups where it is (a hub's group is asked once per partition)
+    rows = ask(graph[["from", "to", "similarity", "rank"]], state, "group", {"to": "g_to", "from": "g_from"})
     (rows, state) = dask.persist(rows, state)
     cand_meta = pd.DataFrame({"label": _I64(0), "sim": np.float32(0), "other": _I64(0)}, index=[])
     cands = rows.map_partitions(_edge_candidates, meta=cand_meta)
+    cands = cands.map_partitions(_local_best, meta=cand_meta)  # one row per group and partition
     best = route(cands, "label", divs).map_partitions(_local_best, meta=cand_meta)
     best = route(best, "label", divs)
     state = state.map_partitions(_with_best, best, align_dataframes=False, meta=state._meta.assign(best_at=_I64(0)),
                                  enforce_metadata=False)  # fmt: skip
     state = lookup(state, "group", "best_at", "group_best")
     stats = rows.map_partitions(_rep_stats, k, meta=pd.DataFrame({"rep": _I64(0), "bound": np.float32(0)}, index=[]))
+    stats = route(stats, "rep", divs)  # one row per representative, to its partition of ``state``
     state, stats = dask.persist(state, stats)
 
     searched = unsearched = 0
@@ -283,7 +271,7 @@ def outlier_frame(
         )  # a few per closed group, left on the workers
         found, searched, unsearched = search_members(col, names, state, chosen, max_searched)
     if found is not None:
-        more = dd.concat([cands, found])
+        more = dd.concat([cands, found.map_partitions(_local_best, meta=cand_meta)])
         best = route(more, "label", divs).map_partitions(_local_best, meta=cand_meta)
         best = route(best, "label", divs)
         state = state.map_partitions(_with_best, best, align_dataframes=False,

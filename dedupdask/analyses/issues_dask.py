@@ -82,7 +82,11 @@ def _typed_other(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ends(sim: pd.DataFrame) -> pd.DataFrame:
-    return pair_ends(sim)
+    """Both ends of this partition's pairs, already reduced to the best per image and kind
+    (:func:`best_partners`' order): an image in a million pairs sends one row per partition."""
+    ends = pair_ends(sim)
+    ends = ends.sort_values(["kind", "index", "sim", "other"], ascending=[True, True, False, True], kind="stable")
+    return ends.drop_duplicates(["kind", "index"]).reset_index(drop=True)
 
 
 def _best_here(ends: pd.DataFrame) -> pd.DataFrame:

@@ -3,9 +3,11 @@
 The Dask counterpart of :func:`dedupdask.analyses.names.add_names`. The names live in the
 per-archive Parquet files; :func:`names_frame` reads them as one partition per archive with
 valid images, indexed by the global index (the archives' offsets are its divisions, so nothing
-is computed to find them). :func:`join_names` sends every row of a table to the archive
-partition that owns the image it names (:func:`dedupdask.analyses.routing.route`, a shuffle
-on the workers) and fills the columns there: the names table itself never moves.
+is computed to find them). :func:`join_names` leaves a table's rows where they are: each of
+its partitions asks the archive partitions for the names of the distinct images it names
+(:func:`dedupdask.analyses.routing.route`, a shuffle on the workers) and fills the columns
+from the answers. An image named by a million rows (a placeholder picture's exact copies)
+costs one request per partition; the names table itself never moves.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .names import NAME_COLUMNS, gather_names
-from .routing import locate, route
+from .routing import NODE, REPLY, locate, route
 
 if TYPE_CHECKING:
     from ..collect import Collection
@@ -100,8 +102,8 @@ def join_names(
     Returns
     -------
     dask.dataframe.DataFrame
-        ``table``'s rows (in another partitioning and order) with the string columns added;
-        an index that names no image gets nulls.
+        ``table``'s rows (same partitions, same order) with the string columns added; an
+        index that names no image gets nulls.
 
     Examples
     --------
@@ -116,29 +118,53 @@ def join_names(
     [['a/x', 'x', <NA>], ['b/y', 'y', 'x']]
     """
     filename = dict(filename or {})
-    divisions = tuple(int(d) for d in names.divisions)
+    n = table.npartitions
+    req_meta = pd.DataFrame({NODE: np.int64(0), REPLY: np.int64(0)}, index=[])
+    req = table.map_partitions(_asks, list(which), meta=req_meta, enforce_metadata=False)
+    asked = route(req, NODE, tuple(int(d) for d in names.divisions))
+    ans_meta = pd.DataFrame({REPLY: pd.Series(dtype=np.int64), _KEY: pd.Series(dtype=np.int64),
+                             **{c: pd.Series(dtype="string") for c in NAMES}})  # fmt: skip
+    answers = names.map_partitions(_answer, asked, meta=ans_meta, align_dataframes=False, enforce_metadata=False)
+    back = route(answers, REPLY, tuple(range(n + 1)))
+    added: dict[str, str] = {}
     for col, sfx in which.items():
-        added = {f"{n}{sfx}": "string" for n in NAME_COLUMNS}
         if col in filename:
-            added = {filename[col]: "string", **added}
-        meta = table._meta.assign(**{c: pd.Series(dtype=t) for c, t in added.items()})
-        routed = route(table.assign(**{_KEY: table[col].astype(np.int64)}), _KEY, divisions)
-        table = routed.map_partitions(
-            _attach, names, col, sfx, filename.get(col), meta=meta, align_dataframes=False,
-            enforce_metadata=False,
-        )  # fmt: skip
-    return table
+            added[filename[col]] = "string"
+        added.update({f"{c}{sfx}": "string" for c in NAME_COLUMNS})
+    meta = table._meta.assign(**{c: pd.Series(dtype=t) for c, t in added.items()})
+    return table.map_partitions(
+        _attach, back, dict(which), filename, meta=meta, align_dataframes=False, enforce_metadata=False
+    )
+
+
+def _asks(df: pd.DataFrame, columns: list[str], partition_info: dict | None = None) -> pd.DataFrame:
+    """One request per distinct image this partition names (-1 = none asks nothing)."""
+    keys = np.unique(np.concatenate([df[c].to_numpy(dtype=np.int64) for c in columns]))
+    keys = keys[keys >= 0]
+    reply = partition_info["number"] if partition_info else 0
+    return pd.DataFrame({NODE: keys, REPLY: np.full(keys.size, reply, dtype=np.int64)})
+
+
+def _answer(names: pd.DataFrame, asked: pd.DataFrame) -> pd.DataFrame:
+    """The names of the asked images of this archive (a key it does not hold gets nulls)."""
+    keys = asked.index.to_numpy(dtype=np.int64)
+    pos, ok = locate(names.index.to_numpy(dtype=np.int64), keys)
+    out = pd.DataFrame({REPLY: asked[REPLY].to_numpy(dtype=np.int64), _KEY: keys})
+    for c, vals in gather_names(names, NAMES, pos, ok).items():
+        out[c] = vals
+    return out
 
 
 def _attach(
-    rows: pd.DataFrame, names: pd.DataFrame, col: str, sfx: str, filename: str | None
+    rows: pd.DataFrame, back: pd.DataFrame, which: dict[str, str], filename: dict[str, str]
 ) -> pd.DataFrame:
-    keys = rows.index.to_numpy(dtype=np.int64)
-    ids = names.index.to_numpy(dtype=np.int64)
-    pos, ok = locate(ids, keys)
-    out = rows.reset_index(drop=True)
-    cols = ([(filename, "filename")] if filename else []) + [(f"{n}{sfx}", n) for n in NAME_COLUMNS]
-    vals = gather_names(names, tuple(src for _, src in cols), pos, ok)
-    for name, src in cols:
-        out[name] = vals[src]
+    back = back.sort_values(_KEY, kind="stable").reset_index(drop=True)
+    got = back[_KEY].to_numpy(dtype=np.int64)
+    out = rows.copy()
+    for col, sfx in which.items():
+        pos, ok = locate(got, rows[col].to_numpy(dtype=np.int64))
+        cols = ([(filename[col], "filename")] if col in filename else []) + [(f"{c}{sfx}", c) for c in NAME_COLUMNS]
+        vals = gather_names(back, tuple(src for _, src in cols), pos, ok)
+        for name, src in cols:
+            out[name] = vals[src]
     return out

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "NODE", "REPLY", "find", "locate", "lookup", "numbered", "partition_sums", "route", "shuffle_method",
+    "NODE", "REPLY", "ask", "find", "locate", "lookup", "numbered", "partition_sums", "route", "shuffle_method",
     "sort_by_key",
 ]  # fmt: skip
 
@@ -215,6 +215,55 @@ def _attach(df: pd.DataFrame, back: pd.DataFrame, key: str, value: str, out: str
         vals = back["_value"].to_numpy(dtype=np.int64)[order]
         res[~local] = vals[find(got, keys[~local], "node")]
     return df.assign(**{out: res})
+
+
+def ask(frame: Any, table: Any, value: str, columns: dict[str, str]) -> Any:
+    """Add, for each ``key: out`` of ``columns``, column ``out`` = ``value`` of the row of
+    ``table`` whose index equals this row's ``key``.
+
+    ``table`` is indexed by unique int64 node ids with known divisions and holds every key;
+    ``frame`` may be partitioned any way (its rows stay where they are). Each partition of
+    ``frame`` sends one request per distinct key of all ``columns`` and gets the answers back
+    by partition number: an image that a million rows point to (a hub of a kNN graph, a
+    placeholder picture) costs its owner one request per asking partition, where routing
+    the rows themselves would pile them all onto that owner.
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> t = dd.from_pandas(pd.DataFrame({"g": [10, 11, 12]}, index=pd.Index([0, 1, 2], name=NODE)),
+    ...                    npartitions=2)
+    >>> f = dd.from_pandas(pd.DataFrame({"a": [2, 0, 2], "b": [1, 1, 0]}), npartitions=2)
+    >>> with dask.config.set(scheduler="sync"):
+    ...     ask(f, t, "g", {"a": "ga", "b": "gb"}).compute().values.tolist()
+    [[2, 1, 12, 11], [0, 1, 10, 11], [2, 0, 12, 10]]
+    """
+    n = frame.npartitions
+    req_meta = pd.DataFrame({NODE: np.int64(0), REPLY: np.int64(0)}, index=[])
+    req = frame.map_partitions(_asks, list(columns), meta=req_meta, enforce_metadata=False)
+    asked = route(req, NODE, tuple(int(d) for d in table.divisions))
+    ans_meta = pd.DataFrame({REPLY: np.int64(0), "_key": np.int64(0), "_value": np.int64(0)}, index=[])
+    answers = table.map_partitions(_answer, asked, value, meta=ans_meta, align_dataframes=False)
+    back = route(answers, REPLY, tuple(range(n + 1)))
+    meta = frame._meta.assign(**{out: np.int64(0) for out in columns.values()})
+    return frame.map_partitions(
+        _attach_asked, back, columns, meta=meta, align_dataframes=False, enforce_metadata=False
+    )
+
+
+def _asks(df: pd.DataFrame, columns: list[str], partition_info: dict | None = None) -> pd.DataFrame:
+    keys = np.unique(np.concatenate([df[c].to_numpy(dtype=np.int64) for c in columns]))
+    reply = partition_info["number"] if partition_info else 0
+    return pd.DataFrame({NODE: keys, REPLY: np.full(keys.size, reply, dtype=np.int64)})
+
+
+def _attach_asked(df: pd.DataFrame, back: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    order = np.argsort(back["_key"].to_numpy(dtype=np.int64), kind="stable")
+    got = back["_key"].to_numpy(dtype=np.int64)[order]
+    vals = back["_value"].to_numpy(dtype=np.int64)[order]
+    return df.assign(
+        **{out: vals[find(got, df[key].to_numpy(dtype=np.int64), "node")] for key, out in columns.items()}
+    )
 
 
 SAMPLES = 64
