@@ -242,7 +242,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     about = got["sync"].run["issues"]["outlier_groups"]
     assert about["searched_members"] > 0 and about["groups"] > 0, about
     for task in ("_across", "_within", "_attach", "_nearest", "_best_here", "_select", "_sorted_part",
-                 "_group_of", "_chosen", "_top", "_query_piece", "_against", "merge_best"):  # fmt: skip
+                 "_attach_asked", "_chosen", "_top", "_query_piece", "_against", "merge_best"):  # fmt: skip
         assert any(task in k for k in got["tasks"]), task  # names of (fused) worker tasks
     assert got["sync"].run["counts"]["similar_pairs"] >= 5
     _assert_same(tmp_path, got)
