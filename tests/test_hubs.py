@@ -19,7 +19,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
-from dask.callbacks import Callback
+from test_components_dask import _Rows  # the largest DataFrame any task returns
 
 from dedupdask.analyses import groups_dask
 from dedupdask.analyses.components_dask import components_table_dask
@@ -29,18 +29,6 @@ from dedupdask.analyses.groups import outlier_groups
 from dedupdask.analyses.issues import best_partners, pair_ends
 from dedupdask.analyses.issues_dask import duplicate_frame
 from dedupdask.analyses.routing import NODE, ask
-
-
-class _Rows(Callback):
-    """Largest DataFrame any task returns (the synchronous scheduler runs them here)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.max_rows, self.key = 0, None
-
-    def _posttask(self, key, result, dsk, state, worker_id) -> None:
-        if isinstance(result, pd.DataFrame) and len(result) > self.max_rows:
-            self.max_rows, self.key = len(result), key
 
 
 @pytest.fixture
