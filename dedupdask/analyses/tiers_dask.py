@@ -38,7 +38,7 @@ from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
-from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
+from .expand_dask import expand_graph_frame, sibling_frame
 from .graph import GRAPH_COLUMNS
 from .routing import route, shuffle_method
 from .tierframes import TierFrames
@@ -261,7 +261,7 @@ def run_tiers_frames(
     col : Collection
         The done archives.
     files : dask.dataframe.DataFrame
-        ``col.files()``: one partition per archive of ``col.archives``.
+        ``col.files()`` (its partitions: ``col.partition_archives()``).
     exact, inputs : dask.dataframe.DataFrame
         ``index, rep, group_size`` of every valid image: the exact groups and the input
         groups (:func:`dedupdask.analyses.exact_dask.exact_groups_dask` with
@@ -288,7 +288,7 @@ def run_tiers_frames(
     ------
     ValueError
         A frame without a column it needs; graph partitions out of ``from`` order; ``files``
-        not one partition per archive (when pairs are verified).
+        not partitioned as ``col.files()`` (when pairs are verified).
 
     Examples
     --------
@@ -388,11 +388,10 @@ def _check_columns(*frames: tuple[Any, str, tuple[str, ...]]) -> None:
 
 
 def _file_bounds(col: Any, files: Any) -> np.ndarray:
-    """First global index of each partition of ``files`` (one per archive of ``col``)."""
-    if files.npartitions != len(col.archives):
+    """First global index of each partition of ``files`` (``col.files()``)."""
+    if files.npartitions != len(col.partition_archives()):
         raise ValueError(
-            f"files has {files.npartitions} partitions for {len(col.archives)} archives: "
-            "pass col.files() (one partition per archive)"
+            f"files has {files.npartitions} partitions, col.files() has {len(col.partition_archives())}: "
+            "pass col.files()"
         )
-    lows = np.array([a.offset for a in col.archives], dtype=_I64)
-    return start_bounds(lows, np.array([a.n_valid > 0 for a in col.archives], bool))
+    return col.partition_bounds()
