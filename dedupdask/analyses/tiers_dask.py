@@ -40,7 +40,7 @@ from ..verify import finish_cost
 from ..verify_frames import verify_frame
 from .expand_dask import expand_graph_frame, sibling_frame
 from .graph import GRAPH_COLUMNS
-from .routing import route, shuffle_method
+from .routing import ask, route, shuffle_method
 from .tierframes import TierFrames
 from .tiers import (
     DECIDED_COLUMNS,
@@ -136,19 +136,17 @@ def _dct_edges(part: pd.DataFrame, cut: float) -> pd.DataFrame:
     )  # fmt: skip
 
 
-def _input_of(edges: Any, sib: Any, end: str) -> Any:
-    """Set ``c_<end>`` to the input representative of ``<end>`` (itself unless it has siblings)."""
-    got = sib.rename(columns={"rep": end, "input": "_c"})
-    return edges.merge(got, on=end, how="left", shuffle_method=shuffle_method()).map_partitions(
-        _fill_input, end, meta=_EDGE_META, enforce_metadata=False
-    )
+def _input_reps(edges: Any, inputs: Any) -> Any:
+    """Set ``c_from``/``c_to`` to each end's input representative (itself unless its input
+    group holds other exact groups), asked of ``inputs`` with one request per distinct end and
+    partition (:func:`~dedupdask.analyses.routing.ask`): the edges stay where they are, so an
+    image with thousands of DCT edges piles nothing onto one partition."""
+    got = ask(edges.drop(columns=["c_from", "c_to"]), inputs, "rep", {"from": "c_from", "to": "c_to"})
+    return got.map_partitions(_edge_order, meta=_EDGE_META, enforce_metadata=False)
 
 
-def _fill_input(edges: pd.DataFrame, end: str) -> pd.DataFrame:
-    c = edges["_c"]
-    out = edges.drop(columns="_c").reset_index(drop=True)
-    out[f"c_{end}"] = np.where(c.isna(), out[end], c).astype(_I64)
-    return out.loc[:, list(_EDGE_META.columns)]
+def _edge_order(edges: pd.DataFrame) -> pd.DataFrame:
+    return edges.loc[:, list(_EDGE_META.columns)]
 
 
 def _candidates(
@@ -320,7 +318,7 @@ def run_tiers_frames(
             _dct_edges, params.copy_threshold, meta=_EDGE_META, enforce_metadata=False
         )
         if n_sib:  # pairs of equal model inputs: both ends' input representatives
-            dct = _input_of(_input_of(dct, sib, "from"), sib, "to")
+            dct = _input_reps(dct, inputs)
         parts.append(dct)
     edges = dd.concat(parts) if len(parts) > 1 else parts[0]
     edges = edges.shuffle(
