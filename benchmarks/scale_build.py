@@ -383,7 +383,7 @@ def synthetic(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
         "client_peak_mb": round(peaks["client"]), "client_baseline_mb": round(base),
         "worker_peak_mb": [round(v) for k, v in peaks.items() if k.startswith("worker")],
         "scheduler_peak_mb": round(peaks["scheduler"]), "tasks": sum(v[0] for v in tasks_summary(stream).values()),
-        "partitions": run.get("tables", {}).get("stats", {}).get("parts"),
+        "partitions": len(run.get("tables", {}).get("stats", {}).get("part_rows") or []),
         "memory_limit": args.memory_limit, "timings": run.get("timings"),
         "knn": {k: knn.get(k) for k in ("buckets", "centroids", "sample", "kmeans_levels", "sample_per_centroid")
                 if k in knn},
