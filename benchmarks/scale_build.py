@@ -273,21 +273,22 @@ VERIFY_TASKS = ("score_pairs", "score_ranged", "timed_load", "load_cost", "verif
 
 
 def sampled(
-    cmd: list[str], workers: list[int], log: str, env: dict[str, str] | None = None
+    cmd: list[str], workers: list[int], log: str, env: dict[str, str] | None = None, scheduler: int | None = None
 ) -> tuple[float, dict[str, float]]:
-    """Run ``cmd``; its wall time and the peaks (MB) of it and of each worker tree."""
+    """Run ``cmd``; its wall time and the peaks (MB) of it, of each worker tree and (given its
+    pid) of the ``dask scheduler`` process."""
     with open(log, "wb") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        pids = {"client": proc.pid, **{f"worker{i}": pid for i, pid in enumerate(workers)}}
+        pids = {"client": proc.pid, **({"scheduler": scheduler} if scheduler else {})}
         with RssSampler(pids, tree=False) as client, RssSampler(
-            {k: v for k, v in pids.items() if k != "client"}, tree=True
+            {f"worker{i}": pid for i, pid in enumerate(workers)}, tree=True
         ) as trees:
             rc = proc.wait()
         wall = time.perf_counter() - t0
     if rc:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}):\n" + open(log, errors="replace").read()[-3000:])
-    return wall, {"client": client.peak_mb()["client"], **trees.peak_mb()}
+    return wall, {**client.peak_mb(), **trees.peak_mb()}
 
 
 @contextlib.contextmanager
@@ -371,7 +372,8 @@ def synthetic(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
         workers = [p.pid for p in procs[1:]]
         cmd = [sys.executable, "-m", "dedupdask", "build", wd, "--no-verify", "--no-progress",
                "--client", address, *args.extra.split()]  # fmt: skip
-        wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-{n}.log"))
+        with task_stream(address) as stream:
+            wall, peaks = sampled(cmd, workers, os.path.join(tmp, f"build-{n}.log"), scheduler=procs[0].pid)
     run = read_run(wd)
     rec = recall(wd, truth)
     knn = run.get("knn", {})
@@ -379,7 +381,9 @@ def synthetic(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
         "n": n, "d": args.d, "archives": archives, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
         "analysed_on": run.get("analysed_on"), "knn_method": run["parameters"]["knn_method"],
         "client_peak_mb": round(peaks["client"]), "client_baseline_mb": round(base),
-        "worker_peak_mb": [round(v) for k, v in peaks.items() if k != "client"],
+        "worker_peak_mb": [round(v) for k, v in peaks.items() if k.startswith("worker")],
+        "scheduler_peak_mb": round(peaks["scheduler"]), "tasks": sum(v[0] for v in tasks_summary(stream).values()),
+        "partitions": len(run.get("tables", {}).get("stats", {}).get("part_rows") or []),
         "memory_limit": args.memory_limit, "timings": run.get("timings"),
         "knn": {k: knn.get(k) for k in ("buckets", "centroids", "sample", "kmeans_levels", "sample_per_centroid")
                 if k in knn},
@@ -388,6 +392,7 @@ def synthetic(args: argparse.Namespace, n: int, tmp: str, base: float) -> int:
     print(f"N={n:>11,}: {archives} archives, build {wall:.1f} s on {out['analysed_on']} "
           f"({out['knn_method']}) | client peak {peaks['client']:.0f} MB (baseline {base:.0f} MB) | "
           f"worker peaks {', '.join(f'{v:,.0f}' for v in out['worker_peak_mb'])} MB of {args.memory_limit} | "
+          f"scheduler peak {out['scheduler_peak_mb']:,} MB, {out['tasks']:,} tasks | "
           f"recall of planted pairs >= 0.9: {rec['near_recall']:.4f} ({rec['near_pairs_ge_0_9']}), "
           f"exact {rec['exact_recall']:.4f} ({rec['exact_pairs']}) | load average {out['load_avg'][0]} -> "
           f"{out['load_avg'][1]}", flush=True)  # fmt: skip

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import dask
@@ -77,6 +78,7 @@ from .collect import Collection, collect
 from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
+from .knn_budget import _n_workers
 from .knn_partitioned import knn_graph_frame_work_dir, knn_graph_work_dir
 from .results import DedupResult, from_tables, save_run, save_tables
 from .tables import table_from_pandas
@@ -320,7 +322,11 @@ def _on_workers(
     DataFrame on the workers, handed from stage to stage and written from there; this process
     holds the archives' list, scalars, and what the adapters below still gather."""
     n = col.n
-    files = col.files()  # one partition per archive; read_archive_files checks it against done.json
+    if config.images_per_partition is None:  # up to the default, and enough for every thread
+        col = col.spread(_n_workers())
+    else:
+        col = replace(col, images_per_partition=config.images_per_partition)
+    files = col.files()  # consecutive archives per partition; read_archive_files checks each against done.json
     names = names_frame(col)
     stages.done("read_files")
 

@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser"]
 _ANALYSIS_ONLY = {
     "nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold",
     "max_memory_per_task", "max_client_memory", "d_reduce", "knn_dtype", "issue_thresholds",
-    "write_csv",
+    "write_csv", "images_per_partition",
 }
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",

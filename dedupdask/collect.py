@@ -37,10 +37,11 @@ here. The run-level files that :func:`dedupdask.results.load` reads (``results/r
 
 from __future__ import annotations
 
+import math
 import posixpath
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask
@@ -50,10 +51,18 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
+from .config import IMAGES_PER_PARTITION
 from .decode import DECODE_VERSION
 from .store import FILE_COLUMNS, SUFFIXES, WorkDir, empty_files_frame, file_dtypes
 
-__all__ = ["ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archive_vectors"]
+__all__ = [
+    "ArchiveInfo", "Collection", "collect", "read_archive_files", "read_archives_files", "read_archive_vectors",
+    "PARTITIONS_PER_THREAD",
+]
+
+PARTITIONS_PER_THREAD = 4
+"""Partitions per Dask thread that :meth:`Collection.spread` keeps at least (when the archives
+allow): a cluster stays busy through the shuffles, whose slowest partition sets their pace."""
 
 # Names that run-level outputs produce when matched against per-archive suffixes
 # (``atrain_features.dat.csv`` looks like the ``.dat.csv`` of an archive named ``atrain_``).
@@ -123,6 +132,10 @@ class Collection:
         Archives with per-archive files but neither ``done.json`` nor ``failed.json``.
     decode_version : int
         How every archive's images were decoded (``done.json``; 1 when it does not say).
+    images_per_partition : int
+        Consecutive archives are read into one partition of the per-image tables
+        (:meth:`files`) up to this many image members (an archive with more is a partition of
+        its own); 0 = one partition per archive. See :data:`IMAGES_PER_PARTITION`.
     """
 
     work_dir: WorkDir
@@ -132,6 +145,7 @@ class Collection:
     failed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     decode_version: int = DECODE_VERSION
+    images_per_partition: int = IMAGES_PER_PARTITION
 
     @property
     def n(self) -> int:
@@ -206,26 +220,94 @@ class Collection:
         """Whether :meth:`vector_rows` is the cheap way here: a local work_dir, local threads."""
         return bool(self.work_dir.local) and not on_distributed()
 
+    def partition_archives(self) -> list[tuple[int, ...]]:
+        """The archives (positions in :attr:`archives`) of each partition of :meth:`files`.
+
+        Consecutive archives are packed while their image members add up to at most
+        :attr:`images_per_partition`; every archive belongs to exactly one partition.
+
+        Examples
+        --------
+        >>> from dedupdask.store import WorkDir
+        >>> a = [ArchiveInfo(f"{i}.tar", f"{i}.tar", 0, n, n) for i, n in enumerate([3, 3, 5, 1])]
+        >>> Collection(WorkDir("."), tuple(a), 4, images_per_partition=6).partition_archives()
+        [(0, 1), (2, 3)]
+        >>> Collection(WorkDir("."), tuple(a), 4, images_per_partition=0).partition_archives()
+        [(0,), (1,), (2,), (3,)]
+        """
+        limit = int(self.images_per_partition)
+        parts: list[tuple[int, ...]] = []
+        cur: list[int] = []
+        size = 0
+        for i, a in enumerate(self.archives):
+            if cur and (limit <= 0 or size + a.n_images > limit):
+                parts.append(tuple(cur))
+                cur, size = [], 0
+            cur.append(i)
+            size += a.n_images
+        if cur:
+            parts.append(tuple(cur))
+        return parts
+
+    def spread(self, threads: int) -> Collection:
+        """This collection with partitions small enough to give ``threads`` Dask threads
+        :data:`PARTITIONS_PER_THREAD` partitions each (where the archives allow it); never more
+        images per partition than :attr:`images_per_partition` asks.
+
+        Examples
+        --------
+        >>> from dedupdask.store import WorkDir
+        >>> a = tuple(ArchiveInfo(f"{i}.tar", f"{i}.tar", 10 * i, 10, 10) for i in range(40))
+        >>> len(Collection(WorkDir("."), a, 4).partition_archives())  # 400 images, one partition
+        1
+        >>> len(Collection(WorkDir("."), a, 4).spread(2).partition_archives())
+        8
+        """
+        if self.images_per_partition <= 0:
+            return self
+        fair = max(1, math.ceil(self.n_images / (PARTITIONS_PER_THREAD * max(1, int(threads)))))
+        return replace(self, images_per_partition=min(self.images_per_partition, fair))
+
+    def partition_bounds(self) -> np.ndarray:
+        """First global index of each partition of :meth:`files`, for
+        :func:`dedupdask.analyses.expand_dask.owner` (a partition without valid images owns none)."""
+        from .analyses.expand_dask import start_bounds
+
+        plan = self.partition_archives()
+        lows = np.array([self.archives[p[0]].offset for p in plan], dtype=np.int64)
+        nonempty = np.array([sum(self.archives[i].n_valid for i in p) > 0 for p in plan], bool)
+        return start_bounds(lows, nonempty)
+
+    def _specs(self, positions: Sequence[int]) -> tuple[tuple[Any, ...], ...]:
+        return tuple(
+            (self.work_dir, a.name, a.offset, a.n_valid, self.decode_version)
+            for a in (self.archives[i] for i in positions)
+        )
+
     def files(self) -> dd.DataFrame:
-        """One row per image member (valid or not), one partition per archive.
+        """One row per image member (valid or not), in archive order; each partition holds
+        the consecutive archives of one entry of :meth:`partition_archives`.
 
         Columns are :data:`dedupdask.store.FILE_COLUMNS`; ``index`` is the global index
         (null for invalid images).
 
         Examples
         --------
-        >>> col.files().npartitions == len(col.archives)  # doctest: +SKIP
+        >>> col.files().npartitions == len(col.partition_archives())  # doctest: +SKIP
         True
         """
         meta = empty_files_frame()
         if not self.archives:
             return dd.from_pandas(meta, npartitions=1)
-        specs = [
-            (self.work_dir, a.name, a.offset, a.n_valid, self.decode_version) for a in self.archives
-        ]
+        specs = [self._specs(p) for p in self.partition_archives()]
         return dd.from_map(
-            read_archive_files, specs, meta=meta, label="dedupdask-files", enforce_metadata=False
+            read_archives_files, specs, meta=meta, label="dedupdask-files", enforce_metadata=False
         )
+
+    def archive_files(self) -> dd.DataFrame:
+        """:meth:`files` with one partition per archive (partition ``i`` = ``archives[i]``),
+        for the jobs whose output is per archive (removal lists, galleries' reads)."""
+        return replace(self, images_per_partition=0).files()
 
     def files_frame(self, columns: list[str] | None = None) -> pd.DataFrame:
         """:meth:`files` as one pandas DataFrame, in archive order.
@@ -352,6 +434,22 @@ def read_archive_files(spec: tuple[Any, ...], columns: list[str] | None = None) 
     return df[want]
 
 
+def read_archives_files(
+    specs: Sequence[tuple[Any, ...]], columns: list[str] | None = None
+) -> pd.DataFrame:
+    """:func:`read_archive_files` of consecutive archives, concatenated (one partition of
+    :meth:`Collection.files`).
+
+    Examples
+    --------
+    >>> read_archives_files([(WorkDir(work_dir), "00000.tar", 0, 1000)])  # doctest: +SKIP
+    """
+    parts = [read_archive_files(spec, columns) for spec in specs]
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts, ignore_index=True)
+
+
 def _scan(wd: WorkDir) -> tuple[set[str], set[str], set[str], dict[str, int]]:
     """One listing of work_dir: done, failed, other per-archive names and file sizes."""
     if not wd.fs.exists(wd.path):
@@ -374,6 +472,7 @@ def collect(
     *,
     names: Sequence[str] | None = None,
     warn: bool = True,
+    images_per_partition: int = IMAGES_PER_PARTITION,
 ) -> Collection:
     """Find the done archives of ``work_dir`` and describe them for lazy reading.
 
@@ -388,6 +487,8 @@ def collect(
         must be done. By default every done archive is used.
     warn : bool
         Emit a ``UserWarning`` listing failed and missing archives.
+    images_per_partition : int
+        See :class:`Collection` (0 = one partition per archive).
 
     Returns
     -------
@@ -491,7 +592,7 @@ def collect(
         warnings.warn(
             f"work_dir {wd.url}: not used: " + "; ".join(parts), UserWarning, stacklevel=2
         )
-    return Collection(wd, tuple(archives), d, model, failed, missing, version)
+    return Collection(wd, tuple(archives), d, model, failed, missing, version, int(images_per_partition))
 
 
 def _check_sizes(

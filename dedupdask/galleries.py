@@ -146,7 +146,7 @@ def _image_info(res: DedupResult, indices: Iterable[int]) -> pd.DataFrame:
     need = sorted({int(p) for p in pos if p >= 0})
     import dask
 
-    files = res.files
+    files = res._collection.archive_files()  # partition p = archive p
     parts = dask.compute(*[files.partitions[p] for p in need], scheduler="threads")
     frames = []
     for df in parts:

@@ -219,6 +219,7 @@ def run(
     max_client_memory: str | int | None = None,
     d_reduce: int = 0,
     knn_dtype: str = "float32",
+    images_per_partition: int | None = None,
     write_csv: bool = True,
     keep_archives: bool = False,
     keep_images: bool = False,
@@ -296,6 +297,12 @@ def run(
     knn_dtype : {"float32", "float16"}
         Storage of the vectors in a kNN bucket; float16 halves it (similarities recomputed in
         float32).
+    images_per_partition : int, optional
+        On a cluster, consecutive archives are read into one partition of the per-image
+        tables up to this many image members (0 = one partition per archive). Default: up to
+        :data:`dedupdask.config.IMAGES_PER_PARTITION`, and small enough for
+        :data:`dedupdask.collect.PARTITIONS_PER_THREAD` partitions per Dask thread. Fewer
+        partitions hold fewer tasks on the scheduler; the results are the same.
     write_csv : bool
         Write fastdup's CSV files (``similarity.csv``, ``connected_components.csv``, ...) into
         work_dir, each joined from one part per table partition without gathering the table
@@ -359,7 +366,7 @@ def run(
         verify_keypoints=verify_keypoints, issue_thresholds=issue_thresholds,
         max_memory_per_task=max_memory_per_task,
         max_client_memory=max_client_memory, d_reduce=d_reduce, knn_dtype=knn_dtype,
-        write_csv=write_csv, keep_archives=keep_archives,
+        images_per_partition=images_per_partition, write_csv=write_csv, keep_archives=keep_archives,
         keep_images=keep_images, turi_param=turi_param, resume=resume,
         max_image_pixels=max_image_pixels, max_member_bytes=max_member_bytes,
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,

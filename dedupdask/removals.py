@@ -306,7 +306,7 @@ def archive_removals(
 ) -> pd.DataFrame:
     """Step 3: the samples of one archive to remove (columns :data:`REMOVAL_COLUMNS`).
 
-    ``files`` is the archive's partition of ``res.files`` (every image member, valid or not,
+    ``files`` is the archive's rows of ``res.files`` (every image member, valid or not,
     in archive order).
     """
     meta = removals_meta()
@@ -383,7 +383,7 @@ def archive_removals(
 def removal_tasks(res: DedupResult, plan: RemovalPlan) -> tuple[list[ArchivePart], list[Any]]:
     """The per-archive slices and one delayed removal table per archive (not computed)."""
     parts = removal_parts(res, plan)
-    files = res.files.to_delayed()
+    files = res._collection.archive_files().to_delayed()  # one partition per archive
     if len(files) != len(parts):
         raise ValueError(f"{res.work_dir}: {len(files)} file partitions for {len(parts)} archives")
     best = [dask.delayed(archive_best, pure=True)(f, p, plan.keep) for f, p in zip(files, parts, strict=True)]
@@ -535,7 +535,7 @@ def duplicates_table(res: DedupResult, keep: KeepRule = "largest_resolution") ->
     """
     plan = RemovalPlan.make(keep)
     parts = removal_parts(res, plan)
-    files = res.files.to_delayed()
+    files = res._collection.archive_files().to_delayed()  # one partition per archive
     tasks = [dask.delayed(_candidates)(f, p, keep) for f, p in zip(files, parts, strict=True)]
     got = [g for g in dask.compute(*tasks) if len(g)]
     images = pd.concat(got, ignore_index=True) if got else pd.DataFrame({"index": [], "filename": []})

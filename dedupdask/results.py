@@ -155,19 +155,19 @@ class DedupResult:
 
     @property
     def files(self) -> dd.DataFrame:
-        """Every image member (valid or not), one partition per archive, global ``index``."""
+        """Every image member (valid or not), consecutive archives per partition, global ``index``."""
         if self._files is None:
             self._files = self._collection.files()
         return self._files
 
     @property
     def stats(self) -> dd.DataFrame:
-        """Statistics of the valid images (``STATS_COLUMNS``), one partition per archive."""
+        """Statistics of the valid images (``STATS_COLUMNS``), in the partitions of :attr:`files`."""
         return stats_frame(self.files)
 
     @property
     def issue_scores(self) -> dd.DataFrame:
-        """Every valid image's score per statistics issue type, one partition per archive.
+        """Every valid image's score per statistics issue type, in the partitions of :attr:`files`.
 
         Columns ``index, dark, light, blurry, low_information, odd_aspect_ratio, odd_size,
         grayscale`` (NaN where a work_dir predates a statistic); ``res.issues`` holds the rows

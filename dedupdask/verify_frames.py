@@ -5,7 +5,7 @@ The planner for pairs that are a Dask DataFrame (the duplicate tiers on the work
 pairs in this process. Neither the pairs nor the images' table come to the client:
 
 1. each partition of pairs asks the archive partition of the files frame that holds each of
-   its images (one partition per archive: ``col.files()``) for the image's ``archive``,
+   its images (consecutive archives per partition: ``col.files()``) for the image's ``archive``,
    ``member``, ``occ``, ``member_offset`` and ``file_size`` (:func:`image_info`, the rows
    verification reads images by), and gets the answers back (two shuffles of one row per
    distinct image and partition);

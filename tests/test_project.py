@@ -260,7 +260,7 @@ def test_run_forwards_every_keyword_to_the_config(monkeypatch, tmp_path):
         "lower_threshold": 0.2, "ccthreshold": 0.6, "copy_threshold": 0.7,
         "verify_threshold": 0.4, "verify_score": 0.8, "verify": False, "verify_keypoints": True,
         "issue_thresholds": (("dark", 0.2), ("outlier", 0.4)),
-        "max_memory_per_task": "1GB", "max_client_memory": "2GB", "d_reduce": 8, "knn_dtype": "float16",
+        "max_memory_per_task": "1GB", "max_client_memory": "2GB", "d_reduce": 8, "knn_dtype": "float16", "images_per_partition": 1000,
         "write_csv": False,
         "keep_archives": True, "keep_images": True, "turi_param": "delete_tar=0",
         "resume": False, "max_image_pixels": 5, "max_member_bytes": 6, "max_archive_bytes": 7,

@@ -186,9 +186,12 @@ def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
     """On a distributed client the md5 / pixel_md5 groups (a shuffle) and the connected
     components (FastSV) are found by worker tasks, the hashes never reach this process, and
     every table, count and CSV equals the in-process build's (with verification)."""
+    from dedupdask.collect import collect
     from dedupdask.config import RunConfig
 
-    got = _builds(dct_work, tmp_path, RunConfig(run_mode=2, progress=False))
+    # archives 0 and 1 share a partition of the per-image tables, archive 2 has its own
+    assert collect(dct_work, images_per_partition=50).partition_archives() == [(0, 1), (2,)]
+    got = _builds(dct_work, tmp_path, RunConfig(run_mode=2, progress=False, images_per_partition=50))
     names = got["tasks"]
     assert any(k.startswith("_key_minima") for k in names), sorted(names)[:20]  # exact groups
     assert any(k.startswith("_hook") for k in names), sorted(names)[:20]  # FastSV iterations
@@ -236,7 +239,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     # and outlier groups loose enough that groups fill their lists: their members are searched
     write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
     cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
-                    issue_thresholds={"outlier": 0.9, "outlier_link": 0.7})  # fmt: skip
+                    issue_thresholds={"outlier": 0.9, "outlier_link": 0.7}, images_per_partition=0)  # fmt: skip
     got = _builds(str(tmp_path / "src"), tmp_path, cfg, forbid)
     # only records per partition, bucket or group, and scalars (600 images, 3 archives)
     about = got["sync"].run["issues"]["outlier_groups"]
@@ -282,7 +285,8 @@ def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     write_dataset(str(tmp_path / "src"), make_dataset(n=600, n_archives=3))
     # outlier groups loose enough that many groups fill their lists: their members are searched
     cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
-                    max_memory_per_task="1MB", issue_thresholds={"outlier": 0.9, "outlier_link": 0.7})  # fmt: skip
+                    max_memory_per_task="1MB", issue_thresholds={"outlier": 0.9, "outlier_link": 0.7},
+                    images_per_partition=0)  # fmt: skip
     got = _builds(str(tmp_path / "src"), tmp_path, cfg, record, recording.clear)
     assert got["cluster"].run["knn"]["method"].startswith("partitioned"), got["cluster"].run["knn"]
     # enough searched members that gathering them (or their vectors) would show below
@@ -346,7 +350,8 @@ def test_outlier_search_cap_is_the_same_on_both_paths(tmp_path, monkeypatch):
     assert chosen >= 4 * 48 and free.run["issues"]["outlier_groups"]["unsearched_members"] == 0
     cap = chosen // 2 + 1  # > 2 x 48: three chunks or more on the workers
     cfg = RunConfig(run_mode=2, progress=False, verify=False, nearest_neighbors_k=2, lower_threshold=0.01,
-                    issue_thresholds={**loose, "outlier_search_members": cap})  # fmt: skip
+                    issue_thresholds={**loose, "outlier_search_members": cap},
+                    images_per_partition=510)  # two partitions: archives 0 + 1 (507 members), and 2  # fmt: skip
     got = _builds(str(tmp_path / "src"), tmp_path, cfg)
     about = got["cluster"].run["issues"]["outlier_groups"]
     assert (about["searched_members"], about["unsearched_members"]) == (cap, chosen - cap), about
@@ -398,3 +403,53 @@ def test_dct_graph_takes_the_partitioned_path(dct_work):
     assert info["single_task_bytes"] > info["memory_per_task"]
     key = ["from", "to", "kind"]
     pd.testing.assert_frame_equal(part.similarity.compute()[key], one.similarity.compute()[key])
+
+
+def test_archives_share_partitions_of_the_per_image_tables(tmp_path):
+    """Consecutive archives are read into one partition up to ``images_per_partition`` image
+    members: files, names and the owner bounds agree with the plan for every setting, an
+    archive without a valid image included (first in its partition, and alone)."""
+    import dask
+    import numpy as np
+    import pandas as pd
+    from test_analysis import make_dataset, write_dataset
+
+    from dedupdask.analyses.expand_dask import owner
+    from dedupdask.analyses.names_dask import names_frame
+    from dedupdask.collect import collect
+
+    ds = make_dataset(n=300, n_archives=5, n_invalid=6)
+    for r in ds.rows:  # archive 2 holds no valid image
+        if r["archive_no"] == 2:
+            r["valid"], r["pixel_md5"], r["width"], r["height"] = False, None, None, None
+    write_dataset(str(tmp_path / "wd"), ds)
+    sizes = [a.n_images for a in collect(str(tmp_path / "wd"), warn=False).archives]
+    assert sizes[2] > 0 and collect(str(tmp_path / "wd"), warn=False).archives[2].n_valid == 0
+    ref = collect(str(tmp_path / "wd"), images_per_partition=0, warn=False).files_frame()
+    plans = {}
+    for limit in (0, 1, sizes[0] + sizes[1], sum(sizes[:2]) + 1, 10**9):
+        col = collect(str(tmp_path / "wd"), images_per_partition=limit, warn=False)
+        plan = col.partition_archives()
+        plans[limit] = plan
+        assert [i for p in plan for i in p] == list(range(5))  # every archive once, in order
+        assert all(len(p) == 1 or sum(sizes[i] for i in p) <= limit for p in plan)
+        files = col.files()
+        assert files.npartitions == len(plan)
+        with dask.config.set(scheduler="sync"):
+            parts = [files.get_partition(j).compute() for j in range(files.npartitions)]
+            names = names_frame(col)
+            got_names = names.compute()
+        for j, p in enumerate(plan):  # each partition holds exactly its archives' members
+            assert parts[j]["archive"].drop_duplicates().tolist() == [col.archives[i].url for i in p]
+        pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), ref)
+        assert names.known_divisions and len(got_names) == col.n
+        assert got_names.index.tolist() == list(range(col.n))
+        bounds = col.partition_bounds()
+        valid = ref[ref["index"].notna()]
+        for j, part in enumerate(parts):  # owner() finds every valid image's partition
+            idx = part["index"].dropna().to_numpy(np.int64)
+            assert (owner(bounds, idx) == j).all()
+        assert len(valid) == col.n
+    assert plans[0] == plans[1] == [(i,) for i in range(5)]
+    assert plans[sizes[0] + sizes[1]][0] == (0, 1) and plans[10**9] == [tuple(range(5))]
+    assert any(len(p) > 1 and p[0] == 2 for plan in plans.values() for p in plan), plans

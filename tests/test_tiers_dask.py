@@ -248,19 +248,28 @@ def test_a_pair_of_archives_with_many_pairs_is_spread_over_partitions(monkeypatc
 
 def test_dct_pairs_get_the_input_representative_of_both_ends():
     """A pair only the DCT graph has learns whether its ends have equal model inputs: each
-    end's input representative (its own index unless its input group has other exact groups)."""
-    from dedupdask.analyses.tiers_dask import _input_of
+    end's input representative (its own index unless its input group has other exact groups),
+    asked of the inputs table: the edges keep their partitions and order, a hub included."""
+    from dedupdask.analyses.tiers_dask import _input_reps
 
+    hub = 40  # an image with an edge from every partition
     edges = pd.DataFrame(
-        {"from": [1, 2, 5], "to": [3, 4, 6], "s": np.ones(3, np.float32), "src": np.ones(3, np.int8),
-         "c_from": [1, 2, 5], "c_to": [3, 4, 6]}
+        {"from": [1, 2, 5, *range(10, 40)], "to": [3, 4, 6, *[hub] * 30], "s": np.ones(33, np.float32),
+         "src": np.ones(33, np.int8)}
     )  # fmt: skip
-    sib = dd.from_pandas(pd.DataFrame({"rep": [0, 1, 3, 2, 4], "input": [0, 0, 0, 2, 2]}), npartitions=2)
-    e = dd.from_pandas(edges, npartitions=2)
+    edges["c_from"], edges["c_to"] = edges["from"], edges["to"]
+    reps = np.arange(41)
+    reps[[1, 3]], reps[4] = 0, 2  # input groups {0, 1, 3} and {2, 4}; every other image alone
+    inputs = dd.from_pandas(pd.DataFrame({"index": np.arange(41), "rep": reps, "group_size": 1}), npartitions=3)
+    e = dd.from_pandas(edges, npartitions=4)
     with dask.config.set(scheduler="sync"):
-        out = _input_of(_input_of(e, sib, "from"), sib, "to").compute()
-    out = out.sort_values("from").reset_index(drop=True)
-    assert out[["from", "to", "c_from", "c_to"]].values.tolist() == [[1, 3, 0, 0], [2, 4, 2, 2], [5, 6, 5, 6]]
+        got = _input_reps(e, inputs)
+        parts = [got.get_partition(i).compute() for i in range(got.npartitions)]
+    assert got.npartitions == 4 and [len(p) for p in parts] == [len(e.get_partition(i).compute()) for i in range(4)]
+    out = pd.concat(parts, ignore_index=True)
+    assert out[["from", "to"]].values.tolist() == edges[["from", "to"]].values.tolist()  # rows in place
+    assert out[["c_from", "c_to"]].values.tolist()[:3] == [[0, 0], [2, 2], [5, 6]]
+    assert (out["c_to"].iloc[3:] == hub).all() and (out["c_from"].iloc[3:] == out["from"].iloc[3:]).all()
     assert list(out.columns) == list(edges.columns)
 
 

@@ -3,7 +3,7 @@
 The same groups as :func:`dedupdask.analyses.exact.exact_groups` -- the connected components
 of "same ``md5``" and "same ``pixel_md5``", each represented by its smallest global index, null
 and empty keys never matching -- from the per-archive rows (a Dask DataFrame with ``index``
-and the key columns, one partition per archive) without gathering them:
+and the key columns, consecutive archives per partition) without gathering them:
 
 1. :func:`exact_edges`: each partition finds the smallest index of every key among its own
    rows; these minima (one row per distinct key and partition) are shuffled on the key, the

@@ -3,16 +3,16 @@ every image, without any per-member state here.
 
 The distributed half of :func:`dedupdask.analyses.groups.search_outside`, for
 :func:`dedupdask.analyses.groups_dask.outlier_frame`. What this process learns is counts: how
-many members were chosen, and how many of the searched ones each archive holds.
+many members were chosen, and how many of the searched ones each partition holds.
 
 1. the chosen members (a Dask DataFrame, a few per closed group) are cut to
    ``outlier_search_members`` on the workers: every partition keeps its best by
    :func:`~dedupdask.analyses.groups.within_cap`, then every merge of
    :data:`FAN_IN` of those keeps its best (the best of a union is the best of the partial
    bests), down to one task of at most that many rows;
-2. the searched members go to the archive that holds them
-   (:func:`~dedupdask.analyses.routing.route`), which reads just their rows (ranged reads)
-   and normalises them;
+2. the searched members go to the partition of ``col.files()`` that holds them
+   (:func:`~dedupdask.analyses.routing.route`), which reads just their rows from its archives'
+   vector files (ranged reads) and normalises them;
 3. consecutive members (in index order, as in one process) make chunks of
    :data:`~dedupdask.analyses.groups.QUERY_CHUNK` queries, persisted on the workers;
 4. one task per archive block and chunk (:func:`~dedupdask.analyses.groups.best_outside`:
@@ -61,12 +61,17 @@ def _rows(df: pd.DataFrame) -> int:
     return len(df)
 
 
-def _query_piece(wd: Any, path: str, d: int, offset: int, part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """One archive's searched members: their unit vectors (rows read alone) and group labels."""
+def _query_piece(wd: Any, files: tuple[tuple[str, int, int], ...], d: int, part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The searched members of one partition's archives (``files``: each archive's vector file,
+    offset and valid count): their unit vectors (rows read alone) and group labels."""
     from ..knn_rows import read_file_rows
 
     reps = part.index.to_numpy(dtype=_I64)  # sorted by the route
-    return normalize_rows(read_file_rows(wd, path, d, "<f4", reps - offset)), part["group"].to_numpy(_I64)
+    vecs = [
+        read_file_rows(wd, path, d, "<f4", reps[(reps >= off) & (reps < off + n)] - off)
+        for path, off, n in files
+    ]
+    return normalize_rows(np.concatenate(vecs) if len(vecs) > 1 else vecs[0]), part["group"].to_numpy(_I64)
 
 
 def _chunk(pieces: list[tuple[np.ndarray, np.ndarray]], cuts: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +80,14 @@ def _chunk(pieces: list[tuple[np.ndarray, np.ndarray]], cuts: list[tuple[int, in
     return q, np.concatenate([p[1][lo:hi] for p, (lo, hi) in zip(pieces, cuts, strict=True)])
 
 
-def _against(chunk: tuple[np.ndarray, np.ndarray], block: np.ndarray, labels: pd.DataFrame, offset: int) -> Any:
-    return best_outside(chunk[0], chunk[1], block, labels["group"].to_numpy(_I64), offset)
+def _against(
+    chunk: tuple[np.ndarray, np.ndarray], block: np.ndarray, labels: pd.DataFrame, offset: int
+) -> Any:
+    """The chunk against one archive's vectors (global rows ``offset..``); ``labels`` holds the
+    groups of its partition's images, indexed by global index."""
+    at = labels.index.to_numpy(_I64)
+    lo, hi = np.searchsorted(at, [offset, offset + block.shape[0]])
+    return best_outside(chunk[0], chunk[1], block, labels["group"].to_numpy(_I64)[lo:hi], offset)
 
 
 def _found(chunk: tuple[np.ndarray, np.ndarray], best: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
@@ -106,7 +117,8 @@ def search_members(
     col : Collection
         The done archives (their vectors).
     names : dask.dataframe.DataFrame
-        One partition per archive with valid images (its divisions are the archives').
+        :func:`~dedupdask.analyses.names_dask.names_frame`: the partitions of ``col.files()``
+        with valid images (its divisions are their first indices).
     state : dask.dataframe.DataFrame
         Every image's ``group`` (indexed by global index, known divisions).
     chosen : dask.dataframe.DataFrame
@@ -140,29 +152,33 @@ def search_members(
     if not searched:
         return None, 0, total
 
-    archives = [a for a in col.archives if a.n_valid]
+    plan = [[col.archives[i] for i in p if col.archives[i].n_valid] for p in col.partition_archives()]
+    plan = [p for p in plan if p]  # the partitions of names (those with valid images)
+    if len(plan) != names.npartitions:
+        raise ValueError(f"names has {names.npartitions} partitions, col.files() {len(plan)} with valid images")
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(_I64)
     pieces = [
-        dask.delayed(_query_piece)(col.work_dir, col.work_dir.file(a.name, "dat"), col.d, a.offset, p) if c else None
-        for a, p, c in zip(archives, by_archive.to_delayed(), counts, strict=True)
+        dask.delayed(_query_piece)(
+            col.work_dir, tuple((col.work_dir.file(a.name, "dat"), a.offset, a.n_valid) for a in arch), col.d, p
+        ) if c else None
+        for arch, p, c in zip(plan, by_archive.to_delayed(), counts, strict=True)
     ]  # fmt: skip
     chunks = []
     for lo in range(0, searched, QUERY_CHUNK):
         hi = min(lo + QUERY_CHUNK, searched)
         first, last = np.searchsorted(starts, lo, side="right") - 1, np.searchsorted(starts, hi)
-        at = [i for i in range(int(first), int(last)) if counts[i]]  # the archives holding [lo, hi)
+        at = [i for i in range(int(first), int(last)) if counts[i]]  # the partitions holding [lo, hi)
         cuts = [(int(max(lo, starts[i]) - starts[i]), int(min(hi, starts[i + 1]) - starts[i])) for i in at]
         chunks.append(dask.delayed(_chunk)([pieces[i] for i in at], cuts))
     chunks = list(dask.persist(*chunks))  # held by the workers while every archive passes
 
-    per_archive = route(state[["group"]].assign(_at=state.index), "_at", divs).to_delayed()
-    blocks = col.embeddings().to_delayed().ravel()
+    labels = route(state[["group"]].assign(_at=state.index), "_at", divs).to_delayed()
+    blocks = col.embeddings().to_delayed().ravel()  # one per archive with valid images, in order
+    archives = [(a.offset, lab) for arch, lab in zip(plan, labels, strict=True) for a in arch]
+    owners = [(blk, lab, off) for blk, (off, lab) in zip(blocks, archives, strict=True)]
     found = []
     for ch in chunks:
-        answers = [
-            dask.delayed(_against)(ch, blk, lab, a.offset)
-            for blk, lab, a in zip(blocks, per_archive, archives, strict=True)
-        ]
+        answers = [dask.delayed(_against)(ch, blk, lab, off) for blk, lab, off in owners]
         found.append(dask.delayed(_found)(ch, _tree(merge_best, answers)))
     cand_meta = pd.DataFrame({"label": _I64(0), "sim": np.float32(0), "other": _I64(0)}, index=[])
     return dd.from_delayed(found, meta=cand_meta, verify_meta=False), searched, total - searched

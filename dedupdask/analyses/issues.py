@@ -374,7 +374,7 @@ def unscored_counts(files: pd.DataFrame) -> pd.DataFrame:
 
 
 def scores_frame(files: dd.DataFrame, size_reference: float) -> dd.DataFrame:
-    """:func:`image_scores` of every archive, one partition per archive (nothing gathered).
+    """:func:`image_scores` of every archive, in the partitions of ``files`` (nothing gathered).
 
     Examples
     --------
@@ -388,7 +388,7 @@ def scores_frame(files: dd.DataFrame, size_reference: float) -> dd.DataFrame:
 def issues_frame(
     files: dd.DataFrame, cutoffs: Mapping[str, float], size_reference: float
 ) -> dd.DataFrame:
-    """:func:`issues_partition` of every archive, one partition per archive.
+    """:func:`issues_partition` of every archive, in the partitions of ``files``.
 
     Examples
     --------

@@ -1,7 +1,7 @@
 """Analysis stage, image names on the workers: ``filename, archive, member, key`` beside each index.
 
 The Dask counterpart of :func:`dedupdask.analyses.names.add_names`. The names live in the
-per-archive Parquet files; :func:`names_frame` reads them as one partition per archive with
+per-archive Parquet files; :func:`names_frame` reads them in the partitions of ``col.files()`` with
 valid images, indexed by the global index (the archives' offsets are its divisions, so nothing
 is computed to find them). :func:`join_names` leaves a table's rows where they are: each of
 its partitions asks the archive partitions for the names of the distinct images it names
@@ -38,11 +38,12 @@ def _names_meta() -> pd.DataFrame:
     )
 
 
-def names_part(spec: tuple[Any, ...]) -> pd.DataFrame:
-    """The names of one archive's valid images, indexed by global index (a ``from_map`` part)."""
-    from ..collect import read_archive_files
+def names_part(specs: tuple[tuple[Any, ...], ...]) -> pd.DataFrame:
+    """The names of the valid images of consecutive archives, indexed by global index (a
+    ``from_map`` part)."""
+    from ..collect import read_archives_files
 
-    df = read_archive_files(spec)
+    df = read_archives_files(specs)
     df = df[df["index"].notna()]
     out = pd.DataFrame(
         {c: df[c].astype("string").to_numpy() for c in NAMES},
@@ -52,26 +53,29 @@ def names_part(spec: tuple[Any, ...]) -> pd.DataFrame:
 
 
 def names_frame(col: Collection) -> Any:
-    """``filename, archive, member, key`` of every valid image, one partition per archive.
+    """``filename, archive, member, key`` of every valid image, in the partitions of
+    :meth:`~dedupdask.collect.Collection.files` that hold any.
 
     Returns
     -------
     dask.dataframe.DataFrame
-        Indexed by the global index; known divisions (the archives' offsets); None when
-        the work_dir has no valid image.
+        Indexed by the global index; known divisions (each partition's first index); None
+        when the work_dir has no valid image.
 
     Examples
     --------
     >>> names_frame(collect("work")).divisions[:3]  # doctest: +SKIP
-    (0, 1000, 2000)
+    (0, 200000, 400000)
     """
     import dask.dataframe as dd
 
-    arch = [a for a in col.archives if a.n_valid]
-    if not arch:
+    plan = [p for p in col.partition_archives() if any(col.archives[i].n_valid for i in p)]
+    if not plan:
         return None
-    specs = [(col.work_dir, a.name, a.offset, a.n_valid, col.decode_version) for a in arch]
-    divisions = (*(a.offset for a in arch), arch[-1].offset + arch[-1].n_valid - 1)
+    specs = [col._specs(p) for p in plan]
+    last = col.archives[[i for i in plan[-1] if col.archives[i].n_valid][-1]]
+    firsts = [col.archives[next(i for i in p if col.archives[i].n_valid)].offset for p in plan]
+    divisions = (*firsts, last.offset + last.n_valid - 1)
     return dd.from_map(
         names_part, specs, meta=_names_meta(), divisions=divisions, label="dedupdask-names",
         enforce_metadata=False,

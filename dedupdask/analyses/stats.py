@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 
 from ..store import empty_files_frame
@@ -65,11 +66,15 @@ def stats_partition(files: pd.DataFrame) -> pd.DataFrame:
     True
     """
     valid = files[files["index"].notna()]
-    return valid.loc[:, list(STATS_COLUMNS)].sort_values("index").reset_index(drop=True)
+    out = valid.loc[:, list(STATS_COLUMNS)].sort_values("index")
+    # the row label is the global index (= the row's position in the whole table), whatever
+    # the partitions: the table is the same however archives are grouped
+    out.index = pd.RangeIndex(0) if out.empty else pd.Index(out["index"].to_numpy(np.int64))
+    return out
 
 
 def stats_frame(files: dd.DataFrame) -> dd.DataFrame:
-    """Per-image statistics of the valid images, one partition per archive.
+    """Per-image statistics of the valid images, in the partitions of ``files``.
 
     Examples
     --------
@@ -94,7 +99,7 @@ def invalid_table(files: pd.DataFrame) -> pd.DataFrame:
 
 
 def invalid_frame(files: dd.DataFrame) -> dd.DataFrame:
-    """:func:`invalid_table` of every archive, one partition per archive, in archive order.
+    """:func:`invalid_table` of every archive, in the partitions of ``files``, in archive order.
 
     Examples
     --------

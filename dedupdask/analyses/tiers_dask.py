@@ -38,9 +38,9 @@ from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
-from .expand_dask import expand_graph_frame, sibling_frame, start_bounds
+from .expand_dask import expand_graph_frame, sibling_frame
 from .graph import GRAPH_COLUMNS
-from .routing import route, shuffle_method
+from .routing import ask, route, shuffle_method
 from .tierframes import TierFrames
 from .tiers import (
     DECIDED_COLUMNS,
@@ -136,19 +136,17 @@ def _dct_edges(part: pd.DataFrame, cut: float) -> pd.DataFrame:
     )  # fmt: skip
 
 
-def _input_of(edges: Any, sib: Any, end: str) -> Any:
-    """Set ``c_<end>`` to the input representative of ``<end>`` (itself unless it has siblings)."""
-    got = sib.rename(columns={"rep": end, "input": "_c"})
-    return edges.merge(got, on=end, how="left", shuffle_method=shuffle_method()).map_partitions(
-        _fill_input, end, meta=_EDGE_META, enforce_metadata=False
-    )
+def _input_reps(edges: Any, inputs: Any) -> Any:
+    """Set ``c_from``/``c_to`` to each end's input representative (itself unless its input
+    group holds other exact groups), asked of ``inputs`` with one request per distinct end and
+    partition (:func:`~dedupdask.analyses.routing.ask`): the edges stay where they are, so an
+    image with thousands of DCT edges piles nothing onto one partition."""
+    got = ask(edges.drop(columns=["c_from", "c_to"]), inputs, "rep", {"from": "c_from", "to": "c_to"})
+    return got.map_partitions(_edge_order, meta=_EDGE_META, enforce_metadata=False)
 
 
-def _fill_input(edges: pd.DataFrame, end: str) -> pd.DataFrame:
-    c = edges["_c"]
-    out = edges.drop(columns="_c").reset_index(drop=True)
-    out[f"c_{end}"] = np.where(c.isna(), out[end], c).astype(_I64)
-    return out.loc[:, list(_EDGE_META.columns)]
+def _edge_order(edges: pd.DataFrame) -> pd.DataFrame:
+    return edges.loc[:, list(_EDGE_META.columns)]
 
 
 def _candidates(
@@ -261,7 +259,7 @@ def run_tiers_frames(
     col : Collection
         The done archives.
     files : dask.dataframe.DataFrame
-        ``col.files()``: one partition per archive of ``col.archives``.
+        ``col.files()`` (its partitions: ``col.partition_archives()``).
     exact, inputs : dask.dataframe.DataFrame
         ``index, rep, group_size`` of every valid image: the exact groups and the input
         groups (:func:`dedupdask.analyses.exact_dask.exact_groups_dask` with
@@ -288,7 +286,7 @@ def run_tiers_frames(
     ------
     ValueError
         A frame without a column it needs; graph partitions out of ``from`` order; ``files``
-        not one partition per archive (when pairs are verified).
+        not partitioned as ``col.files()`` (when pairs are verified).
 
     Examples
     --------
@@ -320,7 +318,7 @@ def run_tiers_frames(
             _dct_edges, params.copy_threshold, meta=_EDGE_META, enforce_metadata=False
         )
         if n_sib:  # pairs of equal model inputs: both ends' input representatives
-            dct = _input_of(_input_of(dct, sib, "from"), sib, "to")
+            dct = _input_reps(dct, inputs)
         parts.append(dct)
     edges = dd.concat(parts) if len(parts) > 1 else parts[0]
     edges = edges.shuffle(
@@ -388,11 +386,10 @@ def _check_columns(*frames: tuple[Any, str, tuple[str, ...]]) -> None:
 
 
 def _file_bounds(col: Any, files: Any) -> np.ndarray:
-    """First global index of each partition of ``files`` (one per archive of ``col``)."""
-    if files.npartitions != len(col.archives):
+    """First global index of each partition of ``files`` (``col.files()``)."""
+    if files.npartitions != len(col.partition_archives()):
         raise ValueError(
-            f"files has {files.npartitions} partitions for {len(col.archives)} archives: "
-            "pass col.files() (one partition per archive)"
+            f"files has {files.npartitions} partitions, col.files() has {len(col.partition_archives())}: "
+            "pass col.files()"
         )
-    lows = np.array([a.offset for a in col.archives], dtype=_I64)
-    return start_bounds(lows, np.array([a.n_valid > 0 for a in col.archives], bool))
+    return col.partition_bounds()
