@@ -527,6 +527,7 @@ def ddk_child(a: dict[str, Any]) -> None:
             if a.get("threshold") is not None:
                 kw["threshold"] = a["threshold"]
             kw["verify"] = bool(a.get("verify", True))
+            kw["verify_keypoints"] = bool(a.get("verify_keypoints", False))
             t0 = time.perf_counter()
             res = ddk.run(None, a["work_dir"], run_mode=2, **kw)
             seconds = time.perf_counter() - t0
@@ -662,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dedupdask", "vs_fastdup"))
     ap.add_argument("--work-root", default=None, help="folder for the run's temp dir of work_dirs (default: the system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the work_dirs")
+    ap.add_argument("--verify-keypoints", action="store_true", help="dedupdask with verify_keypoints=True")
     ap.add_argument("--note", default="", help="a line printed in the header")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -701,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"both tools: {args.cores} cores (fastdup num_threads={args.cores}; dedupdask "
           f"LocalCluster n_workers={args.cores} threads_per_worker=1), k={args.nearest_neighbors_k}, "
           f"{args.repeats} round(s), order alternating; fastdup turi_param="
-          f"{args.fastdup_turi_param or '(default)'}")  # fmt: skip
+          f"{args.fastdup_turi_param or '(default)'}"
+          + ("; dedupdask verify_keypoints=True" if args.verify_keypoints else ""))  # fmt: skip
     print()
 
     runs: dict[str, list[dict[str, Any]]] = {"fastdup": [], "dedupdask": []}
@@ -744,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             out = work_root / f"r{rnd}-dedupdask.{step}.json"
             a = {"input_dir": str(root), "work_dir": str(wd), "run_mode": mode, "cores": args.cores,
                  "k": args.nearest_neighbors_k, "model": args.model, "out": str(out),
-                 "verify": verify}  # fmt: skip
+                 "verify": verify, "verify_keypoints": args.verify_keypoints}  # fmt: skip
             rss = run_step([sys.executable, __file__, "--_child", json.dumps(a)],
                            out.with_suffix(".log"), work_root, env)  # fmt: skip
             info = json.loads(out.read_text())

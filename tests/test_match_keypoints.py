@@ -10,6 +10,7 @@ from dedupdask.datasets import random_picture
 from dedupdask.match import Prepared, match_score, prepare_image
 from dedupdask.match_keypoints import (
     MAX_DIFFERING,
+    MAX_MOVED,
     MIN_INLIERS,
     OFF_LEVEL,
     Keypoints,
@@ -134,6 +135,43 @@ def test_few_hues_keep_their_contrast():
     assert match_keypoints(_kp(light), _kp(_hue(light, 40))).score >= 0.9
 
 
+def _clock(hour: int, minute: int, *, sticker: bool = False) -> Image.Image:
+    """A clip-art clock: the same dial every time, hands at the given time, maybe a sticker."""
+    import math
+
+    im = Image.new("RGB", (320, 320), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    d.ellipse((16, 16, 304, 304), outline=(30, 30, 30), width=5)
+    rng = np.random.default_rng(4)
+    for k in range(12):
+        a = math.radians(30 * k)
+        x, y = 160 + 125 * math.sin(a), 160 - 125 * math.cos(a)
+        s = int(rng.integers(5, 11))
+        (d.rectangle if k % 3 else d.ellipse)([(x - s, y - s), (x + s, y + s)], fill=(30, 30, 30))
+        d.text((160 + 100 * math.sin(a) - 4, 160 - 100 * math.cos(a) - 5), str(k or 12), fill=(30, 30, 30))
+    for angle, length, width in ((30 * (hour % 12) + minute / 2, 60, 9), (6 * minute, 95, 5)):
+        a = math.radians(angle)
+        d.line((160, 160, 160 + length * math.sin(a), 160 - length * math.cos(a)), fill=(30, 30, 30), width=width)
+    d.ellipse((150, 150, 170, 170), fill=(200, 30, 30))
+    if sticker:
+        d.ellipse((230, 236, 300, 306), fill=(250, 200, 0), outline=(0, 0, 0), width=3)
+        d.text((248, 262), "SALE", fill=(0, 0, 0))
+    return im
+
+
+def test_content_on_both_sides_is_a_redrawing_content_on_one_side_an_overlay():
+    """A clock at another time shares the whole dial and differs in a few per cent of the
+    picture (within the overlay budget), but each image holds hands where the other is plain;
+    the same clock with a sticker differs only where the sticker adds content."""
+    ten_past_ten = _clock(10, 10)
+    other_time = match_keypoints(_kp(ten_past_ten), _kp(_clock(4, 40)))
+    assert other_time.inliers >= 3 * MIN_INLIERS and other_time.colour["plausible"]
+    assert other_time.differing < MAX_DIFFERING / 5  # the old overlay budget alone accepted it
+    assert other_time.moved > MAX_MOVED and other_time.score < 0.9
+    sticker = match_keypoints(_kp(ten_past_ten), _kp(_clock(10, 10, sticker=True)))
+    assert sticker.moved == 0.0 and sticker.score >= 0.9
+
+
 def test_colour_edit_fits_global_edits_and_not_channel_swaps():
     rng = np.random.default_rng(0)
     x = rng.random((2000, 3))
@@ -176,5 +214,5 @@ def test_runs_ask_the_keypoint_matcher_only_when_told(tmp_path, photo):
         res = ddk.run(str(shards), str(wd), client="threads", progress=False, verify_keypoints=on)
         run = json.loads((wd / "results" / "run.json").read_text())
         got[on] = (len(res.similarity), run["verification"].get("matcher"))
-    assert got[True] == (1, "pixel-alignment+keypoints/2"), got
+    assert got[True] == (1, "pixel-alignment+keypoints/3"), got
     assert got[False][0] == 0 and got[False][1] in (None, "pixel-alignment/1"), got
