@@ -36,16 +36,15 @@ in three steps, each with a reason a user can check:
    share of such content on the less-changed side must stay under :data:`MAX_MOVED`.
 
 ``score = 1 - 0.1 * max(differing / MAX_DIFFERING, moved / MAX_MOVED, MIN_INLIERS / inliers)``
-when the colour
-edit is one an editor makes (0 otherwise), so ``score >= 0.9`` -- the default
-``verify_score`` -- means exactly the three conditions above, and a stricter
+when the colour edit is one an editor makes (0 otherwise), so ``score >= 0.9`` -- the default
+``verify_score`` -- means exactly the conditions above, and a stricter
 ``verify_score`` asks for more agreeing points and fewer differing pixels together.
 
 Limits, stated rather than hidden: a change to a small part of a picture that only adds
 content (one more star on a flag, a frame drawn around a card) or replaces content by other
 content (another symbol in the same warning sign) is within the overlay budget and is
-accepted here when the rest matches; the pixel matcher, which tolerates no local change, is tried first and
-either matcher may accept. Flat pictures with few corners (a solid colour, a simple logo)
+accepted here when the rest matches; the pixel matcher, which tolerates no local change, is
+tried first and either matcher may accept. Flat pictures with few corners (a solid colour, a simple logo)
 give SIFT too few points: they are left to the pixel matcher. The constants were set on the
 tuning families of ``benchmarks/quality_families.py`` and checked on its held-out families
 (``benchmarks/results/quality_families.txt``).
@@ -77,9 +76,9 @@ OFF_LEVEL = 0.15
 MAX_DIFFERING = 0.35
 """Largest share of the compared area that may differ (the overlay budget)."""
 MAX_MOVED = 0.005
-"""Largest share of the compared area that each image may hold where the other is plain and
-it is not: content on *both* sides (a clock's hands at two times, the pips of two cards, two
-flags' stars) is a redrawing, while an overlay adds content on one side only (see
+"""Largest share of the compared area in which *each* image holds content where the other is
+plain: content on both sides (a clock's hands at two times, the pips of two cards, two flags'
+stars) is a redrawing, while an overlay adds content on one side only (see
 :func:`moved_share`)."""
 INK_STD = 0.05
 """Local standard deviation of luma (0..1, 5 x 5 px at :data:`PHOTO_SIZE`) above which a pixel
