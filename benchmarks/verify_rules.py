@@ -107,7 +107,7 @@ def _view(name: str) -> Any:
 
 
 def _score(pair: tuple[str, str]) -> dict[str, Any]:
-    from dedupdask.match import _pixel_score
+    from dedupdask.match import score_views
     from dedupdask.match_keypoints import match_keypoints
     from dedupdask.thresholds import row_for
 
@@ -116,7 +116,8 @@ def _score(pair: tuple[str, str]) -> dict[str, Any]:
         return {"pixel": np.nan, "keypoints": np.nan}
     m = match_keypoints(va.keypoints, vb.keypoints)
     c = m.colour or {}
-    return {"pixel": _pixel_score(va, vb, row_for("effnet-lite0").early_accept), "keypoints": m.score, "inliers": m.inliers,
+    pixel = score_views(va, vb, row_for("effnet-lite0").early_accept, keypoints=False)
+    return {"pixel": pixel, "keypoints": m.score, "inliers": m.inliers,
             "differing": m.differing, "moved": m.moved, "plausible": bool(c.get("plausible", False))}  # fmt: skip
 
 
@@ -144,15 +145,14 @@ def score_pairs(shards: Path, sim: pd.DataFrame, cores: int) -> pd.DataFrame:
 # -- replay ---------------------------------------------------------------------------------------
 def decide(s: pd.DataFrame, max_differing: float, max_moved: float) -> np.ndarray:
     """The default decision with the keypoint matcher's budgets replaced."""
-    from dedupdask.match_keypoints import MIN_INLIERS
+    from dedupdask.match_keypoints import rule_score
     from dedupdask.thresholds import row_for
 
     t = row_for("effnet-lite0")
-    inl = s["inliers"].fillna(0).to_numpy(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kp = 1.0 - 0.1 * np.maximum.reduce([s["differing"].to_numpy() / max_differing,
-                                            s["moved"].to_numpy() / max_moved, MIN_INLIERS / inl])  # fmt: skip
-    kp = np.where(s["plausible"].fillna(False).to_numpy(bool) & (inl >= MIN_INLIERS), kp, -1.0)
+    kp = rule_score(s["differing"].to_numpy(np.float64), s["moved"].to_numpy(np.float64),
+                    s["inliers"].fillna(0).to_numpy(np.float64), max_differing=max_differing, max_moved=max_moved)  # fmt: skip
+    # plausible: a warp with MIN_INLIERS matches was found and its colour edit is one an editor makes
+    kp = np.where(s["plausible"].fillna(False).to_numpy(bool), kp, -1.0)
     return ((s["similarity"] >= t.threshold) | (s["pixel"] >= t.verify_score) | (kp >= t.verify_score)).to_numpy()
 
 
@@ -183,19 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             score_pairs(shards, sim, args.cores).to_parquet(cached)
         sets[name] = (pd.read_parquet(cached), images)
 
+    import quality_families as qf
+
     fam, fimg = sets["families"]
-    by = fimg.set_index("filename")
-    src_a, src_b = by.loc[fam["filename_from"], "source"].to_numpy(), by.loc[fam["filename_to"], "source"].to_numpy()
-    role_a, role_b = by.loc[fam["filename_from"], "role"].to_numpy(), by.loc[fam["filename_to"], "role"].to_numpy()
-    la_a, la_b = by.loc[fam["filename_from"], "lookalike"].to_numpy(), by.loc[fam["filename_to"], "lookalike"].to_numpy()
-    same = src_a == src_b
-    copy_end = (role_a == "copy") | (role_b == "copy")
-    lookalike = ~same & (la_a != "") & (la_a == la_b)
-    orig = {s: f for f, s, r in zip(fimg["filename"], fimg["source"], fimg["role"], strict=True) if r != "copy"}
-    cp = fimg[fimg["role"] == "copy"]
-    planted = [tuple(sorted((orig[s], f))) for s, f in zip(cp["source"], cp["filename"], strict=True)]
-    held = cp["family"].map(lambda f: ef.FAMILIES[f].held_out).to_numpy(bool)
-    keys = [tuple(sorted(p)) for p in zip(fam["filename_from"], fam["filename_to"], strict=True)]
+    truth = qf.Truth(fimg)
+    fam = qf.candidate_frame(truth, fam)  # adds our ids a < b
+    held = truth.planted["family"].map(lambda f: ef.FAMILIES[f].held_out).to_numpy(bool)
 
     tie, timg = sets["tiers"]
     tb = timg.set_index("filename")
@@ -203,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     t_half = tb.loc[tie["filename_from"], "half"].to_numpy()
 
     print(f"# python benchmarks/verify_rules.py ({MATCHER}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    print(f"families: {len(fam)} candidate pairs, {len(planted)} planted (held out {int(held.sum())}); "
+    print(f"families: {len(fam)} candidate pairs, {len(held)} planted (held out {int(held.sum())}); "
           f"clip art: {len(tie)} candidate pairs, {int((~t_same).sum())} of distinct originals")  # fmt: skip
     print("near recall of the planted pairs (tuning / held-out families), pp = precision on pairs with a copy, "
           "look-alikes = labelled look-alike pairs; clip art: pairs of distinct originals accepted, half A / B")  # fmt: skip
@@ -214,13 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     mms = args.max_moved or [mk.MAX_MOVED]
     for md, mm in itertools.product(mds, mms):
         acc = decide(fam, md, mm)
-        got = {k for k, a in zip(keys, acc, strict=True) if a}
-        hit = np.array([p in got for p in planted])
-        pp = same[acc & copy_end].mean()
+        sc = truth.score(fam["a"].to_numpy()[acc], fam["b"].to_numpy()[acc])
+        hit, pp = sc["hit"], sc["same"][sc["copy_end"]].mean()
         t_acc = decide(tie, md, mm) & ~t_same
         mark = " (the library's)" if (md, mm) == (mk.MAX_DIFFERING, mk.MAX_MOVED) else ""
         print(f"| {md:g}{mark} | {mm:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | {pp:.3f} | "
-              f"{int((acc & lookalike).sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
+              f"{int(sc['lookalike'].sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
               f"{int((t_acc & (t_half == 'B')).sum())} |")  # fmt: skip
     return 0
 

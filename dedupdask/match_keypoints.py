@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KeypointMatch", "Keypoints", "match_keypoints"]
+__all__ = ["KeypointMatch", "Keypoints", "match_keypoints", "moved_share", "rule_score"]
 
 SIZE = 256
 """Long side, in px, of the grey image keypoints are found on."""
@@ -435,6 +435,36 @@ def _compare(a: Keypoints, b: Keypoints, H: np.ndarray) -> tuple[float, dict[str
     return float(off[mask].mean()), edit, moved_share(A, B, off, mask)
 
 
+def rule_score(
+    differing: Any,
+    moved: Any,
+    inliers: Any,
+    *,
+    max_differing: float = MAX_DIFFERING,
+    max_moved: float = MAX_MOVED,
+) -> Any:
+    """The score of a warp whose colour edit is plausible (scalars or arrays).
+
+    ``1 - 0.1 * max(differing / max_differing, moved / max_moved, MIN_INLIERS / inliers)``:
+    0.9 or more exactly when every budget holds. The budgets are parameters so that
+    ``benchmarks/verify_rules.py`` can replay other ones on recorded matches.
+
+    Examples
+    --------
+    >>> round(float(rule_score(0.0, 0.0, 2 * MIN_INLIERS)), 3)
+    0.95
+    >>> bool(rule_score(MAX_DIFFERING, 0.0, MIN_INLIERS) >= 0.9)
+    True
+    >>> bool(rule_score(0.0, 2 * MAX_MOVED, 100) >= 0.9)
+    False
+    """
+    with np.errstate(divide="ignore"):
+        worst = np.maximum.reduce(
+            [np.divide(differing, max_differing), np.divide(moved, max_moved), np.divide(MIN_INLIERS, inliers)]
+        )
+    return 1.0 - 0.1 * worst
+
+
 def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
     """Whether ``b`` is ``a`` warped, recoloured and partly overlaid (or the reverse).
 
@@ -464,7 +494,7 @@ def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
     """
     first = _match_one_way(a, b)
     if first.score >= 0.9:
-        return first  # every rule holds this way
+        return first  # every rule holds this way (see rule_score)
     # the ratio test and the colour fit are not symmetric: the same pair, asked the other way,
     # may find the warp; the answer must not depend on which image is "from"
     back = _match_one_way(b, a)
@@ -483,5 +513,5 @@ def _match_one_way(a: Keypoints, b: Keypoints) -> KeypointMatch:
     if not edit.get("plausible", False):
         score = 0.0
     else:
-        score = 1.0 - 0.1 * max(differing / MAX_DIFFERING, moved / MAX_MOVED, MIN_INLIERS / n)
+        score = float(rule_score(differing, moved, n))
     return KeypointMatch(float(score), n, mirrored, H, differing, edit, moved)
