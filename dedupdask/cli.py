@@ -149,6 +149,11 @@ def _print_result(result: Any) -> None:
     report = getattr(result, "extract_report", None)
     if report is not None:
         print(report.summary_text())
+    if hasattr(result, "contamination"):  # a reference run
+        print("reference run: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.summary().items()))
+        print(f"files: {result.work_dir}/similarity.csv (from = query index, to = reference index), "
+              "contamination.csv, results/cross_similarity/, results/contamination/")  # fmt: skip
+        return
     summary = result.summary() if hasattr(result, "summary") else None
     if summary:
         print(
