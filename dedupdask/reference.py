@@ -589,6 +589,12 @@ class ReferenceResult:
     work_dir: str = ""
     extract_report: Any = None
 
+    def gallery(self, save_path: str, **options: Any) -> Any:
+        """:func:`dedupdask.reference_gallery.create_reference_gallery` of this result."""
+        from .reference_gallery import create_reference_gallery
+
+        return create_reference_gallery(self, save_path, **options)
+
     def summary(self) -> dict[str, Any]:
         """Counts: query images, contaminated images, cross pairs by kind."""
         c = self.run.get("counts", {})
