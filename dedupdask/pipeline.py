@@ -362,7 +362,8 @@ def run(
     test_dir : str or list of str, optional
         fastdup's form: ``input_dir``/``work_dir`` are the reference (train) set, extracted and
         built (with its index) unless already done, and ``test_dir`` holds the query images,
-        extracted into ``work_dir/test``, whose ``similarity.csv`` lists the cross pairs.
+        extracted into ``work_dir/test``, whose ``similarity.csv`` lists the cross pairs
+        (run_mode=1: both sets are only extracted).
     query_duplicates : bool
         In a reference run, also the query's own duplicate pairs (``query_similarity.csv``).
 
@@ -400,7 +401,7 @@ def run(
     if work_dir is None:
         raise TypeError("run() needs work_dir (a local folder or URL for every output)")
     config = RunConfig.from_kwargs(**opts)
-    if test_dir is not None:  # fastdup's form: work_dir is the reference, the query goes below it
+    if test_dir is not None and config.run_mode != 1:  # fastdup's form: work_dir is the reference
         return _test_dir(input_dir, work_dir, test_dir, config, client)
     with resolve(client, dashboard_address=config.dashboard_address) as sched:
         report = None
@@ -409,6 +410,8 @@ def run(
                 raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
             report = _extract(input_dir, work_dir, config, sched)
             if config.run_mode == 1:
+                if test_dir is not None:  # both sets: the query's features go to work_dir/test
+                    _extract(test_dir, _test_work_dir(work_dir), config, sched)
                 return report
         from .analysis import build as analyse
         from .knn_partitioned import parse_memory
@@ -442,7 +445,12 @@ def _test_dir(input_dir: Any, work_dir: str, test_dir: Any, config: RunConfig, c
     if new:  # build (and index) the reference only when it changed
         _run_config(None, work_dir, replace(ref_cfg, run_mode=2), client)
     query_cfg = replace(config, test_dir=None, reference=wd.url, reference_storage_options=config.storage_options)
-    return _run_config(test_dir, wd.url.rstrip("/") + "/test", query_cfg, client)
+    return _run_config(test_dir, _test_work_dir(wd.url), query_cfg, client)
+
+
+def _test_work_dir(work_dir: str) -> str:
+    """The query's work_dir of fastdup's ``test_dir`` form."""
+    return str(work_dir).rstrip("/") + "/test"
 
 
 def _run_config(input_dir: Any, work_dir: str, config: RunConfig, client: Any) -> Any:
