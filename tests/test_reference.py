@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from s3server import bucket, s3_server, scrub_env  # noqa: F401
 
 import dedupdask as ddk
 from dedupdask.collect import collect
@@ -260,3 +261,23 @@ def test_index_buckets_hold_every_vector_once_and_probes_find_close_pairs(tmp_pa
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(col.n))
     need = probe_need(vecs.astype(np.float32), idx.centroids)
     assert (need >= 1).all() and np.quantile(need, 0.995) <= max(idx.nprobe, 1) + 1e-9
+
+
+def test_a_reference_on_s3_is_read_with_its_own_storage_options(sets: dict, s3_server, bucket, monkeypatch) -> None:  # noqa: F811
+    """Reference shards and work_dir on S3, the query local: only ``reference_storage_options``
+    reach the server (no AWS variables), for the index, the Parquet rows and the pixels."""
+    scrub_env(monkeypatch)
+    so = s3_server.storage_options()
+    fs = s3_server.filesystem()
+    for p in sorted((sets["root"] / "ref").iterdir()):
+        fs.put_file(str(p), f"{bucket}/shards/{p.name}")
+    ref = f"s3://{bucket}/work"
+    ddk.run(f"s3://{bucket}/shards", ref, storage_options=so, client="threads", progress=False)
+    res = ddk.run(None, _query_wd(sets, "q7"), run_mode=2, reference=ref, reference_storage_options=so,
+                  client="threads", progress=False)  # fmt: skip
+    local = ddk.run(None, _query_wd(sets, "q8"), run_mode=2, reference=sets["ref"], client="threads", progress=False)
+    assert res.run["verification"]["pairs"] > 0 and res.run["verification"]["errors"] == 0
+    assert _names(res.similarity.compute()) == _names(local.similarity.compute())
+    assert res.similarity.compute()["archive_to"].str.startswith(f"s3://{bucket}/shards/").all()
+    g = res.gallery(str(sets["root"] / "s3gallery"), reference_storage_options=so, num_images=4)
+    assert g.n_thumbnails == 2 * g.n_rows > 0 and g.n_missing == 0
