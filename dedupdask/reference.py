@@ -25,6 +25,9 @@ shared). The stages, all on the current scheduler, none holding a per-image arra
    reference index, ``distance`` = cosine), ``atrain_features.dat.csv`` (the query's index),
    ``contamination.csv``; ``results/reference.json`` last.
 
+Stages 2-3 are :mod:`dedupdask.reference_search`, 4-5 :mod:`dedupdask.reference_pairs`; this
+module opens the reference, writes the tables and holds the result.
+
 The DCT graph of a normal run is not searched across the sets: a cross pair is a candidate
 when its embedding cosine reaches the candidate cut (``verify_threshold``, 0.65 for the default
 model), and its DCT cosine is then read. Query-internal duplicates (``query_duplicates=True``)
@@ -34,9 +37,7 @@ come from a normal analysis of the query work_dir, written as ``query_similarity
 
 from __future__ import annotations
 
-import math
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,16 +45,14 @@ import dask
 import numpy as np
 import pandas as pd
 
-from . import verify
-from .analyses.expand_dask import owner
 from .analyses.routing import route, shuffle_method
-from .analyses.tiers import KINDS, TierParams, candidate_cut, decide, resolve_params
-from .collect import Collection, collect, read_archive_files
-from .fusion import DCT_DIM, has_dct
+from .analyses.tiers import KINDS, candidate_cut, resolve_params
+from .collect import Collection, collect
+from .fusion import has_dct
 from .index import ReferenceIndex, open_index
-from .knn import top_k
-from .knn_budget import _SIM_BLOCK_BYTES, _n_workers
-from .knn_rows import VectorBlock, VectorSource, _chunk_rows, _compute, _unit, read_file_rows
+from .knn_budget import _n_workers
+from .reference_pairs import attach_side, decide_pairs, verify_cross
+from .reference_search import cross_candidates
 from .store import WorkDir, WorkDirError
 from .tables import RESULTS_DIR, write_partitions, write_table
 
@@ -73,14 +72,8 @@ CONTAMINATION_COLUMNS = (
 least one cross pair (``share`` of the images), by their strongest kind, and the pairs."""
 
 REFERENCE_JSON = "reference.json"
-ARCHIVES_PER_TASK = 16
-"""Archives whose Parquet files one attach task reads."""
-QUERY_ROWS_PER_TASK = 200_000
-"""Query rows x probed buckets one search task handles (about)."""
 
 _I64 = np.int64
-_SIDE = {"from": "_from", "to": "_to"}
-_INFO = ("filename", "archive", "member", "key", "md5", "pixel_md5", "input_md5", "member_offset", "file_size")
 
 
 # -- 1. open ----------------------------------------------------------------------------------------
@@ -140,339 +133,6 @@ def open_reference(url: str, storage_options: dict[str, Any] | None, query_col: 
     if col.d != query_col.d:
         raise ValueError(f"the query's vectors are {query_col.d} wide, the reference {wd.url}'s {col.d}")
     return Reference(col, index, run, dct=has_dct(col))
-
-
-# -- 2./3. probe and search ------------------------------------------------------------------------
-def _probe(block: VectorBlock, first: int, centroids: np.ndarray, nprobe: int) -> pd.DataFrame:
-    """One query archive's ``(bucket, q)`` rows: each vector's ``nprobe`` best centroids."""
-    n = block.size
-    width = min(nprobe, centroids.shape[0])
-    out = np.empty((n, width), np.int64)
-    step = _chunk_rows(block.width)
-    for s in range(0, n, step):
-        v = _unit(block.read(np.arange(s, min(n, s + step), dtype=_I64)))
-        out[s : s + v.shape[0]] = top_k(v @ centroids.T, width)[0]
-    q = np.repeat(np.arange(first, first + n, dtype=_I64), width)
-    return pd.DataFrame({"bucket": out.ravel(), "q": q})
-
-
-def _probe_meta() -> pd.DataFrame:
-    return pd.DataFrame({"bucket": pd.Series([], dtype="int64"), "q": pd.Series([], dtype="int64")})
-
-
-def _with_part(df: pd.DataFrame, part_of: np.ndarray) -> pd.DataFrame:
-    return df.assign(_part=part_of[df["bucket"].to_numpy(_I64)])
-
-
-def _graph_meta() -> pd.DataFrame:
-    return pd.DataFrame(
-        {"from": pd.Series([], dtype="int64"), "to": pd.Series([], dtype="int64"),
-         "similarity": pd.Series([], dtype="float32")}
-    )  # fmt: skip
-
-
-def top_few(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`dedupdask.knn.top_k` for a few columns of wide rows: ``k`` passes of ``argmax``
-    (the first maximum: ties go to the lowest column, as there), ~30x faster than its
-    partition-and-sort on 2,000 x 50,000 at ``k`` 2-5. Overwrites the chosen entries of ``s``.
-
-    Examples
-    --------
-    >>> s = np.array([[0.5, 0.9, 0.5, 0.5]], np.float32)
-    >>> top_few(s.copy(), 3)[0].tolist() == top_k(s, 3)[0].tolist()
-    True
-    """
-    rows = np.arange(s.shape[0])
-    idx = np.empty((s.shape[0], k), _I64)
-    val = np.empty((s.shape[0], k), np.float32)
-    for j in range(k):
-        idx[:, j] = np.argmax(s, axis=1)
-        val[:, j] = s[rows, idx[:, j]]
-        s[rows, idx[:, j]] = -np.inf
-    return idx, val
-
-
-def _search(part: pd.DataFrame, qsrc: VectorSource, index: ReferenceIndex, k: int) -> pd.DataFrame:
-    """The best ``k`` reference rows of each query row in each of its touched buckets (a task)."""
-    part = part.reset_index(drop=True)
-    out = [_graph_meta()]
-    for bucket, grp in part.groupby("bucket", sort=True):
-        q = np.unique(grp["q"].to_numpy(_I64))
-        ridx, rvec = index.read_bucket(int(bucket))
-        if not ridx.size:
-            continue
-        kk = min(k, ridx.size)
-        step = max(1, min(_chunk_rows(qsrc.d), _SIM_BLOCK_BYTES // (4 * ridx.size)))
-        for s in range(0, q.size, step):
-            qs = q[s : s + step]
-            top, val = top_few(_unit(qsrc.read(qs)) @ rvec.T, kk)
-            out.append(pd.DataFrame({"from": np.repeat(qs, kk), "to": ridx[top].ravel(),
-                                     "similarity": np.clip(val, -1, 1).ravel().astype(np.float32)}))  # fmt: skip
-    return pd.concat(out, ignore_index=True)
-
-
-def _best(df: pd.DataFrame, k: int, cut: float) -> pd.DataFrame:
-    """A query row's best ``k`` over its buckets, those at or above ``cut`` (pairs appear once)."""
-    df = df.reset_index()
-    df = df.sort_values(["from", "similarity", "to"], ascending=[True, False, True], kind="stable")
-    df = df.drop_duplicates(["from", "to"])
-    df = df[df.groupby("from", sort=False).cumcount().to_numpy() < k]
-    df = df[df["similarity"].to_numpy(np.float32) >= np.float32(cut)]
-    return df.reset_index(drop=True).loc[:, ["from", "to", "similarity"]]
-
-
-def cross_candidates(qcol: Collection, ref: Reference, k: int, cut: float) -> tuple[Any, dict[str, Any]]:
-    """Stages 2-3: each query row's best ``k`` reference rows at or above ``cut`` (a Dask frame
-    on the workers) and what the search did."""
-    import dask.dataframe as dd
-
-    index = ref.index
-    qsrc = VectorSource.from_collection(qcol)
-    token = uuid.uuid4().hex[:12]
-    cents = dask.delayed(index.centroids, name=f"dedupdask-ref-centroids-{token}")
-    probes = [
-        dask.delayed(_probe, pure=True)(b, int(first), cents, index.nprobe)
-        for b, first in zip(qsrc.blocks, qsrc.offsets[:-1].tolist(), strict=True)
-    ]
-    frame = dd.from_delayed(probes, meta=_probe_meta(), verify_meta=False).persist()
-    (touched,) = _compute(frame["bucket"].unique())
-    touched = np.sort(np.asarray(touched, dtype=_I64))
-    memberships = int(qcol.n) * min(index.nprobe, index.centroids.shape[0])
-    n_parts = max(1, min(touched.size, max(2 * _n_workers(), math.ceil(memberships / QUERY_ROWS_PER_TASK))))
-    part_of = np.zeros(index.centroids.shape[0], _I64)
-    part_of[touched] = np.arange(touched.size, dtype=_I64) * n_parts // max(1, touched.size)
-    routed = route(
-        frame.map_partitions(_with_part, part_of, meta=_probe_meta().assign(_part=_I64(0))), "_part",
-        range(n_parts + 1),
-    )  # fmt: skip
-    src = dask.delayed(qsrc, name=f"dedupdask-ref-query-source-{token}")
-    idx = dask.delayed(index, name=f"dedupdask-ref-index-{token}")
-    found = dd.from_delayed(
-        [dask.delayed(_search, pure=True)(p, src, idx, k) for p in routed.to_delayed()],
-        meta=_graph_meta(), verify_meta=False,
-    )  # fmt: skip
-    n_ranges = max(1, min(qcol.n, max(2 * _n_workers(), math.ceil(qcol.n * k / 2_000_000))))
-    cuts = np.unique(np.linspace(0, qcol.n, n_ranges + 1).astype(_I64))
-    merged = route(found, "from", cuts.tolist()).map_partitions(_best, k, cut, meta=_graph_meta())
-    merged = merged.persist()
-    bytes_read = int(index.bucket_count[touched].sum()) * (index.d * 4 + 8)
-    info = {
-        "centroids": int(index.centroids.shape[0]),
-        "nprobe": int(index.nprobe),
-        "buckets_touched": int(touched.size),
-        "reference_rows_read": int(index.bucket_count[touched].sum()),
-        "index_bytes_read": bytes_read,
-        "search_tasks": n_parts,
-        "k": k,
-        "candidate_cut": float(cut),
-    }
-    return merged, info
-
-
-# -- 4. attach -------------------------------------------------------------------------------------
-def _archive_starts(col: Collection) -> np.ndarray:
-    return np.array([a.offset for a in col.archives], dtype=_I64)
-
-
-def _archive_ids(df: pd.DataFrame, column: str, starts: np.ndarray, valid: np.ndarray) -> pd.DataFrame:
-    pos = owner(starts, df[column].to_numpy(_I64))
-    return df.assign(_arch=valid[pos])
-
-
-def _side_rows(spec: tuple[Any, ...], rows: np.ndarray) -> pd.DataFrame:
-    """``_INFO`` columns and ``occ`` of global indices ``rows`` of one archive."""
-    f = read_archive_files(spec).reset_index(drop=True)
-    occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount().to_numpy(_I64)
-    f = f.assign(occ=occ)
-    f = f[f["index"].notna()]
-    f.index = f["index"].astype("int64").to_numpy()
-    return f.loc[rows, [*_INFO, "occ"]]
-
-
-def _attach_part(
-    part: pd.DataFrame, specs: dict[int, tuple[Any, ...]], column: str, sfx: str, dct: str | None
-) -> pd.DataFrame:
-    """One attach task: each pair's ``column`` image's info from its archive (``specs``).
-
-    ``dct``: ``"carry"`` keeps the image's DCT descriptor (bytes) for the other side,
-    ``"cosine"`` reads this side's and sets ``copy_similarity``; None = no DCT (NaN).
-    """
-    part = part.reset_index(drop=True)
-    ids = part[column].to_numpy(_I64)
-    arch = part["_arch"].to_numpy(_I64)
-    info = pd.DataFrame(index=pd.RangeIndex(len(part)))
-    cols: dict[str, Any] = {}
-    dvec = np.full((len(part), DCT_DIM), np.nan, np.float32) if dct else None
-    for a in np.unique(arch).tolist():
-        at = np.flatnonzero(arch == a)
-        spec = specs[int(a)]
-        rows = _side_rows(spec, ids[at])
-        for c in (*_INFO, "occ"):
-            cols.setdefault(c, []).append(pd.Series(rows[c].array, index=at))
-        if dvec is not None:
-            wd, name, offset = spec[0], spec[1], int(spec[2])
-            local = ids[at] - offset
-            uniq, inv = np.unique(local, return_inverse=True)
-            try:
-                dvec[at] = read_file_rows(wd, wd.file(name, "dct"), DCT_DIM, "<f4", uniq)[inv]
-            except FileNotFoundError:
-                pass  # an archive without its DCT file: no copy tier for its pairs
-    for c, parts in cols.items():
-        info[f"{c}{sfx}"] = pd.concat(parts).sort_index().array if parts else pd.Series(dtype="object")
-    out = pd.concat([part.drop(columns="_arch"), info], axis=1)
-    if dct == "carry":
-        out["_dct"] = pd.array([r.tobytes().hex() for r in dvec], dtype="string")  # strings: what dask keeps
-    elif dct == "cosine":
-        other = np.stack([np.frombuffer(bytes.fromhex(h), np.float32) for h in part["_dct"]]) if len(part) else dvec
-        a = _unit(np.nan_to_num(other))
-        b = _unit(np.nan_to_num(dvec))
-        cos = np.einsum("ij,ij->i", a, b).astype(np.float32)
-        bad = np.isnan(other).any(axis=1) | np.isnan(dvec).any(axis=1)
-        cos[bad] = np.nan
-        out["copy_similarity"] = np.clip(cos, -1, 1)
-        out = out.drop(columns="_dct")
-    return out
-
-
-def _attach_meta(meta: pd.DataFrame, sfx: str, dct: str | None) -> pd.DataFrame:
-    from .store import file_dtypes
-
-    types = file_dtypes()
-    out = meta.drop(columns="_arch", errors="ignore").copy()
-    for c in _INFO:
-        out[f"{c}{sfx}"] = pd.Series(dtype=types[c])
-    out[f"occ{sfx}"] = pd.Series(dtype="int64")
-    if dct == "carry":
-        out["_dct"] = pd.Series(dtype="string")
-    elif dct == "cosine":
-        out = out.drop(columns="_dct", errors="ignore")
-        out["copy_similarity"] = pd.Series(dtype="float32")
-    return out
-
-
-def attach_side(pairs: Any, col: Collection, column: str, dct: str | None) -> Any:
-    """Stage 4 for one side: route the pairs to tasks that each read a few touched archives."""
-    import dask.dataframe as dd
-
-    sfx = _SIDE[column]
-    valid = np.array([i for i, a in enumerate(col.archives) if a.n_valid], dtype=_I64)
-    starts = _archive_starts(col)[valid]
-    meta = pairs._meta.assign(_arch=_I64(0))
-    tagged = pairs.map_partitions(_archive_ids, column, starts, valid, meta=meta)
-    (touched,) = _compute(tagged["_arch"].unique())
-    touched = np.sort(np.asarray(touched, dtype=_I64))
-    out_meta = _attach_meta(pairs._meta, sfx, dct)
-    if not touched.size:
-        return dd.from_pandas(out_meta, npartitions=1)
-    n_parts = max(1, min(touched.size, max(2 * _n_workers(), math.ceil(touched.size / ARCHIVES_PER_TASK))))
-    part_of = np.zeros(len(col.archives), _I64)
-    part_of[touched] = np.arange(touched.size, dtype=_I64) * n_parts // touched.size
-    specs_of: list[dict[int, tuple[Any, ...]]] = [{} for _ in range(n_parts)]
-    for a in touched.tolist():
-        info = col.archives[a]
-        specs_of[int(part_of[a])][a] = (col.work_dir, info.name, info.offset, info.n_valid, col.decode_version)
-    routed = route(
-        tagged.map_partitions(lambda d, p: d.assign(_part=p[d["_arch"].to_numpy(_I64)]), part_of,
-                              meta=meta.assign(_part=_I64(0))),
-        "_part", range(n_parts + 1),
-    )  # fmt: skip
-    tasks = [
-        dask.delayed(_attach_part, pure=True)(p, specs_of[i], column, sfx, dct)
-        for i, p in enumerate(routed.to_delayed())
-    ]
-    return dd.from_delayed(tasks, meta=out_meta, verify_meta=False)
-
-
-# -- 5. decide and verify --------------------------------------------------------------------------
-def _equal(a: pd.Series, b: pd.Series) -> np.ndarray:
-    return (a.notna() & b.notna() & (a.astype(object) == b.astype(object))).to_numpy(bool)
-
-
-def decide_cross(df: pd.DataFrame, params: TierParams) -> pd.DataFrame:
-    """The tiers' decision for cross pairs: ``exact`` on equal bytes or pixels, else
-    :func:`dedupdask.analyses.tiers.decide` (equal model inputs are verified, not trusted).
-
-    Examples
-    --------
-    >>> p = TierParams(0.95, 0.95, 0.99, 0.7, 0.85, True, 5, 0.98)
-    >>> df = pd.DataFrame({"from": [0, 1], "to": [5, 6], "similarity": [1.0, 0.8],
-    ...     "copy_similarity": [np.nan, 0.2], "md5_from": ["a", "b"], "md5_to": ["a", "c"],
-    ...     "pixel_md5_from": [None, None], "pixel_md5_to": [None, None],
-    ...     "input_md5_from": ["x", "y"], "input_md5_to": ["x", "z"]})
-    >>> decide_cross(df, p)[["kind", "to_verify", "accepted"]].values.tolist()
-    [['exact', False, True], ['near', True, False]]
-    """
-    exact = _equal(df["md5_from"], df["md5_to"]) | _equal(df["pixel_md5_from"], df["pixel_md5_to"])
-    same = _equal(df["input_md5_from"], df["input_md5_to"]) & ~exact
-    out = decide(df.assign(same_input=same), params)
-    kind = out["kind"].astype(object).to_numpy().copy()
-    kind[exact] = "exact"
-    out["kind"] = pd.array(kind, dtype="string")
-    out["direct"] = out["direct"].to_numpy(bool) | exact
-    out["to_verify"] = out["to_verify"].to_numpy(bool) & ~exact
-    out["accepted"] = out["accepted"].to_numpy(bool) | exact
-    return out
-
-
-def _decided(df: pd.DataFrame, params: TierParams) -> pd.DataFrame:
-    df = df.reset_index(drop=True).assign(verify_score=np.float64(np.nan), verify_error=pd.array([None] * len(df), dtype="string"))
-    return decide_cross(df, params)
-
-
-def _side_images(
-    part: pd.DataFrame, column: str, sign: int, so: dict[str, Any], limits: tuple[int, int]
-) -> dict[int, Any]:
-    """One side's images of a partition of pairs: by byte range where known, else streamed."""
-    sfx = _SIDE[column]
-    ids = part[column].to_numpy(_I64)
-    keys = ids if sign > 0 else -(ids + 1)
-    f = pd.DataFrame({
-        "id": keys, "archive": part[f"archive{sfx}"].astype(str).to_numpy(),
-        "member": part[f"member{sfx}"].astype(str).to_numpy(), "occ": part[f"occ{sfx}"].to_numpy(_I64),
-        "offset": part[f"member_offset{sfx}"].to_numpy(dtype="float64", na_value=np.nan),
-        "size": part[f"file_size{sfx}"].to_numpy(dtype="float64", na_value=np.nan),
-    }).drop_duplicates("id")  # fmt: skip
-    ranged = f["offset"].notna() & f["size"].notna()
-    loaded: dict[int, Any] = {}
-    if ranged.any():
-        r = f[ranged]
-        items = tuple(zip(r["id"].tolist(), r["archive"].tolist(), r["offset"].astype("int64").tolist(),
-                          r["size"].astype("int64").tolist(), strict=True))  # fmt: skip
-        loaded.update(verify.load_ranged_images(items, so, *limits))
-    for url, grp in f[~ranged].groupby("archive", sort=True):
-        wanted = tuple(zip(grp["member"].tolist(), grp["occ"].tolist(), grp["id"].tolist(), strict=True))
-        loaded.update(verify.load_archive_images(str(url), wanted, so, *limits))
-    return loaded
-
-
-def _verify_part(
-    part: pd.DataFrame, qso: dict[str, Any], rso: dict[str, Any], limits: tuple[int, int],
-    params: TierParams,
-) -> pd.DataFrame:  # fmt: skip
-    """Score a partition of cross pairs to verify (one task, chunks of ``PAIRS_PER_TASK``)."""
-    part = part.reset_index(drop=True)
-    scores = np.full(len(part), np.nan)
-    errors: list[Any] = [None] * len(part)
-    for at in np.array_split(np.arange(len(part)), max(1, math.ceil(len(part) / verify.PAIRS_PER_TASK))):
-        if not at.size:
-            continue
-        chunk = part.iloc[at]
-        q = _side_images(chunk, "from", 1, qso, limits)
-        r = _side_images(chunk, "to", -1, rso, limits)
-        p = np.stack([chunk["from"].to_numpy(_I64), -(chunk["to"].to_numpy(_I64) + 1)], axis=1)
-        df, _ = verify.score_pairs(p, q, r, early_accept=params.early_accept, keypoints=params.keypoints)
-        scores[at] = df["verify_score"].to_numpy(np.float64)
-        errors_at = df["verify_error"].astype(object).where(df["verify_error"].notna(), None).tolist()
-        for i, e in zip(at.tolist(), errors_at, strict=True):
-            errors[i] = e
-    part["verify_score"] = scores
-    part["verify_error"] = pd.array(errors, dtype="string")
-    return decide_cross(part, params)
-
-
-def _key(df: pd.DataFrame) -> pd.DataFrame:
-    a, b = df["archive_from"].astype(str), df["archive_to"].astype(str)
-    return df.assign(_key=pd.array((a + "\n" + b).to_numpy(), dtype="string"))
 
 
 # -- 6. tables -------------------------------------------------------------------------------------
@@ -655,42 +315,24 @@ def _query(work_dir: str, config: Any, timings: dict[str, float], lap: Any) -> R
                             nearest_neighbors_k=config.nearest_neighbors_k, keypoints=config.verify_keypoints)  # fmt: skip
     lap("open")
 
-    cands, search_info = cross_candidates(qcol, ref, params.k, candidate_cut(params))
+    cands, search_info = cross_candidates(qcol, ref.index, params.k, candidate_cut(params))
     lap("search")
     dct = params.copy_threshold is not None
     pairs = attach_side(cands, qcol, "from", "carry" if dct else None)
     pairs = attach_side(pairs, ref.col, "to", "cosine" if dct else None)
     if not dct:
         pairs = pairs.assign(copy_similarity=np.float32(np.nan))
-    decided = pairs.map_partitions(_decided, params, meta=_decided(pairs._meta, params)).persist()
+    decided = decide_pairs(pairs, params)
     n_cands = int(len(decided))
     lap("attach")
 
-    todo = decided[decided["to_verify"]]
-    n_verify = int(len(todo)) if params.verify else 0
-    vcost: dict[str, Any] = {"pairs": n_verify}
-    if n_verify:
-        import dask.dataframe as dd
-
-        keyed = todo.map_partitions(_key, meta=todo._meta.assign(_key=pd.Series(dtype="string")))
-        planned = keyed.shuffle(on="_key", npartitions=max(1, math.ceil(n_verify / verify.PAIRS_PER_TASK)),
-                                shuffle_method=shuffle_method())  # fmt: skip
-        limits = (int(config.max_image_pixels), int(config.max_member_bytes))
-        qso = dict(config.storage_options or {})
-        tasks = [dask.delayed(_verify_part, pure=True)(p, qso, dict(rso or {}), limits, params)
-                 for p in planned.to_delayed()]  # fmt: skip
-        meta = decide_cross(keyed._meta, params)
-        verified = dd.from_delayed(tasks, meta=meta, verify_meta=False).drop(columns="_key")
-        rest = decided[~decided["to_verify"]]
-        decided = dd.concat([rest, verified.loc[:, list(rest.columns)]])
+    limits = (int(config.max_image_pixels), int(config.max_member_bytes))
+    decided, vcost = verify_cross(decided, params, config.storage_options or {}, rso or {}, limits)
+    n_verify = int(vcost["pairs"])
     lap("verify")
 
     final = decided.map_partitions(_final, meta=_final_meta())
     final = route(final.assign(_q=final["from"]), "_q", _query_cuts(qcol)).reset_index(drop=True).persist()
-    if n_verify:
-        errs = decided[decided["to_verify"]]
-        v = dask.compute(errs["accepted"].sum(), (~errs["verify_error"].isna()).sum())
-        vcost.update(accepted=int(v[0]), errors=int(v[1]))
     summary = contamination(final, qcol)
     kinds = final["kind"].value_counts().compute()
 
