@@ -417,7 +417,8 @@ def run(
         from .knn_partitioned import parse_memory
 
         bound = parse_memory(config.max_client_memory, "max_client_memory")
-        with sched.analysis(_in_process_bytes(work_dir, config), bound):
+        need = _in_process_bytes(work_dir, config) + _reference_bytes(config)
+        with sched.analysis(need, bound):
             if config.reference is not None:
                 from .reference import query
 
@@ -484,6 +485,22 @@ def index(work_dir: str, *, client: Any = None, **options: Any) -> dict[str, Any
             raise FileNotFoundError(f"work_dir {col.work_dir.url}: no archive is done (no *done.json)")
         with sched.analysis(_in_process_bytes(work_dir, config), None):
             return build_index(col, max_memory_per_task=config.max_memory_per_task)
+
+
+def _reference_bytes(config: RunConfig) -> int:
+    """What a query may read of its reference's index here: every bucket (``index.json``'s
+    ``n`` x ``d`` float32); 0 without a reference or a readable index (opening it says why)."""
+    if config.reference is None:
+        return 0
+    from .index import INDEX_DIR, INDEX_JSON
+
+    so = config.storage_options if config.reference_storage_options is None else config.reference_storage_options
+    try:
+        wd = WorkDir(config.reference, so)
+        meta = wd.read_json(wd.join(INDEX_DIR, INDEX_JSON))
+        return int(meta["n"]) * 4 * int(meta["d"])
+    except Exception:  # noqa: BLE001 - the query's open_reference reports a missing or bad index
+        return 0
 
 
 def _in_process_bytes(work_dir: str, config: RunConfig) -> int:
