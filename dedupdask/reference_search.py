@@ -148,6 +148,7 @@ def cross_candidates(qcol: Collection, index: ReferenceIndex, k: int, cut: float
     cuts = np.unique(np.linspace(0, qcol.n, n_ranges + 1).astype(_I64))
     merged = route(found, "from", cuts.tolist()).map_partitions(_best, k, cut, meta=_graph_meta())
     merged = merged.persist()
+    n_candidates = int(len(merged))  # waits for the search (persist returns at once on a cluster)
     bytes_read = int(index.bucket_count[touched].sum()) * (index.d * 4 + 8)
     info = {
         "centroids": int(index.centroids.shape[0]),
@@ -156,6 +157,7 @@ def cross_candidates(qcol: Collection, index: ReferenceIndex, k: int, cut: float
         "reference_rows_read": int(index.bucket_count[touched].sum()),
         "index_bytes_read": bytes_read,
         "search_tasks": n_parts,
+        "candidates": n_candidates,
         "k": k,
         "candidate_cut": float(cut),
     }
