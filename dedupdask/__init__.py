@@ -51,6 +51,8 @@ _LAZY = {
     "build": "pipeline",
     "extract": "pipeline",
     "run": "pipeline",
+    "index": "pipeline",
+    "ReferenceResult": "reference",
     "DedupResult": "results",
     "load": "results",
     "list_sources": "sources",
@@ -73,7 +75,8 @@ if TYPE_CHECKING:  # pragma: no cover
         create_outliers_gallery,
         create_stats_gallery,
     )
-    from .pipeline import ExtractReport, build, extract, run
+    from .pipeline import ExtractReport, build, extract, index, run
+    from .reference import ReferenceResult
     from .removals import write_removals
     from .results import DedupResult, load
     from .sources import list_sources
@@ -99,6 +102,8 @@ __all__ = [
     "RunConfig",
     "build",
     "extract",
+    "index",
+    "ReferenceResult",
     "list_sources",
     "load_binary_feature",
     "run",

@@ -105,7 +105,7 @@ def _version() -> str:
 class _Stages:
     """Client-side progress over the build stages (silent unless asked) and their timings."""
 
-    NAMES = ("collect", "read_files", "exact_groups", "knn", "tiers", "analyses", "write")
+    NAMES = ("collect", "read_files", "exact_groups", "knn", "tiers", "analyses", "write", "index")
 
     def __init__(self, progress: bool) -> None:
         self.timings: dict[str, float] = {}
@@ -497,6 +497,11 @@ def _write(
         stages.done("write")
         run["timings"] = dict(stages.timings)
         save_run(wd, run)
+        if getattr(config, "index", False):  # after run.json: an index names the run it covers
+            from .index import build_index
+
+            build_index(col, max_memory_per_task=config.max_memory_per_task)
+        stages.done("index")
     else:
         # nothing written: a table on the workers comes here (their cluster may close next)
         lazy = {name: table_from_pandas(_gathered(df)) for name, df in tables.items()}

@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser"]
 _ANALYSIS_ONLY = {
     "nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold",
     "max_memory_per_task", "max_client_memory", "d_reduce", "knn_dtype", "issue_thresholds",
-    "write_csv", "images_per_partition",
+    "write_csv", "images_per_partition", "index", "reference", "query_duplicates",
 }
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
@@ -78,6 +78,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="scheduler address (tcp://host:8786) or sync|threads|processes; default: a local cluster")
     p.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when some archives failed")
+    p.add_argument("--reference-storage-options", type=json.loads, default=None, metavar="JSON",
+                   help="fsspec options of the --reference work_dir and its shards (default: --storage-options)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find duplicates, near-duplicates, outliers and broken images in webdataset archives.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    all_opts = {f.name for f in dataclasses.fields(RunConfig)} - {"run_mode", "storage_options"}
+    all_opts = {f.name for f in dataclasses.fields(RunConfig)} - {
+        "run_mode", "storage_options", "reference_storage_options",
+    }
     p = sub.add_parser("run", help="extract features and analyse (run_mode=0)")
     p.add_argument("input", nargs="+", help="folder, glob, s3:// prefix, archives, or a text file of paths")
     p.add_argument("work_dir")
@@ -100,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p = sub.add_parser("build", help="analyse the features in WORK_DIR (run_mode=2)")
     p.add_argument("work_dir")
-    _add_options(p, all_opts - _EXTRACT_ONLY)
+    _add_options(p, all_opts - _EXTRACT_ONLY - {"test_dir"})
+    _add_common(p)
+    p = sub.add_parser("index", help="write WORK_DIR/index/ for a built WORK_DIR, so that it can be a --reference")
+    p.add_argument("work_dir")
+    _add_options(p, {"max_memory_per_task"})
     _add_common(p)
     p = sub.add_parser("gallery", help="write HTML galleries of an analysed WORK_DIR into OUT")
     p.add_argument("work_dir")
@@ -141,6 +149,11 @@ def _print_result(result: Any) -> None:
     report = getattr(result, "extract_report", None)
     if report is not None:
         print(report.summary_text())
+    if hasattr(result, "contamination"):  # a reference run
+        print("reference run: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.summary().items()))
+        print(f"files: {result.work_dir}/similarity.csv (from = query index, to = reference index), "
+              "contamination.csv, results/cross_similarity/, results/contamination/")  # fmt: skip
+        return
     summary = result.summary() if hasattr(result, "summary") else None
     if summary:
         print(
@@ -186,6 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report.summary_text())
             print(f"files: {report.attrs.get('work_dir', ns.work_dir)}/<archive>features.dat, .dat.csv, .parquet")
             return 1 if _failed(report) and not ns.allow_failures else 0
+        if ns.command == "index":
+            meta = pipeline.index(ns.work_dir, client=ns.client, **opts)
+            print(f"index: {meta['n']} vectors in {meta['centroids']} buckets, nprobe {meta['nprobe']} "
+                  f"(finds {meta['probe_found']:.3f} of probe pairs at cosine {meta['probe_similarity']}); "
+                  f"files: {ns.work_dir}/index/")  # fmt: skip
+            return 0
         if ns.command == "run":
             result = pipeline.run(_inputs(ns.input), ns.work_dir, run_mode=0, client=ns.client, **opts)
         else:

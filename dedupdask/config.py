@@ -62,6 +62,10 @@ OPTION_HELP: dict[str, str] = {
     "storage_deadline": "seconds after which a failing storage operation starts no new attempt (the one retry policy: botocore's and s3fs's retries are off)",
     "dashboard_address": "HOST:PORT of the dashboard of the local Dask cluster a run starts (127.0.0.1 = this machine only, 0.0.0.0 = every network interface, port 0 = a free one); '' = no dashboard",
     "progress": "show a progress bar",
+    "index": "after the analysis, write work_dir/index/ (the vectors in buckets) so that this work_dir can be a reference that query runs search (a copy of the vectors' size)",
+    "reference": "a built work_dir (local or URL) to search this run's images against: cross-set pairs only (train/test leakage; fastdup's test_dir)",
+    "test_dir": "fastdup's form of a reference run: input_dir/work_dir are the reference (train) set, TEST_DIR the query images; the query's work_dir is WORK_DIR/test",
+    "query_duplicates": "in a reference run, also find the query's own duplicates (query_similarity.csv)",
 }
 
 _TURI_KEYS = {"delete_tar", "delete_img", "ccthreshold", "threshold", "lower_threshold"}
@@ -241,7 +245,12 @@ class RunConfig:
     storage_deadline: float = 30.0
     dashboard_address: str | None = DEFAULT_DASHBOARD
     progress: bool = True
+    index: bool = True
+    reference: str | None = None
+    test_dir: str | None = None
+    query_duplicates: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
+    reference_storage_options: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -311,6 +320,15 @@ class RunConfig:
             f"storage_deadline must be a number of seconds > 0, got {self.storage_deadline!r}",
         )
         object.__setattr__(self, "issue_thresholds", _issue_thresholds(self.issue_thresholds))
+        check(
+            self.reference is None or (isinstance(self.reference, str) and self.reference.strip() != ""),
+            f"reference must be a work_dir path or URL, got {self.reference!r}",
+        )
+        check(
+            self.reference is None or self.test_dir is None,
+            "give either reference (the query is input_dir/work_dir) or test_dir (the reference is "
+            "input_dir/work_dir), not both",
+        )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:

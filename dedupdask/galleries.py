@@ -221,6 +221,7 @@ def _is_missing(v: Any) -> bool:
 class _Card:
     index: int
     note: str = ""  # e.g. "blur 12.3" or "nearest"
+    shown: int | None = None  # the index printed, when ``index`` is only a key (reference runs)
 
 
 @dataclass
@@ -273,7 +274,7 @@ def _card_html(
     if archive is not None:
         base = posixpath.basename(str(archive).rstrip("/")) or str(archive)
         lines.append(f'<div class="arc" title="{_e(archive, MAX_TITLE)}">{_e(base)} '
-                     f"&middot; #{card.index}</div>")  # fmt: skip
+                     f"&middot; #{card.index if card.shown is None else card.shown}</div>")  # fmt: skip
     if caption:
         lines.append(f'<div class="cap" title="{_e(caption, MAX_TITLE)}">{_e(caption)}</div>')
     size = []

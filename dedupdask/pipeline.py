@@ -235,6 +235,11 @@ def run(
     client: Any = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     progress: bool = True,
+    index: bool = True,
+    reference: str | None = None,
+    reference_storage_options: dict[str, Any] | None = None,
+    test_dir: str | Sequence[str] | None = None,
+    query_duplicates: bool = False,
 ) -> Any:
     """Find duplicates, outliers, clusters and broken images in webdataset archives.
 
@@ -344,12 +349,30 @@ def run(
         worker logs, call stacks) to the network. None or ``""``: no dashboard.
     progress : bool
         Show a progress bar.
+    index : bool
+        After the analysis, write ``work_dir/index/`` (:mod:`dedupdask.index`: the vectors in
+        buckets, about the size of the ``.dat`` files) so that this work_dir can be the
+        ``reference`` of later runs.
+    reference : str, optional
+        A built work_dir (with its index) to search this run's images against: the result is
+        the cross-set pairs (:mod:`dedupdask.reference`), and ``work_dir`` is the query's. The
+        reference is only read.
+    reference_storage_options : dict, optional
+        fsspec options of the reference work_dir and its shards (default: ``storage_options``).
+    test_dir : str or list of str, optional
+        fastdup's form: ``input_dir``/``work_dir`` are the reference (train) set, extracted and
+        built (with its index) unless already done, and ``test_dir`` holds the query images,
+        extracted into ``work_dir/test``, whose ``similarity.csv`` lists the cross pairs
+        (run_mode=1: both sets are only extracted).
+    query_duplicates : bool
+        In a reference run, also the query's own duplicate pairs (``query_similarity.csv``).
 
     Returns
     -------
-    ExtractReport or DedupResult
+    ExtractReport, DedupResult or ReferenceResult
         run_mode=1 returns the per-archive report; 0 and 2 return the analysis result (whose
-        ``extract_report`` attribute holds the report for run_mode=0).
+        ``extract_report`` attribute holds the report for run_mode=0); with ``reference`` or
+        ``test_dir`` the cross-set result (:class:`dedupdask.reference.ReferenceResult`).
 
     Examples
     --------
@@ -372,10 +395,14 @@ def run(
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,
         storage_attempts=storage_attempts, storage_deadline=storage_deadline,
         storage_options=storage_options, dashboard_address=dashboard_address, progress=progress,
+        index=index, reference=reference, reference_storage_options=reference_storage_options,
+        test_dir=None if test_dir is None else str(test_dir), query_duplicates=query_duplicates,
     )
     if work_dir is None:
         raise TypeError("run() needs work_dir (a local folder or URL for every output)")
     config = RunConfig.from_kwargs(**opts)
+    if test_dir is not None and config.run_mode != 1:  # fastdup's form: work_dir is the reference
+        return _test_dir(input_dir, work_dir, test_dir, config, client)
     with resolve(client, dashboard_address=config.dashboard_address) as sched:
         report = None
         if config.run_mode in (0, 1):
@@ -383,15 +410,97 @@ def run(
                 raise ValueError(f"input_dir is required for run_mode={config.run_mode}")
             report = _extract(input_dir, work_dir, config, sched)
             if config.run_mode == 1:
+                if test_dir is not None:  # both sets: the query's features go to work_dir/test
+                    _extract(test_dir, _test_work_dir(work_dir), config, sched)
                 return report
         from .analysis import build as analyse
         from .knn_partitioned import parse_memory
 
         bound = parse_memory(config.max_client_memory, "max_client_memory")
-        with sched.analysis(_in_process_bytes(work_dir, config), bound):
-            result = analyse(work_dir, config=config)
+        need = _in_process_bytes(work_dir, config) + _reference_bytes(config)
+        with sched.analysis(need, bound):
+            if config.reference is not None:
+                from .reference import query
+
+                result = query(work_dir, config=config)
+            else:
+                result = analyse(work_dir, config=config)
     result.extract_report = report
     return result
+
+
+def _test_dir(input_dir: Any, work_dir: str, test_dir: Any, config: RunConfig, client: Any) -> Any:
+    """fastdup's ``test_dir`` run: the reference is ``input_dir``/``work_dir`` (built, with its
+    index, unless a finished run and index are there), the query ``work_dir/test``."""
+    from dataclasses import replace
+
+    from .store import WorkDir
+
+    wd = WorkDir(work_dir, config.storage_options)
+    have = wd.fs.exists(wd.join("results", "run.json")) and wd.fs.exists(wd.join("index", "index.json"))
+    ref_cfg = replace(config, test_dir=None, index=True)
+    new = not have
+    if input_dir is not None:  # resume: archives already done are skipped
+        report = _run_config(input_dir, work_dir, replace(ref_cfg, run_mode=1), client)
+        new = new or bool((report["status"] != "already_done").any())
+    if new:  # build (and index) the reference only when it changed
+        _run_config(None, work_dir, replace(ref_cfg, run_mode=2), client)
+    query_cfg = replace(config, test_dir=None, reference=wd.url, reference_storage_options=config.storage_options)
+    return _run_config(test_dir, _test_work_dir(wd.url), query_cfg, client)
+
+
+def _test_work_dir(work_dir: str) -> str:
+    """The query's work_dir of fastdup's ``test_dir`` form."""
+    return str(work_dir).rstrip("/") + "/test"
+
+
+def _run_config(input_dir: Any, work_dir: str, config: RunConfig, client: Any) -> Any:
+    """:func:`run` with a config already made."""
+    import dataclasses
+
+    opts = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    opts["turi_param"] = None
+    return run(input_dir, work_dir, client=client, **opts)
+
+
+def index(work_dir: str, *, client: Any = None, **options: Any) -> dict[str, Any]:
+    """Write ``work_dir/index/`` for a built work_dir (:func:`dedupdask.index.build_index`).
+
+    For a work_dir built with ``index=False`` or by an older dedupdask; ``build`` writes it
+    otherwise. Takes ``max_memory_per_task``, ``storage_options``, ``storage_attempts``,
+    ``storage_deadline``. Returns ``index.json``.
+
+    Examples
+    --------
+    >>> ddk.index("train_work/")["nprobe"]  # doctest: +SKIP
+    3
+    """
+    from .collect import collect
+    from .index import build_index
+
+    config = RunConfig.from_kwargs(run_mode=2, **options)
+    with resolve(client, dashboard_address=config.dashboard_address) as sched:
+        col = collect(work_dir, config.storage_options)
+        if not col.archives:
+            raise FileNotFoundError(f"work_dir {col.work_dir.url}: no archive is done (no *done.json)")
+        with sched.analysis(_in_process_bytes(work_dir, config), None):
+            return build_index(col, max_memory_per_task=config.max_memory_per_task)
+
+
+def _reference_bytes(config: RunConfig) -> int:
+    """What a query may read of its reference's index here: every bucket (``index.json``'s
+    ``n`` x ``d`` float32); 0 without a reference or a readable index (opening it says why)."""
+    if config.reference is None:
+        return 0
+    from .index import INDEX_DIR, INDEX_JSON
+
+    so = config.storage_options if config.reference_storage_options is None else config.reference_storage_options
+    try:
+        wd = WorkDir(config.reference, so)
+        meta = wd.read_json(wd.join(INDEX_DIR, INDEX_JSON))
+        return int(meta["n"]) * 4 * int(meta["d"])
+    except Exception:  # noqa: BLE001 - the query's open_reference reports a missing or bad index
+        return 0
 
 
 def _in_process_bytes(work_dir: str, config: RunConfig) -> int:

@@ -457,6 +457,8 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     Returns
     -------
     DedupResult
+        Or, for the query work_dir of a reference run (``results/reference.json``), its
+        :class:`~dedupdask.reference.ReferenceResult`.
 
     Raises
     ------
@@ -474,6 +476,10 @@ def load(work_dir: str, storage_options: dict[str, Any] | None = None) -> DedupR
     """
     wd = WorkDir(work_dir, storage_options)
     path = wd.join(RESULTS_DIR, RUN_JSON)
+    if not wd.fs.exists(path) and wd.fs.exists(wd.join(RESULTS_DIR, "reference.json")):
+        from .reference import load_reference  # a query work_dir of a reference run
+
+        return load_reference(wd)  # type: ignore[return-value]
     if not wd.fs.exists(path):
         raise FileNotFoundError(
             f"{wd.url}: no {RESULTS_DIR}/{RUN_JSON}; run the analysis (run_mode=2) first"

@@ -19,6 +19,7 @@ SMALL = {
     "02_s3_and_cluster.ipynb": {"N_SHARDS": 4, "IMAGES_PER_SHARD": 8, "MODEL_PATH": "dct", "N_WORKERS": 2},
     "03_results.ipynb": {"N_SHARDS": 3, "IMAGES_PER_SHARD": 15, "MODEL_PATH": "dct"},
     "04_clean_shards.ipynb": {"N_SHARDS": 3, "IMAGES_PER_SHARD": 12, "MODEL_PATH": "dct"},
+    "05_reference.ipynb": {"N_SHARDS": 2, "IMAGES_PER_SHARD": 12, "MODEL_PATH": "dct"},
 }
 
 

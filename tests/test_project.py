@@ -265,14 +265,20 @@ def test_run_forwards_every_keyword_to_the_config(monkeypatch, tmp_path):
         "keep_archives": True, "keep_images": True, "turi_param": "delete_tar=0",
         "resume": False, "max_image_pixels": 5, "max_member_bytes": 6, "max_archive_bytes": 7,
         "min_image_size": 2, "storage_attempts": 4, "storage_deadline": 12.5, "progress": False,
-        "storage_options": {"anon": True}, "dashboard_address": "0.0.0.0:8787",
+        "storage_options": {"anon": True}, "dashboard_address": "0.0.0.0:8787", "index": False,
+        "reference": "ref/", "reference_storage_options": {"anon": False}, "query_duplicates": True,
     }  # fmt: skip
-    assert set(changed) == set(_config_defaults()), "give the new option a non-default value here"
+    other = {"test_dir": "test/"}  # fastdup's form of a reference run: not with reference=
+    assert set(changed) | set(other) == set(_config_defaults()), "give the new option a non-default value here"
     assert dedupdask.run("in/", str(tmp_path), **changed) == "report"
     assert dedupdask.extract("in/", str(tmp_path), **changed) == "report"
     for config in seen:
         got = {n: getattr(config, n) for n in changed}
         assert got == changed
+    seen.clear()
+    fastdup_form = {**changed, "reference": None, **other}
+    assert dedupdask.run("in/", str(tmp_path), **fastdup_form) == "report"  # run_mode=1: both sets extracted
+    assert len(seen) == 2 and all(c.test_dir == "test/" and c.index is False for c in seen)
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
