@@ -263,6 +263,7 @@ def test_index_buckets_hold_every_vector_once_and_probes_find_close_pairs(tmp_pa
     assert (need >= 1).all() and np.quantile(need, 0.995) <= max(idx.nprobe, 1) + 1e-9
 
 
+@pytest.mark.slow
 def test_a_reference_on_s3_is_read_with_its_own_storage_options(sets: dict, s3_server, bucket, monkeypatch) -> None:  # noqa: F811
     """Reference shards and work_dir on S3, the query local: only ``reference_storage_options``
     reach the server (no AWS variables), for the index, the Parquet rows and the pixels."""
