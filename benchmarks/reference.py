@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scale_build import PER_CLUSTER, SIGMA, _hex, generate, sampled  # noqa: E402
+from scale_build import PER_CLUSTER, SIGMA, _hex, generate, reuse_truth, sampled, synthetic_tables  # noqa: E402
 
 PLANTED = 0.1
 """Share of a query's images that are near copies of reference images."""
@@ -60,14 +60,13 @@ def _ref_rows(ref: str, rows: np.ndarray) -> np.ndarray:
 
 def write_query(root: str, ref: str, n_ref: int, q: int, d: int, per_archive: int, seed: int = 1) -> dict:
     """The query work_dir (reused when complete) and its planted cross pairs."""
-    from dedupdask.store import FILE_COLUMNS, WorkDir
+    from dedupdask.store import WorkDir
 
     truth_path = os.path.join(root, "truth.npz")
     key = json.dumps(dict(ref=ref, n_ref=n_ref, q=q, d=d, per=per_archive, seed=seed, planted=PLANTED, exact=EXACT))
-    if os.path.exists(truth_path):
-        z = np.load(truth_path, allow_pickle=False)
-        if str(z["key"]) == key:
-            return {k: z[k] for k in z.files if k != "key"}
+    kept = reuse_truth(truth_path, key)
+    if kept is not None:
+        return kept
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
     rng = np.random.default_rng(seed)
@@ -107,24 +106,7 @@ def write_query(root: str, ref: str, n_ref: int, q: int, d: int, per_archive: in
         n = min(per_archive, q - a)
         name = f"q{a // per_archive:06d}.tar"
         url = f"synthetic://{name}"
-        members = [f"{i:07d}.jpg" for i in range(n)]
-        f = pd.DataFrame({col: pd.Series([None] * n, dtype="object") for col in FILE_COLUMNS})
-        f["filename"] = [f"{url}/{m}" for m in members]
-        f["archive"], f["member"], f["key"] = url, members, [m[:-4] for m in members]
-        f["width"], f["height"] = 256, 192
-        f["file_size"] = rng.integers(10_000, 60_000, n)
-        f["md5"] = f["pixel_md5"] = f["input_md5"] = md5[a : a + n]
-        for col in ("mean", "stdv", "blur", "contrast", "p01", "p99", "chroma"):
-            f[col] = rng.uniform(10, 200, n).astype(np.float32)
-        f["min"], f["max"], f["unique"] = np.float32(0), np.float32(255), 255
-        f["index"] = np.arange(n, dtype=np.int64)
-        f = f.astype({"width": "int32", "height": "int32", "unique": "int32", "index": "Int64",
-                      "member_offset": "Int64", "file_size": "int64"})  # fmt: skip
-        done = {
-            "url": url, "status": "done", "d": d, "model_id": "onnx:synthetic", "model_sha256": "0" * 64,
-            "model_threshold": 0.9, "model_ccthreshold": 0.9, "decode_version": 2, "stats_version": 2,
-            "counts": {"valid": n, "images": n},
-        }  # fmt: skip
+        f, done = synthetic_tables(url, n, d, md5[a : a + n], rng)
         skipped = pd.DataFrame(columns=["filename", "member", "reason", "filesize"])
         wd.write_archive(name, x[a : a + n], f, skipped, done)
     out = {"near_q": at[:n_plant], "near_r": rows[:n_plant], "near_cos": cos,

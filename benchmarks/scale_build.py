@@ -174,19 +174,11 @@ def archive_vectors(
                "exact_src": e_src, "exact_dst": e_dst}  # fmt: skip
 
 
-def write_archive(spec: tuple) -> dict[str, np.ndarray]:
-    """Archive ``a`` of a synthetic work_dir; returns its planted pairs (global indices)."""
-    from dedupdask.store import FILE_COLUMNS, WorkDir
+def synthetic_tables(url: str, rows: int, d: int, md5: np.ndarray, rng: np.random.Generator) -> tuple[pd.DataFrame, dict]:
+    """The files table (every column of the schema, members ``0000000.jpg``...) and ``done.json``
+    of a synthetic archive at ``url`` of ``rows`` valid images with these ``md5`` s."""
+    from dedupdask.store import FILE_COLUMNS
 
-    root, a, n_arch, rows, d, n_total, seed, subset = spec
-    rng = np.random.default_rng([seed, a])
-    x, p = archive_vectors(a, n_arch, rows, d, n_total, seed, subset, rng)
-    prev, src, dst, cos = int(p["prev"]), p["near_src"], p["near_dst"], p["near_cos"]
-    e_src, e_dst = p["exact_src"], p["exact_dst"]
-    md5 = np.array([_hex(seed, a, i) for i in range(rows)], dtype=object)
-    md5[e_dst] = md5[e_src]
-    name = f"{a:06d}.tar"
-    url = f"synthetic://{name}"
     members = [f"{i:07d}.jpg" for i in range(rows)]
     files = pd.DataFrame({c: pd.Series([None] * rows, dtype="object") for c in FILE_COLUMNS})
     files["filename"] = [f"{url}/{m}" for m in members]
@@ -209,6 +201,23 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
         "model_threshold": 0.9, "model_ccthreshold": 0.9, "decode_version": 2, "stats_version": 2,
         "counts": {"valid": rows, "images": rows},
     }  # fmt: skip
+    return files, done
+
+
+def write_archive(spec: tuple) -> dict[str, np.ndarray]:
+    """Archive ``a`` of a synthetic work_dir; returns its planted pairs (global indices)."""
+    from dedupdask.store import WorkDir
+
+    root, a, n_arch, rows, d, n_total, seed, subset = spec
+    rng = np.random.default_rng([seed, a])
+    x, p = archive_vectors(a, n_arch, rows, d, n_total, seed, subset, rng)
+    prev, src, dst, cos = int(p["prev"]), p["near_src"], p["near_dst"], p["near_cos"]
+    e_src, e_dst = p["exact_src"], p["exact_dst"]
+    md5 = np.array([_hex(seed, a, i) for i in range(rows)], dtype=object)
+    md5[e_dst] = md5[e_src]
+    name = f"{a:06d}.tar"
+    url = f"synthetic://{name}"
+    files, done = synthetic_tables(url, rows, d, md5, rng)
     perceptual = None
     if subset:  # the real model's id and hash; random unit DCT descriptors: no synthetic copy candidate
         done.update(subset["model"])
@@ -223,6 +232,14 @@ def write_archive(spec: tuple) -> dict[str, np.ndarray]:
             "exact_a": off + e_src, "exact_b": off + e_dst}  # fmt: skip
 
 
+def reuse_truth(path: str, key: str) -> dict[str, np.ndarray] | None:
+    """The planted pairs saved at ``path`` when they were made with ``key`` (the data is reused)."""
+    if not os.path.exists(path):
+        return None
+    z = np.load(path, allow_pickle=False)
+    return {k: z[k] for k in z.files if k != "key"} if str(z["key"]) == key else None
+
+
 def generate(
     root: str, n: int, d: int, archives: int, seed: int = 0, subset: dict | None = None
 ) -> dict[str, np.ndarray]:
@@ -231,10 +248,9 @@ def generate(
     fields) -- cluster noise ``sigma``, near pairs of cosine ``near_cos``, a ``dct.dat``."""
     truth = os.path.join(root, "truth.npz")
     key = json.dumps(dict(n=n, d=d, archives=archives, seed=seed, near=NEAR, exact=EXACT, **({"subset": subset} if subset else {})))
-    if os.path.exists(truth):
-        z = np.load(truth, allow_pickle=False)
-        if str(z["key"]) == key:
-            return {k: z[k] for k in z.files if k != "key"}
+    kept = reuse_truth(truth, key)
+    if kept is not None:
+        return kept
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
     rows = n // archives
