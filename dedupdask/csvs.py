@@ -37,7 +37,7 @@ from .analyses.routing import sort_by_key
 from .store import WorkDir
 from .tables import RESULTS_DIR
 
-__all__ = ["CSV_FILES", "PARTS_DIR", "csv_frames", "write_csvs"]
+__all__ = ["CSV_FILES", "PARTS_DIR", "csv_frames", "sorted_pairs", "write_csv_frames", "write_csvs"]
 
 CSV_FILES = (
     "atrain_features.dat.csv", "similarity.csv", "outliers.csv", "connected_components.csv",
@@ -96,6 +96,19 @@ def _rename_components(comp: pd.DataFrame) -> pd.DataFrame:
     return comp.rename(columns={"index": "__id"})
 
 
+def _each(t: dd.DataFrame, fn: Any) -> dd.DataFrame:
+    return t.map_partitions(fn, meta=fn(t._meta))
+
+
+def sorted_pairs(pairs: dd.DataFrame) -> dd.DataFrame:
+    """``from,to,distance`` rows in fastdup's order: distance descending, then ``from``, ``to``
+    (sorted on the workers by one int64 key when there is more than one partition)."""
+    if pairs.npartitions > 1:
+        keyed = pairs.map_partitions(_pair_key, meta=pairs._meta.assign(**{_KEY: np.int64(0)}))
+        return sort_by_key(keyed, _KEY, ["to"])[["from", "to", "distance"]]
+    return _each(pairs, _sorted_pairs)
+
+
 def csv_frames(tables: Mapping[str, dd.DataFrame]) -> dict[str, tuple[dd.DataFrame, bool]]:
     """Each CSV file as a dask DataFrame, and whether its partitions go last to first.
 
@@ -107,23 +120,14 @@ def csv_frames(tables: Mapping[str, dd.DataFrame]) -> dict[str, tuple[dd.DataFra
     >>> frames["similarity.csv"][0].npartitions  # doctest: +SKIP
     """
 
-    def each(t: dd.DataFrame, fn: Any) -> dd.DataFrame:
-        return t.map_partitions(fn, meta=fn(t._meta))
-
-    pairs = each(tables["similarity"], both_directions)
-    if pairs.npartitions > 1:  # sorted on the workers by one key: distance descending, from; then to
-        keyed = pairs.map_partitions(_pair_key, meta=pairs._meta.assign(**{_KEY: np.int64(0)}))
-        pairs = sort_by_key(keyed, _KEY, ["to"])[["from", "to", "distance"]]
-    else:
-        pairs = each(pairs, _sorted_pairs)
     stats = tables["stats"]
     return {
         "atrain_features.dat.csv": (stats[["index", "filename"]], False),
-        "similarity.csv": (pairs, False),
-        "outliers.csv": (each(tables["outliers"], _outlier_rows), True),
-        "connected_components.csv": (each(tables["components"], _rename_components), False),
+        "similarity.csv": (sorted_pairs(_each(tables["similarity"], both_directions)), False),
+        "outliers.csv": (_each(tables["outliers"], _outlier_rows), True),
+        "connected_components.csv": (_each(tables["components"], _rename_components), False),
         "atrain_stats.csv": (stats[list(STATS_CSV_COLUMNS)], False),
-        "atrain_features.bad.csv": (each(tables["invalid"], _bad_rows), False),
+        "atrain_features.bad.csv": (_each(tables["invalid"], _bad_rows), False),
         "image_issues.csv": (tables["issues"][list(ISSUE_COLUMNS)], False),
     }
 
@@ -151,12 +155,24 @@ def write_csvs(wd: WorkDir, tables: Mapping[str, dd.DataFrame]) -> dict[str, dic
     >>> write_csvs(WorkDir("work"), tables)["similarity.csv"]  # doctest: +SKIP
     {'parts': 1, 'bytes': 2361}
     """
+    return write_csv_frames(wd, csv_frames(tables))
+
+
+def write_csv_frames(wd: WorkDir, frames: Mapping[str, tuple[dd.DataFrame, bool]]) -> dict[str, dict[str, int]]:
+    """Write each ``name: (frame, reverse)`` of ``frames`` as ``wd/<name>``, one part per
+    partition (last to first when ``reverse``), all parts in one ``dask.compute``, then joined.
+
+    Returns
+    -------
+    dict
+        Per file: ``parts`` and ``bytes``.
+    """
     root = wd.join(RESULTS_DIR, PARTS_DIR)
     if wd.fs.exists(root):
         wd.fs.rm(root, recursive=True)
     paths: dict[str, list[str]] = {}
     tasks = []
-    for name, (frame, reverse) in csv_frames(tables).items():
+    for name, (frame, reverse) in frames.items():
         parts = frame.to_delayed()
         parts = parts[::-1] if reverse else parts
         wd.makedirs(RESULTS_DIR, PARTS_DIR, name)

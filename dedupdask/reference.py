@@ -199,30 +199,10 @@ def contamination(pairs: Any, qcol: Collection) -> pd.DataFrame:
     return out.astype({"archive": "string", "name": "string"})
 
 
-def _csv_pairs(df: pd.DataFrame) -> pd.DataFrame:
-    d = df["similarity"] if "similarity" in df else df["distance"]
-    out = pd.DataFrame({"from": df["from"].to_numpy(_I64), "to": df["to"].to_numpy(_I64),
-                        "distance": d.to_numpy(np.float32)})  # fmt: skip
-    return out.sort_values(["distance", "from", "to"], ascending=[False, True, True], kind="stable")
-
-
-def _write_csv(wd: WorkDir, name: str, frames: list[pd.DataFrame] | Any) -> dict[str, int]:
-    """One CSV file from a (small, gathered) frame or a Dask frame, by parts, joined."""
-    import posixpath
-
-    from .csvs import PARTS_DIR, write_part
-
-    root = wd.join(RESULTS_DIR, PARTS_DIR, name)
-    if wd.fs.exists(root):
-        wd.fs.rm(root, recursive=True)
-    wd.makedirs(RESULTS_DIR, PARTS_DIR, name)
-    parts = frames.to_delayed() if hasattr(frames, "to_delayed") else [dask.delayed(f) for f in frames]
-    paths = [posixpath.join(root, f"part.{i}.csv") for i in range(len(parts))]
-    sizes = dask.compute(*[dask.delayed(write_part, pure=False)(wd, p, f, i == 0)
-                           for i, (p, f) in enumerate(zip(paths, parts, strict=True))])  # fmt: skip
-    wd.write_joined(wd.join(name), paths)
-    wd.fs.rm(root, recursive=True)
-    return {"parts": len(paths), "bytes": int(sum(sizes))}
+def _distances(df: pd.DataFrame) -> pd.DataFrame:
+    """fastdup's ``from,to,distance`` rows of cross pairs (one direction: query to reference)."""
+    return pd.DataFrame({"from": df["from"].to_numpy(_I64), "to": df["to"].to_numpy(_I64),
+                         "distance": df["similarity"].to_numpy(np.float32)})  # fmt: skip
 
 
 # -- the whole query -------------------------------------------------------------------------------
@@ -361,23 +341,30 @@ def _query(work_dir: str, config: Any, timings: dict[str, float], lap: Any) -> R
         "cross_similarity": write_partitions(wd, "cross_similarity", final),
         "contamination": write_table(wd, "contamination", summary),
     }
-    query_sim = None
     if config.query_duplicates:
-        query_sim = _query_duplicates(work_dir, config)
-        tables["query_similarity"] = write_partitions(wd, "query_similarity", query_sim)
+        tables["query_similarity"] = write_partitions(wd, "query_similarity", _query_duplicates(work_dir, config))
+    from .csvs import both_directions, sorted_pairs, write_csv_frames
     from .tables import open_table
 
     similarity = open_table(wd, "cross_similarity", tables["cross_similarity"], required=("from", "to"),
                             columns=list(CROSS_COLUMNS), version=run["created"])  # fmt: skip
+    query_sim = None
+    if "query_similarity" in tables:
+        query_sim = open_table(wd, "query_similarity", tables["query_similarity"], required=("from", "to"),
+                               version=run["created"])  # fmt: skip
     csv = {}
     if config.write_csv:
-        csv["similarity.csv"] = _write_csv(wd, "similarity.csv", _sorted_csv(similarity))
-        csv["contamination.csv"] = _write_csv(wd, "contamination.csv", [summary])
-        csv["atrain_features.dat.csv"] = _write_csv(wd, "atrain_features.dat.csv", _index_csv(qcol))
-        if query_sim is not None:
-            qs = open_table(wd, "query_similarity", tables["query_similarity"], required=("from", "to"),
-                            version=run["created"])  # fmt: skip
-            csv["query_similarity.csv"] = _write_csv(wd, "query_similarity.csv", _sorted_csv(qs, both=True))
+        import dask.dataframe as dd
+
+        frames = {
+            "similarity.csv": (sorted_pairs(similarity.map_partitions(_distances, meta=_distances(similarity._meta))), False),
+            "contamination.csv": (dd.from_pandas(summary, npartitions=1), False),
+            "atrain_features.dat.csv": (_index_csv(qcol), False),
+        }  # fmt: skip
+        if query_sim is not None:  # fastdup lists an input's own pairs both ways
+            both = query_sim.map_partitions(both_directions, meta=both_directions(query_sim._meta))
+            frames["query_similarity.csv"] = (sorted_pairs(both), False)
+        csv = write_csv_frames(wd, frames)
     lap("write")
     run["tables"] = tables
     run["csv"] = csv
@@ -395,36 +382,12 @@ def _query(work_dir: str, config: Any, timings: dict[str, float], lap: Any) -> R
         run["counts"]["query_pairs"] = int(tables["query_similarity"]["rows"])
     run["timings"] = timings
     wd.write_json(wd.join(RESULTS_DIR, REFERENCE_JSON), run)
-    qs_table = None
-    if query_sim is not None:
-        qs_table = open_table(wd, "query_similarity", tables["query_similarity"], required=("from", "to"),
-                              version=run["created"])  # fmt: skip
-    return ReferenceResult(similarity, summary, qs_table, run, wd.url)
+    return ReferenceResult(similarity, summary, query_sim, run, wd.url)
 
 
 def _query_cuts(qcol: Collection) -> list[int]:
     n_ranges = max(1, min(qcol.n, 2 * _n_workers()))
     return np.unique(np.linspace(0, max(1, qcol.n), n_ranges + 1).astype(_I64)).tolist()
-
-
-def _sorted_csv(similarity: Any, both: bool = False) -> Any:
-    """``from,to,distance`` sorted by distance (descending), from, to -- across partitions
-    (``both``: each pair in both directions, as fastdup lists an input's own pairs)."""
-    from .analyses.pairs_dask import pair_key
-    from .analyses.routing import sort_by_key
-    from .csvs import both_directions
-
-    def keyed(df: pd.DataFrame) -> pd.DataFrame:
-        out = _csv_pairs(both_directions(df) if both else df)
-        return out.assign(_k=pair_key(out["distance"].to_numpy(np.float32), out["from"].to_numpy(_I64)))
-
-    meta = keyed(pd.DataFrame({"from": pd.Series(dtype="int64"), "to": pd.Series(dtype="int64"),
-                               "similarity": pd.Series(dtype="float32")}))  # fmt: skip
-    frame = similarity[["from", "to", "similarity"]].map_partitions(keyed, meta=meta)
-    if frame.npartitions > 1:
-        return sort_by_key(frame, "_k", ["to"])[["from", "to", "distance"]]
-    return frame.map_partitions(lambda d: d.sort_values(["_k", "to"])[["from", "to", "distance"]],
-                                meta=meta[["from", "to", "distance"]])  # fmt: skip
 
 
 def _index_csv(qcol: Collection) -> Any:
