@@ -7,7 +7,7 @@ buckets it touches (an inverted-file index, "IVF-flat"):
 
 1. **fit** (workers): a spherical k-means of a sample of the reference vectors gives ``C``
    centroids, ``C = ceil(N / BUCKET_ROWS)`` (one task, or two levels of tasks when the sample
-   is more than a task holds: :func:`dedupdask.knn_fit._fit_two_level`).
+   is more than a task holds: :func:`dedupdask.knn_fit.fit_centroids`, as the partitioned kNN).
 2. **probes** (one task): how many buckets a query must probe, :data:`PROBE_SHARE` of probe
    pairs at cosine :data:`~dedupdask.knn_fit.PROBE_SIMILARITY` made from held-out reference rows
    (:func:`dedupdask.knn_fit._probe_pairs`) find their partner's bucket among their ``nprobe``
@@ -48,11 +48,9 @@ from .knn_fit import (
     MARGIN_ROWS,
     PROBE_SIMILARITY,
     SAMPLE_PER_CENTROID,
-    _fit_two_level,
     _probe_pairs,
-    _sample_array,
     _sample_positions,
-    spherical_kmeans,
+    fit_centroids,
 )
 from .knn_rows import VectorBlock, VectorSource, _chunk_rows, _compute, _unit, read_file_rows
 from .store import WorkDir, WorkDirError
@@ -195,12 +193,6 @@ def open_index(wd: WorkDir, *, archives: Any = None) -> ReferenceIndex:
 
 
 # -- building it ----------------------------------------------------------------------------------
-def _fit(parts: list[np.ndarray], n_clusters: int, seed: int) -> np.ndarray:
-    tune_allocator()
-    x = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return spherical_kmeans(_unit(x), n_clusters, seed=seed)
-
-
 def probe_need(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Per probe pair made from unit rows ``x``: how many buckets its query end must probe to
     find the bucket of its reference end (1 = its best one).
@@ -334,12 +326,7 @@ def build_index(
         nprobe, found = 1, 1.0
     else:
         want = int(min(n, max(20_000, SAMPLE_PER_CENTROID * n_clusters)))
-        if want > sample_cap:
-            centroids, _, about = _fit_two_level(source, None, n_clusters, want, sample_cap, random_state, 1, 0.0)
-        else:
-            positions = _sample_positions(n, want, random_state)
-            parts = [dask.delayed(p) for p in _sample_array(source, positions).to_delayed().ravel()]
-            (centroids,) = _compute(dask.delayed(_fit, pure=True)(parts, n_clusters, random_state))
+        centroids, _, about = fit_centroids(source, None, n_clusters, want, sample_cap, random_state, 1, 0.0)
         probes = _sample_positions(n, min(n, MARGIN_ROWS), random_state + _SEED_PROBES)
         (got,) = _compute(dask.delayed(_nprobe, pure=True)(source, probes, centroids))
         nprobe, found = got

@@ -28,6 +28,7 @@ __all__ = [
     "PROBE_SHARE",
     "PROBE_SIMILARITY",
     "SAMPLE_PER_CENTROID",
+    "fit_centroids",
     "fit_projection",
     "label_width",
     "spherical_kmeans",
@@ -393,3 +394,32 @@ def _fit_two_level(
         ).compute()
     about = {"kmeans_levels": 2, "coarse_centroids": int(n1), "fit_tasks": len(fits)}
     return centroids, float(margin), about
+
+
+def fit_centroids(
+    source: VectorSource,
+    projection: np.ndarray | None,
+    n_clusters: int,
+    sample_size: int,
+    cap: int,
+    seed: int,
+    m: int,
+    margin: float | None,
+    positions: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """``n_clusters`` centroids of a sample of ``sample_size`` rows, and the margin, on the workers.
+
+    One task fits the sample while it holds at most ``cap`` rows (``positions``: the sample's
+    rows, default :func:`_sample_positions`); a larger sample is fitted in two levels
+    (:func:`_fit_two_level`). Returns the centroids, the margin (``margin`` when given) and
+    ``{"kmeans_levels": ...}`` (plus the two-level fit's counts).
+    """
+    if sample_size > cap:
+        return _fit_two_level(source, projection, n_clusters, sample_size, cap, seed, m, margin)
+    if positions is None:
+        positions = _sample_positions(source.n, sample_size, seed)
+    parts = [dask.delayed(p) for p in _sample_array(source, positions).to_delayed().ravel()]
+    centroids, got = dask.delayed(_fit_centroids, pure=True, nout=2)(
+        parts, projection, n_clusters, seed, m, margin
+    ).compute()
+    return centroids, float(got), {"kmeans_levels": 1}

@@ -105,6 +105,7 @@ from .knn_fit import (  # noqa: F401
     _fit_two_level,
     _sample_array,
     _sample_positions,
+    fit_centroids,
     fit_projection,
     spherical_kmeans,
 )
@@ -294,17 +295,12 @@ def knn_edges_partitioned(
     )
     token = f"{token[:16]}-{uuid.uuid4().hex[:8]}"  # concurrent runs never share scratch/keys
     fit_about: dict[str, Any] = {"kmeans_levels": 1}
-    if n_clusters > 1 and want > sample_cap:  # the sample grows with the centroids: two levels
-        centroids, margin, fit_about = _fit_two_level(
-            source, projection, n_clusters, want, sample_cap, random_state, m, margin
+    if n_clusters > 1:  # past a task's sample the sample grows with the centroids: two levels
+        centroids, margin, fit_about = fit_centroids(
+            source, projection, n_clusters, want, sample_cap, random_state, m, margin, positions
         )
-        sample_size = want
-    elif n_clusters > 1:
-        sample = _sample_array(source, positions)
-        parts = [dask.delayed(p) for p in sample.to_delayed().ravel()]
-        centroids, margin = dask.delayed(_fit_centroids, pure=True, nout=2)(
-            parts, projection, n_clusters, random_state, m, margin
-        ).compute()
+        sample_size = want  # one task's sample (want <= sample_cap), or the two levels'
+
     else:
         centroids, margin = np.zeros((1, d_search), dtype=np.float32), 0.0
     lap("fit")
