@@ -148,15 +148,17 @@ def _image_info(res: DedupResult, indices: Iterable[int]) -> pd.DataFrame:
 
     files = res._collection.archive_files()  # partition p = archive p
     parts = dask.compute(*[files.partitions[p] for p in need], scheduler="threads")
+    from .verify_frames import image_info
+
     frames = []
     for df in parts:
-        df = df.reset_index(drop=True)
-        df["occ"] = df.groupby("member", sort=False, dropna=False).cumcount()
-        df = df[df["index"].notna()]
-        frames.append(df.loc[df["index"].isin(idx), cols])
-    info = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    info["index"] = info["index"].astype("int64")
-    return info.set_index("index")
+        got = image_info(df, [c for c in cols if c != "index"])
+        frames.append(got[got.index.isin(idx)])
+    if not frames:
+        return pd.DataFrame(columns=cols).set_index("index")
+    info = pd.concat(frames)
+    info.index = info.index.astype("int64").rename("index")
+    return info
 
 
 # -- HTML ---------------------------------------------------------------------------------------------

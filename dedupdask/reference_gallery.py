@@ -33,24 +33,23 @@ from .galleries import (
 from .readback import read_thumbnails
 from .results import RESULTS_DIR, RUN_JSON, _recorded_archives
 from .store import WorkDir
+from .verify_frames import image_info
 
 __all__ = ["create_reference_gallery"]
 
 
 def _side_info(wd: WorkDir, archives: list[Any], decode: int, ids: np.ndarray, key: Any) -> pd.DataFrame:
     """``_INFO_COLS`` and ``occ`` of global ``ids`` of one work_dir, indexed by ``key(id)``."""
-    cols = [*_INFO_COLS, "occ"]
+    cols = [*(c for c in _INFO_COLS if c != "index"), "occ"]
     offsets = np.array([a.offset for a in archives], dtype=np.int64)
     pos = np.searchsorted(offsets, ids, side="right") - 1
     frames = []
     for p in sorted({int(x) for x in pos if x >= 0}):
         a = archives[p]
-        df = read_archive_files((wd, a.name, a.offset, a.n_valid, decode)).reset_index(drop=True)
-        df["occ"] = df.groupby("member", sort=False, dropna=False).cumcount()
-        df = df[df["index"].notna()]
-        frames.append(df.loc[df["index"].isin(ids), cols])
-    info = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    info.index = [key(int(i)) for i in info["index"]]
+        info = image_info(read_archive_files((wd, a.name, a.offset, a.n_valid, decode)), cols)
+        frames.append(info[info.index.isin(ids)])
+    info = pd.concat(frames) if frames else pd.DataFrame(columns=cols)
+    info.index = [key(int(i)) for i in info.index]
     return info
 
 

@@ -29,6 +29,7 @@ from .collect import Collection, read_archive_files
 from .fusion import DCT_DIM
 from .knn_budget import _n_workers
 from .knn_rows import _compute, _unit, read_file_rows
+from .verify_frames import image_info
 
 __all__ = ["ARCHIVES_PER_TASK", "attach_side", "decide_cross", "decide_pairs", "verify_cross"]
 
@@ -51,12 +52,7 @@ def _archive_ids(df: pd.DataFrame, column: str, starts: np.ndarray, valid: np.nd
 
 def _side_rows(spec: tuple[Any, ...], rows: np.ndarray) -> pd.DataFrame:
     """``_INFO`` columns and ``occ`` of global indices ``rows`` of one archive."""
-    f = read_archive_files(spec).reset_index(drop=True)
-    occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount().to_numpy(_I64)
-    f = f.assign(occ=occ)
-    f = f[f["index"].notna()]
-    f.index = f["index"].astype("int64").to_numpy()
-    return f.loc[rows, [*_INFO, "occ"]]
+    return image_info(read_archive_files(spec), [*_INFO, "occ"]).loc[rows]
 
 
 def _attach_part(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,12 +48,13 @@ _SIDES = ("a", "b")
 _COST_KEYS = ("images_read", "read_seconds", "score_seconds", "tasks", "errors", "ranged_pairs")
 
 
-def image_info(files: pd.DataFrame) -> pd.DataFrame:
-    """``archive, member, occ, member_offset, file_size`` of every valid image, indexed by
-    global index (``occ``: occurrence of the member name in its archive; ``member_offset`` null
-    where a member cannot be read by range).
+def image_info(files: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUMNS) -> pd.DataFrame:
+    """``columns`` (default ``archive, member, occ, member_offset, file_size``) of every valid
+    image, indexed by global index (``occ``: occurrence of the member name in its archive, which
+    reads the image back; ``member_offset`` null where a member cannot be read by range).
 
-    ``files`` holds whole archives (all of them, or one partition of ``col.files()``).
+    ``files`` holds whole archives (all of them, one partition of ``col.files()``, or one
+    archive's Parquet rows); other columns of ``files`` may be asked for.
 
     Examples
     --------
@@ -65,7 +67,7 @@ def image_info(files: pd.DataFrame) -> pd.DataFrame:
     occ = f.groupby(["archive", "member"], sort=False, dropna=False).cumcount()
     f = f.assign(occ=occ)
     f = f[f["index"].notna()]
-    out = f.reindex(columns=list(IMAGE_COLUMNS))
+    out = f.reindex(columns=list(columns))
     out.index = f["index"].astype("int64").to_numpy()
     return out
 
