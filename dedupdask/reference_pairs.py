@@ -23,12 +23,12 @@ import pandas as pd
 
 from . import verify
 from .analyses.expand_dask import owner
-from .analyses.routing import route, shuffle_method
+from .analyses.routing import route_touched, shuffle_method
 from .analyses.tiers import TierParams, decide
 from .collect import Collection, read_archive_files
 from .fusion import DCT_DIM
 from .knn_budget import _n_workers
-from .knn_rows import _compute, _unit, read_file_rows
+from .knn_rows import _unit, read_file_rows
 from .verify_frames import image_info
 
 __all__ = ["ARCHIVES_PER_TASK", "attach_side", "decide_cross", "decide_pairs", "verify_cross"]
@@ -39,10 +39,6 @@ ARCHIVES_PER_TASK = 16
 _I64 = np.int64
 _SIDE = {"from": "_from", "to": "_to"}
 _INFO = ("filename", "archive", "member", "key", "md5", "pixel_md5", "input_md5", "member_offset", "file_size")
-
-
-def _archive_starts(col: Collection) -> np.ndarray:
-    return np.array([a.offset for a in col.archives], dtype=_I64)
 
 
 def _archive_ids(df: pd.DataFrame, column: str, starts: np.ndarray, valid: np.ndarray) -> pd.DataFrame:
@@ -122,26 +118,19 @@ def attach_side(pairs: Any, col: Collection, column: str, dct: str | None) -> An
 
     sfx = _SIDE[column]
     valid = np.array([i for i, a in enumerate(col.archives) if a.n_valid], dtype=_I64)
-    starts = _archive_starts(col)[valid]
+    starts = np.array([a.offset for a in col.archives], dtype=_I64)[valid]
     meta = pairs._meta.assign(_arch=_I64(0))
     tagged = pairs.map_partitions(_archive_ids, column, starts, valid, meta=meta)
-    (touched,) = _compute(tagged["_arch"].unique())
-    touched = np.sort(np.asarray(touched, dtype=_I64))
+    routed, touched, part_of = route_touched(
+        tagged, "_arch", len(col.archives), lambda t: max(2 * _n_workers(), math.ceil(t / ARCHIVES_PER_TASK))
+    )
     out_meta = _attach_meta(pairs._meta, sfx, dct)
     if not touched.size:
         return dd.from_pandas(out_meta, npartitions=1)
-    n_parts = max(1, min(touched.size, max(2 * _n_workers(), math.ceil(touched.size / ARCHIVES_PER_TASK))))
-    part_of = np.zeros(len(col.archives), _I64)
-    part_of[touched] = np.arange(touched.size, dtype=_I64) * n_parts // touched.size
-    specs_of: list[dict[int, tuple[Any, ...]]] = [{} for _ in range(n_parts)]
+    specs_of: list[dict[int, tuple[Any, ...]]] = [{} for _ in range(routed.npartitions)]
     for a in touched.tolist():
         info = col.archives[a]
         specs_of[int(part_of[a])][a] = (col.work_dir, info.name, info.offset, info.n_valid, col.decode_version)
-    routed = route(
-        tagged.map_partitions(lambda d, p: d.assign(_part=p[d["_arch"].to_numpy(_I64)]), part_of,
-                              meta=meta.assign(_part=_I64(0))),
-        "_part", range(n_parts + 1),
-    )  # fmt: skip
     tasks = [
         dask.delayed(_attach_part, pure=True)(p, specs_of[i], column, sfx, dct)
         for i, p in enumerate(routed.to_delayed())

@@ -22,12 +22,12 @@ import dask
 import numpy as np
 import pandas as pd
 
-from .analyses.routing import route
+from .analyses.routing import route, route_touched
 from .collect import Collection
 from .index import ReferenceIndex
 from .knn import top_k
 from .knn_budget import _SIM_BLOCK_BYTES, _n_workers
-from .knn_rows import VectorBlock, VectorSource, _chunk_rows, _compute, _unit
+from .knn_rows import VectorBlock, VectorSource, _chunk_rows, _unit
 
 __all__ = ["QUERY_ROWS_PER_TASK", "cross_candidates", "top_few"]
 
@@ -52,10 +52,6 @@ def _probe(block: VectorBlock, first: int, centroids: np.ndarray, nprobe: int) -
 
 def _probe_meta() -> pd.DataFrame:
     return pd.DataFrame({"bucket": pd.Series([], dtype="int64"), "q": pd.Series([], dtype="int64")})
-
-
-def _with_part(df: pd.DataFrame, part_of: np.ndarray) -> pd.DataFrame:
-    return df.assign(_part=part_of[df["bucket"].to_numpy(_I64)])
 
 
 def _graph_meta() -> pd.DataFrame:
@@ -128,15 +124,10 @@ def cross_candidates(qcol: Collection, index: ReferenceIndex, k: int, cut: float
         for b, first in zip(qsrc.blocks, qsrc.offsets[:-1].tolist(), strict=True)
     ]
     frame = dd.from_delayed(probes, meta=_probe_meta(), verify_meta=False).persist()
-    (touched,) = _compute(frame["bucket"].unique())
-    touched = np.sort(np.asarray(touched, dtype=_I64))
     memberships = int(qcol.n) * min(index.nprobe, index.centroids.shape[0])
-    n_parts = max(1, min(touched.size, max(2 * _n_workers(), math.ceil(memberships / QUERY_ROWS_PER_TASK))))
-    part_of = np.zeros(index.centroids.shape[0], _I64)
-    part_of[touched] = np.arange(touched.size, dtype=_I64) * n_parts // max(1, touched.size)
-    routed = route(
-        frame.map_partitions(_with_part, part_of, meta=_probe_meta().assign(_part=_I64(0))), "_part",
-        range(n_parts + 1),
+    routed, touched, _ = route_touched(
+        frame, "bucket", index.centroids.shape[0],
+        max(2 * _n_workers(), math.ceil(memberships / QUERY_ROWS_PER_TASK)),
     )  # fmt: skip
     src = dask.delayed(qsrc, name=f"dedupdask-ref-query-source-{token}")
     idx = dask.delayed(index, name=f"dedupdask-ref-index-{token}")
@@ -156,7 +147,7 @@ def cross_candidates(qcol: Collection, index: ReferenceIndex, k: int, cut: float
         "buckets_touched": int(touched.size),
         "reference_rows_read": int(index.bucket_count[touched].sum()),
         "index_bytes_read": bytes_read,
-        "search_tasks": n_parts,
+        "search_tasks": routed.npartitions,
         "candidates": n_candidates,
         "k": k,
         "candidate_cut": float(cut),

@@ -18,15 +18,15 @@ row its key points to (``parent[parent[x]]``, a root's size...).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
-    "NODE", "REPLY", "ask", "find", "locate", "lookup", "numbered", "partition_sums", "route", "shuffle_method",
-    "sort_by_key",
+    "NODE", "REPLY", "ask", "find", "locate", "lookup", "numbered", "partition_sums", "route", "route_touched",
+    "shuffle_method", "sort_by_key",
 ]  # fmt: skip
 
 NODE = "node"
@@ -66,6 +66,45 @@ def route(messages: Any, column: str, divisions: Sequence[int]) -> Any:
     return messages.set_index(
         column, divisions=tuple(int(d) for d in divisions), shuffle_method=shuffle_method()
     )
+
+
+def _tag_part(df: pd.DataFrame, column: str, part_of: np.ndarray) -> pd.DataFrame:
+    return df.assign(_part=part_of[df[column].to_numpy(np.int64)])
+
+
+def route_touched(
+    frame: Any, column: str, n_keys: int, n_parts: int | Callable[[int], int]
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Send the rows of ``frame`` to at most ``n_parts`` partitions, each holding the rows of a
+    run of consecutive values of the int64 key ``column`` (in ``0 .. n_keys - 1``) that occur.
+    ``n_parts`` may be a function of the number of touched keys.
+
+    Only the distinct keys come here (at most ``n_keys`` integers), so a task can be planned per
+    group of touched buckets or archives without a partition per possible key.
+
+    Returns
+    -------
+    (dask.dataframe.DataFrame, ndarray, ndarray)
+        The routed frame (a ``_part`` index), the touched keys (sorted), and each key's partition.
+
+    Examples
+    --------
+    >>> import dask, dask.dataframe as dd
+    >>> m = dd.from_pandas(pd.DataFrame({"k": [7, 2, 7, 5]}), npartitions=2)
+    >>> with dask.config.set(scheduler="sync"):
+    ...     r, touched, part_of = route_touched(m, "k", 10, 2)
+    ...     touched.tolist(), part_of[touched].tolist(), r.npartitions
+    ([2, 5, 7], [0, 0, 1], 2)
+    """
+    import dask
+
+    (keys,) = dask.compute(frame[column].unique())
+    touched = np.sort(np.asarray(keys, dtype=np.int64))
+    n_parts = max(1, min(touched.size, n_parts(touched.size) if callable(n_parts) else n_parts))
+    part_of = np.zeros(n_keys, np.int64)
+    part_of[touched] = np.arange(touched.size, dtype=np.int64) * n_parts // max(1, touched.size)
+    tagged = frame.map_partitions(_tag_part, column, part_of, meta=frame._meta.assign(_part=np.int64(0)))
+    return route(tagged, "_part", range(n_parts + 1)), touched, part_of
 
 
 def shuffle_method() -> str:
