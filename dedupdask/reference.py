@@ -262,6 +262,16 @@ def query(work_dir: str, *, config: Any) -> ReferenceResult:
     >>> res = query("test_work", config=RunConfig(reference="train_work"))  # doctest: +SKIP
     >>> res.contamination[["name", "contaminated", "share"]]  # doctest: +SKIP
     """
+    # dask's implicit shuffles (unique, groupby) pick p2p whenever a default Client exists; the
+    # query may run on local threads beside one: the method of the scheduler that runs it
+    with dask.config.set({"dataframe.shuffle.method": shuffle_method()}):
+        return _query(work_dir, config)
+
+
+def _query(work_dir: str, config: Any) -> ReferenceResult:
+    from .analysis import _version
+    from .results import RUN_JSON
+    from .thresholds import resolve
 
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -270,17 +280,6 @@ def query(work_dir: str, *, config: Any) -> ReferenceResult:
         now = time.perf_counter()
         timings[name] = round(now - clock[0], 3)
         clock[0] = now
-
-    # dask's implicit shuffles (unique, groupby) pick p2p whenever a default Client exists; the
-    # query may run on local threads beside one: the method of the scheduler that runs it
-    with dask.config.set({"dataframe.shuffle.method": shuffle_method()}):
-        return _query(work_dir, config, timings, lap)
-
-
-def _query(work_dir: str, config: Any, timings: dict[str, float], lap: Any) -> ReferenceResult:
-    from .analysis import _version
-    from .results import RUN_JSON
-    from .thresholds import resolve
 
     qcol = collect(work_dir, config.storage_options)
     if not qcol.archives:

@@ -206,8 +206,7 @@ def _verify_part(
 ) -> pd.DataFrame:  # fmt: skip
     """Score a partition of cross pairs to verify (one task, chunks of ``PAIRS_PER_TASK``)."""
     part = part.reset_index(drop=True)
-    scores = np.full(len(part), np.nan)
-    errors: list[Any] = [None] * len(part)
+    scored = [pd.DataFrame({"verify_score": pd.Series(dtype="float64"), "verify_error": pd.Series(dtype="string")})]
     for at in np.array_split(np.arange(len(part)), max(1, math.ceil(len(part) / verify.PAIRS_PER_TASK))):
         if not at.size:
             continue
@@ -216,12 +215,10 @@ def _verify_part(
         r = _side_images(chunk, "to", -1, rso, limits)
         p = np.stack([chunk["from"].to_numpy(_I64), -(chunk["to"].to_numpy(_I64) + 1)], axis=1)
         df, _ = verify.score_pairs(p, q, r, early_accept=params.early_accept, keypoints=params.keypoints)
-        scores[at] = df["verify_score"].to_numpy(np.float64)
-        errors_at = df["verify_error"].astype(object).where(df["verify_error"].notna(), None).tolist()
-        for i, e in zip(at.tolist(), errors_at, strict=True):
-            errors[i] = e
-    part["verify_score"] = scores
-    part["verify_error"] = pd.array(errors, dtype="string")
+        scored.append(df[["verify_score", "verify_error"]])
+    scored_all = pd.concat(scored, ignore_index=True)  # chunks in order: row i is part's row i
+    part["verify_score"] = scored_all["verify_score"].to_numpy(np.float64)
+    part["verify_error"] = scored_all["verify_error"].astype("string").array
     return decide_cross(part, params)
 
 
