@@ -307,6 +307,7 @@ def build_index(
     """
     from .analyses.routing import route
     from .analysis import _version
+    from .fusion import has_dct
 
     t0 = time.perf_counter()
     wd: WorkDir = col.work_dir
@@ -376,6 +377,7 @@ def build_index(
         "decode_version": col.decode_version,
         "d": d,
         "n": n,
+        "dct": has_dct(col),  # whether every archive has its dct.dat: a query's copy tier needs it
         "archives": len(col.archives),
         "fingerprint": archives_fingerprint(col.archives),
         "centroids": c,

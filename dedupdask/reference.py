@@ -132,7 +132,8 @@ def open_reference(url: str, storage_options: dict[str, Any] | None, query_col: 
     col = Collection(wd, tuple(archives), int(index.d), model, decode_version=decode)
     if col.d != query_col.d:
         raise ValueError(f"the query's vectors are {query_col.d} wide, the reference {wd.url}'s {col.d}")
-    return Reference(col, index, run, dct=has_dct(col))
+    dct = index.meta.get("dct")  # recorded by the index: no listing of the reference per query
+    return Reference(col, index, run, dct=has_dct(col) if dct is None else bool(dct))
 
 
 # -- 6. tables -------------------------------------------------------------------------------------
