@@ -4,7 +4,7 @@ A synthetic reference work_dir of ``--n-ref`` images (``scale_build.generate``: 
 ``--d``-dimensional unit vectors in ``--archives-per-million`` archives, written as extraction
 writes them) is built once on a real cluster (``dask scheduler`` and ``--workers`` ``dask
 worker`` processes, the commands a user types) with ``dedupdask build REF --no-verify``, which
-also writes its index (``work_dir/index/``, :mod:`dedupdask.index`). Then, for each ``--queries``
+also writes its index (``work_dir/index/``, :mod:`dedupdask.vector_index`). Then, for each ``--queries``
 size Q, a query work_dir of Q images: :data:`PLANTED` of them near copies of random reference
 rows (cosine uniform in ``[0.9, 0.999]``, the reference row turned towards a random orthogonal
 direction), :data:`EXACT` exact copies (same vector and ``md5``), the rest new vectors of the

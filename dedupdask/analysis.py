@@ -498,7 +498,7 @@ def _write(
         run["timings"] = dict(stages.timings)
         save_run(wd, run)
         if getattr(config, "index", False):  # after run.json: an index names the run it covers
-            from .index import build_index
+            from .vector_index import build_index
 
             build_index(col, max_memory_per_task=config.max_memory_per_task)
         stages.done("index")

@@ -353,6 +353,19 @@ class RunConfig:
                 kwargs[key] = int(kwargs[key])
         return cls(**kwargs)
 
+    @property
+    def reference_options(self) -> dict[str, Any]:
+        """fsspec options of the reference work_dir and its shards: ``reference_storage_options``,
+        else ``storage_options``.
+
+        Examples
+        --------
+        >>> RunConfig(storage_options={"anon": True}).reference_options
+        {'anon': True}
+        """
+        so = self.storage_options if self.reference_storage_options is None else self.reference_storage_options
+        return dict(so or {})
+
     def worker_threads(self) -> int:
         """onnxruntime intra-op threads for one task.
 

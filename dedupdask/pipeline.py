@@ -350,7 +350,7 @@ def run(
     progress : bool
         Show a progress bar.
     index : bool
-        After the analysis, write ``work_dir/index/`` (:mod:`dedupdask.index`: the vectors in
+        After the analysis, write ``work_dir/index/`` (:mod:`dedupdask.vector_index`: the vectors in
         buckets, about the size of the ``.dat`` files) so that this work_dir can be the
         ``reference`` of later runs.
     reference : str, optional
@@ -434,10 +434,12 @@ def _test_dir(input_dir: Any, work_dir: str, test_dir: Any, config: RunConfig, c
     index, unless a finished run and index are there), the query ``work_dir/test``."""
     from dataclasses import replace
 
-    from .store import WorkDir
+    from .results import RUN_JSON
+    from .tables import RESULTS_DIR
+    from .vector_index import INDEX_DIR, INDEX_JSON
 
     wd = WorkDir(work_dir, config.storage_options)
-    have = wd.fs.exists(wd.join("results", "run.json")) and wd.fs.exists(wd.join("index", "index.json"))
+    have = wd.fs.exists(wd.join(RESULTS_DIR, RUN_JSON)) and wd.fs.exists(wd.join(INDEX_DIR, INDEX_JSON))
     ref_cfg = replace(config, test_dir=None, index=True)
     new = not have
     if input_dir is not None:  # resume: archives already done are skipped
@@ -464,10 +466,11 @@ def _run_config(input_dir: Any, work_dir: str, config: RunConfig, client: Any) -
 
 
 def index(work_dir: str, *, client: Any = None, **options: Any) -> dict[str, Any]:
-    """Write ``work_dir/index/`` for a built work_dir (:func:`dedupdask.index.build_index`).
+    """Write ``work_dir/index/`` for a built work_dir (:func:`dedupdask.vector_index.build_index`).
 
     For a work_dir built with ``index=False`` or by an older dedupdask; ``build`` writes it
-    otherwise. Takes ``max_memory_per_task``, ``storage_options``, ``storage_attempts``,
+    otherwise. It covers the archives of the last build (``results/run.json``), also when more
+    were extracted since. Takes ``max_memory_per_task``, ``storage_options``, ``storage_attempts``,
     ``storage_deadline``. Returns ``index.json``.
 
     Examples
@@ -476,11 +479,22 @@ def index(work_dir: str, *, client: Any = None, **options: Any) -> dict[str, Any
     3
     """
     from .collect import collect
-    from .index import build_index
+    from .results import RUN_JSON, _recorded_archives
+    from .tables import RESULTS_DIR
+    from .vector_index import build_index
 
     config = RunConfig.from_kwargs(run_mode=2, **options)
+    wd = WorkDir(work_dir, config.storage_options)
+    try:  # the index covers the archives of the finished run (those a query checks it against)
+        run_record = wd.read_json(wd.join(RESULTS_DIR, RUN_JSON))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"work_dir {wd.url}: no {RESULTS_DIR}/{RUN_JSON}; build it first (run_mode=2): an index "
+            "covers the archives of a finished run"
+        ) from None
+    recorded = _recorded_archives(wd.url, run_record)
     with resolve(client, dashboard_address=config.dashboard_address) as sched:
-        col = collect(work_dir, config.storage_options)
+        col = collect(wd, names=[a.name for a in recorded], warn=False)
         if not col.archives:
             raise FileNotFoundError(f"work_dir {col.work_dir.url}: no archive is done (no *done.json)")
         with sched.analysis(_in_process_bytes(work_dir, config), None):
@@ -492,11 +506,10 @@ def _reference_bytes(config: RunConfig) -> int:
     ``n`` x ``d`` float32); 0 without a reference or a readable index (opening it says why)."""
     if config.reference is None:
         return 0
-    from .index import INDEX_DIR, INDEX_JSON
+    from .vector_index import INDEX_DIR, INDEX_JSON
 
-    so = config.storage_options if config.reference_storage_options is None else config.reference_storage_options
     try:
-        wd = WorkDir(config.reference, so)
+        wd = WorkDir(config.reference, config.reference_options)
         meta = wd.read_json(wd.join(INDEX_DIR, INDEX_JSON))
         return int(meta["n"]) * 4 * int(meta["d"])
     except Exception:  # noqa: BLE001 - the query's open_reference reports a missing or bad index

@@ -5,7 +5,7 @@ Only cross-set pairs matter, and the reference is large; it is only read (it may
 shared). The stages, all on the current scheduler, none holding a per-image array here:
 
 1. **open** the reference: its finished run (``results/run.json``), its index
-   (:mod:`dedupdask.index`), and checks -- same model, same decode version, an index of this
+   (:mod:`dedupdask.vector_index`), and checks -- same model, same decode version, an index of this
    version built for the archives of that run -- each refused with a one-line error;
 2. **probe** (a task per query archive): each query vector's ``nprobe`` most similar
    centroids; a shuffle brings the query rows of the touched buckets together;
@@ -49,12 +49,12 @@ from .analyses.routing import route, shuffle_method
 from .analyses.tiers import KINDS, candidate_cut, resolve_params
 from .collect import Collection, collect
 from .fusion import has_dct
-from .index import ReferenceIndex, open_index
 from .knn_budget import _n_workers
 from .reference_pairs import attach_side, decide_pairs, verify_cross
 from .reference_search import cross_candidates
 from .store import WorkDir, WorkDirError
 from .tables import RESULTS_DIR, write_partitions, write_table
+from .vector_index import ReferenceIndex, open_index
 
 __all__ = ["CROSS_COLUMNS", "CONTAMINATION_COLUMNS", "ReferenceResult", "load_reference", "open_reference", "query"]
 
@@ -285,7 +285,7 @@ def _query(work_dir: str, config: Any) -> ReferenceResult:
     qcol = collect(work_dir, config.storage_options)
     if not qcol.archives:
         raise FileNotFoundError(f"query work_dir {qcol.work_dir.url}: no archive is done (no *done.json)")
-    rso = config.storage_options if config.reference_storage_options is None else config.reference_storage_options
+    rso = config.reference_options
     ref = open_reference(config.reference, rso, qcol)
     wd = qcol.work_dir
     if wd.url == ref.col.work_dir.url:
@@ -307,7 +307,7 @@ def _query(work_dir: str, config: Any) -> ReferenceResult:
     lap("attach")
 
     limits = (int(config.max_image_pixels), int(config.max_member_bytes))
-    decided, vcost = verify_cross(decided, params, config.storage_options or {}, rso or {}, limits)
+    decided, vcost = verify_cross(decided, params, config.storage_options or {}, rso, limits)
     n_verify = int(vcost["pairs"])
     lap("verify")
 

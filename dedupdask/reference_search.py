@@ -3,7 +3,7 @@
 Stages 2-3 of :func:`dedupdask.reference.query`, on the current scheduler:
 
 2. **probe** (a task per query archive): each query vector's ``nprobe`` most similar centroids
-   of the index (:mod:`dedupdask.index`); a shuffle brings the query rows of each group of
+   of the index (:mod:`dedupdask.vector_index`); a shuffle brings the query rows of each group of
    touched buckets to one task;
 3. **search** (a task per group of touched buckets): each bucket read with one ranged read,
    exact cosine of its query rows against its vectors, the best ``k`` per query row; a shuffle
@@ -24,10 +24,10 @@ import pandas as pd
 
 from .analyses.routing import route, route_touched
 from .collect import Collection
-from .index import ReferenceIndex
 from .knn import top_k
 from .knn_budget import _SIM_BLOCK_BYTES, _n_workers
 from .knn_rows import VectorBlock, VectorSource, _chunk_rows, _unit
+from .vector_index import ReferenceIndex
 
 __all__ = ["QUERY_ROWS_PER_TASK", "cross_candidates", "top_few"]
 

@@ -241,7 +241,7 @@ def test_index_buckets_hold_every_vector_once_and_probes_find_close_pairs(tmp_pa
     """A work_dir of several buckets (bucket_rows small): each row in exactly one bucket with its
     own vector, and a query row close to a reference row probes that row's bucket."""
     from dedupdask.datasets import make_sample_shards
-    from dedupdask.index import build_index, open_index, probe_need
+    from dedupdask.vector_index import build_index, open_index, probe_need
 
     shards = make_sample_shards(str(tmp_path / "s"), n_shards=2, images_per_shard=40, seed=3)
     wd = str(tmp_path / "w")
@@ -282,3 +282,16 @@ def test_a_reference_on_s3_is_read_with_its_own_storage_options(sets: dict, s3_s
     assert res.similarity.compute()["archive_to"].str.startswith(f"s3://{bucket}/shards/").all()
     g = res.gallery(str(sets["root"] / "s3gallery"), reference_storage_options=so, num_images=4)
     assert g.n_thumbnails == 2 * g.n_rows > 0 and g.n_missing == 0
+
+
+def test_the_index_command_covers_the_built_run_not_archives_extracted_since(sets: dict, tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    shutil.copytree(sets["ref"], ref)
+    ddk.extract(sets["query"], str(ref), client="threads", progress=False)  # two archives more, not built
+    meta = ddk.index(str(ref), client="threads")
+    assert meta["archives"] == 3 and meta["n"] == 60
+    res = ddk.run(None, _query_wd(sets, "q9"), run_mode=2, reference=str(ref), client="threads", progress=False)
+    assert len(res.similarity.compute()) > 0
+    shutil.rmtree(ref / "results")
+    with pytest.raises(FileNotFoundError, match="build it first"):
+        ddk.index(str(ref), client="threads")
