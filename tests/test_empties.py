@@ -23,7 +23,7 @@ import pytest
 from conftest import jpeg_bytes, png_bytes, write_tar
 from test_knn_partitioned import write_source
 
-from dedupdask import knn_buckets
+from dedupdask import knn_buckets, knn_fit
 from dedupdask import knn_partitioned as kp
 from dedupdask.analyses import (
     components_table,
@@ -152,7 +152,7 @@ def test_partitioned_graph_for_a_fixed_assignment(tmp_path, monkeypatch, dtype):
         return labels[rows]
 
     centroids = normalize_rows(rng.standard_normal((12, D)))
-    monkeypatch.setattr(kp, "_fit_centroids", lambda *a: (centroids, 0.0))
+    monkeypatch.setattr(knn_fit, "_fit_centroids", lambda *a: (centroids, 0.0))  # what fit_centroids runs
     monkeypatch.setattr(knn_buckets, "_top_m", fixed_top_m)
     monkeypatch.setattr(kp, "_n_workers", lambda: 4)  # 8 row ranges, one per block, any machine
     searched: list[np.ndarray] = []
