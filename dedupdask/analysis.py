@@ -79,9 +79,10 @@ from .config import RunConfig
 from .fusion import has_dct, run_tiers
 from .knn import DEFAULT_RANDOM_STATE
 from .knn_budget import _n_workers
+from .knn_incremental import GraphCache
 from .knn_partitioned import knn_graph_frame_work_dir, knn_graph_work_dir
-from .results import DedupResult, from_tables, save_run, save_tables
-from .tables import table_from_pandas
+from .results import RUN_JSON, DedupResult, from_tables, save_run, save_tables
+from .tables import RESULTS_DIR, table_from_pandas
 from .thresholds import issue_overrides, issue_row_for, overrides, resolve, resolve_issues, row_for
 
 __all__ = ["build"]
@@ -207,10 +208,11 @@ def _build(
             f"failed: {col.failed[:5]}, without done.json: {col.missing[:5]}"
         )
     stages.done("collect")
+    builds = _builds(col, config, method, write)
     if scheduler.dask_client() is not None and col.n > 0:  # on a distributed client
-        return _on_workers(col, config, method, random_state, write, stages)
+        return _on_workers(col, config, method, random_state, builds, stages)
     with _one_blas_thread():
-        return _in_process(col, config, method, random_state, write, stages)
+        return _in_process(col, config, method, random_state, builds, stages)
 
 
 def _one_blas_thread() -> Any:
@@ -227,7 +229,7 @@ def _one_blas_thread() -> Any:
 
 
 def _in_process(
-    col: Collection, config: RunConfig, method: str, random_state: int, write: bool, stages: _Stages
+    col: Collection, config: RunConfig, method: str, random_state: int, builds: _Builds, stages: _Stages
 ) -> DedupResult:
     """The stages on plain numpy / pandas data held here (a small work_dir, local threads)."""
     wd = col.work_dir
@@ -257,6 +259,8 @@ def _in_process(
             config=config,
             method=method,
             random_state=random_state,  # type: ignore[arg-type]
+            cache=builds.graphs,
+            groups=inputs.rep,
         )
         nbr_idx, nbr_sim = expand_graph(groups, inputs, nbr_idx, nbr_sim)
     else:
@@ -280,13 +284,14 @@ def _in_process(
         max_image_pixels=config.max_image_pixels,
         max_member_bytes=config.max_member_bytes,
         knn_config=config,
+        graph_cache=builds.graphs,
     )
     stages.done("tiers")
 
     similarity = expand_pairs(groups, tiers.accepted, filenames)
     nearest, nearest_sim = nearest_neighbours(groups, reps, nbr_idx, nbr_sim)
     outliers = outliers_table(nearest, nearest_sim, table.lower_threshold, filenames)
-    similarity = add_names(similarity, valid, PAIR_NAMES)  # archive, member, key of each image
+    similarity = builds.pairs(add_names(similarity, valid, PAIR_NAMES))  # names; the build of each pair
     outliers = add_names(outliers, valid, OUTLIER_NAMES)
     components = components_table(
         groups, reps, nbr_idx, nbr_sim, params.ccthreshold, edges=tiers.edges
@@ -312,11 +317,11 @@ def _in_process(
     )  # fmt: skip
     tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
                   invalid=invalid, issues=issues)  # fmt: skip
-    return _write(col, tables, run, config, write, stages)
+    return _write(col, tables, run, config, builds, stages)
 
 
 def _on_workers(
-    col: Collection, config: RunConfig, method: str, random_state: int, write: bool, stages: _Stages
+    col: Collection, config: RunConfig, method: str, random_state: int, builds: _Builds, stages: _Stages
 ) -> DedupResult:
     """The stages on a distributed client: every per-image and per-pair table is a Dask
     DataFrame on the workers, handed from stage to stage and written from there; this process
@@ -339,18 +344,19 @@ def _on_workers(
 
     emb_graph, used, knn_info = knn_graph_frame_work_dir(  # a graph table held by the workers
         col, _reps(inputs), params.k, config=config, method=method, random_state=random_state,  # type: ignore[arg-type]
+        cache=builds.graphs, groups=inputs[["index", "rep"]],
     )  # fmt: skip
     stages.done("knn")
 
     tiers = run_tiers_frames(
         col, files, exact, inputs, emb_graph, params, method=method, random_state=random_state,
         storage_options=config.storage_options, max_image_pixels=config.max_image_pixels,
-        max_member_bytes=config.max_member_bytes, knn_config=config,
+        max_member_bytes=config.max_member_bytes, knn_config=config, graph_cache=builds.graphs,
     )  # fmt: skip
     stages.done("tiers")
 
     divisions = tuple(int(d) for d in exact.divisions)
-    similarity = similarity_frame(exact, tiers.decided, names).persist()
+    similarity = builds.pairs(similarity_frame(exact, tiers.decided, names)).persist()
     nearest = nearest_frame(exact, tiers.graph).persist()  # lowest_fraction reads it four times
     outliers = outliers_frame(nearest, table.lower_threshold, n, names)
     links = exact[exact["rep"] != exact["index"]]
@@ -395,10 +401,71 @@ def _on_workers(
     )  # fmt: skip
     tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
                   invalid=invalid, issues=issues)  # fmt: skip
-    return _write(col, tables, run, config, write, stages)
+    return _write(col, tables, run, config, builds, stages)
 
 
 # -- shared by both paths -----------------------------------------------------------------------
+class _Builds:
+    """Which build this is, the build each archive first took part in, and the kNN graphs kept
+    for the next build (:mod:`dedupdask.knn_incremental`; None when nothing is written)."""
+
+    def __init__(
+        self, build: int, archives: dict[str, int], urls: dict[str, int], graphs: GraphCache | None, write: bool
+    ) -> None:
+        self.build = build
+        self.archives = archives  # by name (run.json)
+        self.urls = urls  # by url (the archive column of the tables)
+        self.graphs = graphs
+        self.write = write
+
+    def pairs(self, similarity: Any) -> Any:
+        """``similarity`` with ``build``: the first build that held both images of a pair (the
+        build that found it: a pair of two older images is never new, see the module)."""
+        if isinstance(similarity, dd.DataFrame):
+            meta = similarity._meta.assign(build=np.int32(0))
+            return similarity.map_partitions(_pair_builds, self.urls, meta=meta)
+        return _pair_builds(similarity, self.urls)
+
+
+def _pair_builds(part: pd.DataFrame, archives: dict[str, int]) -> pd.DataFrame:
+    def of(col: str) -> np.ndarray:
+        return part[col].astype(object).map(archives).fillna(0).to_numpy(np.int32)
+
+    if not len(part):
+        return part.assign(build=np.zeros(0, np.int32))
+    return part.assign(build=np.maximum(of("archive_from"), of("archive_to")))
+
+
+def _builds(col: Collection, config: RunConfig, method: str, write: bool) -> _Builds:
+    """This build's number (the last one's plus one; a run written before builds were numbered
+    was build 1) and each archive's first build; an archive that changed since is new again."""
+    from .knn_incremental import _identity
+
+    wd = col.work_dir
+    try:
+        last = wd.read_json(wd.join(RESULTS_DIR, RUN_JSON))
+    except Exception:  # noqa: BLE001 - no previous build (or an unreadable one): build 1
+        last = None
+    last = last if isinstance(last, dict) else None
+    build = int(last.get("build", 1)) + 1 if last else 1
+    before = {}
+    first = (last or {}).get("archive_builds") or {}
+    for a in (last or {}).get("archives", []):
+        with contextlib.suppress(Exception):
+            before[a["name"]] = (_identity(a), int(first.get(a["name"], build - 1)))
+    archives = {}
+    for a in col.archives:
+        seen = before.get(a.name)
+        archives[a.name] = seen[1] if seen and seen[0] == _identity(a.to_dict()) else build
+    graphs = None
+    if write:
+        options = {"method": method, "distance": config.distance, "d_reduce": config.d_reduce,
+                   "knn_dtype": config.knn_dtype}  # fmt: skip
+        graphs = GraphCache(col, build=build, reuse=getattr(config, "incremental", True), options=options)
+    urls = {a.url: archives[a.name] for a in col.archives}
+    return _Builds(build, archives, urls, graphs, write)
+
+
 def _reps(groups: dd.DataFrame) -> dd.Series:
     """The representatives of a group table (``index`` equal to ``rep``), left on the workers."""
     return groups[groups["index"] == groups["rep"]]["index"]
@@ -487,13 +554,16 @@ def _write(
     tables: dict[str, Any],
     run: dict[str, Any],
     config: RunConfig,
-    write: bool,
+    builds: _Builds,
     stages: _Stages,
 ) -> DedupResult:
     """Write the tables (from where they live), the CSVs and ``run.json``; the result."""
     wd = col.work_dir
-    if write:  # the result reads back what was written, as load does
+    run["build"] = builds.build
+    run["archive_builds"] = builds.archives  # the first build each archive took part in
+    if builds.write:  # the result reads back what was written, as load does
         lazy = save_tables(wd, tables, run, write_csv=config.write_csv)
+        run["graphs"] = builds.graphs.save() if builds.graphs is not None else {}
         stages.done("write")
         run["timings"] = dict(stages.timings)
         save_run(wd, run)

@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser"]
 _ANALYSIS_ONLY = {
     "nearest_neighbors_k", "distance", "threshold", "lower_threshold", "ccthreshold",
     "max_memory_per_task", "max_client_memory", "d_reduce", "knn_dtype", "issue_thresholds",
-    "write_csv", "images_per_partition", "index", "reference", "query_duplicates",
+    "write_csv", "images_per_partition", "index", "reference", "query_duplicates", "incremental",
 }
 _EXTRACT_ONLY = {
     "min_offset", "max_offset", "model_path", "model_mean", "model_std", "batch_size",
@@ -80,6 +80,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="exit 0 even when some archives failed")
     p.add_argument("--reference-storage-options", type=json.loads, default=None, metavar="JSON",
                    help="fsspec options of the --reference work_dir and its shards (default: --storage-options)")
+    if p.prog.split()[-1] in ("run", "build"):
+        p.add_argument("--full", action="store_true",
+                       help="search every image again (a full rebuild) instead of reusing the last build's kNN graphs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(ns: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "input", "work_dir", "client", "allow_failures"}
-    return {k: v for k, v in vars(ns).items() if k not in skip and v is not None}
+    skip = {"command", "input", "work_dir", "client", "allow_failures", "full"}
+    opts = {k: v for k, v in vars(ns).items() if k not in skip and v is not None}
+    if getattr(ns, "full", False):
+        opts["incremental"] = False
+    return opts
 
 
 def _print_result(result: Any) -> None:

@@ -164,6 +164,7 @@ def run_tiers(
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
     knn_config: Any = None,
+    graph_cache: Any = None,
 ) -> TierOutcome:
     """Find, verify and decide the tiered pairs of one run (on the current Dask scheduler).
 
@@ -195,6 +196,9 @@ def run_tiers(
         Limits when reading images back.
     knn_config : RunConfig, optional
         ``max_memory_per_task`` of the DCT graph (:func:`dedupdask.knn_partitioned.knn_graph_work_dir`).
+    graph_cache : GraphCache, optional
+        The build's kept graphs (:mod:`dedupdask.knn_incremental`): the DCT graph is reused
+        from it, or kept in it.
 
     Returns
     -------
@@ -208,7 +212,7 @@ def run_tiers(
         dct = dct_vectors(col)  # the same path as the embeddings' graph: one task or partitioned
         di, ds, _, dct_knn = knn_graph_work_dir(
             col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
-            which="dct", d=DCT_DIM, vectors=dct,
+            which="dct", d=DCT_DIM, vectors=dct, cache=graph_cache, groups=groups.rep,
         )  # fmt: skip
         dct_graph = (di, ds)
     cands = candidate_pairs(

@@ -454,9 +454,41 @@ def _single_task(
 
 def _work_dir_graph(
     col: Any, reps: Any, k: int, *, config: Any, method: Method, random_state: int,
-    which: str, d: int | None, vectors: Any, table: bool,
+    which: str, d: int | None, vectors: Any, table: bool, cache: Any = None, groups: Any = None,
 ) -> tuple[Any, Any, str, dict[str, Any]]:  # fmt: skip
-    """Single task or partitioned; the graph as arrays, or as a table when ``table``."""
+    """The graph as arrays, or as a table when ``table``; from the previous build's graph
+    plus a new-vs-all search when ``cache`` (:class:`~dedupdask.knn_incremental.GraphCache`)
+    has a reusable one, else single task or partitioned (and then kept in ``cache``)."""
+    width = int(col.d if d is None else d)
+    previous = None if cache is None else cache.previous(which, k, width)
+    if previous is not None:
+        from .knn_incremental import incremental_graph
+
+        graph, info = incremental_graph(
+            col, reps, k, previous, which=which, d=width, demoted=cache.demoted(previous, groups)
+        )
+        graph = cache.keep(which, graph, previous.method, k, width)
+        if table:
+            return graph, None, "incremental", info
+        reps = np.sort(np.asarray(reps.compute() if hasattr(reps, "dask") else reps, dtype=np.int64))
+        idx, sim = graph_arrays(graph, reps, k)
+        return idx, sim, "incremental", info
+    got = _searched_graph(col, reps, k, config=config, method=method, random_state=random_state,
+                          which=which, d=d, vectors=vectors, table=table)  # fmt: skip
+    if cache is not None:
+        graph = got[0] if table else graph_frame(got[4], got[0], got[1])
+        graph = cache.keep(which, graph, got[2], k, width)
+        if table:
+            return graph, None, got[2], got[3]
+    return got[:4]
+
+
+def _searched_graph(
+    col: Any, reps: Any, k: int, *, config: Any, method: Method, random_state: int,
+    which: str, d: int | None, vectors: Any, table: bool,
+) -> tuple[Any, Any, str, dict[str, Any], Any]:  # fmt: skip
+    """Single task or partitioned; the graph as arrays, or as a table when ``table``; and the
+    sorted representatives of the arrays' rows (None for a table)."""
     lazy = hasattr(reps, "dask")  # a Dask Series of global indices: stays on the workers,
     # persisted there, so counting and routing it do not recompute what it comes from
     reps = reps.persist() if lazy else np.asarray(reps, dtype=np.int64)
@@ -472,7 +504,7 @@ def _work_dir_graph(
         idx, sim, used, info = _single_task(
             col, reps, k, budget, need, method, random_state, which, d, vectors
         )
-        return (graph_frame(reps, idx, sim), None, used, info) if table else (idx, sim, used, info)
+        return (graph_frame(reps, idx, sim), None, used, info, None) if table else (idx, sim, used, info, reps)
     if not lazy:  # one partitioned path for both forms of reps: the same sample, buckets, graph
         import dask.dataframe as dd
         import pandas as pd
@@ -496,10 +528,10 @@ def _work_dir_graph(
     )
     info["single_task_bytes"] = need
     if table:
-        return graph, None, info["method"], info
+        return graph, None, info["method"], info, None
     reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps_np
     idx, sim = graph_arrays(graph, reps, k)
-    return idx, sim, info["method"], info
+    return idx, sim, info["method"], info, reps
 
 
 def knn_graph_frame_work_dir(
@@ -513,6 +545,8 @@ def knn_graph_frame_work_dir(
     which: str = "dat",
     d: int | None = None,
     vectors: Any = None,
+    cache: Any = None,
+    groups: Any = None,
 ) -> tuple[Any, str, dict[str, Any]]:
     """The kNN graph of rows ``reps`` of a loaded work_dir as a graph table.
 
@@ -538,6 +572,7 @@ def knn_graph_frame_work_dir(
     graph, _, used, info = _work_dir_graph(
         col, reps, k, config=config, method=method,
         random_state=random_state, which=which, d=d, vectors=vectors, table=True,
+        cache=cache, groups=groups,
     )  # fmt: skip
     return graph, used, info
 
@@ -553,6 +588,8 @@ def knn_graph_work_dir(
     which: str = "dat",
     d: int | None = None,
     vectors: Any = None,
+    cache: Any = None,
+    groups: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
     """The kNN graph of rows ``reps`` of a loaded work_dir: single task or partitioned.
 
@@ -577,4 +614,5 @@ def knn_graph_work_dir(
     return _work_dir_graph(
         col, reps, k, config=config, method=method,
         random_state=random_state, which=which, d=d, vectors=vectors, table=False,
+        cache=cache, groups=groups,
     )  # fmt: skip

@@ -236,6 +236,7 @@ def run(
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     progress: bool = True,
     index: bool = True,
+    incremental: bool = True,
     reference: str | None = None,
     reference_storage_options: dict[str, Any] | None = None,
     test_dir: str | Sequence[str] | None = None,
@@ -353,6 +354,11 @@ def run(
         After the analysis, write ``work_dir/index/`` (:mod:`dedupdask.vector_index`: the vectors in
         buckets, about the size of the ``.dat`` files) so that this work_dir can be the
         ``reference`` of later runs.
+    incremental : bool
+        Reuse the last build's kNN graphs (``work_dir/graphs/``, :mod:`dedupdask.knn_incremental`)
+        and search only the archives extracted since against all: the same pairs as a full
+        rebuild when both use exact search. False (the CLI's ``--full``) searches everything.
+        Each pair's ``build`` column says which build found it.
     reference : str, optional
         A built work_dir (with its index) to search this run's images against: the result is
         the cross-set pairs (:mod:`dedupdask.reference`), and ``work_dir`` is the query's. The
@@ -395,7 +401,7 @@ def run(
         max_archive_bytes=max_archive_bytes, min_image_size=min_image_size,
         storage_attempts=storage_attempts, storage_deadline=storage_deadline,
         storage_options=storage_options, dashboard_address=dashboard_address, progress=progress,
-        index=index, reference=reference, reference_storage_options=reference_storage_options,
+        index=index, incremental=incremental, reference=reference, reference_storage_options=reference_storage_options,
         test_dir=None if test_dir is None else str(test_dir), query_duplicates=query_duplicates,
     )
     if work_dir is None:

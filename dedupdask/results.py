@@ -427,7 +427,7 @@ def _open_tables(wd: WorkDir, run: dict[str, Any]) -> dict[str, dd.DataFrame]:
     layouts = _layouts(wd.url_of(wd.join(RESULTS_DIR, RUN_JSON)), run)
     columns = {
         # name columns (archive, member, key) are null in runs written before they existed
-        "similarity": [*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES)],
+        "similarity": [*SIMILARITY_COLUMNS, *named_columns(PAIR_NAMES), "build"],
         "outliers": [*OUTLIER_COLUMNS, *named_columns(OUTLIER_NAMES)],
         "components": list(COMPONENT_COLUMNS),
         "stats": None,

@@ -68,6 +68,7 @@ def dct_graph_frame(
     method: str = "auto",
     random_state: int = DEFAULT_RANDOM_STATE,
     knn_config: Any = None,
+    graph_cache: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The DCT kNN graph of the exact representatives as a graph table (None without a copy tier).
 
@@ -88,7 +89,7 @@ def dct_graph_frame(
         return None, {}
     graph, _, info = knn_graph_frame_work_dir(
         col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
-        which="dct", d=DCT_DIM, vectors=dct_vectors(col),
+        which="dct", d=DCT_DIM, vectors=dct_vectors(col), cache=graph_cache, groups=exact[["index", "rep"]],
     )  # fmt: skip
     return graph, info
 
@@ -251,6 +252,7 @@ def run_tiers_frames(
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
     knn_config: Any = None,
+    graph_cache: Any = None,
 ) -> TierFrames:
     """Find, verify and decide the tiered pairs of one run on the workers (current scheduler).
 
@@ -277,6 +279,9 @@ def run_tiers_frames(
         Limits when reading images back.
     knn_config : RunConfig, optional
         ``max_memory_per_task`` of the DCT graph.
+    graph_cache : GraphCache, optional
+        The build's kept graphs (:mod:`dedupdask.knn_incremental`): the DCT graph is reused
+        from it, or kept in it.
 
     Returns
     -------
@@ -308,7 +313,8 @@ def run_tiers_frames(
     if n_sib:  # built by shuffles: kept on the workers for the tiers and the stages after them
         (graph,) = dask.persist(graph)
     dct_graph, dct_knn = dct_graph_frame(
-        col, exact, params, method=method, random_state=random_state, knn_config=knn_config
+        col, exact, params, method=method, random_state=random_state, knn_config=knn_config,
+        graph_cache=graph_cache,
     )
 
     low = min(candidate_cut(params), params.ccthreshold)

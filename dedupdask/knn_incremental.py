@@ -1,0 +1,513 @@
+"""Incremental kNN graphs: a build reuses the previous build's graph and searches only new-vs-all.
+
+Every build that writes its results keeps both kNN graphs (the embeddings' over the input
+representatives, ``which="dat"``, and the DCT descriptors' over the exact representatives,
+``which="dct"``) in ``work_dir/graphs/``:
+
+- ``graphs/<which>/<build>/part.<i>.parquet`` -- the graph table (:data:`GRAPH_COLUMNS`,
+  global indices of that build, partitions in ``from`` order);
+- ``graphs/<which>.json``, written last -- the build number, ``k``, the method, the model, the
+  decode version, the archives (name, url, row counts, offset) and each part's ``from`` range.
+
+The next build (:class:`GraphCache`) reuses a kept graph when every archive it covered is
+still there unchanged (same url and row counts) and the model, decode version, ``k`` (or a
+larger one), vector width and search options agree; otherwise it searches everything and
+says why in ``run.json["graphs"]``. Reuse is exact, not an approximation:
+
+- global indices move (archives are sorted, new ones may sort between old ones), but each old
+  archive moves as a whole, so an old index maps to a new one by its archive's shift;
+- an old row's neighbours among all rows are the best ``k`` of its kept list (old rows) and of
+  its best ``k`` among the new rows; a new row's, the best ``k`` of its best among old rows and
+  among new rows. One pass of blocks of all representatives against chunks of the new ones
+  gives both (:func:`incremental_graph`): work ``N * N_new * d`` instead of ``N**2 * d``;
+- an old representative whose group gained a new member with a smaller index stops being a
+  representative (``demoted``); its edges go, and the new representative -- the same vector --
+  comes in through the new-vs-all search with the same similarity.
+
+So with exact search the merged graph is the graph a full rebuild computes (ties by the smaller
+index, as :func:`dedupdask.knn.top_k`), and every stage after the kNN (tiers, verification,
+components, outliers, issues) reruns on it as in a full build. An approximate previous graph
+(pynndescent, partitioned) stays as approximate for old-old pairs; the new-vs-all part is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .analyses.graph import GRAPH_COLUMNS, empty_graph
+from .knn import normalize_rows
+from .knn_rows import read_file_rows
+from .store import WorkDir
+
+__all__ = ["GRAPHS_DIR", "GRAPH_VERSION", "GraphCache", "PreviousGraph", "incremental_graph"]
+
+GRAPHS_DIR = "graphs"
+GRAPH_VERSION = 1
+"""Layout version of ``work_dir/graphs/``; another one is not reused (the build searches all)."""
+
+NEW_CHUNK_ROWS = 16_384
+"""New representatives per chunk of the new-vs-all search (their vectors are read once per
+block of all representatives)."""
+
+SLICE_BYTES = 64 * 2**20
+"""Similarities held at once by one task of the new-vs-all search."""
+
+_I64 = np.int64
+
+
+def _identity(a: Any) -> list[Any]:
+    return [a["name"], a["url"], int(a["n_valid"]), int(a["n_images"])]
+
+
+@dataclass(frozen=True)
+class PreviousGraph:
+    """A graph kept by an earlier build (``graphs/<which>.json``)."""
+
+    which: str
+    build: int
+    k: int
+    method: str
+    folder: str
+    archives: tuple[dict[str, Any], ...]
+    parts: tuple[tuple[str, int, int], ...]  # (path, lowest from, highest from)
+
+
+class GraphCache:
+    """One build's kNN graphs: the previous ones it may reuse, the ones it keeps for the next.
+
+    Parameters
+    ----------
+    col : Collection
+        The build's archives.
+    build : int
+        This build's number (the previous build's plus one).
+    reuse : bool
+        Reuse kept graphs (False: ``--full``, search everything).
+    options : dict
+        Search options that must agree for a kept graph to be reused (e.g. ``d_reduce``).
+    """
+
+    def __init__(self, col: Any, *, build: int, reuse: bool, options: dict[str, Any]) -> None:
+        self.col = col
+        self.build = int(build)
+        self.reuse = bool(reuse)
+        self.options = dict(options)
+        self.kept: dict[str, tuple[Any, str, int, int]] = {}
+        self.about: dict[str, dict[str, Any]] = {}
+
+    def _json(self, which: str) -> str:
+        return self.col.work_dir.join(GRAPHS_DIR, f"{which}.json")
+
+    def previous(self, which: str, k: int, d: int) -> PreviousGraph | None:
+        """The kept graph of ``which`` if this build can reuse it (else None, with the reason
+        in :attr:`about`)."""
+        about = self.about.setdefault(which, {})
+        if not self.reuse:
+            about.update(reused=False, reason="a full rebuild was asked (--full)")
+            return None
+        wd: WorkDir = self.col.work_dir
+        try:
+            meta = wd.read_json(self._json(which))
+        except FileNotFoundError:
+            about.update(reused=False, reason="no kept graph (the first build)")
+            return None
+        except Exception as e:  # noqa: BLE001 - a damaged cache only costs a full search
+            about.update(reused=False, reason=f"the kept graph is unreadable ({type(e).__name__})")
+            return None
+        want = {
+            "version": GRAPH_VERSION,
+            "model_id": self.col.model.get("model_id"),
+            "model_sha256": self.col.model.get("model_sha256"),
+            "decode_version": self.col.decode_version,
+            "d": int(d),
+            "options": self.options,
+        }
+        for key, value in want.items():
+            if meta.get(key) != value:
+                about.update(reused=False, reason=f"the kept graph has another {key}")
+                return None
+        if int(meta.get("k", 0)) < k:
+            about.update(reused=False, reason=f"the kept graph has k {meta.get('k')} < {k}")
+            return None
+        now = {a.name: _identity(a.to_dict()) for a in self.col.archives}
+        for a in meta["archives"]:
+            if now.get(a["name"]) != _identity(a):
+                gone = "is gone" if a["name"] not in now else "changed"
+                about.update(reused=False, reason=f"archive {a['name']} {gone} since build {meta['build']}")
+                return None
+        new = len(now) - len(meta["archives"])
+        about.update(reused=True, previous_build=int(meta["build"]), new_archives=new)
+        return PreviousGraph(
+            which, int(meta["build"]), int(meta["k"]), str(meta["method"]), str(meta["folder"]),
+            tuple(meta["archives"]), tuple(tuple(p) for p in meta["parts"]),  # type: ignore[misc]
+        )  # fmt: skip
+
+    def demoted(self, previous: PreviousGraph, groups: Any) -> Any:
+        """Old rows whose representative is now a new row: ``groups`` is the ``rep`` array of
+        every image, or a Dask frame with ``index`` and ``rep`` (then so is the answer)."""
+        kept = {a["name"] for a in previous.archives}
+        new = [a for a in self.col.archives if a.n_valid and a.name not in kept]
+        starts = np.array([a.offset for a in new], _I64)
+        ends = starts + np.array([a.n_valid for a in new], _I64)
+        if hasattr(groups, "dask"):
+            return groups.map_partitions(
+                _demoted_part, starts, ends, meta=pd.Series([], dtype="int64", name="index")
+            )
+        rep = np.asarray(groups, _I64)
+        idx = np.arange(rep.size, dtype=_I64)
+        return idx[~_inside(idx, starts, ends) & _inside(rep, starts, ends)]
+
+    def keep(self, which: str, graph: Any, used: str, k: int, d: int) -> Any:
+        """Remember the graph table of ``which`` (persisted on the workers) to save it."""
+        if hasattr(graph, "dask"):
+            graph = graph.persist()
+        self.kept[which] = (graph, used, int(k), int(d))
+        return graph
+
+    def save(self) -> dict[str, Any]:
+        """Write the kept graphs (parts, then ``graphs/<which>.json``; the previous build's
+        parts go after); what ``run.json["graphs"]`` records."""
+        import dask
+
+        from .tables import write_part_file
+
+        wd: WorkDir = self.col.work_dir
+        for which, (graph, used, k, d) in self.kept.items():
+            folder = f"{GRAPHS_DIR}/{which}/{self.build}"  # relative: a work_dir may be moved
+            if wd.fs.exists(wd.join(folder)):
+                wd.fs.rm(wd.join(folder), recursive=True)
+            wd.makedirs(folder)
+            parts = graph.to_delayed() if hasattr(graph, "dask") else [graph]
+            paths = [f"{folder}/part.{i}.parquet" for i in range(len(parts))]
+            ranges = dask.compute(*[
+                dask.delayed(_write_part, pure=False)(write_part_file, wd, wd.join(p), part)
+                for p, part in zip(paths, parts, strict=True)
+            ])  # fmt: skip
+            old = self._previous_folder(which)
+            wd.write_json(self._json(which), {
+                "version": GRAPH_VERSION, "which": which, "build": self.build, "k": k, "method": used,
+                "model_id": self.col.model.get("model_id"), "model_sha256": self.col.model.get("model_sha256"),
+                "decode_version": self.col.decode_version, "d": d, "options": self.options,
+                "folder": folder, "archives": [a.to_dict() for a in self.col.archives],
+                "parts": [[p, lo, hi] for p, (lo, hi, n) in zip(paths, ranges, strict=True) if n],
+            })  # fmt: skip
+            if old and old != folder and wd.fs.exists(wd.join(old)):
+                wd.fs.rm(wd.join(old), recursive=True)
+            self.about.setdefault(which, {})["kept"] = {"build": self.build, "edges": int(sum(r[2] for r in ranges))}
+        return self.about
+
+    def _previous_folder(self, which: str) -> str | None:
+        try:
+            return str(self.col.work_dir.read_json(self._json(which))["folder"])
+        except Exception:  # noqa: BLE001 - nothing to remove
+            return None
+
+
+def _inside(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each of ``x`` falls in one of the sorted ranges ``starts[i] <= x < ends[i]``."""
+    at = np.searchsorted(starts, x, side="right") - 1
+    return (at >= 0) & (x < ends[np.maximum(at, 0)]) if starts.size else np.zeros(x.shape, bool)
+
+
+def _demoted_part(part: pd.DataFrame, starts: np.ndarray, ends: np.ndarray) -> pd.Series:
+    idx = part["index"].to_numpy(_I64)
+    rep = part["rep"].to_numpy(_I64)
+    return pd.Series(idx[~_inside(idx, starts, ends) & _inside(rep, starts, ends)], name="index")
+
+
+def _write_part(write: Any, wd: WorkDir, path: str, part: pd.DataFrame) -> tuple[int, int, int]:
+    n = write(wd, path, part.loc[:, list(GRAPH_COLUMNS)])
+    if not n:
+        return -1, -1, 0
+    frm = part["from"].to_numpy(_I64)
+    return int(frm.min()), int(frm.max()), int(n)
+
+
+# -- the merged graph ------------------------------------------------------------------------------
+def _ranges(col: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Offsets, row counts and names of the archives with rows."""
+    arcs = [a for a in col.archives if a.n_valid]
+    return (
+        np.array([a.offset for a in arcs], _I64),
+        np.array([a.n_valid for a in arcs], _I64),
+        [a.name for a in arcs],
+    )
+
+
+def _read_vectors(col: Any, rows: np.ndarray, which: str, d: int) -> np.ndarray:
+    """Unit vectors of sorted global ``rows`` (read from the per-archive files)."""
+    offsets, sizes, names = _ranges(col)
+    out = np.empty((rows.size, d), np.float32)
+    if not rows.size:
+        return out
+    at = np.searchsorted(offsets, rows, side="right") - 1
+    bounds = np.flatnonzero(np.diff(at)) + 1
+    wd = col.work_dir
+    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), rows.size], strict=True):
+        a = int(at[lo])
+        local = rows[lo:hi] - offsets[a]
+        out[lo:hi] = read_file_rows(wd, wd.file(names[a], which), d, "<f4", local)
+    return normalize_rows(out, copy=False)
+
+
+def _merge(frm: np.ndarray, to: np.ndarray, sim: np.ndarray, k: int) -> pd.DataFrame:
+    """The best ``k`` edges of each ``from`` (ties by the smaller ``to``) as graph rows."""
+    order = np.lexsort((to, -sim, frm))
+    frm, to, sim = frm[order], to[order], sim[order]
+    starts = np.searchsorted(frm, frm, side="left")
+    rank = np.arange(frm.size) - starts
+    keep = rank < k
+    return pd.DataFrame({
+        "from": frm[keep].astype(_I64), "to": to[keep].astype(_I64),
+        "similarity": sim[keep].astype(np.float32), "rank": rank[keep].astype(np.int16),
+    })  # fmt: skip
+
+
+def _best(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Each row's best ``k`` columns of ``s`` as edge arrays (``-inf`` entries never)."""
+    kk = min(k, s.shape[1])
+    if kk == 0 or not s.shape[0]:
+        return np.empty(0, _I64), np.empty(0, _I64), np.empty(0, np.float32)
+    part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(np.arange(s.shape[1]), s.shape)
+    val = np.take_along_axis(s, part, axis=1)
+    # a tie at the k-th value may have left out a smaller column: take every tied column
+    kth = val.min(axis=1, keepdims=True)
+    tied = (s >= kth) & np.isfinite(s)
+    r, c = np.nonzero(tied)
+    ok = np.isfinite(s[r, c])
+    return rows[r[ok]], cols[c[ok]], np.clip(s[r[ok], c[ok]], -1.0, 1.0).astype(np.float32)
+
+
+def _cross(
+    col: Any, block: np.ndarray, is_old: np.ndarray, chunk: np.ndarray, k: int, which: str, d: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """One task: block rows' best ``k`` among the chunk's new rows, and the chunk's rows' best
+    ``k`` among the block's old rows (edge frames, not yet cut to ``k``)."""
+    a, b = [empty_graph()], [empty_graph()]
+    if not block.size or not chunk.size:
+        return a[0], b[0]
+    y = _read_vectors(col, chunk, which, d)
+    x_all = _read_vectors(col, block, which, d)
+    step = max(64, SLICE_BYTES // max(1, 4 * chunk.size))
+    for s0 in range(0, block.size, step):
+        rows, x = block[s0 : s0 + step], x_all[s0 : s0 + step]
+        s = x @ y.T
+        same_r, same_c = np.nonzero(rows[:, None] == chunk[None, :]) if rows.size * chunk.size <= 2**26 else _same(rows, chunk)
+        s[same_r, same_c] = -np.inf
+        f, t, v = _best(rows, chunk, s, k)
+        a.append(_merge(f, t, v, k))
+        old = is_old[s0 : s0 + step]
+        if old.any():
+            f, t, v = _best(chunk, rows[old], np.ascontiguousarray(s[old].T), k)
+            b.append(_merge(f, t, v, k))
+    return _cut(a, k), _cut(b, k)
+
+
+def _same(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    common, ri, ci = np.intersect1d(rows, cols, assume_unique=True, return_indices=True)
+    return ri, ci
+
+
+def _cut(frames: list[pd.DataFrame], k: int) -> pd.DataFrame:
+    df = pd.concat(frames, ignore_index=True)
+    return _merge(df["from"].to_numpy(_I64), df["to"].to_numpy(_I64), df["similarity"].to_numpy(np.float32), k)
+
+
+def _reduce(k: int, *frames: pd.DataFrame) -> pd.DataFrame:
+    return _cut(list(frames), k)
+
+
+def _old_edges(
+    wd: WorkDir, parts: list[str], lo: int, hi: int, old_offsets: np.ndarray, shift: np.ndarray,
+    block: np.ndarray, demoted: np.ndarray,
+) -> pd.DataFrame:  # fmt: skip
+    """The kept edges of old rows ``lo..hi-1`` (old indices), moved to this build's indices and
+    cut to rows and neighbours that still are representatives."""
+    import io
+
+    out = [empty_graph()]
+    for path in parts:
+        df = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(path))))
+        df = df[(df["from"] >= lo) & (df["from"] < hi)]
+        if len(df):
+            out.append(df)
+    df = pd.concat(out, ignore_index=True)
+    if not len(df):
+        return empty_graph()
+    frm = df["from"].to_numpy(_I64)
+    to = df["to"].to_numpy(_I64)
+    frm = frm + shift[np.searchsorted(old_offsets, frm, side="right") - 1]
+    to = to + shift[np.searchsorted(old_offsets, to, side="right") - 1]
+    keep = np.isin(frm, block, assume_unique=False) & ~np.isin(to, demoted)
+    return pd.DataFrame({
+        "from": frm[keep], "to": to[keep], "similarity": df["similarity"].to_numpy(np.float32)[keep],
+        "rank": df["rank"].to_numpy(np.int16)[keep],
+    })  # fmt: skip
+
+
+def _finish(k: int, old: pd.DataFrame, a: pd.DataFrame, *b: pd.DataFrame) -> pd.DataFrame:
+    """A block's graph rows: its kept edges, its best new neighbours, its new rows' best old ones."""
+    return _cut([old, a, *b], k)
+
+
+def _select(block: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return block[(block >= lo) & (block < hi)]
+
+
+def _concat(*arrays: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(a, _I64) for a in arrays]) if arrays else np.empty(0, _I64)
+
+
+def _rows_of(b: pd.DataFrame, lo: int, hi: int) -> pd.DataFrame:
+    return b[(b["from"] >= lo) & (b["from"] < hi)]
+
+
+def _tree(k: int, items: list[Any], fan_in: int = 16) -> Any:
+    import dask
+
+    while len(items) > 1:
+        items = [dask.delayed(_reduce)(k, *items[i : i + fan_in]) for i in range(0, len(items), fan_in)]
+    return items[0]
+
+
+def incremental_graph(
+    col: Any, reps: Any, k: int, previous: PreviousGraph, *, which: str, d: int, demoted: Any,
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The kNN graph of rows ``reps`` from ``previous`` plus a new-vs-all search.
+
+    Parameters
+    ----------
+    col : Collection
+        This build's archives (a superset of ``previous``'s, unchanged).
+    reps : ndarray or dask Series
+        Global indices of the representatives (this build's).
+    k : int
+        Neighbours per row.
+    previous : PreviousGraph
+        The kept graph (:meth:`GraphCache.previous`).
+    which, d : str, int
+        ``"dat"`` (embeddings) or ``"dct"`` and the vector width.
+    demoted : ndarray or dask Series
+        Old rows (this build's indices) whose representative is now a new row: at least every
+        old representative that no longer is one.
+
+    Returns
+    -------
+    (dask.dataframe.DataFrame, dict)
+        The graph table (partitions in ``from`` order, one per block of archives) and details.
+    """
+    import dask
+    import dask.dataframe as dd
+
+    offsets, sizes, names = _ranges(col)
+    old_names = {a["name"] for a in previous.archives}
+    is_old_arc = np.array([n in old_names for n in names], bool)
+    old_arcs = [a for a in previous.archives if int(a["n_valid"])]
+    old_offsets = np.array([int(a["offset"]) for a in old_arcs], _I64)
+    where = {n: int(o) for n, o in zip(names, offsets.tolist(), strict=True)}
+    shift = np.array([where[a["name"]] - int(a["offset"]) for a in old_arcs], _I64)
+    if not old_offsets.size:  # nothing kept had rows
+        old_offsets, shift = np.zeros(1, _I64), np.zeros(1, _I64)
+
+    # blocks of consecutive archives (this build's partitions of the per-image tables)
+    valid = [a for a in col.archives if a.n_valid]
+    at = {j: i for i, j in enumerate(j for j, a in enumerate(col.archives) if a.n_valid)}
+    blocks_arc = [got for part in col.partition_archives() if (got := [at[j] for j in part if j in at])]
+    starts = [int(offsets[b[0]]) for b in blocks_arc]
+    ends = [int(offsets[b[-1]] + sizes[b[-1]]) for b in blocks_arc]
+    block_reps = _route(reps, starts, ends)
+
+    # the new rows, in chunks of consecutive new archives
+    new_arcs = np.flatnonzero(~is_old_arc).tolist()
+    chunks: list[list[int]] = []
+    for i in new_arcs:
+        if chunks and sum(int(sizes[j]) for j in chunks[-1]) + int(sizes[i]) <= NEW_CHUNK_ROWS:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    chunk_rows = []
+    for ch in chunks:
+        parts = []
+        for i in ch:
+            lo, hi = int(offsets[i]), int(offsets[i] + sizes[i])
+            b = int(np.searchsorted(starts, lo, side="right") - 1)
+            parts.append(dask.delayed(_select)(block_reps[b], lo, hi))
+        chunk_rows.append(dask.delayed(_concat)(*parts))
+
+    dem = demoted
+    if hasattr(dem, "dask"):
+        dem = dask.delayed(_concat)(*dem.to_delayed())
+    else:
+        dem = np.asarray(dem, _I64)
+
+    parts_meta = list(previous.parts)
+    wd = col.work_dir
+    b_parts: list[list[Any]] = [[] for _ in chunks]
+    a_final = []
+    for p, arcs in enumerate(blocks_arc):
+        old_mask = dask.delayed(_old_mask)(block_reps[p], offsets[arcs], sizes[arcs], is_old_arc[arcs])
+        a_parts = []
+        for q, rows in enumerate(chunk_rows):
+            sub = replace(col, archives=tuple(valid[i] for i in sorted({*arcs, *chunks[q]})))
+            ab = dask.delayed(_cross, nout=2)(sub, block_reps[p], old_mask, rows, k, which, d)
+            a_parts.append(ab[0])
+            b_parts[q].append(ab[1])
+        a_final.append(_tree(k, a_parts) if a_parts else dask.delayed(empty_graph)())
+    b_final = [_tree(k, bp) for bp in b_parts]
+
+    finals = []
+    for p, arcs in enumerate(blocks_arc):
+        old_in = [i for i in arcs if is_old_arc[i]]
+        if old_in:  # the old rows of this block are consecutive in the previous build's order
+            back = {a["name"]: int(a["offset"]) for a in old_arcs}
+            lo = back[names[old_in[0]]]
+            hi = back[names[old_in[-1]]] + int(sizes[old_in[-1]])
+            files = [path for path, plo, phi in parts_meta if phi >= lo and plo < hi]
+            old = dask.delayed(_old_edges)(wd, files, lo, hi, old_offsets, shift, block_reps[p], dem)
+        else:
+            old = dask.delayed(empty_graph)()
+        mine = [
+            dask.delayed(_rows_of)(b_final[q], starts[p], ends[p])
+            for q, ch in enumerate(chunks) if any(i in arcs for i in ch)
+        ]  # fmt: skip
+        finals.append(dask.delayed(_finish)(k, old, a_final[p], *mine))
+    graph = dd.from_delayed(finals, meta=empty_graph(), verify_meta=False)
+    info = {
+        "method": "incremental",
+        "previous_build": previous.build,
+        "new_archives": len(new_arcs),
+        "new_rows": int(sizes[new_arcs].sum()) if new_arcs else 0,
+        "blocks": len(blocks_arc),
+        "chunks": len(chunks),
+    }
+    return graph, info
+
+
+def _old_mask(block: np.ndarray, offs: np.ndarray, sizes: np.ndarray, old: np.ndarray) -> np.ndarray:
+    at = np.searchsorted(offs, block, side="right") - 1
+    return old[at] if block.size else np.zeros(0, bool)
+
+
+def _route(reps: Any, starts: list[int], ends: list[int]) -> list[Any]:
+    """The sorted representatives of each block (delayed arrays), without gathering them here."""
+    import dask
+
+    if not hasattr(reps, "dask"):
+        r = np.sort(np.asarray(reps, _I64))
+        return [r[np.searchsorted(r, s) : np.searchsorted(r, e)] for s, e in zip(starts, ends, strict=True)]
+    pieces = [dask.delayed(_split, nout=len(starts))(p, starts, ends) for p in reps.to_delayed()]
+    return [dask.delayed(_sorted)(*[pc[b] for pc in pieces]) for b in range(len(starts))]
+
+
+def _split(part: Any, starts: list[int], ends: list[int]) -> list[np.ndarray]:
+    r = np.sort(np.asarray(part, _I64))
+    return [r[np.searchsorted(r, s) : np.searchsorted(r, e)] for s, e in zip(starts, ends, strict=True)]
+
+
+def _sorted(*arrays: np.ndarray) -> np.ndarray:
+    return np.sort(_concat(*arrays))
+
