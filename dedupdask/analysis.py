@@ -568,9 +568,11 @@ def _write(
         run["timings"] = dict(stages.timings)
         save_run(wd, run)
         if getattr(config, "index", False):  # after run.json: an index names the run it covers
-            from .vector_index import build_index
+            from .vector_index import build_index, update_index
 
-            build_index(col, max_memory_per_task=config.max_memory_per_task)
+            # appended to when archives were only added (incremental), else built anew
+            write_index = update_index if getattr(config, "incremental", True) else build_index
+            write_index(col, max_memory_per_task=config.max_memory_per_task)
         stages.done("index")
     else:
         # nothing written: a table on the workers comes here (their cluster may close next)

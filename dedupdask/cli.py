@@ -81,8 +81,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-storage-options", type=json.loads, default=None, metavar="JSON",
                    help="fsspec options of the --reference work_dir and its shards (default: --storage-options)")
     if p.prog.split()[-1] in ("run", "build"):
-        p.add_argument("--full", action="store_true",
-                       help="search every image again (a full rebuild) instead of reusing the last build's kNN graphs")
+        p.add_argument("--full", dest="incremental", action="store_false", default=None,
+                       help="a full rebuild: search every image again instead of reusing the last build's "
+                            "kNN graphs and scores (the same as --no-incremental)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,11 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(ns: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "input", "work_dir", "client", "allow_failures", "full"}
-    opts = {k: v for k, v in vars(ns).items() if k not in skip and v is not None}
-    if getattr(ns, "full", False):
-        opts["incremental"] = False
-    return opts
+    skip = {"command", "input", "work_dir", "client", "allow_failures"}
+    return {k: v for k, v in vars(ns).items() if k not in skip and v is not None}
 
 
 def _print_result(result: Any) -> None:

@@ -63,7 +63,7 @@ OPTION_HELP: dict[str, str] = {
     "dashboard_address": "HOST:PORT of the dashboard of the local Dask cluster a run starts (127.0.0.1 = this machine only, 0.0.0.0 = every network interface, port 0 = a free one); '' = no dashboard",
     "progress": "show a progress bar",
     "index": "after the analysis, write work_dir/index/ (the vectors in buckets) so that this work_dir can be a reference that query runs search (a copy of the vectors' size)",
-    "incremental": "reuse the last build's kNN graphs (work_dir/graphs/) and search only the archives extracted since against all (the same pairs as a full rebuild with exact search); --full or --no-incremental searches everything again",
+    "incremental": "reuse the last build's kNN graphs and verification scores (work_dir/graphs/) and search only the archives extracted since against all (the same pairs as a full rebuild with exact search); --full or --no-incremental searches everything again",
     "reference": "a built work_dir (local or URL) to search this run's images against: cross-set pairs only (train/test leakage; fastdup's test_dir)",
     "test_dir": "fastdup's form of a reference run: input_dir/work_dir are the reference (train) set, TEST_DIR the query images; the query's work_dir is WORK_DIR/test",
     "query_duplicates": "in a reference run, also find the query's own duplicates (query_similarity.csv)",

@@ -40,6 +40,7 @@ from .analyses.tiers import (
 )
 from .collect import Collection, read_archive_vectors
 from .knn import DEFAULT_RANDOM_STATE
+from .knn_incremental import scores_identity
 from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
 from .verify import finish_cost, verify_pairs
@@ -243,16 +244,30 @@ def run_tiers(
     cost: dict[str, Any] = {}
     if len(todo):
         t0 = time.perf_counter()
-        res, cost = verify_pairs(
-            todo.loc[:, ["from", "to"]],
-            image_info(files),
-            storage_options=storage_options,
-            max_image_pixels=max_image_pixels,
-            max_member_bytes=max_member_bytes,
-            early_accept=params.early_accept,
-            keypoints=params.keypoints,
-        )
+        pairs = todo.loc[:, ["from", "to"]]
+        ident = scores_identity(params, max_image_pixels, max_member_bytes)
+        known = None  # scores the last build kept (an incremental build): not verified again
+        if graph_cache is not None:
+            known = graph_cache.known_scores(graph_cache.previous_scores(ident), pairs)
+        if known is not None and len(known):
+            hit = pairs.merge(known[["from", "to"]], how="left", indicator=True)["_merge"].eq("both")
+            pairs = pairs[~hit.to_numpy()]
+        res = known
+        if len(pairs):
+            res, cost = verify_pairs(
+                pairs,
+                image_info(files),
+                storage_options=storage_options,
+                max_image_pixels=max_image_pixels,
+                max_member_bytes=max_member_bytes,
+                early_accept=params.early_accept,
+                keypoints=params.keypoints,
+            )
+            res = pd.concat([res, known], ignore_index=True) if known is not None and len(known) else res
+        cost["reused"] = 0 if known is None else len(known)
         cost["seconds"] = round(time.perf_counter() - t0, 3)
+        if graph_cache is not None:
+            graph_cache.keep_scores(res, ident)
         cands = cands.merge(res, on=["from", "to"], how="left")
         decided = decide(cands, params)
     else:

@@ -1,18 +1,22 @@
-"""Incremental kNN graphs: a build reuses the previous build's graph and searches only new-vs-all.
+"""Incremental builds: a build reuses the previous build's kNN graphs and verification scores
+and searches only new-vs-all.
 
 Every build that writes its results keeps both kNN graphs (the embeddings' over the input
 representatives, ``which="dat"``, and the DCT descriptors' over the exact representatives,
-``which="dct"``) in ``work_dir/graphs/``:
+``which="dct"``) and its pixel verification scores (``"verified"``) in ``work_dir/graphs/``:
 
-- ``graphs/<which>/<build>/part.<i>.parquet`` -- the graph table (:data:`GRAPH_COLUMNS`,
-  global indices of that build, partitions in ``from`` order);
-- ``graphs/<which>.json``, written last -- the build number, ``k``, the method, the model, the
-  decode version, the archives (name, url, row counts, offset) and each part's ``from`` range.
+- ``graphs/<name>/<build>/part.<i>.parquet`` -- the graph table (:data:`GRAPH_COLUMNS`,
+  global indices of that build, partitions in ``from`` order), or the scores (``from, to,
+  verify_score, verify_error``; not the pairs whose images could not be read);
+- ``graphs/<name>.json``, written last -- the build number, ``k``, the method, the model, the
+  decode version, what else the contents depend on (``identity``: the vector width and search
+  options of a graph, the matcher and its options of the scores), the archives (name, url, row
+  counts, offset) and each part's ``from`` range.
 
-The next build (:class:`GraphCache`) reuses a kept graph when every archive it covered is
-still there unchanged (same url and row counts) and the model, decode version, ``k`` (or a
-larger one), vector width and search options agree; otherwise it searches everything and
-says why in ``run.json["graphs"]``. Reuse is exact, not an approximation:
+The next build (:class:`GraphCache`) reuses what was kept when every archive it covered is
+still there unchanged (same url and row counts) and the model, decode version and identity
+agree (and a graph's ``k`` is at least this build's); otherwise it searches or verifies
+everything and says why in ``run.json["graphs"]``. Reuse is exact, not an approximation:
 
 - global indices move (archives are sorted, new ones may sort between old ones), but each old
   archive moves as a whole, so an old index maps to a new one by its archive's shift;
@@ -22,12 +26,14 @@ says why in ``run.json["graphs"]``. Reuse is exact, not an approximation:
   gives both (:func:`incremental_graph`): work ``N * N_new * d`` instead of ``N**2 * d``;
 - an old representative whose group gained a new member with a smaller index stops being a
   representative (``demoted``); its edges go, and the new representative -- the same vector --
-  comes in through the new-vs-all search with the same similarity.
+  comes in through the new-vs-all search with the same similarity;
+- a verification score depends only on the two images and the matcher: a candidate pair scored
+  before keeps its score, the others are verified (:func:`scores_identity`).
 
 So with exact search the merged graph is the graph a full rebuild computes (ties by the smaller
-index, as :func:`dedupdask.knn.top_k`), and every stage after the kNN (tiers, verification,
-components, outliers, issues) reruns on it as in a full build. An approximate previous graph
-(pynndescent, partitioned) stays as approximate for old-old pairs; the new-vs-all part is exact.
+index, as :func:`dedupdask.knn.top_k`), and every stage after the kNN (tiers, components,
+outliers, issues) reruns on it as in a full build. An approximate previous graph (pynndescent,
+partitioned) stays as approximate for old-old pairs; the new-vs-all part is exact.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from .knn import normalize_rows
 from .knn_rows import read_file_rows
 from .store import WorkDir
 
-__all__ = ["GRAPHS_DIR", "GRAPH_VERSION", "GraphCache", "PreviousGraph", "incremental_graph"]
+__all__ = ["GRAPHS_DIR", "GRAPH_VERSION", "GraphCache", "PreviousGraph", "incremental_graph", "scores_identity"]
 
 GRAPHS_DIR = "graphs"
 GRAPH_VERSION = 1
@@ -96,15 +102,15 @@ class GraphCache:
         self.build = int(build)
         self.reuse = bool(reuse)
         self.options = dict(options)
-        self.kept: dict[str, tuple[Any, str, int, int]] = {}
+        self.kept: dict[str, tuple[Any, str, int, dict[str, Any]]] = {}
         self.about: dict[str, dict[str, Any]] = {}
 
     def _json(self, which: str) -> str:
         return self.col.work_dir.join(GRAPHS_DIR, f"{which}.json")
 
-    def previous(self, which: str, k: int, d: int) -> PreviousGraph | None:
-        """The kept graph of ``which`` if this build can reuse it (else None, with the reason
-        in :attr:`about`)."""
+    def _previous(self, which: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """``graphs/<which>.json`` if this build can reuse what it describes (else None, with
+        the reason in :attr:`about`)."""
         about = self.about.setdefault(which, {})
         if not self.reuse:
             about.update(reused=False, reason="a full rebuild was asked (--full)")
@@ -113,38 +119,73 @@ class GraphCache:
         try:
             meta = wd.read_json(self._json(which))
         except FileNotFoundError:
-            about.update(reused=False, reason="no kept graph (the first build)")
+            about.update(reused=False, reason="nothing kept (the first build)")
             return None
         except Exception as e:  # noqa: BLE001 - a damaged cache only costs a full search
-            about.update(reused=False, reason=f"the kept graph is unreadable ({type(e).__name__})")
+            about.update(reused=False, reason=f"what was kept is unreadable ({type(e).__name__})")
             return None
         want = {
             "version": GRAPH_VERSION,
             "model_id": self.col.model.get("model_id"),
             "model_sha256": self.col.model.get("model_sha256"),
             "decode_version": self.col.decode_version,
-            "d": int(d),
-            "options": self.options,
+            "identity": identity,
         }
         for key, value in want.items():
             if meta.get(key) != value:
-                about.update(reused=False, reason=f"the kept graph has another {key}")
+                about.update(reused=False, reason=f"it was kept with another {key}")
                 return None
-        if int(meta.get("k", 0)) < k:
-            about.update(reused=False, reason=f"the kept graph has k {meta.get('k')} < {k}")
-            return None
         now = {a.name: _identity(a.to_dict()) for a in self.col.archives}
         for a in meta["archives"]:
             if now.get(a["name"]) != _identity(a):
                 gone = "is gone" if a["name"] not in now else "changed"
                 about.update(reused=False, reason=f"archive {a['name']} {gone} since build {meta['build']}")
                 return None
-        new = len(now) - len(meta["archives"])
-        about.update(reused=True, previous_build=int(meta["build"]), new_archives=new)
-        return PreviousGraph(
-            which, int(meta["build"]), int(meta["k"]), str(meta["method"]), str(meta["folder"]),
-            tuple(meta["archives"]), tuple(tuple(p) for p in meta["parts"]),  # type: ignore[misc]
-        )  # fmt: skip
+        about.update(reused=True, previous_build=int(meta["build"]), new_archives=len(now) - len(meta["archives"]))
+        return meta
+
+    def previous(self, which: str, k: int, d: int) -> PreviousGraph | None:
+        """The kept graph of ``which`` if this build can reuse it (else None, with the reason
+        in :attr:`about`)."""
+        meta = self._previous(which, {"d": int(d), "options": self.options})
+        if meta is None:
+            return None
+        if int(meta.get("k", 0)) < k:
+            self.about[which].update(reused=False, reason=f"the kept graph has k {meta.get('k')} < {k}")
+            del self.about[which]["previous_build"], self.about[which]["new_archives"]
+            return None
+        return _previous_of(which, meta)
+
+    def previous_scores(self, matcher: dict[str, Any]) -> PreviousGraph | None:
+        """The kept verification scores if this build's ``matcher`` (its version and options)
+        made them (else None, with the reason in :attr:`about`)."""
+        meta = self._previous("verified", matcher)
+        return None if meta is None else _previous_of("verified", meta)
+
+    def known_scores(self, previous: PreviousGraph | None, pairs: Any) -> Any:
+        """The kept scores of ``pairs`` (``from, to`` of this build; pandas or Dask), moved to
+        this build's indices: ``from, to, verify_score, verify_error`` of the pairs found."""
+        import dask
+        import dask.dataframe as dd
+
+        if previous is None:
+            return None
+        old_offsets, shift = _shifts(self.col, previous)
+        parts = [dask.delayed(_moved_scores)(self.col.work_dir, p, old_offsets, shift) for p, _, _ in previous.parts]
+        if not hasattr(pairs, "dask"):
+            frames = dask.compute(*parts) if parts else []
+            kept = pd.concat([_empty_scores(), *frames], ignore_index=True)
+            return pairs.loc[:, ["from", "to"]].merge(kept, on=["from", "to"], how="inner")
+        if not parts:
+            return None
+        kept = dd.from_delayed(parts, meta=_empty_scores(), verify_meta=False)
+        return pairs.merge(kept, on=["from", "to"], how="inner")
+
+    def keep_scores(self, scores: Any, matcher: dict[str, Any]) -> None:
+        """Remember this build's verification scores (``from, to, verify_score, verify_error``);
+        not the pairs whose images could not be read (a storage error may pass)."""
+        scores = scores[scores["verify_error"].isna()][list(_SCORE_COLUMNS)]
+        self.kept["verified"] = (scores, "verify", 0, matcher)
 
     def demoted(self, previous: PreviousGraph, groups: Any) -> Any:
         """Old rows whose representative is now a new row: ``groups`` is the ``rep`` array of
@@ -165,7 +206,7 @@ class GraphCache:
         """Remember the graph table of ``which`` (persisted on the workers) to save it."""
         if hasattr(graph, "dask"):
             graph = graph.persist()
-        self.kept[which] = (graph, used, int(k), int(d))
+        self.kept[which] = (graph, used, int(k), {"d": int(d), "options": self.options})
         return graph
 
     def save(self) -> dict[str, Any]:
@@ -176,7 +217,7 @@ class GraphCache:
         from .tables import write_part_file
 
         wd: WorkDir = self.col.work_dir
-        for which, (graph, used, k, d) in self.kept.items():
+        for which, (graph, used, k, identity) in self.kept.items():
             folder = f"{GRAPHS_DIR}/{which}/{self.build}"  # relative: a work_dir may be moved
             if wd.fs.exists(wd.join(folder)):
                 wd.fs.rm(wd.join(folder), recursive=True)
@@ -191,7 +232,7 @@ class GraphCache:
             wd.write_json(self._json(which), {
                 "version": GRAPH_VERSION, "which": which, "build": self.build, "k": k, "method": used,
                 "model_id": self.col.model.get("model_id"), "model_sha256": self.col.model.get("model_sha256"),
-                "decode_version": self.col.decode_version, "d": d, "options": self.options,
+                "decode_version": self.col.decode_version, "identity": identity,
                 "folder": folder, "archives": [a.to_dict() for a in self.col.archives],
                 "parts": [[p, lo, hi] for p, (lo, hi, n) in zip(paths, ranges, strict=True) if n],
             })  # fmt: skip
@@ -207,6 +248,61 @@ class GraphCache:
             return None
 
 
+def scores_identity(params: Any, max_image_pixels: int, max_member_bytes: int) -> dict[str, Any]:
+    """What a kept verification score depends on besides the two images: the matcher (its
+    version) and its options; a build with another one verifies again."""
+    from .match import MATCHER, PIXEL_MATCHER
+
+    return {
+        "matcher": MATCHER if params.keypoints else PIXEL_MATCHER,
+        "early_accept": params.early_accept,
+        "max_image_pixels": int(max_image_pixels),
+        "max_member_bytes": int(max_member_bytes),
+    }
+
+
+def _previous_of(which: str, meta: dict[str, Any]) -> PreviousGraph:
+    return PreviousGraph(
+        which, int(meta["build"]), int(meta["k"]), str(meta["method"]), str(meta["folder"]),
+        tuple(meta["archives"]), tuple(tuple(p) for p in meta["parts"]),  # type: ignore[misc]
+    )  # fmt: skip
+
+
+_SCORE_COLUMNS = ("from", "to", "verify_score", "verify_error")
+
+
+def _empty_scores() -> pd.DataFrame:
+    return pd.DataFrame({
+        "from": pd.Series([], dtype="int64"), "to": pd.Series([], dtype="int64"),
+        "verify_score": pd.Series([], dtype="float32"), "verify_error": pd.Series([], dtype="string"),
+    })  # fmt: skip
+
+
+def _shifts(col: Any, previous: PreviousGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Old archives' first indices (sorted) and how far each moved in this build."""
+    where = {a.name: int(a.offset) for a in col.archives}
+    old = sorted((int(a["offset"]), where[a["name"]] - int(a["offset"])) for a in previous.archives if int(a["n_valid"]))
+    if not old:
+        return np.zeros(1, _I64), np.zeros(1, _I64)
+    return np.array([o for o, _ in old], _I64), np.array([s for _, s in old], _I64)
+
+
+def _move(x: np.ndarray, old_offsets: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return x + shift[np.searchsorted(old_offsets, x, side="right") - 1]
+
+
+def _moved_scores(wd: WorkDir, path: str, old_offsets: np.ndarray, shift: np.ndarray) -> pd.DataFrame:
+    import io
+
+    df = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(path))))
+    return pd.DataFrame({
+        "from": _move(df["from"].to_numpy(_I64), old_offsets, shift),
+        "to": _move(df["to"].to_numpy(_I64), old_offsets, shift),
+        "verify_score": df["verify_score"].to_numpy(np.float32),
+        "verify_error": df["verify_error"].astype("string"),
+    })  # fmt: skip
+
+
 def _inside(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Whether each of ``x`` falls in one of the sorted ranges ``starts[i] <= x < ends[i]``."""
     at = np.searchsorted(starts, x, side="right") - 1
@@ -220,7 +316,7 @@ def _demoted_part(part: pd.DataFrame, starts: np.ndarray, ends: np.ndarray) -> p
 
 
 def _write_part(write: Any, wd: WorkDir, path: str, part: pd.DataFrame) -> tuple[int, int, int]:
-    n = write(wd, path, part.loc[:, list(GRAPH_COLUMNS)])
+    n = write(wd, path, part.loc[:, [c for c in part.columns if c in GRAPH_COLUMNS or c in _SCORE_COLUMNS]])
     if not n:
         return -1, -1, 0
     frm = part["from"].to_numpy(_I64)
@@ -340,8 +436,7 @@ def _old_edges(
         return empty_graph()
     frm = df["from"].to_numpy(_I64)
     to = df["to"].to_numpy(_I64)
-    frm = frm + shift[np.searchsorted(old_offsets, frm, side="right") - 1]
-    to = to + shift[np.searchsorted(old_offsets, to, side="right") - 1]
+    frm, to = _move(frm, old_offsets, shift), _move(to, old_offsets, shift)
     keep = np.isin(frm, block, assume_unique=False) & ~np.isin(to, demoted)
     return pd.DataFrame({
         "from": frm[keep], "to": to[keep], "similarity": df["similarity"].to_numpy(np.float32)[keep],
@@ -407,11 +502,7 @@ def incremental_graph(
     old_names = {a["name"] for a in previous.archives}
     is_old_arc = np.array([n in old_names for n in names], bool)
     old_arcs = [a for a in previous.archives if int(a["n_valid"])]
-    old_offsets = np.array([int(a["offset"]) for a in old_arcs], _I64)
-    where = {n: int(o) for n, o in zip(names, offsets.tolist(), strict=True)}
-    shift = np.array([where[a["name"]] - int(a["offset"]) for a in old_arcs], _I64)
-    if not old_offsets.size:  # nothing kept had rows
-        old_offsets, shift = np.zeros(1, _I64), np.zeros(1, _I64)
+    old_offsets, shift = _shifts(col, previous)
 
     # blocks of consecutive archives (this build's partitions of the per-image tables)
     valid = [a for a in col.archives if a.n_valid]

@@ -355,9 +355,9 @@ def run(
         buckets, about the size of the ``.dat`` files) so that this work_dir can be the
         ``reference`` of later runs.
     incremental : bool
-        Reuse the last build's kNN graphs (``work_dir/graphs/``, :mod:`dedupdask.knn_incremental`)
-        and search only the archives extracted since against all: the same pairs as a full
-        rebuild when both use exact search. False (the CLI's ``--full``) searches everything.
+        Reuse the last build's kNN graphs and verification scores (``work_dir/graphs/``,
+        :mod:`dedupdask.knn_incremental`) and search only the archives extracted since against
+        all: the same pairs as a full rebuild when both use exact search. False (the CLI's ``--full``) searches everything.
         Each pair's ``build`` column says which build found it.
     reference : str, optional
         A built work_dir (with its index) to search this run's images against: the result is

@@ -140,12 +140,12 @@ def cross_candidates(qcol: Collection, index: ReferenceIndex, k: int, cut: float
     merged = route(found, "from", cuts.tolist()).map_partitions(_best, k, cut, meta=_graph_meta())
     merged = merged.persist()
     n_candidates = int(len(merged))  # waits for the search (persist returns at once on a cluster)
-    bytes_read = int(index.bucket_count[touched].sum()) * (index.d * 4 + 8)
+    bytes_read = int(index.bucket_rows[touched].sum()) * (index.d * 4 + 8)
     info = {
         "centroids": int(index.centroids.shape[0]),
         "nprobe": int(index.nprobe),
         "buckets_touched": int(touched.size),
-        "reference_rows_read": int(index.bucket_count[touched].sum()),
+        "reference_rows_read": int(index.bucket_rows[touched].sum()),
         "index_bytes_read": bytes_read,
         "search_tasks": routed.npartitions,
         "candidates": n_candidates,

@@ -34,7 +34,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dask
@@ -64,12 +64,21 @@ __all__ = [
     "archives_fingerprint",
     "build_index",
     "open_index",
+    "update_index",
 ]
 
 INDEX_DIR = "index"
 INDEX_JSON = "index.json"
-INDEX_VERSION = 1
-"""Layout version of ``work_dir/index/``; an index of another version is refused (rebuild it)."""
+INDEX_VERSION = 2
+"""Layout version of ``work_dir/index/`` (2: a bucket may have rows in several segments, one per
+build that added archives); an index of a version not in :data:`READS_VERSIONS` is refused."""
+
+READS_VERSIONS = (1, 2)
+
+REFIT_GROWTH = 2.0
+"""A build that added archives appends their rows to the index's buckets (:func:`update_index`)
+until the index holds this many times the rows its centroids were fitted on; then it is built
+anew (more rows per bucket make every query read more)."""
 
 BUCKET_ROWS = 50_000
 """Mean reference vectors per bucket. A query costs ``C * d`` (its centroids) plus
@@ -101,7 +110,8 @@ class ReferenceIndex:
     nprobe : int
         Buckets a query row probes.
     bucket_group, bucket_start, bucket_count : ndarray
-        Per bucket: its file, first row in it, rows.
+        ``[segments, C]``: per segment (the rows one build added) and bucket, its file, first
+        row in it, rows (0: none).
     meta : dict
         ``index.json``.
     """
@@ -122,13 +132,23 @@ class ReferenceIndex:
     def n(self) -> int:
         return int(self.meta["n"])
 
+    @property
+    def bucket_rows(self) -> np.ndarray:
+        """Rows of each bucket (all segments)."""
+        return self.bucket_count.sum(axis=0)
+
     def read_bucket(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
-        """Global indices (int64) and unit vectors (float32) of one bucket: two ranged reads."""
-        g, s, c = int(self.bucket_group[bucket]), int(self.bucket_start[bucket]), int(self.bucket_count[bucket])
-        rows = np.arange(s, s + c, dtype=np.int64)
-        idx = read_file_rows(self.wd, _group_file(self.wd, g, "i64"), 1, "<i8", rows).ravel()
-        vec = read_file_rows(self.wd, _group_file(self.wd, g, "f32"), self.d, "<f4", rows)
-        return idx, vec
+        """Global indices (int64) and unit vectors (float32) of one bucket: two ranged reads
+        per segment that has rows in it."""
+        idx, vec = [np.empty(0, np.int64)], [np.empty((0, self.d), np.float32)]
+        for seg in np.flatnonzero(self.bucket_count[:, bucket]).tolist():
+            g, s = int(self.bucket_group[seg, bucket]), int(self.bucket_start[seg, bucket])
+            rows = np.arange(s, s + int(self.bucket_count[seg, bucket]), dtype=np.int64)
+            idx.append(read_file_rows(self.wd, _group_file(self.wd, g, "i64"), 1, "<i8", rows).ravel())
+            vec.append(read_file_rows(self.wd, _group_file(self.wd, g, "f32"), self.d, "<f4", rows))
+        if len(idx) == 2:
+            return idx[1], vec[1]
+        return np.concatenate(idx), np.concatenate(vec)
 
 
 def _group_file(wd: WorkDir, g: int, ext: str) -> str:
@@ -167,7 +187,7 @@ def open_index(wd: WorkDir, *, archives: Any = None) -> ReferenceIndex:
             f"`dedupdask index {wd.url}` (or ddk.index), or rebuild with index on"
         ) from None  # fmt: skip
     version = meta.get("version") if isinstance(meta, dict) else None
-    if version != INDEX_VERSION:
+    if version not in READS_VERSIONS:
         made = meta.get("dedupdask_version", "?") if isinstance(meta, dict) else "?"
         raise WorkDirError(
             wd.url, f"has an index of version {version!r} (dedupdask {made}); this dedupdask reads "
@@ -183,12 +203,14 @@ def open_index(wd: WorkDir, *, archives: Any = None) -> ReferenceIndex:
     centroids = np.load(io.BytesIO(wd.read_bytes(wd.join(INDEX_DIR, "centroids.npy"))))
     buckets = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(INDEX_DIR, "buckets.parquet"))))
     c = centroids.shape[0]
-    group = np.full(c, -1, np.int64)
-    start = np.zeros(c, np.int64)
-    count = np.zeros(c, np.int64)
+    seg = buckets["segment"].to_numpy(np.int64) if "segment" in buckets else np.zeros(len(buckets), np.int64)
+    n_seg = int(seg.max()) + 1 if seg.size else 1
+    group = np.full((n_seg, c), -1, np.int64)
+    start = np.zeros((n_seg, c), np.int64)
+    count = np.zeros((n_seg, c), np.int64)
     b = buckets["bucket"].to_numpy(np.int64)
-    group[b], start[b] = buckets["group"].to_numpy(np.int64), buckets["start"].to_numpy(np.int64)
-    count[b] = buckets["count"].to_numpy(np.int64)
+    group[seg, b], start[seg, b] = buckets["group"].to_numpy(np.int64), buckets["start"].to_numpy(np.int64)
+    count[seg, b] = buckets["count"].to_numpy(np.int64)
     return ReferenceIndex(wd, centroids.astype(np.float32), int(meta["nprobe"]), group, start, count, meta)
 
 
@@ -250,6 +272,15 @@ def _assign_meta() -> pd.DataFrame:
     )  # fmt: skip
 
 
+def _positions(source: VectorSource, gidx: np.ndarray) -> np.ndarray:
+    """Positions in ``source`` (whole archives, e.g. the ones an update adds) of global indices."""
+    first = np.array([b.offset for b in source.blocks], np.int64)
+    if not first.size:
+        return gidx
+    at = np.searchsorted(first, gidx, side="right") - 1
+    return source.offsets[at] + (gidx - first[at])
+
+
 def _write_group(part: pd.DataFrame, source: VectorSource, wd: WorkDir, g: int) -> pd.DataFrame:
     """One group's files (vectors in bucket order, their indices); its buckets' records."""
     tune_allocator()
@@ -261,9 +292,10 @@ def _write_group(part: pd.DataFrame, source: VectorSource, wd: WorkDir, g: int) 
     vec = np.empty((idx.size, source.d), np.float32)
     by_index = np.argsort(idx, kind="stable")
     step = _chunk_rows(source.d)
+    pos = _positions(source, idx)
     for s in range(0, idx.size, step):  # read in file order, place in bucket order
         at = by_index[s : s + step]
-        vec[at] = _unit(source.read(idx[at]))
+        vec[at] = _unit(source.read(pos[at]))
     wd.write_bytes(_group_file(wd, g, "f32"), np.ascontiguousarray(vec, dtype="<f4").tobytes())
     wd.write_bytes(_group_file(wd, g, "i64"), np.ascontiguousarray(idx, dtype="<i8").tobytes())
     buckets, starts, counts = np.unique(b, return_index=True, return_counts=True)
@@ -305,7 +337,6 @@ def build_index(
     >>> meta["centroids"], meta["nprobe"]  # doctest: +SKIP
     (1, 1)
     """
-    from .analyses.routing import route
     from .analysis import _version
     from .fusion import has_dct
 
@@ -336,32 +367,8 @@ def build_index(
 
     per_group = max(1, GROUP_BYTES // max(1, int(bucket_rows) * d * 4))
     n_groups = max(1, math.ceil(c / per_group))
-    token = uuid.uuid4().hex[:12]
-    cents = dask.delayed(centroids, name=f"dedupdask-index-centroids-{token}")
-    src = dask.delayed(source, name=f"dedupdask-index-source-{token}")
-    records: list[pd.DataFrame] = []
-    if n and c == 1 and n * d * 4 <= GROUP_BYTES and col.reads_locally():
-        # one bucket of a small local work_dir: written here, no task graph
-        part = pd.DataFrame({"bucket": np.zeros(n, np.int32), "index": np.arange(n, dtype=np.int64)})
-        records = [_write_group(part, source, wd, 0)]
-    elif n:
-        import dask.dataframe as dd
-
-        tasks = [
-            dask.delayed(_assign, pure=True)(b, int(first), cents, per_group)
-            for b, first in zip(source.blocks, source.offsets[:-1].tolist(), strict=True)
-        ]
-        frame = dd.from_delayed(tasks, meta=_assign_meta(), verify_meta=False)
-        by_group = route(frame, "group", range(n_groups + 1))
-        writes = [
-            dask.delayed(_write_group, pure=False)(part, src, wd, g)
-            for g, part in enumerate(by_group.to_delayed())
-        ]
-        (records,) = _compute(writes)
-    buckets = pd.concat(records, ignore_index=True) if records else pd.DataFrame(
-        {"bucket": pd.Series([], dtype="int32"), "group": pd.Series([], dtype="int32"),
-         "start": pd.Series([], dtype="int64"), "count": pd.Series([], dtype="int64")}
-    )  # fmt: skip
+    records = _assign_and_write(col, source, centroids, per_group, n_groups, 0, small=True)
+    buckets = _records(records, 0)
     import io
 
     buf = io.BytesIO()
@@ -380,10 +387,14 @@ def build_index(
         "dct": has_dct(col),  # whether every archive has its dct.dat: a query's copy tier needs it
         "archives": len(col.archives),
         "fingerprint": archives_fingerprint(col.archives),
+        "archive_list": _archive_list(col),
+        "fit_n": n,
+        "segments": 1,
         "centroids": c,
         "bucket_rows": int(bucket_rows),
         "bucket_size_max": int(sizes.max()) if sizes.size else 0,
         "groups": n_groups,
+        "next_group": n_groups,
         "nprobe": int(nprobe),
         "probe_similarity": PROBE_SIMILARITY,
         "probe_share": PROBE_SHARE,
@@ -392,5 +403,157 @@ def build_index(
         **about,
         "timings": {"fit": round(t_fit - t0, 3), "write": round(time.perf_counter() - t_fit, 3)},
     }
+    wd.write_json(wd.join(INDEX_DIR, INDEX_JSON), meta)
+    return meta
+
+
+def _records(records: list[pd.DataFrame], segment: int) -> pd.DataFrame:
+    out = pd.concat(records, ignore_index=True) if records else pd.DataFrame(
+        {"bucket": pd.Series([], dtype="int32"), "group": pd.Series([], dtype="int32"),
+         "start": pd.Series([], dtype="int64"), "count": pd.Series([], dtype="int64")}
+    )  # fmt: skip
+    return out.assign(segment=np.int32(segment))
+
+
+def _archive_list(col: Any) -> list[list[Any]]:
+    """What an update checks: each archive's name, url, row counts and offset."""
+    return [[a.name, a.url, int(a.n_valid), int(a.n_images), int(a.offset)] for a in col.archives]
+
+
+def _assign_and_write(
+    col: Any, source: VectorSource, centroids: np.ndarray, per_group: int, n_groups: int, base: int,
+    *, small: bool = False,
+) -> list[pd.DataFrame]:  # fmt: skip
+    """Each row of ``source`` to its best centroid, written in groups ``base..base+n_groups-1``;
+    the buckets' records."""
+    from .analyses.routing import route
+
+    wd: WorkDir = col.work_dir
+    n, d, c = int(source.n), int(source.d), int(centroids.shape[0])
+    if not n:
+        return []
+    if small and c == 1 and n * d * 4 <= GROUP_BYTES and col.reads_locally():
+        # one bucket of a small local work_dir: written here, no task graph
+        part = pd.DataFrame({"bucket": np.zeros(n, np.int32), "index": source.global_index(np.arange(n))})
+        return [_write_group(part, source, wd, base)]
+    import dask.dataframe as dd
+
+    token = uuid.uuid4().hex[:12]
+    cents = dask.delayed(centroids, name=f"dedupdask-index-centroids-{token}")
+    src = dask.delayed(source, name=f"dedupdask-index-source-{token}")
+    tasks = [
+        dask.delayed(_assign, pure=True)(b, int(b.offset), cents, per_group)
+        for b in source.blocks
+    ]
+    frame = dd.from_delayed(tasks, meta=_assign_meta(), verify_meta=False)
+    by_group = route(frame, "group", range(n_groups + 1))
+    writes = [
+        dask.delayed(_write_group, pure=False)(part, src, wd, base + g)
+        for g, part in enumerate(by_group.to_delayed())
+    ]
+    (records,) = _compute(writes)
+    return [r for r in records if len(r)]
+
+
+def _shift_group(wd: WorkDir, g: int, old_offsets: np.ndarray, shift: np.ndarray) -> int:
+    """Move one index file's global indices to this build's (archives sorted in between)."""
+    path = _group_file(wd, g, "i64")
+    idx = np.frombuffer(wd.read_bytes(path), dtype="<i8")
+    moved = idx + shift[np.searchsorted(old_offsets, idx, side="right") - 1]
+    wd.write_bytes(path, np.ascontiguousarray(moved, dtype="<i8").tobytes())
+    return int(idx.size)
+
+
+def update_index(
+    col: Any, *, max_memory_per_task: str | int | None = None, random_state: int = DEFAULT_RANDOM_STATE,
+) -> dict[str, Any]:  # fmt: skip
+    """Bring ``work_dir/index/`` up to ``col``: append the rows of archives it does not cover yet.
+
+    The centroids and ``nprobe`` stay; the new rows go to their best buckets as a new segment
+    (new files, one task per group of buckets), and the indices in the existing files move
+    when new archives sort between old ones (one task per file; none when they all sort after).
+    Built anew (:func:`build_index`) when there is no index to update: none, of another version,
+    model or decode version, one whose archives changed or went, or one that would hold more
+    than :data:`REFIT_GROWTH` times the rows its centroids were fitted on. ``index.json`` says
+    which (``"update"``).
+
+    Returns
+    -------
+    dict
+        ``index.json``.
+    """
+    t0 = time.perf_counter()
+    wd: WorkDir = col.work_dir
+    why = None
+    try:
+        meta = wd.read_json(wd.join(INDEX_DIR, INDEX_JSON))
+    except FileNotFoundError:
+        meta, why = None, "no index"
+    except Exception as e:  # noqa: BLE001 - rebuilt below
+        meta, why = None, f"unreadable index ({type(e).__name__})"
+    if meta is not None:
+        now = {a.name: [a.name, a.url, int(a.n_valid), int(a.n_images)] for a in col.archives}
+        if meta.get("version") not in READS_VERSIONS or "archive_list" not in meta:
+            why = f"an index of version {meta.get('version')!r} without its archives"
+        elif meta.get("model") != col.model or meta.get("decode_version") != col.decode_version:
+            why = "another model or decode version"
+        elif any(now.get(a[0]) != a[:4] for a in meta["archive_list"]):
+            why = "an archive it covers changed or went"
+        elif col.n > REFIT_GROWTH * max(1, int(meta.get("fit_n", meta["n"]))):
+            why = f"more than {REFIT_GROWTH:g}x the rows its centroids were fitted on"
+    if why is not None:
+        out = build_index(col, max_memory_per_task=max_memory_per_task, random_state=random_state)
+        out["update"] = {"appended": False, "reason": why}
+        wd.write_json(wd.join(INDEX_DIR, INDEX_JSON), out)
+        return out
+    assert meta is not None
+    import io
+
+    from .analysis import _version
+    from .fusion import has_dct
+
+    old = {a[0]: int(a[4]) for a in meta["archive_list"] if a[2]}
+    new_arcs = [a for a in col.archives if a.name not in old]
+    wd.remove(wd.join(INDEX_DIR, INDEX_JSON))  # an index is complete only once this is back
+    buckets = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(INDEX_DIR, "buckets.parquet"))))
+    if "segment" not in buckets:
+        buckets = buckets.assign(segment=np.int32(0))
+    rows_old = [a for a in col.archives if a.name in old and a.n_valid]
+    old_offsets = np.array([old[a.name] for a in rows_old], np.int64)
+    shift = np.array([a.offset - old[a.name] for a in rows_old], np.int64)
+    order = np.argsort(old_offsets, kind="stable")
+    old_offsets, shift = old_offsets[order], shift[order]
+    moved = 0
+    if shift.size and shift.any():
+        groups = sorted(set(buckets["group"].astype(int).tolist()))
+        tasks = [dask.delayed(_shift_group, pure=False)(wd, g, old_offsets, shift) for g in groups]
+        (done,) = _compute(tasks)
+        moved = int(sum(done))
+    t_shift = time.perf_counter()
+    centroids = np.load(io.BytesIO(wd.read_bytes(wd.join(INDEX_DIR, "centroids.npy"))))
+    c, d = int(centroids.shape[0]), int(centroids.shape[1])
+    bucket_rows = int(meta.get("bucket_rows", BUCKET_ROWS))
+    per_group = max(1, GROUP_BYTES // max(1, bucket_rows * d * 4))
+    n_groups = max(1, math.ceil(c / per_group))
+    base = int(meta.get("next_group", int(buckets["group"].max()) + 1 if len(buckets) else 0))
+    segment = int(meta.get("segments", 1))
+    sub = replace(col, archives=tuple(new_arcs))
+    source = VectorSource.from_collection(sub)
+    records = _assign_and_write(sub, source, centroids.astype(np.float32), per_group, n_groups, base)
+    added = _records(records, segment)
+    if len(added):
+        buckets = pd.concat([buckets, added], ignore_index=True)
+        segment += 1
+    wd.write_bytes(wd.join(INDEX_DIR, "buckets.parquet"), buckets.to_parquet(index=False))
+    sizes = buckets.groupby("bucket")["count"].sum().to_numpy(np.int64)
+    meta.update({
+        "version": INDEX_VERSION, "dedupdask_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "n": int(col.n), "dct": has_dct(col), "archives": len(col.archives),
+        "fingerprint": archives_fingerprint(col.archives), "archive_list": _archive_list(col),
+        "segments": segment, "next_group": base + n_groups,
+        "bucket_size_max": int(sizes.max()) if sizes.size else 0,
+        "update": {"appended": True, "archives": len(new_arcs), "rows": int(source.n), "moved_rows": moved,
+                   "timings": {"shift": round(t_shift - t0, 3), "append": round(time.perf_counter() - t_shift, 3)}},
+    })  # fmt: skip
     wd.write_json(wd.join(INDEX_DIR, INDEX_JSON), meta)
     return meta

@@ -265,7 +265,7 @@ def test_run_forwards_every_keyword_to_the_config(monkeypatch, tmp_path):
         "keep_archives": True, "keep_images": True, "turi_param": "delete_tar=0",
         "resume": False, "max_image_pixels": 5, "max_member_bytes": 6, "max_archive_bytes": 7,
         "min_image_size": 2, "storage_attempts": 4, "storage_deadline": 12.5, "progress": False,
-        "storage_options": {"anon": True}, "dashboard_address": "0.0.0.0:8787", "index": False,
+        "storage_options": {"anon": True}, "dashboard_address": "0.0.0.0:8787", "index": False, "incremental": False,
         "reference": "ref/", "reference_storage_options": {"anon": False}, "query_duplicates": True,
     }  # fmt: skip
     other = {"test_dir": "test/"}  # fastdup's form of a reference run: not with reference=

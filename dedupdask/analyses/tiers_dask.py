@@ -36,6 +36,7 @@ import pandas as pd
 
 from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
+from ..knn_incremental import scores_identity
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
 from .expand_dask import expand_graph_frame, sibling_frame
@@ -354,12 +355,27 @@ def run_tiers_frames(
     if n_verify:
         t0 = time.perf_counter()
         todo = first[first["to_verify"]][["from", "to", "_part"]]
+        ident = scores_identity(params, max_image_pixels, max_member_bytes)
+        known, n_known = None, 0  # scores the last build kept (an incremental build)
+        if graph_cache is not None:
+            known = graph_cache.known_scores(graph_cache.previous_scores(ident), todo)
+        if known is not None:
+            (known,) = dask.persist(known)
+            n_known = int(known.shape[0].compute())
+        if n_known:  # verified again: only the pairs not kept
+            todo = todo.merge(known[["from", "to"]].assign(_kept=True), on=["from", "to"], how="left")
+            todo = todo[todo["_kept"].isna()][["from", "to", "_part"]]
         scores, cost = verify_frame(
-            todo, files, _file_bounds(col, files), n_verify,
+            todo, files, _file_bounds(col, files), n_verify - n_known,
             storage_options=storage_options, max_image_pixels=max_image_pixels,
             max_member_bytes=max_member_bytes, early_accept=params.early_accept,
             keypoints=params.keypoints,
         )  # fmt: skip
+        if n_known:
+            scores = dd.concat([scores, known[list(scores.columns)]])
+        cost["reused"] = n_known
+        if graph_cache is not None:
+            graph_cache.keep_scores(scores, ident)
         cost["seconds"] = round(time.perf_counter() - t0, 3)
         back = route(scores, "_part", tuple(range(first.npartitions + 1)))
         decided = first.map_partitions(

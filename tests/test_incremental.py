@@ -1,0 +1,223 @@
+"""Incremental builds (issue 19): a build after new archives were extracted reuses the last
+build's kNN graphs and searches only new-vs-all, and gives what a full rebuild gives.
+
+The pictures are real photographs (tiles of scikit-learn's two sample images: tiles of one
+photo are look-alikes). The first build has shards 00000, 00002, 00004; then 00001 (which
+sorts between the old ones, so every later global index moves) and 00005 arrive. 00001 holds an
+exact copy of a tile of 00002 -- the group's representative moves to the new, smaller index --
+and edited copies of old tiles; 00005 copies of tiles of 00001 and 00004.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import dedupdask as ddk
+import dedupdask.knn_incremental as ki
+from dedupdask.collect import collect
+from dedupdask.datasets import edit_image, write_shard
+from dedupdask.vector_index import build_index, open_index
+
+
+def _tiles() -> list[Image.Image]:
+    from sklearn.datasets import load_sample_image
+
+    out = []
+    for name in ("china.jpg", "flower.jpg"):
+        im = Image.fromarray(load_sample_image(name))
+        w, h = im.size
+        for y in range(0, h - 150, 45):
+            for x in range(0, w - 200, 55):
+                out.append(im.crop((x, y, x + 200, y + 150)))
+    return out
+
+
+def _jpg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A work_dir built once, then grown by two archives (extracted, not built), and a copy of it."""
+    root = tmp_path_factory.mktemp("incremental")
+    tiles = _tiles()
+    o = np.random.default_rng(0).permutation(len(tiles))
+    src = root / "in"
+    src.mkdir()
+
+    def shard(s: int, ids: np.ndarray, extra: list[tuple[str, bytes]] = ()) -> None:  # type: ignore[assignment]
+        members = [(f"t{i:04d}_{s}.jpg", _jpg(tiles[i])) for i in ids] + list(extra)
+        write_shard(str(src / f"{s:05d}.tar"), members)
+
+    shard(0, o[0:20])
+    shard(2, o[20:40], [(f"e{o[0]:04d}_resize.jpg", edit_image(tiles[o[0]], "resize"))])
+    shard(4, o[40:60])
+    wd = root / "wd"
+    first = ddk.run(str(src), str(wd), client="threads", progress=False)
+    build_index(collect(str(wd)), bucket_rows=8)  # an index of several buckets, to grow
+    shard(1, o[60:75], [
+        (f"x{o[25]:04d}_exact.jpg", _jpg(tiles[o[25]])),  # the group's representative moves here
+        (f"x{o[30]:04d}_crop.jpg", edit_image(tiles[o[30]], "crop")),
+        (f"x{o[5]:04d}_flip.jpg", edit_image(tiles[o[5]], "flip")),
+    ])  # fmt: skip
+    shard(5, o[75:90], [
+        (f"y{o[62]:04d}_exact.jpg", _jpg(tiles[o[62]])),
+        (f"y{o[45]:04d}_jpeg.jpg", edit_image(tiles[o[45]], "jpeg")),
+    ])  # fmt: skip
+    ddk.extract(str(src), str(wd), client="threads", progress=False)
+    shutil.copytree(wd, root / "extracted")  # the grown work_dir before its second build
+    full = _copy(root, "full")
+    res = ddk.run(None, full, run_mode=2, client="threads", progress=False, incremental=False)
+    return {"root": root, "src": src, "first": first.run, "full": res, "full_wd": full}
+
+
+def _copy(root: Path, name: str) -> str:
+    out = root / name
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(root / "extracted", out)
+    return str(out)
+
+
+def _pairs(res: ddk.DedupResult) -> dict[tuple[str, str], tuple[str, float]]:
+    sim = res.similarity.compute()
+    name = sim["filename_from"].str.rsplit("/", n=1).str[-1], sim["filename_to"].str.rsplit("/", n=1).str[-1]
+    return {(a, b): (k, float(s)) for a, b, k, s in zip(*name, sim["kind"], sim["similarity"], strict=True)}
+
+
+def _components(res: ddk.DedupResult) -> set[frozenset[str]]:
+    comp = res.components.compute().merge(res.stats.compute()[["index", "filename"]], on="index")
+    return {frozenset(g["filename"].str.rsplit("/", n=1).str[-1]) for _, g in comp.groupby("component_id")}
+
+
+def _outliers(res: ddk.DedupResult) -> set[tuple[str, str]]:
+    out = res.outliers.compute()
+    a, b = (out[c].str.rsplit("/", n=1).str[-1] for c in ("filename", "filename_nearest"))
+    return set(zip(a, b, strict=True))
+
+
+def _graph(wd: str, which: str) -> pd.DataFrame:
+    meta = json.loads((Path(wd) / "graphs" / f"{which}.json").read_text())
+    parts = [pd.read_parquet(Path(wd) / p) for p, _, _ in meta["parts"]]
+    return pd.concat(parts).sort_values(["from", "rank"]).reset_index(drop=True)
+
+
+def _same_as_full(res: ddk.DedupResult, grown: dict) -> None:
+    full = grown["full"]
+    got, want = _pairs(res), _pairs(full)
+    assert set(got) == set(want) and len(want) >= 5
+    for key, (kind, s) in want.items():
+        assert got[key][0] == kind and got[key][1] == pytest.approx(s, abs=1e-5)
+    assert _components(res) == _components(full)
+    assert _outliers(res) == _outliers(full)
+    for which in ("dat", "dct"):  # the kept graphs are equal, neighbour for neighbour
+        a, b = _graph(res.work_dir, which), _graph(grown["full_wd"], which)
+        pd.testing.assert_frame_equal(a[["from", "to", "rank"]], b[["from", "to", "rank"]])
+        np.testing.assert_allclose(a["similarity"], b["similarity"], atol=1e-5)
+
+
+def _reused_scores(res: ddk.DedupResult, grown: dict) -> None:
+    """Pixel verification ran only for the pairs the last build did not score."""
+    got, full = res.run["verification"], grown["full"].run["verification"]
+    assert res.run["graphs"]["verified"]["reused"] is True and full["reused"] == 0
+    assert got["reused"] > 0 and got["candidates"] > 0
+    assert got["reused"] + got["candidates"] == full["candidates"]
+
+
+def test_first_build_keeps_its_graphs(grown: dict) -> None:
+    run = grown["first"]
+    assert run["build"] == 1 and set(run["archive_builds"].values()) == {1}
+    for which in ("dat", "dct"):
+        assert run["graphs"][which]["reused"] is False
+        assert run["graphs"][which]["reason"] == "nothing kept (the first build)"
+        assert run["graphs"][which]["kept"]["build"] == 1
+
+
+def test_incremental_build_equals_a_full_rebuild(grown: dict) -> None:
+    wd = _copy(grown["root"], "inc")
+    res = ddk.run(None, wd, run_mode=2, client="threads", progress=False)
+    run = res.run
+    assert run["parameters"]["knn_method"] == "incremental" and run["knn"]["new_archives"] == 2
+    for which in ("dat", "dct"):
+        assert run["graphs"][which]["reused"] is True and run["graphs"][which]["previous_build"] == 1
+    _same_as_full(res, grown)
+    _reused_scores(res, grown)
+    # the moved representative: the new exact copy in 00001 and its older twin in 00002
+    pairs = _pairs(res)
+    assert any(a.startswith("x") and a.endswith("_exact.jpg") and k == "exact" for (a, b), (k, _) in pairs.items())
+    # each pair says which build found it: pairs of two images of the first build are build 1
+    sim = res.similarity.compute()
+    first = sim["archive_from"].str.contains("/0000[024].tar") & sim["archive_to"].str.contains("/0000[024].tar")
+    assert (sim.loc[first, "build"] == 1).all() and (sim.loc[~first, "build"] == 2).all() and (~first).sum() >= 4
+    assert run["build"] == 2 and run["archive_builds"]["00001.tar"] == 2 and run["archive_builds"]["00002.tar"] == 1
+    # the previous build's graph files are gone; the new ones are named in graphs/<which>.json
+    assert sorted(p.name for p in (Path(wd) / "graphs" / "dat").iterdir()) == ["2"]
+    # the index grew by a segment: the old rows moved to their new indices (00001 sorts between),
+    # the new rows went to their best buckets, every row once with its own vector
+    col = collect(wd)
+    idx = open_index(col.work_dir, archives=col.archives)
+    assert idx.meta["update"]["appended"] is True and idx.meta["update"]["moved_rows"] == 61
+    assert idx.meta["segments"] == 2 and idx.centroids.shape[0] > 4
+    seen, vecs = [], col.vector_rows()
+    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    for b in range(idx.centroids.shape[0]):
+        rows, v = idx.read_bucket(b)
+        seen.append(rows)
+        np.testing.assert_allclose(v, vecs[rows], atol=1e-6)
+        assert (np.argmax(vecs[rows] @ idx.centroids.T, axis=1) == b).all()
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(col.n))
+
+
+def test_incremental_on_a_real_cluster_in_blocks_and_chunks(grown: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cluster import shell_cluster
+
+    monkeypatch.setattr(ki, "NEW_CHUNK_ROWS", 7)  # each new archive a chunk of its own (planned here)
+    wd = _copy(grown["root"], "inc-cluster")
+    with shell_cluster(tmp_path / "cluster", n_workers=2) as (address, _):
+        res = ddk.run(None, wd, run_mode=2, client=address, progress=False, max_client_memory=1000,
+                      images_per_partition=20)  # fmt: skip
+        res.similarity.compute()
+    assert res.run["analysed_on"] == "workers"
+    assert res.run["knn"]["blocks"] == 5 and res.run["knn"]["chunks"] == 2
+    _same_as_full(res, grown)
+    _reused_scores(res, grown)
+
+
+def test_full_flag_and_a_changed_archive_search_everything(grown: dict) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    wd = _copy(grown["root"], "cli")
+    out = subprocess.run([sys.executable, "-m", "dedupdask", "build", wd, "--full", "--client", "threads",
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run = json.loads((Path(wd) / "results" / "run.json").read_text())
+    assert run["parameters"]["knn_method"] != "incremental"
+    assert run["graphs"]["dat"]["reason"] == "a full rebuild was asked (--full)"
+    _same_as_full(ddk.load(wd), grown)
+    # an archive extracted again with other contents is new again: its edges are not reused
+    wd = _copy(grown["root"], "changed")
+    shard = grown["src"] / "00004.tar"
+    keep = shard.read_bytes()
+    try:
+        tiles = _tiles()
+        write_shard(str(shard), [(f"z{i:03d}.jpg", _jpg(tiles[i])) for i in range(100, 110)])
+        for f in Path(wd).glob("00004.tar*"):
+            f.unlink()
+        ddk.extract(str(grown["src"]), wd, client="threads", progress=False)
+        res = ddk.run(None, wd, run_mode=2, client="threads", progress=False)
+    finally:
+        shard.write_bytes(keep)
+    assert res.run["graphs"]["dat"]["reused"] is False
+    assert res.run["graphs"]["dat"]["reason"] == "archive 00004.tar changed since build 1"
+    assert res.run["archive_builds"]["00004.tar"] == 2 and res.run["archive_builds"]["00000.tar"] == 1
