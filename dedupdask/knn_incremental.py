@@ -38,6 +38,7 @@ partitioned) stays as approximate for old-old pairs; the new-vs-all part is exac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,6 +59,12 @@ GRAPH_VERSION = 1
 NEW_CHUNK_ROWS = 16_384
 """New representatives per chunk of the new-vs-all search (their vectors are read once per
 block of all representatives)."""
+
+DELTA_EXACT_MAX_WORK = 4 * 30_000**2 * 1280
+"""New-vs-all by exact search while ``N * N_new * d`` is at most this (four exact searches of a
+30k-image work_dir at d = 1280: a few minutes of one thread); past it the embeddings' new rows
+probe the previous build's index (:mod:`dedupdask.vector_index`) as a reference query does, and
+a graph without an index (the DCT descriptors') is searched in full."""
 
 SLICE_BYTES = 64 * 2**20
 """Similarities held at once by one task of the new-vs-all search."""
@@ -151,10 +158,13 @@ class GraphCache:
         if meta is None:
             return None
         if int(meta.get("k", 0)) < k:
-            self.about[which].update(reused=False, reason=f"the kept graph has k {meta.get('k')} < {k}")
-            del self.about[which]["previous_build"], self.about[which]["new_archives"]
+            self.refuse(which, f"the kept graph has k {meta.get('k')} < {k}")
             return None
         return _previous_of(which, meta)
+
+    def refuse(self, which: str, reason: str) -> None:
+        """Record that what was kept for ``which`` is not used, and why."""
+        self.about[which] = {"reused": False, "reason": reason}
 
     def previous_scores(self, matcher: dict[str, Any]) -> PreviousGraph | None:
         """The kept verification scores if this build's ``matcher`` (its version and options)
@@ -472,7 +482,14 @@ def _tree(k: int, items: list[Any], fan_in: int = 16) -> Any:
 def incremental_graph(
     col: Any, reps: Any, k: int, previous: PreviousGraph, *, which: str, d: int, demoted: Any,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """The kNN graph of rows ``reps`` from ``previous`` plus a new-vs-all search.
+    """The kNN graph of rows ``reps`` from ``previous`` plus a new-vs-all search, or None.
+
+    The new-vs-all search is exact (blocks of all representatives against chunks of the new
+    ones) while ``N * N_new * d`` is at most :data:`DELTA_EXACT_MAX_WORK`. Past it, for the
+    embeddings, the new rows probe the index the previous build left (``index/``, the same
+    archives as ``previous``): each new row's best old rows in its ``nprobe`` buckets, each old
+    row's best new rows among those that probed its bucket, and the new rows among themselves
+    exactly. Otherwise (no such index, or the DCT graph) None: the caller searches in full.
 
     Parameters
     ----------
@@ -492,13 +509,24 @@ def incremental_graph(
 
     Returns
     -------
-    (dask.dataframe.DataFrame, dict)
-        The graph table (partitions in ``from`` order, one per block of archives) and details.
+    (dask.dataframe.DataFrame or None, dict)
+        The graph table (partitions in ``from`` order, one per block of archives) and details;
+        or None and ``reason``.
     """
     import dask
     import dask.dataframe as dd
 
     offsets, sizes, names = _ranges(col)
+    n_new = int(sum(int(a.n_valid) for a in col.archives if a.name not in {x["name"] for x in previous.archives}))
+    work = float(col.n) * n_new * d
+    index = None
+    if work > DELTA_EXACT_MAX_WORK:
+        if which != "dat":
+            return None, {"reason": f"new-vs-all exact search would cost {work:.2g} > {DELTA_EXACT_MAX_WORK:.2g} "
+                                    "and the DCT descriptors have no index"}  # fmt: skip
+        index, why = _usable_index(col, previous, d)
+        if index is None:
+            return None, {"reason": f"new-vs-all exact search would cost {work:.2g} > {DELTA_EXACT_MAX_WORK:.2g} and {why}"}
     old_names = {a["name"] for a in previous.archives}
     is_old_arc = np.array([n in old_names for n in names], bool)
     old_arcs = [a for a in previous.archives if int(a["n_valid"])]
@@ -540,15 +568,27 @@ def incremental_graph(
     b_parts: list[list[Any]] = [[] for _ in chunks]
     a_final = []
     for p, arcs in enumerate(blocks_arc):
-        old_mask = dask.delayed(_old_mask)(block_reps[p], offsets[arcs], sizes[arcs], is_old_arc[arcs])
+        rows_p = block_reps[p]
+        if index is not None:  # new rows against new rows only; old ones through the index
+            if not any(not is_old_arc[i] for i in arcs):
+                a_final.append(dask.delayed(empty_graph)())
+                continue
+            rows_p = dask.delayed(_old_out)(rows_p, offsets[arcs], sizes[arcs], is_old_arc[arcs])
+        old_mask = dask.delayed(_old_mask)(rows_p, offsets[arcs], sizes[arcs], is_old_arc[arcs])
         a_parts = []
         for q, rows in enumerate(chunk_rows):
             sub = replace(col, archives=tuple(valid[i] for i in sorted({*arcs, *chunks[q]})))
-            ab = dask.delayed(_cross, nout=2)(sub, block_reps[p], old_mask, rows, k, which, d)
+            ab = dask.delayed(_cross, nout=2)(sub, rows_p, old_mask, rows, k, which, d)
             a_parts.append(ab[0])
             b_parts[q].append(ab[1])
         a_final.append(_tree(k, a_parts) if a_parts else dask.delayed(empty_graph)())
     b_final = [_tree(k, bp) for bp in b_parts]
+    routed: list[Any] = []
+    about: dict[str, Any] = {"search": "exact"}
+    if index is not None:
+        routed, about = _index_search(
+            col, [valid[i] for i in new_arcs], index, k, block_reps, old_offsets, shift, starts, ends
+        )
 
     finals = []
     for p, arcs in enumerate(blocks_arc):
@@ -565,6 +605,8 @@ def incremental_graph(
             dask.delayed(_rows_of)(b_final[q], starts[p], ends[p])
             for q, ch in enumerate(chunks) if any(i in arcs for i in ch)
         ]  # fmt: skip
+        if routed:
+            mine.append(routed[p])
         finals.append(dask.delayed(_finish)(k, old, a_final[p], *mine))
     graph = dd.from_delayed(finals, meta=empty_graph(), verify_meta=False)
     info = {
@@ -574,8 +616,122 @@ def incremental_graph(
         "new_rows": int(sizes[new_arcs].sum()) if new_arcs else 0,
         "blocks": len(blocks_arc),
         "chunks": len(chunks),
+        "delta_work": work,
+        **about,
     }
     return graph, info
+
+
+def _old_out(block: np.ndarray, offs: np.ndarray, sizes: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """The rows of ``block`` in new archives."""
+    return block[~_old_mask(block, offs, sizes, old)]
+
+
+def _usable_index(col: Any, previous: PreviousGraph, d: int) -> tuple[Any, str]:
+    """The previous build's index when it covers exactly ``previous``'s archives."""
+    from .collect import ArchiveInfo
+    from .vector_index import archives_fingerprint, open_index
+
+    try:
+        index = open_index(col.work_dir)
+    except Exception as e:  # noqa: BLE001 - no index: the caller searches in full
+        return None, f"no index to search ({str(e).split(':')[0]})"
+    arcs = [ArchiveInfo(a["name"], a["url"], int(a["offset"]), int(a["n_valid"]), int(a["n_images"])) for a in previous.archives]
+    if index.meta.get("fingerprint") != archives_fingerprint(arcs) or index.d != d:
+        return None, "the index covers other archives than the kept graph"
+    if index.meta.get("model") != col.model:
+        return None, "the index is of another model"
+    return index, ""
+
+
+def _bitmap(n: int, *arrays: np.ndarray) -> np.ndarray:
+    """Packed bits of the rows in ``arrays`` (global indices below ``n``)."""
+    bits = np.zeros(n, bool)
+    for a in arrays:
+        bits[np.asarray(a, _I64)] = True
+    return np.packbits(bits)
+
+
+def _bit(bits: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return ((bits[x >> 3] >> (7 - (x & 7))) & 1).astype(bool)
+
+
+def _index_search(
+    col: Any, new_arcs: list[Any], index: Any, k: int, block_reps: list[Any], old_offsets: np.ndarray,
+    shift: np.ndarray, starts: list[int], ends: list[int],
+) -> tuple[list[Any], dict[str, Any]]:  # fmt: skip
+    """New rows probe the index's buckets (as a reference query): per touched bucket, each new
+    row's best old rows and each old row's best new rows (of those that probed it); the edges
+    routed to the blocks of their ``from`` (one delayed frame per block)."""
+    import uuid
+
+    import dask
+    import dask.dataframe as dd
+
+    from .analyses.routing import route, route_touched
+    from .knn_budget import _n_workers
+    from .knn_rows import VectorSource
+    from .reference_search import QUERY_ROWS_PER_TASK, _probe, _probe_meta
+
+    sub = replace(col, archives=tuple(new_arcs))
+    qsrc = VectorSource.from_collection(sub)
+    token = uuid.uuid4().hex[:12]
+    cents = dask.delayed(index.centroids, name=f"dedupdask-inc-centroids-{token}")
+    probes = [dask.delayed(_probe, pure=True)(b, int(b.offset), cents, index.nprobe) for b in qsrc.blocks]
+    frame = dd.from_delayed(probes, meta=_probe_meta(), verify_meta=False).persist()
+    memberships = int(qsrc.n) * min(index.nprobe, index.centroids.shape[0])
+    by_bucket, touched, _ = route_touched(
+        frame, "bucket", index.centroids.shape[0], max(2 * _n_workers(), math.ceil(memberships / QUERY_ROWS_PER_TASK))
+    )  # fmt: skip
+    bits = dask.delayed(_bitmap, pure=True)(int(col.n), *block_reps)
+    idx = dask.delayed(index, name=f"dedupdask-inc-index-{token}")
+    found = dd.from_delayed(
+        [dask.delayed(_bucket_edges, pure=True)(p, sub, idx, k, bits, old_offsets, shift)
+         for p in by_bucket.to_delayed()],
+        meta=empty_graph(), verify_meta=False,
+    )  # fmt: skip
+    routed = route(found, "from", [*starts, ends[-1]]).to_delayed()
+    about = {
+        "search": "index", "nprobe": int(index.nprobe), "centroids": int(index.centroids.shape[0]),
+        "buckets_touched": int(touched.size), "old_rows_read": int(index.bucket_rows[touched].sum()),
+    }  # fmt: skip
+    return [dask.delayed(_from_index)(r) for r in routed], about
+
+
+def _from_index(part: pd.DataFrame) -> pd.DataFrame:
+    return part.reset_index().loc[:, list(GRAPH_COLUMNS)]
+
+
+def _bucket_edges(
+    part: pd.DataFrame, sub: Any, index: Any, k: int, bits: np.ndarray, old_offsets: np.ndarray, shift: np.ndarray,
+) -> pd.DataFrame:  # fmt: skip
+    """One task of touched buckets: new rows' best old rows and old rows' best new rows."""
+    part = part.reset_index(drop=True)
+    out = [empty_graph()]
+    for bucket, grp in part.groupby("bucket", sort=True):
+        q = np.unique(grp["q"].to_numpy(_I64))
+        q = q[_bit(bits, q)]
+        if not q.size:
+            continue
+        ridx, rvec = index.read_bucket(int(bucket))
+        ridx = _move(ridx, old_offsets, shift)
+        keep = _bit(bits, ridx)
+        ridx, rvec = ridx[keep], rvec[keep]
+        if not ridx.size:
+            continue
+        order = np.argsort(ridx)
+        ridx, rvec = ridx[order], rvec[order]
+        qv = _read_vectors(sub, q, "dat", index.d)
+        step = max(1, SLICE_BYTES // (4 * ridx.size))
+        back = []
+        for s0 in range(0, q.size, step):
+            s = qv[s0 : s0 + step] @ rvec.T
+            f, t, v = _best(q[s0 : s0 + step], ridx, s, k)
+            out.append(_merge(f, t, v, k))
+            f, t, v = _best(ridx, q[s0 : s0 + step], np.ascontiguousarray(s.T), k)
+            back.append(_merge(f, t, v, k))
+        out.append(_cut(back, k))
+    return _cut(out, k)
 
 
 def _old_mask(block: np.ndarray, offs: np.ndarray, sizes: np.ndarray, old: np.ndarray) -> np.ndarray:

@@ -467,12 +467,15 @@ def _work_dir_graph(
         graph, info = incremental_graph(
             col, reps, k, previous, which=which, d=width, demoted=cache.demoted(previous, groups)
         )
-        graph = cache.keep(which, graph, previous.method, k, width)
-        if table:
-            return graph, None, "incremental", info
-        reps = np.sort(np.asarray(reps.compute() if hasattr(reps, "dask") else reps, dtype=np.int64))
-        idx, sim = graph_arrays(graph, reps, k)
-        return idx, sim, "incremental", info
+        if graph is None:  # the new-vs-all search would cost more than searching everything
+            cache.refuse(which, info["reason"])
+        else:
+            graph = cache.keep(which, graph, previous.method, k, width)
+            if table:
+                return graph, None, "incremental", info
+            reps = np.sort(np.asarray(reps.compute() if hasattr(reps, "dask") else reps, dtype=np.int64))
+            idx, sim = graph_arrays(graph, reps, k)
+            return idx, sim, "incremental", info
     got = _searched_graph(col, reps, k, config=config, method=method, random_state=random_state,
                           which=which, d=d, vectors=vectors, table=table)  # fmt: skip
     if cache is not None:

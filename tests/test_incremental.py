@@ -221,3 +221,20 @@ def test_full_flag_and_a_changed_archive_search_everything(grown: dict) -> None:
     assert res.run["graphs"]["dat"]["reused"] is False
     assert res.run["graphs"]["dat"]["reason"] == "archive 00004.tar changed since build 1"
     assert res.run["archive_builds"]["00004.tar"] == 2 and res.run["archive_builds"]["00000.tar"] == 1
+
+
+def test_past_the_exact_budget_new_rows_probe_the_index(grown: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large work_dir: the new rows probe the last build's index (several buckets here) instead
+    of an exact search against all; the DCT graph, which has no index, is searched in full."""
+    monkeypatch.setattr(ki, "DELTA_EXACT_MAX_WORK", 0)
+    wd = _copy(grown["root"], "inc-index")
+    res = ddk.run(None, wd, run_mode=2, client="threads", progress=False)
+    run = res.run
+    assert run["knn"]["search"] == "index" and run["knn"]["buckets_touched"] >= 2
+    assert run["graphs"]["dct"]["reused"] is False and "no index" in run["graphs"]["dct"]["reason"]
+    got, want = _pairs(res), _pairs(grown["full"])
+    assert {key: kind for key, (kind, _) in got.items()} == {key: kind for key, (kind, _) in want.items()}
+    a, b = _graph(wd, "dat"), _graph(grown["full_wd"], "dat")
+    shared = len(a.merge(b, on=["from", "to"]))
+    assert len(a) == len(b) and shared >= 0.9 * len(b)
+    print(f"index path: {shared} of {len(b)} edges of the full graph")

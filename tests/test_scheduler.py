@@ -89,7 +89,8 @@ def test_named_local_scheduler_never_starts_a_cluster(dct_work, cluster_starts, 
 
     monkeypatch.setattr(verify, "PROCESS_MIN_PAIRS", 1)
     _, wd = dct_work
-    res = ddk.build(wd, client="threads", progress=False, verify_threshold=0.5)
+    # incremental=False: the work_dir is built before, and its kept scores would be reused
+    res = ddk.build(wd, client="threads", progress=False, verify_threshold=0.5, incremental=False)
     assert res.run["verification"]["candidates"] > 0
     assert cluster_starts == []
 
