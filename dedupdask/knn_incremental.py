@@ -374,43 +374,51 @@ def _merge(frm: np.ndarray, to: np.ndarray, sim: np.ndarray, k: int) -> pd.DataF
 
 
 def _best(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Each row's best ``k`` columns of ``s`` as edge arrays (``-inf`` entries never)."""
+    """Each row's best ``k`` columns of ``s`` as edge arrays (``-inf`` entries never; ties by
+    the lower column, as :func:`dedupdask.knn.top_k`: columns are in index order). Overwrites
+    the chosen entries of ``s``."""
+    from .reference_search import top_few
+
     kk = min(k, s.shape[1])
     if kk == 0 or not s.shape[0]:
         return np.empty(0, _I64), np.empty(0, _I64), np.empty(0, np.float32)
-    part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(np.arange(s.shape[1]), s.shape)
-    val = np.take_along_axis(s, part, axis=1)
-    # a tie at the k-th value may have left out a smaller column: take every tied column
-    kth = val.min(axis=1, keepdims=True)
-    tied = (s >= kth) & np.isfinite(s)
-    r, c = np.nonzero(tied)
-    ok = np.isfinite(s[r, c])
-    return rows[r[ok]], cols[c[ok]], np.clip(s[r[ok], c[ok]], -1.0, 1.0).astype(np.float32)
+    idx, val = top_few(s, kk)
+    ok = np.isfinite(val).ravel()
+    return (
+        np.repeat(rows, kk)[ok], cols[idx.ravel()[ok]], np.clip(val.ravel()[ok], -1.0, 1.0).astype(np.float32)
+    )
 
 
 def _cross(
     col: Any, block: np.ndarray, is_old: np.ndarray, chunk: np.ndarray, k: int, which: str, d: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """One task: block rows' best ``k`` among the chunk's new rows, and the chunk's rows' best
-    ``k`` among the block's old rows (edge frames, not yet cut to ``k``)."""
-    a, b = [empty_graph()], [empty_graph()]
+    ``k`` among the block's old rows (edge frames; the second not yet cut to ``k``)."""
     if not block.size or not chunk.size:
-        return a[0], b[0]
+        return empty_graph(), empty_graph()
     y = _read_vectors(col, chunk, which, d)
     x_all = _read_vectors(col, block, which, d)
     step = max(64, SLICE_BYTES // max(1, 4 * chunk.size))
+    a: list[tuple[np.ndarray, ...]] = []
+    b: list[tuple[np.ndarray, ...]] = []
     for s0 in range(0, block.size, step):
         rows, x = block[s0 : s0 + step], x_all[s0 : s0 + step]
         s = x @ y.T
-        same_r, same_c = np.nonzero(rows[:, None] == chunk[None, :]) if rows.size * chunk.size <= 2**26 else _same(rows, chunk)
+        same_r, same_c = _same(rows, chunk)
         s[same_r, same_c] = -np.inf
-        f, t, v = _best(rows, chunk, s, k)
-        a.append(_merge(f, t, v, k))
         old = is_old[s0 : s0 + step]
-        if old.any():
-            f, t, v = _best(chunk, rows[old], np.ascontiguousarray(s[old].T), k)
-            b.append(_merge(f, t, v, k))
-    return _cut(a, k), _cut(b, k)
+        sb = np.ascontiguousarray(s[old].T) if old.any() else None
+        a.append(_best(rows, chunk, s, k))  # complete: the chunk is all of this task's columns
+        if sb is not None:
+            b.append(_best(chunk, rows[old], sb, k))
+    return _edges(a, k), _edges(b, k)
+
+
+def _edges(parts: list[tuple[np.ndarray, ...]], k: int) -> pd.DataFrame:
+    if not parts:
+        return empty_graph()
+    f, t, v = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return _merge(f, t, v, k)
 
 
 def _same(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -726,11 +734,10 @@ def _bucket_edges(
         back = []
         for s0 in range(0, q.size, step):
             s = qv[s0 : s0 + step] @ rvec.T
-            f, t, v = _best(q[s0 : s0 + step], ridx, s, k)
-            out.append(_merge(f, t, v, k))
-            f, t, v = _best(ridx, q[s0 : s0 + step], np.ascontiguousarray(s.T), k)
-            back.append(_merge(f, t, v, k))
-        out.append(_cut(back, k))
+            sb = np.ascontiguousarray(s.T)
+            out.append(_edges([_best(q[s0 : s0 + step], ridx, s, k)], k))
+            back.append(_best(ridx, q[s0 : s0 + step], sb, k))
+        out.append(_edges(back, k))
     return _cut(out, k)
 
 

@@ -560,6 +560,15 @@ def knn_graph_frame_work_dir(
     global indices (any partitioning, e.g. a column of a per-archive table): then the
     partitioned path needs no per-image array here at all (one count is computed).
 
+    Parameters
+    ----------
+    cache : GraphCache, optional
+        The build's kept graphs (:mod:`dedupdask.knn_incremental`): the graph is the previous
+        build's plus a new-vs-all search when it can be reused, and is kept for the next build.
+    groups : ndarray or dask.dataframe.DataFrame, optional
+        With ``cache``: the ``rep`` of every image (or ``index, rep``) of the groups ``reps``
+        represent, to tell which old representatives are no longer ones.
+
     Returns
     -------
     (dask.dataframe.DataFrame, str, dict)
@@ -602,6 +611,15 @@ def knn_graph_work_dir(
     graphs of a run take this path: the embeddings' and, with ``which="dct"``, ``d=63`` and
     ``vectors`` (their ``[N, 63]`` dask array), the DCT descriptors' (searched unreduced).
     The in-process form of :func:`knn_graph_frame_work_dir` (a partitioned graph is gathered).
+
+    Parameters
+    ----------
+    cache : GraphCache, optional
+        The build's kept graphs (:mod:`dedupdask.knn_incremental`): the graph is the previous
+        build's plus a new-vs-all search when it can be reused, and is kept for the next build.
+    groups : ndarray or dask.dataframe.DataFrame, optional
+        With ``cache``: the ``rep`` of every image (or ``index, rep``) of the groups ``reps``
+        represent, to tell which old representatives are no longer ones.
 
     Returns
     -------
