@@ -39,6 +39,7 @@ partitioned) stays as approximate for old-old pairs; the new-vs-all part is exac
 from __future__ import annotations
 
 import math
+import posixpath
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -142,6 +143,9 @@ class GraphCache:
             if meta.get(key) != value:
                 about.update(reused=False, reason=f"it was kept with another {key}")
                 return None
+        if not _all_there(wd, meta):
+            about.update(reused=False, reason=f"the files kept by build {meta.get('build')} are missing")
+            return None
         now = {a.name: _identity(a.to_dict()) for a in self.col.archives}
         for a in meta["archives"]:
             if now.get(a["name"]) != _identity(a):
@@ -256,6 +260,15 @@ class GraphCache:
             return str(self.col.work_dir.read_json(self._json(which))["folder"])
         except Exception:  # noqa: BLE001 - nothing to remove
             return None
+
+
+def _all_there(wd: WorkDir, meta: dict[str, Any]) -> bool:
+    """Whether every part ``meta`` names is there (one listing)."""
+    try:
+        names = {posixpath.basename(str(p)) for p in wd.fs.ls(wd.join(meta["folder"]), detail=False)}
+    except (FileNotFoundError, KeyError):
+        return False
+    return all(posixpath.basename(p) in names for p, _, _ in meta.get("parts", []))
 
 
 def scores_identity(params: Any, max_image_pixels: int, max_member_bytes: int) -> dict[str, Any]:

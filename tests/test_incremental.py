@@ -221,6 +221,14 @@ def test_full_flag_and_a_changed_archive_search_everything(grown: dict) -> None:
     assert res.run["graphs"]["dat"]["reused"] is False
     assert res.run["graphs"]["dat"]["reason"] == "archive 00004.tar changed since build 1"
     assert res.run["archive_builds"]["00004.tar"] == 2 and res.run["archive_builds"]["00000.tar"] == 1
+    # what was kept but is gone costs a full search, not an error
+    wd = _copy(grown["root"], "gone")
+    shutil.rmtree(Path(wd) / "graphs" / "dat")
+    res = ddk.run(None, wd, run_mode=2, client="threads", progress=False)
+    assert res.run["graphs"]["dat"] == {"reused": False, "reason": "the files kept by build 1 are missing",
+                                        "kept": {"build": 2, "edges": len(_graph(grown["full_wd"], "dat"))}}
+    assert res.run["graphs"]["dct"]["reused"] is True
+    _same_as_full(res, grown)
 
 
 def test_past_the_exact_budget_new_rows_probe_the_index(grown: dict, monkeypatch: pytest.MonkeyPatch) -> None:
