@@ -178,6 +178,11 @@ def test_incremental_build_equals_a_full_rebuild(grown: dict) -> None:
         np.testing.assert_allclose(v, vecs[rows], atol=1e-6)
         assert (np.argmax(vecs[rows] @ idx.centroids.T, axis=1) == b).all()
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(col.n))
+    # and a reference run reads the grown index: each image of a new shard, queried, finds itself
+    q = ddk.run(str(grown["src"] / "00001.tar"), str(Path(wd).parent / "query-inc"), reference=wd,
+                client="threads", progress=False).similarity.compute()  # fmt: skip
+    same = q[q["kind"] == "exact"]
+    assert (same["member_from"] == same["member_to"]).sum() == 18
 
 
 def test_incremental_on_a_real_cluster_in_blocks_and_chunks(grown: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
