@@ -140,6 +140,7 @@ def build(
     method: Literal["auto", "exact", "pynndescent"] = "auto",
     random_state: int = DEFAULT_RANDOM_STATE,
     write: bool = True,
+    gather: bool = True,
 ) -> DedupResult:
     """Analyse every done archive of ``work_dir`` (run_mode=2) and write the result files.
 
@@ -160,6 +161,9 @@ def build(
         pynndescent seed (reruns give the same graph).
     write : bool
         Write the CSV/Parquet files and ``results/run.json``.
+    gather : bool
+        Without ``write``: bring the tables the workers hold here (True: the cluster may close
+        next), or leave them there (False: for a caller that uses them while it is open).
 
     Returns
     -------
@@ -184,7 +188,7 @@ def build(
             # a client given here takes every stage; inside ddk.run the call already chose
             where = contextlib.nullcontext() if client is None else run.analysis(None)
             with where:
-                result = _build(work_dir, config, method, random_state, write, stages)
+                result = _build(work_dir, config, method, random_state, write, stages, gather)
     except BaseException:
         stages.close(clear=True)  # the error is what the user reads, not a half bar
         raise
@@ -199,6 +203,7 @@ def _build(
     random_state: int,
     write: bool,
     stages: _Stages,
+    gather: bool = True,
 ) -> DedupResult:
     col = collect(work_dir, config.storage_options)
     wd = col.work_dir
@@ -209,6 +214,7 @@ def _build(
         )
     stages.done("collect")
     builds = _builds(col, config, method, write)
+    builds.gather = gather
     if scheduler.dask_client() is not None and col.n > 0:  # on a distributed client
         return _on_workers(col, config, method, random_state, builds, stages)
     with _one_blas_thread():
@@ -417,6 +423,7 @@ class _Builds:
         self.urls = urls  # by url (the archive column of the tables)
         self.graphs = graphs
         self.write = write
+        self.gather = True
 
     def pairs(self, similarity: Any) -> Any:
         """``similarity`` with ``build``: the first build that held both images of a pair (the
@@ -574,9 +581,11 @@ def _write(
             write_index = update_index if getattr(config, "incremental", True) else build_index
             write_index(col, max_memory_per_task=config.max_memory_per_task)
         stages.done("index")
-    else:
+    elif builds.gather:
         # nothing written: a table on the workers comes here (their cluster may close next)
         lazy = {name: table_from_pandas(_gathered(df)) for name, df in tables.items()}
+    else:  # left where they are (pandas ones as Dask frames)
+        lazy = {name: df if isinstance(df, dd.DataFrame) else table_from_pandas(df) for name, df in tables.items()}
     return from_tables(col, lazy, run)
 
 

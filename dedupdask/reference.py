@@ -397,10 +397,12 @@ def _index_csv(qcol: Collection) -> Any:
 
 
 def _query_duplicates(work_dir: str, config: Any) -> Any:
-    """The query's own duplicate pairs: a normal analysis of its work_dir, nothing written."""
+    """The query's own duplicate pairs: a normal analysis of its work_dir, nothing written; on a
+    cluster the pairs stay on the workers until the caller writes them."""
     from .analysis import build
 
-    res = build(work_dir, config=replace(config, reference=None, query_duplicates=False, progress=False), write=False)
+    cfg = replace(config, reference=None, query_duplicates=False, progress=False)
+    res = build(work_dir, config=cfg, write=False, gather=False)
     return res.similarity
 
 
