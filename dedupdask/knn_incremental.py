@@ -386,16 +386,56 @@ def _merge(frm: np.ndarray, to: np.ndarray, sim: np.ndarray, k: int) -> pd.DataF
     })  # fmt: skip
 
 
-def _best(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Each row's best ``k`` columns of ``s`` as edge arrays (``-inf`` entries never; ties by
-    the lower column, as :func:`dedupdask.knn.top_k`: columns are in index order). Overwrites
-    the chosen entries of ``s``."""
+GROUP_COLUMNS = 64
+"""Columns per group of :func:`top_grouped`."""
+
+
+def top_grouped(s: np.ndarray, k: int, group: int = GROUP_COLUMNS) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest entries of ``s`` (largest first, ties to the lower column, as
+    :func:`dedupdask.knn.top_k`), reading ``s`` about twice instead of ``k`` times.
+
+    The row's ``k`` largest entries lie in its ``k`` groups of ``group`` consecutive columns
+    with the largest maxima (a group holding one of them has a maximum at least the ``k``-th
+    largest, and at most ``k`` groups do), so one pass takes the groups' maxima, ``k`` argmax
+    passes over those pick the groups, and the entries are chosen among their ``k * group``
+    columns. Overwrites nothing.
+
+    Examples
+    --------
+    >>> s = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    >>> from dedupdask.knn import top_k
+    >>> [np.array_equal(a, b) for a, b in zip(top_grouped(s, 4), top_k(s, 4))]
+    [True, True]
+    """
     from .reference_search import top_few
 
+    r, c = s.shape
+    k = min(k, c)
+    if c <= 4 * k * group or k == 0:
+        return top_few(s.copy(), k)
+    n_g = c // group
+    main = s[:, : n_g * group].reshape(r, n_g, group).max(axis=2)
+    if n_g * group < c:  # the last, shorter group
+        main = np.concatenate([main, s[:, n_g * group :].max(axis=1, keepdims=True)], axis=1)
+    g, _ = top_few(main, min(k, main.shape[1]))
+    g.sort(axis=1)  # candidate columns in column order: argmax keeps the lower one of a tie
+    cols = (g[:, :, None] * group + np.arange(group)).reshape(r, -1)
+    cols = np.minimum(cols, c - 1)  # the short group's overhang repeats its last column
+    cand = np.take_along_axis(s, cols, axis=1)
+    dup = np.zeros(cols.shape, bool)
+    dup[:, 1:] = cols[:, 1:] == cols[:, :-1]
+    cand[dup] = -np.inf
+    idx, val = top_few(cand, k)
+    return np.take_along_axis(cols, idx, axis=1), val
+
+
+def _best(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Each row's best ``k`` columns of ``s`` as edge arrays (``-inf`` entries never; ties by
+    the lower column, as :func:`dedupdask.knn.top_k`: columns are in index order)."""
     kk = min(k, s.shape[1])
     if kk == 0 or not s.shape[0]:
         return np.empty(0, _I64), np.empty(0, _I64), np.empty(0, np.float32)
-    idx, val = top_few(s, kk)
+    idx, val = top_grouped(s, kk)
     ok = np.isfinite(val).ravel()
     return (
         np.repeat(rows, kk)[ok], cols[idx.ravel()[ok]], np.clip(val.ravel()[ok], -1.0, 1.0).astype(np.float32)
@@ -406,25 +446,35 @@ def _cross(
     col: Any, block: np.ndarray, is_old: np.ndarray, chunk: np.ndarray, k: int, which: str, d: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """One task: block rows' best ``k`` among the chunk's new rows, and the chunk's rows' best
-    ``k`` among the block's old rows (edge frames; the second not yet cut to ``k``)."""
+    ``k`` among the block's old rows (edge frames)."""
+    from .reference_search import top_few
+
     if not block.size or not chunk.size:
         return empty_graph(), empty_graph()
     y = _read_vectors(col, chunk, which, d)
     x_all = _read_vectors(col, block, which, d)
     step = max(64, SLICE_BYTES // max(1, 4 * chunk.size))
     a: list[tuple[np.ndarray, ...]] = []
-    b: list[tuple[np.ndarray, ...]] = []
+    kb = min(k, int(is_old.sum()))
+    best_v = np.full((chunk.size, kb), -np.inf, np.float32)  # the chunk rows' best old rows so far
+    best_i = np.zeros((chunk.size, kb), _I64)
     for s0 in range(0, block.size, step):
         rows, x = block[s0 : s0 + step], x_all[s0 : s0 + step]
         s = x @ y.T
         same_r, same_c = _same(rows, chunk)
         s[same_r, same_c] = -np.inf
         old = is_old[s0 : s0 + step]
-        sb = np.ascontiguousarray(s[old].T) if old.any() else None
+        sb = np.ascontiguousarray(s[old].T) if old.any() and kb else None
         a.append(_best(rows, chunk, s, k))  # complete: the chunk is all of this task's columns
-        if sb is not None:
-            b.append(_best(chunk, rows[old], sb, k))
-    return _edges(a, k), _edges(b, k)
+        if sb is not None:  # the running best: kept ones first, so ties keep the lower index
+            top, val = top_grouped(sb, min(kb, sb.shape[1]))
+            cand_v = np.concatenate([best_v, val], axis=1)
+            cand_i = np.concatenate([best_i, rows[old][top]], axis=1)
+            top, best_v = top_few(cand_v, kb)
+            best_i = np.take_along_axis(cand_i, top, axis=1)
+    ok = np.isfinite(best_v).ravel()
+    b = (np.repeat(chunk, kb)[ok], best_i.ravel()[ok], np.clip(best_v.ravel()[ok], -1.0, 1.0))
+    return _edges(a, k), _edges([b], k)
 
 
 def _edges(parts: list[tuple[np.ndarray, ...]], k: int) -> pd.DataFrame:

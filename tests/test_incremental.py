@@ -251,3 +251,19 @@ def test_past_the_exact_budget_new_rows_probe_the_index(grown: dict, monkeypatch
     shared = len(a.merge(b, on=["from", "to"]))
     assert len(a) == len(b) and shared >= 0.9 * len(b)
     print(f"index path: {shared} of {len(b)} edges of the full graph")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_grouped_is_top_k_ties_included(seed: int) -> None:
+    """The grouped top-k of the new-vs-all search picks what knn.top_k picks: the same columns
+    in the same order, ties to the lower column (coarse integer values make many ties), -inf last."""
+    from dedupdask.knn import top_k
+
+    rng = np.random.default_rng(seed)
+    rows, cols, k = int(rng.integers(1, 40)), int(rng.integers(1000, 3000)), int(rng.integers(1, 12))
+    s = rng.integers(0, 20, (rows, cols)).astype(np.float32)
+    s[rng.random(s.shape) < 0.3] = -np.inf
+    want = top_k(s, k)
+    got = ki.top_grouped(s, k, group=int(rng.integers(2, 8)))  # groups, not the small-row path
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0][np.isfinite(want[1])], want[0][np.isfinite(want[1])])
