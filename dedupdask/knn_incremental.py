@@ -67,6 +67,12 @@ DELTA_EXACT_MAX_WORK = 4 * 30_000**2 * 1280
 probe the previous build's index (:mod:`dedupdask.vector_index`) as a reference query does, and
 a graph without an index (the DCT descriptors') is searched in full."""
 
+INDEX_MAX_PROBED_SHARE = 0.1
+"""The index path only while a new row probes at most this share of the buckets: a less
+selective index compares each new row with most old rows, and costs more than searching
+everything (``benchmarks/incremental.py``: 1M synthetic rows in 20 buckets, nprobe 9, 100k new:
+457 s against a full rebuild's 298 s)."""
+
 SLICE_BYTES = 64 * 2**20
 """Similarities held at once by one task of the new-vs-all search."""
 
@@ -558,9 +564,10 @@ def incremental_graph(
     The new-vs-all search is exact (blocks of all representatives against chunks of the new
     ones) while ``N * N_new * d`` is at most :data:`DELTA_EXACT_MAX_WORK`. Past it, for the
     embeddings, the new rows probe the index the previous build left (``index/``, the same
-    archives as ``previous``): each new row's best old rows in its ``nprobe`` buckets, each old
-    row's best new rows among those that probed its bucket, and the new rows among themselves
-    exactly. Otherwise (no such index, or the DCT graph) None: the caller searches in full.
+    archives as ``previous``, probing at most :data:`INDEX_MAX_PROBED_SHARE` of its buckets):
+    each new row's best old rows in its ``nprobe`` buckets, each old row's best new rows among
+    those that probed its bucket, and the new rows among themselves exactly. Otherwise (no such
+    index, or the DCT graph) None: the caller searches in full.
 
     Parameters
     ----------
@@ -707,6 +714,10 @@ def _usable_index(col: Any, previous: PreviousGraph, d: int) -> tuple[Any, str]:
         index = open_index(col.work_dir)
     except Exception as e:  # noqa: BLE001 - no index: the caller searches in full
         return None, f"no index to search ({str(e).split(':')[0]})"
+    share = index.nprobe / max(1, index.centroids.shape[0])
+    if share > INDEX_MAX_PROBED_SHARE:
+        return None, (f"the index is not selective enough (a row probes {index.nprobe} of "
+                      f"{index.centroids.shape[0]} buckets)")  # fmt: skip
     arcs = [ArchiveInfo(a["name"], a["url"], int(a["offset"]), int(a["n_valid"]), int(a["n_images"])) for a in previous.archives]
     if index.meta.get("fingerprint") != archives_fingerprint(arcs) or index.d != d:
         return None, "the index covers other archives than the kept graph"

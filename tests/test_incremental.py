@@ -240,6 +240,7 @@ def test_past_the_exact_budget_new_rows_probe_the_index(grown: dict, monkeypatch
     """A large work_dir: the new rows probe the last build's index (several buckets here) instead
     of an exact search against all; the DCT graph, which has no index, is searched in full."""
     monkeypatch.setattr(ki, "DELTA_EXACT_MAX_WORK", 0)
+    monkeypatch.setattr(ki, "INDEX_MAX_PROBED_SHARE", 1.0)  # 8 buckets here, a few probed
     wd = _copy(grown["root"], "inc-index")
     res = ddk.run(None, wd, run_mode=2, client="threads", progress=False)
     run = res.run
@@ -251,6 +252,11 @@ def test_past_the_exact_budget_new_rows_probe_the_index(grown: dict, monkeypatch
     shared = len(a.merge(b, on=["from", "to"]))
     assert len(a) == len(b) and shared >= 0.9 * len(b)
     print(f"index path: {shared} of {len(b)} edges of the full graph")
+    # an index that makes each new row probe most buckets is not used: a full search, and why
+    monkeypatch.setattr(ki, "INDEX_MAX_PROBED_SHARE", 0.01)
+    res = ddk.run(None, _copy(grown["root"], "inc-index2"), run_mode=2, client="threads", progress=False)
+    assert res.run["graphs"]["dat"]["reused"] is False and "not selective" in res.run["graphs"]["dat"]["reason"]
+    _same_as_full(res, grown)
 
 
 @pytest.mark.parametrize("seed", range(6))
