@@ -39,18 +39,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import _pairs, _share, write_query  # noqa: E402
-from scale_build import generate, sampled  # noqa: E402
-
-
-def _links(out: str, *sources: str) -> None:
-    """A work_dir holding the per-archive files of ``sources`` (links)."""
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
-    for src in sources:
-        for p in Path(src).iterdir():
-            if p.is_file() and ".tar" in p.name:
-                os.symlink(p, os.path.join(out, p.name))
+from reference import _pairs, _share, cli_cluster, links, write_query  # noqa: E402
+from scale_build import generate  # noqa: E402
 
 
 def _copy_results(src: str, out: str) -> None:
@@ -64,8 +54,6 @@ def _copy_results(src: str, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dedupdask.testing.shellcluster import shell_cluster
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--new", type=int, nargs="+", default=[20_000, 100_000])
@@ -81,23 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     archives = max(2, round(args.n * args.archives_per_million / 1_000_000))
     base = os.path.join(args.data_dir, f"base-n{args.n}-d{args.d}-a{archives}")
     generate(base, args.n, args.d, archives)
-    extra = args.extra.split()
     tmp = tempfile.mkdtemp(prefix="ddk-inc-")
-    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
-                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
-        workers = [pr.pid for pr in procs[1:]]
-
-        def timed(cmd: list[str], log: str) -> tuple[float, dict]:
-            return sampled([sys.executable, "-m", "dedupdask", *cmd, "--no-progress", "--client", address, *extra],
-                           workers, os.path.join(tmp, log), scheduler=procs[0].pid)  # fmt: skip
-
-        def peaks(pk: dict) -> str:
-            w = [v for k, v in pk.items() if k.startswith("worker")]
-            return f"client {pk['client']:.0f} MB, workers {', '.join(f'{v:,.0f}' for v in w)} MB of {args.memory_limit}"
-
+    with cli_cluster(args, "ddk-inc-cluster-") as (timed, peaks):
         first = os.path.join(args.data_dir, f"built-n{args.n}")
         if not os.path.exists(os.path.join(first, "graphs", "dat.json")):
-            _links(first, base)
+            links(first, base)
             wall, pk = timed(["build", first, "--no-verify"], "first.log")
             run = json.load(open(os.path.join(first, "results", "run.json")))
             print(f"first build of {args.n:,} x {args.d} ({archives} archives): {wall:.1f} s ({peaks(pk)}); "
@@ -110,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             got = {}
             for mode in ("incremental", "full"):
                 wd = os.path.join(tmp, f"{mode}-q{q}")
-                _links(wd, base, new)
+                links(wd, base, new)
                 _copy_results(first, wd)
                 cmd = ["build", wd, "--no-verify"] + (["--full"] if mode == "full" else [])
                 wall, pk = timed(cmd, f"{mode}-{q}.log")

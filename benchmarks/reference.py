@@ -31,12 +31,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,17 +128,44 @@ def _share(found: set[int], q: np.ndarray, r: np.ndarray, n: int) -> float:
 
 def combined(ref: str, query: str, out: str) -> None:
     """A work_dir holding both sets' per-archive files (links): what a full re-run reads."""
+    links(out, ref, query)
+
+
+def links(out: str, *sources: str) -> None:
+    """A work_dir holding the per-archive files of ``sources`` (links; not results/, index/, CSVs)."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    for src in (ref, query):
+    for src in sources:
         for p in Path(src).iterdir():
-            if p.is_file() and ".tar" in p.name:  # per-archive files only (not results/, index/, CSVs)
+            if p.is_file() and ".tar" in p.name:
                 os.symlink(p, os.path.join(out, p.name))
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextlib.contextmanager
+def cli_cluster(args: argparse.Namespace, prefix: str) -> Iterator[tuple[Callable[..., tuple[float, dict]], Callable[[dict], str]]]:
+    """A ``dask scheduler`` with ``args.workers`` ``dask worker`` processes of ``args.memory_limit``;
+    ``timed(cmd, log)`` runs ``dedupdask CMD`` against it (``args.extra`` appended) and returns its
+    wall time and the peaks of it, the workers and the scheduler; ``peaks(pk)`` says them."""
     from dedupdask.testing.shellcluster import shell_cluster
 
+    extra = args.extra.split()
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
+                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
+        workers = [pr.pid for pr in procs[1:]]
+
+        def timed(cmd: list[str], log: str) -> tuple[float, dict]:
+            return sampled([sys.executable, "-m", "dedupdask", *cmd, "--no-progress", "--client", address, *extra],
+                           workers, os.path.join(tmp, log), scheduler=procs[0].pid)  # fmt: skip
+
+        def peaks(pk: dict) -> str:
+            w = [v for k, v in pk.items() if k.startswith("worker")]
+            return f"client peak {pk['client']:.0f} MB, worker peaks {', '.join(f'{v:,.0f}' for v in w)} MB of {args.memory_limit}"
+
+        yield timed, peaks
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n-ref", type=int, default=2_000_000)
     p.add_argument("--queries", type=int, nargs="+", default=[10_000, 100_000])
@@ -160,20 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         queries[q] = (qwd, write_query(qwd, ref, args.n_ref, q, args.d, args.query_per_archive))
     print(f"data: reference {args.n_ref:,} x {args.d} in {archives} archives, queries {args.queries} "
           f"({time.perf_counter() - t0:.0f} s to write or reuse)", flush=True)  # fmt: skip
-    extra = args.extra.split()
-    tmp = tempfile.mkdtemp(prefix="ddk-ref-")
-    with shell_cluster(tmp, args.workers, memory_limit=args.memory_limit, start_timeout=120,
-                       workers_timeout=180, stop_timeout=30) as (address, procs):  # fmt: skip
-        workers = [pr.pid for pr in procs[1:]]
-
-        def timed(cmd: list[str], log: str) -> tuple[float, dict]:
-            return sampled([sys.executable, "-m", "dedupdask", *cmd, "--no-progress", "--client", address, *extra],
-                           workers, os.path.join(tmp, log), scheduler=procs[0].pid)  # fmt: skip
-
-        def peaks(pk: dict) -> str:
-            w = [v for k, v in pk.items() if k.startswith("worker")]
-            return f"client peak {pk['client']:.0f} MB, worker peaks {', '.join(f'{v:,.0f}' for v in w)} MB of {args.memory_limit}"
-
+    with cli_cluster(args, "ddk-ref-") as (timed, peaks):
         have = os.path.exists(os.path.join(ref, "index", "index.json")) and os.path.exists(
             os.path.join(ref, "results", "run.json"))  # fmt: skip
         if not have:

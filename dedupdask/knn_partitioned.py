@@ -560,14 +560,7 @@ def knn_graph_frame_work_dir(
     global indices (any partitioning, e.g. a column of a per-archive table): then the
     partitioned path needs no per-image array here at all (one count is computed).
 
-    Parameters
-    ----------
-    cache : GraphCache, optional
-        The build's kept graphs (:mod:`dedupdask.knn_incremental`): the graph is the previous
-        build's plus a new-vs-all search when it can be reused, and is kept for the next build.
-    groups : ndarray or dask.dataframe.DataFrame, optional
-        With ``cache``: the ``rep`` of every image (or ``index, rep``) of the groups ``reps``
-        represent, to tell which old representatives are no longer ones.
+    ``cache`` and ``groups``: as :func:`knn_graph_work_dir` (an incremental build).
 
     Returns
     -------

@@ -10,7 +10,6 @@ and edited copies of old tiles; 00005 copies of tiles of 00001 and 00004.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import photos
 import pytest
-from PIL import Image
+from photos import jpg
 
 import dedupdask as ddk
 import dedupdask.knn_incremental as ki
@@ -30,36 +30,17 @@ from dedupdask.datasets import edit_image, write_shard
 from dedupdask.vector_index import build_index, open_index
 
 
-def _tiles() -> list[Image.Image]:
-    from sklearn.datasets import load_sample_image
-
-    out = []
-    for name in ("china.jpg", "flower.jpg"):
-        im = Image.fromarray(load_sample_image(name))
-        w, h = im.size
-        for y in range(0, h - 150, 45):
-            for x in range(0, w - 200, 55):
-                out.append(im.crop((x, y, x + 200, y + 150)))
-    return out
-
-
-def _jpg(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A work_dir built once, then grown by two archives (extracted, not built), and a copy of it."""
     root = tmp_path_factory.mktemp("incremental")
-    tiles = _tiles()
+    tiles = photos.tiles()
     o = np.random.default_rng(0).permutation(len(tiles))
     src = root / "in"
     src.mkdir()
 
     def shard(s: int, ids: np.ndarray, extra: list[tuple[str, bytes]] = ()) -> None:  # type: ignore[assignment]
-        members = [(f"t{i:04d}_{s}.jpg", _jpg(tiles[i])) for i in ids] + list(extra)
+        members = [(f"t{i:04d}_{s}.jpg", jpg(tiles[i])) for i in ids] + list(extra)
         write_shard(str(src / f"{s:05d}.tar"), members)
 
     shard(0, o[0:20])
@@ -69,12 +50,12 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> dict:
     first = ddk.run(str(src), str(wd), client="threads", progress=False)
     build_index(collect(str(wd)), bucket_rows=8)  # an index of several buckets, to grow
     shard(1, o[60:75], [
-        (f"x{o[25]:04d}_exact.jpg", _jpg(tiles[o[25]])),  # the group's representative moves here
+        (f"x{o[25]:04d}_exact.jpg", jpg(tiles[o[25]])),  # the group's representative moves here
         (f"x{o[30]:04d}_crop.jpg", edit_image(tiles[o[30]], "crop")),
         (f"x{o[5]:04d}_flip.jpg", edit_image(tiles[o[5]], "flip")),
     ])  # fmt: skip
     shard(5, o[75:90], [
-        (f"y{o[62]:04d}_exact.jpg", _jpg(tiles[o[62]])),
+        (f"y{o[62]:04d}_exact.jpg", jpg(tiles[o[62]])),
         (f"y{o[45]:04d}_jpeg.jpg", edit_image(tiles[o[45]], "jpeg")),
     ])  # fmt: skip
     ddk.extract(str(src), str(wd), client="threads", progress=False)
@@ -215,8 +196,8 @@ def test_full_flag_and_a_changed_archive_search_everything(grown: dict) -> None:
     shard = grown["src"] / "00004.tar"
     keep = shard.read_bytes()
     try:
-        tiles = _tiles()
-        write_shard(str(shard), [(f"z{i:03d}.jpg", _jpg(tiles[i])) for i in range(100, 110)])
+        tiles = photos.tiles()
+        write_shard(str(shard), [(f"z{i:03d}.jpg", jpg(tiles[i])) for i in range(100, 110)])
         for f in Path(wd).glob("00004.tar*"):
             f.unlink()
         ddk.extract(str(grown["src"]), wd, client="threads", progress=False)

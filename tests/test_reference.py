@@ -8,7 +8,6 @@ planted copy of one of its own tiles, and tiles the reference does not have.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import photos
 import pytest
-from PIL import Image
+from photos import jpg
 from s3server import bucket, s3_server, scrub_env  # noqa: F401
 
 import dedupdask as ddk
@@ -30,48 +30,29 @@ from dedupdask.store import WorkDirError
 EDIT_CYCLE = list(EDITS)  # exact, resize, jpeg, crop, flip, bright
 
 
-def _tiles() -> list[Image.Image]:
-    from sklearn.datasets import load_sample_image
-
-    out = []
-    for name in ("china.jpg", "flower.jpg"):
-        im = Image.fromarray(load_sample_image(name))
-        w, h = im.size
-        for y in range(0, h - 150, 45):
-            for x in range(0, w - 200, 55):
-                out.append(im.crop((x, y, x + 200, y + 150)))
-    return out
-
-
-def _jpg(im: Image.Image, q: int = 90) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=q)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Reference shards (3 x 20 tiles), query shards (12 planted copies of reference tiles,
     20 tiles of its own, one planted copy of one of those), both extracted and the
     reference built (with its index); the truth by member name."""
     root = tmp_path_factory.mktemp("reference")
-    tiles = _tiles()
+    tiles = photos.tiles()
     order = np.random.default_rng(0).permutation(len(tiles))
     ref_ids, new_ids = order[:60], order[60:80]
     (root / "ref").mkdir()
     (root / "query").mkdir()
     for s in range(3):
         ids = ref_ids[s * 20 : (s + 1) * 20]
-        write_shard(str(root / "ref" / f"{s:05d}.tar"), [(f"r{i:04d}.jpg", _jpg(tiles[i])) for i in ids])
+        write_shard(str(root / "ref" / f"{s:05d}.tar"), [(f"r{i:04d}.jpg", jpg(tiles[i])) for i in ids])
     planted = {}
     members = []
     for j, i in enumerate(ref_ids[:12]):
         edit = EDIT_CYCLE[j % len(EDIT_CYCLE)]
         name = f"q{i:04d}_{edit}.jpg"
-        members.append((name, _jpg(tiles[i]) if edit == "exact" else edit_image(tiles[i], edit)))
+        members.append((name, jpg(tiles[i]) if edit == "exact" else edit_image(tiles[i], edit)))
         planted[name] = (f"r{i:04d}.jpg", edit)
-    members += [(f"n{i:04d}.jpg", _jpg(tiles[i])) for i in new_ids]
-    members.append((f"n{new_ids[0]:04d}_copy.jpg", _jpg(tiles[new_ids[0]])))  # a query-internal copy
+    members += [(f"n{i:04d}.jpg", jpg(tiles[i])) for i in new_ids]
+    members.append((f"n{new_ids[0]:04d}_copy.jpg", jpg(tiles[new_ids[0]])))  # a query-internal copy
     write_shard(str(root / "query" / "00000.tar"), members[:16])
     write_shard(str(root / "query" / "00001.tar"), members[16:])
     ref_wd = str(root / "refwork")
