@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import photos
 import pytest
+from indexcheck import assert_every_row_once_in_its_best_bucket
 from photos import jpg
 
 import dedupdask as ddk
@@ -151,14 +152,7 @@ def test_incremental_build_equals_a_full_rebuild(grown: dict) -> None:
     idx = open_index(col.work_dir, archives=col.archives)
     assert idx.meta["update"]["appended"] is True and idx.meta["update"]["moved_rows"] == 61
     assert idx.meta["segments"] == 2 and idx.centroids.shape[0] > 4
-    seen, vecs = [], col.vector_rows()
-    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-    for b in range(idx.centroids.shape[0]):
-        rows, v = idx.read_bucket(b)
-        seen.append(rows)
-        np.testing.assert_allclose(v, vecs[rows], atol=1e-6)
-        assert (np.argmax(vecs[rows] @ idx.centroids.T, axis=1) == b).all()
-    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(col.n))
+    assert_every_row_once_in_its_best_bucket(col, idx)
     # and a reference run reads the grown index: each image of a new shard, queried, finds itself
     q = ddk.run(str(grown["src"] / "00001.tar"), str(Path(wd).parent / "query-inc"), reference=wd,
                 client="threads", progress=False).similarity.compute()  # fmt: skip

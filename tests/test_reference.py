@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import photos
 import pytest
+from indexcheck import assert_every_row_once_in_its_best_bucket
 from photos import jpg
 from s3server import bucket, s3_server, scrub_env  # noqa: F401
 
@@ -231,15 +232,9 @@ def test_index_buckets_hold_every_vector_once_and_probes_find_close_pairs(tmp_pa
     meta = build_index(col, bucket_rows=10)
     idx = open_index(col.work_dir)
     assert meta["centroids"] == idx.centroids.shape[0] > 4 and idx.nprobe >= 1
-    seen, vecs = [], col.vector_rows()
+    assert_every_row_once_in_its_best_bucket(col, idx)
+    vecs = col.vector_rows()
     vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-    for b in range(idx.centroids.shape[0]):
-        rows, v = idx.read_bucket(b)
-        seen.append(rows)
-        np.testing.assert_allclose(v, vecs[rows], atol=1e-6)
-        if rows.size:  # a bucket holds the rows whose best centroid it is
-            assert (np.argmax(vecs[rows] @ idx.centroids.T, axis=1) == b).all()
-    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(col.n))
     need = probe_need(vecs.astype(np.float32), idx.centroids)
     assert (need >= 1).all() and np.quantile(need, 0.995) <= max(idx.nprobe, 1) + 1e-9
 
