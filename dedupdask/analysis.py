@@ -8,13 +8,16 @@
 3. **exact_groups**: images with equal bytes / pixels / model inputs
    (:mod:`dedupdask.analyses.exact`, on the workers :mod:`dedupdask.analyses.exact_dask`);
 4. **knn**: the embedding graph of one representative per group of equal model inputs
-   (:func:`dedupdask.knn_partitioned.knn_graph_work_dir`: one task or partitioned);
+   (:func:`dedupdask.knn_partitioned.knn_graph_work_dir`: one task or partitioned; or, when
+   archives were only added since the last build, its kept graph plus a new-vs-all search,
+   :mod:`dedupdask.knn_incremental`);
 5. **tiers**: candidate pairs of both descriptors, pixel verification, the decision
    (:func:`dedupdask.fusion.run_tiers`);
 6. **analyses**: similarity pairs, outliers, components, invalid images, issue labels
    (:mod:`dedupdask.analyses`);
 7. **write**: ``results/`` and the fastdup-named CSVs (:func:`dedupdask.results.save_tables`),
-   ``run.json`` last.
+   the kNN graphs and verification scores for the next build (``graphs/``), ``run.json`` last;
+   then the index (``index/``: appended to, or built).
 
 Two paths run them. On local threads (a work_dir small enough for ``max_client_memory``) the
 tables are numpy / pandas data held here (:func:`_in_process`). On a distributed client
@@ -213,8 +216,7 @@ def _build(
             f"failed: {col.failed[:5]}, without done.json: {col.missing[:5]}"
         )
     stages.done("collect")
-    builds = _builds(col, config, method, write)
-    builds.gather = gather
+    builds = _builds(col, config, method, write, gather)
     if scheduler.dask_client() is not None and col.n > 0:  # on a distributed client
         return _on_workers(col, config, method, random_state, builds, stages)
     with _one_blas_thread():
@@ -416,14 +418,15 @@ class _Builds:
     for the next build (:mod:`dedupdask.knn_incremental`; None when nothing is written)."""
 
     def __init__(
-        self, build: int, archives: dict[str, int], urls: dict[str, int], graphs: GraphCache | None, write: bool
-    ) -> None:
+        self, build: int, archives: dict[str, int], urls: dict[str, int], graphs: GraphCache | None,
+        write: bool, gather: bool,
+    ) -> None:  # fmt: skip
         self.build = build
         self.archives = archives  # by name (run.json)
         self.urls = urls  # by url (the archive column of the tables)
         self.graphs = graphs
         self.write = write
-        self.gather = True
+        self.gather = gather
 
     def pairs(self, similarity: Any) -> Any:
         """``similarity`` with ``build``: the first build that held both images of a pair (the
@@ -443,7 +446,7 @@ def _pair_builds(part: pd.DataFrame, archives: dict[str, int]) -> pd.DataFrame:
     return part.assign(build=np.maximum(of("archive_from"), of("archive_to")))
 
 
-def _builds(col: Collection, config: RunConfig, method: str, write: bool) -> _Builds:
+def _builds(col: Collection, config: RunConfig, method: str, write: bool, gather: bool) -> _Builds:
     """This build's number (the last one's plus one; a run written before builds were numbered
     was build 1) and each archive's first build; an archive that changed since is new again."""
     from .knn_incremental import _identity
@@ -470,7 +473,7 @@ def _builds(col: Collection, config: RunConfig, method: str, write: bool) -> _Bu
                    "knn_dtype": config.knn_dtype}  # fmt: skip
         graphs = GraphCache(col, build=build, reuse=getattr(config, "incremental", True), options=options)
     urls = {a.url: archives[a.name] for a in col.archives}
-    return _Builds(build, archives, urls, graphs, write)
+    return _Builds(build, archives, urls, graphs, write, gather)
 
 
 def _reps(groups: dd.DataFrame) -> dd.Series:
