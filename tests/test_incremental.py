@@ -160,6 +160,7 @@ def test_incremental_build_equals_a_full_rebuild(grown: dict) -> None:
     assert (same["member_from"] == same["member_to"]).sum() == 18
 
 
+@pytest.mark.slow  # ~40 s: a shell cluster (the default run stays near ten minutes)
 def test_incremental_on_a_real_cluster_in_blocks_and_chunks(grown: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from cluster import shell_cluster
 
