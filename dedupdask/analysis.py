@@ -449,7 +449,7 @@ def _pair_builds(part: pd.DataFrame, archives: dict[str, int]) -> pd.DataFrame:
 def _builds(col: Collection, config: RunConfig, method: str, write: bool, gather: bool) -> _Builds:
     """This build's number (the last one's plus one; a run written before builds were numbered
     was build 1) and each archive's first build; an archive that changed since is new again."""
-    from .knn_incremental import _identity
+    from .knn_incremental import archive_identity
 
     wd = col.work_dir
     try:
@@ -462,11 +462,11 @@ def _builds(col: Collection, config: RunConfig, method: str, write: bool, gather
     first = (last or {}).get("archive_builds") or {}
     for a in (last or {}).get("archives", []):
         with contextlib.suppress(Exception):
-            before[a["name"]] = (_identity(a), int(first.get(a["name"], build - 1)))
+            before[a["name"]] = (archive_identity(a), int(first.get(a["name"], build - 1)))
     archives = {}
     for a in col.archives:
         seen = before.get(a.name)
-        archives[a.name] = seen[1] if seen and seen[0] == _identity(a.to_dict()) else build
+        archives[a.name] = seen[1] if seen and seen[0] == archive_identity(a.to_dict()) else build
     graphs = None
     if write:
         options = {"method": method, "distance": config.distance, "d_reduce": config.d_reduce,

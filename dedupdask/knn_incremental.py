@@ -51,7 +51,10 @@ from .knn import normalize_rows
 from .knn_rows import read_file_rows
 from .store import WorkDir
 
-__all__ = ["GRAPHS_DIR", "GRAPH_VERSION", "GraphCache", "PreviousGraph", "incremental_graph", "scores_identity"]
+__all__ = [
+    "GRAPHS_DIR", "GRAPH_VERSION", "GraphCache", "PreviousGraph", "archive_identity", "incremental_graph", "move",
+    "scores_identity", "shifts",
+]
 
 GRAPHS_DIR = "graphs"
 GRAPH_VERSION = 1
@@ -79,7 +82,9 @@ SLICE_BYTES = 64 * 2**20
 _I64 = np.int64
 
 
-def _identity(a: Any) -> list[Any]:
+def archive_identity(a: Any) -> list[Any]:
+    """What says an archive is unchanged between builds: name, url and row counts (of an
+    :meth:`~dedupdask.collect.ArchiveInfo.to_dict`)."""
     return [a["name"], a["url"], int(a["n_valid"]), int(a["n_images"])]
 
 
@@ -152,9 +157,9 @@ class GraphCache:
         if not _all_there(wd, meta):
             about.update(reused=False, reason=f"the files kept by build {meta.get('build')} are missing")
             return None
-        now = {a.name: _identity(a.to_dict()) for a in self.col.archives}
+        now = {a.name: archive_identity(a.to_dict()) for a in self.col.archives}
         for a in meta["archives"]:
-            if now.get(a["name"]) != _identity(a):
+            if now.get(a["name"]) != archive_identity(a):
                 gone = "is gone" if a["name"] not in now else "changed"
                 about.update(reused=False, reason=f"archive {a['name']} {gone} since build {meta['build']}")
                 return None
@@ -307,17 +312,23 @@ def _empty_scores() -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _shifts(col: Any, previous: PreviousGraph) -> tuple[np.ndarray, np.ndarray]:
-    """Old archives' first indices (sorted) and how far each moved in this build."""
+def shifts(col: Any, old: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The first global index an earlier build gave each archive with rows (``old``: name ->
+    offset), sorted, and how far each moved in ``col``: what :func:`move` needs."""
     where = {a.name: int(a.offset) for a in col.archives}
-    old = sorted((int(a["offset"]), where[a["name"]] - int(a["offset"])) for a in previous.archives if int(a["n_valid"]))
-    if not old:
+    pairs = sorted((o, where[name] - o) for name, o in old.items())
+    if not pairs:
         return np.zeros(1, _I64), np.zeros(1, _I64)
-    return np.array([o for o, _ in old], _I64), np.array([s for _, s in old], _I64)
+    return np.array([o for o, _ in pairs], _I64), np.array([s for _, s in pairs], _I64)
 
 
-def _move(x: np.ndarray, old_offsets: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def move(x: np.ndarray, old_offsets: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Global indices of an earlier build (``x``) as this build's (:func:`shifts`)."""
     return x + shift[np.searchsorted(old_offsets, x, side="right") - 1]
+
+
+def _shifts(col: Any, previous: PreviousGraph) -> tuple[np.ndarray, np.ndarray]:
+    return shifts(col, {a["name"]: int(a["offset"]) for a in previous.archives if int(a["n_valid"])})
 
 
 def _moved_scores(wd: WorkDir, path: str, old_offsets: np.ndarray, shift: np.ndarray) -> pd.DataFrame:
@@ -325,8 +336,8 @@ def _moved_scores(wd: WorkDir, path: str, old_offsets: np.ndarray, shift: np.nda
 
     df = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(path))))
     return pd.DataFrame({
-        "from": _move(df["from"].to_numpy(_I64), old_offsets, shift),
-        "to": _move(df["to"].to_numpy(_I64), old_offsets, shift),
+        "from": move(df["from"].to_numpy(_I64), old_offsets, shift),
+        "to": move(df["to"].to_numpy(_I64), old_offsets, shift),
         "verify_score": df["verify_score"].to_numpy(np.float32),
         "verify_error": df["verify_error"].astype("string"),
     })  # fmt: skip
@@ -523,17 +534,12 @@ def _old_edges(
         return empty_graph()
     frm = df["from"].to_numpy(_I64)
     to = df["to"].to_numpy(_I64)
-    frm, to = _move(frm, old_offsets, shift), _move(to, old_offsets, shift)
+    frm, to = move(frm, old_offsets, shift), move(to, old_offsets, shift)
     keep = np.isin(frm, block, assume_unique=False) & ~np.isin(to, demoted)
     return pd.DataFrame({
         "from": frm[keep], "to": to[keep], "similarity": df["similarity"].to_numpy(np.float32)[keep],
         "rank": df["rank"].to_numpy(np.int16)[keep],
     })  # fmt: skip
-
-
-def _finish(k: int, old: pd.DataFrame, a: pd.DataFrame, *b: pd.DataFrame) -> pd.DataFrame:
-    """A block's graph rows: its kept edges, its best new neighbours, its new rows' best old ones."""
-    return _cut([old, a, *b], k)
 
 
 def _select(block: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -595,8 +601,9 @@ def incremental_graph(
     import dask.dataframe as dd
 
     offsets, sizes, names = _ranges(col)
-    n_new = int(sum(int(a.n_valid) for a in col.archives if a.name not in {x["name"] for x in previous.archives}))
-    work = float(col.n) * n_new * d
+    old_names = {a["name"] for a in previous.archives}
+    is_old_arc = np.array([n in old_names for n in names], bool)
+    work = float(col.n) * int(sizes[~is_old_arc].sum()) * d
     index = None
     if work > DELTA_EXACT_MAX_WORK:
         if which != "dat":
@@ -605,10 +612,8 @@ def incremental_graph(
         index, why = _usable_index(col, previous, d)
         if index is None:
             return None, {"reason": f"new-vs-all exact search would cost {work:.2g} > {DELTA_EXACT_MAX_WORK:.2g} and {why}"}
-    old_names = {a["name"] for a in previous.archives}
-    is_old_arc = np.array([n in old_names for n in names], bool)
-    old_arcs = [a for a in previous.archives if int(a["n_valid"])]
-    old_offsets, shift = _shifts(col, previous)
+    back = {a["name"]: int(a["offset"]) for a in previous.archives if int(a["n_valid"])}
+    old_offsets, shift = shifts(col, back)
 
     # blocks of consecutive archives (this build's partitions of the per-image tables)
     valid = [a for a in col.archives if a.n_valid]
@@ -672,7 +677,6 @@ def incremental_graph(
     for p, arcs in enumerate(blocks_arc):
         old_in = [i for i in arcs if is_old_arc[i]]
         if old_in:  # the old rows of this block are consecutive in the previous build's order
-            back = {a["name"]: int(a["offset"]) for a in old_arcs}
             lo = back[names[old_in[0]]]
             hi = back[names[old_in[-1]]] + int(sizes[old_in[-1]])
             files = [path for path, plo, phi in parts_meta if phi >= lo and plo < hi]
@@ -685,7 +689,8 @@ def incremental_graph(
         ]  # fmt: skip
         if routed:
             mine.append(routed[p])
-        finals.append(dask.delayed(_finish)(k, old, a_final[p], *mine))
+        # the block's graph: its kept edges, its best new neighbours, its new rows' best old ones
+        finals.append(dask.delayed(_reduce)(k, old, a_final[p], *mine))
     graph = dd.from_delayed(finals, meta=empty_graph(), verify_meta=False)
     info = {
         "method": "incremental",
@@ -796,7 +801,7 @@ def _bucket_edges(
         if not q.size:
             continue
         ridx, rvec = index.read_bucket(int(bucket))
-        ridx = _move(ridx, old_offsets, shift)
+        ridx = move(ridx, old_offsets, shift)
         keep = _bit(bits, ridx)
         ridx, rvec = ridx[keep], rvec[keep]
         if not ridx.size:

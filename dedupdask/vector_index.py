@@ -457,9 +457,11 @@ def _assign_and_write(
 
 def _shift_group(wd: WorkDir, g: int, old_offsets: np.ndarray, shift: np.ndarray) -> int:
     """Move one index file's global indices to this build's (archives sorted in between)."""
+    from .knn_incremental import move
+
     path = _group_file(wd, g, "i64")
     idx = np.frombuffer(wd.read_bytes(path), dtype="<i8")
-    moved = idx + shift[np.searchsorted(old_offsets, idx, side="right") - 1]
+    moved = move(idx.astype(np.int64), old_offsets, shift)
     wd.write_bytes(path, np.ascontiguousarray(moved, dtype="<i8").tobytes())
     return int(idx.size)
 
@@ -492,7 +494,9 @@ def update_index(
     except Exception as e:  # noqa: BLE001 - rebuilt below
         meta, why = None, f"unreadable index ({type(e).__name__})"
     if meta is not None:
-        now = {a.name: [a.name, a.url, int(a.n_valid), int(a.n_images)] for a in col.archives}
+        from .knn_incremental import archive_identity
+
+        now = {a.name: archive_identity(a.to_dict()) for a in col.archives}
         if meta.get("version") not in READS_VERSIONS or "archive_list" not in meta:
             why = f"an index of version {meta.get('version')!r} without its archives"
         elif meta.get("model") != col.model or meta.get("decode_version") != col.decode_version:
@@ -511,6 +515,7 @@ def update_index(
 
     from .analysis import _version
     from .fusion import has_dct
+    from .knn_incremental import shifts
 
     old = {a[0]: int(a[4]) for a in meta["archive_list"] if a[2]}
     new_arcs = [a for a in col.archives if a.name not in old]
@@ -518,11 +523,7 @@ def update_index(
     buckets = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(INDEX_DIR, "buckets.parquet"))))
     if "segment" not in buckets:
         buckets = buckets.assign(segment=np.int32(0))
-    rows_old = [a for a in col.archives if a.name in old and a.n_valid]
-    old_offsets = np.array([old[a.name] for a in rows_old], np.int64)
-    shift = np.array([a.offset - old[a.name] for a in rows_old], np.int64)
-    order = np.argsort(old_offsets, kind="stable")
-    old_offsets, shift = old_offsets[order], shift[order]
+    old_offsets, shift = shifts(col, old)
     moved = 0
     if shift.size and shift.any():
         groups = sorted(set(buckets["group"].astype(int).tolist()))
