@@ -7,15 +7,17 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from dedupdask.datasets import random_picture
-from dedupdask.match import Prepared, match_score, prepare_image
+from dedupdask.match import MATCHER, Prepared, match_score, prepare_image
 from dedupdask.match_keypoints import (
     MAX_DIFFERING,
     MAX_MOVED,
     MIN_INLIERS,
     OFF_LEVEL,
     Keypoints,
+    _homography,
     colour_edit,
     match_keypoints,
+    turn,
 )
 
 
@@ -106,6 +108,20 @@ def test_redesigns_are_not(photo):
     other = random_picture(rng, (w, h))
     for im in (half, swapped, other):
         assert match_keypoints(_kp(photo), _kp(im)).score < 0.9
+
+
+def test_a_copy_keeps_which_way_is_up(photo):
+    """Turned onto its side or upside down, a picture's points still agree with one warp, but
+    the warp turns it past MAX_TURN: another drawing (an arrow pointing elsewhere), not a copy.
+    A tilt, and a mirror about either axis, keep it upright."""
+    for deg in (90, 180, 270):
+        turned = photo.rotate(deg, expand=True)
+        n, H, _ = _homography(_kp(photo), _kp(turned))
+        assert n >= MIN_INLIERS and H is not None  # the warp is found...
+        assert abs(abs(turn(H, _kp(turned).grey.shape)[0]) - (deg if deg <= 180 else 360 - deg)) < 3
+        assert match_keypoints(_kp(photo), _kp(turned)).score == -1.0  # ...and refused
+    assert match_keypoints(_kp(photo), _kp(_rotate(photo, 25))).score >= 0.9
+    assert match_keypoints(_kp(photo), _kp(ImageOps.mirror(photo))).score >= 0.9
 
 
 def _face(skin: tuple[int, int, int]) -> Image.Image:
@@ -214,5 +230,5 @@ def test_runs_ask_the_keypoint_matcher_only_when_told(tmp_path, photo):
         res = ddk.run(str(shards), str(wd), client="threads", progress=False, verify_keypoints=on)
         run = json.loads((wd / "results" / "run.json").read_text())
         got[on] = (len(res.similarity), run["verification"].get("matcher"))
-    assert got[True] == (1, "pixel-alignment+keypoints/3"), got
+    assert got[True] == (1, MATCHER), got
     assert got[False][0] == 0 and got[False][1] in (None, "pixel-alignment/1"), got
