@@ -11,6 +11,7 @@ from dedupdask.match import MATCHER, Prepared, match_score, prepare_image
 from dedupdask.match_keypoints import (
     MAX_DIFFERING,
     MAX_MOVED,
+    MAX_REPAINTED,
     MIN_INLIERS,
     OFF_LEVEL,
     Keypoints,
@@ -186,6 +187,25 @@ def test_content_on_both_sides_is_a_redrawing_content_on_one_side_an_overlay():
     assert other_time.moved > MAX_MOVED and other_time.score < 0.9
     sticker = match_keypoints(_kp(ten_past_ten), _kp(_clock(10, 10, sticker=True)))
     assert sticker.moved == 0.0 and sticker.score >= 0.9
+
+
+def test_a_part_painted_over_is_an_overlay_a_part_repainted_is_a_redrawing(photo):
+    """The same quarter of the picture, covered by another picture (a sticker, an inset) or kept
+    with its colours turned (a recoloured part): both differ on the same share, but only the
+    repainted one keeps the picture's edges there."""
+    w, h = photo.size
+    box = (w // 2, h // 2, w, h)
+    rng = np.random.default_rng(21)
+    covered = photo.copy()
+    covered.paste(random_picture(rng, (w - w // 2, h - h // 2)), box[:2])
+    repainted = photo.copy()
+    repainted.paste(_hue(photo.crop(box), 90), box[:2])
+    inset = match_keypoints(_kp(photo), _kp(covered))
+    recoloured = match_keypoints(_kp(photo), _kp(repainted))
+    for m in (inset, recoloured):
+        assert m.colour["plausible"] and 0.1 < m.differing <= MAX_DIFFERING, m
+    assert inset.repainted < MAX_REPAINTED and inset.score >= 0.9
+    assert recoloured.repainted > MAX_REPAINTED and recoloured.score < 0.9
 
 
 def test_colour_edit_fits_global_edits_and_not_channel_swaps():
