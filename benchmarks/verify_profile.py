@@ -37,7 +37,7 @@ STAGES = [
     ("  residuals (blur, fit, cells, blob)", "_residuals"),
     ("    blur", "_blur_pair"),
     ("keypoint matcher (pairs the alignment did not accept)", "match_keypoints"),
-    ("  SIFT keypoints (per image, as is and mirrored)", "Keypoints.features"),
+    ("  ORB keypoints (per image, as is and mirrored)", "Keypoints.features"),
     ("  descriptor matching + RANSAC homography", "_homography"),
     ("  warp + colour edit + overlay share", "_compare"),
 ]

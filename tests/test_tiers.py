@@ -99,7 +99,7 @@ def test_verification_accepts_edits_and_rejects_lookalikes():
         other = random_picture(rng, (320, 240))
         assert match_score(a, _prep(other)) < DEFAULT_VERIFY_SCORE
     # rotated + cropped + recoloured copies and copies under a logo: the keypoint matcher's
-    # work; a synthetic picture with few corners may give SIFT too few points (a stated limit)
+    # work; a synthetic picture with few corners may give too few keypoints (a stated limit)
     assert sum(x >= DEFAULT_VERIFY_SCORE for x in web) >= 3, web
     assert sum(x >= DEFAULT_VERIFY_SCORE for x in logo) >= 3, logo
 
