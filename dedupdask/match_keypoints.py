@@ -168,9 +168,10 @@ class KeypointMatch:
     differing : float
         Share of the compared area that differs after the colour edit.
     moved : float
-        :func:`moved_share` of the differing pixels.
+        :func:`moved_share` of the differing pixels (1 when the colour edit is not plausible:
+        not measured).
     repainted : float
-        :func:`repainted_share` of the differing pixels.
+        :func:`repainted_share` of the differing pixels (likewise).
     colour : dict
         The fitted edit: ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``,
         ``min_weight``, ``hues`` (of the more colourful picture), and ``plausible`` (within
@@ -234,8 +235,8 @@ def _homography(a: Keypoints, b: Keypoints) -> tuple[int, np.ndarray | None, boo
             continue
         knn = matcher.knnMatch(db, da, k=2)
         good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-        if len(good) < max(4, MIN_INLIERS // 2):
-            continue
+        if len(good) < MIN_INLIERS:
+            continue  # the inliers are some of these matches: MIN_INLIERS cannot be reached
         src = pb[[g.queryIdx for g in good]]
         dst = pa[[g.trainIdx for g in good]]
         cv2.setRNGSeed(_SEED)  # RANSAC's sampling: the same pair always gets the same answer
@@ -599,6 +600,8 @@ def _compare(a: Keypoints, b: Keypoints, H: np.ndarray) -> tuple[float, dict[str
     off[mask] = r > OFF_LEVEL
     off = cv2.morphologyEx(off, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     off[~mask] = 0
+    if not edit["plausible"]:
+        return float(off[mask].mean()), edit, 1.0, 1.0  # refused already: the shares are not measured
     return float(off[mask].mean()), edit, moved_share(A, B, off, mask), repainted_share(A, B, off, mask)
 
 
@@ -671,8 +674,8 @@ def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
     first = _match_one_way(a, b)
     if first.score >= 0.9:
         return first  # every rule holds this way (see rule_score)
-    if first.inliers < MIN_INLIERS // 2:
-        return first  # far from one plane warp: the other way finds the same few matches
+    if first.homography is None:
+        return first  # under MIN_INLIERS matches passed the ratio test; the other way finds about as many
     # the ratio test and the colour fit are not symmetric: the same pair, asked the other way,
     # may find the warp; the answer must not depend on which image is "from"
     back = _match_one_way(b, a)
