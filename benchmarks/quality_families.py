@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     out: list[str] = []
     p = out.append
     import dedupdask as ddkmod
+    from dedupdask.match_keypoints import MIN_INLIERS
 
     p(f"# python benchmarks/quality_families.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
       + f" (seed {args.seed}, {args.copies} copies per source) -- {time.strftime('%Y-%m-%d %H:%M %Z')}")  # fmt: skip
@@ -646,10 +647,10 @@ def main(argv: list[str] | None = None) -> int:
       f"{ddk['loose_seconds']:.0f} s) and the work_dir's vectors. 'below both cuts' = embedding < verify_threshold "
       "and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut but neither image "
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate for which neither "
-      "matcher found an alignment (score -1: the pixel alignment's correlation too low and fewer than 15 keypoints "
-      "agreeing with one plane warp); 'scored < verify_score' = aligned, but the pixel residuals were too large and "
-      "the keypoint matcher found an implausible colour edit or too large a differing share (dedupdask/match.py, "
-      "dedupdask/match_keypoints.py).")  # fmt: skip
+      f"matcher found an alignment (score -1: the pixel alignment's correlation too low and fewer than {MIN_INLIERS} "
+      "keypoints agreeing with one upright plane warp); 'scored < verify_score' = aligned, but the pixel residuals "
+      "were too large and the keypoint matcher found an implausible colour edit, too large a differing share or "
+      "content redrawn or repainted (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
     p("")
     out.extend(loss)
     sim_default = sweep.grid.index({k: float(ddk["params"][k]) for k in SWEEP}) if \

@@ -37,16 +37,17 @@ STAGES = [
     ("  residuals (blur, fit, cells, blob)", "_residuals"),
     ("    blur", "_blur_pair"),
     ("keypoint matcher (pairs the alignment did not accept)", "match_keypoints"),
-    ("  SIFT keypoints (per image, as is and mirrored)", "Keypoints.features"),
+    ("  ORB keypoints (per image, as is and mirrored)", "Keypoints.features"),
     ("  descriptor matching + RANSAC homography", "_homography"),
     ("  warp + colour edit + overlay share", "_compare"),
 ]
 
 
 def _code_key(path: str) -> tuple[str, int, str]:
-    from dedupdask import match, match_keypoints
+    from dedupdask import match, match_keypoints, verify
 
-    obj: Any = match if hasattr(match, path.split(".")[0]) else match_keypoints
+    head = path.split(".")[0]
+    obj: Any = next(m for m in (match, match_keypoints, verify) if hasattr(m, head))
     for part in path.split("."):
         obj = getattr(obj, part)
     code = obj.__code__
@@ -67,7 +68,7 @@ def capture_candidates(work_dir: str) -> tuple[np.ndarray, Any]:
 
     fusion.verify_pairs = spy
     try:
-        ddk.run(None, work_dir, run_mode=2, client="sync", progress=False)
+        ddk.run(None, work_dir, run_mode=2, client="sync", progress=False, incremental=False)
     finally:
         fusion.verify_pairs = real
     if "pairs" not in got:
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", help="extract these shards into --work-dir first (run_mode=1)")
     ap.add_argument("--max-pairs", type=int, default=0, help="profile the first N pairs (0: all)")
     ap.add_argument("--top", type=int, default=0, help="also print cProfile's top N functions")
+    ap.add_argument("--verify-keypoints", action="store_true", help="also ask the keypoint matcher, as verify_keypoints")
     args = ap.parse_args(argv)
 
     import dedupdask as ddk
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs, images = capture_candidates(args.work_dir)
     if args.max_pairs:
         pairs = pairs[: args.max_pairs]
-    print(f"# verification profile of {args.work_dir} (dedupdask {ddk.__version__})")
+    print(f"# verification profile of {args.work_dir} (dedupdask {ddk.__version__}"
+          f"{', keypoint matcher on' if args.verify_keypoints else ''})")  # fmt: skip
     print(f"candidate pairs: {len(pairs)}")
     if not len(pairs):
         return 0
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     prof.enable()
     row = row_for("effnet-lite0")  # the verifier's defaults (dedupdask.thresholds)
-    df, _ = verify.score_pairs(pairs, loaded, early_accept=row.early_accept)
+    df, _ = verify.score_pairs(pairs, loaded, early_accept=row.early_accept, keypoints=args.verify_keypoints)
     prof.disable()
     wall = time.perf_counter() - t0
     score = df["verify_score"].to_numpy()
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"accepted (score >= {row.verify_score}): {int((score >= row.verify_score).sum())}, "
           f"score -1 (no alignment passed the coarse or fine gate): {int((score == -1).sum())}")  # fmt: skip
     t0 = time.perf_counter()
-    verify.score_pairs(pairs, loaded, early_accept=row.early_accept)
+    verify.score_pairs(pairs, loaded, early_accept=row.early_accept, keypoints=args.verify_keypoints)
     plain = time.perf_counter() - t0
     print(f"scoring without the profiler: {plain:.2f} s, {1000 * plain / len(pairs):.2f} ms per pair")
     st = pstats.Stats(prof)

@@ -15,7 +15,7 @@ decision for variants of the matcher's budgets in seconds:
 3. scores each with the pixel alignment and the keypoint matcher and keeps the keypoint
    matcher's record (inliers, differing share, moved share, colour edit), cached as Parquet;
 4. replays the default decision (embedding >= ``threshold``, or a matcher >= ``verify_score``)
-   for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` given on the command line and prints,
+   for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` x ``MAX_REPAINTED`` given on the command line and prints,
    per variant: near recall on the tuning and the held-out families, precision on pairs that
    involve a copy, labelled look-alike pairs, and false pairs on the clip-art halves.
 
@@ -24,7 +24,7 @@ The replay keeps the direction the matcher chose (it asks the other way only whe
 fails), so a variant that changes which direction passes is approximated; confirm a choice end
 to end with ``quality_families.py --verify-keypoints`` and ``vs_fastdup.py --verify-keypoints``.
 
-    python benchmarks/verify_rules.py --max-moved 1 0.01 0.005 0.002 --max-differing 0.35 0.2
+    python benchmarks/verify_rules.py --max-moved 0.01 0.005 --max-repainted 1 0.05 0.02 0.01
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def _score(pair: tuple[str, str]) -> dict[str, Any]:
     c = m.colour or {}
     pixel = score_views(va, vb, row_for("effnet-lite0").early_accept, keypoints=False)
     return {"pixel": pixel, "keypoints": m.score, "inliers": m.inliers,
-            "differing": m.differing, "moved": m.moved, "plausible": bool(c.get("plausible", False))}  # fmt: skip
+            "differing": m.differing, "moved": m.moved, "repainted": m.repainted,
+            "plausible": bool(c.get("plausible", False))}  # fmt: skip
 
 
 def _load(shards: str) -> None:
@@ -143,14 +144,15 @@ def score_pairs(shards: Path, sim: pd.DataFrame, cores: int) -> pd.DataFrame:
 
 
 # -- replay ---------------------------------------------------------------------------------------
-def decide(s: pd.DataFrame, max_differing: float, max_moved: float) -> np.ndarray:
+def decide(s: pd.DataFrame, max_differing: float, max_moved: float, max_repainted: float) -> np.ndarray:
     """The default decision with the keypoint matcher's budgets replaced."""
     from dedupdask.match_keypoints import rule_score
     from dedupdask.thresholds import row_for
 
     t = row_for("effnet-lite0")
     kp = rule_score(s["differing"].to_numpy(np.float64), s["moved"].to_numpy(np.float64),
-                    s["inliers"].fillna(0).to_numpy(np.float64), max_differing=max_differing, max_moved=max_moved)  # fmt: skip
+                    s["inliers"].fillna(0).to_numpy(np.float64), s["repainted"].to_numpy(np.float64),
+                    max_differing=max_differing, max_moved=max_moved, max_repainted=max_repainted)  # fmt: skip
     # plausible: a warp with MIN_INLIERS matches was found and its colour edit is one an editor makes
     kp = np.where(s["plausible"].fillna(False).to_numpy(bool), kp, -1.0)
     return ((s["similarity"] >= t.threshold) | (s["pixel"] >= t.verify_score) | (kp >= t.verify_score)).to_numpy()
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-differing", type=float, nargs="+", default=None, help="overlay budgets to replay")
     ap.add_argument("--max-moved", type=float, nargs="+", default=None, help="'added on both sides' budgets")
+    ap.add_argument("--max-repainted", type=float, nargs="+", default=None, help="'repainted' budgets")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality")
     ap.add_argument("--work-root", type=Path, default=cache_root / "quality" / "verify_rules")
@@ -201,17 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     print("near recall of the planted pairs (tuning / held-out families), pp = precision on pairs with a copy, "
           "look-alikes = labelled look-alike pairs; clip art: pairs of distinct originals accepted, half A / B")  # fmt: skip
     print()
-    print("| MAX_DIFFERING | MAX_MOVED | tuning recall | held-out recall | pp | look-alikes | clip-art false A | B |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | tuning recall | held-out recall | pp | look-alikes "
+          "| clip-art false A | B |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     mds = args.max_differing or [mk.MAX_DIFFERING]
     mms = args.max_moved or [mk.MAX_MOVED]
-    for md, mm in itertools.product(mds, mms):
-        acc = decide(fam, md, mm)
+    mrs = args.max_repainted or [mk.MAX_REPAINTED]
+    for md, mm, mr in itertools.product(mds, mms, mrs):
+        acc = decide(fam, md, mm, mr)
         sc = truth.score(fam["a"].to_numpy()[acc], fam["b"].to_numpy()[acc])
         hit, pp = sc["hit"], sc["same"][sc["copy_end"]].mean()
-        t_acc = decide(tie, md, mm) & ~t_same
-        mark = " (the library's)" if (md, mm) == (mk.MAX_DIFFERING, mk.MAX_MOVED) else ""
-        print(f"| {md:g}{mark} | {mm:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | {pp:.3f} | "
+        t_acc = decide(tie, md, mm, mr) & ~t_same
+        mark = " (the library's)" if (md, mm, mr) == (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED) else ""
+        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | {pp:.3f} | "
               f"{int(sc['lookalike'].sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
               f"{int((t_acc & (t_half == 'B')).sum())} |")  # fmt: skip
     return 0

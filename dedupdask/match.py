@@ -56,7 +56,7 @@ from .match_keypoints import Keypoints, match_keypoints
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
 
 PIXEL_MATCHER = "pixel-alignment/1"
-MATCHER = "pixel-alignment+keypoints/3"
+MATCHER = "pixel-alignment+keypoints/4"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``):
 :data:`PIXEL_MATCHER` by default, this one with ``verify_keypoints``."""
 FINE = 128
