@@ -390,6 +390,10 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
         ) @ _YCC_INV.T
         return np.abs(np.clip(pred, 0.0, 1.0) - dst[rows]).max(axis=1)
 
+    def fitting(r: np.ndarray) -> np.ndarray:
+        """The pixels that fit: what is off by much more than most pixels is an overlay."""
+        return r < max(2.5 * float(np.median(r)), 0.04)
+
     def fit(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fit on the sample, trim what does not fit (overlays), refit; residuals of every pixel."""
         p = np.zeros(10)
@@ -399,10 +403,9 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
             p = _least_squares(
                 (luma[keep], Ts[keep, 0]), (cb[keep], Ts[keep, 1]), (cr[keep], Ts[keep, 2]), (ridge, np.zeros(3))
             )
-            rs = residual(p, sample)
-            keep = rs < max(2.5 * float(np.median(rs)), 0.04)
+            keep = fitting(residual(p, sample))
         r = residual(p)
-        return p, r, r < max(2.5 * float(np.median(r)), 0.04)
+        return p, r, fitting(r)
 
     # Two starts: every pixel (an edit of the whole picture), and the pixels that did not change
     # (an overlay on an unedited copy: a frame or an inset in a new colour over a large share
