@@ -52,7 +52,8 @@ VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
 FEW_IMAGES = 2_500
-"""Up to this many images to verify (~370 MB of decoded 256 px thumbnails, plus their keypoints), the pairs are split into
+"""Up to this many images to verify (~370 MB of decoded 256 px thumbnails, plus ~40 KB each of keypoint
+features with ``verify_keypoints``), the pairs are split into
 one task per worker that each see every image, instead of tasks per pair of archives: an
 image's view (grey image, FFT plans, template stacks) is then built about once per task, not
 once per archive it has pairs with."""
