@@ -732,11 +732,20 @@ def _usable_index(col: Any, previous: PreviousGraph, d: int) -> tuple[Any, str]:
 
 
 def _bitmap(n: int, *arrays: np.ndarray) -> np.ndarray:
-    """Packed bits of the rows in ``arrays`` (global indices below ``n``)."""
-    bits = np.zeros(n, bool)
+    """Packed bits of the rows in ``arrays`` (global indices below ``n``): ``n / 8`` bytes, set
+    in place (no ``n``-byte array of flags first: 50 MB, not 450 MB, for 400M rows).
+
+    Examples
+    --------
+    >>> bits = _bitmap(20, np.array([0, 9]), np.array([19, 9]))
+    >>> len(bits), np.flatnonzero(_bit(bits, np.arange(20))).tolist()
+    (3, [0, 9, 19])
+    """
+    bits = np.zeros(-(-n // 8), np.uint8)
     for a in arrays:
-        bits[np.asarray(a, _I64)] = True
-    return np.packbits(bits)
+        x = np.asarray(a, _I64)
+        np.bitwise_or.at(bits, x >> 3, (128 >> (x & 7)).astype(np.uint8))
+    return bits
 
 
 def _bit(bits: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ from .match_keypoints import Keypoints, match_keypoints
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
 
 PIXEL_MATCHER = "pixel-alignment/1"
-MATCHER = "pixel-alignment+keypoints/4"
+MATCHER = "pixel-alignment+keypoints/5"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``):
 :data:`PIXEL_MATCHER` by default, this one with ``verify_keypoints``."""
 FINE = 128
@@ -88,11 +88,16 @@ class Prepared:
     rgb : ndarray
         uint8 ``[h, w, 3]``, the image with its long side at 256 px (the keypoint matcher's
         size; the pixel alignment works on it resized to 128 px).
+    keypoints : dict or None
+        Its keypoint features (:meth:`~dedupdask.match_keypoints.Keypoints.all_features`), when
+        they were computed with the image: an image that several tasks share is then described
+        once, not once per task.
     """
 
     width: int
     height: int
     rgb: np.ndarray
+    keypoints: dict[bool, Any] | None = None
 
 
 def _size(long_side: int, width: int, height: int) -> tuple[int, int]:
@@ -216,7 +221,7 @@ class View:
     """
 
     def __init__(self, p: Prepared) -> None:
-        self.keypoints = Keypoints(p.rgb)
+        self.keypoints = Keypoints(p.rgb, p.keypoints)
         fh, fw = _size(FINE, p.rgb.shape[1], p.rgb.shape[0])
         if (fh, fw) != p.rgb.shape[:2]:
             from PIL import Image

@@ -19,6 +19,7 @@ of archives score the pairs between them. No model is used, so no ONNX session i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ import pandas as pd
 
 from .allocator import tune as tune_allocator
 from .match import MATCHER, PIXEL_MATCHER, Prepared, View, match_score, prepare_image, score_views
+from .match_keypoints import Keypoints
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -50,7 +52,8 @@ VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
 FEW_IMAGES = 2_500
-"""Up to this many images to verify (~370 MB of decoded 256 px thumbnails, plus their keypoints), the pairs are split into
+"""Up to this many images to verify (~370 MB of decoded 256 px thumbnails, plus ~40 KB each of keypoint
+features with ``verify_keypoints``), the pairs are split into
 one task per worker that each see every image, instead of tasks per pair of archives: an
 image's view (grey image, FFT plans, template stacks) is then built about once per task, not
 once per archive it has pairs with."""
@@ -96,6 +99,7 @@ def load_archive_images(
     storage_options: dict[str, Any] | None = None,
     max_image_pixels: int = 100_000_000,
     max_member_bytes: int = 256 * 2**20,
+    keypoints: bool = False,
 ) -> dict[int, Prepared | str]:
     """Read and prepare the wanted images of one archive, reading it once (one Dask task).
 
@@ -108,6 +112,9 @@ def load_archive_images(
         fsspec options.
     max_image_pixels, max_member_bytes : int
         Limits, as in extraction.
+    keypoints : bool
+        Also describe each image for the keypoint matcher (as is and mirrored), once here
+        rather than in every scoring task that holds it.
 
     Returns
     -------
@@ -131,6 +138,8 @@ def load_archive_images(
         v = done.get((m, int(o)), "member not read")
         if isinstance(v, bytes | bytearray):
             v = prepare_image(bytes(v), max_image_pixels=max_image_pixels)
+            if keypoints and isinstance(v, Prepared):
+                v = dataclasses.replace(v, keypoints=Keypoints(v.rgb).all_features())
         out[int(idx)] = v
     return out
 
@@ -527,7 +536,7 @@ def _streamed_tasks(
             for i, m, o in zip(sub.index, sub["member"], sub["occ"], strict=True)
         )
         loads.append(
-            dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes)
+            dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes, keypoints)
         )
     if len(need) <= FEW_IMAGES:  # every task sees every image: each view built once per task
         from .knn_partitioned import _n_workers

@@ -252,3 +252,26 @@ def test_runs_ask_the_keypoint_matcher_only_when_told(tmp_path, photo):
         got[on] = (len(res.similarity), run["verification"].get("matcher"))
     assert got[True] == (1, MATCHER), got
     assert got[False][0] == 0 and got[False][1] in (None, "pixel-alignment/1"), got
+
+
+def test_features_kept_with_the_image_give_the_same_answers(tmp_path, photo):
+    """An archive read for the keypoint matcher carries each image's features (as is and
+    mirrored), so tasks sharing the image do not describe it again; the scores are the same."""
+    from dedupdask.datasets import write_shard
+    from dedupdask.match import View, score_views
+    from dedupdask.verify import load_archive_images
+
+    edits = [photo, _rotate(photo, 6), ImageOps.mirror(_caption(photo)), _hue(photo, 30)]
+    url = str(tmp_path / "00000.tar")
+    write_shard(url, [(f"{k}.png", _png(im)) for k, im in enumerate(edits)])
+    wanted = [(f"{k}.png", 0, k) for k in range(len(edits))]
+    plain = load_archive_images(url, wanted)
+    kept = load_archive_images(url, wanted, keypoints=True)
+    assert all(p.keypoints is None for p in plain.values())
+    for p in kept.values():
+        assert isinstance(p, Prepared) and sorted(p.keypoints) == [False, True]
+        assert len(p.keypoints[True][0]) >= MIN_INLIERS  # the mirrored picture's own keypoints
+    for k in range(1, len(edits)):
+        s_plain = score_views(View(plain[0]), View(plain[k]), None)
+        s_kept = score_views(View(kept[0]), View(kept[k]), None)
+        assert s_kept == s_plain >= 0.9, (k, s_plain, s_kept)
