@@ -345,9 +345,9 @@ def _hues(ycc: np.ndarray) -> int:
 def _least_squares(*blocks: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Least-squares solution of the stacked rows ``A x = b`` from its normal equations.
 
-    The colour fit has tens of thousands of rows and 10 unknowns: a 10 x 10 system is solved
-    instead of a QR of the whole matrix (which costs over 100 ms a pair when LAPACK's threads
-    compete with Dask's), giving the same minimum-norm solution.
+    The colour fit has thousands of rows and a few unknowns (6 for luma, 4 for chroma): a system
+    of that size is solved instead of a QR of the whole matrix (which costs over 100 ms a pair
+    when LAPACK's threads compete with Dask's), giving the same minimum-norm solution.
 
     Examples
     --------
@@ -410,12 +410,13 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
     ridge = np.zeros((3, 6))
     ridge[0, 1] = ridge[1, 2] = ridge[2, 3] = np.sqrt(RIDGE * ns)
 
-    def residual(p: np.ndarray, rows: Any = None) -> np.ndarray:
+    def residual(p: np.ndarray, on_sample: bool = False) -> np.ndarray:
+        """Each pixel's largest channel error under the edit ``p`` (of the sample's pixels only)."""
         P = np.zeros((8, 3))
         P[:6, 0] = p[:6]
         P[5, 1:] = p[8:10]
         P[6:, 1:] = [[p[6], p[7]], [-p[7], p[6]]]
-        f, d = (F, dst) if rows is None else (Fs, dst_s)
+        f, d = (Fs, dst_s) if on_sample else (F, dst)
         e = np.abs(np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0) - d)
         return np.maximum(np.maximum(e[:, 0], e[:, 1]), e[:, 2])
 
@@ -431,7 +432,7 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
                 break
             p[:6] = _least_squares((lu[keep], Ts[keep, 0]), (ridge, np.zeros(3)))
             p[6:] = _least_squares((cb[keep], Ts[keep, 1]), (cr[keep], Ts[keep, 2]))
-            keep = fitting(residual(p, sample))
+            keep = fitting(residual(p, on_sample=True))
         r = residual(p)
         return p, r, fitting(r)
 
