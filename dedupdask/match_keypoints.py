@@ -417,8 +417,7 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
         P[5, 1:] = p[8:10]
         P[6:, 1:] = [[p[6], p[7]], [-p[7], p[6]]]
         f, d = (Fs, dst_s) if on_sample else (F, dst)
-        e = np.abs(np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0) - d)
-        return np.maximum(np.maximum(e[:, 0], e[:, 1]), e[:, 2])
+        return _worst_channel(np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0) - d)
 
     def fitting(r: np.ndarray) -> np.ndarray:
         """The pixels that fit: what is off by much more than most pixels is an overlay."""
@@ -441,14 +440,20 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
     # would otherwise pull the first fit before trimming can drop it). Of the fits whose edit is
     # one an editor makes, the one leaving fewer pixels off is kept.
     fits = [fit(np.ones(ns, bool))]
-    e = np.abs(src[sample] - dst_s)
-    unchanged = np.maximum(np.maximum(e[:, 0], e[:, 1]), e[:, 2]) <= OFF_LEVEL
+    unchanged = _worst_channel(src[sample] - dst_s) <= OFF_LEVEL
     if unchanged.sum() >= max(10, 0.2 * ns) and (fits[0][1] > OFF_LEVEL).any():
         fits.append(fit(unchanged))
     hues = _hues(X)
     grey_range = tuple(np.quantile(Y, [0.02, 0.98])) if n else (0.0, 1.0)
     found = [(r, _describe(p, keep, Y, src, hues, swap, grey_range)) for p, r, keep in fits]
     return min(found, key=lambda f: (not f[1]["plausible"], float((f[0] > OFF_LEVEL).mean())))
+
+
+def _worst_channel(diff: np.ndarray) -> np.ndarray:
+    """The largest absolute channel difference of each ``[n, 3]`` row (three column maxima: an
+    ``axis=1`` reduction over 3 values is over ten times slower on 16k rows)."""
+    e = np.abs(diff)
+    return np.maximum(np.maximum(e[:, 0], e[:, 1]), e[:, 2])
 
 
 def _describe(
