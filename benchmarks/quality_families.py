@@ -526,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout", choices=("group", "family", "none"), default="group",
                     help="leave-one-out unit of the threshold sweep (besides the fixed split)")
     ap.add_argument("--no-fastdup", action="store_true", help="skip fastdup (no install, no run)")
-    ap.add_argument("--verify-keypoints", action="store_true", help="run dedupdask with verify_keypoints=True")
+    ap.add_argument("--verify-keypoints", action=argparse.BooleanOptionalAction, default=True,
+                    help="dedupdask's verify_keypoints (default: on, as the library's)")
     ap.add_argument("--fastdup-python", default=None, help="interpreter for fastdup's venv (3.9-3.12)")
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality", help="photos (shared with quality.py)")
     ap.add_argument("--fastdup-cache", type=Path, default=cache_root / "vs_fastdup", help="fastdup's venv")

@@ -140,6 +140,21 @@ GREY_CHROMA = 0.1
 """A chroma gain under this is a conversion to grey (or sepia)."""
 RIDGE = 0.05
 """Pull of the luma weights towards the standard ones (per pixel): decides ill-posed fits."""
+FLAT_LEVELS = 2
+"""A pixel is flat when its 3 x 3 neighbourhood spans at most this many grey levels (of 255)."""
+MAX_FLAT = 0.45
+"""A picture with more than this share of flat pixels (:func:`flat_share`) is a *graphic*:
+clip art, an icon, a sign, a card, a drawing, a chart -- made of flat fills. The matcher decides
+a pair only when at least one of its pictures is not a graphic (a photo, a painting, a textured
+drawing). Graphics are drawn from templates: a deck's cards share their frame and corner
+glyphs, warning signs their triangle, a set of puzzle pieces their outline and shading. Design
+variants (the 5 of hearts and the 5 of diamonds, two signs, a smiley with and without a tear)
+then share 30 and more keypoints under one warp and differ by less than an overlay, so
+agreeing keypoints do not show that two graphics are one picture; between two photos they do.
+Pairs of two graphics are left to the pixel alignment, which tolerates no local change. On
+``benchmarks/verify_rules.py``'s data, photos (packaged photos and wallpapers) have a median
+flat share of 0.1-0.2 and Tux Paint stamps 0.58; the clip-art false pairs stay at about the
+pixel alignment's own (+16 on half A, 62 without the matcher) up to 0.45, and grow past it."""
 _SEED = 12345
 
 _YCC = np.array(
@@ -177,6 +192,9 @@ class KeypointMatch:
         not measured).
     repainted : float
         :func:`repainted_share` of the differing pixels (likewise).
+    flat : float
+        The smaller :func:`flat_share` of the two pictures (over :data:`MAX_FLAT`: two
+        graphics, not decided).
     colour : dict
         The fitted edit: ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``,
         ``min_weight``, ``hues`` (of the more colourful picture), and ``plausible`` (within
@@ -191,6 +209,28 @@ class KeypointMatch:
     colour: dict[str, Any] | None = None
     moved: float = 1.0
     repainted: float = 1.0
+    flat: float = 0.0
+
+
+def flat_share(grey: np.ndarray) -> float:
+    """Share of the pixels whose 3 x 3 neighbourhood spans at most :data:`FLAT_LEVELS` levels.
+
+    Photos hold texture and noise nearly everywhere; graphics are made of flat fills.
+
+    Examples
+    --------
+    >>> from dedupdask.datasets import random_picture
+    >>> card = np.full((96, 64), 255, np.uint8); card[20:40, 20:40] = 30  # a square on white
+    >>> round(flat_share(card), 2)
+    0.97
+    >>> photo = np.asarray(random_picture(np.random.default_rng(0), (256, 192)).convert("L"))
+    >>> flat_share(photo) < MAX_FLAT
+    True
+    """
+    cv2 = _cv2()
+    k = np.ones((3, 3), np.uint8)
+    g = np.ascontiguousarray(grey, np.uint8)
+    return float(((cv2.dilate(g, k) - cv2.erode(g, k)) <= FLAT_LEVELS).mean())
 
 
 class Keypoints:
@@ -202,11 +242,16 @@ class Keypoints:
         uint8 ``[h, w, 3]``, long side about :data:`SIZE` px.
     features : dict, optional
         Features computed before (:meth:`all_features`), e.g. when the image was read.
+    flat : float, optional
+        Its :func:`flat_share`, when computed before.
     """
 
-    def __init__(self, rgb: np.ndarray, features: dict[bool, Any] | None = None) -> None:
+    def __init__(
+        self, rgb: np.ndarray, features: dict[bool, Any] | None = None, flat: float | None = None
+    ) -> None:
         self.rgb = np.ascontiguousarray(rgb)
         self._grey: np.ndarray | None = None
+        self._flat = flat
         self._feats: dict[bool, tuple[np.ndarray, np.ndarray | None]] = dict(features or {})
 
     @property
@@ -214,6 +259,13 @@ class Keypoints:
         if self._grey is None:
             self._grey = _cv2().cvtColor(self.rgb, _cv2().COLOR_RGB2GRAY)
         return self._grey
+
+    @property
+    def flat(self) -> float:
+        """:func:`flat_share` of the picture (more than :data:`MAX_FLAT`: a graphic)."""
+        if self._flat is None:
+            self._flat = flat_share(self.grey)
+        return self._flat
 
     def features(self, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Keypoint positions (of the mirrored image when asked) and binary descriptors."""
@@ -689,13 +741,16 @@ def rule_score(
     return 1.0 - 0.1 * worst
 
 
-def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
+def match_keypoints(a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT) -> KeypointMatch:
     """Whether ``b`` is ``a`` warped, recoloured and partly overlaid (or the reverse).
 
     Parameters
     ----------
     a, b : Keypoints
         The two pictures (long side about :data:`SIZE` px).
+    max_flat : float
+        When both pictures have a larger :func:`flat_share` (two graphics), the pair is not
+        decided here: score -1 (see :data:`MAX_FLAT`; 1 decides every pair).
 
     Returns
     -------
@@ -715,8 +770,16 @@ def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
     >>> other = np.asarray(random_picture(rng, (256, 192)))
     >>> match_keypoints(Keypoints(img), Keypoints(other)).score < 0.9
     True
+    >>> card = np.full((192, 256, 3), 255, np.uint8); card[40:150, 60:200] = (200, 30, 30)
+    >>> m = match_keypoints(Keypoints(card), Keypoints(card[:, ::-1].copy()))
+    >>> m.score, m.flat > MAX_FLAT  # two graphics: left to the pixel alignment
+    (-1.0, True)
     """
+    flat = min(a.flat, b.flat)
+    if flat > max_flat:
+        return KeypointMatch(-1.0, flat=flat)
     first = _match_one_way(a, b)
+    first.flat = flat
     if first.score >= 0.9:
         return first  # every rule holds this way (see rule_score)
     if first.inliers < REVERSE_INLIERS:
@@ -728,6 +791,7 @@ def match_keypoints(a: Keypoints, b: Keypoints) -> KeypointMatch:
         return first
     if back.homography is not None:
         back.homography = np.linalg.inv(back.homography)
+    back.flat = flat
     return back
 
 
