@@ -140,6 +140,12 @@ GREY_CHROMA = 0.1
 """A chroma gain under this is a conversion to grey (or sepia)."""
 RIDGE = 0.05
 """Pull of the luma weights towards the standard ones (per pixel): decides ill-posed fits."""
+MIN_CONTAINED = 0.9
+"""Share of one picture that must lie inside the other under the warp. A copy is the other
+picture cropped, resized, framed, padded or tilted: one of the two shows the other whole (a
+crop lies inside its original, an original inside its padded or captioned copy). Two windows
+onto one larger scene -- two tiles of one photo, a panned shot, the next frame of a video --
+each show what the other lacks: another photo of the same place, a look-alike."""
 FLAT_LEVELS = 2
 """A pixel is flat when its 3 x 3 neighbourhood spans at most this many grey levels (of 255)."""
 MAX_FLAT = 0.45
@@ -195,6 +201,9 @@ class KeypointMatch:
     flat : float
         The smaller :func:`flat_share` of the two pictures (over :data:`MAX_FLAT`: two
         graphics, not decided).
+    contained : float
+        The larger share of one picture that lies inside the other under the warp (under
+        :data:`MIN_CONTAINED`: two windows onto one scene, score 0).
     colour : dict
         The fitted edit: ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``,
         ``min_weight``, ``hues`` (of the more colourful picture), and ``plausible`` (within
@@ -210,6 +219,7 @@ class KeypointMatch:
     moved: float = 1.0
     repainted: float = 1.0
     flat: float = 0.0
+    contained: float = 0.0
 
 
 def flat_share(grey: np.ndarray) -> float:
@@ -741,7 +751,9 @@ def rule_score(
     return 1.0 - 0.1 * worst
 
 
-def match_keypoints(a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT) -> KeypointMatch:
+def match_keypoints(
+    a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT, min_contained: float = MIN_CONTAINED
+) -> KeypointMatch:
     """Whether ``b`` is ``a`` warped, recoloured and partly overlaid (or the reverse).
 
     Parameters
@@ -751,6 +763,9 @@ def match_keypoints(a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT) -
     max_flat : float
         When both pictures have a larger :func:`flat_share` (two graphics), the pair is not
         decided here: score -1 (see :data:`MAX_FLAT`; 1 decides every pair).
+    min_contained : float
+        A warp under which neither picture lies this much inside the other scores 0 (see
+        :data:`MIN_CONTAINED`; 0 measures every warp's colours and overlay).
 
     Returns
     -------
@@ -778,7 +793,7 @@ def match_keypoints(a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT) -
     flat = min(a.flat, b.flat)
     if flat > max_flat:
         return KeypointMatch(-1.0, flat=flat)
-    first = _match_one_way(a, b)
+    first = _match_one_way(a, b, min_contained)
     first.flat = flat
     if first.score >= 0.9:
         return first  # every rule holds this way (see rule_score)
@@ -786,7 +801,7 @@ def match_keypoints(a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT) -
         return first  # too few matches agree this way for the other way to reach MIN_INLIERS
     # the ratio test and the colour fit are not symmetric: the same pair, asked the other way,
     # may find the warp; the answer must not depend on which image is "from"
-    back = _match_one_way(b, a)
+    back = _match_one_way(b, a, min_contained)
     if back.score <= first.score:
         return first
     if back.homography is not None:
@@ -795,13 +810,17 @@ def match_keypoints(a: Keypoints, b: Keypoints, *, max_flat: float = MAX_FLAT) -
     return back
 
 
-def _match_one_way(a: Keypoints, b: Keypoints) -> KeypointMatch:
+def _match_one_way(a: Keypoints, b: Keypoints, min_contained: float = MIN_CONTAINED) -> KeypointMatch:
     n, H, mirrored = _homography(a, b)
     if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
         return KeypointMatch(-1.0, n, mirrored, H)
+    # b inside a: the share of b's frame that a, warped back, covers; and the other way round
+    contained = max(_coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape), _coverage(H, b.grey.shape, a.grey.shape))
+    if contained < min_contained:
+        return KeypointMatch(0.0, n, mirrored, H, contained=contained)
     differing, edit, moved, repainted = _compare(a, b, H)
     if not edit.get("plausible", False):
         score = 0.0
     else:
         score = float(rule_score(differing, moved, n, repainted))
-    return KeypointMatch(float(score), n, mirrored, H, differing, edit, moved, repainted)
+    return KeypointMatch(float(score), n, mirrored, H, differing, edit, moved, repainted, contained=contained)
