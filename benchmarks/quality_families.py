@@ -635,6 +635,22 @@ def main(argv: list[str] | None = None) -> int:
       f"their original (not only the original itself): dedupdask {f3(d_all['linked'])}, "
       f"fastdup {f3(x_all['linked']) if x_all else '-'}.")  # fmt: skip
     p("")
+    p("Recall by the kind of original (the keypoint matcher leaves pairs of two graphics to the pixel alignment; "
+      "most Tux Paint stamps are drawings, a few are photos of objects):")  # fmt: skip
+    p("")
+    origin = truth.images["name"].to_numpy(object)[truth.planted["orig"].to_numpy()]
+    stamp = np.array([str(n).startswith("tuxpaint-stamps-default/") for n in origin])
+    held = truth.planted["family"].map(lambda f: ef.FAMILIES[f].held_out).to_numpy(bool)
+    rows = []
+    for label, sel in (("photos and wallpapers", ~stamp), ("Tux Paint stamps", stamp)):
+        row = [label]
+        for part in (held, ~held):
+            m = sel & part
+            row += [f"{f3(sd['hit'][m].mean())} ({int(m.sum())})", f3(sf["hit"][m].mean()) if sf else "-"]
+        rows.append(row)
+    out.extend(table(rows, ["originals", "held-out recall dedupdask (copies)", "fastdup",
+                            "tuning recall dedupdask (copies)", "fastdup"]))  # fmt: skip
+    p("")
     p("## Look-alikes (distinct pictures, labelled; none has a copy)")
     p("")
     out.extend(lookalike_table(truth, desc["lookalike_groups"], sd, sf))
