@@ -665,9 +665,10 @@ def main(argv: list[str] | None = None) -> int:
       "and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut but neither image "
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate for which neither "
       f"matcher found an alignment (score -1: the pixel alignment's correlation too low and fewer than {MIN_INLIERS} "
-      "keypoints agreeing with one upright plane warp); 'scored < verify_score' = aligned, but the pixel residuals "
-      "were too large and the keypoint matcher found an implausible colour edit, too large a differing share or "
-      "content redrawn or repainted (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
+      "keypoints agreeing with one upright plane warp, or two graphics, which the keypoint matcher does not "
+      "decide); 'scored < verify_score' = aligned, but the pixel residuals were too large and the keypoint matcher "
+      "found an implausible colour edit, too large a differing share, content redrawn or repainted, or neither "
+      "picture inside the other (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
     p("")
     out.extend(loss)
     sim_default = sweep.grid.index({k: float(ddk["params"][k]) for k in SWEEP}) if \
