@@ -60,7 +60,8 @@ PIXEL_MATCHER = "pixel-alignment/1"
 MATCHER = "pixel-alignment+keypoints/6"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
-pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`)."""
+pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
+asks one picture to lie inside the other (:data:`~dedupdask.match_keypoints.MIN_CONTAINED`)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

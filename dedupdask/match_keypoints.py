@@ -3,7 +3,9 @@
 The pixel matcher (:mod:`dedupdask.match`) aligns by scale, translation and flip only and
 rejects any local difference, so it misses the copies the web makes most: rotated, tilted,
 re-framed, recoloured, watermarked, captioned. This matcher asks the question differently,
-in three steps, each with a reason a user can check:
+in three steps, each with a reason a user can check, of pairs in which at least one picture
+is not a *graphic* (:data:`MAX_FLAT`: clip art, icons, cards and signs are drawn from templates,
+so two different ones share their template's keypoints; two photos do not):
 
 1. **Geometry.** ORB keypoints (OpenCV: oriented FAST corners with binary descriptors over a
    scale pyramid, rotation and scale invariant, computed on the grey image with its long side at
@@ -15,7 +17,8 @@ in three steps, each with a reason a user can check:
    mirror about either axis if there is one. Two different photos rarely share 30 distinctive
    points in the same geometric arrangement; a drawing turned onto its side or upside down (an
    arrow pointing elsewhere, a corner ornament for another corner) is another drawing, and the
-   web's turned copies are tilted, not turned over.
+   web's turned copies are tilted, not turned over. One of the two pictures must lie inside
+   the other (:data:`MIN_CONTAINED`): two windows onto one scene are two photos of it.
 2. **Colour.** The warped image is compared with the other at :data:`PHOTO_SIZE` px inside
    their overlap (in the frame of the image the other covers best, so a crop or a padded
    copy is compared on the picture they share). A *global* colour edit is fitted robustly
