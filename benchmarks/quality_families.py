@@ -526,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout", choices=("group", "family", "none"), default="group",
                     help="leave-one-out unit of the threshold sweep (besides the fixed split)")
     ap.add_argument("--no-fastdup", action="store_true", help="skip fastdup (no install, no run)")
-    ap.add_argument("--verify-keypoints", action="store_true", help="run dedupdask with verify_keypoints=True")
+    ap.add_argument("--verify-keypoints", action=argparse.BooleanOptionalAction, default=True,
+                    help="dedupdask's verify_keypoints (default: on, as the library's)")
     ap.add_argument("--fastdup-python", default=None, help="interpreter for fastdup's venv (3.9-3.12)")
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality", help="photos (shared with quality.py)")
     ap.add_argument("--fastdup-cache", type=Path, default=cache_root / "vs_fastdup", help="fastdup's venv")
@@ -634,6 +635,22 @@ def main(argv: list[str] | None = None) -> int:
       f"their original (not only the original itself): dedupdask {f3(d_all['linked'])}, "
       f"fastdup {f3(x_all['linked']) if x_all else '-'}.")  # fmt: skip
     p("")
+    p("Recall by the kind of original (the keypoint matcher leaves pairs of two graphics to the pixel alignment; "
+      "most Tux Paint stamps are drawings, a few are photos of objects):")  # fmt: skip
+    p("")
+    origin = truth.images["name"].to_numpy(object)[truth.planted["orig"].to_numpy()]
+    stamp = np.array([str(n).startswith("tuxpaint-stamps-default/") for n in origin])
+    held = truth.planted["family"].map(lambda f: ef.FAMILIES[f].held_out).to_numpy(bool)
+    rows = []
+    for label, sel in (("photos and wallpapers", ~stamp), ("Tux Paint stamps", stamp)):
+        row = [label]
+        for part in (held, ~held):
+            m = sel & part
+            row += [f"{f3(sd['hit'][m].mean())} ({int(m.sum())})", f3(sf["hit"][m].mean()) if sf else "-"]
+        rows.append(row)
+    out.extend(table(rows, ["originals", "held-out recall dedupdask (copies)", "fastdup",
+                            "tuning recall dedupdask (copies)", "fastdup"]))  # fmt: skip
+    p("")
     p("## Look-alikes (distinct pictures, labelled; none has a copy)")
     p("")
     out.extend(lookalike_table(truth, desc["lookalike_groups"], sd, sf))
@@ -648,9 +665,10 @@ def main(argv: list[str] | None = None) -> int:
       "and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut but neither image "
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate for which neither "
       f"matcher found an alignment (score -1: the pixel alignment's correlation too low and fewer than {MIN_INLIERS} "
-      "keypoints agreeing with one upright plane warp); 'scored < verify_score' = aligned, but the pixel residuals "
-      "were too large and the keypoint matcher found an implausible colour edit, too large a differing share or "
-      "content redrawn or repainted (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
+      "keypoints agreeing with one upright plane warp, or two graphics, which the keypoint matcher does not "
+      "decide); 'scored < verify_score' = aligned, but the pixel residuals were too large and the keypoint matcher "
+      "found an implausible colour edit, too large a differing share, content redrawn or repainted, or neither "
+      "picture inside the other (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
     p("")
     out.extend(loss)
     sim_default = sweep.grid.index({k: float(ddk["params"][k]) for k in SWEEP}) if \

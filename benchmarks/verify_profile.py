@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", help="extract these shards into --work-dir first (run_mode=1)")
     ap.add_argument("--max-pairs", type=int, default=0, help="profile the first N pairs (0: all)")
     ap.add_argument("--top", type=int, default=0, help="also print cProfile's top N functions")
-    ap.add_argument("--verify-keypoints", action="store_true", help="also ask the keypoint matcher, as verify_keypoints")
+    ap.add_argument("--verify-keypoints", action=argparse.BooleanOptionalAction, default=True,
+                    help="also ask the keypoint matcher, as verify_keypoints (default: on, as the library's)")
     args = ap.parse_args(argv)
 
     import dedupdask as ddk

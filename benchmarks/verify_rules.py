@@ -15,14 +15,14 @@ decision for variants of the matcher's budgets in seconds:
 3. scores each with the pixel alignment and the keypoint matcher and keeps the keypoint
    matcher's record (inliers, differing share, moved share, colour edit), cached as Parquet;
 4. replays the default decision (embedding >= ``threshold``, or a matcher >= ``verify_score``)
-   for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` x ``MAX_REPAINTED`` given on the command line and prints,
+   for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` x ``MAX_REPAINTED`` x ``MAX_FLAT`` x ``MIN_CONTAINED`` given on the command line and prints,
    per variant: near recall on the tuning and the held-out families, precision on pairs that
    involve a copy, labelled look-alike pairs, and false pairs on the clip-art halves.
 
 Choose on the tuning families and clip-art half A; read the held-out families and half B.
 The replay keeps the direction the matcher chose (it asks the other way only when the first
 fails), so a variant that changes which direction passes is approximated; confirm a choice end
-to end with ``quality_families.py --verify-keypoints`` and ``vs_fastdup.py --verify-keypoints``.
+to end with ``quality_families.py`` and ``vs_fastdup.py`` (the keypoint matcher is on by default).
 
     python benchmarks/verify_rules.py --max-moved 0.01 0.005 --max-repainted 1 0.05 0.02 0.01
 """
@@ -114,12 +114,13 @@ def _score(pair: tuple[str, str]) -> dict[str, Any]:
     va, vb = _view(pair[0]), _view(pair[1])
     if va is None or vb is None:
         return {"pixel": np.nan, "keypoints": np.nan}
-    m = match_keypoints(va.keypoints, vb.keypoints)
+    m = match_keypoints(va.keypoints, vb.keypoints, max_flat=1.0, min_contained=0.0)  # MAX_FLAT, MIN_CONTAINED replayed
     c = m.colour or {}
     pixel = score_views(va, vb, row_for("effnet-lite0").early_accept, keypoints=False)
     return {"pixel": pixel, "keypoints": m.score, "inliers": m.inliers,
             "differing": m.differing, "moved": m.moved, "repainted": m.repainted,
-            "plausible": bool(c.get("plausible", False))}  # fmt: skip
+            "plausible": bool(c.get("plausible", False)), "flat": m.flat,
+            "contained": m.contained}  # fmt: skip
 
 
 def _load(shards: str) -> None:
@@ -144,7 +145,10 @@ def score_pairs(shards: Path, sim: pd.DataFrame, cores: int) -> pd.DataFrame:
 
 
 # -- replay ---------------------------------------------------------------------------------------
-def decide(s: pd.DataFrame, max_differing: float, max_moved: float, max_repainted: float) -> np.ndarray:
+def decide(
+    s: pd.DataFrame, max_differing: float, max_moved: float, max_repainted: float, max_flat: float,
+    min_contained: float,
+) -> np.ndarray:
     """The default decision with the keypoint matcher's budgets replaced."""
     from dedupdask.match_keypoints import rule_score
     from dedupdask.thresholds import row_for
@@ -155,6 +159,8 @@ def decide(s: pd.DataFrame, max_differing: float, max_moved: float, max_repainte
                     max_differing=max_differing, max_moved=max_moved, max_repainted=max_repainted)  # fmt: skip
     # plausible: a warp with MIN_INLIERS matches was found and its colour edit is one an editor makes
     kp = np.where(s["plausible"].fillna(False).to_numpy(bool), kp, -1.0)
+    kp = np.where(s["flat"].fillna(1.0).to_numpy(np.float64) <= max_flat, kp, -1.0)  # two graphics: not asked
+    kp = np.where(s["contained"].fillna(0.0).to_numpy(np.float64) >= min_contained, kp, -1.0)
     return ((s["similarity"] >= t.threshold) | (s["pixel"] >= t.verify_score) | (kp >= t.verify_score)).to_numpy()
 
 
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-differing", type=float, nargs="+", default=None, help="overlay budgets to replay")
     ap.add_argument("--max-moved", type=float, nargs="+", default=None, help="'added on both sides' budgets")
     ap.add_argument("--max-repainted", type=float, nargs="+", default=None, help="'repainted' budgets")
+    ap.add_argument("--max-flat", type=float, nargs="+", default=None,
+                    help="flat shares over which both pictures of a pair are graphics (1: every pair asked)")
+    ap.add_argument("--min-contained", type=float, nargs="+", default=None,
+                    help="shares of one picture inside the other that a warp needs (0: any overlap)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality")
     ap.add_argument("--work-root", type=Path, default=cache_root / "quality" / "verify_rules")
@@ -172,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dedupdask import match_keypoints as mk
     from dedupdask.match import MATCHER
+    from dedupdask.thresholds import row_for
 
     sets: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
     for name, make in (("families", family_shards), ("tiers", tier_shards)):
@@ -204,21 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     print("near recall of the planted pairs (tuning / held-out families), pp = precision on pairs with a copy, "
           "look-alikes = labelled look-alike pairs; clip art: pairs of distinct originals accepted, half A / B")  # fmt: skip
     print()
-    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | tuning recall | held-out recall | pp | look-alikes "
-          "| clip-art false A | B |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | MAX_FLAT | MIN_CONTAINED | tuning recall | held-out recall "
+          "| pp | look-alikes | clip-art false A | B | clip-art pairs asked |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     mds = args.max_differing or [mk.MAX_DIFFERING]
     mms = args.max_moved or [mk.MAX_MOVED]
     mrs = args.max_repainted or [mk.MAX_REPAINTED]
-    for md, mm, mr in itertools.product(mds, mms, mrs):
-        acc = decide(fam, md, mm, mr)
+    mfs = args.max_flat or [mk.MAX_FLAT]
+    mcs = args.min_contained or [mk.MIN_CONTAINED]
+    library = (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED, mk.MAX_FLAT, mk.MIN_CONTAINED)
+    for md, mm, mr, mf, mc in itertools.product(mds, mms, mrs, mfs, mcs):
+        acc = decide(fam, md, mm, mr, mf, mc)
         sc = truth.score(fam["a"].to_numpy()[acc], fam["b"].to_numpy()[acc])
         hit, pp = sc["hit"], sc["same"][sc["copy_end"]].mean()
-        t_acc = decide(tie, md, mm, mr) & ~t_same
-        mark = " (the library's)" if (md, mm, mr) == (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED) else ""
-        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | {pp:.3f} | "
-              f"{int(sc['lookalike'].sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
-              f"{int((t_acc & (t_half == 'B')).sum())} |")  # fmt: skip
+        t_acc = decide(tie, md, mm, mr, mf, mc) & ~t_same
+        asked = int(((tie["pixel"] < row_for("effnet-lite0").verify_score) & (tie["flat"] <= mf)).sum())
+        mark = " (the library's)" if (md, mm, mr, mf, mc) == library else ""
+        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {mf:g} | {mc:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | "
+              f"{pp:.3f} | {int(sc['lookalike'].sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
+              f"{int((t_acc & (t_half == 'B')).sum())} | {asked} |")  # fmt: skip
     return 0
 
 

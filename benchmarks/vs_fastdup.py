@@ -527,7 +527,7 @@ def ddk_child(a: dict[str, Any]) -> None:
             if a.get("threshold") is not None:
                 kw["threshold"] = a["threshold"]
             kw["verify"] = bool(a.get("verify", True))
-            kw["verify_keypoints"] = bool(a.get("verify_keypoints", False))
+            kw["verify_keypoints"] = bool(a.get("verify_keypoints", True))
             t0 = time.perf_counter()
             res = ddk.run(None, a["work_dir"], run_mode=2, **kw)
             seconds = time.perf_counter() - t0
@@ -663,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dedupdask", "vs_fastdup"))
     ap.add_argument("--work-root", default=None, help="folder for the run's temp dir of work_dirs (default: the system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the work_dirs")
-    ap.add_argument("--verify-keypoints", action="store_true", help="dedupdask with verify_keypoints=True")
+    ap.add_argument("--verify-keypoints", action=argparse.BooleanOptionalAction, default=True,
+                    help="dedupdask's verify_keypoints (default: on, as the library's)")
     ap.add_argument("--note", default="", help="a line printed in the header")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -704,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
           f"LocalCluster n_workers={args.cores} threads_per_worker=1), k={args.nearest_neighbors_k}, "
           f"{args.repeats} round(s), order alternating; fastdup turi_param="
           f"{args.fastdup_turi_param or '(default)'}"
-          + ("; dedupdask verify_keypoints=True" if args.verify_keypoints else ""))  # fmt: skip
+          + ("" if args.verify_keypoints else "; dedupdask verify_keypoints=False"))  # fmt: skip
     print()
 
     runs: dict[str, list[dict[str, Any]]] = {"fastdup": [], "dedupdask": []}

@@ -213,7 +213,7 @@ def run(
     verify_threshold: float | None = None,
     verify_score: float | None = None,
     verify: bool = True,
-    verify_keypoints: bool = False,
+    verify_keypoints: bool = True,
     issue_thresholds: dict[str, float] | str | None = None,
     max_memory_per_task: str | int | None = None,
     max_client_memory: str | int | None = None,
@@ -276,9 +276,10 @@ def run(
     verify_keypoints : bool
         Also ask the keypoint matcher (:mod:`dedupdask.match_keypoints`: rotations,
         perspective, global colour edits, overlays up to 35 %) about candidates the pixel
-        alignment rejects. Off by default: it finds most web edits
-        (``benchmarks/results/quality_families.txt``) but accepts many clip-art look-alikes
-        and costs ~7x the verification time (README, "Near-duplicates as the web makes them").
+        alignment rejects, when at least one of the two pictures is not a graphic (clip art,
+        icons, cards, signs: more than 45 % flat pixels, whose design variants share their
+        template's keypoints; :data:`dedupdask.match_keypoints.MAX_FLAT`). False: the pixel
+        alignment only (README, "Near-duplicates as the web makes them").
     issue_thresholds : dict or str, optional
         Cut-offs of the per-image issue types (``res.issues``, ``image_issues.csv``;
         :mod:`dedupdask.analyses.issues`) that replace the model's row of

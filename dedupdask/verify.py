@@ -31,7 +31,7 @@ import pandas as pd
 
 from .allocator import tune as tune_allocator
 from .match import MATCHER, PIXEL_MATCHER, Prepared, View, match_score, prepare_image, score_views
-from .match_keypoints import Keypoints
+from .match_keypoints import MAX_FLAT, Keypoints
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -113,8 +113,10 @@ def load_archive_images(
     max_image_pixels, max_member_bytes : int
         Limits, as in extraction.
     keypoints : bool
-        Also describe each image for the keypoint matcher (as is and mirrored), once here
-        rather than in every scoring task that holds it.
+        Also measure each image's flat share and describe each image that is not a graphic
+        for the keypoint matcher (as is and mirrored), once here rather than in every scoring
+        task that holds it. A graphic (:data:`~dedupdask.match_keypoints.MAX_FLAT`) is
+        described only by a task that pairs it with a picture that is not.
 
     Returns
     -------
@@ -139,7 +141,9 @@ def load_archive_images(
         if isinstance(v, bytes | bytearray):
             v = prepare_image(bytes(v), max_image_pixels=max_image_pixels)
             if keypoints and isinstance(v, Prepared):
-                v = dataclasses.replace(v, keypoints=Keypoints(v.rgb).all_features())
+                k = Keypoints(v.rgb)
+                feats = k.all_features() if k.flat <= MAX_FLAT else None
+                v = dataclasses.replace(v, keypoints=feats, flat=k.flat)
         out[int(idx)] = v
     return out
 

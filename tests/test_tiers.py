@@ -82,13 +82,16 @@ def _crop_resize(im: Image.Image) -> Image.Image:
 
 
 def _cornered_picture(rng: np.random.Generator) -> Image.Image:
-    """A synthetic picture with corners enough for keypoints: a smooth one gives the keypoint
-    matcher too few points (a stated limit) and is left to the pixel alignment."""
+    """A synthetic picture with corners enough for keypoints and few flat pixels: a smooth one
+    gives the keypoint matcher too few points (a stated limit), and a graphic's pairs (mostly
+    flat fills, :data:`~dedupdask.match_keypoints.MAX_FLAT`) are left to the pixel alignment."""
     from dedupdask.match import View
+    from dedupdask.match_keypoints import MAX_FLAT
 
     for _ in range(30):
         im = random_picture(rng, (320, 240))
-        if len(View(_prep(im)).keypoints.features()[0]) >= 150:
+        k = View(_prep(im)).keypoints
+        if len(k.features()[0]) >= 150 and k.flat <= MAX_FLAT:
             return im
     raise AssertionError("no picture with corners enough")
 
