@@ -172,6 +172,7 @@ def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
             # otherwise hold ~0.5 kB per member until the end (webdataset clears it too)
             tf.members.clear()
             if ti is None:
+                _check_stream_end(tf.fileobj)
                 return
             kind = _tar_kind(ti)
             m = Member(name=clean_name(ti.name), kind=kind, size=int(ti.size))
@@ -196,6 +197,32 @@ def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[
                         )
             yield m
             budget.check()
+
+
+def _check_stream_end(stream: Any) -> None:
+    """A gzip-compressed tar must also end its gzip stream: its trailer follows, with the size.
+
+    ``tarfile`` stops at the tar's end-of-archive blocks and reads no further. Data past a gzip
+    header that is not a gzip stream can decode to such blocks (about 1 random file in 700) and
+    would read as an empty tar; the trailer's size (``ISIZE``) then does not match what was
+    decompressed.
+    """
+    if getattr(stream, "comptype", None) != "gz" or not hasattr(stream, "cmp"):
+        return
+    try:
+        while stream.read(1 << 16):  # the padding after the end-of-archive blocks
+            pass
+        trailer = stream.cmp.unused_data
+        if len(trailer) < 8:
+            trailer += stream.fileobj.read(8 - len(trailer))
+    except (*_DATA_ERRORS, OSError) as e:
+        if isinstance(e, OSError) and not _is_data_error(e):
+            raise
+        raise ArchiveReadError(f"gzip stream broken after the end of the tar: {e}") from e
+    if not stream.cmp.eof or len(trailer) < 8:
+        raise ArchiveReadError("gzip stream ends before its end marker (truncated)")
+    if int.from_bytes(trailer[4:8], "little") != stream.pos % 2**32:
+        raise ArchiveReadError("gzip trailer does not match the data: not a gzip stream, or a damaged one")
 
 
 def _is_data_error(e: OSError) -> bool:

@@ -186,13 +186,15 @@ def test_broken_archive_is_partial_and_others_finish(tmp_path, hostile_dir):
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(hostile_dir / "a.tar", src / "a.tar")
-    (src / "garbage.tgz").write_bytes(b"\x1f\x8b\x08" + os.urandom(500))
+    (src / "garbage.tgz").write_bytes(b"\x1f\x8b\x08" + np.random.default_rng(0).bytes(500))
+    # these bytes after a gzip header decode to a tar's end-of-archive blocks: an "empty tar"
+    (src / "empty_garbage.tgz").write_bytes(b"\x1f\x8b\x08" + np.random.default_rng(687).bytes(500))
     data = (hostile_dir / "a.tar").read_bytes()
     (src / "truncated.tar").write_bytes(data[: len(data) * 2 // 3])
     report = extract(str(src), tmp_path / "wd")
     st = dict(zip(report["name"], report["status"], strict=True))
-    assert st == {"a.tar": "done", "garbage.tgz": "partial", "truncated.tar": "partial"}
-    assert len(report.failed) == 2
+    assert st == {"a.tar": "done", "garbage.tgz": "partial", "empty_garbage.tgz": "partial", "truncated.tar": "partial"}
+    assert len(report.failed) == 3
     trunc = WorkDir(str(tmp_path / "wd")).read_done("truncated.tar")
     c = trunc["counts"]
     assert trunc["archive_error"] and 0 < c["members"] == c["images"] + c["sidecars"] + c["skipped"]
