@@ -207,8 +207,8 @@ def _check_stream_end(stream: Any) -> None:
     would read as an empty tar; the trailer's size (``ISIZE``) then does not match what was
     decompressed.
     """
-    if getattr(stream, "comptype", None) != "gz" or not hasattr(stream, "cmp"):
-        return
+    if getattr(stream, "comptype", None) != "gz" or not all(hasattr(stream, a) for a in ("cmp", "pos", "fileobj")):
+        return  # not gzip, or a tarfile whose stream keeps other names (the check is then skipped)
     try:
         while stream.read(1 << 16):  # the padding after the end-of-archive blocks
             pass
