@@ -282,6 +282,11 @@ class Keypoints:
             self._flat = flat_share(self.grey)
         return self._flat
 
+    @property
+    def graphic(self) -> bool:
+        """Whether the picture is a graphic (:data:`MAX_FLAT`): pairs of two are not decided."""
+        return self.flat > MAX_FLAT
+
     def features(self, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Keypoint positions (of the mirrored image when asked) and binary descriptors."""
         if mirrored not in self._feats:
@@ -684,17 +689,13 @@ def repainted_share(a: np.ndarray, b: np.ndarray, off: np.ndarray, mask: np.ndar
     return float(size[corr >= SAME_EDGES].sum() / max(int(mask.sum()), 1))
 
 
-def _compare(a: Keypoints, b: Keypoints, H: np.ndarray) -> tuple[float, dict[str, Any], float, float]:
-    """Differing share, colour edit, moved and repainted shares of b warped by H onto a (in the
-    better covered frame)."""
+def _compare(
+    a: Keypoints, b: Keypoints, H: np.ndarray, in_frame_of_a: bool
+) -> tuple[float, dict[str, Any], float, float]:
+    """Differing share, colour edit, moved and repainted shares of b warped by H onto a, in the
+    frame of a or of b (the better covered one, which the caller measured)."""
     cv2 = _cv2()
-    ha, wa = a.grey.shape
-    hb, wb = b.grey.shape
-    Hinv = np.linalg.inv(H)
-    if _coverage(H, (hb, wb), (ha, wa)) >= _coverage(Hinv, (ha, wa), (hb, wb)):
-        frame, other, M = a, b, H
-    else:
-        frame, other, M = b, a, Hinv
+    frame, other, M = (a, b, H) if in_frame_of_a else (b, a, np.linalg.inv(H))
     h, w = frame.grey.shape
     s = PHOTO_SIZE / max(h, w)
     W, Hh = max(8, round(w * s)), max(8, round(h * s))
@@ -819,11 +820,12 @@ def _match_one_way(a: Keypoints, b: Keypoints, min_contained: float = MIN_CONTAI
     n, H, mirrored = _homography(a, b)
     if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
         return KeypointMatch(-1.0, n, mirrored, H)
-    # b inside a: the share of b's frame that a, warped back, covers; and the other way round
-    contained = max(_coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape), _coverage(H, b.grey.shape, a.grey.shape))
+    covered_a = _coverage(H, b.grey.shape, a.grey.shape)  # share of a's frame that b covers: a inside b
+    covered_b = _coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape)  # b inside a
+    contained = max(covered_a, covered_b)
     if contained < min_contained:
         return KeypointMatch(0.0, n, mirrored, H, contained=contained)
-    differing, edit, moved, repainted = _compare(a, b, H)
+    differing, edit, moved, repainted = _compare(a, b, H, in_frame_of_a=covered_a >= covered_b)
     if not edit.get("plausible", False):
         score = 0.0
     else:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .allocator import tune as tune_allocator
 from .match import MATCHER, PIXEL_MATCHER, Prepared, View, match_score, prepare_image, score_views
-from .match_keypoints import MAX_FLAT, Keypoints
+from .match_keypoints import Keypoints
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -142,7 +142,7 @@ def load_archive_images(
             v = prepare_image(bytes(v), max_image_pixels=max_image_pixels)
             if keypoints and isinstance(v, Prepared):
                 k = Keypoints(v.rgb)
-                feats = k.all_features() if k.flat <= MAX_FLAT else None
+                feats = None if k.graphic else k.all_features()
                 v = dataclasses.replace(v, keypoints=feats, flat=k.flat)
         out[int(idx)] = v
     return out
