@@ -214,8 +214,11 @@ def test_tiers_on_a_local_cluster_decide_like_in_process(shards_work_dir):
 
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-        Client(cluster),
+        Client(cluster) as client,
     ):
+        # both sides size their kNN tasks from the workers' memory limit: with none registered
+        # yet, the first would take this machine's memory instead (a race, not a difference)
+        client.wait_for_workers(2)
         out = _same_tiers(shards_work_dir)
     assert (out["verification"]["ran_on"], out["verification"]["workers"]) == ("workers", 2)
 
