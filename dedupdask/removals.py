@@ -48,6 +48,7 @@ import pandas as pd
 
 from .analyses.components import duplicates_to_remove as _duplicates_table
 from .analyses.keep import KEY_COLUMNS, KeepRule, best_per_component, check_keep, keep_keys
+from .exprlocks import unlock_expression_properties
 from .thresholds import ISSUE_TYPES
 
 if TYPE_CHECKING:
@@ -444,6 +445,7 @@ def removals(
 def compute_on(client: Any, *tasks: Any) -> tuple[Any, ...]:
     """Compute delayed ``tasks`` on ``client`` (a Client, an address, a local scheduler name)
     or, when None, on dask's current scheduler (a distributed Client if one is current)."""
+    unlock_expression_properties()  # no hang between this thread and an in-process scheduler's
     if client is None:
         return dask.compute(*tasks)
     if isinstance(client, str) and client in _LOCAL_SCHEDULERS:

@@ -37,6 +37,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from .exprlocks import unlock_expression_properties
 from .localcluster import DEFAULT_DASHBOARD
 
 __all__ = [
@@ -275,6 +276,7 @@ def resolve(
     ...     run.kind, run.processes()
     ('local', None)
     """
+    unlock_expression_properties()  # no hang between this thread and an in-process scheduler's
     outer = _CURRENT.get()
     if isinstance(client, RunScheduler) or (client is None and outer is not None):
         run = client if isinstance(client, RunScheduler) else outer

@@ -112,3 +112,51 @@ def test_client_memory_bound_sends_the_analysis_to_the_workers(dct_work, cluster
         pd.testing.assert_frame_equal(getattr(res, name).compute(), want[name], obj=name)
     with pytest.raises(ValueError, match="max_client_memory"):
         ddk.build(wd, max_client_memory="lots")
+
+
+OPPOSITE_ORDERS = """
+import os, sys, threading, time
+import dask, dask.dataframe as dd, pandas as pd
+from dask.dataframe.dask_expr._expr import Expr, PartitionsFiltered
+if sys.argv[1] == "resolved":  # what every run, extract and build does first
+    from dedupdask.scheduler import resolve
+    with resolve("sync"):
+        pass
+meta = pd.DataFrame({"x": [1]}).iloc[:0]
+def frame():
+    return dd.from_delayed([dask.delayed(pd.DataFrame)({"x": [i]}) for i in range(2)], meta=meta,
+                           verify_meta=False)
+# A: a FromDelayed's divisions (PartitionsFiltered's property, then Expr's, via super());
+# B: a Blockwise's divisions (Expr's property, then its frame's PartitionsFiltered one)
+a, b = frame().expr, (frame() + 1).expr
+for prop in (PartitionsFiltered.__dict__["divisions"], Expr.__dict__["divisions"]):
+    prop.func = (lambda f: lambda self: (time.sleep(0.3), f(self))[1])(prop.func)  # both at once
+threads = [threading.Thread(target=lambda e=e: e.divisions, daemon=True) for e in (a, b)]
+threads[0].start(); time.sleep(0.1); threads[1].start()
+for t in threads:
+    t.join(3)
+if any(t.is_alive() for t in threads):
+    print("hung", flush=True)
+    os._exit(0)  # the two threads still hold the locks
+print("finished", a.divisions, b.divisions)
+"""
+
+
+def test_two_threads_never_wait_for_each_other_on_dask_expressions():
+    """With a LocalCluster the scheduler materialises graphs in a thread of this process while
+    this thread builds the next expression. On Python 3.11 each cached property of dask's
+    expressions holds one lock for all instances, and two threads reading ``divisions`` in
+    opposite orders hung a cluster build in CI; a resolved scheduler drops those locks
+    (:mod:`dedupdask.exprlocks`), as Python 3.12 does."""
+    import subprocess
+    import sys
+
+    def run(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", OPPOSITE_ORDERS, mode], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    assert run("resolved") == "finished (None, None, None) (None, None, None)"
+    if sys.version_info < (3, 12):  # the hang itself, without dedupdask: the test can fail
+        assert run("plain") == "hung"
