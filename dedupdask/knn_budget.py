@@ -12,6 +12,7 @@ import os
 from typing import Literal
 
 __all__ = [
+    "WAIT_FOR_WORKERS",
     "WORKER_FRACTION",
     "bucket_bytes",
     "bucket_capacity",
@@ -22,6 +23,9 @@ __all__ = [
 
 WORKER_FRACTION = 0.5
 """Default memory per task: this fraction of a worker's memory limit per thread."""
+
+WAIT_FOR_WORKERS = 30.0
+"""Seconds a cluster with no worker is given for its first to register (:func:`task_budget`)."""
 
 _CHUNK_BYTES = 32 * 2**20  # rows read / projected / scored at once
 _SIM_BLOCK_BYTES = 32 * 2**20  # exact search: similarity block of one query block
@@ -63,14 +67,26 @@ def parse_memory(value: str | int | float | None, name: str = "max_memory_per_ta
 
 
 def _cluster_workers() -> list[tuple[int, int]] | None:
-    """``(memory_limit, nthreads)`` of every worker of the client dask computes on now."""
+    """``(memory_limit, nthreads)`` of every worker of the client dask computes on now.
+
+    A cluster with no worker yet (just started, or scaling up) is given
+    :data:`WAIT_FOR_WORKERS` seconds for its first one to register: what this sizes must not be
+    sized from this machine because the workers were late. Still none (an adaptive cluster
+    that starts workers only for submitted tasks): an empty list.
+    """
     from .scheduler import dask_client
 
     client = dask_client()
     if client is None:
         return None
-    workers = client.scheduler_info().get("workers", {}).values()
-    return [(int(w.get("memory_limit") or 0), int(w.get("nthreads") or 1)) for w in workers]
+    workers = client.scheduler_info().get("workers", {})
+    if not workers:
+        try:
+            client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
+        except TimeoutError:
+            return []
+        workers = client.scheduler_info().get("workers", {})
+    return [(int(w.get("memory_limit") or 0), int(w.get("nthreads") or 1)) for w in workers.values()]
 
 
 def task_budget(max_memory_per_task: str | int | None = None) -> int:
@@ -78,7 +94,8 @@ def task_budget(max_memory_per_task: str | int | None = None) -> int:
 
     ``max_memory_per_task`` when given; else :data:`WORKER_FRACTION` of the smallest worker's
     memory limit per thread when a distributed client is current (a worker with T threads
-    runs T tasks at once); else that fraction of this machine's memory.
+    runs T tasks at once; a cluster whose workers have not registered yet is waited for,
+    :data:`WAIT_FOR_WORKERS` seconds at most); else that fraction of this machine's memory.
 
     Examples
     --------

@@ -356,3 +356,29 @@ def test_recall_200k_d1280_against_exact(tmp_path):
     recall = len(got & truth) / len(truth)
     print(f"200k x 1280: {len(truth)} pairs >= {THRESHOLD}, recall {recall:.4f}, {info}")
     assert recall >= 0.99 and got <= truth
+
+
+def test_task_budget_waits_for_late_workers_not_for_absent_ones(monkeypatch):
+    """A cluster whose worker registers after the call began is sized from that worker, not
+    from this machine (a race seen in CI); one that never gets a worker falls back to this
+    machine after WAIT_FOR_WORKERS seconds instead of waiting for ever."""
+    import threading
+
+    import psutil
+    from distributed import Client, LocalCluster
+
+    machine = int(knn_budget.WORKER_FRACTION * psutil.virtual_memory().total)
+    with (
+        LocalCluster(n_workers=0, threads_per_worker=2, processes=False, memory_limit="1GB",
+                     dashboard_address=None) as cluster,  # fmt: skip
+        Client(cluster),
+    ):
+        monkeypatch.setattr(knn_budget, "WAIT_FOR_WORKERS", 0.5)
+        assert task_budget() == machine  # none yet, none coming
+        monkeypatch.setattr(knn_budget, "WAIT_FOR_WORKERS", 60.0)
+        late = threading.Timer(1.0, cluster.scale, args=(1,))
+        late.start()
+        try:
+            assert task_budget() == int(knn_budget.WORKER_FRACTION * 10**9 / 2)  # 1 GB, 2 threads
+        finally:
+            late.join()
