@@ -670,6 +670,7 @@ def test_two_jobs_into_one_work_dir_equal_one_job(dataset, built, tmp_path):
     assert _files_of(wd) == _files_of(str(tmp_path))
 
 
+@pytest.mark.slow  # ~15 s: a cluster; test_scale compares every table of a cluster build too
 def test_sync_and_local_cluster_agree(built):
     from distributed import Client, LocalCluster
 

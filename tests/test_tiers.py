@@ -309,6 +309,7 @@ def test_components_use_fused_pairs(tier_run):
     assert len(rm) == res.summary()["removable"] >= len(truth) - (truth["edit"] == "lookalike").sum()
 
 
+@pytest.mark.slow  # ~15 s: a cluster; test_tiers_dask decides the tiers on one too
 def test_local_cluster_gives_the_same_result(tier_run):
     from distributed import Client, LocalCluster
 
