@@ -15,7 +15,8 @@ decision for variants of the matcher's budgets in seconds:
 3. scores each with the pixel alignment and the keypoint matcher and keeps the keypoint
    matcher's record (inliers, differing share, moved share, colour edit), cached as Parquet;
 4. replays the default decision (embedding >= ``threshold``, or a matcher >= ``verify_score``)
-   for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` x ``MAX_REPAINTED`` x ``MAX_FLAT`` x ``MIN_CONTAINED`` given on the command line and prints,
+   for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` x ``MAX_REPAINTED`` x ``MAX_FLAT`` x
+   ``MIN_UNIFORM`` x ``MIN_CONTAINED`` given on the command line and prints,
    per variant: near recall on the tuning and the held-out families, precision on pairs that
    involve a copy, labelled look-alike pairs, and false pairs on the clip-art halves.
 
@@ -114,12 +115,12 @@ def _score(pair: tuple[str, str]) -> dict[str, Any]:
     va, vb = _view(pair[0]), _view(pair[1])
     if va is None or vb is None:
         return {"pixel": np.nan, "keypoints": np.nan}
-    m = match_keypoints(va.keypoints, vb.keypoints, max_flat=1.0, min_contained=0.0)  # MAX_FLAT, MIN_CONTAINED replayed
+    m = match_keypoints(va.keypoints, vb.keypoints, max_flat=1.0, min_contained=0.0)  # MAX_FLAT... replayed
     c = m.colour or {}
     pixel = score_views(va, vb, row_for("effnet-lite0").early_accept, keypoints=False)
     return {"pixel": pixel, "keypoints": m.score, "inliers": m.inliers,
             "differing": m.differing, "moved": m.moved, "repainted": m.repainted,
-            "plausible": bool(c.get("plausible", False)), "flat": m.flat,
+            "plausible": bool(c.get("plausible", False)), "flat": m.flat, "uniform": m.uniform,
             "contained": m.contained}  # fmt: skip
 
 
@@ -147,7 +148,7 @@ def score_pairs(shards: Path, sim: pd.DataFrame, cores: int) -> pd.DataFrame:
 # -- replay ---------------------------------------------------------------------------------------
 def decide(
     s: pd.DataFrame, max_differing: float, max_moved: float, max_repainted: float, max_flat: float,
-    min_contained: float,
+    min_uniform: float, min_contained: float,
 ) -> np.ndarray:
     """The default decision with the keypoint matcher's budgets replaced."""
     from dedupdask.match_keypoints import rule_score
@@ -159,9 +160,16 @@ def decide(
                     max_differing=max_differing, max_moved=max_moved, max_repainted=max_repainted)  # fmt: skip
     # plausible: a warp with MIN_INLIERS matches was found and its colour edit is one an editor makes
     kp = np.where(s["plausible"].fillna(False).to_numpy(bool), kp, -1.0)
-    kp = np.where(s["flat"].fillna(1.0).to_numpy(np.float64) <= max_flat, kp, -1.0)  # two graphics: not asked
+    kp = np.where(graphics(s, max_flat, min_uniform), -1.0, kp)  # two graphics: not asked
     kp = np.where(s["contained"].fillna(0.0).to_numpy(np.float64) >= min_contained, kp, -1.0)
     return ((s["similarity"] >= t.threshold) | (s["pixel"] >= t.verify_score) | (kp >= t.verify_score)).to_numpy()
+
+
+def graphics(s: pd.DataFrame, max_flat: float, min_uniform: float) -> np.ndarray:
+    """Pairs of two graphics: each picture flat and uniform enough (the pair records the smaller shares)."""
+    flat = s["flat"].fillna(1.0).to_numpy(np.float64)
+    uniform = s["uniform"].fillna(1.0).to_numpy(np.float64)
+    return (flat > max_flat) & (uniform > min_uniform)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-repainted", type=float, nargs="+", default=None, help="'repainted' budgets")
     ap.add_argument("--max-flat", type=float, nargs="+", default=None,
                     help="flat shares over which both pictures of a pair are graphics (1: every pair asked)")
+    ap.add_argument("--min-uniform", type=float, nargs="+", default=None,
+                    help="uniform shares over which a flat picture is a graphic (0: every flat picture)")
     ap.add_argument("--min-contained", type=float, nargs="+", default=None,
                     help="shares of one picture inside the other that a warp needs (0: any overlap)")
     ap.add_argument("--cores", type=int, default=2)
@@ -203,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     truth = qf.Truth(fimg)
     fam = qf.candidate_frame(truth, fam)  # adds our ids a < b
     held = truth.planted["family"].map(lambda f: ef.FAMILIES[f].held_out).to_numpy(bool)
+    origin = truth.images["name"].to_numpy(object)[truth.planted["orig"].to_numpy()]
+    photo = np.array([not str(n).startswith("tuxpaint-stamps-default/") for n in origin])  # photos, wallpapers
 
     tie, timg = sets["tiers"]
     tb = timg.set_index("filename")
@@ -212,26 +224,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# python benchmarks/verify_rules.py ({MATCHER}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     print(f"families: {len(fam)} candidate pairs, {len(held)} planted (held out {int(held.sum())}); "
           f"clip art: {len(tie)} candidate pairs, {int((~t_same).sum())} of distinct originals")  # fmt: skip
-    print("near recall of the planted pairs (tuning / held-out families), pp = precision on pairs with a copy, "
+    print("near recall of the planted pairs (tuning / held-out families; held-out copies of photos and wallpapers), "
+          "pp = precision on pairs with a copy, "
           "look-alikes = labelled look-alike pairs; clip art: pairs of distinct originals accepted, half A / B")  # fmt: skip
     print()
-    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | MAX_FLAT | MIN_CONTAINED | tuning recall | held-out recall "
-          "| pp | look-alikes | clip-art false A | B | clip-art pairs asked |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | MAX_FLAT | MIN_UNIFORM | MIN_CONTAINED | tuning recall "
+          "| held-out recall | held-out photos | pp | look-alikes | clip-art false A | B | clip-art pairs asked |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     mds = args.max_differing or [mk.MAX_DIFFERING]
     mms = args.max_moved or [mk.MAX_MOVED]
     mrs = args.max_repainted or [mk.MAX_REPAINTED]
     mfs = args.max_flat or [mk.MAX_FLAT]
+    mus = args.min_uniform or [mk.MIN_UNIFORM]
     mcs = args.min_contained or [mk.MIN_CONTAINED]
-    library = (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED, mk.MAX_FLAT, mk.MIN_CONTAINED)
-    for md, mm, mr, mf, mc in itertools.product(mds, mms, mrs, mfs, mcs):
-        acc = decide(fam, md, mm, mr, mf, mc)
+    library = (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED, mk.MAX_FLAT, mk.MIN_UNIFORM, mk.MIN_CONTAINED)
+    for md, mm, mr, mf, mu, mc in itertools.product(mds, mms, mrs, mfs, mus, mcs):
+        acc = decide(fam, md, mm, mr, mf, mu, mc)
         sc = truth.score(fam["a"].to_numpy()[acc], fam["b"].to_numpy()[acc])
         hit, pp = sc["hit"], sc["same"][sc["copy_end"]].mean()
-        t_acc = decide(tie, md, mm, mr, mf, mc) & ~t_same
-        asked = int(((tie["pixel"] < row_for("effnet-lite0").verify_score) & (tie["flat"] <= mf)).sum())
-        mark = " (the library's)" if (md, mm, mr, mf, mc) == library else ""
-        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {mf:g} | {mc:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | "
+        t_acc = decide(tie, md, mm, mr, mf, mu, mc) & ~t_same
+        asked = int(((tie["pixel"] < row_for("effnet-lite0").verify_score) & ~graphics(tie, mf, mu)).sum())
+        mark = " (the library's)" if (md, mm, mr, mf, mu, mc) == library else ""
+        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {mf:g} | {mu:g} | {mc:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | "
+              f"{hit[held & photo].mean():.3f} | "
               f"{pp:.3f} | {int(sc['lookalike'].sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
               f"{int((t_acc & (t_half == 'B')).sum())} | {asked} |")  # fmt: skip
     return 0

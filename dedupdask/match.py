@@ -12,8 +12,8 @@ scored by two matchers, and the better score counts (:func:`score_views`):
   plane warp (rotation, perspective, aspect, crop, padding, frame, flips), a global colour
   edit (greyscale, sepia, hue, saturation, tone) and an overlay on at most 35 % of it
   (watermark, caption, logo, inset, border) -- for pairs in which at least one picture is
-  not a graphic (:data:`~dedupdask.match_keypoints.MAX_FLAT`: two cards of a deck or two
-  signs share their template's keypoints, two photos do not).
+  not a graphic (:data:`~dedupdask.match_keypoints.MAX_FLAT` and ``MIN_UNIFORM``: two cards of
+  a deck or two signs share their template's keypoints, two photos do not).
 
 Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matcher unless
 ``verify_keypoints=False``; :func:`match_score` asks it unless told not to. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through
@@ -57,11 +57,12 @@ from .match_keypoints import Keypoints, match_keypoints
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
 
 PIXEL_MATCHER = "pixel-alignment/1"
-MATCHER = "pixel-alignment+keypoints/6"
+MATCHER = "pixel-alignment+keypoints/7"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
-asks one picture to lie inside the other (:data:`~dedupdask.match_keypoints.MIN_CONTAINED`)."""
+asks one picture to lie inside the other (:data:`~dedupdask.match_keypoints.MIN_CONTAINED`). /7: a
+graphic is also uniform (:data:`~dedupdask.match_keypoints.MIN_UNIFORM`): a smooth gradient is a photo."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -95,15 +96,15 @@ class Prepared:
         Its keypoint features (:meth:`~dedupdask.match_keypoints.Keypoints.all_features`), when
         they were computed with the image: an image that several tasks share is then described
         once, not once per task.
-    flat : float or None
-        Its :func:`~dedupdask.match_keypoints.flat_share`, when computed with the image.
+    fills : (float, float) or None
+        Its :func:`~dedupdask.match_keypoints.fill_shares`, when computed with the image.
     """
 
     width: int
     height: int
     rgb: np.ndarray
     keypoints: dict[bool, Any] | None = None
-    flat: float | None = None
+    fills: tuple[float, float] | None = None
 
 
 def _size(long_side: int, width: int, height: int) -> tuple[int, int]:
@@ -227,7 +228,7 @@ class View:
     """
 
     def __init__(self, p: Prepared) -> None:
-        self.keypoints = Keypoints(p.rgb, p.keypoints, p.flat)
+        self.keypoints = Keypoints(p.rgb, p.keypoints, p.fills)
         fh, fw = _size(FINE, p.rgb.shape[1], p.rgb.shape[0])
         if (fh, fw) != p.rgb.shape[:2]:
             from PIL import Image

@@ -14,6 +14,7 @@ from dedupdask.match_keypoints import (
     MAX_MOVED,
     MAX_REPAINTED,
     MIN_INLIERS,
+    MIN_UNIFORM,
     OFF_LEVEL,
     KeypointMatch,
     Keypoints,
@@ -216,6 +217,29 @@ def test_two_graphics_are_left_to_the_pixel_alignment(photo):
     framed = ImageOps.expand(photo, 40, fill=(255, 255, 255))  # a photo on a white frame
     assert _kp(framed).flat > _kp(photo).flat
     assert match_keypoints(_kp(framed), _kp(photo)).score >= 0.9
+
+
+def test_a_picture_on_a_smooth_gradient_is_a_photo_not_a_graphic(photo):
+    """A sky, a wallpaper or a studio backdrop is flat (each 3 x 3 neighbourhood spans 2 grey
+    levels at most) over most of the picture, as a drawing's fills are, but never uniform (one
+    level): its copies are decided like a photo's. On a backdrop of one colour the same picture
+    is a graphic, and the pair is left to the pixel alignment."""
+    y, x = np.mgrid[0:450, 0:600]
+    sky = np.stack([60 + 0.2 * y + 0.05 * x, 90 + 0.25 * y, 150 + 0.15 * y - 0.03 * x], -1)
+    on_sky = Image.fromarray(sky.clip(0, 255).astype(np.uint8))
+    on_sky.paste(photo.resize((200, 150)), (200, 150))
+    a = _kp(on_sky)
+    assert a.flat > MAX_FLAT and a.uniform < MIN_UNIFORM and not a.graphic
+    for copy in (_rotate(on_sky, 6), _hue(on_sky, 30), on_sky.convert("L").convert("RGB")):
+        b = _kp(copy)
+        assert b.flat > MAX_FLAT and not b.graphic
+        m = match_keypoints(a, b)
+        assert m.score >= 0.9 and m.flat > MAX_FLAT and m.uniform < MIN_UNIFORM, m
+    on_plain = Image.new("RGB", (600, 450), (120, 150, 200))
+    on_plain.paste(photo.resize((200, 150)), (200, 150))
+    c = _kp(on_plain)
+    assert c.uniform > MIN_UNIFORM and c.graphic
+    assert match_keypoints(c, _kp(_rotate(on_plain, 6))).score == -1.0
 
 
 def test_a_part_painted_over_is_an_overlay_a_part_repainted_is_a_redrawing(photo):
