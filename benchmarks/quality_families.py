@@ -663,10 +663,11 @@ def main(argv: list[str] | None = None) -> int:
       f"or DCT >= {quality_tiers.LOOSE['copy_threshold']} verified: {lv.get('candidates', 0)} pairs, "
       f"{ddk['loose_seconds']:.0f} s) and the work_dir's vectors. 'below both cuts' = embedding < verify_threshold "
       "and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut but neither image "
-      "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate for which neither "
-      f"matcher found an alignment (score -1: the pixel alignment's correlation too low and fewer than {MIN_INLIERS} "
-      "keypoints agreeing with one upright plane warp, or two graphics, which the keypoint matcher does not "
-      "decide); 'scored < verify_score' = aligned, but the pixel residuals were too large and the keypoint matcher "
+      "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate whose score is -1: "
+      f"the pixel alignment's correlation too low, or its residual so large that the score is clipped at -1 (an "
+      f"alignment found, but colours its one brightness gain cannot map: greyscale, sepia, saturation), and fewer "
+      f"than {MIN_INLIERS} keypoints agreeing with one upright plane warp or two graphics, which the keypoint "
+      "matcher does not decide; 'scored < verify_score' = aligned, but the pixel residuals were too large and the keypoint matcher "
       "found an implausible colour edit, too large a differing share, content redrawn or repainted, or neither "
       "picture inside the other (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
     p("")
