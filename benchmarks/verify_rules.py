@@ -167,9 +167,11 @@ def decide(
 
 def graphics(s: pd.DataFrame, max_flat: float, min_uniform: float) -> np.ndarray:
     """Pairs of two graphics: each picture flat and uniform enough (the pair records the smaller shares)."""
+    from dedupdask.match_keypoints import is_graphic
+
     flat = s["flat"].fillna(1.0).to_numpy(np.float64)
     uniform = s["uniform"].fillna(1.0).to_numpy(np.float64)
-    return (flat > max_flat) & (uniform > min_uniform)
+    return is_graphic(flat, uniform, max_flat=max_flat, min_uniform=min_uniform)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,23 +23,13 @@ scheduler``) never needed it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
 __all__ = ["unlock_expression_properties"]
 
-
-class _NoLock:
-    """A lock that never waits: ``cached_property.__get__`` on 3.11 enters ``self.lock``."""
-
-    def __enter__(self) -> _NoLock:
-        return self
-
-    def __exit__(self, *exc: object) -> bool:
-        return False
-
-
-_NO_LOCK = _NoLock()
+_NO_LOCK = contextlib.nullcontext()  # what ``cached_property.__get__`` on 3.11 enters: never waits
 
 
 def unlock_expression_properties() -> int:

@@ -72,6 +72,8 @@ import numpy as np
 __all__ = [
     "KeypointMatch",
     "Keypoints",
+    "fill_shares",
+    "is_graphic",
     "match_keypoints",
     "moved_share",
     "repainted_share",
@@ -238,6 +240,21 @@ class KeypointMatch:
     contained: float = 0.0
 
 
+def is_graphic(
+    flat: Any, uniform: Any, *, max_flat: float = MAX_FLAT, min_uniform: float = MIN_UNIFORM
+) -> Any:
+    """Whether pictures with these :func:`fill_shares` are graphics (scalars or arrays): more
+    than ``max_flat`` flat and ``min_uniform`` uniform pixels. A pair is two graphics when its
+    smaller shares are (each bar must hold for both pictures).
+
+    Examples
+    --------
+    >>> bool(is_graphic(0.9, 0.8)), bool(is_graphic(0.9, 0.02)), bool(is_graphic(0.3, 0.3))
+    (True, False, False)
+    """
+    return np.logical_and(np.greater(flat, max_flat), np.greater(uniform, min_uniform))
+
+
 def fill_shares(grey: np.ndarray) -> tuple[float, float]:
     """Shares of the pixels whose 3 x 3 neighbourhood spans at most :data:`FLAT_LEVELS` grey
     levels (flat) and exactly one level (uniform).
@@ -316,7 +333,7 @@ class Keypoints:
     def graphic(self) -> bool:
         """Whether the picture is a graphic (more than :data:`MAX_FLAT` flat and
         :data:`MIN_UNIFORM` uniform): pairs of two are not decided."""
-        return self.flat > MAX_FLAT and self.uniform > MIN_UNIFORM
+        return bool(is_graphic(self.flat, self.uniform))
 
     def features(self, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Keypoint positions (of the mirrored image when asked) and binary descriptors."""
@@ -834,7 +851,7 @@ def match_keypoints(
     (-1.0, True)
     """
     flat, uniform = min(a.flat, b.flat), min(a.uniform, b.uniform)
-    if flat > max_flat and uniform > min_uniform:  # each picture is both flat and uniform enough
+    if is_graphic(flat, uniform, max_flat=max_flat, min_uniform=min_uniform):  # both pictures
         return KeypointMatch(-1.0, flat=flat, uniform=uniform)
     first = _match_one_way(a, b, min_contained)
     first.flat, first.uniform = flat, uniform
