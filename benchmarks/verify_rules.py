@@ -13,10 +13,13 @@ decision for variants of the matcher's budgets in seconds:
    pairs with embedding cosine >= ``verify_threshold`` and DCT pairs >= ``copy_threshold``
    (``build(verify=False, threshold=verify_threshold)``);
 3. scores each with the pixel alignment and the keypoint matcher and keeps the keypoint
-   matcher's record (inliers, differing share, moved share, colour edit), cached as Parquet;
+   matcher's record (inliers, differing share, moved share, colour edit), and the pixel
+   alignment's score under the keypoint warp (``warped``, what a pair of two graphics gets:
+   :func:`dedupdask.match.warped_score`), cached as Parquet;
 4. replays the default decision (embedding >= ``threshold``, or a matcher >= ``verify_score``)
    for each variant of ``MAX_DIFFERING`` x ``MAX_MOVED`` x ``MAX_REPAINTED`` x ``MAX_FLAT`` x
-   ``MIN_UNIFORM`` x ``MIN_CONTAINED`` given on the command line and prints,
+   ``MIN_UNIFORM`` x ``MIN_CONTAINED`` x warp (``--warp yes no``: whether two graphics get
+   the warped pixel score) given on the command line and prints,
    per variant: near recall on the tuning and the held-out families, precision on pairs that
    involve a copy, labelled look-alike pairs, and false pairs on the clip-art halves.
 
@@ -108,7 +111,7 @@ def _view(name: str) -> Any:
 
 
 def _score(pair: tuple[str, str]) -> dict[str, Any]:
-    from dedupdask.match import score_views
+    from dedupdask.match import score_views, warped_score
     from dedupdask.match_keypoints import match_keypoints
     from dedupdask.thresholds import row_for
 
@@ -117,8 +120,10 @@ def _score(pair: tuple[str, str]) -> dict[str, Any]:
         return {"pixel": np.nan, "keypoints": np.nan}
     m = match_keypoints(va.keypoints, vb.keypoints, max_flat=1.0, min_contained=0.0)  # MAX_FLAT... replayed
     c = m.colour or {}
-    pixel = score_views(va, vb, row_for("effnet-lite0").early_accept, keypoints=False)
-    return {"pixel": pixel, "keypoints": m.score, "inliers": m.inliers,
+    early = row_for("effnet-lite0").early_accept
+    pixel = score_views(va, vb, early, keypoints=False)
+    warped = warped_score(va, vb) if pixel < early else np.nan  # asked only past the pixel alignment
+    return {"pixel": pixel, "warped": warped, "keypoints": m.score, "inliers": m.inliers,
             "differing": m.differing, "moved": m.moved, "repainted": m.repainted,
             "plausible": bool(c.get("plausible", False)), "flat": m.flat, "uniform": m.uniform,
             "contained": m.contained}  # fmt: skip
@@ -148,9 +153,10 @@ def score_pairs(shards: Path, sim: pd.DataFrame, cores: int) -> pd.DataFrame:
 # -- replay ---------------------------------------------------------------------------------------
 def decide(
     s: pd.DataFrame, max_differing: float, max_moved: float, max_repainted: float, max_flat: float,
-    min_uniform: float, min_contained: float,
+    min_uniform: float, min_contained: float, warp: bool = True,
 ) -> np.ndarray:
-    """The default decision with the keypoint matcher's budgets replaced."""
+    """The default decision with the keypoint matcher's budgets replaced (``warp``: pairs of two
+    graphics also pass on the pixel alignment's score under the keypoint warp)."""
     from dedupdask.match_keypoints import rule_score
     from dedupdask.thresholds import row_for
 
@@ -160,8 +166,9 @@ def decide(
                     max_differing=max_differing, max_moved=max_moved, max_repainted=max_repainted)  # fmt: skip
     # plausible: a warp with MIN_INLIERS matches was found and its colour edit is one an editor makes
     kp = np.where(s["plausible"].fillna(False).to_numpy(bool), kp, -1.0)
-    kp = np.where(graphics(s, max_flat, min_uniform), -1.0, kp)  # two graphics: not asked
     kp = np.where(s["contained"].fillna(0.0).to_numpy(np.float64) >= min_contained, kp, -1.0)
+    two = graphics(s, max_flat, min_uniform)
+    kp = np.where(two, s["warped"].fillna(-1.0).to_numpy(np.float64) if warp else -1.0, kp)  # two graphics
     return ((s["similarity"] >= t.threshold) | (s["pixel"] >= t.verify_score) | (kp >= t.verify_score)).to_numpy()
 
 
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="uniform shares over which a flat picture is a graphic (0: every flat picture)")
     ap.add_argument("--min-contained", type=float, nargs="+", default=None,
                     help="shares of one picture inside the other that a warp needs (0: any overlap)")
+    ap.add_argument("--warp", nargs="+", choices=["yes", "no"], default=None,
+                    help="whether pairs of two graphics get the pixel score under the keypoint warp")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality")
     ap.add_argument("--work-root", type=Path, default=cache_root / "quality" / "verify_rules")
@@ -230,25 +239,30 @@ def main(argv: list[str] | None = None) -> int:
           "pp = precision on pairs with a copy, "
           "look-alikes = labelled look-alike pairs; clip art: pairs of distinct originals accepted, half A / B")  # fmt: skip
     print()
-    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | MAX_FLAT | MIN_UNIFORM | MIN_CONTAINED | tuning recall "
-          "| held-out recall | held-out photos | pp | look-alikes | clip-art false A | B | clip-art pairs asked |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| MAX_DIFFERING | MAX_MOVED | MAX_REPAINTED | MAX_FLAT | MIN_UNIFORM | MIN_CONTAINED | warp | tuning recall "
+          "| held-out recall | held-out photos | held-out stamps | pp | look-alikes | clip-art false A | B "
+          "| clip-art pairs asked: matcher / warp |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     mds = args.max_differing or [mk.MAX_DIFFERING]
     mms = args.max_moved or [mk.MAX_MOVED]
     mrs = args.max_repainted or [mk.MAX_REPAINTED]
     mfs = args.max_flat or [mk.MAX_FLAT]
     mus = args.min_uniform or [mk.MIN_UNIFORM]
     mcs = args.min_contained or [mk.MIN_CONTAINED]
-    library = (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED, mk.MAX_FLAT, mk.MIN_UNIFORM, mk.MIN_CONTAINED)
-    for md, mm, mr, mf, mu, mc in itertools.product(mds, mms, mrs, mfs, mus, mcs):
-        acc = decide(fam, md, mm, mr, mf, mu, mc)
+    wps = [w == "yes" for w in (args.warp or ["yes"])]
+    library = (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED, mk.MAX_FLAT, mk.MIN_UNIFORM, mk.MIN_CONTAINED, True)
+    unsure = (tie["pixel"] < row_for("effnet-lite0").verify_score).to_numpy()
+    for md, mm, mr, mf, mu, mc, wp in itertools.product(mds, mms, mrs, mfs, mus, mcs, wps):
+        acc = decide(fam, md, mm, mr, mf, mu, mc, wp)
         sc = truth.score(fam["a"].to_numpy()[acc], fam["b"].to_numpy()[acc])
         hit, pp = sc["hit"], sc["same"][sc["copy_end"]].mean()
-        t_acc = decide(tie, md, mm, mr, mf, mu, mc) & ~t_same
-        asked = int(((tie["pixel"] < row_for("effnet-lite0").verify_score) & ~graphics(tie, mf, mu)).sum())
-        mark = " (the library's)" if (md, mm, mr, mf, mu, mc) == library else ""
-        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {mf:g} | {mu:g} | {mc:g} | {hit[~held].mean():.3f} | {hit[held].mean():.3f} | "
-              f"{hit[held & photo].mean():.3f} | "
+        t_acc = decide(tie, md, mm, mr, mf, mu, mc, wp) & ~t_same
+        two = graphics(tie, mf, mu)
+        asked = f"{int((unsure & ~two).sum())} / {int((unsure & two).sum()) if wp else 0}"
+        mark = " (the library's)" if (md, mm, mr, mf, mu, mc, wp) == library else ""
+        print(f"| {md:g}{mark} | {mm:g} | {mr:g} | {mf:g} | {mu:g} | {mc:g} | {'yes' if wp else 'no'} | "
+              f"{hit[~held].mean():.3f} | {hit[held].mean():.3f} | {hit[held & photo].mean():.3f} | "
+              f"{hit[held & ~photo].mean():.3f} | "
               f"{pp:.3f} | {int(sc['lookalike'].sum())} | {int((t_acc & (t_half == 'A')).sum())} | "
               f"{int((t_acc & (t_half == 'B')).sum())} | {asked} |")  # fmt: skip
     return 0

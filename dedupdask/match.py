@@ -52,17 +52,19 @@ import numpy as np
 import scipy.fft as _fft
 
 from .match_keypoints import SIZE as KEYPOINT_SIZE
-from .match_keypoints import Keypoints, match_keypoints
+from .match_keypoints import Keypoints, is_graphic, match_keypoints, plane_warp
 
-__all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views"]
+__all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views", "warped_score"]
 
 PIXEL_MATCHER = "pixel-alignment/1"
-MATCHER = "pixel-alignment+keypoints/7"
+MATCHER = "pixel-alignment+keypoints/8"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
 asks one picture to lie inside the other (:data:`~dedupdask.match_keypoints.MIN_CONTAINED`). /7: a
-graphic is also uniform (:data:`~dedupdask.match_keypoints.MIN_UNIFORM`): a smooth gradient is a photo."""
+graphic is also uniform (:data:`~dedupdask.match_keypoints.MIN_UNIFORM`): a smooth gradient is a photo. /8: a
+pair of two graphics gets the pixel alignment's residuals under the keypoint warp
+(:func:`warped_score`): turned, stretched and slanted copies of drawings."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -75,6 +77,8 @@ COARSE_REJECT = 0.7
 """Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
 of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
 below 0.7, and none of them scored above 0.25 when refined."""
+ECC_STEPS = 30
+"""Iterations of the ECC refinement of a keypoint warp (:func:`warped_score`)."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
@@ -361,23 +365,30 @@ def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return both[0], both[1]
 
 
-def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+def _residuals(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float, float]:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
     The first two are residual energies relative to a's variance; the third is the area
     (fraction of the overlap) of the largest blob of pixels off by more than
     :data:`BLOB_LEVEL` that survives a 3 x 3 opening (JPEG ringing and 1-px edge misalignment
-    are thin and vanish; a redrawn detail does not).
+    are thin and vanish; a redrawn detail does not). ``mask`` (bool, a's shape): the overlap,
+    when it is not the whole of a (a picture warped onto another); a cell of the grid less than
+    a quarter inside it is not counted.
     """
     from scipy.ndimage import binary_opening, label
 
     a, b = _blur_pair(a, b)
-    x, y = b.ravel(), a.ravel()
+    inside = slice(None) if mask is None else mask
+    x, y = b[inside].ravel(), a[inside].ravel()
     xm, ym = float(x.mean()), float(y.mean())
     vx = float(((x - xm) ** 2).mean())
     g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
     r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
-    var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
+    if mask is None:
+        var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
+    else:
+        av = a[mask]
+        var = max(float(((av - av.mean(axis=0)) ** 2).mean()), 1e-6)
     h, w, c = r.shape
     # per-pixel mean square and largest |r| over the channels, as slices (a reduction over
     # the 3-long last axis is several times slower, with the same result)
@@ -387,19 +398,30 @@ def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
         r2 += r[..., i] * r[..., i]
         np.maximum(worst, np.abs(r[..., i]), out=worst)
     r2 /= c
+    if mask is not None:
+        r2[~mask] = 0.0
+        worst[~mask] = 0.0
     # mean of each cell of the GRID x GRID grid (empty cells of tiny images skipped), in float64
     ys = np.unique([i * h // GRID for i in range(GRID)] + [h])
     xs = np.unique([j * w // GRID for j in range(GRID)] + [w])
     sums = np.add.reduceat(np.add.reduceat(r2.astype(np.float64), ys[:-1], axis=0), xs[:-1], axis=1)
-    cells = (sums / np.outer(np.diff(ys), np.diff(xs))).ravel().tolist()
+    if mask is None:
+        cells = (sums / np.outer(np.diff(ys), np.diff(xs))).ravel().tolist()
+        total, size = float(r2.mean()), r2.size
+    else:
+        n = np.add.reduceat(np.add.reduceat(mask.astype(np.float64), ys[:-1], axis=0), xs[:-1], axis=1)
+        counted = n >= 0.25 * np.outer(np.diff(ys), np.diff(xs))
+        cells = (sums[counted] / n[counted]).tolist()
+        size = max(int(mask.sum()), 1)
+        total = float(r2.sum()) / size
     off = worst > BLOB_LEVEL
     blob = 0.0
     if off.any():
         off = binary_opening(off, structure=np.ones((3, 3), bool))
         if off.any():
             lab, _ = label(off)
-            blob = float(np.bincount(lab.ravel())[1:].max()) / off.size
-    return float(r2.mean()) / var, max(cells, default=0.0) / var, blob
+            blob = float(np.bincount(lab.ravel())[1:].max()) / size
+    return total / var, max(cells, default=0.0) / var, blob
 
 
 def _refine(
@@ -472,11 +494,90 @@ def match_score(
 
 def score_views(va: View, vb: View, early_accept: float | None, *, keypoints: bool = True) -> float:
     """The better of the pixel alignment and (with ``keypoints``) the keypoint matcher; the
-    keypoint matcher is asked only when the pixel alignment scored under ``early_accept``."""
+    keypoint matcher is asked only when the pixel alignment scored under ``early_accept``.
+    A pair of two graphics, which the keypoint matcher does not decide, gets the pixel
+    alignment's residuals under the keypoint warp instead (:func:`warped_score`)."""
     best = _pixel_score(va, vb, early_accept)
     if not keypoints or (early_accept is not None and best >= early_accept):
         return best
-    return float(max(best, match_keypoints(va.keypoints, vb.keypoints).score))
+    ka, kb = va.keypoints, vb.keypoints
+    if is_graphic(min(ka.flat, kb.flat), min(ka.uniform, kb.uniform)):
+        return float(max(best, warped_score(va, vb)))
+    return float(max(best, match_keypoints(ka, kb).score))
+
+
+def _to_fine(kp_hw: tuple[int, ...], fine_hw: tuple[int, ...]) -> np.ndarray:
+    """Pixel coordinates at the keypoint size -> at the fine size (pixel centres kept)."""
+    sy, sx = fine_hw[0] / kp_hw[0], fine_hw[1] / kp_hw[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
+    """The pixel alignment's score of a pair under the keypoint matcher's plane warp.
+
+    The pixel alignment's own geometry is a scale, a shift and a flip; a copy turned by a few
+    degrees, stretched or put in perspective has no such alignment. When keypoints agree on a
+    plane warp (:func:`~dedupdask.match_keypoints.plane_warp`), the picture that lies more
+    inside the other is kept as the frame, the other is warped onto it, and the residuals are
+    those of the pixel alignment (one brightness gain, the whole overlap, the worst cell, the
+    largest blob) on the part both show: as strict on content as the pixel alignment, so two
+    cards of a deck stay apart. -1 when keypoints find no such warp.
+
+    Examples
+    --------
+    >>> import cv2
+    >>> rng = np.random.default_rng(1)
+    >>> card = np.full((192, 256, 3), 255, np.uint8)  # a graphic: flat fills on white
+    >>> for _ in range(12):
+    ...     pts = rng.integers(20, (236, 172), (5, 2)).astype(np.int32)
+    ...     _ = cv2.fillPoly(card, [pts], rng.integers(0, 255, 3).tolist())
+    >>> turned = cv2.warpAffine(card, cv2.getRotationMatrix2D((128, 96), 8, 1.12), (256, 192),
+    ...                         borderValue=(255, 255, 255))
+    >>> v = lambda x: View(Prepared(x.shape[1], x.shape[0], x))
+    >>> warped_score(v(card), v(turned)) >= 0.9, warped_score(v(card), v(cv2.resize(card, (256, 150)))) >= 0.9
+    (True, True)
+    >>> other = card.copy(); other[150:180, 180:240] = (0, 120, 0)  # a detail redrawn
+    >>> warped_score(v(card), v(other)) < 0.9
+    True
+    """
+    import cv2
+
+    w = plane_warp(va.keypoints, vb.keypoints)
+    if w is None or w.homography is None:
+        return -1.0
+    F = _to_fine(va.keypoints.grey.shape, va.grey.shape) @ w.homography
+    F = F @ np.linalg.inv(_to_fine(vb.keypoints.grey.shape, vb.grey.shape))  # b -> a, fine px
+    best: tuple[float, View, View, np.ndarray, np.ndarray] | None = None
+    def ones_of(v: View) -> np.ndarray:
+        return np.ones(v.grey.shape, np.uint8)
+
+    for frame, other, M in ((va, vb, F), (vb, va, np.linalg.inv(F))):
+        h, wd = frame.grey.shape
+        mask = cv2.warpPerspective(ones_of(other), M, (wd, h), flags=cv2.INTER_NEAREST)
+        if best is None or mask.mean() > best[0]:
+            best = (float(mask.mean()), frame, other, M, mask)
+    assert best is not None
+    _, frame, other, M, mask = best
+    h, wd = frame.grey.shape
+    # frame -> other, as ECC and an inverse-mapped warp take it
+    W = np.linalg.inv(M)
+    W = (W / W[2, 2]).astype(np.float32)
+    if refine:
+        # keypoints place the warp to a pixel or two; thin strokes need it to a fraction of one
+        try:
+            _, W = cv2.findTransformECC(
+                frame.grey, other.grey, W, cv2.MOTION_HOMOGRAPHY, (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_STEPS, 1e-4), None, 1
+            )
+        except cv2.error:
+            pass  # did not converge: the keypoints' warp stands
+        mask = cv2.warpPerspective(ones_of(other), W, (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    # the blur reaches 2 px past the overlap's edge: those pixels are not compared
+    inside = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
+    if inside.sum() < 0.5 * inside.size:
+        return -1.0
+    warped = cv2.warpPerspective(other.rgb, W, (wd, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    r = _residuals(frame.rgb, warped, inside)
+    return float(max(1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT), -1.0))
 
 
 def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:

@@ -76,6 +76,7 @@ __all__ = [
     "is_graphic",
     "match_keypoints",
     "moved_share",
+    "plane_warp",
     "repainted_share",
     "rule_score",
     "turn",
@@ -868,6 +869,43 @@ def match_keypoints(
         back.homography = np.linalg.inv(back.homography)
     back.flat, back.uniform = flat, uniform
     return back
+
+
+def plane_warp(a: Keypoints, b: Keypoints, *, min_contained: float = MIN_CONTAINED) -> KeypointMatch | None:
+    """The geometry alone: a plane warp of b onto a that :data:`MIN_INLIERS` keypoints agree
+    with, upright, under which one picture lies at least ``min_contained`` inside the other;
+    None when there is none. Colours and content are not compared: the caller does (for two
+    graphics, :mod:`dedupdask.match` compares their pixels under the warp as strictly as under
+    its own alignment).
+
+    Returns
+    -------
+    KeypointMatch or None
+        ``score`` -1 (not decided), with ``inliers``, ``mirrored``, ``homography`` (b onto a,
+        at :data:`SIZE`) and ``contained``.
+
+    Examples
+    --------
+    >>> import cv2
+    >>> from dedupdask.datasets import random_picture
+    >>> img = np.asarray(random_picture(np.random.default_rng(3), (256, 192)))
+    >>> turned = cv2.warpAffine(img, cv2.getRotationMatrix2D((128, 96), 6, 1.15), (256, 192))
+    >>> w = plane_warp(Keypoints(img), Keypoints(turned))
+    >>> w.inliers >= MIN_INLIERS, round(turn(w.homography, (192, 256))[0])  # b turned back onto a
+    (True, 6)
+    """
+    n, H, mirrored = _homography(a, b)
+    if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
+        if n >= REVERSE_INLIERS:  # the ratio test is not symmetric: ask the other way too
+            n2, H2, m2 = _homography(b, a)
+            if H2 is not None and n2 >= MIN_INLIERS and _sane(H2, b.grey.shape, a.grey.shape):
+                n, H, mirrored = n2, np.linalg.inv(H2), m2
+        if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
+            return None
+    contained = max(_coverage(H, b.grey.shape, a.grey.shape), _coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape))
+    if contained < min_contained:
+        return None
+    return KeypointMatch(-1.0, n, mirrored, H, contained=contained)
 
 
 def _match_one_way(a: Keypoints, b: Keypoints, min_contained: float = MIN_CONTAINED) -> KeypointMatch:

@@ -113,11 +113,9 @@ def load_archive_images(
     max_image_pixels, max_member_bytes : int
         Limits, as in extraction.
     keypoints : bool
-        Also measure each image's fills (flat and uniform shares) and describe each image that
-        is not a graphic for the keypoint matcher (as is and mirrored), once here rather than
-        in every scoring task that holds it. A graphic
-        (:data:`~dedupdask.match_keypoints.MAX_FLAT`) is described only by a task that pairs
-        it with a picture that is not.
+        Also measure each image's fills (flat and uniform shares) and describe each image for
+        the keypoint matcher (as is and mirrored), once here rather than in every scoring task
+        that holds it.
 
     Returns
     -------
@@ -143,8 +141,7 @@ def load_archive_images(
             v = prepare_image(bytes(v), max_image_pixels=max_image_pixels)
             if keypoints and isinstance(v, Prepared):
                 k = Keypoints(v.rgb)
-                feats = None if k.graphic else k.all_features()
-                v = dataclasses.replace(v, keypoints=feats, fills=k.fills)
+                v = dataclasses.replace(v, keypoints=k.all_features(), fills=k.fills)
         out[int(idx)] = v
     return out
 

@@ -219,6 +219,34 @@ def test_two_graphics_are_left_to_the_pixel_alignment(photo):
     assert match_keypoints(_kp(framed), _kp(photo)).score >= 0.9
 
 
+def test_two_graphics_are_compared_pixel_by_pixel_under_the_keypoint_warp():
+    """The pixel alignment's geometry is a scale, a shift and a flip: a drawing turned by a few
+    degrees, stretched or slanted has no such alignment. Keypoints find the plane warp, and the
+    pixel alignment's residuals under it decide, as strictly as under its own alignment: the
+    turned and stretched clocks pass, a clock at another time (the same dial) does not, nor
+    does one with a sticker (an overlay on a graphic is not told from a redrawing)."""
+    from dedupdask.match import View, warped_score
+
+    def score(a: Image.Image, b: Image.Image, keypoints: bool = True) -> float:
+        return match_score(prepare_image(_png(a)), prepare_image(_png(b)), keypoints=keypoints)
+
+    ten = _clock(10, 10)
+    assert _kp(ten).graphic
+    turned, stretched = _rotate(ten, 7), ten.resize((400, 290))
+    keystone = (0.04 * 320, 0.0, 0.0, 320, 320, 320, 0.96 * 320, 0.0)  # the top 8 % narrower
+    slanted = ten.transform((320, 320), Image.Transform.QUAD, keystone, Image.Resampling.BICUBIC, fillcolor="white")
+    for copy in (turned, stretched, slanted):
+        assert _kp(copy).graphic
+        assert score(ten, copy, keypoints=False) < 0.9  # no scale-and-shift alignment...
+        assert score(ten, copy) >= 0.9  # ...but the warp's pixels agree
+    look_alikes = (_clock(4, 40), _rotate(_clock(4, 40), 7), _clock(10, 10, sticker=True))
+    for other in look_alikes:
+        assert score(ten, other) < 0.9
+        assert match_keypoints(_kp(ten), _kp(other)).score == -1.0  # the matcher's rules: not asked
+    view = lambda im: View(prepare_image(_png(im)))  # noqa: E731
+    assert warped_score(view(ten), view(Image.new("RGB", (300, 300), "white"))) == -1.0  # no warp
+
+
 def test_a_picture_on_a_smooth_gradient_is_a_photo_not_a_graphic(photo):
     """A sky, a wallpaper or a studio backdrop is flat (each 3 x 3 neighbourhood spans 2 grey
     levels at most) over most of the picture, as a drawing's fills are, but never uniform (one
