@@ -635,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
       f"their original (not only the original itself): dedupdask {f3(d_all['linked'])}, "
       f"fastdup {f3(x_all['linked']) if x_all else '-'}.")  # fmt: skip
     p("")
-    p("Recall by the kind of original (the keypoint matcher leaves pairs of two graphics to the pixel alignment; "
+    p("Recall by the kind of original (a pair of two graphics is decided by the pixel alignment, under its own "
+      "alignment or the keypoint warp, never by the keypoint matcher's overlay rules; "
       "most Tux Paint stamps are drawings, a few are photos of objects):")  # fmt: skip
     p("")
     origin = truth.images["name"].to_numpy(object)[truth.planted["orig"].to_numpy()]
@@ -666,10 +667,11 @@ def main(argv: list[str] | None = None) -> int:
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate whose score is -1: "
       f"the pixel alignment's correlation too low, or its residual so large that the score is clipped at -1 (an "
       f"alignment found, but colours its one brightness gain cannot map: greyscale, sepia, saturation), and fewer "
-      f"than {MIN_INLIERS} keypoints agreeing with one upright plane warp or two graphics, which the keypoint "
-      "matcher does not decide; 'scored < verify_score' = aligned, but the pixel residuals were too large and the keypoint matcher "
-      "found an implausible colour edit, too large a differing share, content redrawn or repainted, or neither "
-      "picture inside the other (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
+      f"than {MIN_INLIERS} keypoints agreeing with one upright plane warp (for two graphics: no such warp, or the "
+      "pixel residuals under it clipped at -1); 'scored < verify_score' = aligned, but the pixel residuals were too "
+      "large (under the pixel alignment's alignment and, for two graphics, under the keypoint warp) and the "
+      "keypoint matcher found an implausible colour edit, too large a differing share, content redrawn or "
+      "repainted, or neither picture inside the other (dedupdask/match.py, dedupdask/match_keypoints.py).")  # fmt: skip
     p("")
     out.extend(loss)
     sim_default = sweep.grid.index({k: float(ddk["params"][k]) for k in SWEEP}) if \

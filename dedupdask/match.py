@@ -517,11 +517,15 @@ def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
 
     The pixel alignment's own geometry is a scale, a shift and a flip; a copy turned by a few
     degrees, stretched or put in perspective has no such alignment. When keypoints agree on a
-    plane warp (:func:`~dedupdask.match_keypoints.plane_warp`), the picture that lies more
-    inside the other is kept as the frame, the other is warped onto it, and the residuals are
-    those of the pixel alignment (one brightness gain, the whole overlap, the worst cell, the
-    largest blob) on the part both show: as strict on content as the pixel alignment, so two
-    cards of a deck stay apart. -1 when keypoints find no such warp.
+    plane warp without a mirror (:func:`~dedupdask.match_keypoints.plane_warp`), the warp is
+    refined on the grey pixels (ECC: keypoints place it to a pixel or two, thin strokes need a
+    fraction of one), the picture that lies more inside the other is kept as the frame, the
+    other is warped onto it, and the residuals are those of the pixel alignment (one
+    brightness gain, the whole overlap, the worst cell, the largest blob) on the part both
+    show: as strict on content as the pixel alignment, so two cards of a deck stay apart. -1
+    when keypoints find no such warp. Mirror images stay the pixel alignment's (an exact
+    horizontal flip): a drawing's mirror image is often a drawing of its own, an arrow
+    pointing the other way, an ornament for the other corner.
 
     Examples
     --------
@@ -542,7 +546,7 @@ def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
     """
     import cv2
 
-    w = plane_warp(va.keypoints, vb.keypoints)
+    w = plane_warp(va.keypoints, vb.keypoints, mirrors=False)
     if w is None or w.homography is None:
         return -1.0
     F = _to_fine(va.keypoints.grey.shape, va.grey.shape) @ w.homography

@@ -365,15 +365,15 @@ class Keypoints:
         return {m: self.features(m) for m in (False, True)}
 
 
-def _homography(a: Keypoints, b: Keypoints) -> tuple[int, np.ndarray | None, bool]:
-    """Most-supported homography mapping b onto a, over b as is and mirrored."""
+def _homography(a: Keypoints, b: Keypoints, mirrors: bool = True) -> tuple[int, np.ndarray | None, bool]:
+    """Most-supported homography mapping b onto a, over b as is and (with ``mirrors``) mirrored."""
     cv2 = _cv2()
     pa, da = a.features(False)
     best: tuple[int, np.ndarray | None, bool] = (0, None, False)
     if da is None or len(pa) < 4:
         return best
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    for mirrored in (False, True):
+    for mirrored in (False, True) if mirrors else (False,):
         pb, db = b.features(mirrored)
         if db is None or len(pb) < 4:
             continue
@@ -871,12 +871,14 @@ def match_keypoints(
     return back
 
 
-def plane_warp(a: Keypoints, b: Keypoints, *, min_contained: float = MIN_CONTAINED) -> KeypointMatch | None:
+def plane_warp(
+    a: Keypoints, b: Keypoints, *, min_contained: float = MIN_CONTAINED, mirrors: bool = True
+) -> KeypointMatch | None:
     """The geometry alone: a plane warp of b onto a that :data:`MIN_INLIERS` keypoints agree
     with, upright, under which one picture lies at least ``min_contained`` inside the other;
     None when there is none. Colours and content are not compared: the caller does (for two
     graphics, :mod:`dedupdask.match` compares their pixels under the warp as strictly as under
-    its own alignment).
+    its own alignment). ``mirrors=False``: warps without a mirror only.
 
     Returns
     -------
@@ -894,10 +896,10 @@ def plane_warp(a: Keypoints, b: Keypoints, *, min_contained: float = MIN_CONTAIN
     >>> w.inliers >= MIN_INLIERS, round(turn(w.homography, (192, 256))[0])  # b turned back onto a
     (True, 6)
     """
-    n, H, mirrored = _homography(a, b)
+    n, H, mirrored = _homography(a, b, mirrors)
     if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
         if n >= REVERSE_INLIERS:  # the ratio test is not symmetric: ask the other way too
-            n2, H2, m2 = _homography(b, a)
+            n2, H2, m2 = _homography(b, a, mirrors)
             if H2 is not None and n2 >= MIN_INLIERS and _sane(H2, b.grey.shape, a.grey.shape):
                 n, H, mirrored = n2, np.linalg.inv(H2), m2
         if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):

@@ -223,8 +223,9 @@ def test_two_graphics_are_compared_pixel_by_pixel_under_the_keypoint_warp():
     """The pixel alignment's geometry is a scale, a shift and a flip: a drawing turned by a few
     degrees, stretched or slanted has no such alignment. Keypoints find the plane warp, and the
     pixel alignment's residuals under it decide, as strictly as under its own alignment: the
-    turned and stretched clocks pass, a clock at another time (the same dial) does not, nor
-    does one with a sticker (an overlay on a graphic is not told from a redrawing)."""
+    turned, stretched and slanted clocks pass, a clock at another time (the same dial) does not,
+    nor does one with a sticker (an overlay on a graphic is not told from a redrawing), nor a
+    mirror image under a warp (mirrors stay the pixel alignment's exact flips)."""
     from dedupdask.match import View, warped_score
 
     def score(a: Image.Image, b: Image.Image, keypoints: bool = True) -> float:
@@ -239,7 +240,8 @@ def test_two_graphics_are_compared_pixel_by_pixel_under_the_keypoint_warp():
         assert _kp(copy).graphic
         assert score(ten, copy, keypoints=False) < 0.9  # no scale-and-shift alignment...
         assert score(ten, copy) >= 0.9  # ...but the warp's pixels agree
-    look_alikes = (_clock(4, 40), _rotate(_clock(4, 40), 7), _clock(10, 10, sticker=True))
+    upside_down = _rotate(ImageOps.flip(ten), 7)  # a mirror: another time on the same dial
+    look_alikes = (_clock(4, 40), _rotate(_clock(4, 40), 7), _clock(10, 10, sticker=True), upside_down)
     for other in look_alikes:
         assert score(ten, other) < 0.9
         assert match_keypoints(_kp(ten), _kp(other)).score == -1.0  # the matcher's rules: not asked
