@@ -77,7 +77,7 @@ COARSE_REJECT = 0.7
 """Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
 of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
 below 0.7, and none of them scored above 0.25 when refined."""
-ECC_STEPS = 30
+ECC_STEPS = 15
 """Iterations of the ECC refinement of a keypoint warp (:func:`warped_score`)."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not

@@ -114,8 +114,8 @@ def load_archive_images(
         Limits, as in extraction.
     keypoints : bool
         Also measure each image's fills (flat and uniform shares) and describe each image for
-        the keypoint matcher (as is and mirrored), once here rather than in every scoring task
-        that holds it.
+        the keypoint matcher (as is and mirrored; a graphic as is), once here rather than in
+        every scoring task that holds it.
 
     Returns
     -------
@@ -141,7 +141,10 @@ def load_archive_images(
             v = prepare_image(bytes(v), max_image_pixels=max_image_pixels)
             if keypoints and isinstance(v, Prepared):
                 k = Keypoints(v.rgb)
-                v = dataclasses.replace(v, keypoints=k.all_features(), fills=k.fills)
+                # a graphic is warped onto another without a mirror: its mirror image is
+                # described only by a task that pairs it with a picture that is not a graphic
+                feats = {False: k.features(False)} if k.graphic else k.all_features()
+                v = dataclasses.replace(v, keypoints=feats, fills=k.fills)
         out[int(idx)] = v
     return out
 
