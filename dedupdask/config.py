@@ -42,7 +42,7 @@ OPTION_HELP: dict[str, str] = {
     "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops)",
     "verify_score": "pixel-alignment score (0..1) that confirms a verified pair",
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
-    "verify_keypoints": "also verify with the keypoint matcher (rotations, perspective, colour edits, overlays) pairs in which a picture is not a graphic (clip art, icons: flat fills)",
+    "verify_keypoints": "also verify with the keypoint matcher (rotations, perspective, colour edits, overlays) pairs in which a picture is not a graphic (clip art, icons: flat fills), and pairs of two graphics pixel by pixel under its warp",
     "issue_thresholds": "cut-offs of the per-image issue types that replace the model's, e.g. dark=0.1,blurry=0.05,outlier=0 (0 = type off)",
     "max_memory_per_task": "memory one kNN task may use, e.g. 2GB; the kNN is partitioned into buckets when the vectors need more (default: half a Dask worker's memory limit per thread)",
     "max_client_memory": "memory the calling process may use to analyse work_dir itself, e.g. 1GB; a work_dir that needs more is analysed on the Dask workers (a local cluster without --client)",

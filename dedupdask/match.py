@@ -13,7 +13,10 @@ scored by two matchers, and the better score counts (:func:`score_views`):
   edit (greyscale, sepia, hue, saturation, tone) and an overlay on at most 35 % of it
   (watermark, caption, logo, inset, border) -- for pairs in which at least one picture is
   not a graphic (:data:`~dedupdask.match_keypoints.MAX_FLAT` and ``MIN_UNIFORM``: two cards of
-  a deck or two signs share their template's keypoints, two photos do not).
+  a deck or two signs share their template's keypoints, two photos do not);
+- for a pair of two graphics instead, the pixel alignment's residuals under the keypoint
+  matcher's plane warp (:func:`warped_score`): a turned, stretched or slanted copy of a drawing,
+  compared as strictly as under the pixel alignment's own alignment.
 
 Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matcher unless
 ``verify_keypoints=False``; :func:`match_score` asks it unless told not to. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through

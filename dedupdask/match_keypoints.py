@@ -164,7 +164,8 @@ glyphs, warning signs their triangle, a set of puzzle pieces their outline and s
 variants (the 5 of hearts and the 5 of diamonds, two signs, a smiley with and without a tear)
 then share 30 and more keypoints under one warp and differ by less than an overlay, so
 agreeing keypoints do not show that two graphics are one picture; between two photos they do.
-Pairs of two graphics are left to the pixel alignment, which tolerates no local change. Chosen
+Pairs of two graphics are left to the pixel alignment, which tolerates no local change (under its
+own alignment or this matcher's warp: :func:`plane_warp`, :func:`dedupdask.match.warped_score`). Chosen
 on the tuning families and clip-art half A of ``benchmarks/verify_rules.py``: packaged photos
 and wallpapers have a median flat share of 0.1-0.2, Tux Paint stamps 0.58; up to 0.45 the
 clip-art false pairs of half A stay near the pixel alignment's own (79 against 62; 463 when the
@@ -848,7 +849,7 @@ def match_keypoints(
     True
     >>> card = np.full((192, 256, 3), 255, np.uint8); card[40:150, 60:200] = (200, 30, 30)
     >>> m = match_keypoints(Keypoints(card), Keypoints(card[:, ::-1].copy()))
-    >>> m.score, m.flat > MAX_FLAT  # two graphics: left to the pixel alignment
+    >>> m.score, m.flat > MAX_FLAT  # two graphics: left to the pixel alignment (match.warped_score)
     (-1.0, True)
     """
     flat, uniform = min(a.flat, b.flat), min(a.uniform, b.uniform)

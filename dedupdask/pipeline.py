@@ -278,7 +278,9 @@ def run(
         perspective, global colour edits, overlays up to 35 %) about candidates the pixel
         alignment rejects, when at least one of the two pictures is not a graphic (clip art,
         icons, cards, signs: more than 45 % flat and 15 % uniform pixels, whose design variants
-        share their template's keypoints; :data:`dedupdask.match_keypoints.MAX_FLAT`). False: the pixel
+        share their template's keypoints; :data:`dedupdask.match_keypoints.MAX_FLAT`); a pair of two
+        graphics is compared pixel by pixel under the keypoints' plane warp instead (turned,
+        stretched, slanted copies; :func:`dedupdask.match.warped_score`). False: the pixel
         alignment only (README, "Near-duplicates as the web makes them").
     issue_thresholds : dict or str, optional
         Cut-offs of the per-image issue types (``res.issues``, ``image_issues.csv``;
