@@ -54,8 +54,8 @@ from typing import Any
 import numpy as np
 import scipy.fft as _fft
 
+from .match_keypoints import MIN_CONTAINED, Keypoints, is_graphic, match_keypoints, plane_warp
 from .match_keypoints import SIZE as KEYPOINT_SIZE
-from .match_keypoints import Keypoints, is_graphic, match_keypoints, plane_warp
 
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views", "warped_score"]
 
@@ -82,6 +82,10 @@ of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candid
 below 0.7, and none of them scored above 0.25 when refined."""
 ECC_STEPS = 15
 """Iterations of the ECC refinement of a keypoint warp (:func:`warped_score`)."""
+ECC_MAX_SHIFT = 3.0
+"""Px (at :data:`FINE`) the ECC refinement may move a corner of the frame: about the keypoints'
+own tolerance (:data:`~dedupdask.match_keypoints.RANSAC_PX` at twice the size). Farther, ECC has
+slid on a plain picture (a sky matches a sky anywhere), and the keypoints' warp stands."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
@@ -515,6 +519,14 @@ def _to_fine(kp_hw: tuple[int, ...], fine_hw: tuple[int, ...]) -> np.ndarray:
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
+def _corner_shift(W: np.ndarray, V: np.ndarray, hw: tuple[int, int]) -> float:
+    """Largest distance (px) between where two warps send the corners of an ``hw`` frame."""
+    h, w = hw
+    c = np.array([[0.0, 0.0, 1.0], [w, 0.0, 1.0], [w, h, 1.0], [0.0, h, 1.0]]).T
+    p, q = W.astype(np.float64) @ c, V.astype(np.float64) @ c
+    return float(np.max(np.hypot(*(p[:2] / p[2] - q[:2] / q[2]))))
+
+
 def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
     """The pixel alignment's score of a pair under the keypoint matcher's plane warp.
 
@@ -572,16 +584,20 @@ def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
     if refine:
         # keypoints place the warp to a pixel or two; thin strokes need it to a fraction of one
         try:
-            _, W = cv2.findTransformECC(
+            _, refined = cv2.findTransformECC(
                 frame.grey, other.grey, W, cv2.MOTION_HOMOGRAPHY, (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_STEPS, 1e-4), None, 1
             )
+            # a refinement stays within the keypoints' tolerance; on a plain picture ECC drifts
+            if _corner_shift(W, refined, (h, wd)) <= ECC_MAX_SHIFT:
+                W = refined
+                mask = cv2.warpPerspective(ones_of(other), W, (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
         except cv2.error:
             pass  # did not converge: the keypoints' warp stands
-        mask = cv2.warpPerspective(ones_of(other), W, (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    # the frame is the picture that lies inside the other: the other covers it, as a copy does
+    if mask.mean() < MIN_CONTAINED:
+        return -1.0
     # the blur reaches 2 px past the overlap's edge: those pixels are not compared
     inside = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
-    if inside.sum() < 0.5 * inside.size:
-        return -1.0
     warped = cv2.warpPerspective(other.rgb, W, (wd, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     r = _residuals(frame.rgb, warped, inside)
     return float(max(1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT), -1.0))

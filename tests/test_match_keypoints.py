@@ -249,6 +249,27 @@ def test_two_graphics_are_compared_pixel_by_pixel_under_the_keypoint_warp():
     assert warped_score(view(ten), view(Image.new("RGB", (300, 300), "white"))) == -1.0  # no warp
 
 
+def test_a_warp_onto_a_plain_patch_is_no_alignment():
+    """Two tiles of one photo's sky are graphics (flat, uniform) and share a plain region: a
+    few keypoints of its JPEG noise agree with a squashed warp, and ECC slides it further over
+    the sky, where anything matches. The refinement may move the warp only within the
+    keypoints' tolerance, and the frame must be covered by the other picture (one inside the
+    other), so the neighbour tile is no alignment while the tile's own crop is a copy."""
+    import photos
+    from photos import jpg
+
+    from dedupdask.datasets import edit_image
+    from dedupdask.match import View, warped_score
+
+    tiles = photos.tiles()
+    view = lambda data: View(prepare_image(data))  # noqa: E731
+    crop, own, neighbour = view(edit_image(tiles[5], "crop")), view(jpg(tiles[5])), view(jpg(tiles[13]))
+    assert crop.keypoints.graphic and neighbour.keypoints.graphic
+    assert warped_score(own, crop) >= 0.9
+    assert warped_score(neighbour, crop) == -1.0
+    assert match_score(prepare_image(jpg(tiles[13])), prepare_image(edit_image(tiles[5], "crop"))) < 0.9
+
+
 def test_a_picture_on_a_smooth_gradient_is_a_photo_not_a_graphic(photo):
     """A sky, a wallpaper or a studio backdrop is flat (each 3 x 3 neighbourhood spans 2 grey
     levels at most) over most of the picture, as a drawing's fills are, but never uniform (one
