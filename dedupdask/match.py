@@ -431,6 +431,11 @@ def _residuals(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> 
     return total / var, max(cells, default=0.0) / var, blob
 
 
+def _residual_score(r: tuple[float, float, float]) -> float:
+    """``1 - max(residual, cell / 2, BLOB_WEIGHT * blob)`` of :func:`_residuals`' triple."""
+    return 1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT)
+
+
 def _refine(
     outer: View, inner: View, scale: float, flip: bool, memo: dict[tuple, Any] | None = None
 ) -> tuple[float, float, float] | None:
@@ -527,7 +532,7 @@ def _corner_shift(W: np.ndarray, V: np.ndarray, hw: tuple[int, int]) -> float:
     return float(np.max(np.hypot(*(p[:2] / p[2] - q[:2] / q[2]))))
 
 
-def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
+def warped_score(va: View, vb: View) -> float:
     """The pixel alignment's score of a pair under the keypoint matcher's plane warp.
 
     The pixel alignment's own geometry is a scale, a shift and a flip; a copy turned by a few
@@ -562,14 +567,15 @@ def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
     import cv2
 
     w = plane_warp(va.keypoints, vb.keypoints, mirrors=False)
-    if w is None or w.homography is None:
+    if w is None:
         return -1.0
+    assert w.homography is not None  # plane_warp returns a warp or None
     F = _to_fine(va.keypoints.grey.shape, va.grey.shape) @ w.homography
     F = F @ np.linalg.inv(_to_fine(vb.keypoints.grey.shape, vb.grey.shape))  # b -> a, fine px
-    best: tuple[float, View, View, np.ndarray, np.ndarray] | None = None
     def ones_of(v: View) -> np.ndarray:
         return np.ones(v.grey.shape, np.uint8)
 
+    best: tuple[float, View, View, np.ndarray, np.ndarray] | None = None
     for frame, other, M in ((va, vb, F), (vb, va, np.linalg.inv(F))):
         h, wd = frame.grey.shape
         mask = cv2.warpPerspective(ones_of(other), M, (wd, h), flags=cv2.INTER_NEAREST)
@@ -581,26 +587,24 @@ def warped_score(va: View, vb: View, *, refine: bool = True) -> float:
     # frame -> other, as ECC and an inverse-mapped warp take it
     W = np.linalg.inv(M)
     W = (W / W[2, 2]).astype(np.float32)
-    if refine:
-        # keypoints place the warp to a pixel or two; thin strokes need it to a fraction of one
-        try:
-            _, refined = cv2.findTransformECC(
-                frame.grey, other.grey, W, cv2.MOTION_HOMOGRAPHY, (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_STEPS, 1e-4), None, 1
-            )
-            # a refinement stays within the keypoints' tolerance; on a plain picture ECC drifts
-            if _corner_shift(W, refined, (h, wd)) <= ECC_MAX_SHIFT:
-                W = refined
-                mask = cv2.warpPerspective(ones_of(other), W, (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
-        except cv2.error:
-            pass  # did not converge: the keypoints' warp stands
+    # keypoints place the warp to a pixel or two; thin strokes need it to a fraction of one
+    try:
+        _, refined = cv2.findTransformECC(
+            frame.grey, other.grey, W, cv2.MOTION_HOMOGRAPHY, (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_STEPS, 1e-4), None, 1
+        )
+        # a refinement stays within the keypoints' tolerance; on a plain picture ECC drifts
+        if _corner_shift(W, refined, (h, wd)) <= ECC_MAX_SHIFT:
+            W = refined
+            mask = cv2.warpPerspective(ones_of(other), W, (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    except cv2.error:
+        pass  # did not converge: the keypoints' warp stands
     # the frame is the picture that lies inside the other: the other covers it, as a copy does
     if mask.mean() < MIN_CONTAINED:
         return -1.0
     # the blur reaches 2 px past the overlap's edge: those pixels are not compared
     inside = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
     warped = cv2.warpPerspective(other.rgb, W, (wd, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    r = _residuals(frame.rgb, warped, inside)
-    return float(max(1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT), -1.0))
+    return float(max(_residual_score(_residuals(frame.rgb, warped, inside)), -1.0))
 
 
 def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
@@ -613,7 +617,7 @@ def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
         r = _refine(outer, inner, scale, flip, memo)
         if r is not None:
-            best = max(best, 1.0 - max(r[0], r[1] / 2.0, r[2] * BLOB_WEIGHT))
+            best = max(best, _residual_score(r))
         if early_accept is not None and best >= early_accept:
             break  # a clear duplicate: the other hypotheses cannot change the decision
     return float(max(best, -1.0))
