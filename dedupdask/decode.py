@@ -508,6 +508,7 @@ def decode_image(
     *,
     max_image_pixels: int = 100_000_000,
     min_image_size: int = 10,
+    stats: bool = True,
 ) -> Decoded:
     """Decode one encoded image to a model-size RGB array, with its stats and pixel hashes.
 
@@ -523,6 +524,9 @@ def decode_image(
         Header pixel count above which decoding is refused (``ERROR_IMAGE_TOO_LARGE``).
     min_image_size : int
         Images narrower or shorter are ``ERROR_IMAGE_TOO_SMALL``.
+    stats : bool
+        Also measure the image stats and hash the pixels (extraction); ``False`` returns the
+        pixels only (verification's read-back, where they would be thrown away).
 
     Returns
     -------
@@ -550,7 +554,7 @@ def decode_image(
         exact_rgb = _rgb_is_lossless(opened)  # before decoding changes the mode
         im, width, height = load_rgb(opened, draft=lambda w_, h_: fit(w_, h_)[::-1])
         h, w = fit(width, height)
-        full = pixel_hash(im, width, height) if exact_rgb and im.size == (width, height) else None
+        full = pixel_hash(im, width, height) if stats and exact_rgb and im.size == (width, height) else None
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
         px = np.asarray(im, dtype=np.uint8)
@@ -566,6 +570,8 @@ def decode_image(
     if px.shape != (h, w, 3):
         return Decoded("ERROR_CORRUPT_IMAGE", width, height, message=f"decoded shape {px.shape}")
     px = np.ascontiguousarray(px)
+    if not stats:
+        return Decoded("VALID", width, height, px)
     p32 = px.astype(np.uint32)
     gray = ((p32[..., 0] * 299 + p32[..., 1] * 587 + p32[..., 2] * 114 + 500) // 1000).astype(np.uint8)
     return Decoded(

@@ -154,7 +154,7 @@ def prepare_image(data: bytes, *, max_image_pixels: int = 100_000_000) -> Prepar
     """
     from .decode import decode_image
 
-    d = decode_image(data, _decode_size, max_image_pixels=max_image_pixels, min_image_size=1)
+    d = decode_image(data, _decode_size, max_image_pixels=max_image_pixels, min_image_size=1, stats=False)
     if d.error_code != "VALID" or d.pixels is None:
         return f"{d.error_code}: {d.message}"
     return Prepared(int(d.width), int(d.height), d.pixels)

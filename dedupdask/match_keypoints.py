@@ -368,22 +368,22 @@ class Keypoints:
 
 def _homography(a: Keypoints, b: Keypoints, mirrors: bool = True) -> tuple[int, np.ndarray | None, bool]:
     """Most-supported homography mapping b onto a, over b as is and (with ``mirrors``) mirrored."""
+    # numba: imported where pairs are matched, not with the package
+    from .hamming import ratio_matches
+
     cv2 = _cv2()
     pa, da = a.features(False)
     best: tuple[int, np.ndarray | None, bool] = (0, None, False)
     if da is None or len(pa) < 4:
         return best
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
     for mirrored in (False, True) if mirrors else (False,):
         pb, db = b.features(mirrored)
         if db is None or len(pb) < 4:
             continue
-        knn = matcher.knnMatch(db, da, k=2)
-        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-        if len(good) < MIN_INLIERS:
+        qi, ti = ratio_matches(db, da, RATIO)
+        if len(qi) < MIN_INLIERS:
             continue  # the inliers are some of these matches: MIN_INLIERS cannot be reached
-        src = pb[[g.queryIdx for g in good]]
-        dst = pa[[g.trainIdx for g in good]]
+        src, dst = pb[qi], pa[ti]
         cv2.setRNGSeed(_SEED)  # RANSAC's sampling: the same pair always gets the same answer
         H, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, RANSAC_PX, maxIters=2000, confidence=0.999)
         n = int(mask.sum()) if H is not None and mask is not None else 0
