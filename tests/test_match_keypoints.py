@@ -379,3 +379,25 @@ def test_features_kept_with_the_image_give_the_same_answers(tmp_path, photo):
         s_plain = score_views(View(plain[0]), View(plain[k]), None)
         s_kept = score_views(View(kept[0]), View(kept[k]), None)
         assert s_kept == s_plain >= 0.9, (k, s_plain, s_kept)
+
+
+def test_descriptor_search_finds_what_opencv_finds():
+    """dedupdask.hamming's ratio-test matches are OpenCV's brute-force knnMatch's, on the ORB
+    descriptors of two real pictures (a copy and another picture), both directions."""
+    import cv2
+
+    from dedupdask.hamming import ratio_matches
+    from dedupdask.match_keypoints import RATIO
+
+    rng = np.random.default_rng(11)
+    a = random_picture(rng, (256, 192))
+    pics = [a, a.rotate(6, resample=Image.Resampling.BILINEAR), random_picture(rng, (256, 192))]
+    feats = [_kp(p).features(False)[1] for p in pics]
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    for q, t in [(feats[1], feats[0]), (feats[0], feats[1]), (feats[2], feats[0]), (feats[0][:1], feats[1])]:
+        want = [(m[0].queryIdx, m[0].trainIdx) for m in matcher.knnMatch(q, t, k=2)
+                if len(m) == 2 and m[0].distance < RATIO * m[1].distance]  # fmt: skip
+        qi, ti = ratio_matches(q, t, RATIO)
+        assert list(zip(qi.tolist(), ti.tolist(), strict=True)) == want
+    assert len(ratio_matches(feats[1], feats[0], RATIO)[0]) >= MIN_INLIERS  # the copy matches
+    assert len(ratio_matches(feats[0], feats[0][:1], RATIO)[0]) == 0  # one descriptor: no second
