@@ -339,15 +339,11 @@ def _inner_size(outer_hw: tuple[int, int], scale: float, aspect: float) -> tuple
 
 def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
     """Best normalised correlation of every template of ``st`` inside the plan's image."""
+    from .kernels import window_maxima  # numba: imported where pairs are scored
+
     H, W = plan.img.shape
     corr = _fft.irfft2(st.spec * plan.spec, s=(H, W))
-    best = np.empty(corr.shape[0])
-    for i, (h, w) in enumerate(st.shapes):
-        var, inv = plan.windows(h, w)
-        scale = np.where(var > max(0.01 * float(st.root_energy[i]) ** 2, 1e-8), inv, 0.0)
-        scale /= st.root_energy[i]
-        best[2 * i : 2 * i + 2] = (corr[2 * i : 2 * i + 2, h - 1 :, w - 1 :] * scale).max(axis=(1, 2))
-    return np.clip(best, -1.0, 1.0)
+    return np.clip(window_maxima(corr, plan.s1, plan.s2, st.shapes, st.root_energy), -1.0, 1.0)
 
 
 def _hypotheses(a: View, b: View) -> list[tuple[float, int, float, bool]]:

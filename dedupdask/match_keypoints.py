@@ -369,7 +369,7 @@ class Keypoints:
 def _homography(a: Keypoints, b: Keypoints, mirrors: bool = True) -> tuple[int, np.ndarray | None, bool]:
     """Most-supported homography mapping b onto a, over b as is and (with ``mirrors``) mirrored."""
     # numba: imported where pairs are matched, not with the package
-    from .hamming import ratio_matches
+    from .kernels import ratio_matches
 
     cv2 = _cv2()
     pa, da = a.features(False)

@@ -382,11 +382,11 @@ def test_features_kept_with_the_image_give_the_same_answers(tmp_path, photo):
 
 
 def test_descriptor_search_finds_what_opencv_finds():
-    """dedupdask.hamming's ratio-test matches are OpenCV's brute-force knnMatch's, on the ORB
+    """dedupdask.kernels.ratio_matches gives OpenCV brute-force knnMatch's matches, on the ORB
     descriptors of two real pictures (a copy and another picture), both directions."""
     import cv2
 
-    from dedupdask.hamming import ratio_matches
+    from dedupdask.kernels import ratio_matches
     from dedupdask.match_keypoints import RATIO
 
     rng = np.random.default_rng(11)
