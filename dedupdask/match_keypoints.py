@@ -10,7 +10,8 @@ so two different ones share their template's keypoints; two photos do not):
 
 1. **Geometry.** ORB keypoints (OpenCV: oriented FAST corners with binary descriptors over a
    scale pyramid, rotation and scale invariant, computed on the grey image with its long side at
-   :data:`SIZE` px, so colour edits do not move them) are matched with Lowe's ratio test, and a
+   :data:`SIZE` px, so colour edits do not move them) are matched with Lowe's ratio test
+   (:func:`dedupdask.kernels.ratio_matches`: all against all, by Hamming distance), and a
    homography is fitted to the matches by RANSAC (MAGSAC++), once for the image as is and once
    mirrored. The pair goes on only when at least :data:`MIN_INLIERS` matches agree with one
    plane warp that maps one image onto a convex, not degenerate, region of the other, and keeps
