@@ -297,7 +297,7 @@ class _Stack:
     """Templates of one inner image for one outer shape: one entry per scale, both flips."""
 
     scales: list[float]
-    shapes: list[tuple[int, int]]
+    shapes: np.ndarray  # int64 [n, 2]: each scale's template height and width
     root_energy: np.ndarray
     spec: np.ndarray  # rfft2 of [2 * len(scales), H, W]: scale i unflipped at 2i, flipped at 2i+1
 
@@ -325,7 +325,7 @@ class _Stack:
             h, w = t0.shape
             stack[2 * i, :h, :w] = t0[::-1, ::-1]
             stack[2 * i + 1, :h, :w] = t0[::-1, :]  # the flipped template, reversed
-        return _Stack(scales, shapes, np.sqrt(np.asarray(energies)), _fft.rfft2(stack))
+        return _Stack(scales, np.asarray(shapes, np.int64), np.sqrt(np.asarray(energies)), _fft.rfft2(stack))
 
 
 def _inner_size(outer_hw: tuple[int, int], scale: float, aspect: float) -> tuple[int, int]:

@@ -454,6 +454,12 @@ def _coverage(H: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -
     return float(cv2.warpPerspective(ones, H, dst_hw[::-1], flags=cv2.INTER_NEAREST).mean())
 
 
+def _covered(H: np.ndarray, a: Keypoints, b: Keypoints) -> tuple[float, float]:
+    """Under the warp ``H`` (b onto a): the share of a's frame that b covers (a inside b) and
+    the share of b's frame that a covers (b inside a)."""
+    return _coverage(H, b.grey.shape, a.grey.shape), _coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape)
+
+
 def _hues(ycc: np.ndarray) -> int:
     """Distinct hues of a set of colours (``[n, 3]`` YCbCr): 30-degree hue sectors holding at
     least 3 % of the chromatic pixels (chroma over 0.04)."""
@@ -906,7 +912,7 @@ def plane_warp(
                 n, H, mirrored = n2, np.linalg.inv(H2), m2
         if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
             return None
-    contained = max(_coverage(H, b.grey.shape, a.grey.shape), _coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape))
+    contained = max(_covered(H, a, b))
     if contained < min_contained:
         return None
     return KeypointMatch(-1.0, n, mirrored, H, contained=contained)
@@ -916,8 +922,7 @@ def _match_one_way(a: Keypoints, b: Keypoints, min_contained: float = MIN_CONTAI
     n, H, mirrored = _homography(a, b)
     if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
         return KeypointMatch(-1.0, n, mirrored, H)
-    covered_a = _coverage(H, b.grey.shape, a.grey.shape)  # share of a's frame that b covers: a inside b
-    covered_b = _coverage(np.linalg.inv(H), a.grey.shape, b.grey.shape)  # b inside a
+    covered_a, covered_b = _covered(H, a, b)
     contained = max(covered_a, covered_b)
     if contained < min_contained:
         return KeypointMatch(0.0, n, mirrored, H, contained=contained)
