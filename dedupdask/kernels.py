@@ -7,10 +7,12 @@ process; the matchers import this module when they first score a pair, not with 
 
 - :func:`ratio_matches`, the keypoint matcher's descriptor search
   (:mod:`dedupdask.match_keypoints`): every candidate pair's ORB descriptors (256 bits, up to
-  500 per picture) all against all. OpenCV's brute-force matcher spends about 1.9 ms on
-  500 x 500 (7 ns a distance); here a descriptor is four 64-bit words and a distance four
-  hardware population counts (LLVM's ``ctpop``, as pynndescent's bit distances use it) of XORed
-  words, about six times faster, keeping only the two nearest. The answers are OpenCV's: a
+  500 per picture) all against all. A descriptor is four 64-bit words and a distance four
+  population counts (LLVM's ``ctpop``, as pynndescent's bit distances use it) of XORed words;
+  one query's distances to every train descriptor are computed in one loop over word-major
+  train words, which LLVM compiles to SIMD popcounts where the CPU has them, then the two
+  nearest are picked: 0.2 ms on 500 x 500 against 0.9 ms for OpenCV's brute-force
+  ``knnMatch`` (measured on a 2-core EPYC). The answers are OpenCV's: a
   match counts when the nearest is clearly nearer (``d1 < ratio * d2``), so a tie for the
   nearest (where the two libraries may name different descriptors) never counts.
 - :func:`window_maxima`, the pixel alignment's coarse search (:mod:`dedupdask.match`): the
@@ -44,21 +46,29 @@ def _popcount(typingctx: Any, x: Any) -> Any:
 
 @njit(nogil=True, cache=True)
 def _two_nearest(q: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: the first nearest train index, its distance and the next distance (the
+    nearest among the other train descriptors: equal to the first on a tie)."""
     nq, nt, words = q.shape[0], t.shape[0], q.shape[1]
-    idx = np.empty((nq, 2), np.int32)
+    tw = np.ascontiguousarray(t.T)  # word-major: one query word against every train word
+    idx = np.empty(nq, np.int32)
     dist = np.empty((nq, 2), np.int32)
+    d = np.empty(nt, np.int32)
     for i in range(nq):
-        d1, d2, i1, i2 = 1 << 30, 1 << 30, -1, -1
+        # the distances to every train descriptor first: loops LLVM turns into SIMD popcounts
+        d[:] = 0
+        for w in range(words):
+            a = q[i, w]
+            for j in range(nt):
+                d[j] += _popcount(a ^ tw[w, j])
+        d1 = d.min()
+        i1 = 0
+        while d[i1] != d1:
+            i1 += 1
+        d2 = 1 << 30
         for j in range(nt):
-            d = 0
-            for w in range(words):
-                d += _popcount(q[i, w] ^ t[j, w])
-            if d < d2:
-                if d < d1:
-                    d2, i2, d1, i1 = d1, i1, d, j
-                else:
-                    d2, i2 = d, j
-        idx[i, 0], idx[i, 1], dist[i, 0], dist[i, 1] = i1, i2, d1, d2
+            if j != i1:
+                d2 = min(d2, d[j])
+        idx[i], dist[i, 0], dist[i, 1] = i1, d1, d2
     return idx, dist
 
 
@@ -100,7 +110,7 @@ def ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float) -> tuple[n
         return np.empty(0, np.int64), np.empty(0, np.int64)
     idx, dist = _two_nearest(_words(query), _words(train))
     good = np.flatnonzero(dist[:, 0] < ratio * dist[:, 1])
-    return good, idx[good, 0].astype(np.int64)
+    return good, idx[good].astype(np.int64)
 
 
 @njit(nogil=True, cache=True)

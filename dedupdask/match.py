@@ -347,17 +347,23 @@ def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
 
 
 def _hypotheses(a: View, b: View) -> list[tuple[float, int, float, bool]]:
-    out = []
+    """The :data:`TOP` best (correlation, direction, scale, flip) of the coarse search, best
+    first: correlations compared to 4 decimals, then the larger scale, then search order."""
+    vals, dirs, scales = [], [], []
     for direction, (outer, inner) in enumerate(((a, b), (b, a))):
         st = inner.stack(outer.coarse.shape)
         if st is None:
             continue
-        best = _stack_best(outer.coarse_plan, st)
-        for i, s in enumerate(st.scales):
-            out.append((float(best[2 * i]), direction, s, False))
-            out.append((float(best[2 * i + 1]), direction, s, True))
-    out.sort(key=lambda t: (-round(t[0], 4), -t[2]))
-    return out[:TOP]
+        vals.append(_stack_best(outer.coarse_plan, st).astype(np.float64))  # [s0, s0 flipped, s1, ...]
+        dirs.append(np.full(len(vals[-1]), direction))
+        scales.append(np.repeat(st.scales, 2))
+    if not vals:
+        return []
+    v, d, s = np.concatenate(vals), np.concatenate(dirs), np.concatenate(scales)
+    flip = np.arange(len(v)) % 2 == 1
+    # np.round of a float32 correlation is Python's round: no product of one lands on a half
+    top = np.lexsort((-s, -np.round(v, 4)))[:TOP]
+    return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top]
 
 
 def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
