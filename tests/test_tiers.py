@@ -457,3 +457,25 @@ def test_archive_pair_tasks_score_like_one_task_per_worker(tier_run, monkeypatch
     assert ver["ranged_pairs"] == 0 and ver["tasks"] > ver["archives_read"] + 1
     pd.testing.assert_frame_equal(split.similarity.compute(), res.similarity.compute())
     pd.testing.assert_frame_equal(split.components.compute(), res.components.compute())
+
+
+def test_few_images_tasks_share_few_images():
+    """The few-images grouping orders pairs so that each task holds a compact set of images
+    (each task builds its own view of every image it holds): on clusters of linked images
+    numbered at random, two tasks share far fewer images than in an order by index."""
+    from dedupdask.verify import local_order
+
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(400)  # 20 clusters of 20 images, each a ring with chords
+    p = np.array([(c * 20 + i, c * 20 + (i + d) % 20) for c in range(20) for i in range(20) for d in (1, 3)])
+    p = ids[p]
+    order = local_order(p)
+    assert sorted(order.tolist()) == list(range(len(p)))
+
+    def shared(o: np.ndarray) -> int:
+        a, b = np.array_split(o, 2)
+        return len(np.intersect1d(p[a], p[b]))
+
+    assert shared(order) <= 20  # at most the cluster the cut falls in
+    assert shared(np.lexsort((p[:, 1], p[:, 0]))) > 100
+    assert local_order(np.zeros((0, 2), np.int64)).tolist() == []
