@@ -488,6 +488,7 @@ def archive_key(path: str) -> str:
 
 def _warm_worker() -> bool:
     """Import what an archive task and a verification task use (not the model: it is timed)."""
+    import cv2  # noqa: F401  (the keypoint matcher)
     import onnxruntime  # noqa: F401
     import PIL.Image  # noqa: F401
     import pyarrow.parquet  # noqa: F401
@@ -495,6 +496,7 @@ def _warm_worker() -> bool:
     import scipy.ndimage  # noqa: F401
 
     import dedupdask.embed  # noqa: F401
+    import dedupdask.kernels  # noqa: F401  (numba; compiled kernels still load, timed, on first use)
     import dedupdask.partition  # noqa: F401
     import dedupdask.verify  # noqa: F401
 

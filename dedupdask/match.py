@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import scipy.fft as _fft
+from dask.sizeof import sizeof as dask_sizeof
 
 from .match_keypoints import MIN_CONTAINED, Keypoints, is_graphic, match_keypoints, plane_warp
 from .match_keypoints import SIZE as KEYPOINT_SIZE
@@ -116,6 +117,14 @@ class Prepared:
     rgb: np.ndarray
     keypoints: dict[bool, Any] | None = None
     fills: tuple[float, float] | None = None
+
+
+@dask_sizeof.register(Prepared)
+def _sizeof_prepared(p: Prepared) -> int:
+    # Dask places a task where the bytes of its inputs are and spills by size: without this it
+    # would count a read-back of a thousand images (~150 MB) as a few kilobytes
+    feats = [a for f in (p.keypoints or {}).values() for a in f if a is not None]
+    return 200 + int(p.rgb.nbytes) + sum(int(a.nbytes) for a in feats)
 
 
 def _size(long_side: int, width: int, height: int) -> tuple[int, int]:

@@ -54,7 +54,7 @@ PAIRS_PER_TASK = 1000
 FEW_IMAGES = 2_500
 """Up to this many images to verify (~370 MB of decoded 256 px thumbnails, plus ~40 KB each of keypoint
 features with ``verify_keypoints``), the pairs are split into
-one task per worker that each see every image, instead of tasks per pair of archives: an
+one task per worker that each hold every image, instead of tasks per pair of archives: an
 image's view (grey image, FFT plans, template stacks) is then built at most once per task, not
 once per archive it has pairs with, and the pairs are ordered so that each task holds few of
 another task's images (:func:`local_order`)."""
@@ -588,14 +588,15 @@ def _streamed_tasks(
         loads.append(
             dask.delayed(_timed_load, pure=True)(u, wanted, so, max_image_pixels, max_member_bytes, keypoints)
         )
-    if len(need) <= FEW_IMAGES:  # every task sees every image: each view built once per task
+    if len(need) <= FEW_IMAGES:  # one task per worker, each holding every image
         from .knn_partitioned import _n_workers
 
         n_chunks = max(1, min(-(-len(sub_p) // 200), _n_workers()))
         order = local_order(sub_p)
         deps = [dask.delayed(_first, pure=True)(x) for x in loads]
         groups = np.array_split(order, n_chunks)
-        tasks = [dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept, keypoints=keypoints)
+        tasks = [
+            dask.delayed(score_pairs, pure=True)(sub_p[g], *deps, early_accept=early_accept, keypoints=keypoints)
             for g in groups
         ]
         return loads, tasks, [rows[g] for g in groups], urls

@@ -479,3 +479,19 @@ def test_few_images_tasks_share_few_images():
     assert shared(order) <= 20  # at most the cluster the cut falls in
     assert shared(np.lexsort((p[:, 1], p[:, 0]))) > 100
     assert local_order(np.zeros((0, 2), np.int64)).tolist() == []
+
+
+def test_dask_counts_a_read_back_image_by_its_pixels_and_features():
+    """Dask places tasks and spills by the size it measures: a prepared image counts its
+    pixels and keypoint features, not the few bytes of a dataclass."""
+    from dask.sizeof import sizeof
+
+    from dedupdask.match_keypoints import Keypoints
+
+    img = np.asarray(random_picture(np.random.default_rng(0), (256, 192)))
+    feats = Keypoints(img).all_features()
+    plain, described = Prepared(256, 192, img), Prepared(256, 192, img, feats, (0.1, 0.2))
+    assert img.nbytes <= sizeof(plain) < img.nbytes + 1000
+    extra = sum(a.nbytes for f in feats.values() for a in f)
+    assert sizeof(described) - sizeof(plain) == extra
+    assert sizeof({1: plain, 2: described}) >= 2 * img.nbytes
