@@ -1,0 +1,217 @@
+"""Benchmarks stage: would a whitened embedding pick the pairs to verify better than raw cosine?
+
+Every candidate pair that is not a copy costs verification time (#16 point 5: most of
+run_mode=2 on ``vs_fastdup.py``'s default shards is ruling out 8,000 pairs of unrelated
+random pictures, all at raw cosine 0.65-0.85), and a copy that never becomes a candidate is
+lost whatever the matchers can do. The raw cosine of EfficientNet-Lite0's pooled features
+depends on the dataset: a set of similar-looking pictures (synthetic shapes, product shots on
+white) shares a large common component, so ``verify_threshold`` passes nearly every kNN pair.
+
+This probe measures, without changing the package, what a PCA whitening fitted on the run's own
+vectors (no labels: centred, projected on the top ``d`` principal axes, each divided by its
+standard deviation, then L2-normalised; Jegou & Chum 2012) does to that choice, on three sets:
+
+- ``families``: ``quality_families.py``'s shards (web edits in 22 families, a fixed tuning /
+  held-out split, labelled look-alikes); the work_dir of ``verify_rules.py``;
+- ``tiers``: ``quality.py --tiers``'s shards (clip art, card decks, photos; planted copies);
+- ``synthetic``: ``vs_fastdup.py``'s default shards (extracted here when needed).
+
+For each vector form (raw, centred, whitened to 128/256/512 dims) it lists the kNN pairs
+(k = 5 per image, exact search, in that form; and, for the cheaper change, the raw vectors'
+kNN pairs scored with that form's cosine), fixes the cosine cut on the *tuning families* alone (the
+cut that keeps 95 % / 97 % / 99 % of their planted pairs among the kNN pairs), and applies
+that same cut to every set: candidates to verify, planted pairs kept, pairs of two distinct
+originals (unrelated or look-alike). A good form keeps the held-out and other sets' planted
+pairs with fewer candidates, at one cut. Nothing is asserted.
+
+    python benchmarks/whitening_probe.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+K = 5
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
+
+
+def read_vectors(wd: Path) -> tuple[np.ndarray, list[str]]:
+    """Every valid image's embedding (``<name>features.dat``) and its ``archive/member`` name."""
+    xs, names = [], []
+    for dat in sorted(wd.glob("*features.dat")):
+        csv = pd.read_csv(f"{dat}.csv")
+        x = np.fromfile(dat, "<f4")
+        xs.append(x.reshape(len(csv), -1))
+        names += [f"{Path(f).parent.name}/{Path(f).name}" for f in csv["filename"]]
+    return np.concatenate(xs).astype(np.float64), names
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+class Set:
+    """Vectors, planted pairs (row indices), each image's origin, tuning / held-out flags."""
+
+    def __init__(self, name: str, x: np.ndarray, names: list[str], planted: np.ndarray, origin: np.ndarray,
+                 split: np.ndarray | None = None) -> None:  # fmt: skip
+        self.name, self.x, self.names, self.planted, self.origin, self.split = name, x, names, planted, origin, split
+
+
+def families(cache: Path, work_root: Path) -> Set:
+    shards = sorted((cache / "families").glob("shards-*/images.csv"))[-1]
+    img = pd.read_csv(shards)
+    x, names = read_vectors(work_root / "families" / "work")
+    row = {n: i for i, n in enumerate(names)}
+    orig = img[img["role"] == "source"].set_index("source")["key"]
+    cp = img[(img["role"] == "copy") & img["source"].isin(orig.index)]
+    keep = cp["key"].isin(row) & cp["source"].map(orig).isin(row)
+    cp = cp[keep]
+    planted = np.stack([cp["source"].map(orig).map(row).to_numpy(), cp["key"].map(row).to_numpy()], axis=1)
+    src = img.set_index("key")["source"]
+    origin = np.array([src.get(n, -1 - i) if pd.notna(src.get(n, np.nan)) else -1 - i for i, n in enumerate(names)])
+    return Set("families", x, names, planted, origin.astype(np.int64), cp["split"].to_numpy())
+
+
+def tiers(work_root: Path) -> Set:
+    shards = work_root / "tiers" / "shards"
+    img = pd.read_csv(shards / "images.csv")
+    gt = pd.read_csv(shards / "ground_truth.csv")
+    x, names = read_vectors(work_root / "tiers" / "work")
+    row = {n: i for i, n in enumerate(names)}
+    a, b = gt["filename_a"].map(_short), gt["filename_b"].map(_short)
+    ok = a.isin(row) & b.isin(row)
+    planted = np.stack([a[ok].map(row).to_numpy(), b[ok].map(row).to_numpy()], axis=1)
+    src = dict(zip(img["filename"].map(_short), img["source"], strict=True))
+    origin = np.array([int(src.get(n, -1 - i)) for i, n in enumerate(names)], dtype=np.int64)
+    return Set("tiers", x, names, planted, origin)
+
+
+def synthetic(cache_root: Path, cores: int) -> Set:
+    data = cache_root / "vs_fastdup" / "data" / "synthetic_4x500_n100_e20_seed0"
+    wd = cache_root / "vs_fastdup" / "probe_work"
+    if not any(wd.glob("*features.dat")):
+        import vs_fastdup  # noqa: F401  (builds the default shards)
+        from distributed import Client, LocalCluster
+
+        import dedupdask as ddk
+
+        if not (data / "ground_truth.csv").exists():
+            sys.exit(f"run benchmarks/vs_fastdup.py once first: it builds {data}")
+        with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
+                Client(cl) as client:  # fmt: skip
+            ddk.run(str(data), str(wd), run_mode=1, client=client, progress=False)
+    x, names = read_vectors(wd)
+    row = {n: i for i, n in enumerate(names)}
+    gt = pd.read_csv(data / "ground_truth.csv")
+    a, b = gt["filename_a"].map(_short), gt["filename_b"].map(_short)
+    ok = a.isin(row) & b.isin(row)
+    planted = np.stack([a[ok].map(row).to_numpy(), b[ok].map(row).to_numpy()], axis=1)
+    origin = np.arange(len(names))  # every image its own origin, then planted pairs joined
+    for p, q in planted:
+        origin[origin == origin[q]] = origin[p]
+    return Set("synthetic", x, names, planted, origin)
+
+
+def forms(x: np.ndarray) -> dict[str, np.ndarray]:
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    mu = x.mean(axis=0)
+    lam, vec = np.linalg.eigh(np.cov((x - mu).T))
+    lam, vec = lam[::-1], vec[:, ::-1]
+    out = {"raw": unit(x), "centred": unit(x - mu)}
+    for d in (128, 256, 512):
+        out[f"whitened {d}"] = unit((x - mu) @ vec[:, :d] / np.sqrt(np.maximum(lam[:d], 1e-12)))
+    return out
+
+
+def knn_pairs(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = e @ e.T
+    np.fill_diagonal(s, -np.inf)
+    nn = np.argpartition(-s, K, axis=1)[:, :K]
+    i = np.repeat(np.arange(len(e)), K)
+    p = np.unique(np.sort(np.stack([i, nn.ravel()], axis=1), axis=1), axis=0)
+    return p, s[p[:, 0], p[:, 1]]
+
+
+def _rows(sets: list[Set], form: str, graph: str) -> list[dict[str, str]]:
+    """The table rows of one vector form, on its own kNN pairs or (``graph="raw"``) the raw ones."""
+    per = {}
+    for s in sets:
+        p, sim = knn_pairs(s.forms[form if graph == "own" else "raw"])  # type: ignore[attr-defined]
+        if graph == "raw":  # the raw vectors' kNN pairs, cut on this form's cosine
+            e = s.forms[form]  # type: ignore[attr-defined]
+            sim = np.einsum("ij,ij->i", e[p[:, 0]], e[p[:, 1]])
+        index = {(int(a), int(b)): k for k, (a, b) in enumerate(p)}
+        at = np.array([index.get((min(a, b), max(a, b)), -1) for a, b in s.planted])
+        ps = np.where(at >= 0, sim[np.maximum(at, 0)], -np.inf)
+        distinct = s.origin[p[:, 0]] != s.origin[p[:, 1]]
+        per[s.name] = (sim, ps, distinct, s.split)
+    _, ps_f, _, split_f = per["families"]
+    tune = ps_f[split_f == "tune"]
+    cuts = {f"{q:.0%} tuning": float(np.quantile(tune[np.isfinite(tune)], 1 - q)) for q in (0.95, 0.97, 0.99)}
+    if form == "raw":
+        cuts = {"0.65 (default)": 0.65, **cuts}
+    rows = []
+    for label, cut in cuts.items():
+        r = {"form": form if graph == "own" else f"{form}, raw kNN pairs", "cut": f"{label}: {cut:.3f}"}
+        for name, (sim, ps, distinct, split) in per.items():
+            kept = sim >= cut
+            if name == "families":
+                held = f"{np.mean(ps[split == 'tune'] >= cut):.3f} / {np.mean(ps[split == 'held-out'] >= cut):.3f}"
+                r["families tuning / held-out recall"] = held
+            else:
+                r[f"{name} recall"] = f"{np.mean(ps >= cut):.3f}"
+            r[f"{name} candidates (distinct)"] = f"{int(kept.sum())} ({int((kept & distinct).sum())})"
+        rows.append(r)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dedupdask"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality")
+    ap.add_argument("--work-root", type=Path, default=cache_root / "quality" / "verify_rules")
+    ap.add_argument("--cores", type=int, default=2)
+    args = ap.parse_args(argv)
+    for need in (args.work_root / "families" / "work", args.work_root / "tiers" / "work"):
+        if not any(need.glob("*features.dat")):
+            sys.exit(f"{need} has no features: run benchmarks/verify_rules.py once first")
+    sets = [families(args.cache_dir, args.work_root), tiers(args.work_root), synthetic(cache_root, args.cores)]
+    print(f"# python benchmarks/whitening_probe.py -- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for s in sets:
+        print(f"{s.name}: {len(s.x)} images, {len(s.planted)} planted pairs")
+    print(f"kNN pairs: k={K} per image, exact. Cut: the cosine that keeps the share of the tuning families' planted pairs "
+          "that are kNN pairs; the same cut on every set. 'distinct' = candidate pairs of two distinct originals.")  # fmt: skip
+    print("The package's default: raw cosine >= verify_threshold 0.65 (kNN pairs above it are verified).\n")
+    rows = []
+    for s in sets:
+        s.forms = forms(s.x)  # type: ignore[attr-defined]
+    for form in sets[0].forms:  # type: ignore[attr-defined]
+        for graph in ("own", "raw") if form != "raw" else ("own",):
+            rows += _rows(sets, form, graph)
+    table = pd.DataFrame(rows)
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for r in table.itertuples(index=False):
+        print("| " + " | ".join(str(v) for v in r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
