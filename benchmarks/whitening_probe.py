@@ -24,7 +24,15 @@ that same cut to every set: candidates to verify, planted pairs kept, pairs of t
 originals (unrelated or look-alike). A good form keeps the held-out and other sets' planted
 pairs with fewer candidates, at one cut. Nothing is asserted.
 
+``--end-to-end CUT ...`` then replays the whole default decision on the families and the
+tiers with the verification candidates chosen on the whitened (256 dims) cosine of the raw
+kNN pairs instead of raw cosine >= ``verify_threshold`` (copy-tier and direct pairs as
+before): it reuses ``verify_rules.py``'s scores of the default candidates, scores the pairs
+only the whitened cut adds with the same matchers, and decides each pair as
+``verify_rules.py`` does (embedding >= ``threshold``, or a matcher >= ``verify_score``).
+
     python benchmarks/whitening_probe.py
+    python benchmarks/whitening_probe.py --end-to-end 0.542 0.465 0.359
 """
 
 from __future__ import annotations
@@ -182,12 +190,92 @@ def _rows(sets: list[Set], form: str, graph: str) -> list[dict[str, str]]:
     return rows
 
 
+def _whitened(x: np.ndarray, d: int = 256) -> np.ndarray:
+    return forms(x)[f"whitened {d}"]
+
+
+def end_to_end(cuts: list[float], cache: Path, work_root: Path, cores: int) -> None:
+    """The default decision replayed with verification candidates cut on the whitened cosine."""
+    import edit_families as ef
+    import quality_families as qf
+    import verify_rules as vr
+    from distributed import Client, LocalCluster
+
+    from dedupdask import match_keypoints as mk
+    from dedupdask.analysis import build
+    from dedupdask.config import RunConfig
+    from dedupdask.match import MATCHER
+    from dedupdask.thresholds import row_for
+
+    t = row_for("effnet-lite0")
+    library = (mk.MAX_DIFFERING, mk.MAX_MOVED, mk.MAX_REPAINTED, mk.MAX_FLAT, mk.MIN_UNIFORM, mk.MIN_CONTAINED, True)
+    sets = {}
+    for name, make in (("families", vr.family_shards), ("tiers", vr.tier_shards)):
+        shards, images = make(cache, work_root)
+        scored = work_root / name / f"scores-{MATCHER.replace('/', '-')}.parquet"
+        if not scored.exists():
+            sys.exit(f"{scored} is missing: run benchmarks/verify_rules.py once first")
+        loose = work_root / name / "loose-0.3.parquet"
+        if not loose.exists():  # every kNN pair down to raw cosine 0.3, and the copy tier's
+            log(f"{name}: listing kNN pairs down to cosine 0.3")
+            with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
+                    Client(cl) as client:  # fmt: skip
+                cfg = RunConfig(run_mode=2, progress=False, verify=False, threshold=0.3, ccthreshold=1.0)
+                sim = build(str(work_root / name / "work"), config=cfg, client=client, write=False).similarity.compute()
+            sim[sim["kind"] != "exact"].reset_index(drop=True).to_parquet(loose)
+        sim = pd.read_parquet(loose)
+        x, names = read_vectors(work_root / name / "work")
+        row = {n: i for i, n in enumerate(names)}
+        w = _whitened(x)
+        ia = sim["filename_from"].map(_short).map(row).to_numpy()
+        ib = sim["filename_to"].map(_short).map(row).to_numpy()
+        sim["whitened"] = np.einsum("ij,ij->i", w[ia], w[ib])
+        sets[name] = (images, pd.read_parquet(scored), sim, shards)
+    truth = qf.Truth(sets["families"][0])
+    held = truth.planted["family"].map(lambda f: ef.FAMILIES[f].held_out).to_numpy(bool)
+    tb = sets["tiers"][0].set_index("filename")
+    print("\nEnd to end (the default decision replayed; candidates to verify: raw cosine >= 0.65, or whitened 256 >= cut):\n")
+    print("| candidates | families tuning / held-out recall | pp | look-alike pairs | tiers: true pairs accepted | "
+          "tiers: false pairs half A / B | candidates families / tiers |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for cut in [None, *cuts]:
+        chosen = {}
+        for name, (_, scored, sim, shards) in sets.items():
+            if cut is None:
+                chosen[name] = scored
+                continue
+            pick = sim[(sim["whitened"] >= cut) | (sim["kind"] == "copy") | (sim["similarity"] >= t.threshold)]
+            have = set(zip(scored["filename_from"], scored["filename_to"], strict=True))
+            new = pick[[k not in have for k in zip(pick["filename_from"], pick["filename_to"], strict=True)]]
+            extra = work_root / name / f"scores-whitened-{cut}-{MATCHER.replace('/', '-')}.parquet"
+            if len(new) and not extra.exists():
+                log(f"{name}: scoring the {len(new)} pairs the cut {cut} adds")
+                vr.score_pairs(shards, new.drop(columns=["whitened"]), cores).to_parquet(extra)
+            both = pd.concat([scored] + ([pd.read_parquet(extra)] if len(new) else []), ignore_index=True)
+            keep = set(zip(pick["filename_from"], pick["filename_to"], strict=True))
+            chosen[name] = both[[k in keep for k in zip(both["filename_from"], both["filename_to"], strict=True)]]
+        fam = qf.candidate_frame(truth, chosen["families"].reset_index(drop=True))
+        acc = vr.decide(fam, *library)
+        sc = truth.score(fam["a"].to_numpy()[acc], fam["b"].to_numpy()[acc])
+        tie = chosen["tiers"]
+        same = tb.loc[tie["filename_from"], "source"].to_numpy() == tb.loc[tie["filename_to"], "source"].to_numpy()
+        half = tb.loc[tie["filename_from"], "half"].to_numpy()
+        t_acc = vr.decide(tie, *library)
+        label = "raw >= 0.65 (default)" if cut is None else f"whitened >= {cut:g}"
+        print(f"| {label} | {sc['hit'][~held].mean():.3f} / {sc['hit'][held].mean():.3f} | "
+              f"{sc['same'][sc['copy_end']].mean():.3f} | {int(sc['lookalike'].sum())} | {int((t_acc & same).sum())} | "
+              f"{int((t_acc & ~same & (half == 'A')).sum())} / {int((t_acc & ~same & (half == 'B')).sum())} | "
+              f"{len(fam)} / {len(tie)} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dedupdask"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality")
     ap.add_argument("--work-root", type=Path, default=cache_root / "quality" / "verify_rules")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--end-to-end", type=float, nargs="*", default=None, metavar="CUT",
+                    help="also replay the default decision with candidates cut on the whitened cosine")
     args = ap.parse_args(argv)
     for need in (args.work_root / "families" / "work", args.work_root / "tiers" / "work"):
         if not any(need.glob("*features.dat")):
@@ -210,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(table.columns))
     for r in table.itertuples(index=False):
         print("| " + " | ".join(str(v) for v in r) + " |")
+    if args.end_to_end is not None:
+        end_to_end(args.end_to_end, args.cache_dir, args.work_root, args.cores)
     return 0
 
 
