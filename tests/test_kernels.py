@@ -5,16 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dedupdask.kernels import ratio_matches, window_maxima
-
-
-def _box(s: np.ndarray, h: int, w: int) -> np.ndarray:
-    return s[h:, w:] - s[:-h, w:] - s[h:, :-w] + s[:-h, :-w]
-
-
-def _integral(x: np.ndarray) -> np.ndarray:
-    s = np.zeros((x.shape[0] + 1, x.shape[1] + 1))
-    s[1:, 1:] = x.cumsum(0).cumsum(1)
-    return s
+from dedupdask.match import _box, _integral
 
 
 def test_window_maxima_is_the_numpy_search():
