@@ -49,6 +49,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from vs_fastdup import archive_key  # noqa: E402
+
 K = 5
 
 
@@ -63,21 +65,18 @@ def read_vectors(wd: Path) -> tuple[np.ndarray, list[str]]:
         csv = pd.read_csv(f"{dat}.csv")
         x = np.fromfile(dat, "<f4")
         xs.append(x.reshape(len(csv), -1))
-        names += [f"{Path(f).parent.name}/{Path(f).name}" for f in csv["filename"]]
+        names += [archive_key(f) for f in csv["filename"]]
     return np.concatenate(xs).astype(np.float64), names
 
 
-def _short(path: str) -> str:
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}"
-
-
 class Set:
-    """Vectors, planted pairs (row indices), each image's origin, tuning / held-out flags."""
+    """Vectors (and their forms: :func:`forms`), planted pairs (row indices), each image's
+    origin, tuning / held-out flags."""
 
     def __init__(self, name: str, x: np.ndarray, names: list[str], planted: np.ndarray, origin: np.ndarray,
                  split: np.ndarray | None = None) -> None:  # fmt: skip
         self.name, self.x, self.names, self.planted, self.origin, self.split = name, x, names, planted, origin, split
+        self.forms = forms(x)
 
 
 def families(cache: Path, work_root: Path) -> Set:
@@ -91,8 +90,8 @@ def families(cache: Path, work_root: Path) -> Set:
     cp = cp[keep]
     planted = np.stack([cp["source"].map(orig).map(row).to_numpy(), cp["key"].map(row).to_numpy()], axis=1)
     src = img.set_index("key")["source"]
-    origin = np.array([src.get(n, -1 - i) if pd.notna(src.get(n, np.nan)) else -1 - i for i, n in enumerate(names)])
-    return Set("families", x, names, planted, origin.astype(np.int64), cp["split"].to_numpy())
+    origin = np.array([-1 - i if pd.isna(src.get(n)) else src[n] for i, n in enumerate(names)], dtype=np.int64)
+    return Set("families", x, names, planted, origin, cp["split"].to_numpy())
 
 
 def tiers(work_root: Path) -> Set:
@@ -101,10 +100,10 @@ def tiers(work_root: Path) -> Set:
     gt = pd.read_csv(shards / "ground_truth.csv")
     x, names = read_vectors(work_root / "tiers" / "work")
     row = {n: i for i, n in enumerate(names)}
-    a, b = gt["filename_a"].map(_short), gt["filename_b"].map(_short)
+    a, b = gt["filename_a"].map(archive_key), gt["filename_b"].map(archive_key)
     ok = a.isin(row) & b.isin(row)
     planted = np.stack([a[ok].map(row).to_numpy(), b[ok].map(row).to_numpy()], axis=1)
-    src = dict(zip(img["filename"].map(_short), img["source"], strict=True))
+    src = dict(zip(img["filename"].map(archive_key), img["source"], strict=True))
     origin = np.array([int(src.get(n, -1 - i)) for i, n in enumerate(names)], dtype=np.int64)
     return Set("tiers", x, names, planted, origin)
 
@@ -126,7 +125,7 @@ def synthetic(cache_root: Path, cores: int) -> Set:
     x, names = read_vectors(wd)
     row = {n: i for i, n in enumerate(names)}
     gt = pd.read_csv(data / "ground_truth.csv")
-    a, b = gt["filename_a"].map(_short), gt["filename_b"].map(_short)
+    a, b = gt["filename_a"].map(archive_key), gt["filename_b"].map(archive_key)
     ok = a.isin(row) & b.isin(row)
     planted = np.stack([a[ok].map(row).to_numpy(), b[ok].map(row).to_numpy()], axis=1)
     origin = np.arange(len(names))  # every image its own origin, then planted pairs joined
@@ -161,9 +160,9 @@ def _rows(sets: list[Set], form: str, graph: str) -> list[dict[str, str]]:
     """The table rows of one vector form, on its own kNN pairs or (``graph="raw"``) the raw ones."""
     per = {}
     for s in sets:
-        p, sim = knn_pairs(s.forms[form if graph == "own" else "raw"])  # type: ignore[attr-defined]
+        p, sim = knn_pairs(s.forms[form if graph == "own" else "raw"])
         if graph == "raw":  # the raw vectors' kNN pairs, cut on this form's cosine
-            e = s.forms[form]  # type: ignore[attr-defined]
+            e = s.forms[form]
             sim = np.einsum("ij,ij->i", e[p[:, 0]], e[p[:, 1]])
         index = {(int(a), int(b)): k for k, (a, b) in enumerate(p)}
         at = np.array([index.get((min(a, b), max(a, b)), -1) for a, b in s.planted])
@@ -190,12 +189,9 @@ def _rows(sets: list[Set], form: str, graph: str) -> list[dict[str, str]]:
     return rows
 
 
-def _whitened(x: np.ndarray, d: int = 256) -> np.ndarray:
-    return forms(x)[f"whitened {d}"]
-
-
-def end_to_end(cuts: list[float], cache: Path, work_root: Path, cores: int) -> None:
-    """The default decision replayed with verification candidates cut on the whitened cosine."""
+def end_to_end(cuts: list[float], probed: dict[str, Set], cache: Path, work_root: Path, cores: int) -> None:
+    """The default decision replayed with verification candidates cut on the whitened cosine
+    (256 dims, as ``probed``, the sets of the table above, have it)."""
     import edit_families as ef
     import quality_families as qf
     import verify_rules as vr
@@ -224,11 +220,10 @@ def end_to_end(cuts: list[float], cache: Path, work_root: Path, cores: int) -> N
                 sim = build(str(work_root / name / "work"), config=cfg, client=client, write=False).similarity.compute()
             sim[sim["kind"] != "exact"].reset_index(drop=True).to_parquet(loose)
         sim = pd.read_parquet(loose)
-        x, names = read_vectors(work_root / name / "work")
-        row = {n: i for i, n in enumerate(names)}
-        w = _whitened(x)
-        ia = sim["filename_from"].map(_short).map(row).to_numpy()
-        ib = sim["filename_to"].map(_short).map(row).to_numpy()
+        row = {n: i for i, n in enumerate(probed[name].names)}
+        w = probed[name].forms["whitened 256"]
+        ia = sim["filename_from"].map(archive_key).map(row).to_numpy()
+        ib = sim["filename_to"].map(archive_key).map(row).to_numpy()
         sim["whitened"] = np.einsum("ij,ij->i", w[ia], w[ib])
         sets[name] = (images, pd.read_parquet(scored), sim, shards)
     truth = qf.Truth(sets["families"][0])
@@ -288,9 +283,7 @@ def main(argv: list[str] | None = None) -> int:
           "that are kNN pairs; the same cut on every set. 'distinct' = candidate pairs of two distinct originals.")  # fmt: skip
     print("The package's default: raw cosine >= verify_threshold 0.65 (kNN pairs above it are verified).\n")
     rows = []
-    for s in sets:
-        s.forms = forms(s.x)  # type: ignore[attr-defined]
-    for form in sets[0].forms:  # type: ignore[attr-defined]
+    for form in sets[0].forms:
         for graph in ("own", "raw") if form != "raw" else ("own",):
             rows += _rows(sets, form, graph)
     table = pd.DataFrame(rows)
@@ -299,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in table.itertuples(index=False):
         print("| " + " | ".join(str(v) for v in r) + " |")
     if args.end_to_end is not None:
-        end_to_end(args.end_to_end, args.cache_dir, args.work_root, args.cores)
+        end_to_end(args.end_to_end, {s.name: s for s in sets}, args.cache_dir, args.work_root, args.cores)
     return 0
 
 
