@@ -144,6 +144,12 @@ def forms(x: np.ndarray) -> dict[str, np.ndarray]:
     out = {"raw": unit(x), "centred": unit(x - mu)}
     for d in (128, 256, 512):
         out[f"whitened {d}"] = unit((x - mu) @ vec[:, :d] / np.sqrt(np.maximum(lam[:d], 1e-12)))
+    from dedupdask.whitening import Whitening
+
+    # the package's own whitening (dedupdask.whitening; the rows it is fitted on are every row
+    # here, as in a run of fewer than whitening.SAMPLE images): its "own" row at 97 % tuning
+    # is how the default ``whitened_threshold`` was fixed
+    out["package"] = Whitening.fit(x.astype(np.float32)).apply(x.astype(np.float32)).astype(np.float64)
     return out
 
 

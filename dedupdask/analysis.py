@@ -47,7 +47,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from . import scheduler
+from . import scheduler, whitening
 from .analyses import (
     STATS_COLUMNS,
     components_table,
@@ -321,7 +321,7 @@ def _in_process(
     )  # fmt: skip
     run = _record(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
-        tiers.dct_knn, tiers.verification, counts, "this process", stages,
+        tiers.dct_knn, tiers.verification, tiers.whitening, counts, "this process", stages,
     )  # fmt: skip
     tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
                   invalid=invalid, issues=issues)  # fmt: skip
@@ -405,7 +405,7 @@ def _on_workers(
     )  # fmt: skip
     run = _record(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
-        tiers.dct_knn, tiers.verification, counts, "workers", stages,
+        tiers.dct_knn, tiers.verification, tiers.whitening, counts, "workers", stages,
     )  # fmt: skip
     tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
                   invalid=invalid, issues=issues)  # fmt: skip
@@ -488,7 +488,18 @@ def _params(col: Collection, config: RunConfig, table: Any) -> TierParams:
         verify=config.verify,
         nearest_neighbors_k=config.nearest_neighbors_k,
         keypoints=config.verify_keypoints,
+        whiten=col.n >= whitening.MIN_IMAGES,
     )
+
+
+def _why_not_whitened(col: Collection, params: TierParams, table: Any) -> str:
+    if not params.verify:
+        return "verify=False"
+    if table.whitened_threshold is None:
+        return "the model has no whitened_threshold"
+    if col.n < whitening.MIN_IMAGES:
+        return f"{col.n} images < {whitening.MIN_IMAGES}: candidates by verify_threshold"
+    return "one image"
 
 
 def _record(
@@ -503,6 +514,7 @@ def _record(
     knn_info: dict[str, Any],
     dct_knn: dict[str, Any],
     verification: dict[str, Any],
+    white: dict[str, Any],
     counts: dict[str, int],
     where: str,
     stages: _Stages,
@@ -517,6 +529,7 @@ def _record(
             "ccthreshold": params.ccthreshold,
             "copy_threshold": params.copy_threshold,
             "verify_threshold": params.verify_threshold,
+            "whitened_threshold": params.whitened_threshold,
             "verify_score": params.verify_score,
             "verify": params.verify,
             "early_accept": params.early_accept,
@@ -548,6 +561,7 @@ def _record(
         "analysed_on": where,
         "knn": knn_info,
         "knn_dct": dct_knn,
+        "whitening": white or {"used": False, "reason": _why_not_whitened(col, params, table)},
         "model": col.model,
         "decode_version": col.decode_version,
         "archives": [a.to_dict() for a in col.archives],

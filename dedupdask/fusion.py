@@ -2,7 +2,8 @@
 
 Given the exact groups and the embedding kNN graph that :func:`dedupdask.analysis.build`
 computed, :func:`run_tiers` builds the DCT kNN graph (63-d ``dct.dat`` vectors, stacked like
-the embeddings, one block per archive), collects the candidate pairs of every tier
+the embeddings, one block per archive) and, in runs large enough, the kNN graph of the run's
+whitened embedding (:mod:`dedupdask.whitening`), collects the candidate pairs of every tier
 (:func:`dedupdask.analyses.tiers.candidate_pairs`), fills in the similarity a graph did not
 give (exact cosines of the two vectors), verifies the uncertain pairs on the cluster
 (:func:`dedupdask.verify.verify_pairs`) and decides
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
-from .analyses.exact import ExactGroups
+from .analyses.exact import ExactGroups, expand_graph
 from .analyses.tiers import (
     DECIDED_COLUMNS,
     TierParams,
@@ -45,6 +46,7 @@ from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
 from .verify import finish_cost, verify_pairs
 from .verify_frames import image_info
+from .whitening import fit_whitening
 
 __all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
 
@@ -133,6 +135,8 @@ class TierOutcome:
         Candidates and accepted pairs per tier.
     dct_knn : dict
         How the DCT kNN graph was computed (method, memory per task, buckets...).
+    whitening : dict
+        The whitening and how its kNN graph was computed (empty without one).
     verification : dict
         Cost of verification (see :func:`dedupdask.verify.verify_pairs`) plus ``seconds``
         (wall time) and ``accepted`` / ``rejected``.
@@ -143,6 +147,7 @@ class TierOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     dct_knn: dict[str, Any] = field(default_factory=dict)
+    whitening: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accepted(self) -> pd.DataFrame:
@@ -216,9 +221,14 @@ def run_tiers(
             which="dct", d=DCT_DIM, vectors=dct, cache=graph_cache, groups=groups.rep,
         )  # fmt: skip
         dct_graph = (di, ds)
+    white_graph, white_about = None, {}
+    if params.whitened_threshold is not None and reps.size > 1:
+        white_graph, white_about = _whitened_graph(
+            col, groups, input_groups, params.k, knn_config, method, random_state
+        )
     cands = candidate_pairs(
         reps, emb_graph, dct_graph, params,
-        input_rep=None if input_groups is None else input_groups.rep,
+        input_rep=None if input_groups is None else input_groups.rep, white_graph=white_graph,
     )  # fmt: skip
     a, b = cands["from"].to_numpy(np.int64), cands["to"].to_numpy(np.int64)
     miss = cands["similarity"].isna().to_numpy()
@@ -277,4 +287,20 @@ def run_tiers(
     decided = decided.loc[:, list(DECIDED_COLUMNS)]  # one column order, verified or not
     cost = finish_cost(cost, **verified_counts(decided))
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
-    return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn)
+    return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn, white_about)
+
+
+def _whitened_graph(
+    col: Collection, groups: ExactGroups, inputs: ExactGroups | None, k: int, knn_config: Any,
+    method: str, random_state: int,
+) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:  # fmt: skip
+    """The whitened embedding's kNN graph over ``groups.reps`` (searched over the input
+    representatives, as the embedding graph is, then expanded), and what to record of it."""
+    inputs = groups if inputs is None else inputs
+    w = fit_whitening(col, random_state=random_state)
+    wi, ws, _, about = knn_graph_work_dir(
+        col, inputs.reps, k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
+        transform=w,
+    )  # fmt: skip
+    wi, ws = expand_graph(groups, inputs, wi, ws)
+    return (wi, ws), {**w.to_dict(), "knn": about}

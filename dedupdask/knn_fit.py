@@ -93,7 +93,7 @@ def _sample_array(source: VectorSource, positions: np.ndarray) -> Any:
     for b in np.unique(which).tolist():
         lo, hi = np.searchsorted(which, [b, b + 1])
         local = positions[lo:hi] - source.offsets[b]
-        key = "dedupdask-knn-sample-" + tokenize(source.blocks[b].path, local)
+        key = "dedupdask-knn-sample-" + tokenize(source.blocks[b].path, local, source.blocks[b].post)
         parts.append(
             da.from_delayed(
                 dask.delayed(_read_unit_block, pure=True)(

@@ -419,32 +419,39 @@ def local_exact_knn(
     *,
     which: str = "dat",
     d: int | None = None,
+    transform: Any = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The exact kNN graph of rows ``reps``, computed here when that is the cheap way, else None.
 
     The cheap way: exact search of one block, on local threads, from a local work_dir --
     slicing the memory-mapped files then beats building and running a Dask graph.
-    ``which="dct"`` (with ``d``) searches the DCT descriptors.
+    ``which="dct"`` (with ``d``) searches the DCT descriptors; ``transform`` (a
+    :class:`~dedupdask.whitening.Whitening`) searches the whitened embeddings.
     """
     d = int(col.d if d is None else d)
     n = int(reps.size)
-    single = method if method != "auto" else choose_method(n, d, k)
+    width = d if transform is None else int(transform.dims)
+    single = method if method != "auto" else choose_method(n, width, k)
     if single != "exact" or not fits_one_block(n) or not col.reads_locally():
         return None
-    x = normalize_rows(col.vector_rows(None if n == col.n else reps, which=which, d=d), copy=False)
+    x = col.vector_rows(None if n == col.n else reps, which=which, d=d)
+    x = normalize_rows(x if transform is None else transform.apply(x), copy=False)
     return exact_knn_block(x, 0, n, k)
 
 
 def _single_task(
     col: Any, reps: np.ndarray, k: int, budget: int, need: int, method: Method,
-    random_state: int, which: str, d: int, vectors: Any,
+    random_state: int, which: str, d: int, vectors: Any, transform: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:  # fmt: skip
     """The single-task graph (arrays): here when cheap, else one Dask task."""
     about = {"memory_per_task": budget, "single_task_bytes": need}
-    got = local_exact_knn(col, reps, k, method, which=which, d=d)
+    got = local_exact_knn(col, reps, k, method, which=which, d=d, transform=transform)
     if got is not None:
         return got[0], got[1], "exact", {"method": "exact", **about}
     emb = col.embeddings() if vectors is None else vectors
+    if transform is not None:  # whitened block by block, where the rows are read
+        d = int(transform.dims)
+        emb = emb.map_blocks(transform.apply, chunks=(emb.chunks[0], (d,)), dtype=np.float32)
     x = emb if reps.size == col.n else emb[reps]
     idx, sim, used = knn_graph_dask(
         x, int(reps.size), d, k, method=method, random_state=random_state
@@ -455,11 +462,14 @@ def _single_task(
 def _work_dir_graph(
     col: Any, reps: Any, k: int, *, config: Any, method: Method, random_state: int,
     which: str, d: int | None, vectors: Any, table: bool, cache: Any = None, groups: Any = None,
+    transform: Any = None,
 ) -> tuple[Any, Any, str, dict[str, Any]]:  # fmt: skip
     """The graph as arrays, or as a table when ``table``; from the previous build's graph
     plus a new-vs-all search when ``cache`` (:class:`~dedupdask.knn_incremental.GraphCache`)
     has a reusable one, else single task or partitioned (and then kept in ``cache``)."""
     width = int(col.d if d is None else d)
+    if transform is not None and cache is not None:
+        raise ValueError("a whitened graph is not kept between builds: pass cache=None")
     previous = None if cache is None else cache.previous(which, k, width)
     if previous is not None:
         from .knn_incremental import incremental_graph
@@ -477,7 +487,7 @@ def _work_dir_graph(
             idx, sim = graph_arrays(graph, reps, k)
             return idx, sim, "incremental", info
     got = _searched_graph(col, reps, k, config=config, method=method, random_state=random_state,
-                          which=which, d=d, vectors=vectors, table=table)  # fmt: skip
+                          which=which, d=d, vectors=vectors, table=table, transform=transform)  # fmt: skip
     if cache is not None:
         graph = got[0] if table else graph_frame(got[4], got[0], got[1])
         graph = cache.keep(which, graph, got[2], k, width)
@@ -488,7 +498,7 @@ def _work_dir_graph(
 
 def _searched_graph(
     col: Any, reps: Any, k: int, *, config: Any, method: Method, random_state: int,
-    which: str, d: int | None, vectors: Any, table: bool,
+    which: str, d: int | None, vectors: Any, table: bool, transform: Any = None,
 ) -> tuple[Any, Any, str, dict[str, Any], Any]:  # fmt: skip
     """Single task or partitioned; the graph as arrays, or as a table when ``table``; and the
     sorted representatives of the arrays' rows (None for a table)."""
@@ -496,16 +506,20 @@ def _searched_graph(
     # persisted there, so counting and routing it do not recompute what it comes from
     reps = reps.persist() if lazy else np.asarray(reps, dtype=np.int64)
     n, d = (int(len(reps)) if lazy else int(reps.size)), int(col.d if d is None else d)
+    file_d = d
+    if transform is not None:  # the search vectors are the whitened ones, searched as they are
+        d = int(transform.dims)
     budget = task_budget(getattr(config, "max_memory_per_task", None))
-    d_reduce = int(getattr(config, "d_reduce", 0) or 0) if which == "dat" else 0
-    dtype = (getattr(config, "knn_dtype", "float32") or "float32") if which == "dat" else "float32"
+    own = which == "dat" and transform is None
+    d_reduce = int(getattr(config, "d_reduce", 0) or 0) if own else 0
+    dtype = (getattr(config, "knn_dtype", "float32") or "float32") if own else "float32"
     single = method if method != "auto" else choose_method(n, d, k)
     need = single_task_bytes(n, d, k, single)
     reduced = (0 < d_reduce < d) or dtype == "float16"
     if not reduced and need <= budget:  # fits one task: the arrays are small by definition
         reps = np.sort(np.asarray(reps.compute(), dtype=np.int64)) if lazy else reps
         idx, sim, used, info = _single_task(
-            col, reps, k, budget, need, method, random_state, which, d, vectors
+            col, reps, k, budget, need, method, random_state, which, file_d, vectors, transform
         )
         return (graph_frame(reps, idx, sim), None, used, info, None) if table else (idx, sim, used, info, reps)
     if not lazy:  # one partitioned path for both forms of reps: the same sample, buckets, graph
@@ -518,7 +532,7 @@ def _searched_graph(
             dd.from_pandas(pd.Series(reps, name="index"), npartitions=parts, sort=False),
         )
         reps = reps.persist()
-    source = VectorSource.from_collection(col, None, which=which, d=d)
+    source = VectorSource.from_collection(col, None, which=which, d=file_d, post=transform)
     graph, info = knn_edges_partitioned(
         source,
         k,
@@ -550,6 +564,7 @@ def knn_graph_frame_work_dir(
     vectors: Any = None,
     cache: Any = None,
     groups: Any = None,
+    transform: Any = None,
 ) -> tuple[Any, str, dict[str, Any]]:
     """The kNN graph of rows ``reps`` of a loaded work_dir as a graph table.
 
@@ -560,7 +575,7 @@ def knn_graph_frame_work_dir(
     global indices (any partitioning, e.g. a column of a per-archive table): then the
     partitioned path needs no per-image array here at all (one count is computed).
 
-    ``cache`` and ``groups``: as :func:`knn_graph_work_dir` (an incremental build).
+    ``cache``, ``groups`` and ``transform``: as :func:`knn_graph_work_dir`.
 
     Returns
     -------
@@ -577,7 +592,7 @@ def knn_graph_frame_work_dir(
     graph, _, used, info = _work_dir_graph(
         col, reps, k, config=config, method=method,
         random_state=random_state, which=which, d=d, vectors=vectors, table=True,
-        cache=cache, groups=groups,
+        cache=cache, groups=groups, transform=transform,
     )  # fmt: skip
     return graph, used, info
 
@@ -595,6 +610,7 @@ def knn_graph_work_dir(
     vectors: Any = None,
     cache: Any = None,
     groups: Any = None,
+    transform: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
     """The kNN graph of rows ``reps`` of a loaded work_dir: single task or partitioned.
 
@@ -613,6 +629,9 @@ def knn_graph_work_dir(
     groups : ndarray or dask.dataframe.DataFrame, optional
         With ``cache``: the ``rep`` of every image (or ``index, rep``) of the groups ``reps``
         represent, to tell which old representatives are no longer ones.
+    transform : Whitening, optional
+        Search the embeddings whitened by it (:mod:`dedupdask.whitening`), unreduced, wherever
+        they are read; not with ``cache`` (a kept graph belongs to one whitening).
 
     Returns
     -------
@@ -628,5 +647,5 @@ def knn_graph_work_dir(
     return _work_dir_graph(
         col, reps, k, config=config, method=method,
         random_state=random_state, which=which, d=d, vectors=vectors, table=False,
-        cache=cache, groups=groups,
+        cache=cache, groups=groups, transform=transform,
     )  # fmt: skip

@@ -101,6 +101,9 @@ class VectorBlock:
     offset : int or None
         Global index of the file's row 0 (an archive's first image); None on every block of a
         source whose positions are the global indices.
+    post : Whitening or None
+        Applied to every row read (its ``apply``): the block then gives whitened rows
+        (:mod:`dedupdask.whitening`), ``post.dims`` wide.
     """
 
     wd: WorkDir
@@ -110,6 +113,7 @@ class VectorBlock:
     rows: np.ndarray | None = None
     dtype: str = "<f4"
     offset: int | None = None
+    post: Any = None
 
     @property
     def size(self) -> int:
@@ -127,7 +131,8 @@ class VectorBlock:
         if local is None:
             local = np.arange(self.size, dtype=np.int64)
         file_rows = local if self.rows is None else self.rows[local]
-        return read_file_rows(self.wd, self.path, self.width, self.dtype, file_rows)
+        out = read_file_rows(self.wd, self.path, self.width, self.dtype, file_rows)
+        return out if self.post is None else self.post.apply(out)
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,9 @@ class VectorSource:
 
     @classmethod
     def from_collection(
-        cls, col: Any, reps: np.ndarray | None = None, *, which: str = "dat", d: int | None = None
-    ) -> VectorSource:
+        cls, col: Any, reps: np.ndarray | None = None, *, which: str = "dat", d: int | None = None,
+        post: Any = None,
+    ) -> VectorSource:  # fmt: skip
         """The ``.dat`` files of a :class:`~dedupdask.collect.Collection`, rows ``reps`` only.
 
         Parameters
@@ -193,6 +199,9 @@ class VectorSource:
             Sorted global indices taking part (default: all rows).
         which, d : str, int
             ``"dct"`` and 63: the DCT descriptors (``dct.dat``) instead of the embeddings.
+        post : Whitening, optional
+            Every row read is whitened (:attr:`VectorBlock.post`); the source is
+            ``post.dims`` wide.
         """
         width = int(col.d if d is None else d)
         blocks = []
@@ -210,9 +219,9 @@ class VectorSource:
                     rows = (reps[lo:hi] - a.offset).astype(np.int64)
             path = col.work_dir.file(a.name, which)
             blocks.append(
-                VectorBlock(col.work_dir, path, width, a.n_valid, rows, offset=int(a.offset))
+                VectorBlock(col.work_dir, path, width, a.n_valid, rows, offset=int(a.offset), post=post)
             )
-        return cls(tuple(blocks), width)
+        return cls(tuple(blocks), width if post is None else int(post.dims))
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         """Rows at sorted global ``positions`` (as stored in the files).

@@ -132,7 +132,10 @@ def _crop_resize(im: Image.Image) -> Image.Image:
     return c.resize((int(c.width * 0.6), int(c.height * 0.6)), Image.Resampling.BICUBIC)
 
 
-def _inputs(wd: str, *, verify: bool = True, copy_tier: bool = True, no_embedding_edges: bool = False):
+def _inputs(
+    wd: str, *, verify: bool = True, copy_tier: bool = True, no_embedding_edges: bool = False,
+    whiten: bool = False,
+):  # fmt: skip
     """What analysis gives both tiers: groups, their tables, the input graph, the params."""
     from dedupdask.analyses.exact_dask import EXACT_KEYS, INPUT_KEYS, exact_groups_dask
     from dedupdask.analyses.tiers import resolve_params
@@ -150,7 +153,7 @@ def _inputs(wd: str, *, verify: bool = True, copy_tier: bool = True, no_embeddin
     inputs = exact_groups(valid["md5"], valid["pixel_md5"], valid["input_md5"])
     params = resolve_params(
         resolve(cfg, col.model), has_dct=copy_tier and has_dct(col), verify=verify,
-        nearest_neighbors_k=cfg.nearest_neighbors_k,
+        nearest_neighbors_k=cfg.nearest_neighbors_k, whiten=whiten,
     )  # fmt: skip
     idx, sim, _, _ = knn_graph_work_dir(col, inputs.reps, params.k, config=cfg, method="exact")
     if no_embedding_edges:  # every pair then comes from the DCT graph (or the ring of siblings)
@@ -192,6 +195,7 @@ def _same_tiers(wd: str, *, reads_may_differ: bool = False, **modes: bool) -> di
     }
     assert got.verification.keys() == want.verification.keys()
     assert got.dct_knn == want.dct_knn
+    assert got.whitening == want.whitening
     return {"decided": decided, "counts": got.counts, "verification": got.verification, "groups": (groups, inputs)}
 
 
@@ -304,3 +308,44 @@ def test_a_frame_without_its_columns_is_a_clear_error(shards_work_dir):
     graph = graph_frame(inputs.reps, idx, sim).drop(columns="rank")
     with pytest.raises(ValueError, match="emb_graph has no column 'rank'"):
         run_tiers_frames(col, col.files(), ex_t, in_t, graph, params)
+
+
+def test_whitened_candidates_decide_like_in_process(shards_work_dir, monkeypatch):
+    """With a whitened_threshold the band's candidates are the whitened graph's pairs: the
+    same on the workers as in process, each verified pair of the band at or above the cut,
+    and the embedding graph proposes only what is accepted without verification."""
+    from dedupdask import whitening
+
+    monkeypatch.setattr(whitening, "DIMS", 8)  # 40 images: 8 axes are what they can estimate
+    with dask.config.set(scheduler="sync"):
+        out = _same_tiers(shards_work_dir, whiten=True)
+        raw = _same_tiers(shards_work_dir)
+    d = out["decided"]
+    cut = np.float32(0.457)
+    assert d["whitened_similarity"].notna().any() and raw["decided"]["whitened_similarity"].isna().all()
+    band = d["to_verify"] & ~(d["copy_similarity"] >= np.float32(0.995)) & ~d["same_input"]
+    assert band.any() and (d.loc[band, "whitened_similarity"] >= cut).all()
+    only_raw = d["whitened_similarity"].isna() & d["copy_similarity"].isna()
+    assert (d.loc[only_raw, "similarity"] >= np.float32(0.99)).all()
+    assert (d["similarity"].notna()).all()  # the pairs only other graphs have get their cosine
+
+
+def test_run_json_says_how_the_candidates_to_verify_were_chosen(shards_work_dir, monkeypatch):
+    from dedupdask import whitening
+    from dedupdask.analysis import build
+    from dedupdask.config import RunConfig
+
+    cfg = RunConfig(run_mode=2, progress=False)
+    with dask.config.set(scheduler="sync"):
+        small = build(shards_work_dir, config=cfg, write=False).run
+        monkeypatch.setattr(whitening, "MIN_IMAGES", 10)
+        monkeypatch.setattr(whitening, "DIMS", 8)
+        white = build(shards_work_dir, config=cfg, write=False).run
+        off = build(shards_work_dir, config=RunConfig(run_mode=2, progress=False, verify=False), write=False).run
+    n = small["counts"]["images"]
+    assert small["whitening"] == {"used": False, "reason": f"{n} images < 2000: candidates by verify_threshold"}
+    assert small["parameters"]["whitened_threshold"] is None
+    assert white["parameters"]["whitened_threshold"] == 0.457
+    assert white["whitening"]["dims"] == 8 and white["whitening"]["sample"] == n
+    assert white["whitening"]["knn"]["method"] == "exact"
+    assert off["whitening"] == {"used": False, "reason": "verify=False"}

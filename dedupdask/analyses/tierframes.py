@@ -39,6 +39,8 @@ class TierFrames:
         Cost of verification (``TierOutcome.verification``).
     dct_knn : dict
         How the DCT kNN graph was computed (``TierOutcome.dct_knn``).
+    whitening : dict
+        The whitening and its kNN graph (``TierOutcome.whitening``).
 
     Examples
     --------
@@ -54,3 +56,4 @@ class TierFrames:
     counts: dict[str, int] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     dct_knn: dict[str, Any] = field(default_factory=dict)
+    whitening: dict[str, Any] = field(default_factory=dict)

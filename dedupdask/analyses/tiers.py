@@ -10,11 +10,13 @@ duplicates. So pairs are found in tiers and each pair is labelled with the stron
 ``copy``
     DCT cosine >= ``copy_threshold`` (a kNN graph over the 63-d ``dct.dat`` vectors).
 ``near``
-    Embedding cosine >= ``threshold`` (the model's kNN graph), or a *candidate* with
-    embedding cosine >= ``verify_threshold`` that :mod:`dedupdask.verify` confirms.
+    Embedding cosine >= ``threshold`` (the model's kNN graph), or a *candidate* that
+    :mod:`dedupdask.verify` confirms: a pair of the kNN graph of the run's whitened embedding
+    (:mod:`dedupdask.whitening`) with whitened cosine >= ``whitened_threshold``, or, in runs
+    too small to whiten, a pair with embedding cosine >= ``verify_threshold``.
 
 Verification (pixel alignment, ~1-3 ms of a core per pair) decides every pair that is not certain:
-candidates of the looser embedding band ``[verify_threshold, threshold)`` and every copy
+the candidates of that looser band (below ``threshold``) and every copy
 candidate, because on clip art the DCT also matches colour variants and near-identical
 drawings (measured in ``benchmarks/results/quality_tiers.txt``). Pairs at or above
 ``threshold`` are accepted without it, except pairs whose model inputs are equal
@@ -68,8 +70,8 @@ __all__ = [
 
 KINDS = ("exact", "copy", "near")
 DECIDED_COLUMNS = (
-    "from", "to", "similarity", "copy_similarity", "same_input", "kind", "direct", "to_verify",
-    "accepted", "verify_score", "verify_error",
+    "from", "to", "similarity", "copy_similarity", "whitened_similarity", "same_input", "kind", "direct",
+    "to_verify", "accepted", "verify_score", "verify_error",
 )  # fmt: skip
 """Columns of the tiers' decided pairs (``TierOutcome.decided``, ``TierFrames.decided``)."""
 TIER_K = 5
@@ -98,6 +100,11 @@ class TierParams:
         Neighbours searched per image in each kNN graph.
     early_accept : float
         Verification score at which the search for a better alignment stops.
+    keypoints : bool
+        Verification also asks the keypoint matcher.
+    whitened_threshold : float or None
+        Whitened embedding cosine of a verification candidate, which then replaces
+        ``verify_threshold``'s band (None: the raw band, or none).
     """
 
     threshold: float
@@ -109,6 +116,7 @@ class TierParams:
     k: int
     early_accept: float
     keypoints: bool = False
+    whitened_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +129,7 @@ def resolve_params(
     verify: bool,
     nearest_neighbors_k: int,
     keypoints: bool = False,
+    whiten: bool = False,
 ) -> TierParams:
     """Apply a run's mode to its resolved thresholds (:func:`dedupdask.thresholds.resolve`).
 
@@ -136,6 +145,10 @@ def resolve_params(
         The user's k; the tiers search at least :data:`TIER_K` neighbours.
     keypoints : bool
         Verification also asks the keypoint matcher (``verify_keypoints``).
+    whiten : bool
+        The run is large enough to whiten (:data:`dedupdask.whitening.MIN_IMAGES`): the
+        candidates to verify come from the whitened graph when the model has a
+        ``whitened_threshold``.
 
     Examples
     --------
@@ -148,8 +161,9 @@ def resolve_params(
     """
     copy_threshold = thresholds.copy_threshold if has_dct else None
     verify_threshold = thresholds.verify_threshold if verify else None
+    whitened = thresholds.whitened_threshold if (verify and whiten) else None
     k = int(nearest_neighbors_k)
-    if copy_threshold is not None or verify_threshold is not None:
+    if copy_threshold is not None or verify_threshold is not None or whitened is not None:
         k = max(k, TIER_K)
     return TierParams(
         threshold=thresholds.threshold,
@@ -161,6 +175,7 @@ def resolve_params(
         k=k,
         early_accept=thresholds.early_accept,
         keypoints=bool(keypoints and verify),
+        whitened_threshold=whitened,
     )
 
 
@@ -200,15 +215,20 @@ def _edges(
 
 
 def candidate_cut(params: TierParams) -> float:
-    """Embedding similarity from which a kNN edge is a candidate pair of some tier."""
+    """Embedding similarity from which a kNN edge is a candidate pair of some tier.
+
+    With a ``whitened_threshold`` the band's candidates come from the whitened graph, so the
+    embedding graph proposes only the pairs accepted without verification."""
     cut = params.threshold
-    if params.verify_threshold is not None:
+    if params.verify_threshold is not None and params.whitened_threshold is None:
         cut = min(cut, params.verify_threshold)
     return cut
 
 
-def merge_candidates(emb: pd.DataFrame, dct: pd.DataFrame | None) -> pd.DataFrame:
-    """The candidate pairs of both graphs, each with what each graph says.
+def merge_candidates(
+    emb: pd.DataFrame, dct: pd.DataFrame | None, white: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The candidate pairs of the graphs, each with what each graph says.
 
     Parameters
     ----------
@@ -216,19 +236,24 @@ def merge_candidates(emb: pd.DataFrame, dct: pd.DataFrame | None) -> pd.DataFram
         ``from, to, similarity``: unique embedding pairs (:func:`unique_pairs`).
     dct : DataFrame or None
         ``from, to, copy_similarity``: unique DCT pairs; None without a copy tier.
+    white : DataFrame or None
+        ``from, to, whitened_similarity``: unique whitened-graph pairs; None without one.
 
     Returns
     -------
     DataFrame
-        ``from, to, similarity, copy_similarity`` (NaN where a graph does not have the
-        pair), sorted by ``from, to``, with any other columns of ``emb`` / ``dct``.
+        ``from, to, similarity, copy_similarity, whitened_similarity`` (NaN where a graph
+        does not have the pair), sorted by ``from, to``, with any other columns of the inputs.
     """
-    if dct is not None:
-        out = emb.merge(dct, on=["from", "to"], how="outer")
-    else:
-        out = emb.assign(copy_similarity=np.float32(np.nan))
+    out = emb
+    for other, col in ((dct, "copy_similarity"), (white, "whitened_similarity")):
+        if other is not None:
+            out = out.merge(other, on=["from", "to"], how="outer")
+        else:
+            out = out.assign(**{col: np.float32(np.nan)})
     out = out.sort_values(["from", "to"], kind="stable").reset_index(drop=True)
-    return out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32"})
+    return out.astype({"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32",
+                       "whitened_similarity": "float32"})  # fmt: skip
 
 
 def candidate_pairs(
@@ -238,11 +263,14 @@ def candidate_pairs(
     params: TierParams,
     *,
     input_rep: np.ndarray | None = None,
+    white_graph: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Representative pairs that some tier proposes, with what each graph says.
 
     Parameters
     ----------
+    white_graph : (ndarray, ndarray), optional
+        The whitened embedding's kNN graph over ``reps`` (with ``params.whitened_threshold``).
     input_rep : ndarray, optional
         int64 ``[N]``: each image's input group (see
         :func:`dedupdask.analyses.exact.expand_graph`); pairs inside one are ``same_input``.
@@ -251,8 +279,9 @@ def candidate_pairs(
     -------
     DataFrame
         ``from, to`` (global indices, ``from < to``), ``similarity`` (embedding cosine from
-        the graph, NaN when only the DCT graph has the pair), ``copy_similarity`` (likewise
-        from the DCT graph), ``same_input`` (equal model inputs, not exact duplicates).
+        the graph, NaN when only another graph has the pair), ``copy_similarity`` and
+        ``whitened_similarity`` (likewise from the DCT and whitened graphs), ``same_input``
+        (equal model inputs, not exact duplicates).
 
     Examples
     --------
@@ -269,7 +298,11 @@ def candidate_pairs(
     if dct_graph is not None and params.copy_threshold is not None:
         a, b, s = _edges(reps, dct_graph[0], dct_graph[1], params.copy_threshold)
         dct = pd.DataFrame({"from": a, "to": b, "copy_similarity": s})
-    out = merge_candidates(emb, dct)
+    white = None
+    if white_graph is not None and params.whitened_threshold is not None:
+        a, b, s = _edges(reps, white_graph[0], white_graph[1], params.whitened_threshold)
+        white = pd.DataFrame({"from": a, "to": b, "whitened_similarity": s})
+    out = merge_candidates(emb, dct, white)
     if input_rep is None:
         out["same_input"] = False
     else:
@@ -309,11 +342,13 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         copy = (dct >= np.float32(params.copy_threshold)) if params.copy_threshold is not None else np.zeros(len(out), bool)
         direct = emb >= np.float32(params.threshold)
-        band = (
-            emb >= np.float32(params.verify_threshold)
-            if params.verify_threshold is not None
-            else np.zeros(len(out), bool)
-        )
+        if params.whitened_threshold is not None:
+            white = out["whitened_similarity"].to_numpy(np.float32)
+            band = white >= np.float32(params.whitened_threshold)
+        elif params.verify_threshold is not None:
+            band = emb >= np.float32(params.verify_threshold)
+        else:
+            band = np.zeros(len(out), bool)
     same = out["same_input"].to_numpy(bool) if "same_input" in out else np.zeros(len(out), bool)
     direct &= ~same
     stands = copy | same  # what an unverifiable pair is accepted on

@@ -9,8 +9,10 @@ Every rule is the in-process one, applied per partition (:mod:`dedupdask.analyse
 1. **expand**: the embedding graph becomes the exact representatives' graph
    (:func:`dedupdask.analyses.expand_dask.expand_graph_frame`); each row keeps both ends'
    input representatives;
-2. **dct**: the DCT graph of the exact representatives (:func:`dct_graph_frame`);
-3. **pairs**: the edges of both graphs at or above their cuts are shuffled on ``from`` (the
+2. **dct**: the DCT graph of the exact representatives (:func:`dct_graph_frame`); and, with a
+   ``whitened_threshold``, the kNN graph of the run's whitened embedding over the input
+   representatives, expanded like the embedding graph (:func:`whitened_graph_frame`);
+3. **pairs**: the edges of the graphs at or above their cuts are shuffled on ``from`` (the
    smaller index) so that the two directions of a pair and both graphs' views of it meet;
    each partition makes its unique candidate pairs (:func:`~.tiers.unique_pairs`,
    :func:`~.tiers.merge_candidates`), marks pairs of equal model inputs, reads the cosines no
@@ -39,6 +41,7 @@ from ..knn import DEFAULT_RANDOM_STATE
 from ..knn_incremental import scores_identity
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
+from ..whitening import fit_whitening
 from .expand_dask import expand_graph_frame, sibling_frame
 from .graph import GRAPH_COLUMNS
 from .routing import ask, route, shuffle_method
@@ -55,7 +58,7 @@ from .tiers import (
     verified_counts,
 )
 
-__all__ = ["TierFrames", "dct_graph_frame", "run_tiers_frames"]
+__all__ = ["TierFrames", "dct_graph_frame", "run_tiers_frames", "whitened_graph_frame"]
 
 _I64 = np.int64
 _DECISION = ("kind", "direct", "to_verify", "accepted")
@@ -95,6 +98,32 @@ def dct_graph_frame(
     return graph, info
 
 
+def whitened_graph_frame(
+    col: Any, inputs: Any, params: TierParams, *, method: str = "auto",
+    random_state: int = DEFAULT_RANDOM_STATE, knn_config: Any = None,
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The kNN graph of the run's whitened embedding over the input representatives (a graph
+    table; None without a ``whitened_threshold``) and what to record of it.
+
+    The whitening is fitted by one task on a sample (:func:`dedupdask.whitening.fit_whitening`)
+    and applied where each task reads its rows; the graph is searched like the embedding
+    graph, over the input representatives, and is not kept between builds.
+    """
+    from ..knn_partitioned import knn_graph_frame_work_dir
+
+    if params.whitened_threshold is None:
+        return None, {}
+    reps = inputs[inputs["index"] == inputs["rep"]]["index"].persist()
+    if len(reps) <= 1:
+        return None, {}
+    w = fit_whitening(col, random_state=random_state)
+    graph, _, info = knn_graph_frame_work_dir(
+        col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
+        transform=w,
+    )  # fmt: skip
+    return graph, {**w.to_dict(), "knn": info}
+
+
 # -- per partition -------------------------------------------------------------------------------
 _EDGE_META = pd.DataFrame(
     {
@@ -109,8 +138,9 @@ _EDGE_META = pd.DataFrame(
 )
 
 
-def _emb_edges(part: pd.DataFrame, cut: float) -> pd.DataFrame:
-    """Embedding graph rows at or above ``cut`` as edges ``from < to`` with both input reps."""
+def _emb_edges(part: pd.DataFrame, cut: float, src: int = 0) -> pd.DataFrame:
+    """Embedding graph rows at or above ``cut`` as edges ``from < to`` with both input reps
+    (``src`` 2: the whitened graph's)."""
     keep = part["similarity"].to_numpy(np.float32) >= np.float32(cut)
     a, b = part["from"].to_numpy(_I64)[keep], part["to"].to_numpy(_I64)[keep]
     ca, cb = part["from_input"].to_numpy(_I64)[keep], part["to_input"].to_numpy(_I64)[keep]
@@ -120,7 +150,7 @@ def _emb_edges(part: pd.DataFrame, cut: float) -> pd.DataFrame:
             "from": np.where(swap, b, a),
             "to": np.where(swap, a, b),
             "s": part["similarity"].to_numpy(np.float32)[keep],
-            "src": np.zeros(a.size, np.int8),
+            "src": np.full(a.size, src, np.int8),
             "c_from": np.where(swap, cb, ca),
             "c_to": np.where(swap, ca, cb),
         }
@@ -154,19 +184,24 @@ def _edge_order(edges: pd.DataFrame) -> pd.DataFrame:
 def _candidates(
     part: pd.DataFrame, params: TierParams, partition_info: dict | None = None
 ) -> pd.DataFrame:
-    """:func:`~.tiers.candidate_pairs` of the edges of one partition (all of its pairs' edges)."""
+    """:func:`~.tiers.candidate_pairs` of the edges of one partition (all of its pairs' edges:
+    ``src`` 0 embedding, 1 DCT, 2 whitened)."""
     src = part["src"].to_numpy(np.int8)
     s = part["s"].to_numpy(np.float32)
     frm, to = part["from"].to_numpy(_I64), part["to"].to_numpy(_I64)
     e = (src == 0) & (s >= np.float32(candidate_cut(params)))
     a, b, sim = unique_pairs(frm[e], to[e], s[e])
     emb = pd.DataFrame({"from": a, "to": b, "similarity": sim})
-    dct = None
+    dct = white = None
     if params.copy_threshold is not None:
         d = src == 1
         a, b, sim = unique_pairs(frm[d], to[d], s[d])
         dct = pd.DataFrame({"from": a, "to": b, "copy_similarity": sim})
-    out = merge_candidates(emb, dct)
+    if params.whitened_threshold is not None:
+        w = src == 2
+        a, b, sim = unique_pairs(frm[w], to[w], s[w])
+        white = pd.DataFrame({"from": a, "to": b, "whitened_similarity": sim})
+    out = merge_candidates(emb, dct, white)
     ins = part.loc[:, ["from", "to", "c_from", "c_to"]].drop_duplicates(["from", "to"])
     out = out.merge(ins, on=["from", "to"], how="left", sort=False)
     out["same_input"] = out["c_from"].to_numpy(_I64) == out["c_to"].to_numpy(_I64)
@@ -318,8 +353,17 @@ def run_tiers_frames(
         graph_cache=graph_cache,
     )
 
+    white_graph, white_about = whitened_graph_frame(
+        col, inputs, params, method=method, random_state=random_state, knn_config=knn_config
+    )
+
     low = min(candidate_cut(params), params.ccthreshold)
     parts = [graph.map_partitions(_emb_edges, low, meta=_EDGE_META, enforce_metadata=False)]
+    if white_graph is not None:  # expanded like the embedding graph: both ends' input reps
+        white = expand_graph_frame(white_graph, exact, inputs, k, siblings=sib, n_siblings=n_sib)
+        parts.append(white.map_partitions(
+            _emb_edges, params.whitened_threshold, 2, meta=_EDGE_META, enforce_metadata=False
+        ))  # fmt: skip
     if dct_graph is not None:
         dct = dct_graph.map_partitions(
             _dct_edges, params.copy_threshold, meta=_EDGE_META, enforce_metadata=False
@@ -395,7 +439,7 @@ def run_tiers_frames(
     counts = {c: totals[c] for c in tier_counts(final_meta)}
     cost = finish_cost(cost, totals["verified_accepted"], totals["verified_rejected"])
     out_graph = graph[list(GRAPH_COLUMNS)]
-    return TierFrames(decided, comp, out_graph, counts, cost, dct_knn)
+    return TierFrames(decided, comp, out_graph, counts, cost, dct_knn, white_about)
 
 
 def _check_columns(*frames: tuple[Any, str, tuple[str, ...]]) -> None:
