@@ -162,9 +162,10 @@ def run_dedupdask(root: Path, wd: Path, cores: int, keypoints: bool = False) -> 
         out["invalid"] = len(res.invalid)
         log(f"dedupdask: {len(res.similarity)} pairs in {out['seconds']:.0f} s; loose analysis")
         t0 = time.perf_counter()
-        loose = build(str(wd), config=RunConfig(run_mode=2, progress=False, verify_keypoints=keypoints,
-                                                **quality_tiers.LOOSE),
-                      client=client, write=False)  # fmt: skip
+        with quality_tiers.raw_band():
+            loose = build(str(wd), config=RunConfig(run_mode=2, progress=False, verify_keypoints=keypoints,
+                                                    **quality_tiers.LOOSE),
+                          client=client, write=False)  # fmt: skip
         out["loose_seconds"] = time.perf_counter() - t0
         out["loose"] = loose.similarity.compute()
         out["loose_verification"] = loose.run.get("verification", {})
@@ -325,9 +326,11 @@ def candidate_frame(truth: Truth, sim: pd.DataFrame) -> pd.DataFrame:
 
 
 def planted_cosines(truth: Truth, wd: Path) -> pd.DataFrame:
-    """Embedding and DCT cosine of every planted pair, read from the work_dir's vectors."""
+    """Embedding, DCT and whitened embedding cosine of every planted pair, from the work_dir's
+    vectors (the whitening fitted as the run fits it: on every row, fewer than its sample)."""
     from dedupdask.collect import collect
     from dedupdask.fusion import DCT_DIM, pair_cosines
+    from dedupdask.whitening import fit_whitening
 
     names = pd.read_csv(wd / "atrain_features.dat.csv", keep_default_na=False)["filename"]
     gidx = {vs_fastdup.archive_key(f): i for i, f in enumerate(names)}
@@ -341,7 +344,10 @@ def planted_cosines(truth: Truth, wd: Path) -> pd.DataFrame:
     dct = np.full(len(p), np.nan, np.float32)
     emb[ok] = pair_cosines(col.vector_rows, ga[ok], gb[ok])
     dct[ok] = pair_cosines(lambda r: col.vector_rows(r, which="dct", d=DCT_DIM), ga[ok], gb[ok])
-    return pd.DataFrame({"emb": emb, "dct": dct})
+    w = fit_whitening(col)
+    white = np.full(len(p), np.nan, np.float32)
+    white[ok] = pair_cosines(lambda r: w.apply(col.vector_rows(r)), ga[ok], gb[ok])
+    return pd.DataFrame({"emb": emb, "dct": dct, "white": white})
 
 
 LOSS_KINDS = ("copy", "near direct", "near verified", "below cuts", "not in 5-NN", "no alignment",
@@ -352,6 +358,9 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
     """Per family: how dedupdask accepted its planted pairs, and where it lost the others."""
     prm = ddk["params"]
     t, vt, ct, vs = (float(prm[k]) for k in ("threshold", "verify_threshold", "copy_threshold", "verify_score"))
+    wt = prm.get("whitened_threshold")  # the band of the run: whitened cosine, or raw
+    band_of, band = (cos["white"].to_numpy(), f"whitened >= {wt}") if wt is not None else (cos["emb"].to_numpy(), f"embedding >= {vt}")
+    cut = float(wt) if wt is not None else vt
     acc = candidate_frame(truth, ddk["similarity"]).set_index(["a", "b"])
     lz = loose.set_index(["a", "b"])
     p = truth.planted
@@ -367,12 +376,12 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
     with np.errstate(invalid="ignore"):
         why = np.select(
             [in_acc & (kind == "exact"), in_acc & (kind == "copy"), in_acc & np.isnan(vsc_acc), in_acc,
-             (emb < vt) & ~(dct >= ct), ~in_loose, vsc <= -1 + 1e-6, vsc < vs],
+             (band_of < cut) & ~(dct >= ct), ~in_loose, vsc <= -1 + 1e-6, vsc < vs],
             ["exact", "copy", "near direct", "near verified", "below cuts", "not in 5-NN", "no alignment",
              "verify rejected"],
             "other",
         )  # fmt: skip
-    diag = pd.DataFrame({"family": p["family"], "why": why, "emb": emb, "dct": dct, "verify": vsc})
+    diag = pd.DataFrame({"family": p["family"], "why": why, "emb": emb, "dct": dct, "verify": vsc, "band": band_of})
     rows = []
     for f in [*ef.HELD_OUT, *ef.TUNE]:
         d = diag[diag["family"] == f]
@@ -383,7 +392,7 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
                      *(str(int(c.get(k, 0))) for k in LOSS_KINDS),
                      f2(miss["emb"].median()), f"{miss['dct'].median():.3f}" if len(miss) else "-",
                      f"{rej['verify'].median():.2f}" if len(rej) else "-",
-                     f"{(miss['emb'] >= vt).mean():.2f}" if len(miss) else "-"])  # fmt: skip
+                     f"{(miss['band'] >= cut).mean():.2f}" if len(miss) else "-"])  # fmt: skip
     c = diag["why"].value_counts()
     miss = diag[~diag["why"].isin(["exact", "copy", "near direct", "near verified"])]
     rej = diag[diag["why"].isin(["no alignment", "verify rejected"])]
@@ -391,13 +400,13 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
                  *(f"**{int(c.get(k, 0))}**" for k in LOSS_KINDS),
                  f2(miss["emb"].median()), f"{miss['dct'].median():.3f}" if len(miss) else "-",
                  f"{rej['verify'].median():.2f}" if len(rej) else "-",
-                 f"{(miss['emb'] >= vt).mean():.2f}" if len(miss) else "-"])  # fmt: skip
+                 f"{(miss['band'] >= cut).mean():.2f}" if len(miss) else "-"])  # fmt: skip
     head = ["family", "pairs", f"found: copy tier (DCT >= {ct}, verified)", f"found: near, embedding >= {t}",
-            f"found: near, verified (embedding >= {vt}, score >= {vs})", "lost: below both cuts",
+            f"found: near, verified ({band}, score >= {vs})", "lost: below both cuts",
             "lost: not among 5 nearest", "lost: verification found no alignment (score -1)",
             f"lost: verification scored < {vs} (both matchers)", "lost: other",
             "lost: median embedding cos", "lost: median DCT cos", "rejected: median verify score",
-            f"lost: share with embedding >= {vt}"]  # fmt: skip
+            f"lost: share with {band}"]  # fmt: skip
     return table(rows, head), diag
 
 
@@ -610,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
       f"{desc['reserved']} pictures kept out as stickers / insets; {len(desc['dropped'])} repeated pictures dropped.")  # fmt: skip
     for note in desc["notes"]:
         p(f"NOTE: {note}")
-    p(f"dedupdask {ddkmod.__version__}: ddk.run(run_mode=0) defaults {json.dumps({k: ddk['params'][k] for k in ('threshold', 'ccthreshold', 'copy_threshold', 'verify_threshold', 'verify_score', 'knn_k') if k in ddk['params']})}; "
+    p(f"dedupdask {ddkmod.__version__}: ddk.run(run_mode=0) defaults {json.dumps({k: ddk['params'][k] for k in ('threshold', 'ccthreshold', 'copy_threshold', 'verify_threshold', 'whitened_threshold', 'verify_score', 'knn_k') if k in ddk['params']})}; "
       f"{len(ddk['similarity'])} pairs, {ddk['invalid']} invalid, {ddk['seconds']:.0f} s wall; verification: "
       f"{ddk['verification'].get('candidates', 0)} candidates, {ddk['verification'].get('accepted', 0)} accepted.")  # fmt: skip
     if fd is not None:
@@ -662,8 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     p(f"Found pairs by their similarity-table tier; lost pairs classified from a loose analysis of the same "
       f"work_dir (kNN k=5 per descriptor, every candidate with embedding >= {quality_tiers.LOOSE['verify_threshold']} "
       f"or DCT >= {quality_tiers.LOOSE['copy_threshold']} verified: {lv.get('candidates', 0)} pairs, "
-      f"{ddk['loose_seconds']:.0f} s) and the work_dir's vectors. 'below both cuts' = embedding < verify_threshold "
-      "and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut but neither image "
+      f"{ddk['loose_seconds']:.0f} s; the raw band whatever the run's size) and the work_dir's vectors. 'below "
+      "both cuts' = below the run's band (whitened cosine < whitened_threshold in runs that whiten, else embedding < "
+      "verify_threshold) and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut "
+      "but neither image "
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate whose score is -1: "
       f"the pixel alignment's correlation too low, or its residual so large that the score is clipped at -1 (an "
       f"alignment found, but colours its one brightness gain cannot map: greyscale, sepia, saturation), and fewer "

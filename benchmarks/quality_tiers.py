@@ -26,17 +26,20 @@ copy ("pp"), and "look-alike pairs" (pairs between two distinct originals, or th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -373,6 +376,21 @@ def tune(table: pd.DataFrame, truth: Truth, half: str, *, min_pp: float = 0.975)
 # -- the run ------------------------------------------------------------------------------------
 LOOSE = {"threshold": 1.0, "ccthreshold": 1.0, "verify_threshold": 0.5, "copy_threshold": 0.9,
          "verify_score": -1.0}  # fmt: skip
+
+
+@contextlib.contextmanager
+def raw_band() -> Any:
+    """The loose runs verify every kNN pair down to raw cosine ``LOOSE["verify_threshold"]``,
+    whatever the run's size: no whitened candidates (dedupdask.whitening), so the loose table
+    stays the superset the grid replays raw-band rules on."""
+    from dedupdask import whitening
+
+    keep = whitening.MIN_IMAGES
+    whitening.MIN_IMAGES = sys.maxsize
+    try:
+        yield
+    finally:
+        whitening.MIN_IMAGES = keep
 MIN_PP = 0.96  # tuning constraint on half A (see the report)
 MODEL_THRESHOLD = 0.79  # effnet-lite0's single-tier threshold in done.json (quality.txt)
 FASTDUP_REFERENCE = (
@@ -463,7 +481,8 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
     else:
         log("loose run (every candidate verified) for tuning")
         t0 = _now()
-        loose = build(wd, config=RunConfig(run_mode=2, progress=False, **LOOSE), write=False)
+        with raw_band():
+            loose = build(wd, config=RunConfig(run_mode=2, progress=False, **LOOSE), write=False)
         t_loose = _now() - t0
         table = loose.similarity.compute()
         loose_ver = loose.run["verification"]

@@ -16,7 +16,9 @@ standard deviation, then L2-normalised; Jegou & Chum 2012) does to that choice, 
 - ``tiers``: ``quality.py --tiers``'s shards (clip art, card decks, photos; planted copies);
 - ``synthetic``: ``vs_fastdup.py``'s default shards (extracted here when needed).
 
-For each vector form (raw, centred, whitened to 128/256/512 dims) it lists the kNN pairs
+For each vector form (raw, centred, whitened to 128/256/512 dims, and ``package``: the
+package's own :class:`dedupdask.whitening.Whitening`, whose ``own`` row at 97 % tuning fixed
+the default ``whitened_threshold``) it lists the kNN pairs
 (k = 5 per image, exact search, in that form; and, for the cheaper change, the raw vectors'
 kNN pairs scored with that form's cosine), fixes the cosine cut on the *tuning families* alone (the
 cut that keeps 95 % / 97 % / 99 % of their planted pairs among the kNN pairs), and applies

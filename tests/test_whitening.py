@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask
 import numpy as np
+import pytest
 
 from dedupdask.knn import exact_knn
 from dedupdask.knn_partitioned import knn_graph_partitioned
@@ -100,3 +101,40 @@ def test_partitioned_search_in_whitened_space_finds_the_whitened_neighbours(tmp_
     copies = np.arange(100)  # each near copy's nearest whitened neighbour is its original
     assert (e_idx[copies + 3900, 0] == copies).all()
     assert (idx[copies + 3900, 0] == copies).mean() >= 0.98
+
+
+@pytest.mark.slow  # ~2 min: 2,100 images extracted, analysed twice
+def test_a_look_alike_set_verifies_its_copies_not_every_pair(tmp_path, monkeypatch):
+    """vs_fastdup.py's default kind of shards: random pictures of one style, which raw cosine
+    puts at 0.65-0.85 from each other. The whitened candidates find the same planted pairs
+    while verifying a small fraction of the pairs the raw band sends."""
+    from dedupdask import whitening
+    from dedupdask.analysis import build
+    from dedupdask.config import RunConfig
+    from dedupdask.datasets import make_sample_shards
+    from dedupdask.pipeline import extract
+
+    shards = make_sample_shards(
+        str(tmp_path / "shards"), n_shards=4, images_per_shard=500, n_near=100, n_exact=20,
+        formats=("tar",), broken=False, seed=3,
+    )  # fmt: skip
+    extract(shards.root, str(tmp_path / "work"), progress=False)
+    cfg = RunConfig(run_mode=2, progress=False)
+    white = build(str(tmp_path / "work"), config=cfg, write=False)
+    monkeypatch.setattr(whitening, "MIN_IMAGES", 10**9)
+    raw = build(str(tmp_path / "work"), config=cfg, write=False)
+    assert white.run["whitening"]["dims"] == 256 and white.run["parameters"]["whitened_threshold"] == 0.457
+    assert raw.run["whitening"]["used"] is False
+
+    def found(res) -> set:
+        sim = res.similarity.compute() if hasattr(res.similarity, "compute") else res.similarity
+        return {frozenset(p) for p in zip(sim["filename_from"], sim["filename_to"], strict=True)}
+
+    truth = {frozenset(p) for p in zip(shards.truth["filename_a"], shards.truth["filename_b"], strict=True)}
+    got_white, got_raw = found(white), found(raw)
+    assert len(truth & got_raw) >= 0.95 * len(truth)
+    assert truth & got_raw <= got_white  # every planted pair the raw band found
+    assert len(got_white - truth) <= len(got_raw - truth)
+    n_white = white.run["verification"]["candidates"]
+    n_raw = raw.run["verification"]["candidates"]
+    assert n_white < 0.1 * n_raw, (n_white, n_raw)
