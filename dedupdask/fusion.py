@@ -46,7 +46,7 @@ from .knn_partitioned import knn_graph_work_dir
 from .store import SUFFIXES
 from .verify import finish_cost, verify_pairs
 from .verify_frames import image_info
-from .whitening import fit_whitening
+from .whitening import run_whitening
 
 __all__ = ["DCT_DIM", "TierOutcome", "dct_vectors", "has_dct", "pair_cosines", "run_tiers"]
 
@@ -224,7 +224,7 @@ def run_tiers(
     white_graph, white_about = None, {}
     if params.whitened_threshold is not None and reps.size > 1:
         white_graph, white_about = _whitened_graph(
-            col, groups, input_groups, params.k, knn_config, method, random_state
+            col, groups, input_groups, params.k, knn_config, method, random_state, graph_cache
         )
     cands = candidate_pairs(
         reps, emb_graph, dct_graph, params,
@@ -292,15 +292,15 @@ def run_tiers(
 
 def _whitened_graph(
     col: Collection, groups: ExactGroups, inputs: ExactGroups | None, k: int, knn_config: Any,
-    method: str, random_state: int,
+    method: str, random_state: int, graph_cache: Any,
 ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:  # fmt: skip
     """The whitened embedding's kNN graph over ``groups.reps`` (searched over the input
     representatives, as the embedding graph is, then expanded), and what to record of it."""
     inputs = groups if inputs is None else inputs
-    w = fit_whitening(col, random_state=random_state)
-    wi, ws, _, about = knn_graph_work_dir(
+    w, about = run_whitening(col, graph_cache, random_state=random_state)
+    wi, ws, _, knn = knn_graph_work_dir(
         col, inputs.reps, k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
-        transform=w,
+        transform=w, cache=graph_cache, groups=inputs.rep,
     )  # fmt: skip
     wi, ws = expand_graph(groups, inputs, wi, ws)
-    return (wi, ws), {**w.to_dict(), "knn": about}
+    return (wi, ws), {**about, "knn": knn}

@@ -123,6 +123,7 @@ class GraphCache:
         self.options = dict(options)
         self.kept: dict[str, tuple[Any, str, int, dict[str, Any]]] = {}
         self.about: dict[str, dict[str, Any]] = {}
+        self.whitening: Any = None  # kept for the next build (keep_whitening)
 
     def _json(self, which: str) -> str:
         return self.col.work_dir.join(GRAPHS_DIR, f"{which}.json")
@@ -166,10 +167,10 @@ class GraphCache:
         about.update(reused=True, previous_build=int(meta["build"]), new_archives=len(now) - len(meta["archives"]))
         return meta
 
-    def previous(self, which: str, k: int, d: int) -> PreviousGraph | None:
+    def previous(self, which: str, k: int, d: int, tag: str | None = None) -> PreviousGraph | None:
         """The kept graph of ``which`` if this build can reuse it (else None, with the reason
-        in :attr:`about`)."""
-        meta = self._previous(which, {"d": int(d), "options": self.options})
+        in :attr:`about`); ``tag`` (e.g. the whitening searched in) must be the kept one's."""
+        meta = self._previous(which, _identity(d, self.options, tag))
         if meta is None:
             return None
         if int(meta.get("k", 0)) < k:
@@ -227,12 +228,32 @@ class GraphCache:
         idx = np.arange(rep.size, dtype=_I64)
         return idx[~_inside(idx, starts, ends) & _inside(rep, starts, ends)]
 
-    def keep(self, which: str, graph: Any, used: str, k: int, d: int) -> Any:
+    def keep(self, which: str, graph: Any, used: str, k: int, d: int, tag: str | None = None) -> Any:
         """Remember the graph table of ``which`` (persisted on the workers) to save it."""
         if hasattr(graph, "dask"):
             graph = graph.persist()
-        self.kept[which] = (graph, used, int(k), {"d": int(d), "options": self.options})
+        self.kept[which] = (graph, used, int(k), _identity(d, self.options, tag))
         return graph
+
+    def previous_whitening(self) -> Any:
+        """The whitening an earlier build fitted (``graphs/whitening.npz``), if every archive
+        it was fitted on is still there unchanged: an incremental build searches the whitened
+        graph of the new rows in the same space as the kept one (else None: fit anew)."""
+        from .whitening import Whitening
+
+        meta = self._previous("whitening", {"dims": "any"})
+        if meta is None:
+            return None
+        try:
+            with self.col.work_dir.fs.open(self.col.work_dir.join(meta["folder"], "whitening.npz"), "rb") as f:
+                return Whitening.from_bytes(f.read())
+        except Exception as e:  # noqa: BLE001 - a damaged file only costs a new fit
+            self.refuse("whitening", f"what was kept is unreadable ({type(e).__name__})")
+            return None
+
+    def keep_whitening(self, w: Any) -> None:
+        """Remember this build's whitening (:mod:`dedupdask.whitening`) to save it."""
+        self.whitening = w
 
     def save(self) -> dict[str, Any]:
         """Write the kept graphs (parts, then ``graphs/<which>.json``; the previous build's
@@ -242,6 +263,8 @@ class GraphCache:
         from .tables import write_part_file
 
         wd: WorkDir = self.col.work_dir
+        if self.whitening is not None:
+            self._save_whitening(self.whitening)
         for which, (graph, used, k, identity) in self.kept.items():
             folder = f"{GRAPHS_DIR}/{which}/{self.build}"  # relative: a work_dir may be moved
             if wd.fs.exists(wd.join(folder)):
@@ -266,11 +289,35 @@ class GraphCache:
             self.about.setdefault(which, {})["kept"] = {"build": self.build, "edges": int(sum(r[2] for r in ranges))}
         return self.about
 
+    def _save_whitening(self, w: Any) -> None:
+        wd: WorkDir = self.col.work_dir
+        folder = f"{GRAPHS_DIR}/whitening/{self.build}"
+        old = self._previous_folder("whitening")
+        wd.makedirs(folder)
+        with wd.fs.open(wd.join(folder, "whitening.npz"), "wb") as f:
+            f.write(w.to_bytes())
+        wd.write_json(self._json("whitening"), {
+            "version": GRAPH_VERSION, "which": "whitening", "build": self.build,
+            "model_id": self.col.model.get("model_id"), "model_sha256": self.col.model.get("model_sha256"),
+            "decode_version": self.col.decode_version, "identity": {"dims": "any"}, "folder": folder,
+            "archives": [a.to_dict() for a in self.col.archives], "parts": [[f"{folder}/whitening.npz", 0, 0]],
+        })  # fmt: skip
+        if old and old != folder and wd.fs.exists(wd.join(old)):
+            wd.fs.rm(wd.join(old), recursive=True)
+        self.about.setdefault("whitening", {})["kept"] = {"build": self.build, **w.to_dict()}
+
     def _previous_folder(self, which: str) -> str | None:
         try:
             return str(self.col.work_dir.read_json(self._json(which))["folder"])
         except Exception:  # noqa: BLE001 - nothing to remove
             return None
+
+
+def _identity(d: int, options: dict[str, Any], tag: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"d": int(d), "options": options}
+    if tag is not None:
+        out["tag"] = tag
+    return out
 
 
 def _all_there(wd: WorkDir, meta: dict[str, Any]) -> bool:
@@ -374,12 +421,13 @@ def _ranges(col: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
     )
 
 
-def _read_vectors(col: Any, rows: np.ndarray, which: str, d: int) -> np.ndarray:
-    """Unit vectors of sorted global ``rows`` (read from the per-archive files)."""
+def _read_vectors(col: Any, rows: np.ndarray, which: str, d: int, post: Any = None) -> np.ndarray:
+    """Unit vectors of sorted global ``rows`` (read from the per-archive files; whitened by
+    ``post`` when given)."""
     offsets, sizes, names = _ranges(col)
     out = np.empty((rows.size, d), np.float32)
     if not rows.size:
-        return out
+        return out if post is None else np.empty((0, post.dims), np.float32)
     at = np.searchsorted(offsets, rows, side="right") - 1
     bounds = np.flatnonzero(np.diff(at)) + 1
     wd = col.work_dir
@@ -387,7 +435,7 @@ def _read_vectors(col: Any, rows: np.ndarray, which: str, d: int) -> np.ndarray:
         a = int(at[lo])
         local = rows[lo:hi] - offsets[a]
         out[lo:hi] = read_file_rows(wd, wd.file(names[a], which), d, "<f4", local)
-    return normalize_rows(out, copy=False)
+    return normalize_rows(out if post is None else post.apply(out), copy=False)
 
 
 def _merge(frm: np.ndarray, to: np.ndarray, sim: np.ndarray, k: int) -> pd.DataFrame:
@@ -461,6 +509,7 @@ def _best(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, k: int) -> tuple[np
 
 def _cross(
     col: Any, block: np.ndarray, is_old: np.ndarray, chunk: np.ndarray, k: int, which: str, d: int,
+    post: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """One task: block rows' best ``k`` among the chunk's new rows, and the chunk's rows' best
     ``k`` among the block's old rows (edge frames)."""
@@ -468,8 +517,8 @@ def _cross(
 
     if not block.size or not chunk.size:
         return empty_graph(), empty_graph()
-    y = _read_vectors(col, chunk, which, d)
-    x_all = _read_vectors(col, block, which, d)
+    y = _read_vectors(col, chunk, which, d, post)
+    x_all = _read_vectors(col, block, which, d, post)
     step = max(64, SLICE_BYTES // max(1, 4 * chunk.size))
     a: list[tuple[np.ndarray, ...]] = []
     kb = min(k, int(is_old.sum()))
@@ -564,6 +613,7 @@ def _tree(k: int, items: list[Any], fan_in: int = 16) -> Any:
 
 def incremental_graph(
     col: Any, reps: Any, k: int, previous: PreviousGraph, *, which: str, d: int, demoted: Any,
+    transform: Any = None,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The kNN graph of rows ``reps`` from ``previous`` plus a new-vs-all search, or None.
 
@@ -586,7 +636,9 @@ def incremental_graph(
     previous : PreviousGraph
         The kept graph (:meth:`GraphCache.previous`).
     which, d : str, int
-        ``"dat"`` (embeddings) or ``"dct"`` and the vector width.
+        ``"dat"`` (embeddings) or ``"dct"`` and the vector width (in the files).
+    transform : Whitening, optional
+        Search the embeddings whitened by it (the whitened graph: exact new-vs-all only).
     demoted : ndarray or dask Series
         Old rows (this build's indices) whose representative is now a new row: at least every
         old representative that no longer is one.
@@ -606,9 +658,10 @@ def incremental_graph(
     work = float(col.n) * int(sizes[~is_old_arc].sum()) * d
     index = None
     if work > DELTA_EXACT_MAX_WORK:
-        if which != "dat":
+        if which != "dat" or transform is not None:
             return None, {"reason": f"new-vs-all exact search would cost {work:.2g} > {DELTA_EXACT_MAX_WORK:.2g} "
-                                    "and the DCT descriptors have no index"}  # fmt: skip
+                                    f"and the {'whitened embeddings' if transform is not None else 'DCT descriptors'} "
+                                    "have no index"}  # fmt: skip
         index, why = _usable_index(col, previous, d)
         if index is None:
             return None, {"reason": f"new-vs-all exact search would cost {work:.2g} > {DELTA_EXACT_MAX_WORK:.2g} and {why}"}
@@ -661,7 +714,7 @@ def incremental_graph(
         a_parts = []
         for q, rows in enumerate(chunk_rows):
             sub = replace(col, archives=tuple(valid[i] for i in sorted({*arcs, *chunks[q]})))
-            ab = dask.delayed(_cross, nout=2)(sub, rows_p, old_mask, rows, k, which, d)
+            ab = dask.delayed(_cross, nout=2)(sub, rows_p, old_mask, rows, k, which, d, transform)
             a_parts.append(ab[0])
             b_parts[q].append(ab[1])
         a_final.append(_tree(k, a_parts) if a_parts else dask.delayed(empty_graph)())

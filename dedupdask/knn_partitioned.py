@@ -468,19 +468,19 @@ def _work_dir_graph(
     plus a new-vs-all search when ``cache`` (:class:`~dedupdask.knn_incremental.GraphCache`)
     has a reusable one, else single task or partitioned (and then kept in ``cache``)."""
     width = int(col.d if d is None else d)
-    if transform is not None and cache is not None:
-        raise ValueError("a whitened graph is not kept between builds: pass cache=None")
-    previous = None if cache is None else cache.previous(which, k, width)
+    name, tag = (which, None) if transform is None else ("white", transform.token)  # kept as
+    previous = None if cache is None else cache.previous(name, k, width, tag)
     if previous is not None:
         from .knn_incremental import incremental_graph
 
         graph, info = incremental_graph(
-            col, reps, k, previous, which=which, d=width, demoted=cache.demoted(previous, groups)
-        )
+            col, reps, k, previous, which=which, d=width, demoted=cache.demoted(previous, groups),
+            transform=transform,
+        )  # fmt: skip
         if graph is None:  # the new-vs-all search would cost more than searching everything
-            cache.refuse(which, info["reason"])
+            cache.refuse(name, info["reason"])
         else:
-            graph = cache.keep(which, graph, previous.method, k, width)
+            graph = cache.keep(name, graph, previous.method, k, width, tag)
             if table:
                 return graph, None, "incremental", info
             reps = np.sort(np.asarray(reps.compute() if hasattr(reps, "dask") else reps, dtype=np.int64))
@@ -490,7 +490,7 @@ def _work_dir_graph(
                           which=which, d=d, vectors=vectors, table=table, transform=transform)  # fmt: skip
     if cache is not None:
         graph = got[0] if table else graph_frame(got[4], got[0], got[1])
-        graph = cache.keep(which, graph, got[2], k, width)
+        graph = cache.keep(name, graph, got[2], k, width, tag)
         if table:
             return graph, None, got[2], got[3]
     return got[:4]
@@ -631,7 +631,7 @@ def knn_graph_work_dir(
         represent, to tell which old representatives are no longer ones.
     transform : Whitening, optional
         Search the embeddings whitened by it (:mod:`dedupdask.whitening`), unreduced, wherever
-        they are read; not with ``cache`` (a kept graph belongs to one whitening).
+        they are read; kept in ``cache`` as ``"white"``, reused only with the same whitening.
 
     Returns
     -------

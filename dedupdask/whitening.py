@@ -16,20 +16,23 @@ three sets whose candidate counts fall 11 %, 29 % and 98 %).
 The whitening is fitted by one task on a fixed random sample of at most :data:`SAMPLE` rows
 (the partitioned kNN's sampler, :mod:`dedupdask.knn_fit`) and is applied where vectors are
 read for the whitened kNN graph (:attr:`dedupdask.knn_rows.VectorBlock.post`), so no vector
-travels for it. A covariance of 1280 dimensions is not estimated from a few hundred images
+travels for it. An incremental build keeps the whitening of the build that fitted it while
+those archives are unchanged (``graphs/whitening.npz``), so the kept whitened graph and the
+new rows' search share one space; ``incremental=False`` fits it anew. A covariance of 1280 dimensions is not estimated from a few hundred images
 (whitened, they become equidistant): below :data:`MIN_IMAGES` a run keeps the raw band
 (``verify_threshold``), where verifying every candidate costs seconds anyway.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
 
-__all__ = ["DIMS", "MIN_IMAGES", "SAMPLE", "Whitening", "fit_whitening"]
+__all__ = ["DIMS", "MIN_IMAGES", "SAMPLE", "Whitening", "fit_whitening", "run_whitening"]
 
 DIMS = 256
 """Principal axes kept (whitening to 128 or 512 dims was worse: ``whitening_probe.txt``)."""
@@ -89,6 +92,32 @@ class Whitening:
         """Unit whitened rows (float32 ``[n, dims]``) of raw rows ``x``."""
         return _unit((_unit(np.asarray(x, dtype=np.float32)) - self.mean) @ self.projection)
 
+    def to_bytes(self) -> bytes:
+        """The whitening as an ``.npz`` file (:meth:`from_bytes` reads it)."""
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, projection=self.projection, n_sample=self.n_sample, kept=self.kept)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Whitening:
+        """A whitening written by :meth:`to_bytes`.
+
+        Examples
+        --------
+        >>> w = Whitening.fit(np.eye(6, 4, dtype=np.float32) + 0.1, dims=2)
+        >>> bool((Whitening.from_bytes(w.to_bytes()).projection == w.projection).all())
+        True
+        """
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(z["mean"], z["projection"], int(z["n_sample"]), float(z["kept"]))
+
+    @property
+    def token(self) -> str:
+        """A name of this whitening (what a graph searched in it is kept under)."""
+        from dask.base import tokenize
+
+        return tokenize(self)
+
     def to_dict(self) -> dict[str, Any]:
         """What ``results/run.json`` records of it."""
         return {"dims": self.dims, "sample": int(self.n_sample), "variance_kept": round(self.kept, 4)}
@@ -102,6 +131,19 @@ class Whitening:
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def run_whitening(col: Any, cache: Any = None, *, random_state: int = 0) -> tuple[Whitening, dict[str, Any]]:
+    """The whitening of one analysis run: the one an earlier build kept when ``cache`` (a
+    :class:`~dedupdask.knn_incremental.GraphCache`) may reuse it, else fitted here; kept in
+    ``cache`` for the next build. Returns it and what ``run.json`` records of it."""
+    w = None if cache is None else cache.previous_whitening()
+    reused = w is not None
+    if w is None:
+        w = fit_whitening(col, random_state=random_state)
+    if cache is not None:
+        cache.keep_whitening(w)
+    return w, {**w.to_dict(), "reused": reused}
 
 
 def fit_whitening(col: Any, *, sample: int = SAMPLE, random_state: int = 0) -> Whitening:

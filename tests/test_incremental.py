@@ -249,3 +249,45 @@ def test_top_grouped_is_top_k_ties_included(seed: int) -> None:
     got = ki.top_grouped(s, k, group=int(rng.integers(2, 8)))  # groups, not the small-row path
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0][np.isfinite(want[1])], want[0][np.isfinite(want[1])])
+
+
+def test_whitened_graph_grows_in_the_whitening_it_was_searched_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that whitens keeps its whitening and whitened graph; the next build reuses both
+    and searches only the new rows in the same space: the same graph and pairs as searching
+    everything in that whitening."""
+    from dedupdask import whitening
+
+    monkeypatch.setattr(whitening, "MIN_IMAGES", 10)  # a few dozen images: whitened to 8 axes
+    monkeypatch.setattr(whitening, "DIMS", 8)
+    tiles = photos.tiles()
+    o = np.random.default_rng(1).permutation(len(tiles))
+    src, wd = tmp_path / "in", tmp_path / "wd"
+    src.mkdir()
+    write_shard(str(src / "00000.tar"), [(f"a{i:04d}.jpg", jpg(tiles[i])) for i in o[:30]])
+    write_shard(str(src / "00002.tar"), [(f"b{i:04d}.jpg", jpg(tiles[i])) for i in o[30:50]]
+                + [(f"c{o[3]:04d}_crop.jpg", edit_image(tiles[o[3]], "crop"))])  # fmt: skip
+    first = ddk.run(str(src), str(wd), client="threads", progress=False).run
+    assert first["whitening"]["reused"] is False and first["graphs"]["white"]["kept"]["build"] == 1
+    assert first["graphs"]["whitening"]["kept"]["dims"] == 8
+    write_shard(str(src / "00001.tar"), [(f"d{i:04d}.jpg", jpg(tiles[i])) for i in o[50:70]]
+                + [(f"e{o[40]:04d}_flip.jpg", edit_image(tiles[o[40]], "flip")),
+                   (f"e{o[10]:04d}_resize.jpg", edit_image(tiles[o[10]], "resize"))])  # fmt: skip
+    ddk.extract(str(src), str(wd), client="threads", progress=False)
+    full = tmp_path / "full"
+    shutil.copytree(wd, full)
+    (full / "graphs" / "white.json").unlink()  # the kept whitening, but the whitened graph searched in full
+    inc = ddk.run(None, str(wd), run_mode=2, client="threads", progress=False)
+    ref = ddk.run(None, str(full), run_mode=2, client="threads", progress=False)
+    assert inc.run["whitening"]["reused"] is True and ref.run["whitening"]["reused"] is True
+    assert inc.run["graphs"]["white"]["reused"] is True and inc.run["whitening"]["knn"]["method"] == "incremental"
+    assert ref.run["graphs"]["white"]["reused"] is False
+    a, b = _graph(str(wd), "white"), _graph(str(full), "white")
+    pd.testing.assert_frame_equal(a[["from", "to", "rank"]], b[["from", "to", "rank"]])
+    np.testing.assert_allclose(a["similarity"], b["similarity"], atol=1e-5)
+    got, want = _pairs(inc), _pairs(ref)
+    assert set(got) == set(want) and len(want) >= 3
+    for key, (kind, sim) in want.items():
+        assert got[key][0] == kind and got[key][1] == pytest.approx(sim, abs=1e-5)
+    # a full rebuild fits the whitening anew
+    again = ddk.run(None, str(full), run_mode=2, client="threads", progress=False, incremental=False)
+    assert again.run["whitening"]["reused"] is False

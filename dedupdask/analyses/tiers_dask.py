@@ -41,7 +41,7 @@ from ..knn import DEFAULT_RANDOM_STATE
 from ..knn_incremental import scores_identity
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
-from ..whitening import fit_whitening
+from ..whitening import run_whitening
 from .expand_dask import expand_graph_frame, sibling_frame
 from .graph import GRAPH_COLUMNS
 from .routing import ask, route, shuffle_method
@@ -100,14 +100,15 @@ def dct_graph_frame(
 
 def whitened_graph_frame(
     col: Any, inputs: Any, params: TierParams, *, method: str = "auto",
-    random_state: int = DEFAULT_RANDOM_STATE, knn_config: Any = None,
+    random_state: int = DEFAULT_RANDOM_STATE, knn_config: Any = None, graph_cache: Any = None,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The kNN graph of the run's whitened embedding over the input representatives (a graph
     table; None without a ``whitened_threshold``) and what to record of it.
 
     The whitening is fitted by one task on a sample (:func:`dedupdask.whitening.fit_whitening`)
     and applied where each task reads its rows; the graph is searched like the embedding
-    graph, over the input representatives, and is not kept between builds.
+    graph, over the input representatives, and kept in ``graph_cache`` with its whitening
+    (an incremental build searches only the new rows in the same space).
     """
     from ..knn_partitioned import knn_graph_frame_work_dir
 
@@ -116,12 +117,12 @@ def whitened_graph_frame(
     reps = inputs[inputs["index"] == inputs["rep"]]["index"].persist()
     if len(reps) <= 1:
         return None, {}
-    w = fit_whitening(col, random_state=random_state)
+    w, about = run_whitening(col, graph_cache, random_state=random_state)
     graph, _, info = knn_graph_frame_work_dir(
         col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
-        transform=w,
+        transform=w, cache=graph_cache, groups=inputs[["index", "rep"]],
     )  # fmt: skip
-    return graph, {**w.to_dict(), "knn": info}
+    return graph, {**about, "knn": info}
 
 
 # -- per partition -------------------------------------------------------------------------------
@@ -354,7 +355,8 @@ def run_tiers_frames(
     )
 
     white_graph, white_about = whitened_graph_frame(
-        col, inputs, params, method=method, random_state=random_state, knn_config=knn_config
+        col, inputs, params, method=method, random_state=random_state, knn_config=knn_config,
+        graph_cache=graph_cache,
     )
 
     low = min(candidate_cut(params), params.ccthreshold)
