@@ -342,6 +342,7 @@ def test_run_json_says_how_the_candidates_to_verify_were_chosen(shards_work_dir,
         monkeypatch.setattr(whitening, "DIMS", 8)
         white = build(shards_work_dir, config=cfg, write=False).run
         off = build(shards_work_dir, config=RunConfig(run_mode=2, progress=False, verify=False), write=False).run
+        mine = build(shards_work_dir, config=RunConfig(run_mode=2, progress=False, whitened_threshold=0.3), write=False).run
     n = small["counts"]["images"]
     assert small["whitening"] == {"used": False, "reason": f"{n} images < 2000: candidates by verify_threshold"}
     assert small["parameters"]["whitened_threshold"] is None
@@ -349,3 +350,5 @@ def test_run_json_says_how_the_candidates_to_verify_were_chosen(shards_work_dir,
     assert white["whitening"]["dims"] == 8 and white["whitening"]["sample"] == n
     assert white["whitening"]["knn"]["method"] == "exact"
     assert off["whitening"] == {"used": False, "reason": "verify=False"}
+    assert mine["parameters"]["whitened_threshold"] == 0.3 and mine["thresholds"]["set_by_user"] == {"whitened_threshold": 0.3}
+    assert mine["verification"]["candidates"] >= white["verification"]["candidates"]  # a lower cut verifies more
