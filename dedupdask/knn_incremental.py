@@ -276,35 +276,35 @@ class GraphCache:
                 dask.delayed(_write_part, pure=False)(write_part_file, wd, wd.join(p), part)
                 for p, part in zip(paths, parts, strict=True)
             ])  # fmt: skip
-            old = self._previous_folder(which)
-            wd.write_json(self._json(which), {
-                "version": GRAPH_VERSION, "which": which, "build": self.build, "k": k, "method": used,
-                "model_id": self.col.model.get("model_id"), "model_sha256": self.col.model.get("model_sha256"),
-                "decode_version": self.col.decode_version, "identity": identity,
-                "folder": folder, "archives": [a.to_dict() for a in self.col.archives],
-                "parts": [[p, lo, hi] for p, (lo, hi, n) in zip(paths, ranges, strict=True) if n],
-            })  # fmt: skip
-            if old and old != folder and wd.fs.exists(wd.join(old)):
-                wd.fs.rm(wd.join(old), recursive=True)
+            parts_kept = [[p, lo, hi] for p, (lo, hi, n) in zip(paths, ranges, strict=True) if n]
+            self._commit(which, folder, identity, parts_kept, k=k, method=used)
             self.about.setdefault(which, {})["kept"] = {"build": self.build, "edges": int(sum(r[2] for r in ranges))}
         return self.about
 
     def _save_whitening(self, w: Any) -> None:
         wd: WorkDir = self.col.work_dir
         folder = f"{GRAPHS_DIR}/whitening/{self.build}"
-        old = self._previous_folder("whitening")
         wd.makedirs(folder)
         with wd.fs.open(wd.join(folder, "whitening.npz"), "wb") as f:
             f.write(w.to_bytes())
-        wd.write_json(self._json("whitening"), {
-            "version": GRAPH_VERSION, "which": "whitening", "build": self.build,
+        self._commit("whitening", folder, {"dims": "any"}, [[f"{folder}/whitening.npz", 0, 0]])
+        self.about.setdefault("whitening", {})["kept"] = {"build": self.build, **w.to_dict()}
+
+    def _commit(
+        self, which: str, folder: str, identity: dict[str, Any], parts: list[list[Any]], **extra: Any
+    ) -> None:
+        """Write ``graphs/<which>.json`` naming what ``folder`` now holds (last, once it is
+        all written), then remove the previous build's folder of ``which``."""
+        wd: WorkDir = self.col.work_dir
+        old = self._previous_folder(which)
+        wd.write_json(self._json(which), {
+            "version": GRAPH_VERSION, "which": which, "build": self.build, **extra,
             "model_id": self.col.model.get("model_id"), "model_sha256": self.col.model.get("model_sha256"),
-            "decode_version": self.col.decode_version, "identity": {"dims": "any"}, "folder": folder,
-            "archives": [a.to_dict() for a in self.col.archives], "parts": [[f"{folder}/whitening.npz", 0, 0]],
+            "decode_version": self.col.decode_version, "identity": identity,
+            "folder": folder, "archives": [a.to_dict() for a in self.col.archives], "parts": parts,
         })  # fmt: skip
         if old and old != folder and wd.fs.exists(wd.join(old)):
             wd.fs.rm(wd.join(old), recursive=True)
-        self.about.setdefault("whitening", {})["kept"] = {"build": self.build, **w.to_dict()}
 
     def _previous_folder(self, which: str) -> str | None:
         try:

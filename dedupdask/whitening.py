@@ -32,6 +32,8 @@ from typing import Any
 import dask
 import numpy as np
 
+from .knn_rows import _unit
+
 __all__ = ["DIMS", "MIN_IMAGES", "SAMPLE", "Whitening", "fit_whitening", "run_whitening"]
 
 DIMS = 256
@@ -77,20 +79,21 @@ class Whitening:
     @classmethod
     def fit(cls, x: np.ndarray, dims: int = DIMS) -> Whitening:
         """Fit on rows ``x`` (made unit first): their mean and top ``dims`` principal axes."""
-        x = _unit(np.asarray(x, dtype=np.float32)).astype(np.float64)
+        x = _unit(x).astype(np.float64)
         mean = x.mean(axis=0)
         xc = x - mean
-        lam, vec = np.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
+        cov = xc.T @ xc / max(len(x) - 1, 1)
+        lam, vec = np.linalg.eigh(cov)
         lam, vec = lam[::-1][:dims], vec[:, ::-1][:, :dims]
         big = np.argmax(np.abs(vec), axis=0)  # signs fixed: reruns give the same projection
         vec = vec * np.sign(vec[big, np.arange(vec.shape[1])])
         proj = vec / np.sqrt(np.maximum(lam, 1e-12 * max(float(lam[0]), 1e-30)))
-        kept = float(lam.sum() / max(float(np.trace(xc.T @ xc)) / max(len(x) - 1, 1), 1e-30))
+        kept = float(lam.sum() / max(float(np.trace(cov)), 1e-30))
         return cls(mean.astype(np.float32), np.ascontiguousarray(proj, dtype=np.float32), len(x), kept)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Unit whitened rows (float32 ``[n, dims]``) of raw rows ``x``."""
-        return _unit((_unit(np.asarray(x, dtype=np.float32)) - self.mean) @ self.projection)
+        return _unit((_unit(x) - self.mean) @ self.projection)
 
     def to_bytes(self) -> bytes:
         """The whitening as an ``.npz`` file (:meth:`from_bytes` reads it)."""
@@ -126,11 +129,6 @@ class Whitening:
         from dask.base import tokenize
 
         return tokenize(self.mean.tobytes(), self.projection.tobytes())
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
 
 def run_whitening(col: Any, cache: Any = None, *, random_state: int = 0) -> tuple[Whitening, dict[str, Any]]:
