@@ -31,11 +31,21 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    alignment whose fine correlation is under :data:`FINE_REJECT` gets no residuals.
 2. **Residual** of each refined alignment, on the colour images blurred by 1 px (which
    forgives sub-pixel misalignment and JPEG noise): one gain and one offset shared by the
-   three channels are fitted (brightness, not colour, may change), and the residual energy
+   three channels are fitted (brightness may change), and the residual energy
    is divided by the outer image's variance -- over the whole overlap (``residual``) and in
    the worst cell of a 4 x 4 grid (``cell``) -- and the largest blob of pixels off by more
    than 0.2 that survives a 3 x 3 opening is measured (``blob``, a fraction of the overlap:
    a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
+3. **Colour.** Unless an alignment already scored ``early_accept``, the best one is scored
+   again under the one global colour edit that fits the pair best
+   (:func:`~dedupdask.match_keypoints.colour_edit`, the keypoint matcher's: greyscale, sepia,
+   saturation, tone, and a hue turned as an editor's slider turns it), when it is one an editor
+   makes and the more colourful picture has more than
+   :data:`~dedupdask.match_keypoints.FEW_HUES` distinct hues. The residuals are read the same
+   way, so every pixel must follow the one edit: a part painted another colour is a blob. A
+   drawing in one or two hues is not compared under a colour edit: another colour of its one
+   fill is how a designer makes a variant (another skin tone, the same clip art in red and in
+   blue), and a copy recoloured as a whole cannot be told from it.
 
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
 duplicate when ``score >= verify_score`` (default 0.9, :mod:`dedupdask.thresholds`: residual
@@ -55,20 +65,29 @@ import numpy as np
 import scipy.fft as _fft
 from dask.sizeof import sizeof as dask_sizeof
 
-from .match_keypoints import MIN_CONTAINED, Keypoints, is_graphic, match_keypoints, plane_warp
+from .match_keypoints import (
+    FEW_HUES,
+    MIN_CONTAINED,
+    Keypoints,
+    is_graphic,
+    match_keypoints,
+    plane_warp,
+)
 from .match_keypoints import SIZE as KEYPOINT_SIZE
 
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views", "warped_score"]
 
 PIXEL_MATCHER = "pixel-alignment/1"
-MATCHER = "pixel-alignment+keypoints/8"
+MATCHER = "pixel-alignment+keypoints/9"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
 asks one picture to lie inside the other (:data:`~dedupdask.match_keypoints.MIN_CONTAINED`). /7: a
 graphic is also uniform (:data:`~dedupdask.match_keypoints.MIN_UNIFORM`): a smooth gradient is a photo. /8: a
 pair of two graphics gets the pixel alignment's residuals under the keypoint warp
-(:func:`warped_score`): turned, stretched and slanted copies of drawings."""
+(:func:`warped_score`): turned, stretched and slanted copies of drawings. /9: the pixel alignment
+also fits a global colour edit (pictures of more than two hues), and the colour edit of both
+matchers includes an editor's hue turn (hexagon hue, saturation and value)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -383,7 +402,9 @@ def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return both[0], both[1]
 
 
-def _residuals(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float, float]:
+def _residuals(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool = False
+) -> tuple[float, float, float] | None:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
     The first two are residual energies relative to a's variance; the third is the area
@@ -392,16 +413,34 @@ def _residuals(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> 
     are thin and vanish; a redrawn detail does not). ``mask`` (bool, a's shape): the overlap,
     when it is not the whole of a (a picture warped onto another); a cell of the grid less than
     a quarter inside it is not counted.
+
+    With ``colour``, ``g * b + o`` (one brightness gain shared by the channels) becomes the
+    global colour edit of the keypoint matcher
+    (:func:`~dedupdask.match_keypoints.colour_edit`: greyscale, sepia, hue, saturation, tone,
+    fitted over the whole overlap, in the direction from the more colourful picture); None
+    when the best such edit is not one an editor makes. The residuals are read the same way:
+    a part painted another colour is not a global edit, and stays a blob.
     """
     from scipy.ndimage import binary_opening, label
 
     a, b = _blur_pair(a, b)
     inside = slice(None) if mask is None else mask
-    x, y = b[inside].ravel(), a[inside].ravel()
-    xm, ym = float(x.mean()), float(y.mean())
-    vx = float(((x - xm) ** 2).mean())
-    g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
-    r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
+    if colour:
+        from .match_keypoints import colour_edit
+
+        d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True)
+        if not edit["plausible"] or edit["hues"] <= FEW_HUES:
+            return None  # with few hues a global edit cannot be told from a repainting
+        if edit["swapped"]:
+            a = b  # the edit maps a onto b: the residual is in b's colours
+        r = np.zeros(a.shape, np.float32)
+        r[inside] = d.reshape(r[inside].shape)
+    else:
+        x, y = b[inside].ravel(), a[inside].ravel()
+        xm, ym = float(x.mean()), float(y.mean())
+        vx = float(((x - xm) ** 2).mean())
+        g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
+        r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
     if mask is None:
         var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
     else:
@@ -449,9 +488,10 @@ def _residual_score(r: tuple[float, float, float]) -> float:
 
 def _refine(
     outer: View, inner: View, scale: float, flip: bool, memo: dict[tuple, Any] | None = None
-) -> tuple[float, float, float] | None:
-    """Residuals of the best fine alignment near ``scale``, or None when there is none or its
-    normalised correlation is under :data:`FINE_REJECT`. ``memo`` (one per pair) keeps the
+) -> tuple[tuple[float, float, float], tuple[int, int, int, int]] | None:
+    """Residuals of the best fine alignment near ``scale`` and that alignment (``dy, dx, th,
+    tw``: where, at what size, the inner image lies in the outer one), or None when there is none
+    or its normalised correlation is under :data:`FINE_REJECT`. ``memo`` (one per pair) keeps the
     correlations and residuals already computed: neighbouring hypotheses share scales."""
     memo = {} if memo is None else memo
     H, W = outer.grey.shape
@@ -481,9 +521,17 @@ def _refine(
     dy, dx, th, tw = best[1]
     key = ("res", id(outer), flip, dy, dx, th, tw)
     if key not in memo:
-        b = inner.resized("rgb", tw, th)
-        memo[key] = _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b)
-    return memo[key]
+        memo[key] = _aligned_residuals(outer, inner, flip, (dy, dx, th, tw))
+    return memo[key], (dy, dx, th, tw)
+
+
+def _aligned_residuals(
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool = False
+) -> tuple[float, float, float] | None:
+    """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
+    dy, dx, th, tw = at
+    b = inner.resized("rgb", tw, th)
+    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour)
 
 
 def match_score(
@@ -615,7 +663,10 @@ def warped_score(va: View, vb: View) -> float:
     # the blur reaches 2 px past the overlap's edge: those pixels are not compared
     inside = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
     warped = cv2.warpPerspective(other.rgb, W, (wd, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    return float(max(_residual_score(_residuals(frame.rgb, warped, inside)), -1.0))
+    best = _score_of(_residuals(frame.rgb, warped, inside))
+    if best < 1.0:
+        best = max(best, _score_of(_residuals(frame.rgb, warped, inside, colour=True)))
+    return float(max(best, -1.0))
 
 
 def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
@@ -624,11 +675,19 @@ def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
     if not hyps or hyps[0][0] < COARSE_REJECT:
         return best  # nothing aligns even coarsely: not worth refining
     memo: dict[tuple, Any] = {}
+    aligned: tuple[View, View, bool, tuple[int, int, int, int]] | None = None
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
-        r = _refine(outer, inner, scale, flip, memo)
-        if r is not None:
-            best = max(best, _residual_score(r))
+        got = _refine(outer, inner, scale, flip, memo)
+        if got is not None and _residual_score(got[0]) > best:
+            best, aligned = _residual_score(got[0]), (outer, inner, flip, got[1])
         if early_accept is not None and best >= early_accept:
-            break  # a clear duplicate: the other hypotheses cannot change the decision
+            return float(best)  # a clear duplicate: the other hypotheses cannot change the decision
+    if aligned is not None:  # the best alignment, under a global colour edit (one fit per pair)
+        best = max(best, _score_of(_aligned_residuals(*aligned, colour=True)))
     return float(max(best, -1.0))
+
+
+def _score_of(r: tuple[float, float, float] | None) -> float:
+    """:func:`_residual_score`, -1 for no residuals (no colour edit an editor makes)."""
+    return -1.0 if r is None else _residual_score(r)

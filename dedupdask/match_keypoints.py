@@ -28,7 +28,10 @@ so two different ones share their template's keypoints; two photos do not):
    smooth function of the colour (a gain, a per-channel weight kept near the luma weights,
    a square term for gamma, an offset) and chroma is turned, scaled and shifted as a whole
    -- greyscale, sepia, hue, saturation, brightness, contrast and gamma are all of this
-   form. It must be one an editor makes: luma stays an increasing function of luma along
+   form -- or, the other form tried, every colour's hexagon hue is turned by one angle, its
+   saturation scaled and its value (largest channel) put through one gain and offset: the
+   hue slider of an editor (HSV and HSL turn hues alike), which a turn of the chroma plane
+   only approximates for saturated colours. It must be one an editor makes: luma stays an increasing function of luma along
    the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
    most :data:`MAX_HUE_TURN`, the chroma gain under
    :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
@@ -490,16 +493,20 @@ def _least_squares(*blocks: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.linalg.lstsq(m, v, rcond=None)[0]
 
 
-def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def colour_edit(src: np.ndarray, dst: np.ndarray, *, signed: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit ``dst ~ edit(src)`` for a global tone/colour edit; per-pixel residual and the edit.
 
     ``src`` and ``dst`` are ``[n, 3]`` colours in 0..1 of the same pixels. The edit is fitted
-    from the more colourful side to the other (colour cannot be told from grey).
+    from the more colourful side to the other (colour cannot be told from grey), in two forms:
+    a smooth luma with a turned and scaled chroma plane (from two starts), and an editor's hue
+    turn (:func:`_hue_turn`); of the edits an editor makes, the one leaving fewest pixels off.
 
     Returns
     -------
     (ndarray, dict)
-        The largest channel error of each pixel, and the edit (see :class:`KeypointMatch`).
+        The largest channel error of each pixel (with ``signed``: the ``[n, 3]`` error of each
+        channel, edited minus target, in the direction the edit was fitted: ``edit["swapped"]``
+        when it maps ``dst`` onto ``src``), and the edit (see :class:`KeypointMatch`).
 
     Examples
     --------
@@ -539,14 +546,18 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
     ridge = np.zeros((3, 6))
     ridge[0, 1] = ridge[1, 2] = ridge[2, 3] = np.sqrt(RIDGE * ns)
 
-    def residual(p: np.ndarray, on_sample: bool = False) -> np.ndarray:
-        """Each pixel's largest channel error under the edit ``p`` (of the sample's pixels only)."""
+    def edited(p: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """The colours of the rows ``f`` of F under the edit ``p``."""
         P = np.zeros((8, 3))
         P[:6, 0] = p[:6]
         P[5, 1:] = p[8:10]
         P[6:, 1:] = [[p[6], p[7]], [-p[7], p[6]]]
+        return np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0)
+
+    def residual(p: np.ndarray, on_sample: bool = False) -> np.ndarray:
+        """Each pixel's largest channel error under the edit ``p`` (of the sample's pixels only)."""
         f, d = (Fs, dst_s) if on_sample else (F, dst)
-        return _worst_channel(np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0) - d)
+        return _worst_channel(edited(p, f) - d)
 
     def fitting(r: np.ndarray) -> np.ndarray:
         """The pixels that fit: what is off by much more than most pixels is an overlay."""
@@ -574,8 +585,80 @@ def colour_edit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str,
         fits.append(fit(unchanged))
     hues = _hues(X)
     grey_range = tuple(np.quantile(Y, [0.02, 0.98])) if n else (0.0, 1.0)
-    found = [(r, _describe(p, keep, Y, src, hues, swap, grey_range)) for p, r, keep in fits]
-    return min(found, key=lambda f: (not f[1]["plausible"], float((f[0] > OFF_LEVEL).mean())))
+    found = [(edited(p, F) - dst, _describe(p, keep, Y, src, hues, swap, grey_range)) for p, r, keep in fits]
+    if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
+        found.append(_hue_turn(src, dst, sample, hues, swap))
+    def rank(f: tuple[np.ndarray, dict[str, Any]]) -> tuple[bool, float, float]:
+        worst = _worst_channel(f[0])  # plausible first, then fewer pixels off, then closer
+        return not f[1]["plausible"], float((worst > OFF_LEVEL).mean()), float(worst.mean())
+
+    d, edit = min(found, key=rank)
+    if signed:
+        edit["swapped"] = bool(swap)
+        return d, edit
+    return _worst_channel(d), edit
+
+
+def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue (0..6, the colour hexagon's sectors), saturation and value of ``[n, 3]`` colours."""
+    mx, mn = x.max(axis=1), x.min(axis=1)
+    c = mx - mn
+    safe = np.where(c > 1e-9, c, 1.0)
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return np.where(c > 1e-9, h, 0.0), c / np.where(mx > 1e-9, mx, 1.0), mx
+
+
+def _from_hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``[n, 3]`` colours of hexagon hues ``h`` (0..6), saturations and values."""
+    k = (np.array([5.0, 3.0, 1.0]) + h[:, None]) % 6.0
+    return v[:, None] - (v * s)[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def _hue_turn(
+    src: np.ndarray, dst: np.ndarray, sample: np.ndarray, hues: int, swap: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The hue slider of an editor: every colour's hexagon hue turned by one angle, its
+    saturation scaled, its value (the largest channel) through one gain and offset, fitted
+    robustly on ``sample`` (medians; the value's line refitted on the pixels it fits). This is
+    how editors turn a hue (HSV and HSL turn it alike: the largest and smallest channel are
+    kept), which the linear turn of the chroma plane in :func:`colour_edit` only approximates
+    for saturated colours. Asked only of pictures of more than :data:`FEW_HUES` hues: in one of
+    one hue, its value and saturation alone make another skin tone of an emoji. Returns the
+    ``[n, 3]`` error (edited minus ``dst``) and the edit."""
+    hs, ss, vs = _hsv(src)
+    hd, sd, vd = _hsv(dst)
+    i = sample
+    chromatic = i[(ss[i] > 0.15) & (vs[i] > 0.15) & (sd[i] > 0.05) & (vd[i] > 0.15)]
+    if len(chromatic) < 10:
+        return np.ones_like(dst), {"plausible": False, "hues": hues, "form": "hue turn"}
+    turn = (hd[chromatic] - hs[chromatic] + 3.0) % 6.0 - 3.0
+    centre = float(np.angle(np.exp(1j * np.pi / 3 * turn).mean()) * 3 / np.pi)  # circular mean
+    turn = float(np.median((turn - centre + 3.0) % 6.0 - 3.0) + centre)
+    sat = float(np.median(sd[chromatic] / ss[chromatic]))
+    keep = np.ones(len(i), bool)
+    gain, offset = 1.0, 0.0
+    for _ in range(3):
+        if keep.sum() < 10:
+            break
+        A = np.stack([vs[i][keep], np.ones(int(keep.sum()))], axis=1)
+        gain, offset = (float(v) for v in _least_squares((A, vd[i][keep])))
+        err = np.abs(gain * vs[i] + offset - vd[i])
+        keep = err < max(2.5 * float(np.median(err)), 0.04)
+    out = _from_hsv((hs + turn) % 6.0, np.clip(sat * ss, 0.0, 1.0), np.clip(gain * vs + offset, 0.0, 1.0))
+    degrees = turn * 60.0
+    g = 1 / gain if swap and gain > 1e-6 else gain
+    edit = {"luma_gain": g, "monotone": bool(gain > 0), "chroma_gain": sat, "hue_degrees": degrees,
+            "min_weight": 0.0, "hues": hues, "form": "hue turn"}  # fmt: skip
+    relit = abs(g - 1) > FEW_HUES_GAIN and sat >= GREY_CHROMA
+    edit["plausible"] = bool(
+        GAIN_RANGE[0] <= g <= GAIN_RANGE[1]
+        and gain > 0
+        and sat <= MAX_CHROMA_GAIN
+        and abs(degrees) <= MAX_HUE_TURN
+        and not (relit and hues <= FEW_HUES)
+    )
+    return out - dst, edit
 
 
 def _worst_channel(diff: np.ndarray) -> np.ndarray:

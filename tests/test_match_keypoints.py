@@ -401,3 +401,53 @@ def test_descriptor_search_finds_what_opencv_finds():
         assert list(zip(qi.tolist(), ti.tolist(), strict=True)) == want
     assert len(ratio_matches(feats[1], feats[0], RATIO)[0]) >= MIN_INLIERS  # the copy matches
     assert len(ratio_matches(feats[0], feats[0][:1], RATIO)[0]) == 0  # one descriptor: no second
+
+
+def _poster(fills: list[tuple[int, int, int]]) -> Image.Image:
+    """A graphic in many hues: flat shapes with black outlines on white, one per fill colour."""
+    im = Image.new("RGB", (320, 240), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    rng = np.random.default_rng(5)  # the same shapes every time: the same drawing
+    for i, fill in enumerate(fills):
+        x, y = 20 + 95 * (i % 3), 20 + 110 * (i // 3)
+        w, h = (int(v) for v in rng.integers(55, 90, 2))
+        (d.ellipse if i % 2 else d.rectangle)((x, y, x + w, y + h), fill=fill, outline=(0, 0, 0), width=3)
+    d.line((10, 230, 310, 130), fill=(0, 0, 0), width=4)
+    return im
+
+
+POSTER = [(220, 40, 40), (240, 200, 30), (40, 160, 60), (40, 90, 220), (150, 50, 170), (240, 130, 20)]
+
+
+def test_a_graphic_in_many_hues_may_be_edited_as_a_whole_not_repainted_in_part():
+    """Two graphics are decided by the pixel alignment, which also fits one global colour edit
+    (the keypoint matcher's): a drawing in six hues turned grey, desaturated or turned in hue is
+    the same picture, every fill changed alike. One fill repainted, the channels swapped (a
+    120-degree turn) and a drawing of few hues in another colour (another skin tone: an edit of
+    its one hue cannot be told from a repainting) are not."""
+    from dedupdask.match import View, warped_score
+
+    def score(a: Image.Image, b: Image.Image) -> float:
+        return match_score(prepare_image(_png(a)), prepare_image(_png(b)))
+
+    poster = _poster(POSTER)
+    assert _kp(poster).graphic
+    copies = {
+        "grey": ImageOps.grayscale(poster).convert("RGB"),
+        "desaturated": ImageEnhance.Color(poster).enhance(0.4),
+        "hue turned": _hue(poster, 18),
+        "hue turned, smaller": _hue(poster, -25).resize((240, 180)),
+    }
+    for name, copy in copies.items():
+        assert score(poster, copy) >= 0.9, name
+        assert score(copy, poster) >= 0.9, name  # either order
+    repainted = _poster([POSTER[0], POSTER[1], (60, 200, 230)] + POSTER[3:])
+    swapped = Image.merge("RGB", poster.split()[::-1])
+    for other in (repainted, swapped):
+        assert score(poster, other) < 0.9
+    light = _face((255, 220, 177))
+    assert score(light, _face((198, 134, 66))) < 0.9
+    view = lambda im: View(prepare_image(_png(im)))  # noqa: E731
+    turned = _rotate(copies["hue turned"], 6)  # a turned copy: the keypoint warp, same colour edit
+    assert warped_score(view(poster), view(turned)) >= 0.9
+    assert warped_score(view(poster), view(_rotate(repainted, 6))) < 0.9

@@ -356,10 +356,12 @@ def test_refinement_gate_and_memo():
     _, direction, scale, flip = match._hypotheses(a, copy)[0]
     outer, inner = (a, copy) if direction == 0 else (copy, a)
     memo: dict = {}
-    r = match._refine(outer, inner, scale, flip, memo)
-    assert r is not None and 1 - max(r[0], r[1] / 2, r[2] * match.BLOB_WEIGHT) >= DEFAULT_VERIFY_SCORE
+    got = match._refine(outer, inner, scale, flip, memo)
+    assert got is not None
+    r = got[0]
+    assert 1 - max(r[0], r[1] / 2, r[2] * match.BLOB_WEIGHT) >= DEFAULT_VERIFY_SCORE
     n = len(memo)
-    assert match._refine(outer, inner, scale, flip, memo) == r and len(memo) == n  # memo only
+    assert match._refine(outer, inner, scale, flip, memo) == got and len(memo) == n  # memo only
     tpl = other.resized("grey", *reversed(match._inner_size(a.grey.shape, 0.9, other.aspect)))
     assert float(match._ncc(a.fine_plan, tpl).max()) < FINE_REJECT  # an unrelated picture
     assert match._refine(a, other, 0.9, False) is None
