@@ -428,9 +428,10 @@ def _residuals(
     if colour:
         from .match_keypoints import colour_edit
 
-        d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True)
-        if not edit["plausible"] or edit["hues"] <= FEW_HUES:
-            return None  # with few hues a global edit cannot be told from a repainting
+        # with few hues a global edit cannot be told from a repainting: not fitted
+        d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True, min_hues=FEW_HUES + 1)
+        if not edit["plausible"]:
+            return None
         if edit["swapped"]:
             a = b  # the edit maps a onto b: the residual is in b's colours
         r = np.zeros(a.shape, np.float32)

@@ -493,7 +493,9 @@ def _least_squares(*blocks: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.linalg.lstsq(m, v, rcond=None)[0]
 
 
-def colour_edit(src: np.ndarray, dst: np.ndarray, *, signed: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+def colour_edit(
+    src: np.ndarray, dst: np.ndarray, *, signed: bool = False, min_hues: int = 0
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit ``dst ~ edit(src)`` for a global tone/colour edit; per-pixel residual and the edit.
 
     ``src`` and ``dst`` are ``[n, 3]`` colours in 0..1 of the same pixels. The edit is fitted
@@ -506,7 +508,9 @@ def colour_edit(src: np.ndarray, dst: np.ndarray, *, signed: bool = False) -> tu
     (ndarray, dict)
         The largest channel error of each pixel (with ``signed``: the ``[n, 3]`` error of each
         channel, edited minus target, in the direction the edit was fitted: ``edit["swapped"]``
-        when it maps ``dst`` onto ``src``), and the edit (see :class:`KeypointMatch`).
+        when it maps ``dst`` onto ``src``), and the edit (see :class:`KeypointMatch`). With
+        ``min_hues``, a more colourful side of fewer hues is not fitted: the edit is then not
+        plausible, and the error 1 everywhere.
 
     Examples
     --------
@@ -526,6 +530,9 @@ def colour_edit(src: np.ndarray, dst: np.ndarray, *, signed: bool = False) -> tu
     swap = T[:, 1:].std(axis=0).sum() > X[:, 1:].std(axis=0).sum()  # the chroma of each side
     if swap:
         src, dst, X, T = dst, src, T, X
+    hues = _hues(X)
+    if hues < min_hues:
+        return (np.ones_like(dst) if signed else np.ones(len(dst))), {"plausible": False, "hues": hues, "swapped": bool(swap)}
     n = len(X)
     Y, Cb, Cr = X[:, 0], X[:, 1], X[:, 2]
     sample = np.arange(0, n, max(1, -(-n // FIT_PIXELS)))  # the pixels the edit is fitted on, evenly
@@ -583,7 +590,6 @@ def colour_edit(src: np.ndarray, dst: np.ndarray, *, signed: bool = False) -> tu
     unchanged = _worst_channel(src[sample] - dst_s) <= OFF_LEVEL
     if unchanged.sum() >= max(10, 0.2 * ns) and (fits[0][1] > OFF_LEVEL).any():
         fits.append(fit(unchanged))
-    hues = _hues(X)
     grey_range = tuple(np.quantile(Y, [0.02, 0.98])) if n else (0.0, 1.0)
     found = [(edited(p, F) - dst, _describe(p, keep, Y, src, hues, swap, grey_range)) for p, r, keep in fits]
     if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
