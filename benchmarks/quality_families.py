@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     out: list[str] = []
     p = out.append
     import dedupdask as ddkmod
-    from dedupdask.match_keypoints import MIN_INLIERS
+    from dedupdask.match_keypoints import FEW_HUES, MIN_INLIERS
 
     p(f"# python benchmarks/quality_families.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
       + f" (seed {args.seed}, {args.copies} copies per source) -- {time.strftime('%Y-%m-%d %H:%M %Z')}")  # fmt: skip
@@ -677,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
       "but neither image "
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate whose score is -1: "
       f"the pixel alignment's correlation too low, or its residual so large that the score is clipped at -1 (an "
-      f"alignment found, but colours its one brightness gain cannot map: greyscale, sepia, saturation), and fewer "
+      f"alignment found, but colours neither its one brightness gain nor a global colour edit maps; a picture "
+      f"of {FEW_HUES} hues or fewer gets no colour edit), and fewer "
       f"than {MIN_INLIERS} keypoints agreeing with one upright plane warp (for two graphics: no such warp, or the "
       "pixel residuals under it clipped at -1); 'scored < verify_score' = aligned, but the pixel residuals were too "
       "large (under the pixel alignment's alignment and, for two graphics, under the keypoint warp) and the "

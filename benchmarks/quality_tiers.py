@@ -466,9 +466,10 @@ def main_tiers(cache: Path, work_root: Path | None, out, log, *, seed: int = 0,
     truth = truth_for(filenames, shards)
     import dedupdask.analyses.tiers as tiers_mod
     import dedupdask.verify as verify_mod
+    from dedupdask.match import MATCHER
 
-    key = hashlib.sha1(
-        (Path(verify_mod.__file__).read_text() + str(tiers_mod.TIER_K)
+    key = hashlib.sha1(  # the matcher's version too: its code left verify.py
+        (Path(verify_mod.__file__).read_text() + MATCHER + str(tiers_mod.TIER_K)
          + json.dumps(LOOSE) + json.dumps(json.loads((shards_dir / "meta.json").read_text())))
         .encode()
     ).hexdigest()[:12]  # fmt: skip

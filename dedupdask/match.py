@@ -77,7 +77,8 @@ from .match_keypoints import SIZE as KEYPOINT_SIZE
 
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views", "warped_score"]
 
-PIXEL_MATCHER = "pixel-alignment/1"
+PIXEL_MATCHER = "pixel-alignment/2"
+"""The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit."""
 MATCHER = "pixel-alignment+keypoints/9"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from dedupdask.datasets import random_picture
-from dedupdask.match import MATCHER, Prepared, match_score, prepare_image
+from dedupdask.match import MATCHER, PIXEL_MATCHER, Prepared, match_score, prepare_image
 from dedupdask.match_keypoints import (
     MAX_DIFFERING,
     MAX_FLAT,
@@ -355,7 +355,7 @@ def test_runs_ask_the_keypoint_matcher_only_when_told(tmp_path, photo):
         run = json.loads((wd / "results" / "run.json").read_text())
         got[on] = (len(res.similarity), run["verification"].get("matcher"))
     assert got[True] == (1, MATCHER), got
-    assert got[False][0] == 0 and got[False][1] in (None, "pixel-alignment/1"), got
+    assert got[False][0] == 0 and got[False][1] in (None, PIXEL_MATCHER), got
 
 
 def test_features_kept_with_the_image_give_the_same_answers(tmp_path, photo):
