@@ -324,6 +324,25 @@ def test_colour_edit_fits_global_edits_and_not_channel_swaps():
     assert not edit["plausible"] or np.median(r) > 0.1
 
 
+def test_colour_edit_fits_an_editors_hue_turn_and_refuses_few_hues_when_asked():
+    """An editor turns hues on the colour hexagon (largest and smallest channel kept), which a
+    turn of the chroma plane misses by up to 0.3 on saturated colours: the second form fits it
+    to the pixel, up to the 60-degree limit; a picture of too few hues is not fitted at all."""
+    rng = np.random.default_rng(1)
+    x = rng.random((3000, 3))
+    for degrees, plausible in ((25, True), (45, True), (90, False)):
+        hsv = np.asarray(Image.fromarray((x.reshape(50, 60, 3) * 255).astype(np.uint8)).convert("HSV")).copy()
+        hsv[..., 0] = (hsv[..., 0].astype(int) + round(degrees * 256 / 360)) % 256
+        turned = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"), np.float64).reshape(-1, 3) / 255
+        r, edit = colour_edit(np.round(x * 255) / 255, turned)
+        assert edit["plausible"] is plausible, (degrees, edit)
+        if plausible:
+            assert edit["form"] == "hue turn" and abs(edit["hue_degrees"] - degrees) < 3 and np.quantile(r, 0.99) < 0.03
+    one_hue = np.clip(np.outer(rng.random(3000), [1.0, 0.6, 0.2]) + 0.05 * rng.random((3000, 3)), 0, 1)
+    r, edit = colour_edit(one_hue, one_hue[:, ::-1], min_hues=3)
+    assert not edit["plausible"] and edit["hues"] < 3 and (r == 1).all()
+
+
 def test_the_same_pair_always_gets_the_same_answer(photo):
     a, b = _kp(photo), _kp(_rotate(photo, 6))
     first = match_keypoints(a, b)
