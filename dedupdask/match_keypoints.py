@@ -31,8 +31,8 @@ so two different ones share their template's keypoints; two photos do not):
    form -- or, the other form tried, every colour's hexagon hue is turned by one angle, its
    saturation scaled and its value (largest channel) put through one gain and offset: the
    hue slider of an editor (HSV and HSL turn hues alike), which a turn of the chroma plane
-   only approximates for saturated colours. It must be one an editor makes: luma stays an increasing function of luma along
-   the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
+   only approximates for saturated colours. It must be one an editor makes: luma stays an
+   increasing function of luma along the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
    most :data:`MAX_HUE_TURN`, the chroma gain under
    :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
    pictures whose colours differ by a *redesign* (another skin tone of an emoji, another
@@ -228,9 +228,9 @@ class KeypointMatch:
         The larger share of one picture that lies inside the other under the warp (under
         :data:`MIN_CONTAINED`: two windows onto one scene, score 0).
     colour : dict
-        The fitted edit: ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``,
-        ``min_weight``, ``hues`` (of the more colourful picture), and ``plausible`` (within
-        the limits).
+        The fitted edit: ``form`` (``"chroma turn"`` or ``"hue turn"``, see :func:`colour_edit`),
+        ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``, ``min_weight``, ``hues``
+        (of the more colourful picture), and ``plausible`` (within the limits).
     """
 
     score: float
@@ -594,6 +594,7 @@ def colour_edit(
     found = [(edited(p, F) - dst, _describe(p, keep, Y, src, hues, swap, grey_range)) for p, r, keep in fits]
     if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
         found.append(_hue_turn(src, dst, sample, hues, swap))
+
     def rank(f: tuple[np.ndarray, dict[str, Any]]) -> tuple[bool, float, float]:
         worst = _worst_channel(f[0])  # plausible first, then fewer pixels off, then closer
         return not f[1]["plausible"], float((worst > OFF_LEVEL).mean()), float(worst.mean())
@@ -637,7 +638,7 @@ def _hue_turn(
     i = sample
     chromatic = i[(ss[i] > 0.15) & (vs[i] > 0.15) & (sd[i] > 0.05) & (vd[i] > 0.15)]
     if len(chromatic) < 10:
-        return np.ones_like(dst), {"plausible": False, "hues": hues, "form": "hue turn"}
+        return np.ones_like(dst), {"form": "hue turn", "plausible": False, "hues": hues}
     turn = (hd[chromatic] - hs[chromatic] + 3.0) % 6.0 - 3.0
     centre = float(np.angle(np.exp(1j * np.pi / 3 * turn).mean()) * 3 / np.pi)  # circular mean
     turn = float(np.median((turn - centre + 3.0) % 6.0 - 3.0) + centre)
@@ -654,15 +655,11 @@ def _hue_turn(
     out = _from_hsv((hs + turn) % 6.0, np.clip(sat * ss, 0.0, 1.0), np.clip(gain * vs + offset, 0.0, 1.0))
     degrees = turn * 60.0
     g = 1 / gain if swap and gain > 1e-6 else gain
-    edit = {"luma_gain": g, "monotone": bool(gain > 0), "chroma_gain": sat, "hue_degrees": degrees,
-            "min_weight": 0.0, "hues": hues, "form": "hue turn"}  # fmt: skip
-    relit = abs(g - 1) > FEW_HUES_GAIN and sat >= GREY_CHROMA
+    edit = {"form": "hue turn", "luma_gain": g, "monotone": bool(gain > 0), "chroma_gain": sat,
+            "hue_degrees": degrees, "min_weight": 0.0, "hues": hues}  # fmt: skip
+    # the limits of the other form; a picture of few hues is not asked (the caller's rule)
     edit["plausible"] = bool(
-        GAIN_RANGE[0] <= g <= GAIN_RANGE[1]
-        and gain > 0
-        and sat <= MAX_CHROMA_GAIN
-        and abs(degrees) <= MAX_HUE_TURN
-        and not (relit and hues <= FEW_HUES)
+        GAIN_RANGE[0] <= g <= GAIN_RANGE[1] and gain > 0 and sat <= MAX_CHROMA_GAIN and abs(degrees) <= MAX_HUE_TURN
     )
     return out - dst, edit
 
@@ -698,6 +695,7 @@ def _describe(
     if swap:  # the edit went the other way
         gain = 1 / gain if gain > 1e-6 else -1.0
     edit = {
+        "form": "chroma turn",
         "luma_gain": gain,
         "monotone": bool(min(grey_slopes) > 0),
         "chroma_gain": float(np.hypot(p[6], p[7])),
