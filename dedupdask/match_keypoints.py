@@ -68,6 +68,7 @@ tuning families of ``benchmarks/quality_families.py`` and checked on its held-ou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -591,19 +592,21 @@ def colour_edit(
     if unchanged.sum() >= max(10, 0.2 * ns) and (fits[0][1] > OFF_LEVEL).any():
         fits.append(fit(unchanged))
     grey_range = tuple(np.quantile(Y, [0.02, 0.98])) if n else (0.0, 1.0)
-    found = [(edited(p, F) - dst, _describe(p, keep, Y, src, hues, swap, grey_range)) for p, r, keep in fits]
+    # (each pixel's largest error, the edit, its signed errors: computed only for the one kept)
+    found: list[tuple[np.ndarray, dict[str, Any], Callable[[], np.ndarray]]] = [
+        (r, _describe(p, keep, Y, src, hues, swap, grey_range), lambda p=p: edited(p, F) - dst)
+        for p, r, keep in fits
+    ]
     if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
-        found.append(_hue_turn(src, dst, sample, hues, swap))
-
-    def rank(f: tuple[np.ndarray, dict[str, Any]]) -> tuple[bool, float, float]:
-        worst = _worst_channel(f[0])  # plausible first, then fewer pixels off, then closer
-        return not f[1]["plausible"], float((worst > OFF_LEVEL).mean()), float(worst.mean())
-
-    d, edit = min(found, key=rank)
+        d, turned = _hue_turn(src, dst, sample, hues, swap)
+        found.append((_worst_channel(d), turned, lambda d=d: d))
+    r, edit, errors = min(  # plausible first, then fewer pixels off, then closer
+        found, key=lambda f: (not f[1]["plausible"], float((f[0] > OFF_LEVEL).mean()), float(f[0].mean()))
+    )
     if signed:
         edit["swapped"] = bool(swap)
-        return d, edit
-    return _worst_channel(d), edit
+        return errors(), edit
+    return r, edit
 
 
 def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
