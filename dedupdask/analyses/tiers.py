@@ -214,6 +214,17 @@ def _edges(
     return unique_pairs(reps[rows], reps[idx[rows, cols]], sim[rows, cols])
 
 
+def _graph_pairs(
+    reps: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | None, cut: float | None, column: str
+) -> pd.DataFrame | None:
+    """``from, to, <column>``: the unique pairs of one kNN graph at or above ``cut`` (None
+    without the graph or the cut)."""
+    if graph is None or cut is None:
+        return None
+    a, b, s = _edges(reps, graph[0], graph[1], cut)
+    return pd.DataFrame({"from": a, "to": b, column: s})
+
+
 def candidate_cut(params: TierParams) -> float:
     """Embedding similarity from which a kNN edge is a candidate pair of some tier.
 
@@ -292,16 +303,10 @@ def candidate_pairs(
     >>> candidate_pairs(reps, emb, dct, p)[["from", "to"]].values.tolist()
     [[0, 1], [0, 2]]
     """
-    a, b, s = _edges(reps, emb_graph[0], emb_graph[1], candidate_cut(params))
-    emb = pd.DataFrame({"from": a, "to": b, "similarity": s})
-    dct = None
-    if dct_graph is not None and params.copy_threshold is not None:
-        a, b, s = _edges(reps, dct_graph[0], dct_graph[1], params.copy_threshold)
-        dct = pd.DataFrame({"from": a, "to": b, "copy_similarity": s})
-    white = None
-    if white_graph is not None and params.whitened_threshold is not None:
-        a, b, s = _edges(reps, white_graph[0], white_graph[1], params.whitened_threshold)
-        white = pd.DataFrame({"from": a, "to": b, "whitened_similarity": s})
+    emb = _graph_pairs(reps, emb_graph, candidate_cut(params), "similarity")
+    dct = _graph_pairs(reps, dct_graph, params.copy_threshold, "copy_similarity")
+    white = _graph_pairs(reps, white_graph, params.whitened_threshold, "whitened_similarity")
+    assert emb is not None  # the embedding graph and its cut are always there
     out = merge_candidates(emb, dct, white)
     if input_rep is None:
         out["same_input"] = False

@@ -86,10 +86,8 @@ def dct_graph_frame(
     """
     from ..knn_partitioned import knn_graph_frame_work_dir
 
-    if params.copy_threshold is None:
-        return None, {}
-    reps = exact[exact["index"] == exact["rep"]]["index"].persist()
-    if len(reps) <= 1:
+    reps = None if params.copy_threshold is None else _persisted_reps(exact)
+    if reps is None:
         return None, {}
     graph, _, info = knn_graph_frame_work_dir(
         col, reps, params.k, config=knn_config, method=method, random_state=random_state,  # type: ignore[arg-type]
@@ -112,10 +110,8 @@ def whitened_graph_frame(
     """
     from ..knn_partitioned import knn_graph_frame_work_dir
 
-    if params.whitened_threshold is None:
-        return None, {}
-    reps = inputs[inputs["index"] == inputs["rep"]]["index"].persist()
-    if len(reps) <= 1:
+    reps = None if params.whitened_threshold is None else _persisted_reps(inputs)
+    if reps is None:
         return None, {}
     w, about = run_whitening(col, graph_cache, random_state=random_state)
     graph, _, info = knn_graph_frame_work_dir(
@@ -123,6 +119,13 @@ def whitened_graph_frame(
         transform=w, cache=graph_cache, groups=inputs[["index", "rep"]],
     )  # fmt: skip
     return graph, {**about, "knn": info}
+
+
+def _persisted_reps(groups: Any) -> Any:
+    """The ``index`` of a group table's representatives, persisted on the workers (the kNN
+    search counts and routes them); None when there is at most one (no pair to search)."""
+    reps = groups[groups["index"] == groups["rep"]]["index"].persist()
+    return reps if len(reps) > 1 else None
 
 
 # -- per partition -------------------------------------------------------------------------------
@@ -190,18 +193,14 @@ def _candidates(
     src = part["src"].to_numpy(np.int8)
     s = part["s"].to_numpy(np.float32)
     frm, to = part["from"].to_numpy(_I64), part["to"].to_numpy(_I64)
-    e = (src == 0) & (s >= np.float32(candidate_cut(params)))
-    a, b, sim = unique_pairs(frm[e], to[e], s[e])
-    emb = pd.DataFrame({"from": a, "to": b, "similarity": sim})
-    dct = white = None
-    if params.copy_threshold is not None:
-        d = src == 1
-        a, b, sim = unique_pairs(frm[d], to[d], s[d])
-        dct = pd.DataFrame({"from": a, "to": b, "copy_similarity": sim})
-    if params.whitened_threshold is not None:
-        w = src == 2
-        a, b, sim = unique_pairs(frm[w], to[w], s[w])
-        white = pd.DataFrame({"from": a, "to": b, "whitened_similarity": sim})
+
+    def pairs(rows: np.ndarray, column: str) -> pd.DataFrame:
+        a, b, sim = unique_pairs(frm[rows], to[rows], s[rows])
+        return pd.DataFrame({"from": a, "to": b, column: sim})
+
+    emb = pairs((src == 0) & (s >= np.float32(candidate_cut(params))), "similarity")
+    dct = pairs(src == 1, "copy_similarity") if params.copy_threshold is not None else None
+    white = pairs(src == 2, "whitened_similarity") if params.whitened_threshold is not None else None
     out = merge_candidates(emb, dct, white)
     ins = part.loc[:, ["from", "to", "c_from", "c_to"]].drop_duplicates(["from", "to"])
     out = out.merge(ins, on=["from", "to"], how="left", sort=False)
