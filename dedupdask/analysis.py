@@ -493,13 +493,15 @@ def _params(col: Collection, config: RunConfig, table: Any) -> TierParams:
 
 
 def _why_not_whitened(col: Collection, params: TierParams, table: Any) -> str:
+    """Why a run has no whitened graph (``run.json["whitening"]``), read from what
+    :func:`_params` decided."""
     if not params.verify:
         return "verify=False"
     if table.whitened_threshold is None:
         return "the model has no whitened_threshold"
-    if col.n < whitening.MIN_IMAGES:
+    if params.whitened_threshold is None:  # _params: too few images to whiten
         return f"{col.n} images < {whitening.MIN_IMAGES}: candidates by verify_threshold"
-    return "one image"
+    return "at most one distinct image: no pair to search"
 
 
 def _record(
