@@ -77,9 +77,9 @@ from .match_keypoints import SIZE as KEYPOINT_SIZE
 
 __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views", "warped_score"]
 
-PIXEL_MATCHER = "pixel-alignment/2"
+PIXEL_MATCHER = "pixel-alignment/3"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit."""
-MATCHER = "pixel-alignment+keypoints/9"
+MATCHER = "pixel-alignment+keypoints/10"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -107,6 +107,11 @@ ECC_MAX_SHIFT = 3.0
 """Px (at :data:`FINE`) the ECC refinement may move a corner of the frame: about the keypoints'
 own tolerance (:data:`~dedupdask.match_keypoints.RANSAC_PX` at twice the size). Farther, ECC has
 slid on a plain picture (a sky matches a sky anywhere), and the keypoints' warp stands."""
+FRAME_TOLERANCE = 16
+"""A row or column of a frame: at least 98 % of its pixels within this many levels (of 255, in
+every channel) of its median colour -- JPEG's ringing around a flat band stays within it."""
+FRAME_MAX = 0.25
+"""At most this share of each side is a frame (:func:`frame_box`): the rest is the picture."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
@@ -259,6 +264,53 @@ def _ncc(plan: _Plan, tpl: np.ndarray) -> np.ndarray | None:
     return np.clip(out, -1.0, 1.0)
 
 
+def frame_box(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` of the part of a picture inside its frame, or None when
+    it has none.
+
+    A frame goes round a picture: a border, a passe-partout, a mat, plain margins. Rows and
+    columns that are each one colour (:data:`FRAME_TOLERANCE`) are peeled off the four sides a
+    ring at a time, so that a line inside a border (which spans only the inside of the border)
+    is peeled too, until each side reaches the picture or :data:`FRAME_MAX` of its length. A
+    picture has a frame when each of its four sides lost a row or column: one plain edge is a
+    sky or a wall, not a frame.
+
+    Examples
+    --------
+    >>> pic = np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    >>> framed = np.pad(pic, ((5, 5), (5, 5), (0, 0)), constant_values=200)
+    >>> framed[3:-3, 3] = framed[3, 3:-3] = 20  # a dark line inside the border, on two sides
+    >>> frame_box(framed), frame_box(pic)  # and one row more, where frame and picture meet
+    ((6, 52, 6, 68), None)
+    """
+    h, w = rgb.shape[:2]
+    x = rgb.astype(np.int16)
+    top, bottom, left, right = 0, h, 0, w
+    cap_y, cap_x = int(FRAME_MAX * h), int(FRAME_MAX * w)
+
+    def plain(line: np.ndarray) -> bool:
+        off = np.abs(line - np.median(line, axis=0)).max(axis=1) > FRAME_TOLERANCE
+        return int(np.count_nonzero(off)) <= 0.02 * len(line)
+
+    moved = True
+    while moved:
+        moved = False
+        if top < cap_y and plain(x[top, left:right]):
+            top, moved = top + 1, True
+        if h - bottom < cap_y and plain(x[bottom - 1, left:right]):
+            bottom, moved = bottom - 1, True
+        if left < cap_x and plain(x[top:bottom, left]):
+            left, moved = left + 1, True
+        if w - right < cap_x and plain(x[top:bottom, right - 1]):
+            right, moved = right - 1, True
+    if top == 0 or left == 0 or bottom == h or right == w:
+        return None
+    # the row where the frame meets the picture holds both (resampled, JPEG-ringed): not kept
+    top, left = min(top + 1, cap_y), min(left + 1, cap_x)
+    bottom, right = max(bottom - 1, h - cap_y), max(right - 1, w - cap_x)
+    return top, bottom, left, right
+
+
 class View:
     """Grey fine and coarse versions of a prepared image (computed once per task).
 
@@ -269,6 +321,8 @@ class View:
 
     def __init__(self, p: Prepared) -> None:
         self.keypoints = Keypoints(p.rgb, p.keypoints, p.fills)
+        self._size = (p.width, p.height)
+        self._framed: View | None | bool = False
         fh, fw = _size(FINE, p.rgb.shape[1], p.rgb.shape[0])
         if (fh, fw) != p.rgb.shape[:2]:
             from PIL import Image
@@ -307,6 +361,32 @@ class View:
             return getattr(self, what)
         out = [_pil_resize(im, w, h) for im in ims]
         return np.stack(out, axis=-1) if len(out) > 1 else out[0]
+
+    @property
+    def edge_colour(self) -> np.ndarray:
+        """Median colour (uint8 levels) of the outermost rows and columns: a frame's colour."""
+        x = self._rgb8
+        ring = np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
+        return np.median(ring, axis=0)
+
+    @property
+    def framed(self) -> View | None:
+        """The picture inside its frame (:func:`frame_box`, found at 128 px and cut from the
+        256 px image), None when it has none (made on first use)."""
+        if self._framed is False:
+            box = frame_box(self._rgb8)
+            if box is None:
+                self._framed = None
+            else:
+                (h, w), (H, W) = self._rgb8.shape[:2], self.keypoints.rgb.shape[:2]
+                t, b, l, r = box
+                t, b, l, r = round(t * H / h), round(b * H / h), round(l * W / w), round(r * W / w)
+                width, height = self._size
+                inner = Prepared(max(1, round(width * (r - l) / W)), max(1, round(height * (b - t) / H)),
+                                 np.ascontiguousarray(self.keypoints.rgb[t:b, l:r]))  # fmt: skip
+                self._framed = View(inner)
+        assert self._framed is not False
+        return self._framed
 
     @property
     def fine_plan(self) -> _Plan:
@@ -375,9 +455,10 @@ def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
     return np.clip(window_maxima(corr, plan.s1, plan.s2, st.shapes, st.root_energy), -1.0, 1.0)
 
 
-def _hypotheses(a: View, b: View) -> list[tuple[float, int, float, bool]]:
+def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int, float, bool]]:
     """The :data:`TOP` best (correlation, direction, scale, flip) of the coarse search, best
-    first: correlations compared to 4 decimals, then the larger scale, then search order."""
+    first: correlations compared to 4 decimals, then the larger scale, then search order;
+    flipped ones only with ``mirrors``."""
     vals, dirs, scales = [], [], []
     for direction, (outer, inner) in enumerate(((a, b), (b, a))):
         st = inner.stack(outer.coarse.shape)
@@ -390,9 +471,11 @@ def _hypotheses(a: View, b: View) -> list[tuple[float, int, float, bool]]:
         return []
     v, d, s = np.concatenate(vals), np.concatenate(dirs), np.concatenate(scales)
     flip = np.arange(len(v)) % 2 == 1
+    if not mirrors:
+        v = np.where(flip, -np.inf, v)
     # np.round of a float32 correlation is Python's round: no product of one lands on a half
     top = np.lexsort((-s, -np.round(v, 4)))[:TOP]
-    return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top]
+    return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
 
 def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -672,8 +755,29 @@ def warped_score(va: View, vb: View) -> float:
 
 
 def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
+    """The pixel alignment's score: of the two pictures, and of the two inside their frames
+    (:func:`frame_box`) when either has one and the pictures themselves scored under
+    ``early_accept``. A frame drawn round a copy covers the original's edges and is no part of
+    the picture; a frame round both is ignored like the rest of what lies outside the overlap.
+    Only a frame that differs between the two counts (one has it, or theirs are of other
+    colours): two drawings on the same white ground differ, if at all, in the drawing. Inside
+    frames, mirror images are not compared: plain margins cut off, the mirror image of a
+    drawing is often a drawing of its own (an arrow pointing the other way, an ornament for the
+    other corner), which the placement on its canvas had told apart."""
+    best = _aligned_score(va, vb, early_accept)
+    if early_accept is not None and best >= early_accept:
+        return best
+    fa, fb = va.framed, vb.framed
+    if fa is None and fb is None:
+        return best
+    if fa is not None and fb is not None and np.abs(va.edge_colour - vb.edge_colour).max() <= FRAME_TOLERANCE:
+        return best  # the same frame round both
+    return max(best, _aligned_score(fa or va, fb or vb, early_accept, mirrors=False))
+
+
+def _aligned_score(va: View, vb: View, early_accept: float | None, *, mirrors: bool = True) -> float:
     best = -1.0
-    hyps = _hypotheses(va, vb)
+    hyps = _hypotheses(va, vb, mirrors)
     if not hyps or hyps[0][0] < COARSE_REJECT:
         return best  # nothing aligns even coarsely: not worth refining
     memo: dict[tuple, Any] = {}

@@ -470,3 +470,45 @@ def test_a_graphic_in_many_hues_may_be_edited_as_a_whole_not_repainted_in_part()
     turned = _rotate(copies["hue turned"], 6)  # a turned copy: the keypoint warp, same colour edit
     assert warped_score(view(poster), view(turned)) >= 0.9
     assert warped_score(view(poster), view(_rotate(repainted, 6))) < 0.9
+
+
+def _border(im: Image.Image, share: float, colour: tuple[int, int, int], line: bool) -> Image.Image:
+    """A border drawn over the picture's edges (its outer ``share`` covered), maybe with a thin
+    line of another colour inside it, as a passe-partout has."""
+    out = im.copy()
+    w, h = out.size
+    width = max(2, round(min(w, h) * share))
+    d = ImageDraw.Draw(out)
+    d.rectangle((0, 0, w - 1, h - 1), outline=colour, width=width)
+    if line:
+        d.rectangle((width, width, w - 1 - width, h - 1 - width), outline=(20, 20, 20), width=max(1, width // 4))
+    return out
+
+
+def test_a_frame_round_a_copy_is_no_part_of_the_picture(photo):
+    """A border drawn over a copy covers the original's edges: every pixel inside it agrees,
+    and the pixel alignment compares the two inside their frames (a drawing's plain margins
+    are one). A clock at another time in the same frame still differs inside it, and a drawing's
+    mirror image in a frame is a drawing of its own. Two drawings on the same white ground have
+    no frame that differs: they are compared as they are."""
+    from dedupdask.match import View, frame_box
+
+    def score(a: Image.Image, b: Image.Image) -> float:
+        return match_score(prepare_image(_png(a)), prepare_image(_png(b)), keypoints=False)
+
+    ten = _clock(10, 10)
+    for share, colour, line in ((0.03, (40, 90, 220), False), (0.06, (230, 120, 20), True), (0.1, (20, 20, 20), True)):
+        framed = _border(ten, share, colour, line)
+        assert score(ten, framed) >= 0.9 and score(framed, ten) >= 0.9, share
+        assert score(photo, _border(photo, share, colour, line)) >= 0.9, share
+        assert score(ten, _border(_clock(4, 40), share, colour, line)) < 0.9, share
+    arrow = Image.new("RGB", (320, 200), (255, 255, 255))
+    ImageDraw.Draw(arrow).polygon([(30, 80), (150, 80), (150, 40), (230, 100), (150, 160), (150, 120), (30, 120)], fill=(60, 170, 60), outline=(0, 0, 0))  # fmt: skip
+    assert score(arrow, ImageOps.mirror(arrow)) >= 0.9  # the whole canvas flipped: a mirrored copy
+    assert score(arrow, _border(ImageOps.mirror(arrow), 0.06, (200, 40, 40), False)) < 0.9
+    other = arrow.copy()
+    other.paste(ImageOps.mirror(arrow).crop((70, 0, 320, 200)), (40, 0))  # pointing the other way
+    assert score(arrow, other) < 0.9
+    pic = np.asarray(photo)
+    assert frame_box(pic) is None and View(prepare_image(_png(photo))).framed is None
+    assert frame_box(np.asarray(_border(photo, 0.06, (230, 120, 20), True).resize((128, 96)))) is not None
