@@ -46,6 +46,11 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    drawing in one or two hues is not compared under a colour edit: another colour of its one
    fill is how a designer makes a variant (another skin tone, the same clip art in red and in
    blue), and a copy recoloured as a whole cannot be told from it.
+4. **Frames.** A border drawn over a copy covers the original's edges, which no alignment of
+   the whole pictures explains. When either picture has a frame (rows and columns of one colour
+   on all four sides: a border, a passe-partout, plain margins; :func:`frame_box`) and their
+   frames differ, steps 1-3 are run again on the two pictures inside their frames, without
+   mirror images.
 
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
 duplicate when ``score >= verify_score`` (default 0.9, :mod:`dedupdask.thresholds`: residual
