@@ -384,11 +384,12 @@ class View:
                 self._framed = None
             else:
                 (h, w), (H, W) = self._rgb8.shape[:2], self.keypoints.rgb.shape[:2]
-                t, b, l, r = box
-                t, b, l, r = round(t * H / h), round(b * H / h), round(l * W / w), round(r * W / w)
+                top, bottom, left, right = box
+                t, b = round(top * H / h), round(bottom * H / h)
+                x0, x1 = round(left * W / w), round(right * W / w)
                 width, height = self._size
-                inner = Prepared(max(1, round(width * (r - l) / W)), max(1, round(height * (b - t) / H)),
-                                 np.ascontiguousarray(self.keypoints.rgb[t:b, l:r]))  # fmt: skip
+                inner = Prepared(max(1, round(width * (x1 - x0) / W)), max(1, round(height * (b - t) / H)),
+                                 np.ascontiguousarray(self.keypoints.rgb[t:b, x0:x1]))  # fmt: skip
                 self._framed = View(inner)
         assert self._framed is not False
         return self._framed
