@@ -39,7 +39,8 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
 3. **Colour.** Unless an alignment already scored ``early_accept``, the best one is scored
    again under the one global colour edit that fits the pair best
    (:func:`~dedupdask.match_keypoints.colour_edit`, the keypoint matcher's: greyscale, sepia,
-   saturation, tone, and a hue turned as an editor's slider turns it), when it is one an editor
+   saturation, tone, a hue turned as an editor's slider turns it, and a toning: grey, then
+   tinted along the grey levels), when it is one an editor
    makes and the more colourful picture has more than
    :data:`~dedupdask.match_keypoints.FEW_HUES` distinct hues. The residuals are read the same
    way, so every pixel must follow the one edit: a part painted another colour is a blob. A
@@ -84,7 +85,7 @@ __all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepa
 
 PIXEL_MATCHER = "pixel-alignment/3"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit."""
-MATCHER = "pixel-alignment+keypoints/10"
+MATCHER = "pixel-alignment+keypoints/11"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -93,7 +94,10 @@ graphic is also uniform (:data:`~dedupdask.match_keypoints.MIN_UNIFORM`): a smoo
 pair of two graphics gets the pixel alignment's residuals under the keypoint warp
 (:func:`warped_score`): turned, stretched and slanted copies of drawings. /9: the pixel alignment
 also fits a global colour edit (pictures of more than two hues), and the colour edit of both
-matchers includes an editor's hue turn (hexagon hue, saturation and value)."""
+matchers includes an editor's hue turn (hexagon hue, saturation and value). /10: the pixel
+alignment also compares two pictures inside their frames (:func:`frame_box`). /11: the colour
+edit of both matchers includes a toning (grey, then tinted along the grey levels: sepia, a
+duotone), for pictures of more than two hues."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

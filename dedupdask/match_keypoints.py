@@ -31,7 +31,11 @@ so two different ones share their template's keypoints; two photos do not):
    form -- or, the other form tried, every colour's hexagon hue is turned by one angle, its
    saturation scaled and its value (largest channel) put through one gain and offset: the
    hue slider of an editor (HSV and HSL turn hues alike), which a turn of the chroma plane
-   only approximates for saturated colours. It must be one an editor makes: luma stays an
+   only approximates for saturated colours; or, the third form, the picture is *toned*: made
+   grey, then tinted along its grey levels (chroma a line in luma: sepia, a duotone, a
+   cyanotype), which a photo's sepia copy needs when the tint follows its light and not its
+   colours. The hue turn and the toning are tried for pictures of more than :data:`FEW_HUES`
+   hues only. It must be one an editor makes: luma stays an
    increasing function of luma along the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
    most :data:`MAX_HUE_TURN`, the chroma gain under
    :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
@@ -600,6 +604,31 @@ def colour_edit(
     if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
         d, turned = _hue_turn(src, dst, sample, hues, swap)
         found.append((_worst_channel(d), turned, lambda d=d: d))
+        # toned: made grey, then tinted along its grey levels (sepia, a duotone, a cyanotype)
+        yt = np.stack([Fs[:, 0], np.ones(ns)], axis=1)
+
+        def toned(q: np.ndarray, f: np.ndarray) -> np.ndarray:
+            luma = f[:, :6] @ q[:6]
+            cb, cr = q[6] * f[:, 0] + q[7], q[8] * f[:, 0] + q[9]
+            return np.clip(np.stack([luma, cb, cr], axis=1) @ _YCC_INV.T, 0.0, 1.0)
+
+        q, keep = np.zeros(10), np.ones(ns, bool)
+        r_s = np.ones(ns)
+        for _ in range(4):
+            if keep.sum() < 10:
+                break
+            q[:6] = _least_squares((lu[keep], Ts[keep, 0]), (ridge, np.zeros(3)))
+            q[6:8] = _least_squares((yt[keep], Ts[keep, 1]))
+            q[8:] = _least_squares((yt[keep], Ts[keep, 2]))
+            r_s = _worst_channel(toned(q, Fs) - dst_s)
+            keep = fitting(r_s)
+        # kept only when it may explain more pixels than every other form, an editor's or not
+        if float((r_s > OFF_LEVEL).mean()) < min(float((f[0] > OFF_LEVEL).mean()) for f in found):
+            d = toned(q, F) - dst
+            r = _worst_channel(d)
+            tone = _describe(np.r_[q[:6], 0.0, 0.0, 0.0, 0.0], fitting(r), Y, src, hues, swap, grey_range)
+            tone.update(form="toned", chroma_gain=0.0, hue_degrees=0.0)  # the source's colours dropped
+            found.append((r, tone, lambda d=d: d))
     r, edit, errors = min(  # plausible first, then fewer pixels off, then closer
         found, key=lambda f: (not f[1]["plausible"], float((f[0] > OFF_LEVEL).mean()), float(f[0].mean()))
     )
