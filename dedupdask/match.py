@@ -97,7 +97,7 @@ also fits a global colour edit (pictures of more than two hues), and the colour 
 matchers includes an editor's hue turn (hexagon hue, saturation and value). /10: the pixel
 alignment also compares two pictures inside their frames (:func:`frame_box`). /11: the colour
 edit of both matchers includes a toning (grey, then tinted along the grey levels: sepia, a
-duotone), for pictures of more than two hues."""
+cyanotype), for pictures of more than two hues."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

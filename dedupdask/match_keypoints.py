@@ -32,10 +32,11 @@ so two different ones share their template's keypoints; two photos do not):
    saturation scaled and its value (largest channel) put through one gain and offset: the
    hue slider of an editor (HSV and HSL turn hues alike), which a turn of the chroma plane
    only approximates for saturated colours; or, the third form, the picture is *toned*: made
-   grey, then tinted along its grey levels (chroma a line in luma: sepia, a duotone, a
-   cyanotype), which a photo's sepia copy needs when the tint follows its light and not its
+   grey, then tinted along its grey levels (chroma a line in luma: sepia, a cyanotype, a
+   tint), which a photo's sepia copy needs when the tint follows its light and not its
    colours. The hue turn and the toning are tried for pictures of more than :data:`FEW_HUES`
-   hues only. It must be one an editor makes: luma stays an
+   hues only, the toning only onto a picture of at most that many (a ramp of one tint has two
+   hues at most: its ends; a colourful sticker on a grey picture is not absorbed by a toning). It must be one an editor makes: luma stays an
    increasing function of luma along the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
    most :data:`MAX_HUE_TURN`, the chroma gain under
    :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
@@ -604,7 +605,9 @@ def colour_edit(
     if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
         d, turned = _hue_turn(src, dst, sample, hues, swap)
         found.append((_worst_channel(d), turned, lambda d=d: d))
-        # toned: made grey, then tinted along its grey levels (sepia, a duotone, a cyanotype)
+    if hues > FEW_HUES and _hues(T) <= FEW_HUES:
+        # toned: made grey, then tinted along its grey levels (sepia, a cyanotype, a tint);
+        # a toned picture is a ramp of one tint, of two hues at most (the ramp's ends)
         yt = np.stack([Fs[:, 0], np.ones(ns)], axis=1)
 
         def toned(q: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -622,8 +625,8 @@ def colour_edit(
             q[8:] = _least_squares((yt[keep], Ts[keep, 2]))
             r_s = _worst_channel(toned(q, Fs) - dst_s)
             keep = fitting(r_s)
-        # kept only when it may explain more pixels than every other form, an editor's or not
-        if float((r_s > OFF_LEVEL).mean()) < min(float((f[0] > OFF_LEVEL).mean()) for f in found):
+        # kept only when it may explain as many pixels as every other form, an editor's or not
+        if float((r_s > OFF_LEVEL).mean()) <= min(float((f[0] > OFF_LEVEL).mean()) for f in found):
             d = toned(q, F) - dst
             r = _worst_channel(d)
             tone = _describe(np.r_[q[:6], 0.0, 0.0, 0.0, 0.0], fitting(r), Y, src, hues, swap, grey_range)
