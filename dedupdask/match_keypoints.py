@@ -36,8 +36,9 @@ so two different ones share their template's keypoints; two photos do not):
    tint), which a photo's sepia copy needs when the tint follows its light and not its
    colours. The hue turn and the toning are tried for pictures of more than :data:`FEW_HUES`
    hues only, the toning only onto a picture of at most that many (a ramp of one tint has two
-   hues at most: its ends; a colourful sticker on a grey picture is not absorbed by a toning). It must be one an editor makes: luma stays an
-   increasing function of luma along the grey axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
+   hues at most: its ends; a colourful sticker on a grey picture is not absorbed by a toning).
+   It must be one an editor makes: luma stays an increasing function of luma along the grey
+   axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
    most :data:`MAX_HUE_TURN`, the chroma gain under
    :data:`MAX_CHROMA_GAIN`, no channel counts negatively (:data:`MIN_LUMA_WEIGHT`). Two
    pictures whose colours differ by a *redesign* (another skin tone of an emoji, another
@@ -234,7 +235,8 @@ class KeypointMatch:
         The larger share of one picture that lies inside the other under the warp (under
         :data:`MIN_CONTAINED`: two windows onto one scene, score 0).
     colour : dict
-        The fitted edit: ``form`` (``"chroma turn"`` or ``"hue turn"``, see :func:`colour_edit`),
+        The fitted edit: ``form`` (``"chroma turn"``, ``"hue turn"`` or ``"toned"``, see
+        :func:`colour_edit`),
         ``luma_gain``, ``monotone``, ``chroma_gain``, ``hue_degrees``, ``min_weight``, ``hues``
         (of the more colourful picture), and ``plausible`` (within the limits).
     """
@@ -505,9 +507,11 @@ def colour_edit(
     """Fit ``dst ~ edit(src)`` for a global tone/colour edit; per-pixel residual and the edit.
 
     ``src`` and ``dst`` are ``[n, 3]`` colours in 0..1 of the same pixels. The edit is fitted
-    from the more colourful side to the other (colour cannot be told from grey), in two forms:
-    a smooth luma with a turned and scaled chroma plane (from two starts), and an editor's hue
-    turn (:func:`_hue_turn`); of the edits an editor makes, the one leaving fewest pixels off.
+    from the more colourful side to the other (colour cannot be told from grey), in three forms:
+    a smooth luma with a turned and scaled chroma plane (from two starts), an editor's hue turn
+    (:func:`_hue_turn`), and a toning (the same luma, chroma a line in the luma: sepia, a
+    cyanotype; onto a side of at most :data:`FEW_HUES` hues); of the edits an editor makes, the
+    one leaving fewest pixels off.
 
     Returns
     -------
