@@ -571,25 +571,30 @@ def colour_edit(
         P[6:, 1:] = [[p[6], p[7]], [-p[7], p[6]]]
         return np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0)
 
-    def residual(p: np.ndarray, on_sample: bool = False) -> np.ndarray:
-        """Each pixel's largest channel error under the edit ``p`` (of the sample's pixels only)."""
-        f, d = (Fs, dst_s) if on_sample else (F, dst)
-        return _worst_channel(edited(p, f) - d)
-
     def fitting(r: np.ndarray) -> np.ndarray:
         """The pixels that fit: what is off by much more than most pixels is an overlay."""
         return r < max(2.5 * float(np.median(r)), 0.04)
 
-    def fit(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fit on the sample, trim what does not fit (overlays), refit; residuals of every pixel."""
-        p = np.zeros(10)
+    def trimmed(
+        keep: np.ndarray, chroma: Callable[[np.ndarray], np.ndarray], colours: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fit on the sample (the luma, then the chroma's parameters ``chroma(keep)``), trim what
+        does not fit (overlays), refit; the edit ``p``, whose colours of the rows ``f`` of F are
+        ``colours(p, f)``, and each sample pixel's largest channel error under it."""
+        p, r = np.zeros(10), np.ones(ns)
         for _ in range(4):
             if keep.sum() < 10:
                 break
             p[:6] = _least_squares((lu[keep], Ts[keep, 0]), (ridge, np.zeros(3)))
-            p[6:] = _least_squares((cb[keep], Ts[keep, 1]), (cr[keep], Ts[keep, 2]))
-            keep = fitting(residual(p, on_sample=True))
-        r = residual(p)
+            p[6:] = chroma(keep)
+            r = _worst_channel(colours(p, Fs) - dst_s)
+            keep = fitting(r)
+        return p, r
+
+    def fit(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chroma plane turned (:func:`trimmed`); residuals of every pixel, and which fit."""
+        p, _ = trimmed(keep, lambda k: _least_squares((cb[k], Ts[k, 1]), (cr[k], Ts[k, 2])), edited)
+        r = _worst_channel(edited(p, F) - dst)
         return p, r, fitting(r)
 
     # Two starts: every pixel (an edit of the whole picture), and the pixels that did not change
@@ -615,26 +620,20 @@ def colour_edit(
         yt = np.stack([Fs[:, 0], np.ones(ns)], axis=1)
 
         def toned(q: np.ndarray, f: np.ndarray) -> np.ndarray:
-            luma = f[:, :6] @ q[:6]
-            cb, cr = q[6] * f[:, 0] + q[7], q[8] * f[:, 0] + q[9]
-            return np.clip(np.stack([luma, cb, cr], axis=1) @ _YCC_INV.T, 0.0, 1.0)
+            luma, y = f[:, :6] @ q[:6], f[:, 0]  # the chroma a line in the source's luma
+            return np.clip(np.stack([luma, q[6] * y + q[7], q[8] * y + q[9]], axis=1) @ _YCC_INV.T, 0.0, 1.0)
 
-        q, keep = np.zeros(10), np.ones(ns, bool)
-        r_s = np.ones(ns)
-        for _ in range(4):
-            if keep.sum() < 10:
-                break
-            q[:6] = _least_squares((lu[keep], Ts[keep, 0]), (ridge, np.zeros(3)))
-            q[6:8] = _least_squares((yt[keep], Ts[keep, 1]))
-            q[8:] = _least_squares((yt[keep], Ts[keep, 2]))
-            r_s = _worst_channel(toned(q, Fs) - dst_s)
-            keep = fitting(r_s)
+        def tint(k: np.ndarray) -> np.ndarray:
+            return np.r_[_least_squares((yt[k], Ts[k, 1])), _least_squares((yt[k], Ts[k, 2]))]
+
+        q, r_s = trimmed(np.ones(ns, bool), tint, toned)
         # kept only when it may explain as many pixels as every other form, an editor's or not
         if float((r_s > OFF_LEVEL).mean()) <= min(float((f[0] > OFF_LEVEL).mean()) for f in found):
             d = toned(q, F) - dst
             r = _worst_channel(d)
+            # described with no chroma plane: chroma gain 0, the source's colours dropped
             tone = _describe(np.r_[q[:6], 0.0, 0.0, 0.0, 0.0], fitting(r), Y, src, hues, swap, grey_range)
-            tone.update(form="toned", chroma_gain=0.0, hue_degrees=0.0)  # the source's colours dropped
+            tone["form"] = "toned"
             found.append((r, tone, lambda d=d: d))
     r, edit, errors = min(  # plausible first, then fewer pixels off, then closer
         found, key=lambda f: (not f[1]["plausible"], float((f[0] > OFF_LEVEL).mean()), float(f[0].mean()))
