@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="duplicates: similarity >= T; outliers: <= T; stats: the metric's cut-off")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="fsspec options as JSON (default: none)")
+    p = sub.add_parser("report", help="write a static report of an analysed WORK_DIR into OUT (plots, every row paged)")
+    p.add_argument("work_dir")
+    p.add_argument("out", help="folder for the report (index.html, pairs/, components/, ...)")
+    p.add_argument("--rows-per-page", type=int, default=100, help="rows per page (default: 100)")
+    p.add_argument("--thumbnail-rows", type=int, default=1000,
+                   help="rows of each table, from its first, whose images get thumbnails (default: 1000)")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help="fsspec options as JSON (default: none)")
     _add_removal_parsers(sub)
     p = sub.add_parser("demo", help="generate sample shards with planted duplicates and run on them")
     p.add_argument("--out", default="demo", help="folder for the shards and the work_dir (default: ./demo)")
@@ -195,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(ns)
         if ns.command == "gallery":
             return _gallery(ns)
+        if ns.command == "report":
+            return _report(ns)
         if ns.command in ("removals", "clean"):
             return _act(ns)
         opts = _options(ns)
@@ -256,6 +266,18 @@ def _gallery(ns: argparse.Namespace) -> int:
     for page in pages:
         missing = f", {page.n_missing} thumbnails missing" if page.n_missing else ""
         print(f"{page.path}: {page.n_rows} rows{missing}")
+    return 0
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from .report import write_report
+
+    rep = write_report(ns.work_dir, ns.out, rows_per_page=ns.rows_per_page, thumbnail_rows=ns.thumbnail_rows,
+                       storage_options=ns.storage_options)  # fmt: skip
+    for name, t in rep.tables.items():
+        missing = f", {t['missing']} thumbnails missing" if t["missing"] else ""
+        print(f"{name}: {t['rows']} rows on {t['pages']} pages, {t['thumbnails']} thumbnails{missing}")
+    print(f"report: {rep.path} ({rep.seconds:.1f} s)")
     return 0
 
 

@@ -326,6 +326,46 @@ class DedupResult:
             storage_options=storage_options,
         )
 
+    def report(
+        self,
+        out: str,
+        *,
+        rows_per_page: int = 100,
+        thumbnail_rows: int = 1000,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Any:
+        """Write the report: ``index.html`` with the counters and plots, and every row of the
+        pairs, groups, outliers, invalid images and issues on linked pages.
+
+        See :func:`dedupdask.report.write_report`.
+
+        Parameters
+        ----------
+        out : str
+            Folder to write into (local or URL).
+        rows_per_page : int
+            Rows per page.
+        thumbnail_rows : int
+            Rows of each table, from its first, whose images get thumbnails.
+        storage_options : dict, optional
+            fsspec options for the archives and ``out``; default: the run's.
+
+        Returns
+        -------
+        Report
+            ``str(report)`` is the path of ``index.html``.
+
+        Examples
+        --------
+        >>> rep = res.report("report")  # doctest: +SKIP
+        >>> rep.tables["pairs"]["pages"]  # doctest: +SKIP
+        2
+        """
+        from .report import write_report
+
+        return write_report(self, out, rows_per_page=rows_per_page, thumbnail_rows=thumbnail_rows,
+                            storage_options=storage_options)  # fmt: skip
+
     def __repr__(self) -> str:
         s = self.summary()
         return (
