@@ -81,7 +81,10 @@ from .match_keypoints import (
 )
 from .match_keypoints import SIZE as KEYPOINT_SIZE
 
-__all__ = ["MATCHER", "PIXEL_MATCHER", "Prepared", "View", "match_score", "prepare_image", "score_views", "warped_score"]
+__all__ = [
+    "MATCHER", "MATCHERS", "PIXEL_MATCHER", "MatchRecord", "Prepared", "View", "match_record", "match_score",
+    "prepare_image", "record_views", "score_views", "warped_record", "warped_score",
+]  # fmt: skip
 
 PIXEL_MATCHER = "pixel-alignment/3"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit."""
@@ -159,6 +162,82 @@ def _sizeof_prepared(p: Prepared) -> int:
     # would count a read-back of a thousand images (~150 MB) as a few kilobytes
     feats = [a for f in (p.keypoints or {}).values() for a in f if a is not None]
     return 200 + int(p.rgb.nbytes) + sum(int(a.nbytes) for a in feats)
+
+
+MATCHERS = ("pixel", "pixel_framed", "warped", "keypoints")
+"""Which part of the matcher gave a pair its score (:attr:`MatchRecord.matcher`): the pixel
+alignment of the two pictures, of the two inside their frames (:func:`frame_box`), the pixel
+alignment's residuals under the keypoints' plane warp (:func:`warped_score`, two graphics), or
+the keypoint matcher (:mod:`dedupdask.match_keypoints`)."""
+
+
+@dataclass
+class MatchRecord:
+    """What verification found for one pair: its score, which matcher gave it, the alignment,
+    and the sub-scores the score was made of.
+
+    Attributes
+    ----------
+    score : float
+        The pair's score (:func:`match_score`); -1 when nothing aligns.
+    matcher : str
+        One of :data:`MATCHERS`, or ``""`` when no alignment was found.
+    homography : ndarray or None
+        3 x 3, mapping the second picture's normalised coordinates (``x / width``,
+        ``y / height``, both in 0..1 over the picture as displayed) to the first's: where the
+        second picture lies on the first. None when no alignment was found.
+    residual, cell, blob : float
+        The pixel residuals under the alignment (``score = 1 - max(residual, cell / 2, 75 *
+        blob)``, see the module docstring); NaN for the keypoint matcher.
+    inliers : int
+        Keypoint matches agreeing with the warp (``warped`` and ``keypoints``), else 0.
+    differing : float
+        The keypoint matcher's share of the compared area that differs after the colour edit
+        (its overlay), NaN for the others.
+    colour : str
+        The global colour edit the score was read under: ``""`` (none: one brightness gain),
+        ``"colour edit"`` (the pixel alignment's, :func:`~dedupdask.match_keypoints.colour_edit`)
+        or the keypoint matcher's form (``"chroma turn"``, ``"hue turn"``, ``"toned"``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+    >>> r = match_record(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1]))
+    >>> r.matcher, round(r.score, 3), np.round(r.homography @ [0.25, 0.5, 1.0], 3).tolist()
+    ('pixel', 1.0, [0.75, 0.5, 1.0])
+    """
+
+    score: float = -1.0
+    matcher: str = ""
+    homography: np.ndarray | None = None
+    residual: float = float("nan")
+    cell: float = float("nan")
+    blob: float = float("nan")
+    inliers: int = 0
+    differing: float = float("nan")
+    colour: str = ""
+
+
+def _norm(hw: tuple[int, ...]) -> np.ndarray:
+    """Normalised coordinates (0..1) -> pixel coordinates of an image of shape ``hw``."""
+    return np.diag([float(hw[1]), float(hw[0]), 1.0])
+
+
+def _unit(H: np.ndarray) -> np.ndarray:
+    return H / H[2, 2]
+
+
+def _better(best: MatchRecord, other: MatchRecord) -> MatchRecord:
+    """The record of the higher score (the first on a tie, as ``max`` keeps it)."""
+    return other if other.score > best.score else best
+
+
+def _pixel_record(r: tuple[float, float, float] | None, **kw: Any) -> MatchRecord:
+    """A record of the pixel alignment's residual triple (``r`` None: no colour edit: -1)."""
+    if r is None:
+        return MatchRecord()
+    return MatchRecord(_residual_score(r), residual=float(r[0]), cell=float(r[1]), blob=float(r[2]), **kw)
 
 
 def _size(long_side: int, width: int, height: int) -> tuple[int, int]:
@@ -332,6 +411,7 @@ class View:
         self.keypoints = Keypoints(p.rgb, p.keypoints, p.fills)
         self._size = (p.width, p.height)
         self._framed: View | None | bool = False
+        self.box = np.eye(3)  # this view's normalised coordinates -> its picture's (a frame's inside)
         fh, fw = _size(FINE, p.rgb.shape[1], p.rgb.shape[0])
         if (fh, fw) != p.rgb.shape[:2]:
             from PIL import Image
@@ -395,6 +475,7 @@ class View:
                 inner = Prepared(max(1, round(width * (x1 - x0) / W)), max(1, round(height * (b - t) / H)),
                                  np.ascontiguousarray(self.keypoints.rgb[t:b, x0:x1]))  # fmt: skip
                 self._framed = View(inner)
+                self._framed.box = np.array([[(x1 - x0) / W, 0.0, x0 / W], [0.0, (b - t) / H, t / H], [0.0, 0.0, 1.0]])
         assert self._framed is not False
         return self._framed
 
@@ -655,21 +736,50 @@ def match_score(
     >>> round(match_score(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1])), 3)
     1.0
     """
-    return score_views(View(a), View(b), early_accept, keypoints=keypoints)
+    return record_views(View(a), View(b), early_accept, keypoints=keypoints).score
+
+
+def match_record(
+    a: Prepared, b: Prepared, *, early_accept: float | None = None, keypoints: bool = True
+) -> MatchRecord:
+    """:func:`match_score` with what it found: the matcher, the alignment and the sub-scores.
+
+    Examples
+    --------
+    >>> from dedupdask.datasets import random_picture
+    >>> img = np.asarray(random_picture(np.random.default_rng(3), (256, 192)))
+    >>> r = match_record(Prepared(256, 192, img), Prepared(192, 160, img[16:176, 32:224]))  # a crop
+    >>> r.matcher, r.score >= 0.9  # the crop's corners (0, 0) and (1, 1) on the picture:
+    ('pixel', True)
+    >>> np.round(r.homography @ [0, 0, 1], 3).tolist(), np.round(r.homography @ [1, 1, 1], 3).tolist()
+    ([0.125, 0.083, 1.0], [0.875, 0.917, 1.0])
+    """
+    return record_views(View(a), View(b), early_accept, keypoints=keypoints)
 
 
 def score_views(va: View, vb: View, early_accept: float | None, *, keypoints: bool = True) -> float:
+    """:func:`record_views`' score."""
+    return record_views(va, vb, early_accept, keypoints=keypoints).score
+
+
+def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: bool = True) -> MatchRecord:
     """The better of the pixel alignment and (with ``keypoints``) the keypoint matcher; the
     keypoint matcher is asked only when the pixel alignment scored under ``early_accept``.
     A pair of two graphics, which the keypoint matcher does not decide, gets the pixel
     alignment's residuals under the keypoint warp instead (:func:`warped_score`)."""
-    best = _pixel_score(va, vb, early_accept)
-    if not keypoints or (early_accept is not None and best >= early_accept):
+    best = _pixel_match(va, vb, early_accept)
+    if not keypoints or (early_accept is not None and best.score >= early_accept):
         return best
     ka, kb = va.keypoints, vb.keypoints
     if is_graphic(min(ka.flat, kb.flat), min(ka.uniform, kb.uniform)):
-        return float(max(best, warped_score(va, vb)))
-    return float(max(best, match_keypoints(ka, kb).score))
+        return _better(best, warped_record(va, vb))
+    m = match_keypoints(ka, kb)
+    other = MatchRecord(float(m.score), inliers=int(m.inliers))
+    if m.homography is not None:
+        H = np.linalg.inv(_norm(ka.grey.shape)) @ m.homography @ _norm(kb.grey.shape)
+        other = MatchRecord(float(m.score), "keypoints", _unit(H), inliers=int(m.inliers),
+                            differing=float(m.differing), colour=str((m.colour or {}).get("form", "")))  # fmt: skip
+    return _better(best, other)
 
 
 def _to_fine(kp_hw: tuple[int, ...], fine_hw: tuple[int, ...]) -> np.ndarray:
@@ -687,6 +797,11 @@ def _corner_shift(W: np.ndarray, V: np.ndarray, hw: tuple[int, int]) -> float:
 
 
 def warped_score(va: View, vb: View) -> float:
+    """:func:`warped_record`'s score (see there)."""
+    return warped_record(va, vb).score
+
+
+def warped_record(va: View, vb: View) -> MatchRecord:
     """The pixel alignment's score of a pair under the keypoint matcher's plane warp.
 
     The pixel alignment's own geometry is a scale, a shift and a flip; a copy turned by a few
@@ -717,12 +832,14 @@ def warped_score(va: View, vb: View) -> float:
     >>> other = card.copy(); other[150:180, 180:240] = (0, 120, 0)  # a detail redrawn
     >>> warped_score(v(card), v(other)) < 0.9
     True
+    >>> warped_record(v(card), v(turned)).matcher
+    'warped'
     """
     import cv2
 
     w = plane_warp(va.keypoints, vb.keypoints, mirrors=False)
     if w is None:
-        return -1.0
+        return MatchRecord()
     assert w.homography is not None  # plane_warp returns a warp or None
     F = _to_fine(va.keypoints.grey.shape, va.grey.shape) @ w.homography
     F = F @ np.linalg.inv(_to_fine(vb.keypoints.grey.shape, vb.grey.shape))  # b -> a, fine px
@@ -754,18 +871,24 @@ def warped_score(va: View, vb: View) -> float:
         pass  # did not converge: the keypoints' warp stands
     # the frame is the picture that lies inside the other: the other covers it, as a copy does
     if mask.mean() < MIN_CONTAINED:
-        return -1.0
+        return MatchRecord(inliers=int(w.inliers))
     # the blur reaches 2 px past the overlap's edge: those pixels are not compared
     inside = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
     warped = cv2.warpPerspective(other.rgb, W, (wd, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    best = _score_of(_residuals(frame.rgb, warped, inside))
-    if best < 1.0:
-        best = max(best, _score_of(_residuals(frame.rgb, warped, inside, colour=True)))
-    return float(max(best, -1.0))
+    # frame -> other in normalised coordinates; the record maps the second picture onto the first
+    N = np.linalg.inv(_norm(other.grey.shape)) @ W.astype(np.float64) @ _norm(frame.grey.shape)
+    H = _unit(np.linalg.inv(N) if frame is va else N)
+    kw = {"matcher": "warped", "homography": H, "inliers": int(w.inliers)}
+    best = _pixel_record(_residuals(frame.rgb, warped, inside), **kw)
+    if best.score < 1.0:
+        best = _better(best, _pixel_record(_residuals(frame.rgb, warped, inside, colour=True), colour="colour edit", **kw))
+    if best.score < -1.0 or best.matcher == "":
+        best = MatchRecord(max(best.score, -1.0), "warped", H, inliers=int(w.inliers))
+    return best
 
 
-def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
-    """The pixel alignment's score: of the two pictures, and of the two inside their frames
+def _pixel_match(va: View, vb: View, early_accept: float | None) -> MatchRecord:
+    """The pixel alignment's record: of the two pictures, and of the two inside their frames
     (:func:`frame_box`) when either has one and the pictures themselves scored under
     ``early_accept``. A frame drawn round a copy covers the original's edges and is no part of
     the picture; a frame round both is ignored like the rest of what lies outside the overlap.
@@ -774,19 +897,38 @@ def _pixel_score(va: View, vb: View, early_accept: float | None) -> float:
     frames, mirror images are not compared: plain margins cut off, the mirror image of a
     drawing is often a drawing of its own (an arrow pointing the other way, an ornament for the
     other corner), which the placement on its canvas had told apart."""
-    best = _aligned_score(va, vb, early_accept)
-    if early_accept is not None and best >= early_accept:
+    best = _aligned_record(va, vb, early_accept)
+    if early_accept is not None and best.score >= early_accept:
         return best
     fa, fb = va.framed, vb.framed
     if fa is None and fb is None:
         return best
     if fa is not None and fb is not None and np.abs(va.edge_colour - vb.edge_colour).max() <= FRAME_TOLERANCE:
         return best  # the same frame round both
-    return max(best, _aligned_score(fa or va, fb or vb, early_accept, mirrors=False))
+    inside = _aligned_record(fa or va, fb or vb, early_accept, mirrors=False)
+    if inside.homography is not None:  # onto the whole pictures
+        ba, bb = (fa or va).box, (fb or vb).box
+        inside.homography = _unit(ba @ inside.homography @ np.linalg.inv(bb))
+        inside.matcher = "pixel_framed"
+    return _better(best, inside)
+
+
+def _placed(outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], a_is_outer: bool) -> np.ndarray:
+    """The alignment ``at`` (inner at ``dy, dx``, size ``th x tw``, maybe mirrored, in the outer
+    picture at :data:`FINE`) as a homography of normalised coordinates, second picture -> first."""
+    dy, dx, th, tw = at
+    H, W = outer.grey.shape
+    M = np.array([[-tw if flip else tw, 0.0, dx + (tw if flip else 0)], [0.0, th, dy], [0.0, 0.0, 1.0]])
+    M = np.diag([1.0 / W, 1.0 / H, 1.0]) @ M  # inner normalised -> outer normalised
+    return M if a_is_outer else np.linalg.inv(M)
 
 
 def _aligned_score(va: View, vb: View, early_accept: float | None, *, mirrors: bool = True) -> float:
-    best = -1.0
+    return _aligned_record(va, vb, early_accept, mirrors=mirrors).score
+
+
+def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: bool = True) -> MatchRecord:
+    best = MatchRecord()
     hyps = _hypotheses(va, vb, mirrors)
     if not hyps or hyps[0][0] < COARSE_REJECT:
         return best  # nothing aligns even coarsely: not worth refining
@@ -795,13 +937,17 @@ def _aligned_score(va: View, vb: View, early_accept: float | None, *, mirrors: b
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
         got = _refine(outer, inner, scale, flip, memo)
-        if got is not None and _residual_score(got[0]) > best:
-            best, aligned = _residual_score(got[0]), (outer, inner, flip, got[1])
-        if early_accept is not None and best >= early_accept:
-            return float(best)  # a clear duplicate: the other hypotheses cannot change the decision
+        if got is not None and _residual_score(got[0]) > best.score:
+            aligned = (outer, inner, flip, got[1])
+            best = _pixel_record(got[0], matcher="pixel", homography=_placed(*aligned, direction == 0))
+        if early_accept is not None and best.score >= early_accept:
+            return best  # a clear duplicate: the other hypotheses cannot change the decision
     if aligned is not None:  # the best alignment, under a global colour edit (one fit per pair)
-        best = max(best, _score_of(_aligned_residuals(*aligned, colour=True)))
-    return float(max(best, -1.0))
+        best = _better(best, _pixel_record(_aligned_residuals(*aligned, colour=True), matcher="pixel",
+                                           homography=best.homography, colour="colour edit"))  # fmt: skip
+    if best.score < -1.0:
+        best.score = -1.0
+    return best
 
 
 def _score_of(r: tuple[float, float, float] | None) -> float:

@@ -1,0 +1,74 @@
+"""The match record: which matcher scored a pair, and where the second picture lies on the first."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from dedupdask.match import MATCHERS, match_record, match_score, prepare_image
+
+
+def _photo() -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    return np.ascontiguousarray(load_sample_image("china.jpg")[40:360, 60:540])  # 480 x 320
+
+
+def _prep(a: np.ndarray):
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, "JPEG", quality=92)
+    return prepare_image(buf.getvalue())
+
+
+def _onto(H: np.ndarray, pts: list[tuple[float, float]]) -> np.ndarray:
+    p = H @ np.array([[x, y, 1.0] for x, y in pts]).T
+    return (p[:2] / p[2]).T
+
+
+def test_a_crop_lies_where_it_was_cut_and_a_mirror_image_is_mirrored():
+    a = _photo()
+    h, w = a.shape[:2]
+    r = match_record(_prep(a), _prep(a[32:288, 48:432]))
+    assert r.matcher == "pixel" and r.score >= 0.9 and r.inliers == 0
+    corners = _onto(r.homography, [(0, 0), (1, 1)])
+    np.testing.assert_allclose(corners, [[48 / w, 32 / h], [432 / w, 288 / h]], atol=0.01)
+    m = match_record(_prep(a), _prep(a[:, ::-1]))
+    np.testing.assert_allclose(_onto(m.homography, [(0.2, 0.3)]), [[0.8, 0.3]], atol=0.01)
+
+
+def test_a_turned_copy_is_the_keypoint_matchers_and_its_centre_maps_to_the_centre():
+    a = _photo()
+    h, w = a.shape[:2]
+    turned = cv2.warpAffine(a, cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.15), (w, h))
+    r = match_record(_prep(a), _prep(turned))
+    assert r.matcher == "keypoints" and r.score >= 0.9 and r.inliers >= 30
+    assert 0 <= r.differing <= 0.35 and np.isnan(r.residual)
+    np.testing.assert_allclose(_onto(r.homography, [(0.5, 0.5)]), [[0.5, 0.5]], atol=0.02)
+    # a point off the centre turns by 6 degrees and shrinks by 1 / 1.15 about the centre (in pixels)
+    (x, y), = _onto(r.homography, [(0.9, 0.5)]) * [w, h]
+    assert np.hypot(x - w / 2, y - h / 2) == pytest.approx(0.4 * w / 1.15, rel=0.03)
+
+
+def test_a_padded_copy_maps_its_inner_picture_onto_the_whole_picture():
+    a = _photo()
+    h, w = a.shape[:2]
+    padded = np.pad(a, ((h // 8, h // 8), (w // 8, w // 8), (0, 0)), constant_values=235)
+    H2, W2 = padded.shape[:2]
+    r = match_record(_prep(a), _prep(padded))
+    assert r.score >= 0.9 and r.matcher in MATCHERS
+    # the padded picture's inner corners land on the picture's corners
+    inner = [((w // 8) / W2, (h // 8) / H2), ((w // 8 + w) / W2, (h // 8 + h) / H2)]
+    np.testing.assert_allclose(_onto(r.homography, inner), [[0, 0], [1, 1]], atol=0.03)
+
+
+def test_a_pair_that_does_not_align_has_no_homography_and_the_score_is_match_scores():
+    a = _photo()
+    other = np.ascontiguousarray(a[::-1, ::-1] // 2 + 60)
+    r = match_record(_prep(a), _prep(other))
+    assert r.score < 0.9
+    assert r.score == match_score(_prep(a), _prep(other))
+    assert (r.homography is None) == (r.matcher == "")
