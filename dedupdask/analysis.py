@@ -72,10 +72,10 @@ from .analyses.issues_dask import duplicate_frame, issue_counts, issues_dask
 from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, add_names
 from .analyses.names_dask import names_frame
 from .analyses.outliers_dask import nearest_frame, outliers_frame
-from .analyses.pairs_dask import similarity_frame
+from .analyses.pairs_dask import candidates_frame, similarity_frame
 from .analyses.routing import partition_sums
 from .analyses.stats import invalid_frame
-from .analyses.tiers import KINDS, TierParams, expand_pairs, resolve_params
+from .analyses.tiers import KINDS, TierParams, candidates_table, expand_pairs, resolve_params
 from .analyses.tiers_dask import run_tiers_frames
 from .collect import Collection, collect
 from .config import RunConfig
@@ -323,8 +323,9 @@ def _in_process(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
         tiers.dct_knn, tiers.verification, tiers.whitening, counts, "this process", stages,
     )  # fmt: skip
+    candidates = candidates_table(tiers.decided, valid)
     tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
-                  invalid=invalid, issues=issues)  # fmt: skip
+                  invalid=invalid, issues=issues, candidates=candidates)  # fmt: skip
     return _write(col, tables, run, config, builds, stages)
 
 
@@ -407,8 +408,9 @@ def _on_workers(
         col, config, params, table, issue_t, issues_about, used, random_state, knn_info,
         tiers.dct_knn, tiers.verification, tiers.whitening, counts, "workers", stages,
     )  # fmt: skip
+    candidates = candidates_frame(tiers.decided, names)
     tables = dict(similarity=similarity, outliers=outliers, components=components, stats=stats,
-                  invalid=invalid, issues=issues)  # fmt: skip
+                  invalid=invalid, issues=issues, candidates=candidates)  # fmt: skip
     return _write(col, tables, run, config, builds, stages)
 
 

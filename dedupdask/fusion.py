@@ -32,6 +32,7 @@ from dask.base import tokenize
 from .analyses.exact import ExactGroups, expand_graph
 from .analyses.tiers import (
     DECIDED_COLUMNS,
+    DECIDED_DTYPES,
     TierParams,
     candidate_pairs,
     component_edges,
@@ -283,8 +284,8 @@ def run_tiers(
     else:
         decided["verify_score"] = np.nan
         decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
-    decided["verify_score"] = decided["verify_score"].astype("float32")
-    decided = decided.loc[:, list(DECIDED_COLUMNS)]  # one column order, verified or not
+    # one column order, verified or not
+    decided = decided.reindex(columns=list(DECIDED_COLUMNS)).astype(DECIDED_DTYPES)
     cost = finish_cost(cost, **verified_counts(decided))
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
     return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn, white_about)

@@ -49,6 +49,7 @@ import pandas as pd
 from .analyses.graph import GRAPH_COLUMNS, empty_graph
 from .knn import normalize_rows
 from .knn_rows import read_file_rows
+from .match_record import RECORD_COLUMNS
 from .store import WorkDir
 
 __all__ = [
@@ -190,7 +191,8 @@ class GraphCache:
 
     def known_scores(self, previous: PreviousGraph | None, pairs: Any) -> Any:
         """The kept scores of ``pairs`` (``from, to`` of this build; pandas or Dask), moved to
-        this build's indices: ``from, to, verify_score, verify_error`` of the pairs found."""
+        this build's indices: ``from, to, verify_score, verify_error`` and the match record of
+        the pairs found."""
         import dask
         import dask.dataframe as dd
 
@@ -208,7 +210,8 @@ class GraphCache:
         return pairs.merge(kept, on=["from", "to"], how="inner")
 
     def keep_scores(self, scores: Any, matcher: dict[str, Any]) -> None:
-        """Remember this build's verification scores (``from, to, verify_score, verify_error``);
+        """Remember this build's verification scores (``from, to, verify_score, verify_error``,
+        the match record);
         not the pairs whose images could not be read (a storage error may pass)."""
         scores = scores[scores["verify_error"].isna()][list(_SCORE_COLUMNS)]
         self.kept["verified"] = (scores, "verify", 0, matcher)
@@ -349,13 +352,17 @@ def _previous_of(which: str, meta: dict[str, Any]) -> PreviousGraph:
     )  # fmt: skip
 
 
-_SCORE_COLUMNS = ("from", "to", "verify_score", "verify_error")
+_SCORE_COLUMNS = ("from", "to", "verify_score", "verify_error", *RECORD_COLUMNS)
+"""A kept score: with its match record (:data:`dedupdask.match_record.RECORD_COLUMNS`), so
+that a reused pair still shows why it was accepted; scores kept before records existed
+read back with a null record."""
 
 
 def _empty_scores() -> pd.DataFrame:
     return pd.DataFrame({
         "from": pd.Series([], dtype="int64"), "to": pd.Series([], dtype="int64"),
         "verify_score": pd.Series([], dtype="float32"), "verify_error": pd.Series([], dtype="string"),
+        **{c: pd.Series([], dtype=d) for c, d in RECORD_COLUMNS.items()},
     })  # fmt: skip
 
 
@@ -382,12 +389,15 @@ def _moved_scores(wd: WorkDir, path: str, old_offsets: np.ndarray, shift: np.nda
     import io
 
     df = pd.read_parquet(io.BytesIO(wd.read_bytes(wd.join(path))))
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "from": move(df["from"].to_numpy(_I64), old_offsets, shift),
         "to": move(df["to"].to_numpy(_I64), old_offsets, shift),
         "verify_score": df["verify_score"].to_numpy(np.float32),
         "verify_error": df["verify_error"].astype("string"),
     })  # fmt: skip
+    for c, d in RECORD_COLUMNS.items():  # null for scores kept before records existed
+        out[c] = df[c].astype(d).to_numpy() if c in df else pd.Series([None] * len(df), dtype=d)
+    return out
 
 
 def _inside(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -80,6 +80,7 @@ from .match_keypoints import (
     plane_warp,
 )
 from .match_keypoints import SIZE as KEYPOINT_SIZE
+from .match_record import MATCHERS, MatchRecord
 
 __all__ = [
     "MATCHER", "MATCHERS", "PIXEL_MATCHER", "MatchRecord", "Prepared", "View", "match_record", "match_score",
@@ -162,61 +163,6 @@ def _sizeof_prepared(p: Prepared) -> int:
     # would count a read-back of a thousand images (~150 MB) as a few kilobytes
     feats = [a for f in (p.keypoints or {}).values() for a in f if a is not None]
     return 200 + int(p.rgb.nbytes) + sum(int(a.nbytes) for a in feats)
-
-
-MATCHERS = ("pixel", "pixel_framed", "warped", "keypoints")
-"""Which part of the matcher gave a pair its score (:attr:`MatchRecord.matcher`): the pixel
-alignment of the two pictures, of the two inside their frames (:func:`frame_box`), the pixel
-alignment's residuals under the keypoints' plane warp (:func:`warped_score`, two graphics), or
-the keypoint matcher (:mod:`dedupdask.match_keypoints`)."""
-
-
-@dataclass
-class MatchRecord:
-    """What verification found for one pair: its score, which matcher gave it, the alignment,
-    and the sub-scores the score was made of.
-
-    Attributes
-    ----------
-    score : float
-        The pair's score (:func:`match_score`); -1 when nothing aligns.
-    matcher : str
-        One of :data:`MATCHERS`, or ``""`` when no alignment was found.
-    homography : ndarray or None
-        3 x 3, mapping the second picture's normalised coordinates (``x / width``,
-        ``y / height``, both in 0..1 over the picture as displayed) to the first's: where the
-        second picture lies on the first. None when no alignment was found.
-    residual, cell, blob : float
-        The pixel residuals under the alignment (``score = 1 - max(residual, cell / 2, 75 *
-        blob)``, see the module docstring); NaN for the keypoint matcher.
-    inliers : int
-        Keypoint matches agreeing with the warp (``warped`` and ``keypoints``), else 0.
-    differing : float
-        The keypoint matcher's share of the compared area that differs after the colour edit
-        (its overlay), NaN for the others.
-    colour : str
-        The global colour edit the score was read under: ``""`` (none: one brightness gain),
-        ``"colour edit"`` (the pixel alignment's, :func:`~dedupdask.match_keypoints.colour_edit`)
-        or the keypoint matcher's form (``"chroma turn"``, ``"hue turn"``, ``"toned"``).
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> img = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
-    >>> r = match_record(Prepared(128, 96, img), Prepared(128, 96, img[:, ::-1]))
-    >>> r.matcher, round(r.score, 3), np.round(r.homography @ [0.25, 0.5, 1.0], 3).tolist()
-    ('pixel', 1.0, [0.75, 0.5, 1.0])
-    """
-
-    score: float = -1.0
-    matcher: str = ""
-    homography: np.ndarray | None = None
-    residual: float = float("nan")
-    cell: float = float("nan")
-    blob: float = float("nan")
-    inliers: int = 0
-    differing: float = float("nan")
-    colour: str = ""
 
 
 def _norm(hw: tuple[int, ...]) -> np.ndarray:

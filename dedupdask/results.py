@@ -48,6 +48,7 @@ from .analyses import (
 )
 from .analyses.issues import empty_issues, issue_images, scores_frame, summary_counts
 from .analyses.names import OUTLIER_NAMES, PAIR_NAMES, named_columns
+from .analyses.tiers import DECIDED_COLUMNS, empty_candidates
 from .collect import ArchiveInfo, Collection, collect
 from .csvs import CSV_FILES, write_csvs
 from .store import WorkDir, WorkDirError
@@ -78,7 +79,9 @@ class DedupResult:
     Attributes
     ----------
     similarity : dask.dataframe.DataFrame
-        ``from, to, similarity, copy_similarity, kind, verify_score, filename_from,
+        ``from, to, similarity, copy_similarity, kind, verify_score``, the match record of a
+        verified pair (``verify_matcher, verify_h, ...``:
+        :data:`dedupdask.match_record.RECORD_COLUMNS`), ``filename_from,
         filename_to, archive_from, member_from, key_from, archive_to, member_to, key_to``;
         each unordered pair once with ``from < to`` and its strongest ``kind``
         (``exact``, ``copy``, ``near``: :mod:`dedupdask.analyses.tiers`); sorted by (embedding)
@@ -90,6 +93,13 @@ class DedupResult:
         ``index, component_id, component_size`` for every valid image (singletons: size 1).
     invalid : dask.dataframe.DataFrame
         ``filename, archive, member, key, error_code, error_message, file_size``.
+    candidates : dask.dataframe.DataFrame
+        Every candidate pair of representatives the tiers decided, accepted or not:
+        ``from, to, similarity, copy_similarity, whitened_similarity, same_input, kind, direct,
+        to_verify, accepted, verify_score, verify_error``, the match record
+        (:data:`dedupdask.match_record.RECORD_COLUMNS`) and the names of both images; most
+        similar first. The scores of rejected candidates are here (empty for runs built
+        before it was kept).
     issues : dask.dataframe.DataFrame
         ``index, filename, archive, member, key, issue, score, other, group``: one row per
         image and issue type (``dark``, ``light``, ``blurry``, ``low_information``,
@@ -125,6 +135,7 @@ class DedupResult:
         invalid: dd.DataFrame,
         run: dict[str, Any],
         issues: dd.DataFrame | None = None,
+        candidates: dd.DataFrame | None = None,
     ) -> None:
         self._collection = collection
         self.similarity = similarity
@@ -132,9 +143,11 @@ class DedupResult:
         self.components = components
         self.invalid = invalid
         self.issues = issues if issues is not None else table_from_pandas(empty_issues())
+        self.candidates = candidates if candidates is not None else table_from_pandas(empty_candidates())
         self.run = run
         self.params = dict(run.get("parameters", {}))
         self._files: dd.DataFrame | None = None
+        self._html: str | None = None
 
     # -- lazy views of the per-archive files --------------------------------------------------
     @property
@@ -333,6 +346,7 @@ class DedupResult:
         rows_per_page: int = 100,
         thumbnail_rows: int = 1000,
         storage_options: dict[str, Any] | None = None,
+        client: Any = None,
     ) -> Any:
         """Write the report: ``index.html`` with the counters and plots, and every row of the
         pairs, groups, outliers, invalid images and issues on linked pages.
@@ -349,6 +363,9 @@ class DedupResult:
             Rows of each table, from its first, whose images get thumbnails.
         storage_options : dict, optional
             fsspec options for the archives and ``out``; default: the run's.
+        client : distributed.Client, str or None
+            Where the tasks run (a Client, a scheduler address, ``"threads"``; None: dask's
+            default, else local threads).
 
         Returns
         -------
@@ -364,7 +381,30 @@ class DedupResult:
         from .report import write_report
 
         return write_report(self, out, rows_per_page=rows_per_page, thumbnail_rows=thumbnail_rows,
-                            storage_options=storage_options)  # fmt: skip
+                            storage_options=storage_options, client=client)  # fmt: skip
+
+    def show_pair(self, i: int) -> Any:
+        """The explain view of row ``i`` of :attr:`similarity`: both images, the tier that
+        accepted the pair, every score and, for a verified pair, the alignment drawn (the other
+        picture's outline on each, the difference map). Renders inline in a notebook.
+
+        Only the partition holding the row and the archives holding the two images are read
+        (:func:`dedupdask.report_notebook.pair_view`).
+
+        Examples
+        --------
+        >>> res.show_pair(0)  # doctest: +SKIP
+        """
+        from .report_notebook import pair_view
+
+        return pair_view(self, i)
+
+    def _repr_html_(self) -> str:
+        if self._html is None:  # one pass over the results, once per object
+            from .report_notebook import summary_html
+
+            self._html = summary_html(self)
+        return self._html
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -386,6 +426,7 @@ def from_tables(col: Collection, tables: dict[str, dd.DataFrame], run: dict[str,
         components=tables["components"],
         invalid=tables["invalid"],
         issues=tables.get("issues"),  # none in a run built before issue labels existed
+        candidates=tables.get("candidates"),  # none in a run built before candidates were kept
         run=run,
     )
 
@@ -430,6 +471,7 @@ _LOAD_REQUIRED = {
     "stats": ("index", "filename", "width", "height", "file_size"),
     "invalid": ("filename", "archive", "member", "error_code", "error_message", "file_size"),
     "issues": ISSUE_COLUMNS,
+    "candidates": ("from", "to", "similarity", "kind", "accepted", "verify_score"),
 }
 
 
@@ -473,8 +515,11 @@ def _open_tables(wd: WorkDir, run: dict[str, Any]) -> dict[str, dd.DataFrame]:
         "stats": None,
         "invalid": list(INVALID_COLUMNS),
         "issues": list(ISSUE_COLUMNS),
+        "candidates": [*DECIDED_COLUMNS, *named_columns(PAIR_NAMES)],
     }
     names = [*TABLES, "issues"] if "issues" in run else list(TABLES)
+    if "candidates" in (run.get("tables") or {}):  # kept since runs of matcher records
+        names.append("candidates")
     return {
         name: open_table(
             wd, name, None if layouts is None else layouts[name],

@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from .allocator import tune as tune_allocator
-from .match import MATCHER, PIXEL_MATCHER, Prepared, View, match_score, prepare_image, score_views
+from .match import MATCHER, PIXEL_MATCHER, Prepared, View, match_score, prepare_image, record_views
 from .match_keypoints import Keypoints
+from .match_record import RECORD_COLUMNS, MatchRecord, records_frame
 
 __all__ = [
     "VERIFY_COLUMNS",
@@ -47,7 +48,9 @@ __all__ = [
     "verify_pairs",
 ]
 
-VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error")
+VERIFY_COLUMNS = ("from", "to", "verify_score", "verify_error", *RECORD_COLUMNS)
+"""A scored pair: its score, why it has none (an image not read), and its match record
+(:data:`dedupdask.match_record.RECORD_COLUMNS`)."""
 
 PAIRS_PER_TASK = 1000
 """Candidate pairs scored per Dask task at most (pairs between two archives are split)."""
@@ -158,13 +161,13 @@ def score_pairs(
 ) -> tuple[pd.DataFrame, float]:
     """Score candidate pairs whose images are in ``loaded`` (one Dask task).
 
-    ``early_accept`` and ``keypoints`` are passed to :func:`dedupdask.match.score_views`.
+    ``early_accept`` and ``keypoints`` are passed to :func:`dedupdask.match.record_views`.
 
     Returns
     -------
     (DataFrame, float)
-        Columns :data:`VERIFY_COLUMNS` (``verify_score`` NaN and ``verify_error`` set when an
-        image could not be read), and the seconds spent.
+        Columns :data:`VERIFY_COLUMNS` (``verify_score`` NaN, the record null and
+        ``verify_error`` set when an image could not be read), and the seconds spent.
     """
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t0 = time.perf_counter()
@@ -178,6 +181,7 @@ def score_pairs(
     views: dict[int, View] = {}
     scores = np.full(len(pairs), np.nan, dtype=np.float64)
     errors: list[str | None] = [None] * len(pairs)
+    records: list[MatchRecord | None] = [None] * len(pairs)
     for k, (a, b) in enumerate(p.tolist()):
         pa, pb = images.get(a, "not loaded"), images.get(b, "not loaded")
         if not isinstance(pa, Prepared) or not isinstance(pb, Prepared):
@@ -185,7 +189,8 @@ def score_pairs(
         else:
             va = views.get(a) or views.setdefault(a, View(pa))
             vb = views.get(b) or views.setdefault(b, View(pb))
-            scores[k] = score_views(va, vb, early_accept, keypoints=keypoints)
+            records[k] = record_views(va, vb, early_accept, keypoints=keypoints)
+            scores[k] = records[k].score
         for i in (a, b):
             if last[i] == k:
                 views.pop(i, None)
@@ -197,7 +202,7 @@ def score_pairs(
             "verify_error": pd.array(errors, dtype="string"),
         }
     )
-    return df, time.perf_counter() - t0
+    return pd.concat([df, records_frame(records)], axis=1), time.perf_counter() - t0
 
 
 def load_ranged_images(
@@ -410,6 +415,7 @@ def verify_pairs(
             "to": pd.Series(dtype="int64"),
             "verify_score": pd.Series(dtype="float64"),
             "verify_error": pd.Series(dtype="string"),
+            **{c: pd.Series(dtype=d) for c, d in RECORD_COLUMNS.items()},
         }
     )
     if not len(p):

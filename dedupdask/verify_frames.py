@@ -37,6 +37,7 @@ import pandas as pd
 from . import verify
 from .analyses.expand_dask import owner
 from .analyses.routing import route, shuffle_method
+from .match_record import RECORD_COLUMNS
 
 __all__ = ["IMAGE_COLUMNS", "image_info", "verify_frame"]
 
@@ -168,7 +169,8 @@ def verify_partition(
     Returns
     -------
     (DataFrame, dict)
-        ``from, to, _part`` and ``verify_score, verify_error`` per pair; the partition's cost
+        ``from, to, _part``, ``verify_score, verify_error`` and the match record
+        (:data:`~dedupdask.match_record.RECORD_COLUMNS`) per pair; the partition's cost
         (``images_read``, ``read_seconds``, ``score_seconds``, ``tasks`` = chunks, ``errors``,
         ``ranged_pairs``).
     """
@@ -218,7 +220,7 @@ def verify_partition(
     return res.loc[:, list(_RESULT_COLUMNS)], cost
 
 
-_RESULT_COLUMNS = ("from", "to", "_part", "verify_score", "verify_error")
+_RESULT_COLUMNS = ("from", "to", "_part", "verify_score", "verify_error", *RECORD_COLUMNS)
 
 
 def _empty_result() -> pd.DataFrame:
@@ -229,6 +231,7 @@ def _empty_result() -> pd.DataFrame:
             "_part": pd.Series(dtype=_I64),
             "verify_score": pd.Series(dtype="float64"),
             "verify_error": pd.Series(dtype="string"),
+            **{c: pd.Series(dtype=d) for c, d in RECORD_COLUMNS.items()},
         }
     )
 

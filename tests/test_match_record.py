@@ -72,3 +72,25 @@ def test_a_pair_that_does_not_align_has_no_homography_and_the_score_is_match_sco
     assert r.score < 0.9
     assert r.score == match_score(_prep(a), _prep(other))
     assert (r.homography is None) == (r.matcher == "")
+
+
+def test_expanded_pairs_keep_the_record_and_invert_it_when_they_read_the_other_way():
+    import pandas as pd
+
+    from dedupdask.analyses import exact_groups
+    from dedupdask.analyses.tiers import expand_pairs
+    from dedupdask.match_record import RECORD_COLUMNS, parse_homography
+
+    g = exact_groups(["a", "b", "a"])  # images 0 and 2 are identical (rep 0), 1 stands alone
+    h = "0.5 0 0.25 0 0.5 0.25 0 0 1"  # 1 is the middle of 0
+    p = pd.DataFrame({"from": [0], "to": [1], "similarity": [0.9], "copy_similarity": [0.5], "kind": ["near"],
+                      "verify_score": [0.95], "verify_matcher": ["pixel"], "verify_h": [h], "verify_residual": [0.01],
+                      "verify_cell": [0.02], "verify_blob": [0.0], "verify_inliers": [0], "verify_differing": [None],
+                      "verify_colour": [""]})  # fmt: skip
+    out = expand_pairs(g, p, ["x", "y", "z"]).set_index(["from", "to"])
+    assert list(out.columns[4:12]) == list(RECORD_COLUMNS)  # after from, to (the index) and verify_score
+    assert out.loc[(0, 1), "verify_h"] == h and out.loc[(0, 1), "verify_matcher"] == "pixel"
+    # 2 is a copy of 0, so (1, 2) is the same alignment read the other way: 2 lies around 1
+    np.testing.assert_allclose(parse_homography(out.loc[(1, 2), "verify_h"]) @ [0.25, 0.25, 1], [0, 0, 1], atol=1e-9)
+    assert out.loc[(1, 2), "verify_residual"] == pytest.approx(0.01)
+    assert pd.isna(out.loc[(0, 2), "verify_matcher"]) and out.loc[(0, 2), "kind"] == "exact"

@@ -38,8 +38,8 @@ def _run(wd: str) -> dict:
 def test_every_table_is_a_folder_of_bounded_parts(small_parts):
     wd, res = small_parts
     layouts = _run(wd)["tables"]
-    assert set(layouts) == set(TABLES)
-    for name in TABLES:
+    assert set(layouts) == {*TABLES, "candidates"}
+    for name in (*TABLES, "candidates"):
         entry = layouts[name]
         parts = sorted(os.listdir(os.path.join(wd, "results", name)))
         assert parts == sorted(f"part.{i}.parquet" for i in range(len(entry["part_rows"])))
@@ -50,7 +50,7 @@ def test_every_table_is_a_folder_of_bounded_parts(small_parts):
         assert not os.path.exists(os.path.join(wd, "results", f"{name}.parquet"))
     assert layouts["components"]["rows"] == len(res.components.compute()) > 2 * ROWS
     back = ddk.load(wd)
-    for name in ("similarity", "outliers", "components", "invalid", "issues"):
+    for name in ("similarity", "outliers", "components", "invalid", "issues", "candidates"):
         pd.testing.assert_frame_equal(getattr(back, name).compute(), getattr(res, name).compute(), obj=name)
 
 
@@ -59,7 +59,7 @@ def test_a_rebuild_leaves_no_stale_part(small_parts, tmp_path):
     wd = str(tmp_path / "wd")
     shutil.copytree(small_parts[0], wd)
     build(wd, config=RunConfig(run_mode=2, progress=False))  # 1M rows per part: one file each
-    for name in TABLES:
+    for name in (*TABLES, "candidates"):
         assert os.listdir(os.path.join(wd, "results", name)) == ["part.0.parquet"], name
     assert _run(wd)["tables"]["components"]["part_rows"] == [_run(wd)["tables"]["components"]["rows"]]
 

@@ -26,21 +26,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..match_record import RECORD_COLUMNS
 from .exact import ExactGroups
 from .names import PAIR_NAMES, named_columns
 from .names_dask import join_names
 from .outliers_dask import order_key
 from .routing import numbered, route, shuffle_method, sort_by_key
 from .similarity import MAX_GROUP_PAIRS, SIMILARITY_COLUMNS
-from .tiers import expand_pairs
+from .tiers import DECIDED_COLUMNS, expand_pairs
 
-__all__ = ["INDEX_BITS", "members_by_group", "pair_key", "similarity_frame"]
+__all__ = [
+    "candidates_frame","INDEX_BITS", "members_by_group", "pair_key", "similarity_frame"]
 
 INDEX_BITS = 31
 """Global indices below ``2**INDEX_BITS`` fit in the sort keys (2.1 billion images)."""
 
 _I64 = np.int64
-_PAIR_COLS = ("from", "to", "similarity", "copy_similarity", "kind", "verify_score")
+_PAIR_COLS = ("from", "to", "similarity", "copy_similarity", "kind", "verify_score", *RECORD_COLUMNS)
 _SORT = "_sort_key"
 
 
@@ -86,6 +88,7 @@ def _pair_meta() -> pd.DataFrame:
             "from": pd.Series(dtype=_I64), "to": pd.Series(dtype=_I64),
             "similarity": pd.Series(dtype="float32"), "copy_similarity": pd.Series(dtype="float32"),
             "kind": pd.Series(dtype="string"), "verify_score": pd.Series(dtype="float32"),
+            **{c: pd.Series(dtype=d) for c, d in RECORD_COLUMNS.items()},
         }
     )  # fmt: skip
 
@@ -183,6 +186,23 @@ def similarity_frame(
     if names is None:  # no valid image: no pair
         return pairs.assign(**{c: pd.Series(dtype="string") for c in columns[len(_PAIR_COLS) :]})[columns]
     named = join_names(pairs, names, PAIR_NAMES, filename={"from": "filename_from", "to": "filename_to"})
+    named = named.map_partitions(_with_key, meta=named._meta.assign(**{_SORT: _I64(0)}))
+    return sort_by_key(named, _SORT, ["to"])[columns]
+
+
+def candidates_frame(decided: Any, names: Any) -> Any:
+    """The candidates table on the workers: every candidate pair of representatives the tiers
+    decided (:data:`~dedupdask.analyses.tiers.DECIDED_COLUMNS`: accepted or not, verified or
+    not, with the match record), with the names of both images, most similar first.
+
+    Examples
+    --------
+    >>> candidates_frame(tiers.decided, names_frame(col)).head()  # doctest: +SKIP
+    """
+    columns = [*DECIDED_COLUMNS, *named_columns(PAIR_NAMES)]
+    if names is None:  # no valid image: no pair
+        return decided.assign(**{c: pd.Series(dtype="string") for c in named_columns(PAIR_NAMES)})[columns]
+    named = join_names(decided[list(DECIDED_COLUMNS)], names, PAIR_NAMES)
     named = named.map_partitions(_with_key, meta=named._meta.assign(**{_SORT: _I64(0)}))
     return sort_by_key(named, _SORT, ["to"])[columns]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..match_record import RECORD_COLUMNS, empty_records
 from .exact import ExactGroups
 
 __all__ = [
@@ -31,12 +32,15 @@ SIMILARITY_COLUMNS = (
     "copy_similarity",
     "kind",
     "verify_score",
+    *RECORD_COLUMNS,
     "filename_from",
     "filename_to",
 )
 """``similarity``: embedding cosine; ``copy_similarity``: DCT cosine (NaN when not known);
 ``kind``: ``exact``, ``copy`` or ``near`` (:mod:`dedupdask.analyses.tiers`); ``verify_score``:
-pixel-alignment score when the pair was verified, else NaN."""
+the matcher's score when the pair was verified, else NaN; ``verify_matcher`` ...
+``verify_colour``: its match record (:data:`dedupdask.match_record.RECORD_COLUMNS`: which
+matcher, where ``to`` lies on ``from``, the sub-scores), null when not verified."""
 MAX_GROUP_PAIRS = 10_000
 
 
@@ -191,4 +195,5 @@ def similarity_table(
     out["copy_similarity"] = np.where(is_exact, 1.0, np.nan).astype(np.float32)
     out["kind"] = pd.array(np.where(is_exact, "exact", "near"), dtype="string")
     out["verify_score"] = np.full(len(out), np.nan, dtype=np.float32)
+    out = pd.concat([out, empty_records(len(out)).set_axis(out.index)], axis=1)  # not verified
     return out.loc[:, list(SIMILARITY_COLUMNS)]

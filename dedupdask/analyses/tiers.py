@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..match_record import RECORD_COLUMNS, empty_records, invert_homography_text
 from ..thresholds import Thresholds
 from .exact import ExactGroups
 from .similarity import (
@@ -52,6 +53,9 @@ from .similarity import (
 
 __all__ = [
     "DECIDED_COLUMNS",
+    "DECIDED_DTYPES",
+    "candidates_table",
+    "empty_candidates",
     "KINDS",
     "TIER_K",
     "TierParams",
@@ -71,9 +75,14 @@ __all__ = [
 KINDS = ("exact", "copy", "near")
 DECIDED_COLUMNS = (
     "from", "to", "similarity", "copy_similarity", "whitened_similarity", "same_input", "kind", "direct",
-    "to_verify", "accepted", "verify_score", "verify_error",
+    "to_verify", "accepted", "verify_score", "verify_error", *RECORD_COLUMNS,
 )  # fmt: skip
-"""Columns of the tiers' decided pairs (``TierOutcome.decided``, ``TierFrames.decided``)."""
+"""Columns of the tiers' decided pairs (``TierOutcome.decided``, ``TierFrames.decided``): the
+candidate pairs of representatives, their similarities, the decision, and the verification's
+score and match record (:data:`~dedupdask.match_record.RECORD_COLUMNS`; null when not
+verified)."""
+DECIDED_DTYPES = {"verify_score": "float32", "verify_error": "string", **RECORD_COLUMNS}
+"""dtypes of the verification's columns of the decided pairs."""
 TIER_K = 5
 """Neighbours per image searched for candidates (at least ``nearest_neighbors_k``)."""
 
@@ -375,6 +384,59 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
     return out
 
 
+def empty_candidates() -> pd.DataFrame:
+    """An empty candidates table (:func:`candidates_table`) with its dtypes.
+
+    Examples
+    --------
+    >>> empty_candidates().columns[:3].tolist()
+    ['from', 'to', 'similarity']
+    """
+    from .names import PAIR_NAMES, named_columns
+
+    types = {"from": "int64", "to": "int64", "similarity": "float32", "copy_similarity": "float32",
+             "whitened_similarity": "float32", "same_input": "bool", "kind": "string", "direct": "bool",
+             "to_verify": "bool", "accepted": "bool", **DECIDED_DTYPES,
+             **dict.fromkeys(named_columns(PAIR_NAMES), "string")}  # fmt: skip
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in types.items()})
+
+
+def candidates_table(decided: pd.DataFrame, names: pd.DataFrame) -> pd.DataFrame:
+    """The candidates table: every decided pair of representatives (:data:`DECIDED_COLUMNS`,
+    accepted or not, verified or not, with the match record) with the names of both images
+    (``names``: one row per valid image in global-index order), most similar first.
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({c: [None, None] for c in DECIDED_COLUMNS}).assign(
+    ...     **{"from": [0, 0], "to": [1, 2], "similarity": [0.7, 0.9]})
+    >>> n = pd.DataFrame({"archive": ["a"] * 3, "member": ["x", "y", "z"], "key": ["x", "y", "z"]})
+    >>> candidates_table(d, n)[["to", "member_to"]].values.tolist()
+    [[2, 'z'], [1, 'y']]
+    """
+    from .names import PAIR_NAMES, add_names
+
+    out = decided.loc[:, list(DECIDED_COLUMNS)]
+    out = out.sort_values(["similarity", "from", "to"], ascending=[False, True, True], kind="stable")
+    return add_names(out.reset_index(drop=True), names, PAIR_NAMES)
+
+
+def _expanded_records(pairs: pd.DataFrame, e: np.ndarray, n_exact: int, swapped: np.ndarray) -> pd.DataFrame:
+    """The match records of expanded pairs: each accepted pair's for its members' pairs (the
+    members of an exact group have the same pixels), with the alignment inverted where the
+    expanded pair reads the other way; null for the pairs inside a group."""
+    if all(c in pairs for c in RECORD_COLUMNS):
+        rec = pairs.loc[:, list(RECORD_COLUMNS)].reset_index(drop=True).iloc[e].reset_index(drop=True)
+    else:  # pairs decided before match records existed
+        rec = empty_records(len(e))
+    rec = pd.concat([rec.astype(RECORD_COLUMNS), empty_records(n_exact)], ignore_index=True)
+    if swapped.any():
+        h = rec["verify_h"].to_numpy(dtype=object)
+        h[swapped] = [invert_homography_text(t) for t in h[swapped]]
+        rec["verify_h"] = pd.array(h, dtype="string")
+    return rec
+
+
 def expand_pairs(
     groups: ExactGroups,
     pairs: pd.DataFrame,
@@ -430,7 +492,9 @@ def expand_pairs(
     }
     x = np.concatenate([x1, x2]).astype(np.int64)
     y = np.concatenate([y1, y2]).astype(np.int64)
+    record = _expanded_records(pairs, e, x2.size, x > y)
     df = pd.DataFrame({"from": np.minimum(x, y), "to": np.maximum(x, y), **cols})
+    df = pd.concat([df, record.set_axis(df.index)], axis=1)
     df = df[df["from"] != df["to"]]
     rank = df["kind"].map({k: i for i, k in enumerate(KINDS)}).to_numpy()
     df = (
@@ -443,6 +507,7 @@ def expand_pairs(
     )
     names = np.asarray(filenames, dtype=object)
     df["kind"] = pd.array(df["kind"].to_numpy(dtype=object), dtype="string")
+    df = df.astype(RECORD_COLUMNS)
     df["filename_from"] = pd.array(names[df["from"].to_numpy()], dtype="string")
     df["filename_to"] = pd.array(names[df["to"].to_numpy()], dtype="string")
     return df.loc[:, list(SIMILARITY_COLUMNS)]

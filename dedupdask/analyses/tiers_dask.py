@@ -39,6 +39,7 @@ import pandas as pd
 from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
 from ..knn_incremental import scores_identity
+from ..match_record import RECORD_COLUMNS
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
 from ..whitening import run_whitening
@@ -48,6 +49,7 @@ from .routing import ask, route, shuffle_method
 from .tierframes import TierFrames
 from .tiers import (
     DECIDED_COLUMNS,
+    DECIDED_DTYPES,
     TierParams,
     candidate_cut,
     decide,
@@ -229,21 +231,27 @@ def _decide(part: pd.DataFrame, params: TierParams) -> pd.DataFrame:
 def _redecide(part: pd.DataFrame, scores: pd.DataFrame, params: TierParams) -> pd.DataFrame:
     """Decide one partition again with its verification scores."""
     cands = part.drop(columns=list(_DECISION))
-    scores = scores.reset_index(drop=True).loc[:, ["from", "to", "verify_score", "verify_error"]]
+    scores = scores.reset_index(drop=True).loc[:, ["from", "to", *DECIDED_DTYPES]]
     out = decide(cands.merge(scores, on=["from", "to"], how="left", sort=False), params)
     return _final(out)
 
 
 def _unverified(part: pd.DataFrame) -> pd.DataFrame:
     out = part.assign(
-        verify_score=np.float32(np.nan), verify_error=pd.array([None] * len(part), dtype="string")
-    )
+        verify_score=np.float32(np.nan), verify_error=pd.array([None] * len(part), dtype="string"),
+        **{c: pd.Series([None] * len(part), dtype=d, index=part.index) for c, d in RECORD_COLUMNS.items()},
+    )  # fmt: skip
     return _final(out)
 
 
+def _as_scores(kept: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Scores an earlier build kept, in the columns and dtypes of this build's."""
+    return kept.reindex(columns=list(meta.columns)).astype(meta.dtypes.to_dict())
+
+
 def _final(out: pd.DataFrame) -> pd.DataFrame:
-    out = out.loc[:, list(DECIDED_COLUMNS)]
-    return out.astype({"verify_score": "float32", "verify_error": "string"})
+    out = out.reindex(columns=list(DECIDED_COLUMNS))  # the record is null where scores were kept
+    return out.astype(DECIDED_DTYPES)
 
 
 def _component_edges(
@@ -393,9 +401,7 @@ def run_tiers_frames(
     edges, first = dask.persist(edges, first)
     n_verify = int(first["to_verify"].sum().compute())
 
-    final_meta = _final(
-        first_meta.assign(verify_score=np.float32(np.nan), verify_error=pd.Series(dtype="string"))
-    )
+    final_meta = _unverified(first_meta)
     cost: dict[str, Any] = {}
     if n_verify:
         t0 = time.perf_counter()
@@ -416,8 +422,9 @@ def run_tiers_frames(
             max_member_bytes=max_member_bytes, early_accept=params.early_accept,
             keypoints=params.keypoints,
         )  # fmt: skip
-        if n_known:
-            scores = dd.concat([scores, known[list(scores.columns)]])
+        if n_known:  # in this build's columns (a score kept before records existed has a null one)
+            meta = scores._meta
+            scores = dd.concat([scores, known.map_partitions(_as_scores, meta, meta=meta, enforce_metadata=False)])
         cost["reused"] = n_known
         if graph_cache is not None:
             graph_cache.keep_scores(scores, ident)
