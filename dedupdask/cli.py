@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows of each table, from its first, whose images get thumbnails (default: 1000)")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="fsspec options as JSON (default: none)")
+    p.add_argument("--client", default=None,
+                   help="scheduler address (tcp://host:8786) or sync|threads: where the pages are written "
+                        "(OUT must be reachable from its workers); default: local threads")
     _add_removal_parsers(sub)
     p = sub.add_parser("demo", help="generate sample shards with planted duplicates and run on them")
     p.add_argument("--out", default="demo", help="folder for the shards and the work_dir (default: ./demo)")
@@ -273,10 +276,11 @@ def _report(ns: argparse.Namespace) -> int:
     from .report import write_report
 
     rep = write_report(ns.work_dir, ns.out, rows_per_page=ns.rows_per_page, thumbnail_rows=ns.thumbnail_rows,
-                       storage_options=ns.storage_options)  # fmt: skip
+                       storage_options=ns.storage_options, client=ns.client)  # fmt: skip
     for name, t in rep.tables.items():
         missing = f", {t['missing']} thumbnails missing" if t["missing"] else ""
-        print(f"{name}: {t['rows']} rows on {t['pages']} pages, {t['thumbnails']} thumbnails{missing}")
+        explained = f", {t['explained']} alignments drawn" if t.get("explained") else ""
+        print(f"{name}: {t['rows']} rows on {t['pages']} pages, {t['thumbnails']} thumbnails{missing}{explained}")
     print(f"report: {rep.path} ({rep.seconds:.1f} s)")
     return 0
 

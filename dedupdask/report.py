@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import os
 import posixpath
 import time
@@ -47,7 +48,9 @@ import dask
 import numpy as np
 import pandas as pd
 
+from .match_record import parse_homography
 from .readback import THUMB_QUALITY, Key, Thumbnail, read_thumbnails
+from .report_explain import explain_figures, explain_html
 from .report_plots import KINDS, distributions, svg_archives, svg_histograms
 from .store import WorkDir
 
@@ -64,6 +67,8 @@ THUMBNAIL_ROWS = 1000
 """Rows of each table, from its first, whose images get thumbnails."""
 THUMB_SIDE = 120
 """Longest side of a report thumbnail, in pixels."""
+EXPLAIN_SIDE = 240
+"""Longest side of the images read back for the thumbnails and the explain views' figures."""
 MAX_TEXT = 200
 
 _SCRIPT = """(() => {
@@ -127,7 +132,7 @@ th,td{border:1px solid #dde1e6;padding:4px 6px;text-align:left;vertical-align:to
 th[data-type]{cursor:pointer;user-select:none;background:#eef0f3}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-.img{display:flex;gap:8px;align-items:flex-start;min-width:300px}
+.img{display:flex;gap:8px;align-items:flex-start;min-width:200px;max-width:300px}
 .thumb{width:124px;height:124px;flex:none;display:flex;align-items:center;justify-content:center;background:#eef0f3;border-radius:4px}
 .thumb img{max-width:120px;max-height:120px}
 .ph{color:#7a828a;font-size:11px;padding:4px;text-align:center}
@@ -137,6 +142,12 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .plot{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px}
 .plot svg{display:block;max-width:100%;height:auto}
 .plot p{max-width:520px;margin:4px 6px;color:#5b6570;font-size:12px}
+details.why summary{cursor:pointer;color:#0b62c4}
+details.why[open]{width:460px}
+details.why p{margin:4px 0}
+table.scores td{border:none;padding:0 8px 0 0;font-size:12px}
+figure.explain{margin:6px 0}figure.explain img{max-width:100%;display:block}
+figure.explain figcaption{font-size:11px;color:#5b6570}
 """
 
 
@@ -157,7 +168,8 @@ class Report:
     tables : dict of str to dict
         Per table (``pairs``, ``components``, ``outliers``, ``invalid``, ``issues``): ``rows``,
         ``pages``, ``thumbnail_rows`` (rows whose images got a thumbnail), ``thumbnails``
-        (thumbnails shown) and ``missing`` (images of those rows without one).
+        (thumbnails shown), ``missing`` (images of those rows without one) and ``explained``
+        (pairs whose explain view has the alignment drawn).
     seconds : float
         Time to build the report.
 
@@ -249,12 +261,12 @@ class _Table:
     what: str  # a sentence: what a row is and the order
     headers: tuple[tuple[str, str], ...]  # (header, "num" | "text")
     images: tuple[str, ...]  # the columns holding global image indices (thumbnails)
-    row: Callable[[Any, int, Callable[[Any, str], str]], tuple[str, dict[str, str]]]
+    row: Callable[[Any, int, Any], tuple[str, dict[str, str]]]  # (row, number, _Cells)
     kinds: tuple[str, ...] = ()  # values of the kind filter
     sim_filter: str = ""  # label of the similarity-range filter; "" = none
 
 
-def _pair_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, dict[str, str]]:
+def _pair_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     kind = str(r["kind"]) if isinstance(r["kind"], str) else ""
     s, sv = _num(r["similarity"])
     c, cv = _num(r.get("copy_similarity", None))
@@ -262,26 +274,26 @@ def _pair_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, dict
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="kind-{_e(kind)}">{_e(kind)}</td>'
              f'<td class="num" data-v="{sv}">{s}</td><td class="num" data-v="{cv}">{c}</td>'
              f'<td class="num" data-v="{vv}">{v}</td>'
-             f"<td>{img(r['from'], '_from')}</td><td>{img(r['to'], '_to')}</td>")  # fmt: skip
+             f"<td>{img(r['from'], '_from')}</td><td>{img(r['to'], '_to')}</td><td>{img.explain()}</td>")  # fmt: skip
     arcs = f"{_arc(r.get('archive_from', ''))}\n{_arc(r.get('archive_to', ''))}"
     return cells, {"kind": kind, "sim": sv, "archive": arcs}
 
 
-def _component_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, dict[str, str]]:
+def _component_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="num" data-v="{int(r["component_id"])}">'
              f'{int(r["component_id"])}</td><td class="num" data-v="{int(r["component_size"])}">{int(r["component_size"])}</td>'
              f"<td>{img(r['index'], '')}</td>")  # fmt: skip
     return cells, {"archive": _arc(r.get("archive", ""))}
 
 
-def _outlier_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, dict[str, str]]:
+def _outlier_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     s, sv = _num(r["similarity"])
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="num" data-v="{sv}">{s}</td>'
              f"<td>{img(r['index'], '')}</td><td>{img(r['nearest'], '_nearest')}</td>")  # fmt: skip
     return cells, {"sim": sv, "archive": f"{_arc(r.get('archive', ''))}\n{_arc(r.get('archive_nearest', ''))}"}
 
 
-def _invalid_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, dict[str, str]]:
+def _invalid_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     size, sv = _num(r["file_size"], "{:.0f}")
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="name">{_e(r["member"])}</td>'
              f'<td class="arc">{_e(r["archive"])}</td><td>{_e(r["error_code"])}</td><td>{_e(r["error_message"])}</td>'
@@ -289,7 +301,7 @@ def _invalid_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, d
     return cells, {"archive": _arc(r["archive"])}
 
 
-def _issue_row(r: Any, n: int, img: Callable[[Any, str], str]) -> tuple[str, dict[str, str]]:
+def _issue_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     s, sv = _num(r["score"], "{:.3f}")
     other = img(r["other"], "_other") if not _missing(r["other"]) else ""
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td>{_e(r["issue"])}</td>'
@@ -311,7 +323,7 @@ TABLES = {
         "pairs", "Similar pairs",
         "Each pair of images reported as duplicates once, most similar first (results/similarity).",
         (("#", "num"), ("kind", "text"), ("similarity", "num"), ("DCT similarity", "num"),
-         ("verification", "num"), ("image", "text"), ("other image", "text")),
+         ("verification", "num"), ("image", "text"), ("other image", "text"), ("why", "text")),
         ("from", "to"), _pair_row, KINDS, "similarity"),
     "components": _Table(
         "components", "Groups of duplicates",
@@ -378,6 +390,109 @@ def _thumbs_for(
     return info, thumbs
 
 
+class _Cells:
+    """The image cells and explain views of one partition's rows: thumbnails (read at
+    :data:`EXPLAIN_SIDE`, shown at ``max_side``) for the rows before ``n_thumb``, names after."""
+
+    def __init__(self, info: pd.DataFrame, thumbs: dict[Key, Thumbnail], n_thumb: int, ctx: dict[str, Any],
+                 counts: dict[str, int]) -> None:  # fmt: skip
+        self.info, self.thumbs, self.n_thumb, self.ctx, self.counts = info, thumbs, n_thumb, ctx, counts
+        self._arrays: dict[int, np.ndarray | None] = {}
+        self._cells: dict[int, Thumbnail] = {}
+        self.r: dict[str, Any] = {}
+        self.n = 0
+
+    def bind(self, r: dict[str, Any], n: int) -> _Cells:
+        self.r, self.n = r, n
+        return self
+
+    def _key(self, i: int) -> Key | None:
+        if i not in self.info.index:
+            return None
+        a, m, o = self.info.loc[i, ["archive", "member", "occ"]]
+        return (str(a), str(m), int(o))
+
+    def array(self, i: int) -> np.ndarray | None:
+        """The image read back (long side :data:`EXPLAIN_SIDE`), None when it was not."""
+        if i not in self._arrays:
+            key = self._key(i)
+            t = self.thumbs.get(key) if key else None
+            self._arrays[i] = _decode(t.uri) if t is not None and t.uri else None
+        return self._arrays[i]
+
+    def thumb(self, i: int) -> Thumbnail:
+        if i not in self._cells:
+            key = self._key(i)
+            if key is None:
+                self._cells[i] = Thumbnail(reason=f"image {i} is not in the work_dir's files")
+            else:
+                t = self.thumbs.get(key, Thumbnail(reason="thumbnail not read"))
+                arr = self.array(i) if t.uri else None
+                self._cells[i] = _thumbnail(arr, self.ctx["max_side"]) if arr is not None else t
+        return self._cells[i]
+
+    def __call__(self, index: Any, suffix: str) -> str:
+        if _missing(index):
+            return ""
+        i, r = int(index), self.r
+        arc, member = r.get(f"archive{suffix}"), r.get(f"member{suffix}")
+        thumb = ""
+        if self.n < self.n_thumb:
+            t = self.thumb(i)
+            if i in self.info.index:
+                a, m = self.info.loc[i, ["archive", "member"]]
+                arc = a if _missing(arc) else arc
+                member = m if _missing(member) else member
+            if t.uri:
+                thumb = (f'<div class="thumb"><img src="{t.uri}" width="{t.width}" height="{t.height}" '
+                         f'alt="{_e(member or i)}" decoding="async"></div>')  # fmt: skip
+                self.counts["thumbnails"] += 1
+            else:
+                thumb = f'<div class="thumb"><div class="ph">no thumbnail: {_e(t.reason)}</div></div>'
+                self.counts["missing"] += 1
+        return (f'<div class="img">{thumb}<div><div class="name" title="{_e(member, 2000)}">{_e(member)}</div>'
+                f'<div class="arc" title="{_e(arc, 2000)}">{_e(_arc(arc))} &middot; #{i}</div></div></div>')  # fmt: skip
+
+    def explain(self) -> str:
+        """The row's explain view (:mod:`dedupdask.report_explain`): figures on thumbnail rows."""
+        r = self.r
+        figures, sizes = None, None
+        H = parse_homography(r.get("verify_h"))
+        if self.n < self.n_thumb:
+            a, b = self.array(int(r["from"])), self.array(int(r["to"]))
+            if a is not None and b is not None:
+                sizes = ((a.shape[1], a.shape[0]), (b.shape[1], b.shape[0]))
+                if H is not None:
+                    try:
+                        figures = explain_figures(a, b, H)
+                        self.counts["explained"] += 1
+                    except (ValueError, np.linalg.LinAlgError):  # a degenerate alignment: text only
+                        figures = None
+        body = explain_html(r, self.ctx["params"], figures, sizes)
+        return f'<details class="why"><summary>why</summary>{body}</details>'
+
+
+def _decode(uri: str) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):
+        return None
+
+
+def _thumbnail(arr: np.ndarray, side: int) -> Thumbnail:
+    """A ``data:`` JPEG of ``arr`` with its long side at most ``side``."""
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=THUMB_QUALITY)
+    return Thumbnail("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), im.width, im.height)
+
+
 def _write_pages(
     df: pd.DataFrame, table: str, first_row: int, first_page: int, n_pages: int, ctx: dict[str, Any],
     read: tuple[pd.DataFrame, dict[Key, Thumbnail]] | None = None,
@@ -390,44 +505,17 @@ def _write_pages(
     df = df.reset_index(drop=True)
     n_thumb = int(np.clip(thumb_rows - first_row, 0, len(df))) if spec.images else 0
     info, thumbs = read if read is not None else (pd.DataFrame(columns=["archive", "member", "occ"]), {})
-    counts = {"pages": 0, "thumbnails": 0, "missing": 0, "thumbnail_rows": n_thumb}
-
-    def image(r: Any, n: int) -> Callable[[Any, str], str]:
-        def img(index: Any, suffix: str) -> str:
-            if _missing(index):
-                return ""
-            i = int(index)
-            arc = r.get(f"archive{suffix}", None)
-            member = r.get(f"member{suffix}", None)
-            thumb = ""
-            if n < n_thumb:
-                t = Thumbnail(reason=f"image {i} is not in the work_dir's files")
-                if i in info.index:
-                    a, m, o = info.loc[i, ["archive", "member", "occ"]]
-                    t = thumbs.get((str(a), str(m), int(o)), Thumbnail(reason="thumbnail not read"))
-                    arc = a if _missing(arc) else arc
-                    member = m if _missing(member) else member
-                if t.uri:
-                    thumb = (f'<div class="thumb"><img src="{t.uri}" width="{t.width}" height="{t.height}" '
-                             f'alt="{_e(member or i)}" decoding="async"></div>')  # fmt: skip
-                    counts["thumbnails"] += 1
-                else:
-                    thumb = f'<div class="thumb"><div class="ph">no thumbnail: {_e(t.reason)}</div></div>'
-                    counts["missing"] += 1
-            return (f'<div class="img">{thumb}<div><div class="name" title="{_e(member, 2000)}">{_e(member)}</div>'
-                    f'<div class="arc" title="{_e(arc, 2000)}">{_e(_arc(arc))} &middot; #{i}</div></div></div>')  # fmt: skip
-
-        return img
-
+    counts = {"pages": 0, "thumbnails": 0, "missing": 0, "thumbnail_rows": n_thumb, "explained": 0}
+    cells = _Cells(info, thumbs, n_thumb, ctx, counts)
     page_no = first_page
     for start in range(0, max(len(df), 1) if first_row == 0 else len(df), rpp):
         part = df.iloc[start : start + rpp]
         rows = []
         for k, r in enumerate(part.to_dict("records")):
             n = start + k
-            cells, data = spec.row(r, first_row + n, image(r, n))
+            html_, data = spec.row(r, first_row + n, cells.bind(r, n))
             attrs = "".join(f' data-{key}="{_e(v, 10_000)}"' for key, v in data.items())
-            rows.append(f"<tr{attrs}>{cells}</tr>")
+            rows.append(f"<tr{attrs}>{html_}</tr>")
         body = _table_page(spec, page_no, n_pages, first_row + start, rows, ctx)
         out.write_bytes(out.join(_page_name(table, page_no)), body.encode("utf-8"))
         counts["pages"] += 1
@@ -541,6 +629,7 @@ def write_report(
     thumbnail_rows: int = THUMBNAIL_ROWS,
     max_side: int = THUMB_SIDE,
     storage_options: dict[str, Any] | None = None,
+    client: Any = None,
 ) -> Report:
     """Write the report of a finished run: ``index.html`` and every table's pages.
 
@@ -559,6 +648,10 @@ def write_report(
         Longest side of a thumbnail, in pixels.
     storage_options : dict, optional
         fsspec options for the archives and ``out``; default: the run's.
+    client : distributed.Client, str or None
+        Where the counting and the page tasks run (:func:`dedupdask.scheduler.resolve`: a
+        Client, a scheduler address, ``"sync"``/``"threads"``; None: dask's default Client,
+        else local threads). ``out`` must be reachable from its workers.
 
     Returns
     -------
@@ -568,7 +661,7 @@ def write_report(
     Raises
     ------
     ValueError
-        If an option is out of range.
+        If an option is out of range, or the work_dir is a reference run's query work_dir.
 
     Examples
     --------
@@ -576,11 +669,26 @@ def write_report(
     >>> report.tables["pairs"]["rows"]  # doctest: +SKIP
     120
     """
+    from .scheduler import resolve
+
+    with resolve(client):
+        return _write_report(result_or_work_dir, out, rows_per_page, thumbnail_rows, max_side, storage_options)
+
+
+def _write_report(
+    result_or_work_dir: Any, out: Any, rows_per_page: int, thumbnail_rows: int, max_side: int,
+    storage_options: dict[str, Any] | None,
+) -> Report:  # fmt: skip
     t0 = time.perf_counter()
     rows_per_page = _check("rows_per_page", rows_per_page, 1)
     thumbnail_rows = _check("thumbnail_rows", thumbnail_rows, 0)
     max_side = _check("max_side", max_side, 8)
     res, so = _resolve(result_or_work_dir, storage_options)
+    from .results import DedupResult
+
+    if not isinstance(res, DedupResult):  # a reference run's query work_dir: its pairs are cross pairs
+        raise ValueError(f"{getattr(res, 'work_dir', out)}: a reference run's query work_dir has no report; "
+                         "res.gallery(out) shows its cross pairs")  # fmt: skip
     target = WorkDir(os.fspath(out), so)
     target.makedirs()
     frames = _frames(res)
@@ -588,11 +696,10 @@ def write_report(
         target.makedirs(name)
     (lengths,) = dask.compute({name: f.map_partitions(len) for name, f in frames.items()})
     col = res._collection
-    ctx = {
+    ctx = {  # what every page task gets: nothing per archive or per image
         "rows_per_page": rows_per_page, "thumbnail_rows": thumbnail_rows, "max_side": max_side, "out": target,
-        "so": so, "specs": col._specs(range(len(col.archives))), "work_dir": res.work_dir,
-        "offsets": np.array([a.offset for a in col.archives], dtype=np.int64),
-        "rows": {name: int(sum(lengths[name])) for name in frames},
+        "work_dir": res.work_dir, "rows": {name: int(sum(lengths[name])) for name in frames},
+        "params": dict(res.params),
     }  # fmt: skip
     parts = {name: f.to_delayed() for name, f in frames.items()}
     heads = []  # the image indices of each table's first rows, taken where the partitions live
@@ -601,7 +708,11 @@ def write_report(
         heads += [dask.delayed(_head_indices)(part, thumbnail_rows - int(r0), TABLES[name].images)
                   for part, r0 in zip(parts[name], r0s, strict=True)
                   if r0 < thumbnail_rows and TABLES[name].images]  # fmt: skip
-    thumbs = dask.delayed(_thumbs_for)(heads, ctx["specs"], ctx["offsets"], so, max_side) if heads else None
+    side = max(EXPLAIN_SIDE, max_side)
+    thumbs = None
+    if heads:  # one task reads them all (only it gets the archives' list)
+        offsets = np.array([a.offset for a in col.archives], dtype=np.int64)
+        thumbs = dask.delayed(_thumbs_for)(heads, col._specs(range(len(col.archives))), offsets, so, side)
     tasks: dict[str, list[Any]] = {}
     n_pages: dict[str, int] = {}
     for name in frames:
@@ -621,10 +732,11 @@ def write_report(
     (done,) = dask.compute(tasks)
     tables = {}
     for name in frames:
-        c = {"rows": ctx["rows"][name], "pages": n_pages[name], "thumbnail_rows": 0, "thumbnails": 0, "missing": 0}
+        c = {"rows": ctx["rows"][name], "pages": n_pages[name], "thumbnail_rows": 0, "thumbnails": 0, "missing": 0,
+             "explained": 0}
         for part in done[name]:
-            for k in ("thumbnail_rows", "thumbnails", "missing"):
-                c[k] += part[k]
+            for k in ("thumbnail_rows", "thumbnails", "missing", "explained"):
+                c[k] += part.get(k, 0)
         tables[name] = c
     svgs = svg_histograms(hists)
     body = _index(res, tables, [(h.title, s, h.note) for h, s in zip(hists, svgs, strict=True)],

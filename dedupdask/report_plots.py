@@ -38,12 +38,13 @@ __all__ = ["Histogram", "archive_counts", "distributions", "svg_archives", "svg_
 KINDS = ("exact", "copy", "near")
 """Pair kinds, strongest first (:mod:`dedupdask.analyses.tiers`)."""
 SIMILARITY_BINS = np.linspace(-1.0, 1.0, 401)  # 0.005 wide: the thresholds sit on the grid
-SCORE_BINS = np.linspace(0.0, 1.0, 101)
+UNIT_BINS = np.linspace(0.0, 1.0, 101)
 LOG_BLUR_BINS = np.linspace(-1.0, 5.0, 121)  # log10 of the Laplacian variance (+ 0.1)
 GREY_BINS = np.linspace(0.0, 256.0, 129)
 LOG_SIDE_BINS = np.linspace(0.0, 5.0, 201)  # log10 of sqrt(width * height)
 _COLOURS = {"exact": "#1b7837", "copy": "#2166ac", "near": "#d6604d", "all": "#4d4d4d",
-            "p01": "#4d4d4d", "p99": "#d6604d", "verified": "#2166ac"}  # fmt: skip
+            "p01": "#4d4d4d", "p99": "#d6604d", "verified": "#2166ac", "accepted": "#1b7837",
+            "rejected": "#b2182b"}  # fmt: skip
 
 
 @dataclass
@@ -108,6 +109,19 @@ def _pairs_part(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def _candidates_part(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Candidate pairs (accepted or not): similarities, and the scores of the verified ones."""
+    acc = df["accepted"].to_numpy(dtype=bool, na_value=False)
+    score = df["verify_score"].to_numpy(dtype=np.float64, na_value=np.nan)
+    out: dict[str, np.ndarray] = {}
+    for name, sel in (("accepted", acc), ("rejected", ~acc)):
+        for col in ("similarity", "whitened_similarity", "copy_similarity"):
+            v = df[col].to_numpy(dtype=np.float64, na_value=np.nan)[sel]
+            out[f"cand_{col}:{name}"] = _count(v, SIMILARITY_BINS)
+        out[f"cand_verify:{name}"] = _count(score[sel], SIMILARITY_BINS)
+    return out
+
+
 def _files_part(files: pd.DataFrame, size_reference: float) -> dict[str, np.ndarray]:
     valid = files[files["index"].notna()]
 
@@ -124,7 +138,7 @@ def _files_part(files: pd.DataFrame, size_reference: float) -> dict[str, np.ndar
         }
     scores = image_scores(files, size_reference)
     for t in STAT_ISSUES:
-        out[f"score:{t}"] = _count(scores[t].to_numpy(dtype=np.float64), SCORE_BINS)
+        out[f"score:{t}"] = _count(scores[t].to_numpy(dtype=np.float64), UNIT_BINS)
     return out
 
 
@@ -161,6 +175,9 @@ def _counted(res: DedupResult) -> dict[str, np.ndarray]:
     tasks += [dask.delayed(_outliers_part)(p) for p in res.outliers[["similarity"]].to_delayed()]
     comp = res.components[["index", "component_size"]]
     tasks += [dask.delayed(_in_groups_part)(p, offsets) for p in comp.to_delayed()]
+    if "candidates" in (res.run.get("tables") or {}):
+        cand = res.candidates[["accepted", "similarity", "whitened_similarity", "copy_similarity", "verify_score"]]
+        tasks += [dask.delayed(_candidates_part)(p) for p in cand.to_delayed()]
     (parts,) = dask.compute(tasks)
     return _add(parts)
 
@@ -199,16 +216,37 @@ def distributions(res: DedupResult) -> tuple[list[Histogram], pd.DataFrame]:
     hists = [
         Histogram("Similar pairs by kind", "embedding cosine similarity", SIMILARITY_BINS,
                   {k: n(f"similarity:{k}") for k in KINDS}, marks,
-                  note="Reported pairs only: candidates that verification rejected are not kept "
-                       "by the run, so they are not counted here."),
+                  note="Reported pairs (results/similarity); the candidates below show the rejected ones."),
         Histogram("DCT similarity of the pairs by kind", "DCT descriptor cosine similarity", SIMILARITY_BINS,
                   {k: n(f"copy_similarity:{k}") for k in KINDS}, copy_marks),
-        Histogram("Verification scores of the verified pairs", "verification score", SIMILARITY_BINS,
-                  {"verified": n("verify_score:accepted")},
-                  {f"verify_score {p['verify_score']}": p["verify_score"]} if p.get("verify_score") else {},
-                  note=f"{int(ver.get('candidates', 0))} candidate pairs verified by this build, "
-                       f"{int(ver.get('accepted', 0))} accepted; the scores of rejected candidates are not "
-                       "kept by the run."),
+    ]  # fmt: skip
+    if "cand_similarity:accepted" in c:  # the run kept every candidate, rejected ones too
+        both = ("accepted", "rejected")
+        hists += [
+            Histogram("Candidate pairs: embedding similarity", "embedding cosine similarity", SIMILARITY_BINS,
+                      {k: c[f"cand_similarity:{k}"] for k in both}, marks,
+                      note="Every candidate pair of representatives the tiers decided (results/candidates): "
+                           "accepted, and rejected by verification or below every cut."),
+            Histogram("Candidate pairs: verification scores", "verification score", SIMILARITY_BINS,
+                      {k: c[f"cand_verify:{k}"] for k in both},
+                      {f"verify_score {p['verify_score']}": p["verify_score"]} if p.get("verify_score") else {},
+                      note=f"Every candidate the matcher scored, this build or an earlier one ({int(ver.get('candidates', 0))} "
+                           f"verified by this build); -1 = no alignment found."),
+        ]  # fmt: skip
+        if p.get("whitened_threshold") is not None and c["cand_whitened_similarity:accepted"].sum() + c[
+            "cand_whitened_similarity:rejected"
+        ].sum():
+            hists.append(Histogram(
+                "Candidate pairs: whitened similarity", "whitened embedding cosine", SIMILARITY_BINS,
+                {k: c[f"cand_whitened_similarity:{k}"] for k in both},
+                {f"whitened_threshold {p['whitened_threshold']}": p["whitened_threshold"]}))  # fmt: skip
+    else:
+        hists.append(Histogram(
+            "Verification scores of the verified pairs", "verification score", SIMILARITY_BINS,
+            {"verified": n("verify_score:accepted")},
+            {f"verify_score {p['verify_score']}": p["verify_score"]} if p.get("verify_score") else {},
+            note="Accepted pairs only: this run was built before the scores of rejected candidates were kept."))  # fmt: skip
+    hists += [
         Histogram("Outliers: similarity to the nearest neighbour", "cosine similarity", SIMILARITY_BINS,
                   {"all": n("outlier_similarity")},
                   note=f"The {p['lower_threshold']:g} share of images least similar to their nearest "
@@ -223,13 +261,14 @@ def distributions(res: DedupResult) -> tuple[list[Histogram], pd.DataFrame]:
                    **({f"light {cut['light']} (p01)": 255.0 * (1 - cut["light"])} if "light" in cut else {})}),
         Histogram("Size: sqrt(width x height)", "pixels (log)", LOG_SIDE_BINS,
                   {"all": c.get("side")},
-                  {f"odd_size {cut['odd_size']}": float(np.log10(ref * f))
-                   for f in ((cut.get("odd_size"), 1 / cut["odd_size"]) if cut.get("odd_size") and ref else ())},
+                  {f"odd_size {cut['odd_size']} ({w})": float(np.log10(ref * f))
+                   for w, f in ((("small", cut["odd_size"]), ("large", 1 / cut["odd_size"]))
+                                if cut.get("odd_size") and ref else ())},
                   log_x=True),
     ]  # fmt: skip
     for t in STAT_ISSUES:
         if f"score:{t}" in c:
-            hists.append(Histogram(f"Issue score: {t}", "score (0 = worst)", SCORE_BINS, {"all": c[f"score:{t}"]},
+            hists.append(Histogram(f"Issue score: {t}", "score (0 = worst)", UNIT_BINS, {"all": c[f"score:{t}"]},
                                    {f"cut-off {cut[t]}": float(cut[t])} if t in cut else {}))  # fmt: skip
     hists = [h for h in hists if all(v is not None for v in h.series.values())]
     return hists, archive_counts(res, c.get("in_groups"))

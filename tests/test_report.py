@@ -29,7 +29,8 @@ HOSTILE = '<script>alert("x")</script>&.jpg'
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Sample shards (tar, tgz, zip; a corrupt JPEG) + a tar with a hostile member name, analysed."""
+    """Sample shards (tar, tgz, zip; a corrupt JPEG) + a tar with a hostile member name, analysed
+    with the packaged model."""
     root = tmp_path_factory.mktemp("rep")
     shards = root / "shards"
     s = make_sample_shards(str(shards), n_shards=3, images_per_shard=12, n_near=6, n_exact=3,
@@ -51,7 +52,7 @@ def run(tmp_path_factory):
         ti.size = len(data)
         tf.addfile(ti, io.BytesIO(data))
     work = root / "work"
-    res = ddk.run(str(shards), str(work), model_path="dct", client="sync", progress=False)
+    res = ddk.run(str(shards), str(work), client="sync", progress=False)  # the real model: pairs get verified
     return res, str(work), root
 
 
@@ -111,7 +112,7 @@ def test_thumbnails_decode_on_the_first_rows_only_and_later_pages_say_so(site):
     shown = 0
     for i, p in enumerate(pages):
         text = p.read_text(encoding="utf-8")
-        uris = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', text)
+        uris = re.findall(r'<div class="thumb"><img src="data:image/jpeg;base64,([^"]+)"', text)
         for u in uris:
             with Image.open(io.BytesIO(base64.b64decode(u))) as im:
                 im.load()
@@ -202,7 +203,7 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium",
 PROBE = """
 window.addEventListener("load", () => {
   const imgs = [...document.images];
-  const rows = [...document.querySelectorAll("table.rows tbody tr")];
+  const rows = [...document.querySelectorAll("table.rows > tbody > tr")];
   const out = {ready: document.body.dataset.ready || "", images: imgs.length,
                loaded: imgs.filter((i) => i.complete && i.naturalWidth > 0).length,
                svgs: document.querySelectorAll("svg").length, rows: rows.length,
@@ -217,7 +218,7 @@ window.addEventListener("load", () => {
     out.shown = document.getElementById("shown").textContent;
     const th = document.querySelector("table.rows th[data-type=num]");
     th.click(); th.click();  // ascending, then descending by row number
-    out.order = [...document.querySelectorAll("table.rows tbody tr")].map((r) => r.cells[0].dataset.v);
+    out.order = [...document.querySelectorAll("table.rows > tbody > tr")].map((r) => r.cells[0].dataset.v);
   }
   document.getElementById("ddk-probe").textContent = JSON.stringify(out);
 });"""
@@ -271,17 +272,25 @@ def test_pages_in_headless_chromium(site, tmp_path):
         if check["rows"]:
             assert check["filtered"] == check["expected"] >= 1 and check["shown"].startswith(f"{check['filtered']} of")
             assert check["order"] == sorted(check["order"], key=int, reverse=True)
-    assert report.tables["pairs"]["thumbnails"] > 0
-    for label in ("index", "pairs-first"):
+    assert report.tables["pairs"]["thumbnails"] > 0 and report.tables["pairs"]["explained"] > 0
+    # one explain view open, the other rows hidden: what a user sees after clicking "why"
+    page = next(p for p in _pages(out, "pairs") if '<figure class="explain">' in p.read_text(encoding="utf-8"))
+    text = page.read_text(encoding="utf-8")
+    rows = text.split("<tr data-")
+    k = next(i for i, r in enumerate(rows) if '<figure class="explain">' in r)
+    rows[k] = rows[k].replace('<details class="why">', '<details class="why" open>')
+    text = "<tr data-".join(rows).replace("</style>", "table.rows>tbody>tr:not(:has(details[open])){display:none}</style>")
+    explain = page.with_name("explain-view.html")
+    explain.write_text(text, encoding="utf-8")
+    keep = os.environ.get("DEDUPDASK_SCREENSHOT_DIR") or str(Path(__file__).resolve().parents[1] / "test-artifacts")
+    os.makedirs(keep, exist_ok=True)
+    for label, page in (("index", pages["index"]), ("explain-view", explain)):
         shot = tmp_path / f"report-{label}.png"
-        r = _chromium(tmp_path, f"--screenshot={shot}", pages[label].as_uri())
+        r = _chromium(tmp_path, f"--screenshot={shot}", page.as_uri())
         assert shot.is_file(), r.stderr[-2000:]
         with Image.open(shot) as im:
-            assert len(np.unique(np.asarray(im.convert("L")))) > 50  # plots / thumbnails, not blank
-        keep = os.environ.get("DEDUPDASK_SCREENSHOT_DIR")
-        if keep:
-            os.makedirs(keep, exist_ok=True)
-            shutil.copy(shot, keep)
+            assert len(np.unique(np.asarray(im.convert("L")))) > 50  # plots / pictures, not blank
+        shutil.copy(shot, keep)  # the test's artifacts: the index and one explain view
 
 
 def test_report_of_an_empty_table_has_one_page(run, tmp_path):
@@ -289,3 +298,77 @@ def test_report_of_an_empty_table_has_one_page(run, tmp_path):
     r = res.report(str(tmp_path / "r"), rows_per_page=1000, thumbnail_rows=0)
     assert r.tables["pairs"]["pages"] == 1
     assert pd.notna(r.seconds)
+
+
+# -- why each pair is a duplicate ---------------------------------------------------------------------
+def test_every_pair_has_an_explain_view_and_verified_ones_show_their_alignment(run, site):
+    res, _, _ = run
+    report, out = site
+    sim = res.similarity.compute()
+    verified = sim["verify_h"].notna()
+    assert verified.any() and (sim.loc[verified, "verify_score"] >= res.params["verify_score"]).all()
+    assert sim.loc[verified, "verify_matcher"].isin(["pixel", "pixel_framed", "warped", "keypoints"]).all()
+    assert sim.loc[sim["kind"] == "exact", "verify_matcher"].isna().all()
+    whys = figures = 0
+    for page in _pages(out, "pairs"):
+        text = page.read_text(encoding="utf-8")
+        whys += text.count('<details class="why">')
+        for uri in re.findall(r'<figure class="explain"><img src="data:image/jpeg;base64,([^"]+)"', text):
+            with Image.open(io.BytesIO(base64.b64decode(uri))) as im:
+                im.load()
+            figures += 1
+    assert whys == len(sim)
+    # figures (the pair with outlines, the difference map) for the verified pairs of the thumbnail rows
+    n_drawn = int(verified.iloc[:6].sum())
+    assert figures == 2 * n_drawn == 2 * report.tables["pairs"]["explained"]
+    first = _pages(out, "pairs")[0].read_text(encoding="utf-8")
+    assert "exact duplicate: identical files" in first or "accepted by pixel verification" in first
+
+
+def test_candidates_keep_rejected_scores_and_the_plots_count_them(run):
+    res, _, _ = run
+    cand = res.candidates.compute()
+    assert len(cand) == res.run["counts"]["candidate_pairs"] and (~cand["accepted"]).any()
+    rejected = cand[~cand["accepted"] & cand["verify_score"].notna()]
+    assert len(rejected) and (rejected["verify_score"] < res.params["verify_score"]).all()
+    assert cand["similarity"].is_monotonic_decreasing and cand["member_to"].notna().all()
+    hists, _ = rp.distributions(res)
+    by = {h.title: h for h in hists}
+    scores = by["Candidate pairs: verification scores"].series
+    assert int(scores["rejected"].sum()) == len(rejected)
+    assert int(scores["accepted"].sum()) == int((cand["accepted"] & cand["verify_score"].notna()).sum())
+    assert sum(int(v.sum()) for v in by["Candidate pairs: embedding similarity"].series.values()) == len(cand)
+
+
+def test_show_pair_and_the_notebook_summary(run):
+    res, _, _ = run
+    sim = res.similarity.compute()
+    i = int(np.flatnonzero(sim["verify_h"].notna().to_numpy())[0])
+    view = res.show_pair(i)
+    assert view.row["from"] == sim["from"].iloc[i] and view._repr_html_().count("<img") == 4
+    assert "accepted by pixel verification" in view.html and "difference map" in view.html
+    with pytest.raises(IndexError, match="not a row"):
+        res.show_pair(len(sim))
+    html_ = res._repr_html_()
+    assert html_ is res._repr_html_()  # built once
+    assert html_.count("<svg") >= 2 and "First pairs" in html_ and "&lt;script&gt;" not in html_[:0]
+
+
+def test_report_on_a_dask_scheduler_cluster_writes_the_same_pages(run, site, tmp_path):
+    from cluster import shell_cluster
+
+    res, work, _ = run
+    _, local = site
+    out = tmp_path / "on-cluster"
+    with shell_cluster(tmp_path / "cluster", n_workers=2) as (address, _):
+        from distributed import Client
+
+        with Client(address) as c:
+            c.get_task_stream(start=0)  # the scheduler records the tasks from here
+            got = rep.write_report(work, str(out), rows_per_page=4, thumbnail_rows=6, client=address)
+            ran = {r["key"][0] if isinstance(r["key"], tuple) else r["key"] for r in c.get_task_stream()}
+    assert any("_write_pages" in str(k) for k in ran)  # the pages were written by the workers
+    for page in sorted(local.rglob("page-*.html")):
+        mine = (out / page.relative_to(local)).read_text(encoding="utf-8")
+        assert mine == page.read_text(encoding="utf-8"), page.relative_to(local)
+    assert got.tables == rep.write_report(work, str(tmp_path / "again"), rows_per_page=4, thumbnail_rows=6).tables
