@@ -53,6 +53,7 @@ from .readback import THUMB_QUALITY, Key, Thumbnail, read_thumbnails
 from .report_explain import explain_figures, explain_html
 from .report_plots import KINDS, distributions, svg_archives, svg_histograms
 from .store import WorkDir
+from .thresholds import ISSUE_TYPES
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -264,6 +265,7 @@ class _Table:
     row: Callable[[Any, int, Any], tuple[str, dict[str, str]]]  # (row, number, _Cells)
     kinds: tuple[str, ...] = ()  # values of the kind filter
     sim_filter: str = ""  # label of the similarity-range filter; "" = none
+    kind_label: str = "kind"  # label of the kind filter
 
 
 def _pair_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
@@ -346,7 +348,7 @@ TABLES = {
         "issues", "Image issues",
         "One row per image and issue type at or below its cut-off (results/issues); score 0 is worst.",
         (("#", "num"), ("issue", "text"), ("score", "num"), ("image", "text"), ("other image", "text")),
-        ("index", "other"), _issue_row, (), "score"),
+        ("index", "other"), _issue_row, (*ISSUE_TYPES, *(f"{k}_duplicate" for k in KINDS)), "score", "issue"),
 }  # fmt: skip
 
 
@@ -528,7 +530,7 @@ def _table_page(spec: _Table, page: int, n_pages: int, first: int, rows: list[st
     filters = ['<label>archive <input name="archive" type="search" placeholder="name contains"></label>']
     if spec.kinds:
         opts = "".join(f'<option value="{k}">{k}</option>' for k in spec.kinds)
-        filters.insert(0, f'<label>kind <select name="kind"><option value="">all</option>{opts}</select></label>')
+        filters.insert(0, f'<label>{spec.kind_label} <select name="kind"><option value="">all</option>{opts}</select></label>')
     if spec.sim_filter:
         filters.append(f'<label>{spec.sim_filter} from <input name="smin" type="number" step="any"></label>'
                        f'<label>to <input name="smax" type="number" step="any"></label>')  # fmt: skip

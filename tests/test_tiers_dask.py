@@ -17,6 +17,7 @@ from dedupdask.analyses import exact_groups, expand_graph
 from dedupdask.analyses.expand_dask import expand_graph_frame
 from dedupdask.analyses.graph import graph_arrays, graph_frame
 from dedupdask.datasets import make_sample_shards, random_picture
+from dedupdask.match_record import MATCHERS
 
 
 def group_table(groups, npartitions: int = 3) -> dd.DataFrame:
@@ -211,6 +212,11 @@ def test_tiers_on_the_workers_decide_like_in_process(shards_work_dir):
     assert c["same_input_candidates"] >= 3 and c["accepted_copy"] >= 1 and c["near_direct"] >= 0
     assert v["candidates"] >= 5 and v["accepted"] >= 1 and v["rejected"] >= 1
     assert (d["to_verify"] & d["accepted"] & (d["kind"] == "near")).any()  # verified near pairs
+    # every scored pair keeps its match record (the same on both paths: compared above)
+    scored = d["verify_score"].notna()
+    assert d.loc[scored, "verify_matcher"].notna().all() and d.loc[~scored, "verify_matcher"].isna().all()
+    good = d["verify_score"] >= 0.9
+    assert d.loc[good, "verify_h"].notna().all() and d.loc[good, "verify_matcher"].isin(MATCHERS).all()
 
 
 def test_tiers_on_a_local_cluster_decide_like_in_process(shards_work_dir):
