@@ -31,12 +31,11 @@ from dask.base import tokenize
 
 from .analyses.exact import ExactGroups, expand_graph
 from .analyses.tiers import (
-    DECIDED_COLUMNS,
-    DECIDED_DTYPES,
     TierParams,
     candidate_pairs,
     component_edges,
     decide,
+    decided_columns,
     tier_counts,
     verified_counts,
 )
@@ -281,11 +280,7 @@ def run_tiers(
             graph_cache.keep_scores(res, ident)
         cands = cands.merge(res, on=["from", "to"], how="left")
         decided = decide(cands, params)
-    else:
-        decided["verify_score"] = np.nan
-        decided["verify_error"] = pd.array([None] * len(decided), dtype="string")
-    # one column order, verified or not
-    decided = decided.reindex(columns=list(DECIDED_COLUMNS)).astype(DECIDED_DTYPES)
+    decided = decided_columns(decided)  # one column order, verified or not
     cost = finish_cost(cost, **verified_counts(decided))
     edges = component_edges(reps, emb_graph, decided, params.ccthreshold)
     return TierOutcome(decided, edges, tier_counts(decided), cost, dct_knn, white_about)

@@ -55,6 +55,7 @@ __all__ = [
     "DECIDED_COLUMNS",
     "DECIDED_DTYPES",
     "candidates_table",
+    "decided_columns",
     "empty_candidates",
     "KINDS",
     "TIER_K",
@@ -382,6 +383,22 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
     out["to_verify"] = to_verify
     out["accepted"] = accepted
     return out
+
+
+def decided_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (decided pairs) in :data:`DECIDED_COLUMNS` and their dtypes; a pair not verified
+    gets a null score and record (the columns are added when no pair was verified).
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({c: [0] for c in DECIDED_COLUMNS[:10]})
+    >>> out = decided_columns(d)
+    >>> list(out.columns) == list(DECIDED_COLUMNS), bool(out["verify_matcher"].isna().all())
+    (True, True)
+    """
+    missing = {c: pd.Series([None] * len(df), dtype=d, index=df.index) for c, d in DECIDED_DTYPES.items() if c not in df}
+    out = df.assign(**missing) if missing else df
+    return out.loc[:, list(DECIDED_COLUMNS)].astype(DECIDED_DTYPES)
 
 
 def empty_candidates() -> pd.DataFrame:

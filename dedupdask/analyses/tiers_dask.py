@@ -39,7 +39,6 @@ import pandas as pd
 from ..fusion import DCT_DIM, dct_vectors, pair_cosines
 from ..knn import DEFAULT_RANDOM_STATE
 from ..knn_incremental import scores_identity
-from ..match_record import RECORD_COLUMNS
 from ..verify import finish_cost
 from ..verify_frames import verify_frame
 from ..whitening import run_whitening
@@ -48,11 +47,11 @@ from .graph import GRAPH_COLUMNS
 from .routing import ask, route, shuffle_method
 from .tierframes import TierFrames
 from .tiers import (
-    DECIDED_COLUMNS,
     DECIDED_DTYPES,
     TierParams,
     candidate_cut,
     decide,
+    decided_columns,
     fused_edges,
     merge_candidates,
     tier_counts,
@@ -237,11 +236,7 @@ def _redecide(part: pd.DataFrame, scores: pd.DataFrame, params: TierParams) -> p
 
 
 def _unverified(part: pd.DataFrame) -> pd.DataFrame:
-    out = part.assign(
-        verify_score=np.float32(np.nan), verify_error=pd.array([None] * len(part), dtype="string"),
-        **{c: pd.Series([None] * len(part), dtype=d, index=part.index) for c, d in RECORD_COLUMNS.items()},
-    )  # fmt: skip
-    return _final(out)
+    return decided_columns(part)  # no score, no record
 
 
 def _as_scores(kept: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
@@ -250,8 +245,7 @@ def _as_scores(kept: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
 
 
 def _final(out: pd.DataFrame) -> pd.DataFrame:
-    out = out.reindex(columns=list(DECIDED_COLUMNS))  # the record is null where scores were kept
-    return out.astype(DECIDED_DTYPES)
+    return decided_columns(out)
 
 
 def _component_edges(
