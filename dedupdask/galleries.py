@@ -80,8 +80,26 @@ _INFO_COLS = ["filename", "archive", "member", "caption", "width", "height", "fi
 
 
 # -- the returned object ------------------------------------------------------------------------
+class WrittenPage:
+    """What a written page (a :class:`Gallery`, a :class:`~dedupdask.report.Report`) is to its
+    caller: ``str(page)`` and ``os.fspath(page)`` give its path, and a notebook renders its
+    ``html``."""
+
+    path: str
+    html: str
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
 @dataclass(frozen=True)
-class Gallery:
+class Gallery(WrittenPage):
     """One written gallery page.
 
     ``str(g)`` and ``os.fspath(g)`` give the path of the HTML file; in a notebook the gallery
@@ -113,15 +131,6 @@ class Gallery:
     n_rows: int = 0
     n_thumbnails: int = 0
     n_missing: int = 0
-
-    def __str__(self) -> str:
-        return self.path
-
-    def __fspath__(self) -> str:
-        return self.path
-
-    def _repr_html_(self) -> str:
-        return self.html
 
     def __repr__(self) -> str:
         return (

@@ -48,6 +48,7 @@ import dask
 import numpy as np
 import pandas as pd
 
+from .galleries import WrittenPage
 from .match_record import parse_homography
 from .readback import THUMB_QUALITY, Key, Thumbnail, read_thumbnails
 from .report_explain import explain_figures, explain_html
@@ -154,7 +155,7 @@ figure.explain figcaption{font-size:11px;color:#5b6570}
 
 # -- the returned object ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Report:
+class Report(WrittenPage):
     """A written report.
 
     ``str(report)`` and ``os.fspath(report)`` give the path of ``index.html``; in a notebook
@@ -185,15 +186,6 @@ class Report:
     html: str
     tables: dict[str, dict[str, int]]
     seconds: float = 0.0
-
-    def __str__(self) -> str:
-        return self.path
-
-    def __fspath__(self) -> str:
-        return self.path
-
-    def _repr_html_(self) -> str:
-        return self.html
 
     def __repr__(self) -> str:
         t = ", ".join(f"{k} {v['rows']} rows / {v['pages']} pages" for k, v in self.tables.items())

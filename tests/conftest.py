@@ -46,6 +46,15 @@ HOSTILE_MEMBERS: list[tuple[str, object, str]] = [
 ]
 
 
+def member_bytes(filename: str) -> bytes:
+    """The bytes of ``<archive>/<member>`` (a tar, tgz or zip of the sample shards)."""
+    arch, member = filename.rsplit("/", 1)
+    if arch.endswith(".zip"):
+        return zipfile.ZipFile(arch).read(member)
+    with tarfile.open(arch) as tf:
+        return tf.extractfile(member).read()
+
+
 def write_tar(path, members, mode: str = "w") -> None:
     with tarfile.open(path, mode) as tf:
         for name, data, _ in members:

@@ -15,7 +15,7 @@ import zipfile
 import fsspec
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, png_bytes
+from conftest import jpeg_bytes, member_bytes, png_bytes
 from PIL import Image
 
 import dedupdask as ddk
@@ -55,13 +55,7 @@ def run_dir(tmp_path_factory):
     shards = root / "shards"
     s = make_sample_shards(str(shards), n_shards=3, images_per_shard=10, n_near=6, n_exact=2,
                            size=(200, 150), seed=5)  # fmt: skip
-    first = s.truth.iloc[0]["filename_a"]
-    arch, member = first.rsplit("/", 1)
-    if arch.endswith(".zip"):
-        data = zipfile.ZipFile(arch).read(member)
-    else:
-        with tarfile.open(arch) as tf:
-            data = tf.extractfile(member).read()
+    data = member_bytes(s.truth.iloc[0]["filename_a"])
     (shards / "loose").mkdir()
     (shards / "loose" / "copy of one.jpg").write_bytes(data)
     _tar(shards / "zz_hostile.tar", [(HOSTILE_NAME, data),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import member_bytes
 from PIL import Image
 
 import dedupdask as ddk
@@ -35,18 +36,7 @@ def run(tmp_path_factory):
     shards = root / "shards"
     s = make_sample_shards(str(shards), n_shards=3, images_per_shard=12, n_near=6, n_exact=3,
                            size=(160, 120), seed=11)  # fmt: skip
-    first = s.truth.iloc[0]["filename_a"]
-    arch, member = first.rsplit("/", 1)
-    if arch.endswith(".tar"):
-        with tarfile.open(arch) as tf:
-            data = tf.extractfile(member).read()
-    else:
-        import zipfile
-
-        data = zipfile.ZipFile(arch).read(member) if arch.endswith(".zip") else None
-        if data is None:
-            with tarfile.open(arch) as tf:
-                data = tf.extractfile(member).read()
+    data = member_bytes(s.truth.iloc[0]["filename_a"])
     with tarfile.open(shards / "zz_hostile.tar", "w") as tf:
         ti = tarfile.TarInfo(HOSTILE)
         ti.size = len(data)
