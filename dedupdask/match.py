@@ -180,7 +180,8 @@ def _better(best: MatchRecord, other: MatchRecord) -> MatchRecord:
 
 
 def _pixel_record(r: tuple[float, float, float] | None, **kw: Any) -> MatchRecord:
-    """A record of the pixel alignment's residual triple (``r`` None: no colour edit: -1)."""
+    """A record of the pixel alignment's residual triple, scored by :func:`_residual_score`
+    (``r`` None -- no residuals, e.g. no colour edit an editor makes: -1, no matcher)."""
     if r is None:
         return MatchRecord()
     return MatchRecord(_residual_score(r), residual=float(r[0]), cell=float(r[1]), blob=float(r[2]), **kw)
@@ -828,8 +829,9 @@ def warped_record(va: View, vb: View) -> MatchRecord:
     best = _pixel_record(_residuals(frame.rgb, warped, inside), **kw)
     if best.score < 1.0:
         best = _better(best, _pixel_record(_residuals(frame.rgb, warped, inside, colour=True), colour="colour edit", **kw))
-    if best.score < -1.0 or best.matcher == "":
-        best = MatchRecord(max(best.score, -1.0), "warped", H, inliers=int(w.inliers))
+    if best.matcher == "":  # no residuals under the warp: the warp found, scored -1
+        best = MatchRecord(**kw)
+    best.score = max(best.score, -1.0)
     return best
 
 
@@ -869,10 +871,6 @@ def _placed(outer: View, inner: View, flip: bool, at: tuple[int, int, int, int],
     return M if a_is_outer else np.linalg.inv(M)
 
 
-def _aligned_score(va: View, vb: View, early_accept: float | None, *, mirrors: bool = True) -> float:
-    return _aligned_record(va, vb, early_accept, mirrors=mirrors).score
-
-
 def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: bool = True) -> MatchRecord:
     best = MatchRecord()
     hyps = _hypotheses(va, vb, mirrors)
@@ -891,11 +889,5 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     if aligned is not None:  # the best alignment, under a global colour edit (one fit per pair)
         best = _better(best, _pixel_record(_aligned_residuals(*aligned, colour=True), matcher="pixel",
                                            homography=best.homography, colour="colour edit"))  # fmt: skip
-    if best.score < -1.0:
-        best.score = -1.0
+    best.score = max(best.score, -1.0)
     return best
-
-
-def _score_of(r: tuple[float, float, float] | None) -> float:
-    """:func:`_residual_score`, -1 for no residuals (no colour edit an editor makes)."""
-    return -1.0 if r is None else _residual_score(r)
