@@ -204,7 +204,8 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _e(text: Any, limit: int = MAX_TEXT) -> str:
-    s = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    """``text`` escaped for HTML, cut to ``limit`` characters; empty for a missing value."""
+    s = "" if _is_missing(text) else str(text)
     if len(s) > limit:
         s = s[: limit - 1] + "\u2026"
     return html.escape(s, quote=True)
@@ -226,6 +227,12 @@ def _human_bytes(n: Any) -> str:
 
 def _is_missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+def _archive_name(url: Any) -> str:
+    """The last part of an archive's URL (the whole URL when it has none; empty when missing)."""
+    s = "" if _is_missing(url) else str(url)
+    return posixpath.basename(s.rstrip("/")) or s
 
 
 @dataclass
@@ -283,8 +290,7 @@ def _card_html(
         lines.append(f'<div class="note">{card.note}</div>')
     lines.append(f'<div class="name" title="{_e(filename, MAX_TITLE)}">{_e(member)}</div>')
     if archive is not None:
-        base = posixpath.basename(str(archive).rstrip("/")) or str(archive)
-        lines.append(f'<div class="arc" title="{_e(archive, MAX_TITLE)}">{_e(base)} '
+        lines.append(f'<div class="arc" title="{_e(archive, MAX_TITLE)}">{_e(_archive_name(archive))} '
                      f"&middot; #{card.index if card.shown is None else card.shown}</div>")  # fmt: skip
     if caption:
         lines.append(f'<div class="cap" title="{_e(caption, MAX_TITLE)}">{_e(caption)}</div>')
@@ -370,9 +376,11 @@ def _resolve(
     return res, dict(storage_options or {})
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+def _check_count(name: str, value: Any, low: int = 0) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` unless it is an integer >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        must = "a non-negative integer" if low == 0 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {must}, got {value!r}")
     return int(value)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import io
 import os
 import posixpath
@@ -48,11 +47,12 @@ import dask
 import numpy as np
 import pandas as pd
 
-from .galleries import WrittenPage
+from .analyses.tiers import KINDS
+from .galleries import WrittenPage, _archive_name, _check_count, _e, _is_missing, _resolve
 from .match_record import parse_homography
 from .readback import THUMB_QUALITY, Key, Thumbnail, read_thumbnails
 from .report_explain import explain_figures, explain_html
-from .report_plots import KINDS, distributions, svg_archives, svg_histograms
+from .report_plots import distributions, svg_archives, svg_histograms
 from .store import WorkDir
 from .thresholds import ISSUE_TYPES
 
@@ -71,7 +71,6 @@ THUMB_SIDE = 120
 """Longest side of a report thumbnail, in pixels."""
 EXPLAIN_SIDE = 240
 """Longest side of the images read back for the thumbnails and the explain views' figures."""
-MAX_TEXT = 200
 
 _SCRIPT = """(() => {
   const body = document.body, tbody = document.querySelector("table.rows tbody");
@@ -193,15 +192,6 @@ class Report(WrittenPage):
 
 
 # -- small HTML helpers ---------------------------------------------------------------------------------
-def _e(text: Any, limit: int = MAX_TEXT) -> str:
-    if text is None or text is pd.NA or (isinstance(text, float) and np.isnan(text)):
-        return ""
-    s = str(text)
-    if len(s) > limit:
-        s = s[: limit - 1] + "\u2026"
-    return html.escape(s, quote=True)
-
-
 def _num(v: Any, fmt: str = "{:.4f}") -> tuple[str, str]:
     """(display text, sort value) of a number; empty for missing."""
     if v is None or v is pd.NA or (isinstance(v, float) and not np.isfinite(v)):
@@ -269,7 +259,7 @@ def _pair_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
              f'<td class="num" data-v="{sv}">{s}</td><td class="num" data-v="{cv}">{c}</td>'
              f'<td class="num" data-v="{vv}">{v}</td>'
              f"<td>{img(r['from'], '_from')}</td><td>{img(r['to'], '_to')}</td><td>{img.explain()}</td>")  # fmt: skip
-    arcs = f"{_arc(r.get('archive_from', ''))}\n{_arc(r.get('archive_to', ''))}"
+    arcs = f"{_archive_name(r.get('archive_from', ''))}\n{_archive_name(r.get('archive_to', ''))}"
     return cells, {"kind": kind, "sim": sv, "archive": arcs}
 
 
@@ -277,14 +267,14 @@ def _component_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="num" data-v="{int(r["component_id"])}">'
              f'{int(r["component_id"])}</td><td class="num" data-v="{int(r["component_size"])}">{int(r["component_size"])}</td>'
              f"<td>{img(r['index'], '')}</td>")  # fmt: skip
-    return cells, {"archive": _arc(r.get("archive", ""))}
+    return cells, {"archive": _archive_name(r.get("archive", ""))}
 
 
 def _outlier_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     s, sv = _num(r["similarity"])
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="num" data-v="{sv}">{s}</td>'
              f"<td>{img(r['index'], '')}</td><td>{img(r['nearest'], '_nearest')}</td>")  # fmt: skip
-    return cells, {"sim": sv, "archive": f"{_arc(r.get('archive', ''))}\n{_arc(r.get('archive_nearest', ''))}"}
+    return cells, {"sim": sv, "archive": f"{_archive_name(r.get('archive', ''))}\n{_archive_name(r.get('archive_nearest', ''))}"}
 
 
 def _invalid_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
@@ -292,24 +282,15 @@ def _invalid_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td class="name">{_e(r["member"])}</td>'
              f'<td class="arc">{_e(r["archive"])}</td><td>{_e(r["error_code"])}</td><td>{_e(r["error_message"])}</td>'
              f'<td class="num" data-v="{sv}">{size}</td>')  # fmt: skip
-    return cells, {"archive": _arc(r["archive"])}
+    return cells, {"archive": _archive_name(r["archive"])}
 
 
 def _issue_row(r: Any, n: int, img: _Cells) -> tuple[str, dict[str, str]]:
     s, sv = _num(r["score"], "{:.3f}")
-    other = img(r["other"], "_other") if not _missing(r["other"]) else ""
+    other = img(r["other"], "_other") if not _is_missing(r["other"]) else ""
     cells = (f'<td class="num" data-v="{n}">{n + 1}</td><td>{_e(r["issue"])}</td>'
              f'<td class="num" data-v="{sv}">{s}</td><td>{img(r["index"], "")}</td><td>{other}</td>')  # fmt: skip
-    return cells, {"kind": str(r["issue"]), "sim": sv, "archive": _arc(r.get("archive", ""))}
-
-
-def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-
-
-def _arc(url: Any) -> str:
-    s = "" if _missing(url) else str(url)
-    return posixpath.basename(s.rstrip("/")) or s
+    return cells, {"kind": str(r["issue"]), "sim": sv, "archive": _archive_name(r.get("archive", ""))}
 
 
 TABLES = {
@@ -426,7 +407,7 @@ class _Cells:
         return self._cells[i]
 
     def __call__(self, index: Any, suffix: str) -> str:
-        if _missing(index):
+        if _is_missing(index):
             return ""
         i, r = int(index), self.r
         arc, member = r.get(f"archive{suffix}"), r.get(f"member{suffix}")
@@ -435,8 +416,8 @@ class _Cells:
             t = self.thumb(i)
             if i in self.info.index:
                 a, m = self.info.loc[i, ["archive", "member"]]
-                arc = a if _missing(arc) else arc
-                member = m if _missing(member) else member
+                arc = a if _is_missing(arc) else arc
+                member = m if _is_missing(member) else member
             if t.uri:
                 thumb = (f'<div class="thumb"><img src="{t.uri}" width="{t.width}" height="{t.height}" '
                          f'alt="{_e(member or i)}" decoding="async"></div>')  # fmt: skip
@@ -445,7 +426,7 @@ class _Cells:
                 thumb = f'<div class="thumb"><div class="ph">no thumbnail: {_e(t.reason)}</div></div>'
                 self.counts["missing"] += 1
         return (f'<div class="img">{thumb}<div><div class="name" title="{_e(member, 2000)}">{_e(member)}</div>'
-                f'<div class="arc" title="{_e(arc, 2000)}">{_e(_arc(arc))} &middot; #{i}</div></div></div>')  # fmt: skip
+                f'<div class="arc" title="{_e(arc, 2000)}">{_e(_archive_name(arc))} &middot; #{i}</div></div></div>')  # fmt: skip
 
     def explain(self) -> str:
         """The row's explain view (:mod:`dedupdask.report_explain`): figures on thumbnail rows."""
@@ -603,18 +584,6 @@ def _index(res: DedupResult, tables: dict[str, dict[str, int]], hists_svg: list[
 
 
 # -- the entry point --------------------------------------------------------------------------------------
-def _resolve(result_or_work_dir: Any, storage_options: dict[str, Any] | None) -> tuple[DedupResult, dict[str, Any]]:
-    from .galleries import _resolve as resolve
-
-    return resolve(result_or_work_dir, storage_options)
-
-
-def _check(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def write_report(
     result_or_work_dir: DedupResult | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -674,9 +643,9 @@ def _write_report(
     storage_options: dict[str, Any] | None,
 ) -> Report:  # fmt: skip
     t0 = time.perf_counter()
-    rows_per_page = _check("rows_per_page", rows_per_page, 1)
-    thumbnail_rows = _check("thumbnail_rows", thumbnail_rows, 0)
-    max_side = _check("max_side", max_side, 8)
+    rows_per_page = _check_count("rows_per_page", rows_per_page, 1)
+    thumbnail_rows = _check_count("thumbnail_rows", thumbnail_rows)
+    max_side = _check_count("max_side", max_side, 8)
     res, so = _resolve(result_or_work_dir, storage_options)
     from .results import DedupResult
 

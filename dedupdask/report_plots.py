@@ -29,14 +29,13 @@ import numpy as np
 import pandas as pd
 
 from .analyses.issues import BLUR_SCALE, STAT_ISSUES, image_scores
+from .analyses.tiers import KINDS
 
 if TYPE_CHECKING:
     from .results import DedupResult
 
 __all__ = ["Histogram", "archive_counts", "distributions", "svg_archives", "svg_histograms"]
 
-KINDS = ("exact", "copy", "near")
-"""Pair kinds, strongest first (:mod:`dedupdask.analyses.tiers`)."""
 SIMILARITY_BINS = np.linspace(-1.0, 1.0, 401)  # 0.005 wide: the thresholds sit on the grid
 UNIT_BINS = np.linspace(0.0, 1.0, 101)
 LOG_BLUR_BINS = np.linspace(-1.0, 5.0, 121)  # log10 of the Laplacian variance (+ 0.1)
