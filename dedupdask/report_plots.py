@@ -28,7 +28,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from .analyses.issues import BLUR_SCALE, STAT_ISSUES, image_scores
+from .analyses.issues import BLUR_SCALE, SCORE_INPUTS, STAT_ISSUES, image_scores
 from .analyses.tiers import KINDS
 
 if TYPE_CHECKING:
@@ -170,7 +170,8 @@ def _counted(res: DedupResult) -> dict[str, np.ndarray]:
     sim = res.similarity
     cols = [c for c in ("similarity", "copy_similarity", "kind", "verify_score") if c in sim.columns]
     tasks += [dask.delayed(_pairs_part)(p) for p in sim[cols].to_delayed()]
-    tasks += [dask.delayed(_files_part)(p, size_ref) for p in res.files.to_delayed()]
+    files = res.files[list(dict.fromkeys([*SCORE_INPUTS, "mean"]))]  # not captions, JSON, hashes
+    tasks += [dask.delayed(_files_part)(p, size_ref) for p in files.to_delayed()]
     tasks += [dask.delayed(_outliers_part)(p) for p in res.outliers[["similarity"]].to_delayed()]
     comp = res.components[["index", "component_size"]]
     tasks += [dask.delayed(_in_groups_part)(p, offsets) for p in comp.to_delayed()]

@@ -106,6 +106,7 @@ __all__ = [
     "LOW_INFORMATION_PARTS",
     "PART_NEEDS",
     "SCORE_COLUMNS",
+    "SCORE_INPUTS",
     "STAT_ISSUES",
     "NEEDS",
     "duplicate_issues",
@@ -138,6 +139,9 @@ STAT_ISSUES = (
 #: The parts of ``low_information`` (its score is their minimum).
 LOW_INFORMATION_PARTS = ("flat", "featureless", "structureless", "page")
 SCORE_COLUMNS = ("index", *STAT_ISSUES, *(f"low_information_{p}" for p in LOW_INFORMATION_PARTS))
+SCORE_INPUTS = ("index", "width", "height", "p01", "p99", "blur", "stdv", "residual_range", "text_lines", "chroma")
+"""The columns of the per-archive files :func:`image_scores` reads (a frame may select them
+first: the other columns, captions and JSON among them, need not be read)."""
 #: The Parquet columns each statistics type needs (null in work_dirs extracted before them);
 #: ``low_information`` is scored when any of its parts is.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -382,7 +386,7 @@ def scores_frame(files: dd.DataFrame, size_reference: float) -> dd.DataFrame:
     True
     """
     meta = image_scores(empty_files_frame(), 1.0)
-    return files.map_partitions(image_scores, size_reference, meta=meta)
+    return files[list(SCORE_INPUTS)].map_partitions(image_scores, size_reference, meta=meta)
 
 
 def issues_frame(
