@@ -483,7 +483,7 @@ def _write_pages(
     counts = {"pages": 0, "thumbnails": 0, "missing": 0, "thumbnail_rows": n_thumb, "explained": 0}
     cells = _Cells(info, thumbs, n_thumb, ctx, counts)
     page_no = first_page
-    for start in range(0, max(len(df), 1) if first_row == 0 else len(df), rpp):
+    for start in range(0, len(df), rpp) or [0]:  # an empty table's one page, empty
         part = df.iloc[start : start + rpp]
         rows = []
         for k, r in enumerate(part.to_dict("records")):
@@ -699,7 +699,7 @@ def _write_report(
              "explained": 0}
         for part in done[name]:
             for k in ("thumbnail_rows", "thumbnails", "missing", "explained"):
-                c[k] += part.get(k, 0)
+                c[k] += part[k]
         tables[name] = c
     svgs = svg_histograms(hists)
     body = _index(res, tables, [(h.title, s, h.note) for h, s in zip(hists, svgs, strict=True)],

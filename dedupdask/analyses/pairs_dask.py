@@ -35,8 +35,7 @@ from .routing import numbered, route, shuffle_method, sort_by_key
 from .similarity import MAX_GROUP_PAIRS, SIMILARITY_COLUMNS
 from .tiers import DECIDED_COLUMNS, expand_pairs
 
-__all__ = [
-    "candidates_frame","INDEX_BITS", "members_by_group", "pair_key", "similarity_frame"]
+__all__ = ["INDEX_BITS", "candidates_frame", "members_by_group", "pair_key", "similarity_frame"]
 
 INDEX_BITS = 31
 """Global indices below ``2**INDEX_BITS`` fit in the sort keys (2.1 billion images)."""
