@@ -26,7 +26,9 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    each scale ``s`` in 0.70..1.00 (the inner image covers ``s`` of the outer one's width, its
    height following its own aspect ratio) and each flip, the normalised cross-correlation of
    the inner image with every position in the outer one (one FFT). The best
-   :data:`TOP` hypotheses are refined at 128 px (scale +-1.25 %); a pair whose best coarse
+   :data:`TOP` hypotheses, and the picture as it is (B over the whole of A, unmirrored: a
+   colour edit changes the grey image, and another scale may then correlate better), are
+   refined at 128 px (scale +-1.25 %); a pair whose best coarse
    correlation is under :data:`COARSE_REJECT` is rejected without refining, and a refined
    alignment whose fine correlation is under :data:`FINE_REJECT` gets no residuals.
 2. **Residual** of each refined alignment, on the colour images blurred by 1 px (which
@@ -36,8 +38,9 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    the worst cell of a 4 x 4 grid (``cell``) -- and the largest blob of pixels off by more
    than 0.2 that survives a 3 x 3 opening is measured (``blob``, a fraction of the overlap:
    a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
-3. **Colour.** Unless an alignment already scored ``early_accept``, the best one is scored
-   again under the one global colour edit that fits the pair best
+3. **Colour.** Unless an alignment already scored ``early_accept``, every refined one is
+   scored again (however far under -1 its one brightness gain left it: a greyscale copy of a
+   colourful picture is) under the one global colour edit that fits the pair best
    (:func:`~dedupdask.match_keypoints.colour_edit`, the keypoint matcher's: greyscale, sepia,
    saturation, tone, a hue turned as an editor's slider turns it, and a toning: grey, then
    tinted along the grey levels), when it is one an editor
@@ -87,9 +90,10 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/3"
-"""The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit."""
-MATCHER = "pixel-alignment+keypoints/11"
+PIXEL_MATCHER = "pixel-alignment/4"
+"""The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
+/4: under every alignment it refines, the picture as it is among them."""
+MATCHER = "pixel-alignment+keypoints/12"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -101,7 +105,9 @@ also fits a global colour edit (pictures of more than two hues), and the colour 
 matchers includes an editor's hue turn (hexagon hue, saturation and value). /10: the pixel
 alignment also compares two pictures inside their frames (:func:`frame_box`). /11: the colour
 edit of both matchers includes a toning (grey, then tinted along the grey levels: sepia, a
-cyanotype), for pictures of more than two hues."""
+cyanotype), for pictures of more than two hues. /12: the pixel alignment fits the colour edit under
+every alignment it refines (not only under the one its brightness gain liked best, and also when
+that gain left every alignment under -1), and always refines the picture as it is."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -512,7 +518,13 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
     if not mirrors:
         v = np.where(flip, -np.inf, v)
     # np.round of a float32 correlation is Python's round: no product of one lands on a half
-    top = np.lexsort((-s, -np.round(v, 4)))[:TOP]
+    top = list(np.lexsort((-s, -np.round(v, 4)))[:TOP])
+    # the picture as it is (b over the whole width of a, unmirrored) is always asked: a colour
+    # edit (a hue turn, a greyscale) changes the grey image the search correlates, and a wrong
+    # scale may then correlate better than the frame the copy never left
+    whole = np.flatnonzero((d == 0) & (s == 1.0) & ~flip)
+    if len(whole) and whole[0] not in top:
+        top.append(whole[0])
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
 
@@ -877,17 +889,23 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     if not hyps or hyps[0][0] < COARSE_REJECT:
         return best  # nothing aligns even coarsely: not worth refining
     memo: dict[tuple, Any] = {}
-    aligned: tuple[View, View, bool, tuple[int, int, int, int]] | None = None
+    aligned: dict[tuple, tuple[View, View, bool, tuple[int, int, int, int], np.ndarray]] = {}
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
         got = _refine(outer, inner, scale, flip, memo)
-        if got is not None and _residual_score(got[0]) > best.score:
-            aligned = (outer, inner, flip, got[1])
-            best = _pixel_record(got[0], matcher="pixel", homography=_placed(*aligned, direction == 0))
+        if got is None:
+            continue
+        placed = _placed(outer, inner, flip, got[1], direction == 0)
+        aligned.setdefault((id(outer), flip, got[1]), (outer, inner, flip, got[1], placed))
+        if _residual_score(got[0]) > best.score:
+            best = _pixel_record(got[0], matcher="pixel", homography=placed)
         if early_accept is not None and best.score >= early_accept:
             return best  # a clear duplicate: the other hypotheses cannot change the decision
-    if aligned is not None:  # the best alignment, under a global colour edit (one fit per pair)
-        best = _better(best, _pixel_record(_aligned_residuals(*aligned, colour=True), matcher="pixel",
-                                           homography=best.homography, colour="colour edit"))  # fmt: skip
+    # Every alignment found, under a global colour edit: the one brightness gain chose among
+    # them, and a recoloured copy (a hue turn, a greyscale) is worst under that gain exactly
+    # where it is aligned; unclipped, a gain leaving it far under -1 rules nothing out.
+    for outer, inner, flip, at, placed in aligned.values():
+        best = _better(best, _pixel_record(_aligned_residuals(outer, inner, flip, at, colour=True), matcher="pixel",
+                                           homography=placed, colour="colour edit"))  # fmt: skip
     best.score = max(best.score, -1.0)
     return best

@@ -533,3 +533,39 @@ def test_a_frame_round_a_copy_is_no_part_of_the_picture(photo):
     pic = np.asarray(photo)
     assert frame_box(pic) is None and View(prepare_image(_png(photo))).framed is None
     assert frame_box(np.asarray(_border(photo, 0.06, (230, 120, 20), True).resize((128, 96)))) is not None
+
+
+def _rainbow(w: int = 400, h: int = 260) -> Image.Image:
+    """A smooth picture in every hue, as desktop wallpapers are: no corners for keypoints, and
+    a grey image that a hue turn or a greyscale changes everywhere."""
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    hue = (np.arctan2(y - 0.3, x - 0.45) / (2 * np.pi) + 0.5 + 0.3 * x) % 1.0
+    sat = np.clip(0.55 + 0.4 * np.sin(5 * x + 2 * y), 0, 1)
+    val = np.clip(0.6 + 0.35 * np.cos(3 * y - 2 * x), 0, 1)
+    hsv = (np.stack([hue, sat, val], -1) * 255).astype(np.uint8)
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def test_a_recoloured_copy_is_compared_where_it_lies():
+    """A greyscale or hue-turned copy of a colourful picture is aligned where it lies, and the
+    colour edit is fitted there: its one brightness gain leaves it far under -1, and its grey
+    image may correlate better with another scale. Before matcher /12 these scored -1. Channels
+    swapped (no editor's edit) and a part repainted still differ."""
+
+    def score(a: Image.Image, b: Image.Image) -> float:
+        return match_score(prepare_image(_png(a)), prepare_image(_png(b)), keypoints=False)
+
+    pic = _rainbow()
+    for name, copy in {
+        "grey": ImageOps.grayscale(pic).convert("RGB"),
+        "hue +25": _hue(pic, 25),
+        "hue -30": _hue(pic, -30),
+        "hue +25, smaller": _hue(pic, 25).resize((300, 195)),
+    }.items():
+        assert score(pic, copy) >= 0.9, name
+        assert score(copy, pic) >= 0.9, name
+    swapped = Image.merge("RGB", pic.split()[::-1])
+    repainted = pic.copy()
+    ImageDraw.Draw(repainted).ellipse((60, 50, 200, 170), fill=(30, 160, 60))
+    for other in (swapped, repainted):
+        assert score(pic, other) < 0.9
