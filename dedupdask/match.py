@@ -26,8 +26,9 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    each scale ``s`` in 0.70..1.00 (the inner image covers ``s`` of the outer one's width, its
    height following its own aspect ratio) and each flip, the normalised cross-correlation of
    the inner image with every position in the outer one (one FFT). The best
-   :data:`TOP` hypotheses, and the picture as it is (B over the whole of A, unmirrored: a
-   colour edit changes the grey image, and another scale may then correlate better), are
+   :data:`TOP` hypotheses, and the picture as it is (two pictures of one shape, one over the
+   whole of the other, unmirrored: a colour edit changes the grey image, and another scale may
+   then correlate better), are
    refined at 128 px (scale +-1.25 %); a pair whose best coarse
    correlation is under :data:`COARSE_REJECT` is rejected without refining, and a refined
    alignment whose fine correlation is under :data:`FINE_REJECT` gets no residuals.
@@ -47,9 +48,12 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    makes and the more colourful picture has more than
    :data:`~dedupdask.match_keypoints.FEW_HUES` distinct hues. The residuals are read the same
    way, so every pixel must follow the one edit: a part painted another colour is a blob. A
-   drawing in one or two hues is not compared under a colour edit: another colour of its one
-   fill is how a designer makes a variant (another skin tone, the same clip art in red and in
-   blue), and a copy recoloured as a whole cannot be told from it.
+   drawing in one or two hues is not compared under a free colour edit: another colour of its
+   one fill is how a designer makes a variant (another skin tone, the same clip art in red and
+   in blue), and a copy recoloured as a whole cannot be told from it. Its grey copy can: made
+   by one of the grey formulas editors use
+   (:data:`~dedupdask.match_keypoints.GREY_FORMULAS`), through one contrast line, each fill's
+   grey level is fixed by its colour (matcher /12).
 4. **Frames.** A border drawn over a copy covers the original's edges, which no alignment of
    the whole pictures explains. When either picture has a frame (rows and columns of one colour
    on all four sides: a border, a passe-partout, plain margins; :func:`frame_box`) and their
@@ -107,7 +111,8 @@ alignment also compares two pictures inside their frames (:func:`frame_box`). /1
 edit of both matchers includes a toning (grey, then tinted along the grey levels: sepia, a
 cyanotype), for pictures of more than two hues. /12: the pixel alignment fits the colour edit under
 every alignment it refines (not only under the one its brightness gain liked best, and also when
-that gain left every alignment under -1), and always refines the picture as it is."""
+that gain left every alignment under -1), and always refines the picture as it is; a drawing of
+few hues is compared with a grey picture under the standard grey formulas."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -116,6 +121,9 @@ GRID = 4
 TOP = 4
 BLOB_LEVEL = 0.2
 BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
+SAME_SHAPE = 0.02
+"""Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
+is always refined (:func:`_hypotheses`)."""
 COARSE_REJECT = 0.7
 """Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
 of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
@@ -519,11 +527,12 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
         v = np.where(flip, -np.inf, v)
     # np.round of a float32 correlation is Python's round: no product of one lands on a half
     top = list(np.lexsort((-s, -np.round(v, 4)))[:TOP])
-    # the picture as it is (b over the whole width of a, unmirrored) is always asked: a colour
-    # edit (a hue turn, a greyscale) changes the grey image the search correlates, and a wrong
-    # scale may then correlate better than the frame the copy never left
+    # the picture as it is (two pictures of one shape, one over the whole of the other,
+    # unmirrored) is always asked: a colour edit (a hue turn, a greyscale) changes the grey
+    # image the search correlates, and a wrong scale may then correlate better than the frame
+    # the copy never left
     whole = np.flatnonzero((d == 0) & (s == 1.0) & ~flip)
-    if len(whole) and whole[0] not in top:
+    if len(whole) and whole[0] not in top and abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE:
         top.append(whole[0])
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
@@ -889,21 +898,25 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     if not hyps or hyps[0][0] < COARSE_REJECT:
         return best  # nothing aligns even coarsely: not worth refining
     memo: dict[tuple, Any] = {}
-    aligned: dict[tuple, tuple[View, View, bool, tuple[int, int, int, int], np.ndarray]] = {}
+    aligned: dict[str, tuple[View, View, bool, tuple[int, int, int, int], np.ndarray]] = {}
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
         got = _refine(outer, inner, scale, flip, memo)
         if got is None:
             continue
         placed = _placed(outer, inner, flip, got[1], direction == 0)
-        aligned.setdefault((id(outer), flip, got[1]), (outer, inner, flip, got[1], placed))
-        if _residual_score(got[0]) > best.score:
+        if "best" not in aligned or _residual_score(got[0]) > best.score:
+            aligned["best"] = (outer, inner, flip, got[1], placed)
             best = _pixel_record(got[0], matcher="pixel", homography=placed)
+        if scale == 1.0 and direction == 0 and not flip:
+            aligned["as is"] = (outer, inner, flip, got[1], placed)
         if early_accept is not None and best.score >= early_accept:
             return best  # a clear duplicate: the other hypotheses cannot change the decision
-    # Every alignment found, under a global colour edit: the one brightness gain chose among
-    # them, and a recoloured copy (a hue turn, a greyscale) is worst under that gain exactly
-    # where it is aligned; unclipped, a gain leaving it far under -1 rules nothing out.
+    # Under a global colour edit: the alignment the one brightness gain liked best (however far
+    # under -1 it left it: a greyscale copy of a colourful picture) and the picture as it is
+    # (a recoloured copy's grey image may correlate better at a wrong scale).
+    if "as is" in aligned and aligned["as is"][:4] == aligned["best"][:4]:
+        del aligned["as is"]
     for outer, inner, flip, at, placed in aligned.values():
         best = _better(best, _pixel_record(_aligned_residuals(outer, inner, flip, at, colour=True), matcher="pixel",
                                            homography=placed, colour="colour edit"))  # fmt: skip
