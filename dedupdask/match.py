@@ -50,10 +50,7 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    way, so every pixel must follow the one edit: a part painted another colour is a blob. A
    drawing in one or two hues is not compared under a free colour edit: another colour of its
    one fill is how a designer makes a variant (another skin tone, the same clip art in red and
-   in blue), and a copy recoloured as a whole cannot be told from it. Its grey copy can: made
-   by one of the grey formulas editors use
-   (:data:`~dedupdask.match_keypoints.GREY_FORMULAS`), through one contrast line, each fill's
-   grey level is fixed by its colour (matcher /12).
+   in blue), and a copy recoloured as a whole cannot be told from it.
 4. **Frames.** A border drawn over a copy covers the original's edges, which no alignment of
    the whole pictures explains. When either picture has a frame (rows and columns of one colour
    on all four sides: a border, a passe-partout, plain margins; :func:`frame_box`) and their
@@ -96,7 +93,7 @@ __all__ = [
 
 PIXEL_MATCHER = "pixel-alignment/4"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
-/4: under every alignment it refines, the picture as it is among them."""
+/4: under the best alignment however far under -1 its gain left it, and under the picture as it is."""
 MATCHER = "pixel-alignment+keypoints/12"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
@@ -111,8 +108,8 @@ alignment also compares two pictures inside their frames (:func:`frame_box`). /1
 edit of both matchers includes a toning (grey, then tinted along the grey levels: sepia, a
 cyanotype), for pictures of more than two hues. /12: the pixel alignment fits the colour edit under
 every alignment it refines (not only under the one its brightness gain liked best, and also when
-that gain left every alignment under -1), and always refines the picture as it is; a drawing of
-few hues is compared with a grey picture under the standard grey formulas."""
+that gain left every alignment under -1) and under the picture as it is (two pictures of one
+shape), which it always refines."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

@@ -158,18 +158,6 @@ GREY_CHROMA = 0.1
 """A chroma gain under this is a conversion to grey (or sepia)."""
 RIDGE = 0.05
 """Pull of the luma weights towards the standard ones (per pixel): decides ill-posed fits."""
-GREY_SPREAD = 0.04
-"""A side is grey when 98 % of its pixels have channels this close (0..1): a greyscale copy."""
-GREY_FORMULAS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "luma (BT.601)": lambda x: x @ np.array([0.299, 0.587, 0.114]),
-    "luma (BT.709)": lambda x: x @ np.array([0.2126, 0.7152, 0.0722]),
-    "average": lambda x: x.mean(axis=1),
-    "lightness": lambda x: (x.max(axis=1) + x.min(axis=1)) / 2,
-    "value": lambda x: x.max(axis=1),
-}
-"""The grey levels editors and libraries make of a colour (Pillow and OpenCV, scikit-image, and
-GIMP's and albumentations' desaturation modes): a greyscale copy of a picture of few hues is one
-of these, through a contrast line (:func:`_greyscale`)."""
 MIN_CONTAINED = 0.9
 """Share of one picture that must lie inside the other under the warp. A copy is the other
 picture cropped, resized, framed, padded or tilted: one of the two shows the other whole (a
@@ -531,9 +519,8 @@ def colour_edit(
         The largest channel error of each pixel (with ``signed``: the ``[n, 3]`` error of each
         channel, edited minus target, in the direction the edit was fitted: ``edit["swapped"]``
         when it maps ``dst`` onto ``src``), and the edit (see :class:`KeypointMatch`). With
-        ``min_hues``, a more colourful side of fewer hues gets no free colour edit: only a
-        grey other side is fitted, as one of the standard grey formulas
-        (:func:`_greyscale`); otherwise the edit is not plausible, and the error 1 everywhere.
+        ``min_hues``, a more colourful side of fewer hues is not fitted: the edit is then not
+        plausible, and the error 1 everywhere.
 
     Examples
     --------
@@ -554,16 +541,11 @@ def colour_edit(
     if swap:
         src, dst, X, T = dst, src, T, X
     hues = _hues(X)
-    n = len(X)
-    sample = np.arange(0, n, max(1, -(-n // FIT_PIXELS)))  # the pixels the edit is fitted on, evenly
     if hues < min_hues:
-        grey = _greyscale(src, dst, sample, hues)
-        if grey is None:
-            return (np.ones_like(dst) if signed else np.ones(len(dst))), {"plausible": False, "hues": hues, "swapped": bool(swap)}
-        d, edit = grey
-        edit["swapped"] = bool(swap)
-        return (d if signed else _worst_channel(d)), edit
+        return (np.ones_like(dst) if signed else np.ones(len(dst))), {"plausible": False, "hues": hues, "swapped": bool(swap)}
+    n = len(X)
     Y, Cb, Cr = X[:, 0], X[:, 1], X[:, 2]
+    sample = np.arange(0, n, max(1, -(-n // FIT_PIXELS)))  # the pixels the edit is fitted on, evenly
     ns = len(sample)
     # The edited colour is linear in the parameters p = (g, d_r, d_g, d_b, h, o | u, v, t_b, t_r):
     # luma' = g Y + d . rgb + h Y^2 + o;  (Cb', Cr') = (u Cb - v Cr + t_b, u Cr + v Cb + t_r);
@@ -718,44 +700,6 @@ def _hue_turn(
         GAIN_RANGE[0] <= g <= GAIN_RANGE[1] and gain > 0 and sat <= MAX_CHROMA_GAIN and abs(degrees) <= MAX_HUE_TURN
     )
     return out - dst, edit
-
-
-def _greyscale(
-    src: np.ndarray, dst: np.ndarray, sample: np.ndarray, hues: int
-) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """A grey ``dst`` as one of :data:`GREY_FORMULAS` of ``src`` through one contrast line
-    (gain and offset, fitted robustly on ``sample``), the formula leaving fewest pixels off; None
-    when ``dst`` is not grey. Asked of pictures of few hues, which get no free colour edit: the
-    grey level of each of their fills is fixed by its colour, and a designer's other colour for
-    a fill does not keep it; their contrast is kept within :data:`FEW_HUES_GAIN`. Returns the ``[n, 3]`` error (edited minus ``dst``) and the edit."""
-    ds = dst[sample]
-    if not len(ds) or float(np.quantile(ds.max(axis=1) - ds.min(axis=1), 0.98)) > GREY_SPREAD:
-        return None
-    t, ss = ds.mean(axis=1), src[sample]
-    # each formula fitted and judged on the sample; the full error only under the best one
-    best: tuple[tuple[float, float], str, float, float] | None = None
-    for name, formula in GREY_FORMULAS.items():
-        level = formula(ss)
-        keep = np.ones(len(sample), bool)
-        gain, offset = 1.0, 0.0
-        for _ in range(3):
-            if keep.sum() < 10:
-                break
-            A = np.stack([level[keep], np.ones(int(keep.sum()))], axis=1)
-            gain, offset = (float(v) for v in _least_squares((A, t[keep])))
-            err = np.abs(gain * level + offset - t)
-            keep = err < max(2.5 * float(np.median(err)), 0.04)
-        r = _worst_channel(np.clip(gain * level + offset, 0.0, 1.0)[:, None] - ds)
-        key = (float((r > OFF_LEVEL).mean()), float(r.mean()))
-        if best is None or key < best[0]:
-            best = (key, name, gain, offset)
-    assert best is not None
-    _, name, gain, offset = best
-    d = np.clip(gain * GREY_FORMULAS[name](src) + offset, 0.0, 1.0)[:, None] - dst
-    edit = {"form": "greyscale", "formula": name, "luma_gain": gain, "monotone": bool(gain > 0), "chroma_gain": 0.0,
-            "hue_degrees": 0.0, "min_weight": 0.0, "hues": hues,
-            "plausible": bool(abs(gain - 1.0) <= FEW_HUES_GAIN)}  # fmt: skip
-    return d, edit
 
 
 def _worst_channel(diff: np.ndarray) -> np.ndarray:
