@@ -39,9 +39,10 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    the worst cell of a 4 x 4 grid (``cell``) -- and the largest blob of pixels off by more
    than 0.2 that survives a 3 x 3 opening is measured (``blob``, a fraction of the overlap:
    a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
-3. **Colour.** Unless an alignment already scored ``early_accept``, every refined one is
-   scored again (however far under -1 its one brightness gain left it: a greyscale copy of a
-   colourful picture is) under the one global colour edit that fits the pair best
+3. **Colour.** Unless an alignment already scored ``early_accept``, the one the brightness
+   gain liked best (however far under -1 that gain left it: a greyscale copy of a colourful
+   picture) and the picture as it is (two pictures of one shape) are scored again under the
+   one global colour edit that fits the pair best
    (:func:`~dedupdask.match_keypoints.colour_edit`, the keypoint matcher's: greyscale, sepia,
    saturation, tone, a hue turned as an editor's slider turns it, and a toning: grey, then
    tinted along the grey levels), when it is one an editor
@@ -107,8 +108,8 @@ matchers includes an editor's hue turn (hexagon hue, saturation and value). /10:
 alignment also compares two pictures inside their frames (:func:`frame_box`). /11: the colour
 edit of both matchers includes a toning (grey, then tinted along the grey levels: sepia, a
 cyanotype), for pictures of more than two hues. /12: the pixel alignment fits the colour edit under
-every alignment it refines (not only under the one its brightness gain liked best, and also when
-that gain left every alignment under -1) and under the picture as it is (two pictures of one
+the alignment its brightness gain liked best also when that gain left every alignment under -1
+(a greyscale copy of a colourful picture), and under the picture as it is (two pictures of one
 shape), which it always refines."""
 FINE = 128
 COARSE = 48
