@@ -41,8 +41,8 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
 3. **Colour.** Unless an alignment already scored ``early_accept``, the one the brightness
    gain liked best (however far under -1 that gain left it: a greyscale copy of a colourful
-   picture) and the picture as it is (two pictures of one shape) are scored again under the
-   one global colour edit that fits the pair best
+   picture) and the picture as it is (when refined: always for two pictures of one shape) are
+   scored again under the one global colour edit that fits the pair best
    (:func:`~dedupdask.match_keypoints.colour_edit`, the keypoint matcher's: greyscale, sepia,
    saturation, tone, a hue turned as an editor's slider turns it, and a toning: grey, then
    tinted along the grey levels), when it is one an editor
@@ -119,6 +119,9 @@ GRID = 4
 TOP = 4
 BLOB_LEVEL = 0.2
 BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
+AS_IS = (0, 1.0, False)
+"""The hypothesis (direction, scale, flip) of the picture as it is: the second over the whole
+width of the first, unmirrored."""
 SAME_SHAPE = 0.02
 """Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
 is always refined (:func:`_hypotheses`)."""
@@ -529,7 +532,7 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
     # unmirrored) is always asked: a colour edit (a hue turn, a greyscale) changes the grey
     # image the search correlates, and a wrong scale may then correlate better than the frame
     # the copy never left
-    whole = np.flatnonzero((d == 0) & (s == 1.0) & ~flip)
+    whole = np.flatnonzero((d == AS_IS[0]) & (s == AS_IS[1]) & (flip == AS_IS[2]))
     if len(whole) and whole[0] not in top and abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE:
         top.append(whole[0])
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
@@ -906,13 +909,13 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
         if "best" not in aligned or _residual_score(got[0]) > best.score:
             aligned["best"] = (outer, inner, flip, got[1], placed)
             best = _pixel_record(got[0], matcher="pixel", homography=placed)
-        if scale == 1.0 and direction == 0 and not flip:
+        if (direction, scale, flip) == AS_IS:
             aligned["as is"] = (outer, inner, flip, got[1], placed)
         if early_accept is not None and best.score >= early_accept:
             return best  # a clear duplicate: the other hypotheses cannot change the decision
     # Under a global colour edit: the alignment the one brightness gain liked best (however far
     # under -1 it left it: a greyscale copy of a colourful picture) and the picture as it is
-    # (a recoloured copy's grey image may correlate better at a wrong scale).
+    # when it was refined (a recoloured copy's grey image may correlate better at a wrong scale).
     if "as is" in aligned and aligned["as is"][:4] == aligned["best"][:4]:
         del aligned["as is"]
     for outer, inner, flip, at, placed in aligned.values():
