@@ -373,35 +373,45 @@ def pixel_hash(pixels: Image.Image | np.ndarray, width: int, height: int) -> str
     return h.hexdigest()
 
 
-def _stats(gray: np.ndarray) -> dict[str, float]:
-    """fastdup-style stats on the grey model-size image.
+def _level(counts: np.ndarray, q: float) -> int:
+    """The bin below which a share ``q`` of the counted pixels lies (``np.percentile``'s
+    ``inverted_cdf`` on binned values)."""
+    cum = np.cumsum(counts)
+    return int(np.searchsorted(cum, q * max(int(cum[-1]), 1)))
+
+
+def _stats(px: np.ndarray) -> dict[str, float]:
+    """fastdup-style stats of the model-size RGB image, on its grey image (BT.601 luma).
 
     ``blur`` is the variance of the 4-neighbour Laplacian (low = blurry), ``unique`` the number
     of distinct grey levels, ``contrast`` Michelson's (max - min) / (max + min), ``p01`` /
-    ``p99`` the grey levels below which 1 % / 99 % of the pixels lie; ``residual_range`` and
-    ``text_lines`` see :func:`_residual_range` and :func:`_text_lines`.
+    ``p99`` the grey levels below which 1 % / 99 % of the pixels lie; ``residual_range``,
+    ``text_lines`` and ``chroma`` see :func:`_residual_range`, :func:`_text_lines` and
+    :func:`_chroma`. One compiled pass gives the histograms they are read from
+    (:func:`dedupdask.kernels.grey_measures`).
     """
-    hist = np.bincount(gray.ravel(), minlength=256)  # one pass gives all but blur
+    from .kernels import grey_measures  # numba: loaded when the first image is measured
+
+    h, w = px.shape[:2]
+    gray, hist, spread, lap_var, residual = grey_measures(px, _surface_basis(h, w))
     levels = np.flatnonzero(hist)
-    n = max(int(gray.size), 1)
+    n = max(h * w, 1)
     mean = float(hist @ _LEVELS) / n
     var = max(float(hist @ _LEVELS_SQ) / n - mean * mean, 0.0)
     mn, mx = (float(levels[0]), float(levels[-1])) if levels.size else (0.0, 0.0)
-    g = gray.astype(np.float32)
-    lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
-    cum = np.cumsum(hist)
     return {
         "mean": mean,
         "min": mn,
         "max": mx,
         "stdv": var**0.5,
-        "blur": float(lap.var()) if lap.size else 0.0,
+        "blur": float(lap_var),
         "unique": float(levels.size),
         "contrast": (mx - mn) / (mx + mn) if mx + mn > 0 else 0.0,
-        "p01": float(np.searchsorted(cum, 0.01 * n)),
-        "p99": float(np.searchsorted(cum, 0.99 * n)),
-        "residual_range": _residual_range(gray),
+        "p01": float(_level(hist, 0.01)),
+        "p99": float(_level(hist, 0.99)),
+        "residual_range": _residual_range(residual) if h >= 3 and w >= 3 else mx - mn,
         "text_lines": _text_lines(gray, hist),
+        "chroma": _chroma(spread),
     }
 
 
@@ -418,31 +428,16 @@ def _surface_basis(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, y, np.linalg.pinv(gram)
 
 
-def _residual_range(gray: np.ndarray) -> float:
+def _residual_range(residual: np.ndarray) -> float:
     """p99 - p01 of the grey levels after removing the best-fitting quadratic surface.
 
     A blank page under uneven light, a vignette or a smooth colour gradient has a wide
-    ``p99 - p01`` but nothing left once the surface (the lighting) is removed. The residual
-    is rounded to whole levels, like ``p01``/``p99``. The least-squares fit goes through the
-    separable moments (row sums), without BLAS: a worker's cores stay with the model.
+    ``p99 - p01`` but nothing left once the surface (the lighting) is removed. ``residual``
+    counts the residuals rounded to whole levels, like ``p01``/``p99``, -255..255 in bins
+    0..510 (:func:`dedupdask.kernels.grey_measures`; the least-squares fit goes through the
+    rows' moments, without BLAS: a worker's cores stay with the model).
     """
-    h, w = gray.shape
-    if h < 3 or w < 3:
-        return float(gray.max()) - float(gray.min()) if gray.size else 0.0
-    x, y, inv = _surface_basis(h, w)
-    x32, y32 = x.astype(np.float32), y.astype(np.float32)
-    v = gray.astype(np.float32)  # the moments are summed in float64
-    r0 = v.sum(axis=1, dtype=np.float64)
-    r1 = (v * x32).sum(axis=1, dtype=np.float64)
-    r2 = (v * (x32 * x32)).sum(axis=1, dtype=np.float64)
-    m = np.array([r0.sum(), r1.sum(), (r0 * y).sum(), r2.sum(), (r1 * y).sum(), (r0 * y * y).sum()])
-    c = (inv * m).sum(axis=1).astype(np.float32)
-    v -= (c[0] + c[2] * y32 + c[5] * y32 * y32)[:, None]
-    v -= (c[1] + c[3] * x32)[None, :] * x32 + c[4] * y32[:, None] * x32[None, :]
-    v += np.float32(255.5)  # rounded to whole levels, offset so that -255..255 are bins 0..510
-    np.clip(v, 0.0, 510.0, out=v)
-    cum = np.cumsum(np.bincount(v.astype(np.intp).ravel(), minlength=511))
-    return float(np.searchsorted(cum, 0.99 * v.size) - np.searchsorted(cum, 0.01 * v.size))
+    return float(_level(residual, 0.99) - _level(residual, 0.01))
 
 
 TEXT_INK = 48
@@ -490,12 +485,10 @@ def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
     return float(tall[line].sum()) / n_marked
 
 
-def _chroma(px: np.ndarray) -> float:
-    """99th percentile of the per-pixel spread max(R, G, B) - min(R, G, B): 0 = grey image."""
-    r, g, b = px[..., 0], px[..., 1], px[..., 2]
-    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
-    cum = np.cumsum(np.bincount(spread.ravel(), minlength=256))
-    return float(np.searchsorted(cum, 0.99 * max(int(spread.size), 1)))
+def _chroma(spread: np.ndarray) -> float:
+    """99th percentile of the per-pixel spread max(R, G, B) - min(R, G, B) (``spread`` counts
+    each value): 0 = grey image."""
+    return float(_level(spread, 0.99))
 
 
 _LEVELS = np.arange(256, dtype=np.float64)
@@ -572,9 +565,4 @@ def decode_image(
     px = np.ascontiguousarray(px)
     if not stats:
         return Decoded("VALID", width, height, px)
-    p32 = px.astype(np.uint32)
-    gray = ((p32[..., 0] * 299 + p32[..., 1] * 587 + p32[..., 2] * 114 + 500) // 1000).astype(np.uint8)
-    return Decoded(
-        "VALID", width, height, px, {**_stats(gray), "chroma": _chroma(px)}, full,
-        input_md5=pixel_hash(px, width, height),
-    )
+    return Decoded("VALID", width, height, px, _stats(px), full, input_md5=pixel_hash(px, width, height))

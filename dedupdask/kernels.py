@@ -1,9 +1,15 @@
-"""Verification kernels: the matchers' two inner loops, compiled with numba.
+"""Compiled inner loops, with numba: the matchers' two searches and extraction's image stats.
 
-Both matchers spend most of their time ruling out unrelated candidate pairs, in two searches
-that numpy and OpenCV do in many small calls; here each is one loop over plain arrays, giving
-the same numbers (compiled once, then loaded from numba's cache: a fraction of a second per
-process; the matchers import this module when they first score a pair, not with the package).
+Each replaces many small numpy or OpenCV calls with one loop over plain arrays, giving the
+same numbers (compiled once, then loaded from numba's cache: a fraction of a second per
+process; the module is imported when the first image is measured or the first pair scored,
+not with the package).
+
+- :func:`grey_measures`, extraction's per-image stats (:mod:`dedupdask.decode`): the grey
+  image, its histogram, the histogram of per-pixel colour spread, the Laplacian's variance
+  and the grey levels left after removing the lighting, in two passes over the pixels instead
+  of some forty numpy calls: the stats of a 160 x 160 image take 0.24 ms instead of 0.69 on a
+  2-core EPYC (AVX2), where the model takes ~3.8 ms.
 
 - :func:`ratio_matches`, the keypoint matcher's descriptor search
   (:mod:`dedupdask.match_keypoints`): every candidate pair's ORB descriptors (256 bits, up to
@@ -30,7 +36,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["ratio_matches", "window_maxima"]
+__all__ = ["grey_measures", "ratio_matches", "window_maxima"]
 
 
 @intrinsic
@@ -174,3 +180,104 @@ def window_maxima(
     [1.0, 1.0]
     """
     return _window_maxima(np.ascontiguousarray(corr), s1, s2, np.asarray(shapes, np.int64), np.asarray(root_energy, np.float64))
+
+
+@njit(nogil=True, cache=True)
+def _grey_measures(
+    px: np.ndarray, x32: np.ndarray, y32: np.ndarray, y: np.ndarray, inv: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+    h, w = px.shape[0], px.shape[1]
+    gray = np.empty((h, w), np.uint8)
+    hist = np.zeros(256, np.int64)
+    spread = np.zeros(256, np.int64)
+    r0 = np.zeros(h)
+    r1 = np.zeros(h)
+    r2 = np.zeros(h)
+    xx = x32 * x32
+    for i in range(h):
+        a0 = a1 = a2 = 0.0
+        for j in range(w):
+            r, g, b = np.uint32(px[i, j, 0]), np.uint32(px[i, j, 1]), np.uint32(px[i, j, 2])
+            v = (r * 299 + g * 587 + b * 114 + 500) // 1000
+            gray[i, j] = v
+            hist[v] += 1
+            spread[max(r, g, b) - min(r, g, b)] += 1
+            f = np.float32(v)
+            a0 += f
+            a1 += f * x32[j]  # float32 products summed in float64, as numpy's sum(dtype=)
+            a2 += f * xx[j]
+        r0[i], r1[i], r2[i] = a0, a1, a2
+    # the 4-neighbour Laplacian of whole levels: exact integer sums
+    s1 = 0
+    s2 = 0
+    for i in range(1, h - 1):
+        for j in range(1, w - 1):
+            lap = (np.int64(gray[i - 1, j]) + np.int64(gray[i + 1, j]) + np.int64(gray[i, j - 1])
+                   + np.int64(gray[i, j + 1]) - 4 * np.int64(gray[i, j]))  # fmt: skip
+            s1 += lap
+            s2 += lap * lap
+    n_lap = (h - 2) * (w - 2)
+    lap_var = 0.0
+    if n_lap > 0:
+        mean = s1 / n_lap
+        lap_var = max(s2 / n_lap - mean * mean, 0.0)
+    # the residual after the best quadratic surface 1, x, y, x^2, xy, y^2 (rows' moments)
+    m = np.array([r0.sum(), r1.sum(), (r0 * y).sum(), r2.sum(), (r1 * y).sum(), (r0 * y * y).sum()])
+    c = np.empty(6, np.float32)
+    for k in range(6):
+        acc = 0.0
+        for q in range(6):
+            acc += inv[k, q] * m[q]
+        c[k] = np.float32(acc)
+    residual = np.zeros(511, np.int64)  # -255..255 as bins 0..510
+    for i in range(h):
+        yi = y32[i]
+        row = c[0] + c[2] * yi + c[5] * yi * yi
+        cy = c[4] * yi
+        for j in range(w):
+            xj = x32[j]
+            v = (np.float32(gray[i, j]) - row) - ((c[1] + c[3] * xj) * xj + cy * xj)
+            v = min(max(v + np.float32(255.5), np.float32(0.0)), np.float32(510.0))
+            residual[np.int64(v)] += 1
+    return gray, hist, spread, lap_var, residual
+
+
+def grey_measures(
+    px: np.ndarray, surface: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+    """The grey image of an RGB picture and the histograms its stats are read from.
+
+    Parameters
+    ----------
+    px : ndarray
+        uint8 ``[h, w, 3]`` RGB, at least 3 x 3.
+    surface : (ndarray, ndarray, ndarray)
+        Centred column and row coordinates ``x`` ``[w]``, ``y`` ``[h]`` and the ``6 x 6``
+        inverse Gram matrix of the surfaces ``1, x, y, x^2, xy, y^2`` over the grid
+        (:func:`dedupdask.decode._surface_basis`).
+
+    Returns
+    -------
+    gray : ndarray
+        uint8 ``[h, w]``, ``(299 R + 587 G + 114 B) / 1000`` rounded (ITU-R BT.601 luma).
+    hist : ndarray
+        int64 ``[256]`` grey-level counts.
+    spread : ndarray
+        int64 ``[256]`` counts of ``max(R, G, B) - min(R, G, B)``.
+    lap_var : float
+        Variance of the 4-neighbour Laplacian over the inner pixels.
+    residual : ndarray
+        int64 ``[511]`` counts of the grey level minus the least-squares quadratic surface,
+        rounded (computed in float32), clipped to -255..255 and offset by 255.
+
+    Examples
+    --------
+    >>> from dedupdask.decode import _surface_basis
+    >>> px = np.zeros((4, 5, 3), np.uint8); px[1, 2] = (255, 0, 0)
+    >>> gray, hist, spread, lap_var, residual = grey_measures(px, _surface_basis(4, 5))
+    >>> int(gray[1, 2]), int(hist[0]), int(hist[76]), int(spread[255]), round(lap_var, 1)
+    (76, 19, 1, 1, 18130.2)
+    """
+    x, y, inv = surface
+    return _grey_measures(np.ascontiguousarray(px, np.uint8), x.astype(np.float32), y.astype(np.float32),
+                          np.asarray(y, np.float64), np.asarray(inv, np.float64))  # fmt: skip

@@ -34,6 +34,56 @@ def test_flat_image_stats():
     assert w.stats["mean"] == 255.0
 
 
+def _numpy_stats(px: np.ndarray) -> dict[str, float]:
+    """The stats written out in numpy, one array operation at a time (the compiled pass must agree)."""
+    p = px.astype(np.int64)
+    gray = ((p[..., 0] * 299 + p[..., 1] * 587 + p[..., 2] * 114 + 500) // 1000).astype(np.uint8)
+    g = gray.astype(np.float64)
+    n = g.size
+
+    def level(values: np.ndarray, q: float) -> float:  # the smallest v with count(<= v) >= q n
+        return float(np.searchsorted(np.cumsum(np.bincount(values.ravel(), minlength=511)), q * values.size))
+
+    lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    h, w = gray.shape
+    x = ((np.arange(w) - (w - 1) / 2) / max(w, 2)).astype(np.float32)[None, :]
+    y = ((np.arange(h) - (h - 1) / 2) / max(h, 2)).astype(np.float32)[:, None]
+    basis = np.stack([np.ones((h, w)), x + 0 * y, y + 0 * x, x * x + 0 * y, x * y, y * y + 0 * x], -1).reshape(n, 6)
+    c = np.linalg.lstsq(basis.astype(np.float64), g.ravel(), rcond=None)[0].astype(np.float32)
+    fit = (c[0] + c[2] * y + c[5] * y * y) + ((c[1] + c[3] * x) * x + c[4] * y * x)
+    res = np.clip(gray.astype(np.float32) - fit + np.float32(255.5), 0, 510).astype(np.int64)
+    spread = (px.max(axis=2).astype(np.int64) - px.min(axis=2))
+    lo, hi = float(gray.min()), float(gray.max())
+    return {
+        "mean": g.mean(), "min": lo, "max": hi, "stdv": g.std(), "blur": lap.var() if lap.size else 0.0,
+        "unique": float(np.unique(gray).size), "contrast": (hi - lo) / (hi + lo) if hi + lo else 0.0,
+        "p01": level(gray, 0.01), "p99": level(gray, 0.99), "chroma": level(spread, 0.99),
+        "residual_range": level(res, 0.99) - level(res, 0.01) if h >= 3 and w >= 3 else hi - lo,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [(96, 128), (31, 7), (3, 3), (2, 9), (1, 1)])
+def test_the_compiled_stats_are_the_numpy_formulas(size):
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    pictures = [
+        rng.integers(0, 256, (h, w, 3)),  # noise
+        np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1),  # ramps
+        np.clip(40 + 0.02 * (xx - w / 2) ** 2 + 30 * yy / h + rng.normal(0, 3, (h, w)), 0, 255)[..., None]
+        .repeat(3, -1),  # a grey page under uneven light
+        np.full((h, w, 3), (250, 10, 128)),
+    ]
+    for arr in pictures:
+        px = np.asarray(arr, np.uint8)
+        got = decode_image(_enc(Image.fromarray(px), "PNG"), (h, w), min_image_size=1)
+        assert np.array_equal(got.pixels, px)
+        want = _numpy_stats(px)
+        for key, value in want.items():
+            tol = 1e-6 * max(abs(value), 1.0) if key in ("mean", "stdv", "blur", "contrast") else 0.0
+            assert abs(got.stats[key] - value) <= tol, (key, got.stats[key], value)
+
+
 def test_blurred_less_sharp_than_original():
     rng = np.random.default_rng(1)
     im = Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
