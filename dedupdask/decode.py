@@ -468,9 +468,9 @@ def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
     bg = int(np.argmax(np.convolve(hist, np.ones(9), "same")))
     if hist[max(bg - 12, 0) : bg + 13].sum() < 0.5 * h * w:
         return 0.0
-    ink = np.abs(gray.astype(np.int16) - bg) > TEXT_INK
-    per_row = ink.sum(axis=1)
-    starts = (ink[:, 1:] & ~ink[:, :-1]).sum(axis=1) + ink[:, 0]
+    from .kernels import ink_rows
+
+    per_row, starts = ink_rows(gray, bg, TEXT_INK)
     marked = per_row > max(2.0, 0.02 * w)
     n_marked = int(marked.sum())
     if not n_marked:

@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["grey_measures", "ratio_matches", "window_maxima"]
+__all__ = ["grey_measures", "ink_rows", "ratio_matches", "window_maxima"]
 
 
 @intrinsic
@@ -281,3 +281,33 @@ def grey_measures(
     x, y, inv = surface
     return _grey_measures(np.ascontiguousarray(px, np.uint8), x.astype(np.float32), y.astype(np.float32),
                           np.asarray(y, np.float64), np.asarray(inv, np.float64))  # fmt: skip
+
+
+@njit(nogil=True, cache=True)
+def _ink_rows(gray: np.ndarray, background: int, ink: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = gray.shape
+    marks = np.zeros(h, np.int64)
+    starts = np.zeros(h, np.int64)
+    for i in range(h):
+        before = False
+        for j in range(w):
+            on = abs(np.int64(gray[i, j]) - background) > ink
+            if on:
+                marks[i] += 1
+                if not before:
+                    starts[i] += 1
+            before = on
+    return marks, starts
+
+
+def ink_rows(gray: np.ndarray, background: int, ink: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a grey image: its marks (pixels more than ``ink`` levels from
+    ``background``) and the runs of marks (how often a mark starts).
+
+    Examples
+    --------
+    >>> gray = np.array([[200, 0, 0, 200, 0], [200, 200, 200, 200, 200]], np.uint8)
+    >>> [a.tolist() for a in ink_rows(gray, 200, 48)]
+    [[3, 0], [2, 0]]
+    """
+    return _ink_rows(np.ascontiguousarray(gray, np.uint8), int(background), int(ink))
