@@ -5,11 +5,12 @@ same numbers (compiled once, then loaded from numba's cache: a fraction of a sec
 process; the module is imported when the first image is measured or the first pair scored,
 not with the package).
 
-- :func:`grey_measures`, extraction's per-image stats (:mod:`dedupdask.decode`): the grey
-  image, its histogram, the histogram of per-pixel colour spread, the Laplacian's variance
-  and the grey levels left after removing the lighting, in two passes over the pixels instead
-  of some forty numpy calls: the stats of a 160 x 160 image take 0.24 ms instead of 0.69 on a
-  2-core EPYC (AVX2), where the model takes ~3.8 ms.
+- :func:`grey_measures` and :func:`ink_rows`, extraction's per-image stats
+  (:mod:`dedupdask.decode`): the grey image, its histogram, the histogram of per-pixel colour
+  spread, the Laplacian's variance, the grey levels left after removing the lighting (one pass
+  over the RGB pixels, two over the grey image), and the marks of each row, instead of some
+  forty numpy calls: the stats of a 160 x 160 image take 0.29 ms instead of 0.69 on a 2-core
+  EPYC (AVX2), where the model takes ~4 ms.
 
 - :func:`ratio_matches`, the keypoint matcher's descriptor search
   (:mod:`dedupdask.match_keypoints`): every candidate pair's ORB descriptors (256 bits, up to
