@@ -39,7 +39,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     try:
         yield server
     finally:
-        server.close()
+        # its data is thrown away: killed, not asked to flush (after a full test run a SIGTERM
+        # took SeaweedFS ~20 s, past stop()'s 15 s wait, to end the session)
+        server.stop(kill=True)
 
 
 @pytest.fixture(scope="module")

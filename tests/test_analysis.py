@@ -343,6 +343,7 @@ def test_exact_knn_small_and_large_k_agree_and_break_ties_by_index(k):
         assert idx[7].tolist() == [5, 9, 40][:k] + want[7, 3:].tolist()
 
 
+@pytest.mark.slow  # ~30 s of pynndescent's numba JIT, in no cache; CI runs the slow cases too
 def test_pynndescent_recall_and_determinism():
     """The one test that pays pynndescent's numba JIT."""
     rng = np.random.default_rng(2)

@@ -113,6 +113,7 @@ def test_job_killed_then_resumed(cluster, slow, tmp_path):
     assert snapshot(wd) == snapshot(ref)
 
 
+@pytest.mark.slow  # ~25 s: three jobs on a shell cluster; test_extract splits by offsets in-process
 def test_offset_jobs_then_build_equal_one_job(cluster, sample_shards, tmp_path, analysis_on_cluster):
     shared, whole = tmp_path / "shared", tmp_path / "whole"
     jobs = [

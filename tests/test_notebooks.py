@@ -55,7 +55,11 @@ def test_every_notebook_is_tested_and_committed_without_outputs():
             assert f"{key} = " in tagged[0].source, f"{name}: parameter {key}"
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+# The quickstart runs in the default test run; the others (~40 s together, each a kernel and a
+# run of its own) with the slow cases, which CI runs too.
+@pytest.mark.parametrize(
+    "name", [n if n.startswith("01_") else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SMALL)]
+)
 def test_notebook_runs(name, tmp_path, monkeypatch):
     monkeypatch.delenv("DEDUPDASK_S3_ENDPOINT", raising=False)  # the S3 cell is skipped
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
