@@ -251,7 +251,8 @@ def grey_measures(
     Parameters
     ----------
     px : ndarray
-        uint8 ``[h, w, 3]`` RGB, at least 3 x 3.
+        uint8 ``[h, w, 3]`` RGB, of any size (under 3 x 3 the residual's counts mean nothing,
+        and :func:`dedupdask.decode._stats` does not read them).
     surface : (ndarray, ndarray, ndarray)
         Centred column and row coordinates ``x`` ``[w]``, ``y`` ``[h]`` and the ``6 x 6``
         inverse Gram matrix of the surfaces ``1, x, y, x^2, xy, y^2`` over the grid

@@ -569,4 +569,3 @@ def test_a_recoloured_copy_is_compared_where_it_lies():
     ImageDraw.Draw(repainted).ellipse((60, 50, 200, 170), fill=(30, 160, 60))
     for other in (swapped, repainted):
         assert score(pic, other) < 0.9
-
