@@ -757,6 +757,7 @@ def test_empty_work_dir_raises(tmp_path):
         build(str(tmp_path), config=CFG)
 
 
+@pytest.mark.slow  # ~12 s: a cluster; the empty tables are compared in-process too
 def test_cluster_build_without_candidates_or_outliers(tmp_path):
     """The workers path with almost nothing to report: no candidate pair (only a few exact
     copies), no invalid image and lower_threshold 0 (no outlier) gives the same tables, empty

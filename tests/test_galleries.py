@@ -295,6 +295,7 @@ def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install -y chromium)")
+@pytest.mark.slow  # ~15 s: a browser; test_report's browser check stays in the default run
 def test_pages_in_headless_chromium(pages, tmp_path):
     for name, g in pages.items():
         page = open(g.path, encoding="utf-8").read()

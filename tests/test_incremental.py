@@ -176,6 +176,7 @@ def test_incremental_on_a_real_cluster_in_blocks_and_chunks(grown: dict, monkeyp
     _reused_scores(res, grown)
 
 
+@pytest.mark.slow  # ~15 s: the CLI in a subprocess, a full rebuild
 def test_full_flag_and_a_changed_archive_search_everything(grown: dict) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     wd = _copy(grown["root"], "cli")

@@ -239,6 +239,7 @@ def test_close_pairs_meet_in_a_bucket_however_many_centroids():
     assert la.shape[1] == 6 and 2 < (la >= 0).sum() / len(a) < 4  # extra buckets, not all
 
 
+@pytest.mark.slow  # ~26 s: a LocalCluster; test_build_with_memory_option_reduction_and_float16 partitions in-process
 def test_build_partitioned_on_local_cluster(work, monkeypatch):
     """Past the workers' memory (here: a tiny fraction of it) the kNN partitions by itself."""
     from distributed import Client, LocalCluster

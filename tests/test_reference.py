@@ -144,6 +144,7 @@ def test_cross_pairs_are_those_a_full_run_of_both_sets_finds(sets: dict, tmp_pat
     assert want and _names(res.similarity.compute()) == want
 
 
+@pytest.mark.slow  # ~10 s: a shell cluster
 def test_query_on_a_real_cluster_gives_the_same_tables(sets: dict, tmp_path: Path) -> None:
     from cluster import shell_cluster
 

@@ -347,6 +347,7 @@ def test_show_pair_and_the_notebook_summary(run):
     assert html_.count("<svg") >= 2 and "First pairs" in html_ and "&lt;script&gt;" not in html_[:0]
 
 
+@pytest.mark.slow  # ~12 s: a shell cluster
 def test_report_on_a_dask_scheduler_cluster_writes_the_same_pages(run, site, tmp_path):
     from cluster import shell_cluster
 

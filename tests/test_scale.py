@@ -182,6 +182,7 @@ def _assert_same(tmp_path, got: dict) -> None:
         ).read_bytes(), name
 
 
+@pytest.mark.slow  # ~13 s: a cluster; test_no_per_image_table_reaches_the_client keeps the client check in the default run
 def test_exact_groups_and_components_run_on_the_workers(dct_work, tmp_path):
     """On a distributed client the md5 / pixel_md5 groups (a shuffle) and the connected
     components (FastSV) are found by worker tasks, the hashes never reach this process, and
@@ -251,6 +252,7 @@ def test_no_per_image_table_reaches_the_client(tmp_path, monkeypatch):
     _assert_same(tmp_path, got)
 
 
+@pytest.mark.slow  # ~17 s: a cluster; test_no_per_image_table_reaches_the_client keeps the client check in the default run
 def test_cluster_build_computes_no_per_image_rows_here(tmp_path, monkeypatch):
     """Issue 17 point 1: with the kNN partitioned (a small task budget; the single-task graph
     gathers by design, bounded by that budget), everything the distributed build computes to

@@ -215,6 +215,7 @@ def test_write_csv_off_leaves_only_the_parquet_tables(small_parts, tmp_path):
     assert len(res.components) == run["tables"]["components"]["rows"] > 0
 
 
+@pytest.mark.slow  # ~13 s: a cluster; test_scheduler sends an analysis to the workers in the default run
 def test_the_workers_path_writes_components_and_stats_from_the_workers(small_parts, tmp_path):
     """Past max_client_memory (the call's LocalCluster): components and stats go from the
     workers to results/ partition by partition (stats: one part per archive), and every
