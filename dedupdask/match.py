@@ -39,6 +39,18 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    the worst cell of a 4 x 4 grid (``cell``) -- and the largest blob of pixels off by more
    than 0.2 that survives a 3 x 3 opening is measured (``blob``, a fraction of the overlap:
    a redrawn detail -- a clock hand, a tear, a frame -- is a blob, JPEG ringing is not).
+   **Text** is not the picture: when the pixels off by more than 0.2 form lines of text
+   (:func:`_text_lines`: bands at most a sixth of the picture high whose rows hold three
+   or more separate runs of them on average, as a page's lines are read in :mod:`dedupdask.decode`) covering
+   at most :data:`MAX_TEXT` of the overlap, and one picture *added* each line (:func:`_added`:
+   in the line's box it has at least :data:`TEXT_ADDED` times the other's runs of ink per row),
+   the residuals are computed again without those lines' boxes, and the better reading counts.
+   A caption, a watermark or a tag added to a copy lies over plain ground or over a few of the
+   picture's outlines and leaves the rest of the picture to agree everywhere; content redrawn in
+   both pictures (the pips of two cards, the symbols of two signs, two smileys' eyes) has as
+   much ink in each, and a shape added to a drawing (one or two outline crossings per row) is
+   no line of text: both stay blobs. A stated limit: a copy with a line of text added and a
+   design variant that adds a short line of text to a plain part (a label) look the same here.
 3. **Colour.** Unless an alignment already scored ``early_accept``, the one the brightness
    gain liked best (however far under -1 that gain left it: a greyscale copy of a colourful
    picture) and the picture as it is (when refined: always for two pictures of one shape) are
@@ -92,10 +104,11 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/4"
+PIXEL_MATCHER = "pixel-alignment/5"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
-/4: under the best alignment however far under -1 its gain left it, and under the picture as it is."""
-MATCHER = "pixel-alignment+keypoints/12"
+/4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
+/5: lines of text that one picture added are left out of the residuals (:func:`_added`)."""
+MATCHER = "pixel-alignment+keypoints/13"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -110,7 +123,8 @@ edit of both matchers includes a toning (grey, then tinted along the grey levels
 cyanotype), for pictures of more than two hues. /12: the pixel alignment fits the colour edit under
 the alignment its brightness gain liked best also when that gain left every alignment under -1
 (a greyscale copy of a colourful picture), and under the picture as it is (two pictures of one
-shape), which it always refines."""
+shape), which it always refines. /13: the pixel alignment leaves lines of text that one picture added (a
+caption, a watermark, a tag: at most :data:`MAX_TEXT` of the overlap) out of its residuals."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -140,6 +154,17 @@ FRAME_TOLERANCE = 16
 every channel) of its median colour -- JPEG's ringing around a flat band stays within it."""
 FRAME_MAX = 0.25
 """At most this share of each side is a frame (:func:`frame_box`): the rest is the picture."""
+TEXT_LINE_HEIGHT = 1 / 6
+"""Largest height (share of the picture's) of a line of text among the differing pixels
+(:func:`_text_lines`): six such lines fit, as on a page (:data:`dedupdask.decode.TEXT_INK`'s
+rule)."""
+TEXT_ADDED = 2.0
+"""Ratio of ink runs per row between the two pictures in a line of text's box over which the line
+was added to one of them (:func:`_added`): at least half of the runs there are new."""
+MAX_TEXT = 0.2
+"""Largest share of the overlap that lines of text may cover and be left out of the residuals
+(a caption, a watermark, a tag added to a copy): with more, the text is the picture (a slide, a
+page, a card)."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
@@ -546,8 +571,63 @@ def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return both[0], both[1]
 
 
+def _text_lines(off: np.ndarray) -> np.ndarray | None:
+    """The boxes of the lines of text among the differing pixels ``off`` (bool), or None.
+
+    Read like a page's lines (:func:`dedupdask.decode._text_lines`): a row is marked when
+    more than 2 % of its pixels (at least 3) differ; consecutive marked rows form a band, and a
+    band is a **line of text** when it is at most :data:`TEXT_LINE_HEIGHT` of the picture high
+    and its rows start a differing run at least 3 times on average (letters side by side; an
+    added shape's outline crosses a row once or twice). Each line's box spans its differing
+    columns, with a 1 px rim.
+    """
+    h, w = off.shape
+    marked = off.sum(axis=1) > max(2.0, 0.02 * w)
+    if not marked.any():
+        return None
+    starts = off[:, 0].astype(np.int64) + (off[:, 1:] & ~off[:, :-1]).sum(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], marked.astype(np.int8), [0]))))
+    lines = np.zeros(off.shape, bool)
+    for top, bottom in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        tall = bottom - top
+        if tall > TEXT_LINE_HEIGHT * h or int(starts[top:bottom].sum()) < 3 * tall:
+            continue
+        cols = np.flatnonzero(off[top:bottom].any(axis=0))
+        lines[max(top - 1, 0) : bottom + 1, max(int(cols[0]) - 1, 0) : int(cols[-1]) + 2] = True
+    return lines if lines.any() else None
+
+
+def _ink_runs(rgb: np.ndarray) -> float:
+    """Runs of ink per row: pixels whose luma is more than :data:`BLOB_LEVEL` from the median."""
+    y = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    ink = np.abs(y - np.median(y)) > BLOB_LEVEL
+    return float(ink[:, 0].sum() + (ink[:, 1:] & ~ink[:, :-1]).sum()) / max(ink.shape[0], 1)
+
+
+def _added(a: np.ndarray, b: np.ndarray, lines: np.ndarray) -> np.ndarray | None:
+    """The lines of text (:func:`_text_lines`) that one of the two aligned pictures added.
+
+    In a line's box, each picture's ink (luma more than :data:`BLOB_LEVEL` from the box's
+    median) is counted in runs per row. Text added over a picture crosses each row many times
+    over what lay beneath (nothing, or a drawing's few outlines); a line is kept when one picture
+    has at least :data:`TEXT_ADDED` times the other's runs (at least half of them new) and one
+    run every other row. Content redrawn in both (the pips of two cards, two signs' symbols,
+    two smileys' eyes) has as many runs in each and is not text added to a copy.
+    """
+    from scipy.ndimage import find_objects, label
+
+    lab, _ = label(lines)
+    kept = np.zeros(lines.shape, bool)
+    for sl in find_objects(lab):
+        ra, rb = _ink_runs(a[sl]), _ink_runs(b[sl])
+        hi, lo = max(ra, rb), min(ra, rb)
+        if hi >= 0.5 and hi >= TEXT_ADDED * lo:
+            kept[sl] = True
+    return kept if kept.any() else None
+
+
 def _residuals(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool = False
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool = False, text: bool = True
 ) -> tuple[float, float, float] | None:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
@@ -567,6 +647,7 @@ def _residuals(
     """
     from scipy.ndimage import binary_opening, label
 
+    a0, b0 = a, b
     a, b = _blur_pair(a, b)
     inside = slice(None) if mask is None else mask
     if colour:
@@ -623,7 +704,17 @@ def _residuals(
         if off.any():
             lab, _ = label(off)
             blob = float(np.bincount(lab.ravel())[1:].max()) / size
-    return total / var, max(cells, default=0.0) / var, blob
+    got = (total / var, max(cells, default=0.0) / var, blob)
+    lines = _text_lines(worst > BLOB_LEVEL) if text and blob > 0 else None
+    if lines is not None:
+        lines = _added(a0, b0, lines)
+    if lines is not None:
+        keep = ~lines if mask is None else mask & ~lines
+        if keep.sum() >= (1.0 - MAX_TEXT) * size:  # the text is not the picture
+            again = _residuals(a0, b0, keep, colour=colour, text=False)
+            if again is not None and _residual_score(again) > _residual_score(got):
+                return again
+    return got
 
 
 def _residual_score(r: tuple[float, float, float]) -> float:

@@ -124,6 +124,75 @@ def test_verification_accepts_edits_and_rejects_lookalikes():
     assert sum(x >= DEFAULT_VERIFY_SCORE for x in logo) >= 3, logo
 
 
+def _drawing(rng: np.random.Generator) -> Image.Image:
+    """Clip art: a few outlined fills on white (a graphic: the pixel alignment decides it)."""
+    im = Image.new("RGB", (320, 240), "white")
+    draw = ImageDraw.Draw(im)
+    for _ in range(4):
+        x, y = rng.integers(60, 200), rng.integers(70, 150)
+        w, h = rng.integers(40, 90), rng.integers(30, 70)
+        fill = tuple(int(v) for v in rng.integers(40, 220, 3))
+        if rng.uniform() < 0.5:
+            draw.ellipse((x, y, x + w, y + h), fill=fill, outline="black", width=3)
+        else:
+            draw.polygon([(x, y + h), (x + w // 2, y), (x + w, y + h)], fill=fill, outline="black", width=3)
+    return im
+
+
+def _captioned(im: Image.Image, words: str, *, bottom: bool = False) -> Image.Image:
+    """A meme caption: white letters outlined in black, across the top (or the bottom)."""
+    out = im.copy()
+    draw = ImageDraw.Draw(out)
+    font = _font(30)
+    box = draw.textbbox((0, 0), words, font=font, stroke_width=2)
+    x = (out.width - (box[2] - box[0])) // 2
+    y = out.height - (box[3] - box[1]) - 12 if bottom else 8
+    draw.text((x, y), words, font=font, fill="white", stroke_width=2, stroke_fill="black")
+    return out
+
+
+def test_a_caption_on_a_drawing_is_the_drawing_an_added_shape_is_not(monkeypatch):
+    """Lines of text added to one picture (a caption, a watermark) are left out of the pixel
+    residuals, up to MAX_TEXT of the picture; a shape added to a drawing (a design variant) and a
+    row of signs redrawn in both still differ."""
+    import dedupdask.match as match
+
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        im = _drawing(rng)
+        a = _prep(im)
+        top = _prep(_captioned(im, "WHEN THE CODE"))
+        both = _prep(_captioned(_captioned(im, "NOBODY:"), "TRUE STORY", bottom=True))
+        assert match_score(a, top, keypoints=False) >= DEFAULT_VERIFY_SCORE
+        assert match_score(both, a) >= DEFAULT_VERIFY_SCORE  # either order, both matchers
+        over = im.copy()  # across the drawing
+        ImageDraw.Draw(over).text((40, 110), "SUCH WOW", font=_font(30), fill="white", stroke_width=2, stroke_fill="black")
+        assert match_score(a, _prep(over), keypoints=False) >= DEFAULT_VERIFY_SCORE
+        shape = im.copy()
+        ImageDraw.Draw(shape).ellipse((250, 20, 300, 70), fill=(200, 40, 40), outline="black", width=3)
+        assert match_score(a, _prep(shape)) < DEFAULT_VERIFY_SCORE
+        circles, squares = im.copy(), im.copy()  # a row of signs redrawn in both: not text added to one
+        for x in range(20, 280, 48):
+            ImageDraw.Draw(circles).ellipse((x, 12, x + 18, 30), fill=(200, 30, 30), outline="black", width=2)
+            ImageDraw.Draw(squares).rectangle((x, 12, x + 18, 30), fill=(30, 30, 200), outline="black", width=2)
+        assert match_score(_prep(circles), _prep(squares)) < DEFAULT_VERIFY_SCORE
+        lines = im.copy()  # two lines across the whole width: a quarter of it, over MAX_TEXT
+        for y in (5, 51):
+            ImageDraw.Draw(lines).text((10, y), "LOREM IPSUM DOLOR", font=_font(30), fill="white", stroke_width=2,
+                                       stroke_fill="black")  # fmt: skip
+        assert match_score(a, _prep(lines)) < DEFAULT_VERIFY_SCORE
+    monkeypatch.setattr(match, "TEXT_ADDED", 1.0)  # the row of signs passes as text when not asked whose it is
+    assert match_score(_prep(circles), _prep(squares)) >= DEFAULT_VERIFY_SCORE
+    monkeypatch.setattr(match, "MAX_TEXT", 0.0)  # without the rule the caption is a blob
+    assert match_score(a, top, keypoints=False) < DEFAULT_VERIFY_SCORE
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
 def test_decide_and_expand_label_each_pair_once():
     from dedupdask.analyses import exact_groups
 
