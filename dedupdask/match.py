@@ -644,6 +644,10 @@ def _residuals(
     fitted over the whole overlap, in the direction from the more colourful picture); None
     when the best such edit is not one an editor makes. The residuals are read the same way:
     a part painted another colour is not a global edit, and stays a blob.
+
+    With ``text`` (the default), lines of text one image added (:func:`_text_lines`,
+    :func:`_added`; at most :data:`MAX_TEXT` of the overlap) are left out of a second reading,
+    and the better of the two readings is returned.
     """
     from scipy.ndimage import binary_opening, label
 
