@@ -1,7 +1,7 @@
 """Keypoint matcher: the same picture under any plane warp, global colour edit and overlay.
 
 The pixel matcher (:mod:`dedupdask.match`) aligns by scale, translation and flip only and
-rejects any local difference, so it misses the copies the web makes most: rotated, tilted,
+rejects any local difference but added lines of text, so it misses the copies the web makes most: rotated, tilted,
 re-framed, recoloured, watermarked, captioned. This matcher asks the question differently,
 in three steps, each with a reason a user can check, of pairs in which at least one picture
 is not a *graphic* (:data:`MAX_FLAT`, :data:`MIN_UNIFORM`: clip art, icons, cards and signs are
@@ -65,7 +65,7 @@ when the colour edit is one an editor makes (0 otherwise), so ``score >= 0.9`` -
 Limits, stated rather than hidden: a change to a small part of a picture that only adds
 content (one more star on a flag, a frame drawn around a card) or replaces content by other
 content (another symbol in the same warning sign) is within the overlay budget and is
-accepted here when the rest matches; the pixel matcher, which tolerates no local change, is
+accepted here when the rest matches; the pixel matcher, which tolerates no local change but added text, is
 tried first and either matcher may accept. Flat pictures with few corners (a solid colour, a simple logo)
 give too few keypoints: they are left to the pixel matcher. The constants were set on the
 tuning families of ``benchmarks/quality_families.py`` and checked on its held-out families
