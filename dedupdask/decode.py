@@ -442,6 +442,9 @@ def _residual_range(residual: np.ndarray) -> float:
 
 TEXT_INK = 48
 """Grey levels from the background beyond which a pixel is a mark (ink) for :func:`_text_lines`."""
+TEXT_LINE_HEIGHT = 1 / 6
+"""Largest height (share of the picture's) of a line of text (:func:`text_line_bands`): six
+such lines fit, as on a page."""
 
 
 def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
@@ -470,19 +473,42 @@ def _text_lines(gray: np.ndarray, hist: np.ndarray) -> float:
         return 0.0
     from .kernels import ink_rows
 
-    per_row, starts = ink_rows(gray, bg, TEXT_INK)
-    marked = per_row > max(2.0, 0.02 * w)
-    n_marked = int(marked.sum())
-    if not n_marked:
+    top, bottom, n_marked = text_line_bands(*ink_rows(gray, bg, TEXT_INK), w)
+    if top.size < 3:
         return 0.0
+    return float((bottom - top).sum()) / n_marked
+
+
+def text_line_bands(per_row: np.ndarray, starts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The lines of text among a picture's rows of marks, as :func:`_text_lines` reads a page.
+
+    A row is marked when more than 2 % of its ``width`` pixels (at least 3) are marks
+    (``per_row``); consecutive marked rows form a band, and a band is a line of text when it is
+    at most :data:`TEXT_LINE_HEIGHT` of the picture high and its rows start a run of marks
+    (``starts``) at least 3 times on average. Also read by the pixel alignment on the pixels
+    two pictures differ in (:func:`dedupdask.match._text_lines`).
+
+    Returns
+    -------
+    (ndarray, ndarray, int)
+        The lines' first rows and the rows after their last, and the number of marked rows.
+
+    Examples
+    --------
+    >>> per_row = np.array([0, 9, 9, 0, 9, 0, 0, 0, 0, 0, 0, 0])
+    >>> starts = np.array([0, 3, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    >>> top, bottom, n_marked = text_line_bands(per_row, starts, 40)
+    >>> top.tolist(), bottom.tolist(), n_marked
+    ([1], [3], 3)
+    """
+    h = len(per_row)
+    marked = per_row > max(2.0, 0.02 * width)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], marked.astype(np.int8), [0]))))
     top, bottom = edges[::2], edges[1::2]
     tall = bottom - top
     cum = np.concatenate(([0], np.cumsum(starts)))
-    line = (tall <= h / 6) & (cum[bottom] - cum[top] >= 3 * tall)
-    if int(line.sum()) < 3:
-        return 0.0
-    return float(tall[line].sum()) / n_marked
+    line = (tall <= TEXT_LINE_HEIGHT * h) & (cum[bottom] - cum[top] >= 3 * tall)
+    return top[line], bottom[line], int(marked.sum())
 
 
 def _chroma(spread: np.ndarray) -> float:

@@ -154,10 +154,6 @@ FRAME_TOLERANCE = 16
 every channel) of its median colour -- JPEG's ringing around a flat band stays within it."""
 FRAME_MAX = 0.25
 """At most this share of each side is a frame (:func:`frame_box`): the rest is the picture."""
-TEXT_LINE_HEIGHT = 1 / 6
-"""Largest height (share of the picture's) of a line of text among the differing pixels
-(:func:`_text_lines`): six such lines fit, as on a page (:data:`dedupdask.decode.TEXT_INK`'s
-rule)."""
 TEXT_ADDED = 2.0
 """Ratio of ink runs per row between the two pictures in a line of text's box over which the line
 was added to one of them (:func:`_added`): at least half of the runs there are new."""
@@ -574,27 +570,24 @@ def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _text_lines(off: np.ndarray) -> np.ndarray | None:
     """The boxes of the lines of text among the differing pixels ``off`` (bool), or None.
 
-    Read like a page's lines (:func:`dedupdask.decode._text_lines`): a row is marked when
-    more than 2 % of its pixels (at least 3) differ; consecutive marked rows form a band, and a
-    band is a **line of text** when it is at most :data:`TEXT_LINE_HEIGHT` of the picture high
-    and its rows start a differing run at least 3 times on average (letters side by side; an
-    added shape's outline crosses a row once or twice). Each line's box spans its differing
-    columns, with a 1 px rim.
+    Read like a page's lines, with the differing pixels as the marks
+    (:func:`dedupdask.decode.text_line_bands`): a row is marked when more than 2 % of its pixels
+    (at least 3) differ; consecutive marked rows form a band, and a band is a **line of text**
+    when it is at most a sixth of the picture high and its rows start a differing run at least
+    3 times on average (letters side by side; an added shape's outline crosses a row once or
+    twice). Each line's box spans its differing columns, with a 1 px rim.
     """
-    h, w = off.shape
-    marked = off.sum(axis=1) > max(2.0, 0.02 * w)
-    if not marked.any():
+    from .decode import text_line_bands
+    from .kernels import ink_rows
+
+    tops, bottoms, _ = text_line_bands(*ink_rows(off.view(np.uint8), 0, 0), off.shape[1])
+    if not tops.size:
         return None
-    starts = off[:, 0].astype(np.int64) + (off[:, 1:] & ~off[:, :-1]).sum(axis=1)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], marked.astype(np.int8), [0]))))
     lines = np.zeros(off.shape, bool)
-    for top, bottom in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-        tall = bottom - top
-        if tall > TEXT_LINE_HEIGHT * h or int(starts[top:bottom].sum()) < 3 * tall:
-            continue
+    for top, bottom in zip(tops.tolist(), bottoms.tolist(), strict=True):
         cols = np.flatnonzero(off[top:bottom].any(axis=0))
         lines[max(top - 1, 0) : bottom + 1, max(int(cols[0]) - 1, 0) : int(cols[-1]) + 2] = True
-    return lines if lines.any() else None
+    return lines
 
 
 def _ink_runs(rgb: np.ndarray) -> float:
