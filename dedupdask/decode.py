@@ -38,6 +38,7 @@ __all__ = [
     "open_rgb",
     "pixel_hash",
     "sniff_image",
+    "text_line_bands",
     "to_rgb",
 ]
 
