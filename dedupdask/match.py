@@ -29,9 +29,11 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    :data:`TOP` hypotheses, and the picture as it is (two pictures of one shape, one over the
    whole of the other, unmirrored: a colour edit changes the grey image, and another scale may
    then correlate better), are
-   refined at 128 px (scale +-1.25 %); a pair whose best coarse
-   correlation is under :data:`COARSE_REJECT` is rejected without refining, and a refined
-   alignment whose fine correlation is under :data:`FINE_REJECT` gets no residuals.
+   refined at 128 px (scale +-1.25 %); when the best coarse correlation is under
+   :data:`COARSE_REJECT` only the picture as it is is refined (none for pictures of two
+   shapes), and a refined alignment whose fine correlation is under :data:`FINE_REJECT` gets no
+   residuals -- but for the picture as it is, which is always read: an inset or a recolouring
+   brings a copy's correlation down to anything, and the residuals decide.
 2. **Residual** of each refined alignment, on the colour images blurred by 1 px (which
    forgives sub-pixel misalignment and JPEG noise): one gain and one offset shared by the
    three channels are fitted (brightness may change), and the residual energy
@@ -51,6 +53,20 @@ Both give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint match
    much ink in each, and a shape added to a drawing (one or two outline crossings per row) is
    no line of text: both stay blobs. A stated limit: a copy with a line of text added and a
    design variant that adds a short line of text to a plain part (a label) look the same here.
+   **A pasted rectangle** is not the picture either: when the box of every blob (found again
+   with the brightness gain fitted on the pixels that agree, which a bright inset no longer
+   pulls) covers at most :data:`MAX_PASTED` of the overlap, is at least :data:`MIN_PASTED` of
+   the picture across, and hides one picture's content -- at least :data:`MIN_HIDDEN` of the
+   box lay over it, at most :data:`MAX_SHOWING` of it shows through, and along one side the
+   differing pixels run straight while the picture goes on, unchanged and of the same colour,
+   just outside (:data:`MIN_CUT`), and neither what it hides nor what it shows is a field of
+   one colour (:data:`MAX_PLAIN`: a flag's canton is drawn, not pasted) -- the residuals are
+   read again without the box (:func:`_pasted`). A picture in the picture, a logo's box, an inset cut through the
+   picture along straight edges; an element drawn over a drawing lets what lay under its box's
+   corners show, one drawn on the plain ground hides nothing, a fill repainted inside its
+   outline ends at an edge the picture already had, and a detail smaller than an eighth of the
+   picture (an eye, a letter) is left to the blob rule. A stated limit: a design variant that
+   pastes a rectangular panel over a drawing looks like a copy with an inset.
 3. **Colour.** Unless an alignment already scored ``early_accept``, the one the brightness
    gain liked best (however far under -1 that gain left it: a greyscale copy of a colourful
    picture) and the picture as it is (when refined: always for two pictures of one shape) are
@@ -104,11 +120,13 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/5"
+PIXEL_MATCHER = "pixel-alignment/6"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
-/5: lines of text that one picture added are left out of the residuals (:func:`_added`)."""
-MATCHER = "pixel-alignment+keypoints/13"
+/5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
+rectangle pasted over one picture (:func:`_pasted`), and the picture as it is is read however
+low its correlation."""
+MATCHER = "pixel-alignment+keypoints/14"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -124,7 +142,10 @@ cyanotype), for pictures of more than two hues. /12: the pixel alignment fits th
 the alignment its brightness gain liked best also when that gain left every alignment under -1
 (a greyscale copy of a colourful picture), and under the picture as it is (two pictures of one
 shape), which it always refines. /13: the pixel alignment leaves lines of text that one picture added (a
-caption, a watermark, a tag: at most :data:`MAX_TEXT` of the overlap) out of its residuals."""
+caption, a watermark, a tag: at most :data:`MAX_TEXT` of the overlap) out of its residuals. /14: and
+a rectangle pasted over one picture (:func:`_pasted`: an inset, a logo's box; at most
+:data:`MAX_PASTED` of the overlap), and reads the picture as it is however low its correlation
+(a bright inset over a dark picture brings it down to anything)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -140,9 +161,10 @@ SAME_SHAPE = 0.02
 """Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
 is always refined (:func:`_hypotheses`)."""
 COARSE_REJECT = 0.7
-"""Best coarse correlation under which a pair is rejected at once (score -1). Planted copies
-of every edit scored >= 0.80 on the benchmark set; about 60 % of rejected candidates are
-below 0.7, and none of them scored above 0.25 when refined."""
+"""Best coarse correlation under which only the picture as it is is refined (pictures of one
+shape; others score -1 at once). Planted copies of the five first edits scored >= 0.80 on the
+benchmark set; about 60 % of rejected candidates are below 0.7, and none of them scored above
+0.25 when refined. A picture pasted over a copy brings it lower (matcher /14)."""
 ECC_STEPS = 15
 """Iterations of the ECC refinement of a keypoint warp (:func:`warped_score`)."""
 ECC_MAX_SHIFT = 3.0
@@ -161,6 +183,30 @@ MAX_TEXT = 0.2
 """Largest share of the overlap that lines of text may cover and be left out of the residuals
 (a caption, a watermark, a tag added to a copy): with more, the text is the picture (a slide, a
 page, a card)."""
+MAX_PASTED = 0.25
+"""Largest share of the overlap a rectangle pasted over a copy (:func:`_pasted`: a picture in
+the picture, a logo's box, an inset) may cover and be left out of the residuals: the rest of the
+picture, at least three quarters of it, must agree everywhere."""
+MIN_PASTED = 1 / 8
+"""Smallest width and height, as a share of the picture's, of a pasted rectangle
+(:func:`_pasted`): 16 of the 128 px. A smaller change is a detail (a letter, an eye, a
+button, a skin tone's shading), which the blob rule decides, and too short a side to see
+that it runs straight."""
+MAX_SHOWING = 0.1
+"""Share of the picture's content under a pasted rectangle that may still show through it
+(:func:`_pasted`): a pasted rectangle is opaque."""
+MIN_HIDDEN = 0.25
+"""Share of a pasted rectangle that lay over the covered picture's content (:func:`_pasted`)."""
+MIN_CUT = 0.5
+"""Length, as a share of a pasted rectangle's longer side, of its straightest cut through the
+covered picture (:func:`_pasted`): along one side, the differing pixels run straight and the
+picture's content goes on, unchanged, just outside. A round or drawn outline touches its box at
+a point."""
+MAX_PLAIN = 0.8
+"""Largest share of one colour (within :data:`BLOB_LEVEL` / 4 of the median) in what a pasted
+rectangle hides and in what it shows (:func:`_pasted`): a panel or a field of one colour -- a
+flag's canton on its field, a box over a plain part -- is how designs are drawn, and a pasted
+picture, like what it covers, is a picture."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
@@ -619,6 +665,84 @@ def _added(a: np.ndarray, b: np.ndarray, lines: np.ndarray) -> np.ndarray | None
     return kept if kept.any() else None
 
 
+def _ground(rgb: np.ndarray) -> np.ndarray:
+    """The plain ground of a picture: when one colour holds half or more of its outermost rows
+    and columns (within :data:`BLOB_LEVEL` / 4: flat, as a texture or a photo's edge is not), the
+    pixels within :data:`BLOB_LEVEL` / 2 of it (JPEG's ringing round a drawing's outlines
+    included); none when no colour does."""
+    ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    colour = np.median(ring, axis=0)
+    if (np.abs(ring - colour).max(axis=1) <= BLOB_LEVEL / 4).mean() < 0.5:
+        return np.zeros(rgb.shape[:2], bool)
+    return _abs_max(rgb - colour.astype(rgb.dtype)) <= BLOB_LEVEL / 2
+
+
+def _near(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Whether two rows of pixels are within :data:`BLOB_LEVEL` of each other in every channel."""
+    return np.abs(p - q).max(axis=-1) <= BLOB_LEVEL
+
+
+def _plain(rgb: np.ndarray) -> float:
+    """Share of pixels (n x 3) within :data:`BLOB_LEVEL` / 4 of their median colour."""
+    return float((np.abs(rgb - np.median(rgb, axis=0)).max(axis=1) <= BLOB_LEVEL / 4).mean())
+
+
+def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray, size: int) -> np.ndarray | None:
+    """The box of a rectangle pasted over one of two aligned pictures, or None.
+
+    The box is that of every blob (``blobs``: differing pixels that survived the opening). It
+    is a pasted rectangle when it covers at most :data:`MAX_PASTED` of the overlap, is at least
+    :data:`MIN_PASTED` of the picture wide and high, and, for one
+    picture (the covered one): at least :data:`MIN_HIDDEN` of the box lay over its content
+    (what is not its plain ground, :func:`_ground`), at most :data:`MAX_SHOWING` of that content
+    is unchanged (``changed``, grown by 1 px: the rectangle is opaque), and along one side the
+    blobs run straight, with the picture's content going on unchanged 2 px outside, over at
+    least :data:`MIN_CUT` of the box's longer side (the rectangle cuts the picture); and
+    neither what it hides nor what it shows is a field of one colour (:data:`MAX_PLAIN`). An element
+    drawn over a drawing lets what lay under its box's corners show; one drawn on the plain
+    ground hides no content; a round or drawn outline touches its box at a point; content
+    redrawn in both pictures (two rows of signs) is not cut along a side.
+    """
+    from scipy.ndimage import binary_dilation
+
+    h, w = blobs.shape
+    ys, xs = np.nonzero(blobs)
+    y0, y1 = max(int(ys.min()) - 1, 0), min(int(ys.max()) + 2, h)
+    x0, x1 = max(int(xs.min()) - 1, 0), min(int(xs.max()) + 2, w)
+    if (y1 - y0) * (x1 - x0) > MAX_PASTED * size or y1 - y0 < MIN_PASTED * h or x1 - x0 < MIN_PASTED * w:
+        return None
+    grown = binary_dilation(changed, structure=np.ones((3, 3), bool))
+    for pic in (a, b):
+        content = ~_ground(pic)
+        inside = content[y0:y1, x0:x1]
+        hidden = int(inside.sum())
+        showing = int((inside & ~grown[y0:y1, x0:x1]).sum())
+        # along each side with room outside it: where the blobs run straight along it (their
+        # first row or column) and the picture goes on across the edge -- its content, unchanged
+        # 2 px outside, of the colour it had inside (a rectangle cuts through the picture; a fill
+        # repainted within its outline ends at an edge the picture already had)
+        shown = content & ~changed
+        sides = []
+        if y0 > 0:
+            sides.append(blobs[y0 + 1, x0:x1] & shown[y0 - 1, x0:x1] & _near(pic[y0 + 1, x0:x1], pic[y0 - 1, x0:x1]))
+        if y1 < h:
+            sides.append(blobs[y1 - 2, x0:x1] & shown[y1, x0:x1] & _near(pic[y1 - 2, x0:x1], pic[y1, x0:x1]))
+        if x0 > 0:
+            sides.append(blobs[y0:y1, x0 + 1] & shown[y0:y1, x0 - 1] & _near(pic[y0:y1, x0 + 1], pic[y0:y1, x0 - 1]))
+        if x1 < w:
+            sides.append(blobs[y0:y1, x1 - 2] & shown[y0:y1, x1] & _near(pic[y0:y1, x1 - 2], pic[y0:y1, x1]))
+        cut = max((int(s.sum()) for s in sides), default=0) / max(y1 - y0, x1 - x0)
+        if hidden < MIN_HIDDEN * inside.size or showing > MAX_SHOWING * hidden or cut < MIN_CUT:
+            continue
+        # both what the rectangle hides and what it shows are pictures, not one colour's field
+        over = (b if pic is a else a)[y0:y1, x0:x1].reshape(-1, 3)
+        if _plain(pic[y0:y1, x0:x1][inside]) <= MAX_PLAIN and _plain(over) <= MAX_PLAIN:
+            box = np.zeros(blobs.shape, bool)
+            box[y0:y1, x0:x1] = True
+            return box
+    return None
+
+
 def _residuals(
     a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool = False, text: bool = True
 ) -> tuple[float, float, float] | None:
@@ -694,24 +818,74 @@ def _residuals(
         cells = (sums[counted] / n[counted]).tolist()
         size = max(int(mask.sum()), 1)
         total = float(r2.sum()) / size
-    off = worst > BLOB_LEVEL
+    changed = worst > BLOB_LEVEL
     blob = 0.0
+    off = changed
     if off.any():
         off = binary_opening(off, structure=np.ones((3, 3), bool))
         if off.any():
             lab, _ = label(off)
             blob = float(np.bincount(lab.ravel())[1:].max()) / size
     got = (total / var, max(cells, default=0.0) / var, blob)
-    lines = _text_lines(worst > BLOB_LEVEL) if text and blob > 0 else None
+    if not text or blob == 0:
+        return got
+    left_out = []
+    lines = _text_lines(changed)
     if lines is not None:
         lines = _added(a0, b0, lines)
     if lines is not None:
-        keep = ~lines if mask is None else mask & ~lines
-        if keep.sum() >= (1.0 - MAX_TEXT) * size:  # the text is not the picture
+        left_out.append((lines, MAX_TEXT))  # the text is not the picture
+    box = None
+    ys, xs = np.nonzero(off.any(axis=1)), np.nonzero(off.any(axis=0))
+    wide = ys[0][-1] - ys[0][0] + 1 >= MIN_PASTED * h and xs[0][-1] - xs[0][0] + 1 >= MIN_PASTED * w
+    # a pasted rectangle covers at most MAX_PASTED: when twice that differs, the pictures do
+    if wide and np.count_nonzero(changed) <= 2 * MAX_PASTED * size:
+        if not colour:
+            # the brightness gain fitted again on the pixels that agree (a bright inset pulls
+            # the first fit, and more of the picture then differs): where does it differ?
+            changed, off = _changed_where(a, b, changed, mask)
+        if off is not None:
+            box = _pasted(a0, b0 if mask is None else np.where(mask[..., None], b0, a0), changed, off, size)
+    if box is not None:
+        left_out.append((box, MAX_PASTED))
+    for out, most in left_out:
+        keep = ~out if mask is None else mask & ~out
+        if keep.sum() >= (1.0 - most) * size:
             again = _residuals(a0, b0, keep, colour=colour, text=False)
             if again is not None and _residual_score(again) > _residual_score(got):
-                return again
+                got = again
     return got
+
+
+def _changed_where(
+    a: np.ndarray, b: np.ndarray, changed: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels off by more than :data:`BLOB_LEVEL` under ``a ~ g * b + o`` fitted on the pixels
+    not ``changed`` under the first fit, and their blobs (the pixels that survive a 3 x 3
+    opening; None when none does)."""
+    from scipy.ndimage import binary_opening
+
+    agree = ~changed if mask is None else mask & ~changed
+    n = 3 * np.count_nonzero(agree)
+    if n >= 48:
+        w = agree.astype(np.float32)[..., None]  # weights, not a boolean index: no copies
+        xm, ym = float(np.vdot(b, np.broadcast_to(w, b.shape))) / n, float(np.vdot(a, np.broadcast_to(w, a.shape))) / n
+        xd = (b - xm) * w
+        g = float(np.clip(float(np.vdot(xd, a - ym)) / max(float(np.vdot(xd, xd)), 1e-9), 0.5, 2.0))
+        changed = _abs_max(a - (g * b + (ym - g * xm))) > BLOB_LEVEL
+        if mask is not None:
+            changed &= mask
+    off = binary_opening(changed, structure=np.ones((3, 3), bool))
+    return changed, off if off.any() else None
+
+
+def _abs_max(d: np.ndarray) -> np.ndarray:
+    """Largest absolute value over the channels of an (h, w, c) array, by slices (a reduction
+    over the short last axis is several times slower)."""
+    m = np.abs(d[..., 0])
+    for i in range(1, d.shape[-1]):
+        np.maximum(m, np.abs(d[..., i]), out=m)
+    return m
 
 
 def _residual_score(r: tuple[float, float, float]) -> float:
@@ -720,11 +894,12 @@ def _residual_score(r: tuple[float, float, float]) -> float:
 
 
 def _refine(
-    outer: View, inner: View, scale: float, flip: bool, memo: dict[tuple, Any] | None = None
-) -> tuple[tuple[float, float, float], tuple[int, int, int, int]] | None:
-    """Residuals of the best fine alignment near ``scale`` and that alignment (``dy, dx, th,
-    tw``: where, at what size, the inner image lies in the outer one), or None when there is none
-    or its normalised correlation is under :data:`FINE_REJECT`. ``memo`` (one per pair) keeps the
+    outer: View, inner: View, scale: float, flip: bool, memo: dict[tuple, Any] | None = None, *, whole: bool = False
+) -> tuple[tuple[float, float, float], tuple[int, int, int, int], float] | None:
+    """Residuals of the best fine alignment near ``scale``, that alignment (``dy, dx, th, tw``:
+    where, at what size, the inner image lies in the outer one) and its normalised correlation,
+    or None when there is none or its correlation is under :data:`FINE_REJECT` (unless
+    ``whole``: the picture as it is is always read). ``memo`` (one per pair) keeps the
     correlations and residuals already computed: neighbouring hypotheses share scales."""
     memo = {} if memo is None else memo
     H, W = outer.grey.shape
@@ -749,13 +924,13 @@ def _refine(
         if best is None or got[0] > best[0]:
             dy, dx = got[1]
             best = (got[0], (dy, dx, th, tw))
-    if best is None or best[0] < FINE_REJECT:
+    if best is None or (best[0] < FINE_REJECT and not whole):
         return None
     dy, dx, th, tw = best[1]
     key = ("res", id(outer), flip, dy, dx, th, tw)
     if key not in memo:
         memo[key] = _aligned_residuals(outer, inner, flip, (dy, dx, th, tw))
-    return memo[key], (dy, dx, th, tw)
+    return memo[key], (dy, dx, th, tw), best[0]
 
 
 def _aligned_residuals(
@@ -984,27 +1159,39 @@ def _placed(outer: View, inner: View, flip: bool, at: tuple[int, int, int, int],
 def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: bool = True) -> MatchRecord:
     best = MatchRecord()
     hyps = _hypotheses(va, vb, mirrors)
-    if not hyps or hyps[0][0] < COARSE_REJECT:
-        return best  # nothing aligns even coarsely: not worth refining
+    weak = bool(hyps) and hyps[0][0] < COARSE_REJECT
+    if weak:
+        # nothing aligns even coarsely: only the picture as it is is read (a picture pasted
+        # over a copy of one shape, a recolouring, can bring its correlation down to anything)
+        hyps = [h for h in hyps if h[1:] == AS_IS]
+    if not hyps:
+        return best
     memo: dict[tuple, Any] = {}
     aligned: dict[str, tuple[View, View, bool, tuple[int, int, int, int], np.ndarray]] = {}
+    scored, liked = False, -np.inf
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
-        got = _refine(outer, inner, scale, flip, memo)
+        as_is = (direction, scale, flip) == AS_IS
+        got = _refine(outer, inner, scale, flip, memo, whole=as_is)
         if got is None:
             continue
         placed = _placed(outer, inner, flip, got[1], direction == 0)
-        if "best" not in aligned or _residual_score(got[0]) > best.score:
-            aligned["best"] = (outer, inner, flip, got[1], placed)
-            best = _pixel_record(got[0], matcher="pixel", homography=placed)
-        if (direction, scale, flip) == AS_IS:
+        # the picture as it is, read although it does not correlate (an inset or a recolouring
+        # brought its correlation down): under its brightness gain only, not a colour edit too
+        gated = as_is and (weak or got[2] < FINE_REJECT)
+        score = _residual_score(got[0])
+        if not gated and ("best" not in aligned or score > liked):
+            aligned["best"], liked = (outer, inner, flip, got[1], placed), score
+        if as_is and not gated:
             aligned["as is"] = (outer, inner, flip, got[1], placed)
+        if not scored or score > best.score:
+            scored, best = True, _pixel_record(got[0], matcher="pixel", homography=placed)
         if early_accept is not None and best.score >= early_accept:
             return best  # a clear duplicate: the other hypotheses cannot change the decision
     # Under a global colour edit: the alignment the one brightness gain liked best (however far
     # under -1 it left it: a greyscale copy of a colourful picture) and the picture as it is
     # when it was refined (a recoloured copy's grey image may correlate better at a wrong scale).
-    if "as is" in aligned and aligned["as is"][:4] == aligned["best"][:4]:
+    if "as is" in aligned and "best" in aligned and aligned["as is"][:4] == aligned["best"][:4]:
         del aligned["as is"]
     for outer, inner, flip, at, placed in aligned.values():
         best = _better(best, _pixel_record(_aligned_residuals(outer, inner, flip, at, colour=True), matcher="pixel",

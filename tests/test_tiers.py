@@ -187,6 +187,50 @@ def test_a_caption_on_a_drawing_is_the_drawing_an_added_shape_is_not(monkeypatch
     assert match_score(a, top, keypoints=False) < DEFAULT_VERIFY_SCORE
 
 
+def _inset(im: Image.Image, picture: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A picture in the picture: ``picture``, in a black frame, pasted over ``box``."""
+    out = im.copy()
+    x0, y0, x1, y1 = box
+    framed = Image.new("RGB", (x1 - x0, y1 - y0), "black")
+    framed.paste(picture.resize((x1 - x0 - 8, y1 - y0 - 8)), (4, 4))
+    out.paste(framed, (x0, y0))
+    return out
+
+
+def test_a_picture_pasted_over_a_copy_is_the_copy_an_element_added_is_not(monkeypatch):
+    """A rectangle pasted over one picture (an inset, a logo's box) that hides what lay under it
+    and cuts the picture along its edges is left out of the pixel residuals, up to MAX_PASTED of
+    the picture; an element drawn over or beside a drawing (a design variant), a box on the plain
+    ground that hides nothing, and an inset over too much of the picture still differ."""
+    import dedupdask.match as match
+
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        shapes = _drawing(rng)
+        im = Image.new("RGB", shapes.size, "white")  # the shapes over a large pale fill
+        ImageDraw.Draw(im).ellipse((30, 40, 290, 210), fill=(190, 215, 240), outline="black", width=3)
+        im.paste(shapes, mask=Image.fromarray((np.asarray(shapes).min(axis=2) < 250).astype(np.uint8) * 255))
+        a = _prep(im)
+        over = _prep(_inset(im, random_picture(rng, (96, 72)), (200, 30, 300, 110)))  # over the drawing's top right: it cuts the fill
+        assert match_score(a, over, keypoints=False) >= DEFAULT_VERIFY_SCORE
+        assert match_score(over, a) >= DEFAULT_VERIFY_SCORE  # either order, both matchers
+        photo = random_picture(rng, (320, 240))
+        p = _prep(photo)
+        assert match_score(p, _prep(_inset(photo, _drawing(rng), (230, 160, 310, 230))), keypoints=False) >= DEFAULT_VERIFY_SCORE
+        beside = im.copy()  # a box on the plain ground beside the drawing hides nothing
+        ImageDraw.Draw(beside).rectangle((6, 6, 50, 40), fill=(30, 90, 200), outline="black", width=2)
+        assert match_score(a, _prep(beside)) < DEFAULT_VERIFY_SCORE
+        disc = im.copy()  # a shape drawn over the drawing: round, what lay under its bounding box shows
+        ImageDraw.Draw(disc).ellipse((220, 30, 300, 110), fill=(230, 200, 30), outline="black", width=3)
+        assert match_score(a, _prep(disc)) < DEFAULT_VERIFY_SCORE
+        big = _prep(_inset(im, random_picture(rng, (96, 72)), (140, 100, 300, 230)))  # 27 % of it: over MAX_PASTED
+        assert match_score(a, big) < DEFAULT_VERIFY_SCORE
+    monkeypatch.setattr(match, "MAX_PASTED", 0.5)  # the bound is what refused the large inset
+    assert match_score(a, big) >= DEFAULT_VERIFY_SCORE
+    monkeypatch.setattr(match, "MAX_PASTED", 0.0)  # without the rule the inset is a blob
+    assert match_score(a, over, keypoints=False) < DEFAULT_VERIFY_SCORE
+
+
 def _font(size: int):
     from PIL import ImageFont
 
