@@ -687,6 +687,12 @@ def _plain(rgb: np.ndarray) -> float:
     return float((np.abs(rgb - np.median(rgb, axis=0)).max(axis=1) <= BLOB_LEVEL / 4).mean())
 
 
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """First row, row after the last, first column, column after the last of a non-empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray, size: int) -> np.ndarray | None:
     """The box of a rectangle pasted over one of two aligned pictures, or None.
 
@@ -706,9 +712,8 @@ def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray
     from scipy.ndimage import binary_dilation
 
     h, w = blobs.shape
-    ys, xs = np.nonzero(blobs)
-    y0, y1 = max(int(ys.min()) - 1, 0), min(int(ys.max()) + 2, h)
-    x0, x1 = max(int(xs.min()) - 1, 0), min(int(xs.max()) + 2, w)
+    y0, y1, x0, x1 = _extent(blobs)
+    y0, y1, x0, x1 = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)  # a 1 px rim
     if (y1 - y0) * (x1 - x0) > MAX_PASTED * size or y1 - y0 < MIN_PASTED * h or x1 - x0 < MIN_PASTED * w:
         return None
     grown = binary_dilation(changed, structure=np.ones((3, 3), bool))
@@ -763,8 +768,9 @@ def _residuals(
     a part painted another colour is not a global edit, and stays a blob.
 
     With ``text`` (the default), lines of text one image added (:func:`_text_lines`,
-    :func:`_added`; at most :data:`MAX_TEXT` of the overlap) are left out of a second reading,
-    and the better of the two readings is returned.
+    :func:`_added`; at most :data:`MAX_TEXT` of the overlap) and a rectangle pasted over one
+    image (:func:`_pasted`; at most :data:`MAX_PASTED`) are each left out of another reading,
+    and the best of the readings is returned.
     """
     from scipy.ndimage import binary_opening, label
 
@@ -836,8 +842,8 @@ def _residuals(
     if lines is not None:
         left_out.append((lines, MAX_TEXT))  # the text is not the picture
     box = None
-    ys, xs = np.nonzero(off.any(axis=1)), np.nonzero(off.any(axis=0))
-    wide = ys[0][-1] - ys[0][0] + 1 >= MIN_PASTED * h and xs[0][-1] - xs[0][0] + 1 >= MIN_PASTED * w
+    y0, y1, x0, x1 = _extent(off)
+    wide = y1 - y0 >= MIN_PASTED * h and x1 - x0 >= MIN_PASTED * w
     # a pasted rectangle covers at most MAX_PASTED: when twice that differs, the pictures do
     if wide and np.count_nonzero(changed) <= 2 * MAX_PASTED * size:
         if not colour:
