@@ -32,11 +32,12 @@ __all__ = [
     "records_frame",
 ]
 
-MATCHERS = ("pixel", "pixel_framed", "warped", "keypoints")
+MATCHERS = ("pixel", "pixel_framed", "pixel_turned", "warped", "keypoints")
 """Which part of the matcher gave a pair its score (:attr:`MatchRecord.matcher`): the pixel
 alignment of the two pictures, of the two inside their frames
-(:func:`dedupdask.match.frame_box`), the pixel alignment's residuals under the keypoints' plane
-warp (:func:`dedupdask.match.warped_score`, two graphics), or the keypoint matcher
+(:func:`dedupdask.match.frame_box`), its residuals under a turn found from the pixels
+(:func:`dedupdask.match.turned_record`), its residuals under the keypoints' plane warp
+(:func:`dedupdask.match.warped_score`, two graphics), or the keypoint matcher
 (:mod:`dedupdask.match_keypoints`)."""
 
 RECORD_COLUMNS: dict[str, str] = {

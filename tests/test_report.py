@@ -300,7 +300,7 @@ def test_every_pair_has_an_explain_view_and_verified_ones_show_their_alignment(r
     sim = res.similarity.compute()
     verified = sim["verify_h"].notna()
     assert verified.any() and (sim.loc[verified, "verify_score"] >= res.params["verify_score"]).all()
-    assert sim.loc[verified, "verify_matcher"].isin(["pixel", "pixel_framed", "warped", "keypoints"]).all()
+    assert sim.loc[verified, "verify_matcher"].isin(["pixel", "pixel_framed", "pixel_turned", "warped", "keypoints"]).all()
     assert sim.loc[sim["kind"] == "exact", "verify_matcher"].isna().all()
     whys = figures = 0
     for page in _pages(out, "pairs"):
