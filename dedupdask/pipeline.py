@@ -284,7 +284,8 @@ def run(
         share their template's keypoints; :data:`dedupdask.match_keypoints.MAX_FLAT`); a pair of two
         graphics is compared pixel by pixel under the keypoints' plane warp instead (turned,
         stretched, slanted copies; :func:`dedupdask.match.warped_score`). False: the pixel
-        alignment only (README, "Near-duplicates as the web makes them").
+        alignment only, with its turn found from the pixels (:func:`dedupdask.match.turned_record`;
+        README, "Near-duplicates as the web makes them").
     issue_thresholds : dict or str, optional
         Cut-offs of the per-image issue types (``res.issues``, ``image_issues.csv``;
         :mod:`dedupdask.analyses.issues`) that replace the model's row of
