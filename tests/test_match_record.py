@@ -40,17 +40,26 @@ def test_a_crop_lies_where_it_was_cut_and_a_mirror_image_is_mirrored():
     np.testing.assert_allclose(_onto(m.homography, [(0.2, 0.3)]), [[0.8, 0.3]], atol=0.01)
 
 
-def test_a_turned_copy_is_the_keypoint_matchers_and_its_centre_maps_to_the_centre():
+def test_a_turned_copy_maps_its_centre_to_the_centre_under_both_its_warps():
+    """The keypoint matcher's record of a turned copy, and the record of the whole matcher (the
+    turn found from the pixels, which reads the pixels under it, scores higher): both map the
+    centre to the centre, and a point off it by 6 degrees and 1 / 1.15 about it."""
+    from dedupdask.match import View, _keypoint_record
+
     a = _photo()
     h, w = a.shape[:2]
     turned = cv2.warpAffine(a, cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.15), (w, h))
+    k = _keypoint_record(View(_prep(a)), View(_prep(turned)))
+    assert k.matcher == "keypoints" and k.score >= 0.9 and k.inliers >= 30
+    assert 0 <= k.differing <= 0.35 and np.isnan(k.residual)
     r = match_record(_prep(a), _prep(turned))
-    assert r.matcher == "keypoints" and r.score >= 0.9 and r.inliers >= 30
-    assert 0 <= r.differing <= 0.35 and np.isnan(r.residual)
-    np.testing.assert_allclose(_onto(r.homography, [(0.5, 0.5)]), [[0.5, 0.5]], atol=0.02)
-    # a point off the centre turns by 6 degrees and shrinks by 1 / 1.15 about the centre (in pixels)
-    (x, y), = _onto(r.homography, [(0.9, 0.5)]) * [w, h]
-    assert np.hypot(x - w / 2, y - h / 2) == pytest.approx(0.4 * w / 1.15, rel=0.03)
+    assert r.matcher == "pixel_turned" and r.score >= max(0.9, k.score) and r.residual <= 0.1
+    for rec in (k, r):
+        np.testing.assert_allclose(_onto(rec.homography, [(0.5, 0.5)]), [[0.5, 0.5]], atol=0.02)
+        # a point off the centre turns by 6 degrees and shrinks by 1 / 1.15 about the centre (in pixels)
+        (x, y), = _onto(rec.homography, [(0.9, 0.5)]) * [w, h]
+        assert np.hypot(x - w / 2, y - h / 2) == pytest.approx(0.4 * w / 1.15, rel=0.03)
+        assert np.degrees(np.arctan2(y - h / 2, x - w / 2)) == pytest.approx(6, abs=1)
 
 
 def test_a_padded_copy_maps_its_inner_picture_onto_the_whole_picture():
