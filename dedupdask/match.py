@@ -509,9 +509,7 @@ class View:
     @property
     def edge_colour(self) -> np.ndarray:
         """Median colour (uint8 levels) of the outermost rows and columns: a frame's colour."""
-        x = self._rgb8
-        ring = np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
-        return np.median(ring, axis=0)
+        return np.median(_ring(self._rgb8), axis=0)
 
     @property
     def framed(self) -> View | None:
@@ -696,11 +694,15 @@ def _ground(rgb: np.ndarray) -> np.ndarray:
     and columns (within :data:`BLOB_LEVEL` / 4: flat, as a texture or a photo's edge is not), the
     pixels within :data:`BLOB_LEVEL` / 2 of it (JPEG's ringing round a drawing's outlines
     included); none when no colour does."""
-    ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
-    colour = np.median(ring, axis=0)
-    if (np.abs(ring - colour).max(axis=1) <= BLOB_LEVEL / 4).mean() < 0.5:
+    ring = _ring(rgb)
+    if _plain(ring) < 0.5:
         return np.zeros(rgb.shape[:2], bool)
-    return _abs_max(rgb - colour.astype(rgb.dtype)) <= BLOB_LEVEL / 2
+    return _abs_max(rgb - np.median(ring, axis=0).astype(rgb.dtype)) <= BLOB_LEVEL / 2
+
+
+def _ring(x: np.ndarray) -> np.ndarray:
+    """The outermost rows and columns of an (h, w, c) image, as (n, c) pixels."""
+    return np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
 
 
 def _near(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -1117,13 +1119,9 @@ def warped_record(va: View, vb: View) -> MatchRecord:
     assert w.homography is not None  # plane_warp returns a warp or None
     F = _to_fine(va.keypoints.grey.shape, va.grey.shape) @ w.homography
     F = F @ np.linalg.inv(_to_fine(vb.keypoints.grey.shape, vb.grey.shape))  # b -> a, fine px
-    def ones_of(v: View) -> np.ndarray:
-        return np.ones(v.grey.shape, np.uint8)
-
     best: tuple[float, View, View, np.ndarray, np.ndarray] | None = None
     for frame, other, M in ((va, vb, F), (vb, va, np.linalg.inv(F))):
-        h, wd = frame.grey.shape
-        mask = cv2.warpPerspective(ones_of(other), M, (wd, h), flags=cv2.INTER_NEAREST)
+        mask = _held(frame, other, M, forward=True)
         if best is None or mask.mean() > best[0]:
             best = (float(mask.mean()), frame, other, M, mask)
     assert best is not None
@@ -1140,13 +1138,23 @@ def warped_record(va: View, vb: View) -> MatchRecord:
         # a refinement stays within the keypoints' tolerance; on a plain picture ECC drifts
         if _corner_shift(W, refined, (h, wd)) <= ECC_MAX_SHIFT:
             W = refined
-            mask = cv2.warpPerspective(ones_of(other), W, (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+            mask = _held(frame, other, W)
     except cv2.error:
         pass  # did not converge: the keypoints' warp stands
     # the frame is the picture that lies inside the other: the other covers it, as a copy does
     if mask.mean() < MIN_CONTAINED:
         return MatchRecord(inliers=int(w.inliers))
     return _warped_residuals(va, frame, other, W, mask, matcher="warped", inliers=int(w.inliers))
+
+
+def _held(frame: View, other: View, M: np.ndarray, *, forward: bool = False) -> np.ndarray:
+    """Which of ``frame``'s pixels (uint8 0/1) ``other`` covers under the warp ``M``: frame px ->
+    other px, as ECC and an inverse-mapped warp take it (``forward``: other px -> frame px)."""
+    import cv2
+
+    h, wd = frame.grey.shape
+    flags = cv2.INTER_NEAREST if forward else cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    return cv2.warpPerspective(np.ones(other.grey.shape, np.uint8), M, (wd, h), flags=flags)
 
 
 def _warped_residuals(va: View, frame: View, other: View, W: np.ndarray, mask: np.ndarray, **kw: Any) -> MatchRecord:
@@ -1208,12 +1216,6 @@ def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRe
     H = np.eye(3) if seed is None else np.asarray(seed, np.float64)
     F = _norm(va.grey.shape) @ H @ np.linalg.inv(_norm(vb.grey.shape))  # the second's px -> the first's
 
-    def held(frame: View, other: View, M: np.ndarray) -> np.ndarray:
-        """Which of ``frame``'s pixels ``other`` covers under ``M`` (frame px -> other px)."""
-        ones = np.ones(other.grey.shape, np.uint8)
-        h, wd = frame.grey.shape
-        return cv2.warpPerspective(ones, M.astype(np.float32), (wd, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
-
     def ecc(frame: View, other: View, W: np.ndarray) -> tuple[float, np.ndarray] | None:
         """ECC from ``W`` at half size (the search reaches farther turns), then at full size;
         None when it does not converge."""
@@ -1222,7 +1224,7 @@ def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRe
         half = [cv2.resize(x.grey, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for x in (frame, other)]
         try:
             cc, W = cv2.findTransformECC(half[0], half[1], np.float32(W * [[1, 1, 0.5]]), cv2.MOTION_AFFINE, steps, None, 5)
-            if cc < FINE_REJECT:
+            if cc < FINE_REJECT:  # converged, too weak (under DENSE_MIN_CC): no other start tried
                 return cc, W
             return cv2.findTransformECC(frame.grey, other.grey, np.float32(W * [[1, 1, 2]]), cv2.MOTION_AFFINE, steps, None, 5)
         except cv2.error:
@@ -1231,7 +1233,7 @@ def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRe
     # ECC's template is the picture lying more inside the other under the seed (every pixel
     # compared); when ECC does not converge from it, the other one
     pairs = [(va, vb, np.linalg.inv(F)), (vb, va, F)]
-    pairs.sort(key=lambda p: -float(held(*p).mean()))
+    pairs.sort(key=lambda p: -float(_held(*p).mean()))
     for frame, other, W0 in pairs:
         got = ecc(frame, other, W0)
         if got is not None:
@@ -1248,8 +1250,8 @@ def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRe
     if mirrored or abs(degrees) > MAX_DENSE_TURN or _unturned(W[:2, :2], frame.grey.shape) > ECC_MAX_SHIFT:
         return MatchRecord()
     # the frame is the picture that lies inside the other under the refined warp
-    frame, other, M = max([(frame, other, W), (other, frame, np.linalg.inv(W))], key=lambda p: float(held(*p).mean()))
-    mask = held(frame, other, M)
+    frame, other, M = max([(frame, other, W), (other, frame, np.linalg.inv(W))], key=lambda p: float(_held(*p).mean()))
+    mask = _held(frame, other, M)
     if mask.mean() < MIN_CONTAINED:
         return MatchRecord()
     return _warped_residuals(va, frame, other, M, mask, matcher="pixel_turned")
