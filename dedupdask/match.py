@@ -126,14 +126,15 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/7"
+PIXEL_MATCHER = "pixel-alignment/8"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
 rectangle pasted over one picture (:func:`_pasted`), and the picture as it is is read however
 low its correlation; /7: a pair no alignment accepts is also read under an affine warp found
-from the grey pixels by ECC (:func:`turned_record`: a turned copy of a plain picture)."""
-MATCHER = "pixel-alignment+keypoints/15"
+from the grey pixels by ECC (:func:`turned_record`: a turned copy of a plain picture); /8: the
+picture as it is is read both ways round (:data:`AS_IS`)."""
+MATCHER = "pixel-alignment+keypoints/16"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -156,7 +157,10 @@ a rectangle pasted over one picture (:func:`_pasted`: an inset, a logo's box; at
 alignment nor the keypoint matcher accepts is read under an affine warp that ECC finds from the
 grey pixels, started from the pixel alignment's placement, when it is a turn with a resize
 (:func:`turned_record`): a turned copy too plain for keypoints (an object on white, a smooth
-wallpaper)."""
+wallpaper). /16: the pixel alignment reads two pictures of one shape as they are both ways round
+(:data:`AS_IS`): the residuals, the gain refitted on the pixels that agree and the rectangle
+pasted over one picture are each read in one picture's terms, and the verdict of a pair no
+longer depends on which of its images came first."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -167,7 +171,8 @@ BLOB_LEVEL = 0.2
 BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
 AS_IS = (0, 1.0, False)
 """The hypothesis (direction, scale, flip) of the picture as it is: the second over the whole
-width of the first, unmirrored."""
+width of the first, unmirrored. Its residuals are read both ways round (each picture's terms),
+so that a pair's verdict does not depend on the order of its pictures."""
 SAME_SHAPE = 0.02
 """Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
 is always refined (:func:`_hypotheses`)."""
@@ -968,12 +973,14 @@ def _refine(
 
 
 def _aligned_residuals(
-    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool = False
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool = False, reverse: bool = False
 ) -> tuple[float, float, float] | None:
-    """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
+    """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one
+    (with ``reverse``, of the outer one's part there against the inner image)."""
     dy, dx, th, tw = at
     b = inner.resized("rgb", tw, th)
-    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour)
+    a, b = outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b
+    return _residuals(b, a, colour=colour) if reverse else _residuals(a, b, colour=colour)
 
 
 def match_score(
@@ -1338,6 +1345,13 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
         # brought its correlation down): under its brightness gain only, not a colour edit too
         gated = as_is and (weak or got[2] < FINE_REJECT)
         score = _residual_score(got[0])
+        if as_is and (early_accept is None or score < early_accept):
+            # and read the other way round too: the residuals are read in one picture's terms
+            # (the gain fitted to it, the pixels that agree with it, the rectangle pasted over
+            # it), and a pair's verdict must not depend on which of its images came first
+            other = _aligned_residuals(outer, inner, flip, got[1], reverse=True)
+            if other is not None and _residual_score(other) > score:
+                got, score = (other, *got[1:]), _residual_score(other)
         if not gated and ("best" not in aligned or score > liked):
             aligned["best"], liked = (outer, inner, flip, got[1], placed), score
         if as_is and not gated:
