@@ -171,8 +171,8 @@ BLOB_LEVEL = 0.2
 BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
 AS_IS = (0, 1.0, False)
 """The hypothesis (direction, scale, flip) of the picture as it is: the second over the whole
-width of the first, unmirrored. Its residuals are read both ways round (each picture's terms),
-so that a pair's verdict does not depend on the order of its pictures."""
+width of the first, unmirrored. For two pictures of one shape it is asked both ways round
+(either direction), so that a pair's verdict does not depend on the order of its pictures."""
 SAME_SHAPE = 0.02
 """Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
 is always refined (:func:`_hypotheses`)."""
@@ -627,10 +627,11 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
     # the picture as it is (two pictures of one shape, one over the whole of the other,
     # unmirrored) is always asked: a colour edit (a hue turn, a greyscale) changes the grey
     # image the search correlates, and a wrong scale may then correlate better than the frame
-    # the copy never left
-    whole = np.flatnonzero((d == AS_IS[0]) & (s == AS_IS[1]) & (flip == AS_IS[2]))
-    if len(whole) and whole[0] not in top and abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE:
-        top.append(whole[0])
+    # the copy never left. Asked both ways round: its residuals are read in one picture's
+    # terms (the grid it is resampled to, its gain, the pixels that agree with it, the rectangle
+    # pasted over it), and a pair's verdict must not depend on which of the two came first
+    if abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE:
+        top += [int(i) for i in np.flatnonzero((s == AS_IS[1]) & (flip == AS_IS[2])) if i not in top]
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
 
@@ -973,14 +974,12 @@ def _refine(
 
 
 def _aligned_residuals(
-    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool = False, reverse: bool = False
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool = False
 ) -> tuple[float, float, float] | None:
-    """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one
-    (with ``reverse``, of the outer one's part there against the inner image)."""
+    """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
     dy, dx, th, tw = at
     b = inner.resized("rgb", tw, th)
-    a, b = outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b
-    return _residuals(b, a, colour=colour) if reverse else _residuals(a, b, colour=colour)
+    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour)
 
 
 def match_score(
@@ -1326,9 +1325,10 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     hyps = _hypotheses(va, vb, mirrors)
     weak = bool(hyps) and hyps[0][0] < COARSE_REJECT
     if weak:
-        # nothing aligns even coarsely: only the picture as it is is read (a picture pasted
-        # over a copy of one shape, a recolouring, can bring its correlation down to anything)
-        hyps = [h for h in hyps if h[1:] == AS_IS]
+        # nothing aligns even coarsely: only the picture as it is is read, both ways round (a
+        # picture pasted over a copy of one shape, a recolouring, can bring its correlation
+        # down to anything)
+        hyps = [h for h in hyps if h[2:] == AS_IS[1:]]
     if not hyps:
         return best
     memo: dict[tuple, Any] = {}
@@ -1336,7 +1336,7 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     scored, liked = False, -np.inf
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
-        as_is = (direction, scale, flip) == AS_IS
+        as_is = (scale, flip) == AS_IS[1:]  # either way round
         got = _refine(outer, inner, scale, flip, memo, whole=as_is)
         if got is None:
             continue
@@ -1345,17 +1345,10 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
         # brought its correlation down): under its brightness gain only, not a colour edit too
         gated = as_is and (weak or got[2] < FINE_REJECT)
         score = _residual_score(got[0])
-        if as_is and (early_accept is None or score < early_accept):
-            # and read the other way round too: the residuals are read in one picture's terms
-            # (the gain fitted to it, the pixels that agree with it, the rectangle pasted over
-            # it), and a pair's verdict must not depend on which of its images came first
-            other = _aligned_residuals(outer, inner, flip, got[1], reverse=True)
-            if other is not None and _residual_score(other) > score:
-                got, score = (other, *got[1:]), _residual_score(other)
         if not gated and ("best" not in aligned or score > liked):
             aligned["best"], liked = (outer, inner, flip, got[1], placed), score
         if as_is and not gated:
-            aligned["as is"] = (outer, inner, flip, got[1], placed)
+            aligned[f"as is {direction}"] = (outer, inner, flip, got[1], placed)
         if not scored or score > best.score:
             scored, best = True, _pixel_record(got[0], matcher="pixel", homography=placed)
         if early_accept is not None and best.score >= early_accept:
@@ -1363,8 +1356,9 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     # Under a global colour edit: the alignment the one brightness gain liked best (however far
     # under -1 it left it: a greyscale copy of a colourful picture) and the picture as it is
     # when it was refined (a recoloured copy's grey image may correlate better at a wrong scale).
-    if "as is" in aligned and "best" in aligned and aligned["as is"][:4] == aligned["best"][:4]:
-        del aligned["as is"]
+    for key in ("as is 0", "as is 1"):
+        if key in aligned and "best" in aligned and aligned[key][:4] == aligned["best"][:4]:
+            del aligned[key]
     for outer, inner, flip, at, placed in aligned.values():
         best = _better(best, _pixel_record(_aligned_residuals(outer, inner, flip, at, colour=True), matcher="pixel",
                                            homography=placed, colour="colour edit"))  # fmt: skip
