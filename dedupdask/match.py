@@ -158,9 +158,9 @@ alignment nor the keypoint matcher accepts is read under an affine warp that ECC
 grey pixels, started from the pixel alignment's placement, when it is a turn with a resize
 (:func:`turned_record`): a turned copy too plain for keypoints (an object on white, a smooth
 wallpaper). /16: the pixel alignment reads two pictures of one shape as they are both ways round
-(:data:`AS_IS`): the residuals, the gain refitted on the pixels that agree and the rectangle
-pasted over one picture are each read in one picture's terms, and the verdict of a pair no
-longer depends on which of its images came first."""
+(:data:`AS_IS`): the 128 px grid the other is resampled to, the residuals, the gain refitted on
+the pixels that agree and the rectangle pasted over one picture are each one picture's, and the
+verdict of a pair no longer depends on which of its images came first."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -169,10 +169,10 @@ GRID = 4
 TOP = 4
 BLOB_LEVEL = 0.2
 BLOB_WEIGHT = 75.0  # a blob of 0.2 % of the overlap (~25 px at 128 x 96) costs 0.15
-AS_IS = (0, 1.0, False)
-"""The hypothesis (direction, scale, flip) of the picture as it is: the second over the whole
-width of the first, unmirrored. For two pictures of one shape it is asked both ways round
-(either direction), so that a pair's verdict does not depend on the order of its pictures."""
+AS_IS = (1.0, False)
+"""The (scale, flip) of the picture as it is: one picture over the whole width of the other,
+unmirrored. For two pictures of one shape it is asked in both directions, so that a pair's
+verdict does not depend on the order of its pictures."""
 SAME_SHAPE = 0.02
 """Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
 is always refined (:func:`_hypotheses`)."""
@@ -631,7 +631,7 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
     # terms (the grid it is resampled to, its gain, the pixels that agree with it, the rectangle
     # pasted over it), and a pair's verdict must not depend on which of the two came first
     if abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE:
-        top += [int(i) for i in np.flatnonzero((s == AS_IS[1]) & (flip == AS_IS[2])) if i not in top]
+        top += [int(i) for i in np.flatnonzero((s == AS_IS[0]) & (flip == AS_IS[1])) if i not in top]
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
 
@@ -1328,7 +1328,7 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
         # nothing aligns even coarsely: only the picture as it is is read, both ways round (a
         # picture pasted over a copy of one shape, a recolouring, can bring its correlation
         # down to anything)
-        hyps = [h for h in hyps if h[2:] == AS_IS[1:]]
+        hyps = [h for h in hyps if h[2:] == AS_IS]
     if not hyps:
         return best
     memo: dict[tuple, Any] = {}
@@ -1336,7 +1336,7 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     scored, liked = False, -np.inf
     for _, direction, scale, flip in hyps:
         outer, inner = (va, vb) if direction == 0 else (vb, va)
-        as_is = (scale, flip) == AS_IS[1:]  # either way round
+        as_is = (scale, flip) == AS_IS  # either way round
         got = _refine(outer, inner, scale, flip, memo, whole=as_is)
         if got is None:
             continue
