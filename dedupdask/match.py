@@ -133,8 +133,9 @@ PIXEL_MATCHER = "pixel-alignment/8"
 rectangle pasted over one picture (:func:`_pasted`), and the picture as it is is read however
 low its correlation; /7: a pair no alignment accepts is also read under an affine warp found
 from the grey pixels by ECC (:func:`turned_record`: a turned copy of a plain picture); /8: the
-picture as it is is read both ways round (:data:`AS_IS`)."""
-MATCHER = "pixel-alignment+keypoints/16"
+picture as it is is read both ways round (:data:`AS_IS`); /9: a pair whose pixels agree but for
+details is read again at :data:`FINER` px (:data:`FINER_GATE`)."""
+MATCHER = "pixel-alignment+keypoints/17"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -160,7 +161,9 @@ grey pixels, started from the pixel alignment's placement, when it is a turn wit
 wallpaper). /16: the pixel alignment reads two pictures of one shape as they are both ways round
 (:data:`AS_IS`): the 128 px grid the other is resampled to, the residuals, the gain refitted on
 the pixels that agree and the rectangle pasted over one picture are each one picture's, and the
-verdict of a pair no longer depends on which of its images came first."""
+verdict of a pair no longer depends on which of its images came first. /17: a pair whose pixels
+agree at 128 px but for details (:data:`FINER_GATE`) is read again at :data:`FINER` px, where a
+small line of text can be read as one and an inset's edge seen."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -238,6 +241,16 @@ MAX_PLAIN = 0.8
 rectangle hides and in what it shows (:func:`_pasted`): a panel or a field of one colour -- a
 flag's canton on its field, a box over a plain part -- is how designs are drawn, and a pasted
 picture, like what it covers, is a picture."""
+FINER = 256
+"""Long side (px) of the second, finer reading of the pixel alignment: the size images are
+decoded to for matching (:class:`Prepared`). At 128 px a corner mark's letters blur into one
+blob, which the text rule cannot tell from a redrawn detail."""
+FINER_GATE = 0.8
+"""A pair the pixel alignment did not accept is read again at :data:`FINER` px, with the same
+rules, when its residual over the whole overlap alone would score this much (``1 - residual``):
+the picture agrees as a whole, and what decided is local -- a blob, or the worst cell, whose
+energy a small mark on a plain corner fills. Pairs that do not align at 128 px (most
+candidates) are not read twice."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
@@ -467,12 +480,15 @@ class View:
     shapes, so a template stack is built once per image and shape, not once per pair.
     """
 
-    def __init__(self, p: Prepared) -> None:
+    def __init__(self, p: Prepared, fine: int = FINE) -> None:
         self.keypoints = Keypoints(p.rgb, p.keypoints, p.fills)
+        self._prepared = p
         self._size = (p.width, p.height)
         self._framed: View | None | bool = False
+        self._finer: View | None | bool = False
         self.box = np.eye(3)  # this view's normalised coordinates -> its picture's (a frame's inside)
-        fh, fw = _size(FINE, p.rgb.shape[1], p.rgb.shape[0])
+        self.fine = fine
+        fh, fw = _size(fine, p.rgb.shape[1], p.rgb.shape[0])
         if (fh, fw) != p.rgb.shape[:2]:
             from PIL import Image
 
@@ -532,10 +548,20 @@ class View:
                 width, height = self._size
                 inner = Prepared(max(1, round(width * (x1 - x0) / W)), max(1, round(height * (b - t) / H)),
                                  np.ascontiguousarray(self.keypoints.rgb[t:b, x0:x1]))  # fmt: skip
-                self._framed = View(inner)
+                self._framed = View(inner, self.fine)
                 self._framed.box = np.array([[(x1 - x0) / W, 0.0, x0 / W], [0.0, (b - t) / H, t / H], [0.0, 0.0, 1.0]])
         assert self._framed is not False
         return self._framed
+
+    @property
+    def finer(self) -> View | None:
+        """This picture at :data:`FINER` px (made on first use), None when it has no more pixels
+        than this view."""
+        if self._finer is False:
+            more = max(self._prepared.rgb.shape[:2]) > max(self.grey.shape)
+            self._finer = View(self._prepared, FINER) if more and self.fine < FINER else None
+        assert self._finer is not False
+        return self._finer
 
     @property
     def fine_plan(self) -> _Plan:
@@ -1037,13 +1063,21 @@ def score_views(va: View, vb: View, early_accept: float | None, *, keypoints: bo
 def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: bool = True) -> MatchRecord:
     """The better of the pixel alignment and (with ``keypoints``) the keypoint matcher; the
     keypoint matcher is asked only when the pixel alignment scored under ``early_accept``.
-    A pair of two graphics, which the keypoint matcher does not decide, gets the pixel
-    alignment's residuals under the keypoint warp instead (:func:`warped_score`). A pair that
-    neither scored ``early_accept`` is also read under a turn found from the pixels
-    (:func:`turned_record`, started from the pixel alignment's placement)."""
+    A pair the pixel alignment did not accept although its pixels agree but for details
+    (:data:`FINER_GATE`) is read again by it at :data:`FINER` px. A pair of two graphics, which
+    the keypoint matcher does not decide, gets the pixel alignment's residuals under the
+    keypoint warp instead (:func:`warped_score`). A pair that neither scored ``early_accept`` is
+    also read under a turn found from the pixels (:func:`turned_record`, started from the pixel
+    alignment's placement)."""
     pixel = best = _pixel_match(va, vb, early_accept)
     if early_accept is not None and best.score >= early_accept:
         return best
+    if 1.0 - pixel.residual >= FINER_GATE:  # NaN (nothing aligned): False
+        fa, fb = va.finer, vb.finer
+        if fa is not None or fb is not None:
+            best = _better(best, _pixel_match(fa or va, fb or vb, early_accept))
+            if early_accept is not None and best.score >= early_accept:
+                return best
     if keypoints:
         best = _better(best, _keypoint_record(va, vb))
     if early_accept is None or best.score < early_accept:

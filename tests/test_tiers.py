@@ -187,6 +187,34 @@ def test_a_caption_on_a_drawing_is_the_drawing_an_added_shape_is_not(monkeypatch
     assert match_score(a, top, keypoints=False) < DEFAULT_VERIFY_SCORE
 
 
+def test_a_small_mark_in_a_corner_is_read_at_the_finer_size(monkeypatch):
+    """A corner mark of 12-16 px letters is, at 128 px, a blob of merged letters; read again at
+    256 px (the pixels agree as a whole: FINER_GATE) it is a line of text added to one picture.
+    A small shape in the same place is not text at either size."""
+    import dedupdask.match as match
+
+    rng = np.random.default_rng(7)
+    pairs, shapes = [], []
+    for i in range(8):
+        im = _drawing(rng)
+        marked = im.copy()
+        draw = ImageDraw.Draw(marked)
+        words = ["www.sample-photos.com", "(c) stock images", "SAMPLE", "@my_account"][i % 4]
+        font = _font(int(rng.integers(12, 17)))
+        box = draw.textbbox((0, 0), words, font=font)
+        x = [6, im.width - (box[2] - box[0]) - 6][i % 2]
+        y = [4, im.height - (box[3] - box[1]) - 8][(i // 2) % 2]
+        draw.text((x, y), words, font=font, fill="black")
+        dot = im.copy()
+        ImageDraw.Draw(dot).ellipse((x, y, x + 14, y + 10), fill=(200, 40, 40), outline="black", width=2)
+        pairs.append((_prep(im), _prep(marked)))
+        shapes.append((_prep(im), _prep(dot)))
+    assert all(match_score(a, b) >= DEFAULT_VERIFY_SCORE and match_score(b, a) >= DEFAULT_VERIFY_SCORE for a, b in pairs)
+    assert all(match_score(a, b) < DEFAULT_VERIFY_SCORE for a, b in shapes)
+    monkeypatch.setattr(match, "FINER_GATE", 1.01)  # no finer reading: the letters are a blob
+    assert sum(match_score(a, b) < DEFAULT_VERIFY_SCORE for a, b in pairs) >= 2
+
+
 def _inset(im: Image.Image, picture: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     """A picture in the picture: ``picture``, in a black frame, pasted over ``box``."""
     out = im.copy()
