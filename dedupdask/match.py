@@ -131,7 +131,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/8"
+PIXEL_MATCHER = "pixel-alignment/9"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
