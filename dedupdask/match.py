@@ -92,9 +92,9 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
    frames differ, steps 1-3 are run again on the two pictures inside their frames, without
    mirror images.
 5. **Finer.** A pair steps 1-4 did not accept although its pixels agree as a whole (its
-   residual alone would score :data:`FINER_GATE`: a blob or one cell decided) is read again by
-   them at :data:`FINER` px (:attr:`View.finer`): a small mark's letters, one blob at 128 px,
-   are a line of text there. The second reading counts only when it is clear
+   residual alone would score :data:`FINER_GATE`: a blob or one cell decided) is read again
+   at :data:`FINER` px (:attr:`View.finer`), under the alignment steps 1-3 found
+   (:func:`_finer_record`): a small mark's letters, one blob at 128 px, are a line of text there. The second reading counts only when it is clear
    (:data:`FINER_SCORE`).
 
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
@@ -1083,17 +1083,45 @@ def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: b
     if early_accept is not None and best.score >= early_accept:
         return best
     if 1.0 - pixel.residual >= FINER_GATE:  # NaN (nothing aligned): False
-        fa, fb = va.finer, vb.finer
-        if fa is not None or fb is not None:
-            finer = _pixel_match(fa or va, fb or vb, early_accept)
-            if finer.score >= FINER_SCORE:
-                best = _better(best, finer)
-            if early_accept is not None and best.score >= early_accept:
-                return best
+        finer = _finer_record(va, vb, pixel)
+        if finer.score >= FINER_SCORE:
+            best = _better(best, finer)
+        if early_accept is not None and best.score >= early_accept:
+            return best
     if keypoints:
         best = _better(best, _keypoint_record(va, vb))
     if early_accept is None or best.score < early_accept:
         best = _better(best, turned_record(va, vb, pixel.homography))
+    return best
+
+
+def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
+    """The pixel alignment's record ``pixel`` (of the two whole pictures) read again at
+    :data:`FINER` px: its placement refined there (scale +-1.25 %) and its residuals computed
+    again, under the colour edit when ``pixel`` was read under one; and, for two pictures of
+    one shape, the picture as it is, both ways round, as at 128 px (:data:`AS_IS`: a mark that
+    sank the picture as it is at 128 px may have left a slightly other scale best there). -1
+    when neither picture has more pixels than its 128 px view, or ``pixel`` is no alignment of
+    the whole pictures (inside frames, or none)."""
+    fa, fb = va.finer, vb.finer
+    if (fa is None and fb is None) or pixel.matcher != "pixel" or pixel.homography is None:
+        return MatchRecord()
+    fa, fb = fa or va, fb or vb
+    H = pixel.homography  # second picture -> first, normalised: the inner one's box in the outer
+    flip, span = bool(H[0, 0] < 0), abs(float(H[0, 0]))
+    reads = [(0, span, flip)] if span <= 1 else [(1, 1 / span, flip)]
+    if abs(np.log(va.aspect / vb.aspect)) <= SAME_SHAPE:
+        reads += [(0, *AS_IS), (1, *AS_IS)]
+    colour = pixel.colour == "colour edit"
+    best, memo = MatchRecord(), {}
+    for direction, scale, flip in reads:
+        outer, inner = (fa, fb) if direction == 0 else (fb, fa)
+        got = _refine(outer, inner, scale, flip, memo, whole=True)
+        if got is None:
+            continue
+        r = _aligned_residuals(outer, inner, flip, got[1], colour=True) if colour else got[0]
+        placed = _placed(outer, inner, flip, got[1], direction == 0)
+        best = _better(best, _pixel_record(r, matcher="pixel", homography=placed, colour=pixel.colour))
     return best
 
 
