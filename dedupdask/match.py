@@ -95,7 +95,7 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
    residual alone would score :data:`FINER_GATE`: a blob or one cell decided) is read again
    at :data:`FINER` px (:attr:`View.finer`), under the alignment steps 1-3 found
    (:func:`_finer_record`): a small mark's letters, one blob at 128 px, are a line of text there. The second reading counts only when it is clear
-   (:data:`FINER_SCORE`).
+   (:data:`FINER_CLEAR`).
 
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
 duplicate when ``score >= verify_score`` (default 0.9, :mod:`dedupdask.thresholds`: residual
@@ -256,9 +256,10 @@ rules, when its residual over the whole overlap alone would score this much (``1
 the picture agrees as a whole, and what decided is local -- a blob, or the worst cell, whose
 energy a small mark on a plain corner fills. Pairs that do not align at 128 px (most
 candidates) are not read twice."""
-FINER_SCORE = 0.98
-"""The finer reading counts only when it scores this much (the default ``early_accept`` of
-:mod:`dedupdask.thresholds`, where the pixel alignment is sure enough to stop looking): two readings of one pair are two chances, and a score near the bar in the second is
+FINER_CLEAR = 0.98
+"""The finer reading counts only when it scores this much, a clear verdict (the value of the
+default ``early_accept`` of :mod:`dedupdask.thresholds`, where the pixel alignment is sure enough
+to stop looking; a matcher constant like :data:`FINE_REJECT`, not a run threshold): two readings of one pair are two chances, and a score near the bar in the second is
 as likely the resolution's noise as a detail read (a Tongan flag against a plain red one scores
 0.875 at 128 px and 0.902 at 256). A corner mark read as text scores 0.98-1.0."""
 FINE_REJECT = 0.75
@@ -1084,7 +1085,7 @@ def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: b
         return best
     if 1.0 - pixel.residual >= FINER_GATE:  # NaN (nothing aligned): False
         finer = _finer_record(va, vb, pixel)
-        if finer.score >= FINER_SCORE:
+        if finer.score >= FINER_CLEAR:
             best = _better(best, finer)
         if early_accept is not None and best.score >= early_accept:
             return best
