@@ -94,8 +94,8 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
 5. **Finer.** A pair steps 1-4 did not accept although its pixels agree as a whole (its
    residual alone would score :data:`FINER_GATE`: a blob or one cell decided) is read again
    at :data:`FINER` px (:attr:`View.finer`), under the alignment steps 1-3 found
-   (:func:`_finer_record`): a small mark's letters, one blob at 128 px, are a line of text there. The second reading counts only when it is clear
-   (:data:`FINER_CLEAR`).
+   (:func:`_finer_record`): a small mark's letters, one blob at 128 px, are a line of text
+   there. The second reading counts only when it is clear (:data:`FINER_CLEAR`).
 
 ``score = 1 - max(residual, cell / 2, 75 * blob)`` of the best hypothesis; the pair is a
 duplicate when ``score >= verify_score`` (default 0.9, :mod:`dedupdask.thresholds`: residual
@@ -259,8 +259,9 @@ candidates) are not read twice."""
 FINER_CLEAR = 0.98
 """The finer reading counts only when it scores this much, a clear verdict (the value of the
 default ``early_accept`` of :mod:`dedupdask.thresholds`, where the pixel alignment is sure enough
-to stop looking; a matcher constant like :data:`FINE_REJECT`, not a run threshold): two readings of one pair are two chances, and a score near the bar in the second is
-as likely the resolution's noise as a detail read (a Tongan flag against a plain red one scores
+to stop looking; a matcher constant like :data:`FINE_REJECT`, not a run threshold): two
+readings of one pair are two chances, and a score near the bar in the second is as likely the
+resolution's noise as a detail read (a Tongan flag against a plain red one scores
 0.875 at 128 px and 0.902 at 256). A corner mark read as text scores 0.98-1.0."""
 FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
@@ -641,6 +642,12 @@ def _stack_best(plan: _Plan, st: _Stack) -> np.ndarray:
     return np.clip(window_maxima(corr, plan.s1, plan.s2, st.shapes, st.root_energy), -1.0, 1.0)
 
 
+def _one_shape(a: View, b: View) -> bool:
+    """Whether two pictures are of one shape (aspect ratios within :data:`SAME_SHAPE`): the
+    picture as it is, one over the whole of the other, is then always read, both ways round."""
+    return bool(abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE)
+
+
 def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int, float, bool]]:
     """The :data:`TOP` best (correlation, direction, scale, flip) of the coarse search, best
     first: correlations compared to 4 decimals, then the larger scale, then search order;
@@ -667,7 +674,7 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
     # the copy never left. Asked both ways round: its residuals are read in one picture's
     # terms (the grid it is resampled to, its gain, the pixels that agree with it, the rectangle
     # pasted over it), and a pair's verdict must not depend on which of the two came first
-    if abs(np.log(a.aspect / b.aspect)) <= SAME_SHAPE:
+    if _one_shape(a, b):
         top += [int(i) for i in np.flatnonzero((s == AS_IS[0]) & (flip == AS_IS[1])) if i not in top]
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
@@ -1111,7 +1118,7 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
     H = pixel.homography  # second picture -> first, normalised: the inner one's box in the outer
     flip, span = bool(H[0, 0] < 0), abs(float(H[0, 0]))
     reads = [(0, span, flip)] if span <= 1 else [(1, 1 / span, flip)]
-    if abs(np.log(va.aspect / vb.aspect)) <= SAME_SHAPE:
+    if _one_shape(va, vb):
         reads += [(0, *AS_IS), (1, *AS_IS)]
     colour = pixel.colour == "colour edit"
     best, memo = MatchRecord(), {}
