@@ -646,10 +646,10 @@ def colour_edit(
 
 def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue (0..6, the colour hexagon's sectors), saturation and value of ``[n, 3]`` colours."""
-    mx, mn = x.max(axis=1), x.min(axis=1)
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)  # not axis=1: slow
     c = mx - mn
     safe = np.where(c > 1e-9, c, 1.0)
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
     h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
     return np.where(c > 1e-9, h, 0.0), c / np.where(mx > 1e-9, mx, 1.0), mx
 
