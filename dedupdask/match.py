@@ -133,7 +133,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/10"
+PIXEL_MATCHER = "pixel-alignment/11"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -142,8 +142,9 @@ low its correlation; /7: a pair no alignment accepts is also read under an affin
 from the grey pixels by ECC (:func:`turned_record`: a turned copy of a plain picture); /8: the
 picture as it is is read both ways round (:data:`AS_IS`); /9: a pair whose pixels agree but for
 details is read again at :data:`FINER` px (:data:`FINER_GATE`); /10: that finer reading comes last,
-after the turned reading (the same decisions, fewer pairs read at the finer size)."""
-MATCHER = "pixel-alignment+keypoints/18"
+after the turned reading (the same decisions, fewer pairs read at the finer size); /11: two
+pictures of other shapes are also read whole onto whole (:func:`_stretched`)."""
+MATCHER = "pixel-alignment+keypoints/19"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -175,7 +176,9 @@ small line of text can be read as one and an inset's edge seen. /18: the finer r
 (four times the pixels), comes last, asked only of pairs the keypoint matcher and the turned
 reading left under ``early_accept``: the same decisions (it counts only at :data:`FINER_CLEAR`,
 the default ``early_accept``), and on the families benchmark's candidates a third fewer pairs
-read at the finer size."""
+read at the finer size. /19: the pixel alignment also reads two pictures of other shapes (up to
+:data:`MAX_STRETCH`) whole onto whole, under one brightness gain (:func:`_stretched`): a copy
+stretched or squeezed to another shape, with a caption or a mark, at 128 and 256 px."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -191,6 +194,10 @@ verdict does not depend on the order of its pictures."""
 SAME_SHAPE = 0.02
 """Largest difference of two pictures' aspect ratios (log ratio) for which the picture as it is
 is always refined (:func:`_hypotheses`)."""
+MAX_STRETCH = float(np.log(2.0))
+"""Largest difference of two pictures' aspect ratios (log ratio) for which the whole of one is
+also read resized onto the whole of the other (:func:`_stretched`): a copy stretched or squeezed
+to another shape, as thumbnails are (a 16:9 frame squeezed into a square one is 1.78)."""
 COARSE_REJECT = 0.7
 """Best coarse correlation under which only the picture as it is is refined (pictures of one
 shape; others score -1 at once). Planted copies of the five first edits scored >= 0.80 on the
@@ -1142,7 +1149,8 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
     :data:`FINER` px: its placement refined there (scale +-1.25 %) and its residuals computed
     again, under the colour edit when ``pixel`` was read under one; and, for two pictures of
     one shape, the picture as it is, both ways round, as at 128 px (:data:`AS_IS`: a mark that
-    sank the picture as it is at 128 px may have left a slightly other scale best there). -1
+    sank the picture as it is at 128 px may have left a slightly other scale best there); a
+    stretched reading (two shapes, whole onto whole: :func:`_stretched`) again stretched. -1
     when neither picture has more pixels than its 128 px view, or ``pixel`` is no alignment of
     the whole pictures (inside frames, or none)."""
     fa, fb = va.finer, vb.finer
@@ -1156,6 +1164,14 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
         reads += [(0, *AS_IS), (1, *AS_IS)]
     colour = pixel.colour == "colour edit"
     best, memo = MatchRecord(), {}
+    if not _one_shape(va, vb) and np.allclose(H, np.eye(3)):  # stretched: whole onto whole
+        for direction, (outer, inner) in enumerate(((fa, fb), (fb, fa))):
+            got = _stretched(outer, inner)
+            if got is not None:
+                r = _aligned_residuals(outer, inner, False, got[1], colour=True) if colour else got[0]
+                placed = _placed(outer, inner, False, got[1], direction == 0)
+                best = _better(best, _pixel_record(r, matcher="pixel", homography=placed, colour=pixel.colour))
+        return best
     for direction, scale, flip in reads:
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
         got = _refine(outer, inner, scale, flip, memo, whole=True)
@@ -1426,6 +1442,27 @@ def _pixel_match(va: View, vb: View, early_accept: float | None) -> MatchRecord:
     return _better(best, inside)
 
 
+def _stretched(outer: View, inner: View) -> tuple[tuple[float, float, float], tuple[int, int, int, int]] | None:
+    """Residuals of the inner picture resized onto the whole of the outer one (another aspect
+    ratio: a stretched or squeezed copy) and that placement, or None when its grey correlation
+    is under :data:`COARSE_REJECT` at 48 px or :data:`FINE_REJECT` at 128 px."""
+    h, w = outer.coarse.shape
+    if _corr(outer.coarse, inner.resized("coarse", w, h)) < COARSE_REJECT:
+        return None
+    H, W = outer.grey.shape
+    if _corr(outer.grey, inner.resized("grey", W, H)) < FINE_REJECT:
+        return None
+    at = (0, 0, H, W)
+    return _aligned_residuals(outer, inner, False, at), at
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two images of one shape (0 when either is flat)."""
+    x, y = x - x.mean(), y - y.mean()
+    d = float(np.sqrt(float(np.vdot(x, x)) * float(np.vdot(y, y))))
+    return float(np.vdot(x, y)) / d if d > 1e-12 else 0.0
+
+
 def _placed(outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], a_is_outer: bool) -> np.ndarray:
     """The alignment ``at`` (inner at ``dy, dx``, size ``th x tw``, maybe mirrored, in the outer
     picture at :data:`FINE`) as a homography of normalised coordinates, second picture -> first."""
@@ -1469,10 +1506,28 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
             scored, best = True, _pixel_record(got[0], matcher="pixel", homography=placed)
         if early_accept is not None and best.score >= early_accept:
             return best  # a clear duplicate: the other hypotheses cannot change the decision
+    if not _one_shape(va, vb) and abs(np.log(va.aspect / vb.aspect)) <= MAX_STRETCH:
+        # a stretched copy: the whole of one picture resized onto the whole of the other, read
+        # both ways round (the coarse search keeps each picture's shape), and under a colour
+        # edit as the picture as it is is
+        for direction, (outer, inner) in enumerate(((va, vb), (vb, va))):
+            got = _stretched(outer, inner)
+            if got is None:
+                continue
+            placed = _placed(outer, inner, False, got[1], direction == 0)
+            score = _residual_score(got[0])
+            if "best" not in aligned or score > liked:
+                aligned["best"], liked = (outer, inner, False, got[1], placed), score
+            aligned[f"stretched {direction}"] = (outer, inner, False, got[1], placed)
+            if not scored or score > best.score:
+                scored, best = True, _pixel_record(got[0], matcher="pixel", homography=placed)
+            if early_accept is not None and best.score >= early_accept:
+                return best
     # Under a global colour edit: the alignment the one brightness gain liked best (however far
     # under -1 it left it: a greyscale copy of a colourful picture) and the picture as it is
-    # when it was refined (a recoloured copy's grey image may correlate better at a wrong scale).
-    for key in ("as is 0", "as is 1"):
+    # or stretched when it was refined (a recoloured copy's grey image may correlate better at a
+    # wrong scale).
+    for key in ("as is 0", "as is 1", "stretched 0", "stretched 1"):
         if key in aligned and "best" in aligned and aligned[key][:4] == aligned["best"][:4]:
             del aligned[key]
     for outer, inner, flip, at, placed in aligned.values():

@@ -103,3 +103,26 @@ def test_expanded_pairs_keep_the_record_and_invert_it_when_they_read_the_other_w
     np.testing.assert_allclose(parse_homography(out.loc[(1, 2), "verify_h"]) @ [0.25, 0.25, 1], [0, 0, 1], atol=1e-9)
     assert out.loc[(1, 2), "verify_residual"] == pytest.approx(0.01)
     assert pd.isna(out.loc[(0, 2), "verify_matcher"]) and out.loc[(0, 2), "kind"] == "exact"
+
+
+def _text_mark(a: np.ndarray) -> np.ndarray:
+    from PIL import ImageDraw
+
+    im = Image.fromarray(a)
+    ImageDraw.Draw(im).text((12, 10), "(c) photos.example", fill=(255, 255, 255))
+    return np.asarray(im)
+
+
+@pytest.mark.parametrize("size", [(560, 320), (480, 250), (360, 320)])
+def test_a_stretched_copy_is_read_whole_onto_whole_both_ways_round(size):
+    """A copy resized to another shape (stretched, squeezed) has no alignment that keeps its
+    aspect ratio; the pixel alignment reads it resized whole onto the whole picture, in either
+    order, through a text mark, and maps corners onto corners."""
+    a = _photo()
+    b = _text_mark(np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)))
+    pa, pb = _prep(a), _prep(b)
+    r = match_record(pa, pb, keypoints=False)
+    assert r.matcher == "pixel" and r.score >= 0.9
+    np.testing.assert_allclose(_onto(r.homography, [(0, 0), (1, 1)]), [[0, 0], [1, 1]], atol=0.01)
+    assert match_record(pb, pa, keypoints=False).score == pytest.approx(r.score, abs=0.02)
+
