@@ -177,8 +177,9 @@ small line of text can be read as one and an inset's edge seen. /18: the finer r
 reading left under ``early_accept``: the same decisions (it counts only at :data:`FINER_CLEAR`,
 the default ``early_accept``), and on the families benchmark's candidates a third fewer pairs
 read at the finer size. /19: the pixel alignment also reads two pictures of other shapes (up to
-:data:`MAX_STRETCH`) whole onto whole, under one brightness gain (:func:`_stretched`): a copy
-stretched or squeezed to another shape, with a caption or a mark, at 128 and 256 px."""
+:data:`MAX_STRETCH`) whole onto whole (:func:`_stretched`), by its rules (text and a pasted
+rectangle left out, the colour edit, the finer reading): a copy stretched or squeezed to another
+shape, with a caption or a mark, at 128 and 256 px."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -695,6 +696,9 @@ def _hypotheses(a: View, b: View, mirrors: bool = True) -> list[tuple[float, int
     return [(float(v[i]), int(d[i]), float(s[i]), bool(flip[i])) for i in top if np.isfinite(v[i])]
 
 
+_SQUARE = np.ones((3, 3), np.uint8)  # the 3 x 3 neighbourhood of the masks' opening and growth
+
+
 def _blur_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both images (same shape) blurred by :data:`SIGMA` px: a Gaussian truncated at 4 sigma,
     edges repeated (OpenCV's separable filter: ten times faster than SciPy's on these small
@@ -713,18 +717,15 @@ def _opened(mask: np.ndarray) -> np.ndarray:
     from .match_keypoints import _cv2
 
     cv2 = _cv2()
-    k = np.ones((3, 3), np.uint8)
-    m = cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return cv2.dilate(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    return _grown(cv2.erode(mask.astype(np.uint8), _SQUARE, borderType=cv2.BORDER_CONSTANT, borderValue=0))
 
 
 def _grown(mask: np.ndarray) -> np.ndarray:
-    """A boolean mask grown by one pixel (3 x 3), as SciPy's ``binary_dilation`` grows it."""
+    """A mask (bool or 0/1) grown by one pixel (3 x 3), as SciPy's ``binary_dilation`` grows it."""
     from .match_keypoints import _cv2
 
     cv2 = _cv2()
-    k = np.ones((3, 3), np.uint8)
-    return cv2.dilate(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    return cv2.dilate(mask.astype(np.uint8), _SQUARE, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
 def _largest_blob(mask: np.ndarray) -> int:
@@ -1162,19 +1163,13 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
     reads = [(0, span, flip)] if span <= 1 else [(1, 1 / span, flip)]
     if _one_shape(va, vb):
         reads += [(0, *AS_IS), (1, *AS_IS)]
+    elif np.allclose(H, np.eye(3)):  # stretched, whole onto whole (scale None): read so again
+        reads = [(0, None, False), (1, None, False)]
     colour = pixel.colour == "colour edit"
     best, memo = MatchRecord(), {}
-    if not _one_shape(va, vb) and np.allclose(H, np.eye(3)):  # stretched: whole onto whole
-        for direction, (outer, inner) in enumerate(((fa, fb), (fb, fa))):
-            got = _stretched(outer, inner)
-            if got is not None:
-                r = _aligned_residuals(outer, inner, False, got[1], colour=True) if colour else got[0]
-                placed = _placed(outer, inner, False, got[1], direction == 0)
-                best = _better(best, _pixel_record(r, matcher="pixel", homography=placed, colour=pixel.colour))
-        return best
     for direction, scale, flip in reads:
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
-        got = _refine(outer, inner, scale, flip, memo, whole=True)
+        got = _stretched(outer, inner) if scale is None else _refine(outer, inner, scale, flip, memo, whole=True)
         if got is None:
             continue
         r = _aligned_residuals(outer, inner, flip, got[1], colour=True) if colour else got[0]
@@ -1485,44 +1480,40 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     if not hyps:
         return best
     memo: dict[tuple, Any] = {}
+
+    def readings() -> Any:
+        """(direction, outer, inner, flip, (residuals, placement), kind, gated) of each reading
+        that found a placement, lazily: the hypotheses, then the pictures stretched."""
+        for _, direction, scale, flip in hyps:
+            outer, inner = (va, vb) if direction == 0 else (vb, va)
+            as_is = (scale, flip) == AS_IS  # either way round
+            got = _refine(outer, inner, scale, flip, memo, whole=as_is)
+            if got is not None:
+                # the picture as it is, read although it does not correlate (an inset or a
+                # recolouring brought its correlation down): under its brightness gain only
+                gated = as_is and (weak or got[2] < FINE_REJECT)
+                yield direction, outer, inner, flip, got[:2], "as is" if as_is else "", gated
+        if not _one_shape(va, vb) and abs(np.log(va.aspect / vb.aspect)) <= MAX_STRETCH:
+            # a stretched copy: the whole of one picture resized onto the whole of the other,
+            # both ways round (the coarse search keeps each picture's shape)
+            for direction, (outer, inner) in enumerate(((va, vb), (vb, va))):
+                got = _stretched(outer, inner)
+                if got is not None:
+                    yield direction, outer, inner, False, got, "stretched", False
+
     aligned: dict[str, tuple[View, View, bool, tuple[int, int, int, int], np.ndarray]] = {}
     scored, liked = False, -np.inf
-    for _, direction, scale, flip in hyps:
-        outer, inner = (va, vb) if direction == 0 else (vb, va)
-        as_is = (scale, flip) == AS_IS  # either way round
-        got = _refine(outer, inner, scale, flip, memo, whole=as_is)
-        if got is None:
-            continue
-        placed = _placed(outer, inner, flip, got[1], direction == 0)
-        # the picture as it is, read although it does not correlate (an inset or a recolouring
-        # brought its correlation down): under its brightness gain only, not a colour edit too
-        gated = as_is and (weak or got[2] < FINE_REJECT)
-        score = _residual_score(got[0])
+    for direction, outer, inner, flip, (res, at), kind, gated in readings():
+        placed = _placed(outer, inner, flip, at, direction == 0)
+        score = _residual_score(res)
         if not gated and ("best" not in aligned or score > liked):
-            aligned["best"], liked = (outer, inner, flip, got[1], placed), score
-        if as_is and not gated:
-            aligned[f"as is {direction}"] = (outer, inner, flip, got[1], placed)
+            aligned["best"], liked = (outer, inner, flip, at, placed), score
+        if kind and not gated:
+            aligned[f"{kind} {direction}"] = (outer, inner, flip, at, placed)
         if not scored or score > best.score:
-            scored, best = True, _pixel_record(got[0], matcher="pixel", homography=placed)
+            scored, best = True, _pixel_record(res, matcher="pixel", homography=placed)
         if early_accept is not None and best.score >= early_accept:
-            return best  # a clear duplicate: the other hypotheses cannot change the decision
-    if not _one_shape(va, vb) and abs(np.log(va.aspect / vb.aspect)) <= MAX_STRETCH:
-        # a stretched copy: the whole of one picture resized onto the whole of the other, read
-        # both ways round (the coarse search keeps each picture's shape), and under a colour
-        # edit as the picture as it is is
-        for direction, (outer, inner) in enumerate(((va, vb), (vb, va))):
-            got = _stretched(outer, inner)
-            if got is None:
-                continue
-            placed = _placed(outer, inner, False, got[1], direction == 0)
-            score = _residual_score(got[0])
-            if "best" not in aligned or score > liked:
-                aligned["best"], liked = (outer, inner, False, got[1], placed), score
-            aligned[f"stretched {direction}"] = (outer, inner, False, got[1], placed)
-            if not scored or score > best.score:
-                scored, best = True, _pixel_record(got[0], matcher="pixel", homography=placed)
-            if early_accept is not None and best.score >= early_accept:
-                return best
+            return best  # a clear duplicate: the other readings cannot change the decision
     # Under a global colour edit: the alignment the one brightness gain liked best (however far
     # under -1 it left it: a greyscale copy of a colourful picture) and the picture as it is
     # or stretched when it was refined (a recoloured copy's grey image may correlate better at a
