@@ -408,3 +408,36 @@ def test_verification_reads_tar_members_by_range_from_s3(s3_server, s3_env, buck
     for k in (0, 1):
         assert isinstance(ranged[k], Prepared)
         np.testing.assert_array_equal(ranged[k].rgb, streamed[k].rgb)
+
+
+def test_no_server_port_is_another_ports_grpc_twin(monkeypatch):
+    """SeaweedFS refuses a port that is another of its ports' gRPC twin (port + 10000): the
+    ports of one server never include one, whichever order the system hands them out in."""
+    import socket as socket_mod
+
+    from dedupdask.testing import s3server
+
+    handed = iter([30001, 40001, 20001, 30002, 40002, 30003, 30004])
+
+    class FakeSocket:
+        def __init__(self, *a, **k):
+            self.port = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, addr):
+            self.port = next(handed)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(socket_mod, "socket", FakeSocket)
+    monkeypatch.setattr(s3server, "_port_free", lambda port: True)
+    taken: set[int] = set()
+    ports = [s3server.free_port(taken) for _ in range(4)]
+    assert ports == [30001, 30002, 30003, 30004]  # 40001 is 30001's twin, 30001 20001's, 40002 30002's
+    assert not {p + 10000 for p in ports} & set(ports)

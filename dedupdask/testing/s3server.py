@@ -41,16 +41,28 @@ def _port_free(port: int) -> bool:
 
 
 def free_port(taken: set[int] | None = None) -> int:
-    """A free TCP port on 127.0.0.1 whose gRPC twin (port + 10000) is free too."""
+    """A free TCP port on 127.0.0.1 whose gRPC twin (port + 10000) is free too.
+
+    ``taken`` (updated) holds the ports already given to one server, twins included: neither
+    the port nor its twin may be one of them (SeaweedFS refuses a port that is another one's
+    twin: "reserved for gRPC calculation").
+
+    Examples
+    --------
+    >>> taken = set()
+    >>> ports = [free_port(taken) for _ in range(5)]
+    >>> len(taken) == 10 and all(p + 10000 in taken for p in ports)
+    True
+    """
     taken = taken if taken is not None else set()
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port in taken or port + _GRPC_OFFSET > 65535:
+        if port in taken or port + _GRPC_OFFSET in taken or port + _GRPC_OFFSET > 65535:
             continue
         if _port_free(port) and _port_free(port + _GRPC_OFFSET):
-            taken.add(port)
+            taken.update((port, port + _GRPC_OFFSET))
             return port
     raise RuntimeError("no free port pair (p, p+10000) found on 127.0.0.1")
 
