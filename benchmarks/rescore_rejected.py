@@ -11,7 +11,7 @@ not).
 
     python benchmarks/rescore_rejected.py --tiers ROOT        # quality.py --tiers --work-root ROOT
     python benchmarks/rescore_rejected.py --families RUNS     # the runs-<key> folder quality_families.py prints
-    python benchmarks/rescore_rejected.py --families RUNS --against RUNS/rescored-<other>.parquet
+    python benchmarks/rescore_rejected.py --families RUNS --against EARLIER.parquet  # another checkout's scores
 
 Each pair is scored as a run scores it (:func:`dedupdask.match.match_record` with the default
 ``early_accept`` and the keypoint matcher), on ``--cores`` processes. The tier shards' loose
