@@ -5,9 +5,10 @@ The precision guard of a matcher change. ``benchmarks/quality.py --tiers`` and
 shards verified, with the matcher of that run. A rule that accepts more pairs is checked here on
 the candidates that run rejected (``verify_score`` under the default bar): how many the current
 matcher accepts now, how many of them are true (both images from one original) and which are
-false. Its scores are written beside the loose table (``rescored-<matcher>.parquet``), so that two
-checkouts can be compared pair by pair (``--against``: the pairs one accepts and the other does
-not).
+false. Its scores are written beside the loose table (``rescored-<matcher>.parquet``, or
+``--out``: a rule tried without a new ``MATCHER`` must not overwrite the scores it is compared
+with), so that two checkouts can be compared pair by pair (``--against``: the pairs one accepts
+and the other does not).
 
     python benchmarks/rescore_rejected.py --tiers ROOT        # quality.py --tiers --work-root ROOT
     python benchmarks/rescore_rejected.py --families RUNS     # the runs-<key> folder quality_families.py prints
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--tiers", type=Path, help="quality.py --tiers' work root (loose-*.parquet, shards/)")
     src.add_argument("--families", type=Path, help="quality_families.py's runs-<key> folder")
     ap.add_argument("--against", type=Path, help="an earlier rescored-*.parquet of the same table: compare pair by pair")
+    ap.add_argument("--out", type=Path, help="where the scores go (default: beside the loose table, named by the matcher)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="rescore only the first N rejected pairs (a quick look)")
     args = ap.parse_args(argv)
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = row_for("effnet-lite0").verify_score
     pairs, table = tier_pairs(args.tiers) if args.tiers else family_pairs(args.families)
+    out = args.out or table.parent / f"rescored-{MATCHER.replace('/', '-')}.parquet"
+    if args.against is not None and out.resolve() == args.against.resolve():
+        raise SystemExit(f"the scores would overwrite --against {args.against} (an unchanged MATCHER): pass --out")
+    prev = pd.read_parquet(args.against) if args.against is not None else None
     rejected = pairs[pairs.old.notna() & (pairs.old < bar)].reset_index(drop=True)
     if args.limit:
         rejected = rejected.head(args.limit)
@@ -117,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         got = pool.map(_score, list(zip(rejected.a, rejected.b, strict=True)), chunksize=16)
     rejected["new"] = [g[0] for g in got]
     rejected["matcher"] = [g[1] for g in got]
-    out = table.parent / f"rescored-{MATCHER.replace('/', '-')}.parquet"
     if not args.limit:
         rejected.to_parquet(out)
     now = rejected[rejected.new >= bar]
@@ -129,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if (~now.true).any():
         print("\nfalse pairs now accepted:")
         print(now[~now.true][show].to_string(index=False))
-    if args.against:
-        prev = pd.read_parquet(args.against)
+    if prev is not None:
         m = rejected.merge(prev[["a", "b", "new"]], on=["a", "b"], suffixes=("", "_before"))
         up = m[(m.new >= bar) & (m.new_before < bar)]
         down = m[(m.new < bar) & (m.new_before >= bar)]
