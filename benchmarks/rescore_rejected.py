@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.limit:
         rejected.to_parquet(out)
     now = rejected[rejected.new >= bar]
+    short = lambda t: t.assign(a=t.a.str.split("/").str[-2:].str.join("/"), b=t.b.str.split("/").str[-2:].str.join("/"))  # noqa: E731
     print(f"rejected candidates (loose verify_score < {bar}) rescored: {len(rejected)}; "
           f"now >= {bar}: {len(now)} ({int(now.true.sum())} true, {int((~now.true).sum())} false)")  # fmt: skip
     if args.families:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     show = ["a", "b", "what", "old", "new", "matcher"]
     if (~now.true).any():
         print("\nfalse pairs now accepted:")
-        print(now[~now.true][show].to_string(index=False))
+        print(short(now[~now.true])[show].to_string(index=False))
     if prev is not None:
         m = rejected.merge(prev[["a", "b", "new"]], on=["a", "b"], suffixes=("", "_before"))
         up = m[(m.new >= bar) & (m.new_before < bar)]
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, part in (("accepted now, not there", up), ("accepted there, not now", down)):
             if len(part):
                 print(f"\n{name}:")
-                print(part[show + ["new_before", "true"]].to_string(index=False))
+                print(short(part)[show + ["new_before", "true"]].to_string(index=False))
     if not args.limit:
         print(f"\nscores: {out}")
     return 0
