@@ -414,6 +414,7 @@ def test_no_server_port_is_another_ports_grpc_twin(monkeypatch):
     """SeaweedFS refuses a port that is another of its ports' gRPC twin (port + 10000): the
     ports of one server never include one, whichever order the system hands them out in."""
     import socket as socket_mod
+    from types import SimpleNamespace
 
     from dedupdask.testing import s3server
 
@@ -435,7 +436,9 @@ def test_no_server_port_is_another_ports_grpc_twin(monkeypatch):
         def getsockname(self):
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(socket_mod, "socket", FakeSocket)
+    # only the module's own view of the socket module: other threads of the session keep theirs
+    fake = SimpleNamespace(socket=FakeSocket, AF_INET=socket_mod.AF_INET, SOCK_STREAM=socket_mod.SOCK_STREAM)
+    monkeypatch.setattr(s3server, "socket", fake)
     monkeypatch.setattr(s3server, "_port_free", lambda port: True)
     taken: set[int] = set()
     ports = [s3server.free_port(taken) for _ in range(4)]
