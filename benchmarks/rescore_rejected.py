@@ -55,6 +55,12 @@ def _score(pair: tuple[str, str]) -> tuple[float, str]:
     return float(r.score), r.matcher
 
 
+def _member(path: object) -> str:
+    """``<shard>/<member>`` of an image's path: how the benchmarks' tables and this script name
+    it, wherever the shards folder now is."""
+    return "/".join(str(path).split("/")[-2:])
+
+
 def tier_pairs(root: Path) -> tuple[pd.DataFrame, Path]:
     """The rejected loose candidates of ``quality.py --tiers`` (the newest cached table), with
     ``true`` from its ground truth and the image files' own names."""
@@ -64,7 +70,7 @@ def tier_pairs(root: Path) -> tuple[pd.DataFrame, Path]:
     d = pd.read_parquet(tables[-1])
     gt = pd.read_csv(root / "shards" / "ground_truth.csv")
     shards = str(root / "shards")
-    local = lambda f: f"{shards}/{'/'.join(str(f).split('/')[-2:])}"  # noqa: E731  the shards may have moved
+    local = lambda f: f"{shards}/{_member(f)}"  # noqa: E731  the shards may have moved
     original = {local(b): local(a) for a, b in zip(gt.filename_a, gt.filename_b, strict=True)}
     out = pd.DataFrame({"a": d.filename_from.map(local), "b": d.filename_to.map(local), "old": d.verify_score})
     out["true"] = [original.get(a, a) == original.get(b, b) for a, b in zip(out.a, out.b, strict=True)]
@@ -82,7 +88,7 @@ def family_pairs(runs: Path) -> tuple[pd.DataFrame, Path]:
         d = pickle.load(f)["loose"]
     shards = runs.with_name(runs.name.replace("runs-", "shards-"))
     im = pd.read_csv(shards / "images.csv").set_index("filename")
-    local = lambda f: str(shards / "/".join(str(f).split("/")[-2:]))  # noqa: E731
+    local = lambda f: str(shards / _member(f))  # noqa: E731
     im.index = im.index.map(local)
     out = pd.DataFrame({"a": d.filename_from.map(local), "b": d.filename_to.map(local), "old": d.verify_score})
     ia, ib = im.loc[out.a], im.loc[out.b]
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.limit:
         rejected.to_parquet(out)
     now = rejected[rejected.new >= bar]
-    short = lambda t: t.assign(a=t.a.str.split("/").str[-2:].str.join("/"), b=t.b.str.split("/").str[-2:].str.join("/"))  # noqa: E731
+    short = lambda t: t.assign(a=t.a.map(_member), b=t.b.map(_member))  # noqa: E731
     print(f"rejected candidates (loose verify_score < {bar}) rescored: {len(rejected)}; "
           f"now >= {bar}: {len(now)} ({int(now.true.sum())} true, {int((~now.true).sum())} false)")  # fmt: skip
     if args.families:
