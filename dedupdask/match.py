@@ -1068,6 +1068,23 @@ def _aligned_residuals(
     return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour)
 
 
+def _colour_residuals(
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], shared: dict[frozenset[int], Any]
+) -> tuple[float, float, float] | None:
+    """:func:`_aligned_residuals` under the colour edit, read once for both directions of two
+    pictures of one size laid whole on each other, unmirrored (``shared``: one per pair). Those
+    two readings compare the same pixels, and the colour edit is fitted from the more colourful
+    picture onto the other whichever is outer (:func:`~dedupdask.match_keypoints.colour_edit`),
+    its residuals read in the other's colours: the same triple (but for two pictures whose
+    colours spread exactly as far, where each direction fits its own way round)."""
+    if flip or at != (0, 0, *outer.grey.shape) or inner.grey.shape != outer.grey.shape:
+        return _aligned_residuals(outer, inner, flip, at, colour=True)
+    key = frozenset((id(outer), id(inner)))
+    if key not in shared:
+        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=True)
+    return shared[key]
+
+
 def match_score(
     a: Prepared, b: Prepared, *, early_accept: float | None = None, keypoints: bool = True
 ) -> float:
@@ -1166,13 +1183,13 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
     elif np.allclose(H, np.eye(3)):  # stretched, whole onto whole (scale None): read so again
         reads = [(0, None, False), (1, None, False)]
     colour = pixel.colour == "colour edit"
-    best, memo = MatchRecord(), {}
-    for direction, scale, flip in reads:
+    best, memo, shared = MatchRecord(), {}, {}
+    for direction, scale, flip in dict.fromkeys(reads):  # the placement's own read may be the picture as it is
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
         got = _stretched(outer, inner) if scale is None else _refine(outer, inner, scale, flip, memo, whole=True)
         if got is None:
             continue
-        r = _aligned_residuals(outer, inner, flip, got[1], colour=True) if colour else got[0]
+        r = _colour_residuals(outer, inner, flip, got[1], shared) if colour else got[0]
         placed = _placed(outer, inner, flip, got[1], direction == 0)
         best = _better(best, _pixel_record(r, matcher="pixel", homography=placed, colour=pixel.colour))
     return best
@@ -1521,8 +1538,9 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     for key in ("as is 0", "as is 1", "stretched 0", "stretched 1"):
         if key in aligned and "best" in aligned and aligned[key][:4] == aligned["best"][:4]:
             del aligned[key]
+    shared: dict[frozenset[int], Any] = {}
     for outer, inner, flip, at, placed in aligned.values():
-        best = _better(best, _pixel_record(_aligned_residuals(outer, inner, flip, at, colour=True), matcher="pixel",
+        best = _better(best, _pixel_record(_colour_residuals(outer, inner, flip, at, shared), matcher="pixel",
                                            homography=placed, colour="colour edit"))  # fmt: skip
     best.score = max(best.score, -1.0)
     return best
