@@ -37,7 +37,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["grey_measures", "ink_rows", "ratio_matches", "window_maxima"]
+__all__ = ["chroma_spread", "from_hsv", "grey_measures", "hsv", "ink_rows", "ratio_matches", "window_maxima"]
 
 
 @intrinsic
@@ -313,3 +313,95 @@ def ink_rows(gray: np.ndarray, background: int, ink: int) -> tuple[np.ndarray, n
     [[3, 0], [2, 0]]
     """
     return _ink_rows(np.ascontiguousarray(gray, np.uint8), int(background), int(ink))
+
+
+@njit(nogil=True, cache=True)
+def _chroma_spread(ycc: np.ndarray) -> float:
+    total = 0.0
+    n = ycc.shape[0]
+    for c in (1, 2):
+        s = 0.0
+        for i in range(n):
+            s += ycc[i, c]
+        m = s / n
+        q = 0.0
+        for i in range(n):
+            d = ycc[i, c] - m
+            q += d * d
+        total += np.sqrt(q / n)
+    return total
+
+
+def chroma_spread(ycc: np.ndarray) -> float:
+    """The standard deviations of the two chroma columns of ``[n, 3]`` YCbCr colours, summed:
+    ``ycc[:, 1:].std(axis=0).sum()``, bit for bit (numpy sums down a column in order, as this
+    loop does), without numpy's column-wise pass over two-wide rows (~0.45 ms for 12k colours
+    against ~0.03).
+
+    Examples
+    --------
+    >>> ycc = np.random.default_rng(0).random((1000, 3))
+    >>> bool(chroma_spread(ycc) == ycc[:, 1:].std(axis=0).sum())
+    True
+    """
+    return float(_chroma_spread(np.ascontiguousarray(ycc, np.float64)))
+
+
+@njit(nogil=True, cache=True)
+def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    h, s, v = np.empty(n), np.empty(n), np.empty(n)
+    for i in range(n):
+        r, g, b = x[i, 0], x[i, 1], x[i, 2]
+        mx, mn = max(max(r, g), b), min(min(r, g), b)
+        c = mx - mn
+        safe = c if c > 1e-9 else 1.0
+        if c <= 1e-9:
+            h[i] = 0.0
+        elif mx == r:
+            h[i] = ((g - b) / safe) % 6.0
+        elif mx == g:
+            h[i] = (b - r) / safe + 2.0
+        else:
+            h[i] = (r - g) / safe + 4.0
+        s[i] = c / (mx if mx > 1e-9 else 1.0)
+        v[i] = mx
+    return h, s, v
+
+
+def hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue (0..6, the colour hexagon's sectors), saturation and value of ``[n, 3]`` colours, in
+    one pass instead of a dozen numpy passes (the colour edit's hue turn,
+    :func:`dedupdask.match_keypoints.colour_edit`).
+
+    Examples
+    --------
+    >>> [a.tolist() for a in hsv(np.array([[1.0, 0.5, 0.0], [0.2, 0.2, 0.2], [0.0, 0.0, 0.5]]))]
+    [[0.5, 0.0, 4.0], [1.0, 0.0, 1.0], [1.0, 0.2, 0.5]]
+    """
+    return _hsv(np.ascontiguousarray(x, np.float64))
+
+
+@njit(nogil=True, cache=True)
+def _from_hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    n = h.shape[0]
+    out = np.empty((n, 3))
+    for i in range(n):
+        vs = v[i] * s[i]
+        for c, shift in ((0, 5.0), (1, 3.0), (2, 1.0)):
+            k = (shift + h[i]) % 6.0
+            f = min(max(min(k, 4.0 - k), 0.0), 1.0)
+            out[i, c] = v[i] - vs * f
+    return out
+
+
+def from_hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``[n, 3]`` colours of hexagon hues ``h`` (0..6), saturations and values: the inverse
+    of :func:`hsv`.
+
+    Examples
+    --------
+    >>> from_hsv(*hsv(np.array([[1.0, 0.5, 0.0], [0.0, 0.0, 0.5]]))).tolist()
+    [[1.0, 0.5, 0.0], [0.0, 0.0, 0.5]]
+    """
+    return _from_hsv(*(np.ascontiguousarray(a, np.float64) for a in (h, s, v)))

@@ -537,7 +537,9 @@ def colour_edit(
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
     X, T = src @ _YCC.T, dst @ _YCC.T
-    swap = T[:, 1:].std(axis=0).sum() > X[:, 1:].std(axis=0).sum()  # the chroma of each side
+    from .kernels import chroma_spread
+
+    swap = chroma_spread(T) > chroma_spread(X)  # the chroma of each side
     if swap:
         src, dst, X, T = dst, src, T, X
     hues = _hues(X)
@@ -644,22 +646,6 @@ def colour_edit(
     return r, edit
 
 
-def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue (0..6, the colour hexagon's sectors), saturation and value of ``[n, 3]`` colours."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)  # not axis=1: slow
-    c = mx - mn
-    safe = np.where(c > 1e-9, c, 1.0)
-    h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    return np.where(c > 1e-9, h, 0.0), c / np.where(mx > 1e-9, mx, 1.0), mx
-
-
-def _from_hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``[n, 3]`` colours of hexagon hues ``h`` (0..6), saturations and values."""
-    k = (np.array([5.0, 3.0, 1.0]) + h[:, None]) % 6.0
-    return v[:, None] - (v * s)[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
-
-
 def _hue_turn(
     src: np.ndarray, dst: np.ndarray, sample: np.ndarray, hues: int, swap: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -671,8 +657,10 @@ def _hue_turn(
     for saturated colours. Asked only of pictures of more than :data:`FEW_HUES` hues: in one of
     one hue, its value and saturation alone make another skin tone of an emoji. Returns the
     ``[n, 3]`` error (edited minus ``dst``) and the edit."""
-    hs, ss, vs = _hsv(src)
-    hd, sd, vd = _hsv(dst)
+    from .kernels import from_hsv, hsv
+
+    hs, ss, vs = hsv(src)
+    hd, sd, vd = hsv(dst)
     i = sample
     chromatic = i[(ss[i] > 0.15) & (vs[i] > 0.15) & (sd[i] > 0.05) & (vd[i] > 0.15)]
     if len(chromatic) < 10:
@@ -690,7 +678,7 @@ def _hue_turn(
         gain, offset = (float(v) for v in _least_squares((A, vd[i][keep])))
         err = np.abs(gain * vs[i] + offset - vd[i])
         keep = err < max(2.5 * float(np.median(err)), 0.04)
-    out = _from_hsv((hs + turn) % 6.0, np.clip(sat * ss, 0.0, 1.0), np.clip(gain * vs + offset, 0.0, 1.0))
+    out = from_hsv((hs + turn) % 6.0, np.clip(sat * ss, 0.0, 1.0), np.clip(gain * vs + offset, 0.0, 1.0))
     degrees = turn * 60.0
     g = 1 / gain if swap and gain > 1e-6 else gain
     edit = {"form": "hue turn", "luma_gain": g, "monotone": bool(gain > 0), "chroma_gain": sat,

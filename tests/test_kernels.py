@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dedupdask.kernels import ratio_matches, window_maxima
+from dedupdask.kernels import chroma_spread, from_hsv, hsv, ratio_matches, window_maxima
 from dedupdask.match import _box, _integral
 
 
@@ -39,3 +39,49 @@ def test_ratio_matches_on_edge_cases():
     assert q.size == 0
     q, t = ratio_matches(train[:5], train, 0.8)
     assert q.tolist() == t.tolist() == [0, 1, 2, 3, 4]
+
+
+def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random colours with the cases the colour edit meets: greys (no hue), ties between the
+    largest channels, black, white, and pure primaries."""
+    x = rng.random((n, 3))
+    x[::7] = x[::7, :1]  # greys
+    x[1::11, 1] = x[1::11, 0]  # red and green tied for the largest
+    x[2::13, 2] = x[2::13, 1]
+    x[3::17] = 0.0
+    x[4::19] = 1.0
+    x[5::23] = [0.0, 0.0, 1.0]
+    return x
+
+
+def test_hsv_is_the_numpy_formula():
+    """Bit for bit against the numpy formula the colour edit's hue turn used before the kernel."""
+    x = _colours(np.random.default_rng(7), 5000)
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    c = mx - mn
+    safe = np.where(c > 1e-9, c, 1.0)
+    h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    want = (np.where(c > 1e-9, h, 0.0), c / np.where(mx > 1e-9, mx, 1.0), mx)
+    for got, w in zip(hsv(x), want, strict=True):
+        np.testing.assert_array_equal(got, w)
+
+
+def test_from_hsv_is_the_numpy_formula():
+    rng = np.random.default_rng(8)
+    h, s, v = hsv(_colours(rng, 5000))
+    h = (h + rng.normal(0, 2, len(h))) % 6.0  # turned hues
+    k = (np.array([5.0, 3.0, 1.0]) + h[:, None]) % 6.0
+    want = v[:, None] - (v * s)[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    np.testing.assert_array_equal(from_hsv(h, s, v), want)
+
+
+def test_chroma_spread_is_numpys_std():
+    """The colour edit's choice of direction compares these sums: it must be numpy's, bit for
+    bit, down to near ties (a difference in the last bit would flip which side is fitted)."""
+    rng = np.random.default_rng(9)
+    for n in (50, 1000, 12288, 49152):
+        ycc = rng.normal(0.0, rng.random(), (n, 3)) + rng.random()
+        assert chroma_spread(ycc) == ycc[:, 1:].std(axis=0).sum()
+        view = np.repeat(ycc, 2, axis=1)[:, ::2]  # not contiguous, as a slice of pixels is
+        assert chroma_spread(view) == view[:, 1:].std(axis=0).sum()
