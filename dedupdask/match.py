@@ -471,28 +471,13 @@ def frame_box(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
     >>> frame_box(framed), frame_box(pic)  # and one row more, where frame and picture meet
     ((6, 52, 6, 68), None)
     """
+    from .kernels import frame_peel  # numba: imported where pairs are scored
+
     h, w = rgb.shape[:2]
-    x = rgb.astype(np.int16)
-    top, bottom, left, right = 0, h, 0, w
     cap_y, cap_x = int(FRAME_MAX * h), int(FRAME_MAX * w)
-
-    def plain(line: np.ndarray) -> bool:
-        if (line.max(axis=0) - line.min(axis=0) <= FRAME_TOLERANCE).all():
-            return True  # every pixel within the tolerance of any colour in its range (the median's)
-        off = np.abs(line - np.median(line, axis=0)).max(axis=1) > FRAME_TOLERANCE
-        return int(np.count_nonzero(off)) <= 0.02 * len(line)
-
-    moved = True
-    while moved:
-        moved = False
-        if top < cap_y and plain(x[top, left:right]):
-            top, moved = top + 1, True
-        if h - bottom < cap_y and plain(x[bottom - 1, left:right]):
-            bottom, moved = bottom - 1, True
-        if left < cap_x and plain(x[top:bottom, left]):
-            left, moved = left + 1, True
-        if w - right < cap_x and plain(x[top:bottom, right - 1]):
-            right, moved = right - 1, True
+    # a plain row or column: every pixel within FRAME_TOLERANCE of any colour in its range
+    # (the median's), or at most 2 % of them farther than that from its median colour
+    top, bottom, left, right = frame_peel(rgb, cap_y, cap_x, FRAME_TOLERANCE)
     if top == 0 or left == 0 or bottom == h or right == w:
         return None
     # the row where the frame meets the picture holds both (resampled, JPEG-ringed): not kept

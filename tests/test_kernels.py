@@ -85,3 +85,53 @@ def test_chroma_spread_is_numpys_std():
         assert chroma_spread(ycc) == ycc[:, 1:].std(axis=0).sum()
         view = np.repeat(ycc, 2, axis=1)[:, ::2]  # not contiguous, as a slice of pixels is
         assert chroma_spread(view) == view[:, 1:].std(axis=0).sum()
+
+
+def _peel_numpy(rgb: np.ndarray, cap_y: int, cap_x: int, tol: int) -> tuple[int, int, int, int]:
+    """The numpy loop frame_box ran before the kernel."""
+    h, w = rgb.shape[:2]
+    x = rgb.astype(np.int16)
+    top, bottom, left, right = 0, h, 0, w
+
+    def plain(line: np.ndarray) -> bool:
+        if (line.max(axis=0) - line.min(axis=0) <= tol).all():
+            return True
+        off = np.abs(line - np.median(line, axis=0)).max(axis=1) > tol
+        return int(np.count_nonzero(off)) <= 0.02 * len(line)
+
+    moved = True
+    while moved:
+        moved = False
+        if top < cap_y and plain(x[top, left:right]):
+            top, moved = top + 1, True
+        if h - bottom < cap_y and plain(x[bottom - 1, left:right]):
+            bottom, moved = bottom - 1, True
+        if left < cap_x and plain(x[top:bottom, left]):
+            left, moved = left + 1, True
+        if w - right < cap_x and plain(x[top:bottom, right - 1]):
+            right, moved = right - 1, True
+    return top, bottom, left, right
+
+
+def test_frame_peel_is_the_numpy_loop():
+    """Frames of every kind the peeling meets: borders with a line inside, noisy (JPEG-like)
+    margins with a few stray pixels (the 2 % rule, even and odd lengths: the median's two
+    middle values), margins on some sides only, and none."""
+    from dedupdask.kernels import frame_peel
+
+    rng = np.random.default_rng(10)
+    for k in range(300):
+        h, w = int(rng.integers(8, 140)), int(rng.integers(8, 140))
+        pic = rng.integers(0, 256, (h, w, 3)).astype(np.int16)
+        t, b, lt, r = (int(rng.integers(0, s // 3 + 1)) for s in (h, h, w, w))
+        ground = rng.integers(0, 256, 3)
+        framed = np.broadcast_to(ground, (h, w, 3)).astype(np.int16).copy()
+        framed[t : h - b, lt : w - r] = pic[t : h - b, lt : w - r]
+        framed += rng.integers(-int(rng.integers(0, 12)), int(rng.integers(1, 12)), (h, w, 3))
+        stray = rng.random((h, w)) < rng.choice([0.0, 0.01, 0.03])
+        framed[stray] = rng.integers(0, 256, (int(stray.sum()), 3))
+        if k % 5 == 0 and t > 2 and lt > 2:
+            framed[t - 2, lt - 2 : w - r + 2] = framed[t - 2 : h - b + 2, lt - 2] = 20  # a line inside the border
+        rgb = np.clip(framed, 0, 255).astype(np.uint8)
+        cap_y, cap_x = int(0.25 * h), int(0.25 * w)
+        assert frame_peel(rgb, cap_y, cap_x, 16) == _peel_numpy(rgb, cap_y, cap_x, 16), k
