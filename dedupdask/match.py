@@ -883,6 +883,8 @@ def _residuals(
     image (:func:`_pasted`; at most :data:`MAX_PASTED`) are each left out of another reading,
     and the best of the readings is returned.
     """
+    from .kernels import centred_squares
+
     a0, b0 = a, b
     a, b = _blur_pair(a, b)
     inside = slice(None) if mask is None else mask
@@ -904,7 +906,7 @@ def _residuals(
         g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
         r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
     if mask is None:
-        var = max(float(((a - a.mean(axis=(0, 1))) ** 2).mean()), 1e-6)
+        var = max(float(centred_squares(a).mean()), 1e-6)
     else:
         av = a[mask]
         var = max(float(((av - av.mean(axis=0)) ** 2).mean()), 1e-6)
