@@ -1,0 +1,127 @@
+"""run_mode=2 of several revisions of dedupdask, back to back on one extracted work_dir.
+
+Usage::
+
+    python benchmarks/run_mode2_revs.py --work-dir WORK --revs 70498c5 HEAD --rounds 2
+    python benchmarks/run_mode2_revs.py --work-dir WORK --revs 70498c5 254e681 . --rounds 2
+
+A speed target stated against an earlier revision ("at most 1.5x the run_mode=2 time of the
+day the issue was filed") cannot be checked against a figure measured on another day: this
+machine runs the same code 1.5-2x faster or slower from one hour to the next
+(``benchmarks/results/vs_fastdup_tiers.txt``). This script measures the revisions in the same
+hour, alternating (A B A B ...), so that a slow minute falls on all of them.
+
+Each revision's ``dedupdask`` package is taken from git (``git archive REV dedupdask``; ``.``
+is the working tree as it is) into a temporary directory and put first on ``PYTHONPATH``;
+the rest of the environment (numpy, onnxruntime, ...) is this checkout's. Each run is a fresh
+subprocess: a ``LocalCluster`` of ``--cores`` single-threaded worker processes (started and
+warmed up untimed, as in ``vs_fastdup.py``), then ``ddk.run(run_mode=2)`` with the defaults on
+a fresh copy of the work_dir's ``run_mode=1`` outputs (no score cache: every candidate pair
+is verified). Printed per run: the seconds of ``ddk.run``, of its pixel verification, the
+candidates verified and accepted and the matcher. Nothing is asserted; the work_dir is not
+changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, time
+from distributed import Client, LocalCluster
+import dedupdask as ddk
+
+def warm():
+    import dedupdask.verify, dedupdask.match, dedupdask.match_keypoints  # noqa: F401
+    return True
+
+if __name__ == "__main__":
+    work, cores = sys.argv[1], int(sys.argv[2])
+    with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        client.run(warm)
+        t0 = time.perf_counter()
+        res = ddk.run(None, work, run_mode=2, client=client, progress=False)
+        pairs = len(res.similarity.compute())
+        seconds = time.perf_counter() - t0
+    ver = res.run.get("verification", {})
+    print(json.dumps({"seconds": seconds, "pairs": pairs, "verify_s": ver.get("seconds"),
+                      "candidates": ver.get("candidates"), "accepted": ver.get("accepted"),
+                      "matcher": ver.get("matcher"), "dedupdask": ddk.__file__}))
+"""
+
+
+def _tree(rev: str, into: Path) -> Path:
+    """A directory whose ``dedupdask`` is the package at ``rev`` (``.``: the working tree)."""
+    if rev == ".":
+        return ROOT
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dedupdask"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _outputs(work: Path) -> list[Path]:
+    """The run_mode=1 outputs of a work_dir: the files of each archive it extracted (named
+    after the archive, as its ``<name>done.json`` is), without run_mode=2's."""
+    names = [p.name[: -len("done.json")] for p in work.glob("*done.json")]
+    return sorted(p for p in work.iterdir() if p.is_file() and any(p.name.startswith(n) for n in names))
+
+
+def run_once(tree: Path, work: Path, scratch: Path, cores: int) -> dict:
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for p in _outputs(work):
+        shutil.copy2(p, scratch / p.name)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    got = subprocess.run([sys.executable, "-c", CHILD, str(scratch), str(cores)], env=env, capture_output=True, text=True)
+    if got.returncode != 0:
+        raise SystemExit(f"run_mode=2 failed with {tree}: {got.stderr.strip().splitlines()[-1] if got.stderr.strip() else got.returncode}")
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work-dir", required=True, type=Path, help="a run_mode=1 work_dir (not changed)")
+    ap.add_argument("--revs", nargs="+", required=True, help="git revisions; '.' is the working tree")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args(argv)
+    if not _outputs(a.work_dir):
+        raise SystemExit(f"no run_mode=1 outputs in {a.work_dir}")
+    with tempfile.TemporaryDirectory(prefix="ddk-revs-") as tmp:
+        trees = {rev: _tree(rev, Path(tmp) / f"rev{i}") for i, rev in enumerate(a.revs)}
+        print(f"# run_mode=2 of {len(a.revs)} revisions on {a.work_dir}, {a.cores} worker processes, "
+              f"{a.rounds} rounds alternating; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
+        runs: dict[str, list[dict]] = {rev: [] for rev in a.revs}
+        for r in range(a.rounds):
+            for rev, tree in trees.items():
+                got = run_once(tree, a.work_dir, Path(tmp) / "work", a.cores)
+                runs[rev].append(got)
+                print(f"round {r + 1} {rev:>10}: run_mode=2 {got['seconds']:7.2f} s, verification {got['verify_s']:7.2f} s "
+                      f"of {got['candidates']} candidates, {got['accepted']} accepted, {got['pairs']} pairs, "
+                      f"{got['matcher']}", flush=True)  # fmt: skip
+        first = statistics.median(x["seconds"] for x in runs[a.revs[0]])
+        print("\n| revision | run_mode=2 s (each round) | median | / first |")
+        print("|---|---|---|---|")
+        for rev in a.revs:
+            s = [x["seconds"] for x in runs[rev]]
+            med = statistics.median(s)
+            print(f"| {rev} | {' / '.join(f'{x:.2f}' for x in s)} | {med:.2f} | {med / first:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
