@@ -85,7 +85,11 @@ def run_once(tree: Path, work: Path, scratch: Path, cores: int) -> dict:
     for p in _outputs(work):
         shutil.copy2(p, scratch / p.name)
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    got = subprocess.run([sys.executable, "-c", CHILD, str(scratch), str(cores)], env=env, capture_output=True, text=True)
+    # run from the scratch directory: with -c, the current directory comes first on sys.path
+    got = subprocess.run([sys.executable, "-c", CHILD, str(scratch), str(cores)], env=env, cwd=scratch,
+                         capture_output=True, text=True)  # fmt: skip
+    if got.returncode == 0 and not json.loads(got.stdout.strip().splitlines()[-1])["dedupdask"].startswith(str(tree)):
+        raise SystemExit(f"the run did not import dedupdask from {tree}")
     if got.returncode != 0:
         raise SystemExit(f"run_mode=2 failed with {tree}: {got.stderr.strip().splitlines()[-1] if got.stderr.strip() else got.returncode}")
     return json.loads(got.stdout.strip().splitlines()[-1])
