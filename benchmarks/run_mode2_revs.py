@@ -18,7 +18,8 @@ subprocess: a ``LocalCluster`` of ``--cores`` single-threaded worker processes (
 warmed up untimed, as in ``vs_fastdup.py``), then ``ddk.run(run_mode=2)`` with the defaults on
 a fresh copy of the work_dir's ``run_mode=1`` outputs (no score cache: every candidate pair
 is verified). Printed per run: the seconds of ``ddk.run``, of its pixel verification, the
-candidates verified and accepted and the matcher. Nothing is asserted; the work_dir is not
+candidates verified and accepted, the seconds its tasks took (reading images and scoring, summed over the
+workers: against the verification's wall time times the workers, what the workers idled) and the matcher. Nothing is asserted; the work_dir is not
 changed.
 """
 
@@ -57,6 +58,7 @@ if __name__ == "__main__":
         seconds = time.perf_counter() - t0
     ver = res.run.get("verification", {})
     print(json.dumps({"seconds": seconds, "pairs": pairs, "verify_s": ver.get("seconds"),
+                      "task_s": (ver.get("score_seconds") or 0.0) + (ver.get("read_seconds") or 0.0),
                       "candidates": ver.get("candidates"), "accepted": ver.get("accepted"),
                       "matcher": ver.get("matcher"), "dedupdask": ddk.__file__}))
 """
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 got = run_once(tree, a.work_dir, Path(tmp) / "work", a.cores)
                 runs[rev].append(got)
                 print(f"round {r + 1} {rev:>10}: run_mode=2 {got['seconds']:7.2f} s, verification {got['verify_s']:7.2f} s "
+                      f"({got['task_s']:.1f} s in its tasks, summed) "
                       f"of {got['candidates']} candidates, {got['accepted']} accepted, {got['pairs']} pairs, "
                       f"{got['matcher']}", flush=True)  # fmt: skip
         first = statistics.median(x["seconds"] for x in runs[a.revs[0]])
