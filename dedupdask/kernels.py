@@ -326,6 +326,8 @@ def ink_rows(gray: np.ndarray, background: int, ink: int) -> tuple[np.ndarray, n
 def _chroma_spread(ycc: np.ndarray) -> float:
     total = 0.0
     n = ycc.shape[0]
+    if n == 0:
+        return np.nan  # numpy's std of no values (and no ZeroDivisionError)
     for c in (1, 2):
         s = 0.0
         for i in range(n):
@@ -477,6 +479,8 @@ def frame_peel(rgb: np.ndarray, cap_y: int, cap_x: int, tol: int) -> tuple[int, 
 @njit(nogil=True, cache=True)
 def _centred_squares(a: np.ndarray) -> np.ndarray:
     h, w, c = a.shape
+    if h * w == 0:
+        return np.empty((h, w, c), np.float32)
     sums = np.zeros(c, np.float32)
     for i in range(h):
         for j in range(w):

@@ -85,6 +85,17 @@ def test_chroma_spread_is_numpys_std():
         assert chroma_spread(ycc) == ycc[:, 1:].std(axis=0).sum()
         view = np.repeat(ycc, 2, axis=1)[:, ::2]  # not contiguous, as a slice of pixels is
         assert chroma_spread(view) == view[:, 1:].std(axis=0).sum()
+    # no pixels (an empty overlap): NaN as numpy's, so that neither side is the more colourful
+    assert np.isnan(chroma_spread(np.zeros((0, 3))))
+
+
+def test_empty_inputs_do_not_raise():
+    """numba raises ZeroDivisionError where numpy returns NaN: the kernels guard empty inputs."""
+    from dedupdask.kernels import centred_squares
+
+    assert centred_squares(np.zeros((0, 5, 3), np.float32)).shape == (0, 5, 3)
+    assert all(x.size == 0 for x in hsv(np.zeros((0, 3))))
+    assert from_hsv(np.zeros(0), np.zeros(0), np.zeros(0)).shape == (0, 3)
 
 
 def _peel_numpy(rgb: np.ndarray, cap_y: int, cap_x: int, tol: int) -> tuple[int, int, int, int]:
