@@ -981,11 +981,9 @@ def _changed_where(
     agree = ~changed if mask is None else mask & ~changed
     n = 3 * np.count_nonzero(agree)
     if n >= 48:
-        w = agree.astype(np.float32)[..., None]  # weights, not a boolean index: no copies
-        xm, ym = float(np.vdot(b, np.broadcast_to(w, b.shape))) / n, float(np.vdot(a, np.broadcast_to(w, a.shape))) / n
-        xd = (b - xm) * w
-        g = float(np.clip(float(np.vdot(xd, a - ym)) / max(float(np.vdot(xd, xd)), 1e-9), 0.5, 2.0))
-        changed = _abs_max(a - (g * b + (ym - g * xm))) > BLOB_LEVEL
+        from .kernels import refitted_off
+
+        changed = refitted_off(a, b, agree, BLOB_LEVEL)
         if mask is not None:
             changed &= mask
     off = _opened(changed)
