@@ -33,6 +33,10 @@ not with the package).
   in its order), where numpy loops slowly over a short axis or makes a dozen passes; a pair's
   verification record is the same as with the numpy code, on every candidate of the tier and
   families benchmarks (``tests/test_kernels.py`` checks each against the numpy formula).
+- :func:`refitted_off` (:func:`dedupdask.match._changed_where`: where two pictures differ under
+  a gain refitted on the pixels that agree): float64 sums where the numpy code took float32
+  BLAS products, whose last bits already depend on the CPU's BLAS kernel; the same pixels off
+  on every candidate of those benchmarks, not bit for bit by construction.
 """
 
 from __future__ import annotations
