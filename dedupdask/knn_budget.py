@@ -9,6 +9,7 @@ single-task graph of :mod:`dedupdask.knn`) and :func:`bucket_bytes` /
 from __future__ import annotations
 
 import os
+import time
 from typing import Literal
 
 __all__ = [
@@ -70,9 +71,9 @@ def _cluster_workers() -> list[tuple[int, int]] | None:
     """``(memory_limit, nthreads)`` of every worker of the client dask computes on now.
 
     A cluster with no worker yet (just started, or scaling up) is given
-    :data:`WAIT_FOR_WORKERS` seconds for its first one to register: what this sizes must not be
-    sized from this machine because the workers were late. Still none (an adaptive cluster
-    that starts workers only for submitted tasks): an empty list.
+    :data:`WAIT_FOR_WORKERS` seconds for its first one to register, running or paused: what
+    this sizes must not be sized from this machine because the workers were late. Still none
+    (an adaptive cluster that starts workers only for submitted tasks): an empty list.
     """
     from .scheduler import dask_client
 
@@ -80,12 +81,15 @@ def _cluster_workers() -> list[tuple[int, int]] | None:
     if client is None:
         return None
     workers = client.scheduler_info().get("workers", {})
-    if not workers:
-        try:
-            client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
-        except TimeoutError:
-            return []
+    # polled, not Client.wait_for_workers: that counts only running workers, and a worker
+    # that registered paused (its process over its memory limit's pause fraction) is still
+    # the worker the tasks will run on
+    deadline = time.monotonic() + WAIT_FOR_WORKERS
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.1)
         workers = client.scheduler_info().get("workers", {})
+    if not workers:
+        return []
     return [(int(w.get("memory_limit") or 0), int(w.get("nthreads") or 1)) for w in workers.values()]
 
 

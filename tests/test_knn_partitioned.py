@@ -383,3 +383,29 @@ def test_task_budget_waits_for_late_workers_not_for_absent_ones(monkeypatch):
             assert task_budget() == int(knn_budget.WORKER_FRACTION * 10**9 / 2)  # 1 GB, 2 threads
         finally:
             late.join()
+
+
+def test_task_budget_counts_a_paused_late_worker(monkeypatch):
+    """A late worker that registers paused is still the worker the tasks will run on: sized
+    from it, not from this machine. Client.wait_for_workers counts only running workers; in a
+    full test run the in-process worker of the test above registered over its memory limit's
+    pause fraction (the test process held 1.12 GiB against its 1 GB) and the budget fell back
+    to the machine's. A real worker pauses on the memory monitor's schedule, so the client here
+    is a stand-in that answers as the scheduler did then: no worker, then a paused one."""
+    from dedupdask import scheduler
+
+    class PausedLate:
+        calls = 0
+
+        def scheduler_info(self):
+            self.calls += 1
+            if self.calls < 3:
+                return {"workers": {}}
+            return {"workers": {"tcp://w": {"memory_limit": 10**8, "nthreads": 1, "status": "paused"}}}
+
+        def wait_for_workers(self, n, timeout=None):
+            raise TimeoutError("no running worker")
+
+    monkeypatch.setattr(scheduler, "dask_client", lambda: PausedLate())
+    monkeypatch.setattr(knn_budget, "WAIT_FOR_WORKERS", 5.0)
+    assert task_budget() == int(knn_budget.WORKER_FRACTION * 10**8)  # 100 MB, 1 thread
