@@ -379,15 +379,14 @@ def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r, g, b = x[i, 0], x[i, 1], x[i, 2]
         mx, mn = max(max(r, g), b), min(min(r, g), b)
         c = mx - mn
-        safe = c if c > 1e-9 else 1.0
         if c <= 1e-9:
-            h[i] = 0.0
+            h[i] = 0.0  # no hue (numpy's formula divided by 1 here, then dropped what it got)
         elif mx == r:
-            h[i] = ((g - b) / safe) % 6.0
+            h[i] = ((g - b) / c) % 6.0
         elif mx == g:
-            h[i] = (b - r) / safe + 2.0
+            h[i] = (b - r) / c + 2.0
         else:
-            h[i] = (r - g) / safe + 4.0
+            h[i] = (r - g) / c + 4.0
         s[i] = c / (mx if mx > 1e-9 else 1.0)
         v[i] = mx
     return h, s, v
