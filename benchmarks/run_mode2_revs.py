@@ -69,8 +69,10 @@ def _tree(rev: str, into: Path) -> Path:
     if rev == ".":
         return ROOT
     into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dedupdask"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    got = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dedupdask"], capture_output=True)
+    if got.returncode != 0:
+        raise SystemExit(f"no package at revision {rev!r}: {got.stderr.decode().strip().splitlines()[-1]}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=got.stdout, check=True)
     return into
 
 
@@ -90,11 +92,12 @@ def run_once(tree: Path, work: Path, scratch: Path, cores: int) -> dict:
     # run from the scratch directory: with -c, the current directory comes first on sys.path
     got = subprocess.run([sys.executable, "-c", CHILD, str(scratch), str(cores)], env=env, cwd=scratch,
                          capture_output=True, text=True)  # fmt: skip
-    if got.returncode == 0 and not json.loads(got.stdout.strip().splitlines()[-1])["dedupdask"].startswith(str(tree)):
-        raise SystemExit(f"the run did not import dedupdask from {tree}")
     if got.returncode != 0:
         raise SystemExit(f"run_mode=2 failed with {tree}: {got.stderr.strip().splitlines()[-1] if got.stderr.strip() else got.returncode}")
-    return json.loads(got.stdout.strip().splitlines()[-1])
+    out = json.loads(got.stdout.strip().splitlines()[-1])
+    if not out["dedupdask"].startswith(str(tree)):
+        raise SystemExit(f"the run did not import dedupdask from {tree}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
