@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/run_mode2_revs.py --work-dir WORK --revs 70498c5 HEAD --rounds 2
     python benchmarks/run_mode2_revs.py --work-dir WORK --revs 70498c5 254e681 . --rounds 2
+    python benchmarks/run_mode2_revs.py --work-dir WORK --revs b2f6f52@OLDWORK HEAD --rounds 3
 
 A speed target stated against an earlier revision ("at most 1.5x the run_mode=2 time of the
 day the issue was filed") cannot be checked against a figure measured on another day: this
@@ -12,12 +13,15 @@ machine runs the same code 1.5-2x faster or slower from one hour to the next
 hour, alternating (A B A B ...), so that a slow minute falls on all of them.
 
 Each revision's ``dedupdask`` package is taken from git (``git archive REV dedupdask``; ``.``
-is the working tree as it is) into a temporary directory and put first on ``PYTHONPATH``;
+is the working tree as it is) into ``--cache-dir``/<commit> (kept: numba caches the kernels it
+compiles beside them, so only a revision's first run ever compiles) and put first on ``PYTHONPATH``;
 the rest of the environment (numpy, onnxruntime, ...) is this checkout's. Each run is a fresh
 subprocess: a ``LocalCluster`` of ``--cores`` single-threaded worker processes (started and
 warmed up untimed, as in ``vs_fastdup.py``), then ``ddk.run(run_mode=2)`` with the defaults on
 a fresh copy of the work_dir's ``run_mode=1`` outputs (no score cache: every candidate pair
-is verified). Printed per run: the seconds of ``ddk.run``, of its pixel verification, the
+is verified). ``REV@DIR`` runs a revision on the outputs of its own run_mode=1 in ``DIR``
+(the same shards extracted by that revision), for revisions that cannot read a newer work_dir.
+Printed per run: the seconds of ``ddk.run``, of its pixel verification, the
 candidates verified and accepted, the seconds its tasks took (reading images and scoring, summed over the
 workers: against the verification's wall time times the workers, what the workers idled) and the matcher. Nothing is asserted; the work_dir is not
 changed.
@@ -54,9 +58,10 @@ if __name__ == "__main__":
         client.run(warm)
         t0 = time.perf_counter()
         res = ddk.run(None, work, run_mode=2, client=client, progress=False)
-        pairs = len(res.similarity.compute())
+        sim = res.similarity  # a dask DataFrame; a pandas one in early revisions
+        pairs = len(sim.compute() if hasattr(sim, "compute") else sim)
         seconds = time.perf_counter() - t0
-    ver = res.run.get("verification", {})
+    ver = (getattr(res, "run", None) or {}).get("verification", {})
     print(json.dumps({"seconds": seconds, "pairs": pairs, "verify_s": ver.get("seconds"),
                       "task_s": (ver.get("score_seconds") or 0.0) + (ver.get("read_seconds") or 0.0),
                       "candidates": ver.get("candidates"), "accepted": ver.get("accepted"),
@@ -64,15 +69,28 @@ if __name__ == "__main__":
 """
 
 
-def _tree(rev: str, into: Path) -> Path:
-    """A directory whose ``dedupdask`` is the package at ``rev`` (``.``: the working tree)."""
+def _tree(rev: str, cache: Path) -> Path:
+    """A directory whose ``dedupdask`` is the package at ``rev`` (``.``: the working tree), kept
+    in ``cache`` under the commit's id: the numba kernels an archived package compiles on its
+    first run are cached beside its files, so a kept tree compiles them once, not in every
+    invocation's first round."""
     if rev == ".":
         return ROOT
-    into.mkdir(parents=True)
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True)  # fmt: skip
+    if sha.returncode != 0:
+        raise SystemExit(f"no package at revision {rev!r}: not a commit of {ROOT}")
+    into = cache / sha.stdout.strip()
+    if (into / "dedupdask" / "__init__.py").exists():
+        return into
     got = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dedupdask"], capture_output=True)
     if got.returncode != 0:
         raise SystemExit(f"no package at revision {rev!r}: {got.stderr.decode().strip().splitlines()[-1]}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=got.stdout, check=True)
+    part = into.with_name(into.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(part)], input=got.stdout, check=True)
+    part.rename(into)
     return into
 
 
@@ -103,23 +121,29 @@ def run_once(tree: Path, work: Path, scratch: Path, cores: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", required=True, type=Path, help="a run_mode=1 work_dir (not changed)")
-    ap.add_argument("--revs", nargs="+", required=True, help="git revisions; '.' is the working tree")
+    ap.add_argument("--revs", nargs="+", required=True,
+                    help="git revisions; '.' is the working tree; REV@DIR: on REV's own run_mode=1 outputs in DIR")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dedupdask" / "revs",
+                    help="where each revision's package is kept (default ~/.cache/dedupdask/revs)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args(argv)
-    if not _outputs(a.work_dir):
-        raise SystemExit(f"no run_mode=1 outputs in {a.work_dir}")
+    works = {rev: Path(rev.split("@", 1)[1]) if "@" in rev else a.work_dir for rev in a.revs}
+    for w in set(works.values()):
+        if not _outputs(w):
+            raise SystemExit(f"no run_mode=1 outputs in {w}")
     with tempfile.TemporaryDirectory(prefix="ddk-revs-") as tmp:
-        trees = {rev: _tree(rev, Path(tmp) / f"rev{i}") for i, rev in enumerate(a.revs)}
+        trees = {rev: _tree(rev.split("@")[0], a.cache_dir) for rev in a.revs}
         print(f"# run_mode=2 of {len(a.revs)} revisions on {a.work_dir}, {a.cores} worker processes, "
               f"{a.rounds} rounds alternating; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
         runs: dict[str, list[dict]] = {rev: [] for rev in a.revs}
         for r in range(a.rounds):
             for rev, tree in trees.items():
-                got = run_once(tree, a.work_dir, Path(tmp) / "work", a.cores)
+                got = run_once(tree, works[rev], Path(tmp) / "work", a.cores)
                 runs[rev].append(got)
-                print(f"round {r + 1} {rev:>10}: run_mode=2 {got['seconds']:7.2f} s, verification {got['verify_s']:7.2f} s "
+                ver = "-" if got["verify_s"] is None else f"{got['verify_s']:7.2f}"
+                print(f"round {r + 1} {rev.split('@')[0]:>10}: run_mode=2 {got['seconds']:7.2f} s, verification {ver} s "
                       f"({got['task_s']:.1f} s in its tasks, summed) "
                       f"of {got['candidates']} candidates, {got['accepted']} accepted, {got['pairs']} pairs, "
                       f"{got['matcher']}", flush=True)  # fmt: skip
@@ -129,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for rev in a.revs:
             s = [x["seconds"] for x in runs[rev]]
             med = statistics.median(s)
-            print(f"| {rev} | {' / '.join(f'{x:.2f}' for x in s)} | {med:.2f} | {med / first:.2f}x |")
+            print(f"| {rev.split('@')[0]} | {' / '.join(f'{x:.2f}' for x in s)} | {med:.2f} | {med / first:.2f}x |")
     return 0
 
 
