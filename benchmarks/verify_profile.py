@@ -11,7 +11,8 @@ default thresholds (captured from :func:`dedupdask.verify.verify_pairs`). Their 
 read back and decoded once (timed), then every pair is scored in this process under
 ``cProfile``; the table gives each stage's share of the scoring time (cumulative time of the
 stage's function, so nested stages overlap their parents) and the figures a note needs:
-ms per pair, ms per image read, accepted pairs. Nothing is asserted. BLAS runs one thread, as
+ms per pair, ms per image read, accepted pairs, and (timed again without the profiler) the
+time per pair by outcome and by kind of pair. Nothing is asserted. BLAS runs one thread, as
 in Dask's worker processes (their nanny sets ``OPENBLAS_NUM_THREADS=1``): with its default
 threads, a vector product of the residuals (``np.vdot``) took 5.5 ms instead of 0.7 when
 another process kept the second core busy, and the profile described neither case a run meets.
@@ -80,6 +81,43 @@ def capture_candidates(work_dir: str) -> tuple[np.ndarray, Any]:
     return got["pairs"].loc[:, ["from", "to"]].to_numpy(np.int64), got["images"]
 
 
+def by_outcome(pairs: np.ndarray, loaded: dict[int, Any], df: Any, seconds: list[float], row: Any) -> str:
+    """Markdown tables of the scoring time (without the profiler) by the pair's outcome and by
+    its kind (two graphics, a graphic and a photo, two photos: what decides a pair and what it
+    costs differ), from each pair's seconds in :func:`dedupdask.match.record_views`."""
+    import pandas as pd
+
+    from dedupdask.match_keypoints import Keypoints, is_graphic
+
+    ok = df["verify_error"].isna().to_numpy()
+    t = np.full(len(pairs), np.nan)
+    t[ok] = seconds
+    s = df["verify_score"].to_numpy(np.float64)
+    outcome = np.select(
+        [~ok, s >= row.early_accept, s >= row.verify_score, s <= -1],
+        ["not read", f"accepted, clear (>= early_accept {row.early_accept})", f"accepted (>= {row.verify_score})",
+         "no alignment (-1)"],
+        "rejected under an alignment",
+    )  # fmt: skip
+    graphic = {}
+    for i in np.unique(pairs).tolist():
+        v = loaded.get(i)
+        if v is not None and not isinstance(v, str):
+            fills = v.fills if v.fills is not None else Keypoints(v.rgb).fills
+            graphic[i] = bool(is_graphic(*fills))
+    ga = np.array([graphic.get(int(a), False) for a in pairs[:, 0]])
+    gb = np.array([graphic.get(int(b), False) for b in pairs[:, 1]])
+    kind = np.select([ga & gb, ga | gb], ["two graphics", "a graphic and a photo"], "two photos")
+    d = pd.DataFrame({"outcome": outcome, "kind": kind, "s": t, "accepted": s >= row.verify_score})
+    lines = []
+    for col in ("outcome", "kind"):
+        lines.append(f"| {col} | pairs | accepted | s | ms per pair |\n|---|---|---|---|---|")
+        for key, g in d.groupby(col, sort=False):
+            lines.append(f"| {key} | {len(g)} | {int(g['accepted'].sum())} | {g['s'].sum():.2f} | {1000 * g['s'].mean():.2f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", required=True)
@@ -130,10 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scoring: {wall:.2f} s under cProfile, {1000 * wall / len(pairs):.2f} ms per pair; "
           f"accepted (score >= {row.verify_score}): {int((score >= row.verify_score).sum())}, "
           f"score -1 (no alignment passed the coarse or fine gate): {int((score == -1).sum())}")  # fmt: skip
+    seconds: list[float] = []  # each scored pair's, in order (pairs with an unreadable image are not scored)
+    real = verify.record_views
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        got = real(*a, **kw)
+        seconds.append(time.perf_counter() - t)
+        return got
+
+    verify.record_views = timed
     t0 = time.perf_counter()
-    verify.score_pairs(pairs, loaded, early_accept=row.early_accept, keypoints=args.verify_keypoints)
+    try:
+        plain_df, _ = verify.score_pairs(pairs, loaded, early_accept=row.early_accept, keypoints=args.verify_keypoints)
+    finally:
+        verify.record_views = real
     plain = time.perf_counter() - t0
     print(f"scoring without the profiler: {plain:.2f} s, {1000 * plain / len(pairs):.2f} ms per pair")
+    print()
+    print(by_outcome(pairs, loaded, plain_df, seconds, row))
     st = pstats.Stats(prof)
     stats = st.stats  # type: ignore[attr-defined]
     total = stats[_code_key("score_pairs")][3]
