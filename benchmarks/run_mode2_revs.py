@@ -94,6 +94,13 @@ def _tree(rev: str, cache: Path) -> Path:
     return into
 
 
+def _spec(spec: str, work: Path) -> tuple[str, Path]:
+    """``REV`` or ``REV@DIR`` -> the revision and the work_dir it runs on (``@`` followed by a
+    directory that exists; otherwise the ``@`` belongs to the revision, as in ``HEAD@{1}``)."""
+    rev, at, d = spec.rpartition("@")
+    return (rev, Path(d)) if at and rev and Path(d).is_dir() else (spec, work)
+
+
 def _outputs(work: Path) -> list[Path]:
     """The run_mode=1 outputs of a work_dir: the files of each archive it extracted (named
     after the archive, as its ``<name>done.json`` is), without run_mode=2's."""
@@ -128,22 +135,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="where each revision's package is kept (default ~/.cache/dedupdask/revs)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args(argv)
-    works = {rev: Path(rev.split("@", 1)[1]) if "@" in rev else a.work_dir for rev in a.revs}
-    for w in set(works.values()):
+    specs = {spec: _spec(spec, a.work_dir) for spec in a.revs}
+    for w in {w for _, w in specs.values()}:
         if not _outputs(w):
             raise SystemExit(f"no run_mode=1 outputs in {w}")
     with tempfile.TemporaryDirectory(prefix="ddk-revs-") as tmp:
-        trees = {rev: _tree(rev.split("@")[0], a.cache_dir) for rev in a.revs}
+        trees = {spec: _tree(rev, a.cache_dir) for spec, (rev, _) in specs.items()}
         print(f"# run_mode=2 of {len(a.revs)} revisions on {a.work_dir}, {a.cores} worker processes, "
               f"{a.rounds} rounds alternating; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
         runs: dict[str, list[dict]] = {rev: [] for rev in a.revs}
         for r in range(a.rounds):
             for rev, tree in trees.items():
-                got = run_once(tree, works[rev], Path(tmp) / "work", a.cores)
+                got = run_once(tree, specs[rev][1], Path(tmp) / "work", a.cores)
                 runs[rev].append(got)
                 ver = "-" if got["verify_s"] is None else f"{got['verify_s']:7.2f}"
-                print(f"round {r + 1} {rev.split('@')[0]:>10}: run_mode=2 {got['seconds']:7.2f} s, verification {ver} s "
+                print(f"round {r + 1} {specs[rev][0]:>10}: run_mode=2 {got['seconds']:7.2f} s, verification {ver} s "
                       f"({got['task_s']:.1f} s in its tasks, summed) "
                       f"of {got['candidates']} candidates, {got['accepted']} accepted, {got['pairs']} pairs, "
                       f"{got['matcher']}", flush=True)  # fmt: skip
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for rev in a.revs:
             s = [x["seconds"] for x in runs[rev]]
             med = statistics.median(s)
-            print(f"| {rev.split('@')[0]} | {' / '.join(f'{x:.2f}' for x in s)} | {med:.2f} | {med / first:.2f}x |")
+            print(f"| {specs[rev][0]} | {' / '.join(f'{x:.2f}' for x in s)} | {med:.2f} | {med / first:.2f}x |")
     return 0
 
 
