@@ -96,8 +96,8 @@ def by_outcome(pairs: np.ndarray, loaded: dict[int, Any], df: Any, seconds: list
     outcome = np.select(
         [~ok, s >= row.early_accept, s >= row.verify_score, s <= -1],
         ["not read", f"accepted, clear (>= early_accept {row.early_accept})", f"accepted (>= {row.verify_score})",
-         "no alignment (-1)"],
-        "rejected under an alignment",
+         "scored -1 (no alignment, or one that left the pictures at -1 or under)"],
+        "rejected, scored over -1",
     )  # fmt: skip
     graphic = {}
     for i in np.unique(pairs).tolist():
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     score = df["verify_score"].to_numpy()
     print(f"scoring: {wall:.2f} s under cProfile, {1000 * wall / len(pairs):.2f} ms per pair; "
           f"accepted (score >= {row.verify_score}): {int((score >= row.verify_score).sum())}, "
-          f"score -1 (no alignment passed the coarse or fine gate): {int((score == -1).sum())}")  # fmt: skip
+          f"score -1 (no alignment passed the gates, or the best left the pictures at -1 or under): {int((score == -1).sum())}")  # fmt: skip
     seconds: list[float] = []  # each scored pair's, in order (pairs with an unreadable image are not scored)
     real = verify.record_views
 
