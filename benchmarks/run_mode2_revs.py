@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# run_mode=2 of {len(a.revs)} revisions on {a.work_dir}, {a.cores} worker processes, "
               f"{a.rounds} rounds alternating; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
+        for rev, w in specs.values():
+            if w != a.work_dir:
+                print(f"# {rev} runs on its own run_mode=1 outputs in {w}")
         runs: dict[str, list[dict]] = {rev: [] for rev in a.revs}
         for r in range(a.rounds):
             for rev, tree in trees.items():
