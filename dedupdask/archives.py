@@ -154,7 +154,9 @@ def _tar_kind(ti: tarfile.TarInfo) -> str:
 def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[Member]:
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape")
-    except (*_DATA_ERRORS, OSError) as e:
+    except (*_DATA_ERRORS, OSError, TypeError) as e:
+        # TypeError: CPython's stream reader parses a gzip header cut inside its first ten
+        # bytes with ord() of an empty read (tarfile._Stream._init_read_gz)
         if isinstance(e, OSError) and not _is_data_error(e):
             raise
         raise ArchiveReadError(f"not a readable tar archive: {e}") from e

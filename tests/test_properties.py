@@ -123,6 +123,18 @@ def test_corrupted_archives_never_crash(tmp_path, arc, data):
     accounted(w, name)
 
 
+@pytest.mark.parametrize("cut", range(12))
+def test_a_gzip_header_cut_short_is_a_broken_archive(tmp_path, cut):
+    """Every cut inside a .tgz's gzip header (ten bytes) and just past it: a broken archive
+    (partial, with the reason), never a failed one -- cut after three bytes, CPython's stream
+    reader raised TypeError, which was recorded as a failure (found by the property above)."""
+    raw = build("tgz", [("file", "a", "jpg")])[:cut]
+    row, w, name = run(tmp_path, "tgz", raw)
+    assert row["status"] == "partial", row["error"]
+    assert row["error"].startswith("not a readable tar archive"), row["error"]
+    accounted(w, name)
+
+
 @pytest.mark.parametrize("fmt", ["tar", "tgz", "zip"])
 def test_member_names_survive(tmp_path, fmt):
     members = [("file", "日本/é x", "jpg"), ("file", "日本/é x", "txt"), ("dir", "d", "bin")]
