@@ -151,12 +151,31 @@ def _tar_kind(ti: tarfile.TarInfo) -> str:
     return "other"
 
 
+def open_tar_stream(fileobj: Any) -> tarfile.TarFile:
+    """``tarfile.open(fileobj, "r|*")`` (any compression, read as a stream; names that are not
+    UTF-8 kept as surrogates), where a broken start is a :class:`tarfile.ReadError` like any
+    other: CPython's stream reader parses a gzip header cut inside its first ten bytes with
+    ``ord()`` of an empty read (``tarfile._Stream._init_read_gz``) and raises TypeError.
+
+    Examples
+    --------
+    >>> import io
+    >>> try:
+    ...     open_tar_stream(io.BytesIO(b"\\x1f\\x8b\\x08"))  # three bytes of a gzip header
+    ... except tarfile.ReadError as e:
+    ...     str(e).startswith("gzip header cut short")
+    True
+    """
+    try:
+        return tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape")
+    except TypeError as e:
+        raise tarfile.ReadError(f"gzip header cut short ({e})") from e
+
+
 def _iter_tar(fileobj: Any, max_member_bytes: int, budget: _Budget) -> Iterator[Member]:
     try:
-        tf = tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape")
-    except (*_DATA_ERRORS, OSError, TypeError) as e:
-        # TypeError: CPython's stream reader parses a gzip header cut inside its first ten
-        # bytes with ord() of an empty read (tarfile._Stream._init_read_gz)
+        tf = open_tar_stream(fileobj)
+    except (*_DATA_ERRORS, OSError) as e:
         if isinstance(e, OSError) and not _is_data_error(e):
             raise
         raise ArchiveReadError(f"not a readable tar archive: {e}") from e

@@ -48,7 +48,7 @@ import dask
 import pandas as pd
 
 from . import remote, shardcopy
-from .archives import _DATA_ERRORS, _is_data_error, clean_name, split_key
+from .archives import _DATA_ERRORS, _is_data_error, clean_name, open_tar_stream, split_key
 from .removals import RemovalPlan, compute_on, removal_tasks
 from .sources import archive_kind
 from .store import WorkDir, local_atomic_file, tmp_is_stale
@@ -268,7 +268,7 @@ def read_source(
 def _copy_tar(src: IO[bytes], out: IO[bytes], fmt: str, removed: dict[str, str], counts: _Counts) -> None:
     gz = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0) if fmt == "tgz" else None
     sink: Any = gz if gz is not None else out
-    tin = tarfile.open(fileobj=src, mode="r|*", encoding="utf-8", errors="surrogateescape")
+    tin = open_tar_stream(src)
     tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                         errors="surrogateescape", copybufsize=_BLOCK)  # fmt: skip
     try:

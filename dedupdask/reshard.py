@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pandas as pd
 
 from . import remote, shardcopy
-from .archives import _DATA_ERRORS
+from .archives import _DATA_ERRORS, open_tar_stream
 from .clean import (
     GZIP_LEVEL,
     STATS_DIR,
@@ -316,7 +316,7 @@ def _write_slice(stack: contextlib.ExitStack, w: _Writer, sl: Slice, removed: di
                             with zf.open(info) as f:
                                 w.member(info.filename, info.file_size, f, zi=info)
             else:
-                with tarfile.open(fileobj=src, mode="r|*", encoding="utf-8", errors="surrogateescape") as tin:
+                with open_tar_stream(src) as tin:
                     for ti in tin:
                         tin.members.clear()
                         if rng(ti.name if ti.isreg() else None, ti.size):
