@@ -13,6 +13,11 @@ and the other does not).
     python benchmarks/rescore_rejected.py --tiers ROOT        # quality.py --tiers --work-root ROOT
     python benchmarks/rescore_rejected.py --families RUNS     # the runs-<key> folder quality_families.py prints
     python benchmarks/rescore_rejected.py --families RUNS --against EARLIER.parquet  # another checkout's scores
+    python benchmarks/rescore_rejected.py --tiers ROOT --upside-down   # what a vertical mirror would add
+
+``--upside-down`` scores each pair with its second picture turned upside down (mirrored about
+the horizontal axis; with the matcher's own horizontal mirror, a half turn too): an upper bound
+of what a vertical-mirror hypothesis in the pixel alignment would accept.
 
 Each pair is scored as a run scores it (:func:`dedupdask.match.match_record` with the default
 ``early_accept`` and the keypoint matcher), on ``--cores`` processes. The tier shards' loose
@@ -30,13 +35,16 @@ import tarfile
 from multiprocessing import Pool
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 _IMAGES: dict[str, bytes] = {}
+_UPSIDE_DOWN = [False]
 
 
-def _load(tars: list[str]) -> None:
+def _load(tars: list[str], upside_down: bool = False) -> None:
     """Every member of the shards, by ``<tar path>/<member>`` (one copy per process)."""
+    _UPSIDE_DOWN[0] = upside_down
     for t in tars:
         with tarfile.open(t) as tf:
             for m in tf:
@@ -45,12 +53,14 @@ def _load(tars: list[str]) -> None:
 
 
 def _score(pair: tuple[str, str]) -> tuple[float, str]:
-    from dedupdask.match import match_record, prepare_image
+    from dedupdask.match import Prepared, match_record, prepare_image
     from dedupdask.thresholds import row_for
 
     a, b = (prepare_image(_IMAGES[f]) for f in pair)
     if isinstance(a, str) or isinstance(b, str):
         return float("nan"), "unreadable"
+    if _UPSIDE_DOWN[0]:
+        b = Prepared(b.width, b.height, np.ascontiguousarray(b.rgb[::-1]))
     r = match_record(a, b, early_accept=row_for("effnet-lite0").early_accept)
     return float(r.score), r.matcher
 
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where the scores go (default: beside the loose table, named by the matcher)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="rescore only the first N rejected pairs (a quick look)")
+    ap.add_argument("--upside-down", action="store_true", help="the second picture of each pair turned upside down")
     args = ap.parse_args(argv)
 
     from dedupdask.match import MATCHER
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = row_for("effnet-lite0").verify_score
     pairs, table = tier_pairs(args.tiers) if args.tiers else family_pairs(args.families)
-    out = args.out or table.parent / f"rescored-{MATCHER.replace('/', '-')}.parquet"
+    out = args.out or table.parent / f"rescored-{MATCHER.replace('/', '-')}{'-upside-down' * args.upside_down}.parquet"
     if args.against is not None and out.resolve() == args.against.resolve():
         raise SystemExit(f"the scores would overwrite --against {args.against} (an unchanged MATCHER): pass --out")
     prev = pd.read_parquet(args.against) if args.against is not None else None
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     tars = sorted({f.rsplit("/", 1)[0] for f in pd.concat([rejected.a, rejected.b])})
     print(f"# python benchmarks/rescore_rejected.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"# matcher {MATCHER}; loose table {table}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    with Pool(args.cores, initializer=_load, initargs=(tars,)) as pool:
+    with Pool(args.cores, initializer=_load, initargs=(tars, args.upside_down)) as pool:
         got = pool.map(_score, list(zip(rejected.a, rejected.b, strict=True)), chunksize=16)
     rejected["new"] = [g[0] for g in got]
     rejected["matcher"] = [g[1] for g in got]
