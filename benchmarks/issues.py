@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -58,7 +59,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if importlib.util.find_spec("dedupdask") is None:  # a checkout without an install; an installed or
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # PYTHONPATH tree is not overridden
 
 import quality  # noqa: E402  - same folder: the packaged photos
 import quality_tiers  # noqa: E402  - same folder: the extra packaged images

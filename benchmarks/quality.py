@@ -45,6 +45,7 @@ tar shards of about 3,200 packaged images with planted copies (``quality_tiers.p
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import math
@@ -61,7 +62,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if importlib.util.find_spec("dedupdask") is None:  # a checkout without an install; an installed or
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # PYTHONPATH tree is not overridden
 
 from dedupdask.decode import to_rgb  # noqa: E402
 from dedupdask.models import ModelSpec, available_models, resolve_model  # noqa: E402

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -63,7 +64,8 @@ import numpy as np
 import pandas as pd
 from PIL import features
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if importlib.util.find_spec("dedupdask") is None:  # a checkout without an install; an installed or
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # PYTHONPATH tree is not overridden
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edit_families as ef  # noqa: E402
