@@ -144,7 +144,7 @@ picture as it is is read both ways round (:data:`AS_IS`); /9: a pair whose pixel
 details is read again at :data:`FINER` px (:data:`FINER_GATE`); /10: that finer reading comes last,
 after the turned reading (the same decisions, fewer pairs read at the finer size); /11: two
 pictures of other shapes are also read whole onto whole (:func:`_stretched`)."""
-MATCHER = "pixel-alignment+keypoints/19"
+MATCHER = "pixel-alignment+keypoints/20"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -179,7 +179,9 @@ the default ``early_accept``), and on the families benchmark's candidates a thir
 read at the finer size. /19: the pixel alignment also reads two pictures of other shapes (up to
 :data:`MAX_STRETCH`) whole onto whole (:func:`_stretched`), by its rules (text and a pasted
 rectangle left out, the colour edit, the finer reading): a copy stretched or squeezed to another
-shape, with a caption or a mark, at 128 and 256 px."""
+shape, with a caption or a mark, at 128 and 256 px. /20: the keypoint matcher's rules (pairs with a
+photo in them) also take a warp that turns the picture by a quarter, a half or three quarters
+(:data:`~dedupdask.match_keypoints.QUARTER_TURNS`): a photo shown on its side or upside down."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

@@ -14,13 +14,16 @@ so two different ones share their template's keypoints; two photos do not):
    (:func:`dedupdask.kernels.ratio_matches`: all against all, by Hamming distance), and a
    homography is fitted to the matches by RANSAC (MAGSAC++), once for the image as is and once
    mirrored. The pair goes on only when at least :data:`MIN_INLIERS` matches agree with one
-   plane warp that maps one image onto a convex, not degenerate, region of the other, and keeps
-   which way is up: the warp turns the picture by at most :data:`MAX_TURN` degrees, after a
-   mirror about either axis if there is one. Two different photos rarely share 30 distinctive
-   points in the same geometric arrangement; a drawing turned onto its side or upside down (an
-   arrow pointing elsewhere, a corner ornament for another corner) is another drawing, and the
-   web's turned copies are tilted, not turned over. One of the two pictures must lie inside
-   the other (:data:`MIN_CONTAINED`): two windows onto one scene are two photos of it.
+   plane warp that maps one image onto a convex, not degenerate, region of the other, and turns
+   the picture by at most :data:`MAX_TURN` degrees from a quarter turn (none, a quarter, a half,
+   three quarters: :data:`QUARTER_TURNS`), after a mirror if there is one. Two different photos
+   rarely share 30 distinctive points in the same geometric arrangement, and a photo shown on
+   its side or upside down is the same photo: one copy lost or gained its orientation tag, or
+   was turned by hand. Between two graphics, which this matcher does not decide, the keypoint
+   warp keeps which way is up (:func:`plane_warp`): a drawing turned onto its side or upside
+   down (an arrow pointing elsewhere, a corner ornament for another corner) is another
+   drawing. One of the two pictures must lie inside the other (:data:`MIN_CONTAINED`): two
+   windows onto one scene are two photos of it.
 2. **Colour.** The warped image is compared with the other at :data:`PHOTO_SIZE` px inside
    their overlap (in the frame of the image the other covers best, so a crop or a padded
    copy is compared on the picture they share). A *global* colour edit is fitted robustly
@@ -113,6 +116,11 @@ matches agreed with a warp the first way. On the 10,052 candidate pairs of
 more agreeing the first way (median 66); the pairs under 20 were three in five of those asked."""
 MAX_TURN = 30.0
 """Largest turn (degrees) of the warp, after a mirror about the vertical or horizontal axis."""
+QUARTER_TURNS = True
+"""Whether the matcher's rules (pairs with a photo in them) also take a warp that turns the
+picture by a quarter, a half or three quarters (within :data:`MAX_TURN`, mirrored or not): a
+photo shown on its side or upside down, because one copy lost or gained its orientation tag or
+was turned by hand. :func:`plane_warp` (two graphics) keeps which way is up."""
 FIT_PIXELS = 2048
 """The colour edit is fitted on at most this many of the compared pixels (an even spread); its
 residuals are read on all of them."""
@@ -439,18 +447,22 @@ def turn(H: np.ndarray, hw: tuple[int, int]) -> tuple[float, bool]:
     return float(np.degrees(np.arctan2(J[1, 0], J[0, 0]))), mirrored
 
 
-def _upright(H: np.ndarray, hw: tuple[int, int]) -> bool:
+def _upright(H: np.ndarray, hw: tuple[int, int], quarter: bool = False) -> bool:
     """The warp keeps which way is up: a turn of at most :data:`MAX_TURN` degrees, after a mirror
-    about either axis."""
+    about either axis; with ``quarter``, after a turn by a quarter, a half or three quarters too
+    (a photo stored on its side or upside down, :data:`QUARTER_TURNS`)."""
     t, mirrored = turn(H, hw)
+    if quarter:
+        return abs((t + 45.0) % 90.0 - 45.0) <= MAX_TURN
     return abs(t) <= MAX_TURN or (mirrored and abs(t) >= 180.0 - MAX_TURN)
 
 
-def _sane(H: np.ndarray, a_hw: tuple[int, int], b_hw: tuple[int, int]) -> bool:
-    """b's outline mapped into a is a convex quadrilateral of reasonable area, kept upright."""
+def _sane(H: np.ndarray, a_hw: tuple[int, int], b_hw: tuple[int, int], quarter: bool = False) -> bool:
+    """b's outline mapped into a is a convex quadrilateral of reasonable area, kept upright
+    (:func:`_upright`)."""
     cv2 = _cv2()
     h, w = b_hw
-    if not _upright(H, b_hw):
+    if not _upright(H, b_hw, quarter):
         return False
     q = cv2.perspectiveTransform(np.float32([[[0, 0]], [[w, 0]], [[w, h]], [[0, h]]]), H)
     if not np.isfinite(q).all() or not cv2.isContourConvex(q.reshape(-1, 2)):
@@ -1033,7 +1045,7 @@ def plane_warp(
 
 def _match_one_way(a: Keypoints, b: Keypoints, min_contained: float = MIN_CONTAINED) -> KeypointMatch:
     n, H, mirrored = _homography(a, b)
-    if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape):
+    if H is None or n < MIN_INLIERS or not _sane(H, a.grey.shape, b.grey.shape, QUARTER_TURNS):
         return KeypointMatch(-1.0, n, mirrored, H)
     covered_a, covered_b = _covered(H, a, b)
     contained = max(covered_a, covered_b)

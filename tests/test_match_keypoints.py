@@ -117,18 +117,37 @@ def test_redesigns_are_not(photo):
         assert match_keypoints(_kp(photo), _kp(im)).score < 0.9
 
 
-def test_a_copy_keeps_which_way_is_up(photo):
-    """Turned onto its side or upside down, a picture's points still agree with one warp, but
-    the warp turns it past MAX_TURN: another drawing (an arrow pointing elsewhere), not a copy.
-    A tilt, and a mirror about either axis, keep it upright."""
+def test_a_photo_shown_on_its_side_or_upside_down_is_a_copy_a_drawing_is_not(photo):
+    """A photo turned by a quarter, a half or three quarters (an orientation tag lost, or a turn
+    by hand), mirrored or not, is the same picture: its points agree with one warp, and the
+    matcher's rules take it (QUARTER_TURNS). Between two graphics the keypoint warp keeps which
+    way is up: a drawing turned onto its side is another drawing (an arrow pointing elsewhere).
+    A turn between the quarters, past MAX_TURN from each, is no copy's."""
+    from dedupdask.match_keypoints import MAX_TURN, _upright, plane_warp
+
     for deg in (90, 180, 270):
-        turned = photo.rotate(deg, expand=True)
-        n, H, _ = _homography(_kp(photo), _kp(turned))
-        assert n >= MIN_INLIERS and H is not None  # the warp is found...
-        assert abs(abs(turn(H, _kp(turned).grey.shape)[0]) - (deg if deg <= 180 else 360 - deg)) < 3
-        assert match_keypoints(_kp(photo), _kp(turned)).score == -1.0  # ...and refused
+        for im in (photo, ImageOps.mirror(photo)):
+            turned = im.rotate(deg, expand=True)
+            n, H, _ = _homography(_kp(photo), _kp(turned))
+            assert n >= MIN_INLIERS and H is not None
+            if im is photo:
+                assert abs(abs(turn(H, _kp(turned).grey.shape)[0]) - (deg if deg <= 180 else 360 - deg)) < 3
+            assert match_keypoints(_kp(photo), _kp(turned)).score >= 0.9
+            assert match_keypoints(_kp(turned), _kp(photo)).score >= 0.9
     assert match_keypoints(_kp(photo), _kp(_rotate(photo, 25))).score >= 0.9
     assert match_keypoints(_kp(photo), _kp(ImageOps.mirror(photo))).score >= 0.9
+    for deg in (45, 135):
+        c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+        assert not _upright(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), (300, 400), quarter=True)
+    assert MAX_TURN < 45
+    clock = _clock(10, 10)
+    for deg in (90, 180):
+        turned = clock.rotate(deg, expand=True)
+        assert _kp(turned).graphic
+        n, H, _ = _homography(_kp(clock), _kp(turned))
+        assert n >= MIN_INLIERS and H is not None  # the warp is found...
+        assert plane_warp(_kp(clock), _kp(turned)) is None  # ...and refused between two graphics
+        assert match_score(prepare_image(_png(clock)), prepare_image(_png(turned))) < 0.9
 
 
 def _face(skin: tuple[int, int, int]) -> Image.Image:

@@ -74,9 +74,19 @@ def test_a_padded_copy_maps_its_inner_picture_onto_the_whole_picture():
     np.testing.assert_allclose(_onto(r.homography, inner), [[0, 0], [1, 1]], atol=0.03)
 
 
-def test_a_pair_that_does_not_align_has_no_homography_and_the_score_is_match_scores():
+def test_a_photo_turned_upside_down_maps_each_corner_onto_the_opposite_one():
     a = _photo()
-    other = np.ascontiguousarray(a[::-1, ::-1] // 2 + 60)
+    turned = np.ascontiguousarray(a[::-1, ::-1] // 2 + 60)  # a half turn, and less contrast
+    r = match_record(_prep(a), _prep(turned))
+    assert r.score >= 0.9 and r.matcher == "keypoints"
+    np.testing.assert_allclose(_onto(r.homography, [(0, 0), (1, 1), (1, 0)]), [[1, 1], [0, 0], [0, 1]], atol=0.03)
+
+
+def test_a_pair_that_does_not_align_has_no_homography_and_the_score_is_match_scores():
+    from sklearn.datasets import load_sample_image
+
+    a = _photo()
+    other = np.ascontiguousarray(load_sample_image("flower.jpg")[40:360, 60:540] // 2 + 60)
     r = match_record(_prep(a), _prep(other))
     assert r.score < 0.9
     assert r.score == match_score(_prep(a), _prep(other))
