@@ -15,7 +15,7 @@ Usage::
     python benchmarks/quality_orientation.py              # 8 shards, ~2,200 images
     python benchmarks/quality_orientation.py --no-fastdup
 
-It prints, per turn and per kind of picture, the recall of the planted (original, copy)
+It prints, per edit (turn) and per kind of picture, the recall of the planted (original, copy)
 pairs, how many of them dedupdask verified (a candidate) and rejected, the precision on pairs
 involving a copy, and the false pairs between two originals. Figures are printed, not asserted.
 """
@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,23 @@ import family_data as fdata  # noqa: E402
 import quality_families as qf  # noqa: E402
 import vs_fastdup  # noqa: E402
 
-TURNS = {  # label -> PIL transpose (Image.Transpose.ROTATE_270 turns clockwise by a quarter)
-    "quarter": Image.Transpose.ROTATE_270,
-    "half": Image.Transpose.ROTATE_180,
-    "three quarters": Image.Transpose.ROTATE_90,
-    "quarter, mirrored": Image.Transpose.TRANSPOSE,
+Edit = Callable[[Image.Image, np.random.Generator, list[Image.Image]], Image.Image]
+"""An edit: (picture, generator, background pictures) -> the edited picture."""
+
+
+def _turn(how: Image.Transpose) -> Edit:
+    return lambda img, rng, backgrounds: img.transpose(how)
+
+
+TURNS: dict[str, Edit] = {  # Image.Transpose.ROTATE_270 turns clockwise by a quarter
+    "quarter": _turn(Image.Transpose.ROTATE_270),
+    "half": _turn(Image.Transpose.ROTATE_180),
+    "three quarters": _turn(Image.Transpose.ROTATE_90),
+    "quarter, mirrored": _turn(Image.Transpose.TRANSPOSE),
 }
 PHOTOS = ("skimage/", "sklearn/", "deb/", "plasma-workspace-wallpapers/")
 STAMPS = ("tuxpaint-stamps-default/",)
+DISTRACTORS = ("openclipart-png/", "colobot-common-textures/")  # as quality_families.py's
 N_IMAGES = 2200  # originals, copies and distractors
 
 
@@ -57,29 +67,35 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build(cache: Path, root: Path, n_shards: int, seed: int) -> pd.DataFrame:
-    """Write the shards and ``images.csv`` (key, role, source name, turn, kind)."""
+def build(cache: Path, root: Path, n_shards: int, seed: int, edits: dict[str, Edit] = TURNS,
+          copies: int = 1) -> pd.DataFrame:  # fmt: skip
+    """Write the shards and ``images.csv`` (key, role, source name, edit, kind): ``copies``
+    copies of each source, the edits cycling, each then resized to 70-100 % and saved as JPEG
+    q75-90 (a web copy is re-encoded)."""
     from dedupdask.datasets import write_shard
 
     pool, _ = fdata.load_pool(cache, log)
     rank = lambda n: fdata._h(f"{seed}:{n}")  # noqa: E731
     sources = sorted((n for n in pool if n.startswith(PHOTOS + STAMPS)), key=rank)
-    dis = sorted((n for n in pool if n.startswith(qf.DISTRACTOR_PREFIXES) and not fdata.in_texture_series(n)), key=rank)
-    dis = dis[: max(0, N_IMAGES - 2 * len(sources))]
+    dis = sorted((n for n in pool if n.startswith(DISTRACTORS) and not fdata.in_texture_series(n)), key=rank)
+    n_dis = max(0, N_IMAGES - (1 + copies) * len(sources))
+    backgrounds = [pool[n] for n in dis[n_dis : n_dis + 50]]  # pictures an edit may lay a copy on, not in the shards
+    dis = dis[:n_dis]
     rng = np.random.default_rng(seed)
-    labels = list(TURNS)
+    labels = list(edits)
     items, rows = [], []
     for i, name in enumerate(sources):
         img = pool[name]
         kind = "photo or wallpaper" if name.startswith(PHOTOS) else "Tux Paint stamp"
         items.append((f"o{i:05d}", fdata._jpeg(img), "original", name, "", kind))
-        turn = labels[i % len(labels)]
-        c = img.transpose(TURNS[turn])
-        s = float(rng.uniform(0.7, 1.0))
-        c = c.resize((max(16, round(c.width * s)), max(16, round(c.height * s))), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        c.save(buf, "JPEG", quality=int(rng.integers(75, 91)))
-        items.append((f"c{i:05d}", buf.getvalue(), "copy", name, turn, kind))
+        for j in range(copies):
+            label = labels[(i * copies + j) % len(labels)]
+            c = edits[label](img, rng, backgrounds).convert("RGB")
+            s = float(rng.uniform(0.7, 1.0))
+            c = c.resize((max(16, round(c.width * s)), max(16, round(c.height * s))), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            c.save(buf, "JPEG", quality=int(rng.integers(75, 91)))
+            items.append((f"c{i:05d}" + (f"_{j}" if copies > 1 else ""), buf.getvalue(), "copy", name, label, kind))
     for j, name in enumerate(dis):
         items.append((f"d{j:05d}", fdata._jpeg(pool[name]), "distractor", name, "", ""))
     order = rng.permutation(len(items))
@@ -88,13 +104,13 @@ def build(cache: Path, root: Path, n_shards: int, seed: int) -> pd.DataFrame:
     tmp.mkdir(parents=True)
     members: list[list[tuple[str, bytes]]] = [[] for _ in range(n_shards)]
     for pos, k in enumerate(order):
-        key, data, role, name, turn, kind = items[int(k)]
+        key, data, role, name, edit, kind = items[int(k)]
         shard = f"{pos % n_shards:05d}.tar"
         members[pos % n_shards].append((f"{key}.jpg", data))
-        rows.append((f"{shard}/{key}.jpg", role, name, turn, kind))
+        rows.append((f"{shard}/{key}.jpg", role, name, edit, kind))
     for s in range(n_shards):
         write_shard(str(tmp / f"{s:05d}.tar"), members[s], "tar")
-    images = pd.DataFrame(rows, columns=["key", "role", "name", "turn", "kind"])
+    images = pd.DataFrame(rows, columns=["key", "role", "name", "edit", "kind"])
     images.to_csv(tmp / "images.csv", index=False)
     os.replace(tmp, root)
     return images
@@ -138,8 +154,12 @@ def score(images: pd.DataFrame, pairs: set[frozenset], cands: dict | None = None
                 "false_originals": sum(not s and not w for s, w in zip(same, with_copy, strict=True))}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, *, edits: dict[str, Edit] = TURNS, copies: int = 1, name: str = "orientation",
+         doc: str | None = None) -> int:  # fmt: skip
+    """Build (or reuse) the shards of ``edits``, run both tools, print the tables (``name``:
+    the script's and the cache folder's)."""
+    ap = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dedupdask"
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -148,15 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fastdup-python", default=None, help="interpreter for fastdup's venv (3.9-3.12)")
     ap.add_argument("--cache-dir", type=Path, default=cache_root / "quality", help="photos (shared with quality.py)")
     ap.add_argument("--fastdup-cache", type=Path, default=cache_root / "vs_fastdup", help="fastdup's venv")
-    ap.add_argument("--work-root", type=Path, default=None, help="shards and work_dirs (default <cache-dir>/orientation)")
+    ap.add_argument("--work-root", type=Path, default=None, help=f"shards and work_dirs (default <cache-dir>/{name})")
     args = ap.parse_args(argv)
-    work_root = (args.work_root or args.cache_dir / "orientation").resolve()
-    here = Path(__file__).read_bytes() + Path(fdata.__file__).read_bytes()
-    key = hashlib.sha1(here + json.dumps([args.shards, args.seed]).encode()).hexdigest()[:12]
+    work_root = (args.work_root or args.cache_dir / name).resolve()
+    here = b"".join(Path(f).read_bytes() for f in (__file__, fdata.__file__, Path(__file__).with_name(f"quality_{name}.py")))
+    key = hashlib.sha1(here + json.dumps([args.shards, args.seed, list(edits), copies]).encode()).hexdigest()[:12]
     root = work_root / f"shards-{key}"
     if not (root / "images.csv").exists():
         log(f"building shards in {root}")
-        build(args.cache_dir, root, args.shards, args.seed)
+        build(args.cache_dir, root, args.shards, args.seed, edits, copies)
     images = pd.read_csv(root / "images.csv", keep_default_na=False)
     log("dedupdask: ddk.run(run_mode=0), defaults")
     ddk = run_dedupdask(root, work_root / f"runs-{key}" / "dedupdask", args.cores)
@@ -168,29 +188,30 @@ def main(argv: list[str] | None = None) -> int:
         fd_cp, sf = score(images, set(fd["pairs"]))
 
     counts = images.role.value_counts()
-    print(f"# python benchmarks/quality_orientation.py {' '.join(sys.argv[1:] if argv is None else argv)}  "
+    print(f"# python benchmarks/quality_{name}.py {' '.join(sys.argv[1:] if argv is None else argv)}  "
           f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")  # fmt: skip
     print(f"# {vs_fastdup.machine_line()}")
-    print(f"images: {len(images)} in {args.shards} tar shards: {counts.get('original', 0)} originals, each with one turned "
-          f"copy, {counts.get('distractor', 0)} distractors (openclipart drawings, game textures)")  # fmt: skip
+    print(f"images: {len(images)} in {args.shards} tar shards: {counts.get('original', 0)} originals, each with {copies} "
+          f"edited cop{'y' if copies == 1 else 'ies'} ({counts.get('copy', 0)}), {counts.get('distractor', 0)} distractors "
+          f"(openclipart drawings, game textures)")  # fmt: skip
     print(f"dedupdask {ddk['matcher']}: {sd['pairs']} pairs in {ddk['seconds']:.0f} s, embedding whitened: "
           f"{ddk['whitened']}" + (f"; fastdup 2.54: {sf['pairs']} pairs" if sf else ""))  # fmt: skip
     print()
-    head = ["turn", "kind of original", "copies", "dedupdask recall", "candidates (verified)", "fastdup recall"]
+    head = ["edit", "kind of original", "copies", "dedupdask recall", "candidates (verified)", "fastdup recall"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    groups = [(t, k) for t in TURNS for k in ("photo or wallpaper", "Tux Paint stamp")] + [("all", "photo or wallpaper"),
-              ("all", "Tux Paint stamp"), ("all", "all")]  # fmt: skip
-    for t, k in groups:
-        sel = (cp.turn == t if t != "all" else cp.turn != "") & (cp.kind == k if k != "all" else cp.kind != "")
+    kinds = ("photo or wallpaper", "Tux Paint stamp")
+    groups = [(e, k) for e in edits for k in kinds] + [("all", k) for k in (*kinds, "all")]
+    for e, k in groups:
+        sel = (cp.edit == e if e != "all" else cp.edit != "") & (cp.kind == k if k != "all" else cp.kind != "")
         fr = f"{fd_cp.found[sel.to_numpy()].mean():.3f}" if fd_cp is not None else "-"
-        bold = "**" if t == "all" else ""
-        print(f"| {bold}{t}{bold} | {k} | {int(sel.sum())} | {bold}{cp.found[sel].mean():.3f}{bold} | "
+        bold = "**" if e == "all" else ""
+        print(f"| {bold}{e}{bold} | {k} | {int(sel.sum())} | {bold}{cp.found[sel].mean():.3f}{bold} | "
               f"{cp.candidate[sel].mean():.3f} | {fr} |")  # fmt: skip
     print()
-    for name, s in (("dedupdask", sd), ("fastdup", sf)):
+    for tool, s in (("dedupdask", sd), ("fastdup", sf)):
         if s:
-            print(f"{name}: precision on pairs involving a copy {s['pp']:.3f}; false pairs {s['false']} "
+            print(f"{tool}: precision on pairs involving a copy {s['pp']:.3f}; false pairs {s['false']} "
                   f"({s['false_originals']} between two originals)")  # fmt: skip
     return 0
 
