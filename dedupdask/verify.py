@@ -167,7 +167,9 @@ def score_pairs(
     -------
     (DataFrame, float)
         Columns :data:`VERIFY_COLUMNS` (``verify_score`` NaN, the record null and
-        ``verify_error`` set when an image could not be read), and the seconds spent.
+        ``verify_error`` set when an image could not be read, or when the matcher failed on
+        the pair: ``"matcher failed: <exception>"``, a fault of this pair's, not of the task's
+        other pairs nor of the run), and the seconds spent.
     """
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t0 = time.perf_counter()
@@ -187,10 +189,16 @@ def score_pairs(
         if not isinstance(pa, Prepared) or not isinstance(pb, Prepared):
             errors[k] = str(pa if not isinstance(pa, Prepared) else pb)
         else:
-            va = views.get(a) or views.setdefault(a, View(pa))
-            vb = views.get(b) or views.setdefault(b, View(pb))
-            records[k] = record_views(va, vb, early_accept, keypoints=keypoints)
-            scores[k] = records[k].score
+            try:
+                va = views.get(a) or views.setdefault(a, View(pa))
+                vb = views.get(b) or views.setdefault(b, View(pb))
+                records[k] = record_views(va, vb, early_accept, keypoints=keypoints)
+            except MemoryError:
+                raise  # the worker's, not the pair's: Dask retries the task elsewhere
+            except Exception as e:  # noqa: BLE001 - one pair's fault is recorded, the run goes on
+                errors[k] = f"matcher failed: {type(e).__name__}: {e}"[:300]
+            else:
+                scores[k] = records[k].score
         for i in (a, b):
             if last[i] == k:
                 views.pop(i, None)

@@ -663,6 +663,33 @@ def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
     assert "max_member_bytes" in got[2]
 
 
+def test_a_pair_the_matcher_fails_on_is_recorded_and_the_task_goes_on(monkeypatch):
+    """A fault in the matcher on one pair (a bug an image of hundreds of millions finds) is
+    that pair's verify_error; the task's other pairs are scored and the run goes on."""
+    import dedupdask.verify as verify
+    from dedupdask.datasets import random_picture
+    from dedupdask.match import Prepared
+
+    rng = np.random.default_rng(4)
+    pics = [np.asarray(random_picture(rng, (160, 120))) for _ in range(2)]
+    images = {0: Prepared(160, 120, pics[0]), 1: Prepared(160, 120, pics[0][:, ::-1].copy()),
+              2: Prepared(160, 120, pics[1])}  # fmt: skip
+    real = verify.record_views
+
+    def faulty(va, vb, *a, **k):
+        if images[2].rgb is va._prepared.rgb or images[2].rgb is vb._prepared.rgb:
+            raise ValueError("a bug this picture finds")
+        return real(va, vb, *a, **k)
+
+    monkeypatch.setattr(verify, "record_views", faulty)
+    df, _ = verify.score_pairs(np.array([[0, 2], [0, 1], [1, 2]]), images, early_accept=0.98, keypoints=True)
+    err = df["verify_error"]
+    assert err.isna().tolist() == [False, True, False]
+    assert err[0] == err[2] == "matcher failed: ValueError: a bug this picture finds"
+    assert np.isnan(df["verify_score"][0]) and np.isnan(df["verify_score"][2]) and df["verify_score"][1] >= 0.9
+    assert df["verify_matcher"][1] == "pixel" and pd.isna(df["verify_matcher"][0])
+
+
 def test_archive_pair_tasks_score_like_one_task_per_worker(tier_run, monkeypatch):
     """Past FEW_IMAGES, streamed pairs go to tasks per pair of archives (split at
     PAIRS_PER_TASK); the scores are those of the few-images grouping."""
