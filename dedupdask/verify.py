@@ -170,6 +170,14 @@ def score_pairs(
         ``verify_error`` set when an image could not be read, or when the matcher failed on
         the pair: ``"matcher failed: <exception>"``, a fault of this pair's, not of the task's
         other pairs nor of the run), and the seconds spent.
+
+    Raises
+    ------
+    Exception
+        The matcher's first exception when it failed on every pair it was asked: a fault of
+        the matcher or the worker, not of the pairs (a module that does not load, a kernel
+        that does not compile), which must stop the run loudly rather than leave every pair
+        unverified.
     """
     tune_allocator()  # under a Dask nanny: see dedupdask.allocator
     t0 = time.perf_counter()
@@ -184,6 +192,7 @@ def score_pairs(
     scores = np.full(len(pairs), np.nan, dtype=np.float64)
     errors: list[str | None] = [None] * len(pairs)
     records: list[MatchRecord | None] = [None] * len(pairs)
+    first_fault: Exception | None = None
     for k, (a, b) in enumerate(p.tolist()):
         pa, pb = images.get(a, "not loaded"), images.get(b, "not loaded")
         if not isinstance(pa, Prepared) or not isinstance(pb, Prepared):
@@ -197,11 +206,14 @@ def score_pairs(
                 raise  # the worker's, not the pair's: Dask retries the task elsewhere
             except Exception as e:  # noqa: BLE001 - one pair's fault is recorded, the run goes on
                 errors[k] = f"matcher failed: {type(e).__name__}: {e}"[:300]
+                first_fault = first_fault or e
             else:
                 scores[k] = records[k].score
         for i in (a, b):
             if last[i] == k:
                 views.pop(i, None)
+    if first_fault is not None and not np.isfinite(scores).any():
+        raise first_fault  # no pair scored: the matcher's fault (or the worker's), not the pairs'
     df = pd.DataFrame(
         {
             "from": p[:, 0],

@@ -665,7 +665,8 @@ def test_ranged_read_errors_are_recorded_not_raised(tmp_path):
 
 def test_a_pair_the_matcher_fails_on_is_recorded_and_the_task_goes_on(monkeypatch):
     """A fault in the matcher on one pair (a bug an image of hundreds of millions finds) is
-    that pair's verify_error; the task's other pairs are scored and the run goes on."""
+    that pair's verify_error; the task's other pairs are scored and the run goes on. A fault on
+    every pair of a task is the matcher's (or the worker's): the task fails, loudly."""
     import dedupdask.verify as verify
     from dedupdask.datasets import random_picture
     from dedupdask.match import Prepared
@@ -688,6 +689,9 @@ def test_a_pair_the_matcher_fails_on_is_recorded_and_the_task_goes_on(monkeypatc
     assert err[0] == err[2] == "matcher failed: ValueError: a bug this picture finds"
     assert np.isnan(df["verify_score"][0]) and np.isnan(df["verify_score"][2]) and df["verify_score"][1] >= 0.9
     assert df["verify_matcher"][1] == "pixel" and pd.isna(df["verify_matcher"][0])
+    # a matcher that fails on every pair it is asked is broken, not the pairs: the task fails
+    with pytest.raises(ValueError, match="a bug this picture finds"):
+        verify.score_pairs(np.array([[0, 2], [1, 2]]), images, early_accept=0.98, keypoints=True)
 
 
 def test_archive_pair_tasks_score_like_one_task_per_worker(tier_run, monkeypatch):
