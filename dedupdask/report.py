@@ -531,6 +531,7 @@ _COUNTERS = (
     ("near_pairs", "near-duplicate pairs"),
     ("verify_candidates", "candidate pairs verified by pixels in this build"),
     ("verify_accepted", "of those, accepted"),
+    ("verify_errors", "candidate pairs not verified (an image not read, the matcher failed)"),
     ("duplicate_groups", "groups of duplicates (components of more than one image)"),
     ("removable", "images to remove so one per group remains"),
     ("outliers", "outliers"),

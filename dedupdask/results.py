@@ -275,6 +275,7 @@ class DedupResult:
             "near_pairs": count("near_pairs", lambda: (self.similarity["kind"] == "near").sum().compute()),
             "verify_candidates": int(ver.get("candidates", 0)),
             "verify_accepted": int(ver.get("accepted", 0)),
+            "verify_errors": int(ver.get("errors", 0)),
             "verify_seconds_per_pair": float(ver.get("seconds_per_pair", 0.0)),
             "exact_duplicate_groups": int(counts.get("exact_groups", 0)),
             "duplicate_groups": count("duplicate_components", lambda: len(self._multi_sizes())),
@@ -412,7 +413,9 @@ class DedupResult:
             f"DedupResult({self.work_dir!r}: {s['images']} images, {s['invalid']} invalid, "
             f"{s['duplicate_groups']} duplicate groups ({s['removable']} removable), "
             f"{s['similar_pairs']} similar pairs, {s['outliers']} outliers; archives "
-            f"{s['archives_done']} done, {s['archives_failed']} failed, {s['archives_missing']} missing)"
+            f"{s['archives_done']} done, {s['archives_failed']} failed, {s['archives_missing']} missing"
+            + (f"; {s['verify_errors']} candidate pairs not verified: see candidates.verify_error" if s["verify_errors"] else "")
+            + ")"
         )
 
 

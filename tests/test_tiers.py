@@ -694,6 +694,28 @@ def test_a_pair_the_matcher_fails_on_is_recorded_and_the_task_goes_on(monkeypatc
         verify.score_pairs(np.array([[0, 2], [1, 2]]), images, early_accept=0.98, keypoints=True)
 
 
+def test_a_run_says_how_many_candidates_it_could_not_verify(tier_run, monkeypatch):
+    import dedupdask.verify as verify
+
+    wd, res, _ = tier_run
+    assert res.summary()["verify_errors"] == 0 and "not verified" not in repr(res)
+    real, calls = verify.record_views, []
+
+    def once_faulty(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the first pair finds a bug")
+        return real(*a, **k)
+
+    monkeypatch.setattr(verify, "record_views", once_faulty)
+    with dask.config.set(scheduler="sync"):
+        again = build(wd, config=RunConfig(run_mode=2, progress=False), write=False)
+    assert again.run["verification"]["errors"] == again.summary()["verify_errors"] == 1
+    assert "1 candidate pairs not verified: see candidates.verify_error" in repr(again)
+    errs = again.candidates.compute()["verify_error"].dropna().tolist()
+    assert errs == ["matcher failed: RuntimeError: the first pair finds a bug"]
+
+
 def test_archive_pair_tasks_score_like_one_task_per_worker(tier_run, monkeypatch):
     """Past FEW_IMAGES, streamed pairs go to tasks per pair of archives (split at
     PAIRS_PER_TASK); the scores are those of the few-images grouping."""
