@@ -59,7 +59,6 @@ TURNS: dict[str, Edit] = {  # Image.Transpose.ROTATE_270 turns clockwise by a qu
 }
 PHOTOS = ("skimage/", "sklearn/", "deb/", "plasma-workspace-wallpapers/")
 STAMPS = ("tuxpaint-stamps-default/",)
-DISTRACTORS = ("openclipart-png/", "colobot-common-textures/")  # as quality_families.py's
 N_IMAGES = 2200  # originals, copies and distractors
 
 
@@ -77,7 +76,7 @@ def build(cache: Path, root: Path, n_shards: int, seed: int, edits: dict[str, Ed
     pool, _ = fdata.load_pool(cache, log)
     rank = lambda n: fdata._h(f"{seed}:{n}")  # noqa: E731
     sources = sorted((n for n in pool if n.startswith(PHOTOS + STAMPS)), key=rank)
-    dis = sorted((n for n in pool if n.startswith(DISTRACTORS) and not fdata.in_texture_series(n)), key=rank)
+    dis = sorted((n for n in pool if n.startswith(qf.DISTRACTOR_PREFIXES) and not fdata.in_texture_series(n)), key=rank)
     n_dis = max(0, N_IMAGES - (1 + copies) * len(sources))
     backgrounds = [pool[n] for n in dis[n_dis : n_dis + 50]]  # pictures an edit may lay a copy on, not in the shards
     dis = dis[:n_dis]
