@@ -144,7 +144,7 @@ picture as it is is read both ways round (:data:`AS_IS`); /9: a pair whose pixel
 details is read again at :data:`FINER` px (:data:`FINER_GATE`); /10: that finer reading comes last,
 after the turned reading (the same decisions, fewer pairs read at the finer size); /11: two
 pictures of other shapes are also read whole onto whole (:func:`_stretched`)."""
-MATCHER = "pixel-alignment+keypoints/20"
+MATCHER = "pixel-alignment+keypoints/21"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -181,7 +181,9 @@ read at the finer size. /19: the pixel alignment also reads two pictures of othe
 rectangle left out, the colour edit, the finer reading): a copy stretched or squeezed to another
 shape, with a caption or a mark, at 128 and 256 px. /20: the keypoint matcher's rules (pairs with a
 photo in them) also take a warp that turns the picture by a quarter, a half or three quarters
-(:data:`~dedupdask.match_keypoints.QUARTER_TURNS`): a photo shown on its side or upside down."""
+(:data:`~dedupdask.match_keypoints.QUARTER_TURNS`): a photo shown on its side or upside down. /21:
+so does the pixel alignment, whole onto whole, for a pair with a photo in it that nothing accepted
+(:func:`turned_over_record`): a plain photo, too plain for keypoints, shown another way."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -1146,7 +1148,68 @@ def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: b
         finer = _finer_record(va, vb, pixel)
         if finer.score >= FINER_CLEAR:
             best = _better(best, finer)
+    if early_accept is None or best.score < early_accept:
+        best = _better(best, turned_over_record(va, vb, early_accept, as_shown=pixel.score))
     return best
+
+
+# The seven other ways a picture can be shown (EXIF's orientations): how the second picture's
+# pixels are turned (numpy, on [h, w, ...] arrays) and the map of its normalised coordinates
+# (x / width, y / height) onto the turned picture's.
+_TURNED_OVER = (
+    (lambda x: np.rot90(x, 1), np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])),  # a quarter, anticlockwise
+    (lambda x: x[::-1, ::-1], np.array([[-1.0, 0.0, 1.0], [0.0, -1.0, 1.0], [0.0, 0.0, 1.0]])),  # a half
+    (lambda x: np.rot90(x, -1), np.array([[0.0, -1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])),  # a quarter, clockwise
+    (lambda x: np.swapaxes(x, 0, 1), np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])),  # transposed
+    (lambda x: np.swapaxes(x[::-1, ::-1], 0, 1), np.array([[0.0, -1.0, 1.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])),
+    (lambda x: x[::-1], np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 1.0], [0.0, 0.0, 1.0]])),  # upside down, mirrored
+)
+
+
+def turned_over_record(va: View, vb: View, early_accept: float | None, *, as_shown: float = -1.0) -> MatchRecord:
+    """The pixel alignment of the first picture and the second shown another way -- turned by a
+    quarter, a half or three quarters, mirrored or not, or upside down (the eight orientations a
+    photo's tag can give it, but the two the alignment reads itself) -- whole onto whole, for a
+    pair with a photo in it: a plain photo shown on its side (a lost or added orientation tag)
+    has too few corners for the keypoint matcher, which reads the same turns
+    (:data:`~dedupdask.match_keypoints.QUARTER_TURNS`). Only a way that leaves the two pictures
+    of one shape (:data:`SAME_SHAPE`) and correlating at 48 px (:data:`COARSE_REJECT`) is read,
+    by :func:`_pixel_match`'s rules. Two graphics are not: a drawing turned over is another
+    drawing (an arrow pointing elsewhere). And the way must explain the pair: its ``1 - score``
+    at most half the pixel alignment's of the pictures as shown (``as_shown``). Two plain
+    pictures that agree nearly as well either way (two soft grey textures) are alike in every
+    orientation, and turning them is no evidence. -1 when no way is read or none explains.
+
+    Examples
+    --------
+    >>> from dedupdask.datasets import random_picture
+    >>> img = np.asarray(random_picture(np.random.default_rng(2), (256, 192)))
+    >>> v = lambda x: View(Prepared(x.shape[1], x.shape[0], np.ascontiguousarray(x)))
+    >>> r = turned_over_record(v(img), v(np.rot90(img)), None)
+    >>> r.matcher, r.score >= 0.9, np.round(r.homography @ [0, 0, 1], 3).tolist()  # its corner (0, 0)
+    ('pixel', True, [1.0, 0.0, 1.0])
+    """
+    ka, kb = va.keypoints, vb.keypoints
+    if is_graphic(min(ka.flat, kb.flat), min(ka.uniform, kb.uniform)):
+        return MatchRecord()
+    h, w = va.coarse.shape
+    best = MatchRecord()
+    for turned, M in _TURNED_OVER:
+        sideways = turned(np.zeros((1, 2))).shape == (2, 1)
+        if abs(np.log(va.aspect * (vb.aspect if sideways else 1.0 / vb.aspect))) > SAME_SHAPE:
+            continue  # of other shapes once turned
+        if _corr(va.coarse, _resize(np.ascontiguousarray(turned(vb.coarse)), w, h)) < COARSE_REJECT:
+            continue
+        p = vb._prepared
+        rgb = np.ascontiguousarray(turned(p.rgb))
+        size = (p.width, p.height) if rgb.shape[:2] == p.rgb.shape[:2] else (p.height, p.width)
+        got = _pixel_match(va, View(Prepared(*size, rgb), va.fine), early_accept)
+        if got.homography is not None:
+            got.homography = _unit(got.homography @ M)
+        best = _better(best, got)
+        if early_accept is not None and best.score >= early_accept:
+            break
+    return best if 1.0 - best.score <= 0.5 * (1.0 - as_shown) else MatchRecord()
 
 
 def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:

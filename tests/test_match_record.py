@@ -78,8 +78,38 @@ def test_a_photo_turned_upside_down_maps_each_corner_onto_the_opposite_one():
     a = _photo()
     turned = np.ascontiguousarray(a[::-1, ::-1] // 2 + 60)  # a half turn, and less contrast
     r = match_record(_prep(a), _prep(turned))
-    assert r.score >= 0.9 and r.matcher == "keypoints"
+    assert r.score >= 0.9 and r.matcher in ("keypoints", "pixel")  # the keypoints, or the pixels turned over
     np.testing.assert_allclose(_onto(r.homography, [(0, 0), (1, 1), (1, 0)]), [[1, 1], [0, 0], [0, 1]], atol=0.03)
+
+
+def _smooth_wallpaper() -> np.ndarray:
+    """A plain picture: colour gradients and soft blobs, too few corners for keypoints."""
+    import cv2
+
+    h, w = 300, 480
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = np.stack([120 + 100 * x, 60 + 120 * y, 200 - 120 * x * y], -1)
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.2)
+        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))
+        img += blob[..., None] * rng.uniform(-80, 80, 3)
+    return cv2.GaussianBlur(np.clip(img, 0, 255).astype(np.uint8), (0, 0), 3)
+
+
+def test_a_plain_photo_shown_another_way_is_read_by_the_pixel_alignment():
+    """Too plain for keypoints, a wallpaper shown on its side, upside down or mirrored so is
+    aligned by the pixels, whole onto whole; its corners land where they were."""
+    from dedupdask.match_keypoints import Keypoints, match_keypoints
+
+    a = _smooth_wallpaper()
+    for turned, corner in ((np.rot90(a), (1, 0)), (a[::-1, ::-1], (1, 1)), (np.rot90(a, -1), (0, 1)),
+                           (np.swapaxes(a, 0, 1), (0, 0)), (a[::-1], (0, 1))):  # fmt: skip
+        b = np.ascontiguousarray(turned)
+        assert match_keypoints(Keypoints(_prep(a).rgb), Keypoints(_prep(b).rgb)).score < 0.9
+        r = match_record(_prep(a), _prep(b))
+        assert r.score >= 0.9 and r.matcher == "pixel", r
+        np.testing.assert_allclose(_onto(r.homography, [(0, 0)]), [corner], atol=0.03)
 
 
 def test_a_pair_that_does_not_align_has_no_homography_and_the_score_is_match_scores():
