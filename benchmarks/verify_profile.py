@@ -95,7 +95,7 @@ def by_outcome(pairs: np.ndarray, loaded: dict[int, Any], df: Any, seconds: list
     s = df["verify_score"].to_numpy(np.float64)
     outcome = np.select(
         [~ok, s >= row.early_accept, s >= row.verify_score, s <= -1],
-        ["not read", f"accepted, clear (>= early_accept {row.early_accept})", f"accepted (>= {row.verify_score})",
+        ["not verified (an image not read, or the matcher failed)", f"accepted, clear (>= early_accept {row.early_accept})", f"accepted (>= {row.verify_score})",
          "scored -1 (no alignment, or one that left the pictures at -1 or under)"],
         "rejected, scored over -1",
     )  # fmt: skip

@@ -1153,9 +1153,10 @@ def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: b
     return best
 
 
-# The seven other ways a picture can be shown (EXIF's orientations): how the second picture's
-# pixels are turned (numpy, on [h, w, ...] arrays) and the map of its normalised coordinates
-# (x / width, y / height) onto the turned picture's.
+# The six ways a picture can be shown (EXIF's eight orientations) but the two the pixel
+# alignment reads itself (as it is, mirrored): how the second picture's pixels are turned
+# (numpy, on [h, w, ...] arrays) and the map of its normalised coordinates (x / width,
+# y / height) onto the turned picture's; a map with a zero top-left entry swaps the axes.
 _TURNED_OVER = (
     (lambda x: np.rot90(x, 1), np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])),  # a quarter, anticlockwise
     (lambda x: x[::-1, ::-1], np.array([[-1.0, 0.0, 1.0], [0.0, -1.0, 1.0], [0.0, 0.0, 1.0]])),  # a half
@@ -1189,21 +1190,19 @@ def turned_over_record(va: View, vb: View, early_accept: float | None, *, as_sho
     >>> r.matcher, r.score >= 0.9, np.round(r.homography @ [0, 0, 1], 3).tolist()  # its corner (0, 0)
     ('pixel', True, [1.0, 0.0, 1.0])
     """
-    ka, kb = va.keypoints, vb.keypoints
-    if is_graphic(min(ka.flat, kb.flat), min(ka.uniform, kb.uniform)):
+    if _two_graphics(va, vb):
         return MatchRecord()
     h, w = va.coarse.shape
+    p = vb._prepared
     best = MatchRecord()
     for turned, M in _TURNED_OVER:
-        sideways = turned(np.zeros((1, 2))).shape == (2, 1)
+        sideways = M[0, 0] == 0.0  # width and height swap places
         if abs(np.log(va.aspect * (vb.aspect if sideways else 1.0 / vb.aspect))) > SAME_SHAPE:
             continue  # of other shapes once turned
         if _corr(va.coarse, _resize(np.ascontiguousarray(turned(vb.coarse)), w, h)) < COARSE_REJECT:
             continue
-        p = vb._prepared
-        rgb = np.ascontiguousarray(turned(p.rgb))
-        size = (p.width, p.height) if rgb.shape[:2] == p.rgb.shape[:2] else (p.height, p.width)
-        got = _pixel_match(va, View(Prepared(*size, rgb), va.fine), early_accept)
+        size = (p.height, p.width) if sideways else (p.width, p.height)
+        got = _pixel_match(va, View(Prepared(*size, np.ascontiguousarray(turned(p.rgb))), va.fine), early_accept)
         if got.homography is not None:
             got.homography = _unit(got.homography @ M)
         best = _better(best, got)
@@ -1245,10 +1244,17 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
     return best
 
 
+def _two_graphics(va: View, vb: View) -> bool:
+    """Whether both pictures are graphics (:func:`~dedupdask.match_keypoints.is_graphic`), a
+    pair the keypoint matcher's rules do not decide."""
+    ka, kb = va.keypoints, vb.keypoints
+    return bool(is_graphic(min(ka.flat, kb.flat), min(ka.uniform, kb.uniform)))
+
+
 def _keypoint_record(va: View, vb: View) -> MatchRecord:
     """The keypoint matcher's record; for two graphics, the pixel residuals under its warp."""
     ka, kb = va.keypoints, vb.keypoints
-    if is_graphic(min(ka.flat, kb.flat), min(ka.uniform, kb.uniform)):
+    if _two_graphics(va, vb):
         return warped_record(va, vb)
     m = match_keypoints(ka, kb)
     if m.homography is None:
