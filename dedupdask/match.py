@@ -119,6 +119,7 @@ from dask.sizeof import sizeof as dask_sizeof
 
 from .match_keypoints import (
     FEW_HUES,
+    MAX_DIFFERING,
     MIN_CONTAINED,
     Keypoints,
     is_graphic,
@@ -133,7 +134,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/11"
+PIXEL_MATCHER = "pixel-alignment/12"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -143,8 +144,9 @@ from the grey pixels by ECC (:func:`turned_record`: a turned copy of a plain pic
 picture as it is is read both ways round (:data:`AS_IS`); /9: a pair whose pixels agree but for
 details is read again at :data:`FINER` px (:data:`FINER_GATE`); /10: that finer reading comes last,
 after the turned reading (the same decisions, fewer pairs read at the finer size); /11: two
-pictures of other shapes are also read whole onto whole (:func:`_stretched`)."""
-MATCHER = "pixel-alignment+keypoints/21"
+pictures of other shapes are also read whole onto whole (:func:`_stretched`); /12: a pasted rectangle
+may cover up to 35 % of the overlap (:data:`MAX_PASTED`; 25 % before)."""
+MATCHER = "pixel-alignment+keypoints/22"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -183,7 +185,12 @@ shape, with a caption or a mark, at 128 and 256 px. /20: the keypoint matcher's 
 photo in them) also take a warp that turns the picture by a quarter, a half or three quarters
 (:data:`~dedupdask.match_keypoints.QUARTER_TURNS`): a photo shown on its side or upside down. /21:
 so does the pixel alignment, whole onto whole, for a pair with a photo in it that nothing accepted
-(:func:`turned_over_record`): a plain photo, too plain for keypoints, shown another way."""
+(:func:`turned_over_record`): a plain photo, too plain for keypoints, shown another way. /22: one
+overlay budget for both matchers: a pasted rectangle may cover up to the keypoint matcher's
+(:data:`MAX_PASTED` = :data:`~dedupdask.match_keypoints.MAX_DIFFERING`, 35 %; 25 % before); and the
+keypoint matcher fits an editor's hue turn to pictures of two hues or fewer too, as the slider
+alone, saturation and value kept (:func:`~dedupdask.match_keypoints.colour_edit`): a photo of one
+or two colours with its hue turned."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -241,10 +248,15 @@ MAX_TEXT = 0.2
 """Largest share of the overlap that lines of text may cover and be left out of the residuals
 (a caption, a watermark, a tag added to a copy): with more, the text is the picture (a slide, a
 page, a card)."""
-MAX_PASTED = 0.25
+MAX_PASTED = MAX_DIFFERING
 """Largest share of the overlap a rectangle pasted over a copy (:func:`_pasted`: a picture in
-the picture, a logo's box, an inset) may cover and be left out of the residuals: the rest of the
-picture, at least three quarters of it, must agree everywhere."""
+the picture, a logo's box, an inset) may cover and be left out of the residuals: the keypoint
+matcher's overlay budget (:data:`~dedupdask.match_keypoints.MAX_DIFFERING`, 35 %), one bound on
+how much of a copy an overlay may hide whichever matcher reads the pair. The rest of the
+picture must agree everywhere. The box is measured with a 1 px rim and the blur's spread round
+the changed pixels, so the same bound is a little stricter here. Matcher /22; 25 % before, under
+which an inset of 20 % of the picture with its frame (24-26 % as measured) was refused between
+two graphics and accepted with a photo in the pair."""
 MIN_PASTED = 1 / 8
 """Smallest width and height, as a share of the picture's, of a pasted rectangle
 (:func:`_pasted`): 16 of the 128 px. A smaller change is a detail (a letter, an eye, a

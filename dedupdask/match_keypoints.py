@@ -37,9 +37,9 @@ so two different ones share their template's keypoints; two photos do not):
    only approximates for saturated colours; or, the third form, the picture is *toned*: made
    grey, then tinted along its grey levels (chroma a line in luma: sepia, a cyanotype, a
    tint), which a photo's sepia copy needs when the tint follows its light and not its
-   colours. The hue turn and the toning are tried for pictures of more than :data:`FEW_HUES`
-   hues only, the toning only onto a picture of at most that many (a ramp of one tint has two
-   hues at most: its ends; a colourful sticker on a grey picture is not absorbed by a toning).
+   colours. The toning is tried for pictures of more than :data:`FEW_HUES` hues only, and only
+   onto a picture of at most that many (a ramp of one tint has two hues at most: its ends; a
+   colourful sticker on a grey picture is not absorbed by a toning).
    It must be one an editor makes: luma stays an increasing function of luma along the grey
    axis, the contrast gain stays within :data:`GAIN_RANGE`, the hue turns by at
    most :data:`MAX_HUE_TURN`, the chroma gain under
@@ -625,9 +625,8 @@ def colour_edit(
         (r, _describe(p, keep, Y, src, hues, swap, grey_range), lambda p=p: edited(p, F) - dst)
         for p, r, keep in fits
     ]
-    if hues > FEW_HUES:  # in a picture of few hues, value and saturation also make another skin tone
-        d, turned = _hue_turn(src, dst, sample, hues, swap)
-        found.append((_worst_channel(d), turned, lambda d=d: d))
+    d, turned = _hue_turn(src, dst, sample, hues, swap)
+    found.append((_worst_channel(d), turned, lambda d=d: d))
     if hues > FEW_HUES and _hues(T) <= FEW_HUES:
         # toned: made grey, then tinted along its grey levels (sepia, a cyanotype, a tint);
         # a toned picture is a ramp of one tint, of two hues at most (the ramp's ends)
@@ -666,8 +665,12 @@ def _hue_turn(
     robustly on ``sample`` (medians; the value's line refitted on the pixels it fits). This is
     how editors turn a hue (HSV and HSL turn it alike: the largest and smallest channel are
     kept), which the linear turn of the chroma plane in :func:`colour_edit` only approximates
-    for saturated colours. Asked only of pictures of more than :data:`FEW_HUES` hues: in one of
-    one hue, its value and saturation alone make another skin tone of an emoji. Returns the
+    for saturated colours. In a picture of :data:`FEW_HUES` hues or fewer, its value and
+    saturation alone make another skin tone of an emoji, so there only the slider itself is
+    taken: the hue turned, saturation and value kept (their gains within :data:`FEW_HUES_GAIN`
+    of 1, the value's offset within it of 0). A photo of one or two hues whose hue was
+    turned (a lamp's glow, a red coat) is then read as one (matcher /22; before, only the chroma
+    turn was fitted to it, whose error on saturated colours read as repainting). Returns the
     ``[n, 3]`` error (edited minus ``dst``) and the edit."""
     from .kernels import from_hsv, hsv
 
@@ -698,6 +701,7 @@ def _hue_turn(
     # the limits of the other form; a picture of few hues is not asked (the caller's rule)
     edit["plausible"] = bool(
         GAIN_RANGE[0] <= g <= GAIN_RANGE[1] and gain > 0 and sat <= MAX_CHROMA_GAIN and abs(degrees) <= MAX_HUE_TURN
+        and (hues > FEW_HUES or max(abs(gain - 1), abs(sat - 1), abs(offset)) <= FEW_HUES_GAIN)
     )
     return out - dst, edit
 

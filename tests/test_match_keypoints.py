@@ -592,3 +592,21 @@ def test_a_recoloured_copy_is_compared_where_it_lies():
     ImageDraw.Draw(repainted).ellipse((60, 50, 200, 170), fill=(30, 160, 60))
     for other in (swapped, repainted):
         assert score(pic, other) < 0.9
+
+
+def test_a_photo_of_two_hues_with_its_hue_turned_is_the_same_photo(photo):
+    """A photo mostly grey with one or two colours (a lamp's glow, a red coat) turned on the
+    hue slider: the chroma turn misses its saturated colours by up to 0.3, which reads as
+    repainting; the editor's hue turn, held to the few-hue contrast limit, fits it (matcher /22).
+    A skin tone (another value) is still no edit of a face (see the test above)."""
+    grey = np.asarray(ImageOps.grayscale(photo).convert("RGB"), np.float64)
+    h, w = grey.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    glow = np.exp(-(((xx - 0.7 * w) / (0.25 * w)) ** 2 + ((yy - 0.6 * h) / (0.3 * h)) ** 2))[..., None]
+    lit = np.clip(grey * (1 - 0.8 * glow) + glow * 0.8 * grey.mean(axis=2, keepdims=True) * [1.4, 1.0, 0.15], 0, 255)
+    two_hues = Image.fromarray(lit.astype(np.uint8))
+    a = _kp(two_hues)
+    assert a.flat < MAX_FLAT
+    for turn_by in (32, -32):  # 45 degrees either way
+        m = match_keypoints(a, _kp(_hue(two_hues, turn_by)))
+        assert m.colour["hues"] <= 2 and m.colour["form"] == "hue turn" and m.score >= 0.9, m.colour

@@ -251,7 +251,7 @@ def test_a_picture_pasted_over_a_copy_is_the_copy_an_element_added_is_not(monkey
         disc = im.copy()  # a shape drawn over the drawing: round, what lay under its bounding box shows
         ImageDraw.Draw(disc).ellipse((220, 30, 300, 110), fill=(230, 200, 30), outline="black", width=3)
         assert match_score(a, _prep(disc)) < DEFAULT_VERIFY_SCORE
-        big = _prep(_inset(im, random_picture(rng, (96, 72)), (140, 100, 300, 230)))  # 27 % of it: over MAX_PASTED
+        big = _prep(_inset(im, random_picture(rng, (96, 72)), (120, 70, 300, 230)))  # 37.5 % of it: over MAX_PASTED
         assert match_score(a, big) < DEFAULT_VERIFY_SCORE
     monkeypatch.setattr(match, "MAX_PASTED", 0.5)  # the bound is what refused the large inset
     assert match_score(a, big) >= DEFAULT_VERIFY_SCORE
