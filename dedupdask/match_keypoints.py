@@ -698,7 +698,7 @@ def _hue_turn(
     g = 1 / gain if swap and gain > 1e-6 else gain
     edit = {"form": "hue turn", "luma_gain": g, "monotone": bool(gain > 0), "chroma_gain": sat,
             "hue_degrees": degrees, "min_weight": 0.0, "hues": hues}  # fmt: skip
-    # the limits of the other form; a picture of few hues is not asked (the caller's rule)
+    # the limits of the other form; in a picture of few hues, the slider alone (see above)
     edit["plausible"] = bool(
         GAIN_RANGE[0] <= g <= GAIN_RANGE[1] and gain > 0 and sat <= MAX_CHROMA_GAIN and abs(degrees) <= MAX_HUE_TURN
         and (hues > FEW_HUES or max(abs(gain - 1), abs(sat - 1), abs(offset)) <= FEW_HUES_GAIN)
