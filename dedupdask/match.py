@@ -65,7 +65,8 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
    the picture across, and hides one picture's content -- at least :data:`MIN_HIDDEN` of the
    box lay over it, at most :data:`MAX_SHOWING` of it shows through, and along one side the
    differing pixels run straight while the picture goes on, unchanged and of the same colour,
-   just outside (:data:`MIN_CUT`), and neither what it hides nor what it shows is a field of
+   just outside (:data:`MIN_CUT`; or, over at least :data:`MIN_CROSSING` of the box, along all
+   the content that side crosses), and neither what it hides nor what it shows is a field of
    one colour (:data:`MAX_PLAIN`: a flag's canton is drawn, not pasted) -- the residuals are
    read again without the box (:func:`_pasted`). A picture in the picture, a logo's box, an inset cut through the
    picture along straight edges; an element drawn over a drawing lets what lay under its box's
@@ -134,7 +135,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/12"
+PIXEL_MATCHER = "pixel-alignment/13"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -145,8 +146,10 @@ picture as it is is read both ways round (:data:`AS_IS`); /9: a pair whose pixel
 details is read again at :data:`FINER` px (:data:`FINER_GATE`); /10: that finer reading comes last,
 after the turned reading (the same decisions, fewer pairs read at the finer size); /11: two
 pictures of other shapes are also read whole onto whole (:func:`_stretched`); /12: a pasted rectangle
-may cover up to 35 % of the overlap (:data:`MAX_PASTED`; 25 % before)."""
-MATCHER = "pixel-alignment+keypoints/22"
+may cover up to 35 % of the overlap (:data:`MAX_PASTED`; 25 % before); /13: a pasted rectangle's cut
+may be shorter where it runs along all the content it crosses (:data:`MIN_CROSSING`), and a
+reading under -1 keeps its residuals."""
+MATCHER = "pixel-alignment+keypoints/23"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -190,7 +193,13 @@ overlay budget for both matchers: a pasted rectangle may cover up to the keypoin
 (:data:`MAX_PASTED` = :data:`~dedupdask.match_keypoints.MAX_DIFFERING`, 35 %; 25 % before); and the
 keypoint matcher fits an editor's hue turn to pictures of two hues or fewer too, as the slider
 alone, saturation and value kept (:func:`~dedupdask.match_keypoints.colour_edit`): a photo of one
-or two colours with its hue turned."""
+or two colours with its hue turned. /23: a pasted rectangle's straight cut through the covered
+picture may be as short as a quarter of the box's longer side when it runs along all of where
+that side crosses the covered picture's content but its ends (:data:`MIN_CROSSING`: an inset
+laid partly on a drawing's white ground), read in the last two rows or columns inside the box
+(a straight edge between two pixel rows at 128 px leaves the last one half changed); and the
+pixel alignment's record keeps the residuals of a reading under -1 when no colour edit
+was fitted (an empty record had replaced it, so the finer reading was never asked of it)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -272,6 +281,19 @@ MIN_CUT = 0.5
 covered picture (:func:`_pasted`): along one side, the differing pixels run straight and the
 picture's content goes on, unchanged, just outside. A round or drawn outline touches its box at
 a point."""
+MIN_CROSSING = 0.25
+"""A shorter cut, down to this share of the longer side, counts when it runs along all of where
+that side crosses the covered picture's content (its pixels that are not its plain ground, just
+inside the box and just outside it) but for :data:`CROSSING_ENDS`: an inset laid partly on a
+drawing's white ground cuts the drawing only where the drawing is, and it cuts it there all
+along (matcher /23). A round outline still touches the content it crosses at a point. This cut
+is read in the box's last two rows (or columns) inside: at 128 px a straight edge between two
+pixel rows leaves the last one only partly changed, where the two colours differ most. The long
+cut of :data:`MIN_CUT` stays read in one row: in two, a flat curve (a halo over a smiley's
+head) runs straight for half its box, and the tier shards' look-alikes showed it."""
+CROSSING_ENDS = 4
+"""Pixels of a side's crossing with the content (:data:`MIN_CROSSING`) that its cut may miss: two
+at each end, the box's 1 px rim and the blur's spread where the cut meets the content's edge."""
 MAX_PLAIN = 0.8
 """Largest share of one colour (within :data:`BLOB_LEVEL` / 4 of the median) in what a pasted
 rectangle hides and in what it shows (:func:`_pasted`): a panel or a field of one colour -- a
@@ -832,8 +854,9 @@ def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray
     (what is not its plain ground, :func:`_ground`), at most :data:`MAX_SHOWING` of that content
     is unchanged (``changed``, grown by 1 px: the rectangle is opaque), and along one side the
     blobs run straight, with the picture's content going on unchanged 2 px outside, over at
-    least :data:`MIN_CUT` of the box's longer side (the rectangle cuts the picture); and
-    neither what it hides nor what it shows is a field of one colour (:data:`MAX_PLAIN`). An element
+    least :data:`MIN_CUT` of the box's longer side, or over at least :data:`MIN_CROSSING` of it
+    and all of where that side crosses the picture's content (the rectangle cuts the picture);
+    and neither what it hides nor what it shows is a field of one colour (:data:`MAX_PLAIN`). An element
     drawn over a drawing lets what lay under its box's corners show; one drawn on the plain
     ground hides no content; a round or drawn outline touches its box at a point; content
     redrawn in both pictures (two rows of signs) is not cut along a side.
@@ -850,21 +873,30 @@ def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray
         hidden = int(inside.sum())
         showing = int((inside & ~grown[y0:y1, x0:x1]).sum())
         # along each side with room outside it: where the blobs run straight along it (their
-        # first row or column) and the picture goes on across the edge -- its content, unchanged
-        # 2 px outside, of the colour it had inside (a rectangle cuts through the picture; a fill
-        # repainted within its outline ends at an edge the picture already had)
+        # first row or column; for a short cut, either of their first two) and the picture goes
+        # on across the edge -- its content, unchanged 2 px outside, of the colour it had inside
+        # (a rectangle cuts through the picture; a fill repainted within its outline ends at an
+        # edge the picture already had) -- and where its content reaches that side from inside
         shown = content & ~changed
         sides = []
         if y0 > 0:
-            sides.append(blobs[y0 + 1, x0:x1] & shown[y0 - 1, x0:x1] & _near(pic[y0 + 1, x0:x1], pic[y0 - 1, x0:x1]))
+            out = shown[y0 - 1, x0:x1] & _near(pic[y0 + 1, x0:x1], pic[y0 - 1, x0:x1])
+            sides.append((blobs[y0 + 1, x0:x1], blobs[y0 + 2, x0:x1], out, content[y0 + 1, x0:x1] & content[y0 - 1, x0:x1]))
         if y1 < h:
-            sides.append(blobs[y1 - 2, x0:x1] & shown[y1, x0:x1] & _near(pic[y1 - 2, x0:x1], pic[y1, x0:x1]))
+            out = shown[y1, x0:x1] & _near(pic[y1 - 2, x0:x1], pic[y1, x0:x1])
+            sides.append((blobs[y1 - 2, x0:x1], blobs[y1 - 3, x0:x1], out, content[y1 - 2, x0:x1] & content[y1, x0:x1]))
         if x0 > 0:
-            sides.append(blobs[y0:y1, x0 + 1] & shown[y0:y1, x0 - 1] & _near(pic[y0:y1, x0 + 1], pic[y0:y1, x0 - 1]))
+            out = shown[y0:y1, x0 - 1] & _near(pic[y0:y1, x0 + 1], pic[y0:y1, x0 - 1])
+            sides.append((blobs[y0:y1, x0 + 1], blobs[y0:y1, x0 + 2], out, content[y0:y1, x0 + 1] & content[y0:y1, x0 - 1]))
         if x1 < w:
-            sides.append(blobs[y0:y1, x1 - 2] & shown[y0:y1, x1] & _near(pic[y0:y1, x1 - 2], pic[y0:y1, x1]))
-        cut = max((int(s.sum()) for s in sides), default=0) / max(y1 - y0, x1 - x0)
-        if hidden < MIN_HIDDEN * inside.size or showing > MAX_SHOWING * hidden or cut < MIN_CUT:
+            out = shown[y0:y1, x1] & _near(pic[y0:y1, x1 - 2], pic[y0:y1, x1])
+            sides.append((blobs[y0:y1, x1 - 2], blobs[y0:y1, x1 - 3], out, content[y0:y1, x1 - 2] & content[y0:y1, x1]))
+        longer = max(y1 - y0, x1 - x0)
+        cut = False
+        for first, second, out, reach in sides:
+            one, two = int((first & out).sum()), int(((first | second) & out).sum())
+            cut |= one >= MIN_CUT * longer or (two >= MIN_CROSSING * longer and two >= int(reach.sum()) - CROSSING_ENDS)
+        if hidden < MIN_HIDDEN * inside.size or showing > MAX_SHOWING * hidden or not cut:
             continue
         # both what the rectangle hides and what it shows are pictures, not one colour's field
         over = (b if pic is a else a)[y0:y1, x0:x1].reshape(-1, 3)
@@ -1608,7 +1640,9 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
             del aligned[key]
     shared: dict[frozenset[int], Any] = {}
     for outer, inner, flip, at, placed in aligned.values():
-        best = _better(best, _pixel_record(_colour_residuals(outer, inner, flip, at, shared), matcher="pixel",
-                                           homography=placed, colour="colour edit"))  # fmt: skip
+        edited = _pixel_record(_colour_residuals(outer, inner, flip, at, shared), matcher="pixel",
+                               homography=placed, colour="colour edit")  # fmt: skip
+        if edited.matcher:  # no colour edit fitted is no reading (its -1 would beat one under -1)
+            best = _better(best, edited)
     best.score = max(best.score, -1.0)
     return best

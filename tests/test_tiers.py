@@ -259,6 +259,40 @@ def test_a_picture_pasted_over_a_copy_is_the_copy_an_element_added_is_not(monkey
     assert match_score(a, over, keypoints=False) < DEFAULT_VERIFY_SCORE
 
 
+def _cup(w: int, h: int) -> Image.Image:
+    """An inset of an object cut out on white: a cup's outline."""
+    inset = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(inset)
+    draw.ellipse((w * 0.2, h * 0.15, w * 0.8, h * 0.35), outline="black", width=2)
+    draw.line((w * 0.2, h * 0.25, w * 0.25, h * 0.8), fill="black", width=2)
+    draw.line((w * 0.8, h * 0.25, w * 0.75, h * 0.8), fill="black", width=2)
+    return inset
+
+
+def test_an_inset_laid_partly_on_a_drawings_ground_is_the_copy_wherever_it_lies():
+    """An inset on white pasted over the corner of a fruit on white hides the fruit where it
+    lies over it and cuts it in straight lines there, less than half of its sides long (the
+    rest lies on the white ground). At 256 px wide, 128 px is half the size: the inset's bottom
+    edge falls on or between two pixel rows as it moves by 1 px, and the half-changed last
+    row differs only where the fruit is deep orange. The copy is found wherever it lies
+    (matcher /22 read the cut in that row alone and asked it to run along half the box: it
+    refused two of these eight places); a disc drawn over the same corner still differs."""
+    yy, xx = np.mgrid[0:240, 0:256]
+    t = (xx / 256)[..., None]  # pale yellow on the left, deep orange on the right
+    fill = (1 - t) * np.array([255, 235, 190]) + t * np.array([235, 120, 10])
+    fruit = (xx - 120) ** 2 / 125**2 + (yy - 130) ** 2 / 105**2 <= 1
+    im = Image.fromarray(np.where(fruit[..., None], fill, 255).astype(np.uint8))
+    a = _prep(im)
+    for x0 in (185, 186):
+        for y0 in (3, 4, 5, 6):
+            copy = im.copy()
+            copy.paste(_cup(250 - x0, 65), (x0, y0))
+            assert match_score(a, _prep(copy), keypoints=False) >= DEFAULT_VERIFY_SCORE, (x0, y0)
+    drawn = im.copy()
+    ImageDraw.Draw(drawn).ellipse((185, 4, 250, 69), fill="white", outline="black", width=2)
+    assert match_score(a, _prep(drawn), keypoints=False) < DEFAULT_VERIFY_SCORE
+
+
 def test_two_pictures_of_one_shape_get_one_verdict_whichever_comes_first():
     """The picture as it is is read both ways round: its residuals, the gain refitted on the
     pixels that agree and a rectangle pasted over one picture are each read in one picture's
