@@ -505,17 +505,28 @@ def _warm_worker() -> bool:
 
 
 def _compile_kernels() -> None:
-    """Have numba compile the stats pass into its on-disk cache once per installation, as the
-    first run on a machine does; the workers' loading of it from there stays timed."""
+    """Have numba compile the stats pass and the verification's kernels into its on-disk cache
+    once per installation, as the first run on a machine does; the workers' loading of them from
+    there stays timed. (Without the verification's, the first round's run_mode=2 compiled them
+    in a fresh copy of the tree: numba caches by source path.)"""
     import io
 
+    import numpy as np
     from PIL import Image
 
+    from dedupdask.datasets import random_picture
     from dedupdask.decode import decode_image
+    from dedupdask.match import match_score, prepare_image
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(buf, "PNG")
     decode_image(buf.getvalue(), (8, 8))
+    pictures = []
+    for seed in (0, 1):
+        buf = io.BytesIO()
+        random_picture(np.random.default_rng(seed), (160, 120)).save(buf, "JPEG")
+        pictures.append(prepare_image(buf.getvalue()))
+    match_score(pictures[0], pictures[1])  # two unrelated pictures: every reading is tried
 
 
 def ddk_child(a: dict[str, Any]) -> None:
