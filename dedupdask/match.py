@@ -199,7 +199,8 @@ that side crosses the covered picture's content but its ends (:data:`MIN_CROSSIN
 laid partly on a drawing's white ground), read in the last two rows or columns inside the box
 (a straight edge between two pixel rows at 128 px leaves the last one half changed); and the
 pixel alignment's record keeps the residuals of a reading under -1 when no colour edit
-was fitted (an empty record had replaced it, so the finer reading was never asked of it)."""
+was fitted (an empty record had replaced it, so the finer reading was never asked of it; the
+residuals under a warp likewise, :func:`_with_colour_edit`)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -376,6 +377,13 @@ def _pixel_record(r: tuple[float, float, float] | None, **kw: Any) -> MatchRecor
     if r is None:
         return MatchRecord()
     return MatchRecord(_residual_score(r), residual=float(r[0]), cell=float(r[1]), blob=float(r[2]), **kw)
+
+
+def _with_colour_edit(best: MatchRecord, r: tuple[float, float, float] | None, **kw: Any) -> MatchRecord:
+    """``best``, or the record of the residuals ``r`` under the global colour edit when it scores
+    higher. No colour edit fitted (``r`` None) is no reading: its empty record's -1 must not
+    replace a reading that scored under -1 (its residuals and placement would be lost)."""
+    return best if r is None else _better(best, _pixel_record(r, colour="colour edit", **kw))
 
 
 def _size(long_side: int, width: int, height: int) -> tuple[int, int]:
@@ -844,6 +852,35 @@ def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def _cuts(pic: np.ndarray, blobs: np.ndarray, content: np.ndarray, shown: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether the blobs cut ``pic`` in a straight line along a side of ``box`` (``y0, y1, x0,
+    x1``, with its 1 px rim) that has room outside it (:func:`_pasted`). Along a side: where the
+    blobs run straight (in their first row or column inside; for a short cut, either of their
+    first two) and the picture goes on across the edge -- its content, unchanged 2 px outside
+    (``shown``), of the colour it had inside (a rectangle cuts through the picture; a fill
+    repainted within its outline ends at an edge the picture already had) -- over
+    :data:`MIN_CUT` of the box's longer side, or over :data:`MIN_CROSSING` of it and all of
+    where its content crosses that side but :data:`CROSSING_ENDS`. Rows, then columns (the
+    arrays transposed)."""
+    y0, y1, x0, x1 = box
+    longer = max(y1 - y0, x1 - x0)
+    pic_t = pic.transpose(1, 0, 2)
+    for B, S, C, P, lo, hi, a0, a1 in (
+        (blobs, shown, content, pic, y0, y1, x0, x1),
+        (blobs.T, shown.T, content.T, pic_t, x0, x1, y0, y1),
+    ):
+        for first, second, outside in ((lo + 1, lo + 2, lo - 1), (hi - 2, hi - 3, hi)):
+            if not 0 <= outside < len(B):
+                continue
+            out = S[outside, a0:a1] & _near(P[first, a0:a1], P[outside, a0:a1])
+            one = int((B[first, a0:a1] & out).sum())
+            two = int(((B[first, a0:a1] | B[second, a0:a1]) & out).sum())
+            reach = int((C[first, a0:a1] & C[outside, a0:a1]).sum())
+            if one >= MIN_CUT * longer or (two >= MIN_CROSSING * longer and two >= reach - CROSSING_ENDS):
+                return True
+    return False
+
+
 def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray, size: int) -> np.ndarray | None:
     """The box of a rectangle pasted over one of two aligned pictures, or None.
 
@@ -872,30 +909,7 @@ def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray
         inside = content[y0:y1, x0:x1]
         hidden = int(inside.sum())
         showing = int((inside & ~grown[y0:y1, x0:x1]).sum())
-        # along each side with room outside it: where the blobs run straight along it (their
-        # first row or column; for a short cut, either of their first two) and the picture goes
-        # on across the edge -- its content, unchanged 2 px outside, of the colour it had inside
-        # (a rectangle cuts through the picture; a fill repainted within its outline ends at an
-        # edge the picture already had) -- and where its content reaches that side from inside
-        shown = content & ~changed
-        sides = []
-        if y0 > 0:
-            out = shown[y0 - 1, x0:x1] & _near(pic[y0 + 1, x0:x1], pic[y0 - 1, x0:x1])
-            sides.append((blobs[y0 + 1, x0:x1], blobs[y0 + 2, x0:x1], out, content[y0 + 1, x0:x1] & content[y0 - 1, x0:x1]))
-        if y1 < h:
-            out = shown[y1, x0:x1] & _near(pic[y1 - 2, x0:x1], pic[y1, x0:x1])
-            sides.append((blobs[y1 - 2, x0:x1], blobs[y1 - 3, x0:x1], out, content[y1 - 2, x0:x1] & content[y1, x0:x1]))
-        if x0 > 0:
-            out = shown[y0:y1, x0 - 1] & _near(pic[y0:y1, x0 + 1], pic[y0:y1, x0 - 1])
-            sides.append((blobs[y0:y1, x0 + 1], blobs[y0:y1, x0 + 2], out, content[y0:y1, x0 + 1] & content[y0:y1, x0 - 1]))
-        if x1 < w:
-            out = shown[y0:y1, x1] & _near(pic[y0:y1, x1 - 2], pic[y0:y1, x1])
-            sides.append((blobs[y0:y1, x1 - 2], blobs[y0:y1, x1 - 3], out, content[y0:y1, x1 - 2] & content[y0:y1, x1]))
-        longer = max(y1 - y0, x1 - x0)
-        cut = False
-        for first, second, out, reach in sides:
-            one, two = int((first & out).sum()), int(((first | second) & out).sum())
-            cut |= one >= MIN_CUT * longer or (two >= MIN_CROSSING * longer and two >= int(reach.sum()) - CROSSING_ENDS)
+        cut = _cuts(pic, blobs, content, content & ~changed, (y0, y1, x0, x1))
         if hidden < MIN_HIDDEN * inside.size or showing > MAX_SHOWING * hidden or not cut:
             continue
         # both what the rectangle hides and what it shows are pictures, not one colour's field
@@ -1423,7 +1437,7 @@ def _warped_residuals(va: View, frame: View, other: View, W: np.ndarray, mask: n
     kw["homography"] = _unit(np.linalg.inv(N) if frame is va else N)
     best = _pixel_record(_residuals(frame.rgb, warped, inside), **kw)
     if best.score < 1.0:
-        best = _better(best, _pixel_record(_residuals(frame.rgb, warped, inside, colour=True), colour="colour edit", **kw))
+        best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=True), **kw)
     if best.matcher == "":  # no residuals under the warp: the warp found, scored -1
         best = MatchRecord(**kw)
     best.score = max(best.score, -1.0)
@@ -1640,9 +1654,6 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
             del aligned[key]
     shared: dict[frozenset[int], Any] = {}
     for outer, inner, flip, at, placed in aligned.values():
-        edited = _pixel_record(_colour_residuals(outer, inner, flip, at, shared), matcher="pixel",
-                               homography=placed, colour="colour edit")  # fmt: skip
-        if edited.matcher:  # no colour edit fitted is no reading (its -1 would beat one under -1)
-            best = _better(best, edited)
+        best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared), matcher="pixel", homography=placed)
     best.score = max(best.score, -1.0)
     return best
