@@ -534,6 +534,7 @@ def _record(
             "copy_threshold": params.copy_threshold,
             "verify_threshold": params.verify_threshold,
             "whitened_threshold": params.whitened_threshold,
+            "whitened_margin": params.whitened_margin,
             "verify_score": params.verify_score,
             "verify": params.verify,
             "early_accept": params.early_accept,

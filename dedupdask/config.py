@@ -41,6 +41,7 @@ OPTION_HELP: dict[str, str] = {
     "copy_threshold": "minimum DCT-descriptor cosine of a 'copy' candidate pair (resize, JPEG, brightness, flip)",
     "verify_threshold": "minimum embedding cosine of a pair below threshold that is verified (finds crops)",
     "whitened_threshold": "minimum whitened embedding cosine of a pair that is verified (runs of 2,000+ images)",
+    "whitened_margin": "a whitened pair under whitened_threshold is verified too when its cosine stands this much above its picture's 5th neighbour's",
     "verify_score": "pixel-alignment score (0..1) that confirms a verified pair",
     "verify": "verify uncertain candidate pairs by aligning their pixels (reads those images back)",
     "verify_keypoints": "also verify with the keypoint matcher (rotations, perspective, colour edits, overlays) pairs in which a picture is not a graphic (clip art, icons: flat fills), and pairs of two graphics pixel by pixel under its warp",
@@ -199,7 +200,7 @@ class RunConfig:
     """Validated options of a dedupdask run (see ``ddk.run`` for their meaning).
 
     The thresholds (``threshold``, ``ccthreshold``, ``copy_threshold``, ``verify_threshold``,
-    ``whitened_threshold``, ``verify_score``, ``lower_threshold``) default to None: the model's row of
+    ``whitened_threshold``, ``whitened_margin``, ``verify_score``, ``lower_threshold``) default to None: the model's row of
     :data:`dedupdask.thresholds.TABLE`, resolved once by :func:`dedupdask.thresholds.resolve`;
     ``issue_thresholds`` (a dict, ``"dark=0.1,blurry=0.05"`` or pairs, kept as sorted pairs)
     replaces single values of :data:`dedupdask.thresholds.ISSUE_TABLE`.
@@ -226,6 +227,7 @@ class RunConfig:
     copy_threshold: float | None = None
     verify_threshold: float | None = None
     whitened_threshold: float | None = None
+    whitened_margin: float | None = None
     verify_score: float | None = None
     verify: bool = True
     verify_keypoints: bool = True
@@ -282,7 +284,7 @@ class RunConfig:
         )
         check(self.distance == "cosine", f"distance must be 'cosine', got {self.distance!r}")
         for name in ("threshold", "ccthreshold", "copy_threshold", "verify_threshold", "whitened_threshold",
-                     "verify_score"):  # fmt: skip
+                     "whitened_margin", "verify_score"):  # fmt: skip
             v = getattr(self, name)
             check(v is None or -1.0 <= v <= 1.0, f"{name} must be in [-1, 1], got {v!r}")
         check(

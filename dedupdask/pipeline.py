@@ -212,6 +212,7 @@ def run(
     copy_threshold: float | None = None,
     verify_threshold: float | None = None,
     whitened_threshold: float | None = None,
+    whitened_margin: float | None = None,
     verify_score: float | None = None,
     verify: bool = True,
     verify_keypoints: bool = True,
@@ -269,12 +270,13 @@ def run(
         Analysis options, fastdup's names and meaning. The thresholds default to None: the
         model's row of :data:`dedupdask.thresholds.TABLE` (where each value was measured),
         recorded with the values used in ``results/run.json`` (``"thresholds"``).
-    copy_threshold, verify_threshold, whitened_threshold, verify_score, verify
+    copy_threshold, verify_threshold, whitened_threshold, whitened_margin, verify_score, verify
         Duplicate tiers (:mod:`dedupdask.analyses.tiers`): DCT-descriptor cosine of a
         ``copy`` candidate; embedding cosine from which a pair below ``threshold`` is a
         candidate for verification in runs of fewer than 2,000 images; the same in the
-        run's whitened embedding (:mod:`dedupdask.whitening`) in larger runs;
-        pixel-alignment score that confirms a candidate; whether to verify at all.
+        run's whitened embedding (:mod:`dedupdask.whitening`) in larger runs; how far above
+        its picture's 5th neighbour a whitened pair under that cut must stand to be a
+        candidate too; pixel-alignment score that confirms a candidate; whether to verify at all.
         None = the measured defaults of the model.
     verify_keypoints : bool
         Also ask the keypoint matcher (:mod:`dedupdask.match_keypoints`: rotations,
@@ -399,7 +401,7 @@ def run(
         nearest_neighbors_k=nearest_neighbors_k, distance=distance, threshold=threshold,
         lower_threshold=lower_threshold, ccthreshold=ccthreshold, copy_threshold=copy_threshold,
         verify_threshold=verify_threshold, whitened_threshold=whitened_threshold,
-        verify_score=verify_score, verify=verify,
+        whitened_margin=whitened_margin, verify_score=verify_score, verify=verify,
         verify_keypoints=verify_keypoints, issue_thresholds=issue_thresholds,
         max_memory_per_task=max_memory_per_task,
         max_client_memory=max_client_memory, d_reduce=d_reduce, knn_dtype=knn_dtype,

@@ -258,7 +258,7 @@ def test_run_forwards_every_keyword_to_the_config(monkeypatch, tmp_path):
         "model_mean": (0.5, 0.5, 0.5), "model_std": (0.2, 0.2, 0.2), "batch_size": 3,
         "num_threads": 2, "nearest_neighbors_k": 4, "distance": "cosine", "threshold": 0.5,
         "lower_threshold": 0.2, "ccthreshold": 0.6, "copy_threshold": 0.7,
-        "verify_threshold": 0.4, "whitened_threshold": 0.3, "verify_score": 0.8, "verify": False,
+        "verify_threshold": 0.4, "whitened_threshold": 0.3, "whitened_margin": 0.2, "verify_score": 0.8, "verify": False,
         "verify_keypoints": True,
         "issue_thresholds": (("dark", 0.2), ("outlier", 0.4)),
         "max_memory_per_task": "1GB", "max_client_memory": "2GB", "d_reduce": 8, "knn_dtype": "float16", "images_per_partition": 1000,

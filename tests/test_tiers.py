@@ -424,6 +424,28 @@ def test_equal_model_inputs_are_verified_never_direct():
     assert off["accepted"].all() and not off["to_verify"].any()
 
 
+@pytest.mark.parametrize("margin", [None, 0.15])
+def test_a_whitened_pair_under_the_cut_is_verified_when_it_stands_out_of_its_neighbourhood(margin):
+    """Picture 0's nearest neighbour (whitened 0.44, under the 0.457 cut) stands 0.17 above its
+    fifth (0.27): verified with the margin. Picture 6's (0.40 over 0.30) does not stand out,
+    and picture 12's row is too short to have a fifth neighbour: neither is a candidate."""
+    from dedupdask.analyses.tiers import candidate_pairs
+
+    p = TierParams(0.99, 0.99, 0.995, 0.65, 0.9, True, 5, 0.98, whitened_threshold=0.457, whitened_margin=margin)
+    reps = np.arange(18)
+    idx = np.full((18, 5), -1)
+    sim = np.full((18, 5), np.nan, np.float32)
+    idx[0], sim[0] = [1, 2, 3, 4, 5], [0.44, 0.30, 0.29, 0.28, 0.27]
+    idx[6], sim[6] = [7, 8, 9, 10, 11], [0.40, 0.35, 0.33, 0.31, 0.30]
+    idx[12, :2], sim[12, :2] = [13, 14], [0.45, 0.1]
+    emb = (idx, np.full((18, 5), 0.5, np.float32))  # nothing the embedding graph proposes alone
+    cands = candidate_pairs(reps, emb, None, p, white_graph=(idx, sim))
+    d = decide(cands, p)
+    verified = d.loc[d["to_verify"], ["from", "to"]].values.tolist()
+    assert verified == ([[0, 1]] if margin else [])
+    assert cands["whitened_similarity"].notna().sum() == len(verified)
+
+
 def test_expand_graph_gives_every_exact_group_its_row():
     from dedupdask.analyses import exact_groups, expand_graph
 

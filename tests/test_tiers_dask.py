@@ -316,13 +316,19 @@ def test_a_frame_without_its_columns_is_a_clear_error(shards_work_dir):
         run_tiers_frames(col, col.files(), ex_t, in_t, graph, params)
 
 
-def test_whitened_candidates_decide_like_in_process(shards_work_dir, monkeypatch):
+@pytest.mark.parametrize("margin", [None, 0.05])
+def test_whitened_candidates_decide_like_in_process(shards_work_dir, monkeypatch, margin):
     """With a whitened_threshold the band's candidates are the whitened graph's pairs: the
-    same on the workers as in process, each verified pair of the band at or above the cut,
-    and the embedding graph proposes only what is accepted without verification."""
-    from dedupdask import whitening
+    same on the workers as in process, each verified pair of the band at or above the cut
+    unless it stands ``whitened_margin`` out of its picture's neighbourhood, and the embedding
+    graph proposes only what is accepted without verification."""
+    import dataclasses
+
+    from dedupdask import thresholds, whitening
 
     monkeypatch.setattr(whitening, "DIMS", 8)  # 40 images: 8 axes are what they can estimate
+    row = thresholds.TABLE["effnet-lite0"]
+    monkeypatch.setitem(thresholds.TABLE, "effnet-lite0", dataclasses.replace(row, whitened_margin=margin))
     with dask.config.set(scheduler="sync"):
         out = _same_tiers(shards_work_dir, whiten=True)
         raw = _same_tiers(shards_work_dir)
@@ -330,7 +336,9 @@ def test_whitened_candidates_decide_like_in_process(shards_work_dir, monkeypatch
     cut = np.float32(0.457)
     assert d["whitened_similarity"].notna().any() and raw["decided"]["whitened_similarity"].isna().all()
     band = d["to_verify"] & ~(d["copy_similarity"] >= np.float32(0.995)) & ~d["same_input"]
-    assert band.any() and (d.loc[band, "whitened_similarity"] >= cut).all()
+    assert band.any()
+    under = d.loc[band, "whitened_similarity"] < cut
+    assert under.any() if margin else not under.any()  # (40 images: a loose margin to see some)
     only_raw = d["whitened_similarity"].isna() & d["copy_similarity"].isna()
     assert (d.loc[only_raw, "similarity"] >= np.float32(0.99)).all()
     assert (d["similarity"].notna()).all()  # the pairs only other graphs have get their cosine

@@ -12,8 +12,10 @@ duplicates. So pairs are found in tiers and each pair is labelled with the stron
 ``near``
     Embedding cosine >= ``threshold`` (the model's kNN graph), or a *candidate* that
     :mod:`dedupdask.verify` confirms: a pair of the kNN graph of the run's whitened embedding
-    (:mod:`dedupdask.whitening`) with whitened cosine >= ``whitened_threshold``, or, in runs
-    too small to whiten, a pair with embedding cosine >= ``verify_threshold``.
+    (:mod:`dedupdask.whitening`) with whitened cosine >= ``whitened_threshold``, or standing
+    ``whitened_margin`` above the cosine of either picture's :data:`TIER_K`-th neighbour (a
+    copy stands out of its neighbourhood however crowded it is: :func:`stands_out`), or, in
+    runs too small to whiten, a pair with embedding cosine >= ``verify_threshold``.
 
 Verification (pixel alignment, ~1-3 ms of a core per pair) decides every pair that is not certain:
 the candidates of that looser band (below ``threshold``) and every copy
@@ -68,6 +70,7 @@ __all__ = [
     "fused_edges",
     "merge_candidates",
     "resolve_params",
+    "stands_out",
     "tier_counts",
     "unique_pairs",
     "verified_counts",
@@ -115,6 +118,9 @@ class TierParams:
     whitened_threshold : float or None
         Whitened embedding cosine of a verification candidate, which then replaces
         ``verify_threshold``'s band (None: the raw band, or none).
+    whitened_margin : float or None
+        With ``whitened_threshold``: a whitened pair under it is a candidate too when it
+        stands this much above its picture's :data:`TIER_K`-th neighbour (:func:`stands_out`).
     """
 
     threshold: float
@@ -127,6 +133,7 @@ class TierParams:
     early_accept: float
     keypoints: bool = False
     whitened_threshold: float | None = None
+    whitened_margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,6 +193,7 @@ def resolve_params(
         early_accept=thresholds.early_accept,
         keypoints=bool(keypoints and verify),
         whitened_threshold=whitened,
+        whitened_margin=thresholds.whitened_margin if whitened is not None else None,
     )
 
 
@@ -215,23 +223,55 @@ def unique_pairs(
     return df["a"].to_numpy(np.int64), df["b"].to_numpy(np.int64), df["s"].to_numpy(np.float32)
 
 
+def stands_out(sim: np.ndarray, background: np.ndarray, margin: float | None) -> np.ndarray:
+    """Which neighbours stand ``margin`` above their picture's background.
+
+    ``background`` is the similarity of the picture's :data:`TIER_K`-th neighbour (NaN when
+    its row is shorter: nothing stands out of it). How high a cosine is depends on how crowded
+    the picture's part of the space is (hubness: a photo among many like it has close
+    neighbours that are other photos, a drawing in an empty region has none), and a copy
+    whose edits moved it far (a pad, an inset, a crop with a caption) still stands out of its
+    original's neighbourhood. One rule for both paths: float32 differences.
+
+    Examples
+    --------
+    >>> sim = np.array([[0.44, 0.30, 0.29, 0.28, 0.27]], np.float32)
+    >>> stands_out(sim, sim[:, 4:], 0.15).tolist()
+    [[True, False, False, False, False]]
+    >>> stands_out(sim, np.full((1, 1), np.nan, np.float32), 0.15).any() | stands_out(sim, sim[:, 4:], None).any()
+    np.False_
+    """
+    if margin is None:
+        return np.zeros(np.shape(sim), bool)
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(sim, np.float32) - np.asarray(background, np.float32)) >= np.float32(margin)
+
+
 def _edges(
-    reps: np.ndarray, idx: np.ndarray, sim: np.ndarray, cut: float
+    reps: np.ndarray, idx: np.ndarray, sim: np.ndarray, cut: float, margin: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique rep-level pairs ``lo < hi`` of a kNN graph with similarity >= ``cut``."""
-    ok = (idx >= 0) & (sim >= np.float32(cut))
+    """Unique rep-level pairs ``lo < hi`` of a kNN graph with similarity >= ``cut``, or
+    standing ``margin`` above the row's :data:`TIER_K`-th neighbour (:func:`stands_out`)."""
+    ok = sim >= np.float32(cut)
+    if margin is not None and sim.shape[1] >= TIER_K:
+        ok |= stands_out(sim, sim[:, TIER_K - 1 : TIER_K], margin)
+    ok &= idx >= 0
     rows, cols = np.nonzero(ok)
     return unique_pairs(reps[rows], reps[idx[rows, cols]], sim[rows, cols])
 
 
 def _graph_pairs(
-    reps: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | None, cut: float | None, column: str
+    reps: np.ndarray,
+    graph: tuple[np.ndarray, np.ndarray] | None,
+    cut: float | None,
+    column: str,
+    margin: float | None = None,
 ) -> pd.DataFrame | None:
-    """``from, to, <column>``: the unique pairs of one kNN graph at or above ``cut`` (None
-    without the graph or the cut)."""
+    """``from, to, <column>``: the unique pairs of one kNN graph at or above ``cut`` or
+    standing ``margin`` out (None without the graph or the cut)."""
     if graph is None or cut is None:
         return None
-    a, b, s = _edges(reps, graph[0], graph[1], cut)
+    a, b, s = _edges(reps, graph[0], graph[1], cut, margin)
     return pd.DataFrame({"from": a, "to": b, column: s})
 
 
@@ -315,7 +355,7 @@ def candidate_pairs(
     """
     emb = _graph_pairs(reps, emb_graph, candidate_cut(params), "similarity")
     dct = _graph_pairs(reps, dct_graph, params.copy_threshold, "copy_similarity")
-    white = _graph_pairs(reps, white_graph, params.whitened_threshold, "whitened_similarity")
+    white = _graph_pairs(reps, white_graph, params.whitened_threshold, "whitened_similarity", params.whitened_margin)
     assert emb is not None  # the embedding graph and its cut are always there
     out = merge_candidates(emb, dct, white)
     if input_rep is None:
@@ -358,8 +398,8 @@ def decide(cands: pd.DataFrame, params: TierParams) -> pd.DataFrame:
         copy = (dct >= np.float32(params.copy_threshold)) if params.copy_threshold is not None else np.zeros(len(out), bool)
         direct = emb >= np.float32(params.threshold)
         if params.whitened_threshold is not None:
-            white = out["whitened_similarity"].to_numpy(np.float32)
-            band = white >= np.float32(params.whitened_threshold)
+            # the whitened graph proposes its band only: the cut, or a pair standing out
+            band = ~np.isnan(out["whitened_similarity"].to_numpy(np.float32))
         elif params.verify_threshold is not None:
             band = emb >= np.float32(params.verify_threshold)
         else:

@@ -48,12 +48,14 @@ from .routing import ask, route, shuffle_method
 from .tierframes import TierFrames
 from .tiers import (
     DECIDED_DTYPES,
+    TIER_K,
     TierParams,
     candidate_cut,
     decide,
     decided_columns,
     fused_edges,
     merge_candidates,
+    stands_out,
     tier_counts,
     unique_pairs,
     verified_counts,
@@ -143,10 +145,18 @@ _EDGE_META = pd.DataFrame(
 )
 
 
-def _emb_edges(part: pd.DataFrame, cut: float, src: int = 0) -> pd.DataFrame:
+def _emb_edges(part: pd.DataFrame, cut: float, src: int = 0, margin: float | None = None) -> pd.DataFrame:
     """Embedding graph rows at or above ``cut`` as edges ``from < to`` with both input reps
-    (``src`` 2: the whitened graph's)."""
-    keep = part["similarity"].to_numpy(np.float32) >= np.float32(cut)
+    (``src`` 2: the whitened graph's, with its ``margin``: rows standing out of their
+    picture's :data:`~.tiers.TIER_K`-th neighbour, :func:`~.tiers.stands_out`; a partition
+    holds whole rows)."""
+    sim = part["similarity"].to_numpy(np.float32)
+    keep = sim >= np.float32(cut)
+    if margin is not None and len(part):
+        last = part[part["rank"].to_numpy() == TIER_K - 1]
+        last = last[~last["from"].duplicated()]
+        background = pd.Series(last["similarity"].to_numpy(np.float32), index=last["from"].to_numpy(_I64))
+        keep |= stands_out(sim, background.reindex(part["from"].to_numpy(_I64)).to_numpy(np.float32), margin)
     a, b = part["from"].to_numpy(_I64)[keep], part["to"].to_numpy(_I64)[keep]
     ca, cb = part["from_input"].to_numpy(_I64)[keep], part["to_input"].to_numpy(_I64)[keep]
     swap = a > b
@@ -365,7 +375,7 @@ def run_tiers_frames(
     if white_graph is not None:  # expanded like the embedding graph: both ends' input reps
         white = expand_graph_frame(white_graph, exact, inputs, k, siblings=sib, n_siblings=n_sib)
         parts.append(white.map_partitions(
-            _emb_edges, params.whitened_threshold, 2, meta=_EDGE_META, enforce_metadata=False
+            _emb_edges, params.whitened_threshold, 2, params.whitened_margin, meta=_EDGE_META, enforce_metadata=False
         ))  # fmt: skip
     if dct_graph is not None:
         dct = dct_graph.map_partitions(
