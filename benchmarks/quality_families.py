@@ -362,6 +362,9 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
     t, vt, ct, vs = (float(prm[k]) for k in ("threshold", "verify_threshold", "copy_threshold", "verify_score"))
     wt = prm.get("whitened_threshold")  # the band of the run: whitened cosine, or raw
     band_of, band = (cos["white"].to_numpy(), f"whitened >= {wt}") if wt is not None else (cos["emb"].to_numpy(), f"embedding >= {vt}")
+    share = f"lost: share with {band}"  # the cut alone
+    if wt is not None and prm.get("whitened_margin") is not None:
+        band += f" or {prm['whitened_margin']} above the 5th neighbour"
     cut = float(wt) if wt is not None else vt
     acc = candidate_frame(truth, ddk["similarity"]).set_index(["a", "b"])
     lz = loose.set_index(["a", "b"])
@@ -408,7 +411,7 @@ def loss_table(truth: Truth, ddk: dict, loose: pd.DataFrame, cos: pd.DataFrame) 
             "lost: not among 5 nearest", "lost: verification found no alignment (score -1)",
             f"lost: verification scored < {vs} (both matchers)", "lost: other",
             "lost: median embedding cos", "lost: median DCT cos", "rejected: median verify score",
-            f"lost: share with {band}"]  # fmt: skip
+            share]  # fmt: skip
     return table(rows, head), diag
 
 
@@ -621,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
       f"{desc['reserved']} pictures kept out as stickers / insets; {len(desc['dropped'])} repeated pictures dropped.")  # fmt: skip
     for note in desc["notes"]:
         p(f"NOTE: {note}")
-    p(f"dedupdask {ddkmod.__version__}: ddk.run(run_mode=0) defaults {json.dumps({k: ddk['params'][k] for k in ('threshold', 'ccthreshold', 'copy_threshold', 'verify_threshold', 'whitened_threshold', 'verify_score', 'knn_k') if k in ddk['params']})}; "
+    p(f"dedupdask {ddkmod.__version__}: ddk.run(run_mode=0) defaults {json.dumps({k: ddk['params'][k] for k in ('threshold', 'ccthreshold', 'copy_threshold', 'verify_threshold', 'whitened_threshold', 'whitened_margin', 'verify_score', 'knn_k') if k in ddk['params']})}; "
       f"{len(ddk['similarity'])} pairs, {ddk['invalid']} invalid, {ddk['seconds']:.0f} s wall; verification: "
       f"{ddk['verification'].get('candidates', 0)} candidates, {ddk['verification'].get('accepted', 0)} accepted.")  # fmt: skip
     if fd is not None:
@@ -675,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
       f"or DCT >= {quality_tiers.LOOSE['copy_threshold']} verified: {lv.get('candidates', 0)} pairs, "
       f"{ddk['loose_seconds']:.0f} s; the raw band whatever the run's size) and the work_dir's vectors. 'below "
       "both cuts' = below the run's band (whitened cosine < whitened_threshold in runs that whiten, else embedding < "
-      "verify_threshold) and DCT < copy_threshold (never a candidate); 'not among 5 nearest' = a cosine above a cut "
+      "verify_threshold) and DCT < copy_threshold (never a candidate, unless its whitened cosine stood whitened_margin "
+      "out of its picture's neighbourhood and verification rejected it); 'not among 5 nearest' = a cosine above a cut "
       "but neither image "
       "lists the other among its 5 nearest in that descriptor; 'no alignment' = a candidate whose score is -1: "
       f"the pixel alignment's correlation too low, or its residual so large that the score is clipped at -1 (an "
