@@ -11,7 +11,10 @@ deviation, and L2-normalised. One cosine cut in that space
 (:attr:`dedupdask.thresholds.Thresholds.whitened_threshold`, fixed on the tuning families of
 ``benchmarks/quality_families.py``) then transfers across datasets
 (``benchmarks/results/whitening_probe.txt``: one cut keeps 97-99 % of the planted pairs on
-three sets whose candidate counts fall 11 %, 29 % and 98 %).
+three sets whose candidate counts fall 11 %, 29 % and 98 %). A pair under that cut is verified too
+when it stands :attr:`~dedupdask.thresholds.Thresholds.whitened_margin` above its picture's
+5th neighbour (:func:`dedupdask.analyses.tiers.stands_out`): a cosine means more or less
+depending on how crowded its part of the whitened space is.
 
 The whitening is fitted by one task on a fixed random sample of at most :data:`SAMPLE` rows
 (the partitioned kNN's sampler, :mod:`dedupdask.knn_fit`) and is applied where vectors are
