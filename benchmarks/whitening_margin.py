@@ -23,7 +23,10 @@ other draws and the tier shards are reported at it.
     python benchmarks/whitening_margin.py --families RUNS ... --tiers ROOT
 
 Pairs the loose analysis did not verify (under both of its cuts) count as extra verifications
-with no score. Figures are printed, not asserted.
+with no score. The planted pairs "found" are those the cached run lost: on runs made with the
+margin already on (``quality_families.py`` since it shipped) they are the ones it still loses, so
+``benchmarks/results/whitening_margin.txt`` was printed from the runs made before it. Figures
+are printed, not asserted.
 """
 
 from __future__ import annotations
