@@ -22,7 +22,10 @@ scored by two matchers, and the better score counts (:func:`score_views`):
   pixel alignment's placement): a copy turned by up to :data:`MAX_DENSE_TURN` degrees that is
   too plain for keypoints (an object on white, a smooth wallpaper). The warp must be a turn
   with a resize, no stretch or slant (:func:`_unturned`: one object fits another of other
-  proportions, one smooth picture another, with them), unmirrored, one picture inside the other.
+  proportions, one smooth picture another, with them), unmirrored, one picture inside the other;
+  a copy turned farther (up to :data:`MAX_FAR_TURN`) is read the same way from the turn its
+  spectra give (:func:`far_turned_record`), each picture turned to the other's orientation and
+  placed by the alignment search below.
 
 All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matcher unless
 ``verify_keypoints=False``; :func:`match_score` asks it unless told not to. The pixel alignment, per pair, on images decoded (as displayed: EXIF orientation applied, through
@@ -127,6 +130,7 @@ from .match_keypoints import (
     match_keypoints,
     plane_warp,
 )
+from .match_keypoints import MAX_TURN as KEYPOINT_MAX_TURN
 from .match_keypoints import SIZE as KEYPOINT_SIZE
 from .match_record import MATCHERS, MatchRecord
 
@@ -135,7 +139,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/13"
+PIXEL_MATCHER = "pixel-alignment/14"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -148,8 +152,9 @@ after the turned reading (the same decisions, fewer pairs read at the finer size
 pictures of other shapes are also read whole onto whole (:func:`_stretched`); /12: a pasted rectangle
 may cover up to 35 % of the overlap (:data:`MAX_PASTED`; 25 % before); /13: a pasted rectangle's cut
 may be shorter where it runs along all the content it crosses (:data:`MIN_CROSSING`), and a
-reading under -1 keeps its residuals."""
-MATCHER = "pixel-alignment+keypoints/23"
+reading under -1 keeps its residuals; /14: a copy turned farther than ECC reaches from the
+placement (15-45 degrees) is read under the turn its spectra give (:func:`far_turned_record`)."""
+MATCHER = "pixel-alignment+keypoints/24"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -200,7 +205,12 @@ laid partly on a drawing's white ground), read in the last two rows or columns i
 (a straight edge between two pixel rows at 128 px leaves the last one half changed); and the
 pixel alignment's record keeps the residuals of a reading under -1 when no colour edit
 was fitted (an empty record had replaced it, so the finer reading was never asked of it; the
-residuals under a warp likewise, :func:`_with_colour_edit`)."""
+residuals under a warp likewise, :func:`_with_colour_edit`). /24: a pair nothing accepted is also
+read under the turn the two pictures' spectra give (:func:`spectral_turn`, Fourier-Mellin), from
+:data:`FAR_FROM` to :data:`MAX_FAR_TURN` degrees, where ECC started from the placement does not reach
+(:func:`far_turned_record`; two graphics up to the keypoint warp's 30, which keeps which way is
+up): a wallpaper or a smooth photo turned by 20-45 degrees and cut to what stayed whole, an object
+on white turned on its ground while one picture stays inside the other."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -244,8 +254,21 @@ SAME_PLACEMENT = 1.0
 search steps the shift by 1 px and the scale by 1.25 %, 1.6 px at the corners): not read again
 (:func:`turned_record`)."""
 MAX_DENSE_TURN = 15.0
-"""Largest turn (degrees) of an alignment found from the pixels (:func:`turned_record`): a
-straightened or tilted copy. Past it ECC, started unturned, does not reach the alignment."""
+"""Largest turn (degrees) of an alignment found from the pixels (:func:`turned_record`) started
+from the pixel alignment's placement: a straightened or tilted copy. Past it ECC, started
+unturned, does not reach the alignment; :func:`far_turned_record` starts it turned."""
+MAX_FAR_TURN = 45.0
+"""Largest turn (degrees) of a copy read by :func:`far_turned_record`: the turn is read from the
+two pictures' spectra (:func:`spectral_turn`), which cannot tell a turn from the same turn plus
+a half; a photo shown on its side is a quarter turn (:func:`turned_over_record`), and a turn
+from one of those by up to 45 degrees covers every angle."""
+FAR_FROM = 10.0
+"""Smallest turn (degrees), as the spectra read it, that :func:`far_turned_record` reads: ECC
+started from the pixel alignment's placement reaches :data:`MAX_DENSE_TURN`, and the spectra
+read a turn within a few degrees (one angle of :data:`SPECTRUM`, and the crop's own)."""
+SPECTRUM = 64
+"""Side (px) of the central squares whose spectra :func:`spectral_turn` compares: 64 angles
+over a half turn (2.8 degrees apart, within ECC's reach of the true turn)."""
 FRAME_TOLERANCE = 16
 """A row or column of a frame: at least 98 % of its pixels within this many levels (of 255, in
 every channel) of its median colour -- JPEG's ringing around a flat band stays within it."""
@@ -1201,6 +1224,8 @@ def record_views(va: View, vb: View, early_accept: float | None, *, keypoints: b
         best = _better(best, _keypoint_record(va, vb))
     if early_accept is None or best.score < early_accept:
         best = _better(best, turned_record(va, vb, pixel.homography))
+    if early_accept is None or best.score < early_accept:
+        best = _better(best, far_turned_record(va, vb))
     unsure = early_accept is None or best.score < early_accept
     if unsure and 1.0 - pixel.residual >= FINER_GATE:  # NaN (nothing aligned): False
         finer = _finer_record(va, vb, pixel)
@@ -1444,7 +1469,9 @@ def _warped_residuals(va: View, frame: View, other: View, W: np.ndarray, mask: n
     return best
 
 
-def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRecord:
+def turned_record(
+    va: View, vb: View, seed: np.ndarray | None = None, *, max_turn: float | None = None, read: bool = True
+) -> MatchRecord:
     """The pixel alignment's score of a pair under a turn found from the pixels themselves, for
     copies too plain for keypoints (an object on white, a smooth wallpaper).
 
@@ -1454,9 +1481,10 @@ def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRe
     contrast, maximised from the seed), at half size and then at :data:`FINE`, with the picture
     lying inside the other as the template (and the other way round when ECC does not converge).
     When the refined correlation reaches :data:`DENSE_MIN_CC`, the warp moves a corner more than
-    :data:`SAME_PLACEMENT` from the seed (else the pixel alignment read it), is a turn of at most
-    :data:`MAX_DENSE_TURN` degrees with a resize (no mirror; within :data:`ECC_MAX_SHIFT` px of
-    one, :func:`_unturned`) and one picture lies at least
+    :data:`SAME_PLACEMENT` from the seed (else the pixel alignment read it; unless ``read`` is
+    False: a seed it did not read, :func:`far_turned_record`'s), is a turn of at most
+    ``max_turn`` degrees (by default :data:`MAX_DENSE_TURN`) with a resize (no mirror; within
+    :data:`ECC_MAX_SHIFT` px of one, :func:`_unturned`) and one picture lies at least
     :data:`~dedupdask.match_keypoints.MIN_CONTAINED` inside the other, the residuals are read as
     under the keypoints' warp (:func:`warped_record`): as strict on content. -1 otherwise.
 
@@ -1508,10 +1536,10 @@ def turned_record(va: View, vb: View, seed: np.ndarray | None = None) -> MatchRe
     W = np.vstack([refined, [0.0, 0.0, 1.0]]).astype(np.float64)
     if not np.isfinite(W).all() or abs(np.linalg.det(W[:2, :2])) < 1e-6 or cc < DENSE_MIN_CC:
         return MatchRecord()
-    if seed is not None and _corner_shift(W, W0 / W0[2, 2], frame.grey.shape) <= SAME_PLACEMENT:
+    if read and seed is not None and _corner_shift(W, W0 / W0[2, 2], frame.grey.shape) <= SAME_PLACEMENT:
         return MatchRecord()  # the seed's own placement, which the pixel alignment has read
     degrees, mirrored = turn(W, frame.grey.shape)
-    if mirrored or abs(degrees) > MAX_DENSE_TURN or _unturned(W[:2, :2], frame.grey.shape) > ECC_MAX_SHIFT:
+    if mirrored or abs(degrees) > (MAX_DENSE_TURN if max_turn is None else max_turn) or _unturned(W[:2, :2], frame.grey.shape) > ECC_MAX_SHIFT:
         return MatchRecord()
     # the frame is the picture that lies inside the other under the refined warp
     frame, other, M = max([(frame, other, W), (other, frame, np.linalg.inv(W))], key=lambda p: float(_held(*p).mean()))
@@ -1540,6 +1568,137 @@ def _unturned(A: np.ndarray, hw: tuple[int, ...]) -> float:
     p, q = (A[0, 0] + A[1, 1]) / 2, (A[1, 0] - A[0, 1]) / 2  # the nearest scaled rotation
     corners = np.array([[-w, w, w, -w], [-h, -h, h, h]], np.float64) / 2
     return float(np.hypot(*((A - [[p, -q], [q, p]]) @ corners)).max())
+
+
+def spectral_turn(a: np.ndarray, b: np.ndarray) -> float:
+    """The turn (degrees, anticlockwise as shown) that brings grey picture ``b`` to ``a``'s
+    orientation, read from their spectra (Fourier-Mellin).
+
+    A shift or a crop of a picture leaves the magnitude of its spectrum where it was, and a turn
+    turns it: in log-polar coordinates a turn is a shift along the angles, which a phase
+    correlation finds. Each picture's central square is resized to :data:`SPECTRUM` px and
+    windowed (Hann: the square's edges, which do not turn with the picture, would otherwise
+    draw lines through the spectrum), and the log magnitudes are weighted up with the frequency
+    (fine texture turns as clearly as coarse shapes). The spectrum of a real picture is
+    symmetric: a turn is read modulo a half turn, within +-90 degrees.
+
+    Examples
+    --------
+    >>> import cv2
+    >>> from dedupdask.datasets import random_picture
+    >>> img = np.asarray(random_picture(np.random.default_rng(1), (192, 192)).convert("L"), np.float32) / 255
+    >>> turned = cv2.warpAffine(img, cv2.getRotationMatrix2D((96, 96), -25, 1.0), (192, 192))
+    >>> round(spectral_turn(img[48:144, 48:144], turned[48:144, 48:144]) / 5) * 5
+    25
+    """
+    import cv2
+
+    n = SPECTRUM
+    window = cv2.createHanningWindow((n, n), cv2.CV_32F)
+    y, x = np.mgrid[-0.5 : 0.5 : 1 / n, -0.5 : 0.5 : 1 / n]
+    low = np.cos(np.pi * x) * np.cos(np.pi * y)
+    emphasis = ((1 - low) * (2 - low)).astype(np.float32)
+    polar = []
+    for g in (a, b):
+        h, w = g.shape
+        side = min(h, w)
+        sq = g[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+        sq = cv2.resize(np.ascontiguousarray(sq, np.float32), (n, n), interpolation=cv2.INTER_AREA)
+        mag = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2((sq - sq.mean()) * window)))).astype(np.float32)
+        lp = cv2.warpPolar(mag * emphasis, (n, 2 * n), (n / 2, n / 2), n / 2, cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR)
+        polar.append(np.ascontiguousarray(lp[:n]))  # a half turn of angles: the rest repeats it
+    (_, shift), _ = cv2.phaseCorrelate(polar[0], polar[1])
+    return float(shift * 180.0 / n)
+
+
+def _straightened(v: View, degrees: float) -> tuple[View, np.ndarray]:
+    """Picture ``v`` turned by ``degrees`` (anticlockwise as shown) about its centre, and the map
+    of the turned view's normalised coordinates onto ``v``'s. A picture on a plain ground
+    (:func:`_ground`: one colour holds half its outermost rows and columns) is turned on it, the
+    corners filled with that colour, as an editor turns a drawing or an object on white; any
+    other is cut to the largest box of its shape that the turn leaves whole, as an editor's
+    straighten tool cuts a photo."""
+    import cv2
+
+    rgb = v.keypoints.rgb  # the 256 px picture
+    h, w = rgb.shape[:2]
+    R = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), [0.0, 0.0, 1.0]])
+    ring = _ring(rgb.astype(np.float32) / 255.0)
+    if _plain(ring) >= 0.5:
+        fill = tuple(float(c) * 255.0 for c in np.median(ring, axis=0))
+        turned = cv2.warpAffine(rgb, R[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        k, x0, y0, cw, ch = 1.0, 0, 0, w, h
+    else:
+        c, s = abs(np.cos(np.radians(degrees))), abs(np.sin(np.radians(degrees)))
+        k = min(w, h) / (max(w, h) * s + min(w, h) * c)
+        cw, ch = max(4, round(w * k)), max(4, round(h * k))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        turned = cv2.warpAffine(rgb, R[:2], (w, h), flags=cv2.INTER_LINEAR)[y0 : y0 + ch, x0 : x0 + cw]
+    width, height = v._size
+    view = View(Prepared(max(1, round(width * k)), max(1, round(height * k)), np.ascontiguousarray(turned)), v.fine)
+    T = np.diag([1.0 / w, 1.0 / h, 1.0]) @ np.linalg.inv(R) @ np.array([[cw, 0.0, x0], [0.0, ch, y0], [0.0, 0.0, 1.0]])
+    return view, T
+
+
+def far_turned_record(va: View, vb: View) -> MatchRecord:
+    """:func:`turned_record` for a copy turned farther than ECC reaches from the pixel
+    alignment's placement (:data:`MAX_DENSE_TURN`; up to :data:`MAX_FAR_TURN` degrees), too plain
+    for keypoints: a wallpaper or a smooth photo turned by 20 or 30 degrees and cropped.
+
+    The turn is read from the two pictures' spectra (:func:`spectral_turn`); each picture in
+    turn is turned to the other's orientation (on its plain ground, or cut to what stays whole:
+    :func:`_straightened`),
+    and the pixel alignment's own search places it in the other (or the other in it) -- the
+    scale and the shift, unmirrored. When the better search correlates (:data:`COARSE_REJECT` at 48 px,
+    :data:`FINE_REJECT` at 128), the placement composed with the turn is the start from which
+    :func:`turned_record` refines the warp on the pictures themselves and reads the residuals,
+    by its rules (a turn with a resize, one picture inside the other, as strict on content). Two
+    graphics are turned by at most the keypoint warp's
+    :data:`~dedupdask.match_keypoints.MAX_TURN`, which keeps which way is up: an arrow turned by
+    45 degrees points another way, as icon sets draw their arrows.
+    -1 when the spectra read a turn under :data:`FAR_FROM` (ECC reaches it from the placement)
+    or over :data:`MAX_FAR_TURN`, or none of these holds.
+
+    Examples
+    --------
+    >>> import cv2
+    >>> from dedupdask.datasets import random_picture
+    >>> img = np.asarray(random_picture(np.random.default_rng(3), (256, 192)))
+    >>> M = cv2.getRotationMatrix2D((128, 96), 28, 1.0)
+    >>> turned = cv2.warpAffine(img, M, (256, 192))[40:152, 52:204]  # turned, cut to what stays whole
+    >>> v = lambda x: View(Prepared(x.shape[1], x.shape[0], np.ascontiguousarray(x)))
+    >>> turned_record(v(img), v(turned)).score  # ECC started unturned does not reach 28 degrees
+    -1.0
+    >>> r = far_turned_record(v(img), v(turned))
+    >>> r.matcher, r.score >= 0.9
+    ('pixel_turned', True)
+    """
+    degrees = spectral_turn(va.grey, vb.grey)
+    if not FAR_FROM <= abs(degrees) <= MAX_FAR_TURN:
+        return MatchRecord()
+    # the copy may be either picture: each is turned to the other's orientation in turn, and
+    # the search places it (a copy turned and cut to what stayed whole is then the other
+    # picture as it is; cut further, inside it)
+    best = None
+    for turned_a in (False, True):
+        turned, T = _straightened(va, -degrees) if turned_a else _straightened(vb, degrees)
+        first, second = (turned, vb) if turned_a else (va, turned)
+        hyps = _hypotheses(first, second, mirrors=False)
+        if hyps and hyps[0][0] >= COARSE_REJECT and (best is None or hyps[0][0] > best[0][0]):
+            best = (hyps[0], first, second, turned_a, T)
+    if best is None:
+        return MatchRecord()
+    (_, direction, scale, _), first, second, turned_a, T = best
+    outer, inner = (first, second) if direction == 0 else (second, first)
+    got = _refine(outer, inner, scale, False)
+    if got is None:
+        return MatchRecord()
+    placed = _placed(outer, inner, False, got[1], direction == 0)  # second -> first, normalised
+    seed = T @ placed if turned_a else placed @ np.linalg.inv(T)  # the second picture -> the first
+    # two graphics keep which way is up as under the keypoint warp: an arrow turned by 45
+    # degrees points another way, as icon sets draw it
+    upright = KEYPOINT_MAX_TURN if _two_graphics(va, vb) else MAX_FAR_TURN
+    return turned_record(va, vb, seed, max_turn=upright, read=False)
 
 
 def _pixel_match(va: View, vb: View, early_accept: float | None) -> MatchRecord:

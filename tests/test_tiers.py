@@ -366,7 +366,42 @@ def test_a_plain_object_turned_is_found_from_its_pixels(monkeypatch):
         m.setattr(match, "_unturned", lambda A, hw: 0.0)  # a slant or a stretch allowed:
         assert match_score(*others[0]) >= DEFAULT_VERIFY_SCORE  # a thinner, shorter capsule fits
     monkeypatch.setattr(match, "MAX_DENSE_TURN", 2.0)
+    monkeypatch.setattr(match, "MAX_FAR_TURN", 2.0)  # nor from the turn the spectra read
     assert match_score(a, _prep(_turned(im, degrees))) < DEFAULT_VERIFY_SCORE
+
+
+def test_a_plain_object_turned_farther_is_found_from_its_spectra(monkeypatch):
+    """Turned by 18-29 degrees, a product shot is out of ECC's reach from the unturned placement;
+    the turn read from the two pictures' spectra (far_turned_record) starts it there, and the
+    residuals are read as strictly: the same object with a hole, or another object, turned as
+    far, still differ. Without the spectra's start (MAX_FAR_TURN at MAX_DENSE_TURN), the copies
+    are not found. Two graphics keep which way is up, as under the keypoint warp: an arrow turned
+    by 35 degrees points another way."""
+    import dedupdask.match as match
+
+    rng = np.random.default_rng(11)
+    pairs = []
+    for degrees in (18.0, -24.0, 29.0):
+        im = _object_on_white(rng)
+        a, copy = _prep(im), _prep(_turned(im, degrees))
+        r = match.match_record(a, copy)
+        assert r.matcher == "pixel_turned" and r.score >= DEFAULT_VERIFY_SCORE, (degrees, r)
+        pairs.append((a, copy))
+        ys, xs = np.nonzero(np.asarray(im).min(axis=2) < 250)
+        holed = im.copy()
+        ImageDraw.Draw(holed).ellipse((xs.mean() - 12, ys.mean() - 12, xs.mean() + 12, ys.mean() + 12), fill=(255, 255, 255))
+        assert match_score(a, _prep(_turned(holed, degrees))) < DEFAULT_VERIFY_SCORE
+        assert match_score(a, _prep(_turned(_object_on_white(rng), degrees))) < DEFAULT_VERIFY_SCORE
+    arrow = Image.new("RGB", (240, 240), "white")  # a thick arrow pointing down, and turned by 35 degrees
+    ImageDraw.Draw(arrow).polygon([(106, 65), (134, 65), (134, 126), (164, 126), (120, 175), (76, 126), (106, 126)], fill="black")
+    aslant = arrow.rotate(35, Image.Resampling.BICUBIC, fillcolor="white").crop((42, 42, 198, 198))
+    assert match_score(_prep(arrow), _prep(aslant)) < DEFAULT_VERIFY_SCORE
+    with monkeypatch.context() as m:
+        m.setattr(match, "KEYPOINT_MAX_TURN", match.MAX_FAR_TURN)  # graphics turned as far as photos:
+        assert match_score(_prep(arrow), _prep(aslant)) >= DEFAULT_VERIFY_SCORE  # the same arrow
+    monkeypatch.setattr(match, "MAX_FAR_TURN", match.MAX_DENSE_TURN)
+    for a, copy in pairs:
+        assert match_score(a, copy) < DEFAULT_VERIFY_SCORE
 
 
 def _font(size: int):
