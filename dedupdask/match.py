@@ -587,6 +587,7 @@ class View:
         self.coarse = _resize(self.grey, max(4, round(w * s)), max(4, round(h * s)))
         self.coarse_plan = _Plan(self.coarse)
         self._fine_plan: _Plan | None = None
+        self._spectrum: np.ndarray | None = None
         self._stacks: dict[tuple[int, int], _Stack | None] = {}
         self._rgb: np.ndarray | None = None
         self._pil: dict[str, Any] = {}
@@ -645,6 +646,13 @@ class View:
             self._finer = View(self._prepared, FINER) if more and self.fine < FINER else None
         assert self._finer is not False
         return self._finer
+
+    @property
+    def spectrum(self) -> np.ndarray:
+        """:func:`_log_polar` of the grey picture (made on first use): a picture is in many pairs."""
+        if self._spectrum is None:
+            self._spectrum = _log_polar(self.grey)
+        return self._spectrum
 
     @property
     def fine_plan(self) -> _Plan:
@@ -1593,22 +1601,28 @@ def spectral_turn(a: np.ndarray, b: np.ndarray) -> float:
     """
     import cv2
 
+    (_, shift), _ = cv2.phaseCorrelate(_log_polar(a), _log_polar(b))
+    return float(shift * 180.0 / SPECTRUM)
+
+
+def _log_polar(grey: np.ndarray) -> np.ndarray:
+    """The log-polar log magnitude spectrum of a grey picture's central square, weighted up with
+    the frequency (:func:`spectral_turn`): :data:`SPECTRUM` angles over a half turn (the rest
+    repeats them) by :data:`SPECTRUM` radii."""
+    import cv2
+
     n = SPECTRUM
-    window = cv2.createHanningWindow((n, n), cv2.CV_32F)
     y, x = np.mgrid[-0.5 : 0.5 : 1 / n, -0.5 : 0.5 : 1 / n]
     low = np.cos(np.pi * x) * np.cos(np.pi * y)
     emphasis = ((1 - low) * (2 - low)).astype(np.float32)
-    polar = []
-    for g in (a, b):
-        h, w = g.shape
-        side = min(h, w)
-        sq = g[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
-        sq = cv2.resize(np.ascontiguousarray(sq, np.float32), (n, n), interpolation=cv2.INTER_AREA)
-        mag = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2((sq - sq.mean()) * window)))).astype(np.float32)
-        lp = cv2.warpPolar(mag * emphasis, (n, 2 * n), (n / 2, n / 2), n / 2, cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR)
-        polar.append(np.ascontiguousarray(lp[:n]))  # a half turn of angles: the rest repeats it
-    (_, shift), _ = cv2.phaseCorrelate(polar[0], polar[1])
-    return float(shift * 180.0 / n)
+    h, w = grey.shape
+    side = min(h, w)
+    sq = grey[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    sq = cv2.resize(np.ascontiguousarray(sq, np.float32), (n, n), interpolation=cv2.INTER_AREA)
+    windowed = (sq - sq.mean()) * cv2.createHanningWindow((n, n), cv2.CV_32F)
+    mag = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(windowed)))).astype(np.float32)
+    lp = cv2.warpPolar(mag * emphasis, (n, 2 * n), (n / 2, n / 2), n / 2, cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR)
+    return np.ascontiguousarray(lp[:n])
 
 
 def _straightened(v: View, degrees: float) -> tuple[View, np.ndarray]:
@@ -1620,7 +1634,7 @@ def _straightened(v: View, degrees: float) -> tuple[View, np.ndarray]:
     straighten tool cuts a photo."""
     import cv2
 
-    rgb = v.keypoints.rgb  # the 256 px picture
+    rgb = v._rgb8  # at the alignment's size: the turned view is only searched and placed
     h, w = rgb.shape[:2]
     R = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), [0.0, 0.0, 1.0]])
     ring = _ring(rgb.astype(np.float32) / 255.0)
@@ -1673,7 +1687,10 @@ def far_turned_record(va: View, vb: View) -> MatchRecord:
     >>> r.matcher, r.score >= 0.9
     ('pixel_turned', True)
     """
-    degrees = spectral_turn(va.grey, vb.grey)
+    import cv2
+
+    (_, shift), _ = cv2.phaseCorrelate(va.spectrum, vb.spectrum)
+    degrees = float(shift * 180.0 / SPECTRUM)  # spectral_turn, each picture's spectrum read once
     if not FAR_FROM <= abs(degrees) <= MAX_FAR_TURN:
         return MatchRecord()
     # the copy may be either picture: each is turned to the other's orientation in turn, and
