@@ -1599,9 +1599,15 @@ def spectral_turn(a: np.ndarray, b: np.ndarray) -> float:
     >>> round(spectral_turn(img[48:144, 48:144], turned[48:144, 48:144]) / 5) * 5
     25
     """
+    return _turn_between(_log_polar(a), _log_polar(b))
+
+
+def _turn_between(pa: np.ndarray, pb: np.ndarray) -> float:
+    """:func:`spectral_turn` of two pictures' :func:`_log_polar` spectra: the phase correlation's
+    shift along the angles, in degrees."""
     import cv2
 
-    (_, shift), _ = cv2.phaseCorrelate(_log_polar(a), _log_polar(b))
+    (_, shift), _ = cv2.phaseCorrelate(pa, pb)
     return float(shift * 180.0 / SPECTRUM)
 
 
@@ -1661,17 +1667,16 @@ def far_turned_record(va: View, vb: View) -> MatchRecord:
 
     The turn is read from the two pictures' spectra (:func:`spectral_turn`); each picture in
     turn is turned to the other's orientation (on its plain ground, or cut to what stays whole:
-    :func:`_straightened`),
-    and the pixel alignment's own search places it in the other (or the other in it) -- the
-    scale and the shift, unmirrored. When the better search correlates (:data:`COARSE_REJECT` at 48 px,
-    :data:`FINE_REJECT` at 128), the placement composed with the turn is the start from which
-    :func:`turned_record` refines the warp on the pictures themselves and reads the residuals,
-    by its rules (a turn with a resize, one picture inside the other, as strict on content). Two
-    graphics are turned by at most the keypoint warp's
+    :func:`_straightened`), and the pixel alignment's own search places it in the other (or the
+    other in it) -- the scale and the shift, unmirrored. When the better search correlates
+    (:data:`COARSE_REJECT` at 48 px, :data:`FINE_REJECT` at 128), the placement composed with the
+    turn is the start from which :func:`turned_record` refines the warp on the pictures
+    themselves and reads the residuals, by its rules (a turn with a resize, one picture inside
+    the other, as strict on content). Two graphics are turned by at most the keypoint warp's
     :data:`~dedupdask.match_keypoints.MAX_TURN`, which keeps which way is up: an arrow turned by
-    45 degrees points another way, as icon sets draw their arrows.
-    -1 when the spectra read a turn under :data:`FAR_FROM` (ECC reaches it from the placement)
-    or over :data:`MAX_FAR_TURN`, or none of these holds.
+    45 degrees points another way, as icon sets draw their arrows. -1 when the spectra read a
+    turn under :data:`FAR_FROM` (ECC reaches it from the placement) or over
+    :data:`MAX_FAR_TURN`, or none of these holds.
 
     Examples
     --------
@@ -1687,10 +1692,7 @@ def far_turned_record(va: View, vb: View) -> MatchRecord:
     >>> r.matcher, r.score >= 0.9
     ('pixel_turned', True)
     """
-    import cv2
-
-    (_, shift), _ = cv2.phaseCorrelate(va.spectrum, vb.spectrum)
-    degrees = float(shift * 180.0 / SPECTRUM)  # spectral_turn, each picture's spectrum read once
+    degrees = _turn_between(va.spectrum, vb.spectrum)  # each picture's spectrum read once
     if not FAR_FROM <= abs(degrees) <= MAX_FAR_TURN:
         return MatchRecord()
     # the copy may be either picture: each is turned to the other's orientation in turn, and
