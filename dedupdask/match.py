@@ -1640,7 +1640,7 @@ def _straightened(v: View, degrees: float) -> tuple[View, np.ndarray]:
     straighten tool cuts a photo."""
     import cv2
 
-    rgb = v._rgb8  # at the alignment's size: the turned view is only searched and placed
+    rgb = v.keypoints.rgb  # the 256 px picture: turned at 128 px, the view loses detail twice
     h, w = rgb.shape[:2]
     R = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), [0.0, 0.0, 1.0]])
     ring = _ring(rgb.astype(np.float32) / 255.0)
