@@ -856,10 +856,18 @@ def _ground(rgb: np.ndarray) -> np.ndarray:
     and columns (within :data:`BLOB_LEVEL` / 4: flat, as a texture or a photo's edge is not), the
     pixels within :data:`BLOB_LEVEL` / 2 of it (JPEG's ringing round a drawing's outlines
     included); none when no colour does."""
-    ring = _ring(rgb)
-    if _plain(ring) < 0.5:
+    colour = _ground_colour(rgb)
+    if colour is None:
         return np.zeros(rgb.shape[:2], bool)
-    return _abs_max(rgb - np.median(ring, axis=0).astype(rgb.dtype)) <= BLOB_LEVEL / 2
+    return _abs_max(rgb - colour.astype(rgb.dtype)) <= BLOB_LEVEL / 2
+
+
+def _ground_colour(rgb: np.ndarray) -> np.ndarray | None:
+    """The colour of a picture's plain ground (:func:`_ground`: the median of its outermost rows
+    and columns when half or more of them are within :data:`BLOB_LEVEL` / 4 of it), None when
+    it has none. ``rgb`` in 0..1."""
+    ring = _ring(rgb)
+    return np.median(ring, axis=0) if _plain(ring) >= 0.5 else None
 
 
 def _ring(x: np.ndarray) -> np.ndarray:
@@ -1643,9 +1651,9 @@ def _straightened(v: View, degrees: float) -> tuple[View, np.ndarray]:
     rgb = v.keypoints.rgb  # the 256 px picture: turned at 128 px, the view loses detail twice
     h, w = rgb.shape[:2]
     R = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), [0.0, 0.0, 1.0]])
-    ring = _ring(rgb.astype(np.float32) / 255.0)
-    if _plain(ring) >= 0.5:
-        fill = tuple(float(c) * 255.0 for c in np.median(ring, axis=0))
+    ground = _ground_colour(rgb.astype(np.float32) / 255.0)
+    if ground is not None:
+        fill = tuple(float(c) * 255.0 for c in ground)
         turned = cv2.warpAffine(rgb, R[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
         k, x0, y0, cw, ch = 1.0, 0, 0, w, h
     else:
