@@ -34,22 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from quality_unseen import straightened  # the unseen set's turned edit, at a given angle
 
 from dedupdask.match import MATCHER, match_record, prepare_image
 from dedupdask.thresholds import row_for
 
 CACHE = Path.home() / ".cache" / "dedupdask" / "quality" / "families"
 PHOTO_POOLS = ("deb", "plasma-workspace-wallpapers", "skimage", "sklearn")
-
-
-def straightened(img: Image.Image, degrees: float) -> Image.Image:
-    """Turned anticlockwise and cut to the largest box of its shape inside the turned frame."""
-    w, h = img.size
-    out = img.rotate(degrees, Image.Resampling.BICUBIC, expand=False)
-    c, s = abs(np.cos(np.radians(degrees))), abs(np.sin(np.radians(degrees)))
-    k = min(w, h) / (max(w, h) * s + min(w, h) * c)
-    cw, ch = round(w * k), round(h * k)
-    return out.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
 
 
 def on_ground(img: Image.Image, degrees: float) -> Image.Image:

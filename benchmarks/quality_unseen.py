@@ -85,15 +85,20 @@ def colour_jitter(img, rng, backgrounds):
     return img
 
 
-def rotated_more(img, rng, backgrounds):
-    """Turned by 15-25 degrees, then cropped to what the turn left whole."""
+def straightened(img: Image.Image, degrees: float) -> Image.Image:
+    """Turned anticlockwise by ``degrees`` and cut to the largest box of its shape inside the
+    turned frame, as an editor's straighten tool does."""
     w, h = img.size
-    deg = float(rng.uniform(15, 25)) * ef._sign(rng)
-    out = img.rotate(deg, Image.Resampling.BICUBIC, expand=False)
-    c, s = abs(np.cos(np.radians(deg))), abs(np.sin(np.radians(deg)))
+    out = img.rotate(degrees, Image.Resampling.BICUBIC, expand=False)
+    c, s = abs(np.cos(np.radians(degrees))), abs(np.sin(np.radians(degrees)))
     k = min(w, h) / (max(w, h) * s + min(w, h) * c)  # the largest same-shape box inside the turned frame
     cw, ch = round(w * k), round(h * k)
     return out.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+
+
+def rotated_more(img, rng, backgrounds):
+    """Turned by 15-25 degrees, then cropped to what the turn left whole."""
+    return straightened(img, float(rng.uniform(15, 25)) * ef._sign(rng))
 
 
 def screenshot(img, rng, backgrounds):
