@@ -505,7 +505,7 @@ def _warm_worker() -> bool:
 
 
 def _compile_kernels() -> None:
-    """Have numba compile the stats pass and the verification's kernels into its on-disk cache
+    """Have numba compile the stats pass, the resize and the verification's kernels into its on-disk cache
     once per installation, as the first run on a machine does; the workers' loading of them from
     there stays timed. (Without the verification's, the first round's run_mode=2 compiled them
     in a fresh copy of the tree: numba caches by source path.)"""
@@ -519,8 +519,8 @@ def _compile_kernels() -> None:
     from dedupdask.match import match_score, prepare_image
 
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
-    decode_image(buf.getvalue(), (8, 8))
+    Image.new("RGB", (16, 12), "red").save(buf, "PNG")
+    decode_image(buf.getvalue(), (8, 8))  # the stats and the resize (dedupdask.kernels.resize_bilinear)
     pictures = []
     for seed in (0, 1):
         buf = io.BytesIO()

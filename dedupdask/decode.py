@@ -1,7 +1,8 @@
 """Decode stage: encoded image bytes -> model-size RGB array, size, pixel hashes and stats.
 
 Pillow decodes; JPEGs use draft mode so libjpeg scales down in the DCT domain before the
-resize. A pixel-count guard runs on the header before any pixel is decoded, so a
+resize, which is Pillow 13's antialiased bilinear resize in compiled form, bit for bit
+(:func:`dedupdask.kernels.resize_bilinear`). A pixel-count guard runs on the header before any pixel is decoded, so a
 decompression bomb costs nothing. Every failure becomes an ``error_code``, never an exception.
 
 :func:`to_rgb` is the one conversion from a decoded Pillow image to what a viewer shows:
@@ -575,9 +576,11 @@ def decode_image(
         im, width, height = load_rgb(opened, draft=lambda w_, h_: fit(w_, h_)[::-1])
         h, w = fit(width, height)
         full = pixel_hash(im, width, height) if stats and exact_rgb and im.size == (width, height) else None
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
         px = np.asarray(im, dtype=np.uint8)
+        if im.size != (w, h):
+            from .kernels import resize_bilinear  # numba: Pillow's BILINEAR resize, bit for bit
+
+            px = resize_bilinear(px, (w, h))
     except ImageRefused as e:
         return Decoded(e.code, e.width, e.height, message=str(e))
     except Image.DecompressionBombError as e:

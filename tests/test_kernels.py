@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 
-from dedupdask.kernels import chroma_spread, from_hsv, hsv, ratio_matches, window_maxima
+from dedupdask.kernels import (
+    chroma_spread,
+    from_hsv,
+    hsv,
+    ratio_matches,
+    resize_bilinear,
+    window_maxima,
+)
 from dedupdask.match import _box, _integral
 
 
@@ -171,3 +180,26 @@ def test_refitted_off_is_the_numpy_fit():
         g = float(np.clip(float(np.vdot(xd, a - ym)) / max(float(np.vdot(xd, xd)), 1e-9), 0.5, 2.0))
         want = np.abs(a - (g * b + (ym - g * xm))).max(axis=2) > 0.2
         np.testing.assert_array_equal(refitted_off(a, b, agree, 0.2), want)
+
+
+def test_resize_bilinear_is_pillows_resize():
+    """Pillow 13's BILINEAR resize bit for bit: random sizes from 1 px up, shrinking and enlarging
+    each axis, one axis or both, both orders of the passes (Pillow 13 runs the vertical pass first
+    when an image loses more than twice as many rows as columns), noise and smooth gradients."""
+    rng = np.random.default_rng(11)
+    cases = [((192, 256), (160, 160)), ((384, 512), (160, 160)), ((1, 1), (7, 5)), ((5, 300), (2, 299)),
+             ((300, 5), (40, 5)), ((233, 34), (131, 4)), ((50, 12), (5, 148)), ((12, 50), (148, 5))]  # fmt: skip
+    for _ in range(400):
+        h, w, oh, ow = (int(v) for v in rng.integers(1, 260, 4))
+        cases.append(((h, w), (oh if rng.random() > 0.2 else h, ow if rng.random() > 0.2 else w)))
+    for i, ((h, w), (oh, ow)) in enumerate(cases):
+        px = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if i % 2:
+            px = np.cumsum(px // 8, axis=1, dtype=np.uint8)  # smooth ramps that wrap: sharp edges too
+        want = np.asarray(Image.fromarray(px).resize((ow, oh), Image.Resampling.BILINEAR, reducing_gap=None))
+        got = resize_bilinear(px, (ow, oh))
+        assert got.shape == want.shape and np.array_equal(got, want), ((h, w), (oh, ow))
+    view = np.zeros((40, 60, 4), np.uint8)[:, :, :3]  # a non-contiguous view reads as its pixels
+    assert np.array_equal(resize_bilinear(view, (30, 20)), np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(ValueError, match="at least 1 x 1"):
+        resize_bilinear(np.zeros((4, 4, 3), np.uint8), (0, 3))
