@@ -2,7 +2,7 @@
 
 Pillow decodes; JPEGs use draft mode so libjpeg scales down in the DCT domain before the
 resize, which is Pillow 13's antialiased bilinear resize in compiled form, bit for bit
-(:func:`dedupdask.kernels.resize_bilinear`). A pixel-count guard runs on the header before any pixel is decoded, so a
+(:func:`dedupdask.kernels.resize_bilinear`; Pillow's own past :data:`KERNEL_RESIZE_PIXELS`). A pixel-count guard runs on the header before any pixel is decoded, so a
 decompression bomb costs nothing. Every failure becomes an ``error_code``, never an exception.
 
 :func:`to_rgb` is the one conversion from a decoded Pillow image to what a viewer shows:
@@ -28,6 +28,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 __all__ = [
     "DECODE_VERSION",
     "ERROR_CODES",
+    "KERNEL_RESIZE_PIXELS",
     "STATS_VERSION",
     "STAT_COLUMNS",
     "Decoded",
@@ -56,6 +57,12 @@ as stored in the file, ``pixel_md5`` the md5 of the model-input pixels.
 reduced scale) and ``input_md5`` the md5 of the model-input pixels.
 Features of different decode versions are never analysed together (a rotated photo would be
 embedded one way in one archive and the other way in the next)."""
+
+KERNEL_RESIZE_PIXELS = 4_000_000
+"""Decoded images of at most this many pixels (every draft-decoded JPEG, most other files) are
+resized by :func:`dedupdask.kernels.resize_bilinear`, larger ones by Pillow's ``Image.resize``:
+the same pixels either way, but the kernel reads a numpy copy of the image, which for a
+100-megapixel PNG would be 300 MB more beside Pillow's own."""
 
 STAT_COLUMNS = (
     "mean", "min", "max", "stdv", "blur", "unique", "contrast", "p01", "p99", "chroma",
@@ -576,11 +583,14 @@ def decode_image(
         im, width, height = load_rgb(opened, draft=lambda w_, h_: fit(w_, h_)[::-1])
         h, w = fit(width, height)
         full = pixel_hash(im, width, height) if stats and exact_rgb and im.size == (width, height) else None
-        px = np.asarray(im, dtype=np.uint8)
-        if im.size != (w, h):
+        if im.size == (w, h):
+            px = np.asarray(im, dtype=np.uint8)
+        elif im.width * im.height <= KERNEL_RESIZE_PIXELS:
             from .kernels import resize_bilinear  # numba: Pillow's BILINEAR resize, bit for bit
 
-            px = resize_bilinear(px, (w, h))
+            px = resize_bilinear(np.asarray(im, dtype=np.uint8), (w, h))
+        else:  # Pillow's own: the same pixels, without a full-size array beside Pillow's image
+            px = np.asarray(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.uint8)
     except ImageRefused as e:
         return Decoded(e.code, e.width, e.height, message=str(e))
     except Image.DecompressionBombError as e:

@@ -274,3 +274,22 @@ def test_transparency_composited_on_white_everywhere():
 
         shown = Image.open(io.BytesIO(base64.b64decode(t.uri.split(",", 1)[1])))
         assert np.asarray(shown.convert("L")).min() > 245
+
+
+def test_large_images_are_resized_by_pillow_to_the_same_pixels(monkeypatch):
+    """Past KERNEL_RESIZE_PIXELS the resize is Pillow's own (no full-size numpy copy beside
+    Pillow's image); both paths give the same model input, stats and hashes, shrinking and
+    enlarging, for a PNG and for a draft-decoded JPEG."""
+    import dedupdask.decode as dec
+
+    rng = np.random.default_rng(3)
+    px = np.cumsum(rng.integers(0, 9, (300, 420, 3)), axis=1).astype(np.uint8)
+    for fmt, size in (("PNG", (160, 160)), ("PNG", (500, 90)), ("JPEG", (64, 64))):
+        data = _enc(Image.fromarray(px), fmt)
+        kernel = decode_image(data, size)
+        monkeypatch.setattr(dec, "KERNEL_RESIZE_PIXELS", 0)
+        pillow = decode_image(data, size)
+        monkeypatch.undo()
+        assert kernel.error_code == pillow.error_code == "VALID"
+        assert np.array_equal(kernel.pixels, pillow.pixels), (fmt, size)
+        assert (kernel.stats, kernel.pixel_md5, kernel.input_md5) == (pillow.stats, pillow.pixel_md5, pillow.input_md5)
