@@ -2,8 +2,9 @@
 
 Pillow decodes; JPEGs use draft mode so libjpeg scales down in the DCT domain before the
 resize, which is Pillow 13's antialiased bilinear resize in compiled form, bit for bit
-(:func:`dedupdask.kernels.resize_bilinear`; Pillow's own past :data:`KERNEL_RESIZE_PIXELS`). A pixel-count guard runs on the header before any pixel is decoded, so a
-decompression bomb costs nothing. Every failure becomes an ``error_code``, never an exception.
+(:func:`dedupdask.kernels.resize_bilinear`; Pillow's own past :data:`KERNEL_RESIZE_PIXELS`).
+A pixel-count guard runs on the header before any pixel is decoded, so a decompression bomb
+costs nothing. Every failure becomes an ``error_code``, never an exception.
 
 :func:`to_rgb` is the one conversion from a decoded Pillow image to what a viewer shows:
 EXIF orientation applied, transparency composited on white, 8-bit RGB. Embeddings,

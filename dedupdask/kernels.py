@@ -16,11 +16,11 @@ not with the package).
   (:func:`dedupdask.decode.decode_image`; verification's read-back too): Pillow 13's
   ``Image.resize(size, BILINEAR, reducing_gap=None)`` bit for bit, the same taps in the same
   22-bit fixed point and the same order of its two passes, but each pass a sum of whole rows
-  (the horizontal one over a column-major copy), which LLVM compiles to SIMD: 0.11 ms instead
-  of 0.37-0.49 for a draft-decoded 256 x 192 JPEG to 160 x 160 on a 2-core EPYC, where the
-  whole image costs ~4.5 ms. Owning the resize also keeps the model's input from moving with
-  Pillow's version (Pillow 13 began to run the vertical pass first for images shrunk mostly in
-  height).
+  (the horizontal one over column-major copies of 64 rows), which LLVM compiles to SIMD:
+  0.11 ms instead of 0.35-0.49 for a draft-decoded 256 x 192 JPEG to 160 x 160 on a 2-core
+  EPYC, where the whole image costs ~4.7 ms. Owning the resize also keeps the model's input
+  from moving with Pillow's version (Pillow 13 began to run the vertical pass first for images
+  shrunk mostly in height).
 - :func:`ratio_matches`, the keypoint matcher's descriptor search
   (:mod:`dedupdask.match_keypoints`): every candidate pair's ORB descriptors (256 bits, up to
   500 per picture) all against all. A descriptor is four 64-bit words and a distance four
