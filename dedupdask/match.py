@@ -90,6 +90,11 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
    drawing in one or two hues is not compared under a free colour edit: another colour of its
    one fill is how a designer makes a variant (another skin tone, the same clip art in red and
    in blue), and a copy recoloured as a whole cannot be told from it.
+   The same readings are made again under one non-decreasing curve per channel
+   (:data:`CURVES`, :func:`~dedupdask.match_keypoints.channel_curves`): curves, levels,
+   auto-tone and histogram equalization are steep or stepped, which the colour edit's smooth
+   luma does not follow; again only for a picture of more hues than
+   :data:`~dedupdask.match_keypoints.FEW_HUES`.
 4. **Frames.** A border drawn over a copy covers the original's edges, which no alignment of
    the whole pictures explains. When either picture has a frame (rows and columns of one colour
    on all four sides: a border, a passe-partout, plain margins; :func:`frame_box`) and their
@@ -139,7 +144,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/14"
+PIXEL_MATCHER = "pixel-alignment/15"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -153,8 +158,9 @@ pictures of other shapes are also read whole onto whole (:func:`_stretched`); /1
 may cover up to 35 % of the overlap (:data:`MAX_PASTED`; 25 % before); /13: a pasted rectangle's cut
 may be shorter where it runs along all the content it crosses (:data:`MIN_CROSSING`), and a
 reading under -1 keeps its residuals; /14: a copy turned farther than ECC reaches from the
-placement (15-45 degrees) is read under the turn its spectra give (:func:`far_turned_record`)."""
-MATCHER = "pixel-alignment+keypoints/24"
+placement (15-45 degrees) is read under the turn its spectra give (:func:`far_turned_record`);
+/15: every colour reading is also made under one curve per channel (:data:`CURVES`)."""
+MATCHER = "pixel-alignment+keypoints/25"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -210,7 +216,10 @@ read under the turn the two pictures' spectra give (:func:`spectral_turn`, Fouri
 :data:`FAR_FROM` to :data:`MAX_FAR_TURN` degrees, where ECC started from the placement does not reach
 (:func:`far_turned_record`; two graphics up to the keypoint warp's 30, which keeps which way is
 up): a wallpaper or a smooth photo turned by 20-45 degrees and cut to what stayed whole, an object
-on white turned on its ground while one picture stays inside the other."""
+on white turned on its ground while one picture stays inside the other. /25: the pixel
+alignment's colour readings are also made under one curve per channel (:data:`CURVES`,
+:func:`~dedupdask.match_keypoints.channel_curves`: curves, levels, equalization), for pictures of
+more than :data:`~dedupdask.match_keypoints.FEW_HUES` hues."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -344,6 +353,9 @@ FINE_REJECT = 0.75
 """Best fine (128 px, grey) correlation of a hypothesis under which its residuals are not
 computed (it scores -1). On the 6,357 candidates of the real-photo benchmark, 27 % of
 refinements were under 0.75 and none of them scored above 0.79 with residuals computed."""
+CURVES = "channel curves"
+"""``colour`` of :func:`_residuals` for the second global colour edit, one curve per channel
+(:func:`~dedupdask.match_keypoints.channel_curves`), and the record's ``colour`` under it."""
 
 
 @dataclass(frozen=True)
@@ -402,11 +414,14 @@ def _pixel_record(r: tuple[float, float, float] | None, **kw: Any) -> MatchRecor
     return MatchRecord(_residual_score(r), residual=float(r[0]), cell=float(r[1]), blob=float(r[2]), **kw)
 
 
-def _with_colour_edit(best: MatchRecord, r: tuple[float, float, float] | None, **kw: Any) -> MatchRecord:
-    """``best``, or the record of the residuals ``r`` under the global colour edit when it scores
-    higher. No colour edit fitted (``r`` None) is no reading: its empty record's -1 must not
-    replace a reading that scored under -1 (its residuals and placement would be lost)."""
-    return best if r is None else _better(best, _pixel_record(r, colour="colour edit", **kw))
+def _with_colour_edit(
+    best: MatchRecord, r: tuple[float, float, float] | None, *, form: str = "colour edit", **kw: Any
+) -> MatchRecord:
+    """``best``, or the record of the residuals ``r`` under a global colour edit (``form``: the
+    colour edit or the channel curves) when it scores higher. No edit fitted (``r`` None) is no
+    reading: its empty record's -1 must not replace a reading that scored under -1 (its
+    residuals and placement would be lost)."""
+    return best if r is None else _better(best, _pixel_record(r, colour=form, **kw))
 
 
 def _size(long_side: int, width: int, height: int) -> tuple[int, int]:
@@ -961,7 +976,7 @@ def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray
 
 
 def _residuals(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool = False, text: bool = True
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool | str = False, text: bool = True
 ) -> tuple[float, float, float] | None:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
@@ -972,11 +987,13 @@ def _residuals(
     when it is not the whole of a (a picture warped onto another); a cell of the grid less than
     a quarter inside it is not counted.
 
-    With ``colour``, ``g * b + o`` (one brightness gain shared by the channels) becomes the
+    With ``colour`` (True), ``g * b + o`` (one brightness gain shared by the channels) becomes the
     global colour edit of the keypoint matcher
     (:func:`~dedupdask.match_keypoints.colour_edit`: greyscale, sepia, hue, saturation, tone,
     fitted over the whole overlap, in the direction from the more colourful picture); None
-    when the best such edit is not one an editor makes. The residuals are read the same way:
+    when the best such edit is not one an editor makes; with ``colour`` :data:`CURVES`, one
+    curve per channel (:func:`~dedupdask.match_keypoints.channel_curves`: curves, levels,
+    equalization; None for a picture of few hues). The residuals are read the same way:
     a part painted another colour is not a global edit, and stays a blob.
 
     With ``text`` (the default), lines of text one image added (:func:`_text_lines`,
@@ -990,10 +1007,13 @@ def _residuals(
     a, b = _blur_pair(a, b)
     inside = slice(None) if mask is None else mask
     if colour:
-        from .match_keypoints import colour_edit
+        from .match_keypoints import channel_curves, colour_edit
 
         # with few hues a global edit cannot be told from a repainting: not fitted
-        d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True, min_hues=FEW_HUES + 1)
+        if colour == CURVES:
+            d, edit = channel_curves(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3))
+        else:
+            d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True, min_hues=FEW_HUES + 1)
         if not edit["plausible"]:
             return None
         if edit["swapped"]:
@@ -1146,7 +1166,7 @@ def _refine(
 
 
 def _aligned_residuals(
-    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool = False
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool | str = False
 ) -> tuple[float, float, float] | None:
     """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
     dy, dx, th, tw = at
@@ -1155,19 +1175,21 @@ def _aligned_residuals(
 
 
 def _colour_residuals(
-    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], shared: dict[frozenset[int], Any]
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], shared: dict[Any, Any],
+    colour: bool | str = True,
 ) -> tuple[float, float, float] | None:
     """:func:`_aligned_residuals` under the colour edit, read once for both directions of two
     pictures of one size laid whole on each other, unmirrored (``shared``: one per pair). Those
     two readings compare the same pixels, and the colour edit is fitted from the more colourful
     picture onto the other whichever is outer (:func:`~dedupdask.match_keypoints.colour_edit`),
     its residuals read in the other's colours: the same triple (but for two pictures whose
-    colours spread exactly as far, where each direction fits its own way round)."""
+    colours spread exactly as far, where each direction fits its own way round). ``colour``:
+    the colour edit (True) or the channel curves (:data:`CURVES`), fitted the same way round."""
     if flip or at != (0, 0, *outer.grey.shape) or inner.grey.shape != outer.grey.shape:
-        return _aligned_residuals(outer, inner, flip, at, colour=True)
-    key = frozenset((id(outer), id(inner)))
+        return _aligned_residuals(outer, inner, flip, at, colour=colour)
+    key = (frozenset((id(outer), id(inner))), colour)
     if key not in shared:
-        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=True)
+        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=colour)
     return shared[key]
 
 
@@ -1330,14 +1352,14 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
         reads += [(0, *AS_IS), (1, *AS_IS)]
     elif np.allclose(H, np.eye(3)):  # stretched, whole onto whole (scale None): read so again
         reads = [(0, None, False), (1, None, False)]
-    colour = pixel.colour == "colour edit"
+    form = {"colour edit": True, CURVES: CURVES}.get(pixel.colour)  # read under the same edit again
     best, memo, shared = MatchRecord(), {}, {}
     for direction, scale, flip in dict.fromkeys(reads):  # the placement's own read may be the picture as it is
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
         got = _stretched(outer, inner) if scale is None else _refine(outer, inner, scale, flip, memo, whole=True)
         if got is None:
             continue
-        r = _colour_residuals(outer, inner, flip, got[1], shared) if colour else got[0]
+        r = _colour_residuals(outer, inner, flip, got[1], shared, form) if form else got[0]
         placed = _placed(outer, inner, flip, got[1], direction == 0)
         best = _better(best, _pixel_record(r, matcher="pixel", homography=placed, colour=pixel.colour))
     return best
@@ -1479,6 +1501,7 @@ def _warped_residuals(va: View, frame: View, other: View, W: np.ndarray, mask: n
     best = _pixel_record(_residuals(frame.rgb, warped, inside), **kw)
     if best.score < 1.0:
         best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=True), **kw)
+        best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=CURVES), form=CURVES, **kw)
     if best.matcher == "":  # no residuals under the warp: the warp found, scored -1
         best = MatchRecord(**kw)
     best.score = max(best.score, -1.0)
@@ -1838,8 +1861,10 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     for key in ("as is 0", "as is 1", "stretched 0", "stretched 1"):
         if key in aligned and "best" in aligned and aligned[key][:4] == aligned["best"][:4]:
             del aligned[key]
-    shared: dict[frozenset[int], Any] = {}
+    shared: dict[Any, Any] = {}
     for outer, inner, flip, at, placed in aligned.values():
         best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared), matcher="pixel", homography=placed)
+        best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, CURVES), form=CURVES,
+                                 matcher="pixel", homography=placed)  # fmt: skip
     best.score = max(best.score, -1.0)
     return best

@@ -86,6 +86,7 @@ import numpy as np
 __all__ = [
     "KeypointMatch",
     "Keypoints",
+    "channel_curves",
     "fill_shares",
     "is_graphic",
     "match_keypoints",
@@ -655,6 +656,97 @@ def colour_edit(
         edit["swapped"] = bool(swap)
         return errors(), edit
     return r, edit
+
+
+CURVE_BINS = 32
+"""Source levels per channel at which :func:`channel_curves` reads its curves."""
+
+
+def _monotone(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The non-decreasing curve ``y ~ f(x)`` of least squares over the pixels ``keep``, read at
+    :data:`CURVE_BINS` levels of ``x`` (0..1): each level's mean ``x`` and its fitted ``y``, the
+    level means pooled where they fall (pool-adjacent-violators)."""
+    level = np.minimum((x * CURVE_BINS).astype(np.int64), CURVE_BINS - 1)[keep]
+    n = np.bincount(level, minlength=CURVE_BINS).astype(np.float64)
+    sx = np.bincount(level, weights=x[keep], minlength=CURVE_BINS)
+    sy = np.bincount(level, weights=y[keep], minlength=CURVE_BINS)
+    at = n > 0
+    blocks: list[list[float]] = []  # [sum of y, weight, levels pooled]
+    for total, weight in zip(sy[at], n[at], strict=True):
+        blocks.append([total, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            t, w, k = blocks.pop()
+            blocks[-1][0] += t
+            blocks[-1][1] += w
+            blocks[-1][2] += k
+    fitted = np.repeat([t / w for t, w, _ in blocks], [k for _, _, k in blocks])
+    return sx[at] / n[at], fitted
+
+
+def channel_curves(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit ``dst ~ curves(src)``: one non-decreasing curve per channel, as an editor's curves
+    and levels, auto-tone and histogram equalization (Pillow's equalizes each channel on its
+    own) or an app's filter make them; the signed per-pixel error and the edit.
+
+    The pixel alignment's second global colour edit, beside :func:`colour_edit`, whose smooth
+    luma (a square term) and turned chroma plane do not follow a steep or stepped curve. Fitted
+    from the more colourful side to the other, on the pixels that fit (an overlay is trimmed,
+    as there). Plausible only when the more colourful side has more than :data:`FEW_HUES`
+    hues: three free curves recolour a drawing of one fill into any lighter, darker or
+    warmer one (another skin tone), while a photo's many colours must all follow the same three
+    curves. Each curve must rise across the source channel's 2-98 % range by a gain in
+    :data:`GAIN_RANGE` (no channel crushed flat or turned into a mask).
+
+    Returns
+    -------
+    (ndarray, dict)
+        The ``[n, 3]`` error (edited minus target, in the direction fitted) and the edit:
+        ``form`` "channel curves", ``plausible``, ``hues``, ``swapped`` (fitted from ``dst``
+        onto ``src``) and ``gains`` (each channel's rise over its 2-98 % range).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((4000, 3))
+    >>> d, edit = channel_curves(x, np.sqrt(x) * [1.0, 0.9, 0.8])  # gamma, then a warm cast
+    >>> edit["form"], edit["plausible"], bool(np.quantile(np.abs(d), 0.99) < 0.05)
+    ('channel curves', True, True)
+    >>> d, edit = channel_curves(x, x[:, ::-1])  # red and blue swapped: no curve explains it
+    >>> bool(np.median(np.abs(d)) > 0.1)
+    True
+    """
+    from .kernels import chroma_spread
+
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    X, T = src @ _YCC.T, dst @ _YCC.T
+    swap = chroma_spread(T) > chroma_spread(X)
+    if swap:
+        src, dst, X = dst, src, T
+    hues = _hues(X)
+    curves: list[tuple[np.ndarray, np.ndarray]] = []
+    n = len(src) if hues > FEW_HUES else 0  # a drawing of few hues: not fitted (see above)
+    sample = np.arange(0, n, max(1, -(-n // FIT_PIXELS)))
+    xs, ys = src[sample], dst[sample]
+    keep = np.ones(len(sample), bool)
+    for _ in range(3):  # fit, trim what does not fit (an overlay), refit
+        if keep.sum() < 10:
+            break
+        curves = [_monotone(xs[:, c], ys[:, c], keep) for c in range(3)]
+        edited = np.stack([np.interp(xs[:, c], *curves[c]) for c in range(3)], axis=1)
+        r = _worst_channel(edited - ys)
+        keep = r < max(2.5 * float(np.median(r)), 0.04)
+    if not curves:
+        return np.ones_like(dst), {"form": "channel curves", "plausible": False, "hues": hues, "swapped": bool(swap)}
+    gains = []
+    for c in range(3):
+        lo, hi = np.quantile(src[:, c], [0.02, 0.98])
+        rise = float(np.interp(hi, *curves[c]) - np.interp(lo, *curves[c]))
+        gains.append(rise / float(hi - lo) if hi - lo > 0.05 else 1.0)
+    edit = {"form": "channel curves", "hues": hues, "swapped": bool(swap), "gains": gains,
+            "plausible": bool(hues > FEW_HUES and all(GAIN_RANGE[0] <= g <= GAIN_RANGE[1] for g in gains))}  # fmt: skip
+    out = np.stack([np.interp(src[:, c], *curves[c]) for c in range(3)], axis=1)
+    return out - dst, edit
 
 
 def _hue_turn(

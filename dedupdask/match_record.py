@@ -80,7 +80,9 @@ class MatchRecord:
     colour : str
         The global colour edit the score was read under: ``""`` (none: one brightness gain),
         ``"colour edit"`` (the pixel alignment's,
-        :func:`~dedupdask.match_keypoints.colour_edit`) or the keypoint matcher's form
+        :func:`~dedupdask.match_keypoints.colour_edit`), ``"channel curves"`` (the pixel
+        alignment's second, :func:`~dedupdask.match_keypoints.channel_curves`) or the keypoint
+        matcher's form
         (``"chroma turn"``, ``"hue turn"``, ``"toned"``).
 
     Examples
