@@ -166,3 +166,37 @@ def test_a_stretched_copy_is_read_whole_onto_whole_both_ways_round(size):
     np.testing.assert_allclose(_onto(r.homography, [(0, 0), (1, 1)]), [[0, 0], [1, 1]], atol=0.01)
     assert match_record(pb, pa, keypoints=False).score == pytest.approx(r.score, abs=0.02)
 
+
+
+def test_a_copy_under_a_curve_per_channel_is_read_under_channel_curves(monkeypatch):
+    """Matcher /25: a plain picture under an editor's three channel curves (an S-curve, a
+    brighter and a darker gamma) is accepted under one curve per channel, which the colour
+    edit's smooth luma does not follow (without the curves: refused). A drawing of one hue
+    recoloured by a channel curve (red made orange) stays refused: another fill colour is how
+    a designer makes a variant."""
+    import dedupdask.match_keypoints as mk
+
+    x = np.arange(256) / 255.0
+    luts = [np.clip(c * 255 + 0.5, 0, 255).astype(np.uint8) for c in (1 / (1 + np.exp(-(x - 0.5) * 10)), x**0.5, x**2)]
+    a = _smooth_wallpaper()
+    b = np.stack([luts[i][a[..., i]] for i in range(3)], -1)
+    rec = match_record(_prep(a), _prep(b))
+    assert rec.score >= 0.9 and rec.colour == "channel curves", (rec.score, rec.colour)
+
+    d = np.full((240, 320, 3), 255, np.uint8)
+    cv2.circle(d, (160, 120), 80, (200, 30, 40), -1)
+    cv2.circle(d, (160, 120), 80, (0, 0, 0), 4)
+    cv2.rectangle(d, (40, 190), (110, 225), (200, 30, 40), -1)
+    orange = d.copy()
+    green = np.clip(np.arange(256) * 0.6 + 110, 0, 255).astype(np.uint8)
+    green[0], green[255] = 0, 255
+    orange[..., 1] = green[d[..., 1]]
+    assert match_record(_prep(d), _prep(orange)).score < 0.9
+    _, edit = mk.channel_curves(d.reshape(-1, 3) / 255.0, orange.reshape(-1, 3) / 255.0)
+    assert not edit["plausible"] and edit["hues"] <= mk.FEW_HUES
+
+    def no_curves(src, dst):
+        return np.ones_like(np.asarray(dst, float)), {"form": "channel curves", "plausible": False, "hues": 0, "swapped": False}
+
+    monkeypatch.setattr(mk, "channel_curves", no_curves)
+    assert match_record(_prep(a), _prep(b)).score < 0.9
