@@ -695,14 +695,17 @@ def channel_curves(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[s
     hues: three free curves recolour a drawing of one fill into any lighter, darker or
     warmer one (another skin tone), while a photo's many colours must all follow the same three
     curves. Each curve must rise across the source channel's 2-98 % range by a gain in
-    :data:`GAIN_RANGE` (no channel crushed flat or turned into a mask).
+    :data:`GAIN_RANGE` (no channel crushed flat or turned into a mask), and the curves may turn
+    the coloured pixels' hue by :data:`MAX_HUE_TURN` at most (median): past it the named colours
+    change, as in a wallpaper's colour series (its warm, cold and radioactive versions).
 
     Returns
     -------
     (ndarray, dict)
         The ``[n, 3]`` error (edited minus target, in the direction fitted) and the edit:
         ``form`` "channel curves", ``plausible``, ``hues``, ``swapped`` (fitted from ``dst``
-        onto ``src``) and ``gains`` (each channel's rise over its 2-98 % range).
+        onto ``src``), ``gains`` (each channel's rise over its 2-98 % range) and
+        ``hue_degrees`` (the median hue turn).
 
     Examples
     --------
@@ -743,10 +746,25 @@ def channel_curves(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[s
         lo, hi = np.quantile(src[:, c], [0.02, 0.98])
         rise = float(np.interp(hi, *curves[c]) - np.interp(lo, *curves[c]))
         gains.append(rise / float(hi - lo) if hi - lo > 0.05 else 1.0)
-    edit = {"form": "channel curves", "hues": hues, "swapped": bool(swap), "gains": gains,
-            "plausible": bool(hues > FEW_HUES and all(GAIN_RANGE[0] <= g <= GAIN_RANGE[1] for g in gains))}  # fmt: skip
     out = np.stack([np.interp(src[:, c], *curves[c]) for c in range(3)], axis=1)
+    degrees = _hue_moved(src[sample], out[sample])
+    edit = {"form": "channel curves", "hues": hues, "swapped": bool(swap), "gains": gains, "hue_degrees": degrees,
+            "plausible": bool(hues > FEW_HUES and all(GAIN_RANGE[0] <= g <= GAIN_RANGE[1] for g in gains)
+                              and degrees <= MAX_HUE_TURN)}  # fmt: skip
     return out - dst, edit
+
+
+def _hue_moved(src: np.ndarray, out: np.ndarray) -> float:
+    """Median turn (degrees, unsigned) of the hexagon hue of the pixels that are coloured in
+    both ``[n, 3]`` sets: how far channel curves moved the named colours."""
+    from .kernels import hsv
+
+    hs, ss, vs = hsv(src)
+    ho, so, vo = hsv(out)
+    both = (ss > 0.15) & (vs > 0.15) & (so > 0.15) & (vo > 0.15)
+    if both.sum() < 10:
+        return 0.0
+    return float(np.median(np.abs((ho[both] - hs[both] + 3.0) % 6.0 - 3.0)) * 60.0)
 
 
 def _hue_turn(
