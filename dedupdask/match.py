@@ -94,7 +94,8 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
    (:data:`CURVES`, :func:`~dedupdask.match_keypoints.channel_curves`): curves, levels,
    auto-tone and histogram equalization are steep or stepped, which the colour edit's smooth
    luma does not follow; again only for a picture of more hues than
-   :data:`~dedupdask.match_keypoints.FEW_HUES`.
+   :data:`~dedupdask.match_keypoints.FEW_HUES`, and not for two graphics, whose few fills three
+   curves map onto another palette (two flags in other shades, two cards).
 4. **Frames.** A border drawn over a copy covers the original's edges, which no alignment of
    the whole pictures explains. When either picture has a frame (rows and columns of one colour
    on all four sides: a border, a passe-partout, plain margins; :func:`frame_box`) and their
@@ -1501,7 +1502,8 @@ def _warped_residuals(va: View, frame: View, other: View, W: np.ndarray, mask: n
     best = _pixel_record(_residuals(frame.rgb, warped, inside), **kw)
     if best.score < 1.0:
         best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=True), **kw)
-        best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=CURVES), form=CURVES, **kw)
+        if not _two_graphics(frame, other):
+            best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=CURVES), form=CURVES, **kw)
     if best.matcher == "":  # no residuals under the warp: the warp found, scored -1
         best = MatchRecord(**kw)
     best.score = max(best.score, -1.0)
@@ -1864,7 +1866,8 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     shared: dict[Any, Any] = {}
     for outer, inner, flip, at, placed in aligned.values():
         best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared), matcher="pixel", homography=placed)
-        best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, CURVES), form=CURVES,
-                                 matcher="pixel", homography=placed)  # fmt: skip
+        if not _two_graphics(outer, inner):  # two graphics' few fills: curves map one palette onto another
+            best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, CURVES), form=CURVES,
+                                     matcher="pixel", homography=placed)  # fmt: skip
     best.score = max(best.score, -1.0)
     return best
