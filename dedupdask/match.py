@@ -94,8 +94,8 @@ All give ``>= verify_score`` (0.9) for a duplicate. Runs ask the keypoint matche
    (:data:`CURVES`, :func:`~dedupdask.match_keypoints.channel_curves`): curves, levels,
    auto-tone and histogram equalization are steep or stepped, which the colour edit's smooth
    luma does not follow; again only for a picture of more hues than
-   :data:`~dedupdask.match_keypoints.FEW_HUES`, and not for two graphics, whose few fills three
-   curves map onto another palette (two flags in other shades, two cards).
+   :data:`~dedupdask.match_keypoints.FEW_HUES`, and not when either picture is a graphic, whose
+   few fills three curves map onto another palette (two flags in other shades, two cards).
 4. **Frames.** A border drawn over a copy covers the original's edges, which no alignment of
    the whole pictures explains. When either picture has a frame (rows and columns of one colour
    on all four sides: a border, a passe-partout, plain margins; :func:`frame_box`) and their
@@ -1366,6 +1366,13 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
     return best
 
 
+def _a_graphic(va: View, vb: View) -> bool:
+    """Whether either picture is a graphic (:func:`~dedupdask.match_keypoints.is_graphic`):
+    a pair not read under channel curves (:data:`CURVES`)."""
+    ka, kb = va.keypoints, vb.keypoints
+    return bool(is_graphic(ka.flat, ka.uniform) or is_graphic(kb.flat, kb.uniform))
+
+
 def _two_graphics(va: View, vb: View) -> bool:
     """Whether both pictures are graphics (:func:`~dedupdask.match_keypoints.is_graphic`), a
     pair the keypoint matcher's rules do not decide."""
@@ -1502,7 +1509,7 @@ def _warped_residuals(va: View, frame: View, other: View, W: np.ndarray, mask: n
     best = _pixel_record(_residuals(frame.rgb, warped, inside), **kw)
     if best.score < 1.0:
         best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=True), **kw)
-        if not _two_graphics(frame, other):
+        if not _a_graphic(frame, other):
             best = _with_colour_edit(best, _residuals(frame.rgb, warped, inside, colour=CURVES), form=CURVES, **kw)
     if best.matcher == "":  # no residuals under the warp: the warp found, scored -1
         best = MatchRecord(**kw)
@@ -1866,7 +1873,7 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     shared: dict[Any, Any] = {}
     for outer, inner, flip, at, placed in aligned.values():
         best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared), matcher="pixel", homography=placed)
-        if not _two_graphics(outer, inner):  # two graphics' few fills: curves map one palette onto another
+        if not _a_graphic(outer, inner):  # a graphic's few fills: curves map one palette onto another
             best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, CURVES), form=CURVES,
                                      matcher="pixel", homography=placed)  # fmt: skip
     best.score = max(best.score, -1.0)
