@@ -220,7 +220,8 @@ up): a wallpaper or a smooth photo turned by 20-45 degrees and cut to what staye
 on white turned on its ground while one picture stays inside the other. /25: the pixel
 alignment's colour readings are also made under one curve per channel (:data:`CURVES`,
 :func:`~dedupdask.match_keypoints.channel_curves`: curves, levels, equalization), for pictures of
-more than :data:`~dedupdask.match_keypoints.FEW_HUES` hues."""
+more than :data:`~dedupdask.match_keypoints.FEW_HUES` hues when neither is a graphic, the
+coloured pixels' hue turned by at most :data:`~dedupdask.match_keypoints.MAX_HUE_TURN`."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))

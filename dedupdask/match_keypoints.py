@@ -694,7 +694,8 @@ def channel_curves(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[s
     as there). Plausible only when the more colourful side has more than :data:`FEW_HUES`
     hues: three free curves recolour a drawing of one fill into any lighter, darker or
     warmer one (another skin tone), while a photo's many colours must all follow the same three
-    curves. Each curve must rise across the source channel's 2-98 % range by a gain in
+    curves (the pixel alignment also leaves out any pair with a graphic in it, whose few fills
+    three curves map onto another palette: :func:`dedupdask.match._a_graphic`). Each curve must rise across the source channel's 2-98 % range by a gain in
     :data:`GAIN_RANGE` (no channel crushed flat or turned into a mask), and the curves may turn
     the coloured pixels' hue by :data:`MAX_HUE_TURN` at most (median): past it the named colours
     change, as in a wallpaper's colour series (its warm, cold and radioactive versions).
