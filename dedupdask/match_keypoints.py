@@ -514,6 +514,12 @@ def _least_squares(*blocks: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.linalg.lstsq(m, v, rcond=None)[0]
 
 
+def _fitting(r: np.ndarray) -> np.ndarray:
+    """The pixels that fit a global edit (``r``: each one's error): what is off by much more
+    than most pixels is an overlay, trimmed before the edit is fitted again."""
+    return r < max(2.5 * float(np.median(r)), 0.04)
+
+
 def colour_edit(
     src: np.ndarray, dst: np.ndarray, *, signed: bool = False, min_hues: int = 0
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -586,10 +592,6 @@ def colour_edit(
         P[6:, 1:] = [[p[6], p[7]], [-p[7], p[6]]]
         return np.clip(f @ (P @ _YCC_INV.T), 0.0, 1.0)
 
-    def fitting(r: np.ndarray) -> np.ndarray:
-        """The pixels that fit: what is off by much more than most pixels is an overlay."""
-        return r < max(2.5 * float(np.median(r)), 0.04)
-
     def trimmed(
         keep: np.ndarray, chroma: Callable[[np.ndarray], np.ndarray], colours: Callable[[np.ndarray, np.ndarray], np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -603,14 +605,14 @@ def colour_edit(
             p[:6] = _least_squares((lu[keep], Ts[keep, 0]), (ridge, np.zeros(3)))
             p[6:] = chroma(keep)
             r = _worst_channel(colours(p, Fs) - dst_s)
-            keep = fitting(r)
+            keep = _fitting(r)
         return p, r
 
     def fit(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The chroma plane turned (:func:`trimmed`); residuals of every pixel, and which fit."""
         p, _ = trimmed(keep, lambda k: _least_squares((cb[k], Ts[k, 1]), (cr[k], Ts[k, 2])), edited)
         r = _worst_channel(edited(p, F) - dst)
-        return p, r, fitting(r)
+        return p, r, _fitting(r)
 
     # Two starts: every pixel (an edit of the whole picture), and the pixels that did not change
     # (an overlay on an unedited copy: a frame or an inset in a new colour over a large share
@@ -646,7 +648,7 @@ def colour_edit(
             d = toned(q, F) - dst
             r = _worst_channel(d)
             # described with no chroma plane: chroma gain 0, the source's colours dropped
-            tone = _describe(np.r_[q[:6], 0.0, 0.0, 0.0, 0.0], fitting(r), Y, src, hues, swap, grey_range)
+            tone = _describe(np.r_[q[:6], 0.0, 0.0, 0.0, 0.0], _fitting(r), Y, src, hues, swap, grey_range)
             tone["form"] = "toned"
             found.append((r, tone, lambda d=d: d))
     r, edit, errors = min(  # plausible first, then fewer pixels off, then closer
@@ -695,8 +697,9 @@ def channel_curves(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[s
     hues: three free curves recolour a drawing of one fill into any lighter, darker or
     warmer one (another skin tone), while a photo's many colours must all follow the same three
     curves (the pixel alignment also leaves out any pair with a graphic in it, whose few fills
-    three curves map onto another palette: :func:`dedupdask.match._a_graphic`). Each curve must rise across the source channel's 2-98 % range by a gain in
-    :data:`GAIN_RANGE` (no channel crushed flat or turned into a mask), and the curves may turn
+    three curves map onto another palette: :func:`dedupdask.match._a_graphic`). Each curve
+    must rise across the source channel's 2-98 % range by a gain in :data:`GAIN_RANGE` (no
+    channel crushed flat or turned into a mask), and the curves may turn
     the coloured pixels' hue by :data:`MAX_HUE_TURN` at most (median): past it the named colours
     change, as in a wallpaper's colour series (its warm, cold and radioactive versions).
 
@@ -739,7 +742,7 @@ def channel_curves(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, dict[s
         curves = [_monotone(xs[:, c], ys[:, c], keep) for c in range(3)]
         edited = np.stack([np.interp(xs[:, c], *curves[c]) for c in range(3)], axis=1)
         r = _worst_channel(edited - ys)
-        keep = r < max(2.5 * float(np.median(r)), 0.04)
+        keep = _fitting(r)
     if not curves:
         return np.ones_like(dst), {"form": "channel curves", "plausible": False, "hues": hues, "swapped": bool(swap)}
     gains = []
@@ -803,7 +806,7 @@ def _hue_turn(
         A = np.stack([vs[i][keep], np.ones(int(keep.sum()))], axis=1)
         gain, offset = (float(v) for v in _least_squares((A, vd[i][keep])))
         err = np.abs(gain * vs[i] + offset - vd[i])
-        keep = err < max(2.5 * float(np.median(err)), 0.04)
+        keep = _fitting(err)
     out = from_hsv((hs + turn) % 6.0, np.clip(sat * ss, 0.0, 1.0), np.clip(gain * vs + offset, 0.0, 1.0))
     degrees = turn * 60.0
     g = 1 / gain if swap and gain > 1e-6 else gain
