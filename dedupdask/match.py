@@ -145,7 +145,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/15"
+PIXEL_MATCHER = "pixel-alignment/16"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -160,8 +160,11 @@ may cover up to 35 % of the overlap (:data:`MAX_PASTED`; 25 % before); /13: a pa
 may be shorter where it runs along all the content it crosses (:data:`MIN_CROSSING`), and a
 reading under -1 keeps its residuals; /14: a copy turned farther than ECC reaches from the
 placement (15-45 degrees) is read under the turn its spectra give (:func:`far_turned_record`);
-/15: every colour reading is also made under one curve per channel (:data:`CURVES`)."""
-MATCHER = "pixel-alignment+keypoints/25"
+/15: every colour reading is also made under one curve per channel (:data:`CURVES`); /16: a pair
+still under the early accept is read again under each global edit times a smooth light field
+(:func:`_light_field`: a vignette, a gradient filter, uneven light), unless both pictures are
+graphics (light grades a flat fill), the field explaining most of what differed (:data:`LIGHT_SHARE`)."""
+MATCHER = "pixel-alignment+keypoints/26"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -221,7 +224,8 @@ on white turned on its ground while one picture stays inside the other. /25: the
 alignment's colour readings are also made under one curve per channel (:data:`CURVES`,
 :func:`~dedupdask.match_keypoints.channel_curves`: curves, levels, equalization), for pictures of
 more than :data:`~dedupdask.match_keypoints.FEW_HUES` hues when neither is a graphic, the
-coloured pixels' hue turned by at most :data:`~dedupdask.match_keypoints.MAX_HUE_TURN`."""
+coloured pixels' hue turned by at most :data:`~dedupdask.match_keypoints.MAX_HUE_TURN`. /26: and
+under a smooth light field (the pixel alignment's /16)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -358,6 +362,20 @@ refinements were under 0.75 and none of them scored above 0.79 with residuals co
 CURVES = "channel curves"
 """``colour`` of :func:`_residuals` for the second global colour edit, one curve per channel
 (:func:`~dedupdask.match_keypoints.channel_curves`), and the record's ``colour`` under it."""
+LIT = "light field"
+"""What the record's ``colour`` adds when the residuals were read under a light field
+(:func:`_light_field`)."""
+LIGHT_TERMS = 3
+"""Terms per axis of a light field: ``1, x, x**2`` times ``1, y, y**2`` over the overlap (nine
+in all). A field this smooth bends across the whole picture and cannot follow an edge."""
+LIGHT_SHARE = 0.5
+"""Largest share of what differs (``1 - score`` of :func:`_residual_score`) that may remain
+once a light field is read: the light must be most of the difference. A field also bends a
+little towards any two pictures' differences, which must not lift a look-alike over the bar."""
+_NO_READING = (np.inf, np.inf, np.inf)  # a reading that does not count (scores -inf)
+MAX_LIGHT = 2.5
+"""Largest ratio of a light field's brightest to its darkest point over the overlap: a
+vignette that darkens the corners to 40 % of the centre, a lamp's falloff."""
 
 
 @dataclass(frozen=True)
@@ -977,8 +995,68 @@ def _pasted(a: np.ndarray, b: np.ndarray, changed: np.ndarray, blobs: np.ndarray
     return None
 
 
+def _light_field(a: np.ndarray, p: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    """The smooth light field ``v`` (``[h, w]``) of ``a ~ v * p`` (``p``: a's prediction from the
+    other picture under a global edit), or None when it is no light an editor or a lens casts.
+
+    ``v`` is a product of quadratics in x and y (:data:`LIGHT_TERMS`), fitted by least squares
+    over the overlap (``mask``, or all of ``a``), again on the pixels that fit (what is off far
+    past the median -- an overlay, a redrawn detail -- is left out of the fit and stays off),
+    pulled slightly towards no change. It is light when it stays positive and its brightest
+    point is at most :data:`MAX_LIGHT` times its darkest over the overlap: a vignette, a
+    gradient filter, uneven lighting change a picture's brightness smoothly across it, as no
+    other content does.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.random((48, 64, 3)).astype(np.float32)
+    >>> y, x = np.mgrid[-1:1:48j, -1:1:64j]
+    >>> vignette = 1 - 0.25 * (x**2 + y**2)  # corners at half the centre
+    >>> v = _light_field((vignette[..., None] * p).astype(np.float32), p, None)
+    >>> float(np.abs(v - vignette).max()) < 1e-3
+    True
+    >>> _light_field(0.2 * p + (x > 0)[..., None] * p, p, None) is None  # one half lit 6x: no light
+    True
+    """
+    from .match_keypoints import _fitting
+
+    h, w = a.shape[:2]
+    py = np.vander(np.linspace(-1.0, 1.0, h), LIGHT_TERMS, increasing=True)
+    px = np.vander(np.linspace(-1.0, 1.0, w), LIGHT_TERMS, increasing=True)
+    pp = np.einsum("ijc,ijc->ij", p, p, dtype=np.float64)
+    ap = np.einsum("ijc,ijc->ij", a, p, dtype=np.float64)
+    inside = np.ones((h, w), bool) if mask is None else mask
+    keep = inside
+    n = LIGHT_TERMS * LIGHT_TERMS
+    still = np.zeros(n)
+    still[0] = 1.0  # v = 1: no change
+    v = np.ones((h, w))
+    for _ in range(2):
+        wy = np.einsum("ik,im,ij->kmj", py, py, np.where(keep, pp, 0.0))
+        m = np.einsum("kmj,jl,jn->klmn", wy, px, px).reshape(n, n)
+        t = np.einsum("ik,ij,jl->kl", py, np.where(keep, ap, 0.0), px).reshape(n)
+        ridge = 1e-4 * max(float(np.trace(m)) / n, 1e-9)
+        c = np.linalg.solve(m + ridge * np.eye(n), t + ridge * still)
+        v = py @ c.reshape(LIGHT_TERMS, LIGHT_TERMS) @ px.T
+        off = _abs_max(a - v[..., None].astype(np.float32) * p)
+        keep = inside & _fitting(off)
+        if not keep.any():
+            return None
+    lo, hi = float(v[inside].min()), float(v[inside].max())
+    if lo <= 0.0 or hi > MAX_LIGHT * lo:
+        return None
+    return v.astype(np.float32)
+
+
 def _residuals(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, colour: bool | str = False, text: bool = True
+    a: np.ndarray,
+    b: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    colour: bool | str = False,
+    text: bool = True,
+    lit: bool = False,
 ) -> tuple[float, float, float] | None:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
@@ -997,6 +1075,10 @@ def _residuals(
     curve per channel (:func:`~dedupdask.match_keypoints.channel_curves`: curves, levels,
     equalization; None for a picture of few hues). The residuals are read the same way:
     a part painted another colour is not a global edit, and stays a blob.
+
+    With ``lit``, the global edit's prediction of ``a`` is also multiplied by a smooth light
+    field (:func:`_light_field`: a vignette, a gradient filter, uneven light); None when the
+    best field is no light.
 
     With ``text`` (the default), lines of text one image added (:func:`_text_lines`,
     :func:`_added`; at most :data:`MAX_TEXT` of the overlap) and a rectangle pasted over one
@@ -1033,6 +1115,54 @@ def _residuals(
     else:
         av = a[mask]
         var = max(float(((av - av.mean(axis=0)) ** 2).mean()), 1e-6)
+    if lit:
+        unlit = _residual_score(_read(r, mask, var)[0])
+        v = _light_field(a, a - r, mask)
+        if v is None:
+            return None
+        r = np.clip(a - v[..., None] * (a - r), -1.0, 1.0)
+        if mask is not None:
+            r[~mask] = 0.0
+    got, changed, off = _read(r, mask, var)
+    blob = got[2]
+    if lit and 1.0 - _residual_score(got) > LIGHT_SHARE * (1.0 - unlit):
+        got = _NO_READING  # the light is not most of what differs: only a reading with less left out may count
+    if not text or blob == 0:
+        return None if got is _NO_READING else got
+    h, w = r.shape[:2]
+    size = h * w if mask is None else max(int(mask.sum()), 1)
+    left_out = []
+    lines = _text_lines(changed)
+    if lines is not None:
+        lines = _added(a0, b0, lines)
+    if lines is not None:
+        left_out.append((lines, MAX_TEXT))  # the text is not the picture
+    box = None
+    y0, y1, x0, x1 = _extent(off)
+    wide = y1 - y0 >= MIN_PASTED * h and x1 - x0 >= MIN_PASTED * w
+    # a pasted rectangle covers at most MAX_PASTED: when twice that differs, the pictures do
+    if wide and np.count_nonzero(changed) <= 2 * MAX_PASTED * size:
+        if not colour and not lit:
+            # the brightness gain fitted again on the pixels that agree (a bright inset pulls
+            # the first fit, and more of the picture then differs): where does it differ?
+            changed, off = _changed_where(a, b, changed, mask)
+        if off is not None:
+            box = _pasted(a0, b0 if mask is None else np.where(mask[..., None], b0, a0), changed, off, size)
+    if box is not None:
+        left_out.append((box, MAX_PASTED))
+    for out, most in left_out:
+        keep = ~out if mask is None else mask & ~out
+        if keep.sum() >= (1.0 - most) * size:
+            again = _residuals(a0, b0, keep, colour=colour, text=False, lit=lit)
+            if again is not None and _residual_score(again) > _residual_score(got):
+                got = again
+    return None if got is _NO_READING else got
+
+
+def _read(r: np.ndarray, mask: np.ndarray | None, var: float) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
+    """The residual triple of :func:`_residuals` from the residual image ``r`` (zero outside
+    ``mask``) and a's variance, with the pixels off by more than :data:`BLOB_LEVEL` and their
+    blobs (what survives a 3 x 3 opening)."""
     h, w, c = r.shape
     # per-pixel mean square and largest |r| over the channels, as slices (a reduction over
     # the 3-long last axis is several times slower, with the same result)
@@ -1064,35 +1194,7 @@ def _residuals(
     if off.any():
         off = _opened(off)
         blob = _largest_blob(off) / size
-    got = (total / var, max(cells, default=0.0) / var, blob)
-    if not text or blob == 0:
-        return got
-    left_out = []
-    lines = _text_lines(changed)
-    if lines is not None:
-        lines = _added(a0, b0, lines)
-    if lines is not None:
-        left_out.append((lines, MAX_TEXT))  # the text is not the picture
-    box = None
-    y0, y1, x0, x1 = _extent(off)
-    wide = y1 - y0 >= MIN_PASTED * h and x1 - x0 >= MIN_PASTED * w
-    # a pasted rectangle covers at most MAX_PASTED: when twice that differs, the pictures do
-    if wide and np.count_nonzero(changed) <= 2 * MAX_PASTED * size:
-        if not colour:
-            # the brightness gain fitted again on the pixels that agree (a bright inset pulls
-            # the first fit, and more of the picture then differs): where does it differ?
-            changed, off = _changed_where(a, b, changed, mask)
-        if off is not None:
-            box = _pasted(a0, b0 if mask is None else np.where(mask[..., None], b0, a0), changed, off, size)
-    if box is not None:
-        left_out.append((box, MAX_PASTED))
-    for out, most in left_out:
-        keep = ~out if mask is None else mask & ~out
-        if keep.sum() >= (1.0 - most) * size:
-            again = _residuals(a0, b0, keep, colour=colour, text=False)
-            if again is not None and _residual_score(again) > _residual_score(got):
-                got = again
-    return got
+    return (total / var, max(cells, default=0.0) / var, blob), changed, off
 
 
 def _changed_where(
@@ -1168,17 +1270,18 @@ def _refine(
 
 
 def _aligned_residuals(
-    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool | str = False
+    outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool | str = False,
+    lit: bool = False,
 ) -> tuple[float, float, float] | None:
     """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
     dy, dx, th, tw = at
     b = inner.resized("rgb", tw, th)
-    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour)
+    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour, lit=lit)
 
 
 def _colour_residuals(
     outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], shared: dict[Any, Any],
-    colour: bool | str = True,
+    colour: bool | str = True, lit: bool = False,
 ) -> tuple[float, float, float] | None:
     """:func:`_aligned_residuals` under the colour edit, read once for both directions of two
     pictures of one size laid whole on each other, unmirrored (``shared``: one per pair). Those
@@ -1186,12 +1289,13 @@ def _colour_residuals(
     picture onto the other whichever is outer (:func:`~dedupdask.match_keypoints.colour_edit`),
     its residuals read in the other's colours: the same triple (but for two pictures whose
     colours spread exactly as far, where each direction fits its own way round). ``colour``:
-    the colour edit (True) or the channel curves (:data:`CURVES`), fitted the same way round."""
+    the colour edit (True) or the channel curves (:data:`CURVES`), fitted the same way round;
+    ``lit``: under a light field too."""
     if flip or at != (0, 0, *outer.grey.shape) or inner.grey.shape != outer.grey.shape:
-        return _aligned_residuals(outer, inner, flip, at, colour=colour)
-    key = (frozenset((id(outer), id(inner))), colour)
+        return _aligned_residuals(outer, inner, flip, at, colour=colour, lit=lit)
+    key = (frozenset((id(outer), id(inner))), colour, lit)
     if key not in shared:
-        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=colour)
+        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=colour, lit=lit)
     return shared[key]
 
 
@@ -1354,14 +1458,15 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
         reads += [(0, *AS_IS), (1, *AS_IS)]
     elif np.allclose(H, np.eye(3)):  # stretched, whole onto whole (scale None): read so again
         reads = [(0, None, False), (1, None, False)]
-    form = {"colour edit": True, CURVES: CURVES}.get(pixel.colour)  # read under the same edit again
+    lit = pixel.colour.endswith(LIT)  # read under the same edit (and light) again
+    form = {"colour edit": True, CURVES: CURVES}.get(pixel.colour.removesuffix(LIT).removesuffix(", "), False)
     best, memo, shared = MatchRecord(), {}, {}
     for direction, scale, flip in dict.fromkeys(reads):  # the placement's own read may be the picture as it is
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
         got = _stretched(outer, inner) if scale is None else _refine(outer, inner, scale, flip, memo, whole=True)
         if got is None:
             continue
-        r = _colour_residuals(outer, inner, flip, got[1], shared, form) if form else got[0]
+        r = _colour_residuals(outer, inner, flip, got[1], shared, form, lit) if form or lit else got[0]
         placed = _placed(outer, inner, flip, got[1], direction == 0)
         best = _better(best, _pixel_record(r, matcher="pixel", homography=placed, colour=pixel.colour))
     return best
@@ -1877,5 +1982,15 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
         if not _a_graphic(outer, inner):  # a graphic's few fills: curves map one palette onto another
             best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, CURVES), form=CURVES,
                                      matcher="pixel", homography=placed)  # fmt: skip
+    if early_accept is None or best.score < early_accept:
+        # under each global edit and a light field: a vignette, a gradient, uneven light
+        for outer, inner, flip, at, placed in aligned.values():
+            if _two_graphics(outer, inner):
+                continue  # light grades a flat fill: a graphic lit otherwise is no longer one
+            forms = (False, True) if _a_graphic(outer, inner) else (False, True, CURVES)
+            for form in forms:
+                name = {False: LIT, True: f"colour edit, {LIT}", CURVES: f"{CURVES}, {LIT}"}[form]
+                best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, form, True), form=name,
+                                         matcher="pixel", homography=placed)  # fmt: skip
     best.score = max(best.score, -1.0)
     return best

@@ -81,8 +81,10 @@ class MatchRecord:
         The global colour edit the score was read under: ``""`` (none: one brightness gain),
         ``"colour edit"`` (the pixel alignment's,
         :func:`~dedupdask.match_keypoints.colour_edit`), ``"channel curves"`` (the pixel
-        alignment's second, :func:`~dedupdask.match_keypoints.channel_curves`) or the keypoint
-        matcher's form
+        alignment's second, :func:`~dedupdask.match_keypoints.channel_curves`), each of the
+        pixel alignment's under a smooth light field too (``"light field"`` alone, after one
+        brightness gain; ``"colour edit, light field"``, ``"channel curves, light field"``:
+        :func:`dedupdask.match._light_field`), or the keypoint matcher's form
         (``"chroma turn"``, ``"hue turn"``, ``"toned"``).
 
     Examples

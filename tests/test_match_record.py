@@ -200,3 +200,44 @@ def test_a_copy_under_a_curve_per_channel_is_read_under_channel_curves(monkeypat
 
     monkeypatch.setattr(mk, "channel_curves", no_curves)
     assert match_record(_prep(a), _prep(b)).score < 0.9
+
+
+def _vignetted(a: np.ndarray, strength: float = 0.45) -> np.ndarray:
+    """An app's vignette: the light falls off past 40 % of the way to the corners (to ~55 %)."""
+    h, w = a.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot((xx - w / 2) / (w / 2), (yy - h / 2) / (h / 2))
+    v = 1 - strength * np.clip(r - 0.4, 0, None) ** 1.5
+    return np.clip(a * v[..., None], 0, 255).astype(np.uint8)
+
+
+def test_a_vignetted_copy_is_read_under_a_light_field(monkeypatch):
+    """Matcher /26: a copy whose light falls off towards the corners (a vignette) is accepted
+    under a smooth light field, a drawing on white ground as a plain picture (without the
+    field: both refused). The same drawing with one fill repainted, under the same vignette, stays refused:
+    a field this smooth does not follow a fill's edge. Two graphics are not read under light
+    (light grades a flat fill: the vignetted drawing is no graphic)."""
+    import dedupdask.match as m
+
+    d = np.full((240, 320, 3), 255, np.uint8)
+    cv2.circle(d, (160, 120), 80, (200, 30, 40), -1)
+    cv2.circle(d, (160, 120), 80, (0, 0, 0), 4)
+    cv2.rectangle(d, (15, 160), (110, 228), (40, 90, 200), -1)
+    cv2.rectangle(d, (15, 160), (110, 228), (0, 0, 0), 3)
+    cv2.ellipse(d, (260, 45), (50, 30), 0, 0, 360, (30, 160, 60), -1)
+    cv2.ellipse(d, (260, 45), (50, 30), 0, 0, 360, (0, 0, 0), 3)
+    cv2.line(d, (0, 0), (319, 239), (0, 0, 0), 3)  # into the corners, where the light falls off
+    plain = _smooth_wallpaper()
+    for a in (d, plain):
+        rec = match_record(_prep(a), _prep(_vignetted(a)))
+        assert rec.score >= 0.9 and rec.colour.endswith(m.LIT), (rec.score, rec.colour)
+    repainted = d.copy()  # the green ellipse painted purple (a repainted rectangle reads as pasted)
+    repainted[(d == (30, 160, 60)).all(-1)] = (150, 40, 160)
+    assert match_record(_prep(d), _prep(_vignetted(repainted))).score < 0.9
+
+    with monkeypatch.context() as patch:  # were both pictures flat fills, neither was lit otherwise
+        patch.setattr(m, "_two_graphics", lambda va, vb: True)
+        assert match_record(_prep(d), _prep(_vignetted(d))).score < 0.9
+    monkeypatch.setattr(m, "MAX_LIGHT", 1.0)  # no field is light
+    for a in (d, plain):
+        assert match_record(_prep(a), _prep(_vignetted(a))).score < 0.9
