@@ -1031,7 +1031,6 @@ def _light_field(a: np.ndarray, p: np.ndarray, mask: np.ndarray | None) -> np.nd
     n = LIGHT_TERMS * LIGHT_TERMS
     still = np.zeros(n)
     still[0] = 1.0  # v = 1: no change
-    v = np.ones((h, w))
     for _ in range(2):
         wy = np.einsum("ik,im,ij->kmj", py, py, np.where(keep, pp, 0.0))
         m = np.einsum("kmj,jl,jn->klmn", wy, px, px).reshape(n, n)
