@@ -434,8 +434,15 @@ def _pixel_record(r: tuple[float, float, float] | None, **kw: Any) -> MatchRecor
     return MatchRecord(_residual_score(r), residual=float(r[0]), cell=float(r[1]), blob=float(r[2]), **kw)
 
 
+def _form_name(form: bool | str, lit: bool = False) -> str:
+    """The record's ``colour`` of a reading under ``form`` (:func:`_residuals`' ``colour``: one
+    brightness gain, the colour edit or :data:`CURVES`) and, with ``lit``, a light field."""
+    base = {False: "", True: "colour edit", CURVES: CURVES}[form]
+    return f"{base}, {LIT}" if base and lit else LIT if lit else base
+
+
 def _with_colour_edit(
-    best: MatchRecord, r: tuple[float, float, float] | None, *, form: str = "colour edit", **kw: Any
+    best: MatchRecord, r: tuple[float, float, float] | None, *, form: str = _form_name(True), **kw: Any
 ) -> MatchRecord:
     """``best``, or the record of the residuals ``r`` under a global colour edit (``form``: the
     colour edit or the channel curves) when it scores higher. No edit fitted (``r`` None) is no
@@ -1457,8 +1464,8 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
         reads += [(0, *AS_IS), (1, *AS_IS)]
     elif np.allclose(H, np.eye(3)):  # stretched, whole onto whole (scale None): read so again
         reads = [(0, None, False), (1, None, False)]
-    lit = pixel.colour.endswith(LIT)  # read under the same edit (and light) again
-    form = {"colour edit": True, CURVES: CURVES}.get(pixel.colour.removesuffix(LIT).removesuffix(", "), False)
+    readings = {_form_name(f, lit): (f, lit) for f in (False, True, CURVES) for lit in (False, True)}
+    form, lit = readings.get(pixel.colour, (False, False))  # read under the same edit (and light) again
     best, memo, shared = MatchRecord(), {}, {}
     for direction, scale, flip in dict.fromkeys(reads):  # the placement's own read may be the picture as it is
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
@@ -1988,8 +1995,7 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
                 continue  # light grades a flat fill: a graphic lit otherwise is no longer one
             forms = (False, True) if _a_graphic(outer, inner) else (False, True, CURVES)
             for form in forms:
-                name = {False: LIT, True: f"colour edit, {LIT}", CURVES: f"{CURVES}, {LIT}"}[form]
-                best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, form, True), form=name,
-                                         matcher="pixel", homography=placed)  # fmt: skip
+                best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, form, True),
+                                         form=_form_name(form, True), matcher="pixel", homography=placed)  # fmt: skip
     best.score = max(best.score, -1.0)
     return best
