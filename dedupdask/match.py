@@ -145,7 +145,7 @@ __all__ = [
     "prepare_image", "record_views", "score_views", "turned_record", "warped_record", "warped_score",
 ]  # fmt: skip
 
-PIXEL_MATCHER = "pixel-alignment/16"
+PIXEL_MATCHER = "pixel-alignment/17"
 """The pixel alignment alone (``verify_keypoints=False``); /2: it also fits a global colour edit;
 /4: under the best alignment however far under -1 its gain left it, and under the picture as it is;
 /5: lines of text that one picture added are left out of the residuals (:func:`_added`); /6: so is a
@@ -163,8 +163,10 @@ placement (15-45 degrees) is read under the turn its spectra give (:func:`far_tu
 /15: every colour reading is also made under one curve per channel (:data:`CURVES`); /16: a pair
 still under the early accept is read again under each global edit times a smooth light field
 (:func:`_light_field`: a vignette, a gradient filter, uneven light), unless both pictures are
-graphics (light grades a flat fill), the field explaining most of what differed (:data:`LIGHT_SHARE`)."""
-MATCHER = "pixel-alignment+keypoints/26"
+graphics (light grades a flat fill), the field explaining most of what differed (:data:`LIGHT_SHARE`);
+/17: two graphics too, when the field takes away most of the spread inside their flat fills
+(:data:`IN_FILLS`, :func:`_in_fills`): a drawing under gentle light is often still a graphic."""
+MATCHER = "pixel-alignment+keypoints/27"
 """Which matcher scored a run's pairs (``results/run.json``, ``"verification"``): this one by
 default, :data:`PIXEL_MATCHER` with ``verify_keypoints=False``. /6: the keypoint matcher leaves
 pairs of two graphics to the pixel alignment (:data:`~dedupdask.match_keypoints.MAX_FLAT`) and
@@ -225,7 +227,8 @@ alignment's colour readings are also made under one curve per channel (:data:`CU
 :func:`~dedupdask.match_keypoints.channel_curves`: curves, levels, equalization), for pictures of
 more than :data:`~dedupdask.match_keypoints.FEW_HUES` hues when neither is a graphic, the
 coloured pixels' hue turned by at most :data:`~dedupdask.match_keypoints.MAX_HUE_TURN`. /26: and
-under a smooth light field (the pixel alignment's /16)."""
+under a smooth light field (the pixel alignment's /16). /27: two graphics too, where the light shows
+inside their fills (the pixel alignment's /17)."""
 FINE = 128
 COARSE = 48
 SCALES = tuple(float(s) for s in np.round(np.arange(0.70, 1.0001, 0.025), 4))
@@ -372,6 +375,11 @@ LIGHT_SHARE = 0.5
 """Largest share of what differs (``1 - score`` of :func:`_residual_score`) that may remain
 once a light field is read: the light must be most of the difference. A field also bends a
 little towards any two pictures' differences, which must not lift a look-alike over the bar."""
+IN_FILLS = "in the fills"
+"""``lit`` of :func:`_residuals` for two graphics: the light field counts only where it is seen,
+inside their flat fills (:func:`_in_fills`)."""
+MIN_FILL = 16
+"""Fewest pixels of a flat fill whose inside :func:`_in_fills` reads (at 128 px)."""
 _NO_READING = (np.inf, np.inf, np.inf)  # a reading that does not count (scores -inf)
 MAX_LIGHT = 2.5
 """Largest ratio of a light field's brightest to its darkest point over the overlap: a
@@ -1055,6 +1063,65 @@ def _light_field(a: np.ndarray, p: np.ndarray, mask: np.ndarray | None) -> np.nd
     return v.astype(np.float32)
 
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """Pixels whose 3 x 3 neighbourhood stays within :data:`BLOB_LEVEL` / 4 in every channel."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    size = (3, 3, 1)
+    return (maximum_filter(x, size=size) - minimum_filter(x, size=size)).max(axis=2) <= BLOB_LEVEL / 4
+
+
+def _in_fills(a: np.ndarray, p: np.ndarray, r0: np.ndarray, r1: np.ndarray, mask: np.ndarray | None) -> bool:
+    """Whether a light field read over two graphics is seen inside their fills.
+
+    ``a`` and its prediction ``p`` from the other picture, with the residuals ``r0`` without the
+    field and ``r1`` with it. In the fills (connected pixels where both ``a`` and ``p`` are flat,
+    :data:`MIN_FILL` or more), the residual's spread about each fill's own mean must fall to at
+    most :data:`LIGHT_SHARE` of what it was without the field. Light falling on a drawing grades
+    each fill from one side to the other, and the field takes that grading away; two drawings
+    whose fills are other flat shades (two flags of one layout) differ by a step at each fill's
+    edge and not inside it, and a field bent to their steps adds a grading inside instead. A
+    picture of fills has few of them: a field of nine numbers can come close to any few shades,
+    so the fills' insides are where light and a repainting differ.
+
+    Examples
+    --------
+    >>> p = np.zeros((48, 64, 3), np.float32)
+    >>> p[:, :32], p[:, 32:] = 0.8, 0.3  # two fills
+    >>> ramp = np.linspace(0.85, 1.15, 64, dtype=np.float32)[None, :, None]
+    >>> a = ramp * p  # lit from the right
+    >>> r0, r1 = a - p, a - ramp * p
+    >>> _in_fills(a, p, r0, r1, None)
+    True
+    >>> shade = p * np.where(np.arange(64) < 32, 1.1, 0.9).astype(np.float32)[None, :, None]  # a step
+    >>> _in_fills(shade, p, shade - p, shade - ramp * p, None)
+    False
+    """
+    from scipy.ndimage import label
+
+    flat = _flat(a) & _flat(p)
+    if mask is not None:
+        flat &= mask
+    lab, n = label(flat)
+    if n == 0:
+        return False
+    lab = lab.ravel()
+    count = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    fill = count >= MIN_FILL
+    fill[0] = False
+
+    def spread(r: np.ndarray) -> float:
+        total = 0.0
+        for c in range(r.shape[2]):
+            x = r[..., c].ravel().astype(np.float64)
+            s, s2 = np.bincount(lab, x, minlength=n + 1), np.bincount(lab, x * x, minlength=n + 1)
+            total += float((s2[fill] - s[fill] ** 2 / count[fill]).sum())
+        return total
+
+    before = spread(r0)
+    return before > 0.0 and spread(r1) <= LIGHT_SHARE * before
+
+
 def _residuals(
     a: np.ndarray,
     b: np.ndarray,
@@ -1062,7 +1129,7 @@ def _residuals(
     *,
     colour: bool | str = False,
     text: bool = True,
-    lit: bool = False,
+    lit: bool | str = False,
 ) -> tuple[float, float, float] | None:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
@@ -1084,7 +1151,8 @@ def _residuals(
 
     With ``lit``, the global edit's prediction of ``a`` is also multiplied by a smooth light
     field (:func:`_light_field`: a vignette, a gradient filter, uneven light); None when the
-    best field is no light.
+    best field is no light, or, with ``lit`` :data:`IN_FILLS` (two graphics), when it does not
+    take away most of the spread inside the flat fills (:func:`_in_fills`).
 
     With ``text`` (the default), lines of text one image added (:func:`_text_lines`,
     :func:`_added`; at most :data:`MAX_TEXT` of the overlap) and a rectangle pasted over one
@@ -1126,7 +1194,10 @@ def _residuals(
         v = _light_field(a, a - r, mask)
         if v is None:
             return None
-        r = np.clip(a - v[..., None] * (a - r), -1.0, 1.0)
+        r_lit = np.clip(a - v[..., None] * (a - r), -1.0, 1.0)
+        if lit == IN_FILLS and not _in_fills(a, a - r, r, r_lit, mask):
+            return None
+        r = r_lit
         if mask is not None:
             r[~mask] = 0.0
     got, changed, off = _read(r, mask, var)
@@ -1277,7 +1348,7 @@ def _refine(
 
 def _aligned_residuals(
     outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool | str = False,
-    lit: bool = False,
+    lit: bool | str = False,
 ) -> tuple[float, float, float] | None:
     """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
     dy, dx, th, tw = at
@@ -1287,7 +1358,7 @@ def _aligned_residuals(
 
 def _colour_residuals(
     outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], shared: dict[Any, Any],
-    colour: bool | str = True, lit: bool = False,
+    colour: bool | str = True, lit: bool | str = False,
 ) -> tuple[float, float, float] | None:
     """:func:`_aligned_residuals` under the colour edit, read once for both directions of two
     pictures of one size laid whole on each other, unmirrored (``shared``: one per pair). Those
@@ -1466,6 +1537,8 @@ def _finer_record(va: View, vb: View, pixel: MatchRecord) -> MatchRecord:
         reads = [(0, None, False), (1, None, False)]
     readings = {_form_name(f, lit): (f, lit) for f in (False, True, CURVES) for lit in (False, True)}
     form, lit = readings.get(pixel.colour, (False, False))  # read under the same edit (and light) again
+    if lit and _two_graphics(va, vb):
+        lit = IN_FILLS
     best, memo, shared = MatchRecord(), {}, {}
     for direction, scale, flip in dict.fromkeys(reads):  # the placement's own read may be the picture as it is
         outer, inner = (fa, fb) if direction == 0 else (fb, fa)
@@ -1991,11 +2064,11 @@ def _aligned_record(va: View, vb: View, early_accept: float | None, *, mirrors: 
     if early_accept is None or best.score < early_accept:
         # under each global edit and a light field: a vignette, a gradient, uneven light
         for outer, inner, flip, at, placed in aligned.values():
-            if _two_graphics(outer, inner):
-                continue  # light grades a flat fill: a graphic lit otherwise is no longer one
+            # two graphics: a few flat shades any field comes close to; the light must show in the fills
+            lit = IN_FILLS if _two_graphics(outer, inner) else True
             forms = (False, True) if _a_graphic(outer, inner) else (False, True, CURVES)
             for form in forms:
-                best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, form, True),
+                best = _with_colour_edit(best, _colour_residuals(outer, inner, flip, at, shared, form, lit),
                                          form=_form_name(form, True), matcher="pixel", homography=placed)  # fmt: skip
     best.score = max(best.score, -1.0)
     return best

@@ -215,8 +215,8 @@ def test_a_vignetted_copy_is_read_under_a_light_field(monkeypatch):
     """Matcher /26: a copy whose light falls off towards the corners (a vignette) is accepted
     under a smooth light field, a drawing on white ground as a plain picture (without the
     field: both refused). The same drawing with one fill repainted, under the same vignette, stays refused:
-    a field this smooth does not follow a fill's edge. Two graphics are not read under light
-    (light grades a flat fill: the vignetted drawing is no graphic)."""
+    a field this smooth does not follow a fill's edge. Two graphics are read under light only
+    where it shows, inside their flat fills (matcher /27, :func:`dedupdask.match._in_fills`)."""
     import dedupdask.match as m
 
     d = np.full((240, 320, 3), 255, np.uint8)
@@ -235,8 +235,11 @@ def test_a_vignetted_copy_is_read_under_a_light_field(monkeypatch):
     repainted[(d == (30, 160, 60)).all(-1)] = (150, 40, 160)
     assert match_record(_prep(d), _prep(_vignetted(repainted))).score < 0.9
 
-    with monkeypatch.context() as patch:  # were both pictures flat fills, neither was lit otherwise
+    with monkeypatch.context() as patch:  # two graphics: the light must show inside their fills (/27)
         patch.setattr(m, "_two_graphics", lambda va, vb: True)
+        rec = match_record(_prep(d), _prep(_vignetted(d)))
+        assert rec.score >= 0.9 and rec.colour.endswith(m.LIT), (rec.score, rec.colour)
+        patch.setattr(m, "_in_fills", lambda *args: False)
         assert match_record(_prep(d), _prep(_vignetted(d))).score < 0.9
     monkeypatch.setattr(m, "MAX_LIGHT", 1.0)  # no field is light
     for a in (d, plain):
