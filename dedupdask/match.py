@@ -1065,10 +1065,11 @@ def _light_field(a: np.ndarray, p: np.ndarray, mask: np.ndarray | None) -> np.nd
 
 def _flat(x: np.ndarray) -> np.ndarray:
     """Pixels whose 3 x 3 neighbourhood stays within :data:`BLOB_LEVEL` / 4 in every channel."""
-    from scipy.ndimage import maximum_filter, minimum_filter
+    from .match_keypoints import _cv2
 
-    size = (3, 3, 1)
-    return (maximum_filter(x, size=size) - minimum_filter(x, size=size)).max(axis=2) <= BLOB_LEVEL / 4
+    cv2 = _cv2()
+    x = np.ascontiguousarray(x, np.float32)
+    return _abs_max(cv2.dilate(x, _SQUARE) - cv2.erode(x, _SQUARE)) <= BLOB_LEVEL / 4
 
 
 def _in_fills(a: np.ndarray, p: np.ndarray, r0: np.ndarray, r1: np.ndarray, mask: np.ndarray | None) -> bool:
@@ -1097,12 +1098,13 @@ def _in_fills(a: np.ndarray, p: np.ndarray, r0: np.ndarray, r1: np.ndarray, mask
     >>> _in_fills(shade, p, shade - p, shade - ramp * p, None)
     False
     """
-    from scipy.ndimage import label
+    from .match_keypoints import _cv2
 
     flat = _flat(a) & _flat(p)
     if mask is not None:
         flat &= mask
-    lab, n = label(flat)
+    n, lab = _cv2().connectedComponents(flat.view(np.uint8), connectivity=4)
+    n -= 1  # label 0 is what is not flat
     if n == 0:
         return False
     lab = lab.ravel()
