@@ -1124,6 +1124,38 @@ def _in_fills(a: np.ndarray, p: np.ndarray, r0: np.ndarray, r1: np.ndarray, mask
     return before > 0.0 and spread(r1) <= LIGHT_SHARE * before
 
 
+def _global_edit(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, colour: bool | str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The two pictures blurred (:func:`_blur_pair`) and the residual of ``a`` under the global
+    edit of :func:`_residuals` (``colour``: one brightness gain, the colour edit or
+    :data:`CURVES`), zero outside ``mask``; ``a`` is ``b`` when the edit maps ``a`` onto ``b``
+    (its residual is in ``b``'s colours). None when the edit is not one an editor makes."""
+    a, b = _blur_pair(a, b)
+    inside = slice(None) if mask is None else mask
+    if colour:
+        from .match_keypoints import channel_curves, colour_edit
+
+        # with few hues a global edit cannot be told from a repainting: not fitted
+        if colour == CURVES:
+            d, edit = channel_curves(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3))
+        else:
+            d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True, min_hues=FEW_HUES + 1)
+        if not edit["plausible"]:
+            return None
+        if edit["swapped"]:
+            a = b  # the edit maps a onto b: the residual is in b's colours
+        r = np.zeros(a.shape, np.float32)
+        r[inside] = d.reshape(r[inside].shape)
+    else:
+        x, y = b[inside].ravel(), a[inside].ravel()
+        xm, ym = float(x.mean()), float(y.mean())
+        vx = float(((x - xm) ** 2).mean())
+        g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
+        r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
+    return a, b, r
+
+
 def _residuals(
     a: np.ndarray,
     b: np.ndarray,
@@ -1132,6 +1164,7 @@ def _residuals(
     colour: bool | str = False,
     text: bool = True,
     lit: bool | str = False,
+    edits: dict[bool | str, Any] | None = None,
 ) -> tuple[float, float, float] | None:
     """(whole-overlap, worst-cell, largest-blob) residual of ``a ~ g * b + o``.
 
@@ -1156,6 +1189,10 @@ def _residuals(
     best field is no light, or, with ``lit`` :data:`IN_FILLS` (two graphics), when it does not
     take away most of the spread inside the flat fills (:func:`_in_fills`).
 
+    ``edits``: the global edits (:func:`_global_edit`) already fitted to these two whole
+    pictures, by ``colour``, kept and reused (a reading under light fits the same edit as the
+    reading without it).
+
     With ``text`` (the default), lines of text one image added (:func:`_text_lines`,
     :func:`_added`; at most :data:`MAX_TEXT` of the overlap) and a rectangle pasted over one
     image (:func:`_pasted`; at most :data:`MAX_PASTED`) are each left out of another reading,
@@ -1164,28 +1201,15 @@ def _residuals(
     from .kernels import centred_squares
 
     a0, b0 = a, b
-    a, b = _blur_pair(a, b)
-    inside = slice(None) if mask is None else mask
-    if colour:
-        from .match_keypoints import channel_curves, colour_edit
-
-        # with few hues a global edit cannot be told from a repainting: not fitted
-        if colour == CURVES:
-            d, edit = channel_curves(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3))
-        else:
-            d, edit = colour_edit(b[inside].reshape(-1, 3), a[inside].reshape(-1, 3), signed=True, min_hues=FEW_HUES + 1)
-        if not edit["plausible"]:
-            return None
-        if edit["swapped"]:
-            a = b  # the edit maps a onto b: the residual is in b's colours
-        r = np.zeros(a.shape, np.float32)
-        r[inside] = d.reshape(r[inside].shape)
+    if edits is None or mask is not None:
+        fitted = _global_edit(a, b, mask, colour)
+    elif colour in edits:
+        fitted = edits[colour]
     else:
-        x, y = b[inside].ravel(), a[inside].ravel()
-        xm, ym = float(x.mean()), float(y.mean())
-        vx = float(((x - xm) ** 2).mean())
-        g = float(np.clip(((x - xm) * (y - ym)).mean() / max(vx, 1e-9), 0.5, 2.0))
-        r = np.clip(a - (g * b + (ym - g * xm)), -1.0, 1.0)
+        fitted = edits[colour] = _global_edit(a, b, mask, colour)
+    if fitted is None:
+        return None
+    a, b, r = fitted
     if mask is None:
         var = max(float(centred_squares(a).mean()), 1e-6)
     else:
@@ -1350,12 +1374,12 @@ def _refine(
 
 def _aligned_residuals(
     outer: View, inner: View, flip: bool, at: tuple[int, int, int, int], *, colour: bool | str = False,
-    lit: bool | str = False,
+    lit: bool | str = False, edits: dict[bool | str, Any] | None = None,
 ) -> tuple[float, float, float] | None:
     """:func:`_residuals` of the inner image resized and placed at ``at`` in the outer one."""
     dy, dx, th, tw = at
     b = inner.resized("rgb", tw, th)
-    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour, lit=lit)
+    return _residuals(outer.rgb[dy : dy + th, dx : dx + tw], b[:, ::-1] if flip else b, colour=colour, lit=lit, edits=edits)
 
 
 def _colour_residuals(
@@ -1370,11 +1394,12 @@ def _colour_residuals(
     colours spread exactly as far, where each direction fits its own way round). ``colour``:
     the colour edit (True) or the channel curves (:data:`CURVES`), fitted the same way round;
     ``lit``: under a light field too."""
+    edits = shared.setdefault(("edits", id(outer), id(inner), flip, at), {})  # fitted once, with light or without
     if flip or at != (0, 0, *outer.grey.shape) or inner.grey.shape != outer.grey.shape:
-        return _aligned_residuals(outer, inner, flip, at, colour=colour, lit=lit)
+        return _aligned_residuals(outer, inner, flip, at, colour=colour, lit=lit, edits=edits)
     key = (frozenset((id(outer), id(inner))), colour, lit)
     if key not in shared:
-        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=colour, lit=lit)
+        shared[key] = _aligned_residuals(outer, inner, flip, at, colour=colour, lit=lit, edits=edits)
     return shared[key]
 
 
