@@ -1217,11 +1217,12 @@ def _residuals(
         var = max(float(((av - av.mean(axis=0)) ** 2).mean()), 1e-6)
     if lit:
         unlit = _residual_score(_read(r, mask, var)[0])
-        v = _light_field(a, a - r, mask)
+        predicted = a - r  # the global edit's prediction of a
+        v = _light_field(a, predicted, mask)
         if v is None:
             return None
-        r_lit = np.clip(a - v[..., None] * (a - r), -1.0, 1.0)
-        if lit == IN_FILLS and not _in_fills(a, a - r, r, r_lit, mask):
+        r_lit = np.clip(a - v[..., None] * predicted, -1.0, 1.0)
+        if lit == IN_FILLS and not _in_fills(a, predicted, r, r_lit, mask):
             return None
         r = r_lit
         if mask is not None:
